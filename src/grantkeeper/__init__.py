@@ -1,0 +1,64 @@
+"""grantkeeper: keep OAuth 2.0 grants alive when authorization servers rotate refresh tokens.
+
+The public API is what ``__all__`` lists (pinned by ``tests/test_public_api.py``).
+"""
+
+from grantkeeper._exceptions import (
+    ClientAuthFailed,
+    ConfigurationError,
+    EncryptionKeyError,
+    GrantkeeperError,
+    LeaseTimeout,
+    LostInFlight,
+    MalformedResponse,
+    NeedsReauth,
+    ProviderRejected,
+    ProviderUnavailable,
+    ReuseDetected,
+    RevokedOrExpired,
+    StaleLocalToken,
+    StoreFormatError,
+    StoreUnavailable,
+    TransientError,
+    UnknownGrant,
+    UnknownProvider,
+)
+from grantkeeper._secrets import Secret
+from grantkeeper.engine import AsyncKeeper, GrantStatus, Keeper
+from grantkeeper.model import Attempt, AttemptState, AuthMethod, Grant, GrantState, Provider, RotationMode
+from grantkeeper.protocol import RefreshPolicy
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncKeeper",
+    "Attempt",
+    "AttemptState",
+    "AuthMethod",
+    "ClientAuthFailed",
+    "ConfigurationError",
+    "EncryptionKeyError",
+    "Grant",
+    "GrantState",
+    "GrantStatus",
+    "GrantkeeperError",
+    "Keeper",
+    "LeaseTimeout",
+    "LostInFlight",
+    "MalformedResponse",
+    "NeedsReauth",
+    "Provider",
+    "ProviderRejected",
+    "ProviderUnavailable",
+    "RefreshPolicy",
+    "ReuseDetected",
+    "RevokedOrExpired",
+    "RotationMode",
+    "Secret",
+    "StaleLocalToken",
+    "StoreFormatError",
+    "StoreUnavailable",
+    "TransientError",
+    "UnknownGrant",
+    "UnknownProvider",
+]

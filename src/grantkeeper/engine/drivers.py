@@ -1,0 +1,113 @@
+"""The two drivers of the refresh protocol: they execute steps, nothing else.
+
+Each loop feeds step results (or store errors) back into the flow, remembers a lease the flow holds, and
+releases it in ``finally`` if the flow ended without doing so (an exception, a cancelled task). The async
+driver runs store transactions in a worker thread (stdlib ``sqlite3`` is blocking).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+import httpx
+
+from grantkeeper import _failpoints
+from grantkeeper._clock import Clock
+from grantkeeper._exceptions import GrantkeeperError
+from grantkeeper.model import Lease
+from grantkeeper.protocol.refresh import Flow, Refreshed
+from grantkeeper.protocol.steps import ClaimGrant, Failpoint, Log, Now, Send, Sleep, Step, StoreStep
+from grantkeeper.stores.base import Claim, Store
+from grantkeeper.tokens import transport
+
+__all__ = ["drive", "drive_async"]
+
+logger = logging.getLogger("grantkeeper")
+
+
+def _held_after(held: Lease | None, step: Step, reply: Any) -> Lease | None:
+    if isinstance(step, ClaimGrant):
+        assert isinstance(reply, Claim)
+        return reply.lease or held
+    if isinstance(step, StoreStep) and step.releases:
+        return None
+    return held
+
+
+def _effect(step: Step) -> None:
+    if isinstance(step, Failpoint):
+        _failpoints.hit(step.name)
+    elif isinstance(step, Log):
+        logger.log(step.level, step.message, extra={"grantkeeper": step.evidence})
+
+
+def drive(flow: Flow, *, store: Store, http: httpx.Client, clock: Clock) -> Refreshed:
+    held: Lease | None = None
+    reply: Any = None
+    error: GrantkeeperError | None = None
+    try:
+        while True:
+            try:
+                step = flow.send(reply) if error is None else flow.throw(error)
+            except StopIteration as stop:
+                result: Refreshed = stop.value
+                return result
+            reply, error = None, None
+            try:
+                if isinstance(step, StoreStep):
+                    reply = step.run(store)
+                elif isinstance(step, Send):
+                    reply = transport.send(http, step.request)
+                elif isinstance(step, Sleep):
+                    time.sleep(step.seconds)
+                elif isinstance(step, Now):
+                    reply = clock.now()
+                else:
+                    _effect(step)
+            except GrantkeeperError as exc:
+                error = exc
+            else:
+                held = _held_after(held, step, reply)
+    finally:
+        flow.close()
+        if held is not None:
+            with contextlib.suppress(GrantkeeperError):
+                store.release(held)
+
+
+async def drive_async(flow: Flow, *, store: Store, http: httpx.AsyncClient, clock: Clock) -> Refreshed:
+    held: Lease | None = None
+    reply: Any = None
+    error: GrantkeeperError | None = None
+    try:
+        while True:
+            try:
+                step = flow.send(reply) if error is None else flow.throw(error)
+            except StopIteration as stop:
+                result: Refreshed = stop.value
+                return result
+            reply, error = None, None
+            try:
+                if isinstance(step, StoreStep):
+                    reply = await asyncio.to_thread(step.run, store)
+                elif isinstance(step, Send):
+                    reply = await transport.asend(http, step.request)
+                elif isinstance(step, Sleep):
+                    await asyncio.sleep(step.seconds)
+                elif isinstance(step, Now):
+                    reply = clock.now()
+                else:
+                    _effect(step)
+            except GrantkeeperError as exc:
+                error = exc
+            else:
+                held = _held_after(held, step, reply)
+    finally:
+        flow.close()
+        if held is not None:
+            with contextlib.suppress(GrantkeeperError):
+                await asyncio.to_thread(store.release, held)

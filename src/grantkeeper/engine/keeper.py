@@ -1,0 +1,326 @@
+"""`Keeper` and `AsyncKeeper`: the public face of the refresh engine.
+
+Both share `_KeeperCore` (cache, worker identity, status assembly) and the one protocol in
+`grantkeeper.protocol`; they differ only in the lock type and the driver they run it with.
+
+Order of checks for a token (DESIGN.md): (1) the in-process cache, no lock, no I/O; (2) the grant's
+in-process lock, so concurrent callers share one refresh; (3) the cache again under the lock; (4) the
+protocol, which takes the store lease and re-reads the grant before spending anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import httpx
+
+from grantkeeper._clock import Clock, SystemClock
+from grantkeeper._exceptions import ConfigurationError, GrantkeeperError
+from grantkeeper._secrets import Secret
+from grantkeeper.engine.drivers import drive, drive_async
+from grantkeeper.model import Attempt, Grant, GrantState, LeaseHolder, Provider
+from grantkeeper.protocol import Refreshed, RefreshPolicy, refresh_flow
+from grantkeeper.stores import SQLiteStore, open_store
+
+__all__ = ["AsyncKeeper", "GrantStatus", "Keeper"]
+
+logger = logging.getLogger("grantkeeper")
+T = TypeVar("T")
+
+DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
+
+
+@dataclass(frozen=True, slots=True)
+class GrantStatus:
+    """What `status()` reports: evidence, never tokens."""
+
+    name: str
+    provider: str
+    state: GrantState
+    generation: int
+    refresh_fp: str | None
+    access_fp: str | None
+    expires_at: float | None
+    access_valid: bool
+    scopes: tuple[str, ...]
+    last_error: str | None
+    last_error_at: float | None
+    updated_at: float | None
+    lease: LeaseHolder | None
+    attempts: tuple[Attempt, ...]
+    pending_recovery: int
+
+    def as_dict(self) -> dict[str, Any]:
+        data = {k: getattr(self, k) for k in self.__dataclass_fields__ if k not in ("attempts", "lease")}
+        data["state"] = self.state.value
+        data["lease"] = (
+            None if self.lease is None
+            else {"worker": self.lease.worker, "fence": self.lease.fence, "expires_at": self.lease.expires_at}
+        )  # fmt: skip
+        data["scopes"] = list(self.scopes)
+        data["attempts"] = [
+            {"id": a.id, "generation": a.generation, "refresh_fp": a.refresh_fp, "worker": a.worker,
+             "started_at": a.started_at, "state": a.state.value, "outcome": a.outcome, "resend_of": a.resend_of,
+             "finished_at": a.finished_at}
+            for a in self.attempts
+        ]  # fmt: skip
+        return data
+
+
+def _worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+class _KeeperCore:
+    """State and logic shared by both keepers; no I/O beyond calling the store."""
+
+    def __init__(
+        self, store: SQLiteStore, *, clock: Clock | None, policy: RefreshPolicy | None, worker: str | None
+    ) -> None:
+        self.store = store
+        self.clock = clock or SystemClock()
+        self.policy = policy or RefreshPolicy()
+        self.worker = worker or _worker_id()
+        self._now = self.clock.now
+        # name -> (access token, serve-until time, generation). Written under the grant's lock, read lock-free.
+        self._cache: dict[str, tuple[Secret, float, int]] = {}
+        self._closed = False
+
+    def _cached(self, name: str) -> Secret | None:
+        entry = self._cache.get(name)
+        if entry is not None and entry[1] > self._now():
+            return entry[0]
+        return None
+
+    def _remember(self, result: Refreshed) -> Grant:
+        grant = result.grant
+        until = grant.usable_until(result.provider.skew)
+        if grant.access_token is not None and until is not None:
+            self._cache[grant.name] = (grant.access_token, until, grant.generation)
+        return grant
+
+    def _satisfied(self, name: str, force: bool, seen: int) -> bool:
+        """Checked under the grant's lock: did the caller before us already produce what we need?"""
+        if self._cached(name) is None:
+            return False
+        return not force or self._seen_generation(name) > seen
+
+    def _served(self, grant: Grant) -> Grant:
+        """The grant as this process serves it (a token waiting in recovery storage is not in the store yet)."""
+        entry = self._cache.get(grant.name)
+        if entry is None or entry[0] == grant.access_token or entry[2] < grant.generation:
+            return grant
+        return replace(grant, access_token=entry[0], generation=entry[2])
+
+    def _seen_generation(self, name: str) -> int:
+        entry = self._cache.get(name)
+        return entry[2] if entry is not None else -1
+
+    def _flow(self, name: str, force: bool) -> Any:
+        return refresh_flow(name, worker=self.worker, force=force, policy=self.policy)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ConfigurationError("this keeper is closed; open a new one")
+
+    def _replay_recovery(self) -> None:
+        try:
+            done = self.store.replay_recovery(now=self.clock.now())
+        except GrantkeeperError as exc:
+            logger.warning("recovery storage could not be replayed yet: %s", exc.message)
+            return
+        for name in done:
+            logger.info("grant %r committed from local recovery storage", name, extra={"grantkeeper": {"grant": name}})
+
+    def _status(self, name: str) -> GrantStatus:
+        grant, provider = self.store.get_grant_and_provider(name)
+        now = self.clock.now()
+        return GrantStatus(
+            name=grant.name, provider=grant.provider, state=grant.state, generation=grant.generation,
+            refresh_fp=grant.refresh_fp, access_fp=grant.access_fp, expires_at=grant.expires_at,
+            access_valid=grant.access_usable(now, provider.skew), scopes=grant.scopes,
+            last_error=grant.last_error, last_error_at=grant.last_error_at, updated_at=grant.updated_at,
+            lease=self.store.lease_holder(name, now=now), attempts=tuple(self.store.list_attempts(name, limit=10)),
+            pending_recovery=len(self.store.recovery.entries(name)),
+        )  # fmt: skip
+
+    def _invalidate(self, name: str, access_token: str) -> bool:
+        """A resource server rejected `access_token` (401): drop it here and in the store (I4)."""
+        entry = self._cache.get(name)
+        if entry is not None and entry[0] == Secret(access_token):
+            self._cache.pop(name, None)
+        return self.store.invalidate_access(name, access_fp=self.store.fingerprint(Secret(access_token)))
+
+    def _import(self, name: str, provider: str, refresh_token: str | Secret, scopes: tuple[str, ...]) -> Grant:
+        secret = refresh_token if isinstance(refresh_token, Secret) else Secret(refresh_token.strip())
+        grant = self.store.import_grant(name, provider=provider, refresh_token=secret, scopes=scopes,
+                                        now=self.clock.now())  # fmt: skip
+        self._cache.pop(name, None)
+        return grant
+
+
+class Keeper(_KeeperCore):
+    """Thread-safe, synchronous keeper of grants.
+
+    >>> with Keeper.open("sqlite:///var/lib/app/grants.db") as keeper:  # doctest: +SKIP
+    ...     headers = {"Authorization": f"Bearer {keeper.access_token('acme')}"}
+    """
+
+    def __init__(
+        self, store: SQLiteStore, *, http: httpx.Client | None = None, clock: Clock | None = None,
+        policy: RefreshPolicy | None = None, worker: str | None = None,
+    ) -> None:  # fmt: skip
+        super().__init__(store, clock=clock, policy=policy, worker=worker)
+        self._own_http = http is None
+        self._http = http or httpx.Client(timeout=DEFAULT_TIMEOUT, follow_redirects=False, trust_env=False)
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+
+    @classmethod
+    def open(cls, url: str, *, create: bool = True, **options: Any) -> Keeper:
+        """Open the store at `url` and commit anything waiting in its local recovery storage."""
+        keeper = cls(open_store(url, create=create), **options)
+        keeper._replay_recovery()
+        return keeper
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._closed = True
+        if self._own_http:
+            self._http.close()
+        self.store.close()
+
+    def _lock(self, name: str) -> threading.Lock:
+        lock = self._locks.get(name)
+        if lock is None:
+            with self._locks_guard:
+                lock = self._locks.setdefault(name, threading.Lock())
+        return lock
+
+    def access_token(self, name: str) -> str:
+        """A valid access token for grant `name`, refreshing (once, for all callers) if needed."""
+        cached = self._cached(name)
+        if cached is None:
+            self._refresh(name, force=False)
+            cached = self._cache[name][0]
+        return cached.reveal()
+
+    def refresh(self, name: str, *, force: bool = False) -> Grant:
+        """Refresh grant `name` if its access token is not usable (or always, with `force`)."""
+        return self._refresh(name, force=force) or self._served(self.store.get_grant(name))
+
+    def _refresh(self, name: str, *, force: bool) -> Grant | None:
+        """Run the protocol under the grant's lock; None if a caller before us already did the work."""
+        self._check_open()
+        seen = self._seen_generation(name)
+        with self._lock(name):
+            if self._satisfied(name, force, seen):
+                return None
+            result = drive(self._flow(name, force), store=self.store, http=self._http, clock=self.clock)
+            return self._remember(result)
+
+    def status(self, name: str) -> GrantStatus:
+        return self._status(name)
+
+    def grants(self) -> list[Grant]:
+        return self.store.list_grants()
+
+    def add_provider(self, provider: Provider) -> None:
+        self.store.put_provider(provider, now=self.clock.now())
+
+    def import_grant(
+        self, name: str, *, provider: str, refresh_token: str | Secret, scopes: tuple[str, ...] = ()
+    ) -> Grant:
+        return self._import(name, provider, refresh_token, scopes)
+
+    def report_rejected(self, name: str, access_token: str) -> bool:
+        """Tell the keeper a resource server answered 401 to `access_token`; the next call refreshes."""
+        return self._invalidate(name, access_token)
+
+
+class AsyncKeeper(_KeeperCore):
+    """Task-safe asyncio keeper of grants; the same protocol as `Keeper`, driven with ``await``."""
+
+    def __init__(
+        self, store: SQLiteStore, *, http: httpx.AsyncClient | None = None, clock: Clock | None = None,
+        policy: RefreshPolicy | None = None, worker: str | None = None,
+    ) -> None:  # fmt: skip
+        super().__init__(store, clock=clock, policy=policy, worker=worker)
+        self._own_http = http is None
+        self._http = http or httpx.AsyncClient(timeout=DEFAULT_TIMEOUT, follow_redirects=False, trust_env=False)
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    @classmethod
+    async def open(cls, url: str, *, create: bool = True, **options: Any) -> AsyncKeeper:
+        store = await asyncio.to_thread(open_store, url, create=create)
+        keeper = cls(store, **options)
+        await asyncio.to_thread(keeper._replay_recovery)
+        return keeper
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        self._closed = True
+        if self._own_http:
+            await self._http.aclose()
+        await asyncio.to_thread(self.store.close)
+
+    async def access_token(self, name: str) -> str:
+        cached = self._cached(name)
+        if cached is None:
+            await self._refresh(name, force=False)
+            cached = self._cache[name][0]
+        return cached.reveal()
+
+    async def refresh(self, name: str, *, force: bool = False) -> Grant:
+        return await self._refresh(name, force=force) or self._served(await self._call(self.store.get_grant, name))
+
+    async def _refresh(self, name: str, *, force: bool) -> Grant | None:
+        self._check_open()
+        seen = self._seen_generation(name)
+        async with self._locks.setdefault(name, asyncio.Lock()):
+            if self._satisfied(name, force, seen):
+                return None
+            result = await drive_async(self._flow(name, force), store=self.store, http=self._http, clock=self.clock)
+            return self._remember(result)
+
+    async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
+    async def status(self, name: str) -> GrantStatus:
+        return await self._call(self._status, name)
+
+    async def grants(self) -> list[Grant]:
+        return await self._call(self.store.list_grants)
+
+    async def add_provider(self, provider: Provider) -> None:
+        await self._call(self.store.put_provider, provider, now=self.clock.now())
+
+    async def import_grant(
+        self, name: str, *, provider: str, refresh_token: str | Secret, scopes: tuple[str, ...] = ()
+    ) -> Grant:
+        return await self._call(self._import, name, provider, refresh_token, scopes)
+
+    async def report_rejected(self, name: str, access_token: str) -> bool:
+        return await self._call(self._invalidate, name, access_token)
+

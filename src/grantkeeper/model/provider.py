@@ -1,0 +1,110 @@
+"""Provider: a token endpoint, how we authenticate to it, and how it behaves."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from enum import StrEnum
+from urllib.parse import urlsplit
+
+from grantkeeper._exceptions import ConfigurationError
+from grantkeeper._secrets import Secret
+
+__all__ = ["AuthMethod", "Provider", "RotationMode"]
+
+
+class AuthMethod(StrEnum):
+    CLIENT_SECRET_BASIC = "client_secret_basic"
+    CLIENT_SECRET_POST = "client_secret_post"
+    NONE = "none"
+
+
+class RotationMode(StrEnum):
+    ALWAYS = "always"  # every refresh returns a replacement; the old one dies (after any grace)
+    CONDITIONAL = "conditional"  # sometimes a replacement; always keep the latest returned
+    NEVER = "never"  # the same refresh token is reused
+
+
+_MAX_GRACE = 366 * 86400.0
+
+
+@dataclass(frozen=True, slots=True)
+class Provider:
+    """An authorization server as grantkeeper talks to it.
+
+    The client secret is either stored (encrypted at rest) in ``client_secret`` or referenced by the name of
+    an environment variable in ``client_secret_env``, resolved at refresh time.
+    """
+
+    name: str
+    token_url: str
+    client_id: str
+    client_secret: Secret | None = None
+    client_secret_env: str | None = None
+    auth_method: AuthMethod = AuthMethod.CLIENT_SECRET_BASIC
+    rotation: RotationMode = RotationMode.ALWAYS
+    reuse_grace: float = 0.0
+    skew: float = 30.0
+    default_expires_in: float = 3600.0
+
+    def __post_init__(self) -> None:
+        check_name(self.name, "provider")
+        parts = urlsplit(self.token_url)
+        if parts.scheme not in ("https", "http") or not parts.netloc:
+            raise ConfigurationError(
+                f"provider {self.name!r}: token URL must be an absolute http(s) URL; got {self.token_url!r}"
+            )
+        if parts.scheme == "http" and parts.hostname not in ("127.0.0.1", "localhost", "::1"):
+            raise ConfigurationError(
+                f"provider {self.name!r}: plain http is allowed only on loopback; use https for "
+                f"{parts.hostname}"
+            )
+        if not self.client_id:
+            raise ConfigurationError(f"provider {self.name!r}: client id must not be empty")
+        if self.client_secret is not None and self.client_secret_env is not None:
+            raise ConfigurationError(
+                f"provider {self.name!r}: give the client secret either stored or by environment "
+                "variable, not both"
+            )
+        if self.auth_method is AuthMethod.NONE and (self.client_secret or self.client_secret_env):
+            raise ConfigurationError(
+                f"provider {self.name!r}: auth method 'none' is for public clients; drop the client secret "
+                "or choose client_secret_basic / client_secret_post"
+            )
+        if not 0 <= self.reuse_grace <= _MAX_GRACE:
+            raise ConfigurationError(
+                f"provider {self.name!r}: reuse grace must be between 0 and {_MAX_GRACE:.0f} seconds"
+            )
+        if not 0 <= self.skew <= 3600:
+            raise ConfigurationError(f"provider {self.name!r}: skew must be between 0 and 3600 seconds")
+        if not 0 < self.default_expires_in <= _MAX_GRACE:
+            raise ConfigurationError(
+                f"provider {self.name!r}: default access-token lifetime must be positive and at most a year"
+            )
+
+    def resolve_secret(self) -> Secret | None:
+        """The client secret to send, reading the environment variable now if that is where it lives."""
+        if self.auth_method is AuthMethod.NONE:
+            return None
+        if self.client_secret is not None:
+            return self.client_secret
+        if self.client_secret_env is not None:
+            value = os.environ.get(self.client_secret_env)
+            if not value:
+                raise ConfigurationError(
+                    f"provider {self.name!r} reads its client secret from ${self.client_secret_env}, "
+                    "which is not set; export it and run again"
+                )
+            return Secret(value)
+        raise ConfigurationError(
+            f"provider {self.name!r} uses {self.auth_method.value} but has no client secret; run "
+            "'grantkeeper provider add' again with --client-secret-env or --client-secret-stdin"
+        )
+
+
+def check_name(name: str, kind: str) -> None:
+    """Names are identifiers used on the command line and in key derivation: keep them plain."""
+    if not name or len(name) > 200 or not all(c.isalnum() or c in "-_.:@" for c in name):
+        raise ConfigurationError(
+            f"{kind} name {name!r} is not valid: use 1-200 letters, digits and - _ . : @"
+        )

@@ -1,0 +1,39 @@
+"""Numbers that shape the refresh: waits, retries and backoff. Pure; randomness is passed in."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+__all__ = ["RefreshPolicy"]
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshPolicy:
+    """How one refresh behaves.
+
+    Args:
+        lease_ttl: how long a lease lasts; renewed before every send. Must exceed the request timeout plus
+            commit time, so a healthy holder never loses it mid-request.
+        wait_timeout: how long a worker waits for another worker's refresh before `LeaseTimeout`.
+        max_tries: token requests per refresh for transient failures (5xx, 429, connect errors).
+        deadline: total seconds one refresh may spend retrying.
+        backoff_base, backoff_cap: exponential backoff with jitter (half to full of the computed wait).
+        poll_initial, poll_max: how often a waiter re-checks a grant another worker is refreshing.
+    """
+
+    lease_ttl: float = 30.0
+    wait_timeout: float = 60.0
+    max_tries: int = 4
+    deadline: float = 20.0
+    backoff_base: float = 0.2
+    backoff_cap: float = 5.0
+    poll_initial: float = 0.005
+    poll_max: float = 0.1
+    rng: random.Random = field(default_factory=random.Random, compare=False)
+
+    def backoff(self, retry: int, retry_after: float | None) -> float:
+        """Wait before retry number `retry` (1-based); a provider's Retry-After is a floor."""
+        computed = min(self.backoff_cap, self.backoff_base * 2 ** (retry - 1))
+        wait = computed * self.rng.uniform(0.5, 1.0)
+        return float(max(wait, retry_after or 0.0))

@@ -1,0 +1,273 @@
+"""The refresh transaction as a sans-I/O generator (DESIGN.md steps 3-8).
+
+`refresh_flow` yields steps (`grantkeeper.protocol.steps`) and receives their results; store errors are
+thrown into it. It decides everything: whether to wait, whether to send, whether a possibly-spent token may
+be re-sent, how to classify an answer, what to commit. The sync and async drivers only execute steps, hold
+the in-process lock, and release a lease the flow leaves behind.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Generator
+from dataclasses import dataclass
+from typing import Any
+
+from grantkeeper._exceptions import (
+    ConfigurationError,
+    LeaseTimeout,
+    MalformedResponse,
+    ProviderUnavailable,
+    StaleLocalToken,
+    StoreUnavailable,
+)
+from grantkeeper.model import Attempt, AttemptState, Grant, GrantState, Lease, Provider, RotationMode, TokenSet
+from grantkeeper.protocol.classify import classify_invalid_grant, classify_other, dead_grant_error
+from grantkeeper.protocol.policy import RefreshPolicy
+from grantkeeper.protocol.steps import (
+    ClaimGrant,
+    Commit,
+    Failpoint,
+    Finish,
+    Load,
+    Log,
+    Now,
+    Record,
+    Release,
+    SaveRecovery,
+    Send,
+    Sleep,
+    Step,
+)
+from grantkeeper.stores.base import Claim, GenerationConflict, GrantUpdate
+from grantkeeper.tokens.request import build_refresh_request
+from grantkeeper.tokens.response import Malformed, OAuthFailure, Success, Transient, interpret
+from grantkeeper.tokens.transport import Ambiguous, NotSent
+
+__all__ = ["Refreshed", "refresh_flow"]
+
+Flow = Generator[Step, Any, "Refreshed"]
+
+
+@dataclass(frozen=True, slots=True)
+class Refreshed:
+    """The flow's result: a grant with a usable access token, and whether it is only in recovery storage."""
+
+    grant: Grant
+    provider: Provider
+    committed: bool = True
+
+
+def refresh_flow(name: str, *, worker: str, force: bool, policy: RefreshPolicy) -> Flow:
+    grant, provider = yield Load(name)
+    now = yield Now()
+    if grant.state is GrantState.NEEDS_REAUTH:
+        raise dead_grant_error(grant)
+    if not force and grant.access_usable(now, provider.skew):
+        return Refreshed(grant, provider)
+    seen = grant.generation
+    deadline = now + policy.wait_timeout
+    poll = policy.poll_initial
+    while True:
+        claim: Claim = yield ClaimGrant(name, worker, policy.lease_ttl, now, force, seen)
+        if claim.lease is not None:
+            break
+        if claim.grant.state is GrantState.NEEDS_REAUTH:
+            raise dead_grant_error(claim.grant)
+        if claim.holder is None:  # another worker refreshed (or recovery storage did): nothing to send
+            return Refreshed(claim.grant, claim.provider)
+        if now >= deadline:
+            holder = claim.holder
+            raise LeaseTimeout(
+                f"grant {name!r} is being refreshed by worker {holder.worker} (fence {holder.fence}) and no "
+                f"result arrived within {policy.wait_timeout:.0f} s; its lease expires at {holder.expires_at:.0f} "
+                "(epoch s). Retry later; if this repeats, that worker is stuck",
+                grant=name, generation=claim.grant.generation, worker=holder.worker,
+                retry_after=max(0.0, holder.expires_at - now),
+            )  # fmt: skip
+        yield Sleep(min(poll, max(0.0, deadline - now)))
+        poll = min(poll * 2, policy.poll_max)
+        now = yield Now()
+    yield Failpoint("after_claim")
+    return (yield from _spend(claim, worker=worker, policy=policy, started=now))
+
+
+def _spend(claim: Claim, *, worker: str, policy: RefreshPolicy, started: float) -> Flow:
+    """Inside the lease: send, classify, commit. Every exit closes the attempt it opened."""
+    grant, provider, lease, attempt = claim.grant, claim.provider, claim.lease, claim.attempt
+    assert lease is not None
+    assert attempt is not None
+    if claim.prior is not None:
+        yield Log(logging.WARNING, _resend_note(claim.prior, provider, started), {
+            "grant": grant.name, "generation": grant.generation, "fingerprint": grant.refresh_fp,
+            "attempt_id": attempt.id, "resend_of": claim.prior.id, "prior_worker": claim.prior.worker,
+        })  # fmt: skip
+    tries = 0
+    resent_ambiguous = False
+    stale_retried = False
+    while True:
+        tries += 1
+        try:
+            if grant.refresh_token is None:
+                raise ConfigurationError(f"grant {grant.name!r} has no refresh token; re-import it")
+            request = build_refresh_request(provider, grant.refresh_token)
+        except ConfigurationError:
+            yield Finish(lease, attempt.id, AttemptState.NOT_SENT, "client secret unavailable", started)
+            raise
+        yield Failpoint("before_send")
+        sent_at = yield Now()
+        result = yield Send(request)
+        yield Failpoint("after_send")
+        now = yield Now()
+        retry_after: float | None = None
+        if isinstance(result, NotSent | Ambiguous):
+            maybe_spent = isinstance(result, Ambiguous)
+            state = AttemptState.AMBIGUOUS if maybe_spent else AttemptState.NOT_SENT
+            yield Finish(lease, attempt.id, state, result.reason, now, release=False)
+            if maybe_spent:
+                if resent_ambiguous or now - started >= policy.deadline:
+                    yield Release(lease)
+                    raise ProviderUnavailable(
+                        f"grant {grant.name!r}: no answer from provider {provider.name!r} after sending refresh "
+                        f"token {grant.refresh_fp} ({result.reason}); attempt {attempt.id} is recorded as "
+                        "ambiguous and the next refresh re-sends it per the provider's reuse grace. Retry later",
+                        grant=grant.name, generation=grant.generation, attempt_id=attempt.id,
+                        fingerprint=grant.refresh_fp, worker=worker,
+                    )  # fmt: skip
+                resent_ambiguous = True
+                yield Log(logging.WARNING, _resend_note(attempt, provider, now), {
+                    "grant": grant.name, "attempt_id": attempt.id, "fingerprint": grant.refresh_fp,
+                })  # fmt: skip
+                attempt = yield Record(lease, grant.generation, str(grant.refresh_fp), attempt.id,
+                                       policy.lease_ttl, now)  # fmt: skip
+                continue
+            failure_text = f"provider {provider.name!r} unreachable ({result.reason})"
+        else:
+            answer = interpret(result, now)
+            if isinstance(answer, Success):
+                update = _update(answer.token_set, grant, provider, sent_at, attempt)
+                return (yield from _commit(grant, provider, lease, attempt, update, worker=worker))
+            if isinstance(answer, Malformed):
+                # A 200 we cannot read may still have rotated the token on the provider's side.
+                spent = AttemptState.AMBIGUOUS if answer.status == 200 else AttemptState.REJECTED
+                yield Finish(lease, attempt.id, spent, f"malformed_response: {answer.reason}", now)
+                raise MalformedResponse(
+                    f"provider {provider.name!r} answered the refresh of grant {grant.name!r} with HTTP "
+                    f"{answer.status} that is not a usable token response: {answer.reason}. Nothing was stored"
+                    + ("; the attempt is recorded as ambiguous and the next refresh re-sends per the provider's "
+                       "reuse grace" if spent is AttemptState.AMBIGUOUS else "")
+                    + ". Check the token URL and the provider's status",
+                    grant=grant.name, generation=grant.generation, attempt_id=attempt.id,
+                    fingerprint=grant.refresh_fp, worker=worker,
+                )  # fmt: skip
+            if isinstance(answer, OAuthFailure):
+                if answer.error == "invalid_grant":
+                    latest, _ = yield Load(grant.name)
+                    error = classify_invalid_grant(
+                        sent=grant, latest=latest, attempt=attempt, recent_resend=claim.recent_resend, worker=worker
+                    )
+                    if isinstance(error, StaleLocalToken):
+                        can_retry = not stale_retried and latest.state is GrantState.ACTIVE
+                        yield Finish(lease, attempt.id, AttemptState.REJECTED, error.code, now, release=not can_retry)
+                        if not can_retry or latest.refresh_token is None:
+                            raise error
+                        yield Log(logging.WARNING, str(error), error.evidence())
+                        stale_retried = True
+                        grant = latest
+                        attempt = yield Record(lease, grant.generation, str(grant.refresh_fp), None,
+                                               policy.lease_ttl, now)  # fmt: skip
+                        continue
+                    yield Finish(lease, attempt.id, AttemptState.DEAD, error.code, now, mark_dead=True)
+                    raise error
+                error = classify_other(answer, grant=grant, attempt=attempt, worker=worker)
+                yield Finish(lease, attempt.id, AttemptState.REJECTED, f"{error.code}: {answer.error}", now)
+                raise error
+            assert isinstance(answer, Transient)
+            retry_after = answer.retry_after
+            failure_text = f"provider {provider.name!r} answered HTTP {answer.status}" + (
+                f" {answer.error}" if answer.error else ""
+            )
+            yield Finish(lease, attempt.id, AttemptState.REJECTED, failure_text, now, release=False)
+        # Transient and not spent: retry with backoff while tries and time remain.
+        wait = policy.backoff(tries, retry_after)
+        if tries >= policy.max_tries or now + wait - started > policy.deadline or wait > policy.lease_ttl / 2:
+            yield Release(lease)
+            raise ProviderUnavailable(
+                f"grant {grant.name!r}: {failure_text}; gave up after {tries} tries. The refresh token was not "
+                "consumed and the grant stays healthy; retry later",
+                retry_after=retry_after, grant=grant.name, generation=grant.generation, attempt_id=attempt.id,
+                fingerprint=grant.refresh_fp, worker=worker,
+            )  # fmt: skip
+        yield Sleep(wait)
+        now = yield Now()
+        attempt = yield Record(lease, grant.generation, str(grant.refresh_fp), attempt.resend_of,
+                               policy.lease_ttl, now)  # fmt: skip
+
+
+def _update(token_set: TokenSet, grant: Grant, provider: Provider, sent_at: float, attempt: Attempt) -> GrantUpdate:
+    """What to commit. Expiry counts from when the request was sent; a missing refresh token keeps ours."""
+    expires_in = token_set.expires_in if token_set.expires_in is not None else provider.default_expires_in
+    new_refresh = token_set.refresh_token
+    if new_refresh is not None and new_refresh == grant.refresh_token:
+        new_refresh = None
+    return GrantUpdate(
+        refresh_token=new_refresh,
+        access_token=token_set.access_token,
+        expires_at=sent_at + expires_in,
+        scopes=token_set.scope,
+        # A re-send inside a grace window may return an access token issued earlier with a fresh
+        # expires_in: serve it, but a 401 with it must invalidate it (I4).
+        access_verified=attempt.resend_of is None,
+    )
+
+
+def _commit(
+    grant: Grant, provider: Provider, lease: Lease, attempt: Attempt, update: GrantUpdate, *, worker: str
+) -> Flow:
+    yield Failpoint("before_commit")
+    now = yield Now()
+    try:
+        committed = yield Commit(lease, attempt.id, grant.generation, update, now)
+    except GenerationConflict as conflict:
+        # Another worker committed this generation first (our lease had expired): its chain is current and ours
+        # is the superseded one. Serve the store's state.
+        yield Log(logging.WARNING, str(conflict), conflict.evidence())
+        yield Release(lease)
+        latest, _ = yield Load(grant.name)
+        if latest.state is GrantState.NEEDS_REAUTH:
+            raise dead_grant_error(latest) from conflict
+        return Refreshed(latest, provider)
+    except StoreUnavailable as down:
+        yield SaveRecovery(grant.name, grant.generation, attempt.id, update, now)
+        yield Failpoint("after_recovery_save")
+        yield Log(logging.WARNING, (
+            f"grant {grant.name!r}: the store could not be written ({down.message}); the new token set is kept "
+            "in local recovery storage and will be committed when the store is writable"
+        ), {"grant": grant.name, "generation": grant.generation + 1, "attempt_id": attempt.id,
+            "worker": worker})  # fmt: skip
+        pending = Grant(
+            name=grant.name, provider=grant.provider, refresh_token=update.refresh_token or grant.refresh_token,
+            refresh_fp=grant.refresh_fp, access_token=update.access_token, access_fp=None,
+            expires_at=update.expires_at, scopes=update.scopes or grant.scopes, generation=grant.generation + 1,
+            state=GrantState.ACTIVE, access_verified=update.access_verified, updated_at=now,
+        )  # fmt: skip
+        return Refreshed(pending, provider, committed=False)
+    yield Failpoint("after_commit")
+    return Refreshed(committed, provider)
+
+
+def _resend_note(prior: Attempt, provider: Provider, now: float) -> str:
+    age = now - prior.started_at
+    if provider.rotation is RotationMode.NEVER:
+        why = "the provider does not rotate refresh tokens, so re-sending is safe"
+    elif age < provider.reuse_grace:
+        why = f"it is {age:.1f} s old, inside the provider's {provider.reuse_grace:.0f} s reuse grace"
+    else:
+        why = (
+            f"it is {age:.1f} s old and the provider's reuse grace is {provider.reuse_grace:.0f} s: if that attempt "
+            "reached the provider, this re-send will be rejected and the grant is lost"
+        )
+    return (
+        f"grant {prior.grant!r}: attempt {prior.id} by worker {prior.worker} may have spent refresh token "
+        f"{prior.refresh_fp} without storing its replacement; re-sending once ({why})"
+    )

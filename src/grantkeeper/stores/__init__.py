@@ -1,0 +1,58 @@
+"""Stores: the source of truth, selected by URL.
+
+* ``sqlite:///path/to/file.db`` (or ``sqlite://relative.db``): the embedded default;
+* ``memory://``: a private in-memory store for tests, gone when the process exits.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import platformdirs
+
+from grantkeeper._exceptions import ConfigurationError
+from grantkeeper.stores.base import Claim, GenerationConflict, GrantUpdate, LeaseLost, Store
+from grantkeeper.stores.sqlite import SQLiteStore
+
+__all__ = [
+    "STORE_ENV",
+    "Claim",
+    "GenerationConflict",
+    "GrantUpdate",
+    "LeaseLost",
+    "SQLiteStore",
+    "Store",
+    "default_store_url",
+    "open_store",
+]
+
+STORE_ENV = "GRANTKEEPER_STORE"
+
+
+def default_store_url() -> str:
+    """``$GRANTKEEPER_STORE``, else an SQLite file in the user data directory."""
+    env = os.environ.get(STORE_ENV)
+    if env:
+        return env
+    return "sqlite://" + str(Path(platformdirs.user_data_dir("grantkeeper")) / "grantkeeper.db")
+
+
+def store_path(url: str) -> Path | None:
+    """The file behind a store URL (None for memory://); a clear error for anything else."""
+    if url.startswith("sqlite://"):
+        raw = url.removeprefix("sqlite://")
+        if not raw:
+            raise ConfigurationError("sqlite:// store URL has no path; use sqlite:///absolute/path.db")
+        return Path(raw).expanduser()
+    if url in ("memory://", "memory:"):
+        return None
+    scheme = url.split("://", 1)[0] if "://" in url else url
+    raise ConfigurationError(
+        f"unsupported store URL scheme {scheme!r}; use sqlite:///path/to/grantkeeper.db or memory://"
+    )
+
+
+def open_store(url: str, *, create: bool = True, migrate: bool = False) -> SQLiteStore:
+    """Open the store at `url`. `create` makes a new SQLite file (and its key file) if none exists."""
+    return SQLiteStore.open(store_path(url), create=create, migrate=migrate)

@@ -1,0 +1,118 @@
+"""The store contract: the source of truth for providers and grants, leases and attempts.
+
+Every method is one transaction. The guarantees the refresh protocol relies on:
+
+* ``claim`` takes the grant's lease and durably records the attempt in the same transaction, after
+  re-reading the grant inside it (steps 3-5 of DESIGN.md): if the grant no longer needs a refresh, or
+  another worker holds an unexpired lease, nothing is written. A successor kept in local recovery storage
+  for the current generation is committed by ``claim`` instead of recording an attempt, so no worker on
+  this host spends a token whose successor is already known.
+* ``commit`` is a compare-and-set on generation (I3): it writes generation+1 only if the stored generation
+  is the one the refresh started from, closes the attempt and releases the lease, atomically and durably.
+  A holder whose lease has expired may still commit while its generation is current: its successor token
+  is the only valid one (I1).
+* Leases carry a fence that increases on every acquisition; releasing or renewing checks it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from grantkeeper._exceptions import GrantkeeperError
+from grantkeeper._secrets import Secret
+from grantkeeper.model import Attempt, AttemptState, Grant, Lease, LeaseHolder, Provider
+
+__all__ = ["Claim", "GenerationConflict", "GrantUpdate", "LeaseLost", "Store"]
+
+
+class GenerationConflict(GrantkeeperError):
+    """The stored generation moved on since the refresh started; the write was refused (I3)."""
+
+    code = "generation_conflict"
+
+
+class LeaseLost(GrantkeeperError):
+    """This worker's lease expired and another worker took it; stop before spending anything."""
+
+    code = "lease_lost"
+
+
+@dataclass(frozen=True, slots=True)
+class GrantUpdate:
+    """What a committed refresh writes. ``refresh_token`` None keeps the current one."""
+
+    refresh_token: Secret | None
+    access_token: Secret
+    expires_at: float
+    scopes: tuple[str, ...] | None
+    access_verified: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """What ``claim`` found and did. Exactly one of: ``lease`` taken, ``holder`` busy, nothing needed."""
+
+    grant: Grant
+    provider: Provider
+    lease: Lease | None = None
+    attempt: Attempt | None = None
+    holder: LeaseHolder | None = None
+    #: An unresolved attempt (crashed or ambiguous) on the same token that ``attempt`` now re-sends.
+    prior: Attempt | None = None
+    #: The latest recorded re-send within the last two generations, to explain a later invalid_grant.
+    recent_resend: Attempt | None = None
+    #: The grant was brought up to date from local recovery storage; nothing needs sending.
+    recovered: bool = False
+
+
+class Store(Protocol):
+    """Synchronous store interface. Async callers run these methods in a worker thread."""
+
+    def fingerprint(self, token: Secret) -> str: ...
+
+    def close(self) -> None: ...
+
+    # configuration
+    def put_provider(self, provider: Provider, *, now: float) -> None: ...
+
+    def get_provider(self, name: str) -> Provider: ...
+
+    def list_providers(self) -> list[Provider]: ...
+
+    def import_grant(
+        self, name: str, *, provider: str, refresh_token: Secret, scopes: tuple[str, ...], now: float
+    ) -> Grant: ...
+
+    def get_grant(self, name: str) -> Grant: ...
+
+    def list_grants(self) -> list[Grant]: ...
+
+    def delete_grant(self, name: str) -> None: ...
+
+    def list_attempts(self, name: str, *, limit: int = 20) -> list[Attempt]: ...
+
+    def lease_holder(self, name: str, *, now: float) -> LeaseHolder | None: ...
+
+    # the refresh transaction
+    def claim(
+        self, name: str, *, worker: str, lease_ttl: float, now: float, force: bool, seen_generation: int
+    ) -> Claim: ...
+
+    def record_attempt(self, lease: Lease, *, generation: int, refresh_fp: str, resend_of: int | None,
+                       lease_ttl: float, now: float) -> Attempt: ...
+
+    def commit(self, lease: Lease, *, attempt_id: int, expected_generation: int, update: GrantUpdate,
+               now: float) -> Grant: ...
+
+    def finish(self, lease: Lease, *, attempt_id: int, state: AttemptState, outcome: str, now: float,
+               mark_dead: bool = False, release: bool = True) -> None: ...
+
+    def release(self, lease: Lease) -> None: ...
+
+    def save_recovery(self, name: str, *, expected_generation: int, attempt_id: int, update: GrantUpdate,
+                      now: float) -> None: ...
+
+    def replay_recovery(self, *, now: float) -> list[str]: ...
+
+    def invalidate_access(self, name: str, *, access_fp: str) -> bool: ...

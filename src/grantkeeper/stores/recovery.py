@@ -1,0 +1,141 @@
+"""Durable local recovery storage: where a successor token waits when the store cannot be written.
+
+One file per pending commit in a directory beside the store, encrypted with the store's key (bound to the
+grant name), written to a temporary name, fsync'd, renamed, and the directory fsync'd: after `save`
+returns, the token survives a crash or power loss. A store without a path (``memory://``) keeps entries in
+process memory, which is all a memory store can promise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from grantkeeper._exceptions import StoreFormatError, StoreUnavailable
+from grantkeeper._fsutil import fsync_dir
+from grantkeeper._secrets import Secret
+from grantkeeper.crypto import Crypto
+from grantkeeper.stores.base import GrantUpdate
+
+__all__ = ["RecoveryDir", "RecoveryEntry"]
+
+_SUFFIX = ".gkr"
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveryEntry:
+    grant: str
+    expected_generation: int
+    attempt_id: int
+    update: GrantUpdate
+    saved_at: float
+    path: Path | None = None
+
+
+
+def _grant_tag(name: str) -> str:
+    return hashlib.sha256(name.encode()).hexdigest()[:16]
+
+
+class RecoveryDir:
+    def __init__(self, path: Path | None, crypto: Crypto) -> None:
+        self._path = path
+        self._crypto = crypto
+        self._memory: dict[str, RecoveryEntry] = {}
+
+    def save(self, entry: RecoveryEntry) -> None:
+        update = entry.update
+        record = {
+            "grant": entry.grant,
+            "expected_generation": entry.expected_generation,
+            "attempt_id": entry.attempt_id,
+            "saved_at": entry.saved_at,
+            "refresh_token": update.refresh_token.reveal() if update.refresh_token else None,
+            "access_token": update.access_token.reveal(),
+            "expires_at": update.expires_at,
+            "scopes": list(update.scopes) if update.scopes is not None else None,
+            "access_verified": update.access_verified,
+        }
+        name = f"{_grant_tag(entry.grant)}.{entry.expected_generation}.{entry.attempt_id}.{secrets.token_hex(4)}"
+        if self._path is None:
+            self._memory[name] = dataclasses.replace(entry, path=Path(name))
+            return
+        blob = self._crypto.encrypt_bytes(json.dumps(record).encode(), aad=f"recovery/{_grant_tag(entry.grant)}")
+        try:
+            self._path.mkdir(mode=0o700, exist_ok=True)
+            tmp = self._path / (name + ".tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                os.write(fd, blob)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self._path / (name + _SUFFIX))
+            fsync_dir(self._path)
+        except OSError as exc:
+            raise StoreUnavailable(
+                f"could not write local recovery storage in {self._path} ({exc.strerror}); the successor "
+                "token for this grant exists only in this process's memory: keep the process running "
+                "until the store is writable again",
+                grant=entry.grant,
+                generation=entry.expected_generation,
+                attempt_id=entry.attempt_id,
+            ) from None
+
+    def entries(self, grant: str | None = None) -> list[RecoveryEntry]:
+        if self._path is None:
+            return [e for e in self._memory.values() if grant is None or e.grant == grant]
+        prefix = _grant_tag(grant) + "." if grant is not None else ""
+        try:
+            names = [n for n in os.listdir(self._path) if n.endswith(_SUFFIX) and n.startswith(prefix)]
+        except FileNotFoundError:
+            return []
+        return [self._load(self._path / n) for n in sorted(names)]
+
+    def _load(self, path: Path) -> RecoveryEntry:
+        tag = path.name.split(".", 1)[0]
+        try:
+            blob = path.read_bytes()
+        except OSError as exc:
+            raise StoreUnavailable(f"could not read recovery file {path}: {exc.strerror}") from None
+        try:
+            record = json.loads(self._crypto.decrypt_bytes(blob, aad=f"recovery/{tag}"))
+            if _grant_tag(record["grant"]) != tag:
+                raise ValueError("grant name does not match the file name")
+            update = GrantUpdate(
+                refresh_token=Secret(record["refresh_token"]) if record["refresh_token"] else None,
+                access_token=Secret(record["access_token"]),
+                expires_at=float(record["expires_at"]),
+                scopes=tuple(record["scopes"]) if record["scopes"] is not None else None,
+                access_verified=bool(record["access_verified"]),
+            )
+            return RecoveryEntry(
+                grant=record["grant"],
+                expected_generation=int(record["expected_generation"]),
+                attempt_id=int(record["attempt_id"]),
+                update=update,
+                saved_at=float(record["saved_at"]),
+                path=path,
+            )
+        except (StoreFormatError, ValueError, KeyError, TypeError) as exc:
+            raise StoreFormatError(
+                f"recovery file {path} cannot be read with this store's key ({type(exc).__name__}); it may "
+                "hold the only copy of a refresh token: do not delete it, restore the key it was written with"
+            ) from None
+
+    def remove(self, entry: RecoveryEntry) -> None:
+        if self._path is None:
+            if entry.path is not None:
+                self._memory.pop(entry.path.name, None)
+            return
+        assert entry.path is not None
+        try:
+            entry.path.unlink()
+        except FileNotFoundError:
+            return
+        fsync_dir(self._path)

@@ -1,0 +1,650 @@
+"""The embedded default store: one SQLite file, WAL, ``synchronous=FULL``.
+
+Writes use ``BEGIN IMMEDIATE`` so that the lease check and the write happen under SQLite's single writer
+lock; with ``synchronous=FULL`` a returned commit is on disk. Each thread has its own connection. The
+``memory://`` store is this class over one private in-memory database shared by the process's threads
+under a lock: the same SQL, so unit tests exercise the real statements.
+
+Secrets are encrypted with associated data ``grantkeeper/<table>/<row>/<column>``; the key is checked at
+open against a sealed marker so a wrong key fails loudly before anything is read or written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from grantkeeper._exceptions import (
+    ConfigurationError,
+    EncryptionKeyError,
+    StoreFormatError,
+    StoreUnavailable,
+    UnknownGrant,
+    UnknownProvider,
+)
+from grantkeeper._secrets import Secret
+from grantkeeper.crypto import Crypto, load_or_create_key
+from grantkeeper.model import (
+    Attempt,
+    AttemptState,
+    AuthMethod,
+    Grant,
+    GrantState,
+    Lease,
+    LeaseHolder,
+    Provider,
+    RotationMode,
+    check_name,
+)
+from grantkeeper.stores.base import Claim, GenerationConflict, GrantUpdate, LeaseLost
+from grantkeeper.stores.migrations import latest_version, migrations
+from grantkeeper.stores.recovery import RecoveryDir, RecoveryEntry
+
+__all__ = ["SQLiteStore"]
+
+_APPLICATION_ID = 0x676B6565  # "gkee": marks the file as a grantkeeper store
+_KEY_CHECK = b"grantkeeper key check"
+_KEEP_ATTEMPTS = 200  # per grant; older history is pruned on commit
+_GRANT_COLUMNS = (
+    "name, provider, refresh_token, refresh_fp, access_token, access_fp, expires_at, access_verified, "
+    "scopes, generation, state, last_error, last_error_at, updated_at"
+)
+_ATTEMPT_COLUMNS = (
+    "id, grant_name, generation, refresh_fp, worker, started_at, state, outcome, resend_of, finished_at"
+)
+
+
+def _aad(table: str, row: str, column: str) -> str:
+    return f"grantkeeper/{table}/{row}/{column}"
+
+
+def _map_error(exc: sqlite3.Error, path: str) -> Exception:
+    """One seam for sqlite3 errors: corruption is a format error, everything else is unavailability."""
+    text = str(exc)
+    if isinstance(exc, sqlite3.DatabaseError) and (
+        "not a database" in text or "malformed" in text or "encrypted" in text
+    ):
+        return StoreFormatError(
+            f"{path} is not a readable SQLite database ({text}); point --store at a grantkeeper store or "
+            "restore it from a backup"
+        )
+    if isinstance(exc, sqlite3.OperationalError | sqlite3.DatabaseError):
+        return StoreUnavailable(f"SQLite store {path} cannot be used right now: {text}; retry later")
+    return exc
+
+
+class SQLiteStore:
+    """See the module docstring. Open with `SQLiteStore.open`; close with `close()`."""
+
+    def __init__(
+        self, path: Path | None, crypto: Crypto, *, busy_timeout: float, lock: threading.RLock | None
+    ) -> None:
+        self.path = path
+        self._crypto = crypto
+        self._busy_timeout = busy_timeout
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._connections_lock = threading.Lock()
+        # The in-memory database is one connection: serialize all use of it.
+        self._lock = lock
+        self._closed = False
+        self.recovery = RecoveryDir(
+            path.with_name(path.name + ".recovery") if path is not None else None, crypto
+        )
+
+    # ---------------------------------------------------------------- opening
+
+    @classmethod
+    def open(
+        cls, path: Path | None, *, create: bool = True, busy_timeout: float = 5.0, migrate: bool = False
+    ) -> SQLiteStore:
+        """Open (and with `create`, initialise) the store at `path`; None is a private in-memory store."""
+        if path is None:
+            store = cls(None, Crypto(os.urandom(32)), busy_timeout=busy_timeout, lock=threading.RLock())
+            store._initialise()
+            return store
+        exists = path.exists()
+        if not exists and not create:
+            raise ConfigurationError(f"no grantkeeper store at {path}; create one with 'grantkeeper provider add'")
+        if not exists:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        key = load_or_create_key(path.with_name(path.name + ".key"), create=not exists)
+        store = cls(path, Crypto(key), busy_timeout=busy_timeout, lock=None)
+        try:
+            store._initialise(migrate=migrate)
+        except BaseException:
+            store.close()
+            raise
+        return store
+
+    def _initialise(self, *, migrate: bool = False) -> None:
+        conn = self._conn()
+        where = str(self.path or "memory://")
+        try:
+            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+            tables = conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0]
+        except sqlite3.Error as exc:
+            raise _map_error(exc, where) from None
+        if app_id == 0 and tables == 0:
+            self._migrate(conn, from_version=0)
+            with self._tx() as tx:
+                tx.execute(
+                    "INSERT INTO meta (key, value) VALUES ('key_check', ?)",
+                    (self._crypto.encrypt_bytes(_KEY_CHECK, aad="grantkeeper/meta/key_check"),),
+                )
+            return
+        if app_id != _APPLICATION_ID:
+            raise StoreFormatError(
+                f"{where} is an SQLite database but not a grantkeeper store; refusing to touch it. Choose "
+                "another --store path"
+            )
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        latest = latest_version("sqlite")
+        if version > latest:
+            raise StoreFormatError(
+                f"{where} has schema version {version}, newer than this grantkeeper understands ({latest}); "
+                "upgrade grantkeeper"
+            )
+        if version < latest:
+            if not migrate:
+                raise StoreFormatError(
+                    f"{where} has schema version {version}; this grantkeeper needs {latest}. Back it up, then "
+                    "run 'grantkeeper migrate'"
+                )
+            self._migrate(conn, from_version=version)
+        row = conn.execute("SELECT value FROM meta WHERE key = 'key_check'").fetchone()
+        try:
+            self._crypto.decrypt_bytes(row[0], aad="grantkeeper/meta/key_check")
+        except StoreFormatError:
+            raise EncryptionKeyError(
+                f"{where} was encrypted with a different key than the one given (key id "
+                f"{self._crypto.key_id}); set GRANTKEEPER_KEY or the key file to the key it was created with"
+            ) from None
+
+    def _migrate(self, conn: sqlite3.Connection, *, from_version: int) -> None:
+        for version, sql in migrations("sqlite"):
+            if version <= from_version:
+                continue
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in filter(str.strip, sql.split(";")):
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {int(version)}")
+                conn.execute(f"PRAGMA application_id = {_APPLICATION_ID}")
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+    def schema_version(self) -> int:
+        return int(self._conn().execute("PRAGMA user_version").fetchone()[0])
+
+    # ---------------------------------------------------------------- connections
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._closed:
+            raise ConfigurationError("this store is closed; open a new one")
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None and self._lock is not None and self._connections:
+            conn = self._connections[0]
+        if conn is None:
+            target = str(self.path) if self.path is not None else ":memory:"
+            try:
+                conn = sqlite3.connect(
+                    target, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False
+                )
+                if self.path is not None:
+                    conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute("PRAGMA synchronous = FULL")
+                conn.execute("PRAGMA foreign_keys = ON")
+            except sqlite3.Error as exc:
+                raise _map_error(exc, target) from None
+            with self._connections_lock:
+                self._connections.append(conn)
+            self._local.conn = conn
+        return conn
+
+    @contextlib.contextmanager
+    def _tx(self, *, write: bool = True) -> Iterator[sqlite3.Connection]:
+        """One transaction; sqlite3 errors leave it as grantkeeper errors, after a rollback."""
+        guard = self._lock if self._lock is not None else contextlib.nullcontext()
+        with guard:
+            conn = self._conn()
+            try:
+                conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            except sqlite3.Error as exc:
+                raise _map_error(exc, str(self.path)) from None
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise _map_error(exc, str(self.path)) from None
+                raise
+
+    def close(self) -> None:
+        with self._connections_lock:
+            for conn in self._connections:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+            self._connections.clear()
+        self._closed = True
+
+    # ---------------------------------------------------------------- rows
+
+    def fingerprint(self, token: Secret) -> str:
+        return self._crypto.fingerprint(token)
+
+    def _seal(self, value: Secret | None, table: str, row: str, column: str) -> bytes | None:
+        return None if value is None else self._crypto.encrypt(value, aad=_aad(table, row, column))
+
+    def _open(self, blob: bytes | None, table: str, row: str, column: str) -> Secret | None:
+        return None if blob is None else self._crypto.decrypt(blob, aad=_aad(table, row, column))
+
+    def _grant(self, row: Any) -> Grant:
+        name = str(row[0])
+        return Grant(
+            name=name,
+            provider=str(row[1]),
+            refresh_token=self._open(row[2], "grants", name, "refresh_token"),
+            refresh_fp=row[3],
+            access_token=self._open(row[4], "grants", name, "access_token"),
+            access_fp=row[5],
+            expires_at=row[6],
+            access_verified=bool(row[7]),
+            scopes=tuple(str(row[8]).split()),
+            generation=int(row[9]),
+            state=GrantState(row[10]),
+            last_error=row[11],
+            last_error_at=row[12],
+            updated_at=row[13],
+        )
+
+    def _provider(self, row: Any) -> Provider:
+        name = str(row[0])
+        return Provider(
+            name=name,
+            token_url=str(row[1]),
+            client_id=str(row[2]),
+            client_secret=self._open(row[3], "providers", name, "client_secret"),
+            client_secret_env=row[4],
+            auth_method=AuthMethod(row[5]),
+            rotation=RotationMode(row[6]),
+            reuse_grace=float(row[7]),
+            skew=float(row[8]),
+            default_expires_in=float(row[9]),
+        )
+
+    @staticmethod
+    def _attempt(row: Any) -> Attempt:
+        return Attempt(
+            id=int(row[0]),
+            grant=str(row[1]),
+            generation=int(row[2]),
+            refresh_fp=str(row[3]),
+            worker=str(row[4]),
+            started_at=float(row[5]),
+            state=AttemptState(row[6]),
+            outcome=row[7],
+            resend_of=row[8],
+            finished_at=row[9],
+        )
+
+    def _read_grant(self, conn: sqlite3.Connection, name: str) -> Grant:
+        row = conn.execute(f"SELECT {_GRANT_COLUMNS} FROM grants WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            raise UnknownGrant(f"no grant named {name!r}; import it with 'grantkeeper grant import'", grant=name)
+        return self._grant(row)
+
+    def _read_provider(self, conn: sqlite3.Connection, name: str) -> Provider:
+        row = conn.execute(
+            "SELECT name, token_url, client_id, client_secret, client_secret_env, auth_method, rotation, "
+            "reuse_grace, skew, default_expires_in FROM providers WHERE name = ?",
+            (name,),
+        ).fetchone()
+        if row is None:
+            raise UnknownProvider(f"no provider named {name!r}; add it with 'grantkeeper provider add'")
+        return self._provider(row)
+
+    # ---------------------------------------------------------------- configuration
+
+    def put_provider(self, provider: Provider, *, now: float) -> None:
+        secret = self._seal(provider.client_secret, "providers", provider.name, "client_secret")
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT INTO providers (name, token_url, client_id, client_secret, client_secret_env, "
+                "auth_method, rotation, reuse_grace, skew, default_expires_in, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+                "token_url = excluded.token_url, client_id = excluded.client_id, "
+                "client_secret = excluded.client_secret, client_secret_env = excluded.client_secret_env, "
+                "auth_method = excluded.auth_method, rotation = excluded.rotation, "
+                "reuse_grace = excluded.reuse_grace, skew = excluded.skew, "
+                "default_expires_in = excluded.default_expires_in, updated_at = excluded.updated_at",
+                (
+                    provider.name, provider.token_url, provider.client_id, secret, provider.client_secret_env,
+                    provider.auth_method.value, provider.rotation.value, provider.reuse_grace, provider.skew,
+                    provider.default_expires_in, now, now,
+                ),
+            )  # fmt: skip
+
+    def get_provider(self, name: str) -> Provider:
+        with self._tx(write=False) as conn:
+            return self._read_provider(conn, name)
+
+    def list_providers(self) -> list[Provider]:
+        with self._tx(write=False) as conn:
+            names = [r[0] for r in conn.execute("SELECT name FROM providers ORDER BY name")]
+            return [self._read_provider(conn, n) for n in names]
+
+    def import_grant(
+        self, name: str, *, provider: str, refresh_token: Secret, scopes: tuple[str, ...], now: float
+    ) -> Grant:
+        """Create the grant, or replace its refresh token (re-consent): generation still only goes up."""
+        check_name(name, "grant")
+        if not refresh_token:
+            raise ConfigurationError("the refresh token is empty; pipe the token on standard input")
+        sealed = self._seal(refresh_token, "grants", name, "refresh_token")
+        fp = self.fingerprint(refresh_token)
+        with self._tx() as conn:
+            self._read_provider(conn, provider)
+            conn.execute(
+                "INSERT INTO grants (name, provider, refresh_token, refresh_fp, scopes, generation, state, "
+                "created_at, updated_at) VALUES (?, ?, ?, ?, ?, 1, 'active', ?, ?) ON CONFLICT (name) DO "
+                "UPDATE SET provider = excluded.provider, refresh_token = excluded.refresh_token, "
+                "refresh_fp = excluded.refresh_fp, access_token = NULL, access_fp = NULL, expires_at = NULL, "
+                "scopes = excluded.scopes, generation = grants.generation + 1, state = 'active', "
+                "last_error = NULL, last_error_at = NULL, updated_at = excluded.updated_at",
+                (name, provider, sealed, fp, " ".join(scopes), now, now),
+            )
+            return self._read_grant(conn, name)
+
+    def get_grant(self, name: str) -> Grant:
+        with self._tx(write=False) as conn:
+            return self._read_grant(conn, name)
+
+    def get_grant_and_provider(self, name: str) -> tuple[Grant, Provider]:
+        with self._tx(write=False) as conn:
+            grant = self._read_grant(conn, name)
+            return grant, self._read_provider(conn, grant.provider)
+
+    def list_grants(self) -> list[Grant]:
+        with self._tx(write=False) as conn:
+            return [self._grant(r) for r in conn.execute(f"SELECT {_GRANT_COLUMNS} FROM grants ORDER BY name")]
+
+    def delete_grant(self, name: str) -> None:
+        with self._tx() as conn:
+            if conn.execute("DELETE FROM grants WHERE name = ?", (name,)).rowcount == 0:
+                raise UnknownGrant(f"no grant named {name!r}", grant=name)
+
+    def list_attempts(self, name: str, *, limit: int = 20) -> list[Attempt]:
+        with self._tx(write=False) as conn:
+            rows = conn.execute(
+                f"SELECT {_ATTEMPT_COLUMNS} FROM attempts WHERE grant_name = ? ORDER BY id DESC LIMIT ?",
+                (name, limit),
+            ).fetchall()
+        return [self._attempt(r) for r in rows]
+
+    def lease_holder(self, name: str, *, now: float) -> LeaseHolder | None:
+        with self._tx(write=False) as conn:
+            row = conn.execute(
+                "SELECT worker, fence, expires_at FROM leases WHERE grant_name = ? AND worker IS NOT NULL "
+                "AND expires_at > ?",
+                (name, now),
+            ).fetchone()
+        return LeaseHolder(row[0], int(row[1]), float(row[2])) if row else None
+
+    # ---------------------------------------------------------------- the refresh transaction
+
+    def claim(
+        self, name: str, *, worker: str, lease_ttl: float, now: float, force: bool, seen_generation: int
+    ) -> Claim:
+        with self._tx() as conn:
+            grant = self._read_grant(conn, name)
+            provider = self._read_provider(conn, grant.provider)
+            needed = grant.state is GrantState.ACTIVE and (
+                not grant.access_usable(now, provider.skew) or (force and grant.generation <= seen_generation)
+            )
+            if not needed:
+                return Claim(grant, provider)
+            lease_row = conn.execute(
+                "SELECT worker, fence, expires_at FROM leases WHERE grant_name = ?", (name,)
+            ).fetchone()
+            # A lease this same worker left behind (its commit failed) is reclaimable: in-process single-flight
+            # guarantees the worker is not refreshing this grant concurrently.
+            if lease_row is not None and lease_row[0] not in (None, worker) and lease_row[2] > now:
+                return Claim(grant, provider, holder=LeaseHolder(lease_row[0], lease_row[1], lease_row[2]))
+            self._discard_recovery(name, up_to=grant.generation - 1)
+            for entry in self.recovery.entries(name):
+                if entry.expected_generation == grant.generation:
+                    recovered = self._apply(conn, grant, entry.update, now=now)
+                    self._close_attempt(conn, entry.attempt_id, AttemptState.RECOVERED, "committed from recovery", now)
+                    break
+            else:
+                recovered = None
+            if recovered is not None:
+                self._discard_recovery(name, up_to=recovered.generation - 1)
+                return Claim(recovered, provider, recovered=True)
+            fence = (lease_row[1] if lease_row is not None else 0) + 1
+            conn.execute(
+                "INSERT INTO leases (grant_name, worker, fence, expires_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (grant_name) DO UPDATE SET worker = excluded.worker, fence = excluded.fence, "
+                "expires_at = excluded.expires_at",
+                (name, worker, fence, now + lease_ttl),
+            )
+            lease = Lease(name, worker, fence, now + lease_ttl)
+            prior_row = conn.execute(
+                f"SELECT {_ATTEMPT_COLUMNS} FROM attempts WHERE grant_name = ? AND generation = ? "
+                "AND refresh_fp = ? AND state IN ('open', 'ambiguous') ORDER BY id DESC LIMIT 1",
+                (name, grant.generation, grant.refresh_fp),
+            ).fetchone()
+            prior = self._attempt(prior_row) if prior_row else None
+            resend_row = conn.execute(
+                f"SELECT {_ATTEMPT_COLUMNS} FROM attempts WHERE grant_name = ? AND resend_of IS NOT NULL "
+                "AND generation >= ? ORDER BY id DESC LIMIT 1",
+                (name, grant.generation - 2),
+            ).fetchone()
+            attempt = self._insert_attempt(
+                conn, lease, grant.generation, str(grant.refresh_fp), prior.id if prior else None, now
+            )
+            if prior is not None and prior.state is AttemptState.OPEN:
+                self._close_attempt(
+                    conn, prior.id, AttemptState.ABANDONED, f"worker gone; re-sent as attempt {attempt.id}", now
+                )
+            return Claim(
+                grant,
+                provider,
+                lease=lease,
+                attempt=attempt,
+                prior=prior,
+                recent_resend=self._attempt(resend_row) if resend_row else None,
+            )
+
+    def _insert_attempt(
+        self, conn: sqlite3.Connection, lease: Lease, generation: int, refresh_fp: str, resend_of: int | None,
+        now: float,
+    ) -> Attempt:  # fmt: skip
+        cursor = conn.execute(
+            "INSERT INTO attempts (grant_name, generation, refresh_fp, worker, fence, started_at, state, "
+            "resend_of) VALUES (?, ?, ?, ?, ?, ?, 'open', ?)",
+            (lease.grant, generation, refresh_fp, lease.worker, lease.fence, now, resend_of),
+        )
+        assert cursor.lastrowid is not None
+        return Attempt(
+            cursor.lastrowid, lease.grant, generation, refresh_fp, lease.worker, now, AttemptState.OPEN,
+            resend_of=resend_of,
+        )  # fmt: skip
+
+    @staticmethod
+    def _close_attempt(
+        conn: sqlite3.Connection, attempt_id: int, state: AttemptState, outcome: str, now: float
+    ) -> None:
+        conn.execute(
+            "UPDATE attempts SET state = ?, outcome = ?, finished_at = ? WHERE id = ?",
+            (state.value, outcome, now, attempt_id),
+        )
+
+    def record_attempt(
+        self, lease: Lease, *, generation: int, refresh_fp: str, resend_of: int | None, lease_ttl: float, now: float
+    ) -> Attempt:
+        """Record another attempt under a held lease (a retry), renewing the lease in the same transaction."""
+        with self._tx() as conn:
+            renewed = conn.execute(
+                "UPDATE leases SET expires_at = ? WHERE grant_name = ? AND fence = ? AND worker = ?",
+                (now + lease_ttl, lease.grant, lease.fence, lease.worker),
+            ).rowcount
+            if renewed == 0:
+                raise LeaseLost(
+                    f"the lease on grant {lease.grant!r} (fence {lease.fence}) was taken over by another "
+                    "worker; not sending",
+                    grant=lease.grant,
+                    worker=lease.worker,
+                )
+            return self._insert_attempt(conn, lease, generation, refresh_fp, resend_of, now)
+
+    def _apply(self, conn: sqlite3.Connection, grant: Grant, update: GrantUpdate, *, now: float) -> Grant | None:
+        """Compare-and-set the next generation; None if the stored generation is not `grant.generation`."""
+        name = grant.name
+        refresh = update.refresh_token or grant.refresh_token
+        refresh_fp = self.fingerprint(update.refresh_token) if update.refresh_token else grant.refresh_fp
+        access_fp = self.fingerprint(update.access_token)
+        scopes = update.scopes if update.scopes is not None else grant.scopes
+        changed = conn.execute(
+            "UPDATE grants SET refresh_token = ?, refresh_fp = ?, access_token = ?, access_fp = ?, "
+            "expires_at = ?, access_verified = ?, scopes = ?, generation = generation + 1, "
+            "last_error = NULL, last_error_at = NULL, updated_at = ? WHERE name = ? AND generation = ? "
+            "AND state = 'active'",
+            (
+                self._seal(update.refresh_token, "grants", name, "refresh_token") if update.refresh_token
+                else self._seal(grant.refresh_token, "grants", name, "refresh_token"),
+                refresh_fp,
+                self._seal(update.access_token, "grants", name, "access_token"),
+                access_fp, update.expires_at, int(update.access_verified), " ".join(scopes), now, name,
+                grant.generation,
+            ),
+        ).rowcount  # fmt: skip
+        if changed == 0:
+            return None
+        return Grant(
+            name=name, provider=grant.provider, refresh_token=refresh, refresh_fp=refresh_fp,
+            access_token=update.access_token, access_fp=access_fp, expires_at=update.expires_at,
+            scopes=scopes, generation=grant.generation + 1, state=GrantState.ACTIVE,
+            access_verified=update.access_verified, updated_at=now,
+        )  # fmt: skip
+
+    def commit(
+        self, lease: Lease, *, attempt_id: int, expected_generation: int, update: GrantUpdate, now: float
+    ) -> Grant:
+        with self._tx() as conn:
+            current = self._read_grant(conn, lease.grant)
+            if current.generation != expected_generation:
+                raise GenerationConflict(
+                    f"grant {lease.grant!r} is at generation {current.generation}, not {expected_generation}: "
+                    "another worker committed first",
+                    grant=lease.grant,
+                    generation=current.generation,
+                    attempt_id=attempt_id,
+                )
+            committed = self._apply(conn, current, update, now=now)
+            if committed is None:
+                raise GenerationConflict(
+                    f"grant {lease.grant!r} is no longer active; the refresh result was not stored",
+                    grant=lease.grant,
+                    generation=current.generation,
+                    attempt_id=attempt_id,
+                )
+            self._close_attempt(conn, attempt_id, AttemptState.COMMITTED, f"generation {committed.generation}", now)
+            conn.execute(
+                "UPDATE attempts SET state = 'abandoned', outcome = 'superseded by a committed attempt', "
+                "finished_at = ? WHERE grant_name = ? AND generation = ? AND state = 'open'",
+                (now, lease.grant, expected_generation),
+            )
+            self._release(conn, lease)
+            conn.execute(
+                "DELETE FROM attempts WHERE grant_name = ? AND id <= (SELECT id FROM attempts WHERE "
+                "grant_name = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                (lease.grant, lease.grant, _KEEP_ATTEMPTS),
+            )
+            return committed
+
+    @staticmethod
+    def _release(conn: sqlite3.Connection, lease: Lease) -> None:
+        conn.execute(
+            "UPDATE leases SET worker = NULL, expires_at = 0 WHERE grant_name = ? AND fence = ?",
+            (lease.grant, lease.fence),
+        )
+
+    def finish(
+        self, lease: Lease, *, attempt_id: int, state: AttemptState, outcome: str, now: float,
+        mark_dead: bool = False, release: bool = True,
+    ) -> None:  # fmt: skip
+        """Close an attempt that did not commit; optionally mark the grant dead and release the lease."""
+        with self._tx() as conn:
+            self._close_attempt(conn, attempt_id, state, outcome, now)
+            # Only the generation the attempt spent can be declared dead (I3: a newer one is someone's success).
+            conn.execute(
+                "UPDATE grants SET last_error = ?, last_error_at = ?, state = CASE WHEN ? THEN 'needs_reauth' "
+                "ELSE state END WHERE name = ? AND generation = (SELECT generation FROM attempts WHERE id = ?)",
+                (outcome, now, mark_dead, lease.grant, attempt_id),
+            )
+            if release:
+                self._release(conn, lease)
+
+    def release(self, lease: Lease) -> None:
+        with self._tx() as conn:
+            self._release(conn, lease)
+
+    def invalidate_access(self, name: str, *, access_fp: str) -> bool:
+        with self._tx() as conn:
+            return (
+                conn.execute(
+                    "UPDATE grants SET access_token = NULL, access_fp = NULL, expires_at = NULL "
+                    "WHERE name = ? AND access_fp = ?",
+                    (name, access_fp),
+                ).rowcount
+                > 0
+            )
+
+    # ---------------------------------------------------------------- recovery
+
+    def save_recovery(
+        self, name: str, *, expected_generation: int, attempt_id: int, update: GrantUpdate, now: float
+    ) -> None:
+        self.recovery.save(RecoveryEntry(name, expected_generation, attempt_id, update, now))
+
+    def _discard_recovery(self, name: str, *, up_to: int) -> None:
+        for entry in self.recovery.entries(name):
+            if entry.expected_generation <= up_to:
+                self.recovery.remove(entry)
+
+    def replay_recovery(self, *, now: float) -> list[str]:
+        """Commit every pending recovery entry whose generation is still current; drop superseded ones.
+
+        Returns the names of grants brought up to date. Raises StoreUnavailable if the store still cannot
+        be written (entries stay on disk).
+        """
+        done = []
+        for entry in self.recovery.entries():
+            with self._tx() as conn:
+                try:
+                    grant = self._read_grant(conn, entry.grant)
+                except UnknownGrant:
+                    grant = None
+                if (
+                    grant is not None
+                    and grant.generation == entry.expected_generation
+                    and self._apply(conn, grant, entry.update, now=now) is not None
+                ):
+                        self._close_attempt(
+                            conn, entry.attempt_id, AttemptState.RECOVERED, "committed from recovery", now
+                        )
+                        done.append(entry.grant)
+            self.recovery.remove(entry)
+        return done
+

@@ -1,0 +1,188 @@
+"""Read a token-endpoint answer into a value: success, OAuth error, transient, or malformed. Pure.
+
+Tolerant where real servers differ and the meaning is unambiguous (documented in docs/parsing.md):
+``expires_in`` as a numeric string; ``token_type`` missing (taken as Bearer) or in any case; ``scope`` as
+a list; an empty ``refresh_token`` treated as absent; form-encoded bodies; a 200 that carries ``error``;
+known aliases of ``invalid_grant`` (Slack ``invalid_refresh_token``, GitHub ``bad_refresh_token``).
+Strict where a guess could lose or corrupt a grant: anything else is `Malformed` with a reason that never
+quotes the body.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import TypeAlias
+from urllib.parse import parse_qsl
+
+from grantkeeper._exceptions import sanitize_provider_text
+from grantkeeper._secrets import Secret
+from grantkeeper.model import TokenSet
+
+__all__ = [
+    "MAX_BODY_BYTES",
+    "MAX_EXPIRES_IN",
+    "HttpReply",
+    "Interpretation",
+    "Malformed",
+    "OAuthFailure",
+    "Success",
+    "Transient",
+    "interpret",
+    "parse_retry_after",
+]
+
+MAX_BODY_BYTES = 256 * 1024
+#: ``expires_in`` above this (a year) is clamped: no real access token lives longer, and a huge value would
+#: pin a token in caches forever.
+MAX_EXPIRES_IN = 366 * 86400.0
+
+_ERROR_ALIASES = {"invalid_refresh_token": "invalid_grant", "bad_refresh_token": "invalid_grant"}
+_TRANSIENT_ERRORS = frozenset({"temporarily_unavailable", "server_error", "slow_down"})
+
+
+@dataclass(frozen=True, slots=True)
+class HttpReply:
+    status: int
+    headers: Mapping[str, str]  # lower-case names
+    body: bytes
+    truncated: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Success:
+    token_set: TokenSet
+
+
+@dataclass(frozen=True, slots=True)
+class OAuthFailure:
+    error: str  # RFC 6749 §5.2 code, aliases resolved
+    description: str  # sanitized, safe to show
+    status: int
+
+
+@dataclass(frozen=True, slots=True)
+class Transient:
+    status: int
+    error: str | None
+    retry_after: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Malformed:
+    reason: str
+    status: int
+
+
+Interpretation: TypeAlias = Success | OAuthFailure | Transient | Malformed
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date); None if absent or bad."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - now)
+
+
+def _decode(reply: HttpReply) -> dict[str, object] | None:
+    ctype = reply.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype == "application/x-www-form-urlencoded":
+        try:
+            return dict(parse_qsl(reply.body.decode("utf-8"), keep_blank_values=True, strict_parsing=True))
+        except (UnicodeDecodeError, ValueError):
+            return None
+    try:
+        data = json.loads(reply.body)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _number(value: object) -> float | None:
+    """A finite non-negative number, also from a numeric string; None for anything else."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            return None
+    if isinstance(value, int | float) and math.isfinite(value) and value >= 0:
+        return float(value)
+    return None
+
+
+def _scope(value: object) -> tuple[str, ...] | bool | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return tuple(value.split())
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return tuple(value)
+    return False
+
+
+def interpret(reply: HttpReply, now: float) -> Interpretation:
+    status = reply.status
+    if reply.truncated:
+        return Malformed(f"response body larger than {MAX_BODY_BYTES} bytes", status)
+    data = _decode(reply)
+    retry_after = parse_retry_after(reply.headers.get("retry-after"), now)
+    error = data.get("error") if data is not None else None
+    if isinstance(error, str) and error and (status >= 400 or "access_token" not in data):  # type: ignore[operator]
+        code = _ERROR_ALIASES.get(error, error)
+        if code in _TRANSIENT_ERRORS or status >= 500 or status == 429:
+            return Transient(status, code, retry_after)
+        assert data is not None
+        return OAuthFailure(code, sanitize_provider_text(data.get("error_description") or ""), status)
+    if status == 429 or status >= 500 or status == 408:
+        return Transient(status, None, retry_after)
+    if 300 <= status < 400:
+        return Malformed(f"HTTP {status} redirect from the token endpoint; check the provider's token URL", status)
+    if status != 200:
+        return Malformed(f"HTTP {status} without an OAuth error body", status)
+    if data is None:
+        return Malformed("body is not a JSON object", status)
+    access = data.get("access_token")
+    if not isinstance(access, str) or not access:
+        return Malformed("no access_token string in the response", status)
+    token_type = data.get("token_type", "Bearer")
+    if not isinstance(token_type, str) or token_type.lower() != "bearer":
+        return Malformed(f"token_type {sanitize_provider_text(token_type, 20)!r} is not Bearer", status)
+    expires_in: float | None = None
+    if data.get("expires_in") is not None:
+        expires_in = _number(data["expires_in"])
+        if expires_in is None:
+            return Malformed("expires_in is not a non-negative number", status)
+        expires_in = min(expires_in, MAX_EXPIRES_IN)
+    refresh = data.get("refresh_token")
+    if refresh is not None and not isinstance(refresh, str):
+        return Malformed("refresh_token is not a string", status)
+    scope = _scope(data.get("scope"))
+    if scope is False:
+        return Malformed("scope is neither a string nor a list of strings", status)
+    id_token = data.get("id_token")
+    if id_token is not None and not isinstance(id_token, str):
+        return Malformed("id_token is not a string", status)
+    rt_expires = data.get("refresh_token_expires_in", data.get("x_refresh_token_expires_in"))
+    return Success(
+        TokenSet(
+            access_token=Secret(access),
+            token_type="Bearer",
+            expires_in=expires_in,
+            refresh_token=Secret(refresh) if refresh else None,
+            scope=scope if isinstance(scope, tuple) else None,
+            id_token=Secret(id_token) if id_token else None,
+            refresh_token_expires_in=_number(rt_expires) if rt_expires is not None else None,
+        )
+    )
