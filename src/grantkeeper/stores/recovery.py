@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import secrets
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ from grantkeeper.crypto import Crypto
 from grantkeeper.stores.base import GrantUpdate
 
 __all__ = ["RecoveryDir", "RecoveryEntry"]
+
+logger = logging.getLogger("grantkeeper")
 
 _SUFFIX = ".gkr"
 
@@ -78,24 +81,31 @@ class RecoveryDir:
             os.replace(tmp, self._path / (name + _SUFFIX))
             fsync_dir(self._path)
         except OSError as exc:
-            raise StoreUnavailable(
-                f"could not write local recovery storage in {self._path} ({exc.strerror}); the successor "
-                "token for this grant exists only in this process's memory: keep the process running "
-                "until the store is writable again",
-                grant=entry.grant,
-                generation=entry.expected_generation,
-                attempt_id=entry.attempt_id,
-            ) from None
+            # Last line of defence for I1: keep it in this process and shout. claim() still finds it here.
+            self._memory[name] = dataclasses.replace(entry, path=Path(name))
+            logger.error(
+                "could not write local recovery storage in %s (%s): the successor token for grant %r lives only "
+                "in this process until the store is writable again; keep the process running",
+                self._path, exc.strerror, entry.grant,
+                extra={"grantkeeper": {"grant": entry.grant, "generation": entry.expected_generation,
+                                       "attempt_id": entry.attempt_id}},
+            )  # fmt: skip
 
     def entries(self, grant: str | None = None) -> list[RecoveryEntry]:
+        held = [e for e in self._memory.values() if grant is None or e.grant == grant]
         if self._path is None:
-            return [e for e in self._memory.values() if grant is None or e.grant == grant]
+            return held
         prefix = _grant_tag(grant) + "." if grant is not None else ""
         try:
             names = [n for n in os.listdir(self._path) if n.endswith(_SUFFIX) and n.startswith(prefix)]
-        except FileNotFoundError:
-            return []
-        return [self._load(self._path / n) for n in sorted(names)]
+        except (FileNotFoundError, NotADirectoryError):
+            return held  # no directory, so nothing can be waiting in it
+        except OSError as exc:
+            raise StoreUnavailable(
+                f"cannot list local recovery storage {self._path} ({exc.strerror}); refusing to refresh while a "
+                "kept successor token might be there. Fix the directory's permissions"
+            ) from None
+        return held + [self._load(self._path / n) for n in sorted(names)]
 
     def _load(self, path: Path) -> RecoveryEntry:
         tag = path.name.split(".", 1)[0]
@@ -129,11 +139,10 @@ class RecoveryDir:
             ) from None
 
     def remove(self, entry: RecoveryEntry) -> None:
-        if self._path is None:
-            if entry.path is not None:
-                self._memory.pop(entry.path.name, None)
-            return
         assert entry.path is not None
+        if entry.path.name in self._memory:
+            del self._memory[entry.path.name]
+            return
         try:
             entry.path.unlink()
         except FileNotFoundError:

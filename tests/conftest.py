@@ -1,0 +1,58 @@
+"""Shared fixtures: stores of every kind, the provider simulator, keepers wired to both."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from grantkeeper._failpoints import clear_hooks
+from grantkeeper.stores import SQLiteStore, open_store
+
+STORE_KINDS = ("memory", "sqlite")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """No test reads the developer's store, key or failpoints."""
+    monkeypatch.delenv("GRANTKEEPER_KEY", raising=False)
+    monkeypatch.delenv("GRANTKEEPER_FAILPOINTS", raising=False)
+    monkeypatch.setenv("GRANTKEEPER_STORE", f"sqlite://{tmp_path}/default-store.db")
+    yield
+    clear_hooks()
+
+
+@pytest.fixture(params=STORE_KINDS)
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return "memory://" if request.param == "memory" else f"sqlite://{tmp_path}/grants.db"
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite://{tmp_path}/grants.db"
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[SQLiteStore]:
+    s = open_store(store_url)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def make_sim() -> Iterator[Callable[..., object]]:
+    """Start provider simulators with the given options; all are stopped at the end."""
+    from grantkeeper.testing.simulator import ProviderSimulator
+
+    started: list[ProviderSimulator] = []
+
+    def factory(**options: object) -> ProviderSimulator:
+        sim = ProviderSimulator(**options)  # type: ignore[arg-type]
+        sim.start()
+        started.append(sim)
+        return sim
+
+    yield factory
+    for sim in started:
+        sim.stop()

@@ -1,0 +1,59 @@
+"""Helpers shared by test modules (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from grantkeeper import Keeper, Provider, RefreshPolicy, RotationMode, Secret
+
+
+#: Short enough that crash tests wait little for a dead holder; long enough for a loopback request.
+FAST_POLICY = RefreshPolicy(lease_ttl=3.0, wait_timeout=30.0, backoff_base=0.01, backoff_cap=0.05, deadline=10.0)
+
+
+def provider_for(sim: object, *, name: str = "sim", rotation: str = "always", grace: float = 0.0,
+                 skew: float = 30.0) -> Provider:  # fmt: skip
+    return Provider(
+        name=name,
+        token_url=sim.url,  # type: ignore[attr-defined]
+        client_id=sim.client_id,  # type: ignore[attr-defined]
+        client_secret=Secret(sim.client_secret),  # type: ignore[attr-defined]
+        rotation=RotationMode(rotation),
+        reuse_grace=grace,
+        skew=skew,
+    )
+
+
+def setup_grant(store_url: str, sim: object, *, grant: str = "g", **provider_options: object) -> str:
+    """Add a provider for `sim` and import a fresh grant into the store; returns the refresh token."""
+    refresh = sim.issue_grant()  # type: ignore[attr-defined]
+    with Keeper.open(store_url) as keeper:
+        keeper.add_provider(provider_for(sim, **provider_options))  # type: ignore[arg-type]
+        keeper.import_grant(grant, provider="sim", refresh_token=refresh)
+    return str(refresh)
+
+
+def files_bytes(directory: Path) -> bytes:
+    """Every byte of every file under `directory` (store, WAL, shm, recovery files)."""
+    data = b""
+    for root, _, names in os.walk(directory):
+        for n in names:
+            data += Path(root, n).read_bytes()
+    return data
+
+
+def add_grant(keeper: Keeper, sim: object, *, grant: str = "g", **provider_options: object) -> str:
+    """Add a provider for `sim` and import a fresh grant through an open keeper; returns the refresh token."""
+    refresh = str(sim.issue_grant())  # type: ignore[attr-defined]
+    keeper.add_provider(provider_for(sim, **provider_options))  # type: ignore[arg-type]
+    keeper.import_grant(grant, provider="sim", refresh_token=refresh)
+    return refresh
+
+
+def resource_ok(sim: object, access_token: str) -> bool:
+    """Does the simulator's resource server accept this access token?"""
+    import httpx
+
+    response = httpx.get(sim.base_url + "/resource", headers={"Authorization": f"Bearer {access_token}"})  # type: ignore[attr-defined]
+    return response.status_code == 200
