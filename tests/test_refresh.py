@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -57,12 +58,10 @@ class TestHappyPath:
         assert [keeper.access_token("g") for _ in range(50)] == [first] * 50
         assert sim.stats.refresh_calls == 1  # type: ignore[attr-defined]
 
-    def test_second_keeper_reads_committed_token_not_provider(self, store_url: str, make_sim: Sim) -> None:
+    def test_second_keeper_reads_committed_token_not_provider(self, sqlite_url: str, make_sim: Sim) -> None:
         """Another keeper on the same store uses the committed access token (read-your-writes, I4)."""
-        if store_url == "memory://":
-            pytest.skip("a memory store is private to one keeper")
         sim = make_sim()
-        with Keeper.open(store_url, policy=FAST_POLICY) as a, Keeper.open(store_url, policy=FAST_POLICY) as b:
+        with Keeper.open(sqlite_url, policy=FAST_POLICY) as a, Keeper.open(sqlite_url, policy=FAST_POLICY) as b:
             add_grant(a, sim)
             assert a.access_token("g") == b.access_token("g")
         assert sim.stats.refresh_calls == 1  # type: ignore[attr-defined]
@@ -103,6 +102,18 @@ class TestHappyPath:
         grant = keeper.refresh("g")
         assert grant.expires_at is not None and grant.updated_at is not None
         assert 3500 < grant.expires_at - grant.updated_at <= 3600
+
+
+    def test_tolerated_expires_in_forms(self, keeper: Keeper, make_sim: Sim) -> None:
+        """expires_in as a numeric string is accepted; an absurd one is clamped to a year, not trusted."""
+        sim = make_sim()
+        add_grant(keeper, sim)
+        sim.inject(Malformed("expires_in_string"))  # type: ignore[attr-defined]
+        grant = keeper.refresh("g")
+        assert grant.generation == 2 and 3500 < grant.expires_at - grant.updated_at <= 3600  # type: ignore[operator]
+        sim.inject(Malformed("expires_in_huge"))  # type: ignore[attr-defined]
+        grant = keeper.refresh("g", force=True)
+        assert grant.generation == 3 and grant.expires_at - grant.updated_at <= 366 * 86400  # type: ignore[operator]
 
 
 class TestTransient:
@@ -207,7 +218,7 @@ class TestRejected:
         """Wrong client credentials: client_auth_failed; the grant stays active and its token unspent."""
         sim = make_sim()
         refresh = add_grant(keeper, sim)
-        keeper.add_provider(provider_for(sim).__class__(**{**_fields(provider_for(sim)), "client_secret": Secret("wrong")}))
+        keeper.add_provider(dataclasses.replace(provider_for(sim), client_secret=Secret("wrong-secret")))
         with pytest.raises(ClientAuthFailed, match="client credentials"):
             keeper.refresh("g")
         grant = keeper.store.get_grant("g")
@@ -273,6 +284,3 @@ class TestRejected:
         grant = keeper.refresh("g")
         assert grant.generation == 2 and sim.stats.grace_replays == 1  # type: ignore[attr-defined]
 
-
-def _fields(provider: object) -> dict[str, object]:
-    return {f: getattr(provider, f) for f in provider.__dataclass_fields__}  # type: ignore[attr-defined]

@@ -1,0 +1,917 @@
+"""A real OAuth 2.0 token endpoint on loopback, for tests, demos and benchmarks.
+
+`ProviderSimulator` serves ``POST /token`` (RFC 6749 §6 refresh, §5.1 responses, §5.2 errors) over plain HTTP/1.1
+with keep-alive, from a daemon thread. It models the behaviours that make refresh-token rotation hard to live with:
+rotation policies (always / conditional / never), a reuse grace window for the immediately superseded token, reuse
+detection that revokes the whole grant family, and injectable faults (delays, HTTP errors, malformed bodies,
+connections dropped before or after the refresh was committed server-side).
+
+Standard library only. Every state change happens under one lock, so concurrent requests are linearizable; only
+the `Delay` fault sleeps outside it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import json
+import secrets
+import socket
+import socketserver
+import threading
+import time
+import urllib.parse
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any, Final
+
+__all__ = [
+    "AUTH_METHODS",
+    "MALFORMED_KINDS",
+    "ROTATION_MODES",
+    "Delay",
+    "DropAfterRotate",
+    "DropBeforeProcessing",
+    "Fault",
+    "HttpError",
+    "Malformed",
+    "ProviderSimulator",
+    "SimulatorStats",
+]
+
+ROTATION_MODES: Final = ("always", "conditional", "never")
+AUTH_METHODS: Final = ("client_secret_basic", "client_secret_post", "none")
+MALFORMED_KINDS: Final = frozenset(
+    {
+        "html",
+        "non_json",
+        "missing_access_token",
+        "missing_expires_in",
+        "wrong_types",
+        "expires_in_string",
+        "expires_in_negative",
+        "expires_in_huge",
+        "oversized",
+        "wrong_token_type",
+        "json_array",
+        "empty",
+    }
+)
+
+_MAX_BODY: Final = 64 * 1024  # a refresh request is a few hundred bytes
+_MAX_DISCARD: Final = 4 * 1024 * 1024  # read (and discard) at most this much of an oversized body before a 413
+_OVERSIZED_PADDING: Final = 2 * 1024 * 1024 + 1024
+_IDLE_TIMEOUT: Final = 120.0  # seconds a keep-alive connection may sit idle
+_POLL_INTERVAL: Final = 0.05  # serve_forever's shutdown latency
+_JSON: Final = "application/json"
+_BASIC_CHALLENGE: Final = 'Basic realm="simulator"'
+
+
+# --------------------------------------------------------------------------------------------------- faults
+
+
+@dataclass(frozen=True)
+class Fault:
+    """Base class of the injectable faults; inject one of the subclasses."""
+
+
+@dataclass(frozen=True)
+class Delay(Fault):
+    """Sleep `seconds` (real time) before processing the request, then process it normally."""
+
+    seconds: float
+
+    def __post_init__(self) -> None:
+        if not self.seconds >= 0:  # also rejects NaN
+            raise ValueError("Delay.seconds must be >= 0")
+
+
+@dataclass(frozen=True)
+class HttpError(Fault):
+    """Answer with `status` without processing the request (the refresh token is not consumed).
+
+    With `error`, the body is ``{"error": error}``; `retry_after` sets the Retry-After header; `body` overrides the
+    body verbatim (its Content-Type is guessed from its first byte: JSON, HTML or plain text).
+    """
+
+    status: int = 503
+    error: str | None = None
+    retry_after: str | None = None
+    body: bytes | None = None
+
+    def __post_init__(self) -> None:
+        if not 300 <= self.status <= 599:
+            raise ValueError("HttpError.status must be in 300..599")
+
+
+@dataclass(frozen=True)
+class Malformed(Fault):
+    """Answer 200 with a broken body of the given `kind` (see `MALFORMED_KINDS`).
+
+    With ``rotate=False`` nothing is processed. With ``rotate=True`` the refresh is processed first exactly as it
+    would be without the fault (so under ``rotation="always"`` the presented token is superseded) and only the body
+    is broken: the client never learns the successor. The access token in the broken body is then a real one.
+    """
+
+    kind: str
+    rotate: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kind not in MALFORMED_KINDS:
+            raise ValueError(f"unknown Malformed kind {self.kind!r}; known: {', '.join(sorted(MALFORMED_KINDS))}")
+
+
+@dataclass(frozen=True)
+class DropAfterRotate(Fault):
+    """Process the refresh fully (rotate, record the successor), then close the connection without answering."""
+
+
+@dataclass(frozen=True)
+class DropBeforeProcessing(Fault):
+    """Close the connection without answering and without processing (the refresh token is not consumed)."""
+
+
+# ---------------------------------------------------------------------------------------------------- stats
+
+
+@dataclass(frozen=True)
+class SimulatorStats:
+    """A snapshot of what the token endpoint did.
+
+    `refresh_calls` counts every ``POST /token``; `successes` every 200 token response delivered (grace replays
+    included); `errors` maps an error code to its count (``invalid_grant``, ``invalid_client``, ...,
+    ``server_error`` for 5xx `HttpError` faults, ``malformed`` for `Malformed` faults, ``dropped`` for both drop
+    faults); `grace_replays` the superseded-token replays answered within the grace window; `reuse_detections` the
+    families revoked because a superseded token was presented; `rotations` the refresh tokens superseded.
+    """
+
+    refresh_calls: int = 0
+    successes: int = 0
+    errors: Mapping[str, int] = field(default_factory=dict)
+    grace_replays: int = 0
+    reuse_detections: int = 0
+    rotations: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        """The snapshot as plain JSON-serializable data."""
+        return {
+            "refresh_calls": self.refresh_calls,
+            "successes": self.successes,
+            "errors": dict(self.errors),
+            "grace_replays": self.grace_replays,
+            "reuse_detections": self.reuse_detections,
+            "rotations": self.rotations,
+        }
+
+
+# ------------------------------------------------------------------------------------------- internal state
+
+
+@dataclass(eq=False)
+class _Family:
+    scope: tuple[str, ...]
+    current: str
+    predecessor: str | None = None
+    superseded_at: float = 0.0
+    successor_access: str | None = None  # the access token issued together with `current` when it was minted
+    successes: int = 0
+    revoked: bool = False
+
+
+@dataclass(eq=False)
+class _Access:
+    family: _Family
+    scope: tuple[str, ...]
+    expires_at: float
+
+
+@dataclass(frozen=True)
+class _Reply:
+    status: int = 200
+    body: bytes = b""
+    content_type: str | None = _JSON
+    headers: tuple[tuple[str, str], ...] = ()
+    close: bool = False
+    drop: bool = False
+
+
+@dataclass(frozen=True)
+class _OAuthError:
+    status: int
+    code: str
+    description: str
+    challenge: str | None = None
+    close: bool = False
+
+
+@dataclass(frozen=True)
+class _Issued:
+    payload: dict[str, Any]
+    access_token: str
+    scope: tuple[str, ...]
+
+
+_DROP: Final = _Reply(drop=True)
+
+
+def _json_bytes(data: object) -> bytes:
+    return json.dumps(data, separators=(",", ":")).encode()
+
+
+def _number(value: float) -> int | float:
+    """JSON number for a duration: an int when whole, else the float."""
+    return int(value) if float(value).is_integer() else value
+
+
+def _valid_scope_token(token: str) -> bool:
+    # RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
+    return bool(token) and all(c == "\x21" or "\x23" <= c <= "\x5b" or "\x5d" <= c <= "\x7e" for c in token)
+
+
+def _error_reply(err: _OAuthError) -> _Reply:
+    headers = (("WWW-Authenticate", err.challenge),) if err.challenge else ()
+    body = _json_bytes({"error": err.code, "error_description": err.description})
+    return _Reply(status=err.status, body=body, headers=headers, close=err.close)
+
+
+def _guess_content_type(body: bytes) -> str:
+    head = body.lstrip()[:1]
+    if head in (b"{", b"["):
+        return _JSON
+    if head == b"<":
+        return "text/html; charset=utf-8"
+    return "text/plain; charset=utf-8"
+
+
+def _malformed_body(kind: str, access_token: str, scope: tuple[str, ...], ttl: float) -> tuple[bytes, str]:
+    expires_in = _number(ttl)
+    base: dict[str, Any] = {"access_token": access_token, "token_type": "Bearer", "expires_in": expires_in}
+    if scope:
+        base["scope"] = " ".join(scope)
+    if kind == "html":
+        page = b"<!DOCTYPE html><html><head><title>502 Bad Gateway</title></head><body><h1>502</h1></body></html>"
+        return page, "text/html; charset=utf-8"
+    if kind == "non_json":
+        return b"Service temporarily unavailable, please try again later.\n", _JSON
+    if kind == "empty":
+        return b"", _JSON
+    if kind == "json_array":
+        return _json_bytes([base]), _JSON
+    if kind == "missing_access_token":
+        del base["access_token"]
+    elif kind == "missing_expires_in":
+        del base["expires_in"]
+    elif kind == "wrong_types":
+        base["access_token"] = 12345
+        base["expires_in"] = [expires_in]
+    elif kind == "expires_in_string":
+        base["expires_in"] = str(expires_in)
+    elif kind == "expires_in_negative":
+        base["expires_in"] = -3600
+    elif kind == "expires_in_huge":
+        base["expires_in"] = 10**12
+    elif kind == "wrong_token_type":
+        base["token_type"] = "mac"
+    elif kind == "oversized":
+        base = {"padding": "x" * _OVERSIZED_PADDING, **base}
+    return _json_bytes(base), _JSON
+
+
+# ---------------------------------------------------------------------------------------------------- HTTP
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128  # many clients connect at once in the concurrency tests and benchmarks
+
+    def __init__(self, address: tuple[str, int], family: socket.AddressFamily, simulator: ProviderSimulator) -> None:
+        self.address_family = family
+        self.simulator = simulator
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
+        super().__init__(address, _Handler)
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind would call socket.getfqdn(), a reverse DNS lookup that can take seconds.
+        socketserver.TCPServer.server_bind(self)
+        sockname = self.socket.getsockname()
+        self.server_name = str(sockname[0])
+        self.server_port = int(sockname[1])
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Client disconnects and shutdown races are expected; never print tracebacks."""
+
+    def track(self, conn: socket.socket) -> None:
+        with self._connections_lock:
+            self._connections.add(conn)
+
+    def untrack(self, conn: socket.socket) -> None:
+        with self._connections_lock:
+            self._connections.discard(conn)
+
+    def close_connections(self) -> None:
+        """Wake every handler thread blocked on an idle keep-alive connection so it exits."""
+        with self._connections_lock:
+            conns = list(self._connections)
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "grantkeeper-simulator/1"
+    timeout = _IDLE_TIMEOUT
+    disable_nagle_algorithm = True
+    wbufsize = -1  # buffered: status line, headers and body leave in one write, flushed per response
+
+    @property
+    def _sim(self) -> ProviderSimulator:
+        server = self.server
+        assert isinstance(server, _Server)
+        return server.simulator
+
+    def setup(self) -> None:
+        super().setup()
+        server = self.server
+        assert isinstance(server, _Server)
+        server.track(self.connection)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            server = self.server
+            assert isinstance(server, _Server)
+            server.untrack(self.connection)
+
+    def version_string(self) -> str:
+        return self.server_version
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Silence the per-request log lines on stderr."""
+
+    def _path(self) -> str:
+        return urllib.parse.urlsplit(self.path).path
+
+    def _read_body(self) -> tuple[bytes, _Reply | None]:
+        """The request body, or a reply that ends the exchange (framing we cannot or will not handle).
+
+        Any such reply also marks the connection for closing: whatever answer goes out, the stream is out of sync.
+        """
+        body, reply = self._read_body_framed()
+        if reply is not None:
+            self.close_connection = True
+        return body, reply
+
+    def _read_body_framed(self) -> tuple[bytes, _Reply | None]:
+        if self.headers.get("Transfer-Encoding") is not None:
+            body = _json_bytes({"error": "invalid_request", "error_description": "send a Content-Length body"})
+            return b"", _Reply(status=411, body=body, close=True)
+        raw_length = self.headers.get("Content-Length")
+        if raw_length is None:
+            return b"", None
+        try:
+            length = int(raw_length.strip())
+            if length < 0:
+                raise ValueError
+        except ValueError:
+            body = _json_bytes({"error": "invalid_request", "error_description": "bad Content-Length"})
+            return b"", _Reply(status=400, body=body, close=True)
+        if length > _MAX_BODY:
+            if length <= _MAX_DISCARD:
+                self.rfile.read(length)
+            body = _json_bytes({"error": "invalid_request", "error_description": "request body too large"})
+            return b"", _Reply(status=413, body=body, close=True)
+        data = self.rfile.read(length)
+        if len(data) < length:
+            return b"", _DROP
+        return data, None
+
+    def _send(self, reply: _Reply) -> None:
+        if reply.drop:
+            self.close_connection = True
+            return
+        self.send_response(reply.status)
+        for name, value in reply.headers:
+            self.send_header(name, value)
+        if reply.content_type is not None:
+            self.send_header("Content-Type", reply.content_type)
+        self.send_header("Content-Length", str(len(reply.body)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("Pragma", "no-cache")
+        if reply.close or self.close_connection:
+            self.send_header("Connection", "close")  # also sets self.close_connection
+        self.end_headers()
+        if reply.body:
+            self.wfile.write(reply.body)
+        self.wfile.flush()
+
+    def do_POST(self) -> None:
+        body, framing = self._read_body()
+        if framing is not None and framing.drop:
+            self._send(framing)
+            return
+        if self._path() != "/token":
+            self._send(framing or _Reply(status=404, body=_json_bytes({"error": "not_found"})))
+            return
+        reply = self._sim._handle_token_request(
+            authorization=self.headers.get("Authorization"),
+            content_type=self.headers.get("Content-Type"),
+            body=body,
+            framing=framing,
+        )
+        self._send(reply)
+
+    def do_GET(self) -> None:
+        _, framing = self._read_body()
+        if framing is not None:
+            self._send(framing)
+            return
+        path = self._path()
+        if path == "/resource":
+            reply = self._sim._handle_resource_request(self.headers.get("Authorization"))
+        elif path == "/stats":
+            reply = _Reply(body=_json_bytes(self._sim.stats.as_dict()))
+        elif path == "/token":
+            body = _json_bytes({"error": "invalid_request", "error_description": "use POST"})
+            reply = _Reply(status=405, body=body, headers=(("Allow", "POST"),))
+        else:
+            reply = _Reply(status=404, body=_json_bytes({"error": "not_found"}))
+        self._send(reply)
+
+
+# ----------------------------------------------------------------------------------------------- simulator
+
+
+class ProviderSimulator:
+    """An OAuth 2.0 authorization server's token endpoint, served over HTTP on loopback.
+
+    Use it as a context manager (``with ProviderSimulator() as sim:``) or call `start` / `stop`. Grants are made
+    with `issue_grant`; clients refresh them at `url`. See docs/simulator.md.
+    """
+
+    def __init__(
+        self,
+        *,
+        rotation: str = "always",
+        reuse_grace: float = 0.0,
+        reuse_detection: bool = True,
+        access_ttl: float = 3600.0,
+        conditional_every: int = 3,
+        echo_refresh_token: bool = False,
+        grace_returns_previous_access: bool = False,
+        client_id: str = "sim-client",
+        client_secret: str | None = None,
+        auth_methods: tuple[str, ...] = ("client_secret_basic", "client_secret_post"),
+        host: str = "127.0.0.1",
+        port: int = 0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if rotation not in ROTATION_MODES:
+            raise ValueError(f"rotation must be one of {', '.join(ROTATION_MODES)}")
+        if not reuse_grace >= 0:
+            raise ValueError("reuse_grace must be >= 0")
+        if not access_ttl > 0:
+            raise ValueError("access_ttl must be > 0")
+        if conditional_every < 1:
+            raise ValueError("conditional_every must be >= 1")
+        if not auth_methods or any(m not in AUTH_METHODS for m in auth_methods):
+            raise ValueError(f"auth_methods must be a non-empty subset of {', '.join(AUTH_METHODS)}")
+        if not client_id:
+            raise ValueError("client_id must not be empty")
+        if not 0 <= port <= 65535:
+            raise ValueError("port must be in 0..65535")
+        self._rotation = rotation
+        self._reuse_grace = float(reuse_grace)
+        self._reuse_detection = reuse_detection
+        self._access_ttl = float(access_ttl)
+        self._conditional_every = conditional_every
+        self._echo = echo_refresh_token
+        self._grace_previous_access = grace_returns_previous_access
+        self._client_id = client_id
+        self._client_secret = client_secret if client_secret is not None else secrets.token_urlsafe(24)
+        self._auth_methods = tuple(auth_methods)
+        self._host = host
+        self._port = port
+        self._clock = clock
+
+        self._lock = threading.Lock()
+        self._refresh_tokens: dict[str, _Family] = {}
+        self._access_tokens: dict[str, _Access] = {}
+        self._faults: deque[Fault] = deque()
+        self._refresh_calls = 0
+        self._successes = 0
+        self._errors: dict[str, int] = {}
+        self._grace_replays = 0
+        self._reuse_detections = 0
+        self._rotations = 0
+
+        self._state_lock = threading.Lock()
+        self._state = "new"  # -> "running" -> "stopped"
+        self._stopping = threading.Event()
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """Bind and serve from a daemon thread. A simulator starts once."""
+        with self._state_lock:
+            if self._state == "running":
+                raise RuntimeError("ProviderSimulator is already started")
+            if self._state == "stopped":
+                raise RuntimeError("ProviderSimulator was stopped and cannot be restarted; create a new one")
+            family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
+            server = _Server((self._host, self._port), family, self)
+            thread = threading.Thread(
+                target=server.serve_forever,
+                kwargs={"poll_interval": _POLL_INTERVAL},
+                name=f"ProviderSimulator:{server.server_port}",
+                daemon=True,
+            )
+            thread.start()
+            self._server, self._thread, self._state = server, thread, "running"
+
+    def stop(self) -> None:
+        """Stop serving, close the listening socket and every open connection. Idempotent."""
+        with self._state_lock:
+            if self._state == "stopped":
+                return
+            self._state = "stopped"
+            server, thread = self._server, self._thread
+        self._stopping.set()  # wakes requests sleeping in a Delay fault
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+            server.close_connections()
+        if thread is not None:
+            thread.join(timeout=5.0)
+
+    def __enter__(self) -> ProviderSimulator:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def _require_not_stopped(self, what: str) -> None:
+        if self._state == "stopped":
+            raise RuntimeError(f"ProviderSimulator is stopped; cannot {what}")
+
+    def _address(self) -> tuple[str, int]:
+        with self._state_lock:
+            if self._state == "new":
+                raise RuntimeError("ProviderSimulator is not started; call start() or use it as a context manager")
+            if self._state == "stopped":
+                raise RuntimeError("ProviderSimulator is stopped; its address is no longer served")
+            assert self._server is not None
+            return self._server.server_name, self._server.server_port
+
+    @property
+    def base_url(self) -> str:
+        """``http://HOST:PORT`` of the running server."""
+        host, port = self._address()
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{port}"
+
+    @property
+    def url(self) -> str:
+        """The token endpoint, ``http://HOST:PORT/token``."""
+        return f"{self.base_url}/token"
+
+    @property
+    def client_id(self) -> str:
+        return self._client_id
+
+    @property
+    def client_secret(self) -> str:
+        return self._client_secret
+
+    # ---------------------------------------------------------------------------------------- grants
+
+    def _new_token(self) -> str:
+        while True:
+            token = secrets.token_urlsafe(32)
+            if token not in self._refresh_tokens and token not in self._access_tokens:
+                return token
+
+    def issue_grant(self, *, scope: str = "read write") -> str:
+        """Create a new grant family and return its first refresh token."""
+        self._require_not_stopped("issue grants")
+        scopes = tuple(dict.fromkeys(scope.split()))
+        if not all(_valid_scope_token(s) for s in scopes):
+            raise ValueError("scope contains characters not allowed by RFC 6749 section 3.3")
+        with self._lock:
+            token = self._new_token()
+            self._refresh_tokens[token] = _Family(scope=scopes, current=token)
+            return token
+
+    def revoke_family(self, refresh_token: str) -> None:
+        """Revoke every token (refresh and access) of the family `refresh_token` belongs to."""
+        with self._lock:
+            family = self._refresh_tokens.get(refresh_token)
+            if family is None:
+                raise KeyError("unknown refresh token")
+            family.revoked = True
+
+    def is_active(self, refresh_token: str) -> bool:
+        """Whether `refresh_token` is the current token of a non-revoked family.
+
+        A superseded token still inside its grace window is not active (it is only tolerated).
+        """
+        with self._lock:
+            family = self._refresh_tokens.get(refresh_token)
+            return family is not None and not family.revoked and family.current == refresh_token
+
+    # ---------------------------------------------------------------------------------------- faults
+
+    def inject(self, fault: Fault, *, times: int = 1) -> None:
+        """Apply `fault` to each of the next `times` token requests (queued FIFO after earlier injections)."""
+        self._require_not_stopped("inject faults")
+        if type(fault) is Fault or not isinstance(fault, Fault):
+            raise TypeError("inject a concrete fault: Delay, HttpError, Malformed, DropAfterRotate, ...")
+        if times < 1:
+            raise ValueError("times must be >= 1")
+        with self._lock:
+            self._faults.extend([fault] * times)
+
+    def clear_faults(self) -> None:
+        """Forget every queued fault."""
+        with self._lock:
+            self._faults.clear()
+
+    # ----------------------------------------------------------------------------------------- stats
+
+    @property
+    def stats(self) -> SimulatorStats:
+        """A consistent snapshot of the counters."""
+        with self._lock:
+            return SimulatorStats(
+                refresh_calls=self._refresh_calls,
+                successes=self._successes,
+                errors=dict(self._errors),
+                grace_replays=self._grace_replays,
+                reuse_detections=self._reuse_detections,
+                rotations=self._rotations,
+            )
+
+    def reset_stats(self) -> None:
+        """Zero every counter (grants, tokens and queued faults are kept)."""
+        with self._lock:
+            self._refresh_calls = self._successes = 0
+            self._grace_replays = self._reuse_detections = self._rotations = 0
+            self._errors.clear()
+
+    def _count_error(self, code: str) -> None:
+        self._errors[code] = self._errors.get(code, 0) + 1
+
+    # -------------------------------------------------------------------------------------- requests
+
+    def _handle_token_request(
+        self, *, authorization: str | None, content_type: str | None, body: bytes, framing: _Reply | None
+    ) -> _Reply:
+        with self._lock:
+            self._refresh_calls += 1
+            fault = self._faults.popleft() if self._faults else None
+        if isinstance(fault, Delay):
+            if self._stopping.wait(fault.seconds):
+                return _DROP
+            fault = None
+        with self._lock:
+            return self._token_reply_locked(fault, authorization, content_type, body, framing)
+
+    def _token_reply_locked(
+        self,
+        fault: Fault | None,
+        authorization: str | None,
+        content_type: str | None,
+        body: bytes,
+        framing: _Reply | None,
+    ) -> _Reply:
+        if isinstance(fault, DropBeforeProcessing):
+            self._count_error("dropped")
+            return _DROP
+        if isinstance(fault, HttpError):
+            return self._http_error_reply(fault)
+        if isinstance(fault, Malformed) and not fault.rotate:
+            self._count_error("malformed")
+            unregistered = secrets.token_urlsafe(32)
+            payload, ctype = _malformed_body(fault.kind, unregistered, (), self._access_ttl)
+            return _Reply(body=payload, content_type=ctype)
+        if framing is not None:
+            self._count_error("invalid_request")
+            return framing
+
+        outcome = self._process_locked(authorization, content_type, body)
+        if isinstance(outcome, _OAuthError):
+            self._count_error(outcome.code)
+            return _error_reply(outcome)
+        if isinstance(fault, Malformed):  # rotate=True: processed, then the answer is lost in a broken body
+            self._count_error("malformed")
+            payload, ctype = _malformed_body(fault.kind, outcome.access_token, outcome.scope, self._access_ttl)
+            return _Reply(body=payload, content_type=ctype)
+        if isinstance(fault, DropAfterRotate):
+            self._count_error("dropped")
+            return _DROP
+        self._successes += 1
+        return _Reply(body=_json_bytes(outcome.payload))
+
+    def _http_error_reply(self, fault: HttpError) -> _Reply:
+        if fault.status >= 500:
+            self._count_error("server_error")
+        else:
+            self._count_error(fault.error or f"http_{fault.status}")
+        headers = (("Retry-After", fault.retry_after),) if fault.retry_after is not None else ()
+        if fault.body is not None:
+            return _Reply(
+                status=fault.status, body=fault.body, content_type=_guess_content_type(fault.body), headers=headers
+            )
+        if fault.error is not None:
+            return _Reply(status=fault.status, body=_json_bytes({"error": fault.error}), headers=headers)
+        return _Reply(status=fault.status, content_type=None, headers=headers)
+
+    def _process_locked(
+        self, authorization: str | None, content_type: str | None, body: bytes
+    ) -> _OAuthError | _Issued:
+        form = self._parse_form(content_type, body)
+        if isinstance(form, _OAuthError):
+            return form
+        auth_error = self._authenticate(authorization, form)
+        if auth_error is not None:
+            return auth_error
+        grant_type = form.get("grant_type")
+        if grant_type is None:
+            return _OAuthError(400, "invalid_request", "missing grant_type")
+        if grant_type != "refresh_token":
+            return _OAuthError(400, "unsupported_grant_type", "only grant_type=refresh_token is supported")
+        token = form.get("refresh_token")
+        if token is None:
+            return _OAuthError(400, "invalid_request", "missing refresh_token")
+        requested = tuple(dict.fromkeys(form["scope"].split())) if "scope" in form else None
+        if requested is not None and not all(_valid_scope_token(s) for s in requested):
+            return _OAuthError(400, "invalid_scope", "malformed scope")
+
+        family = self._refresh_tokens.get(token)
+        if family is None:
+            return _OAuthError(400, "invalid_grant", "unknown refresh token")
+        if family.revoked:
+            return _OAuthError(400, "invalid_grant", "refresh token has been revoked")
+        now = self._clock()
+
+        if token != family.current:
+            if token == family.predecessor and now - family.superseded_at < self._reuse_grace:
+                return self._grace_replay_locked(family, requested, now)
+            if self._reuse_detection:
+                family.revoked = True
+                self._reuse_detections += 1
+                return _OAuthError(400, "invalid_grant", "refresh token was already used; the grant is revoked")
+            return _OAuthError(400, "invalid_grant", "refresh token was already used")
+
+        if requested is not None and not set(requested) <= set(family.scope):
+            return _OAuthError(400, "invalid_scope", "requested scope exceeds the granted scope")
+        granted = requested if requested is not None else family.scope
+
+        family.successes += 1
+        if self._rotation == "always":
+            rotate = True
+        elif self._rotation == "conditional":
+            rotate = family.successes % self._conditional_every == 0
+        else:
+            rotate = False
+
+        access = self._mint_access_locked(family, granted, now)
+        payload = self._payload(access, granted)
+        if rotate:
+            successor = self._new_token()
+            self._refresh_tokens[successor] = family
+            family.predecessor, family.superseded_at = token, now
+            family.current, family.successor_access = successor, access
+            self._rotations += 1
+            payload["refresh_token"] = successor
+        elif self._echo:
+            payload["refresh_token"] = token
+        return _Issued(payload=payload, access_token=access, scope=granted)
+
+    def _grace_replay_locked(
+        self, family: _Family, requested: tuple[str, ...] | None, now: float
+    ) -> _OAuthError | _Issued:
+        if requested is not None and not set(requested) <= set(family.scope):
+            return _OAuthError(400, "invalid_scope", "requested scope exceeds the granted scope")
+        granted = requested if requested is not None else family.scope
+        previous_token = family.successor_access
+        previous = self._access_tokens.get(previous_token) if previous_token is not None else None
+        if self._grace_previous_access and previous_token is not None and previous is not None:
+            access = previous_token
+            previous.expires_at = now + self._access_ttl  # same token, fresh lifetime
+            granted = previous.scope
+        else:
+            access = self._mint_access_locked(family, granted, now)
+        self._grace_replays += 1
+        payload = self._payload(access, granted)
+        payload["refresh_token"] = family.current
+        return _Issued(payload=payload, access_token=access, scope=granted)
+
+    def _mint_access_locked(self, family: _Family, scope: tuple[str, ...], now: float) -> str:
+        access = self._new_token()
+        self._access_tokens[access] = _Access(family=family, scope=scope, expires_at=now + self._access_ttl)
+        return access
+
+    def _payload(self, access: str, scope: tuple[str, ...]) -> dict[str, Any]:
+        payload: dict[str, Any] = {
+            "access_token": access,
+            "token_type": "Bearer",
+            "expires_in": _number(self._access_ttl),
+        }
+        if scope:
+            payload["scope"] = " ".join(scope)
+        return payload
+
+    @staticmethod
+    def _parse_form(content_type: str | None, body: bytes) -> dict[str, str] | _OAuthError:
+        media_type = (content_type or "").split(";", 1)[0].strip().lower()
+        if media_type != "application/x-www-form-urlencoded":
+            return _OAuthError(400, "invalid_request", "Content-Type must be application/x-www-form-urlencoded")
+        try:
+            pairs = urllib.parse.parse_qsl(
+                body.decode("ascii"), keep_blank_values=True, encoding="utf-8", errors="strict", max_num_fields=64
+            )
+        except ValueError:  # includes UnicodeDecodeError
+            return _OAuthError(400, "invalid_request", "malformed form body")
+        form: dict[str, str] = {}
+        seen: set[str] = set()
+        for name, value in pairs:
+            if name in seen:
+                return _OAuthError(400, "invalid_request", "a parameter is repeated")
+            seen.add(name)
+            if value:  # RFC 6749 §3.1: empty parameters are treated as omitted
+                form[name] = value
+        return form
+
+    def _check_credentials(self, client_id: str, secret: str) -> bool:
+        id_ok = secrets.compare_digest(client_id.encode(), self._client_id.encode())
+        secret_ok = secrets.compare_digest(secret.encode(), self._client_secret.encode())
+        return id_ok and secret_ok
+
+    def _authenticate(self, authorization: str | None, form: dict[str, str]) -> _OAuthError | None:
+        body_id = form.get("client_id")
+        body_secret = form.get("client_secret")
+        if authorization is not None:
+            scheme, _, credentials = authorization.strip().partition(" ")
+            if scheme.lower() != "basic":
+                return _OAuthError(401, "invalid_client", "unsupported authentication scheme", _BASIC_CHALLENGE)
+            if body_secret is not None:
+                return _OAuthError(400, "invalid_request", "more than one client authentication method used")
+            if "client_secret_basic" not in self._auth_methods:
+                return _OAuthError(401, "invalid_client", "client_secret_basic is not allowed", _BASIC_CHALLENGE)
+            try:
+                decoded = base64.b64decode(credentials.strip(), validate=True).decode("utf-8")
+                encoded_id, colon, encoded_secret = decoded.partition(":")
+                # RFC 6749 §2.3.1: both parts are application/x-www-form-urlencoded before Basic encoding
+                client_id = urllib.parse.unquote_plus(encoded_id, errors="strict")
+                secret = urllib.parse.unquote_plus(encoded_secret, errors="strict")
+            except (binascii.Error, ValueError):
+                return _OAuthError(401, "invalid_client", "malformed Basic credentials", _BASIC_CHALLENGE)
+            if not colon:
+                return _OAuthError(401, "invalid_client", "malformed Basic credentials", _BASIC_CHALLENGE)
+            if body_id is not None and body_id != client_id:
+                return _OAuthError(400, "invalid_request", "client_id in the body differs from the Basic credentials")
+            if not self._check_credentials(client_id, secret):
+                return _OAuthError(401, "invalid_client", "client authentication failed", _BASIC_CHALLENGE)
+            return None
+        if body_secret is not None:
+            if "client_secret_post" not in self._auth_methods:
+                return _OAuthError(401, "invalid_client", "client_secret_post is not allowed")
+            if body_id is None or not self._check_credentials(body_id, body_secret):
+                return _OAuthError(401, "invalid_client", "client authentication failed")
+            return None
+        if body_id is not None and "none" in self._auth_methods:
+            if secrets.compare_digest(body_id.encode(), self._client_id.encode()):
+                return None
+            return _OAuthError(401, "invalid_client", "unknown client")
+        return _OAuthError(401, "invalid_client", "client authentication required")
+
+    def _handle_resource_request(self, authorization: str | None) -> _Reply:
+        scheme, _, token = (authorization or "").strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            challenge = 'Bearer realm="simulator"'
+            return _Reply(status=401, body=_json_bytes({"ok": False}), headers=(("WWW-Authenticate", challenge),))
+        with self._lock:
+            record = self._access_tokens.get(token)
+            valid = record is not None and not record.family.revoked and self._clock() < record.expires_at
+        if valid:
+            return _Reply(body=_json_bytes({"ok": True}))
+        challenge = 'Bearer error="invalid_token"'
+        body = _json_bytes({"ok": False, "error": "invalid_token"})
+        return _Reply(status=401, body=body, headers=(("WWW-Authenticate", challenge),))
