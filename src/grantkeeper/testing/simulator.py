@@ -646,6 +646,12 @@ class ProviderSimulator:
         with self._lock:
             self._faults.extend([fault] * times)
 
+    def issued_tokens(self) -> frozenset[str]:
+        """Every refresh and access token this simulator has issued (for leak tests: none may appear in logs,
+        errors or files)."""
+        with self._lock:
+            return frozenset(self._refresh_tokens) | frozenset(self._access_tokens)
+
     def clear_faults(self) -> None:
         """Forget every queued fault."""
         with self._lock:
