@@ -50,7 +50,10 @@ def recover(url: str) -> dict[str, object]:
 
 MODES = {
     "always-grace0": {"sim": {"rotation": "always", "reuse_grace": 0}, "provider": {"rotation": "always"}},
-    "always-grace30": {"sim": {"rotation": "always", "reuse_grace": 30}, "provider": {"rotation": "always", "grace": 30}},
+    "always-grace30": {
+        "sim": {"rotation": "always", "reuse_grace": 30},
+        "provider": {"rotation": "always", "grace": 30},
+    },
     "never": {"sim": {"rotation": "never"}, "provider": {"rotation": "never"}},
 }
 

@@ -49,7 +49,9 @@ def _scenarios(keeper: Keeper, sim: object) -> list[object]:
     return seen
 
 
-def test_no_secret_in_logs_errors_reprs_or_files(tmp_path: Path, make_sim: Sim, caplog: pytest.LogCaptureFixture) -> None:
+def test_no_secret_in_logs_errors_reprs_or_files(
+    tmp_path: Path, make_sim: Sim, caplog: pytest.LogCaptureFixture
+) -> None:
     """Every token the provider issued and the client secret are absent from all captured output and from
     every file the store wrote, whatever happened."""
     caplog.set_level(logging.DEBUG)  # every logger, httpx and httpcore included

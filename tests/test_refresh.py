@@ -103,7 +103,6 @@ class TestHappyPath:
         assert grant.expires_at is not None and grant.updated_at is not None
         assert 3500 < grant.expires_at - grant.updated_at <= 3600
 
-
     def test_tolerated_expires_in_forms(self, keeper: Keeper, make_sim: Sim) -> None:
         """expires_in as a numeric string is accepted; an absurd one is clamped to a year, not trusted."""
         sim = make_sim()
@@ -283,4 +282,3 @@ class TestRejected:
             keeper.refresh("g")
         grant = keeper.refresh("g")
         assert grant.generation == 2 and sim.stats.grace_replays == 1  # type: ignore[attr-defined]
-

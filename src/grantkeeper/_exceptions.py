@@ -54,13 +54,14 @@ __all__ = [
 # Anything that looks like a token (long run of token characters) is cut out of provider-supplied text
 # before it reaches a message: some servers echo the presented token in error_description.
 _TOKENISH = re.compile(r"[A-Za-z0-9\-_.~+/=]{20,}")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def sanitize_provider_text(text: object, limit: int = 160) -> str:
     """Make provider-controlled text safe to show: no token-like runs, no control characters, bounded."""
     value = _CONTROL.sub(" ", str(text))
     value = _TOKENISH.sub("[redacted]", value)
+    limit = max(limit, 1)
     return value if len(value) <= limit else value[: limit - 1] + "…"
 
 

@@ -18,9 +18,7 @@ from collections.abc import Callable
 
 __all__ = ["POINTS", "clear_hooks", "hit", "set_hook"]
 
-POINTS = frozenset(
-    {"after_claim", "before_send", "after_send", "before_commit", "after_commit", "after_recovery_save"}
-)
+POINTS = frozenset({"after_claim", "before_send", "after_send", "before_commit", "after_commit", "after_recovery_save"})
 
 _hooks: dict[str, Callable[[], None]] = {}
 

@@ -33,9 +33,7 @@ _NONCE_BYTES = 12
 
 
 def _derive(master: bytes, purpose: bytes) -> bytes:
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"grantkeeper/v1/" + purpose).derive(
-        master
-    )
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"grantkeeper/v1/" + purpose).derive(master)
 
 
 def parse_key(text: str, *, origin: str) -> bytes:
@@ -48,7 +46,7 @@ def parse_key(text: str, *, origin: str) -> bytes:
     if len(key) != 32:
         raise EncryptionKeyError(
             f"the key in {origin} is not 32 bytes of base64url; generate one with "
-            "`python -c \"import secrets,base64;print(base64.urlsafe_b64encode(secrets.token_bytes(32)).decode())\"`"
+            '`python -c "import secrets,base64;print(base64.urlsafe_b64encode(secrets.token_bytes(32)).decode())"`'
         )
     return key
 
@@ -85,7 +83,6 @@ def load_or_create_key(key_file: Path, *, create: bool) -> bytes:
             f"run `chmod 600 {key_file}`"
         )
     return parse_key(key_file.read_text(encoding="ascii", errors="replace"), origin=str(key_file))
-
 
 
 class Crypto:

@@ -31,7 +31,7 @@ from grantkeeper.model import Attempt, Grant, GrantState, LeaseHolder, Provider
 from grantkeeper.protocol import Refreshed, RefreshPolicy, refresh_flow
 from grantkeeper.stores import SQLiteStore, open_store
 
-__all__ = ["AsyncKeeper", "GrantStatus", "Keeper"]
+__all__ = ["AsyncKeeper", "GrantStatus", "KeepaliveResult", "Keeper"]
 
 logger = logging.getLogger("grantkeeper")
 T = TypeVar("T")
@@ -74,6 +74,16 @@ class GrantStatus:
             for a in self.attempts
         ]  # fmt: skip
         return data
+
+
+@dataclass(frozen=True, slots=True)
+class KeepaliveResult:
+    """What `keepalive` did for one grant whose refresh token nears the end of its life."""
+
+    grant: str
+    action: str  # "refreshed" | "failed" | "reconsent_needed"
+    deadline: float  # when the refresh token (idle) or the consent (absolute) would die
+    detail: str
 
 
 def _worker_id() -> str:
@@ -152,6 +162,36 @@ class _KeeperCore:
             lease=self.store.lease_holder(name, now=now), attempts=tuple(self.store.list_attempts(name, limit=10)),
             pending_recovery=len(self.store.recovery.entries(name)),
         )  # fmt: skip
+
+    def _keepalive_plan(self, margin: float) -> list[tuple[str, str, float]]:
+        """(grant, "refresh" | "reconsent_needed", deadline) for active grants whose refresh token would die
+        within `margin` seconds: by idle expiry (a refresh resets it) or absolute expiry (only consent does)."""
+        now = self.clock.now()
+        providers = {p.name: p for p in self.store.list_providers()}
+        plan = []
+        for grant in self.store.list_grants():
+            provider = providers[grant.provider]
+            if grant.state is not GrantState.ACTIVE:
+                continue
+            if provider.refresh_absolute_ttl is not None and grant.created_at is not None:
+                deadline = grant.created_at + provider.refresh_absolute_ttl
+                if deadline - margin <= now:
+                    plan.append((grant.name, "reconsent_needed", deadline))
+                    continue
+            if provider.refresh_idle_ttl is not None and grant.refreshed_at is not None:
+                deadline = grant.refreshed_at + provider.refresh_idle_ttl
+                if deadline - margin <= now:
+                    plan.append((grant.name, "refresh", deadline))
+        return plan
+
+    @staticmethod
+    def _reconsent(name: str, deadline: float) -> KeepaliveResult:
+        result = KeepaliveResult(name, "reconsent_needed", deadline,
+                                 "the provider's absolute refresh-token lifetime ends soon; refreshing cannot extend "
+                                 "it: have the user authorize again and re-import the grant")  # fmt: skip
+        logger.warning("grant %r: %s (deadline %.0f)", name, result.detail, deadline,
+                       extra={"grantkeeper": {"grant": name, "deadline": deadline}})  # fmt: skip
+        return result
 
     def _invalidate(self, name: str, access_token: str) -> bool:
         """A resource server rejected `access_token` (401): drop it here and in the store (I4)."""
@@ -236,6 +276,21 @@ class Keeper(_KeeperCore):
     def status(self, name: str) -> GrantStatus:
         return self._status(name)
 
+    def keepalive(self, *, margin: float = 7 * 86400.0) -> list[KeepaliveResult]:
+        """Refresh grants whose refresh token would expire from disuse within `margin` seconds; warn about
+        grants whose consent ends (absolute lifetime) within it. Run it from a daily scheduler."""
+        results = []
+        for name, action, deadline in self._keepalive_plan(margin):
+            if action == "reconsent_needed":
+                results.append(self._reconsent(name, deadline))
+                continue
+            try:
+                grant = self.refresh(name, force=True)
+                results.append(KeepaliveResult(name, "refreshed", deadline, f"generation {grant.generation}"))
+            except GrantkeeperError as exc:
+                results.append(KeepaliveResult(name, "failed", deadline, f"{exc.code}: {exc.message}"))
+        return results
+
     def grants(self) -> list[Grant]:
         return self.store.list_grants()
 
@@ -310,6 +365,20 @@ class AsyncKeeper(_KeeperCore):
     async def status(self, name: str) -> GrantStatus:
         return await self._call(self._status, name)
 
+    async def keepalive(self, *, margin: float = 7 * 86400.0) -> list[KeepaliveResult]:
+        """See `Keeper.keepalive`."""
+        results = []
+        for name, action, deadline in await self._call(self._keepalive_plan, margin):
+            if action == "reconsent_needed":
+                results.append(self._reconsent(name, deadline))
+                continue
+            try:
+                grant = await self.refresh(name, force=True)
+                results.append(KeepaliveResult(name, "refreshed", deadline, f"generation {grant.generation}"))
+            except GrantkeeperError as exc:
+                results.append(KeepaliveResult(name, "failed", deadline, f"{exc.code}: {exc.message}"))
+        return results
+
     async def grants(self) -> list[Grant]:
         return await self._call(self.store.list_grants)
 
@@ -323,4 +392,3 @@ class AsyncKeeper(_KeeperCore):
 
     async def report_rejected(self, name: str, access_token: str) -> bool:
         return await self._call(self._invalidate, name, access_token)
-

@@ -33,6 +33,8 @@ class Grant:
     last_error: str | None = None
     last_error_at: float | None = None
     updated_at: float | None = None
+    refreshed_at: float | None = None
+    created_at: float | None = None
 
     def usable_until(self, skew: float) -> float | None:
         """When the access token stops being served: expiry minus the skew.

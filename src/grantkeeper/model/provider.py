@@ -46,25 +46,31 @@ class Provider:
     reuse_grace: float = 0.0
     skew: float = 30.0
     default_expires_in: float = 3600.0
+    #: The refresh token dies if unused this long (sliding); `Keeper.keepalive` refreshes ahead of it.
+    refresh_idle_ttl: float | None = None
+    #: The consent dies this long after it was given, whatever we do; `keepalive` warns ahead of it.
+    refresh_absolute_ttl: float | None = None
 
     def __post_init__(self) -> None:
         check_name(self.name, "provider")
-        parts = urlsplit(self.token_url)
+        try:
+            parts = urlsplit(self.token_url)
+            host = parts.hostname
+        except ValueError:
+            raise ConfigurationError(f"provider {self.name!r}: token URL {self.token_url!r} cannot be parsed") from None
         if parts.scheme not in ("https", "http") or not parts.netloc:
             raise ConfigurationError(
                 f"provider {self.name!r}: token URL must be an absolute http(s) URL; got {self.token_url!r}"
             )
-        if parts.scheme == "http" and parts.hostname not in ("127.0.0.1", "localhost", "::1"):
+        if parts.scheme == "http" and host not in ("127.0.0.1", "localhost", "::1"):
             raise ConfigurationError(
-                f"provider {self.name!r}: plain http is allowed only on loopback; use https for "
-                f"{parts.hostname}"
+                f"provider {self.name!r}: plain http is allowed only on loopback; use https for {host}"
             )
         if not self.client_id:
             raise ConfigurationError(f"provider {self.name!r}: client id must not be empty")
         if self.client_secret is not None and self.client_secret_env is not None:
             raise ConfigurationError(
-                f"provider {self.name!r}: give the client secret either stored or by environment "
-                "variable, not both"
+                f"provider {self.name!r}: give the client secret either stored or by environment variable, not both"
             )
         if self.auth_method is AuthMethod.NONE and (self.client_secret or self.client_secret_env):
             raise ConfigurationError(
@@ -77,6 +83,9 @@ class Provider:
             )
         if not 0 <= self.skew <= 3600:
             raise ConfigurationError(f"provider {self.name!r}: skew must be between 0 and 3600 seconds")
+        for label, ttl in (("idle", self.refresh_idle_ttl), ("absolute", self.refresh_absolute_ttl)):
+            if ttl is not None and not ttl > 0:
+                raise ConfigurationError(f"provider {self.name!r}: refresh-token {label} lifetime must be positive")
         if not 0 < self.default_expires_in <= _MAX_GRACE:
             raise ConfigurationError(
                 f"provider {self.name!r}: default access-token lifetime must be positive and at most a year"
@@ -105,6 +114,4 @@ class Provider:
 def check_name(name: str, kind: str) -> None:
     """Names are identifiers used on the command line and in key derivation: keep them plain."""
     if not name or len(name) > 200 or not all(c.isalnum() or c in "-_.:@" for c in name):
-        raise ConfigurationError(
-            f"{kind} name {name!r} is not valid: use 1-200 letters, digits and - _ . : @"
-        )
+        raise ConfigurationError(f"{kind} name {name!r} is not valid: use 1-200 letters, digits and - _ . : @")

@@ -34,6 +34,6 @@ class RefreshPolicy:
 
     def backoff(self, retry: int, retry_after: float | None) -> float:
         """Wait before retry number `retry` (1-based); a provider's Retry-After is a floor."""
-        computed = min(self.backoff_cap, self.backoff_base * 2 ** (retry - 1))
+        computed = min(self.backoff_cap, self.backoff_base * 2 ** min(retry - 1, 64))
         wait = computed * self.rng.uniform(0.5, 1.0)
         return float(max(wait, retry_after or 0.0))

@@ -99,19 +99,31 @@ class Store(Protocol):
         self, name: str, *, worker: str, lease_ttl: float, now: float, force: bool, seen_generation: int
     ) -> Claim: ...
 
-    def record_attempt(self, lease: Lease, *, generation: int, refresh_fp: str, resend_of: int | None,
-                       lease_ttl: float, now: float) -> Attempt: ...
+    def record_attempt(
+        self, lease: Lease, *, generation: int, refresh_fp: str, resend_of: int | None, lease_ttl: float, now: float
+    ) -> Attempt: ...
 
-    def commit(self, lease: Lease, *, attempt_id: int, expected_generation: int, update: GrantUpdate,
-               now: float) -> Grant: ...
+    def commit(
+        self, lease: Lease, *, attempt_id: int, expected_generation: int, update: GrantUpdate, now: float
+    ) -> Grant: ...
 
-    def finish(self, lease: Lease, *, attempt_id: int, state: AttemptState, outcome: str, now: float,
-               mark_dead: bool = False, release: bool = True) -> None: ...
+    def finish(
+        self,
+        lease: Lease,
+        *,
+        attempt_id: int,
+        state: AttemptState,
+        outcome: str,
+        now: float,
+        mark_dead: bool = False,
+        release: bool = True,
+    ) -> None: ...
 
     def release(self, lease: Lease) -> None: ...
 
-    def save_recovery(self, name: str, *, expected_generation: int, attempt_id: int, update: GrantUpdate,
-                      now: float) -> None: ...
+    def save_recovery(
+        self, name: str, *, expected_generation: int, attempt_id: int, update: GrantUpdate, now: float
+    ) -> None: ...
 
     def replay_recovery(self, *, now: float) -> list[str]: ...
 

@@ -40,7 +40,6 @@ class RecoveryEntry:
     path: Path | None = None
 
 
-
 def _grant_tag(name: str) -> str:
     return hashlib.sha256(name.encode()).hexdigest()[:16]
 
@@ -147,4 +146,4 @@ class RecoveryDir:
             entry.path.unlink()
         except FileNotFoundError:
             return
-        fsync_dir(self._path)
+        fsync_dir(entry.path.parent)

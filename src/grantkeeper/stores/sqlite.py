@@ -52,11 +52,9 @@ _KEY_CHECK = b"grantkeeper key check"
 _KEEP_ATTEMPTS = 200  # per grant; older history is pruned on commit
 _GRANT_COLUMNS = (
     "name, provider, refresh_token, refresh_fp, access_token, access_fp, expires_at, access_verified, "
-    "scopes, generation, state, last_error, last_error_at, updated_at"
+    "scopes, generation, state, last_error, last_error_at, updated_at, refreshed_at, created_at"
 )
-_ATTEMPT_COLUMNS = (
-    "id, grant_name, generation, refresh_fp, worker, started_at, state, outcome, resend_of, finished_at"
-)
+_ATTEMPT_COLUMNS = "id, grant_name, generation, refresh_fp, worker, started_at, state, outcome, resend_of, finished_at"
 
 
 def _aad(table: str, row: str, column: str) -> str:
@@ -81,9 +79,7 @@ def _map_error(exc: sqlite3.Error, path: str) -> Exception:
 class SQLiteStore:
     """See the module docstring. Open with `SQLiteStore.open`; close with `close()`."""
 
-    def __init__(
-        self, path: Path | None, crypto: Crypto, *, busy_timeout: float, lock: threading.RLock | None
-    ) -> None:
+    def __init__(self, path: Path | None, crypto: Crypto, *, busy_timeout: float, lock: threading.RLock | None) -> None:
         self.path = path
         self._crypto = crypto
         self._busy_timeout = busy_timeout
@@ -93,9 +89,7 @@ class SQLiteStore:
         # The in-memory database is one connection: serialize all use of it.
         self._lock = lock
         self._closed = False
-        self.recovery = RecoveryDir(
-            path.with_name(path.name + ".recovery") if path is not None else None, crypto
-        )
+        self.recovery = RecoveryDir(path.with_name(path.name + ".recovery") if path is not None else None, crypto)
 
     # ---------------------------------------------------------------- opening
 
@@ -265,6 +259,8 @@ class SQLiteStore:
             last_error=row[11],
             last_error_at=row[12],
             updated_at=row[13],
+            refreshed_at=row[14],
+            created_at=row[15],
         )
 
     def _provider(self, row: Any) -> Provider:
@@ -280,6 +276,8 @@ class SQLiteStore:
             reuse_grace=float(row[7]),
             skew=float(row[8]),
             default_expires_in=float(row[9]),
+            refresh_idle_ttl=row[10],
+            refresh_absolute_ttl=row[11],
         )
 
     @staticmethod
@@ -306,7 +304,8 @@ class SQLiteStore:
     def _read_provider(self, conn: sqlite3.Connection, name: str) -> Provider:
         row = conn.execute(
             "SELECT name, token_url, client_id, client_secret, client_secret_env, auth_method, rotation, "
-            "reuse_grace, skew, default_expires_in FROM providers WHERE name = ?",
+            "reuse_grace, skew, default_expires_in, refresh_idle_ttl, refresh_absolute_ttl FROM providers "
+            "WHERE name = ?",
             (name,),
         ).fetchone()
         if row is None:
@@ -320,17 +319,19 @@ class SQLiteStore:
         with self._tx() as conn:
             conn.execute(
                 "INSERT INTO providers (name, token_url, client_id, client_secret, client_secret_env, "
-                "auth_method, rotation, reuse_grace, skew, default_expires_in, created_at, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+                "auth_method, rotation, reuse_grace, skew, default_expires_in, refresh_idle_ttl, "
+                "refresh_absolute_ttl, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
                 "token_url = excluded.token_url, client_id = excluded.client_id, "
                 "client_secret = excluded.client_secret, client_secret_env = excluded.client_secret_env, "
                 "auth_method = excluded.auth_method, rotation = excluded.rotation, "
                 "reuse_grace = excluded.reuse_grace, skew = excluded.skew, "
-                "default_expires_in = excluded.default_expires_in, updated_at = excluded.updated_at",
+                "default_expires_in = excluded.default_expires_in, refresh_idle_ttl = excluded.refresh_idle_ttl, "
+                "refresh_absolute_ttl = excluded.refresh_absolute_ttl, updated_at = excluded.updated_at",
                 (
                     provider.name, provider.token_url, provider.client_id, secret, provider.client_secret_env,
                     provider.auth_method.value, provider.rotation.value, provider.reuse_grace, provider.skew,
-                    provider.default_expires_in, now, now,
+                    provider.default_expires_in, provider.refresh_idle_ttl, provider.refresh_absolute_ttl, now, now,
                 ),
             )  # fmt: skip
 
@@ -356,12 +357,14 @@ class SQLiteStore:
             self._read_provider(conn, provider)
             conn.execute(
                 "INSERT INTO grants (name, provider, refresh_token, refresh_fp, scopes, generation, state, "
-                "created_at, updated_at) VALUES (?, ?, ?, ?, ?, 1, 'active', ?, ?) ON CONFLICT (name) DO "
+                "refreshed_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, 1, 'active', ?, ?, ?) "
+                "ON CONFLICT (name) DO "
                 "UPDATE SET provider = excluded.provider, refresh_token = excluded.refresh_token, "
                 "refresh_fp = excluded.refresh_fp, access_token = NULL, access_fp = NULL, expires_at = NULL, "
                 "scopes = excluded.scopes, generation = grants.generation + 1, state = 'active', "
-                "last_error = NULL, last_error_at = NULL, updated_at = excluded.updated_at",
-                (name, provider, sealed, fp, " ".join(scopes), now, now),
+                "last_error = NULL, last_error_at = NULL, refreshed_at = excluded.refreshed_at, "
+                "created_at = excluded.created_at, updated_at = excluded.updated_at",
+                (name, provider, sealed, fp, " ".join(scopes), now, now, now),
             )
             return self._read_grant(conn, name)
 
@@ -518,14 +521,14 @@ class SQLiteStore:
         changed = conn.execute(
             "UPDATE grants SET refresh_token = ?, refresh_fp = ?, access_token = ?, access_fp = ?, "
             "expires_at = ?, access_verified = ?, scopes = ?, generation = generation + 1, "
-            "last_error = NULL, last_error_at = NULL, updated_at = ? WHERE name = ? AND generation = ? "
-            "AND state = 'active'",
+            "last_error = NULL, last_error_at = NULL, refreshed_at = ?, updated_at = ? WHERE name = ? "
+            "AND generation = ? AND state = 'active'",
             (
                 self._seal(update.refresh_token, "grants", name, "refresh_token") if update.refresh_token
                 else self._seal(grant.refresh_token, "grants", name, "refresh_token"),
                 refresh_fp,
                 self._seal(update.access_token, "grants", name, "access_token"),
-                access_fp, update.expires_at, int(update.access_verified), " ".join(scopes), now, name,
+                access_fp, update.expires_at, int(update.access_verified), " ".join(scopes), now, now, name,
                 grant.generation,
             ),
         ).rowcount  # fmt: skip
@@ -535,7 +538,7 @@ class SQLiteStore:
             name=name, provider=grant.provider, refresh_token=refresh, refresh_fp=refresh_fp,
             access_token=update.access_token, access_fp=access_fp, expires_at=update.expires_at,
             scopes=scopes, generation=grant.generation + 1, state=GrantState.ACTIVE,
-            access_verified=update.access_verified, updated_at=now,
+            access_verified=update.access_verified, updated_at=now, refreshed_at=now, created_at=grant.created_at,
         )  # fmt: skip
 
     def commit(
@@ -641,10 +644,7 @@ class SQLiteStore:
                     and grant.generation == entry.expected_generation
                     and self._apply(conn, grant, entry.update, now=now) is not None
                 ):
-                        self._close_attempt(
-                            conn, entry.attempt_id, AttemptState.RECOVERED, "committed from recovery", now
-                        )
-                        done.append(entry.grant)
+                    self._close_attempt(conn, entry.attempt_id, AttemptState.RECOVERED, "committed from recovery", now)
+                    done.append(entry.grant)
             self.recovery.remove(entry)
         return done
-

@@ -42,6 +42,13 @@ MAX_EXPIRES_IN = 366 * 86400.0
 
 _ERROR_ALIASES = {"invalid_refresh_token": "invalid_grant", "bad_refresh_token": "invalid_grant"}
 _TRANSIENT_ERRORS = frozenset({"temporarily_unavailable", "server_error", "slow_down"})
+#: RFC 6749 §5.2 and common extension codes, passed through verbatim; anything else is sanitized.
+_KNOWN_ERRORS = _TRANSIENT_ERRORS | {
+    "invalid_request", "invalid_client", "invalid_grant", "unauthorized_client", "unsupported_grant_type",
+    "invalid_scope", "access_denied", "invalid_token", "insufficient_scope", "interaction_required",
+    "consent_required", "login_required", "invalid_target", "invalid_dpop_proof", "use_dpop_nonce",
+    "expired_token", "unsupported_response_type",
+}  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,11 +92,11 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
         return float(value)
     try:
         when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     return max(0.0, when.timestamp() - now)
 
@@ -112,6 +119,8 @@ def _number(value: object) -> float | None:
     """A finite non-negative number, also from a numeric string; None for anything else."""
     if isinstance(value, bool):
         return None
+    if isinstance(value, int):
+        value = min(value, 2**53)  # beyond any clamp, and float() of a huge int would overflow
     if isinstance(value, str):
         try:
             value = float(value.strip())
@@ -138,17 +147,20 @@ def interpret(reply: HttpReply, now: float) -> Interpretation:
         return Malformed(f"response body larger than {MAX_BODY_BYTES} bytes", status)
     data = _decode(reply)
     retry_after = parse_retry_after(reply.headers.get("retry-after"), now)
+    if 300 <= status < 400:
+        return Malformed(f"HTTP {status} redirect from the token endpoint; check the provider's token URL", status)
     error = data.get("error") if data is not None else None
     if isinstance(error, str) and error and (status >= 400 or "access_token" not in data):  # type: ignore[operator]
         code = _ERROR_ALIASES.get(error, error)
+        if code not in _KNOWN_ERRORS:
+            # Provider-controlled text that ends up in messages: sanitize it like a description.
+            code = sanitize_provider_text(code, 64)
         if code in _TRANSIENT_ERRORS or status >= 500 or status == 429:
             return Transient(status, code, retry_after)
         assert data is not None
         return OAuthFailure(code, sanitize_provider_text(data.get("error_description") or ""), status)
     if status == 429 or status >= 500 or status == 408:
         return Transient(status, None, retry_after)
-    if 300 <= status < 400:
-        return Malformed(f"HTTP {status} redirect from the token endpoint; check the provider's token URL", status)
     if status != 200:
         return Malformed(f"HTTP {status} without an OAuth error body", status)
     if data is None:

@@ -16,6 +16,8 @@ CREATE TABLE providers (
     reuse_grace        REAL NOT NULL,
     skew               REAL NOT NULL,
     default_expires_in REAL NOT NULL,
+    refresh_idle_ttl     REAL,
+    refresh_absolute_ttl REAL,
     created_at         REAL NOT NULL,
     updated_at         REAL NOT NULL
 );
@@ -34,7 +36,8 @@ CREATE TABLE grants (
     state           TEXT NOT NULL,
     last_error      TEXT,
     last_error_at   REAL,
-    created_at      REAL NOT NULL,
+    refreshed_at    REAL NOT NULL,  -- last time the current refresh token was obtained or used (idle expiry)
+    created_at      REAL NOT NULL,  -- when this consent was imported (absolute expiry)
     updated_at      REAL NOT NULL
 );
 
