@@ -10,6 +10,7 @@
 See docs/simulator.md.
 """
 
+from grantkeeper.testing.clock import FakeClock
 from grantkeeper.testing.simulator import (
     Delay,
     DropAfterRotate,
@@ -25,6 +26,7 @@ __all__ = [
     "Delay",
     "DropAfterRotate",
     "DropBeforeProcessing",
+    "FakeClock",
     "Fault",
     "HttpError",
     "Malformed",

@@ -1,0 +1,94 @@
+"""Run the benchmarks and print their tables and a summary.
+
+    python -m benchmarks.run                      # all of them (about a minute)
+    python -m benchmarks.run cached refresh       # only these
+    python -m benchmarks.run --quick              # fewer rounds: a smoke check, not a measurement
+    python -m benchmarks.run --json               # JSON summary on stdout (the tables go to stderr)
+    python -m benchmarks.run refresh --profile    # also cProfile the keeper's refresh
+
+A FAIL is information, not an error: the exit status is 0 whenever every benchmark ran, 1 if one crashed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from benchmarks import bench_cached, bench_processes, bench_refresh
+from benchmarks._common import Report, environment, print_report, render_table
+
+BENCHMARKS: dict[str, Callable[[bool, bool], Report]] = {
+    bench_cached.NAME: lambda quick, _profile: bench_cached.run(quick),
+    bench_refresh.NAME: lambda quick, profile: bench_refresh.run(quick, with_profile=profile),
+    bench_processes.NAME: lambda quick, _profile: bench_processes.run(quick),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "names", nargs="*", metavar="NAME", help=f"benchmarks to run: {', '.join(BENCHMARKS)} (default: all)"
+    )
+    parser.add_argument("--quick", action="store_true", help="fewer rounds and a shorter run, for a smoke check")
+    parser.add_argument("--json", action="store_true", help="print a JSON summary on stdout; tables go to stderr")
+    parser.add_argument("--profile", action="store_true", help="cProfile the keeper's refresh (refresh benchmark)")
+    args = parser.parse_args(argv)
+    unknown = [name for name in args.names if name not in BENCHMARKS]
+    if unknown:
+        parser.error(f"unknown benchmark {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
+    names = list(dict.fromkeys(args.names)) or list(BENCHMARKS)
+    out = sys.stderr if args.json else sys.stdout
+
+    env = environment()
+    print(
+        f"grantkeeper benchmarks: Python {env['python']} on {env['platform']}, {env['cpus']} CPUs, "
+        f"load average {env['loadavg']}{', QUICK (smoke check, not a measurement)' if args.quick else ''}",
+        file=out,
+    )
+    started = time.perf_counter()
+    reports: list[Report] = []
+    crashed: dict[str, str] = {}
+    for name in names:
+        try:
+            report = BENCHMARKS[name](args.quick, args.profile)
+        except Exception as exc:
+            traceback.print_exc(file=sys.stderr)
+            crashed[name] = f"{type(exc).__name__}: {exc}"
+            print(f"\n== {name}: CRASHED: {crashed[name]}", file=out)
+            continue
+        reports.append(report)
+        print_report(report, out)
+    seconds = time.perf_counter() - started
+
+    rows = [row for report in reports for row in report.rows]
+    print(f"\n== summary ({seconds:.1f} s; ratios are A/B measured side by side in this run)", file=out)
+    if rows:
+        print(render_table(rows, with_bench=True), file=out)
+    for name, error in crashed.items():
+        print(f"{name}: CRASHED ({error})", file=out)
+    passed = sum(row.passed for row in rows)
+    print(f"{passed} of {len(rows)} targets met" + (f"; {len(crashed)} benchmark(s) crashed" if crashed else ""),
+          file=out)  # fmt: skip
+    out.flush()
+
+    if args.json:
+        summary: dict[str, Any] = {
+            "environment": env,
+            "quick": args.quick,
+            "seconds": round(seconds, 2),
+            "results": [row.as_dict() for row in rows],
+            "notes": {report.name: report.notes for report in reports},
+            "crashed": crashed,
+        }
+        json.dump(summary, sys.stdout, indent=2)
+        print()
+    return 1 if crashed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
