@@ -282,3 +282,16 @@ class TestRejected:
             keeper.refresh("g")
         grant = keeper.refresh("g")
         assert grant.generation == 2 and sim.stats.grace_replays == 1  # type: ignore[attr-defined]
+
+
+def test_dead_grant_drops_cached_access_token(store: SQLiteStore, make_sim: Sim) -> None:
+    """Once a refresh finds the grant revoked, the same keeper stops serving its cached access token."""
+    sim = make_sim()
+    with Keeper(store, policy=FAST_POLICY) as keeper:
+        add_grant(keeper, sim)
+        keeper.access_token("g")
+        sim.revoke_family(keeper.store.get_grant("g").refresh_token.reveal())  # type: ignore[attr-defined, union-attr]
+        with pytest.raises(RevokedOrExpired):
+            keeper.refresh("g", force=True)
+        with pytest.raises(NeedsReauth):
+            keeper.access_token("g")

@@ -544,8 +544,17 @@ content_types = st.sampled_from(
     ["application/json", "application/json; charset=utf-8", "application/x-www-form-urlencoded", "text/html", ""]
 ) | st.text(max_size=40)
 retry_afters = st.sampled_from(
-    [None, "0", "120", "soon", "Wed, 21 Oct 2015 07:28:00 GMT", "Fri, 31 Dec 9999 23:59:59 GMT", "\u00b2", "1\u00b3",
-     "01 Jan 2020 99999999999999999999:00:00 GMT"]
+    [
+        None,
+        "0",
+        "120",
+        "soon",
+        "Wed, 21 Oct 2015 07:28:00 GMT",
+        "Fri, 31 Dec 9999 23:59:59 GMT",
+        "\u00b2",
+        "1\u00b3",
+        "01 Jan 2020 99999999999999999999:00:00 GMT",
+    ]
 ) | st.text(max_size=30)
 PROPERTY = settings(deadline=None, max_examples=300, suppress_health_check=[HealthCheck.too_slow])
 

@@ -28,7 +28,7 @@ def _populate(url: str) -> None:
     update = GrantUpdate(refresh_token=Secret(REFRESH + "-next"), access_token=Secret(ACCESS), expires_at=T0 + 60,
                          scopes=None)  # fmt: skip
     store.save_recovery("g", expected_generation=1, attempt_id=claim.attempt.id, update=update, now=T0)
-    store.commit(claim.lease, attempt_id=claim.attempt.id, expected_generation=1, update=update, now=T0)
+    store.commit(claim.lease, attempt_id=claim.attempt.id, base=claim.grant, update=update, now=T0)
     store.close()
 
 

@@ -105,7 +105,7 @@ class TestClaim:
         """A grant whose access token is valid beyond the skew is returned without a lease."""
         _grant(store)
         claim = _claim(store)
-        store.commit(claim.lease, attempt_id=claim.attempt.id, expected_generation=1, update=_update(1), now=T0)  # type: ignore[arg-type, union-attr]
+        store.commit(claim.lease, attempt_id=claim.attempt.id, base=claim.grant, update=_update(1), now=T0)  # type: ignore[arg-type, union-attr]
         again = _claim(store, worker="w2", seen=1)
         assert again.lease is None and again.holder is None and again.grant.generation == 2
 
@@ -113,7 +113,7 @@ class TestClaim:
         """force refreshes the generation the caller saw; a newer generation already satisfies it."""
         _grant(store)
         claim = _claim(store)
-        store.commit(claim.lease, attempt_id=claim.attempt.id, expected_generation=1, update=_update(1), now=T0)  # type: ignore[arg-type, union-attr]
+        store.commit(claim.lease, attempt_id=claim.attempt.id, base=claim.grant, update=_update(1), now=T0)  # type: ignore[arg-type, union-attr]
         assert _claim(store, force=True, seen=1).lease is None
         assert _claim(store, force=True, seen=2).lease is not None
 
@@ -129,7 +129,7 @@ class TestCommit:
         """Commit writes generation+1, the new tokens, closes the attempt and releases the lease."""
         _grant(store)
         claim = _claim(store)
-        grant = store.commit(claim.lease, attempt_id=claim.attempt.id, expected_generation=1, update=_update(1), now=T0)  # type: ignore[arg-type, union-attr]
+        grant = store.commit(claim.lease, attempt_id=claim.attempt.id, base=claim.grant, update=_update(1), now=T0)  # type: ignore[arg-type, union-attr]
         stored = store.get_grant("g")
         assert grant.generation == stored.generation == 2
         assert stored.refresh_token == _update(1).refresh_token
@@ -142,7 +142,7 @@ class TestCommit:
         _grant(store)
         before = store.get_grant("g")
         claim = _claim(store)
-        store.commit(claim.lease, attempt_id=claim.attempt.id, expected_generation=1,  # type: ignore[arg-type, union-attr]
+        store.commit(claim.lease, attempt_id=claim.attempt.id, base=claim.grant,  # type: ignore[arg-type, union-attr]
                      update=_update(1, refresh=False), now=T0)  # fmt: skip
         after = store.get_grant("g")
         assert after.refresh_token == before.refresh_token and after.refresh_fp == before.refresh_fp
@@ -152,9 +152,9 @@ class TestCommit:
         """A commit expecting an old generation is refused and changes nothing (compare-and-set)."""
         _grant(store)
         claim = _claim(store)
-        store.commit(claim.lease, attempt_id=claim.attempt.id, expected_generation=1, update=_update(1), now=T0)  # type: ignore[arg-type, union-attr]
+        store.commit(claim.lease, attempt_id=claim.attempt.id, base=claim.grant, update=_update(1), now=T0)  # type: ignore[arg-type, union-attr]
         with pytest.raises(GenerationConflict):
-            store.commit(claim.lease, attempt_id=claim.attempt.id, expected_generation=1, update=_update(2), now=T0)  # type: ignore[arg-type, union-attr]
+            store.commit(claim.lease, attempt_id=claim.attempt.id, base=claim.grant, update=_update(2), now=T0)  # type: ignore[arg-type, union-attr]
         assert store.get_grant("g").access_token == _update(1).access_token
 
     def test_lost_lease_cannot_record_attempts(self, store: SQLiteStore) -> None:
@@ -179,7 +179,7 @@ class TestCommit:
         _grant(store)
         first = _claim(store)
         second = _claim(store, worker="w2", now=T0 + TTL + 1)
-        store.commit(second.lease, attempt_id=second.attempt.id, expected_generation=1, update=_update(1),  # type: ignore[arg-type, union-attr]
+        store.commit(second.lease, attempt_id=second.attempt.id, base=second.grant, update=_update(1),  # type: ignore[arg-type, union-attr]
                      now=T0 + TTL + 1)  # fmt: skip
         store.finish(first.lease, attempt_id=first.attempt.id, state=AttemptState.DEAD, outcome="x",  # type: ignore[arg-type, union-attr]
                      now=T0 + TTL + 2, mark_dead=True)  # fmt: skip
@@ -189,7 +189,7 @@ class TestCommit:
         """A 401 report invalidates the stored access token only if it is the one reported."""
         _grant(store)
         claim = _claim(store)
-        store.commit(claim.lease, attempt_id=claim.attempt.id, expected_generation=1, update=_update(1), now=T0)  # type: ignore[arg-type, union-attr]
+        store.commit(claim.lease, attempt_id=claim.attempt.id, base=claim.grant, update=_update(1), now=T0)  # type: ignore[arg-type, union-attr]
         assert not store.invalidate_access("g", access_fp=store.fingerprint(Secret("other")))
         assert store.invalidate_access("g", access_fp=store.fingerprint(_update(1).access_token))
         assert store.get_grant("g").access_token is None

@@ -21,7 +21,7 @@
 
 Every error carries evidence as attributes (grant, generation, attempt id, fingerprint, worker, RFC 6749
 error code) and a message saying what happened and what to do. No message ever contains a token, a client
-secret or a raw provider body. ``exit_code`` is the CLI's exit status for the class (see README).
+secret or a raw provider body. ``exit_code`` is the CLI's exit status for the class (table in docs/cli.md).
 """
 
 from __future__ import annotations

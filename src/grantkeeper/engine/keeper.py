@@ -11,12 +11,13 @@ protocol, which takes the store lease and re-reads the grant before spending any
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import secrets
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -24,7 +25,7 @@ from typing import Any, Self, TypeVar
 import httpx
 
 from grantkeeper._clock import Clock, SystemClock
-from grantkeeper._exceptions import ConfigurationError, GrantkeeperError
+from grantkeeper._exceptions import ConfigurationError, GrantkeeperError, NeedsReauth
 from grantkeeper._secrets import Secret
 from grantkeeper.engine.drivers import drive, drive_async
 from grantkeeper.model import Attempt, Grant, GrantState, LeaseHolder, Provider
@@ -118,6 +119,15 @@ class _KeeperCore:
             self._cache[grant.name] = (grant.access_token, until, grant.generation)
         return grant
 
+    @contextlib.contextmanager
+    def _forget_if_dead(self, name: str) -> Iterator[None]:
+        """A grant found dead takes its cached access token with it: the provider revoked the family."""
+        try:
+            yield
+        except NeedsReauth:
+            self._cache.pop(name, None)
+            raise
+
     def _satisfied(self, name: str, force: bool, seen: int) -> bool:
         """Checked under the grant's lock: did the caller before us already produce what we need?"""
         if self._cached(name) is None:
@@ -135,8 +145,10 @@ class _KeeperCore:
         entry = self._cache.get(name)
         return entry[2] if entry is not None else -1
 
-    def _flow(self, name: str, force: bool) -> Any:
-        return refresh_flow(name, worker=self.worker, force=force, policy=self.policy)
+    def _flow(self, name: str, force: bool, seen: int) -> Any:
+        return refresh_flow(
+            name, worker=self.worker, force=force, policy=self.policy, seen_generation=seen if seen >= 0 else None
+        )
 
     def _check_open(self) -> None:
         if self._closed:
@@ -270,7 +282,8 @@ class Keeper(_KeeperCore):
         with self._lock(name):
             if self._satisfied(name, force, seen):
                 return None
-            result = drive(self._flow(name, force), store=self.store, http=self._http, clock=self.clock)
+            with self._forget_if_dead(name):
+                result = drive(self._flow(name, force, seen), store=self.store, http=self._http, clock=self.clock)
             return self._remember(result)
 
     def status(self, name: str) -> GrantStatus:
@@ -356,7 +369,10 @@ class AsyncKeeper(_KeeperCore):
         async with self._locks.setdefault(name, asyncio.Lock()):
             if self._satisfied(name, force, seen):
                 return None
-            result = await drive_async(self._flow(name, force), store=self.store, http=self._http, clock=self.clock)
+            with self._forget_if_dead(name):
+                result = await drive_async(
+                    self._flow(name, force, seen), store=self.store, http=self._http, clock=self.clock
+                )
             return self._remember(result)
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

@@ -58,24 +58,30 @@ class Refreshed:
     committed: bool = True
 
 
-def refresh_flow(name: str, *, worker: str, force: bool, policy: RefreshPolicy) -> Flow:
-    grant, provider = yield Load(name)
+def refresh_flow(
+    name: str, *, worker: str, force: bool, policy: RefreshPolicy, seen_generation: int | None = None
+) -> Flow:
+    """Refresh grant `name` unless it no longer needs it.
+
+    Without `force`, a grant whose access token is usable is returned as is. With `force`, the generation the
+    caller last saw (`seen_generation`; None: whatever is current now) is refreshed, unless another worker
+    already moved past it. The claim re-reads the grant in the same transaction that takes the lease, so
+    there is no separate read before it.
+    """
     now = yield Now()
-    if grant.state is GrantState.NEEDS_REAUTH:
-        raise dead_grant_error(grant)
-    if not force and grant.access_usable(now, provider.skew):
-        return Refreshed(grant, provider)
-    seen = grant.generation
     deadline = now + policy.wait_timeout
     poll = policy.poll_initial
+    seen = seen_generation
     while True:
         claim: Claim = yield ClaimGrant(name, worker, policy.lease_ttl, now, force, seen)
         if claim.lease is not None:
             break
         if claim.grant.state is GrantState.NEEDS_REAUTH:
             raise dead_grant_error(claim.grant)
-        if claim.holder is None:  # another worker refreshed (or recovery storage did): nothing to send
+        if claim.holder is None:  # nothing to do: usable, refreshed by another worker, or recovered
             return Refreshed(claim.grant, claim.provider)
+        if seen is None:
+            seen = claim.grant.generation  # the holder's commit will satisfy this forced refresh
         if now >= deadline:
             holder = claim.holder
             raise LeaseTimeout(
@@ -227,7 +233,7 @@ def _commit(
     yield Failpoint("before_commit")
     now = yield Now()
     try:
-        committed = yield Commit(lease, attempt.id, grant.generation, update, now)
+        committed = yield Commit(lease, attempt.id, grant, update, now)
     except GenerationConflict as conflict:
         # Another worker committed this generation first (our lease had expired): its chain is current and ours
         # is the superseded one. Serve the store's state.

@@ -62,7 +62,7 @@ class ClaimGrant(StoreStep):
     lease_ttl: float
     now: float
     force: bool
-    seen_generation: int
+    seen_generation: int | None
 
     def run(self, store: Store) -> Claim:
         return store.claim(
@@ -95,16 +95,13 @@ class Commit(StoreStep):
 
     lease: Lease
     attempt_id: int
-    expected_generation: int
+    base: Grant
     update: GrantUpdate
     now: float
     releases = True
 
     def run(self, store: Store) -> Grant:
-        return store.commit(
-            self.lease, attempt_id=self.attempt_id, expected_generation=self.expected_generation,
-            update=self.update, now=self.now,
-        )  # fmt: skip
+        return store.commit(self.lease, attempt_id=self.attempt_id, base=self.base, update=self.update, now=self.now)
 
 
 @dataclass(frozen=True, slots=True)

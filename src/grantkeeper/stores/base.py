@@ -8,7 +8,8 @@ Every method is one transaction. The guarantees the refresh protocol relies on:
   for the current generation is committed by ``claim`` instead of recording an attempt, so no worker on
   this host spends a token whose successor is already known.
 * ``commit`` is a compare-and-set on generation (I3): it writes generation+1 only if the stored generation
-  is the one the refresh started from, closes the attempt and releases the lease, atomically and durably.
+  is the one the refresh started from (``base``, the grant as claimed), closes the attempt and releases the
+  lease, atomically and durably.
   A holder whose lease has expired may still commit while its generation is current: its successor token
   is the only valid one (I1).
 * Leases carry a fence that increases on every acquisition; releasing or renewing checks it.
@@ -96,16 +97,14 @@ class Store(Protocol):
 
     # the refresh transaction
     def claim(
-        self, name: str, *, worker: str, lease_ttl: float, now: float, force: bool, seen_generation: int
+        self, name: str, *, worker: str, lease_ttl: float, now: float, force: bool, seen_generation: int | None
     ) -> Claim: ...
 
     def record_attempt(
         self, lease: Lease, *, generation: int, refresh_fp: str, resend_of: int | None, lease_ttl: float, now: float
     ) -> Attempt: ...
 
-    def commit(
-        self, lease: Lease, *, attempt_id: int, expected_generation: int, update: GrantUpdate, now: float
-    ) -> Grant: ...
+    def commit(self, lease: Lease, *, attempt_id: int, base: Grant, update: GrantUpdate, now: float) -> Grant: ...
 
     def finish(
         self,

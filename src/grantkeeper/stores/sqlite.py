@@ -12,6 +12,7 @@ open against a sealed marker so a wrong key fails loudly before anything is read
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import sqlite3
 import threading
@@ -49,12 +50,37 @@ __all__ = ["SQLiteStore"]
 
 _APPLICATION_ID = 0x676B6565  # "gkee": marks the file as a grantkeeper store
 _KEY_CHECK = b"grantkeeper key check"
-_KEEP_ATTEMPTS = 200  # per grant; older history is pruned on commit
+_KEEP_ATTEMPTS = 200  # per grant; older history is pruned
+_PRUNE_EVERY = 64  # generations between prunes, so the hot commit rarely pays for it
 _GRANT_COLUMNS = (
     "name, provider, refresh_token, refresh_fp, access_token, access_fp, expires_at, access_verified, "
     "scopes, generation, state, last_error, last_error_at, updated_at, refreshed_at, created_at"
 )
+_PROVIDER_COLUMNS = (
+    "name, token_url, client_id, client_secret, client_secret_env, auth_method, rotation, reuse_grace, skew, "
+    "default_expires_in, refresh_idle_ttl, refresh_absolute_ttl"
+)
+_GRANT_COLUMNS_QUALIFIED = ", ".join("grants." + c.strip() for c in _GRANT_COLUMNS.split(","))
+_PROVIDER_COLUMNS_QUALIFIED = ", ".join("providers." + c.strip() for c in _PROVIDER_COLUMNS.split(","))
 _ATTEMPT_COLUMNS = "id, grant_name, generation, refresh_fp, worker, started_at, state, outcome, resend_of, finished_at"
+
+
+def _check_is_grantkeeper_store(path: Path) -> None:
+    """Refuse a file that is not SQLite, or SQLite written by something else, without changing it."""
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+            tables = conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise _map_error(exc, str(path)) from None
+    if app_id != _APPLICATION_ID and (app_id != 0 or tables != 0):
+        raise StoreFormatError(
+            f"{path} is an SQLite database but not a grantkeeper store; refusing to touch it. Choose another "
+            "--store path"
+        )
 
 
 def _aad(table: str, row: str, column: str) -> str:
@@ -107,6 +133,8 @@ class SQLiteStore:
             raise ConfigurationError(f"no grantkeeper store at {path}; create one with 'grantkeeper provider add'")
         if not exists:
             path.parent.mkdir(parents=True, exist_ok=True)
+        if exists:
+            _check_is_grantkeeper_store(path)  # before the key: a foreign file is a format problem, not a key one
         key = load_or_create_key(path.with_name(path.name + ".key"), create=not exists)
         store = cls(path, Crypto(key), busy_timeout=busy_timeout, lock=None)
         try:
@@ -301,13 +329,21 @@ class SQLiteStore:
             raise UnknownGrant(f"no grant named {name!r}; import it with 'grantkeeper grant import'", grant=name)
         return self._grant(row)
 
-    def _read_provider(self, conn: sqlite3.Connection, name: str) -> Provider:
+    def _read_grant_and_provider(self, conn: sqlite3.Connection, name: str) -> tuple[Grant, Provider]:
+        """One query for both: the claim runs on every refresh."""
         row = conn.execute(
-            "SELECT name, token_url, client_id, client_secret, client_secret_env, auth_method, rotation, "
-            "reuse_grace, skew, default_expires_in, refresh_idle_ttl, refresh_absolute_ttl FROM providers "
-            "WHERE name = ?",
+            f"SELECT {_GRANT_COLUMNS_QUALIFIED}, {_PROVIDER_COLUMNS_QUALIFIED} FROM grants "
+            "JOIN providers ON providers.name = grants.provider WHERE grants.name = ?",
             (name,),
         ).fetchone()
+        if row is None:
+            grant = self._read_grant(conn, name)  # raises UnknownGrant; the join cannot miss a provider
+            return grant, self._read_provider(conn, grant.provider)
+        width = len(_GRANT_COLUMNS.split(","))
+        return self._grant(row[:width]), self._provider(row[width:])
+
+    def _read_provider(self, conn: sqlite3.Connection, name: str) -> Provider:
+        row = conn.execute(f"SELECT {_PROVIDER_COLUMNS} FROM providers WHERE name = ?", (name,)).fetchone()
         if row is None:
             raise UnknownProvider(f"no provider named {name!r}; add it with 'grantkeeper provider add'")
         return self._provider(row)
@@ -374,8 +410,7 @@ class SQLiteStore:
 
     def get_grant_and_provider(self, name: str) -> tuple[Grant, Provider]:
         with self._tx(write=False) as conn:
-            grant = self._read_grant(conn, name)
-            return grant, self._read_provider(conn, grant.provider)
+            return self._read_grant_and_provider(conn, name)
 
     def list_grants(self) -> list[Grant]:
         with self._tx(write=False) as conn:
@@ -406,14 +441,12 @@ class SQLiteStore:
     # ---------------------------------------------------------------- the refresh transaction
 
     def claim(
-        self, name: str, *, worker: str, lease_ttl: float, now: float, force: bool, seen_generation: int
+        self, name: str, *, worker: str, lease_ttl: float, now: float, force: bool, seen_generation: int | None
     ) -> Claim:
         with self._tx() as conn:
-            grant = self._read_grant(conn, name)
-            provider = self._read_provider(conn, grant.provider)
-            needed = grant.state is GrantState.ACTIVE and (
-                not grant.access_usable(now, provider.skew) or (force and grant.generation <= seen_generation)
-            )
+            grant, provider = self._read_grant_and_provider(conn, name)
+            forced = force and (seen_generation is None or grant.generation <= seen_generation)
+            needed = grant.state is GrantState.ACTIVE and (forced or not grant.access_usable(now, provider.skew))
             if not needed:
                 return Claim(grant, provider)
             lease_row = conn.execute(
@@ -423,16 +456,15 @@ class SQLiteStore:
             # guarantees the worker is not refreshing this grant concurrently.
             if lease_row is not None and lease_row[0] not in (None, worker) and lease_row[2] > now:
                 return Claim(grant, provider, holder=LeaseHolder(lease_row[0], lease_row[1], lease_row[2]))
-            self._discard_recovery(name, up_to=grant.generation - 1)
+            recovered = None
             for entry in self.recovery.entries(name):
-                if entry.expected_generation == grant.generation:
+                if entry.expected_generation < grant.generation:
+                    self.recovery.remove(entry)  # superseded: that generation was committed by other means
+                elif entry.expected_generation == grant.generation and recovered is None:
                     recovered = self._apply(conn, grant, entry.update, now=now)
                     self._close_attempt(conn, entry.attempt_id, AttemptState.RECOVERED, "committed from recovery", now)
-                    break
-            else:
-                recovered = None
+                    self.recovery.remove(entry)
             if recovered is not None:
-                self._discard_recovery(name, up_to=recovered.generation - 1)
                 return Claim(recovered, provider, recovered=True)
             fence = (lease_row[1] if lease_row is not None else 0) + 1
             conn.execute(
@@ -512,68 +544,70 @@ class SQLiteStore:
             return self._insert_attempt(conn, lease, generation, refresh_fp, resend_of, now)
 
     def _apply(self, conn: sqlite3.Connection, grant: Grant, update: GrantUpdate, *, now: float) -> Grant | None:
-        """Compare-and-set the next generation; None if the stored generation is not `grant.generation`."""
+        """Compare-and-set the next generation; None if the stored generation is not `grant.generation`.
+
+        `grant` is the state the refresh started from (read under the lease); the WHERE clause is the check,
+        so nothing is re-read here. A missing refresh token or scope keeps the stored one.
+        """
         name = grant.name
-        refresh = update.refresh_token or grant.refresh_token
-        refresh_fp = self.fingerprint(update.refresh_token) if update.refresh_token else grant.refresh_fp
+        refresh_fp = self.fingerprint(update.refresh_token) if update.refresh_token else None
         access_fp = self.fingerprint(update.access_token)
-        scopes = update.scopes if update.scopes is not None else grant.scopes
         changed = conn.execute(
-            "UPDATE grants SET refresh_token = ?, refresh_fp = ?, access_token = ?, access_fp = ?, "
-            "expires_at = ?, access_verified = ?, scopes = ?, generation = generation + 1, "
-            "last_error = NULL, last_error_at = NULL, refreshed_at = ?, updated_at = ? WHERE name = ? "
-            "AND generation = ? AND state = 'active'",
+            "UPDATE grants SET refresh_token = COALESCE(?, refresh_token), refresh_fp = COALESCE(?, refresh_fp), "
+            "access_token = ?, access_fp = ?, expires_at = ?, access_verified = ?, scopes = COALESCE(?, scopes), "
+            "generation = generation + 1, last_error = NULL, last_error_at = NULL, refreshed_at = ?, "
+            "updated_at = ? WHERE name = ? AND generation = ? AND state = 'active'",
             (
-                self._seal(update.refresh_token, "grants", name, "refresh_token") if update.refresh_token
-                else self._seal(grant.refresh_token, "grants", name, "refresh_token"),
-                refresh_fp,
-                self._seal(update.access_token, "grants", name, "access_token"),
-                access_fp, update.expires_at, int(update.access_verified), " ".join(scopes), now, now, name,
-                grant.generation,
+                self._seal(update.refresh_token, "grants", name, "refresh_token"), refresh_fp,
+                self._seal(update.access_token, "grants", name, "access_token"), access_fp, update.expires_at,
+                int(update.access_verified), " ".join(update.scopes) if update.scopes is not None else None,
+                now, now, name, grant.generation,
             ),
         ).rowcount  # fmt: skip
         if changed == 0:
             return None
-        return Grant(
-            name=name, provider=grant.provider, refresh_token=refresh, refresh_fp=refresh_fp,
-            access_token=update.access_token, access_fp=access_fp, expires_at=update.expires_at,
-            scopes=scopes, generation=grant.generation + 1, state=GrantState.ACTIVE,
-            access_verified=update.access_verified, updated_at=now, refreshed_at=now, created_at=grant.created_at,
-        )  # fmt: skip
+        return dataclasses.replace(
+            grant,
+            refresh_token=update.refresh_token or grant.refresh_token,
+            refresh_fp=refresh_fp or grant.refresh_fp,
+            access_token=update.access_token,
+            access_fp=access_fp,
+            expires_at=update.expires_at,
+            scopes=update.scopes if update.scopes is not None else grant.scopes,
+            generation=grant.generation + 1,
+            access_verified=update.access_verified,
+            last_error=None,
+            last_error_at=None,
+            updated_at=now,
+            refreshed_at=now,
+        )
 
-    def commit(
-        self, lease: Lease, *, attempt_id: int, expected_generation: int, update: GrantUpdate, now: float
-    ) -> Grant:
+    def commit(self, lease: Lease, *, attempt_id: int, base: Grant, update: GrantUpdate, now: float) -> Grant:
         with self._tx() as conn:
-            current = self._read_grant(conn, lease.grant)
-            if current.generation != expected_generation:
-                raise GenerationConflict(
-                    f"grant {lease.grant!r} is at generation {current.generation}, not {expected_generation}: "
-                    "another worker committed first",
-                    grant=lease.grant,
-                    generation=current.generation,
-                    attempt_id=attempt_id,
-                )
-            committed = self._apply(conn, current, update, now=now)
+            committed = self._apply(conn, base, update, now=now)
             if committed is None:
+                current = self._read_grant(conn, lease.grant)
                 raise GenerationConflict(
-                    f"grant {lease.grant!r} is no longer active; the refresh result was not stored",
-                    grant=lease.grant,
-                    generation=current.generation,
-                    attempt_id=attempt_id,
-                )
-            self._close_attempt(conn, attempt_id, AttemptState.COMMITTED, f"generation {committed.generation}", now)
+                    f"grant {lease.grant!r} is at generation {current.generation} ({current.state.value}), not "
+                    f"{base.generation}: another worker committed first or the grant was re-imported; the "
+                    "refresh result was not stored",
+                    grant=lease.grant, generation=current.generation, attempt_id=attempt_id,
+                )  # fmt: skip
+            # Close this attempt, and any other still-open one of the same generation (a lost lease's), at once.
             conn.execute(
-                "UPDATE attempts SET state = 'abandoned', outcome = 'superseded by a committed attempt', "
-                "finished_at = ? WHERE grant_name = ? AND generation = ? AND state = 'open'",
-                (now, lease.grant, expected_generation),
-            )
+                "UPDATE attempts SET state = CASE WHEN id = ? THEN 'committed' ELSE 'abandoned' END, "
+                "outcome = CASE WHEN id = ? THEN ? ELSE 'superseded by a committed attempt' END, finished_at = ? "
+                "WHERE id = ? OR (grant_name = ? AND generation = ? AND state = 'open')",
+                (attempt_id, attempt_id, f"generation {committed.generation}", now, attempt_id, lease.grant,
+                 base.generation),
+            )  # fmt: skip
             self._release(conn, lease)
-            conn.execute(
-                "DELETE FROM attempts WHERE grant_name = ? AND id <= (SELECT id FROM attempts WHERE "
-                "grant_name = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
-                (lease.grant, lease.grant, _KEEP_ATTEMPTS),
-            )
+            if committed.generation % _PRUNE_EVERY == 0:
+                conn.execute(
+                    "DELETE FROM attempts WHERE grant_name = ? AND id <= (SELECT id FROM attempts WHERE "
+                    "grant_name = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                    (lease.grant, lease.grant, _KEEP_ATTEMPTS),
+                )
             return committed
 
     @staticmethod
@@ -620,11 +654,6 @@ class SQLiteStore:
         self, name: str, *, expected_generation: int, attempt_id: int, update: GrantUpdate, now: float
     ) -> None:
         self.recovery.save(RecoveryEntry(name, expected_generation, attempt_id, update, now))
-
-    def _discard_recovery(self, name: str, *, up_to: int) -> None:
-        for entry in self.recovery.entries(name):
-            if entry.expected_generation <= up_to:
-                self.recovery.remove(entry)
 
     def replay_recovery(self, *, now: float) -> list[str]:
         """Commit every pending recovery entry whose generation is still current; drop superseded ones.

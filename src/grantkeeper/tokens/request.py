@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 from urllib.parse import quote_plus
 
 import httpx
@@ -31,4 +32,10 @@ def build_refresh_request(provider: Provider, refresh_token: Secret) -> httpx.Re
         form["client_secret"] = secret.reveal()
     else:
         form["client_id"] = provider.client_id
-    return httpx.Request("POST", provider.token_url, data=form, headers=headers)
+    return httpx.Request("POST", _parsed_url(provider.token_url), data=form, headers=headers)
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed_url(url: str) -> httpx.URL:
+    """Token URLs are few and fixed; parsing one costs more than a refresh's crypto, so parse it once."""
+    return httpx.URL(url)
