@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
+from grantkeeper.testing import FakeClock
 from grantkeeper.testing import simulator as simulator_module
 from grantkeeper.testing.simulator import (
     MALFORMED_KINDS,
@@ -29,20 +30,6 @@ from grantkeeper.testing.simulator import (
     SimulatorStats,
 )
 
-
-class FakeClock:
-    """A hand-driven monotonic clock."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 MakeSim = Callable[..., ProviderSimulator]
 
 
@@ -52,19 +39,14 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def make_sim(clock: FakeClock) -> Iterator[MakeSim]:
-    started: list[ProviderSimulator] = []
+def make_sim(make_sim: Callable[..., ProviderSimulator], clock: FakeClock) -> MakeSim:
+    """conftest's factory, with this module's fake clock unless a test passes its own."""
 
     def make(**kwargs: Any) -> ProviderSimulator:
-        kwargs.setdefault("clock", clock)
-        sim = ProviderSimulator(**kwargs)
-        sim.start()
-        started.append(sim)
-        return sim
+        kwargs.setdefault("clock", clock.monotonic)
+        return make_sim(**kwargs)
 
-    yield make
-    for sim in started:
-        sim.stop()
+    return make
 
 
 @pytest.fixture
@@ -742,7 +724,7 @@ def test_concurrent_same_token_exactly_one_success(make_sim: MakeSim) -> None:
 
 def test_lifecycle_errors(clock: FakeClock) -> None:
     """Using the URL before start, starting twice and restarting after stop raise RuntimeError."""
-    sim = ProviderSimulator(clock=clock)
+    sim = ProviderSimulator(clock=clock.monotonic)
     with pytest.raises(RuntimeError, match="not started"):
         _ = sim.url
     with sim:

@@ -45,6 +45,7 @@ __all__ = ["GrantkeeperGroup", "cli", "main"]
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 EXIT_UNEXPECTED = 1
 EXIT_INTERRUPTED = 130
+EXIT_ATTENTION = 12  # keepalive: a grant needs attention
 
 
 class GrantkeeperGroup(click.Group):
@@ -187,6 +188,18 @@ def provider() -> None:
     metavar="SECONDS",
     help="Access-token lifetime when the server omits expires_in [default: 3600].",
 )
+@click.option(
+    "--refresh-idle-ttl",
+    type=float,
+    metavar="SECONDS",
+    help="The refresh token dies if unused this long; 'keepalive' refreshes ahead of it.",
+)
+@click.option(
+    "--refresh-absolute-ttl",
+    type=float,
+    metavar="SECONDS",
+    help="The consent dies this long after import, whatever happens; 'keepalive' warns ahead of it.",
+)
 @click.pass_obj
 def provider_add(
     session: Session,
@@ -200,6 +213,8 @@ def provider_add(
     reuse_grace: float | None,
     skew: float | None,
     default_expires_in: float | None,
+    refresh_idle_ttl: float | None,
+    refresh_absolute_ttl: float | None,
 ) -> None:
     """Add provider NAME, or update it (options left out keep their current values)."""
     if client_secret_env is not None and client_secret_stdin:
@@ -208,7 +223,8 @@ def provider_add(
         raise click.BadParameter("must be an environment variable name", param_hint="--client-secret-env")
     changes: dict[str, Any] = {"token_url": token_url, "client_id": client_id}
     options = {"auth_method": auth_method and AuthMethod(auth_method), "rotation": rotation and RotationMode(rotation),
-               "reuse_grace": reuse_grace, "skew": skew, "default_expires_in": default_expires_in}  # fmt: skip
+               "reuse_grace": reuse_grace, "skew": skew, "default_expires_in": default_expires_in,
+               "refresh_idle_ttl": refresh_idle_ttl, "refresh_absolute_ttl": refresh_absolute_ttl}  # fmt: skip
     changes.update({key: value for key, value in options.items() if value is not None})
     if client_secret_stdin:
         example = f"e.g. `printenv SECRET | grantkeeper provider add {name} ... --client-secret-stdin`"
@@ -339,6 +355,31 @@ def status(session: Session, name: str | None, as_json: bool) -> None:
     else:
         for line in _render.status_rows(statuses, now):
             click.echo(line)
+
+
+@cli.command()
+@click.option("--margin", type=float, default=7 * 86400.0, show_default=True, metavar="SECONDS",
+              help="Act on refresh tokens that would expire within this many seconds.")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@click.pass_obj
+def keepalive(session: Session, margin: float, as_json: bool) -> None:
+    """Refresh grants whose refresh token would die from disuse soon; warn about consents that end soon.
+
+    Uses each provider's --refresh-idle-ttl and --refresh-absolute-ttl. Run it daily from a scheduler. Exits
+    12 if any grant needs attention (a failed refresh or a consent about to end), else 0.
+    """
+    with _open(session) as keeper:
+        results = keeper.keepalive(margin=margin)
+    if as_json:
+        _echo_json([{"grant": r.grant, "action": r.action, "deadline": r.deadline, "detail": r.detail}
+                    for r in results])  # fmt: skip
+    elif not results:
+        click.echo("no grant needs a keep-alive refresh")
+    for r in [] if as_json else results:
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(r.deadline))
+        click.echo(f"{r.grant}: {r.action} (deadline {when}): {r.detail}")
+    if any(r.action != "refreshed" for r in results):
+        raise click.exceptions.Exit(EXIT_ATTENTION)
 
 
 @cli.command()
