@@ -8,7 +8,9 @@ from pathlib import Path
 from grantkeeper import Keeper, Provider, RefreshPolicy, RotationMode, Secret
 
 #: Short enough that crash tests wait little for a dead holder; long enough for a loopback request.
-FAST_POLICY = RefreshPolicy(lease_ttl=3.0, wait_timeout=30.0, backoff_base=0.01, backoff_cap=0.05, deadline=10.0)
+FAST_POLICY = RefreshPolicy(
+    lease_ttl=3.0, request_timeout=1.0, wait_timeout=30.0, backoff_base=0.01, backoff_cap=0.05, deadline=10.0
+)
 
 
 def provider_for(sim: object, *, name: str = "sim", rotation: str = "always", grace: float = 0.0,

@@ -380,3 +380,13 @@ def test_backoff_is_capped_for_very_large_retry_numbers() -> None:
     """The cap holds for any retry number, even one whose 2**n does not fit a float."""
     policy = RefreshPolicy(backoff_base=0.2, backoff_cap=5.0, rng=_TopOfRange())
     assert policy.backoff(1100, None) == 5.0
+
+
+def test_non_rotating_provider_rejection_is_revocation_even_after_a_resend() -> None:
+    """A provider that never rotates cannot have been 'spent' by a crashed attempt: invalid_grant on a re-send
+    is revoked_or_expired, not lost_in_flight or reuse_detected."""
+    error = classify_invalid_grant(
+        sent=SENT, latest=SENT, attempt=attempt(id=9, resend_of=7), recent_resend=attempt(id=5, resend_of=3),
+        worker="w", rotates=False,
+    )  # fmt: skip
+    assert isinstance(error, RevokedOrExpired)

@@ -22,7 +22,7 @@ LEASE_TTL = 1.5
 CHILD = """
 import json, sys
 from grantkeeper import GrantkeeperError, Keeper, RefreshPolicy
-policy = RefreshPolicy(lease_ttl=float(sys.argv[2]), wait_timeout=30, deadline=10)
+policy = RefreshPolicy(lease_ttl=float(sys.argv[2]), request_timeout=0.25, wait_timeout=30, deadline=10)
 with Keeper.open(sys.argv[1], policy=policy) as keeper:
     try:
         grant = keeper.refresh("g", force=sys.argv[3] == "force")

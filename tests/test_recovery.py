@@ -104,7 +104,7 @@ def test_recovery_replayed_on_next_process_start(tmp_path: Path, make_sim: Sim) 
         "db = Path(sys.argv[1])\n"
         "blocker = sqlite3.connect(db, isolation_level=None)\n"
         "_failpoints.set_hook('before_commit', lambda: blocker.execute('BEGIN EXCLUSIVE'))\n"
-        "k = Keeper(SQLiteStore.open(db, busy_timeout=0.2), policy=RefreshPolicy(lease_ttl=3))\n"
+        "k = Keeper(SQLiteStore.open(db, busy_timeout=0.2), policy=RefreshPolicy(lease_ttl=3, request_timeout=1))\n"
         "k.access_token('g')\n"
         "print(k.store.get_grant('g').generation)\n"
     )

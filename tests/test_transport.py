@@ -21,13 +21,13 @@ def _request() -> httpx.Request:
 
 def sync_send(handler: Handler) -> object:
     with httpx.Client(transport=httpx.MockTransport(handler)) as client:
-        return send(client, _request())
+        return send(client, _request(), budget=10.0)
 
 
 def async_send(handler: Handler) -> object:
     async def run() -> object:
         async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
-            return await asend(client, _request())
+            return await asend(client, _request(), budget=10.0)
 
     return asyncio.run(run())
 
@@ -200,3 +200,19 @@ def test_send_maps_a_reset_mid_body_to_ambiguous(sender: Callable[[Handler], obj
 
     content = broken() if sender is sync_send else abroken()
     assert isinstance(sender(lambda _request: httpx.Response(200, content=content)), Ambiguous)
+
+
+def test_slow_drip_body_is_cut_off_at_the_budget() -> None:
+    """A response whose body keeps trickling past the request budget ends as Ambiguous (the token was sent),
+    so a slow server cannot hold a refresh past its lease."""
+    import time as _time
+
+    def chunks() -> Iterator[bytes]:
+        for _ in range(50):
+            _time.sleep(0.02)
+            yield b" "
+
+    with httpx.Client(transport=httpx.MockTransport(lambda _r: httpx.Response(200, content=chunks()))) as client:
+        result = send(client, _request(), budget=0.1)
+    assert isinstance(result, Ambiguous)
+    assert "budget" in result.reason

@@ -61,7 +61,7 @@ def drive(flow: Flow, *, store: Store, http: httpx.Client, clock: Clock) -> Refr
                 if isinstance(step, StoreStep):
                     reply = step.run(store)
                 elif isinstance(step, Send):
-                    reply = transport.send(http, step.request)
+                    reply = transport.send(http, step.request, budget=step.budget)
                 elif isinstance(step, Sleep):
                     time.sleep(step.seconds)
                 elif isinstance(step, Now):
@@ -95,7 +95,7 @@ async def drive_async(flow: Flow, *, store: Store, http: httpx.AsyncClient, cloc
                 if isinstance(step, StoreStep):
                     reply = await asyncio.to_thread(step.run, store)
                 elif isinstance(step, Send):
-                    reply = await transport.asend(http, step.request)
+                    reply = await transport.asend(http, step.request, budget=step.budget)
                 elif isinstance(step, Sleep):
                     await asyncio.sleep(step.seconds)
                 elif isinstance(step, Now):

@@ -21,13 +21,14 @@ CLIENT_AUTH_ERRORS = frozenset({"invalid_client", "unauthorized_client"})
 
 
 def classify_invalid_grant(
-    *, sent: Grant, latest: Grant, attempt: Attempt, recent_resend: Attempt | None, worker: str
+    *, sent: Grant, latest: Grant, attempt: Attempt, recent_resend: Attempt | None, worker: str, rotates: bool = True
 ) -> GrantkeeperError:
     """`invalid_grant` for the token `sent`, knowing the store's `latest` state.
 
     Order matters: a token older than the store's is a local bug, never a dead grant; a re-send of a
     possibly-spent token explains the rejection by the attempt that spent it; a recent re-send explains a
-    family revocation; only then is the grant revoked or expired.
+    family revocation; only then is the grant revoked or expired. A provider that never rotates cannot be
+    explained by spending (`rotates` False): its invalid_grant is a revocation or expiry.
     """
     evidence = {"grant": sent.name, "generation": sent.generation, "fingerprint": sent.refresh_fp, "worker": worker,
                 "oauth_error": "invalid_grant"}  # fmt: skip
@@ -39,7 +40,7 @@ def classify_invalid_grant(
             "grant is left active. Retry; if it repeats, look for code that reads refresh tokens from a cache",
             attempt_id=attempt.id, **evidence,  # type: ignore[arg-type]
         )  # fmt: skip
-    if attempt.resend_of is not None:
+    if attempt.resend_of is not None and rotates:
         return LostInFlight(
             f"grant {sent.name!r}: refresh token {sent.refresh_fp} was already spent by attempt "
             f"{attempt.resend_of}, whose worker died or got no answer before storing the replacement; the "
@@ -47,7 +48,7 @@ def classify_invalid_grant(
             "check the crashed worker's logs around that attempt",
             attempt_id=attempt.resend_of, **evidence,  # type: ignore[arg-type]
         )  # fmt: skip
-    if recent_resend is not None:
+    if recent_resend is not None and rotates:
         return ReuseDetected(
             f"grant {sent.name!r}: refresh token {sent.refresh_fp} was rejected after attempt "
             f"{recent_resend.id} re-sent a possibly-spent token (generation {recent_resend.generation}); the "

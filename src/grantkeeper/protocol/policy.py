@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+from grantkeeper._exceptions import ConfigurationError
+
 __all__ = ["RefreshPolicy"]
 
 
@@ -13,8 +15,10 @@ class RefreshPolicy:
     """How one refresh behaves.
 
     Args:
-        lease_ttl: how long a lease lasts; renewed before every send. Must exceed the request timeout plus
-            commit time, so a healthy holder never loses it mid-request.
+        lease_ttl: how long a lease lasts; renewed before every send. Must be at least twice
+            ``request_timeout`` plus a second, so a healthy holder never loses it mid-request.
+        request_timeout: the budget for one token request: each network phase (connect, write, read) waits
+            at most this long, and reading the body stops once the budget is spent.
         wait_timeout: how long a worker waits for another worker's refresh before `LeaseTimeout`.
         max_tries: token requests per refresh for transient failures (5xx, 429, connect errors).
         deadline: total seconds one refresh may spend retrying.
@@ -23,6 +27,7 @@ class RefreshPolicy:
     """
 
     lease_ttl: float = 30.0
+    request_timeout: float = 10.0
     wait_timeout: float = 60.0
     max_tries: int = 4
     deadline: float = 20.0
@@ -31,6 +36,18 @@ class RefreshPolicy:
     poll_initial: float = 0.005
     poll_max: float = 0.1
     rng: random.Random = field(default_factory=random.Random, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.request_timeout > 0:
+            raise ConfigurationError("request_timeout must be positive")
+        if self.lease_ttl < 2 * self.request_timeout + 1:
+            raise ConfigurationError(
+                f"lease_ttl ({self.lease_ttl:g} s) must be at least twice request_timeout "
+                f"({self.request_timeout:g} s) plus 1 s, or a slow but healthy refresh could lose its lease "
+                "and let another worker spend the same token"
+            )
+        if self.max_tries < 1 or self.wait_timeout < 0 or self.deadline < 0:
+            raise ConfigurationError("max_tries must be >= 1; wait_timeout and deadline must be >= 0")
 
     def backoff(self, retry: int, retry_after: float | None) -> float:
         """Wait before retry number `retry` (1-based); a provider's Retry-After is a floor."""

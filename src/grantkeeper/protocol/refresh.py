@@ -122,7 +122,7 @@ def _spend(claim: Claim, *, worker: str, policy: RefreshPolicy, started: float) 
             raise
         yield Failpoint("before_send")
         sent_at = yield Now()
-        result = yield Send(request)
+        result = yield Send(request, policy.request_timeout)
         yield Failpoint("after_send")
         now = yield Now()
         retry_after: float | None = None
@@ -170,8 +170,9 @@ def _spend(claim: Claim, *, worker: str, policy: RefreshPolicy, started: float) 
                 if answer.error == "invalid_grant":
                     latest, _ = yield Load(grant.name)
                     error = classify_invalid_grant(
-                        sent=grant, latest=latest, attempt=attempt, recent_resend=claim.recent_resend, worker=worker
-                    )
+                        sent=grant, latest=latest, attempt=attempt, recent_resend=claim.recent_resend, worker=worker,
+                        rotates=provider.rotation is not RotationMode.NEVER,
+                    )  # fmt: skip
                     if isinstance(error, StaleLocalToken):
                         can_retry = not stale_retried and latest.state is GrantState.ACTIVE
                         yield Finish(lease, attempt.id, AttemptState.REJECTED, error.code, now, release=not can_retry)

@@ -155,9 +155,10 @@ class SaveRecovery(StoreStep):
 
 @dataclass(frozen=True, slots=True)
 class Send:
-    """POST to the token endpoint -> `SendResult` (`HttpReply`, `NotSent` or `Ambiguous`)."""
+    """POST to the token endpoint within `budget` seconds -> `SendResult` (`HttpReply`, `NotSent`, `Ambiguous`)."""
 
     request: httpx.Request
+    budget: float
 
 
 @dataclass(frozen=True, slots=True)

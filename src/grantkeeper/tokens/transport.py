@@ -7,6 +7,7 @@ The sync and async senders differ only in ``await``; the exception mapping is sh
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import TypeAlias
 
@@ -46,8 +47,20 @@ def _reply(response: httpx.Response, body: bytearray, truncated: bool) -> HttpRe
     return HttpReply(response.status_code, headers, bytes(body), truncated)
 
 
-def send(client: httpx.Client, request: httpx.Request) -> SendResult:
+def _bound(request: httpx.Request, budget: float) -> float:
+    """Every phase of this request waits at most `budget`; returns the deadline for reading the body."""
+    request.extensions["timeout"] = httpx.Timeout(budget).as_dict()
+    return time.monotonic() + budget
+
+
+def _overdue(deadline: float) -> Ambiguous | None:
+    # A server dripping its body slowly must not hold the request past the lease (DESIGN: lease > request).
+    return Ambiguous("response not complete within the request budget") if time.monotonic() > deadline else None
+
+
+def send(client: httpx.Client, request: httpx.Request, *, budget: float) -> SendResult:
     body = bytearray()
+    deadline = _bound(request, budget)
     try:
         response = client.send(request, stream=True)
         try:
@@ -55,6 +68,8 @@ def send(client: httpx.Client, request: httpx.Request) -> SendResult:
                 body += chunk
                 if len(body) > MAX_BODY_BYTES:
                     return _reply(response, body[:0], truncated=True)
+                if late := _overdue(deadline):
+                    return late
         finally:
             response.close()
     except httpx.TransportError as exc:
@@ -62,8 +77,9 @@ def send(client: httpx.Client, request: httpx.Request) -> SendResult:
     return _reply(response, body, truncated=False)
 
 
-async def asend(client: httpx.AsyncClient, request: httpx.Request) -> SendResult:
+async def asend(client: httpx.AsyncClient, request: httpx.Request, *, budget: float) -> SendResult:
     body = bytearray()
+    deadline = _bound(request, budget)
     try:
         response = await client.send(request, stream=True)
         try:
@@ -71,6 +87,8 @@ async def asend(client: httpx.AsyncClient, request: httpx.Request) -> SendResult
                 body += chunk
                 if len(body) > MAX_BODY_BYTES:
                     return _reply(response, body[:0], truncated=True)
+                if late := _overdue(deadline):
+                    return late
         finally:
             await response.aclose()
     except httpx.TransportError as exc:
