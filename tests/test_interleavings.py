@@ -8,6 +8,7 @@ monotonic generations (I3) and truthful classification (I5) must hold.
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import Generator
 from dataclasses import dataclass, field
