@@ -44,11 +44,9 @@ class RotatingProvider:
             self.revoked = True
             return HttpReply(400, {"content-type": "application/json"}, b'{"error":"invalid_grant"}')
         self.current = "refresh-" + secrets.token_hex(12)
-        body_out = '{"access_token":"access-%s","token_type":"Bearer","expires_in":3600,"refresh_token":"%s"}' % (
-            secrets.token_hex(12),
-            self.current,
-        )
-        return HttpReply(200, {"content-type": "application/json"}, body_out.encode())
+        body_out = {"access_token": "access-" + secrets.token_hex(12), "token_type": "Bearer", "expires_in": 3600,
+                    "refresh_token": self.current}  # fmt: skip
+        return HttpReply(200, {"content-type": "application/json"}, json.dumps(body_out).encode())
 
 
 @dataclass
