@@ -1,0 +1,523 @@
+"""What every SQL store shares: the grant, lease and attempt logic, written once.
+
+Stores differ in how they connect and open transactions (`_tx`), how writers are serialized (SQLite's
+``BEGIN IMMEDIATE``; PostgreSQL's row lock, `_row_lock`), whose clock times leases (`_lease_clock`), and how
+other processes learn of a commit (`_notify`). Statements use ``?`` placeholders; a store whose driver wants
+another style translates them in its connection adapter.
+
+Secrets are encrypted with associated data ``grantkeeper/<table>/<row>/<column>``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
+
+from grantkeeper._exceptions import ConfigurationError, UnknownGrant, UnknownProvider
+from grantkeeper._secrets import Secret
+from grantkeeper.crypto import Crypto
+from grantkeeper.model import (
+    Attempt,
+    AttemptState,
+    AuthMethod,
+    Grant,
+    GrantState,
+    Lease,
+    LeaseHolder,
+    Provider,
+    RotationMode,
+    check_name,
+)
+from grantkeeper.stores.base import Claim, GenerationConflict, GrantUpdate, LeaseLost
+from grantkeeper.stores.recovery import RecoveryDir, RecoveryEntry
+
+__all__ = ["Conn", "SQLStore", "Subscriber"]
+
+logger = logging.getLogger("grantkeeper")
+
+KEY_CHECK = b"grantkeeper key check"
+_KEEP_ATTEMPTS = 200  # per grant; older history is pruned
+_PRUNE_EVERY = 64  # generations between prunes, so the hot commit rarely pays for it
+_GRANT_COLUMNS = (
+    "name, provider, refresh_token, refresh_fp, access_token, access_fp, expires_at, access_verified, "
+    "scopes, generation, state, last_error, last_error_at, updated_at, refreshed_at, created_at"
+)
+_PROVIDER_COLUMNS = (
+    "name, token_url, client_id, client_secret, client_secret_env, auth_method, rotation, reuse_grace, skew, "
+    "default_expires_in, refresh_idle_ttl, refresh_absolute_ttl"
+)
+_GRANT_COLUMNS_QUALIFIED = ", ".join("grants." + c.strip() for c in _GRANT_COLUMNS.split(","))
+_PROVIDER_COLUMNS_QUALIFIED = ", ".join("providers." + c.strip() for c in _PROVIDER_COLUMNS.split(","))
+_ATTEMPT_COLUMNS = "id, grant_name, generation, refresh_fp, worker, started_at, state, outcome, resend_of, finished_at"
+
+#: Called with (grant name, generation, kind) when another process commits ("commit") or invalidates an access
+#: token ("invalidate"); see `SQLStore.subscribe`.
+Subscriber = Callable[[str, int, str], None]
+
+
+class Conn(Protocol):
+    """The part of a DB-API connection the shared logic uses: ``execute`` returning a cursor."""
+
+    def execute(self, sql: str, params: Any = ..., /) -> Any: ...
+
+
+def _aad(table: str, row: str, column: str) -> str:
+    return f"grantkeeper/{table}/{row}/{column}"
+
+
+class SQLStore:
+    """The store contract of `grantkeeper.stores.base` over SQL. Subclasses provide the hooks below."""
+
+    #: Appended to the claim's read of the grant row to hold it until the transaction ends ("" if the
+    #: transaction already excludes other writers).
+    _row_lock = ""
+
+    def __init__(self, crypto: Crypto, recovery: RecoveryDir) -> None:
+        self._crypto = crypto
+        self.recovery = recovery
+        self._subscribers: list[Subscriber] = []
+
+    # ---------------------------------------------------------------- hooks
+
+    def _tx(self, *, write: bool = True) -> AbstractContextManager[Conn]:
+        raise NotImplementedError
+
+    def _lease_clock(self, conn: Conn, now: float) -> float:
+        """The time leases are measured in. Default: the caller's clock."""
+        return now
+
+    def _notify(self, conn: Conn, name: str, generation: int, kind: str) -> None:
+        """Tell other processes, inside the transaction (delivered on commit). Default: nobody to tell."""
+
+    def subscribe(self, subscriber: Subscriber) -> None:
+        """Call `subscriber` when another process commits or invalidates (stores that can deliver it)."""
+        self._subscribers.append(subscriber)
+
+    def wait_for_change(self, name: str, *, poll: float, longest: float) -> None:
+        """Block until grant `name` may have changed. Default: sleep `poll` (no notifications to wait for)."""
+        time.sleep(poll)
+
+    # ---------------------------------------------------------------- rows
+
+    def fingerprint(self, token: Secret) -> str:
+        return self._crypto.fingerprint(token)
+
+    def _seal(self, value: Secret | None, table: str, row: str, column: str) -> bytes | None:
+        return None if value is None else self._crypto.encrypt(value, aad=_aad(table, row, column))
+
+    def _open(self, blob: bytes | None, table: str, row: str, column: str) -> Secret | None:
+        return None if blob is None else self._crypto.decrypt(blob, aad=_aad(table, row, column))
+
+    def _grant(self, row: Any) -> Grant:
+        name = str(row[0])
+        return Grant(
+            name=name,
+            provider=str(row[1]),
+            refresh_token=self._open(row[2], "grants", name, "refresh_token"),
+            refresh_fp=row[3],
+            access_token=self._open(row[4], "grants", name, "access_token"),
+            access_fp=row[5],
+            expires_at=row[6],
+            access_verified=bool(row[7]),
+            scopes=tuple(str(row[8]).split()),
+            generation=int(row[9]),
+            state=GrantState(row[10]),
+            last_error=row[11],
+            last_error_at=row[12],
+            updated_at=row[13],
+            refreshed_at=row[14],
+            created_at=row[15],
+        )
+
+    def _provider(self, row: Any) -> Provider:
+        name = str(row[0])
+        return Provider(
+            name=name,
+            token_url=str(row[1]),
+            client_id=str(row[2]),
+            client_secret=self._open(row[3], "providers", name, "client_secret"),
+            client_secret_env=row[4],
+            auth_method=AuthMethod(row[5]),
+            rotation=RotationMode(row[6]),
+            reuse_grace=float(row[7]),
+            skew=float(row[8]),
+            default_expires_in=float(row[9]),
+            refresh_idle_ttl=row[10],
+            refresh_absolute_ttl=row[11],
+        )
+
+    @staticmethod
+    def _attempt(row: Any) -> Attempt:
+        return Attempt(
+            id=int(row[0]),
+            grant=str(row[1]),
+            generation=int(row[2]),
+            refresh_fp=str(row[3]),
+            worker=str(row[4]),
+            started_at=float(row[5]),
+            state=AttemptState(row[6]),
+            outcome=row[7],
+            resend_of=row[8],
+            finished_at=row[9],
+        )
+
+    def _read_grant(self, conn: Conn, name: str) -> Grant:
+        row = conn.execute(f"SELECT {_GRANT_COLUMNS} FROM grants WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            raise UnknownGrant(f"no grant named {name!r}; import it with 'grantkeeper grant import'", grant=name)
+        return self._grant(row)
+
+    def _read_grant_and_provider(self, conn: Conn, name: str, *, lock: bool = False) -> tuple[Grant, Provider]:
+        """One query for both: the claim runs on every refresh. `lock` holds the grant row to the transaction's
+        end on databases where the transaction itself does not serialize writers."""
+        sql = (
+            f"SELECT {_GRANT_COLUMNS_QUALIFIED}, {_PROVIDER_COLUMNS_QUALIFIED} FROM grants "
+            "JOIN providers ON providers.name = grants.provider WHERE grants.name = ?"
+        )
+        row = conn.execute(sql + self._row_lock if lock else sql, (name,)).fetchone()
+        if row is None:
+            grant = self._read_grant(conn, name)  # raises UnknownGrant; the join cannot miss a provider
+            return grant, self._read_provider(conn, grant.provider)
+        width = len(_GRANT_COLUMNS.split(","))
+        return self._grant(row[:width]), self._provider(row[width:])
+
+    def _read_provider(self, conn: Conn, name: str) -> Provider:
+        row = conn.execute(f"SELECT {_PROVIDER_COLUMNS} FROM providers WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            raise UnknownProvider(f"no provider named {name!r}; add it with 'grantkeeper provider add'")
+        return self._provider(row)
+
+    # ---------------------------------------------------------------- configuration
+
+    def put_provider(self, provider: Provider, *, now: float) -> None:
+        secret = self._seal(provider.client_secret, "providers", provider.name, "client_secret")
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT INTO providers (name, token_url, client_id, client_secret, client_secret_env, "
+                "auth_method, rotation, reuse_grace, skew, default_expires_in, refresh_idle_ttl, "
+                "refresh_absolute_ttl, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+                "token_url = excluded.token_url, client_id = excluded.client_id, "
+                "client_secret = excluded.client_secret, client_secret_env = excluded.client_secret_env, "
+                "auth_method = excluded.auth_method, rotation = excluded.rotation, "
+                "reuse_grace = excluded.reuse_grace, skew = excluded.skew, "
+                "default_expires_in = excluded.default_expires_in, refresh_idle_ttl = excluded.refresh_idle_ttl, "
+                "refresh_absolute_ttl = excluded.refresh_absolute_ttl, updated_at = excluded.updated_at",
+                (
+                    provider.name, provider.token_url, provider.client_id, secret, provider.client_secret_env,
+                    provider.auth_method.value, provider.rotation.value, provider.reuse_grace, provider.skew,
+                    provider.default_expires_in, provider.refresh_idle_ttl, provider.refresh_absolute_ttl, now, now,
+                ),
+            )  # fmt: skip
+
+    def get_provider(self, name: str) -> Provider:
+        with self._tx(write=False) as conn:
+            return self._read_provider(conn, name)
+
+    def list_providers(self) -> list[Provider]:
+        with self._tx(write=False) as conn:
+            names = [r[0] for r in conn.execute("SELECT name FROM providers ORDER BY name")]
+            return [self._read_provider(conn, n) for n in names]
+
+    def import_grant(
+        self, name: str, *, provider: str, refresh_token: Secret, scopes: tuple[str, ...], now: float
+    ) -> Grant:
+        """Create the grant, or replace its refresh token (re-consent): generation still only goes up."""
+        check_name(name, "grant")
+        if not refresh_token:
+            raise ConfigurationError("the refresh token is empty; pipe the token on standard input")
+        sealed = self._seal(refresh_token, "grants", name, "refresh_token")
+        fp = self.fingerprint(refresh_token)
+        with self._tx() as conn:
+            self._read_provider(conn, provider)
+            conn.execute(
+                "INSERT INTO grants (name, provider, refresh_token, refresh_fp, scopes, generation, state, "
+                "refreshed_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, 1, 'active', ?, ?, ?) "
+                "ON CONFLICT (name) DO "
+                "UPDATE SET provider = excluded.provider, refresh_token = excluded.refresh_token, "
+                "refresh_fp = excluded.refresh_fp, access_token = NULL, access_fp = NULL, expires_at = NULL, "
+                "scopes = excluded.scopes, generation = grants.generation + 1, state = 'active', "
+                "last_error = NULL, last_error_at = NULL, refreshed_at = excluded.refreshed_at, "
+                "created_at = excluded.created_at, updated_at = excluded.updated_at",
+                (name, provider, sealed, fp, " ".join(scopes), now, now, now),
+            )
+            return self._read_grant(conn, name)
+
+    def get_grant(self, name: str) -> Grant:
+        with self._tx(write=False) as conn:
+            return self._read_grant(conn, name)
+
+    def get_grant_and_provider(self, name: str) -> tuple[Grant, Provider]:
+        with self._tx(write=False) as conn:
+            return self._read_grant_and_provider(conn, name)
+
+    def list_grants(self) -> list[Grant]:
+        with self._tx(write=False) as conn:
+            return [self._grant(r) for r in conn.execute(f"SELECT {_GRANT_COLUMNS} FROM grants ORDER BY name")]
+
+    def delete_grant(self, name: str) -> None:
+        with self._tx() as conn:
+            if conn.execute("DELETE FROM grants WHERE name = ?", (name,)).rowcount == 0:
+                raise UnknownGrant(f"no grant named {name!r}", grant=name)
+
+    def list_attempts(self, name: str, *, limit: int = 20) -> list[Attempt]:
+        with self._tx(write=False) as conn:
+            rows = conn.execute(
+                f"SELECT {_ATTEMPT_COLUMNS} FROM attempts WHERE grant_name = ? ORDER BY id DESC LIMIT ?",
+                (name, limit),
+            ).fetchall()
+        return [self._attempt(r) for r in rows]
+
+    def lease_holder(self, name: str, *, now: float) -> LeaseHolder | None:
+        with self._tx(write=False) as conn:
+            row = conn.execute(
+                "SELECT worker, fence, expires_at FROM leases WHERE grant_name = ? AND worker IS NOT NULL "
+                "AND expires_at > ?",
+                (name, self._lease_clock(conn, now)),
+            ).fetchone()
+        return LeaseHolder(row[0], int(row[1]), float(row[2])) if row else None
+
+    # ---------------------------------------------------------------- the refresh transaction
+
+    def claim(
+        self, name: str, *, worker: str, lease_ttl: float, now: float, force: bool, seen_generation: int | None
+    ) -> Claim:
+        with self._tx() as conn:
+            grant, provider = self._read_grant_and_provider(conn, name, lock=True)
+            forced = force and (seen_generation is None or grant.generation <= seen_generation)
+            needed = grant.state is GrantState.ACTIVE and (forced or not grant.access_usable(now, provider.skew))
+            if not needed:
+                return Claim(grant, provider)
+            lease_row = conn.execute(
+                "SELECT worker, fence, expires_at FROM leases WHERE grant_name = ?", (name,)
+            ).fetchone()
+            lease_now = self._lease_clock(conn, now)
+            # A lease this same worker left behind (its commit failed) is reclaimable: in-process single-flight
+            # guarantees the worker is not refreshing this grant concurrently.
+            if lease_row is not None and lease_row[0] not in (None, worker) and lease_row[2] > lease_now:
+                return Claim(grant, provider, holder=LeaseHolder(lease_row[0], lease_row[1], lease_row[2]))
+            recovered = None
+            for entry in self.recovery.entries(name):
+                if entry.expected_generation < grant.generation:
+                    self.recovery.remove(entry)  # superseded: that generation was committed by other means
+                elif entry.expected_generation == grant.generation and recovered is None:
+                    recovered = self._apply(conn, grant, entry.update, now=now)
+                    self._close_attempt(conn, entry.attempt_id, AttemptState.RECOVERED, "committed from recovery", now)
+                    self.recovery.remove(entry)
+            if recovered is not None:
+                self._notify(conn, name, recovered.generation, "commit")
+                return Claim(recovered, provider, recovered=True)
+            fence = (lease_row[1] if lease_row is not None else 0) + 1
+            conn.execute(
+                "INSERT INTO leases (grant_name, worker, fence, expires_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (grant_name) DO UPDATE SET worker = excluded.worker, fence = excluded.fence, "
+                "expires_at = excluded.expires_at",
+                (name, worker, fence, lease_now + lease_ttl),
+            )
+            lease = Lease(name, worker, fence, lease_now + lease_ttl)
+            prior_row = conn.execute(
+                f"SELECT {_ATTEMPT_COLUMNS} FROM attempts WHERE grant_name = ? AND generation = ? "
+                "AND refresh_fp = ? AND state IN ('open', 'ambiguous') ORDER BY id DESC LIMIT 1",
+                (name, grant.generation, grant.refresh_fp),
+            ).fetchone()
+            prior = self._attempt(prior_row) if prior_row else None
+            resend_row = conn.execute(
+                f"SELECT {_ATTEMPT_COLUMNS} FROM attempts WHERE grant_name = ? AND resend_of IS NOT NULL "
+                "AND generation >= ? ORDER BY id DESC LIMIT 1",
+                (name, grant.generation - 2),
+            ).fetchone()
+            attempt = self._insert_attempt(
+                conn, lease, grant.generation, str(grant.refresh_fp), prior.id if prior else None, now
+            )
+            if prior is not None and prior.state is AttemptState.OPEN:
+                self._close_attempt(
+                    conn, prior.id, AttemptState.ABANDONED, f"worker gone; re-sent as attempt {attempt.id}", now
+                )
+            return Claim(
+                grant,
+                provider,
+                lease=lease,
+                attempt=attempt,
+                prior=prior,
+                recent_resend=self._attempt(resend_row) if resend_row else None,
+            )
+
+    def _insert_attempt(
+        self, conn: Conn, lease: Lease, generation: int, refresh_fp: str, resend_of: int | None,
+        now: float,
+    ) -> Attempt:  # fmt: skip
+        row = conn.execute(
+            "INSERT INTO attempts (grant_name, generation, refresh_fp, worker, fence, started_at, state, "
+            "resend_of) VALUES (?, ?, ?, ?, ?, ?, 'open', ?) RETURNING id",
+            (lease.grant, generation, refresh_fp, lease.worker, lease.fence, now, resend_of),
+        ).fetchone()
+        return Attempt(
+            int(row[0]), lease.grant, generation, refresh_fp, lease.worker, now, AttemptState.OPEN,
+            resend_of=resend_of,
+        )  # fmt: skip
+
+    @staticmethod
+    def _close_attempt(conn: Conn, attempt_id: int, state: AttemptState, outcome: str, now: float) -> None:
+        conn.execute(
+            "UPDATE attempts SET state = ?, outcome = ?, finished_at = ? WHERE id = ?",
+            (state.value, outcome, now, attempt_id),
+        )
+
+    def record_attempt(
+        self, lease: Lease, *, generation: int, refresh_fp: str, resend_of: int | None, lease_ttl: float, now: float
+    ) -> Attempt:
+        """Record another attempt under a held lease (a retry), renewing the lease in the same transaction."""
+        with self._tx() as conn:
+            renewed = conn.execute(
+                "UPDATE leases SET expires_at = ? WHERE grant_name = ? AND fence = ? AND worker = ?",
+                (self._lease_clock(conn, now) + lease_ttl, lease.grant, lease.fence, lease.worker),
+            ).rowcount
+            if renewed == 0:
+                raise LeaseLost(
+                    f"the lease on grant {lease.grant!r} (fence {lease.fence}) was taken over by another "
+                    "worker; not sending",
+                    grant=lease.grant,
+                    worker=lease.worker,
+                )
+            return self._insert_attempt(conn, lease, generation, refresh_fp, resend_of, now)
+
+    def _apply(self, conn: Conn, grant: Grant, update: GrantUpdate, *, now: float) -> Grant | None:
+        """Compare-and-set the next generation; None if the stored generation is not `grant.generation`.
+
+        `grant` is the state the refresh started from (read under the lease); the WHERE clause is the check,
+        so nothing is re-read here. A missing refresh token or scope keeps the stored one.
+        """
+        name = grant.name
+        refresh_fp = self.fingerprint(update.refresh_token) if update.refresh_token else None
+        access_fp = self.fingerprint(update.access_token)
+        changed = conn.execute(
+            "UPDATE grants SET refresh_token = COALESCE(?, refresh_token), refresh_fp = COALESCE(?, refresh_fp), "
+            "access_token = ?, access_fp = ?, expires_at = ?, access_verified = ?, scopes = COALESCE(?, scopes), "
+            "generation = generation + 1, last_error = NULL, last_error_at = NULL, refreshed_at = ?, "
+            "updated_at = ? WHERE name = ? AND generation = ? AND state = 'active'",
+            (
+                self._seal(update.refresh_token, "grants", name, "refresh_token"), refresh_fp,
+                self._seal(update.access_token, "grants", name, "access_token"), access_fp, update.expires_at,
+                int(update.access_verified), " ".join(update.scopes) if update.scopes is not None else None,
+                now, now, name, grant.generation,
+            ),
+        ).rowcount  # fmt: skip
+        if changed == 0:
+            return None
+        return dataclasses.replace(
+            grant,
+            refresh_token=update.refresh_token or grant.refresh_token,
+            refresh_fp=refresh_fp or grant.refresh_fp,
+            access_token=update.access_token,
+            access_fp=access_fp,
+            expires_at=update.expires_at,
+            scopes=update.scopes if update.scopes is not None else grant.scopes,
+            generation=grant.generation + 1,
+            access_verified=update.access_verified,
+            last_error=None,
+            last_error_at=None,
+            updated_at=now,
+            refreshed_at=now,
+        )
+
+    def commit(self, lease: Lease, *, attempt_id: int, base: Grant, update: GrantUpdate, now: float) -> Grant:
+        with self._tx() as conn:
+            committed = self._apply(conn, base, update, now=now)
+            if committed is None:
+                current = self._read_grant(conn, lease.grant)
+                raise GenerationConflict(
+                    f"grant {lease.grant!r} is at generation {current.generation} ({current.state.value}), not "
+                    f"{base.generation}: another worker committed first or the grant was re-imported; the "
+                    "refresh result was not stored",
+                    grant=lease.grant, generation=current.generation, attempt_id=attempt_id,
+                )  # fmt: skip
+            # Close this attempt, and any other still-open one of the same generation (a lost lease's), at once.
+            conn.execute(
+                "UPDATE attempts SET state = CASE WHEN id = ? THEN 'committed' ELSE 'abandoned' END, "
+                "outcome = CASE WHEN id = ? THEN ? ELSE 'superseded by a committed attempt' END, finished_at = ? "
+                "WHERE id = ? OR (grant_name = ? AND generation = ? AND state = 'open')",
+                (attempt_id, attempt_id, f"generation {committed.generation}", now, attempt_id, lease.grant,
+                 base.generation),
+            )  # fmt: skip
+            self._release(conn, lease)
+            self._notify(conn, lease.grant, committed.generation, "commit")
+            if committed.generation % _PRUNE_EVERY == 0:
+                conn.execute(
+                    "DELETE FROM attempts WHERE grant_name = ? AND id <= (SELECT id FROM attempts WHERE "
+                    "grant_name = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                    (lease.grant, lease.grant, _KEEP_ATTEMPTS),
+                )
+            return committed
+
+    @staticmethod
+    def _release(conn: Conn, lease: Lease) -> None:
+        conn.execute(
+            "UPDATE leases SET worker = NULL, expires_at = 0 WHERE grant_name = ? AND fence = ?",
+            (lease.grant, lease.fence),
+        )
+
+    def finish(
+        self, lease: Lease, *, attempt_id: int, state: AttemptState, outcome: str, now: float,
+        mark_dead: bool = False, release: bool = True,
+    ) -> None:  # fmt: skip
+        """Close an attempt that did not commit; optionally mark the grant dead and release the lease."""
+        with self._tx() as conn:
+            self._close_attempt(conn, attempt_id, state, outcome, now)
+            # Only the generation the attempt spent can be declared dead (I3: a newer one is someone's success).
+            conn.execute(
+                "UPDATE grants SET last_error = ?, last_error_at = ?, state = CASE WHEN ? THEN 'needs_reauth' "
+                "ELSE state END WHERE name = ? AND generation = (SELECT generation FROM attempts WHERE id = ?)",
+                (outcome, now, mark_dead, lease.grant, attempt_id),
+            )
+            if release:
+                self._release(conn, lease)
+
+    def release(self, lease: Lease) -> None:
+        with self._tx() as conn:
+            self._release(conn, lease)
+
+    def invalidate_access(self, name: str, *, access_fp: str) -> bool:
+        with self._tx() as conn:
+            row = conn.execute(
+                "UPDATE grants SET access_token = NULL, access_fp = NULL, expires_at = NULL "
+                "WHERE name = ? AND access_fp = ? RETURNING generation",
+                (name, access_fp),
+            ).fetchone()
+            if row is not None:
+                self._notify(conn, name, int(row[0]), "invalidate")
+            return row is not None
+
+    # ---------------------------------------------------------------- recovery
+
+    def save_recovery(
+        self, name: str, *, expected_generation: int, attempt_id: int, update: GrantUpdate, now: float
+    ) -> None:
+        self.recovery.save(RecoveryEntry(name, expected_generation, attempt_id, update, now))
+
+    def replay_recovery(self, *, now: float) -> list[str]:
+        """Commit every pending recovery entry whose generation is still current; drop superseded ones.
+
+        Returns the names of grants brought up to date. Raises StoreUnavailable if the store still cannot
+        be written (entries stay on disk).
+        """
+        done = []
+        for entry in self.recovery.entries():
+            with self._tx() as conn:
+                try:
+                    grant = self._read_grant(conn, entry.grant)
+                except UnknownGrant:
+                    grant = None
+                if (
+                    grant is not None
+                    and grant.generation == entry.expected_generation
+                    and self._apply(conn, grant, entry.update, now=now) is not None
+                ):
+                    self._close_attempt(conn, entry.attempt_id, AttemptState.RECOVERED, "committed from recovery", now)
+                    self._notify(conn, entry.grant, grant.generation + 1, "commit")
+                    done.append(entry.grant)
+            self.recovery.remove(entry)
+        return done
