@@ -10,6 +10,8 @@ import pytest
 from grantkeeper._failpoints import clear_hooks
 from grantkeeper.stores import SQLiteStore, open_store
 
+pytest_plugins = ["tests.pg_fixtures"]
+
 STORE_KINDS = ("memory", "sqlite")
 
 

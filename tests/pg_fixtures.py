@@ -26,7 +26,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "postgres: needs a PostgreSQL server")
 
 
-def _require_postgres() -> None:
+def require_postgres() -> None:
     """Skip (or fail, when PostgreSQL is required) if no server can be started here."""
     reason = PostgresServer.available()
     if reason is None:
@@ -39,7 +39,7 @@ def _require_postgres() -> None:
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PostgresServer]:
     """One PostgreSQL server for the whole session; tests must not stop it (use pg_restartable)."""
-    _require_postgres()
+    require_postgres()
     with PostgresServer() as server:
         yield server
 
@@ -57,6 +57,6 @@ def pg_url(pg_server: PostgresServer) -> Iterator[str]:
 @pytest.fixture
 def pg_restartable() -> Iterator[PostgresServer]:
     """A private, started server that the test may stop, crash and restart; closed afterwards."""
-    _require_postgres()
+    require_postgres()
     with PostgresServer() as server:
         yield server

@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import os
 import re
+import selectors
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -27,7 +30,7 @@ import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import BinaryIO, Self
 
 __all__ = ["PostgresServer", "PostgresServerError", "find_bindir", "process_alive"]
 
@@ -166,6 +169,79 @@ def _quote_conf(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+# --------------------------------------------------------------------------- the keeper process
+#
+# ``pg_ctl start`` daemonises the postmaster, which is then re-parented to the nearest "subreaper"
+# (normally PID 1, which in containers may reap zombies late or never: a dead postmaster that is
+# still a zombie makes the next start refuse with "lock file postmaster.pid already exists").
+# So ``pg_ctl start`` runs under a small keeper process (this file run as a script) that makes
+# itself a child subreaper: the postmaster, and any backend orphaned by kill(), become its children
+# and are reaped at once. The keeper also watches its stdin: when the test process dies without
+# closing the server (SIGKILL, os._exit), the pipe reaches EOF and the keeper shuts the server down
+# (SIGQUIT = immediate shutdown, then SIGKILL). It exits when it has no children left.
+
+_PR_SET_CHILD_SUBREAPER = 36
+_KEEPER_BYE = b"bye\n"  # sent by the owner before it closes the keeper's stdin on purpose
+
+
+def _keeper_main(argv: list[str]) -> int:
+    command = json.loads(argv[0])
+    timeout = float(argv[1])
+    out_path = argv[2]
+    owned_dir = argv[3]
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+    def shut_down_children() -> None:
+        me = os.getpid()
+        for sig, grace in ((signal.SIGQUIT, 10.0), (signal.SIGKILL, 10.0)):
+            children = _children(me)
+            for child in children:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child, sig)
+            if _wait_gone(children, grace):
+                return
+
+    orphaned = threading.Event()
+
+    def watch_stdin() -> None:
+        received = b""
+        with contextlib.suppress(OSError):
+            while chunk := sys.stdin.buffer.read(4096):
+                received += chunk
+        if _KEEPER_BYE not in received:
+            orphaned.set()  # the owner died without closing the server
+        shut_down_children()
+
+    with open(out_path, "wb") as out:
+        proc = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            status = str(proc.wait(timeout=timeout))
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            status = "timeout"
+    with contextlib.suppress(OSError):
+        sys.stdout.write(status + "\n")
+        sys.stdout.flush()
+    threading.Thread(target=watch_stdin, daemon=True).start()
+    while True:
+        try:
+            os.wait()
+        except ChildProcessError:
+            break
+        except InterruptedError:
+            continue
+    if orphaned.is_set():
+        shutil.rmtree(owned_dir, ignore_errors=True)
+    os._exit(0)
+
+
 # --------------------------------------------------------------------------- the server
 
 _open_servers: set[PostgresServer] = set()
@@ -191,6 +267,7 @@ class PostgresServer:
         self._tmpdir: Path | None = None
         self._port: int | None = None
         self._pid: int | None = None
+        self._keeper: subprocess.Popen[bytes] | None = None
         self._as_service_user = os.geteuid() == 0
 
     # ---- discovery
@@ -274,10 +351,15 @@ class PostgresServer:
     def _error(self, what: str, detail: str) -> PostgresServerError:
         return PostgresServerError(f"{what}\n{detail}\n--- server log tail ---\n{self.log_tail()}")
 
-    def _run(self, argv: list[str], timeout: float) -> str:
-        """Run a server command (as the service user if root); raise with output and log tail on failure."""
+    @staticmethod
+    def _env() -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
         env["LC_ALL"] = "C"
+        return env
+
+    def _run(self, argv: list[str], timeout: float) -> str:
+        """Run a server command (as the service user if root); raise with output and log tail on failure."""
+        env = self._env()
         cmd = self._wrap(argv)
         # Output goes to files, not pipes: a daemonised postmaster must never hold our pipe open.
         with tempfile.TemporaryFile() as out:
@@ -404,7 +486,9 @@ class PostgresServer:
         conf.write_text(text + marker + "".join(f"{k} = {v}\n" for k, v in settings.items()))
 
     def _pg_ctl_start(self) -> None:
-        self._run(
+        """``pg_ctl start`` under a fresh keeper process (see above); record the postmaster pid."""
+        self._reap_keeper()
+        argv = self._wrap(
             [
                 self._bin("pg_ctl"),
                 "-D",
@@ -415,15 +499,71 @@ class PostgresServer:
                 "-t",
                 str(PG_CTL_WAIT),
                 "start",
-            ],
-            timeout=PG_CTL_TIMEOUT,
+            ]
         )
+        out_path = self.directory / "pg_ctl-start.out"
+        with open(self.directory / "keeper.log", "ab") as keeper_log:
+            keeper = self._spawn_keeper(argv, out_path, keeper_log)
+        self._keeper = keeper
+        assert keeper.stdout is not None
+        status = ""
+        with selectors.DefaultSelector() as sel:
+            sel.register(keeper.stdout, selectors.EVENT_READ)
+            if sel.select(timeout=PG_CTL_TIMEOUT + 30):
+                status = keeper.stdout.readline().decode(errors="replace").strip()
+        try:
+            output = out_path.read_text(errors="replace")
+        except OSError:
+            output = "(no output)"
+        cmd = " ".join(argv)
+        if status == "timeout" or not status:
+            raise self._error(f"command timed out after {PG_CTL_TIMEOUT:.0f}s: {cmd}", f"--- output ---\n{output}")
+        if status != "0":
+            raise self._error(f"command failed with exit status {status}: {cmd}", f"--- output ---\n{output}")
         self._pid = self._read_pid()
+
+    def _spawn_keeper(self, argv: list[str], out_path: Path, log: BinaryIO) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-I",  # stdlib only: no script directory, PYTHON* variables or user site on sys.path
+                str(Path(__file__).resolve()),
+                "--keeper",
+                json.dumps(argv),
+                str(PG_CTL_TIMEOUT),
+                str(out_path),
+                str(self.directory),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            cwd=self.directory,
+            env=self._env(),
+            start_new_session=True,  # ^C in the test terminal must not reach the keeper or the server
+        )
+
+    def _reap_keeper(self, timeout: float = KILL_WAIT) -> None:
+        """Let the keeper go (it exits once the server's processes are gone) and reap it."""
+        keeper, self._keeper = self._keeper, None
+        if keeper is None:
+            return
+        assert keeper.stdin is not None and keeper.stdout is not None
+        with contextlib.suppress(OSError):
+            keeper.stdin.write(_KEEPER_BYE)
+        with contextlib.suppress(OSError):
+            keeper.stdin.close()  # EOF: the keeper shuts down whatever is still running below it
+        try:
+            keeper.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            keeper.kill()
+            keeper.wait()
+        keeper.stdout.close()
 
     def start_again(self) -> Self:
         """Start the server again on the same data directory and port; wait until it accepts connections."""
         if self.running:
             raise PostgresServerError(f"server is still running (pid {self._pid})")
+        self._remove_stale_pidfile()
         try:
             self._pg_ctl_start()
         except PostgresServerError:
@@ -445,6 +585,7 @@ class PostgresServer:
         )
         if pid is not None and not _wait_gone([pid], KILL_WAIT):
             raise self._error(f"postmaster {pid} is still alive after pg_ctl stop -m {mode}", "")
+        self._reap_keeper()
 
     def stop_immediate(self) -> None:
         """Crash-like stop: no checkpoint, crash recovery runs at the next start."""
@@ -470,6 +611,20 @@ class PostgresServer:
                 os.kill(victim, signal.SIGKILL)
         if not _wait_gone(victims, KILL_WAIT):
             raise self._error(f"postgres processes {victims} survived SIGKILL", "")
+        self._reap_keeper()
+
+    def _remove_stale_pidfile(self) -> None:
+        """Remove postmaster.pid if it names a dead postmaster that is still an unreaped zombie.
+
+        PostgreSQL treats a zombie as a live postmaster and would refuse to start.
+        """
+        pidfile = self.data_dir / "postmaster.pid"
+        try:
+            pid = int(pidfile.read_text().splitlines()[0].strip())
+        except (OSError, IndexError, ValueError):
+            return
+        if _proc_state(pid) == "Z":
+            pidfile.unlink(missing_ok=True)
 
     def close(self) -> None:
         """Stop the server (killing it if pg_ctl cannot) and remove its temporary directory. Idempotent."""
@@ -484,6 +639,7 @@ class PostgresServer:
                     except PostgresServerError:
                         self._kill_processes()
         finally:
+            self._reap_keeper()
             if self._tmpdir is not None:
                 shutil.rmtree(self._tmpdir, ignore_errors=True)
                 self._tmpdir = None
@@ -523,3 +679,7 @@ class PostgresServer:
 
     def __repr__(self) -> str:
         return f"<PostgresServer port={self._port} pid={self._pid} dir={self._tmpdir}>"
+
+
+if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "--keeper":
+    sys.exit(_keeper_main(sys.argv[2:]))

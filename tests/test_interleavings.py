@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from grantkeeper import GrantkeeperError, LostInFlight, Provider, RefreshPolicy, Secret
 from grantkeeper.model import AttemptState
 from grantkeeper.protocol import refresh_flow
-from grantkeeper.protocol.steps import Now, Send, Sleep, StoreStep
+from grantkeeper.protocol.steps import Now, Send, Sleep, StoreStep, WaitForChange
 from grantkeeper.stores import open_store
 from grantkeeper.tokens.response import HttpReply
 
@@ -73,7 +73,9 @@ def _step(worker: Worker, store: Any, provider: RotatingProvider, clock: list[fl
         return
     worker.reply, worker.error = None, None
     try:
-        if isinstance(step, StoreStep):
+        if isinstance(step, WaitForChange):
+            clock[0] += step.poll  # waiting is simulated time, like Sleep
+        elif isinstance(step, StoreStep):
             worker.reply = step.run(store)
         elif isinstance(step, Send):
             worker.sent = True

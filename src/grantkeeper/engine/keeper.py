@@ -105,6 +105,13 @@ class _KeeperCore:
         # name -> (access token, serve-until time, generation). Written under the grant's lock, read lock-free.
         self._cache: dict[str, tuple[Secret, float, int]] = {}
         self._closed = False
+        store.subscribe(self._on_store_change)
+
+    def _on_store_change(self, name: str, generation: int, kind: str) -> None:
+        """Another worker committed or invalidated: drop what this process cached (I4). Any thread may call."""
+        entry = self._cache.get(name)
+        if entry is not None and (kind == "invalidate" or entry[2] < generation):
+            self._cache.pop(name, None)
 
     def _cached(self, name: str) -> Secret | None:
         entry = self._cache.get(name)

@@ -38,6 +38,7 @@ from grantkeeper.protocol.steps import (
     Send,
     Sleep,
     Step,
+    WaitForChange,
 )
 from grantkeeper.stores.base import Claim, GenerationConflict, GrantUpdate
 from grantkeeper.tokens.request import build_refresh_request
@@ -69,6 +70,13 @@ def refresh_flow(
     there is no separate read before it.
     """
     now = yield Now()
+    if not force:
+        # Most calls that reach here find another worker's fresh token: a plain read, no write lock.
+        grant, provider = yield Load(name)
+        if grant.state is GrantState.NEEDS_REAUTH:
+            raise dead_grant_error(grant)
+        if grant.access_usable(now, provider.skew):
+            return Refreshed(grant, provider)
     deadline = now + policy.wait_timeout
     poll = policy.poll_initial
     seen = seen_generation
@@ -91,7 +99,10 @@ def refresh_flow(
                 grant=name, generation=claim.grant.generation, worker=holder.worker,
                 retry_after=max(0.0, holder.expires_at - now),
             )  # fmt: skip
-        yield Sleep(min(poll, max(0.0, deadline - now)))
+        remaining = max(0.0, deadline - now)
+        yield WaitForChange(
+            name, claim.grant.generation, min(poll, remaining), min(remaining, max(0.0, claim.holder.expires_at - now))
+        )
         poll = min(poll * 2, policy.poll_max)
         now = yield Now()
     yield Failpoint("after_claim")

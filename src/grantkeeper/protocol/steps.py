@@ -30,6 +30,7 @@ __all__ = [
     "Sleep",
     "Step",
     "StoreStep",
+    "WaitForChange",
 ]
 
 
@@ -49,8 +50,7 @@ class Load(StoreStep):
     name: str
 
     def run(self, store: Store) -> tuple[Grant, Provider]:
-        grant = store.get_grant(self.name)
-        return grant, store.get_provider(grant.provider)
+        return store.get_grant_and_provider(self.name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +151,20 @@ class SaveRecovery(StoreStep):
             self.name, expected_generation=self.expected_generation, attempt_id=self.attempt_id,
             update=self.update, now=self.now,
         )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class WaitForChange(StoreStep):
+    """Wait while another worker refreshes: until the store announces a generation past `generation` or the
+    holder's release (at most `longest`), or for `poll` seconds on a store that cannot announce -> None."""
+
+    name: str
+    generation: int
+    poll: float
+    longest: float
+
+    def run(self, store: Store) -> None:
+        store.wait_for_change(self.name, poll=self.poll, longest=self.longest, generation=self.generation)
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from grantkeeper._exceptions import ConfigurationError, UnknownGrant, UnknownProvider
 from grantkeeper._secrets import Secret
@@ -36,6 +36,8 @@ from grantkeeper.stores.base import Claim, GenerationConflict, GrantUpdate, Leas
 from grantkeeper.stores.recovery import RecoveryDir, RecoveryEntry
 
 __all__ = ["Conn", "SQLStore", "Subscriber"]
+
+T = TypeVar("T")
 
 logger = logging.getLogger("grantkeeper")
 
@@ -97,9 +99,14 @@ class SQLStore:
         """Call `subscriber` when another process commits or invalidates (stores that can deliver it)."""
         self._subscribers.append(subscriber)
 
-    def wait_for_change(self, name: str, *, poll: float, longest: float) -> None:
-        """Block until grant `name` may have changed. Default: sleep `poll` (no notifications to wait for)."""
+    def wait_for_change(self, name: str, *, poll: float, longest: float, generation: int | None = None) -> None:
+        """Block until grant `name` may have moved past `generation`. Default: sleep `poll` (nothing to wait on)."""
         time.sleep(poll)
+
+    def _read(self, fn: Callable[[Conn], T]) -> T:
+        """Run one read. Stores whose connections can drop retry it (reads are idempotent)."""
+        with self._tx(write=False) as conn:
+            return fn(conn)
 
     # ---------------------------------------------------------------- rows
 
@@ -215,13 +222,13 @@ class SQLStore:
             )  # fmt: skip
 
     def get_provider(self, name: str) -> Provider:
-        with self._tx(write=False) as conn:
-            return self._read_provider(conn, name)
+        return self._read(lambda conn: self._read_provider(conn, name))
 
     def list_providers(self) -> list[Provider]:
-        with self._tx(write=False) as conn:
-            names = [r[0] for r in conn.execute("SELECT name FROM providers ORDER BY name")]
-            return [self._read_provider(conn, n) for n in names]
+        rows = self._read(
+            lambda conn: conn.execute(f"SELECT {_PROVIDER_COLUMNS} FROM providers ORDER BY name").fetchall()
+        )
+        return [self._provider(r) for r in rows]
 
     def import_grant(
         self, name: str, *, provider: str, refresh_token: Secret, scopes: tuple[str, ...], now: float
@@ -248,16 +255,14 @@ class SQLStore:
             return self._read_grant(conn, name)
 
     def get_grant(self, name: str) -> Grant:
-        with self._tx(write=False) as conn:
-            return self._read_grant(conn, name)
+        return self._read(lambda conn: self._read_grant(conn, name))
 
     def get_grant_and_provider(self, name: str) -> tuple[Grant, Provider]:
-        with self._tx(write=False) as conn:
-            return self._read_grant_and_provider(conn, name)
+        return self._read(lambda conn: self._read_grant_and_provider(conn, name))
 
     def list_grants(self) -> list[Grant]:
-        with self._tx(write=False) as conn:
-            return [self._grant(r) for r in conn.execute(f"SELECT {_GRANT_COLUMNS} FROM grants ORDER BY name")]
+        rows = self._read(lambda conn: conn.execute(f"SELECT {_GRANT_COLUMNS} FROM grants ORDER BY name").fetchall())
+        return [self._grant(r) for r in rows]
 
     def delete_grant(self, name: str) -> None:
         with self._tx() as conn:
@@ -265,20 +270,16 @@ class SQLStore:
                 raise UnknownGrant(f"no grant named {name!r}", grant=name)
 
     def list_attempts(self, name: str, *, limit: int = 20) -> list[Attempt]:
-        with self._tx(write=False) as conn:
-            rows = conn.execute(
-                f"SELECT {_ATTEMPT_COLUMNS} FROM attempts WHERE grant_name = ? ORDER BY id DESC LIMIT ?",
-                (name, limit),
-            ).fetchall()
+        sql = f"SELECT {_ATTEMPT_COLUMNS} FROM attempts WHERE grant_name = ? ORDER BY id DESC LIMIT ?"
+        rows = self._read(lambda conn: conn.execute(sql, (name, limit)).fetchall())
         return [self._attempt(r) for r in rows]
 
     def lease_holder(self, name: str, *, now: float) -> LeaseHolder | None:
-        with self._tx(write=False) as conn:
-            row = conn.execute(
-                "SELECT worker, fence, expires_at FROM leases WHERE grant_name = ? AND worker IS NOT NULL "
-                "AND expires_at > ?",
-                (name, self._lease_clock(conn, now)),
-            ).fetchone()
+        sql = (
+            "SELECT worker, fence, expires_at FROM leases WHERE grant_name = ? AND worker IS NOT NULL "
+            "AND expires_at > ?"
+        )
+        row = self._read(lambda conn: conn.execute(sql, (name, self._lease_clock(conn, now))).fetchone())
         return LeaseHolder(row[0], int(row[1]), float(row[2])) if row else None
 
     # ---------------------------------------------------------------- the refresh transaction
@@ -475,10 +476,12 @@ class SQLStore:
             )
             if release:
                 self._release(conn, lease)
+                self._notify(conn, lease.grant, -1, "release")
 
     def release(self, lease: Lease) -> None:
         with self._tx() as conn:
             self._release(conn, lease)
+            self._notify(conn, lease.grant, -1, "release")
 
     def invalidate_access(self, name: str, *, access_fp: str) -> bool:
         with self._tx() as conn:
