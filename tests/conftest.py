@@ -8,11 +8,13 @@ from pathlib import Path
 import pytest
 
 from grantkeeper._failpoints import clear_hooks
-from grantkeeper.stores import SQLiteStore, open_store
+from grantkeeper.stores import SQLStore, open_store
 
 pytest_plugins = ["tests.pg_fixtures"]
 
-STORE_KINDS = ("memory", "sqlite")
+STORE_KINDS = ("memory", "sqlite", "postgres")
+#: Fixed for the test session: PostgreSQL stores need $GRANTKEEPER_KEY (there is no key file beside a server).
+TEST_KEY = "dGVzdC1rZXktZm9yLWdyYW50a2VlcGVyLXRlc3RzLTE"
 
 
 @pytest.fixture(autouse=True)
@@ -26,8 +28,17 @@ def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> It
 
 
 @pytest.fixture(params=STORE_KINDS)
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    return "memory://" if request.param == "memory" else f"sqlite://{tmp_path}/grants.db"
+def store_url(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """One store of each kind; the PostgreSQL one is a fresh, migrated database on the test server."""
+    if request.param == "memory":
+        return "memory://"
+    if request.param == "sqlite":
+        return f"sqlite://{tmp_path}/grants.db"
+    url: str = request.getfixturevalue("pg_url")
+    monkeypatch.setenv("GRANTKEEPER_KEY", TEST_KEY)
+    monkeypatch.setenv("GRANTKEEPER_RECOVERY_DIR", str(tmp_path / "recovery"))
+    open_store(url, migrate=True).close()
+    return url
 
 
 @pytest.fixture
@@ -36,7 +47,7 @@ def sqlite_url(tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def store(store_url: str) -> Iterator[SQLiteStore]:
+def store(store_url: str) -> Iterator[SQLStore]:
     s = open_store(store_url)
     yield s
     s.close()

@@ -468,7 +468,7 @@ class TestExitCodes:
 
     def test_bad_store_url(self, world: CliWorld) -> None:
         """An unsupported or empty store URL is a configuration error (exit 3)."""
-        for url in ("postgres://db.example/grants", "sqlite://", "nonsense"):
+        for url in ("mysql://db.example/grants", "sqlite://", "nonsense"):
             result = CliRunner().invoke(cli, ["--store", url, "status"])
             assert result.exit_code == 3
             assert result.stderr.startswith("grantkeeper: error[configuration]: ")

@@ -42,7 +42,7 @@ from grantkeeper.cli._session import Session
 from grantkeeper.cli.demo_worker import Counts
 from grantkeeper.engine import Keeper
 from grantkeeper.model import AuthMethod, Provider, RotationMode
-from grantkeeper.stores import SQLiteStore, open_store
+from grantkeeper.stores import SQLStore, open_store
 
 __all__ = ["DemoOptions", "demo", "run_demo"]
 
@@ -96,7 +96,7 @@ class _Tally:
         return total
 
 
-def _generation(store: SQLiteStore, fallback: int) -> int:
+def _generation(store: SQLStore, fallback: int) -> int:
     try:
         return store.get_grant(GRANT).generation
     except GrantkeeperError:
@@ -136,7 +136,7 @@ def _setup(url: str, sim: Any) -> int:
 
 
 def _run_workers(
-    options: DemoOptions, url: str, base_url: str, store: SQLiteStore, sim: Any, console: Console | None,
+    options: DemoOptions, url: str, base_url: str, store: SQLStore, sim: Any, console: Console | None,
     verbose: bool, initial: int,
 ) -> tuple[_Tally, float]:  # fmt: skip
     """Start the worker processes, wait until they are ready, let them run, collect their counts."""

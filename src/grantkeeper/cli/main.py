@@ -37,7 +37,7 @@ from grantkeeper.cli._session import Session
 from grantkeeper.cli.demo import demo
 from grantkeeper.engine import Keeper
 from grantkeeper.model import AuthMethod, Provider, RotationMode
-from grantkeeper.stores import default_store_url, open_store
+from grantkeeper.stores import backend, default_store_url, open_store
 from grantkeeper.stores.migrations import latest_version
 
 __all__ = ["GrantkeeperGroup", "cli", "main"]
@@ -391,7 +391,7 @@ def migrate(session: Session) -> None:
         version = store.schema_version()
     finally:
         store.close()
-    latest = latest_version("sqlite")
+    latest = latest_version(backend(_url(session)))
     click.echo(f"store schema version {version}" + (" (up to date)" if version == latest else ""))
 
 

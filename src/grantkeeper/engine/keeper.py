@@ -30,7 +30,7 @@ from grantkeeper._secrets import Secret
 from grantkeeper.engine.drivers import drive, drive_async
 from grantkeeper.model import Attempt, Grant, GrantState, LeaseHolder, Provider
 from grantkeeper.protocol import Refreshed, RefreshPolicy, refresh_flow
-from grantkeeper.stores import SQLiteStore, open_store
+from grantkeeper.stores import SQLStore, open_store
 
 __all__ = ["AsyncKeeper", "GrantStatus", "KeepaliveResult", "Keeper"]
 
@@ -95,7 +95,7 @@ class _KeeperCore:
     """State and logic shared by both keepers; no I/O beyond calling the store."""
 
     def __init__(
-        self, store: SQLiteStore, *, clock: Clock | None, policy: RefreshPolicy | None, worker: str | None
+        self, store: SQLStore, *, clock: Clock | None, policy: RefreshPolicy | None, worker: str | None
     ) -> None:
         self.store = store
         self.clock = clock or SystemClock()
@@ -235,7 +235,7 @@ class Keeper(_KeeperCore):
     """
 
     def __init__(
-        self, store: SQLiteStore, *, http: httpx.Client | None = None, clock: Clock | None = None,
+        self, store: SQLStore, *, http: httpx.Client | None = None, clock: Clock | None = None,
         policy: RefreshPolicy | None = None, worker: str | None = None,
     ) -> None:  # fmt: skip
         super().__init__(store, clock=clock, policy=policy, worker=worker)
@@ -331,7 +331,7 @@ class AsyncKeeper(_KeeperCore):
     """Task-safe asyncio keeper of grants; the same protocol as `Keeper`, driven with ``await``."""
 
     def __init__(
-        self, store: SQLiteStore, *, http: httpx.AsyncClient | None = None, clock: Clock | None = None,
+        self, store: SQLStore, *, http: httpx.AsyncClient | None = None, clock: Clock | None = None,
         policy: RefreshPolicy | None = None, worker: str | None = None,
     ) -> None:  # fmt: skip
         super().__init__(store, clock=clock, policy=policy, worker=worker)

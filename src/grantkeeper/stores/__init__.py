@@ -1,6 +1,9 @@
 """Stores: the source of truth, selected by URL.
 
 * ``sqlite:///path/to/file.db`` (or ``sqlite://relative.db``): the embedded default;
+* ``postgresql://user@host:port/dbname`` (libpq URL; ``postgres://`` too): many hosts, one source of truth.
+  Needs the ``postgres`` extra and ``$GRANTKEEPER_KEY``; create or upgrade the schema with
+  ``grantkeeper migrate``;
 * ``memory://``: a private in-memory store for tests, gone when the process exits.
 """
 
@@ -13,6 +16,7 @@ import platformdirs
 
 from grantkeeper._exceptions import ConfigurationError
 from grantkeeper.stores.base import Claim, GenerationConflict, GrantUpdate, LeaseLost, Store
+from grantkeeper.stores.sql import SQLStore
 from grantkeeper.stores.sqlite import SQLiteStore
 
 __all__ = [
@@ -21,9 +25,12 @@ __all__ = [
     "GenerationConflict",
     "GrantUpdate",
     "LeaseLost",
+    "SQLStore",
     "SQLiteStore",
     "Store",
+    "backend",
     "default_store_url",
+    "is_postgres",
     "open_store",
 ]
 
@@ -38,6 +45,10 @@ def default_store_url() -> str:
     return "sqlite://" + str(Path(platformdirs.user_data_dir("grantkeeper")) / "grantkeeper.db")
 
 
+def is_postgres(url: str) -> bool:
+    return url.startswith(("postgresql://", "postgres://"))
+
+
 def store_path(url: str) -> Path | None:
     """The file behind a store URL (None for memory://); a clear error for anything else."""
     if url.startswith("sqlite://"):
@@ -49,10 +60,24 @@ def store_path(url: str) -> Path | None:
         return None
     scheme = url.split("://", 1)[0] if "://" in url else url
     raise ConfigurationError(
-        f"unsupported store URL scheme {scheme!r}; use sqlite:///path/to/grantkeeper.db or memory://"
+        f"unsupported store URL scheme {scheme!r}; use sqlite:///path/to/grantkeeper.db, "
+        "postgresql://user@host/dbname or memory://"
     )
 
 
-def open_store(url: str, *, create: bool = True, migrate: bool = False) -> SQLiteStore:
-    """Open the store at `url`. `create` makes a new SQLite file (and its key file) if none exists."""
+def open_store(url: str, *, create: bool = True, migrate: bool = False) -> SQLStore:
+    """Open the store at `url`.
+
+    `create` makes a new SQLite file (and its key file) if none exists; a PostgreSQL database gets its schema
+    only from `migrate` (``grantkeeper migrate``), never implicitly.
+    """
+    if is_postgres(url):
+        from grantkeeper.stores.postgres import PostgresStore  # psycopg is an optional extra
+
+        return PostgresStore.open(url, migrate=migrate)
     return SQLiteStore.open(store_path(url), create=create, migrate=migrate)
+
+
+def backend(url: str) -> str:
+    """The migrations folder for `url`'s kind of store."""
+    return "postgres" if is_postgres(url) else "sqlite"

@@ -5,8 +5,8 @@ The grant logic is `grantkeeper.stores.sql`, shared with SQLite. What is Postgre
 * Claims lock the grant row (``SELECT ... FOR UPDATE OF grants``) for the few milliseconds of the claim
   transaction; the lease itself is a row with an expiry, so no session state outlives a transaction and the
   store works through pooled connections and PgBouncer in transaction mode.
-* Leases are timed by the database server's clock (``clock_timestamp()``), so hosts with skewed clocks agree
-  on who holds a lease.
+* Leases are timed by the workers' clocks (the injected `Clock`, like everything else), so hosts must keep
+  their clocks in sync (NTP); `open` compares this host's clock with the server's and warns past 1 s.
 * Commits and invalidations send ``NOTIFY grantkeeper`` inside the transaction; a listener thread per store
   wakes waiting workers and lets keepers drop cached access tokens. If the listener is disconnected, waiters
   fall back to polling.
@@ -60,6 +60,7 @@ _SESSION_OPTIONS = (
     # Bounded waits everywhere: a stuck lock or a dead client's open transaction cannot hang other hosts.
     "-c lock_timeout=5000 -c statement_timeout=15000 -c idle_in_transaction_session_timeout=15000"
 )
+_SKEW_WARNING = 1.0  # seconds
 _OUR_TABLES = ("meta", "providers", "grants", "leases", "attempts")
 
 
@@ -239,6 +240,13 @@ class PostgresStore(SQLStore):
                         (self._crypto.encrypt_bytes(KEY_CHECK, aad="grantkeeper/meta/key_check"),),
                     )
             check = conn.execute("SELECT value FROM meta WHERE key = 'key_check'").fetchone()
+            server_now = float(conn.execute("SELECT extract(epoch from clock_timestamp())").fetchone()[0])
+        skew = time.time() - server_now
+        if abs(skew) > _SKEW_WARNING:
+            logger.warning(
+                "grantkeeper: this host's clock is %.1f s %s the database server's; leases and expiry assume "
+                "synchronized clocks (run NTP)", abs(skew), "ahead of" if skew > 0 else "behind",
+            )  # fmt: skip
         try:
             self._crypto.decrypt_bytes(bytes(check[0]), aad="grantkeeper/meta/key_check")
         except StoreFormatError:
@@ -280,9 +288,6 @@ class PostgresStore(SQLStore):
         except StoreUnavailable:
             self._pool.check()  # replace every broken idle connection before trying again
             return super()._read(fn)
-
-    def _lease_clock(self, conn: Conn, now: float) -> float:
-        return float(conn.execute("SELECT extract(epoch from clock_timestamp())").fetchone()[0])
 
     # ---------------------------------------------------------------- notifications
 

@@ -88,6 +88,12 @@ class SQLStore:
     def _tx(self, *, write: bool = True) -> AbstractContextManager[Conn]:
         raise NotImplementedError
 
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def schema_version(self) -> int:
+        raise NotImplementedError
+
     def _lease_clock(self, conn: Conn, now: float) -> float:
         """The time leases are measured in. Default: the caller's clock."""
         return now
