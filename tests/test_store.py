@@ -91,13 +91,15 @@ class TestClaim:
         assert len(store.list_attempts("g")) == 1
 
     def test_expired_lease_is_taken_with_higher_fence_and_prior_found(self, store: SQLiteStore) -> None:
-        """After a holder dies its lease expires; the next claim has a higher fence and re-sends its attempt."""
+        """After a holder dies its lease expires; the next claim has a higher fence and re-sends its attempt,
+        which the commit of that generation closes as abandoned."""
         _grant(store)
         first = _claim(store)
         second = _claim(store, worker="w2", now=T0 + TTL + 1)
         assert second.lease is not None and second.lease.fence == first.lease.fence + 1  # type: ignore[union-attr]
         assert second.prior is not None and second.prior.id == first.attempt.id  # type: ignore[union-attr]
         assert second.attempt is not None and second.attempt.resend_of == first.attempt.id  # type: ignore[union-attr]
+        store.commit(second.lease, attempt_id=second.attempt.id, base=second.grant, update=_update(1), now=T0)  # type: ignore[arg-type, union-attr]
         states = {a.id: a.state for a in store.list_attempts("g")}
         assert states[first.attempt.id] is AttemptState.ABANDONED  # type: ignore[union-attr]
 
@@ -217,3 +219,16 @@ class TestRecovery:
         assert store.replay_recovery(now=T0) == []
         assert store.get_grant("g").access_token == _update(1).access_token
         assert store.recovery.entries() == []
+
+
+def test_due_for_refresh_lists_soonest_expiring_active_grants(store: SQLiteStore) -> None:
+    """due_for_refresh returns active grants expiring before the cutoff, soonest first."""
+    _provider(store)
+    for n, expires in enumerate([T0 + 500, T0 + 100, T0 + 5000]):
+        name = f"g{n}"
+        store.import_grant(name, provider="p", refresh_token=Secret(f"refresh-token-{n:013d}"), scopes=(), now=T0)
+        claim = store.claim(name, worker="w", lease_ttl=TTL, now=T0, force=False, seen_generation=None)
+        store.commit(claim.lease, attempt_id=claim.attempt.id, base=claim.grant,  # type: ignore[arg-type, union-attr]
+                     update=_update(n, expires_at=expires), now=T0)  # fmt: skip
+    assert store.due_for_refresh(before=T0 + 1000) == ["g1", "g0"]
+    assert store.due_for_refresh(before=T0 + 1000, limit=1) == ["g1"]

@@ -24,6 +24,10 @@ class RefreshPolicy:
         deadline: total seconds one refresh may spend retrying.
         backoff_base, backoff_cap: exponential backoff with jitter (half to full of the computed wait).
         poll_initial, poll_max: how often a waiter re-checks a grant another worker is refreshing.
+        adopt_after: on a multi-host store, how long after another worker's attempt a risky re-send of its
+            possibly spent token waits (the provider rotates and the grace window is over): that worker may
+            still be alive behind a network or database outage, holding the successor in its local recovery
+            storage. Inside the grace window, or for a non-rotating provider, the re-send is immediate.
     """
 
     lease_ttl: float = 30.0
@@ -35,6 +39,7 @@ class RefreshPolicy:
     backoff_cap: float = 5.0
     poll_initial: float = 0.005
     poll_max: float = 0.1
+    adopt_after: float = 60.0
     rng: random.Random = field(default_factory=random.Random, compare=False)
 
     def __post_init__(self) -> None:

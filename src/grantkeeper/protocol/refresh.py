@@ -114,10 +114,25 @@ def _spend(claim: Claim, *, worker: str, policy: RefreshPolicy, started: float) 
     grant, provider, lease, attempt = claim.grant, claim.provider, claim.lease, claim.attempt
     assert lease is not None
     assert attempt is not None
-    if claim.prior is not None:
-        yield Log(logging.WARNING, _resend_note(claim.prior, provider, started), {
+    prior = claim.prior
+    if prior is not None and _must_wait_to_adopt(claim, prior, worker=worker, policy=policy, now=started):
+        wait = prior.started_at + policy.adopt_after - started
+        yield Finish(
+            lease, attempt.id, AttemptState.NOT_SENT, f"deferred: attempt {prior.id} may still commit", started
+        )
+        raise LeaseTimeout(
+            f"grant {grant.name!r}: attempt {prior.id} by worker {prior.worker} may have spent refresh token "
+            f"{grant.refresh_fp}, and that worker may still hold the successor in its local recovery storage (it "
+            f"could be cut off from the database, not dead). Not re-sending for another {wait:.0f} s; retry then. "
+            "If that worker is gone for good, the re-send after that is recorded and, if refused, reported as "
+            "lost_in_flight",
+            grant=grant.name, generation=grant.generation, attempt_id=prior.id, worker=prior.worker,
+            fingerprint=grant.refresh_fp, retry_after=wait,
+        )  # fmt: skip
+    if prior is not None:
+        yield Log(logging.WARNING, _resend_note(prior, provider, started), {
             "grant": grant.name, "generation": grant.generation, "fingerprint": grant.refresh_fp,
-            "attempt_id": attempt.id, "resend_of": claim.prior.id, "prior_worker": claim.prior.worker,
+            "attempt_id": attempt.id, "resend_of": prior.id, "prior_worker": prior.worker,
         })  # fmt: skip
     tries = 0
     resent_ambiguous = False
@@ -272,6 +287,15 @@ def _commit(
         return Refreshed(pending, provider, committed=False)
     yield Failpoint("after_commit")
     return Refreshed(committed, provider)
+
+
+def _must_wait_to_adopt(claim: Claim, prior: Attempt, *, worker: str, policy: RefreshPolicy, now: float) -> bool:
+    """Re-sending another host's possibly spent token is risky (rotating provider, grace over) and that host
+    may still commit the successor it keeps locally: wait `adopt_after` from its attempt first."""
+    if claim.shared_recovery or prior.worker == worker or claim.provider.rotation is RotationMode.NEVER:
+        return False
+    age = now - prior.started_at
+    return age >= claim.provider.reuse_grace and age < policy.adopt_after
 
 
 def _resend_note(prior: Attempt, provider: Provider, now: float) -> str:

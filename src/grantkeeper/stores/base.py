@@ -66,6 +66,9 @@ class Claim:
     recent_resend: Attempt | None = None
     #: The grant was brought up to date from local recovery storage; nothing needs sending.
     recovered: bool = False
+    #: Every worker that can claim this grant also sees this store's local recovery storage (one host, as with
+    #: SQLite), so a successor kept there is always committed by the claim. False for multi-host stores.
+    shared_recovery: bool = True
 
 
 class Store(Protocol):

@@ -142,6 +142,7 @@ class PostgresStore(SQLStore):
     """Open with `PostgresStore.open(url)`; the schema must exist (`grantkeeper migrate`)."""
 
     _row_lock = " FOR UPDATE OF grants"
+    _shared_recovery = False  # each host keeps its own
 
     def __init__(self, url: str, crypto: Crypto, recovery: RecoveryDir, pool: psycopg_pool.ConnectionPool[Any]) -> None:
         super().__init__(crypto, recovery)

@@ -74,6 +74,8 @@ def _aad(table: str, row: str, column: str) -> str:
 class SQLStore:
     """The store contract of `grantkeeper.stores.base` over SQL. Subclasses provide the hooks below."""
 
+    #: Whether every worker that can claim a grant shares this store's local recovery storage (see Claim).
+    _shared_recovery = True
     #: Appended to the claim's read of the grant row to hold it until the transaction ends ("" if the
     #: transaction already excludes other writers).
     _row_lock = ""
@@ -270,6 +272,14 @@ class SQLStore:
         rows = self._read(lambda conn: conn.execute(f"SELECT {_GRANT_COLUMNS} FROM grants ORDER BY name").fetchall())
         return [self._grant(r) for r in rows]
 
+    #: Served by the ``grants_due (state, expires_at)`` index: a range scan, not a table scan.
+    DUE_QUERY = "SELECT name FROM grants WHERE state = 'active' AND expires_at < ? ORDER BY expires_at LIMIT ?"
+
+    def due_for_refresh(self, *, before: float, limit: int = 1000) -> list[str]:
+        """Active grants whose access token expires before `before`, soonest first (a scheduler's query).
+        Grants never refreshed (no access token yet) are not listed: their first use refreshes them."""
+        return [str(r[0]) for r in self._read(lambda conn: conn.execute(self.DUE_QUERY, (before, limit)).fetchall())]
+
     def delete_grant(self, name: str) -> None:
         with self._tx() as conn:
             if conn.execute("DELETE FROM grants WHERE name = ?", (name,)).rowcount == 0:
@@ -340,10 +350,8 @@ class SQLStore:
             attempt = self._insert_attempt(
                 conn, lease, grant.generation, str(grant.refresh_fp), prior.id if prior else None, now
             )
-            if prior is not None and prior.state is AttemptState.OPEN:
-                self._close_attempt(
-                    conn, prior.id, AttemptState.ABANDONED, f"worker gone; re-sent as attempt {attempt.id}", now
-                )
+            # The prior attempt stays as it is: the commit of this generation closes it, and until then a deferred
+            # or crashed re-send must still find it.
             return Claim(
                 grant,
                 provider,
@@ -351,6 +359,7 @@ class SQLStore:
                 attempt=attempt,
                 prior=prior,
                 recent_resend=self._attempt(resend_row) if resend_row else None,
+                shared_recovery=self._shared_recovery,
             )
 
     def _insert_attempt(
