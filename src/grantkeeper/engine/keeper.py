@@ -17,6 +17,7 @@ import os
 import secrets
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from types import TracebackType
@@ -105,6 +106,8 @@ class _KeeperCore:
         # name -> (access token, serve-until time, generation). Written under the grant's lock, read lock-free.
         self._cache: dict[str, tuple[Secret, float, int]] = {}
         self._closed = False
+        self._replayer: threading.Thread | None = None
+        self._replay_guard = threading.Lock()
         store.subscribe(self._on_store_change)
 
     def _on_store_change(self, name: str, generation: int, kind: str) -> None:
@@ -120,6 +123,8 @@ class _KeeperCore:
         return None
 
     def _remember(self, result: Refreshed) -> Grant:
+        if not result.committed:
+            self._replay_soon()
         grant = result.grant
         until = grant.usable_until(result.provider.skew)
         if grant.access_token is not None and until is not None:
@@ -160,6 +165,29 @@ class _KeeperCore:
     def _check_open(self) -> None:
         if self._closed:
             raise ConfigurationError("this keeper is closed; open a new one")
+
+    def _replay_soon(self) -> None:
+        """A successor waits in recovery storage: keep trying to commit it in the background until the store
+        takes it, so the window in which the store lags behind the provider is as short as the outage."""
+        with self._replay_guard:
+            if self._replayer is not None and self._replayer.is_alive():
+                return
+            self._replayer = threading.Thread(target=self._replay_until_done, name="grantkeeper-replay", daemon=True)
+            self._replayer.start()
+
+    def _replay_until_done(self) -> None:
+        delay = 0.1
+        while not self._closed:
+            try:
+                done = self.store.replay_recovery(now=self.clock.now())
+                for name in done:
+                    logger.info("grant %r committed from local recovery storage", name)
+                if not self.store.recovery.entries():
+                    return
+            except GrantkeeperError:
+                pass  # still down; keep trying
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
 
     def _replay_recovery(self) -> None:
         try:

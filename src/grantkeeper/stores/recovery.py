@@ -104,12 +104,16 @@ class RecoveryDir:
                 f"cannot list local recovery storage {self._path} ({exc.strerror}); refusing to refresh while a "
                 "kept successor token might be there. Fix the directory's permissions"
             ) from None
-        return held + [self._load(self._path / n) for n in sorted(names)]
+        loaded = (self._load(self._path / n) for n in sorted(names))
+        return held + [entry for entry in loaded if entry is not None]
 
-    def _load(self, path: Path) -> RecoveryEntry:
+    def _load(self, path: Path) -> RecoveryEntry | None:
+        """The entry in `path`; None if another worker committed and removed it since the listing."""
         tag = path.name.split(".", 1)[0]
         try:
             blob = path.read_bytes()
+        except FileNotFoundError:
+            return None
         except OSError as exc:
             raise StoreUnavailable(f"could not read recovery file {path}: {exc.strerror}") from None
         try:
