@@ -1,7 +1,10 @@
 """Run the benchmarks and print their tables and a summary.
 
-    python -m benchmarks.run                      # all of them (about a minute)
+    python -m benchmarks.run                      # the default set: cached, refresh, processes (about a minute)
     python -m benchmarks.run cached refresh       # only these
+    python -m benchmarks.run scale                # 1,000,000 grants in SQLite and PostgreSQL (minutes; not default)
+    python -m benchmarks.run scale --grants 200000   # the scale benchmark at another size
+    python -m benchmarks.run --all                # the default set and the slow ones
     python -m benchmarks.run --quick              # fewer rounds: a smoke check, not a measurement
     python -m benchmarks.run --json               # JSON summary on stdout (the tables go to stderr)
     python -m benchmarks.run refresh --profile    # also cProfile the keeper's refresh
@@ -19,29 +22,49 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from benchmarks import bench_cached, bench_processes, bench_refresh
+from benchmarks import bench_cached, bench_processes, bench_refresh, bench_scale
 from benchmarks._common import Report, environment, print_report, render_table
 
-BENCHMARKS: dict[str, Callable[[bool, bool], Report]] = {
-    bench_cached.NAME: lambda quick, _profile: bench_cached.run(quick),
-    bench_refresh.NAME: lambda quick, profile: bench_refresh.run(quick, with_profile=profile),
-    bench_processes.NAME: lambda quick, _profile: bench_processes.run(quick),
+BENCHMARKS: dict[str, Callable[[argparse.Namespace], Report]] = {
+    bench_cached.NAME: lambda args: bench_cached.run(args.quick),
+    bench_refresh.NAME: lambda args: bench_refresh.run(args.quick, with_profile=args.profile),
+    bench_processes.NAME: lambda args: bench_processes.run(args.quick),
+    bench_scale.NAME: lambda args: bench_scale.run(args.quick, grants=args.grants),
 }
+#: Run only when named or with --all: they take minutes.
+SLOW = frozenset({bench_scale.NAME})
+DEFAULT = [name for name in BENCHMARKS if name not in SLOW]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n")[0])
     parser.add_argument(
-        "names", nargs="*", metavar="NAME", help=f"benchmarks to run: {', '.join(BENCHMARKS)} (default: all)"
+        "names",
+        nargs="*",
+        metavar="NAME",
+        help=f"benchmarks to run: {', '.join(BENCHMARKS)} (default: {', '.join(DEFAULT)})",
+    )
+    parser.add_argument(
+        "--all", action="store_true", help=f"run every benchmark, the slow ones too ({', '.join(sorted(SLOW))})"
     )
     parser.add_argument("--quick", action="store_true", help="fewer rounds and a shorter run, for a smoke check")
     parser.add_argument("--json", action="store_true", help="print a JSON summary on stdout; tables go to stderr")
     parser.add_argument("--profile", action="store_true", help="cProfile the keeper's refresh (refresh benchmark)")
+    parser.add_argument(
+        "--grants",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"scale benchmark: grants per store (default {bench_scale.DEFAULT_GRANTS:,}; "
+        f"{bench_scale.QUICK_GRANTS:,} with --quick)",
+    )
     args = parser.parse_args(argv)
     unknown = [name for name in args.names if name not in BENCHMARKS]
     if unknown:
         parser.error(f"unknown benchmark {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
-    names = list(dict.fromkeys(args.names)) or list(BENCHMARKS)
+    if args.all and args.names:
+        parser.error("name benchmarks or give --all, not both")
+    names = list(BENCHMARKS) if args.all else list(dict.fromkeys(args.names)) or DEFAULT
     out = sys.stderr if args.json else sys.stdout
 
     env = environment()
@@ -55,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     crashed: dict[str, str] = {}
     for name in names:
         try:
-            report = BENCHMARKS[name](args.quick, args.profile)
+            report = BENCHMARKS[name](args)
         except Exception as exc:
             traceback.print_exc(file=sys.stderr)
             crashed[name] = f"{type(exc).__name__}: {exc}"

@@ -17,7 +17,6 @@ import os
 import secrets
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from types import TracebackType
@@ -107,6 +106,7 @@ class _KeeperCore:
         self._cache: dict[str, tuple[Secret, float, int]] = {}
         self._closed = False
         self._replayer: threading.Thread | None = None
+        self._stopping = threading.Event()
         self._replay_guard = threading.Lock()
         store.subscribe(self._on_store_change)
 
@@ -177,7 +177,7 @@ class _KeeperCore:
 
     def _replay_until_done(self) -> None:
         delay = 0.1
-        while not self._closed:
+        while not self._stopping.is_set():
             try:
                 done = self.store.replay_recovery(now=self.clock.now())
                 for name in done:
@@ -186,8 +186,16 @@ class _KeeperCore:
                     return
             except GrantkeeperError:
                 pass  # still down; keep trying
-            time.sleep(delay)
+            self._stopping.wait(delay)
             delay = min(delay * 2, 2.0)
+
+    def _stop_background(self) -> None:
+        """Before the store closes: a connection must not be closed under a thread still using it."""
+        self._closed = True
+        self._stopping.set()
+        replayer = self._replayer
+        if replayer is not None:
+            replayer.join(timeout=30)
 
     def _replay_recovery(self) -> None:
         try:
@@ -286,7 +294,7 @@ class Keeper(_KeeperCore):
         self.close()
 
     def close(self) -> None:
-        self._closed = True
+        self._stop_background()
         if self._own_http:
             self._http.close()
         self.store.close()
@@ -383,7 +391,7 @@ class AsyncKeeper(_KeeperCore):
         await self.aclose()
 
     async def aclose(self) -> None:
-        self._closed = True
+        await asyncio.to_thread(self._stop_background)
         if self._own_http:
             await self._http.aclose()
         await asyncio.to_thread(self.store.close)

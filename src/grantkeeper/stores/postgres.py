@@ -123,7 +123,7 @@ class _Listener:
                     self.connected.set()
                     backoff = 0.1
                     while not self._stop.is_set():
-                        for note in conn.notifies(timeout=0.5):
+                        for note in conn.notifies(timeout=0.1):  # short, so close() returns quickly
                             self._dispatch(note.payload)
             except psycopg.Error as exc:
                 if self.connected.is_set():

@@ -77,6 +77,8 @@ class SQLiteStore(SQLStore):
         # The in-memory database is one connection: serialize all use of it.
         self._lock = lock
         self._closed = False
+        self._active = 0  # transactions in progress, across threads
+        self._idle = threading.Condition()
 
     # ---------------------------------------------------------------- opening
 
@@ -196,7 +198,7 @@ class SQLiteStore(SQLStore):
     def _tx(self, *, write: bool = True) -> Iterator[sqlite3.Connection]:
         """One transaction; sqlite3 errors leave it as grantkeeper errors, after a rollback."""
         guard = self._lock if self._lock is not None else contextlib.nullcontext()
-        with guard:
+        with guard, self._in_use():
             conn = self._conn()
             try:
                 conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
@@ -212,10 +214,27 @@ class SQLiteStore(SQLStore):
                     raise _map_error(exc, str(self.path)) from None
                 raise
 
+    @contextlib.contextmanager
+    def _in_use(self) -> Iterator[None]:
+        with self._idle:
+            if self._closed:
+                raise ConfigurationError("this store is closed; open a new one")
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._idle:
+                self._active -= 1
+                self._idle.notify_all()
+
     def close(self) -> None:
+        """Close every connection once no thread is inside a transaction (closing one under a running
+        statement would crash the interpreter); new transactions are refused from now on."""
+        with self._idle:
+            self._closed = True
+            self._idle.wait_for(lambda: self._active == 0, timeout=self._busy_timeout + 30)
         with self._connections_lock:
             for conn in self._connections:
                 with contextlib.suppress(sqlite3.Error):
                     conn.close()
             self._connections.clear()
-        self._closed = True

@@ -1,0 +1,142 @@
+"""Processes that play separate hosts against one PostgreSQL store (used by tests/test_multihost.py).
+
+A "host" is one process with its own Keeper (own worker id, own in-process cache, own LISTEN connection) and its
+own local recovery directory ($GRANTKEEPER_RECOVERY_DIR): hosts share the database and nothing else.
+
+* `hammer_host` is a multiprocessing ('spawn') target: threads call ``access_token`` until told to stop and
+  check every token served at the simulator's resource server; it reports counts, never tokens.
+* ``python -m tests.multihost_workers refresh '<json>'`` runs one refresh in a fresh process and prints its
+  outcome as JSON (the crash tests start it with ``GRANTKEEPER_FAILPOINTS`` to SIGKILL it at a named point).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+import httpx
+
+from grantkeeper import GrantkeeperError, Keeper, RefreshPolicy
+from tests.helpers import FAST_POLICY
+
+RECOVERY_ENV = "GRANTKEEPER_RECOVERY_DIR"
+
+
+class _RecoverySaves(logging.Handler):
+    """Counts the refreshes whose commit failed and whose successor went to local recovery storage."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.saved = 0
+        self._guard = threading.Lock()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "local recovery storage" in record.getMessage() and "could not be written" in record.getMessage():
+            with self._guard:
+                self.saved += 1
+
+
+def hammer_host(
+    url: str,
+    host: str,
+    recovery_dir: str,
+    grants: list[str],
+    threads: int,
+    resource_url: str,
+    go: Any,
+    stop: Any,
+    ready: Any,
+    results: Any,
+) -> None:
+    """One host: open a Keeper with this host's recovery dir, say ready, wait for `go`, then call
+    ``access_token`` on `grants` from `threads` threads until `stop` is set. Every token served is presented
+    to the resource server. Errors are counted by code (with first/last wall time), never raised."""
+    os.environ[RECOVERY_ENV] = recovery_dir
+    saves = _RecoverySaves()
+    logging.getLogger("grantkeeper").addHandler(saves)
+    counts: Counter[str] = Counter()
+    first_error: dict[str, float] = {}
+    last_error: dict[str, float] = {}
+    lock = threading.Lock()
+    keeper = Keeper.open(url, policy=FAST_POLICY, worker=f"{host}:{os.getpid()}")
+    with keeper:
+        ready.put({"host": host, "worker": keeper.worker})
+        go.wait(300)
+
+        def loop(index: int) -> None:
+            local: Counter[str] = Counter()
+            errors: list[tuple[str, float]] = []
+            with httpx.Client(trust_env=False, timeout=30) as http:
+                i = index
+                while not stop.is_set():
+                    name = grants[i % len(grants)]
+                    i += 1
+                    try:
+                        token = keeper.access_token(name)
+                    except GrantkeeperError as exc:
+                        local[f"error:{exc.code}"] += 1
+                        errors.append((exc.code, time.time()))
+                        stop.wait(0.02)  # a caller backs off a little before asking again
+                        continue
+                    except Exception as exc:  # an untyped error escaping the keeper is a bug (I5/I7)
+                        local[f"crash:{type(exc).__name__}"] += 1
+                        errors.append((f"crash:{type(exc).__name__}", time.time()))
+                        continue
+                    local["calls"] += 1
+                    try:
+                        status = http.get(resource_url, headers={"Authorization": f"Bearer {token}"}).status_code
+                    except httpx.HTTPError:
+                        local["resource_unreachable"] += 1
+                        continue
+                    local["resource_ok" if status == 200 else "resource_rejected"] += 1
+            with lock:
+                counts.update(local)
+                for code, at in errors:
+                    first_error[code] = min(at, first_error.get(code, at))
+                    last_error[code] = max(at, last_error.get(code, at))
+
+        workers = [threading.Thread(target=loop, args=(n,), name=f"{host}-{n}") for n in range(threads)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        pending = len(keeper.store.recovery.entries())
+        worker = keeper.worker
+    results.put({
+        "host": host,
+        "worker": worker,
+        "counts": dict(counts),
+        "first_error": first_error,
+        "last_error": last_error,
+        "recovery_saved": saves.saved,
+        "recovery_pending_at_exit": pending,
+    })  # fmt: skip
+
+
+def refresh_once(config: dict[str, Any]) -> dict[str, Any]:
+    """One refresh of ``config["grant"]`` as worker ``config["worker"]``; the outcome as plain data."""
+    policy = RefreshPolicy(
+        lease_ttl=float(config.get("lease_ttl", 1.5)),
+        request_timeout=float(config.get("request_timeout", 0.25)),
+        wait_timeout=30.0,
+        deadline=10.0,
+        adopt_after=float(config.get("adopt_after", RefreshPolicy().adopt_after)),
+    )
+    with Keeper.open(config["url"], policy=policy, worker=config["worker"]) as keeper:
+        try:
+            grant = keeper.refresh(config["grant"], force=bool(config.get("force", False)))
+        except GrantkeeperError as exc:
+            return {"error": exc.code, "attempt_id": exc.attempt_id, "worker": exc.worker}
+        return {"generation": grant.generation}
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3 or sys.argv[1] != "refresh":
+        sys.exit("usage: python -m tests.multihost_workers refresh '<json config>'")
+    print(json.dumps(refresh_once(json.loads(sys.argv[2]))), flush=True)
