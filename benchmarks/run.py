@@ -2,7 +2,7 @@
 
     python -m benchmarks.run                      # the default set: cached, refresh, processes (about a minute)
     python -m benchmarks.run cached refresh       # only these
-    python -m benchmarks.run scale                # 1,000,000 grants in SQLite and PostgreSQL (minutes; not default)
+    python -m benchmarks.run scale                # 1,000,000 grants in SQLite and PostgreSQL (slow; not default)
     python -m benchmarks.run scale --grants 200000   # the scale benchmark at another size
     python -m benchmarks.run --all                # the default set and the slow ones
     python -m benchmarks.run --quick              # fewer rounds: a smoke check, not a measurement
