@@ -84,6 +84,7 @@ class SQLStore:
         self._crypto = crypto
         self.recovery = recovery
         self._subscribers: list[Subscriber] = []
+        self._providers: dict[tuple[Any, ...], Provider] = {}
 
     # ---------------------------------------------------------------- hooks
 
@@ -149,6 +150,17 @@ class SQLStore:
         )
 
     def _provider(self, row: Any) -> Provider:
+        """Providers change rarely and are read on every cold token read: reuse the decoded value while the
+        stored row (ciphertext included) is byte-for-byte the same."""
+        key = tuple(bytes(v) if isinstance(v, memoryview) else v for v in row)
+        cached = self._providers.get(key)
+        if cached is None:
+            if len(self._providers) > 256:
+                self._providers.clear()
+            cached = self._providers[key] = self._decode_provider(row)
+        return cached
+
+    def _decode_provider(self, row: Any) -> Provider:
         name = str(row[0])
         return Provider(
             name=name,

@@ -200,8 +200,15 @@ class SQLiteStore(SQLStore):
         guard = self._lock if self._lock is not None else contextlib.nullcontext()
         with guard, self._in_use():
             conn = self._conn()
+            if not write:
+                # Reads are single statements, atomic on their own in autocommit mode: no BEGIN/COMMIT.
+                try:
+                    yield conn
+                except sqlite3.Error as exc:
+                    raise _map_error(exc, str(self.path)) from None
+                return
             try:
-                conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+                conn.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
                 raise _map_error(exc, str(self.path)) from None
             try:
