@@ -53,10 +53,12 @@ def hammer_host(
     stop: Any,
     ready: Any,
     results: Any,
+    policy: dict[str, Any] | None = None,
 ) -> None:
     """One host: open a Keeper with this host's recovery dir, say ready, wait for `go`, then call
     ``access_token`` on `grants` from `threads` threads until `stop` is set. Every token served is presented
-    to the resource server. Errors are counted by code (with first/last wall time), never raised."""
+    to the resource server. Errors are counted by code (with first/last wall time), never raised. `policy`:
+    RefreshPolicy arguments (default: tests.helpers.FAST_POLICY)."""
     os.environ[RECOVERY_ENV] = recovery_dir
     saves = _RecoverySaves()
     logging.getLogger("grantkeeper").addHandler(saves)
@@ -64,7 +66,9 @@ def hammer_host(
     first_error: dict[str, float] = {}
     last_error: dict[str, float] = {}
     lock = threading.Lock()
-    keeper = Keeper.open(url, policy=FAST_POLICY, worker=f"{host}:{os.getpid()}")
+    rejected: list[dict[str, Any]] = []
+    refresh_policy = RefreshPolicy(**policy) if policy else FAST_POLICY
+    keeper = Keeper.open(url, policy=refresh_policy, worker=f"{host}:{os.getpid()}")
     with keeper:
         ready.put({"host": host, "worker": keeper.worker})
         go.wait(300)
@@ -88,13 +92,26 @@ def hammer_host(
                         local[f"crash:{type(exc).__name__}"] += 1
                         errors.append((f"crash:{type(exc).__name__}", time.time()))
                         continue
+                    served_at = time.time()
+                    entry = keeper._cache.get(name)  # diagnostics only: (token, serve-until, generation)
                     local["calls"] += 1
                     try:
                         status = http.get(resource_url, headers={"Authorization": f"Bearer {token}"}).status_code
                     except httpx.HTTPError:
                         local["resource_unreachable"] += 1
                         continue
-                    local["resource_ok" if status == 200 else "resource_rejected"] += 1
+                    if status == 200:
+                        local["resource_ok"] += 1
+                        continue
+                    local["resource_rejected"] += 1
+                    known = entry if entry is not None and entry[0].reveal() == token else None
+                    rejected.append({
+                        "grant": name,
+                        "generation": known[2] if known else None,
+                        "serve_until_minus_served_at": round(known[1] - served_at, 3) if known else None,
+                        "checked_after": round(time.time() - served_at, 3),
+                        "served_at": served_at,
+                    })  # fmt: skip
             with lock:
                 counts.update(local)
                 for code, at in errors:
@@ -116,6 +133,7 @@ def hammer_host(
         "last_error": last_error,
         "recovery_saved": saves.saved,
         "recovery_pending_at_exit": pending,
+        "rejected": rejected[:20],
     })  # fmt: skip
 
 

@@ -1,7 +1,9 @@
 """The two drivers of the refresh protocol: they execute steps, nothing else.
 
 Each loop feeds step results (or store errors) back into the flow, remembers a lease the flow holds, and
-releases it in ``finally`` if the flow ended without doing so (an exception, a cancelled task). The async
+releases it in ``finally`` if the flow was interrupted (an exception, a cancelled task). A flow that returns
+has released its lease itself, or kept it on purpose: when the store refused the commit, releasing would only
+wait out the store's timeout while the caller's new token ages. The async
 driver runs store transactions in a worker thread (stdlib ``sqlite3`` is blocking).
 """
 
@@ -54,6 +56,7 @@ def drive(flow: Flow, *, store: Store, http: httpx.Client, clock: Clock) -> Refr
             try:
                 step = flow.send(reply) if error is None else flow.throw(error)
             except StopIteration as stop:
+                held = None  # a flow that returns released its lease, or kept it on purpose (store down)
                 result: Refreshed = stop.value
                 return result
             reply, error = None, None
@@ -88,6 +91,7 @@ async def drive_async(flow: Flow, *, store: Store, http: httpx.AsyncClient, cloc
             try:
                 step = flow.send(reply) if error is None else flow.throw(error)
             except StopIteration as stop:
+                held = None  # a flow that returns released its lease, or kept it on purpose (store down)
                 result: Refreshed = stop.value
                 return result
             reply, error = None, None

@@ -25,7 +25,7 @@ from typing import Any, Self, TypeVar
 import httpx
 
 from grantkeeper._clock import Clock, SystemClock
-from grantkeeper._exceptions import ConfigurationError, GrantkeeperError, NeedsReauth
+from grantkeeper._exceptions import ConfigurationError, GrantkeeperError, NeedsReauth, TransientError
 from grantkeeper._secrets import Secret
 from grantkeeper.engine.drivers import drive, drive_async
 from grantkeeper.model import Attempt, Grant, GrantState, LeaseHolder, Provider
@@ -38,6 +38,7 @@ logger = logging.getLogger("grantkeeper")
 T = TypeVar("T")
 
 DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
+_SERVE_TRIES = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +140,15 @@ class _KeeperCore:
         except NeedsReauth:
             self._cache.pop(name, None)
             raise
+
+    def _unservable(self, name: str) -> TransientError:
+        # Checked again after each refresh: a token can expire while the store is slow to answer, and another
+        # host's notification can drop the entry in between (I4: never serve one past expiry minus skew).
+        return TransientError(
+            f"grant {name!r}: {_SERVE_TRIES} refreshes in a row produced no access token that was still valid when "
+            "it could be handed out (the store or provider is slower than the token's lifetime); retry later",
+            grant=name,
+        )
 
     def _satisfied(self, name: str, force: bool, seen: int) -> bool:
         """Checked under the grant's lock: did the caller before us already produce what we need?"""
@@ -308,11 +318,12 @@ class Keeper(_KeeperCore):
 
     def access_token(self, name: str) -> str:
         """A valid access token for grant `name`, refreshing (once, for all callers) if needed."""
-        cached = self._cached(name)
-        if cached is None:
+        for _ in range(_SERVE_TRIES):
+            cached = self._cached(name)
+            if cached is not None:
+                return cached.reveal()
             self._refresh(name, force=False)
-            cached = self._cache[name][0]
-        return cached.reveal()
+        raise self._unservable(name)
 
     def refresh(self, name: str, *, force: bool = False) -> Grant:
         """Refresh grant `name` if its access token is not usable (or always, with `force`)."""
@@ -397,11 +408,12 @@ class AsyncKeeper(_KeeperCore):
         await asyncio.to_thread(self.store.close)
 
     async def access_token(self, name: str) -> str:
-        cached = self._cached(name)
-        if cached is None:
+        for _ in range(_SERVE_TRIES):
+            cached = self._cached(name)
+            if cached is not None:
+                return cached.reveal()
             await self._refresh(name, force=False)
-            cached = self._cache[name][0]
-        return cached.reveal()
+        raise self._unservable(name)
 
     async def refresh(self, name: str, *, force: bool = False) -> Grant:
         return await self._refresh(name, force=force) or self._served(await self._call(self.store.get_grant, name))
