@@ -66,3 +66,31 @@ def test_no_secret_in_logs_errors_reprs_or_files(
     on_disk = files_bytes(tmp_path)
     assert [s for s in secrets if s.encode() in on_disk] == []
     assert "lost_in_flight" in text or "reuse_detected" in text or "revoked_or_expired" in text
+
+
+@pytest.mark.postgres
+def test_no_secret_in_logs_errors_or_database_on_postgres(
+    pg_url: str, tmp_path: Path, make_sim: Sim, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same scenarios on the PostgreSQL store (psycopg's logs and errors included): no token or client
+    secret in any output, in any table's text, or in the host's recovery files."""
+    import psycopg
+
+    from grantkeeper.stores import open_store
+    from tests.conftest import TEST_KEY
+
+    monkeypatch.setenv("GRANTKEEPER_KEY", TEST_KEY)
+    monkeypatch.setenv("GRANTKEEPER_RECOVERY_DIR", str(tmp_path / "recovery"))
+    open_store(pg_url, migrate=True).close()
+    store_url = pg_url
+    caplog.set_level(logging.DEBUG)
+    sim = make_sim(reuse_grace=30)
+    with Keeper.open(store_url, policy=FAST_POLICY) as keeper:
+        seen = _scenarios(keeper, sim)
+        text = caplog.text + "\n".join(repr(x) + str(x) for x in seen)
+    with psycopg.connect(store_url) as conn:
+        for table in ("grants", "providers", "attempts", "leases", "meta"):
+            text += conn.execute(f"SELECT coalesce(string_agg(t::text, ''), '') FROM {table} t").fetchone()[0]
+    secrets = set(sim.issued_tokens()) | {sim.client_secret, "wrong-client-secret"}  # type: ignore[attr-defined]
+    assert [s for s in secrets if s in text] == []
+    assert [s for s in secrets if s.encode() in files_bytes(tmp_path)] == []
