@@ -23,25 +23,22 @@ from __future__ import annotations
 import base64
 import cProfile
 import io
+import itertools
 import pstats
 import sqlite3
-import statistics
 import tempfile
 import time
-from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from time import perf_counter_ns
-from typing import Any
 from urllib.parse import quote_plus
 
 import httpx
 
-from benchmarks._common import Report, Row, format_value, interleave, sim_provider, standalone
+from benchmarks._common import Report, Row, format_value, instrumented_refreshes, interleave, sim_provider, standalone
 from grantkeeper import Keeper
 from grantkeeper.engine.keeper import DEFAULT_TIMEOUT
 from grantkeeper.testing.simulator import ProviderSimulator
-from grantkeeper.tokens import transport
 from grantkeeper.tokens.request import USER_AGENT
 
 NAME = "refresh"
@@ -119,53 +116,6 @@ def _per_op(fn: Callable[[], object], ops: int) -> Callable[[], float]:
         return (perf_counter_ns() - t0) / ops
 
     return round_
-
-
-def _instrumented(keeper: Keeper, refreshes: int) -> list[str]:
-    """Split keeper refreshes into store transactions, the HTTP exchange and the rest (Python in between)."""
-    store = keeper.store
-    samples: dict[str, list[int]] = defaultdict(list)
-    current: dict[str, int] = defaultdict(int)
-
-    def timed(label: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            t0 = perf_counter_ns()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                current[label] += perf_counter_ns() - t0
-
-        return wrapper
-
-    labels = {
-        "get_grant": "read grant (Load, read tx)",
-        "get_provider": "read provider (Load, read tx)",
-        "claim": "claim: lease + attempt (durable tx)",
-        "commit": "commit: generation+1 (durable tx)",
-    }
-    for method, label in labels.items():
-        setattr(store, method, timed(label, getattr(store, method)))
-    original_send = transport.send
-    transport.send = timed("POST + read response (transport.send)", original_send)
-    try:
-        for _ in range(refreshes):
-            current.clear()
-            t0 = perf_counter_ns()
-            keeper.refresh(GRANT, force=True)
-            total = perf_counter_ns() - t0
-            for label in [*labels.values(), "POST + read response (transport.send)"]:
-                samples[label].append(current[label])
-            samples["everything else (flow, crypto, parse, cache)"].append(total - sum(current.values()))
-            samples["total (instrumented)"].append(total)
-    finally:
-        transport.send = original_send
-        for method in labels:
-            delattr(store, method)
-    width = max(len(label) for label in samples)
-    lines = [f"where the keeper's refresh goes (instrumented pass, {refreshes} refreshes, medians):"]
-    for label, values in samples.items():
-        lines.append(f"  {label.ljust(width)}  {format_value(statistics.median(values), 'ns')}")
-    return lines
 
 
 def profile(keeper: Keeper, refreshes: int, top: int = 25) -> list[str]:
@@ -251,7 +201,7 @@ def run(quick: bool = False, *, with_profile: bool = False) -> Report:
                 f"row size: keeper's sealed refresh + access token {keeper_sealed} bytes; baseline blob "
                 f"{baseline_blob} bytes",
             ]
-            report.notes += _instrumented(keeper, instrumented)
+            report.notes += instrumented_refreshes(keeper, itertools.repeat(GRANT), instrumented)
             if with_profile:
                 report.notes += profile(keeper, instrumented)
         finally:

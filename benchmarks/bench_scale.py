@@ -39,7 +39,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections import defaultdict, deque
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,14 +49,22 @@ from urllib.parse import quote_plus
 
 import httpx
 
-from benchmarks._common import Report, Row, Sample, format_value, interleave, print_report, sim_provider
+from benchmarks._common import (
+    Report,
+    Row,
+    Sample,
+    format_value,
+    instrumented_refreshes,
+    interleave,
+    print_report,
+    sim_provider,
+)
 from grantkeeper import Keeper
 from grantkeeper.crypto import KEY_ENV, Crypto, parse_key
 from grantkeeper.engine.keeper import DEFAULT_TIMEOUT
 from grantkeeper.stores import SQLStore, open_store
 from grantkeeper.stores.sql import _aad
 from grantkeeper.testing.simulator import ProviderSimulator
-from grantkeeper.tokens import transport
 from grantkeeper.tokens.request import USER_AGENT
 
 NAME = "scale"
@@ -574,52 +582,6 @@ def _cold_reads(
     return results
 
 
-def _instrumented(keeper: Keeper, names: Iterator[str], refreshes: int) -> list[str]:
-    """Split keeper refreshes into claim, POST, commit and the rest (a separate pass, after the timed rounds)."""
-    store = keeper.store
-    samples: dict[str, list[int]] = defaultdict(list)
-    current: dict[str, int] = defaultdict(int)
-
-    def timed(label: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            t0 = perf_counter_ns()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                current[label] += perf_counter_ns() - t0
-
-        return wrapper
-
-    labels = {
-        "claim": "claim: lease + attempt (durable tx)",
-        "commit": "commit: generation+1 (durable tx)",
-    }
-    post = "POST + read response (transport.send)"
-    for method, label in labels.items():
-        setattr(store, method, timed(label, getattr(store, method)))
-    original_send = transport.send
-    transport.send = timed(post, original_send)
-    try:
-        for _ in range(refreshes):
-            current.clear()
-            t0 = perf_counter_ns()
-            keeper.refresh(next(names), force=True)
-            total = perf_counter_ns() - t0
-            for label in [*labels.values(), post]:
-                samples[label].append(current[label])
-            samples["everything else (flow, crypto, parse, cache)"].append(total - sum(current.values()))
-            samples["total (instrumented)"].append(total)
-    finally:
-        transport.send = original_send
-        for method in labels:
-            delattr(store, method)
-    width = max(len(label) for label in samples)
-    lines = [f"where the keeper's refresh goes (instrumented pass, {refreshes} refreshes, medians):"]
-    for label, values in samples.items():
-        lines.append(f"  {label.ljust(width)}  {format_value(statistics.median(values), 'ns')}")
-    return lines
-
-
 def _measure_store(
     backend: _Backend, store: SQLStore, sim: ProviderSimulator, n: int, quick: bool, report: Report,
     progress: _Progress,
@@ -761,7 +723,7 @@ def _measure_store(
             f"{label}:   {keeper_refreshes} keeper refreshes over {SIM_GRANTS} simulator-issued grants in the big "
             "store, every one committed (generations checked); no simulator errors",
         ]
-        notes += [f"{label}: {line}" for line in _instrumented(keeper, cycle, 10 if quick else 60)]
+        notes += [f"{label}: {line}" for line in instrumented_refreshes(keeper, cycle, 10 if quick else 60)]
     finally:
         poster.close()
         keeper.close()
