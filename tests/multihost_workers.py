@@ -24,6 +24,7 @@ import httpx
 
 from grantkeeper import GrantkeeperError, Keeper, RefreshPolicy
 from tests.helpers import FAST_POLICY
+from tests.workers import LATE_CHECK
 
 RECOVERY_ENV = "GRANTKEEPER_RECOVERY_DIR"
 
@@ -95,6 +96,7 @@ def hammer_host(
                     served_at = time.time()
                     entry = keeper._cache.get(name)  # diagnostics only: (token, serve-until, generation)
                     local["calls"] += 1
+                    checked = time.monotonic()
                     try:
                         status = http.get(resource_url, headers={"Authorization": f"Bearer {token}"}).status_code
                     except httpx.HTTPError:
@@ -102,6 +104,9 @@ def hammer_host(
                         continue
                     if status == 200:
                         local["resource_ok"] += 1
+                        continue
+                    if time.monotonic() - checked >= LATE_CHECK:
+                        local["resource_rejected_late"] += 1  # see tests.workers.LATE_CHECK
                         continue
                     local["resource_rejected"] += 1
                     known = entry if entry is not None and entry[0].reveal() == token else None
