@@ -198,17 +198,29 @@ class SQLStore:
             raise UnknownGrant(f"no grant named {name!r}; import it with 'grantkeeper grant import'", grant=name)
         return self._grant(row)
 
-    def _read_grant_and_provider(self, conn: Conn, name: str, *, lock: bool = False) -> tuple[Grant, Provider]:
-        """One query for both: the claim runs on every refresh. `lock` holds the grant row to the transaction's
-        end on databases where the transaction itself does not serialize writers."""
+    def _read_grant_and_provider(self, conn: Conn, name: str) -> tuple[Grant, Provider]:
+        """One query for both: every cold token read runs it."""
         sql = (
             f"SELECT {_GRANT_COLUMNS_QUALIFIED}, {_PROVIDER_COLUMNS_QUALIFIED} FROM grants "
             "JOIN providers ON providers.name = grants.provider WHERE grants.name = ?"
         )
-        row = conn.execute(sql + self._row_lock if lock else sql, (name,)).fetchone()
+        row = conn.execute(sql, (name,)).fetchone()
         if row is None:
             grant = self._read_grant(conn, name)  # raises UnknownGrant; the join cannot miss a provider
             return grant, self._read_provider(conn, grant.provider)
+        width = len(_GRANT_COLUMNS.split(","))
+        return self._grant(row[:width]), self._provider(row[width:])
+
+    def _read_for_claim(self, conn: Conn, name: str) -> tuple[Grant, Provider]:
+        """Grant and provider in one round trip, holding the grant row where `_row_lock` says so."""
+        row = conn.execute(
+            f"SELECT {_GRANT_COLUMNS_QUALIFIED}, {_PROVIDER_COLUMNS_QUALIFIED} FROM grants "
+            "JOIN providers ON providers.name = grants.provider WHERE grants.name = ?" + self._row_lock,
+            (name,),
+        ).fetchone()
+        if row is None:
+            self._read_grant(conn, name)  # raises UnknownGrant
+            raise UnknownProvider(f"grant {name!r} names a provider that does not exist")
         width = len(_GRANT_COLUMNS.split(","))
         return self._grant(row[:width]), self._provider(row[width:])
 
@@ -316,11 +328,14 @@ class SQLStore:
         self, name: str, *, worker: str, lease_ttl: float, now: float, force: bool, seen_generation: int | None
     ) -> Claim:
         with self._tx() as conn:
-            grant, provider = self._read_grant_and_provider(conn, name, lock=True)
+            grant, provider = self._read_for_claim(conn, name)
             forced = force and (seen_generation is None or grant.generation <= seen_generation)
             needed = grant.state is GrantState.ACTIVE and (forced or not grant.access_usable(now, provider.skew))
             if not needed:
                 return Claim(grant, provider)
+            # A statement of its own, after the grant row is locked: under READ COMMITTED a lease joined into
+            # the locking query would come from the snapshot taken before the lock wait, i.e. before the previous
+            # holder's commit, and two workers would both see the lease free (the multi-host tests catch this).
             lease_row = conn.execute(
                 "SELECT worker, fence, expires_at FROM leases WHERE grant_name = ?", (name,)
             ).fetchone()
@@ -348,17 +363,21 @@ class SQLStore:
                 (name, worker, fence, lease_now + lease_ttl),
             )
             lease = Lease(name, worker, fence, lease_now + lease_ttl)
-            prior_row = conn.execute(
-                f"SELECT {_ATTEMPT_COLUMNS} FROM attempts WHERE grant_name = ? AND generation = ? "
-                "AND refresh_fp = ? AND state IN ('open', 'ambiguous') ORDER BY id DESC LIMIT 1",
-                (name, grant.generation, grant.refresh_fp),
-            ).fetchone()
+            # One round trip for both: the unresolved attempt this claim re-sends (maybe spent, successor unknown)
+            # and the latest recorded re-send of the last generations (explains a later family revocation).
+            found = {
+                str(row[-1]): row[:-1]
+                for row in conn.execute(
+                    f"SELECT * FROM (SELECT {_ATTEMPT_COLUMNS}, 'prior' FROM attempts WHERE grant_name = ? "
+                    "AND generation = ? AND refresh_fp = ? AND state IN ('open', 'ambiguous') ORDER BY id DESC "
+                    f"LIMIT 1) AS prior UNION ALL SELECT * FROM (SELECT {_ATTEMPT_COLUMNS}, 'resend' FROM attempts "
+                    "WHERE grant_name = ? AND resend_of IS NOT NULL AND generation >= ? ORDER BY id DESC LIMIT 1) "
+                    "AS resend",
+                    (name, grant.generation, grant.refresh_fp, name, grant.generation - 2),
+                ).fetchall()
+            }
+            prior_row, resend_row = found.get("prior"), found.get("resend")
             prior = self._attempt(prior_row) if prior_row else None
-            resend_row = conn.execute(
-                f"SELECT {_ATTEMPT_COLUMNS} FROM attempts WHERE grant_name = ? AND resend_of IS NOT NULL "
-                "AND generation >= ? ORDER BY id DESC LIMIT 1",
-                (name, grant.generation - 2),
-            ).fetchone()
             attempt = self._insert_attempt(
                 conn, lease, grant.generation, str(grant.refresh_fp), prior.id if prior else None, now
             )
