@@ -198,29 +198,17 @@ class SQLStore:
             raise UnknownGrant(f"no grant named {name!r}; import it with 'grantkeeper grant import'", grant=name)
         return self._grant(row)
 
-    def _read_grant_and_provider(self, conn: Conn, name: str) -> tuple[Grant, Provider]:
-        """One query for both: every cold token read runs it."""
+    def _read_grant_and_provider(self, conn: Conn, name: str, *, lock: bool = False) -> tuple[Grant, Provider]:
+        """One query for both: every cold token read and every claim runs it. `lock` holds the grant row to the
+        end of the transaction on databases where the transaction itself does not exclude other writers."""
         sql = (
             f"SELECT {_GRANT_COLUMNS_QUALIFIED}, {_PROVIDER_COLUMNS_QUALIFIED} FROM grants "
             "JOIN providers ON providers.name = grants.provider WHERE grants.name = ?"
         )
-        row = conn.execute(sql, (name,)).fetchone()
+        row = conn.execute(sql + self._row_lock if lock else sql, (name,)).fetchone()
         if row is None:
             grant = self._read_grant(conn, name)  # raises UnknownGrant; the join cannot miss a provider
             return grant, self._read_provider(conn, grant.provider)
-        width = len(_GRANT_COLUMNS.split(","))
-        return self._grant(row[:width]), self._provider(row[width:])
-
-    def _read_for_claim(self, conn: Conn, name: str) -> tuple[Grant, Provider]:
-        """Grant and provider in one round trip, holding the grant row where `_row_lock` says so."""
-        row = conn.execute(
-            f"SELECT {_GRANT_COLUMNS_QUALIFIED}, {_PROVIDER_COLUMNS_QUALIFIED} FROM grants "
-            "JOIN providers ON providers.name = grants.provider WHERE grants.name = ?" + self._row_lock,
-            (name,),
-        ).fetchone()
-        if row is None:
-            self._read_grant(conn, name)  # raises UnknownGrant
-            raise UnknownProvider(f"grant {name!r} names a provider that does not exist")
         width = len(_GRANT_COLUMNS.split(","))
         return self._grant(row[:width]), self._provider(row[width:])
 
@@ -328,7 +316,7 @@ class SQLStore:
         self, name: str, *, worker: str, lease_ttl: float, now: float, force: bool, seen_generation: int | None
     ) -> Claim:
         with self._tx() as conn:
-            grant, provider = self._read_for_claim(conn, name)
+            grant, provider = self._read_grant_and_provider(conn, name, lock=True)
             forced = force and (seen_generation is None or grant.generation <= seen_generation)
             needed = grant.state is GrantState.ACTIVE and (forced or not grant.access_usable(now, provider.skew))
             if not needed:
