@@ -219,3 +219,45 @@ def instrumented_refreshes(keeper: Any, names: Iterator[str], refreshes: int) ->
     for label, values in samples.items():
         lines.append(f"  {label.ljust(width)}  {format_value(statistics.median(values), 'ns')}")
     return lines
+
+
+class BarePoster:
+    """The baseline's token request: a refresh_token POST as a careful hand-written integration makes it, on
+    its own grant family at the simulator, keeping the rotated refresh token in memory."""
+
+    def __init__(self, sim: Any) -> None:
+        import base64
+        from urllib.parse import quote_plus
+
+        import httpx
+
+        from grantkeeper.engine.keeper import DEFAULT_TIMEOUT
+        from grantkeeper.tokens.request import USER_AGENT
+
+        self.url = sim.url
+        self.refresh_token = sim.issue_grant()
+        pair = f"{quote_plus(sim.client_id)}:{quote_plus(sim.client_secret)}"
+        self.headers = {
+            "Accept": "application/json",
+            "User-Agent": USER_AGENT,
+            "Authorization": "Basic " + base64.b64encode(pair.encode()).decode("ascii"),
+        }
+        # The keeper's default client, built the same way (grantkeeper.engine.keeper.Keeper.__init__).
+        self.http = httpx.Client(timeout=DEFAULT_TIMEOUT, follow_redirects=False, trust_env=False)
+
+    def post(self) -> bytes:
+        """Spend the current refresh token and keep its successor; returns the response body."""
+        response = self.http.post(
+            self.url, data={"grant_type": "refresh_token", "refresh_token": self.refresh_token}, headers=self.headers
+        )
+        if response.status_code != 200:
+            error = response.json().get("error") if response.content.startswith(b"{") else response.status_code
+            raise RuntimeError(f"baseline refresh failed: HTTP {response.status_code} {error}")
+        body = response.json()
+        if not body.get("access_token") or not body.get("refresh_token"):
+            raise RuntimeError("baseline refresh: the simulator did not rotate the refresh token")
+        self.refresh_token = body["refresh_token"]
+        return response.content
+
+    def close(self) -> None:
+        self.http.close()

@@ -20,7 +20,6 @@ into its store transactions, the HTTP exchange and the rest.
 
 from __future__ import annotations
 
-import base64
 import cProfile
 import io
 import itertools
@@ -31,15 +30,19 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from time import perf_counter_ns
-from urllib.parse import quote_plus
 
-import httpx
-
-from benchmarks._common import Report, Row, format_value, instrumented_refreshes, interleave, sim_provider, standalone
+from benchmarks._common import (
+    BarePoster,
+    Report,
+    Row,
+    format_value,
+    instrumented_refreshes,
+    interleave,
+    sim_provider,
+    standalone,
+)
 from grantkeeper import Keeper
-from grantkeeper.engine.keeper import DEFAULT_TIMEOUT
 from grantkeeper.testing.simulator import ProviderSimulator
-from grantkeeper.tokens.request import USER_AGENT
 
 NAME = "refresh"
 TITLE = "durable refresh via keeper vs bare POST + durable SQLite commit"
@@ -51,16 +54,7 @@ class BareRefresher:
     """The baseline: a refresh as a careful integration would write it by hand, nothing more."""
 
     def __init__(self, sim: ProviderSimulator, db_path: Path) -> None:
-        self.url = sim.url
-        self.refresh_token = sim.issue_grant()  # its own grant family
-        pair = f"{quote_plus(sim.client_id)}:{quote_plus(sim.client_secret)}"
-        self.headers = {
-            "Accept": "application/json",
-            "User-Agent": USER_AGENT,
-            "Authorization": "Basic " + base64.b64encode(pair.encode()).decode("ascii"),
-        }
-        # The keeper's default client, built the same way (grantkeeper.engine.keeper.Keeper.__init__).
-        self.http = httpx.Client(timeout=DEFAULT_TIMEOUT, follow_redirects=False, trust_env=False)
+        self.poster = BarePoster(sim)
         self.db = sqlite3.connect(str(db_path), isolation_level=None)
         self.db.execute("PRAGMA journal_mode = WAL")
         self.db.execute("PRAGMA synchronous = FULL")
@@ -72,18 +66,7 @@ class BareRefresher:
         self.blob = b""
 
     def post(self) -> bytes:
-        """Spend the current refresh token and keep its successor (in memory); returns the response body."""
-        response = self.http.post(
-            self.url, data={"grant_type": "refresh_token", "refresh_token": self.refresh_token}, headers=self.headers
-        )
-        if response.status_code != 200:
-            error = response.json().get("error") if response.content.startswith(b"{") else response.status_code
-            raise RuntimeError(f"baseline refresh failed: HTTP {response.status_code} {error}")
-        body = response.json()
-        if not body.get("access_token") or not body.get("refresh_token"):
-            raise RuntimeError("baseline refresh: the simulator did not rotate the refresh token")
-        self.refresh_token = body["refresh_token"]
-        return response.content
+        return self.poster.post()
 
     def commit(self, blob: bytes) -> None:
         """One durable transaction: BEGIN IMMEDIATE; UPDATE one row; COMMIT (fsync of the WAL)."""
@@ -104,7 +87,7 @@ class BareRefresher:
         self.commit(self.post())
 
     def close(self) -> None:
-        self.http.close()
+        self.poster.close()
         self.db.close()
 
 

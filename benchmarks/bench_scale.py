@@ -45,11 +45,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from time import perf_counter_ns
 from typing import Any
-from urllib.parse import quote_plus
-
-import httpx
 
 from benchmarks._common import (
+    BarePoster,
     Report,
     Row,
     Sample,
@@ -61,11 +59,9 @@ from benchmarks._common import (
 )
 from grantkeeper import Keeper
 from grantkeeper.crypto import KEY_ENV, Crypto, parse_key
-from grantkeeper.engine.keeper import DEFAULT_TIMEOUT
 from grantkeeper.stores import SQLStore, open_store
 from grantkeeper.stores.sql import _aad
 from grantkeeper.testing.simulator import ProviderSimulator
-from grantkeeper.tokens.request import USER_AGENT
 
 NAME = "scale"
 TITLE = "grants at scale in SQLite and PostgreSQL: cold reads, durable refreshes, bytes, due-query plan"
@@ -195,32 +191,6 @@ def _bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     raise AssertionError
-
-
-class _BarePoster:
-    """A refresh_token POST as a hand-written integration makes it (its own grant family at the simulator)."""
-
-    def __init__(self, sim: ProviderSimulator) -> None:
-        self.url = sim.url
-        self.refresh_token = sim.issue_grant()
-        pair = f"{quote_plus(sim.client_id)}:{quote_plus(sim.client_secret)}"
-        self.headers = {
-            "Accept": "application/json",
-            "User-Agent": USER_AGENT,
-            "Authorization": "Basic " + base64.b64encode(pair.encode()).decode("ascii"),
-        }
-        self.http = httpx.Client(timeout=DEFAULT_TIMEOUT, follow_redirects=False, trust_env=False)
-
-    def post(self) -> None:
-        response = self.http.post(
-            self.url, data={"grant_type": "refresh_token", "refresh_token": self.refresh_token}, headers=self.headers
-        )
-        if response.status_code != 200:
-            raise RuntimeError(f"bare POST failed: HTTP {response.status_code}")
-        self.refresh_token = response.json()["refresh_token"]
-
-    def close(self) -> None:
-        self.http.close()
 
 
 # --------------------------------------------------------------------------- the two kinds of store
@@ -590,7 +560,7 @@ def _measure_store(
     notes = report.notes
     notes.append(f"---- {label}: {backend.settings()}")
     keeper = Keeper(store)
-    poster = _BarePoster(sim)
+    poster = BarePoster(sim)
     try:
         keeper.add_provider(sim_provider(sim, PROVIDER))
         now = time.time()

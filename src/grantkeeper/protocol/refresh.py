@@ -66,8 +66,9 @@ def refresh_flow(
 
     Without `force`, a grant whose access token is usable is returned as is. With `force`, the generation the
     caller last saw (`seen_generation`; None: whatever is current now) is refreshed, unless another worker
-    already moved past it. The claim re-reads the grant in the same transaction that takes the lease, so
-    there is no separate read before it.
+    already moved past it. A non-forced refresh first reads the grant (no write lock: usually another worker
+    has refreshed it already); a forced one goes straight to the claim. Either way the claim re-reads the grant
+    in the transaction that takes the lease.
     """
     now = yield Now()
     if not force:
