@@ -169,8 +169,19 @@ class _KeeperCore:
 
     def _flow(self, name: str, force: bool, seen: int) -> Any:
         return refresh_flow(
-            name, worker=self.worker, force=force, policy=self.policy, seen_generation=seen if seen >= 0 else None
-        )
+            name, worker=self.worker, force=force, policy=self.policy, seen_generation=seen if seen >= 0 else None,
+            actor=self._actor(),
+        )  # fmt: skip
+
+    @staticmethod
+    def _actor() -> str:
+        """The calling thread (or asyncio task) as the attempt history names it."""
+        try:
+            task = asyncio.current_task()
+        except RuntimeError:
+            task = None
+        thread = threading.current_thread().name
+        return f"{thread}/{task.get_name()}" if task is not None else thread
 
     def _check_open(self) -> None:
         if self._closed:
