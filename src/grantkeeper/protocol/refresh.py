@@ -145,7 +145,11 @@ def _spend(claim: Claim, *, worker: str, policy: RefreshPolicy, started: float, 
     if prior is not None and _must_wait_to_adopt(claim, prior, worker=worker, policy=policy, now=started):
         wait = prior.started_at + policy.adopt_after - started
         yield Finish(
-            lease, attempt.id, AttemptState.NOT_SENT, f"deferred: attempt {prior.id} may still commit", started,
+            lease,
+            attempt.id,
+            AttemptState.NOT_SENT,
+            f"deferred: attempt {prior.id} may still commit",
+            started,
             report=_report(OutcomeClass.DEFERRED, prior_attempt=prior.id, prior_worker=prior.worker),
         )
         raise LeaseTimeout(
@@ -229,13 +233,14 @@ def _spend(claim: Claim, *, worker: str, policy: RefreshPolicy, started: float, 
             if isinstance(answer, OAuthFailure):
                 if answer.error == "invalid_grant":
                     latest, _ = yield Load(grant.name)
+                    resend, stale = _recent_reuse(claim.recent_resend, stale_send)
                     error = classify_invalid_grant(
-                        sent=grant, latest=latest, attempt=attempt, recent_resend=claim.recent_resend, worker=worker,
-                        rotates=provider.rotation is not RotationMode.NEVER, stale_send=stale_send,
+                        sent=grant, latest=latest, attempt=attempt, recent_resend=resend, worker=worker,
+                        rotates=provider.rotation is not RotationMode.NEVER, stale_send=stale,
                     )  # fmt: skip
                     report = _report(
                         OutcomeClass(error.code), error=error, oauth=answer, latency=latency,
-                        facts=_invalid_grant_facts(attempt, latest, claim.recent_resend, stale_send),
+                        facts=_invalid_grant_facts(attempt, latest, resend, stale),
                     )  # fmt: skip
                     if isinstance(error, StaleLocalToken):
                         can_retry = stale_send is None and latest.state is GrantState.ACTIVE
@@ -296,6 +301,14 @@ def _update(token_set: TokenSet, grant: Grant, provider: Provider, sent_at: floa
         # expires_in: serve it, but a 401 with it must invalidate it (I4).
         access_verified=attempt.resend_of is None,
     )
+
+
+def _recent_reuse(recent: Attempt | None, stale_send: Attempt | None) -> tuple[Attempt | None, Attempt | None]:
+    """Split the claim's latest re-send-or-stale-send into (re-send, stale send); this refresh's own stale send
+    wins: it is the newest second use of a token."""
+    if recent is not None and recent.outcome == OutcomeClass.STALE_LOCAL_TOKEN.value:
+        return None, stale_send or recent
+    return recent, stale_send
 
 
 def _invalid_grant_facts(

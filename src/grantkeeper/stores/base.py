@@ -64,7 +64,8 @@ class Claim:
     holder: LeaseHolder | None = None
     #: An unresolved attempt (crashed or ambiguous) on the same token that ``attempt`` now re-sends.
     prior: Attempt | None = None
-    #: The latest recorded re-send within the last two generations, to explain a later invalid_grant.
+    #: The latest recorded re-send (or stale-token send) within the last two generations, to explain a later
+    #: invalid_grant.
     recent_resend: Attempt | None = None
     #: The grant was brought up to date from local recovery storage; nothing needs sending.
     recovered: bool = False
@@ -107,17 +108,38 @@ class Store(Protocol):
 
     # the refresh transaction
     def claim(
-        self, name: str, *, worker: str, lease_ttl: float, now: float, force: bool, seen_generation: int | None,
+        self,
+        name: str,
+        *,
+        worker: str,
+        lease_ttl: float,
+        now: float,
+        force: bool,
+        seen_generation: int | None,
         actor: str = "",
     ) -> Claim: ...
 
     def record_attempt(
-        self, lease: Lease, *, generation: int, refresh_fp: str, resend_of: int | None, lease_ttl: float, now: float,
-        actor: str = "", try_number: int = 1,
+        self,
+        lease: Lease,
+        *,
+        generation: int,
+        refresh_fp: str,
+        resend_of: int | None,
+        lease_ttl: float,
+        now: float,
+        actor: str = "",
+        try_number: int = 1,
     ) -> Attempt: ...
 
     def commit(
-        self, lease: Lease, *, attempt_id: int, base: Grant, update: GrantUpdate, now: float,
+        self,
+        lease: Lease,
+        *,
+        attempt_id: int,
+        base: Grant,
+        update: GrantUpdate,
+        now: float,
         latency: float | None = None,
     ) -> Grant: ...
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -72,11 +73,26 @@ class HistoryRetention:
     per_grant: int = 1000
 
     def __post_init__(self) -> None:
-        if self.days <= 0 or self.per_grant < 1:
+        if not (self.days > 0 and self.per_grant >= 1):
             raise ConfigurationError(
                 f"history retention must keep something (days > 0, per_grant >= 1); got days={self.days}, "
                 f"per_grant={self.per_grant}"
             )
+
+    @classmethod
+    def from_env(cls) -> HistoryRetention:
+        """$GRANTKEEPER_HISTORY_DAYS and $GRANTKEEPER_HISTORY_PER_GRANT, where set; the defaults otherwise."""
+        values: dict[str, Any] = {}
+        for key, env, kind in (("days", "GRANTKEEPER_HISTORY_DAYS", float),
+                               ("per_grant", "GRANTKEEPER_HISTORY_PER_GRANT", int)):  # fmt: skip
+            raw = os.environ.get(env)
+            if raw:
+                try:
+                    values[key] = kind(raw)
+                except ValueError:
+                    raise ConfigurationError(f"${env} must be a number, got {raw[:20]!r}") from None
+        return cls(**values)
+
 
 #: Called with (grant name, generation, kind) when another process commits ("commit") or invalidates an access
 #: token ("invalidate"); see `SQLStore.subscribe`.
@@ -106,7 +122,7 @@ class SQLStore:
         self._crypto = crypto
         self.recovery = recovery
         #: Attempt history kept for `grantkeeper history` and `doctor`; pruned as grants are refreshed.
-        self.retention = HistoryRetention()
+        self.retention = HistoryRetention.from_env()
         self._subscribers: list[Subscriber] = []
         self._providers: dict[tuple[Any, ...], Provider] = {}
 
@@ -426,15 +442,15 @@ class SQLStore:
             )
             lease = Lease(name, worker, fence, lease_now + lease_ttl)
             # One round trip for both: the unresolved attempt this claim re-sends (maybe spent, successor unknown)
-            # and the latest recorded re-send of the last generations (explains a later family revocation).
+            # and the latest re-send or stale send of the last generations (explains a later family revocation).
             found = {
                 str(row[-1]): row[:-1]
                 for row in conn.execute(
                     f"SELECT * FROM (SELECT {_ATTEMPT_COLUMNS}, 'prior' FROM attempts WHERE grant_name = ? "
                     "AND generation = ? AND refresh_fp = ? AND state IN ('open', 'ambiguous') ORDER BY id DESC "
                     f"LIMIT 1) AS prior UNION ALL SELECT * FROM (SELECT {_ATTEMPT_COLUMNS}, 'resend' FROM attempts "
-                    "WHERE grant_name = ? AND resend_of IS NOT NULL AND generation >= ? ORDER BY id DESC LIMIT 1) "
-                    "AS resend",
+                    "WHERE grant_name = ? AND (resend_of IS NOT NULL OR outcome = 'stale_local_token') "
+                    "AND generation >= ? ORDER BY id DESC LIMIT 1) AS resend",
                     (name, grant.generation, grant.refresh_fp, name, grant.generation - 2),
                 ).fetchall()
             }
