@@ -126,9 +126,10 @@ def _attempt_facts(a: Attempt) -> dict[str, Any]:
 class _Doctor:
     def __init__(
         self, grant: Grant, provider: Provider, history: Sequence[Attempt], find: Callable[[int], Attempt | None],
-        lease: LeaseHolder | None, now: float,
+        lease: LeaseHolder | None, now: float, alive: Callable[[str], bool | None],
     ) -> None:  # fmt: skip
         self.grant, self.provider, self.history, self.lease, self.now = grant, provider, history, lease, now
+        self.alive = alive
         self._by_id = {a.id: a for a in history}
         self._find = find
 
@@ -169,12 +170,12 @@ class _Doctor:
                            None)  # fmt: skip
         refreshing = None
         if newest is not None and newest.state is AttemptState.OPEN and self.lease is not None \
-                and self.lease.worker == newest.worker:  # fmt: skip
+                and self.lease.worker == newest.worker and self.alive(newest.worker) is not False:  # fmt: skip
             refreshing = newest
-        elif newest is not None and (newest.state.maybe_spent or newest.outcome_class is OutcomeClass.AMBIGUOUS):
-            return self.in_flight(newest)
         elif newest is not None and newest.outcome_class in _LATEST_FAILURE:
             return getattr(self, _LATEST_FAILURE[newest.outcome_class])(newest)  # type: ignore[no-any-return]
+        elif newest is not None and (newest.state.maybe_spent or newest.outcome_class is OutcomeClass.AMBIGUOUS):
+            return self.in_flight(newest)
         stale = next((a for a in self.history if a.outcome_class is OutcomeClass.STALE_LOCAL_TOKEN), None)
         if stale is not None and self.now - stale.started_at < STALE_MEMORY:
             return self.stale_local_token(stale, last_commit)
@@ -446,6 +447,8 @@ class _Doctor:
             if a.state is AttemptState.OPEN
             else (f"no usable answer ({a.outcome})")
         )
+        if self.alive(a.worker) is False:
+            how += " (its process no longer exists on this host)"
         facts = [f"attempt {a.id} by {_who(a)} at {when(a.started_at)} may have spent refresh token "
                  f"{a.refresh_fp} (generation {a.generation}): {how}"]  # fmt: skip
         if p.rotation.value == "never":
@@ -471,7 +474,9 @@ class _Doctor:
 def diagnose(
     grant: Grant, provider: Provider, history: Sequence[Attempt], *, now: float,
     find: Callable[[int], Attempt | None] = lambda _id: None, lease: LeaseHolder | None = None,
+    alive: Callable[[str], bool | None] = lambda _worker: None,
 ) -> Diagnosis:  # fmt: skip
     """Diagnose `grant` from its attempt `history` (newest first). `find` looks up an attempt the history
-    slice does not contain (the store's `get_attempt`); `lease` is the current lease holder, if any."""
-    return _Doctor(grant, provider, history, find, lease, now).run()
+    slice does not contain (the store's `get_attempt`); `lease` is the current lease holder, if any; `alive`
+    tells whether a worker's process still runs (None: cannot tell, e.g. another host)."""
+    return _Doctor(grant, provider, history, find, lease, now, alive).run()

@@ -442,7 +442,8 @@ class SQLStore:
             )
             lease = Lease(name, worker, fence, lease_now + lease_ttl)
             # One round trip for both: the unresolved attempt this claim re-sends (maybe spent, successor unknown)
-            # and the latest re-send or stale send of the last generations (explains a later family revocation).
+            # and the latest re-send or stale send of the last generations (explains a later family revocation; a
+            # stale send is a certain second use of a token, a re-send only a possible one, so it is preferred).
             found = {
                 str(row[-1]): row[:-1]
                 for row in conn.execute(
@@ -450,7 +451,8 @@ class SQLStore:
                     "AND generation = ? AND refresh_fp = ? AND state IN ('open', 'ambiguous') ORDER BY id DESC "
                     f"LIMIT 1) AS prior UNION ALL SELECT * FROM (SELECT {_ATTEMPT_COLUMNS}, 'resend' FROM attempts "
                     "WHERE grant_name = ? AND (resend_of IS NOT NULL OR outcome = 'stale_local_token') "
-                    "AND generation >= ? ORDER BY id DESC LIMIT 1) AS resend",
+                    "AND generation >= ? ORDER BY CASE WHEN outcome = 'stale_local_token' THEN 0 ELSE 1 END, id DESC "
+                    "LIMIT 1) AS resend",
                     (name, grant.generation, grant.refresh_fp, name, grant.generation - 2),
                 ).fetchall()
             }
