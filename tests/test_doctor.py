@@ -214,8 +214,11 @@ def test_sigkill_after_send_without_grace(url: str, make_sim: Sim) -> None:
     spent_by = diagnosis.evidence["spent_by"]
     assert spent_by["id"] == pending.attempt_id and spent_by["worker"] == hello["worker"]  # type: ignore[index]
     assert spent_by["state"] == "open" and diagnosis.evidence["reuse_grace"] == 0  # type: ignore[index]
-    code, text, _ = doctor_cli(url)
+    code, text, data = doctor_cli(url)
     assert code == 12 and f"spent by attempt {pending.attempt_id}" in text and "worker died" in text
+    table, rows = history_cli(url)
+    assert rows[0]["outcome_class"] == "lost_in_flight" and rows[0]["resend_of"] == pending.attempt_id
+    assert_no_token(sim, text, json.dumps(data), table, json.dumps(rows), *CHILD_STDERR)
 
 
 def test_revoked_grant(keeper: Keeper, make_sim: Sim) -> None:
@@ -261,6 +264,9 @@ def test_wrong_client_secret(keeper: Keeper, url: str, make_sim: Sim) -> None:
     assert diagnosis.evidence["error_code"] == "invalid_client" and diagnosis.evidence["http_status"] == 401
     code, text, data = doctor_cli(url)
     assert code == 12 and "untouched" in text and "wrong-secret-value" not in text + json.dumps(data)
+    table, rows = history_cli(url)
+    assert rows[0]["error_code"] == "invalid_client" and "wrong-secret-value" not in table + json.dumps(rows)
+    assert_no_token(sim, text, json.dumps(data), table, json.dumps(rows))
 
 
 def test_provider_unavailable(keeper: Keeper, make_sim: Sim) -> None:

@@ -4,9 +4,9 @@ Pure: it reads a grant, its provider and its attempt history (newest first) and 
 
 1. A grant marked needs_reauth is explained by the attempt that killed it (lost_in_flight, reuse_detected or
    revoked_or_expired), or by its recorded error when retention has pruned that attempt.
-2. Otherwise the newest attempt decides: one that may have spent the token with no answer (open with nobody
-   holding the lease, or ambiguous) is `in_flight`; a failure class (client_auth_failed, provider_unavailable,
-   ...) is the diagnosis.
+2. Otherwise the newest attempt decides: a failure class (client_auth_failed, provider_unavailable,
+   malformed_response, ...) is the diagnosis; one that may have spent the token with no answer (open while
+   nobody live holds the lease, or ambiguous) is `in_flight`.
 3. A stale_local_token within `STALE_MEMORY` is reported even if the refresh recovered from it: it is a local
    bug (something used a refresh token from a stale copy), and it stays one after the retry succeeded.
 4. Otherwise (a commit last, or no attempt at all) the grant is `healthy`.
@@ -103,7 +103,7 @@ def span(seconds: float) -> str:
     """A duration, short: 45 s, 12 min, 5.0 h, 3.2 days."""
     seconds = max(0.0, seconds)
     if seconds < 120:
-        return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
+        return f"{seconds:.1f} s" if seconds < 10 and seconds != int(seconds) else f"{seconds:.0f} s"
     if seconds < 7200:
         return f"{seconds / 60:.0f} min"
     if seconds < 3 * 86400:
