@@ -9,10 +9,11 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from grantkeeper import ConfigurationError, HistoryRetention, Keeper, StoreFormatError
+from grantkeeper import ConfigurationError, HistoryRetention, Keeper, ProviderUnavailable, StoreFormatError
 from grantkeeper.stores import open_store
 from grantkeeper.stores.migrations import latest_version
 from grantkeeper.testing.clock import FakeClock
+from grantkeeper.testing.simulator import HttpError
 from tests.conftest import TEST_KEY
 from tests.helpers import FAST_POLICY, add_grant
 
@@ -31,6 +32,21 @@ def test_retention_keeps_the_newest_per_grant(store_url: str, make_sim: Sim) -> 
         assert len(keeper.history("g", limit=100)) == 6
         assert keeper.store.prune_history(now=keeper.clock.now()) == 3
         assert [a.new_generation for a in keeper.history("g", limit=100)] == [7, 6, 5]
+
+
+def test_retention_bounds_a_grant_that_never_succeeds(sqlite_url: str, make_sim: Sim) -> None:
+    """A provider down for a long time: failed attempts are pruned too, not only on commits."""
+    sim = make_sim()
+    sim.inject(HttpError(503), times=10_000)  # type: ignore[attr-defined]
+    with Keeper.open(sqlite_url, policy=FAST_POLICY, retention=HistoryRetention(per_grant=5)) as keeper:
+        add_grant(keeper, sim)
+        for _ in range(20):
+            with pytest.raises(ProviderUnavailable):
+                keeper.refresh("g", force=True)
+        attempts = keeper.history("g", limit=1000)
+    assert sim.stats.refresh_calls == 20 * FAST_POLICY.max_tries  # type: ignore[attr-defined]
+    assert len(attempts) <= 5 + 64  # pruned at least once, at the latest 64 attempts ago
+    assert len(attempts) < 20 * FAST_POLICY.max_tries
 
 
 def test_retention_drops_attempts_older_than_the_window(store_url: str, make_sim: Sim) -> None:

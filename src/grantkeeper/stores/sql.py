@@ -632,6 +632,8 @@ class SQLStore:
                 "ELSE state END WHERE name = ? AND generation = (SELECT generation FROM attempts WHERE id = ?)",
                 (outcome, now, mark_dead, lease.grant, attempt_id),
             )
+            if attempt_id % _PRUNE_EVERY == 0:  # a grant that keeps failing never commits: prune here too
+                self._prune_grant_history(conn, lease.grant, now=now)
             if release:
                 self._release(conn, lease)
                 self._notify(conn, lease.grant, -1, "release")
