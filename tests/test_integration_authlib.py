@@ -23,7 +23,7 @@ from authlib.integrations.base_client import OAuthError
 from authlib.integrations.requests_client import OAuth2Session
 
 from grantkeeper import AsyncKeeper, ConfigurationError, GrantkeeperError, Keeper
-from grantkeeper.integrations._flow import MARKER, AuthOutcome
+from grantkeeper.integrations import OUTCOME_KEY, AuthOutcome
 from grantkeeper.integrations.authlib_bridge import KeeperAsyncOAuth2Client, KeeperOAuth2Session
 from grantkeeper.testing.clock import FakeClock
 from tests.helpers import FAST_POLICY, add_grant, provider_for
@@ -86,7 +86,7 @@ def test_session_retries_a_rejected_token(keeper: Keeper, sim: object, clock: Fa
     session.ensure_active_token()
     clock.advance(EXPIRE_ALL)
     response = session.get(resource(sim), timeout=10)
-    assert response.status_code == 200 and getattr(response, MARKER) is AuthOutcome.RETRIED
+    assert response.status_code == 200 and getattr(response, OUTCOME_KEY) is AuthOutcome.RETRIED
     assert stats(sim).refresh_calls == 2
 
 
@@ -119,7 +119,7 @@ def test_async_client_call_sites_keep_working(sqlite_url: str, sim: object, cloc
                 assert after == await keeper.access_token("g") != before
                 clock.advance(EXPIRE_ALL)
                 retried = await client.get(resource(sim))
-                assert retried.status_code == 200 and retried.extensions[MARKER] is AuthOutcome.RETRIED
+                assert retried.status_code == 200 and retried.extensions[OUTCOME_KEY] is AuthOutcome.RETRIED
                 with pytest.raises(ConfigurationError, match="import_grant"):
                     await client.fetch_token(sim.url)  # type: ignore[attr-defined]
 

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from grantkeeper import AsyncKeeper, ConfigurationError, Keeper, Secret
-from grantkeeper.integrations._flow import MARKER, AuthOutcome
+from grantkeeper.integrations import OUTCOME_KEY, AuthOutcome
 from grantkeeper.integrations.httpx_auth import GrantAuth
 from grantkeeper.testing.clock import FakeClock
 from tests.helpers import FAST_POLICY, add_grant, provider_for
@@ -72,7 +72,7 @@ def test_attaches_the_grant_token(keeper: Keeper, sim: object) -> None:
         response = client.get(resource(sim))
     assert response.status_code == 200
     assert response.request.headers["Authorization"] == f"Bearer {keeper.access_token('g')}"
-    assert response.extensions[MARKER] is AuthOutcome.SENT
+    assert response.extensions[OUTCOME_KEY] is AuthOutcome.SENT
     assert counter.sent == 1 and refresh_calls(sim) == 1
 
 
@@ -86,7 +86,7 @@ def test_401_invalid_token_is_invalidated_and_retried_once(keeper: Keeper, sim: 
     with httpx.Client(auth=GrantAuth(keeper, "g"), event_hooks={"request": [counter]}) as client:
         response = client.get(resource(sim))
     assert response.status_code == 200
-    assert response.extensions[MARKER] is AuthOutcome.RETRIED
+    assert response.extensions[OUTCOME_KEY] is AuthOutcome.RETRIED
     assert [r.status_code for r in response.history] == [401]
     assert counter.sent == 2 and refresh_calls(sim) == 2
     grant = keeper.store.get_grant("g")
@@ -102,7 +102,7 @@ def test_second_rejection_is_final(keeper: Keeper, sim: object, make_sim: Sim) -
     with httpx.Client(auth=GrantAuth(keeper, "g"), event_hooks={"request": [counter]}) as client:
         response = client.get(resource(stranger))
     assert response.status_code == 401
-    assert response.extensions[MARKER] is AuthOutcome.REJECTED_AGAIN
+    assert response.extensions[OUTCOME_KEY] is AuthOutcome.REJECTED_AGAIN
     assert counter.sent == 2
     assert refresh_calls(sim) == 2
 
@@ -120,8 +120,8 @@ def test_a_401_without_invalid_token_is_not_retried_unless_configured(keeper: Ke
         plain = client.get("http://api.invalid/x")
     with httpx.Client(auth=GrantAuth(keeper, "g", any_401=True), transport=httpx.MockTransport(handler)) as client:
         configured = client.get("http://api.invalid/x")
-    assert plain.extensions[MARKER] is AuthOutcome.SENT
-    assert configured.extensions[MARKER] is AuthOutcome.REJECTED_AGAIN
+    assert plain.extensions[OUTCOME_KEY] is AuthOutcome.SENT
+    assert configured.extensions[OUTCOME_KEY] is AuthOutcome.REJECTED_AGAIN
     assert len(seen) == 3 and seen[1] != seen[2]  # one try, then a try and a retry with a fresh token
 
 
@@ -144,7 +144,7 @@ def test_non_replayable_body_is_not_retried(
     ):
         response = client.post(resource(sim), content=body(), headers={"Content-Length": "2000"})
         assert response.status_code == 401
-        assert response.extensions[MARKER] is AuthOutcome.NOT_REPLAYABLE
+        assert response.extensions[OUTCOME_KEY] is AuthOutcome.NOT_REPLAYABLE
         assert counter.sent == 1
         assert "NOT re-sent" in caplog.text
         assert refresh_calls(sim) == 1  # reported, not yet refreshed
@@ -179,7 +179,7 @@ def test_50_tasks_rejected_at_once_cause_one_refresh(store_url: str, sim: object
     responses = asyncio.run(main())
     assert [r.status_code for r in responses] == [200] * 50
     assert refresh_calls(sim) == 2  # the first token, then exactly one refresh for all 50 rejections
-    assert any(r.extensions[MARKER] is AuthOutcome.RETRIED for r in responses)
+    assert any(r.extensions[OUTCOME_KEY] is AuthOutcome.RETRIED for r in responses)
     assert len({r.request.headers["Authorization"] for r in responses}) == 1
 
 
@@ -238,9 +238,9 @@ def test_async_client_retries_with_the_async_driver(store_url: str, sim: object,
                 return [streamed, after_report, await client.get(resource(sim))]
 
     streamed, after_report, retried = asyncio.run(main())
-    assert streamed.status_code == 401 and streamed.extensions[MARKER] is AuthOutcome.NOT_REPLAYABLE
-    assert after_report.status_code == 200 and after_report.extensions[MARKER] is AuthOutcome.SENT
-    assert retried.status_code == 200 and retried.extensions[MARKER] is AuthOutcome.RETRIED
+    assert streamed.status_code == 401 and streamed.extensions[OUTCOME_KEY] is AuthOutcome.NOT_REPLAYABLE
+    assert after_report.status_code == 200 and after_report.extensions[OUTCOME_KEY] is AuthOutcome.SENT
+    assert retried.status_code == 200 and retried.extensions[OUTCOME_KEY] is AuthOutcome.RETRIED
     assert refresh_calls(sim) == 3
 
 

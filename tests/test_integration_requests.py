@@ -18,8 +18,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from grantkeeper import ConfigurationError, Keeper
-from grantkeeper.integrations._extras import MissingExtra
-from grantkeeper.integrations._flow import MARKER, AuthOutcome
+from grantkeeper.integrations import OUTCOME_KEY, AuthOutcome, MissingExtra
 from grantkeeper.integrations.requests_auth import RequestsGrantAuth
 from grantkeeper.testing.clock import FakeClock
 from tests.helpers import FAST_POLICY, add_grant
@@ -79,7 +78,7 @@ def test_attaches_the_grant_token(keeper: Keeper, sim: object, session: tuple[re
     response = s.get(resource(sim), auth=RequestsGrantAuth(keeper, "g"), timeout=10)
     assert response.status_code == 200
     assert response.request.headers["Authorization"] == f"Bearer {keeper.access_token('g')}"
-    assert getattr(response, MARKER) is AuthOutcome.SENT
+    assert getattr(response, OUTCOME_KEY) is AuthOutcome.SENT
     assert adapter.sent == 1 and refresh_calls(sim) == 1
 
 
@@ -93,7 +92,7 @@ def test_401_invalid_token_is_invalidated_and_retried_once(
     s, adapter = session
     response = s.get(resource(sim), auth=RequestsGrantAuth(keeper, "g"), timeout=10)
     assert response.status_code == 200
-    assert getattr(response, MARKER) is AuthOutcome.RETRIED
+    assert getattr(response, OUTCOME_KEY) is AuthOutcome.RETRIED
     assert [r.status_code for r in response.history] == [401]
     assert adapter.sent == 2 and refresh_calls(sim) == 2
     assert keeper.store.get_grant("g").generation == generation + 1
@@ -108,7 +107,7 @@ def test_second_rejection_is_final(
     s, adapter = session
     response = s.get(resource(stranger), auth=RequestsGrantAuth(keeper, "g"), timeout=10)
     assert response.status_code == 401
-    assert getattr(response, MARKER) is AuthOutcome.REJECTED_AGAIN
+    assert getattr(response, OUTCOME_KEY) is AuthOutcome.REJECTED_AGAIN
     assert adapter.sent == 2 and refresh_calls(sim) == 2
 
 
@@ -122,7 +121,7 @@ def test_file_upload_is_not_retried(
     auth = RequestsGrantAuth(keeper, "g")
     response = s.post(resource(sim), data=io.BytesIO(b"u" * 5000), auth=auth, timeout=10)
     assert response.status_code == 401
-    assert getattr(response, MARKER) is AuthOutcome.NOT_REPLAYABLE
+    assert getattr(response, OUTCOME_KEY) is AuthOutcome.NOT_REPLAYABLE
     assert adapter.sent == 1 and refresh_calls(sim) == 1
     assert s.post(resource(sim), data=b"bytes replay fine", auth=auth, timeout=10).status_code == 200
     assert refresh_calls(sim) == 2

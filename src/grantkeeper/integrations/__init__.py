@@ -10,3 +10,8 @@ pulls in requests or Authlib:
 
 All three run one sans-I/O decision flow (`grantkeeper.integrations._flow`); see docs/integrations.md.
 """
+
+from grantkeeper.integrations._extras import MissingExtra
+from grantkeeper.integrations._flow import OUTCOME_KEY, AuthOutcome
+
+__all__ = ["OUTCOME_KEY", "AuthOutcome", "MissingExtra"]

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from grantkeeper.engine import AsyncKeeper, Keeper
 
 __all__ = [
-    "MARKER",
+    "OUTCOME_KEY",
     "Answer",
     "AuthOutcome",
     "FetchToken",
@@ -43,7 +43,7 @@ __all__ = [
 logger = logging.getLogger("grantkeeper.integrations")
 
 #: Where the bridges record the outcome on a response (httpx ``response.extensions``; an attribute on requests').
-MARKER = "grantkeeper_auth"
+OUTCOME_KEY = "grantkeeper_auth"
 
 # RFC 6750 §3: a Bearer challenge whose error parameter is invalid_token ("expired, revoked, malformed, or
 # invalid for other reasons"). Other errors (insufficient_scope, invalid_request) are not cured by a new token.
@@ -51,7 +51,7 @@ _INVALID_TOKEN = re.compile(r'\berror\s*=\s*"?invalid_token"?', re.IGNORECASE)
 
 
 class AuthOutcome(enum.Enum):
-    """How the flow ended; recorded on the final response under `MARKER`."""
+    """How the flow ended; recorded on the final response under `OUTCOME_KEY`."""
 
     SENT = "sent"  # the first answer was final (not a token rejection)
     RETRIED = "retried"  # the token was rejected, reported, and the request re-sent once with a fresh token

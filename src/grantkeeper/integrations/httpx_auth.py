@@ -16,7 +16,7 @@ import httpx
 
 from grantkeeper.engine import AsyncKeeper, Keeper
 from grantkeeper.integrations._flow import (
-    MARKER,
+    OUTCOME_KEY,
     Answer,
     AuthOutcome,
     arun_until_send,
@@ -45,7 +45,7 @@ def _answer(response: httpx.Response) -> Answer:
 
 def _finish(response: httpx.Response | None, request: httpx.Request, grant: str, outcome: AuthOutcome) -> None:
     if response is not None:
-        response.extensions[MARKER] = outcome
+        response.extensions[OUTCOME_KEY] = outcome
     log_outcome(grant, outcome, request.method, str(request.url))
 
 

@@ -15,7 +15,7 @@ from typing import Any
 from grantkeeper.engine import Keeper
 from grantkeeper.integrations._extras import require
 from grantkeeper.integrations._flow import (
-    MARKER,
+    OUTCOME_KEY,
     Answer,
     AuthOutcome,
     Flow,
@@ -76,7 +76,7 @@ class RequestsGrantAuth(requests.auth.AuthBase):
                                       self.grant)  # fmt: skip
         finally:
             flow.close()
-        setattr(response, MARKER, step)
+        setattr(response, OUTCOME_KEY, step)
         log_outcome(self.grant, step, str(response.request.method), str(response.request.url))
         return response
 
