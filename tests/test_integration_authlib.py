@@ -27,39 +27,26 @@ from grantkeeper.integrations import OUTCOME_KEY, AuthOutcome
 from grantkeeper.integrations.authlib_bridge import KeeperAsyncOAuth2Client, KeeperOAuth2Session
 from grantkeeper.testing.clock import FakeClock
 from tests.helpers import FAST_POLICY, add_grant, provider_for
+from tests.integration_support import EXPIRE_ALL, Sim, keeper_with_grant, resource
 
 with warnings.catch_warnings():  # Authlib falls back from httpx2 to httpx with a deprecation warning
     warnings.simplefilter("ignore", AuthlibDeprecationWarning)
     from authlib.integrations.httpx_client import AsyncOAuth2Client
 
-Sim = Callable[..., object]
-EXPIRE_ALL = 7200.0
 WORKERS = 4
 ITERATIONS = 5
-
-
-def resource(sim: object) -> str:
-    return sim.base_url + "/resource"  # type: ignore[attr-defined]
 
 
 def stats(sim: object) -> Any:
     return sim.stats  # type: ignore[attr-defined]
 
 
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def sim(make_sim: Sim, clock: FakeClock) -> object:
-    return make_sim(clock=clock.monotonic)
+pytest_plugins = ["tests.integration_fixtures"]  # the clock and sim fixtures
 
 
 @pytest.fixture
 def keeper(sqlite_url: str, sim: object) -> Iterator[Keeper]:
-    with Keeper.open(sqlite_url, policy=FAST_POLICY) as k:
-        add_grant(k, sim)
+    with keeper_with_grant(sqlite_url, sim) as k:
         yield k
 
 

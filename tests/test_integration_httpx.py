@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
@@ -20,9 +20,7 @@ from grantkeeper.integrations import OUTCOME_KEY, AuthOutcome
 from grantkeeper.integrations.httpx_auth import GrantAuth
 from grantkeeper.testing.clock import FakeClock
 from tests.helpers import FAST_POLICY, add_grant, provider_for
-
-Sim = Callable[..., object]
-EXPIRE_ALL = 7200.0  # past the simulator's default 3600 s access-token lifetime
+from tests.integration_support import EXPIRE_ALL, Sim, keeper_with_grant, refresh_calls, resource
 
 
 class Counter:
@@ -40,29 +38,13 @@ class Counter:
         self(request)
 
 
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def sim(make_sim: Sim, clock: FakeClock) -> object:
-    return make_sim(clock=clock.monotonic)
+pytest_plugins = ["tests.integration_fixtures"]  # the clock and sim fixtures
 
 
 @pytest.fixture
 def keeper(store_url: str, sim: object) -> Iterator[Keeper]:
-    with Keeper.open(store_url, policy=FAST_POLICY) as k:
-        add_grant(k, sim)
+    with keeper_with_grant(store_url, sim) as k:
         yield k
-
-
-def resource(sim: object) -> str:
-    return sim.base_url + "/resource"  # type: ignore[attr-defined]
-
-
-def refresh_calls(sim: object) -> int:
-    return int(sim.stats.refresh_calls)  # type: ignore[attr-defined]
 
 
 def test_attaches_the_grant_token(keeper: Keeper, sim: object) -> None:

@@ -10,7 +10,7 @@ import io
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -21,10 +21,7 @@ from grantkeeper import ConfigurationError, Keeper
 from grantkeeper.integrations import OUTCOME_KEY, AuthOutcome, MissingExtra
 from grantkeeper.integrations.requests_auth import RequestsGrantAuth
 from grantkeeper.testing.clock import FakeClock
-from tests.helpers import FAST_POLICY, add_grant
-
-Sim = Callable[..., object]
-EXPIRE_ALL = 7200.0
+from tests.integration_support import EXPIRE_ALL, Sim, keeper_with_grant, refresh_calls, resource
 
 
 class CountingAdapter(HTTPAdapter):
@@ -39,20 +36,12 @@ class CountingAdapter(HTTPAdapter):
         return super().send(request, *args, **kwargs)
 
 
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def sim(make_sim: Sim, clock: FakeClock) -> object:
-    return make_sim(clock=clock.monotonic)
+pytest_plugins = ["tests.integration_fixtures"]  # the clock and sim fixtures
 
 
 @pytest.fixture
 def keeper(sqlite_url: str, sim: object) -> Iterator[Keeper]:
-    with Keeper.open(sqlite_url, policy=FAST_POLICY) as k:
-        add_grant(k, sim)
+    with keeper_with_grant(sqlite_url, sim) as k:
         yield k
 
 
@@ -62,14 +51,6 @@ def session() -> Iterator[tuple[requests.Session, CountingAdapter]]:
     with requests.Session() as s:
         s.mount("http://", adapter)
         yield s, adapter
-
-
-def resource(sim: object) -> str:
-    return sim.base_url + "/resource"  # type: ignore[attr-defined]
-
-
-def refresh_calls(sim: object) -> int:
-    return int(sim.stats.refresh_calls)  # type: ignore[attr-defined]
 
 
 def test_attaches_the_grant_token(keeper: Keeper, sim: object, session: tuple[requests.Session, Any]) -> None:

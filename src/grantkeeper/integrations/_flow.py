@@ -121,38 +121,37 @@ def bearer(step: SendWith) -> str:
     return f"Bearer {step.token.reveal()}"
 
 
+def _advance(flow: Flow, reply: object) -> Step | AuthOutcome:
+    try:
+        return flow.send(reply)
+    except StopIteration as stop:
+        outcome: AuthOutcome = stop.value
+        return outcome
+
+
 def run_until_send(flow: Flow, reply: object, keeper: Keeper, grant: str) -> SendWith | AuthOutcome:
     """Run keeper steps with a sync keeper until the flow wants a request sent, or ends."""
-    while True:
-        try:
-            step = flow.send(reply)
-        except StopIteration as stop:
-            outcome: AuthOutcome = stop.value
-            return outcome
-        if isinstance(step, SendWith):
-            return step
-        if isinstance(step, FetchToken):
-            reply = keeper.access_token(grant)
-        else:
-            keeper.report_rejected(grant, step.token.reveal())
-            reply = None
+    step = _advance(flow, reply)
+    while isinstance(step, FetchToken | ReportRejected):
+        fetch = isinstance(step, FetchToken)
+        step = _advance(flow, keeper.access_token(grant) if fetch else keeper.report_rejected(grant, _token(step)))
+    return step
 
 
 async def arun_until_send(flow: Flow, reply: object, keeper: AsyncKeeper, grant: str) -> SendWith | AuthOutcome:
     """`run_until_send` with an asyncio keeper."""
-    while True:
-        try:
-            step = flow.send(reply)
-        except StopIteration as stop:
-            outcome: AuthOutcome = stop.value
-            return outcome
-        if isinstance(step, SendWith):
-            return step
-        if isinstance(step, FetchToken):
-            reply = await keeper.access_token(grant)
-        else:
-            await keeper.report_rejected(grant, step.token.reveal())
-            reply = None
+    step = _advance(flow, reply)
+    while isinstance(step, FetchToken | ReportRejected):
+        fetch = isinstance(step, FetchToken)
+        step = _advance(
+            flow, await (keeper.access_token(grant) if fetch else keeper.report_rejected(grant, _token(step)))
+        )
+    return step
+
+
+def _token(step: Step) -> str:
+    assert isinstance(step, ReportRejected)
+    return step.token.reveal()  # to the keeper, which fingerprints it
 
 
 def log_outcome(grant: str, outcome: AuthOutcome, method: str, url: str) -> None:
