@@ -8,8 +8,10 @@ at a rotating provider with reuse detection and no grace) run with plain Authlib
 from __future__ import annotations
 
 import asyncio
+import importlib
 import multiprocessing
 import sqlite3
+import sys
 import time
 import warnings
 from collections import Counter
@@ -23,7 +25,7 @@ from authlib.integrations.base_client import OAuthError
 from authlib.integrations.requests_client import OAuth2Session
 
 from grantkeeper import AsyncKeeper, ConfigurationError, GrantkeeperError, Keeper
-from grantkeeper.integrations import OUTCOME_KEY, AuthOutcome
+from grantkeeper.integrations import OUTCOME_KEY, AuthOutcome, MissingExtra
 from grantkeeper.integrations.authlib_bridge import KeeperAsyncOAuth2Client, KeeperOAuth2Session
 from grantkeeper.testing.clock import FakeClock
 from tests.helpers import FAST_POLICY, add_grant, provider_for
@@ -112,6 +114,14 @@ def test_async_client_call_sites_keep_working(sqlite_url: str, sim: object, cloc
 
     asyncio.run(main())
     assert stats(sim).refresh_calls == 3  # first token, refresh_token(), the 401
+
+
+def test_missing_authlib_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Importing the bridge without Authlib installed says which extra to install."""
+    monkeypatch.setitem(sys.modules, "authlib.deprecate", None)
+    monkeypatch.delitem(sys.modules, "grantkeeper.integrations.authlib_bridge")
+    with pytest.raises(MissingExtra, match=r"pip install 'grantkeeper\[authlib\]'"):
+        importlib.import_module("grantkeeper.integrations.authlib_bridge")
 
 
 # ------------------------------------------------------------------------------------------ comparison

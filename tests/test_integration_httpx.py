@@ -34,9 +34,6 @@ class Counter:
         with self._lock:
             self.sent += 1
 
-    async def acall(self, request: httpx.Request) -> None:
-        self(request)
-
 
 pytest_plugins = ["tests.integration_fixtures"]  # the clock and sim fixtures
 
