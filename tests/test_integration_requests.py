@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -127,6 +128,33 @@ def test_16_threads_rejected_at_once_cause_one_refresh(keeper: Keeper, sim: obje
         t.join()
     assert statuses == [200] * 16
     assert refresh_calls(sim) == 2
+
+
+def test_a_redirect_after_the_flow_ended_is_left_alone(keeper: Keeper, sim: object) -> None:
+    """requests copies hooks onto a redirected request; the flow that ended with the 302 must not act again
+    (here requests drops the Authorization header for the other port, and the 401 comes back untouched)."""
+    target = resource(sim)
+
+    class Redirect(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(302)
+            self.send_header("Location", target)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    with ThreadingHTTPServer(("127.0.0.1", 0), Redirect) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            url = f"http://127.0.0.1:{server.server_address[1]}/start"
+            response = requests.get(url, auth=RequestsGrantAuth(keeper, "g"), timeout=10)
+        finally:
+            server.shutdown()
+    assert [r.status_code for r in response.history] == [302]
+    assert response.status_code == 401 and "Authorization" not in response.request.headers
+    assert refresh_calls(sim) == 1
 
 
 def test_needs_a_sync_keeper(sqlite_url: str) -> None:

@@ -74,7 +74,7 @@ class SendWith:
 
 @dataclass(frozen=True, slots=True)
 class ReportRejected:
-    """Tell the keeper the resource server rejected this token. Reply: None."""
+    """Tell the keeper the resource server rejected this token. Reply: ignored."""
 
     token: Secret
 

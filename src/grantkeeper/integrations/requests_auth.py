@@ -10,6 +10,7 @@ connection adapter, and chain the 401 into ``history``. The decisions are `_flow
 from __future__ import annotations
 
 import functools
+import inspect
 from typing import Any
 
 from grantkeeper.engine import Keeper
@@ -67,6 +68,9 @@ class RequestsGrantAuth(requests.auth.AuthBase):
         return request
 
     def _on_response(self, flow: Flow, response: requests.Response, **send_options: Any) -> requests.Response:
+        if inspect.getgeneratorstate(flow) == inspect.GEN_CLOSED:
+            # requests copies hooks onto redirected requests; this flow already ended with the first response.
+            return response
         answer = Answer.of(response.status_code, _challenges(response))
         try:
             step = run_until_send(flow, answer, self.keeper, self.grant)
