@@ -30,8 +30,9 @@ from grantkeeper.integrations.httpx_auth import GrantAuth
 _deprecate = require("authlib.deprecate", extra="authlib", bridge="grantkeeper.integrations.authlib_bridge")
 require("requests", extra="authlib", bridge="grantkeeper.integrations.authlib_bridge")
 
-# Authlib >= 1.7 prefers the httpx2 package and falls back to httpx with a deprecation warning. We drive httpx
-# (the keeper's own client library), so that fallback is the path we want; the warning is not news to act on.
+# Recent Authlib (1.9 tested) prefers the httpx2 package and falls back to httpx with a deprecation warning.
+# We drive httpx (the keeper's own client library), so that fallback is the path we want; the warning is not
+# news for our users to act on.
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", _deprecate.AuthlibDeprecationWarning)
     from authlib.integrations.httpx_client import AsyncOAuth2Client  # type: ignore[import-untyped]
