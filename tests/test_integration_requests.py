@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import io
+import logging
 import subprocess
 import sys
 import threading
@@ -188,3 +189,20 @@ def test_core_does_not_import_optional_clients() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == "[]"
+
+
+def test_no_token_in_logs_or_reprs(
+    keeper: Keeper, sim: object, clock: FakeClock, make_sim: Sim, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Retries and final rejections log the grant, method and URL, never a token (I6)."""
+    auth = RequestsGrantAuth(keeper, "g")
+    keeper.access_token("g")
+    clock.advance(EXPIRE_ALL)
+    with caplog.at_level(logging.DEBUG):
+        requests.get(resource(sim), auth=auth, timeout=10)
+        requests.get(resource(make_sim()) + "?q=1", auth=auth, timeout=10)
+    ours = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("grantkeeper"))
+    assert "re-sent once" in ours and "rejected the access token again" in ours and "q=1" not in ours
+    text = caplog.text + repr(auth)  # every logger, urllib3's too
+    issued = sim.issued_tokens()  # type: ignore[attr-defined]
+    assert issued and not [t for t in issued if t in text]
