@@ -333,10 +333,14 @@ class _KeeperCore:
 
     def _invalidate(self, name: str, access_token: str) -> bool:
         """A resource server rejected `access_token` (401): drop it here and in the store (I4)."""
-        entry = self._cache.get(name)
-        if entry is not None and entry[0] == Secret(access_token):
-            self._cache.pop(name, None)
-        return self.store.invalidate_access(name, access_fp=self.store.fingerprint(Secret(access_token)))
+        # The store first: a worker that finds the cache empty reads the store, and must not find the rejected
+        # token there and cache it again after it was dropped here. The cache is dropped even if the store fails.
+        try:
+            return self.store.invalidate_access(name, access_fp=self.store.fingerprint(Secret(access_token)))
+        finally:
+            entry = self._cache.get(name)
+            if entry is not None and entry[0] == Secret(access_token):
+                self._cache.pop(name, None)
 
     def _import(self, name: str, provider: str, refresh_token: str | Secret, scopes: tuple[str, ...]) -> Grant:
         secret = refresh_token if isinstance(refresh_token, Secret) else Secret(refresh_token.strip())

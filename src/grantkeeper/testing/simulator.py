@@ -416,6 +416,9 @@ class _Handler(BaseHTTPRequestHandler):
         if framing is not None and framing.drop:
             self._send(framing)
             return
+        if self._path() == "/resource":  # an upload to the protected resource: the body is read and discarded
+            self._send(framing or self._sim._handle_resource_request(self.headers.get("Authorization")))
+            return
         if self._path() != "/token":
             self._send(framing or _Reply(status=404, body=_json_bytes({"error": "not_found"})))
             return
