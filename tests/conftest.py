@@ -27,18 +27,28 @@ def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> It
     clear_hooks()
 
 
-@pytest.fixture(params=STORE_KINDS)
-def store_url(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    """One store of each kind; the PostgreSQL one is a fresh, migrated database on the test server."""
-    if request.param == "memory":
+def _store_of_kind(kind: str, request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    if kind == "memory":
         return "memory://"
-    if request.param == "sqlite":
+    if kind == "sqlite":
         return f"sqlite://{tmp_path}/grants.db"
     url: str = request.getfixturevalue("pg_url")
     monkeypatch.setenv("GRANTKEEPER_KEY", TEST_KEY)
     monkeypatch.setenv("GRANTKEEPER_RECOVERY_DIR", str(tmp_path / "recovery"))
     open_store(url, migrate=True).close()
     return url
+
+
+@pytest.fixture(params=STORE_KINDS)
+def store_url(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """One store of each kind; the PostgreSQL one is a fresh, migrated database on the test server."""
+    return _store_of_kind(request.param, request, tmp_path, monkeypatch)
+
+
+@pytest.fixture(params=[kind for kind in STORE_KINDS if kind != "memory"])
+def shared_store_url(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A store several keepers or processes can share: SQLite and PostgreSQL (memory:// is private to one)."""
+    return _store_of_kind(request.param, request, tmp_path, monkeypatch)
 
 
 @pytest.fixture

@@ -202,24 +202,22 @@ def _run(target: Callable[..., None], first: str, sim: object) -> Counter[str]:
 
 @pytest.mark.slow
 def test_processes_plain_authlib_loses_the_grant_the_bridge_does_not(
-    store_url: str, make_sim: Sim, tmp_path: Path
+    shared_store_url: str, make_sim: Sim, tmp_path: Path
 ) -> None:
     """4 processes x 5 requests on one grant; rotation always, reuse detection, grace 0; the first requests
     of all workers start together with an expired token. Plain Authlib: every worker spends the same refresh
     token, the provider sees reuse and revokes the grant (>= 1 invalid_grant). Bridge: zero invalid_grant,
     every request succeeds, one provider call per committed generation."""
-    if store_url == "memory://":
-        pytest.skip("a memory store is private to one process")
     plain_sim = make_sim(rotation="always", reuse_grace=0.0, reuse_detection=True)
     db = tmp_path / "authlib-tokens.db"
     _expired_seed(db, str(plain_sim.issue_grant()))  # type: ignore[attr-defined]
     plain = _run(plain_authlib_worker, str(db), plain_sim)
 
     bridge_sim = make_sim(rotation="always", reuse_grace=0.0, reuse_detection=True)
-    with Keeper.open(store_url) as setup:
+    with Keeper.open(shared_store_url) as setup:
         add_grant(setup, bridge_sim)
-    bridged = _run(bridge_worker, store_url, bridge_sim)
-    with Keeper.open(store_url) as check:
+    bridged = _run(bridge_worker, shared_store_url, bridge_sim)
+    with Keeper.open(shared_store_url) as check:
         generations = check.store.get_grant("g").generation - 1
 
     plain_invalid_grant = stats(plain_sim).errors.get("invalid_grant", 0)

@@ -168,12 +168,10 @@ async def add_async_grant(keeper: AsyncKeeper, sim: object) -> None:
 
 
 def test_keepers_in_separate_workers_share_one_refresh_after_401s(
-    store_url: str, sim: object, clock: FakeClock
+    shared_store_url: str, sim: object, clock: FakeClock
 ) -> None:
     """Two keepers (separate caches, one store) whose threads all get 401 for the same token: one refresh."""
-    if store_url == "memory://":
-        pytest.skip("a memory store is private to one keeper")
-    keepers = [Keeper.open(store_url, policy=FAST_POLICY) for _ in range(2)]
+    keepers = [Keeper.open(shared_store_url, policy=FAST_POLICY) for _ in range(2)]
     try:
         add_grant(keepers[0], sim)
         assert keepers[0].access_token("g") == keepers[1].access_token("g")
