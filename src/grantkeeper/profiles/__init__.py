@@ -110,7 +110,7 @@ class Profile:
         data: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if value is None or value == () or value == "":
+            if value is None or value in ((), ""):
                 continue
             if isinstance(value, Mapping):
                 value = {k: list(v) if isinstance(v, tuple) else v for k, v in value.items()}
@@ -128,9 +128,7 @@ def fill_template(template: str, params: Mapping[str, str], *, profile: str) -> 
         key = match.group(1)
         given = params.get(key)
         if given is None:
-            raise ConfigurationError(
-                f"profile {profile!r} needs --param {key}=VALUE (its token URL is {template!r})"
-            )
+            raise ConfigurationError(f"profile {profile!r} needs --param {key}=VALUE (its token URL is {template!r})")
         if match.start() == 0:
             parts = urlsplit(given)
             if parts.scheme in ("https", "http") and parts.netloc and not parts.query and not parts.fragment:
@@ -184,9 +182,10 @@ def build_provider(
     if profile.refresh_absolute_ttl_days is not None:
         values["refresh_absolute_ttl"] = profile.refresh_absolute_ttl_days * DAY
     values.update({k: v for k, v in overrides.items() if v is not None})
-    if values["auth_method"] is AuthMethod.PRIVATE_KEY_JWT and "jwt_audience" not in values:
-        if profile.jwt_audience == "issuer" and profile.issuer is not None:
-            values["jwt_audience"] = fill_template(profile.issuer, given, profile=profile.name)
+    jwt_to_issuer = profile.jwt_audience == "issuer" and profile.issuer is not None
+    if values["auth_method"] is AuthMethod.PRIVATE_KEY_JWT and "jwt_audience" not in values and jwt_to_issuer:
+        assert profile.issuer is not None
+        values["jwt_audience"] = fill_template(profile.issuer, given, profile=profile.name)
     return Provider(name=name, **values)
 
 
@@ -314,7 +313,7 @@ def _facts(r: _Reader, sources: Mapping[str, str]) -> dict[str, tuple[str, ...] 
         present = key in r.table
         where = raw.get(key)
         if present and where is None:
-            raise r.fail(key, f"has no provenance: add facts.{key} = [source keys] or \"{UNVERIFIED}\"")
+            raise r.fail(key, f'has no provenance: add facts.{key} = [source keys] or "{UNVERIFIED}"')
         if not present and where is not None:
             raise r.fail(f"facts.{key}", "gives provenance for a fact the profile does not state")
         if where is None:
@@ -323,7 +322,7 @@ def _facts(r: _Reader, sources: Mapping[str, str]) -> dict[str, tuple[str, ...] 
             facts[key] = UNVERIFIED
             continue
         if not isinstance(where, list) or not where or not all(isinstance(s, str) for s in where):
-            raise r.fail(f"facts.{key}", f"must be a non-empty list of source keys or \"{UNVERIFIED}\"")
+            raise r.fail(f"facts.{key}", f'must be a non-empty list of source keys or "{UNVERIFIED}"')
         if missing := [s for s in where if s not in sources]:
             raise r.fail(f"facts.{key}", f"cites {missing[0]!r}, which is not in sources")
         facts[key] = tuple(where)

@@ -49,6 +49,8 @@ class GrantUpdate:
     expires_at: float
     scopes: tuple[str, ...] | None
     access_verified: bool = True
+    #: When the provider said the refresh token in force after this commit expires (refresh_token_expires_in).
+    refresh_expires_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

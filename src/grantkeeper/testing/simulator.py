@@ -29,6 +29,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Final
 
+from grantkeeper.testing._client_assertion import check_assertion, load_public_key
+
 __all__ = [
     "AUTH_METHODS",
     "MALFORMED_KINDS",
@@ -44,7 +46,9 @@ __all__ = [
 ]
 
 ROTATION_MODES: Final = ("always", "conditional", "never")
-AUTH_METHODS: Final = ("client_secret_basic", "client_secret_post", "none")
+AUTH_METHODS: Final = ("client_secret_basic", "client_secret_post", "private_key_jwt", "none")
+_ASSERTION_TYPE: Final = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+_METADATA_PATHS: Final = ("/.well-known/oauth-authorization-server", "/.well-known/openid-configuration")
 MALFORMED_KINDS: Final = frozenset(
     {
         "html",
@@ -437,6 +441,8 @@ class _Handler(BaseHTTPRequestHandler):
             reply = self._sim._handle_resource_request(self.headers.get("Authorization"))
         elif path == "/stats":
             reply = _Reply(body=_json_bytes(self._sim.stats.as_dict()))
+        elif path in _METADATA_PATHS:
+            reply = _Reply(body=self._sim._metadata_body())
         elif path == "/token":
             body = _json_bytes({"error": "invalid_request", "error_description": "use POST"})
             reply = _Reply(status=405, body=body, headers=(("Allow", "POST"),))
@@ -468,6 +474,7 @@ class ProviderSimulator:
         client_id: str = "sim-client",
         client_secret: str | None = None,
         auth_methods: tuple[str, ...] = ("client_secret_basic", "client_secret_post"),
+        client_public_key: bytes | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
         clock: Callable[[], float] = time.monotonic,
@@ -484,6 +491,8 @@ class ProviderSimulator:
             raise ValueError(f"auth_methods must be a non-empty subset of {', '.join(AUTH_METHODS)}")
         if not client_id:
             raise ValueError("client_id must not be empty")
+        if ("private_key_jwt" in auth_methods) != (client_public_key is not None):
+            raise ValueError("give client_public_key (PEM) exactly when auth_methods include private_key_jwt")
         if not 0 <= port <= 65535:
             raise ValueError("port must be in 0..65535")
         self._rotation = rotation
@@ -496,6 +505,9 @@ class ProviderSimulator:
         self._client_id = client_id
         self._client_secret = client_secret if client_secret is not None else secrets.token_urlsafe(24)
         self._auth_methods = tuple(auth_methods)
+        self._client_key = load_public_key(client_public_key) if client_public_key is not None else None
+        self._seen_jti: set[str] = set()
+        self._metadata_override: bytes | None = None
         self._host = host
         self._port = port
         self._clock = clock
@@ -869,7 +881,25 @@ class ProviderSimulator:
         secret_ok = secrets.compare_digest(secret.encode(), self._client_secret.encode())
         return id_ok and secret_ok
 
+    def _check_client_assertion(self, authorization: str | None, form: dict[str, str]) -> _OAuthError | None:
+        if authorization is not None or "client_secret" in form:
+            return _OAuthError(400, "invalid_request", "more than one client authentication method used")
+        if "private_key_jwt" not in self._auth_methods or self._client_key is None:
+            return _OAuthError(401, "invalid_client", "private_key_jwt is not allowed")
+        if form.get("client_assertion_type") != _ASSERTION_TYPE:
+            return _OAuthError(401, "invalid_client", "unsupported client_assertion_type")
+        body_id = form.get("client_id")
+        if body_id is not None and body_id != self._client_id:
+            return _OAuthError(401, "invalid_client", "client_id does not match the assertion")
+        problem = check_assertion(
+            form.get("client_assertion", ""), key=self._client_key, client_id=self._client_id,
+            audiences=(self.url, self.base_url), now=time.time(), seen_jti=self._seen_jti,
+        )  # fmt: skip
+        return _OAuthError(401, "invalid_client", problem) if problem else None
+
     def _authenticate(self, authorization: str | None, form: dict[str, str]) -> _OAuthError | None:
+        if "client_assertion" in form or "client_assertion_type" in form:
+            return self._check_client_assertion(authorization, form)
         body_id = form.get("client_id")
         body_secret = form.get("client_secret")
         if authorization is not None:
@@ -906,6 +936,31 @@ class ProviderSimulator:
                 return None
             return _OAuthError(401, "invalid_client", "unknown client")
         return _OAuthError(401, "invalid_client", "client authentication required")
+
+    def metadata(self) -> dict[str, Any]:
+        """The RFC 8414 authorization-server metadata this simulator serves at its well-known paths."""
+        document: dict[str, Any] = {
+            "issuer": self.base_url,
+            "authorization_endpoint": f"{self.base_url}/authorize",
+            "token_endpoint": self.url,
+            "token_endpoint_auth_methods_supported": list(self._auth_methods),
+            "grant_types_supported": ["authorization_code", "refresh_token"],
+            "response_types_supported": ["code"],
+        }
+        if self._client_key is not None:
+            document["token_endpoint_auth_signing_alg_values_supported"] = ["RS256", "ES256"]
+        return document
+
+    def serve_metadata(self, document: Mapping[str, Any] | bytes | None) -> None:
+        """Serve `document` (JSON-encoded, or bytes verbatim) at the well-known paths; None restores `metadata()`."""
+        body = document if isinstance(document, bytes) or document is None else _json_bytes(dict(document))
+        with self._lock:
+            self._metadata_override = body
+
+    def _metadata_body(self) -> bytes:
+        with self._lock:
+            override = self._metadata_override
+        return override if override is not None else _json_bytes(self.metadata())
 
     def _handle_resource_request(self, authorization: str | None) -> _Reply:
         scheme, _, token = (authorization or "").strip().partition(" ")
