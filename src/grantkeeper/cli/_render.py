@@ -64,6 +64,8 @@ def _secret_source(provider: Provider) -> str:
         return "stored (encrypted)"
     if provider.client_secret_env is not None:
         return f"${provider.client_secret_env}"
+    if provider.private_key_file is not None:
+        return f"private key {clean(provider.private_key_file)}"
     return "none"
 
 
@@ -91,6 +93,13 @@ def provider_dict(provider: Provider) -> dict[str, object]:
         "reuse_grace": provider.reuse_grace,
         "skew": provider.skew,
         "default_expires_in": provider.default_expires_in,
+        "refresh_idle_ttl": provider.refresh_idle_ttl,
+        "refresh_absolute_ttl": provider.refresh_absolute_ttl,
+        "private_key_file": provider.private_key_file,
+        "key_id": provider.key_id,
+        "jwt_audience": provider.jwt_audience,
+        "send_scope": provider.send_scope,
+        "profile": provider.profile,
     }
 
 

@@ -31,6 +31,7 @@ __all__ = [
     "get_profile",
     "load_profiles",
     "parse_profiles",
+    "profile_values",
 ]
 
 UNVERIFIED = "unverified"
@@ -64,6 +65,7 @@ _PLACEHOLDER = re.compile(r"\{([a-z][a-z0-9_]*)\}")
 _HOSTISH = re.compile(r"[A-Za-z0-9][A-Za-z0-9.\-]{0,252}\Z")  # a host, host label or path segment: nothing to escape
 _NAME = re.compile(r"[a-z][a-z0-9_]{0,63}\Z")
 _MAX_GRACE_DAYS = 366
+_DEFAULT_EXPIRES_IN = 3600.0  # Provider's own default, for profiles that do not state an access-token lifetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,19 +145,19 @@ def fill_template(template: str, params: Mapping[str, str], *, profile: str) -> 
     return _PLACEHOLDER.sub(value, template)
 
 
-def build_provider(
+def profile_values(
     profile: Profile,
-    name: str,
     *,
-    client_id: str,
     params: Mapping[str, str] | None = None,
-    **overrides: Any,
-) -> Provider:
-    """A provider made from `profile`, with `params` filling its placeholders; `overrides` win over the profile.
+    auth_method: AuthMethod | None = None,
+    token_url: str | None = None,
+) -> dict[str, Any]:
+    """The `Provider` fields a profile decides (every one of them, defaults included, so applying a profile
+    to an existing provider leaves nothing of an earlier profile behind). Credentials and the client id are
+    not among them.
 
     Raises:
-        ConfigurationError: a placeholder has no value, a value is unknown or malformed, or the result is not a
-            valid provider.
+        ConfigurationError: a placeholder has no value, or a value is unknown or malformed.
     """
     given = dict(profile.param_defaults or {})
     given.update(params or {})
@@ -163,30 +165,35 @@ def build_provider(
     if unknown:
         known = ", ".join(sorted(profile.params or {})) or "none"
         raise ConfigurationError(f"profile {profile.name!r} has no parameter {unknown[0]!r} (it takes: {known})")
-    token_url = fill_template(profile.token_url, given, profile=profile.name)
-    values: dict[str, Any] = {
-        "token_url": token_url,
-        "client_id": client_id,
+    method = auth_method or profile.auth_methods[0]
+    audience = None
+    if method is AuthMethod.PRIVATE_KEY_JWT and profile.jwt_audience == "issuer" and profile.issuer is not None:
+        audience = fill_template(profile.issuer, given, profile=profile.name)
+    idle, absolute = profile.refresh_idle_ttl_days, profile.refresh_absolute_ttl_days
+    return {
+        "token_url": token_url or fill_template(profile.token_url, given, profile=profile.name),
         # "configurable": the operator chooses; assume the cautious mode until told otherwise (--rotation).
         "rotation": RotationMode.ALWAYS if profile.rotation == "configurable" else RotationMode(profile.rotation),
-        "auth_method": profile.auth_methods[0],
+        "auth_method": method,
+        "reuse_grace": profile.reuse_grace or 0.0,
+        "default_expires_in": profile.access_token_ttl or _DEFAULT_EXPIRES_IN,
+        "refresh_idle_ttl": idle * DAY if idle is not None else None,
+        "refresh_absolute_ttl": absolute * DAY if absolute is not None else None,
+        "jwt_audience": audience,
         "send_scope": "scope_on_refresh" in profile.quirks,
         "profile": profile.name,
     }
-    if profile.reuse_grace is not None:
-        values["reuse_grace"] = float(profile.reuse_grace)
-    if profile.access_token_ttl is not None:
-        values["default_expires_in"] = float(profile.access_token_ttl)
-    if profile.refresh_idle_ttl_days is not None:
-        values["refresh_idle_ttl"] = profile.refresh_idle_ttl_days * DAY
-    if profile.refresh_absolute_ttl_days is not None:
-        values["refresh_absolute_ttl"] = profile.refresh_absolute_ttl_days * DAY
+
+
+def build_provider(
+    profile: Profile, name: str, *, client_id: str, params: Mapping[str, str] | None = None, **overrides: Any
+) -> Provider:
+    """A provider made from `profile`, with `params` filling its placeholders; `overrides` (non-None) win."""
+    values = profile_values(
+        profile, params=params, auth_method=overrides.get("auth_method"), token_url=overrides.get("token_url")
+    )
     values.update({k: v for k, v in overrides.items() if v is not None})
-    jwt_to_issuer = profile.jwt_audience == "issuer" and profile.issuer is not None
-    if values["auth_method"] is AuthMethod.PRIVATE_KEY_JWT and "jwt_audience" not in values and jwt_to_issuer:
-        assert profile.issuer is not None
-        values["jwt_audience"] = fill_template(profile.issuer, given, profile=profile.name)
-    return Provider(name=name, **values)
+    return Provider(name=name, client_id=client_id, **values)
 
 
 @functools.cache

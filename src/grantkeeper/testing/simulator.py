@@ -34,6 +34,7 @@ from grantkeeper.testing._client_assertion import check_assertion, load_public_k
 __all__ = [
     "AUTH_METHODS",
     "MALFORMED_KINDS",
+    "RESPONSE_QUIRKS",
     "ROTATION_MODES",
     "Delay",
     "DropAfterRotate",
@@ -48,6 +49,14 @@ __all__ = [
 ROTATION_MODES: Final = ("always", "conditional", "never")
 AUTH_METHODS: Final = ("client_secret_basic", "client_secret_post", "private_key_jwt", "none")
 _ASSERTION_TYPE: Final = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+#: Response shapes real providers use (see docs/providers.md): ``no_expires_in`` omits it, ``expires_in_string`` sends
+#: it as a string, ``jwt_access_token`` mints JWT access tokens carrying ``exp``, ``refresh_token_expires_in`` /
+#: ``x_refresh_token_expires_in`` state the refresh token's lifetime, ``scope_required`` refuses a refresh without
+#: ``scope`` (``invalid_request``).
+RESPONSE_QUIRKS: Final = frozenset(
+    {"no_expires_in", "expires_in_string", "jwt_access_token", "refresh_token_expires_in",
+     "x_refresh_token_expires_in", "scope_required"}
+)  # fmt: skip
 _METADATA_PATHS: Final = ("/.well-known/oauth-authorization-server", "/.well-known/openid-configuration")
 MALFORMED_KINDS: Final = frozenset(
     {
@@ -229,6 +238,10 @@ def _json_bytes(data: object) -> bytes:
 def _number(value: float) -> int | float:
     """JSON number for a duration: an int when whole, else the float."""
     return int(value) if float(value).is_integer() else value
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
 def _valid_scope_token(token: str) -> bool:
@@ -470,6 +483,8 @@ class ProviderSimulator:
         access_ttl: float = 3600.0,
         conditional_every: int = 3,
         echo_refresh_token: bool = False,
+        response_quirks: frozenset[str] | tuple[str, ...] = (),
+        refresh_token_ttl: float = 90 * 86400.0,
         grace_returns_previous_access: bool = False,
         client_id: str = "sim-client",
         client_secret: str | None = None,
@@ -491,6 +506,9 @@ class ProviderSimulator:
             raise ValueError(f"auth_methods must be a non-empty subset of {', '.join(AUTH_METHODS)}")
         if not client_id:
             raise ValueError("client_id must not be empty")
+        if unknown := set(response_quirks) - RESPONSE_QUIRKS:
+            known = ", ".join(sorted(RESPONSE_QUIRKS))
+            raise ValueError(f"unknown response quirk {sorted(unknown)[0]!r}; known: {known}")
         if ("private_key_jwt" in auth_methods) != (client_public_key is not None):
             raise ValueError("give client_public_key (PEM) exactly when auth_methods include private_key_jwt")
         if not 0 <= port <= 65535:
@@ -501,6 +519,8 @@ class ProviderSimulator:
         self._access_ttl = float(access_ttl)
         self._conditional_every = conditional_every
         self._echo = echo_refresh_token
+        self._quirks = frozenset(response_quirks)
+        self._refresh_ttl = float(refresh_token_ttl)
         self._grace_previous_access = grace_returns_previous_access
         self._client_id = client_id
         self._client_secret = client_secret if client_secret is not None else secrets.token_urlsafe(24)
@@ -612,9 +632,13 @@ class ProviderSimulator:
 
     # ---------------------------------------------------------------------------------------- grants
 
-    def _new_token(self) -> str:
+    def _new_token(self, *, jwt: bool = False) -> str:
         while True:
             token = secrets.token_urlsafe(32)
+            if jwt:  # unsigned-looking but well-formed: clients read `exp` from it, they never verify it
+                claims = {"exp": int(time.time() + self._access_ttl), "jti": token}
+                token = ".".join(_b64url(_json_bytes(part)) for part in ({"alg": "HS256", "typ": "JWT"}, claims))
+                token += "." + _b64url(secrets.token_bytes(32))
             if token not in self._refresh_tokens and token not in self._access_tokens:
                 return token
 
@@ -777,6 +801,8 @@ class ProviderSimulator:
         if token is None:
             return _OAuthError(400, "invalid_request", "missing refresh_token")
         requested = tuple(dict.fromkeys(form["scope"].split())) if "scope" in form else None
+        if requested is None and "scope_required" in self._quirks:
+            return _OAuthError(400, "invalid_request", "scope is required on refresh")
         if requested is not None and not all(_valid_scope_token(s) for s in requested):
             return _OAuthError(400, "invalid_scope", "malformed scope")
 
@@ -841,7 +867,7 @@ class ProviderSimulator:
         return _Issued(payload=payload, access_token=access, scope=granted)
 
     def _mint_access_locked(self, family: _Family, scope: tuple[str, ...], now: float) -> str:
-        access = self._new_token()
+        access = self._new_token(jwt="jwt_access_token" in self._quirks)
         self._access_tokens[access] = _Access(family=family, scope=scope, expires_at=now + self._access_ttl)
         return access
 
@@ -851,6 +877,13 @@ class ProviderSimulator:
             "token_type": "Bearer",
             "expires_in": _number(self._access_ttl),
         }
+        if "expires_in_string" in self._quirks:
+            payload["expires_in"] = str(payload["expires_in"])
+        if "no_expires_in" in self._quirks:
+            del payload["expires_in"]
+        for name in ("refresh_token_expires_in", "x_refresh_token_expires_in"):
+            if name in self._quirks:
+                payload[name] = _number(self._refresh_ttl)
         if scope:
             payload["scope"] = " ".join(scope)
         return payload

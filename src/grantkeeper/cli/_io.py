@@ -1,0 +1,45 @@
+"""Small helpers every command group shares: the store a command works on, JSON output, secrets from stdin."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+
+import click
+
+from grantkeeper._exceptions import ConfigurationError
+from grantkeeper._secrets import Secret
+from grantkeeper.cli._session import Session
+from grantkeeper.engine import Keeper
+from grantkeeper.stores import default_store_url
+
+__all__ = ["ENV_NAME", "echo_json", "open_keeper", "read_secret", "store_url"]
+
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+def store_url(session: Session) -> str:
+    return session.store_url if session.store_url is not None else default_store_url()
+
+
+def open_keeper(session: Session, *, create: bool = False) -> Keeper:
+    """A keeper on the chosen store. Only commands that add providers create a store; others need one."""
+    return Keeper.open(store_url(session), create=create)
+
+
+def echo_json(data: object) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+def read_secret(what: str, *, example: str) -> Secret:
+    """One secret line from standard input (a hidden prompt on a terminal), stripped; empty is an error."""
+    stream = sys.stdin
+    if stream is None:
+        raise ConfigurationError(f"no standard input to read the {what} from; {example}")
+    # One line only: a caller may keep the pipe open after writing it.
+    value = click.prompt(what.capitalize(), hide_input=True, err=True) if stream.isatty() else stream.readline()
+    value = value.strip()
+    if not value:
+        raise ConfigurationError(f"the {what} on standard input is empty; {example}")
+    return Secret(value)
