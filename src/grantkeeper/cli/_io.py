@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
@@ -14,7 +15,7 @@ from grantkeeper.cli._session import Session
 from grantkeeper.engine import Keeper
 from grantkeeper.stores import default_store_url
 
-__all__ = ["ENV_NAME", "echo_json", "open_keeper", "read_secret", "store_url"]
+__all__ = ["DURATION", "ENV_NAME", "echo_json", "open_keeper", "read_secret", "store_url"]
 
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
@@ -43,3 +44,35 @@ def read_secret(what: str, *, example: str) -> Secret:
     if not value:
         raise ConfigurationError(f"the {what} on standard input is empty; {example}")
     return Secret(value)
+
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 7 * 86400.0}
+
+
+if TYPE_CHECKING:
+    _FloatParam = click.ParamType[float]
+else:  # click < 8.2 has no generic ParamType at run time
+    _FloatParam = click.ParamType
+
+
+class Duration(_FloatParam):
+    """A length of time: seconds, or a number with a unit (``90s``, ``30m``, ``12h``, ``7d``, ``2w``)."""
+
+    name = "duration"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, int | float):
+            return float(value)
+        text = str(value).strip().lower()
+        scale = _UNITS.get(text[-1:]) if text else None
+        number = text[:-1] if scale is not None else text
+        try:
+            seconds = float(number) * (scale or 1.0)
+        except ValueError:
+            self.fail(f"{value!r} is not a duration like 90s, 30m, 12h, 7d or 2w", param, ctx)
+        if not 0 <= seconds < float("inf"):
+            self.fail(f"{value!r} must be a non-negative duration", param, ctx)
+        return seconds
+
+
+DURATION = Duration()

@@ -27,6 +27,7 @@ from grantkeeper._exceptions import (
     sanitize_provider_text,
 )
 from grantkeeper.cli import _render
+from grantkeeper.cli._io import DURATION
 from grantkeeper.cli._io import echo_json as _echo_json
 from grantkeeper.cli._io import open_keeper as _open
 from grantkeeper.cli._io import read_secret as _read_secret
@@ -34,6 +35,7 @@ from grantkeeper.cli._io import store_url as _url
 from grantkeeper.cli._session import Session
 from grantkeeper.cli.demo import demo
 from grantkeeper.cli.providers import provider
+from grantkeeper.engine.keeper import KeepaliveResult
 from grantkeeper.stores import backend, open_store
 from grantkeeper.stores.migrations import latest_version
 
@@ -172,11 +174,21 @@ def token(session: Session, name: str) -> None:
 
 
 @cli.command()
-@click.argument("name")
+@click.argument("name", required=False)
 @click.option("--force", is_flag=True, help="Refresh even if the access token is still usable.")
+@click.option("--due", is_flag=True, help="Instead of NAME: keep-alive refresh every grant whose refresh token "
+              "would end from disuse within --window (see 'status --expiring').")  # fmt: skip
+@click.option("--window", type=DURATION, default="7d", show_default=True, help="With --due: how far ahead to look.")
 @click.pass_obj
-def refresh(session: Session, name: str, force: bool) -> None:
-    """Refresh grant NAME if its access token is not usable (always, with --force)."""
+def refresh(session: Session, name: str | None, force: bool, due: bool, window: float) -> None:
+    """Refresh grant NAME if its access token is not usable (always, with --force), or with --due every grant
+    whose refresh token nears its idle lifetime (exits 12 if a grant needs attention)."""
+    if due == (name is not None):
+        raise click.UsageError("give a grant NAME or --due, not both or neither")
+    if name is None:
+        with _open(session) as keeper:
+            _report_keepalive(keeper.keepalive(margin=window), as_json=False)
+        return
     with _open(session) as keeper:
         before = keeper.store.get_grant(name).generation
         after = keeper.refresh(name, force=force)
@@ -191,9 +203,18 @@ def refresh(session: Session, name: str, force: bool) -> None:
 @cli.command()
 @click.argument("name", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print GrantStatus data as JSON.")
+@click.option("--expiring", type=DURATION, metavar="WINDOW",
+              help="Instead: list grants whose refresh token or consent ends within WINDOW (e.g. 7d).")  # fmt: skip
 @click.pass_obj
-def status(session: Session, name: str | None, as_json: bool) -> None:
-    """Show every grant, or everything known about grant NAME (fingerprints, lease, attempts)."""
+def status(session: Session, name: str | None, as_json: bool, expiring: float | None) -> None:
+    """Show every grant, or everything known about grant NAME (fingerprints, lease, attempts).
+
+    With --expiring, list the grants whose refresh token ends within the window (idle or stated lifetime:
+    'refresh --due' renews them) or whose consent ends (absolute lifetime: re-consent needed; exit 12).
+    """
+    if expiring is not None:
+        _report_expiring(session, name, expiring, as_json=as_json)
+        return
     with _open(session) as keeper:
         names = [name] if name is not None else [g.name for g in keeper.grants()]
         statuses = [keeper.status(n) for n in names]
@@ -223,6 +244,10 @@ def keepalive(session: Session, margin: float, as_json: bool) -> None:
     """
     with _open(session) as keeper:
         results = keeper.keepalive(margin=margin)
+    _report_keepalive(results, as_json=as_json)
+
+
+def _report_keepalive(results: list[KeepaliveResult], *, as_json: bool) -> None:
     if as_json:
         _echo_json([{"grant": r.grant, "action": r.action, "deadline": r.deadline, "detail": r.detail}
                     for r in results])  # fmt: skip
@@ -232,6 +257,26 @@ def keepalive(session: Session, margin: float, as_json: bool) -> None:
         when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(r.deadline))
         click.echo(f"{r.grant}: {r.action} (deadline {when}): {r.detail}")
     if any(r.action != "refreshed" for r in results):
+        raise click.exceptions.Exit(EXIT_ATTENTION)
+
+
+def _report_expiring(session: Session, name: str | None, window: float, *, as_json: bool) -> None:
+    with _open(session) as keeper:
+        if name is not None:
+            keeper.store.get_grant(name)  # an unknown name is an error, not an empty report
+        ends = [e for e in keeper.expiring(window) if name is None or e.grant == name]
+    now = time.time()
+    if as_json:
+        _echo_json([{"grant": e.grant, "provider": e.provider, "kind": e.kind, "deadline": e.deadline,
+                     "renewable": e.renewable} for e in ends])  # fmt: skip
+    elif not ends:
+        click.echo("no refresh token or consent ends within the window")
+    else:
+        rows = [(e.grant, e.provider, e.kind, _render.expiry(e.deadline, now),
+                 "refresh --due renews it" if e.renewable else "re-consent needed") for e in ends]  # fmt: skip
+        for line in _render.table(("GRANT", "PROVIDER", "LIFETIME", "ENDS", "ACTION"), rows):
+            click.echo(line)
+    if any(not e.renewable for e in ends):
         raise click.exceptions.Exit(EXIT_ATTENTION)
 
 
