@@ -57,7 +57,8 @@ RESPONSE_QUIRKS: Final = frozenset(
     {"no_expires_in", "expires_in_string", "jwt_access_token", "refresh_token_expires_in",
      "x_refresh_token_expires_in", "scope_required"}
 )  # fmt: skip
-_METADATA_PATHS: Final = ("/.well-known/oauth-authorization-server", "/.well-known/openid-configuration")
+_RFC8414: Final = "/.well-known/oauth-authorization-server"  # RFC 8414 §3.1: inserted before the issuer's path
+_OIDC: Final = "/.well-known/openid-configuration"  # OpenID Connect Discovery §4: appended to the issuer
 MALFORMED_KINDS: Final = frozenset(
     {
         "html",
@@ -454,8 +455,8 @@ class _Handler(BaseHTTPRequestHandler):
             reply = self._sim._handle_resource_request(self.headers.get("Authorization"))
         elif path == "/stats":
             reply = _Reply(body=_json_bytes(self._sim.stats.as_dict()))
-        elif path in _METADATA_PATHS:
-            reply = _Reply(body=self._sim._metadata_body())
+        elif (issuer_path := self._sim._metadata_issuer_path(path)) is not None:
+            reply = _Reply(body=self._sim._metadata_body(issuer_path))
         elif path == "/token":
             body = _json_bytes({"error": "invalid_request", "error_description": "use POST"})
             reply = _Reply(status=405, body=body, headers=(("Allow", "POST"),))
@@ -528,6 +529,7 @@ class ProviderSimulator:
         self._client_key = load_public_key(client_public_key) if client_public_key is not None else None
         self._seen_jti: set[str] = set()
         self._metadata_override: bytes | None = None
+        self._metadata_styles: tuple[str, ...] = ("rfc8414", "oidc")
         self._host = host
         self._port = port
         self._clock = clock
@@ -970,10 +972,11 @@ class ProviderSimulator:
             return _OAuthError(401, "invalid_client", "unknown client")
         return _OAuthError(401, "invalid_client", "client authentication required")
 
-    def metadata(self) -> dict[str, Any]:
-        """The RFC 8414 authorization-server metadata this simulator serves at its well-known paths."""
+    def metadata(self, issuer_path: str = "") -> dict[str, Any]:
+        """The RFC 8414 metadata served for the issuer ``base_url + issuer_path`` (one server, many issuers, as
+        with tenants or realms: the well-known URL says which)."""
         document: dict[str, Any] = {
-            "issuer": self.base_url,
+            "issuer": self.base_url + issuer_path,
             "authorization_endpoint": f"{self.base_url}/authorize",
             "token_endpoint": self.url,
             "token_endpoint_auth_methods_supported": list(self._auth_methods),
@@ -984,16 +987,30 @@ class ProviderSimulator:
             document["token_endpoint_auth_signing_alg_values_supported"] = ["RS256", "ES256"]
         return document
 
-    def serve_metadata(self, document: Mapping[str, Any] | bytes | None) -> None:
-        """Serve `document` (JSON-encoded, or bytes verbatim) at the well-known paths; None restores `metadata()`."""
+    def serve_metadata(
+        self, document: Mapping[str, Any] | bytes | None = None, *, at: tuple[str, ...] = ("rfc8414", "oidc")
+    ) -> None:
+        """Serve `document` (JSON-encoded, or bytes verbatim; None: `metadata()`) at the well-known URLs of the
+        styles in `at` ("rfc8414", "oidc"; empty: none, every metadata URL is a 404)."""
+        if unknown := set(at) - {"rfc8414", "oidc"}:
+            raise ValueError(f"unknown metadata style {sorted(unknown)[0]!r}")
         body = document if isinstance(document, bytes) or document is None else _json_bytes(dict(document))
         with self._lock:
-            self._metadata_override = body
+            self._metadata_override, self._metadata_styles = body, tuple(at)
 
-    def _metadata_body(self) -> bytes:
+    def _metadata_issuer_path(self, path: str) -> str | None:
+        with self._lock:
+            styles = self._metadata_styles
+        if "rfc8414" in styles and (path == _RFC8414 or path.startswith(_RFC8414 + "/")):
+            return path[len(_RFC8414) :]
+        if "oidc" in styles and path.endswith(_OIDC):
+            return path[: -len(_OIDC)]
+        return None
+
+    def _metadata_body(self, issuer_path: str) -> bytes:
         with self._lock:
             override = self._metadata_override
-        return override if override is not None else _json_bytes(self.metadata())
+        return override if override is not None else _json_bytes(self.metadata(issuer_path))
 
     def _handle_resource_request(self, authorization: str | None) -> _Reply:
         scheme, _, token = (authorization or "").strip().partition(" ")

@@ -9,19 +9,21 @@ impersonation), the token endpoint an absolute https URL, the lists lists of str
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from grantkeeper._exceptions import ConfigurationError, ProviderUnavailable, sanitize_provider_text
+from grantkeeper._exceptions import ConfigurationError, ProviderUnavailable
 from grantkeeper.model import AuthMethod
 from grantkeeper.tokens.response import MAX_BODY_BYTES
 
 __all__ = ["Metadata", "choose_auth_method", "discover", "metadata_urls", "parse_metadata"]
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 #: RFC 8414 §2: when the member is omitted, the default is client_secret_basic.
 _DEFAULT_AUTH_METHODS = ("client_secret_basic",)
 
@@ -91,7 +93,8 @@ def parse_metadata(body: bytes, *, issuer: str, source: str) -> Metadata:
         raise ConfigurationError(f"{where} is not a JSON object")
     stated = document.get("issuer")
     if stated != issuer:
-        shown = sanitize_provider_text(stated, 200) if isinstance(stated, str) else "no issuer"
+        # Metadata is public (no token can be in it), so the issuer is shown as is, minus control characters.
+        shown = _CONTROL.sub("?", stated)[:200] if isinstance(stated, str) else "no issuer"
         raise ConfigurationError(
             f"{where} names issuer {shown!r}, not {issuer!r}; RFC 8414 requires them to be identical. If that is "
             "the server you mean, run again with exactly that --issuer"
