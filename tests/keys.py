@@ -37,6 +37,8 @@ def key_file(kind: str = "rsa") -> str:
 
 
 def public_pem(kind: str = "rsa") -> bytes:
-    return _key(kind).public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    return (
+        _key(kind)
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     )

@@ -55,7 +55,9 @@ def assert_rejected(sim: Sim, provider: Provider) -> None:
     assert sim.stats.errors.get("invalid_client") == 1
 
 
-def secret_provider(sim: Sim, method: AuthMethod, *, client_id: str | None = None, secret: str | None = None) -> Provider:
+def secret_provider(
+    sim: Sim, method: AuthMethod, *, client_id: str | None = None, secret: str | None = None
+) -> Provider:
     return Provider(
         name="p", token_url=sim.url, client_id=client_id or sim.client_id, auth_method=method,
         client_secret=Secret(secret if secret is not None else sim.client_secret),
@@ -229,7 +231,7 @@ class TestBadKeys:
 
     def test_short_rsa_key(self, make_sim: Callable[..., Sim], tmp_path: Path) -> None:
         path = tmp_path / "short.pem"
-        key = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+        key = rsa.generate_private_key(public_exponent=65537, key_size=1024)  # noqa: S505 - the weak key under test
         path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                            serialization.NoEncryption()))  # fmt: skip
         self.check(make_sim, path, "1024-bit")
@@ -245,7 +247,9 @@ class TestBadKeys:
 class TestProviderValidation:
     def test_private_key_jwt_needs_a_key_file(self) -> None:
         with pytest.raises(ConfigurationError, match="private key file"):
-            Provider(name="p", token_url="https://a.example.com/t", client_id="c", auth_method=AuthMethod.PRIVATE_KEY_JWT)
+            Provider(
+                name="p", token_url="https://a.example.com/t", client_id="c", auth_method=AuthMethod.PRIVATE_KEY_JWT
+            )
 
     def test_key_file_only_with_private_key_jwt(self) -> None:
         with pytest.raises(ConfigurationError, match="only applies to private_key_jwt"):

@@ -141,7 +141,9 @@ class TestChooseAuthMethod:
             choose_auth_method(["private_key_jwt"], requested=None, has_secret=True, has_key=False)
 
 
-def run(store_url: str, *args: str, stdin: str = "", env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    store_url: str, *args: str, stdin: str = "", env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "grantkeeper", "--store", store_url, *args], input=stdin, capture_output=True,
         text=True, env={**os.environ, **(env or {})}, timeout=120, check=False,

@@ -33,8 +33,10 @@ auth_methods = "unverified"
 
 def stated(text: str, line: str) -> str:
     """`text` with one more fact, cited from source s1."""
-    key = line.split(" = ")[0]
-    return text.replace('title = "Acme"', f'title = "Acme"\n{line}').replace("[acme.facts]", f'[acme.facts]\n{key} = ["s1"]')
+    key = line.split(" = ", maxsplit=1)[0]
+    return text.replace('title = "Acme"', f'title = "Acme"\n{line}').replace(
+        "[acme.facts]", f'[acme.facts]\n{key} = ["s1"]'
+    )
 
 
 def sample_params(name: str) -> dict[str, str]:
@@ -202,5 +204,5 @@ class TestBadProfileData:
     def test_uncited_source(self) -> None:
         text = MINIMAL.replace('s1 = "https://docs.acme.example/oauth"',
                                's1 = "https://docs.acme.example/oauth"\ns2 = "https://x.example/"')  # fmt: skip
-        with pytest.raises(ConfigurationError, match="sources.s2 is cited by no fact"):
+        with pytest.raises(ConfigurationError, match=r"sources\.s2 is cited by no fact"):
             parse_profiles(text, origin="t.toml")
