@@ -147,8 +147,8 @@ def _v1_store(path: Path, monkeypatch: pytest.MonkeyPatch, sim: Sim) -> str:
     url = f"sqlite://{path}"
     with monkeypatch.context() as patch:
         first = migrations("sqlite")[:1]
-        patch.setattr(sqlite_module, "migrations", lambda backend: first)
-        patch.setattr(sqlite_module, "latest_version", lambda backend: 1)
+        patch.setattr(sqlite_module, "migrations", lambda _backend: first)
+        patch.setattr(sqlite_module, "latest_version", lambda _backend: 1)
         store = open_store(url)
         try:
             assert store.schema_version() == 1
