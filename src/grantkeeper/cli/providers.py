@@ -227,12 +227,18 @@ def provider_profiles(name: str | None, as_json: bool) -> None:
         for line in _profile_lines(profiles[0]):
             click.echo(line)
         return
-    rows = [(p.name, p.title, p.rotation, "-" if p.reuse_grace is None else f"{p.reuse_grace:g}s",
-             _days(p.refresh_idle_ttl_days), _days(p.refresh_absolute_ttl_days), p.auth_methods[0].value,
-             ",".join(p.placeholders()) or "-", f"{len(p.facts) - len(p.unverified())}/{len(p.facts)}") for p in profiles]  # fmt: skip
+    rows = [_profile_row(p) for p in profiles]
     headers = ("PROFILE", "PROVIDER", "ROTATION", "GRACE", "RT IDLE", "RT MAX", "AUTH", "PARAMS", "SOURCED")
     for line in _render.table(headers, rows):
         click.echo(line)
+
+
+def _profile_row(p: Profile) -> tuple[str, ...]:
+    grace = "-" if p.reuse_grace is None else f"{p.reuse_grace:g}s"
+    sourced = f"{len(p.facts) - len(p.unverified())}/{len(p.facts)}"
+    idle, absolute = _days(p.refresh_idle_ttl_days), _days(p.refresh_absolute_ttl_days)
+    placeholders = ",".join(p.placeholders()) or "-"
+    return (p.name, p.title, p.rotation, grace, idle, absolute, p.auth_methods[0].value, placeholders, sourced)
 
 
 def _profile_lines(profile: Profile) -> list[str]:
