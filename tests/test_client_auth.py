@@ -75,50 +75,42 @@ def decode(segment: str) -> dict[str, Any]:
     return data
 
 
-class TestClientSecretBasic:
+SECRET_METHODS = [AuthMethod.CLIENT_SECRET_BASIC, AuthMethod.CLIENT_SECRET_POST]
+OTHER = {AuthMethod.CLIENT_SECRET_BASIC: "client_secret_post", AuthMethod.CLIENT_SECRET_POST: "client_secret_basic"}
+
+
+@pytest.mark.parametrize("method", SECRET_METHODS, ids=lambda m: m.value)
+class TestClientSecrets:
     @pytest.mark.parametrize(("client_id", "secret"), TRICKY)
-    def test_reserved_and_non_ascii_credentials_authenticate(self, make_sim: Callable[..., Sim], client_id: str,
-                                                             secret: str) -> None:  # fmt: skip
-        """Id and secret are form-encoded before Base64, so the server decodes exactly what was configured."""
-        sim = make_sim(client_id=client_id, client_secret=secret, auth_methods=("client_secret_basic",))
-        keeper, generation = refresh_with(sim, secret_provider(sim, AuthMethod.CLIENT_SECRET_BASIC))
+    def test_reserved_and_non_ascii_credentials_authenticate(self, make_sim: Callable[..., Sim], method: AuthMethod,
+                                                             client_id: str, secret: str) -> None:  # fmt: skip
+        """Basic form-encodes id and secret before Base64 and post sends them as form fields: either way the
+        server decodes exactly what was configured."""
+        sim = make_sim(client_id=client_id, client_secret=secret, auth_methods=(method.value,))
+        keeper, generation = refresh_with(sim, secret_provider(sim, method))
         keeper.close()
         assert generation == 2
         assert sim.stats.successes == 1
 
-    def test_unencoded_pair_is_rejected_by_the_server(self, make_sim: Callable[..., Sim]) -> None:
-        """The simulator really decodes per §2.3.1: a raw "id:secret" with reserved characters fails."""
-        sim = make_sim(client_id="id+1", client_secret="s%41", auth_methods=("client_secret_basic",))
-        raw = base64.b64encode(b"id+1:s%41").decode()
-        response = httpx.post(sim.url, data={"grant_type": "refresh_token", "refresh_token": sim.issue_grant()},
-                              headers={"Authorization": f"Basic {raw}"})  # fmt: skip
-        assert (response.status_code, response.json()["error"]) == (401, "invalid_client")
+    @pytest.mark.parametrize("wrong", ["secret", "client_id"])
+    def test_wrong_credentials_are_client_auth_failed(self, make_sim: Callable[..., Sim], method: AuthMethod,
+                                                      wrong: str) -> None:  # fmt: skip
+        sim = make_sim(auth_methods=(method.value,))
+        assert_rejected(sim, secret_provider(sim, method, **{wrong: "not-the-right-one"}))
 
-    def test_wrong_secret_is_client_auth_failed(self, make_sim: Callable[..., Sim]) -> None:
-        sim = make_sim(auth_methods=("client_secret_basic",))
-        assert_rejected(sim, secret_provider(sim, AuthMethod.CLIENT_SECRET_BASIC, secret="not-the-secret"))
-
-    def test_basic_refused_where_only_post_is_allowed(self, make_sim: Callable[..., Sim]) -> None:
-        sim = make_sim(auth_methods=("client_secret_post",))
-        assert_rejected(sim, secret_provider(sim, AuthMethod.CLIENT_SECRET_BASIC))
+    def test_refused_where_only_the_other_method_is_allowed(self, make_sim: Callable[..., Sim],
+                                                            method: AuthMethod) -> None:  # fmt: skip
+        sim = make_sim(auth_methods=(OTHER[method],))
+        assert_rejected(sim, secret_provider(sim, method))
 
 
-class TestClientSecretPost:
-    @pytest.mark.parametrize(("client_id", "secret"), TRICKY)
-    def test_reserved_and_non_ascii_credentials_authenticate(self, make_sim: Callable[..., Sim], client_id: str,
-                                                             secret: str) -> None:  # fmt: skip
-        sim = make_sim(client_id=client_id, client_secret=secret, auth_methods=("client_secret_post",))
-        keeper, generation = refresh_with(sim, secret_provider(sim, AuthMethod.CLIENT_SECRET_POST))
-        keeper.close()
-        assert generation == 2
-
-    def test_wrong_client_id_is_client_auth_failed(self, make_sim: Callable[..., Sim]) -> None:
-        sim = make_sim(auth_methods=("client_secret_post",))
-        assert_rejected(sim, secret_provider(sim, AuthMethod.CLIENT_SECRET_POST, client_id="someone-else"))
-
-    def test_post_refused_where_only_basic_is_allowed(self, make_sim: Callable[..., Sim]) -> None:
-        sim = make_sim(auth_methods=("client_secret_basic",))
-        assert_rejected(sim, secret_provider(sim, AuthMethod.CLIENT_SECRET_POST))
+def test_unencoded_basic_pair_is_rejected_by_the_server(make_sim: Callable[..., Sim]) -> None:
+    """The simulator really decodes per §2.3.1: a raw "id:secret" with reserved characters fails."""
+    sim = make_sim(client_id="id+1", client_secret="s%41", auth_methods=("client_secret_basic",))
+    raw = base64.b64encode(b"id+1:s%41").decode()
+    response = httpx.post(sim.url, data={"grant_type": "refresh_token", "refresh_token": sim.issue_grant()},
+                          headers={"Authorization": f"Basic {raw}"})  # fmt: skip
+    assert (response.status_code, response.json()["error"]) == (401, "invalid_client")
 
 
 class TestNone:
