@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -137,6 +138,15 @@ class TestPrivateKeyJwt:
         with keeper:
             assert keeper.refresh("g", force=True).generation == 3
         assert sim.stats.successes == 2
+
+    def test_assertion_never_logged(self, make_sim: Callable[..., Sim], caplog: pytest.LogCaptureFixture) -> None:
+        """Not at any level, from any logger (httpx and httpcore included)."""
+        sim = make_sim(auth_methods=("private_key_jwt",), client_public_key=public_pem("rsa"))
+        with caplog.at_level(logging.DEBUG):
+            keeper, _ = refresh_with(sim, jwt_provider(sim))
+            keeper.close()
+        assert caplog.records  # the capture worked: httpx logs every request at DEBUG
+        assert "eyJhbGciOi" not in caplog.text  # base64url of '{"alg":', how every assertion starts
 
     def test_issuer_audience_is_accepted(self, make_sim: Callable[..., Sim]) -> None:
         sim = make_sim(auth_methods=("private_key_jwt",), client_public_key=public_pem("ec"))
