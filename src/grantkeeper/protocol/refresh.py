@@ -145,7 +145,7 @@ def _spend(claim: Claim, *, worker: str, policy: RefreshPolicy, started: float) 
                 raise ConfigurationError(f"grant {grant.name!r} has no refresh token; re-import it")
             request = build_refresh_request(provider, grant.refresh_token, scopes=grant.scopes)
         except ConfigurationError:
-            yield Finish(lease, attempt.id, AttemptState.NOT_SENT, "client secret unavailable", started)
+            yield Finish(lease, attempt.id, AttemptState.NOT_SENT, "client credentials unavailable", started)
             raise
         yield Failpoint("before_send")
         sent_at = yield Now()
