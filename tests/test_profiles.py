@@ -87,6 +87,13 @@ class TestShippedProfiles:
             assert profile.refresh_idle_ttl_days <= profile.refresh_absolute_ttl_days
 
     @pytest.mark.parametrize("name", NAMES)
+    def test_unverified_rotation_is_never_assumed_static(self, name: str) -> None:
+        """'never' lets grantkeeper re-send a token after an ambiguous outcome: only a source may claim it."""
+        profile = PROFILES[name]
+        if profile.facts["rotation"] == UNVERIFIED:
+            assert profile.rotation != "never"
+
+    @pytest.mark.parametrize("name", NAMES)
     def test_placeholders_are_well_formed_and_described(self, name: str) -> None:
         profile = PROFILES[name]
         for url in filter(None, (profile.token_url, profile.authorization_url, profile.issuer)):
