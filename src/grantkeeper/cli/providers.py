@@ -130,15 +130,22 @@ def _field_values(provider: Provider) -> dict[str, Any]:
     return {f.name: getattr(provider, f.name) for f in fields(provider) if f.name != "name"}
 
 
-def _from_profile(profile: Profile, base: dict[str, Any], changes: dict[str, Any],
-                  params: dict[str, str]) -> dict[str, Any]:  # fmt: skip
-    """Stored values, then the profile's, then the command line's."""
-    decided = profile_values(
-        profile, params=params, auth_method=changes.get("auth_method"), token_url=changes.get("token_url")
-    )
-    values = {**base, **decided, **changes}
-    if not values.get("client_id"):
-        raise click.UsageError("--client-id is required for a new provider")
+def _merged(profile_name: str | None, params: dict[str, str], base: dict[str, Any],
+            changes: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    """Stored values, then the profile's (if any), then the command line's."""
+    if params and profile_name is None:
+        raise click.UsageError("--param fills a profile's placeholders; give --profile too")
+    if profile_name is None:
+        values = {**base, **changes}
+    else:
+        decided = profile_values(get_profile(profile_name), params=params, auth_method=changes.get("auth_method"),
+                                 token_url=changes.get("token_url"))  # fmt: skip
+        values = {**base, **decided, **changes}
+    for required in ("token_url", "client_id"):
+        if not values.get(required):
+            option = "--" + required.replace("_", "-")
+            raise click.UsageError(f"{option} is required for a new provider" + (
+                "" if profile_name else " (or start from --profile)"))  # fmt: skip
     return values
 
 
@@ -177,20 +184,10 @@ def provider_add(session: Session, /, name: str, token_url: str | None, profile_
     changes, explicit = _changes(name, options)
     if token_url is not None:
         changes["token_url"] = token_url
-    if params and profile_name is None:
-        raise click.UsageError("--param fills a profile's placeholders; give --profile too")
     with open_keeper(session, create=True) as keeper:
         existing = _existing(keeper, name)
         base = _field_values(existing) if existing is not None else {}
-        if profile_name is not None:
-            values = _from_profile(get_profile(profile_name), base, changes, params)
-        else:
-            values = {**base, **changes}
-            for required in ("token_url", "client_id"):
-                if not values.get(required):
-                    option = "--" + required.replace("_", "-")
-                    raise click.UsageError(f"{option} is required for a new provider (or start from --profile)")
-        _save(keeper, name, values, explicit, existing)
+        _save(keeper, name, _merged(profile_name, params, base, changes), explicit, existing)
 
 
 @provider.command("list")
@@ -286,13 +283,7 @@ def provider_discover(session: Session, /, name: str, issuer: str, profile_name:
             has_key=bool(changes.get("private_key_file") or base.get("private_key_file")),
         )  # fmt: skip
         changes["token_url"] = metadata.token_endpoint
-        if profile_name is not None:
-            values = _from_profile(get_profile(profile_name), base, changes, params)
-        else:
-            values = {**base, **changes}
-            if not values.get("client_id"):
-                raise click.UsageError("--client-id is required for a new provider")
-        _save(keeper, name, values, explicit, existing)
+        _save(keeper, name, _merged(profile_name, params, base, changes), explicit, existing)
     click.echo(f"metadata read from {metadata.source}; server auth methods: {', '.join(metadata.auth_methods)}")
     if metadata.refresh_supported is None:
         click.echo("grantkeeper: note: the metadata does not list grant types; refresh support is assumed", err=True)
