@@ -238,12 +238,22 @@ def _profile_row(p: Profile) -> tuple[str, ...]:
     return (p.name, p.title, p.rotation, grace, idle, absolute, p.auth_methods[0].value, placeholders, sourced)
 
 
+def _shown(value: object) -> str:
+    if isinstance(value, list):
+        return ", ".join(map(str, value))
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={v}" for k, v in value.items())
+    if isinstance(value, bool):
+        return str(value).lower()
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def _profile_lines(profile: Profile) -> list[str]:
     lines = [f"{profile.name}: {profile.title}" + (f" (sources checked {profile.checked})" if profile.checked else "")]
     data = profile.as_dict()
     for key, where in profile.facts.items():
         cited = where if isinstance(where, str) else ", ".join(profile.sources[s] for s in where)
-        lines.append(f"  {key:<26} {data[key]}")
+        lines.append(f"  {key:<26} {_render.clean(_shown(data[key]))}")
         lines.append(f"  {'':<26}   source: {cited}")
     for key, text in (profile.params or {}).items():
         default = (profile.param_defaults or {}).get(key)
