@@ -13,7 +13,6 @@ from grantkeeper._exceptions import ConfigurationError
 from grantkeeper._secrets import Secret
 from grantkeeper.cli._session import Session
 from grantkeeper.engine import Keeper
-from grantkeeper.stores import default_store_url
 
 __all__ = ["DURATION", "ENV_NAME", "echo_json", "open_keeper", "read_secret", "store_url"]
 
@@ -21,12 +20,12 @@ ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
 def store_url(session: Session) -> str:
-    return session.store_url if session.store_url is not None else default_store_url()
+    return session.url()
 
 
 def open_keeper(session: Session, *, create: bool = False) -> Keeper:
     """A keeper on the chosen store. Only commands that add providers create a store; others need one."""
-    return Keeper.open(store_url(session), create=create)
+    return session.keeper(create=create)
 
 
 def echo_json(data: object) -> None:

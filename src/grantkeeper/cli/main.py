@@ -34,6 +34,7 @@ from grantkeeper.cli._io import read_secret as _read_secret
 from grantkeeper.cli._io import store_url as _url
 from grantkeeper.cli._session import Session
 from grantkeeper.cli.demo import demo
+from grantkeeper.cli.diagnose import EXIT_ATTENTION, doctor, history
 from grantkeeper.cli.providers import provider
 from grantkeeper.engine.keeper import KeepaliveResult
 from grantkeeper.stores import backend, open_store
@@ -43,7 +44,6 @@ __all__ = ["GrantkeeperGroup", "cli", "main"]
 
 EXIT_UNEXPECTED = 1
 EXIT_INTERRUPTED = 130
-EXIT_ATTENTION = 12  # keepalive: a grant needs attention
 
 
 class GrantkeeperGroup(click.Group):
@@ -295,6 +295,8 @@ def migrate(session: Session) -> None:
 
 cli.add_command(provider)
 cli.add_command(demo)
+cli.add_command(doctor)
+cli.add_command(history)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -127,7 +127,7 @@ class RecoveryDir:
                 expires_at=float(record["expires_at"]),
                 scopes=tuple(record["scopes"]) if record["scopes"] is not None else None,
                 access_verified=bool(record["access_verified"]),
-                # Absent in files written before schema version 2.
+                # Absent in files written before schema version 3.
                 refresh_expires_at=record.get("refresh_expires_at"),
             )
             return RecoveryEntry(
