@@ -130,6 +130,21 @@ class TestExpiring:
         assert (end.kind, end.deadline) == ("idle", clock.now() + 3 * DAY)
 
 
+class TestStatus:
+    def test_status_shows_issue_use_and_ends(self, make_sim: Callable[..., Sim], store_url: str) -> None:
+        sim = make_sim()
+        clock = FakeClock()
+        with keeper_for(sim, store_url, clock, refresh_idle_ttl=60 * DAY, refresh_absolute_ttl=365 * DAY) as keeper:
+            clock.advance(DAY)
+            keeper.refresh("g", force=True)
+            status = keeper.status("g")
+        assert (status.refresh_issued_at, status.refresh_used_at) == (clock.now(), clock.now())
+        assert [(e.kind, e.deadline, e.renewable) for e in status.refresh_ends] == [
+            ("idle", clock.now() + 60 * DAY, True), ("absolute", clock.now() - DAY + 365 * DAY, False)]  # fmt: skip
+        assert status.as_dict()["refresh_ends"][0] == {"kind": "idle", "deadline": clock.now() + 60 * DAY,
+                                                       "renewable": True}  # fmt: skip
+
+
 class TestProviderPersistence:
     def test_new_fields_round_trip(self, store_url: str) -> None:
         provider = Provider(
@@ -205,6 +220,8 @@ class TestCommands:
         url = self.setup_store(sim, tmp_path, "--refresh-idle-ttl", "3600")
         env = {"SIM_SECRET": sim.client_secret}
         assert "no refresh token or consent ends" in cli(url, "status", "--expiring", "10m").stdout
+        detail = cli(url, "status", "g").stdout
+        assert "refresh issued" in detail and "idle lifetime, a refresh renews it" in detail
         report = cli(url, "status", "--expiring", "2h", "--json")
         assert report.returncode == 0, report.stderr
         [end] = json.loads(report.stdout)

@@ -132,6 +132,10 @@ def status_rows(statuses: Sequence[GrantStatus], now: float) -> list[str]:
     )
 
 
+def _when(ts: float | None) -> str:
+    return iso_utc(ts) if ts is not None else "-"
+
+
 def status_lines(status: GrantStatus, now: float) -> list[str]:
     """Everything `GrantStatus` holds, for one grant: fingerprints, lease, recent attempts."""
     lease = status.lease
@@ -148,6 +152,12 @@ def status_lines(status: GrantStatus, now: float) -> list[str]:
         f"state             {status.state.value}",
         f"generation        {status.generation}",
         f"refresh token     {status.refresh_fp or '-'}",
+        f"refresh issued    {_when(status.refresh_issued_at)}, last used {_when(status.refresh_used_at)}",
+        *(
+            f"refresh ends      {expiry(e.deadline, now)}: {e.kind} lifetime, "
+            + ("a refresh renews it" if e.renewable else "needs a new consent")
+            for e in status.refresh_ends
+        ),
         f"access token      {status.access_fp or '-'} ({'usable' if status.access_valid else 'not usable'})",
         f"expires           {expiry(status.expires_at, now)}",
         f"scopes            {' '.join(status.scopes) or '-'}",

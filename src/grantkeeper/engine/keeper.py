@@ -63,6 +63,12 @@ class GrantStatus:
     lease: LeaseHolder | None
     attempts: tuple[Attempt, ...]
     pending_recovery: int
+    #: When the current refresh token was issued (import or rotation; None for grants from before schema v3).
+    refresh_issued_at: float | None = None
+    #: When the refresh token was last used (or obtained): the idle lifetime counts from here.
+    refresh_used_at: float | None = None
+    #: Every known end of the refresh token or consent (idle, stated, absolute), soonest first.
+    refresh_ends: tuple[RefreshTokenExpiry, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         data = {k: getattr(self, k) for k in self.__dataclass_fields__ if k not in ("attempts", "lease")}
@@ -78,6 +84,8 @@ class GrantStatus:
              "finished_at": a.finished_at}
             for a in self.attempts
         ]  # fmt: skip
+        data["refresh_ends"] = [{"kind": e.kind, "deadline": e.deadline, "renewable": e.renewable}
+                                for e in self.refresh_ends]  # fmt: skip
         return data
 
 
@@ -327,6 +335,8 @@ class _KeeperCore:
             last_error=grant.last_error, last_error_at=grant.last_error_at, updated_at=grant.updated_at,
             lease=self.store.lease_holder(name, now=now), attempts=tuple(self.store.list_attempts(name, limit=10)),
             pending_recovery=len(self.store.recovery.entries(name)),
+            refresh_issued_at=grant.refresh_issued_at, refresh_used_at=grant.refreshed_at,
+            refresh_ends=tuple(sorted(_lifetimes(grant, provider), key=lambda e: e.deadline)),
         )  # fmt: skip
 
     def _expiring(self, window: float) -> list[RefreshTokenExpiry]:
