@@ -21,6 +21,10 @@ Sim = Callable[..., object]
 DAY = 86400.0
 V2_COLUMNS = ("actor", "try_number", "new_generation", "received_fp", "rotated", "outcome_class", "error_code",
               "error_description", "http_status", "latency", "evidence")  # fmt: skip
+#: Added by schema version 3 (provider profiles, refresh-token lifetimes): dropped too, to rebuild a version-1 store.
+V3_COLUMNS = (("providers", "private_key_file"), ("providers", "key_id"), ("providers", "jwt_audience"),
+              ("providers", "send_scope"), ("providers", "profile"), ("grants", "refresh_issued_at"),
+              ("grants", "refresh_expires_at"))  # fmt: skip
 
 
 def test_retention_keeps_the_newest_per_grant(store_url: str, make_sim: Sim) -> None:
@@ -79,6 +83,8 @@ def _downgrade_sqlite(path: Path) -> None:
     raw.execute("DROP INDEX attempts_by_time")
     for column in V2_COLUMNS:
         raw.execute(f"ALTER TABLE attempts DROP COLUMN {column}")
+    for table, column in V3_COLUMNS:
+        raw.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
     raw.execute("PRAGMA user_version = 1")
     raw.commit()
     raw.close()
@@ -120,6 +126,8 @@ def test_postgres_store_from_version_1_is_upgraded_by_migrate(
         raw.execute("DROP INDEX attempts_by_time")
         for column in V2_COLUMNS:
             raw.execute(f"ALTER TABLE attempts DROP COLUMN {column}")
+        for table, column in V3_COLUMNS:
+            raw.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
         raw.execute("UPDATE meta SET value = '1'::bytea WHERE key = 'schema_version'")
     with pytest.raises(StoreFormatError, match="grantkeeper migrate"):
         open_store(store_url)

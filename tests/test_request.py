@@ -12,6 +12,7 @@ from grantkeeper._exceptions import ConfigurationError
 from grantkeeper._secrets import Secret
 from grantkeeper.model import AuthMethod, Provider
 from grantkeeper.tokens.request import build_refresh_request
+from tests.keys import key_file
 
 TOKEN_URL = "https://auth.example.com/oauth/token"
 REFRESH = "RT-refresh-token-value-0123456789"
@@ -20,7 +21,9 @@ ENV_VAR = "GK_TEST_CLIENT_SECRET"
 
 
 def provider(auth: AuthMethod = AuthMethod.CLIENT_SECRET_BASIC, **options: object) -> Provider:
-    if "client_secret" not in options and "client_secret_env" not in options and auth is not AuthMethod.NONE:
+    if auth is AuthMethod.PRIVATE_KEY_JWT:
+        options.setdefault("private_key_file", key_file("rsa"))
+    elif "client_secret" not in options and "client_secret_env" not in options and auth is not AuthMethod.NONE:
         options["client_secret"] = Secret(CLIENT_SECRET)
     options.setdefault("client_id", "my-client")
     return Provider(name="p", token_url=TOKEN_URL, auth_method=auth, **options)  # type: ignore[arg-type]

@@ -64,6 +64,8 @@ def _secret_source(provider: Provider) -> str:
         return "stored (encrypted)"
     if provider.client_secret_env is not None:
         return f"${provider.client_secret_env}"
+    if provider.private_key_file is not None:
+        return f"private key {clean(provider.private_key_file)}"
     return "none"
 
 
@@ -91,6 +93,13 @@ def provider_dict(provider: Provider) -> dict[str, object]:
         "reuse_grace": provider.reuse_grace,
         "skew": provider.skew,
         "default_expires_in": provider.default_expires_in,
+        "refresh_idle_ttl": provider.refresh_idle_ttl,
+        "refresh_absolute_ttl": provider.refresh_absolute_ttl,
+        "private_key_file": provider.private_key_file,
+        "key_id": provider.key_id,
+        "jwt_audience": provider.jwt_audience,
+        "send_scope": provider.send_scope,
+        "profile": provider.profile,
     }
 
 
@@ -123,6 +132,10 @@ def status_rows(statuses: Sequence[GrantStatus], now: float) -> list[str]:
     )
 
 
+def _when(ts: float | None) -> str:
+    return iso_utc(ts) if ts is not None else "-"
+
+
 def status_lines(status: GrantStatus, now: float) -> list[str]:
     """Everything `GrantStatus` holds, for one grant: fingerprints, lease, recent attempts."""
     lease = status.lease
@@ -139,6 +152,12 @@ def status_lines(status: GrantStatus, now: float) -> list[str]:
         f"state             {status.state.value}",
         f"generation        {status.generation}",
         f"refresh token     {status.refresh_fp or '-'}",
+        f"refresh issued    {_when(status.refresh_issued_at)}, last used {_when(status.refresh_used_at)}",
+        *(
+            f"refresh ends      {expiry(e.deadline, now)}: {e.kind} lifetime, "
+            + ("a refresh renews it" if e.renewable else "needs a new consent")
+            for e in status.refresh_ends
+        ),
         f"access token      {status.access_fp or '-'} ({'usable' if status.access_valid else 'not usable'})",
         f"expires           {expiry(status.expires_at, now)}",
         f"scopes            {' '.join(status.scopes) or '-'}",

@@ -12,38 +12,36 @@ place, `GrantkeeperGroup.main` (see docs/cli.md for the table):
 from __future__ import annotations
 
 import json
-import os
-import re
 import sys
 import time
 import traceback
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import Any
 
 import click
 
 from grantkeeper import __version__
 from grantkeeper._exceptions import (
-    ConfigurationError,
     GrantkeeperError,
     UnknownGrant,
-    UnknownProvider,
     sanitize_provider_text,
 )
-from grantkeeper._secrets import Secret
 from grantkeeper.cli import _render
+from grantkeeper.cli._io import DURATION
+from grantkeeper.cli._io import echo_json as _echo_json
+from grantkeeper.cli._io import open_keeper as _open
+from grantkeeper.cli._io import read_secret as _read_secret
+from grantkeeper.cli._io import store_url as _url
 from grantkeeper.cli._session import Session
 from grantkeeper.cli.demo import demo
 from grantkeeper.cli.diagnose import EXIT_ATTENTION, doctor, history
-from grantkeeper.engine import Keeper
-from grantkeeper.model import AuthMethod, Provider, RotationMode
+from grantkeeper.cli.providers import provider
+from grantkeeper.engine.keeper import KeepaliveResult
 from grantkeeper.stores import backend, open_store
 from grantkeeper.stores.migrations import latest_version
 
 __all__ = ["GrantkeeperGroup", "cli", "main"]
 
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 EXIT_UNEXPECTED = 1
 EXIT_INTERRUPTED = 130
 
@@ -128,149 +126,6 @@ def cli(session: Session, store_url: str | None, verbose: bool) -> None:
     session.configure_logging(verbose)
 
 
-def _url(session: Session) -> str:
-    return session.url()
-
-
-def _open(session: Session, *, create: bool = False) -> Keeper:
-    """A keeper on the chosen store. Only ``provider add`` creates a store; other commands need one."""
-    return session.keeper(create=create)
-
-
-def _echo_json(data: object) -> None:
-    click.echo(json.dumps(data, indent=2, sort_keys=True))
-
-
-def _read_secret(what: str, *, example: str) -> Secret:
-    """One secret line from standard input (a hidden prompt on a terminal), stripped; empty is an error."""
-    stream = sys.stdin
-    if stream is None:
-        raise ConfigurationError(f"no standard input to read the {what} from; {example}")
-    # One line only: a caller may keep the pipe open after writing it.
-    value = click.prompt(what.capitalize(), hide_input=True, err=True) if stream.isatty() else stream.readline()
-    value = value.strip()
-    if not value:
-        raise ConfigurationError(f"the {what} on standard input is empty; {example}")
-    return Secret(value)
-
-
-# ------------------------------------------------------------------------------------------------ provider
-
-
-@cli.group()
-def provider() -> None:
-    """Authorization servers: token endpoint, client credentials, rotation behaviour."""
-
-
-@provider.command("add")
-@click.argument("name")
-@click.option("--token-url", required=True, metavar="URL", help="The token endpoint (https, or http on loopback).")
-@click.option("--client-id", required=True, metavar="ID", help="The OAuth client id.")
-@click.option("--client-secret-env", metavar="VAR", help="Read the client secret from $VAR at refresh time.")
-@click.option(
-    "--client-secret-stdin", is_flag=True, help="Read the client secret from standard input; stored encrypted."
-)
-@click.option(
-    "--auth-method",
-    type=click.Choice([m.value for m in AuthMethod]),
-    help="Client authentication [default: client_secret_basic].",
-)
-@click.option(
-    "--rotation",
-    type=click.Choice([m.value for m in RotationMode]),
-    help="How the server rotates refresh tokens [default: always].",
-)
-@click.option("--reuse-grace", type=float, metavar="SECONDS", help="Grace window for a superseded token [default: 0].")
-@click.option("--skew", type=float, metavar="SECONDS", help="Refresh this long before expiry [default: 30].")
-@click.option(
-    "--default-expires-in",
-    type=float,
-    metavar="SECONDS",
-    help="Access-token lifetime when the server omits expires_in [default: 3600].",
-)
-@click.option(
-    "--refresh-idle-ttl",
-    type=float,
-    metavar="SECONDS",
-    help="The refresh token dies if unused this long; 'keepalive' refreshes ahead of it.",
-)
-@click.option(
-    "--refresh-absolute-ttl",
-    type=float,
-    metavar="SECONDS",
-    help="The consent dies this long after import, whatever happens; 'keepalive' warns ahead of it.",
-)
-@click.pass_obj
-def provider_add(
-    session: Session,
-    name: str,
-    token_url: str,
-    client_id: str,
-    client_secret_env: str | None,
-    client_secret_stdin: bool,
-    auth_method: str | None,
-    rotation: str | None,
-    reuse_grace: float | None,
-    skew: float | None,
-    default_expires_in: float | None,
-    refresh_idle_ttl: float | None,
-    refresh_absolute_ttl: float | None,
-) -> None:
-    """Add provider NAME, or update it (options left out keep their current values)."""
-    if client_secret_env is not None and client_secret_stdin:
-        raise click.UsageError("give --client-secret-env or --client-secret-stdin, not both")
-    if client_secret_env is not None and not _ENV_NAME.match(client_secret_env):
-        raise click.BadParameter("must be an environment variable name", param_hint="--client-secret-env")
-    changes: dict[str, Any] = {"token_url": token_url, "client_id": client_id}
-    options = {"auth_method": auth_method and AuthMethod(auth_method), "rotation": rotation and RotationMode(rotation),
-               "reuse_grace": reuse_grace, "skew": skew, "default_expires_in": default_expires_in,
-               "refresh_idle_ttl": refresh_idle_ttl, "refresh_absolute_ttl": refresh_absolute_ttl}  # fmt: skip
-    changes.update({key: value for key, value in options.items() if value is not None})
-    if client_secret_stdin:
-        example = f"e.g. `printenv SECRET | grantkeeper provider add {name} ... --client-secret-stdin`"
-        changes.update(client_secret=_read_secret("client secret", example=example), client_secret_env=None)
-    elif client_secret_env is not None:
-        changes.update(client_secret=None, client_secret_env=client_secret_env)
-    elif changes.get("auth_method") is AuthMethod.NONE:
-        changes.update(client_secret=None, client_secret_env=None)
-    with _open(session, create=True) as keeper:
-        try:
-            existing: Provider | None = keeper.store.get_provider(name)
-        except UnknownProvider:
-            existing = None
-        new = replace(existing, **changes) if existing is not None else Provider(name=name, **changes)
-        keeper.add_provider(new)
-    click.echo(f"provider {name} {'updated' if existing else 'added'}: {_render.provider_summary(new)}")
-    if new.auth_method is not AuthMethod.NONE and new.client_secret is None and new.client_secret_env is None:
-        click.echo(
-            f"grantkeeper: warning: provider {name} has no client secret; refreshes will fail until you run "
-            "'grantkeeper provider add' again with --client-secret-env or --client-secret-stdin",
-            err=True,
-        )
-    elif new.client_secret_env is not None and not os.environ.get(new.client_secret_env):
-        click.echo(
-            f"grantkeeper: note: ${new.client_secret_env} is not set here; it must be set wherever grants of "
-            f"provider {name} are refreshed",
-            err=True,
-        )
-
-
-@provider.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
-@click.pass_obj
-def provider_list(session: Session, as_json: bool) -> None:
-    """List providers (never their secrets: only whether one is stored or which variable holds it)."""
-    with _open(session) as keeper:
-        providers = keeper.store.list_providers()
-    if as_json:
-        _echo_json([_render.provider_dict(p) for p in providers])
-    elif not providers:
-        click.echo("no providers in this store; add one with 'grantkeeper provider add'")
-    else:
-        for line in _render.provider_rows(providers):
-            click.echo(line)
-
-
 # --------------------------------------------------------------------------------------------------- grant
 
 
@@ -319,11 +174,21 @@ def token(session: Session, name: str) -> None:
 
 
 @cli.command()
-@click.argument("name")
+@click.argument("name", required=False)
 @click.option("--force", is_flag=True, help="Refresh even if the access token is still usable.")
+@click.option("--due", is_flag=True, help="Instead of NAME: keep-alive refresh every grant whose refresh token "
+              "would end from disuse within --window (see 'status --expiring').")  # fmt: skip
+@click.option("--window", type=DURATION, default="7d", show_default=True, help="With --due: how far ahead to look.")
 @click.pass_obj
-def refresh(session: Session, name: str, force: bool) -> None:
-    """Refresh grant NAME if its access token is not usable (always, with --force)."""
+def refresh(session: Session, name: str | None, force: bool, due: bool, window: float) -> None:
+    """Refresh grant NAME if its access token is not usable (always, with --force), or with --due every grant
+    whose refresh token nears its idle lifetime (exits 12 if a grant needs attention)."""
+    if due == (name is not None):
+        raise click.UsageError("give a grant NAME or --due, not both or neither")
+    if name is None:
+        with _open(session) as keeper:
+            _report_keepalive(keeper.keepalive(margin=window), as_json=False)
+        return
     with _open(session) as keeper:
         before = keeper.store.get_grant(name).generation
         after = keeper.refresh(name, force=force)
@@ -338,9 +203,18 @@ def refresh(session: Session, name: str, force: bool) -> None:
 @cli.command()
 @click.argument("name", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print GrantStatus data as JSON.")
+@click.option("--expiring", type=DURATION, metavar="WINDOW",
+              help="Instead: list grants whose refresh token or consent ends within WINDOW (e.g. 7d).")  # fmt: skip
 @click.pass_obj
-def status(session: Session, name: str | None, as_json: bool) -> None:
-    """Show every grant, or everything known about grant NAME (fingerprints, lease, attempts)."""
+def status(session: Session, name: str | None, as_json: bool, expiring: float | None) -> None:
+    """Show every grant, or everything known about grant NAME (fingerprints, lease, attempts).
+
+    With --expiring, list the grants whose refresh token ends within the window (idle or stated lifetime:
+    'refresh --due' renews them) or whose consent ends (absolute lifetime: re-consent needed; exit 12).
+    """
+    if expiring is not None:
+        _report_expiring(session, name, expiring, as_json=as_json)
+        return
     with _open(session) as keeper:
         names = [name] if name is not None else [g.name for g in keeper.grants()]
         statuses = [keeper.status(n) for n in names]
@@ -370,6 +244,10 @@ def keepalive(session: Session, margin: float, as_json: bool) -> None:
     """
     with _open(session) as keeper:
         results = keeper.keepalive(margin=margin)
+    _report_keepalive(results, as_json=as_json)
+
+
+def _report_keepalive(results: list[KeepaliveResult], *, as_json: bool) -> None:
     if as_json:
         _echo_json([{"grant": r.grant, "action": r.action, "deadline": r.deadline, "detail": r.detail}
                     for r in results])  # fmt: skip
@@ -379,6 +257,26 @@ def keepalive(session: Session, margin: float, as_json: bool) -> None:
         when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(r.deadline))
         click.echo(f"{r.grant}: {r.action} (deadline {when}): {r.detail}")
     if any(r.action != "refreshed" for r in results):
+        raise click.exceptions.Exit(EXIT_ATTENTION)
+
+
+def _report_expiring(session: Session, name: str | None, window: float, *, as_json: bool) -> None:
+    with _open(session) as keeper:
+        if name is not None:
+            keeper.store.get_grant(name)  # an unknown name is an error, not an empty report
+        ends = [e for e in keeper.expiring(window) if name is None or e.grant == name]
+    now = time.time()
+    if as_json:
+        _echo_json([{"grant": e.grant, "provider": e.provider, "kind": e.kind, "deadline": e.deadline,
+                     "renewable": e.renewable} for e in ends])  # fmt: skip
+    elif not ends:
+        click.echo("no refresh token or consent ends within the window")
+    else:
+        rows = [(e.grant, e.provider, e.kind, _render.expiry(e.deadline, now),
+                 "refresh --due renews it" if e.renewable else "re-consent needed") for e in ends]  # fmt: skip
+        for line in _render.table(("GRANT", "PROVIDER", "LIFETIME", "ENDS", "ACTION"), rows):
+            click.echo(line)
+    if any(not e.renewable for e in ends):
         raise click.exceptions.Exit(EXIT_ATTENTION)
 
 
@@ -395,6 +293,7 @@ def migrate(session: Session) -> None:
     click.echo(f"store schema version {version}" + (" (up to date)" if version == latest else ""))
 
 
+cli.add_command(provider)
 cli.add_command(demo)
 cli.add_command(doctor)
 cli.add_command(history)

@@ -29,13 +29,13 @@ from grantkeeper._exceptions import ClientAuthFailed, ConfigurationError, Grantk
 from grantkeeper._secrets import Secret
 from grantkeeper.diagnosis import Diagnosis, diagnose
 from grantkeeper.engine.drivers import drive, drive_async
-from grantkeeper.model import Attempt, Grant, GrantState, LeaseHolder, OutcomeClass, Provider
+from grantkeeper.model import Attempt, Grant, GrantState, LeaseHolder, OutcomeClass, Provider, RotationMode
 from grantkeeper.notify import EventSink, Notifier, event_for
 from grantkeeper.protocol import Refreshed, RefreshPolicy, refresh_flow
 from grantkeeper.stores import SQLStore, open_store
 from grantkeeper.stores.sql import HistoryRetention
 
-__all__ = ["AsyncKeeper", "GrantStatus", "KeepaliveResult", "Keeper"]
+__all__ = ["AsyncKeeper", "GrantStatus", "KeepaliveResult", "Keeper", "RefreshTokenExpiry"]
 
 logger = logging.getLogger("grantkeeper")
 T = TypeVar("T")
@@ -63,6 +63,12 @@ class GrantStatus:
     lease: LeaseHolder | None
     attempts: tuple[Attempt, ...]
     pending_recovery: int
+    #: When the current refresh token was issued (import or rotation; None for grants from before schema v3).
+    refresh_issued_at: float | None = None
+    #: When the refresh token was last used (or obtained): the idle lifetime counts from here.
+    refresh_used_at: float | None = None
+    #: Every known end of the refresh token or consent (idle, stated, absolute), soonest first.
+    refresh_ends: tuple[RefreshTokenExpiry, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         data = {k: getattr(self, k) for k in self.__dataclass_fields__ if k not in ("attempts", "lease")}
@@ -78,6 +84,8 @@ class GrantStatus:
              "finished_at": a.finished_at}
             for a in self.attempts
         ]  # fmt: skip
+        data["refresh_ends"] = [{"kind": e.kind, "deadline": e.deadline, "renewable": e.renewable}
+                                for e in self.refresh_ends]  # fmt: skip
         return data
 
 
@@ -89,6 +97,34 @@ class KeepaliveResult:
     action: str  # "refreshed" | "failed" | "reconsent_needed"
     deadline: float  # when the refresh token (idle) or the consent (absolute) would die
     detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshTokenExpiry:
+    """When a grant's refresh token (or the consent behind it) ends, and whether a refresh can push that back.
+
+    ``kind`` is ``"idle"`` (the provider's idle lifetime, counted from the last refresh: a refresh renews it),
+    ``"stated"`` (the provider's own ``refresh_token_expires_in``: renewable when the provider rotates, since
+    the successor comes with its own lifetime) or ``"absolute"`` (the provider's cap counted from consent:
+    only a new consent renews it).
+    """
+
+    grant: str
+    provider: str
+    kind: str
+    deadline: float
+    renewable: bool
+
+
+def _lifetimes(grant: Grant, provider: Provider) -> list[RefreshTokenExpiry]:
+    ends = []
+    if provider.refresh_absolute_ttl is not None and grant.created_at is not None:
+        ends.append(("absolute", grant.created_at + provider.refresh_absolute_ttl, False))
+    if provider.refresh_idle_ttl is not None and grant.refreshed_at is not None:
+        ends.append(("idle", grant.refreshed_at + provider.refresh_idle_ttl, True))
+    if grant.refresh_expires_at is not None:
+        ends.append(("stated", grant.refresh_expires_at, provider.rotation is not RotationMode.NEVER))
+    return [RefreshTokenExpiry(grant.name, provider.name, kind, at, renew) for kind, at, renew in ends]
 
 
 def _worker_id() -> str:
@@ -299,28 +335,30 @@ class _KeeperCore:
             last_error=grant.last_error, last_error_at=grant.last_error_at, updated_at=grant.updated_at,
             lease=self.store.lease_holder(name, now=now), attempts=tuple(self.store.list_attempts(name, limit=10)),
             pending_recovery=len(self.store.recovery.entries(name)),
+            refresh_issued_at=grant.refresh_issued_at, refresh_used_at=grant.refreshed_at,
+            refresh_ends=tuple(sorted(_lifetimes(grant, provider), key=lambda e: e.deadline)),
         )  # fmt: skip
+
+    def _expiring(self, window: float) -> list[RefreshTokenExpiry]:
+        """Active grants whose refresh token or consent ends within `window` seconds, soonest first: per grant,
+        the earliest end that only a new consent fixes if there is one in the window, else the earliest end."""
+        now = self.clock.now()
+        providers = {p.name: p for p in self.store.list_providers()}
+        found = []
+        for grant in self.store.list_grants():
+            if grant.state is not GrantState.ACTIVE:
+                continue
+            ends = sorted((e for e in _lifetimes(grant, providers[grant.provider]) if e.deadline - window <= now),
+                          key=lambda e: (e.renewable, e.deadline))  # fmt: skip
+            if ends:
+                found.append(ends[0])
+        return sorted(found, key=lambda e: e.deadline)
 
     def _keepalive_plan(self, margin: float) -> list[tuple[str, str, float]]:
         """(grant, "refresh" | "reconsent_needed", deadline) for active grants whose refresh token would die
-        within `margin` seconds: by idle expiry (a refresh resets it) or absolute expiry (only consent does)."""
-        now = self.clock.now()
-        providers = {p.name: p for p in self.store.list_providers()}
-        plan = []
-        for grant in self.store.list_grants():
-            provider = providers[grant.provider]
-            if grant.state is not GrantState.ACTIVE:
-                continue
-            if provider.refresh_absolute_ttl is not None and grant.created_at is not None:
-                deadline = grant.created_at + provider.refresh_absolute_ttl
-                if deadline - margin <= now:
-                    plan.append((grant.name, "reconsent_needed", deadline))
-                    continue
-            if provider.refresh_idle_ttl is not None and grant.refreshed_at is not None:
-                deadline = grant.refreshed_at + provider.refresh_idle_ttl
-                if deadline - margin <= now:
-                    plan.append((grant.name, "refresh", deadline))
-        return plan
+        within `margin` seconds: by idle or stated expiry (a refresh resets it) or absolute expiry (only consent
+        does)."""
+        return [(e.grant, "refresh" if e.renewable else "reconsent_needed", e.deadline) for e in self._expiring(margin)]
 
     @staticmethod
     def _reconsent(name: str, deadline: float) -> KeepaliveResult:
@@ -438,6 +476,11 @@ class Keeper(_KeeperCore):
         self.store.get_grant(name)  # an unknown name is an error, not an empty history
         return self.store.list_attempts(name, limit=limit)
 
+    def expiring(self, window: float) -> list[RefreshTokenExpiry]:
+        """Grants whose refresh token or consent ends within `window` seconds (what ``status --expiring`` shows);
+        `keepalive` refreshes the renewable ones."""
+        return self._expiring(window)
+
     def keepalive(self, *, margin: float = 7 * 86400.0) -> list[KeepaliveResult]:
         """Refresh grants whose refresh token would expire from disuse within `margin` seconds; warn about
         grants whose consent ends (absolute lifetime) within it. Run it from a daily scheduler."""
@@ -546,6 +589,10 @@ class AsyncKeeper(_KeeperCore):
     async def history(self, name: str, *, limit: int = 50) -> list[Attempt]:
         await self._call(self.store.get_grant, name)
         return await self._call(self.store.list_attempts, name, limit=limit)
+
+    async def expiring(self, window: float) -> list[RefreshTokenExpiry]:
+        """See `Keeper.expiring`."""
+        return await self._call(self._expiring, window)
 
     async def keepalive(self, *, margin: float = 7 * 86400.0) -> list[KeepaliveResult]:
         """See `Keeper.keepalive`."""

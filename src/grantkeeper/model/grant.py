@@ -33,8 +33,10 @@ class Grant:
     last_error: str | None = None
     last_error_at: float | None = None
     updated_at: float | None = None
-    refreshed_at: float | None = None
-    created_at: float | None = None
+    refreshed_at: float | None = None  # last time the refresh token was used or obtained (idle expiry)
+    created_at: float | None = None  # when the consent was imported (absolute expiry)
+    refresh_issued_at: float | None = None  # when the current refresh token was issued; None: before schema v3
+    refresh_expires_at: float | None = None  # the provider's stated expiry of the current refresh token, if any
 
     def usable_until(self, skew: float) -> float | None:
         """When the access token stops being served: expiry minus the skew.

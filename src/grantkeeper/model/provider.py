@@ -16,6 +16,7 @@ __all__ = ["AuthMethod", "Provider", "RotationMode"]
 class AuthMethod(StrEnum):
     CLIENT_SECRET_BASIC = "client_secret_basic"
     CLIENT_SECRET_POST = "client_secret_post"
+    PRIVATE_KEY_JWT = "private_key_jwt"  # RFC 7523 §2.2: a JWT signed with the client's private key
     NONE = "none"
 
 
@@ -50,6 +51,16 @@ class Provider:
     refresh_idle_ttl: float | None = None
     #: The consent dies this long after it was given, whatever we do; `keepalive` warns ahead of it.
     refresh_absolute_ttl: float | None = None
+    #: private_key_jwt: PEM file holding the RSA or EC P-256 private key, read at refresh time (never stored).
+    private_key_file: str | None = None
+    #: private_key_jwt: the ``kid`` the provider knows the public key by, if it needs one.
+    key_id: str | None = None
+    #: private_key_jwt: the assertion's ``aud``; None means the token endpoint (RFC 7523 §3).
+    jwt_audience: str | None = None
+    #: Send the grant's scopes with every refresh (providers that require ``scope`` on refresh).
+    send_scope: bool = False
+    #: The profile this provider was made from (provenance only; every value above is stored as given).
+    profile: str | None = None
 
     def __post_init__(self) -> None:
         check_name(self.name, "provider")
@@ -72,11 +83,14 @@ class Provider:
             raise ConfigurationError(
                 f"provider {self.name!r}: give the client secret either stored or by environment variable, not both"
             )
-        if self.auth_method is AuthMethod.NONE and (self.client_secret or self.client_secret_env):
+        if self.auth_method in (AuthMethod.NONE, AuthMethod.PRIVATE_KEY_JWT) and (
+            self.client_secret or self.client_secret_env
+        ):
             raise ConfigurationError(
-                f"provider {self.name!r}: auth method 'none' is for public clients; drop the client secret "
-                "or choose client_secret_basic / client_secret_post"
+                f"provider {self.name!r}: auth method {self.auth_method.value!r} sends no client secret; drop the "
+                "client secret or choose client_secret_basic / client_secret_post"
             )
+        self._check_key_options()
         if not 0 <= self.reuse_grace <= _MAX_GRACE:
             raise ConfigurationError(
                 f"provider {self.name!r}: reuse grace must be between 0 and {_MAX_GRACE:.0f} seconds"
@@ -91,9 +105,27 @@ class Provider:
                 f"provider {self.name!r}: default access-token lifetime must be positive and at most a year"
             )
 
+    def _check_key_options(self) -> None:
+        uses_jwt = self.auth_method is AuthMethod.PRIVATE_KEY_JWT
+        if uses_jwt and not self.private_key_file:
+            raise ConfigurationError(
+                f"provider {self.name!r} uses private_key_jwt but has no private key file; give --private-key-file "
+                "with the PEM file of the key registered with the provider"
+            )
+        if not uses_jwt and (self.private_key_file or self.key_id or self.jwt_audience):
+            raise ConfigurationError(
+                f"provider {self.name!r}: a private key file, key id or JWT audience only applies to private_key_jwt; "
+                f"drop them or choose --auth-method private_key_jwt"
+            )
+        if self.jwt_audience is not None and urlsplit(self.jwt_audience).scheme not in ("https", "http"):
+            raise ConfigurationError(
+                f"provider {self.name!r}: the JWT audience must be the issuer or token endpoint URL; "
+                f"got {self.jwt_audience!r}"
+            )
+
     def resolve_secret(self) -> Secret | None:
         """The client secret to send, reading the environment variable now if that is where it lives."""
-        if self.auth_method is AuthMethod.NONE:
+        if self.auth_method in (AuthMethod.NONE, AuthMethod.PRIVATE_KEY_JWT):
             return None
         if self.client_secret is not None:
             return self.client_secret

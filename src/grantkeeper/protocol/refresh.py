@@ -174,9 +174,9 @@ def _spend(claim: Claim, *, worker: str, policy: RefreshPolicy, started: float, 
         try:
             if grant.refresh_token is None:
                 raise ConfigurationError(f"grant {grant.name!r} has no refresh token; re-import it")
-            request = build_refresh_request(provider, grant.refresh_token)
+            request = build_refresh_request(provider, grant.refresh_token, scopes=grant.scopes)
         except ConfigurationError:
-            yield Finish(lease, attempt.id, AttemptState.NOT_SENT, "client secret unavailable", started,
+            yield Finish(lease, attempt.id, AttemptState.NOT_SENT, "client credentials unavailable", started,
                          report=_report(OutcomeClass.CONFIGURATION))  # fmt: skip
             raise
         yield Failpoint("before_send")
@@ -300,6 +300,9 @@ def _update(token_set: TokenSet, grant: Grant, provider: Provider, sent_at: floa
         # A re-send inside a grace window may return an access token issued earlier with a fresh
         # expires_in: serve it, but a 401 with it must invalidate it (I4).
         access_verified=attempt.resend_of is None,
+        refresh_expires_at=(
+            sent_at + token_set.refresh_token_expires_in if token_set.refresh_token_expires_in is not None else None
+        ),
     )
 
 

@@ -51,6 +51,8 @@ class GrantUpdate:
     access_verified: bool = True
     #: The provider returned the refresh token it was sent (`refresh_token` is then None): not rotated.
     same_refresh_returned: bool = False
+    #: When the provider said the refresh token in force after this commit expires (refresh_token_expires_in).
+    refresh_expires_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

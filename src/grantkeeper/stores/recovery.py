@@ -62,6 +62,7 @@ class RecoveryDir:
             "expires_at": update.expires_at,
             "scopes": list(update.scopes) if update.scopes is not None else None,
             "access_verified": update.access_verified,
+            "refresh_expires_at": update.refresh_expires_at,
         }
         name = f"{_grant_tag(entry.grant)}.{entry.expected_generation}.{entry.attempt_id}.{secrets.token_hex(4)}"
         if self._path is None:
@@ -126,6 +127,8 @@ class RecoveryDir:
                 expires_at=float(record["expires_at"]),
                 scopes=tuple(record["scopes"]) if record["scopes"] is not None else None,
                 access_verified=bool(record["access_verified"]),
+                # Absent in files written before schema version 3.
+                refresh_expires_at=record.get("refresh_expires_at"),
             )
             return RecoveryEntry(
                 grant=record["grant"],

@@ -49,11 +49,13 @@ KEY_CHECK = b"grantkeeper key check"
 _PRUNE_EVERY = 64  # generations between prunes, so the hot commit rarely pays for it
 _GRANT_COLUMNS = (
     "name, provider, refresh_token, refresh_fp, access_token, access_fp, expires_at, access_verified, "
-    "scopes, generation, state, last_error, last_error_at, updated_at, refreshed_at, created_at"
+    "scopes, generation, state, last_error, last_error_at, updated_at, refreshed_at, created_at, "
+    "refresh_issued_at, refresh_expires_at"
 )
 _PROVIDER_COLUMNS = (
     "name, token_url, client_id, client_secret, client_secret_env, auth_method, rotation, reuse_grace, skew, "
-    "default_expires_in, refresh_idle_ttl, refresh_absolute_ttl"
+    "default_expires_in, refresh_idle_ttl, refresh_absolute_ttl, private_key_file, key_id, jwt_audience, send_scope, "
+    "profile"
 )
 _GRANT_COLUMNS_QUALIFIED = ", ".join("grants." + c.strip() for c in _GRANT_COLUMNS.split(","))
 _PROVIDER_COLUMNS_QUALIFIED = ", ".join("providers." + c.strip() for c in _PROVIDER_COLUMNS.split(","))
@@ -187,6 +189,8 @@ class SQLStore:
             updated_at=row[13],
             refreshed_at=row[14],
             created_at=row[15],
+            refresh_issued_at=row[16],
+            refresh_expires_at=row[17],
         )
 
     def _provider(self, row: Any) -> Provider:
@@ -215,6 +219,11 @@ class SQLStore:
             default_expires_in=float(row[9]),
             refresh_idle_ttl=row[10],
             refresh_absolute_ttl=row[11],
+            private_key_file=row[12],
+            key_id=row[13],
+            jwt_audience=row[14],
+            send_scope=bool(row[15]),
+            profile=row[16],
         )
 
     @staticmethod
@@ -282,18 +291,23 @@ class SQLStore:
             conn.execute(
                 "INSERT INTO providers (name, token_url, client_id, client_secret, client_secret_env, "
                 "auth_method, rotation, reuse_grace, skew, default_expires_in, refresh_idle_ttl, "
-                "refresh_absolute_ttl, created_at, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+                "refresh_absolute_ttl, private_key_file, key_id, jwt_audience, send_scope, profile, created_at, "
+                "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET "
                 "token_url = excluded.token_url, client_id = excluded.client_id, "
                 "client_secret = excluded.client_secret, client_secret_env = excluded.client_secret_env, "
                 "auth_method = excluded.auth_method, rotation = excluded.rotation, "
                 "reuse_grace = excluded.reuse_grace, skew = excluded.skew, "
                 "default_expires_in = excluded.default_expires_in, refresh_idle_ttl = excluded.refresh_idle_ttl, "
-                "refresh_absolute_ttl = excluded.refresh_absolute_ttl, updated_at = excluded.updated_at",
+                "refresh_absolute_ttl = excluded.refresh_absolute_ttl, private_key_file = excluded.private_key_file, "
+                "key_id = excluded.key_id, jwt_audience = excluded.jwt_audience, send_scope = excluded.send_scope, "
+                "profile = excluded.profile, updated_at = excluded.updated_at",
                 (
                     provider.name, provider.token_url, provider.client_id, secret, provider.client_secret_env,
                     provider.auth_method.value, provider.rotation.value, provider.reuse_grace, provider.skew,
-                    provider.default_expires_in, provider.refresh_idle_ttl, provider.refresh_absolute_ttl, now, now,
+                    provider.default_expires_in, provider.refresh_idle_ttl, provider.refresh_absolute_ttl,
+                    provider.private_key_file, provider.key_id, provider.jwt_audience, int(provider.send_scope),
+                    provider.profile, now, now,
                 ),
             )  # fmt: skip
 
@@ -319,14 +333,16 @@ class SQLStore:
             self._read_provider(conn, provider)
             conn.execute(
                 "INSERT INTO grants (name, provider, refresh_token, refresh_fp, scopes, generation, state, "
-                "refreshed_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, 1, 'active', ?, ?, ?) "
+                "refreshed_at, created_at, updated_at, refresh_issued_at) "
+                "VALUES (?, ?, ?, ?, ?, 1, 'active', ?, ?, ?, ?) "
                 "ON CONFLICT (name) DO "
                 "UPDATE SET provider = excluded.provider, refresh_token = excluded.refresh_token, "
                 "refresh_fp = excluded.refresh_fp, access_token = NULL, access_fp = NULL, expires_at = NULL, "
                 "scopes = excluded.scopes, generation = grants.generation + 1, state = 'active', "
                 "last_error = NULL, last_error_at = NULL, refreshed_at = excluded.refreshed_at, "
-                "created_at = excluded.created_at, updated_at = excluded.updated_at",
-                (name, provider, sealed, fp, " ".join(scopes), now, now, now),
+                "created_at = excluded.created_at, updated_at = excluded.updated_at, "
+                "refresh_issued_at = excluded.refresh_issued_at, refresh_expires_at = NULL",
+                (name, provider, sealed, fp, " ".join(scopes), now, now, now, now),
             )
             return self._read_grant(conn, name)
 
@@ -543,16 +559,24 @@ class SQLStore:
         name = grant.name
         refresh_fp = self.fingerprint(update.refresh_token) if update.refresh_token else None
         access_fp = self.fingerprint(update.access_token)
+        # Lifetime of the refresh token in force after this commit: a new one starts its own; a kept one keeps
+        # its issue time, and its stated expiry unless the provider restated it.
+        rotated = update.refresh_token is not None
+        issued_at = now if rotated else grant.refresh_issued_at
+        rt_expires_at = update.refresh_expires_at
+        if rt_expires_at is None and not rotated:
+            rt_expires_at = grant.refresh_expires_at
         changed = conn.execute(
             "UPDATE grants SET refresh_token = COALESCE(?, refresh_token), refresh_fp = COALESCE(?, refresh_fp), "
             "access_token = ?, access_fp = ?, expires_at = ?, access_verified = ?, scopes = COALESCE(?, scopes), "
             "generation = generation + 1, last_error = NULL, last_error_at = NULL, refreshed_at = ?, "
-            "updated_at = ? WHERE name = ? AND generation = ? AND state = 'active'",
+            "updated_at = ?, refresh_issued_at = ?, refresh_expires_at = ? "
+            "WHERE name = ? AND generation = ? AND state = 'active'",
             (
                 self._seal(update.refresh_token, "grants", name, "refresh_token"), refresh_fp,
                 self._seal(update.access_token, "grants", name, "access_token"), access_fp, update.expires_at,
                 int(update.access_verified), " ".join(update.scopes) if update.scopes is not None else None,
-                now, now, name, grant.generation,
+                now, now, issued_at, rt_expires_at, name, grant.generation,
             ),
         ).rowcount  # fmt: skip
         if changed == 0:
@@ -571,6 +595,8 @@ class SQLStore:
             last_error_at=None,
             updated_at=now,
             refreshed_at=now,
+            refresh_issued_at=issued_at,
+            refresh_expires_at=rt_expires_at,
         )
 
     def commit(

@@ -29,9 +29,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Final
 
+from grantkeeper.testing._client_assertion import check_assertion, load_public_key
+
 __all__ = [
     "AUTH_METHODS",
     "MALFORMED_KINDS",
+    "RESPONSE_QUIRKS",
     "ROTATION_MODES",
     "Delay",
     "DropAfterRotate",
@@ -44,7 +47,18 @@ __all__ = [
 ]
 
 ROTATION_MODES: Final = ("always", "conditional", "never")
-AUTH_METHODS: Final = ("client_secret_basic", "client_secret_post", "none")
+AUTH_METHODS: Final = ("client_secret_basic", "client_secret_post", "private_key_jwt", "none")
+_ASSERTION_TYPE: Final = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+#: Response shapes real providers use (see docs/providers.md): ``no_expires_in`` omits it, ``expires_in_string`` sends
+#: it as a string, ``jwt_access_token`` mints JWT access tokens carrying ``exp``, ``refresh_token_expires_in`` /
+#: ``x_refresh_token_expires_in`` state the refresh token's lifetime, ``scope_required`` refuses a refresh without
+#: ``scope`` (``invalid_request``).
+RESPONSE_QUIRKS: Final = frozenset(
+    {"no_expires_in", "expires_in_string", "jwt_access_token", "refresh_token_expires_in",
+     "x_refresh_token_expires_in", "scope_required"}
+)  # fmt: skip
+_RFC8414: Final = "/.well-known/oauth-authorization-server"  # RFC 8414 §3.1: inserted before the issuer's path
+_OIDC: Final = "/.well-known/openid-configuration"  # OpenID Connect Discovery §4: appended to the issuer
 MALFORMED_KINDS: Final = frozenset(
     {
         "html",
@@ -225,6 +239,10 @@ def _json_bytes(data: object) -> bytes:
 def _number(value: float) -> int | float:
     """JSON number for a duration: an int when whole, else the float."""
     return int(value) if float(value).is_integer() else value
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
 def _valid_scope_token(token: str) -> bool:
@@ -440,6 +458,8 @@ class _Handler(BaseHTTPRequestHandler):
             reply = self._sim._handle_resource_request(self.headers.get("Authorization"))
         elif path == "/stats":
             reply = _Reply(body=_json_bytes(self._sim.stats.as_dict()))
+        elif (issuer_path := self._sim._metadata_issuer_path(path)) is not None:
+            reply = _Reply(body=self._sim._metadata_body(issuer_path))
         elif path == "/token":
             body = _json_bytes({"error": "invalid_request", "error_description": "use POST"})
             reply = _Reply(status=405, body=body, headers=(("Allow", "POST"),))
@@ -467,10 +487,13 @@ class ProviderSimulator:
         access_ttl: float = 3600.0,
         conditional_every: int = 3,
         echo_refresh_token: bool = False,
+        response_quirks: frozenset[str] | tuple[str, ...] = (),
+        refresh_token_ttl: float = 90 * 86400.0,
         grace_returns_previous_access: bool = False,
         client_id: str = "sim-client",
         client_secret: str | None = None,
         auth_methods: tuple[str, ...] = ("client_secret_basic", "client_secret_post"),
+        client_public_key: bytes | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
         clock: Callable[[], float] = time.monotonic,
@@ -487,6 +510,11 @@ class ProviderSimulator:
             raise ValueError(f"auth_methods must be a non-empty subset of {', '.join(AUTH_METHODS)}")
         if not client_id:
             raise ValueError("client_id must not be empty")
+        if unknown := set(response_quirks) - RESPONSE_QUIRKS:
+            known = ", ".join(sorted(RESPONSE_QUIRKS))
+            raise ValueError(f"unknown response quirk {sorted(unknown)[0]!r}; known: {known}")
+        if ("private_key_jwt" in auth_methods) != (client_public_key is not None):
+            raise ValueError("give client_public_key (PEM) exactly when auth_methods include private_key_jwt")
         if not 0 <= port <= 65535:
             raise ValueError("port must be in 0..65535")
         self._rotation = rotation
@@ -495,10 +523,16 @@ class ProviderSimulator:
         self._access_ttl = float(access_ttl)
         self._conditional_every = conditional_every
         self._echo = echo_refresh_token
+        self._quirks = frozenset(response_quirks)
+        self._refresh_ttl = float(refresh_token_ttl)
         self._grace_previous_access = grace_returns_previous_access
         self._client_id = client_id
         self._client_secret = client_secret if client_secret is not None else secrets.token_urlsafe(24)
         self._auth_methods = tuple(auth_methods)
+        self._client_key = load_public_key(client_public_key) if client_public_key is not None else None
+        self._seen_jti: set[str] = set()
+        self._metadata_override: bytes | None = None
+        self._metadata_styles: tuple[str, ...] = ("rfc8414", "oidc")
         self._host = host
         self._port = port
         self._clock = clock
@@ -603,9 +637,13 @@ class ProviderSimulator:
 
     # ---------------------------------------------------------------------------------------- grants
 
-    def _new_token(self) -> str:
+    def _new_token(self, *, jwt: bool = False) -> str:
         while True:
             token = secrets.token_urlsafe(32)
+            if jwt:  # unsigned-looking but well-formed: clients read `exp` from it, they never verify it
+                claims = {"exp": int(time.time() + self._access_ttl), "jti": token}
+                token = ".".join(_b64url(_json_bytes(part)) for part in ({"alg": "HS256", "typ": "JWT"}, claims))
+                token += "." + _b64url(secrets.token_bytes(32))
             if token not in self._refresh_tokens and token not in self._access_tokens:
                 return token
 
@@ -768,6 +806,8 @@ class ProviderSimulator:
         if token is None:
             return _OAuthError(400, "invalid_request", "missing refresh_token")
         requested = tuple(dict.fromkeys(form["scope"].split())) if "scope" in form else None
+        if requested is None and "scope_required" in self._quirks:
+            return _OAuthError(400, "invalid_request", "scope is required on refresh")
         if requested is not None and not all(_valid_scope_token(s) for s in requested):
             return _OAuthError(400, "invalid_scope", "malformed scope")
 
@@ -832,7 +872,7 @@ class ProviderSimulator:
         return _Issued(payload=payload, access_token=access, scope=granted)
 
     def _mint_access_locked(self, family: _Family, scope: tuple[str, ...], now: float) -> str:
-        access = self._new_token()
+        access = self._new_token(jwt="jwt_access_token" in self._quirks)
         self._access_tokens[access] = _Access(family=family, scope=scope, expires_at=now + self._access_ttl)
         return access
 
@@ -842,6 +882,13 @@ class ProviderSimulator:
             "token_type": "Bearer",
             "expires_in": _number(self._access_ttl),
         }
+        if "expires_in_string" in self._quirks:
+            payload["expires_in"] = str(payload["expires_in"])
+        if "no_expires_in" in self._quirks:
+            del payload["expires_in"]
+        for name in ("refresh_token_expires_in", "x_refresh_token_expires_in"):
+            if name in self._quirks:
+                payload[name] = _number(self._refresh_ttl)
         if scope:
             payload["scope"] = " ".join(scope)
         return payload
@@ -872,7 +919,25 @@ class ProviderSimulator:
         secret_ok = secrets.compare_digest(secret.encode(), self._client_secret.encode())
         return id_ok and secret_ok
 
+    def _check_client_assertion(self, authorization: str | None, form: dict[str, str]) -> _OAuthError | None:
+        if authorization is not None or "client_secret" in form:
+            return _OAuthError(400, "invalid_request", "more than one client authentication method used")
+        if "private_key_jwt" not in self._auth_methods or self._client_key is None:
+            return _OAuthError(401, "invalid_client", "private_key_jwt is not allowed")
+        if form.get("client_assertion_type") != _ASSERTION_TYPE:
+            return _OAuthError(401, "invalid_client", "unsupported client_assertion_type")
+        body_id = form.get("client_id")
+        if body_id is not None and body_id != self._client_id:
+            return _OAuthError(401, "invalid_client", "client_id does not match the assertion")
+        problem = check_assertion(
+            form.get("client_assertion", ""), key=self._client_key, client_id=self._client_id,
+            audiences=(self.url, self.base_url), now=time.time(), seen_jti=self._seen_jti,
+        )  # fmt: skip
+        return _OAuthError(401, "invalid_client", problem) if problem else None
+
     def _authenticate(self, authorization: str | None, form: dict[str, str]) -> _OAuthError | None:
+        if "client_assertion" in form or "client_assertion_type" in form:
+            return self._check_client_assertion(authorization, form)
         body_id = form.get("client_id")
         body_secret = form.get("client_secret")
         if authorization is not None:
@@ -909,6 +974,46 @@ class ProviderSimulator:
                 return None
             return _OAuthError(401, "invalid_client", "unknown client")
         return _OAuthError(401, "invalid_client", "client authentication required")
+
+    def metadata(self, issuer_path: str = "") -> dict[str, Any]:
+        """The RFC 8414 metadata served for the issuer ``base_url + issuer_path`` (one server, many issuers, as
+        with tenants or realms: the well-known URL says which)."""
+        document: dict[str, Any] = {
+            "issuer": self.base_url + issuer_path,
+            "authorization_endpoint": f"{self.base_url}/authorize",
+            "token_endpoint": self.url,
+            "token_endpoint_auth_methods_supported": list(self._auth_methods),
+            "grant_types_supported": ["authorization_code", "refresh_token"],
+            "response_types_supported": ["code"],
+        }
+        if self._client_key is not None:
+            document["token_endpoint_auth_signing_alg_values_supported"] = ["RS256", "ES256"]
+        return document
+
+    def serve_metadata(
+        self, document: Mapping[str, Any] | bytes | None = None, *, at: tuple[str, ...] = ("rfc8414", "oidc")
+    ) -> None:
+        """Serve `document` (JSON-encoded, or bytes verbatim; None: `metadata()`) at the well-known URLs of the
+        styles in `at` ("rfc8414", "oidc"; empty: none, every metadata URL is a 404)."""
+        if unknown := set(at) - {"rfc8414", "oidc"}:
+            raise ValueError(f"unknown metadata style {sorted(unknown)[0]!r}")
+        body = document if isinstance(document, bytes) or document is None else _json_bytes(dict(document))
+        with self._lock:
+            self._metadata_override, self._metadata_styles = body, tuple(at)
+
+    def _metadata_issuer_path(self, path: str) -> str | None:
+        with self._lock:
+            styles = self._metadata_styles
+        if "rfc8414" in styles and (path == _RFC8414 or path.startswith(_RFC8414 + "/")):
+            return path[len(_RFC8414) :]
+        if "oidc" in styles and path.endswith(_OIDC):
+            return path[: -len(_OIDC)]
+        return None
+
+    def _metadata_body(self, issuer_path: str) -> bytes:
+        with self._lock:
+            override = self._metadata_override
+        return override if override is not None else _json_bytes(self.metadata(issuer_path))
 
     def _handle_resource_request(self, authorization: str | None) -> _Reply:
         scheme, _, token = (authorization or "").strip().partition(" ")

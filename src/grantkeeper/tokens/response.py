@@ -1,15 +1,19 @@
 """Read a token-endpoint answer into a value: success, OAuth error, transient, or malformed. Pure.
 
 Tolerant where real servers differ and the meaning is unambiguous (documented in docs/parsing.md):
-``expires_in`` as a numeric string; ``token_type`` missing (taken as Bearer) or in any case; ``scope`` as
-a list; an empty ``refresh_token`` treated as absent; form-encoded bodies; a 200 that carries ``error``;
-known aliases of ``invalid_grant`` (Slack ``invalid_refresh_token``, GitHub ``bad_refresh_token``).
+``expires_in`` as a numeric string; ``expires_in`` missing but the access token a JWT (its ``exp`` claim,
+unverified, is the lifetime hint; with neither, the provider profile's default applies); ``token_type``
+missing (taken as Bearer) or in any case; ``scope`` as a list; an empty ``refresh_token`` treated as absent;
+form-encoded bodies; a 200 that carries ``error``; known aliases of ``invalid_grant`` (Slack
+``invalid_refresh_token``, GitHub ``bad_refresh_token``).
 Strict where a guess could lose or corrupt a grant: anything else is `Malformed` with a reason that never
 quotes the body.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import math
 from collections.abc import Mapping
@@ -131,6 +135,23 @@ def _number(value: object) -> float | None:
     return None
 
 
+def _jwt_lifetime(token: str, now: float) -> float | None:
+    """Seconds until the ``exp`` claim of a JWT access token; None if it is not a JWT with a numeric exp.
+
+    The signature is not checked: the token is the resource server's business, and a forged ``exp`` could only
+    make us refresh early or serve a token the resource server then rejects (a 401 invalidates it, I4).
+    """
+    parts = token.split(".")
+    if len(parts) != 3 or len(parts[1]) > 8192:
+        return None
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (binascii.Error, ValueError, RecursionError):
+        return None
+    exp = _number(claims.get("exp")) if isinstance(claims, dict) and not isinstance(claims.get("exp"), str) else None
+    return None if exp is None else min(max(0.0, exp - now), MAX_EXPIRES_IN)
+
+
 def _scope(value: object) -> tuple[str, ...] | bool | None:
     if value is None:
         return None
@@ -177,6 +198,8 @@ def interpret(reply: HttpReply, now: float) -> Interpretation:
         if expires_in is None:
             return Malformed("expires_in is not a non-negative number", status)
         expires_in = min(expires_in, MAX_EXPIRES_IN)
+    else:
+        expires_in = _jwt_lifetime(access, now)
     refresh = data.get("refresh_token")
     if refresh is not None and not isinstance(refresh, str):
         return Malformed("refresh_token is not a string", status)
