@@ -35,6 +35,7 @@ from grantkeeper._secrets import Secret
 from grantkeeper.cli import _render
 from grantkeeper.cli._session import Session
 from grantkeeper.cli.demo import demo
+from grantkeeper.cli.keys import keys
 from grantkeeper.engine import Keeper
 from grantkeeper.model import AuthMethod, Provider, RotationMode
 from grantkeeper.stores import backend, default_store_url, open_store
@@ -396,6 +397,7 @@ def migrate(session: Session) -> None:
 
 
 cli.add_command(demo)
+cli.add_command(keys)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,142 @@
+"""``grantkeeper keys``: the store's key ring (list, generate, rotate). Never prints a key, only key ids."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+from grantkeeper._exceptions import ConfigurationError, EncryptionKeyError
+from grantkeeper.cli._session import Session
+from grantkeeper.crypto import Crypto
+from grantkeeper.keyring import KEY_ENV, generate_key, write_key_file
+from grantkeeper.stores import default_store_url, open_store
+from grantkeeper.stores.rekey import FORMAT_1, RotationResult, census, rotate
+from grantkeeper.stores.sql import SQLStore
+
+__all__ = ["keys"]
+
+
+def _url(session: Session) -> str:
+    url = session.store_url if session.store_url is not None else default_store_url()
+    if url.startswith("memory:"):
+        raise ConfigurationError("a memory:// store has no key to manage; point --store at a real store")
+    return url
+
+
+def _usage_lines(crypto: Crypto, usage: dict[str, int]) -> list[str]:
+    lines = []
+    for position, key_id in enumerate(crypto.key_ids):
+        role = "primary" if position == 0 else "older"
+        lines.append(f"key {key_id} ({role}): {usage.get(key_id, 0)} values")
+    for label, count in sorted(usage.items()):
+        if label == FORMAT_1:
+            lines.append(f"{count} values written before key ids (any key in the ring may hold them)")
+        elif label not in crypto.key_ids:
+            lines.append(f"key {label} (NOT IN THE RING): {count} values; add that key back to the ring")
+    return lines
+
+
+@click.group()
+def keys() -> None:
+    """The store's encryption keys: list them, generate one, rotate to a new one."""
+
+
+@keys.command("list")
+@click.pass_obj
+def keys_list(session: Session) -> None:
+    """Show the key ring (key ids only) and how many stored values each key encrypts."""
+    store = open_store(_url(session), create=False)
+    try:
+        usage = census(store)
+        crypto = store._crypto
+    finally:
+        store.close()
+    source = crypto.source.description if crypto.source is not None else "unknown"
+    click.echo(f"key ring from {source}")
+    for line in _usage_lines(crypto, usage):
+        click.echo(line)
+
+
+@keys.command("generate")
+@click.option("--output", required=True, type=click.Path(path_type=Path), help="New file to write the key to (0600).")
+def keys_generate(output: Path) -> None:
+    """Write a new random key to a new file (never to the terminal)."""
+    key = generate_key()
+    try:
+        write_key_file(output, [key], exclusive=True)
+    except FileExistsError:
+        raise ConfigurationError(f"{output} already exists; choose a new file name") from None
+    click.echo(f"wrote a new key (key id {Crypto(key).key_id}) to {output}")
+    click.echo(f"to rotate a store keyed by ${KEY_ENV}: set {KEY_ENV}=\"$(cat {output}),<current key>\" and run "
+               "'grantkeeper keys rotate'")  # fmt: skip
+
+
+def _start_rotation(url: str) -> SQLStore:
+    """A store whose ring has a new primary key: added to the key file, or already put first by the user."""
+    store = open_store(url, create=False)
+    crypto = store._crypto
+    if len(crypto.key_ids) > 1:
+        click.echo(f"the ring has {len(crypto.key_ids)} keys: re-encrypting everything with its first, {crypto.key_id}")
+        return store
+    source = crypto.source
+    if source is None or source.path is None:
+        store.close()
+        where = source.description if source is not None else "the key source"
+        raise EncryptionKeyError(
+            f"the key comes from {where}, which grantkeeper cannot change: create a key with "
+            "'grantkeeper keys generate --output FILE', put it first in the ring (NEW,OLD) and run "
+            "'grantkeeper keys rotate' again"
+        )
+    # The new ring is durable before any value is rewritten with its key: an interruption leaves both keys.
+    write_key_file(source.path, [generate_key(), *source.load()], exclusive=False)
+    store.close()
+    reopened = open_store(url, create=False)
+    click.echo(f"added key {reopened._crypto.key_id} to {source.path} as the primary key")
+    return reopened
+
+
+def _finish(store: SQLStore, result: RotationResult) -> None:
+    crypto = store._crypto
+    click.echo(f"re-encrypted {result.rewritten} of {result.total} values with key {result.primary}")
+    old = [k for k in crypto.key_ids if k != result.primary]
+    if not result.retirable:
+        click.echo("some values still use older keys (refreshes by workers on the old ring?); run "
+                   "'grantkeeper keys rotate' again once every worker has the new ring:")  # fmt: skip
+        for line in _usage_lines(crypto, result.usage):
+            click.echo(f"  {line}")
+        return
+    source = crypto.source
+    if not old:
+        click.echo("every value uses the primary key; nothing to retire")
+    elif source is not None and source.path is not None:
+        keep = [k for k in source.load() if Crypto(k).key_id == result.primary]
+        write_key_file(source.path, keep, exclusive=False)
+        click.echo(f"retired key {', '.join(old)}: nothing uses it; {source.path} now holds key {result.primary}")
+    else:
+        where = source.description if source is not None else "the key source"
+        click.echo(f"nothing uses key {', '.join(old)} any more: remove it from {where} (keep only the first key)")
+
+
+@keys.command("rotate")
+@click.pass_obj
+def keys_rotate(session: Session) -> None:
+    """Re-encrypt every stored value with a new primary key, then retire the old key.
+
+    With a key file, a new key is generated and added to it. With $GRANTKEEPER_KEY or
+    $GRANTKEEPER_KEY_COMMAND, put the new key first in the ring yourself. Safe to interrupt: run it again
+    to resume. Workers must have the new ring before they next read a rewritten value.
+    """
+    store = _start_rotation(_url(session))
+    try:
+        console = Console(stderr=True)
+        with Progress(
+            TextColumn("re-encrypting"), BarColumn(), MofNCompleteColumn(), console=console, transient=True
+        ) as bar:
+            task = bar.add_task("rotate", total=None)
+            result = rotate(store, progress=lambda done, total: bar.update(task, completed=done, total=total))
+        _finish(store, result)
+    finally:
+        store.close()
