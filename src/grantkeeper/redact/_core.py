@@ -4,7 +4,7 @@ By value: every live `Secret` (tokens and client secrets the keeper holds) is cu
 By field name, in the syntaxes secrets travel in:
 
 * form-encoded and query strings: ``refresh_token=...&...``;
-* JSON and Python reprs: ``"access_token": "..."``, ``'client_secret': '...'``;
+* JSON and Python reprs: ``"access_token": "..."``, ``'client_secret': '...'``, ``refresh_token='...'``;
 * headers: ``Authorization: ...``, ``Cookie: ...`` (to the end of the line), ``('authorization', '...')``;
 * credentials wherever they stand: ``Bearer ...``, ``Basic ...``, ``DPoP ...``.
 
@@ -44,6 +44,8 @@ _RULES = [
     re.compile(rf"""(?i)(?P<head>(?P<q>["'])(?:{_names(_HEADERS)})(?P=q)\s*,\s*)(?P<value>{_QUOTED_VALUE})"""),
     # header lines: Authorization: ... / Cookie: ... to the end of the line
     re.compile(rf"(?i)(?P<head>{_BEFORE}(?:{_names(_HEADERS)})\s*:[ \t]*)(?P<value>[^\r\n]+)"),
+    # keyword and dataclass reprs, Python source: name='value' / name = "value"
+    re.compile(rf"""(?i)(?P<head>{_BEFORE}(?:{_ALL})\s*=\s*)(?P<value>{_QUOTED_VALUE})"""),
     # form-encoded bodies and query strings: name=value up to & or whitespace
     re.compile(rf"""(?i)(?P<head>{_BEFORE}(?:{_ALL})=)(?P<value>[^&\s"'<>]+)"""),
     # free text and YAML-ish: refresh_token: value (token names only)

@@ -31,7 +31,8 @@ def scrub_locals(frame_locals: Mapping[str, object]) -> dict[str, str]:
             safe[name] = REDACTED
             continue
         try:
-            text = repr(value)
+            # A string is scrubbed before repr() escapes its quotes (a local holding rendered text).
+            text = repr(scrub_text(value)) if isinstance(value, str) else repr(value)
         except Exception as exc:  # a broken __repr__ must not break error reporting
             text = f"<unrepresentable {type(value).__name__}: {type(exc).__name__}>"
         safe[name] = scrub_text(text)
@@ -41,24 +42,45 @@ def scrub_locals(frame_locals: Mapping[str, object]) -> dict[str, str]:
 def format_exception(exc: BaseException, *, with_locals: bool = False) -> str:
     """The traceback of `exc` (chained causes included) as text, with every secret removed."""
     rendered = traceback.TracebackException.from_exception(exc, capture_locals=with_locals)
-    for part in _chain(rendered):
-        for frame in part.stack:
-            if frame.locals is not None:
-                frame.locals = {name: REDACTED if is_sensitive_key(name) else scrub_text(value)
-                                for name, value in frame.locals.items()}  # fmt: skip
+    if with_locals:
+        for part, original in _chain(rendered, exc):
+            frames = [frame for frame, _ in traceback.walk_tb(original.__traceback__)]
+            if len(frames) == len(part.stack):
+                for summary, frame in zip(part.stack, frames, strict=True):
+                    summary.locals = scrub_locals(frame.f_locals)
+            else:  # a traceback limit cut the stack: scrub the captured reprs instead
+                for summary in part.stack:
+                    summary.locals = scrub_locals({k: _Repr(v) for k, v in (summary.locals or {}).items()})
     return scrub_text("".join(rendered.format()))
 
 
-def _chain(rendered: traceback.TracebackException) -> list[traceback.TracebackException]:
-    seen: list[traceback.TracebackException] = []
-    todo = [rendered]
+class _Repr:
+    """Shows an already captured repr as it is."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+def _chain(
+    rendered: traceback.TracebackException, exc: BaseException
+) -> list[tuple[traceback.TracebackException, BaseException]]:
+    """Each rendered exception of the chain (causes, contexts, groups) with the exception it renders."""
+    seen: list[tuple[traceback.TracebackException, BaseException]] = []
+    todo = [(rendered, exc)]
     while todo:
-        current = todo.pop()
-        if any(current is s for s in seen):
+        part, original = todo.pop()
+        if any(part is s for s, _ in seen):
             continue
-        seen.append(current)
-        todo += [c for c in (current.__cause__, current.__context__) if c is not None]
-        todo += list(current.exceptions or ())
+        seen.append((part, original))
+        if part.__cause__ is not None and original.__cause__ is not None:
+            todo.append((part.__cause__, original.__cause__))
+        if part.__context__ is not None and original.__context__ is not None:
+            todo.append((part.__context__, original.__context__))
+        if part.exceptions and isinstance(original, BaseExceptionGroup):
+            todo += list(zip(part.exceptions, original.exceptions, strict=False))
     return seen
 
 
