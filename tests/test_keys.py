@@ -67,6 +67,18 @@ def snapshot(url: str) -> dict[str, object]:
         store.close()
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def durable_url(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A store that outlives its process (the memory store has no key to rotate), keyed by $GRANTKEEPER_KEY."""
+    monkeypatch.setenv(KEY_ENV, TEST_KEY)
+    if request.param == "sqlite":
+        return f"sqlite://{tmp_path}/env.db"
+    url: str = request.getfixturevalue("pg_url")
+    monkeypatch.setenv("GRANTKEEPER_RECOVERY_DIR", str(tmp_path / "recovery"))
+    open_store(url, migrate=True).close()
+    return url
+
+
 def key_file_ids(path: Path) -> list[str]:
     return [Crypto(k).key_id for k in parse_ring(path.read_text(), origin="test")]
 
@@ -360,13 +372,11 @@ def test_rotation_killed_midway_resumes(tmp_path: Path, make_sim: Sim) -> None:
 
 
 def test_rotation_on_every_store_with_a_key_ring_in_the_environment(
-    store_url: str, make_sim: Sim, monkeypatch: pytest.MonkeyPatch
+    durable_url: str, make_sim: Sim, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """SQLite and PostgreSQL: with NEW,OLD in $GRANTKEEPER_KEY, rotate moves every value to NEW, after which
     the store opens with NEW alone and fingerprints are unchanged."""
-    if store_url.startswith("memory"):
-        pytest.skip("a memory store lives and dies with its key")
-    monkeypatch.setenv(KEY_ENV, TEST_KEY)
+    store_url = durable_url
     sim = make_sim()
     with Keeper.open(store_url, policy=FAST_POLICY) as keeper:
         add_grant(keeper, sim)
@@ -391,13 +401,13 @@ def test_rotation_on_every_store_with_a_key_ring_in_the_environment(
         open_store(store_url, create=False)
 
 
-def test_refreshes_during_rotation_lose_nothing(store_url: str, make_sim: Sim, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_refreshes_during_rotation_lose_nothing(
+    durable_url: str, make_sim: Sim, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A worker refreshes grants while two rotations with opposite primaries rewrite them back and forth:
     every refresh commits, every grant ends on the provider's current refresh token, and a last rotation
     puts every value under one key."""
-    if store_url.startswith("memory"):
-        pytest.skip("a memory store lives and dies with its key")
-    monkeypatch.setenv(KEY_ENV, TEST_KEY)
+    store_url = durable_url
     sim = make_sim()
     names = [f"g{i}" for i in range(4)]
     with Keeper.open(store_url, policy=FAST_POLICY) as keeper:

@@ -395,7 +395,8 @@ def test_sentry_events_carry_no_secret() -> None:
         try:
             _fails_with_token_in_locals(TOKEN)
         except ValueError as exc:
-            assert scope.capture_exception(exc) is not None
+            event_id = scope.capture_exception(exc)
+    assert event_id is not None
     client.flush()
     client.close()
     payload = b"".join(sent).decode()
