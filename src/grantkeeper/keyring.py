@@ -39,6 +39,7 @@ __all__ = [
     "parse_key",
     "parse_ring",
     "write_key_file",
+    "write_private_file",
 ]
 
 KEY_ENV = "GRANTKEEPER_KEY"
@@ -139,17 +140,16 @@ def _read_key_file(path: Path) -> list[bytes]:
     return parse_ring(path.read_text(encoding="ascii", errors="replace"), origin=str(path))
 
 
-def write_key_file(path: Path, keys: list[bytes], *, exclusive: bool) -> None:
-    """Write the ring to `path` (mode 0600) durably: a crash leaves the old file or the new one, never half.
+def write_private_file(path: Path, data: bytes, *, exclusive: bool = False) -> None:
+    """Write `data` to `path` with mode 0600, durably: a crash leaves the old file or the new one, never half.
 
-    `exclusive` creates the file and fails if it exists (a new store must never replace a key).
+    `exclusive` creates `path` itself and fails if it exists; otherwise a temporary file is renamed over it.
     """
-    data = "".join(encode_key(k) + "\n" for k in keys).encode("ascii")
     target = path if exclusive else path.with_name(path.name + ".tmp")
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL if exclusive else os.O_WRONLY | os.O_CREAT | os.O_TRUNC
     fd = os.open(target, flags, 0o600)
     try:
-        os.fchmod(fd, 0o600)  # an old leftover .tmp may have had other bits
+        os.fchmod(fd, 0o600)  # a leftover temporary file may have had other bits
         os.write(fd, data)
         os.fsync(fd)
     finally:
@@ -157,6 +157,11 @@ def write_key_file(path: Path, keys: list[bytes], *, exclusive: bool) -> None:
     if not exclusive:
         os.replace(target, path)
     fsync_dir(path.parent)
+
+
+def write_key_file(path: Path, keys: list[bytes], *, exclusive: bool) -> None:
+    """Write the ring to `path` (mode 0600, durably). `exclusive`: a new store must never replace a key."""
+    write_private_file(path, "".join(encode_key(k) + "\n" for k in keys).encode("ascii"), exclusive=exclusive)
 
 
 def load_ring(key_file: Path | None, *, create: bool) -> tuple[list[bytes], KeySource]:

@@ -13,7 +13,7 @@ from grantkeeper.cli._session import Session
 from grantkeeper.crypto import Crypto
 from grantkeeper.keyring import KEY_ENV, generate_key, write_key_file
 from grantkeeper.stores import default_store_url, open_store
-from grantkeeper.stores.rekey import FORMAT_1, RotationResult, census, rotate
+from grantkeeper.stores.rekey import FORMAT_1, RotationResult, census, crypto_of, rotate
 from grantkeeper.stores.sql import SQLStore
 
 __all__ = ["keys"]
@@ -51,7 +51,7 @@ def keys_list(session: Session) -> None:
     store = open_store(_url(session), create=False)
     try:
         usage = census(store)
-        crypto = store._crypto
+        crypto = crypto_of(store)
     finally:
         store.close()
     source = crypto.source.description if crypto.source is not None else "unknown"
@@ -77,7 +77,7 @@ def keys_generate(output: Path) -> None:
 def _start_rotation(url: str) -> SQLStore:
     """A store whose ring has a new primary key: added to the key file, or already put first by the user."""
     store = open_store(url, create=False)
-    crypto = store._crypto
+    crypto = crypto_of(store)
     if len(crypto.key_ids) > 1:
         click.echo(f"the ring has {len(crypto.key_ids)} keys: re-encrypting everything with its first, {crypto.key_id}")
         return store
@@ -94,12 +94,12 @@ def _start_rotation(url: str) -> SQLStore:
     write_key_file(source.path, [generate_key(), *source.load()], exclusive=False)
     store.close()
     reopened = open_store(url, create=False)
-    click.echo(f"added key {reopened._crypto.key_id} to {source.path} as the primary key")
+    click.echo(f"added key {crypto_of(reopened).key_id} to {source.path} as the primary key")
     return reopened
 
 
 def _finish(store: SQLStore, result: RotationResult) -> None:
-    crypto = store._crypto
+    crypto = crypto_of(store)
     click.echo(f"re-encrypted {result.rewritten} of {result.total} values with key {result.primary}")
     old = [k for k in crypto.key_ids if k != result.primary]
     if not result.retirable:

@@ -339,5 +339,4 @@ def _recovery_path(url: str) -> Path:
     tag = hashlib.sha256(identity.encode()).hexdigest()[:16]
     root = Path(base) if base else Path(platformdirs.user_data_dir("grantkeeper")) / "recovery"
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
-    root.chmod(0o700)  # mkdir's mode does not apply to a directory that already existed
     return root / tag

@@ -14,7 +14,6 @@ key) in ``meta``, encrypted like any other value, before anything else is rewrit
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -22,8 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from grantkeeper._exceptions import EncryptionKeyError, StoreFormatError
-from grantkeeper._fsutil import fsync_dir
 from grantkeeper.crypto import Crypto
+from grantkeeper.keyring import write_private_file
 
 if TYPE_CHECKING:
     from grantkeeper.stores.sql import Conn, SQLStore
@@ -35,6 +34,7 @@ __all__ = [
     "Cell",
     "RotationResult",
     "census",
+    "crypto_of",
     "rotate",
     "unlock",
 ]
@@ -147,18 +147,7 @@ def _replace_file(path: Path, old: bytes, new: bytes) -> bool:
             return False
     except FileNotFoundError:
         return True
-    tmp = path.with_name(path.name + ".rekey")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, new)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    if not path.exists():
-        tmp.unlink()
-        return True
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    write_private_file(path, new)
     return True
 
 
@@ -187,6 +176,11 @@ def _labels(store: SQLStore, crypto: Crypto, cells: list[Cell]) -> Iterator[str]
         blob = _read_cell(store, cell)
         if blob is not None:
             yield crypto.key_id_of(blob) or FORMAT_1
+
+
+def crypto_of(store: SQLStore) -> Crypto:
+    """The store's key ring (key ids, primary key, where it was read from)."""
+    return store._crypto
 
 
 def census(store: SQLStore) -> dict[str, int]:
