@@ -15,6 +15,7 @@ drives it through `World` and adds what it produced with `World.capture`.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import logging
 import os
@@ -258,8 +259,8 @@ def app_logging_through_the_filters(world: World) -> None:
         access = keeper.access_token("g")
         refresh = keeper.store.get_grant("g").refresh_token
     assert refresh is not None
-    stream: list[str] = []
-    handler = logging.StreamHandler(_Sink(stream))
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
     handler.addFilter(RedactingFilter())
     app = logging.getLogger("app.canary")
     app.addHandler(handler)
@@ -274,18 +275,7 @@ def app_logging_through_the_filters(world: World) -> None:
             client.get(world.sim.base_url + "/resource", headers={"Authorization": f"Bearer {access}"})
     finally:
         app.removeHandler(handler)
-    world.capture("application log through RedactingFilter", "".join(stream))
-
-
-class _Sink:
-    def __init__(self, into: list[str]) -> None:
-        self.into = into
-
-    def write(self, text: str) -> None:
-        self.into.append(text)
-
-    def flush(self) -> None:
-        return None
+    world.capture("application log through RedactingFilter", stream.getvalue())
 
 
 def postgres_store(world: World) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import io
 import json
 import logging
 import sys
@@ -194,29 +195,18 @@ def test_structlog_pipeline_renders_no_secret() -> None:
 
     from grantkeeper.redact.structlog import RedactingProcessor
 
-    output: list[str] = []
+    output = io.StringIO()
     logger = structlog.wrap_logger(
-        structlog.PrintLogger(file=_Collect(output)),
+        structlog.PrintLogger(file=output),
         processors=[structlog.processors.format_exc_info, RedactingProcessor(), structlog.processors.JSONRenderer()],
     )
     try:
         raise RuntimeError(f"provider said access_token={TOKEN}")
     except RuntimeError:
         logger.exception("failed", headers={"Authorization": f"Bearer {TOKEN}"}, body=f"refresh_token={TOKEN}")
-    text = "".join(output)
+    text = output.getvalue()
     assert TOKEN not in text
     assert json.loads(text)["headers"]["Authorization"] == REDACTED
-
-
-class _Collect:
-    def __init__(self, into: list[str]) -> None:
-        self.into = into
-
-    def write(self, text: str) -> None:
-        self.into.append(text)
-
-    def flush(self) -> None:
-        return None
 
 
 # --- httpx -------------------------------------------------------------------------------------------------

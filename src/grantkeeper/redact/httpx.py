@@ -80,6 +80,12 @@ def _log_failure(request: httpx.Request, exc: Exception) -> None:
                  scrub_text(str(exc)))  # fmt: skip
 
 
+def _answered(request: httpx.Request, response: httpx.Response) -> httpx.Response:
+    response.request = request  # a bare transport's response does not know its request yet
+    _log_response(response)
+    return response
+
+
 class RedactingLogTransport(httpx.BaseTransport):
     """Wraps a transport and logs every exchange (and transport error) through it, redacted."""
 
@@ -89,13 +95,10 @@ class RedactingLogTransport(httpx.BaseTransport):
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         _log_request(request)
         try:
-            response = self._inner.handle_request(request)
+            return _answered(request, self._inner.handle_request(request))
         except Exception as exc:
             _log_failure(request, exc)
             raise
-        response.request = request
-        _log_response(response)
-        return response
 
     def close(self) -> None:
         self._inner.close()
@@ -110,13 +113,10 @@ class AsyncRedactingLogTransport(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         _log_request(request)
         try:
-            response = await self._inner.handle_async_request(request)
+            return _answered(request, await self._inner.handle_async_request(request))
         except Exception as exc:
             _log_failure(request, exc)
             raise
-        response.request = request
-        _log_response(response)
-        return response
 
     async def aclose(self) -> None:
         await self._inner.aclose()
