@@ -225,6 +225,32 @@ def crash_after_send(world: World) -> None:
         world.capture("status", keeper.status("g"))
 
 
+def async_keeper(world: World) -> None:
+    """The asyncio keeper: concurrent tasks at expiry, a transient failure and a revocation."""
+    import asyncio
+
+    from grantkeeper import AsyncKeeper
+
+    with world.keeper() as keeper:
+        _grant(world, keeper)
+
+    async def drive() -> None:
+        async with await AsyncKeeper.open(world.url, policy=FAST_POLICY) as keeper:
+            tokens = await asyncio.gather(*(keeper.access_token("g") for _ in range(20)))
+            assert len(set(tokens)) == 1
+            world.sim.inject(HttpError(503))
+            world.capture("async refresh after 503", await keeper.refresh("g", force=True))
+            token = (await asyncio.to_thread(keeper.store.get_grant, "g")).refresh_token
+            assert token is not None
+            world.sim.revoke_family(token.reveal())
+            try:
+                await keeper.refresh("g", force=True)
+            except GrantkeeperError as exc:
+                world.capture_exception("async refresh after revocation", exc)
+
+    asyncio.run(drive())
+
+
 def cli_commands(world: World) -> None:
     """Every command but `token`, at default and -v verbosity, including failing ones."""
     sim = world.sim
@@ -316,6 +342,7 @@ SCENARIOS = [
     Scenario("revoked grant", revoked),
     Scenario("store locked at commit: recovery file", store_locked_at_commit),
     Scenario("crash after send, next worker recovers", crash_after_send),
+    Scenario("asyncio keeper", async_keeper),
     Scenario("CLI commands at every verbosity", cli_commands),
     Scenario("application logs through the redaction helpers", app_logging_through_the_filters),
     Scenario("PostgreSQL store", postgres_store, postgres=True),
@@ -373,6 +400,8 @@ def _file_captures(directory: Path) -> Iterator[tuple[str, bytes]]:
 def test_no_canary_escapes(scenario: Scenario, world: World, caplog: pytest.LogCaptureFixture) -> None:
     """No canary token or client secret, nor any 8-character fragment of one, appears in anything captured."""
     scenario.run(world)
+    if scenario.run is success:  # the capture really includes the HTTP libraries' DEBUG output
+        assert {"httpx", "httpcore"} <= {r.name.split(".")[0] for r in caplog.records}
     world.capture("log records (DEBUG, all loggers)", caplog.text)
     world.capture("log record arguments", [(r.name, r.args) for r in caplog.records])
     for name, data in _file_captures(world.tmp_path):

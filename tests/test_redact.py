@@ -147,6 +147,40 @@ def test_live_secret_never_survives_in_any_text(token: str, before: str, after: 
     del held
 
 
+@settings(max_examples=150, deadline=None)
+@given(name=field, token=vschar_token, before=noise,
+       syntax=st.sampled_from(["form", "json", "header", "extra"]))  # fmt: skip
+def test_logging_filter_never_lets_a_token_through(name: str, token: str, before: str, syntax: str) -> None:
+    """Through a real logger, handler and RedactingFilter: a token in a %-argument (form, JSON or header
+    syntax) or in an `extra=` field never reaches the formatted output."""
+
+    def render(value: str) -> str:
+        stream = io.StringIO()
+        handler = logging.StreamHandler(stream)
+        handler.setFormatter(logging.Formatter("%(message)s %(detail)s"))
+        handler.addFilter(RedactingFilter())
+        logger = logging.getLogger("test.redact.property")
+        logger.addHandler(handler)
+        logger.propagate = False
+        try:
+            if syntax == "extra":
+                logger.warning("%s", before, extra={"detail": {name: value}})
+            else:
+                argument = {"form": urlencode({name: value}), "json": json.dumps({name: value}),
+                            "header": f"Authorization: Bearer {value}"}[syntax]  # fmt: skip
+                logger.warning("%s %s", before, argument, extra={"detail": ""})
+        finally:
+            logger.removeHandler(handler)
+            logger.propagate = True
+        return stream.getvalue()
+
+    shown = {"form": urlencode({name: token}).split("=", 1)[1], "json": json.dumps(token)[1:-1]}.get(syntax, token)
+    if syntax == "header":
+        token = shown = "".join(c for c in token if c.isalnum()) or "abcdefgh"
+        shown = token
+    assert render(token).count(shown) <= render("Z").count(shown)
+
+
 # --- stdlib logging --------------------------------------------------------------------------------------
 
 
@@ -321,8 +355,10 @@ def test_scrub_locals_survives_broken_reprs() -> None:
         def __repr__(self) -> str:
             raise RuntimeError(TOKEN)
 
-    safe = scrub_locals({"code": TOKEN, "other": Broken(), "note": f"Bearer {TOKEN}"})
-    assert safe["code"] == REDACTED
+    safe = scrub_locals({"code": TOKEN, "other": Broken(), "note": f"Bearer {TOKEN}", "tokens": [TOKEN],
+                         "new_client_secret_value": TOKEN, "count": 3})  # fmt: skip
+    assert safe["code"] == safe["tokens"] == safe["new_client_secret_value"] == REDACTED
+    assert safe["count"] == "3"
     assert safe["other"].startswith("<unrepresentable Broken")
     assert TOKEN not in repr(safe)
 

@@ -13,6 +13,7 @@ and a frame that just revealed a token for the wire holds it in plain text. Use:
 
 from __future__ import annotations
 
+import re
 import sys
 import traceback
 from collections.abc import Mapping
@@ -22,12 +23,21 @@ from grantkeeper.redact._core import REDACTED, is_sensitive_key, scrub_text
 
 __all__ = ["format_exception", "install_excepthook", "scrub_locals"]
 
+# Variable names are code, not data: any name that mentions one of these (``tokens``, ``new_refresh_token``,
+# ``client_secret_value``) is hidden outright, a wider net than the exact field names used for mappings.
+_SENSITIVE_NAME = re.compile(r"(?i)token|secret|passw|assertion|authori[sz]ation|cookie|credential|bearer")
+
+
+def _hidden(name: str) -> bool:
+    return is_sensitive_key(name) or _SENSITIVE_NAME.search(name) is not None
+
 
 def scrub_locals(frame_locals: Mapping[str, object]) -> dict[str, str]:
-    """Each local's repr, scrubbed; a local with a sensitive name (``refresh_token``, ``code``...) is replaced."""
+    """Each local's repr, scrubbed; a local whose name mentions a token, secret, password, assertion,
+    authorization, cookie or credential (or is ``code``) is replaced outright."""
     safe: dict[str, str] = {}
     for name, value in frame_locals.items():
-        if is_sensitive_key(name):
+        if _hidden(name):
             safe[name] = REDACTED
             continue
         try:
