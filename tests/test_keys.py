@@ -236,9 +236,12 @@ def test_keys_rotate_with_a_key_file(tmp_path: Path, make_sim: Sim) -> None:
                                            expires_at=4e9, scopes=None))  # fmt: skip
     store.close()
 
+    old_key_text = key_file.read_text().strip()
     code, out, err = run_cli("--store", url, "keys", "rotate")
 
     assert code == 0, err
+    for key_text in (old_key_text, key_file.read_text().strip()):
+        assert key_text[:8] not in out + err
     new_ids = key_file_ids(key_file)
     assert len(new_ids) == 1 and new_ids[0] != old_id
     assert f"retired key {old_id}" in out
@@ -328,6 +331,25 @@ def test_rotating_an_env_key_needs_the_new_key_first(tmp_path: Path, make_sim: S
     assert result.returncode == 3
     assert "keys generate" in result.stderr and "NEW,OLD" in result.stderr
     assert TEST_KEY not in result.stderr + result.stdout
+
+
+def test_store_keyed_by_a_command(tmp_path: Path, make_sim: Sim, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An SQLite store whose key comes from $GRANTKEEPER_KEY_COMMAND works without a key file; `keys rotate`
+    asks for the new key to be put first in the command's output, then rotates once it is."""
+    script = tmp_path / "kms.py"
+    script.write_text(f"print({encode_key(KEY_A)!r})\n")
+    monkeypatch.setenv(KEY_COMMAND_ENV, f"{sys.executable} {script}")
+    url = f"sqlite://{tmp_path}/cmd.db"
+    with Keeper.open(url, policy=FAST_POLICY) as keeper:
+        add_grant(keeper, make_sim())
+        keeper.refresh("g")
+    assert not (tmp_path / "cmd.db.key").exists()
+    code, _, err = run_cli("--store", url, "keys", "rotate")
+    assert code == 3 and KEY_COMMAND_ENV in err
+    script.write_text(f"print({encode_key(KEY_B)!r}, {encode_key(KEY_A)!r})\n")
+    code, out, err = run_cli("--store", url, "keys", "rotate")
+    assert code == 0, err
+    assert f"nothing uses key {Crypto(KEY_A).key_id} any more: remove it from ${KEY_COMMAND_ENV}" in out
 
 
 ROTATE_CHILD = """

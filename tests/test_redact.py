@@ -207,6 +207,13 @@ def test_logging_filter_scrubs_extra_fields() -> None:
     assert record.count == 3
 
 
+def test_logging_filter_survives_arguments_that_do_not_fit() -> None:
+    """A record whose %-arguments do not match its format is still scrubbed, not an exception in the caller."""
+    record = logging.makeLogRecord({"msg": "one %s two %s", "args": (f"refresh_token={TOKEN}",)})
+    assert RedactingFilter().filter(record)
+    assert TOKEN not in record.getMessage() and "one %s two %s" in record.getMessage()
+
+
 def test_logging_filter_scrubs_stack_info(caplog: pytest.LogCaptureFixture) -> None:
     caplog.handler.addFilter(RedactingFilter())
     refresh_token = TOKEN  # noqa: F841  (a local with the token, as in a real frame)

@@ -28,7 +28,11 @@ class RedactingFilter(logging.Filter):
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = scrub_text(record.getMessage())
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):  # arguments that do not fit the format: keep both, scrubbed
+            message = f"{record.msg} {record.args!r}"
+        record.msg = scrub_text(message)
         record.args = None
         for name in set(vars(record)) - _STANDARD:
             value = getattr(record, name)

@@ -102,7 +102,8 @@ class SQLiteStore(SQLStore):
             _check_is_grantkeeper_store(path)  # before the key: a foreign file is a format problem, not a key one
         else:
             # Created owner-only before SQLite opens it; the WAL and shm files inherit the database's mode.
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            with contextlib.suppress(FileExistsError):  # another process is creating it right now
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         keys, source = load_ring(path.with_name(path.name + ".key"), create=not exists)
         store = cls(path, Crypto(keys, source=source), busy_timeout=busy_timeout, lock=None)
         try:
