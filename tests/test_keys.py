@@ -246,6 +246,9 @@ def test_keys_rotate_with_a_key_file(tmp_path: Path, make_sim: Sim) -> None:
     assert len(new_ids) == 1 and new_ids[0] != old_id
     assert f"retired key {old_id}" in out
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    retired_file = tmp_path / "s.db.key.retired"
+    assert key_file_ids(retired_file) == [old_id]
+    assert stat.S_IMODE(retired_file.stat().st_mode) == 0o600
     assert snapshot(url) == before
     store = open_store(url, create=False)
     try:
@@ -256,6 +259,31 @@ def test_keys_rotate_with_a_key_file(tmp_path: Path, make_sim: Sim) -> None:
         store.close()
     with Keeper.open(url, policy=FAST_POLICY) as keeper:
         assert keeper.refresh("h", force=True).generation == 2
+    code, out, _ = run_cli("--store", url, "keys", "purge")
+    assert code == 0 and f"retired key {old_id}: deleted" in out
+    assert not retired_file.exists()
+
+
+def test_a_late_write_with_the_old_key_stays_readable(tmp_path: Path, make_sim: Sim) -> None:
+    """A worker that read a grant before the rotation may commit with the old key after the old key was
+    retired: the value stays readable (retired keys still decrypt), `keys purge` keeps that key, and the next
+    rotation moves the value on."""
+    sim = make_sim()
+    url, _ = world(tmp_path, sim)
+    old_key = parse_ring((tmp_path / "s.db.key").read_text(), origin="test")[0]
+    assert run_cli("--store", url, "keys", "rotate")[0] == 0
+    late = Secret("a successor committed by a worker still on the old ring")
+    store = open_store(url, create=False)
+    with store._tx() as conn:
+        conn.execute("UPDATE grants SET refresh_token = ? WHERE name = 'g'", (Crypto(old_key).encrypt(late, aad=AAD),))
+    store.close()
+    assert snapshot(url)["tokens"]["g"][0] == late  # type: ignore[index]
+    code, out, _ = run_cli("--store", url, "keys", "purge")
+    assert code == 0 and f"retired key {Crypto(old_key).key_id}: still encrypts 1 values" in out
+    assert run_cli("--store", url, "keys", "rotate")[0] == 0
+    assert run_cli("--store", url, "keys", "purge")[0] == 0
+    assert not (tmp_path / "s.db.key.retired").exists()
+    assert snapshot(url)["tokens"]["g"][0] == late  # type: ignore[index]
 
 
 def test_format_1_store_opens_and_rotates(tmp_path: Path, make_sim: Sim) -> None:

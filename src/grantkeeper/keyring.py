@@ -93,13 +93,31 @@ class KeySource:
     path: Path | None = None
     command: str | None = None
 
-    def load(self) -> list[bytes]:
-        """Read the ring again (a rotation elsewhere may have added a key since this process started)."""
+    @property
+    def retired_path(self) -> Path | None:
+        """Beside a key file: keys retired by `keys rotate`, still read (never written with) until purged."""
+        return self.path.with_name(self.path.name + ".retired") if self.path is not None else None
+
+    def ring(self) -> list[bytes]:
+        """The ring as the source gives it: primary first, then the older keys still part of it."""
         if self.command is not None:
             return _run_key_command(self.command)
         if self.path is not None:
             return _read_key_file(self.path)
         return parse_ring(os.environ.get(KEY_ENV, ""), origin=self.description)
+
+    def retired(self) -> list[bytes]:
+        """Keys retired from a key file's ring; empty for other sources or when none are kept."""
+        try:
+            return _read_key_file(self.retired_path) if self.retired_path is not None else []
+        except FileNotFoundError:
+            return []
+
+    def load(self) -> list[bytes]:
+        """Every key that may decrypt: the ring, then retired keys (a rotation elsewhere may have changed both
+        since this process started). The first is the primary key."""
+        ring = self.ring()
+        return ring + [k for k in self.retired() if k not in ring]
 
 
 def _run_key_command(command: str) -> list[bytes]:

@@ -27,9 +27,11 @@ def _url(session: Session) -> str:
 
 
 def _usage_lines(crypto: Crypto, usage: dict[str, int]) -> list[str]:
+    source = crypto.source
+    retired = {Crypto(k).key_id for k in source.retired()} if source is not None else set()
     lines = []
     for position, key_id in enumerate(crypto.key_ids):
-        role = "primary" if position == 0 else "older"
+        role = "primary" if position == 0 else "retired, read only" if key_id in retired else "older"
         lines.append(f"key {key_id} ({role}): {usage.get(key_id, 0)} values")
     for label, count in sorted(usage.items()):
         if label == FORMAT_1:
@@ -78,10 +80,11 @@ def _start_rotation(url: str) -> SQLStore:
     """A store whose ring has a new primary key: added to the key file, or already put first by the user."""
     store = open_store(url, create=False)
     crypto = crypto_of(store)
-    if len(crypto.key_ids) > 1:
-        click.echo(f"the ring has {len(crypto.key_ids)} keys: re-encrypting everything with its first, {crypto.key_id}")
-        return store
     source = crypto.source
+    ring = source.ring() if source is not None else [b""] * len(crypto.key_ids)
+    if len(ring) > 1:
+        click.echo(f"the ring has {len(ring)} keys: re-encrypting everything with its first, {crypto.key_id}")
+        return store
     if source is None or source.path is None:
         store.close()
         where = source.description if source is not None else "the key source"
@@ -91,11 +94,23 @@ def _start_rotation(url: str) -> SQLStore:
             "'grantkeeper keys rotate' again"
         )
     # The new ring is durable before any value is rewritten with its key: an interruption leaves both keys.
-    write_key_file(source.path, [generate_key(), *source.load()], exclusive=False)
+    write_key_file(source.path, [generate_key(), *ring], exclusive=False)
     store.close()
     reopened = open_store(url, create=False)
     click.echo(f"added key {crypto_of(reopened).key_id} to {source.path} as the primary key")
     return reopened
+
+
+def _retire(path: Path, retired_path: Path, ring: list[bytes], retired: list[bytes], primary: str) -> None:
+    """Move every key but the primary from the key file to the retired file (that file first: never lost).
+
+    Retired keys still decrypt (a worker that read a value before the rotation may commit with the old key
+    after it) but never encrypt; `keys purge` deletes the ones nothing uses.
+    """
+    keep = [k for k in ring if Crypto(k).key_id == primary]
+    moved = retired + [k for k in ring if k not in keep and k not in retired]
+    write_key_file(retired_path, moved, exclusive=not retired_path.exists())
+    write_key_file(path, keep, exclusive=False)
 
 
 def _finish(store: SQLStore, result: RotationResult) -> None:
@@ -111,10 +126,11 @@ def _finish(store: SQLStore, result: RotationResult) -> None:
     source = crypto.source
     if not old:
         click.echo("every value uses the primary key; nothing to retire")
-    elif source is not None and source.path is not None:
-        keep = [k for k in source.load() if Crypto(k).key_id == result.primary]
-        write_key_file(source.path, keep, exclusive=False)
-        click.echo(f"retired key {', '.join(old)}: nothing uses it; {source.path} now holds key {result.primary}")
+    elif source is not None and source.path is not None and source.retired_path is not None:
+        _retire(source.path, source.retired_path, source.ring(), source.retired(), result.primary)
+        click.echo(f"retired key {', '.join(old)}: nothing uses it; {source.path} now holds key {result.primary}. "
+                   f"Retired keys stay readable in {source.retired_path} for writes still in flight: run "
+                   "'grantkeeper keys purge' once every worker has been restarted")  # fmt: skip
     else:
         where = source.description if source is not None else "the key source"
         click.echo(f"nothing uses key {', '.join(old)} any more: remove it from {where} (keep only the first key)")
@@ -140,3 +156,31 @@ def keys_rotate(session: Session) -> None:
         _finish(store, result)
     finally:
         store.close()
+
+
+@keys.command("purge")
+@click.pass_obj
+def keys_purge(session: Session) -> None:
+    """Delete retired keys that no stored value uses any more (from the key file's .retired file)."""
+    store = open_store(_url(session), create=False)
+    try:
+        usage = census(store)
+        crypto = crypto_of(store)
+    finally:
+        store.close()
+    source = crypto.source
+    if source is None or source.retired_path is None:
+        where = source.description if source is not None else "the key source"
+        raise ConfigurationError(f"keys from {where} are managed outside grantkeeper: remove unused ones there")
+    retired = source.retired()
+    used = [k for k in retired if usage.get(Crypto(k).key_id)]
+    for key in retired:
+        key_id = Crypto(key).key_id
+        note = f"still encrypts {usage[key_id]} values: run 'grantkeeper keys rotate'" if key in used else "deleted"
+        click.echo(f"retired key {key_id}: {note}")
+    if not retired:
+        click.echo("no retired keys")
+    elif used:
+        write_key_file(source.retired_path, used, exclusive=False)
+    else:
+        source.retired_path.unlink()
