@@ -505,6 +505,31 @@ def test_refreshes_during_rotation_lose_nothing(
         forward.close()
 
 
+def test_rotation_pages_through_every_row(durable_url: str, monkeypatch: pytest.MonkeyPatch, make_sim: Sim) -> None:
+    """Values are read a page at a time: with pages of 2 rows, every provider secret and grant token of a
+    larger store is still rewritten, counted and readable."""
+    from grantkeeper.model import Provider
+    from grantkeeper.stores import rekey
+
+    monkeypatch.setattr(rekey, "_PAGE", 2)
+    store = open_store(durable_url)
+    for p in range(3):
+        store.put_provider(Provider(name=f"p{p}", token_url="https://as.example/token", client_id="c",
+                                    client_secret=Secret(f"client-secret-{p}")), now=0.0)  # fmt: skip
+    for g in range(7):
+        store.import_grant(f"g{g}", provider="p0", refresh_token=Secret(f"refresh-token-{g}"), scopes=(), now=0.0)
+    store.close()
+    monkeypatch.setenv(KEY_ENV, f"{encode_key(KEY_B)},{TEST_KEY}")
+    store = open_store(durable_url, create=False)
+    try:
+        result = rotate(store)
+        assert result.rewritten == 1 + 3 + 7 and result.usage == {Crypto(KEY_B).key_id: 2 + 3 + 7}
+        assert [g.refresh_token for g in store.list_grants()] == [Secret(f"refresh-token-{g}") for g in range(7)]
+        assert [p.client_secret for p in store.list_providers()] == [Secret(f"client-secret-{p}") for p in range(3)]
+    finally:
+        store.close()
+
+
 # --- file modes ------------------------------------------------------------------------------------------
 
 

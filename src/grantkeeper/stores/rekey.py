@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from grantkeeper._exceptions import EncryptionKeyError, StoreFormatError
 from grantkeeper.crypto import Crypto
@@ -100,23 +100,58 @@ def unlock(conn: Conn, crypto: Crypto, *, where: str) -> None:
         ) from None
 
 
-def _cells(store: SQLStore) -> list[Cell]:
-    def read(conn: Conn) -> list[Cell]:
-        cells = [
-            Cell(KEY_CHECK_AAD, "meta", "key", "key_check", "value"),
-            Cell(FINGERPRINT_AAD, "meta", "key", "fingerprint_key", "value"),
-        ]
-        for (name,) in conn.execute("SELECT name FROM providers WHERE client_secret IS NOT NULL").fetchall():
-            aad = f"grantkeeper/providers/{name}/client_secret"
-            cells.append(Cell(aad, "providers", "name", name, "client_secret"))
-        for (name,) in conn.execute("SELECT name FROM grants ORDER BY name").fetchall():
-            for column in ("refresh_token", "access_token"):
-                cells.append(Cell(f"grantkeeper/grants/{name}/{column}", "grants", "name", name, column))
-        return cells
+#: Encrypted columns: (table, key column, columns). Meta rows are keyed by name like the rest.
+_TABLES = (
+    ("meta", "key", ("value",)),
+    ("providers", "name", ("client_secret",)),
+    ("grants", "name", ("refresh_token", "access_token")),
+)
+_META_AAD = {"key_check": KEY_CHECK_AAD, "fingerprint_key": FINGERPRINT_AAD}
+_PAGE = 500  # rows per read: one query per page, not one per value
 
-    cells = store._read(read)
-    cells += [Cell(aad, path=path) for path, aad in store.recovery.sealed_files()]
-    return cells
+
+def _page(store: SQLStore, sql: str, after: str) -> list[Any]:
+    rows: list[Any] = store._read(lambda conn: conn.execute(sql, (after,)).fetchall())
+    return rows
+
+
+def _values(store: SQLStore) -> Iterator[tuple[Cell, bytes]]:
+    """Every encrypted value with its current ciphertext, read a page of rows at a time (keyset paging)."""
+    for table, key_column, columns in _TABLES:
+        sql = (
+            f"SELECT {key_column}, {', '.join(columns)} FROM {table} WHERE {key_column} > ? "
+            f"ORDER BY {key_column} LIMIT {_PAGE}"
+        )
+        last = ""
+        while True:
+            rows = _page(store, sql, last)
+            for row in rows:
+                key = str(row[0])
+                for column, blob in zip(columns, row[1:], strict=True):
+                    if blob is None or (table == "meta" and key not in _META_AAD):
+                        continue
+                    aad = _META_AAD[key] if table == "meta" else f"grantkeeper/{table}/{key}/{column}"
+                    yield Cell(aad, table, key_column, key, column), bytes(blob)
+            if len(rows) < _PAGE:
+                break
+            last = str(rows[-1][0])
+    for path, aad in store.recovery.sealed_files():
+        try:
+            yield Cell(aad, path=path), path.read_bytes()
+        except FileNotFoundError:
+            continue  # replayed and removed since the listing
+
+
+def _count(store: SQLStore) -> int:
+    """How many values `_values` will yield at most (for the progress bar)."""
+    row = store._read(
+        lambda conn: conn.execute(
+            "SELECT (SELECT count(*) FROM meta WHERE key IN ('key_check', 'fingerprint_key')) + "
+            "(SELECT count(client_secret) FROM providers) + "
+            "(SELECT count(refresh_token) + count(access_token) FROM grants)"
+        ).fetchone()
+    )
+    return int(row[0]) + len(store.recovery.sealed_files())
 
 
 def _read_cell(store: SQLStore, cell: Cell) -> bytes | None:
@@ -124,7 +159,7 @@ def _read_cell(store: SQLStore, cell: Cell) -> bytes | None:
         try:
             return cell.path.read_bytes()
         except FileNotFoundError:
-            return None  # replayed and removed since the listing
+            return None
     sql = f"SELECT {cell.column} FROM {cell.table} WHERE {cell.key_column} = ?"
     row = store._read(lambda conn: conn.execute(sql, (cell.key,)).fetchone())
     return None if row is None or row[0] is None else bytes(row[0])
@@ -160,22 +195,16 @@ def _ensure_fingerprint_key(store: SQLStore, crypto: Crypto) -> None:
         )
 
 
-def _rewrite(store: SQLStore, crypto: Crypto, cell: Cell) -> bool:
-    """Re-encrypt one cell with the primary key; True if this call changed it."""
+def _rewrite(store: SQLStore, crypto: Crypto, cell: Cell, old: bytes | None) -> bool:
+    """Re-encrypt one value with the primary key; True if this call changed it. A refresh that committed
+    since `old` was read wins the compare-and-set; the value is then read again."""
     for _ in range(_CAS_TRIES):
-        old = _read_cell(store, cell)
         if old is None or crypto.is_current(old):
             return False
         if _write_cell(store, cell, old, crypto.reencrypt(old, aad=cell.aad)):
             return True
+        old = _read_cell(store, cell)
     return False
-
-
-def _labels(store: SQLStore, crypto: Crypto, cells: list[Cell]) -> Iterator[str]:
-    for cell in cells:
-        blob = _read_cell(store, cell)
-        if blob is not None:
-            yield crypto.key_id_of(blob) or FORMAT_1
 
 
 def crypto_of(store: SQLStore) -> Crypto:
@@ -185,7 +214,8 @@ def crypto_of(store: SQLStore) -> Crypto:
 
 def census(store: SQLStore) -> dict[str, int]:
     """How many stored values each key id encrypts (FORMAT_1 for values written before key ids)."""
-    return dict(Counter(_labels(store, store._crypto, _cells(store))))
+    crypto = store._crypto
+    return dict(Counter(crypto.key_id_of(blob) or FORMAT_1 for _, blob in _values(store)))
 
 
 def rotate(store: SQLStore, *, progress: Progress | None = None) -> RotationResult:
@@ -195,11 +225,11 @@ def rotate(store: SQLStore, *, progress: Progress | None = None) -> RotationResu
     """
     crypto = store._crypto
     _ensure_fingerprint_key(store, crypto)
-    cells = _cells(store)
-    rewritten = 0
-    for done, cell in enumerate(cells, start=1):
-        rewritten += _rewrite(store, crypto, cell)
+    total = _count(store)
+    rewritten = done = 0
+    for cell, blob in _values(store):
+        rewritten += _rewrite(store, crypto, cell, blob)
+        done += 1
         if progress is not None:
-            progress(done, len(cells))
-    usage = dict(Counter(_labels(store, crypto, _cells(store))))
-    return RotationResult(primary=crypto.key_id, rewritten=rewritten, total=len(cells), usage=usage)
+            progress(done, max(total, done))
+    return RotationResult(primary=crypto.key_id, rewritten=rewritten, total=done, usage=census(store))
