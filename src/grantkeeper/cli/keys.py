@@ -41,6 +41,15 @@ def _usage_lines(crypto: Crypto, usage: dict[str, int]) -> list[str]:
     return lines
 
 
+def _census(session: Session) -> tuple[Crypto, dict[str, int]]:
+    """The store's ring and how many values each of its keys encrypts."""
+    store = open_store(_url(session), create=False)
+    try:
+        return crypto_of(store), census(store)
+    finally:
+        store.close()
+
+
 @click.group()
 def keys() -> None:
     """The store's encryption keys: list them, generate one, rotate to a new one."""
@@ -50,12 +59,7 @@ def keys() -> None:
 @click.pass_obj
 def keys_list(session: Session) -> None:
     """Show the key ring (key ids only) and how many stored values each key encrypts."""
-    store = open_store(_url(session), create=False)
-    try:
-        usage = census(store)
-        crypto = crypto_of(store)
-    finally:
-        store.close()
+    crypto, usage = _census(session)
     source = crypto.source.description if crypto.source is not None else "unknown"
     click.echo(f"key ring from {source}")
     for line in _usage_lines(crypto, usage):
@@ -162,12 +166,7 @@ def keys_rotate(session: Session) -> None:
 @click.pass_obj
 def keys_purge(session: Session) -> None:
     """Delete retired keys that no stored value uses any more (from the key file's .retired file)."""
-    store = open_store(_url(session), create=False)
-    try:
-        usage = census(store)
-        crypto = crypto_of(store)
-    finally:
-        store.close()
+    crypto, usage = _census(session)
     source = crypto.source
     if source is None or source.retired_path is None:
         where = source.description if source is not None else "the key source"
