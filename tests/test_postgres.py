@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from grantkeeper import EncryptionKeyError, Keeper, Provider, Secret, StoreFormatError
 from grantkeeper.cli.main import cli
 from grantkeeper.stores import open_store
+from grantkeeper.stores.migrations import latest_version
 from tests.conftest import TEST_KEY
 from tests.helpers import FAST_POLICY, add_grant
 
@@ -40,7 +41,7 @@ def test_empty_database_needs_explicit_migrate(pg_url: str, keyed: None) -> None
         open_store(pg_url)
     assert _tables(pg_url) == set()
     store = open_store(pg_url, migrate=True)
-    assert store.schema_version() == 1
+    assert store.schema_version() == latest_version("postgres")
     store.close()
     assert {"grants", "leases", "attempts", "providers", "meta"} <= _tables(pg_url)
 
@@ -113,7 +114,7 @@ def test_cli_migrate_creates_and_reports(pg_url: str, keyed: None) -> None:
     for _ in range(2):
         result = CliRunner().invoke(cli, ["--store", pg_url, "migrate"])
         assert result.exit_code == 0, result.output
-        assert "schema version 1 (up to date)" in result.stdout
+        assert f"schema version {latest_version('postgres')} (up to date)" in result.stdout
 
 
 def test_waiter_is_woken_by_the_commit_notification(pg_url: str, keyed: None, make_sim: Sim) -> None:

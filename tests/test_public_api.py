@@ -16,6 +16,7 @@ def test_exported_names_are_pinned() -> None:
         "LostInFlight", "MalformedResponse", "NeedsReauth", "Provider", "ProviderRejected", "ProviderUnavailable",
         "RefreshPolicy", "ReuseDetected", "RevokedOrExpired", "RotationMode", "Secret", "StaleLocalToken",
         "StoreFormatError", "StoreUnavailable", "TransientError", "UnknownGrant", "UnknownProvider",
+        "Diagnosis", "GrantEvent", "HistoryRetention", "OutcomeClass", "Webhook",
     ])  # fmt: skip
     for name in grantkeeper.__all__:
         assert hasattr(grantkeeper, name)

@@ -24,9 +24,12 @@ from grantkeeper._exceptions import (
     UnknownProvider,
 )
 from grantkeeper._secrets import Secret
+from grantkeeper.diagnosis import Diagnosis
 from grantkeeper.engine import AsyncKeeper, GrantStatus, Keeper
-from grantkeeper.model import Attempt, AttemptState, AuthMethod, Grant, GrantState, Provider, RotationMode
+from grantkeeper.model import Attempt, AttemptState, AuthMethod, Grant, GrantState, OutcomeClass, Provider, RotationMode
+from grantkeeper.notify import GrantEvent, Webhook
 from grantkeeper.protocol import RefreshPolicy
+from grantkeeper.stores.sql import HistoryRetention
 
 __version__ = "0.1.0"
 
@@ -37,16 +40,20 @@ __all__ = [
     "AuthMethod",
     "ClientAuthFailed",
     "ConfigurationError",
+    "Diagnosis",
     "EncryptionKeyError",
     "Grant",
+    "GrantEvent",
     "GrantState",
     "GrantStatus",
     "GrantkeeperError",
+    "HistoryRetention",
     "Keeper",
     "LeaseTimeout",
     "LostInFlight",
     "MalformedResponse",
     "NeedsReauth",
+    "OutcomeClass",
     "Provider",
     "ProviderRejected",
     "ProviderUnavailable",
@@ -61,4 +68,5 @@ __all__ = [
     "TransientError",
     "UnknownGrant",
     "UnknownProvider",
+    "Webhook",
 ]

@@ -7,6 +7,9 @@ callable with `set_hook`. When nothing is configured, `hit()` is one dict lookup
 Points (in transaction order): ``after_claim`` (lease and attempt durable, nothing sent), ``before_send``,
 ``after_send`` (provider answered, nothing committed), ``before_commit``, ``after_commit`` (committed,
 lease not yet released by this worker), ``after_recovery_save``.
+
+Actions: ``kill`` (SIGKILL), ``sleep:SECONDS``, and ``wait:PATH`` (block until the file PATH exists, so a test
+can hold a process at a point until the other processes it races have done their part).
 """
 
 from __future__ import annotations
@@ -58,3 +61,7 @@ def hit(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
     elif action is not None and action.startswith("sleep:"):
         time.sleep(float(action.removeprefix("sleep:")))
+    elif action is not None and action.startswith("wait:"):
+        path = action.removeprefix("wait:")
+        while not os.path.exists(path):
+            time.sleep(0.02)

@@ -5,6 +5,10 @@ from __future__ import annotations
 import logging
 import sys
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from grantkeeper.engine import Keeper
 
 __all__ = ["Session"]
 
@@ -19,6 +23,19 @@ class Session:
     verbose: bool = False
     _handler: logging.Handler | None = None
     _saved_level: int = logging.NOTSET
+
+    def url(self) -> str:
+        from grantkeeper.stores import default_store_url
+
+        return self.store_url if self.store_url is not None else default_store_url()
+
+    def keeper(self, *, create: bool = False) -> Keeper:
+        """A keeper on the chosen store (only ``provider add`` creates one), announcing events to the webhook
+        named by $GRANTKEEPER_WEBHOOK_URL, if set."""
+        from grantkeeper.engine import Keeper
+        from grantkeeper.notify import Webhook
+
+        return Keeper.open(self.url(), create=create, on_event=Webhook.from_env())
 
     def configure_logging(self, verbose: bool) -> None:
         """Log the ``grantkeeper`` logger to stderr: INFO with ``--verbose``, else WARNING."""

@@ -35,10 +35,11 @@ from grantkeeper._secrets import Secret
 from grantkeeper.cli import _render
 from grantkeeper.cli._session import Session
 from grantkeeper.cli.demo import demo
+from grantkeeper.cli.diagnose import EXIT_ATTENTION, doctor, history
 from grantkeeper.cli.keys import keys
 from grantkeeper.engine import Keeper
 from grantkeeper.model import AuthMethod, Provider, RotationMode
-from grantkeeper.stores import backend, default_store_url, open_store
+from grantkeeper.stores import backend, open_store
 from grantkeeper.stores.migrations import latest_version
 
 __all__ = ["GrantkeeperGroup", "cli", "main"]
@@ -46,7 +47,6 @@ __all__ = ["GrantkeeperGroup", "cli", "main"]
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 EXIT_UNEXPECTED = 1
 EXIT_INTERRUPTED = 130
-EXIT_ATTENTION = 12  # keepalive: a grant needs attention
 
 
 class GrantkeeperGroup(click.Group):
@@ -130,12 +130,12 @@ def cli(session: Session, store_url: str | None, verbose: bool) -> None:
 
 
 def _url(session: Session) -> str:
-    return session.store_url if session.store_url is not None else default_store_url()
+    return session.url()
 
 
 def _open(session: Session, *, create: bool = False) -> Keeper:
     """A keeper on the chosen store. Only ``provider add`` creates a store; other commands need one."""
-    return Keeper.open(_url(session), create=create)
+    return session.keeper(create=create)
 
 
 def _echo_json(data: object) -> None:
@@ -397,6 +397,8 @@ def migrate(session: Session) -> None:
 
 
 cli.add_command(demo)
+cli.add_command(doctor)
+cli.add_command(history)
 cli.add_command(keys)
 
 

@@ -17,7 +17,7 @@ import os
 import secrets
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -25,12 +25,15 @@ from typing import Any, Self, TypeVar
 import httpx
 
 from grantkeeper._clock import Clock, SystemClock
-from grantkeeper._exceptions import ConfigurationError, GrantkeeperError, NeedsReauth, TransientError
+from grantkeeper._exceptions import ClientAuthFailed, ConfigurationError, GrantkeeperError, NeedsReauth, TransientError
 from grantkeeper._secrets import Secret
+from grantkeeper.diagnosis import Diagnosis, diagnose
 from grantkeeper.engine.drivers import drive, drive_async
-from grantkeeper.model import Attempt, Grant, GrantState, LeaseHolder, Provider
+from grantkeeper.model import Attempt, Grant, GrantState, LeaseHolder, OutcomeClass, Provider
+from grantkeeper.notify import EventSink, Notifier, event_for
 from grantkeeper.protocol import Refreshed, RefreshPolicy, refresh_flow
 from grantkeeper.stores import SQLStore, open_store
+from grantkeeper.stores.sql import HistoryRetention
 
 __all__ = ["AsyncKeeper", "GrantStatus", "KeepaliveResult", "Keeper"]
 
@@ -92,13 +95,32 @@ def _worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
+def worker_alive(worker: str) -> bool | None:
+    """Whether the process behind a worker id (``host:pid:nonce``) still runs; None if it is on another host or
+    the id is not one of ours. A reused pid reads as alive: the answer errs towards "still refreshing"."""
+    host, _, rest = worker.partition(":")
+    pid, _, _ = rest.partition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return None
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class _KeeperCore:
     """State and logic shared by both keepers; no I/O beyond calling the store."""
 
     def __init__(
-        self, store: SQLStore, *, clock: Clock | None, policy: RefreshPolicy | None, worker: str | None
-    ) -> None:
+        self, store: SQLStore, *, clock: Clock | None, policy: RefreshPolicy | None, worker: str | None,
+        on_event: EventSink | Iterable[EventSink] | None, retention: HistoryRetention | None,
+    ) -> None:  # fmt: skip
         self.store = store
+        if retention is not None:
+            store.retention = retention
         self.clock = clock or SystemClock()
         self.policy = policy or RefreshPolicy()
         self.worker = worker or _worker_id()
@@ -109,7 +131,47 @@ class _KeeperCore:
         self._replayer: threading.Thread | None = None
         self._stopping = threading.Event()
         self._replay_guard = threading.Lock()
+        self._notifier = Notifier()
+        for sink in [on_event] if callable(on_event) else on_event or ():
+            self._notifier.add(sink)
         store.subscribe(self._on_store_change)
+
+    def on_event(self, sink: EventSink) -> None:
+        """Call `sink` (a callable taking a `GrantEvent`, or a `Webhook`) when a grant needs a person: it entered
+        needs_reauth, or the provider rejected the client credentials. See `grantkeeper.notify`."""
+        self._notifier.add(sink)
+
+    def _announce(self, error: GrantkeeperError) -> None:
+        """Tell the event sinks about a failure this worker just recorded, if it is one a person must act on."""
+        if not self._notifier or error.grant is None:
+            return
+        try:
+            grant = self.store.get_grant(error.grant)
+            repeat = False
+            if isinstance(error, ClientAuthFailed):
+                previous = self.store.list_attempts(error.grant, limit=2)[1:]
+                repeat = bool(previous) and previous[0].outcome_class is OutcomeClass.CLIENT_AUTH_FAILED
+        except GrantkeeperError as exc:
+            logger.warning("grant %r: could not read the store to announce %s: %s", error.grant, error.code,
+                           exc.message)  # fmt: skip
+            return
+        event = event_for(error, provider=grant.provider, at=self.clock.now(), worker=self.worker, repeat=repeat)
+        if event is not None:
+            self._notifier.emit(event)
+
+    def _close_sinks(self) -> None:
+        for sink in self._notifier.sinks:
+            close = getattr(sink, "close", None)
+            if callable(close):
+                close()
+
+    def _doctor(self, name: str) -> Diagnosis:
+        grant, provider = self.store.get_grant_and_provider(name)
+        now = self.clock.now()
+        history = self.store.list_attempts(name, limit=self.store.retention.per_grant)
+        lease = self.store.lease_holder(name, now=now)
+        return diagnose(grant, provider, history, now=now, lease=lease, alive=worker_alive,
+                        find=lambda attempt_id: self.store.get_attempt(name, attempt_id))  # fmt: skip
 
     def _on_store_change(self, name: str, generation: int, kind: str) -> None:
         """Another worker committed or invalidated: drop what this process cached (I4). Any thread may call."""
@@ -169,8 +231,19 @@ class _KeeperCore:
 
     def _flow(self, name: str, force: bool, seen: int) -> Any:
         return refresh_flow(
-            name, worker=self.worker, force=force, policy=self.policy, seen_generation=seen if seen >= 0 else None
-        )
+            name, worker=self.worker, force=force, policy=self.policy, seen_generation=seen if seen >= 0 else None,
+            actor=self._actor(),
+        )  # fmt: skip
+
+    @staticmethod
+    def _actor() -> str:
+        """The calling thread (or asyncio task) as the attempt history names it."""
+        try:
+            task = asyncio.current_task()
+        except RuntimeError:
+            task = None
+        thread = threading.current_thread().name
+        return f"{thread}/{task.get_name()}" if task is not None else thread
 
     def _check_open(self) -> None:
         if self._closed:
@@ -283,8 +356,9 @@ class Keeper(_KeeperCore):
     def __init__(
         self, store: SQLStore, *, http: httpx.Client | None = None, clock: Clock | None = None,
         policy: RefreshPolicy | None = None, worker: str | None = None,
+        on_event: EventSink | Iterable[EventSink] | None = None, retention: HistoryRetention | None = None,
     ) -> None:  # fmt: skip
-        super().__init__(store, clock=clock, policy=policy, worker=worker)
+        super().__init__(store, clock=clock, policy=policy, worker=worker, on_event=on_event, retention=retention)
         self._own_http = http is None
         self._http = http or httpx.Client(timeout=DEFAULT_TIMEOUT, follow_redirects=False, trust_env=False)
         self._locks: dict[str, threading.Lock] = {}
@@ -305,6 +379,7 @@ class Keeper(_KeeperCore):
 
     def close(self) -> None:
         self._stop_background()
+        self._close_sinks()
         if self._own_http:
             self._http.close()
         self.store.close()
@@ -340,11 +415,24 @@ class Keeper(_KeeperCore):
             if self._satisfied(name, force, seen):
                 return None
             with self._forget_if_dead(name):
-                result = drive(self._flow(name, force, seen), store=self.store, http=self._http, clock=self.clock)
+                try:
+                    result = drive(self._flow(name, force, seen), store=self.store, http=self._http, clock=self.clock)
+                except (NeedsReauth, ClientAuthFailed) as exc:
+                    self._announce(exc)
+                    raise
             return self._remember(result)
 
     def status(self, name: str) -> GrantStatus:
         return self._status(name)
+
+    def doctor(self, name: str) -> Diagnosis:
+        """Why grant `name` failed last (or that it is healthy), with evidence and the next step."""
+        return self._doctor(name)
+
+    def history(self, name: str, *, limit: int = 50) -> list[Attempt]:
+        """Grant `name`'s refresh attempts, newest first: who, when, which generation and fingerprints, outcome."""
+        self.store.get_grant(name)  # an unknown name is an error, not an empty history
+        return self.store.list_attempts(name, limit=limit)
 
     def keepalive(self, *, margin: float = 7 * 86400.0) -> list[KeepaliveResult]:
         """Refresh grants whose refresh token would expire from disuse within `margin` seconds; warn about
@@ -383,8 +471,9 @@ class AsyncKeeper(_KeeperCore):
     def __init__(
         self, store: SQLStore, *, http: httpx.AsyncClient | None = None, clock: Clock | None = None,
         policy: RefreshPolicy | None = None, worker: str | None = None,
+        on_event: EventSink | Iterable[EventSink] | None = None, retention: HistoryRetention | None = None,
     ) -> None:  # fmt: skip
-        super().__init__(store, clock=clock, policy=policy, worker=worker)
+        super().__init__(store, clock=clock, policy=policy, worker=worker, on_event=on_event, retention=retention)
         self._own_http = http is None
         self._http = http or httpx.AsyncClient(timeout=DEFAULT_TIMEOUT, follow_redirects=False, trust_env=False)
         self._locks: dict[str, asyncio.Lock] = {}
@@ -406,6 +495,7 @@ class AsyncKeeper(_KeeperCore):
 
     async def aclose(self) -> None:
         await asyncio.to_thread(self._stop_background)
+        await asyncio.to_thread(self._close_sinks)
         if self._own_http:
             await self._http.aclose()
         await asyncio.to_thread(self.store.close)
@@ -431,9 +521,13 @@ class AsyncKeeper(_KeeperCore):
             if self._satisfied(name, force, seen):
                 return None
             with self._forget_if_dead(name):
-                result = await drive_async(
-                    self._flow(name, force, seen), store=self.store, http=self._http, clock=self.clock
-                )
+                try:
+                    result = await drive_async(
+                        self._flow(name, force, seen), store=self.store, http=self._http, clock=self.clock
+                    )
+                except (NeedsReauth, ClientAuthFailed) as exc:
+                    await self._call(self._announce, exc)
+                    raise
             return self._remember(result)
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -441,6 +535,13 @@ class AsyncKeeper(_KeeperCore):
 
     async def status(self, name: str) -> GrantStatus:
         return await self._call(self._status, name)
+
+    async def doctor(self, name: str) -> Diagnosis:
+        return await self._call(self._doctor, name)
+
+    async def history(self, name: str, *, limit: int = 50) -> list[Attempt]:
+        await self._call(self.store.get_grant, name)
+        return await self._call(self.store.list_attempts, name, limit=limit)
 
     async def keepalive(self, *, margin: float = 7 * 86400.0) -> list[KeepaliveResult]:
         """See `Keeper.keepalive`."""

@@ -21,14 +21,17 @@ CLIENT_AUTH_ERRORS = frozenset({"invalid_client", "unauthorized_client"})
 
 
 def classify_invalid_grant(
-    *, sent: Grant, latest: Grant, attempt: Attempt, recent_resend: Attempt | None, worker: str, rotates: bool = True
-) -> GrantkeeperError:
+    *, sent: Grant, latest: Grant, attempt: Attempt, recent_resend: Attempt | None, worker: str, rotates: bool = True,
+    stale_send: Attempt | None = None,
+) -> GrantkeeperError:  # fmt: skip
     """`invalid_grant` for the token `sent`, knowing the store's `latest` state.
 
     Order matters: a token older than the store's is a local bug, never a dead grant; a re-send of a
     possibly-spent token explains the rejection by the attempt that spent it; a recent re-send explains a
-    family revocation; only then is the grant revoked or expired. A provider that never rotates cannot be
-    explained by spending (`rotates` False): its invalid_grant is a revocation or expiry.
+    family revocation, and so does a stale token sent just before in the same refresh (`stale_send`: a
+    reuse-detecting provider revokes the family when it sees a spent token again); only then is the grant
+    revoked or expired. A provider that never rotates cannot be explained by spending (`rotates` False): its
+    invalid_grant is a revocation or expiry.
     """
     evidence = {"grant": sent.name, "generation": sent.generation, "fingerprint": sent.refresh_fp, "worker": worker,
                 "oauth_error": "invalid_grant"}  # fmt: skip
@@ -55,6 +58,15 @@ def classify_invalid_grant(
             "provider most likely treated that re-send as token reuse and revoked the whole grant. "
             "Re-authorize and re-import it; consider a larger reuse grace only if the provider documents one",
             attempt_id=recent_resend.id, **evidence,  # type: ignore[arg-type]
+        )  # fmt: skip
+    if stale_send is not None and rotates:
+        return ReuseDetected(
+            f"grant {sent.name!r}: the latest refresh token {sent.refresh_fp} was rejected right after attempt "
+            f"{stale_send.id} sent an already spent token {stale_send.refresh_fp} (generation "
+            f"{stale_send.generation}); the provider most likely treated that as token reuse and revoked the whole "
+            "grant. The root cause is a stale local copy of the token: find what read it (see 'grantkeeper doctor'), "
+            "then re-authorize and re-import the grant",
+            attempt_id=stale_send.id, **evidence,  # type: ignore[arg-type]
         )  # fmt: skip
     return RevokedOrExpired(
         f"grant {sent.name!r}: the provider rejected the latest refresh token {sent.refresh_fp} (generation "

@@ -15,13 +15,25 @@ from typing import Any
 
 from grantkeeper._exceptions import (
     ConfigurationError,
+    GrantkeeperError,
     LeaseTimeout,
     MalformedResponse,
     ProviderUnavailable,
     StaleLocalToken,
     StoreUnavailable,
 )
-from grantkeeper.model import Attempt, AttemptState, Grant, GrantState, Lease, Provider, RotationMode, TokenSet
+from grantkeeper.model import (
+    Attempt,
+    AttemptReport,
+    AttemptState,
+    Grant,
+    GrantState,
+    Lease,
+    OutcomeClass,
+    Provider,
+    RotationMode,
+    TokenSet,
+)
 from grantkeeper.protocol.classify import classify_invalid_grant, classify_other, dead_grant_error
 from grantkeeper.protocol.policy import RefreshPolicy
 from grantkeeper.protocol.steps import (
@@ -60,15 +72,16 @@ class Refreshed:
 
 
 def refresh_flow(
-    name: str, *, worker: str, force: bool, policy: RefreshPolicy, seen_generation: int | None = None
-) -> Flow:
+    name: str, *, worker: str, force: bool, policy: RefreshPolicy, seen_generation: int | None = None,
+    actor: str = "",
+) -> Flow:  # fmt: skip
     """Refresh grant `name` unless it no longer needs it.
 
     Without `force`, a grant whose access token is usable is returned as is. With `force`, the generation the
     caller last saw (`seen_generation`; None: whatever is current now) is refreshed, unless another worker
     already moved past it. A non-forced refresh first reads the grant (no write lock: usually another worker
     has refreshed it already); a forced one goes straight to the claim. Either way the claim re-reads the grant
-    in the transaction that takes the lease.
+    in the transaction that takes the lease. `actor` names the calling thread or task in the attempt history.
     """
     now = yield Now()
     if not force:
@@ -82,7 +95,7 @@ def refresh_flow(
     poll = policy.poll_initial
     seen = seen_generation
     while True:
-        claim: Claim = yield ClaimGrant(name, worker, policy.lease_ttl, now, force, seen)
+        claim: Claim = yield ClaimGrant(name, worker, policy.lease_ttl, now, force, seen, actor)
         if claim.lease is not None:
             break
         if claim.grant.state is GrantState.NEEDS_REAUTH:
@@ -107,10 +120,23 @@ def refresh_flow(
         poll = min(poll * 2, policy.poll_max)
         now = yield Now()
     yield Failpoint("after_claim")
-    return (yield from _spend(claim, worker=worker, policy=policy, started=now))
+    return (yield from _spend(claim, worker=worker, policy=policy, started=now, actor=actor))
 
 
-def _spend(claim: Claim, *, worker: str, policy: RefreshPolicy, started: float) -> Flow:
+def _report(
+    kind: OutcomeClass, *, error: GrantkeeperError | None = None, oauth: OAuthFailure | None = None,
+    status: int | None = None, latency: float | None = None, facts: dict[str, object] | None = None,
+    **evidence: object,
+) -> AttemptReport:  # fmt: skip
+    """The history's record of an attempt that did not commit: the class, the provider's answer, the facts."""
+    facts = {**(error.evidence() if error is not None else {}), **(facts or {}), **evidence}
+    return AttemptReport(
+        kind, error_code=oauth.error if oauth else None, error_description=oauth.description if oauth else None,
+        http_status=oauth.status if oauth else status, latency=latency, evidence=facts,
+    )  # fmt: skip
+
+
+def _spend(claim: Claim, *, worker: str, policy: RefreshPolicy, started: float, actor: str) -> Flow:
     """Inside the lease: send, classify, commit. Every exit closes the attempt it opened."""
     grant, provider, lease, attempt = claim.grant, claim.provider, claim.lease, claim.attempt
     assert lease is not None
@@ -119,7 +145,12 @@ def _spend(claim: Claim, *, worker: str, policy: RefreshPolicy, started: float) 
     if prior is not None and _must_wait_to_adopt(claim, prior, worker=worker, policy=policy, now=started):
         wait = prior.started_at + policy.adopt_after - started
         yield Finish(
-            lease, attempt.id, AttemptState.NOT_SENT, f"deferred: attempt {prior.id} may still commit", started
+            lease,
+            attempt.id,
+            AttemptState.NOT_SENT,
+            f"deferred: attempt {prior.id} may still commit",
+            started,
+            report=_report(OutcomeClass.DEFERRED, prior_attempt=prior.id, prior_worker=prior.worker),
         )
         raise LeaseTimeout(
             f"grant {grant.name!r}: attempt {prior.id} by worker {prior.worker} may have spent refresh token "
@@ -137,7 +168,7 @@ def _spend(claim: Claim, *, worker: str, policy: RefreshPolicy, started: float) 
         })  # fmt: skip
     tries = 0
     resent_ambiguous = False
-    stale_retried = False
+    stale_send: Attempt | None = None
     while True:
         tries += 1
         try:
@@ -145,18 +176,22 @@ def _spend(claim: Claim, *, worker: str, policy: RefreshPolicy, started: float) 
                 raise ConfigurationError(f"grant {grant.name!r} has no refresh token; re-import it")
             request = build_refresh_request(provider, grant.refresh_token)
         except ConfigurationError:
-            yield Finish(lease, attempt.id, AttemptState.NOT_SENT, "client secret unavailable", started)
+            yield Finish(lease, attempt.id, AttemptState.NOT_SENT, "client secret unavailable", started,
+                         report=_report(OutcomeClass.CONFIGURATION))  # fmt: skip
             raise
         yield Failpoint("before_send")
         sent_at = yield Now()
         result = yield Send(request, policy.request_timeout)
         yield Failpoint("after_send")
         now = yield Now()
+        latency = now - sent_at
         retry_after: float | None = None
         if isinstance(result, NotSent | Ambiguous):
             maybe_spent = isinstance(result, Ambiguous)
             state = AttemptState.AMBIGUOUS if maybe_spent else AttemptState.NOT_SENT
-            yield Finish(lease, attempt.id, state, result.reason, now, release=False)
+            kind = OutcomeClass.AMBIGUOUS if maybe_spent else OutcomeClass.PROVIDER_UNAVAILABLE
+            yield Finish(lease, attempt.id, state, result.reason, now, release=False,
+                         report=_report(kind, latency=latency, reason=result.reason))  # fmt: skip
             if maybe_spent:
                 if resent_ambiguous or now - started >= policy.deadline:
                     yield Release(lease)
@@ -172,18 +207,20 @@ def _spend(claim: Claim, *, worker: str, policy: RefreshPolicy, started: float) 
                     "grant": grant.name, "attempt_id": attempt.id, "fingerprint": grant.refresh_fp,
                 })  # fmt: skip
                 attempt = yield Record(lease, grant.generation, str(grant.refresh_fp), attempt.id,
-                                       policy.lease_ttl, now)  # fmt: skip
+                                       policy.lease_ttl, now, actor, tries + 1)  # fmt: skip
                 continue
             failure_text = f"provider {provider.name!r} unreachable ({result.reason})"
         else:
             answer = interpret(result, now)
             if isinstance(answer, Success):
                 update = _update(answer.token_set, grant, provider, sent_at, attempt)
-                return (yield from _commit(grant, provider, lease, attempt, update, worker=worker))
+                return (yield from _commit(grant, provider, lease, attempt, update, worker=worker, latency=latency))
             if isinstance(answer, Malformed):
                 # A 200 we cannot read may still have rotated the token on the provider's side.
                 spent = AttemptState.AMBIGUOUS if answer.status == 200 else AttemptState.REJECTED
-                yield Finish(lease, attempt.id, spent, f"malformed_response: {answer.reason}", now)
+                yield Finish(lease, attempt.id, spent, f"malformed_response: {answer.reason}", now,
+                             report=_report(OutcomeClass.MALFORMED_RESPONSE, status=answer.status, latency=latency,
+                                            reason=answer.reason))  # fmt: skip
                 raise MalformedResponse(
                     f"provider {provider.name!r} answered the refresh of grant {grant.name!r} with HTTP "
                     f"{answer.status} that is not a usable token response: {answer.reason}. Nothing was stored"
@@ -196,32 +233,42 @@ def _spend(claim: Claim, *, worker: str, policy: RefreshPolicy, started: float) 
             if isinstance(answer, OAuthFailure):
                 if answer.error == "invalid_grant":
                     latest, _ = yield Load(grant.name)
+                    resend, stale = _recent_reuse(claim.recent_resend, stale_send)
                     error = classify_invalid_grant(
-                        sent=grant, latest=latest, attempt=attempt, recent_resend=claim.recent_resend, worker=worker,
-                        rotates=provider.rotation is not RotationMode.NEVER,
+                        sent=grant, latest=latest, attempt=attempt, recent_resend=resend, worker=worker,
+                        rotates=provider.rotation is not RotationMode.NEVER, stale_send=stale,
+                    )  # fmt: skip
+                    report = _report(
+                        OutcomeClass(error.code), error=error, oauth=answer, latency=latency,
+                        facts=_invalid_grant_facts(attempt, latest, resend, stale),
                     )  # fmt: skip
                     if isinstance(error, StaleLocalToken):
-                        can_retry = not stale_retried and latest.state is GrantState.ACTIVE
-                        yield Finish(lease, attempt.id, AttemptState.REJECTED, error.code, now, release=not can_retry)
+                        can_retry = stale_send is None and latest.state is GrantState.ACTIVE
+                        yield Finish(lease, attempt.id, AttemptState.REJECTED, error.code, now, release=not can_retry,
+                                     report=report)  # fmt: skip
                         if not can_retry or latest.refresh_token is None:
                             raise error
                         yield Log(logging.WARNING, str(error), error.evidence())
-                        stale_retried = True
+                        stale_send = attempt
                         grant = latest
                         attempt = yield Record(lease, grant.generation, str(grant.refresh_fp), None,
-                                               policy.lease_ttl, now)  # fmt: skip
+                                               policy.lease_ttl, now, actor, tries + 1)  # fmt: skip
                         continue
-                    yield Finish(lease, attempt.id, AttemptState.DEAD, error.code, now, mark_dead=True)
+                    yield Finish(lease, attempt.id, AttemptState.DEAD, error.code, now, mark_dead=True, report=report)
                     raise error
                 error = classify_other(answer, grant=grant, attempt=attempt, worker=worker)
-                yield Finish(lease, attempt.id, AttemptState.REJECTED, f"{error.code}: {answer.error}", now)
+                report = _report(OutcomeClass(error.code), error=error, oauth=answer, latency=latency)
+                yield Finish(lease, attempt.id, AttemptState.REJECTED, f"{error.code}: {answer.error}", now,
+                             report=report)  # fmt: skip
                 raise error
             assert isinstance(answer, Transient)
             retry_after = answer.retry_after
             failure_text = f"provider {provider.name!r} answered HTTP {answer.status}" + (
                 f" {answer.error}" if answer.error else ""
             )
-            yield Finish(lease, attempt.id, AttemptState.REJECTED, failure_text, now, release=False)
+            yield Finish(lease, attempt.id, AttemptState.REJECTED, failure_text, now, release=False,
+                         report=_report(OutcomeClass.PROVIDER_UNAVAILABLE, status=answer.status, latency=latency,
+                                        oauth_error=answer.error, retry_after=answer.retry_after))  # fmt: skip
         # Transient and not spent: retry with backoff while tries and time remain.
         wait = policy.backoff(tries, retry_after)
         if tries >= policy.max_tries or now + wait - started > policy.deadline or wait > policy.lease_ttl / 2:
@@ -235,7 +282,7 @@ def _spend(claim: Claim, *, worker: str, policy: RefreshPolicy, started: float) 
         yield Sleep(wait)
         now = yield Now()
         attempt = yield Record(lease, grant.generation, str(grant.refresh_fp), attempt.resend_of,
-                               policy.lease_ttl, now)  # fmt: skip
+                               policy.lease_ttl, now, actor, tries + 1)  # fmt: skip
 
 
 def _update(token_set: TokenSet, grant: Grant, provider: Provider, sent_at: float, attempt: Attempt) -> GrantUpdate:
@@ -245,6 +292,7 @@ def _update(token_set: TokenSet, grant: Grant, provider: Provider, sent_at: floa
     if new_refresh is not None and new_refresh == grant.refresh_token:
         new_refresh = None
     return GrantUpdate(
+        same_refresh_returned=token_set.refresh_token is not None and new_refresh is None,
         refresh_token=new_refresh,
         access_token=token_set.access_token,
         expires_at=sent_at + expires_in,
@@ -255,13 +303,39 @@ def _update(token_set: TokenSet, grant: Grant, provider: Provider, sent_at: floa
     )
 
 
+def _recent_reuse(recent: Attempt | None, stale_send: Attempt | None) -> tuple[Attempt | None, Attempt | None]:
+    """Split the claim's latest re-send-or-stale-send into (re-send, stale send); this refresh's own stale send
+    wins: it is the newest second use of a token."""
+    if recent is not None and recent.outcome == OutcomeClass.STALE_LOCAL_TOKEN.value:
+        return None, stale_send or recent
+    return recent, stale_send
+
+
+def _invalid_grant_facts(
+    attempt: Attempt, latest: Grant, recent_resend: Attempt | None, stale_send: Attempt | None
+) -> dict[str, object]:
+    """What `doctor` needs beyond the error's own evidence: the state the rejection was judged against."""
+    facts: dict[str, object] = {"current_generation": latest.generation, "current_fingerprint": latest.refresh_fp,
+                                "rejected_attempt": attempt.id}  # fmt: skip
+    if attempt.resend_of is not None:
+        facts["spent_by_attempt"] = attempt.resend_of
+    if stale_send is not None:
+        facts["stale_attempt"] = stale_send.id
+    if recent_resend is not None:
+        facts["recent_resend"] = recent_resend.id
+        if recent_resend.resend_of is not None:
+            facts["recent_resend_of"] = recent_resend.resend_of
+    return facts
+
+
 def _commit(
-    grant: Grant, provider: Provider, lease: Lease, attempt: Attempt, update: GrantUpdate, *, worker: str
-) -> Flow:
+    grant: Grant, provider: Provider, lease: Lease, attempt: Attempt, update: GrantUpdate, *, worker: str,
+    latency: float,
+) -> Flow:  # fmt: skip
     yield Failpoint("before_commit")
     now = yield Now()
     try:
-        committed = yield Commit(lease, attempt.id, grant, update, now)
+        committed = yield Commit(lease, attempt.id, grant, update, now, latency)
     except GenerationConflict as conflict:
         # Another worker committed this generation first (our lease had expired): its chain is current and ours
         # is the superseded one. Serve the store's state.

@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from grantkeeper.model import Attempt, AttemptState, Grant, Lease, Provider
+from grantkeeper.model import Attempt, AttemptReport, AttemptState, Grant, Lease, Provider
 from grantkeeper.stores.base import Claim, GrantUpdate, Store
 
 __all__ = [
@@ -63,11 +63,12 @@ class ClaimGrant(StoreStep):
     now: float
     force: bool
     seen_generation: int | None
+    actor: str = ""  # the thread or task, for the history
 
     def run(self, store: Store) -> Claim:
         return store.claim(
             self.name, worker=self.worker, lease_ttl=self.lease_ttl, now=self.now, force=self.force,
-            seen_generation=self.seen_generation,
+            seen_generation=self.seen_generation, actor=self.actor,
         )  # fmt: skip
 
 
@@ -81,11 +82,13 @@ class Record(StoreStep):
     resend_of: int | None
     lease_ttl: float
     now: float
+    actor: str = ""
+    try_number: int = 1
 
     def run(self, store: Store) -> Attempt:
         return store.record_attempt(
             self.lease, generation=self.generation, refresh_fp=self.refresh_fp, resend_of=self.resend_of,
-            lease_ttl=self.lease_ttl, now=self.now,
+            lease_ttl=self.lease_ttl, now=self.now, actor=self.actor, try_number=self.try_number,
         )  # fmt: skip
 
 
@@ -98,10 +101,14 @@ class Commit(StoreStep):
     base: Grant
     update: GrantUpdate
     now: float
+    latency: float | None = None
     releases = True
 
     def run(self, store: Store) -> Grant:
-        return store.commit(self.lease, attempt_id=self.attempt_id, base=self.base, update=self.update, now=self.now)
+        return store.commit(
+            self.lease, attempt_id=self.attempt_id, base=self.base, update=self.update, now=self.now,
+            latency=self.latency,
+        )  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +122,7 @@ class Finish(StoreStep):
     now: float
     mark_dead: bool = False
     release: bool = True
+    report: AttemptReport | None = None
 
     @property
     def releases(self) -> bool:  # type: ignore[override]
@@ -123,7 +131,7 @@ class Finish(StoreStep):
     def run(self, store: Store) -> None:
         store.finish(
             self.lease, attempt_id=self.attempt_id, state=self.state, outcome=self.outcome, now=self.now,
-            mark_dead=self.mark_dead, release=self.release,
+            mark_dead=self.mark_dead, release=self.release, report=self.report,
         )  # fmt: skip
 
 

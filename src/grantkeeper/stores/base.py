@@ -23,7 +23,7 @@ from typing import Protocol
 
 from grantkeeper._exceptions import GrantkeeperError
 from grantkeeper._secrets import Secret
-from grantkeeper.model import Attempt, AttemptState, Grant, Lease, LeaseHolder, Provider
+from grantkeeper.model import Attempt, AttemptReport, AttemptState, Grant, Lease, LeaseHolder, Provider
 
 __all__ = ["Claim", "GenerationConflict", "GrantUpdate", "LeaseLost", "Store"]
 
@@ -49,6 +49,8 @@ class GrantUpdate:
     expires_at: float
     scopes: tuple[str, ...] | None
     access_verified: bool = True
+    #: The provider returned the refresh token it was sent (`refresh_token` is then None): not rotated.
+    same_refresh_returned: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +64,8 @@ class Claim:
     holder: LeaseHolder | None = None
     #: An unresolved attempt (crashed or ambiguous) on the same token that ``attempt`` now re-sends.
     prior: Attempt | None = None
-    #: The latest recorded re-send within the last two generations, to explain a later invalid_grant.
+    #: The latest recorded re-send (or stale-token send) within the last two generations, to explain a later
+    #: invalid_grant.
     recent_resend: Attempt | None = None
     #: The grant was brought up to date from local recovery storage; nothing needs sending.
     recovered: bool = False
@@ -99,18 +102,46 @@ class Store(Protocol):
 
     def list_attempts(self, name: str, *, limit: int = 20) -> list[Attempt]: ...
 
+    def get_attempt(self, name: str, attempt_id: int) -> Attempt | None: ...
+
     def lease_holder(self, name: str, *, now: float) -> LeaseHolder | None: ...
 
     # the refresh transaction
     def claim(
-        self, name: str, *, worker: str, lease_ttl: float, now: float, force: bool, seen_generation: int | None
+        self,
+        name: str,
+        *,
+        worker: str,
+        lease_ttl: float,
+        now: float,
+        force: bool,
+        seen_generation: int | None,
+        actor: str = "",
     ) -> Claim: ...
 
     def record_attempt(
-        self, lease: Lease, *, generation: int, refresh_fp: str, resend_of: int | None, lease_ttl: float, now: float
+        self,
+        lease: Lease,
+        *,
+        generation: int,
+        refresh_fp: str,
+        resend_of: int | None,
+        lease_ttl: float,
+        now: float,
+        actor: str = "",
+        try_number: int = 1,
     ) -> Attempt: ...
 
-    def commit(self, lease: Lease, *, attempt_id: int, base: Grant, update: GrantUpdate, now: float) -> Grant: ...
+    def commit(
+        self,
+        lease: Lease,
+        *,
+        attempt_id: int,
+        base: Grant,
+        update: GrantUpdate,
+        now: float,
+        latency: float | None = None,
+    ) -> Grant: ...
 
     def finish(
         self,
@@ -122,6 +153,7 @@ class Store(Protocol):
         now: float,
         mark_dead: bool = False,
         release: bool = True,
+        report: AttemptReport | None = None,
     ) -> None: ...
 
     def release(self, lease: Lease) -> None: ...

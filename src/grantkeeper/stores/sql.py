@@ -11,7 +11,9 @@ Secrets are encrypted with associated data ``grantkeeper/<table>/<row>/<column>`
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -22,12 +24,14 @@ from grantkeeper._secrets import Secret
 from grantkeeper.crypto import Crypto
 from grantkeeper.model import (
     Attempt,
+    AttemptReport,
     AttemptState,
     AuthMethod,
     Grant,
     GrantState,
     Lease,
     LeaseHolder,
+    OutcomeClass,
     Provider,
     RotationMode,
     check_name,
@@ -35,14 +39,13 @@ from grantkeeper.model import (
 from grantkeeper.stores.base import Claim, GenerationConflict, GrantUpdate, LeaseLost
 from grantkeeper.stores.recovery import RecoveryDir, RecoveryEntry
 
-__all__ = ["Conn", "SQLStore", "Subscriber"]
+__all__ = ["Conn", "HistoryRetention", "SQLStore", "Subscriber"]
 
 T = TypeVar("T")
 
 logger = logging.getLogger("grantkeeper")
 
 KEY_CHECK = b"grantkeeper key check"
-_KEEP_ATTEMPTS = 200  # per grant; older history is pruned
 _PRUNE_EVERY = 64  # generations between prunes, so the hot commit rarely pays for it
 _GRANT_COLUMNS = (
     "name, provider, refresh_token, refresh_fp, access_token, access_fp, expires_at, access_verified, "
@@ -55,6 +58,41 @@ _PROVIDER_COLUMNS = (
 _GRANT_COLUMNS_QUALIFIED = ", ".join("grants." + c.strip() for c in _GRANT_COLUMNS.split(","))
 _PROVIDER_COLUMNS_QUALIFIED = ", ".join("providers." + c.strip() for c in _PROVIDER_COLUMNS.split(","))
 _ATTEMPT_COLUMNS = "id, grant_name, generation, refresh_fp, worker, started_at, state, outcome, resend_of, finished_at"
+#: Everything the history keeps; the claim's hot query reads only `_ATTEMPT_COLUMNS`.
+_HISTORY_COLUMNS = _ATTEMPT_COLUMNS + (
+    ", actor, try_number, new_generation, received_fp, rotated, outcome_class, error_code, error_description, "
+    "http_status, latency, evidence"
+)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class HistoryRetention:
+    """How much attempt history to keep per grant: the newest `per_grant` attempts, none older than `days`."""
+
+    days: float = 90.0
+    per_grant: int = 1000
+
+    def __post_init__(self) -> None:
+        if not (self.days > 0 and self.per_grant >= 1):
+            raise ConfigurationError(
+                f"history retention must keep something (days > 0, per_grant >= 1); got days={self.days}, "
+                f"per_grant={self.per_grant}"
+            )
+
+    @classmethod
+    def from_env(cls) -> HistoryRetention:
+        """$GRANTKEEPER_HISTORY_DAYS and $GRANTKEEPER_HISTORY_PER_GRANT, where set; the defaults otherwise."""
+        values: dict[str, Any] = {}
+        for key, env, kind in (("days", "GRANTKEEPER_HISTORY_DAYS", float),
+                               ("per_grant", "GRANTKEEPER_HISTORY_PER_GRANT", int)):  # fmt: skip
+            raw = os.environ.get(env)
+            if raw:
+                try:
+                    values[key] = kind(raw)
+                except ValueError:
+                    raise ConfigurationError(f"${env} must be a number, got {raw[:20]!r}") from None
+        return cls(**values)
+
 
 #: Called with (grant name, generation, kind) when another process commits ("commit") or invalidates an access
 #: token ("invalidate"); see `SQLStore.subscribe`.
@@ -83,6 +121,8 @@ class SQLStore:
     def __init__(self, crypto: Crypto, recovery: RecoveryDir) -> None:
         self._crypto = crypto
         self.recovery = recovery
+        #: Attempt history kept for `grantkeeper history` and `doctor`; pruned as grants are refreshed.
+        self.retention = HistoryRetention.from_env()
         self._subscribers: list[Subscriber] = []
         self._providers: dict[tuple[Any, ...], Provider] = {}
 
@@ -179,7 +219,7 @@ class SQLStore:
 
     @staticmethod
     def _attempt(row: Any) -> Attempt:
-        return Attempt(
+        attempt = Attempt(
             id=int(row[0]),
             grant=str(row[1]),
             generation=int(row[2]),
@@ -190,6 +230,22 @@ class SQLStore:
             outcome=row[7],
             resend_of=row[8],
             finished_at=row[9],
+        )
+        if len(row) <= 10:
+            return attempt
+        return dataclasses.replace(
+            attempt,
+            actor=str(row[10]),
+            try_number=int(row[11]),
+            new_generation=row[12],
+            received_fp=row[13],
+            rotated=None if row[14] is None else bool(row[14]),
+            outcome_class=OutcomeClass(row[15]) if row[15] else None,
+            error_code=row[16],
+            error_description=row[17],
+            http_status=row[18],
+            latency=row[19],
+            evidence=json.loads(row[20]) if row[20] else {},
         )
 
     def _read_grant(self, conn: Conn, name: str) -> Grant:
@@ -298,9 +354,41 @@ class SQLStore:
                 raise UnknownGrant(f"no grant named {name!r}", grant=name)
 
     def list_attempts(self, name: str, *, limit: int = 20) -> list[Attempt]:
-        sql = f"SELECT {_ATTEMPT_COLUMNS} FROM attempts WHERE grant_name = ? ORDER BY id DESC LIMIT ?"
+        """The grant's attempt history, newest first (at most `limit`; retention may have pruned older ones)."""
+        sql = f"SELECT {_HISTORY_COLUMNS} FROM attempts WHERE grant_name = ? ORDER BY id DESC LIMIT ?"
         rows = self._read(lambda conn: conn.execute(sql, (name, limit)).fetchall())
         return [self._attempt(r) for r in rows]
+
+    def get_attempt(self, name: str, attempt_id: int) -> Attempt | None:
+        """One attempt of grant `name` by id; None if it never existed or was pruned."""
+        sql = f"SELECT {_HISTORY_COLUMNS} FROM attempts WHERE grant_name = ? AND id = ?"
+        row = self._read(lambda conn: conn.execute(sql, (name, attempt_id)).fetchone())
+        return self._attempt(row) if row else None
+
+    def prune_history(self, *, now: float) -> int:
+        """Apply `retention` to every grant now (commits also prune as they go); returns rows deleted."""
+        with self._tx() as conn:
+            deleted = conn.execute(
+                "DELETE FROM attempts WHERE started_at < ? AND state NOT IN ('open', 'ambiguous')",
+                (now - self.retention.days * 86400.0,),
+            ).rowcount
+            names = [str(r[0]) for r in conn.execute("SELECT name FROM grants").fetchall()]
+            for name in names:
+                deleted += self._prune_grant_history(conn, name, now=None)
+            return int(deleted)
+
+    def _prune_grant_history(self, conn: Conn, name: str, *, now: float | None) -> int:
+        deleted = conn.execute(
+            "DELETE FROM attempts WHERE grant_name = ? AND id <= (SELECT id FROM attempts WHERE grant_name = ? "
+            "ORDER BY id DESC LIMIT 1 OFFSET ?)",
+            (name, name, self.retention.per_grant),
+        ).rowcount
+        if now is not None:
+            deleted += conn.execute(
+                "DELETE FROM attempts WHERE grant_name = ? AND started_at < ? AND state NOT IN ('open', 'ambiguous')",
+                (name, now - self.retention.days * 86400.0),
+            ).rowcount
+        return int(deleted)
 
     def lease_holder(self, name: str, *, now: float) -> LeaseHolder | None:
         sql = (
@@ -313,8 +401,9 @@ class SQLStore:
     # ---------------------------------------------------------------- the refresh transaction
 
     def claim(
-        self, name: str, *, worker: str, lease_ttl: float, now: float, force: bool, seen_generation: int | None
-    ) -> Claim:
+        self, name: str, *, worker: str, lease_ttl: float, now: float, force: bool, seen_generation: int | None,
+        actor: str = "",
+    ) -> Claim:  # fmt: skip
         with self._tx() as conn:
             grant, provider = self._read_grant_and_provider(conn, name, lock=True)
             forced = force and (seen_generation is None or grant.generation <= seen_generation)
@@ -338,7 +427,8 @@ class SQLStore:
                     self.recovery.remove(entry)  # superseded: that generation was committed by other means
                 elif entry.expected_generation == grant.generation and recovered is None:
                     recovered = self._apply(conn, grant, entry.update, now=now)
-                    self._close_attempt(conn, entry.attempt_id, AttemptState.RECOVERED, "committed from recovery", now)
+                    if recovered is not None:
+                        self._close_recovered(conn, entry.attempt_id, recovered, now)
                     self.recovery.remove(entry)
             if recovered is not None:
                 self._notify(conn, name, recovered.generation, "commit")
@@ -352,22 +442,24 @@ class SQLStore:
             )
             lease = Lease(name, worker, fence, lease_now + lease_ttl)
             # One round trip for both: the unresolved attempt this claim re-sends (maybe spent, successor unknown)
-            # and the latest recorded re-send of the last generations (explains a later family revocation).
+            # and the latest re-send or stale send of the last generations (explains a later family revocation; a
+            # stale send is a certain second use of a token, a re-send only a possible one, so it is preferred).
             found = {
                 str(row[-1]): row[:-1]
                 for row in conn.execute(
                     f"SELECT * FROM (SELECT {_ATTEMPT_COLUMNS}, 'prior' FROM attempts WHERE grant_name = ? "
                     "AND generation = ? AND refresh_fp = ? AND state IN ('open', 'ambiguous') ORDER BY id DESC "
                     f"LIMIT 1) AS prior UNION ALL SELECT * FROM (SELECT {_ATTEMPT_COLUMNS}, 'resend' FROM attempts "
-                    "WHERE grant_name = ? AND resend_of IS NOT NULL AND generation >= ? ORDER BY id DESC LIMIT 1) "
-                    "AS resend",
+                    "WHERE grant_name = ? AND (resend_of IS NOT NULL OR outcome = 'stale_local_token') "
+                    "AND generation >= ? ORDER BY CASE WHEN outcome = 'stale_local_token' THEN 0 ELSE 1 END, id DESC "
+                    "LIMIT 1) AS resend",
                     (name, grant.generation, grant.refresh_fp, name, grant.generation - 2),
                 ).fetchall()
             }
             prior_row, resend_row = found.get("prior"), found.get("resend")
             prior = self._attempt(prior_row) if prior_row else None
             attempt = self._insert_attempt(
-                conn, lease, grant.generation, str(grant.refresh_fp), prior.id if prior else None, now
+                conn, lease, grant.generation, str(grant.refresh_fp), prior.id if prior else None, now, actor, 1
             )
             # The prior attempt stays as it is: the commit of this generation closes it, and until then a deferred
             # or crashed re-send must still find it.
@@ -383,28 +475,50 @@ class SQLStore:
 
     def _insert_attempt(
         self, conn: Conn, lease: Lease, generation: int, refresh_fp: str, resend_of: int | None,
-        now: float,
+        now: float, actor: str, try_number: int,
     ) -> Attempt:  # fmt: skip
         row = conn.execute(
             "INSERT INTO attempts (grant_name, generation, refresh_fp, worker, fence, started_at, state, "
-            "resend_of) VALUES (?, ?, ?, ?, ?, ?, 'open', ?) RETURNING id",
-            (lease.grant, generation, refresh_fp, lease.worker, lease.fence, now, resend_of),
+            "resend_of, actor, try_number) VALUES (?, ?, ?, ?, ?, ?, 'open', ?, ?, ?) RETURNING id",
+            (lease.grant, generation, refresh_fp, lease.worker, lease.fence, now, resend_of, actor, try_number),
         ).fetchone()
         return Attempt(
             int(row[0]), lease.grant, generation, refresh_fp, lease.worker, now, AttemptState.OPEN,
-            resend_of=resend_of,
+            resend_of=resend_of, actor=actor, try_number=try_number,
         )  # fmt: skip
 
     @staticmethod
-    def _close_attempt(conn: Conn, attempt_id: int, state: AttemptState, outcome: str, now: float) -> None:
+    def _close_attempt(
+        conn: Conn, attempt_id: int, state: AttemptState, outcome: str, now: float, report: AttemptReport | None
+    ) -> None:
+        if report is None:
+            conn.execute(
+                "UPDATE attempts SET state = ?, outcome = ?, finished_at = ? WHERE id = ?",
+                (state.value, outcome, now, attempt_id),
+            )
+            return
         conn.execute(
-            "UPDATE attempts SET state = ?, outcome = ?, finished_at = ? WHERE id = ?",
-            (state.value, outcome, now, attempt_id),
+            "UPDATE attempts SET state = ?, outcome = ?, finished_at = ?, outcome_class = ?, error_code = ?, "
+            "error_description = ?, http_status = ?, latency = ?, evidence = ? WHERE id = ?",
+            (
+                state.value, outcome, now, report.kind.value, report.error_code, report.error_description,
+                report.http_status, report.latency,
+                json.dumps(dict(report.evidence), sort_keys=True) if report.evidence else None, attempt_id,
+            ),
+        )  # fmt: skip
+
+    @staticmethod
+    def _close_recovered(conn: Conn, attempt_id: int, grant: Grant, now: float) -> None:
+        conn.execute(
+            "UPDATE attempts SET state = 'recovered', outcome = 'committed from recovery', finished_at = ?, "
+            "outcome_class = 'recovered', new_generation = ?, received_fp = ? WHERE id = ?",
+            (now, grant.generation, grant.refresh_fp, attempt_id),
         )
 
     def record_attempt(
-        self, lease: Lease, *, generation: int, refresh_fp: str, resend_of: int | None, lease_ttl: float, now: float
-    ) -> Attempt:
+        self, lease: Lease, *, generation: int, refresh_fp: str, resend_of: int | None, lease_ttl: float, now: float,
+        actor: str = "", try_number: int = 1,
+    ) -> Attempt:  # fmt: skip
         """Record another attempt under a held lease (a retry), renewing the lease in the same transaction."""
         with self._tx() as conn:
             renewed = conn.execute(
@@ -418,7 +532,7 @@ class SQLStore:
                     grant=lease.grant,
                     worker=lease.worker,
                 )
-            return self._insert_attempt(conn, lease, generation, refresh_fp, resend_of, now)
+            return self._insert_attempt(conn, lease, generation, refresh_fp, resend_of, now, actor, try_number)
 
     def _apply(self, conn: Conn, grant: Grant, update: GrantUpdate, *, now: float) -> Grant | None:
         """Compare-and-set the next generation; None if the stored generation is not `grant.generation`.
@@ -459,7 +573,10 @@ class SQLStore:
             refreshed_at=now,
         )
 
-    def commit(self, lease: Lease, *, attempt_id: int, base: Grant, update: GrantUpdate, now: float) -> Grant:
+    def commit(
+        self, lease: Lease, *, attempt_id: int, base: Grant, update: GrantUpdate, now: float,
+        latency: float | None = None,
+    ) -> Grant:  # fmt: skip
         with self._tx() as conn:
             committed = self._apply(conn, base, update, now=now)
             if committed is None:
@@ -471,21 +588,28 @@ class SQLStore:
                     grant=lease.grant, generation=current.generation, attempt_id=attempt_id,
                 )  # fmt: skip
             # Close this attempt, and any other still-open one of the same generation (a lost lease's), at once.
+            rotated = update.refresh_token is not None
+            received_fp = committed.refresh_fp if rotated or update.same_refresh_returned else None
             conn.execute(
                 "UPDATE attempts SET state = CASE WHEN id = ? THEN 'committed' ELSE 'abandoned' END, "
-                "outcome = CASE WHEN id = ? THEN ? ELSE 'superseded by a committed attempt' END, finished_at = ? "
+                "outcome = CASE WHEN id = ? THEN ? ELSE 'superseded by a committed attempt' END, finished_at = ?, "
+                "outcome_class = CASE WHEN id = ? THEN 'committed' ELSE 'superseded' END, "
+                # Casts: PostgreSQL cannot infer a parameter's type inside CASE (SQLite reads them as affinities).
+                "new_generation = CASE WHEN id = ? THEN CAST(? AS BIGINT) END, "
+                "received_fp = CASE WHEN id = ? THEN CAST(? AS TEXT) END, "
+                "rotated = CASE WHEN id = ? THEN CAST(? AS BIGINT) END, "
+                "latency = CASE WHEN id = ? THEN CAST(? AS DOUBLE PRECISION) END, "
+                "evidence = CASE WHEN id = ? THEN NULL ELSE CAST(? AS TEXT) END "
                 "WHERE id = ? OR (grant_name = ? AND generation = ? AND state = 'open')",
-                (attempt_id, attempt_id, f"generation {committed.generation}", now, attempt_id, lease.grant,
+                (attempt_id, attempt_id, f"generation {committed.generation}", now, attempt_id,
+                 attempt_id, committed.generation, attempt_id, received_fp, attempt_id, int(rotated),
+                 attempt_id, latency, attempt_id, json.dumps({"committed_by": attempt_id}), attempt_id, lease.grant,
                  base.generation),
             )  # fmt: skip
             self._release(conn, lease)
             self._notify(conn, lease.grant, committed.generation, "commit")
             if committed.generation % _PRUNE_EVERY == 0:
-                conn.execute(
-                    "DELETE FROM attempts WHERE grant_name = ? AND id <= (SELECT id FROM attempts WHERE "
-                    "grant_name = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
-                    (lease.grant, lease.grant, _KEEP_ATTEMPTS),
-                )
+                self._prune_grant_history(conn, lease.grant, now=now)
             return committed
 
     @staticmethod
@@ -497,17 +621,19 @@ class SQLStore:
 
     def finish(
         self, lease: Lease, *, attempt_id: int, state: AttemptState, outcome: str, now: float,
-        mark_dead: bool = False, release: bool = True,
+        mark_dead: bool = False, release: bool = True, report: AttemptReport | None = None,
     ) -> None:  # fmt: skip
         """Close an attempt that did not commit; optionally mark the grant dead and release the lease."""
         with self._tx() as conn:
-            self._close_attempt(conn, attempt_id, state, outcome, now)
+            self._close_attempt(conn, attempt_id, state, outcome, now, report)
             # Only the generation the attempt spent can be declared dead (I3: a newer one is someone's success).
             conn.execute(
                 "UPDATE grants SET last_error = ?, last_error_at = ?, state = CASE WHEN ? THEN 'needs_reauth' "
                 "ELSE state END WHERE name = ? AND generation = (SELECT generation FROM attempts WHERE id = ?)",
                 (outcome, now, mark_dead, lease.grant, attempt_id),
             )
+            if attempt_id % _PRUNE_EVERY == 0:  # a grant that keeps failing never commits: prune here too
+                self._prune_grant_history(conn, lease.grant, now=now)
             if release:
                 self._release(conn, lease)
                 self._notify(conn, lease.grant, -1, "release")
@@ -548,12 +674,13 @@ class SQLStore:
                     grant = self._read_grant(conn, entry.grant)
                 except UnknownGrant:
                     grant = None
-                if (
-                    grant is not None
-                    and grant.generation == entry.expected_generation
-                    and self._apply(conn, grant, entry.update, now=now) is not None
-                ):
-                    self._close_attempt(conn, entry.attempt_id, AttemptState.RECOVERED, "committed from recovery", now)
+                recovered = (
+                    self._apply(conn, grant, entry.update, now=now)
+                    if grant is not None and grant.generation == entry.expected_generation
+                    else None
+                )
+                if grant is not None and recovered is not None:
+                    self._close_recovered(conn, entry.attempt_id, recovered, now)
                     self._notify(conn, entry.grant, grant.generation + 1, "commit")
                     done.append(entry.grant)
             self.recovery.remove(entry)

@@ -1,0 +1,94 @@
+"""``grantkeeper doctor`` and ``grantkeeper history``: why a grant failed, and every attempt behind it."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from grantkeeper.cli import _render
+from grantkeeper.cli._session import Session
+from grantkeeper.diagnosis import Diagnosis
+from grantkeeper.model import Attempt
+
+__all__ = ["EXIT_ATTENTION", "attempt_dict", "doctor", "history"]
+
+EXIT_ATTENTION = 12  # the grant needs attention (shared with keepalive)
+
+
+def _echo_json(data: object) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+def diagnosis_lines(d: Diagnosis) -> list[str]:
+    lines = [f"{d.grant}: {d.cause}", f"  {_render.clean(d.summary)}"]
+    lines += [f"  - {_render.clean(fact)}" for fact in d.facts]
+    lines.append(f"  next: {_render.clean(d.next_step)}")
+    return lines
+
+
+@click.command()
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print the diagnosis as JSON (format: docs/doctor.md).")
+@click.pass_obj
+def doctor(session: Session, name: str, as_json: bool) -> None:
+    """Explain grant NAME: the cause of its latest failure with the evidence and the next step, or its health.
+
+    Exits 0 when the grant is healthy and 12 when it needs attention.
+    """
+    with session.keeper() as keeper:
+        diagnosis = keeper.doctor(name)
+    if as_json:
+        _echo_json(diagnosis.as_dict())
+    else:
+        for line in diagnosis_lines(diagnosis):
+            click.echo(line)
+    if not diagnosis.healthy:
+        raise click.exceptions.Exit(EXIT_ATTENTION)
+
+
+def attempt_dict(a: Attempt) -> dict[str, Any]:
+    """One attempt as `history --json` prints it (stable keys; fingerprints, never tokens)."""
+    return {
+        "id": a.id, "grant": a.grant, "started_at": a.started_at, "finished_at": a.finished_at, "worker": a.worker,
+        "actor": a.actor, "try": a.try_number, "generation": a.generation, "new_generation": a.new_generation,
+        "sent_fp": a.refresh_fp, "received_fp": a.received_fp, "rotated": a.rotated, "state": a.state.value,
+        "outcome_class": a.outcome_class.value if a.outcome_class else None, "outcome": a.outcome,
+        "error_code": a.error_code, "error_description": a.error_description, "http_status": a.http_status,
+        "latency": a.latency, "resend_of": a.resend_of, "evidence": dict(a.evidence),
+    }  # fmt: skip
+
+
+def _row(a: Attempt) -> list[object]:
+    generation = f"{a.generation}->{a.new_generation}" if a.new_generation is not None else str(a.generation)
+    outcome = (a.outcome_class.value if a.outcome_class else a.state.value) + (
+        f" ({a.error_code})" if a.error_code and a.outcome_class and a.error_code not in a.outcome_class else ""
+    )
+    if a.resend_of is not None:
+        outcome += f" [re-send of {a.resend_of}]"
+    worker = a.worker + (f" {a.actor}" if a.actor else "")
+    latency = f"{a.latency * 1000:.0f} ms" if a.latency is not None else "-"
+    rotated = {True: "yes", False: "no", None: "-"}[a.rotated]
+    return [_render.iso_utc(a.started_at), a.id, worker, generation, a.refresh_fp, a.received_fp or "-", rotated,
+            latency, outcome]  # fmt: skip
+
+
+@click.command()
+@click.argument("name")
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True, help="Show this many attempts.")
+@click.option("--json", "as_json", is_flag=True, help="Print the attempts as a JSON list (format: docs/doctor.md).")
+@click.pass_obj
+def history(session: Session, name: str, limit: int, as_json: bool) -> None:
+    """Show grant NAME's refresh attempts, newest first: when, which worker, generation, fingerprints, outcome."""
+    with session.keeper() as keeper:
+        attempts = keeper.history(name, limit=limit)
+    if as_json:
+        _echo_json([attempt_dict(a) for a in attempts])
+        return
+    if not attempts:
+        click.echo(f"grant {name} has no recorded refresh attempts (retention may have pruned older ones)")
+        return
+    headers = ["time", "id", "worker", "gen", "sent", "received", "rotated", "latency", "outcome"]
+    for line in _render.table(headers, [_row(a) for a in attempts]):
+        click.echo(line)

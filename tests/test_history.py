@@ -1,0 +1,129 @@
+"""Attempt history: retention bounds on every store, and stores from schema version 1 upgraded in place."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from grantkeeper import ConfigurationError, HistoryRetention, Keeper, ProviderUnavailable, StoreFormatError
+from grantkeeper.stores import open_store
+from grantkeeper.stores.migrations import latest_version
+from grantkeeper.testing.clock import FakeClock
+from grantkeeper.testing.simulator import HttpError
+from tests.conftest import TEST_KEY
+from tests.helpers import FAST_POLICY, add_grant
+
+Sim = Callable[..., object]
+DAY = 86400.0
+V2_COLUMNS = ("actor", "try_number", "new_generation", "received_fp", "rotated", "outcome_class", "error_code",
+              "error_description", "http_status", "latency", "evidence")  # fmt: skip
+
+
+def test_retention_keeps_the_newest_per_grant(store_url: str, make_sim: Sim) -> None:
+    sim = make_sim()
+    with Keeper.open(store_url, policy=FAST_POLICY, retention=HistoryRetention(per_grant=3)) as keeper:
+        add_grant(keeper, sim)
+        for _ in range(6):
+            keeper.refresh("g", force=True)
+        assert len(keeper.history("g", limit=100)) == 6
+        assert keeper.store.prune_history(now=keeper.clock.now()) == 3
+        assert [a.new_generation for a in keeper.history("g", limit=100)] == [7, 6, 5]
+
+
+def test_retention_bounds_a_grant_that_never_succeeds(sqlite_url: str, make_sim: Sim) -> None:
+    """A provider down for a long time: failed attempts are pruned too, not only on commits."""
+    sim = make_sim()
+    sim.inject(HttpError(503), times=10_000)  # type: ignore[attr-defined]
+    with Keeper.open(sqlite_url, policy=FAST_POLICY, retention=HistoryRetention(per_grant=5)) as keeper:
+        add_grant(keeper, sim)
+        for _ in range(20):
+            with pytest.raises(ProviderUnavailable):
+                keeper.refresh("g", force=True)
+        attempts = keeper.history("g", limit=1000)
+    assert sim.stats.refresh_calls == 20 * FAST_POLICY.max_tries  # type: ignore[attr-defined]
+    assert len(attempts) <= 5 + 64  # pruned at least once, at the latest 64 attempts ago
+    assert len(attempts) < 20 * FAST_POLICY.max_tries
+
+
+def test_retention_drops_attempts_older_than_the_window(store_url: str, make_sim: Sim) -> None:
+    """Attempts older than `days` are pruned, except an unresolved one (the next refresh still needs it)."""
+    sim = make_sim()
+    clock = FakeClock(start=1_900_000_000.0)
+    with Keeper.open(store_url, policy=FAST_POLICY, clock=clock, retention=HistoryRetention(days=10)) as keeper:
+        add_grant(keeper, sim)
+        keeper.refresh("g", force=True)
+        clock.advance(11 * DAY)
+        keeper.refresh("g", force=True)
+        assert keeper.store.prune_history(now=clock.now()) == 1
+        assert [a.new_generation for a in keeper.history("g")] == [3]
+
+
+def test_retention_is_validated_and_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigurationError, match="must keep something"):
+        HistoryRetention(days=0)
+    monkeypatch.setenv("GRANTKEEPER_HISTORY_DAYS", "30")
+    monkeypatch.setenv("GRANTKEEPER_HISTORY_PER_GRANT", "50")
+    assert HistoryRetention.from_env() == HistoryRetention(days=30, per_grant=50)
+    monkeypatch.setenv("GRANTKEEPER_HISTORY_PER_GRANT", "lots")
+    with pytest.raises(ConfigurationError, match="GRANTKEEPER_HISTORY_PER_GRANT must be a number"):
+        HistoryRetention.from_env()
+
+
+def _downgrade_sqlite(path: Path) -> None:
+    """Make a store look like schema version 1 (as a grantkeeper from before the history existed left it)."""
+    raw = sqlite3.connect(path)
+    raw.execute("DROP INDEX attempts_by_time")
+    for column in V2_COLUMNS:
+        raw.execute(f"ALTER TABLE attempts DROP COLUMN {column}")
+    raw.execute("PRAGMA user_version = 1")
+    raw.commit()
+    raw.close()
+
+
+def test_sqlite_store_from_version_1_is_upgraded_by_migrate(tmp_path: Path, make_sim: Sim) -> None:
+    """A version-1 store is refused until `migrate`; afterwards its old attempts read with empty history fields
+    and new refreshes record everything."""
+    sim = make_sim()
+    path = tmp_path / "old.db"
+    with Keeper.open(f"sqlite://{path}", policy=FAST_POLICY) as keeper:
+        add_grant(keeper, sim)
+        keeper.refresh("g", force=True)
+    _downgrade_sqlite(path)
+    with pytest.raises(StoreFormatError, match="grantkeeper migrate"):
+        open_store(f"sqlite://{path}")
+    open_store(f"sqlite://{path}", migrate=True).close()
+    with Keeper.open(f"sqlite://{path}", policy=FAST_POLICY) as keeper:
+        assert keeper.store.schema_version() == latest_version("sqlite")
+        keeper.refresh("g", force=True)
+        new, old = keeper.history("g")
+        assert old.outcome_class is None and old.actor == "" and old.state.value == "committed"
+        assert new.outcome_class is not None and new.new_generation == 3
+        assert keeper.doctor("g").cause == "healthy"
+
+
+def test_postgres_store_from_version_1_is_upgraded_by_migrate(
+    pg_url: str, make_sim: Sim, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("GRANTKEEPER_KEY", TEST_KEY)
+    monkeypatch.setenv("GRANTKEEPER_RECOVERY_DIR", str(tmp_path / "recovery"))
+    store_url = pg_url
+    open_store(store_url, migrate=True).close()
+    sim = make_sim()
+    with Keeper.open(store_url, policy=FAST_POLICY) as keeper:
+        add_grant(keeper, sim)
+        keeper.refresh("g", force=True)
+    with psycopg.connect(store_url, autocommit=True) as raw:
+        raw.execute("DROP INDEX attempts_by_time")
+        for column in V2_COLUMNS:
+            raw.execute(f"ALTER TABLE attempts DROP COLUMN {column}")
+        raw.execute("UPDATE meta SET value = '1'::bytea WHERE key = 'schema_version'")
+    with pytest.raises(StoreFormatError, match="grantkeeper migrate"):
+        open_store(store_url)
+    open_store(store_url, migrate=True).close()
+    with Keeper.open(store_url, policy=FAST_POLICY) as keeper:
+        keeper.refresh("g", force=True)
+        assert [a.new_generation for a in keeper.history("g")] == [3, None]
