@@ -23,6 +23,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -260,7 +261,8 @@ def cli_commands(world: World) -> None:
     assert any("grant g imported" in text for _, text in world.captures)
     for args in (["provider", "list"], ["provider", "list", "--json"], ["refresh", "g"], ["refresh", "g", "--force"],
                  ["status"], ["status", "g"], ["status", "g", "--json"], ["keepalive"], ["keepalive", "--json"],
-                 ["keys", "list"], ["keys", "rotate"], ["migrate"], ["status", "nope"]):  # fmt: skip
+                 ["keys", "list"], ["keys", "rotate"], ["keys", "purge"], ["migrate"], ["status", "nope"],
+                 ["history", "g"], ["history", "g", "--json"], ["doctor", "g"], ["doctor", "g", "--json"]):  # fmt: skip
         world.cli(*args)
     world.sim.inject(HttpError(503), times=20)
     world.cli("refresh", "g", "--force")
@@ -270,9 +272,67 @@ def cli_commands(world: World) -> None:
     assert token is not None
     world.sim.revoke_family(token.reveal())
     world.cli("refresh", "g", "--force")
-    world.cli("status", "g")
+    for args in (["status", "g"], ["history", "g", "--json"], ["doctor", "g"], ["doctor", "g", "--json"]):
+        world.cli(*args)
     outputs = "".join(text for _, text in world.captures)
     assert "refreshed: generation" in outputs and "error[" in outputs and "re-encrypted" in outputs
+
+
+def events_and_webhook(world: World) -> None:
+    """Grant events (client auth failure, needs re-consent) through a callback and a signed webhook: the
+    delivered bodies and headers, and every event's repr and JSON."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from grantkeeper import GrantEvent
+    from grantkeeper.notify import Webhook
+
+    delivered: list[tuple[str, bytes]] = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            delivered.append((str(self.headers), self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            return None
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    webhook_secret = f"{CANARY_MARK}-webhook-secret-{secrets.token_urlsafe(12)}"
+    wrong = f"{CANARY_MARK}-wrong-client-secret-{secrets.token_urlsafe(12)}"
+    world.extra_canaries |= {webhook_secret, wrong}
+    webhook = Webhook(f"http://127.0.0.1:{server.server_address[1]}/hook", secret=webhook_secret, backoff=0.01)
+    events: list[GrantEvent] = []
+
+    def on_event(event: GrantEvent) -> None:
+        events.append(event)
+        webhook(event)
+
+    try:
+        with world.keeper(on_event=on_event) as keeper:
+            _grant(world, keeper)
+            keeper.add_provider(dataclasses.replace(provider_for(world.sim), client_secret=Secret(wrong)))
+            world.attempt("refresh with a wrong client secret", lambda: keeper.refresh("g", force=True))
+            keeper.add_provider(provider_for(world.sim))
+            world.attempt("refresh", lambda: keeper.refresh("g", force=True))
+            token = keeper.store.get_grant("g").refresh_token
+            assert token is not None
+            world.sim.revoke_family(token.reveal())
+            world.attempt("refresh after revocation", lambda: keeper.refresh("g", force=True))
+        webhook.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert {e.kind for e in events} == {"client_auth_failed", "needs_reauth"} and len(delivered) == len(events)
+    for event in events:
+        world.capture("event repr", event)
+        world.capture("event json", json.dumps(event.as_dict(), default=str))
+    for headers, body in delivered:
+        world.capture("webhook headers", headers)
+        world.capture("webhook body", body)
+    world.capture("webhook repr", webhook)
 
 
 def app_logging_through_the_filters(world: World) -> None:
@@ -343,6 +403,7 @@ SCENARIOS = [
     Scenario("store locked at commit: recovery file", store_locked_at_commit),
     Scenario("crash after send, next worker recovers", crash_after_send),
     Scenario("asyncio keeper", async_keeper),
+    Scenario("grant events and the signed webhook", events_and_webhook),
     Scenario("CLI commands at every verbosity", cli_commands),
     Scenario("application logs through the redaction helpers", app_logging_through_the_filters),
     Scenario("PostgreSQL store", postgres_store, postgres=True),
