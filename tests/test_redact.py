@@ -65,10 +65,26 @@ def test_live_secret_is_caught_anywhere_by_value() -> None:
 
 def test_value_is_forgotten_when_no_secret_holds_it() -> None:
     """Redaction by value tracks live Secrets only (weak references): nothing is kept after they go."""
-    from grantkeeper._secrets import live_values
+    import gc
 
-    Secret("short-lived-value-1234")
-    assert "short-lived-value-1234" not in live_values()
+    from grantkeeper._secrets import live_values_in
+
+    first, second = Secret("short-lived-value-1234"), Secret("short-lived-value-1234")
+    assert live_values_in("x short-lived-value-1234 y") == ["short-lived-value-1234"]
+    del first
+    gc.collect()
+    assert live_values_in("x short-lived-value-1234 y") == ["short-lived-value-1234"]  # still held by one
+    del second
+    gc.collect()
+    assert live_values_in("x short-lived-value-1234 y") == []
+
+
+def test_overlapping_live_values_are_all_removed() -> None:
+    """Values sharing a prefix, or one inside another, are all found; the longest is replaced first."""
+    held = [Secret("prefix00-long-token-value"), Secret("prefix00-other"), Secret("long-token")]
+    text = "a prefix00-long-token-value b prefix00-other c long-token"
+    assert scrub_text(text) == f"a {REDACTED} b {REDACTED} c {REDACTED}"
+    del held
 
 
 def test_scrub_copies_nested_structures_without_mutating() -> None:

@@ -4,8 +4,10 @@ Masking lives in the type so that no logger, traceback, repr or JSON encoder see
 out is `.reveal()`, called where the value is put on the wire or encrypted.
 
 Every live `Secret` of 8 characters or more is also known by value to `grantkeeper.redact` (through
-`live_values`), so a token pasted into an unrelated log message or exception is still caught. The registry
-holds weak references only: a value is forgotten when the last `Secret` holding it is gone.
+`live_values_in`), so a token pasted into an unrelated log message or exception is still caught. The
+registry counts the live Secrets per value and forgets a value when the last one holding it is collected.
+Values are indexed by their first 8 characters, so finding the live values in a text costs one dict lookup
+per character of the text, however many tokens the process holds.
 """
 
 from __future__ import annotations
@@ -15,19 +17,47 @@ import threading
 import weakref
 from typing import NoReturn
 
-__all__ = ["Secret", "live_values"]
+__all__ = ["Secret", "live_values_in"]
 
 #: Shorter values are not redacted by value: they would cut ordinary words out of messages.
 MIN_REDACTED_LENGTH = 8
-_live: weakref.WeakValueDictionary[str, Secret] = weakref.WeakValueDictionary()
+_live_count: dict[str, int] = {}
+_by_prefix: dict[str, frozenset[str]] = {}  # replaced, never mutated: readers need no lock
 _live_lock = threading.Lock()
 
 
-def live_values() -> list[str]:
-    """Every value held by a live Secret (>= 8 characters), longest first, for redaction by value."""
+def _remember(secret: Secret, value: str) -> None:
     with _live_lock:
-        values = list(_live.keys())
-    return sorted(values, key=len, reverse=True)
+        count = _live_count.get(value, 0)
+        _live_count[value] = count + 1
+        if count == 0:
+            prefix = value[:MIN_REDACTED_LENGTH]
+            _by_prefix[prefix] = _by_prefix.get(prefix, frozenset()) | {value}
+    weakref.finalize(secret, _forget, value).atexit = False
+
+
+def _forget(value: str) -> None:
+    with _live_lock:
+        count = _live_count.pop(value, 1) - 1
+        if count > 0:
+            _live_count[value] = count
+            return
+        prefix = value[:MIN_REDACTED_LENGTH]
+        rest = _by_prefix.get(prefix, frozenset()) - {value}
+        if rest:
+            _by_prefix[prefix] = rest
+        else:
+            _by_prefix.pop(prefix, None)
+
+
+def live_values_in(text: str) -> list[str]:
+    """The values of live Secrets that occur in `text`, longest first (replace them in that order)."""
+    found: set[str] = set()
+    for i in range(len(text) - MIN_REDACTED_LENGTH + 1):
+        candidates = _by_prefix.get(text[i : i + MIN_REDACTED_LENGTH])
+        if candidates:
+            found.update(v for v in candidates if text.startswith(v, i))
+    return sorted(found, key=len, reverse=True)
 
 
 class Secret:
@@ -44,8 +74,7 @@ class Secret:
             raise TypeError("Secret holds a str")
         self._value = value
         if len(value) >= MIN_REDACTED_LENGTH:
-            with _live_lock:
-                _live[value] = self
+            _remember(self, value)
 
     def reveal(self) -> str:
         """Return the plain value. Call only where it is sent or encrypted."""

@@ -17,7 +17,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from grantkeeper._secrets import Secret, live_values
+from grantkeeper._secrets import Secret, live_values_in
 
 __all__ = ["REDACTED", "SENSITIVE_KEYS", "is_sensitive_key", "scrub", "scrub_text"]
 
@@ -67,9 +67,8 @@ def _replace(match: re.Match[str]) -> str:
 
 def scrub_text(text: str) -> str:
     """`text` with every live secret and every credential-shaped field value replaced by REDACTED."""
-    for value in live_values():
-        if value in text:
-            text = text.replace(value, REDACTED)
+    for value in live_values_in(text):
+        text = text.replace(value, REDACTED)
     for rule in _RULES:
         text = rule.sub(_replace, text)
     return text
