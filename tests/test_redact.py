@@ -484,3 +484,17 @@ def test_core_imports_no_optional_library() -> None:
             "print(sorted(m for m in ('structlog', 'sentry_sdk', 'opentelemetry') if m in sys.modules))")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_cli_log_handler_redacts(capsys: pytest.CaptureFixture[str]) -> None:
+    """The CLI's own stderr log handler carries the filter: whatever is logged through it is scrubbed."""
+    from grantkeeper.cli._session import Session
+
+    session = Session()
+    session.configure_logging(True)
+    try:
+        logging.getLogger("grantkeeper.test").warning("posting refresh_token=%s", TOKEN)
+    finally:
+        session.close_logging()
+    err = capsys.readouterr().err
+    assert "posting refresh_token=" in err and TOKEN not in err
