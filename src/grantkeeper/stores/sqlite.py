@@ -100,11 +100,11 @@ class SQLiteStore(SQLStore):
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         if exists:
             _check_is_grantkeeper_store(path)  # before the key: a foreign file is a format problem, not a key one
-        else:
+        keys, source = load_ring(path.with_name(path.name + ".key"), create=not exists)
+        if not exists:
             # Created owner-only before SQLite opens it; the WAL and shm files inherit the database's mode.
             with contextlib.suppress(FileExistsError):  # another process is creating it right now
                 os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-        keys, source = load_ring(path.with_name(path.name + ".key"), create=not exists)
         store = cls(path, Crypto(keys, source=source), busy_timeout=busy_timeout, lock=None)
         try:
             store._initialise(migrate=migrate)
