@@ -152,6 +152,25 @@ def wrong_client_secret(world: World) -> None:
         world.capture("status", keeper.status("g"))
 
 
+def bad_store_and_key(world: World) -> None:
+    """Opening with the wrong key, then a damaged store file: configuration errors, rendered everywhere."""
+    from grantkeeper.keyring import encode_key
+
+    with world.keeper() as keeper:
+        _grant(world, keeper)
+        world.attempt("refresh", lambda: keeper.refresh("g"))
+    os.environ["GRANTKEEPER_KEY"] = encode_key(bytes(32))
+    world.attempt("open with the wrong key", lambda: Keeper.open(world.url).close())
+    del os.environ["GRANTKEEPER_KEY"]
+    world.cli("status", "g")
+    db = Path(world.url.removeprefix("sqlite://"))
+    data = bytearray(db.read_bytes())
+    data[100:4096] = bytes(len(data[100:4096]))
+    db.write_bytes(bytes(data))
+    world.attempt("open a damaged store", lambda: Keeper.open(world.url).close())
+    world.cli("status", "g")
+
+
 def revoked(world: World) -> None:
     with world.keeper() as keeper:
         _grant(world, keeper, grace=30)
@@ -398,7 +417,10 @@ SCENARIOS = [
     Scenario("retries exhausted", fault(HttpError(500), times=20)),
     Scenario("ambiguous: connection dropped after rotation", fault(DropAfterRotate(), grace=30)),
     *[Scenario(f"malformed response: {kind}", fault(Malformed(kind))) for kind in sorted(MALFORMED_KINDS)],
+    Scenario("lost in flight: dropped after rotation, no grace", fault(DropAfterRotate())),
+    Scenario("provider rejected: invalid_scope", fault(HttpError(400, error="invalid_scope"))),
     Scenario("wrong client secret", wrong_client_secret),
+    Scenario("wrong key, damaged store file", bad_store_and_key),
     Scenario("revoked grant", revoked),
     Scenario("store locked at commit: recovery file", store_locked_at_commit),
     Scenario("crash after send, next worker recovers", crash_after_send),
