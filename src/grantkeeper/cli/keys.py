@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from grantkeeper._exceptions import ConfigurationError, EncryptionKeyError
 from grantkeeper.cli._session import Session
 from grantkeeper.crypto import Crypto
-from grantkeeper.keyring import KEY_ENV, generate_key, write_key_file
+from grantkeeper.keyring import KEY_ENV, KeySource, generate_key, write_key_file
 from grantkeeper.stores import default_store_url, open_store
 from grantkeeper.stores.rekey import FORMAT_1, RotationResult, census, crypto_of, rotate
 from grantkeeper.stores.sql import SQLStore
@@ -80,20 +80,26 @@ def keys_generate(output: Path) -> None:
                "'grantkeeper keys rotate'")  # fmt: skip
 
 
-def _start_rotation(url: str) -> SQLStore:
+def _source(store: SQLStore) -> KeySource:
+    source = crypto_of(store).source
+    if source is None:  # only a memory store has none, and `_url` refuses those
+        store.close()
+        raise ConfigurationError("this store's key has no source to manage")
+    return source
+
+
+def _start_rotation(url: str) -> tuple[SQLStore, KeySource]:
     """A store whose ring has a new primary key: added to the key file, or already put first by the user."""
     store = open_store(url, create=False)
-    crypto = crypto_of(store)
-    source = crypto.source
-    ring = source.ring() if source is not None else [b""] * len(crypto.key_ids)
+    source = _source(store)
+    ring = source.ring()
     if len(ring) > 1:
-        click.echo(f"the ring has {len(ring)} keys: re-encrypting everything with its first, {crypto.key_id}")
-        return store
-    if source is None or source.path is None:
+        click.echo(f"the ring has {len(ring)} keys: re-encrypting everything with its first, {Crypto(ring[0]).key_id}")
+        return store, source
+    if source.path is None:
         store.close()
-        where = source.description if source is not None else "the key source"
         raise EncryptionKeyError(
-            f"the key comes from {where}, which grantkeeper cannot change: create a key with "
+            f"the key comes from {source.description}, which grantkeeper cannot change: create a key with "
             "'grantkeeper keys generate --output FILE', put it first in the ring (NEW,OLD) and run "
             "'grantkeeper keys rotate' again"
         )
@@ -102,7 +108,7 @@ def _start_rotation(url: str) -> SQLStore:
     store.close()
     reopened = open_store(url, create=False)
     click.echo(f"added key {crypto_of(reopened).key_id} to {source.path} as the primary key")
-    return reopened
+    return reopened, source
 
 
 def _retire(path: Path, retired_path: Path, ring: list[bytes], retired: list[bytes], primary: str) -> None:
@@ -117,27 +123,23 @@ def _retire(path: Path, retired_path: Path, ring: list[bytes], retired: list[byt
     write_key_file(path, keep, exclusive=False)
 
 
-def _finish(store: SQLStore, result: RotationResult) -> None:
-    crypto = crypto_of(store)
+def _finish(store: SQLStore, source: KeySource, result: RotationResult) -> None:
     click.echo(f"re-encrypted {result.rewritten} of {result.total} values with key {result.primary}")
-    old = [k for k in crypto.key_ids if k != result.primary]
+    ring = source.ring()
+    old = [Crypto(k).key_id for k in ring if Crypto(k).key_id != result.primary]
     if not result.retirable:
         click.echo("some values still use older keys (refreshes by workers on the old ring?); run "
                    "'grantkeeper keys rotate' again once every worker has the new ring:")  # fmt: skip
-        for line in _usage_lines(crypto, result.usage):
+        for line in _usage_lines(crypto_of(store), result.usage):
             click.echo(f"  {line}")
-        return
-    source = crypto.source
-    if not old:
-        click.echo("every value uses the primary key; nothing to retire")
-    elif source is not None and source.path is not None and source.retired_path is not None:
-        _retire(source.path, source.retired_path, source.ring(), source.retired(), result.primary)
+    elif source.path is not None and source.retired_path is not None:
+        _retire(source.path, source.retired_path, ring, source.retired(), result.primary)
         click.echo(f"retired key {', '.join(old)}: nothing uses it; {source.path} now holds key {result.primary}. "
                    f"Retired keys stay readable in {source.retired_path} for writes still in flight: run "
                    "'grantkeeper keys purge' once every worker has been restarted")  # fmt: skip
     else:
-        where = source.description if source is not None else "the key source"
-        click.echo(f"nothing uses key {', '.join(old)} any more: remove it from {where} (keep only the first key)")
+        click.echo(f"nothing uses key {', '.join(old)} any more: remove it from {source.description} (keep only "
+                   "the first key)")  # fmt: skip
 
 
 @keys.command("rotate")
@@ -149,7 +151,7 @@ def keys_rotate(session: Session) -> None:
     $GRANTKEEPER_KEY_COMMAND, put the new key first in the ring yourself. Safe to interrupt: run it again
     to resume. Workers must have the new ring before they next read a rewritten value.
     """
-    store = _start_rotation(_url(session))
+    store, source = _start_rotation(_url(session))
     try:
         console = Console(stderr=True)
         with Progress(
@@ -157,7 +159,7 @@ def keys_rotate(session: Session) -> None:
         ) as bar:
             task = bar.add_task("rotate", total=None)
             result = rotate(store, progress=lambda done, total: bar.update(task, completed=done, total=total))
-        _finish(store, result)
+        _finish(store, source, result)
     finally:
         store.close()
 
@@ -169,7 +171,7 @@ def keys_purge(session: Session) -> None:
     crypto, usage = _census(session)
     source = crypto.source
     if source is None or source.retired_path is None:
-        where = source.description if source is not None else "the key source"
+        where = source.description if source is not None else "this store's key source"
         raise ConfigurationError(f"keys from {where} are managed outside grantkeeper: remove unused ones there")
     retired = source.retired()
     used = [k for k in retired if usage.get(Crypto(k).key_id)]
