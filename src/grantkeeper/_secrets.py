@@ -5,7 +5,7 @@ out is `.reveal()`, called where the value is put on the wire or encrypted.
 
 Every live `Secret` of 8 characters or more is also known by value to `grantkeeper.redact` (through
 `live_values_in`), so a token pasted into an unrelated log message or exception is still caught. The
-registry counts the live Secrets per value and forgets a value when the last one holding it is collected.
+registry counts the live Secrets per value and forgets a value once the last one holding it is collected.
 Values are indexed by their first 8 characters, so finding the live values in a text costs one dict lookup
 per character of the text, however many tokens the process holds.
 """
@@ -24,24 +24,31 @@ MIN_REDACTED_LENGTH = 8
 _live_count: dict[str, int] = {}
 _by_prefix: dict[str, frozenset[str]] = {}  # replaced, never mutated: readers need no lock
 _live_lock = threading.Lock()
+#: Values whose Secret was collected. The garbage collector runs finalizers at any allocation, even inside
+#: `_remember` with the lock held, so the finalizer only appends here (atomic, never blocks) and the next
+#: `_remember` applies the removals under the lock.
+_collected: list[str] = []
 
 
 def _remember(secret: Secret, value: str) -> None:
     with _live_lock:
+        _apply_collected()
         count = _live_count.get(value, 0)
         _live_count[value] = count + 1
         if count == 0:
             prefix = value[:MIN_REDACTED_LENGTH]
             _by_prefix[prefix] = _by_prefix.get(prefix, frozenset()) | {value}
-    weakref.finalize(secret, _forget, value).atexit = False
+    weakref.finalize(secret, _collected.append, value).atexit = False
 
 
-def _forget(value: str) -> None:
-    with _live_lock:
+def _apply_collected() -> None:
+    """Drop one count per collected Secret; forget a value when none holds it any more (lock held)."""
+    while _collected:
+        value = _collected.pop()
         count = _live_count.pop(value, 1) - 1
         if count > 0:
             _live_count[value] = count
-            return
+            continue
         prefix = value[:MIN_REDACTED_LENGTH]
         rest = _by_prefix.get(prefix, frozenset()) - {value}
         if rest:
@@ -51,7 +58,16 @@ def _forget(value: str) -> None:
 
 
 def live_values_in(text: str) -> list[str]:
-    """The values of live Secrets that occur in `text`, longest first (replace them in that order)."""
+    """The values of live Secrets that occur in `text`, longest first (replace them in that order).
+
+    A value whose last Secret was just collected may still be found until the next Secret is made: it is
+    redacted once more than needed, never less.
+    """
+    if _collected and _live_lock.acquire(blocking=False):
+        try:
+            _apply_collected()
+        finally:
+            _live_lock.release()
     found: set[str] = set()
     for i in range(len(text) - MIN_REDACTED_LENGTH + 1):
         candidates = _by_prefix.get(text[i : i + MIN_REDACTED_LENGTH])
