@@ -287,3 +287,25 @@ def test_output_has_no_ascii_control_characters(text: str) -> None:
 def test_embedded_token_never_survives(prefix: str, token: str, suffix: str) -> None:
     """A token-like run embedded anywhere in provider text never survives sanitizing."""
     assert token not in sanitize_provider_text(prefix + token + suffix, 10_000)
+
+
+def test_collecting_a_secret_never_waits_for_the_registry_lock() -> None:
+    """The garbage collector may run a Secret's finalizer while this thread holds the registry lock (any
+    allocation can trigger a collection): the finalizer must not block, or the process deadlocks."""
+    import gc
+    import threading
+
+    from grantkeeper import _secrets
+
+    cycle: list[object] = [Secret("collected-in-a-cycle-value")]
+    cycle.append(cycle)  # only the cycle collector can free it
+    del cycle
+    collector = threading.Thread(target=gc.collect, daemon=True)
+    with _secrets._live_lock:
+        collector.start()
+        collector.join(timeout=30)
+        finished = not collector.is_alive()
+    collector.join()
+    assert finished
+    Secret("any-new-secret-value")  # applies the collected removals
+    assert _secrets.live_values_in("x collected-in-a-cycle-value y") == []

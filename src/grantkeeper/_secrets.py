@@ -2,14 +2,78 @@
 
 Masking lives in the type so that no logger, traceback, repr or JSON encoder sees the value: the one way
 out is `.reveal()`, called where the value is put on the wire or encrypted.
+
+Every live `Secret` of 8 characters or more is also known by value to `grantkeeper.redact` (through
+`live_values_in`), so a token pasted into an unrelated log message or exception is still caught. The
+registry counts the live Secrets per value and forgets a value once the last one holding it is collected.
+Values are indexed by their first 8 characters, so finding the live values in a text costs one dict lookup
+per character of the text, however many tokens the process holds.
 """
 
 from __future__ import annotations
 
 import hmac
+import threading
+import weakref
 from typing import NoReturn
 
-__all__ = ["Secret"]
+__all__ = ["Secret", "live_values_in"]
+
+#: Shorter values are not redacted by value: they would cut ordinary words out of messages.
+MIN_REDACTED_LENGTH = 8
+_live_count: dict[str, int] = {}
+_by_prefix: dict[str, frozenset[str]] = {}  # replaced, never mutated: readers need no lock
+_live_lock = threading.Lock()
+#: Values whose Secret was collected. The garbage collector runs finalizers at any allocation, even inside
+#: `_remember` with the lock held, so the finalizer only appends here (atomic, never blocks) and the next
+#: `_remember` applies the removals under the lock.
+_collected: list[str] = []
+
+
+def _remember(secret: Secret, value: str) -> None:
+    with _live_lock:
+        _apply_collected()
+        count = _live_count.get(value, 0)
+        _live_count[value] = count + 1
+        if count == 0:
+            prefix = value[:MIN_REDACTED_LENGTH]
+            _by_prefix[prefix] = _by_prefix.get(prefix, frozenset()) | {value}
+    weakref.finalize(secret, _collected.append, value).atexit = False
+
+
+def _apply_collected() -> None:
+    """Drop one count per collected Secret; forget a value when none holds it any more (lock held)."""
+    while _collected:
+        value = _collected.pop()
+        count = _live_count.pop(value, 1) - 1
+        if count > 0:
+            _live_count[value] = count
+            continue
+        prefix = value[:MIN_REDACTED_LENGTH]
+        rest = _by_prefix.get(prefix, frozenset()) - {value}
+        if rest:
+            _by_prefix[prefix] = rest
+        else:
+            _by_prefix.pop(prefix, None)
+
+
+def live_values_in(text: str) -> list[str]:
+    """The values of live Secrets that occur in `text`, longest first (replace them in that order).
+
+    A value whose last Secret was just collected may still be found until the next Secret is made: it is
+    redacted once more than needed, never less.
+    """
+    if _collected and _live_lock.acquire(blocking=False):
+        try:
+            _apply_collected()
+        finally:
+            _live_lock.release()
+    found: set[str] = set()
+    for i in range(len(text) - MIN_REDACTED_LENGTH + 1):
+        candidates = _by_prefix.get(text[i : i + MIN_REDACTED_LENGTH])
+        if candidates:
+            found.update(v for v in candidates if text.startswith(v, i))
+    return sorted(found, key=len, reverse=True)
 
 
 class Secret:
@@ -19,12 +83,14 @@ class Secret:
     cannot leave the process by accident. Equality is constant-time.
     """
 
-    __slots__ = ("_value",)
+    __slots__ = ("__weakref__", "_value")
 
     def __init__(self, value: str) -> None:
         if not isinstance(value, str):
             raise TypeError("Secret holds a str")
         self._value = value
+        if len(value) >= MIN_REDACTED_LENGTH:
+            _remember(self, value)
 
     def reveal(self) -> str:
         """Return the plain value. Call only where it is sent or encrypted."""

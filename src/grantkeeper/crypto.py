@@ -1,20 +1,29 @@
-"""Encryption at rest (AES-256-GCM) and token fingerprints (HMAC-SHA256).
+"""Encryption at rest (AES-256-GCM) and token fingerprints (HMAC-SHA256), over a key ring.
 
-One 32-byte master key per store. Two subkeys are derived from it with HKDF so that the fingerprint key
-can never decrypt anything. Every ciphertext carries a random 96-bit nonce and is bound by associated
-data to the row and field it belongs to, so a ciphertext copied into another row or column fails to
-decrypt instead of silently becoming another grant's token.
+Each key yields subkeys through HKDF so that the fingerprint key can never decrypt anything. Every
+ciphertext carries a random 96-bit nonce and is bound by associated data to the row and field it belongs to,
+so a ciphertext copied into another row or column fails to decrypt instead of silently becoming another
+grant's token.
+
+Formats (the first byte says which):
+
+* ``0x01 | nonce | ciphertext+tag``: written before key rotation existed; decrypted by trying each key in
+  the ring (primary first);
+* ``0x02 | key id (6 bytes) | nonce | ciphertext+tag``: the key id picks the key; the version byte and the key
+  id are part of the associated data.
+
+Fingerprints must stay the same across key rotation (history and diagnostics match tokens by them over
+time), so the fingerprint key is the one derived from the store's *first* key, persisted encrypted in the
+store by the first rotation (see `grantkeeper.stores.rekey`) and adopted with `Crypto.unlock` at open.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import hmac
 import os
-import stat
-from pathlib import Path
+import threading
+from collections.abc import Sequence
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -22,81 +31,118 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from grantkeeper._exceptions import EncryptionKeyError, StoreFormatError
-from grantkeeper._fsutil import fsync_dir
 from grantkeeper._secrets import Secret
+from grantkeeper.keyring import KEY_ENV, KeySource, load_or_create_key, parse_key
 
 __all__ = ["KEY_ENV", "Crypto", "load_or_create_key", "parse_key"]
 
-KEY_ENV = "GRANTKEEPER_KEY"
-_VERSION = b"\x01"
+_V1 = b"\x01"
+_V2 = b"\x02"
+_KID_BYTES = 6
 _NONCE_BYTES = 12
+_TAG_BYTES = 16
 
 
 def _derive(master: bytes, purpose: bytes) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"grantkeeper/v1/" + purpose).derive(master)
 
 
-def parse_key(text: str, *, origin: str) -> bytes:
-    """Decode a base64url key of exactly 32 bytes; `origin` names where it came from for the error."""
-    raw = text.strip()
-    try:
-        key = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4))
-    except (binascii.Error, ValueError):
-        key = b""
-    if len(key) != 32:
-        raise EncryptionKeyError(
-            f"the key in {origin} is not 32 bytes of base64url; generate one with "
-            '`python -c "import secrets,base64;print(base64.urlsafe_b64encode(secrets.token_bytes(32)).decode())"`'
-        )
-    return key
+def _key_id(master: bytes) -> bytes:
+    return hmac.new(_derive(master, b"key-id"), b"key-id", hashlib.sha256).digest()[:_KID_BYTES]
 
 
-def load_or_create_key(key_file: Path, *, create: bool) -> bytes:
-    """The store's master key: ``$GRANTKEEPER_KEY`` if set, else the key file beside the store.
-
-    The key file is created (mode 0600, exclusively) only when `create` is true, that is when the store is
-    being created; a store that exists without its key is an error, never a reason to make a new key.
-    """
-    env = os.environ.get(KEY_ENV)
-    if env:
-        return parse_key(env, origin=f"${KEY_ENV}")
-    try:
-        st = key_file.stat()
-    except FileNotFoundError:
-        if not create:
-            raise EncryptionKeyError(
-                f"no encryption key: ${KEY_ENV} is not set and the key file {key_file} does not exist; "
-                "set the key this store was created with"
-            ) from None
-        key = os.urandom(32)
-        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, base64.urlsafe_b64encode(key) + b"\n")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        fsync_dir(key_file.parent)
-        return key
-    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise EncryptionKeyError(
-            f"key file {key_file} is readable by other users (mode {stat.S_IMODE(st.st_mode):o}); "
-            f"run `chmod 600 {key_file}`"
-        )
-    return parse_key(key_file.read_text(encoding="ascii", errors="replace"), origin=str(key_file))
-
-
-class Crypto:
-    """Encrypts values for one store and fingerprints tokens with that store's key."""
-
-    __slots__ = ("_aead", "_fp_key", "key_id")
+class _Key:
+    __slots__ = ("aead", "fingerprint_key", "kid")
 
     def __init__(self, master: bytes) -> None:
         if len(master) != 32:
             raise EncryptionKeyError("encryption key must be 32 bytes")
-        self._aead = AESGCM(_derive(master, b"encryption"))
-        self._fp_key = _derive(master, b"fingerprint")
-        #: A public name for the key (not secret): lets an error say which key a store expects.
-        self.key_id = hmac.new(_derive(master, b"key-id"), b"key-id", hashlib.sha256).hexdigest()[:12]
+        self.kid = _key_id(master)
+        self.aead = AESGCM(_derive(master, b"encryption"))
+        self.fingerprint_key = _derive(master, b"fingerprint")
+
+
+class Crypto:
+    """Encrypts values for one store with its ring's primary key and fingerprints tokens.
+
+    `source`, when given, is read again once if a value names a key id this ring lacks (another process
+    rotated the key since this one opened the store).
+    """
+
+    __slots__ = ("_fp_key", "_keys", "_lock", "_primary", "source")
+
+    def __init__(self, master: bytes | Sequence[bytes], *, source: KeySource | None = None) -> None:
+        masters = [master] if isinstance(master, bytes) else list(master)
+        if not masters:
+            raise EncryptionKeyError("the key ring is empty")
+        keys = [_Key(m) for m in masters]
+        self._keys: dict[bytes, _Key] = {}
+        for key in keys:
+            self._keys.setdefault(key.kid, key)
+        self._primary = keys[0]
+        self._fp_key = keys[0].fingerprint_key  # until `unlock` adopts the store's own
+        self._lock = threading.Lock()
+        self.source = source
+
+    # ---------------------------------------------------------------- the ring
+
+    @property
+    def key_id(self) -> str:
+        """The primary key's public name (not secret): lets messages say which key is meant."""
+        return self._primary.kid.hex()
+
+    @property
+    def key_ids(self) -> tuple[str, ...]:
+        """Every key id in the ring, primary first."""
+        return tuple(kid.hex() for kid in self._keys)
+
+    def key_id_of(self, blob: bytes) -> str | None:
+        """The key id a value names; None for a format-1 value (written before key ids existed)."""
+        return blob[1 : 1 + _KID_BYTES].hex() if blob[:1] == _V2 and len(blob) > _KID_BYTES else None
+
+    def is_current(self, blob: bytes) -> bool:
+        """Whether `blob` is already encrypted with the primary key in the current format."""
+        return blob[:1] == _V2 and blob[1 : 1 + _KID_BYTES] == self._primary.kid
+
+    def reencrypt(self, blob: bytes, *, aad: str) -> bytes:
+        """`blob` encrypted again with the primary key (same plaintext, same associated data)."""
+        return self.encrypt_bytes(self.decrypt_bytes(blob, aad=aad), aad=aad)
+
+    def _reload(self) -> None:
+        """Merge the keys the source holds now; its first key becomes primary (a finished rotation)."""
+        if self.source is None:
+            return
+        with self._lock:
+            keys = [_Key(m) for m in self.source.load()]
+            for key in keys:
+                self._keys.setdefault(key.kid, key)
+            self._primary = self._keys[keys[0].kid]
+
+    # ---------------------------------------------------------------- the store's fingerprint key
+
+    def unlock(self, key_check: bytes, *, aad: str, fingerprint_key: bytes | None, fingerprint_aad: str) -> None:
+        """Prove the ring opens this store and adopt the store's fingerprint key.
+
+        Raises StoreFormatError when no key in the ring decrypts `key_check`. Without a persisted fingerprint
+        key (no rotation yet), the store's first key is the one that opens the key check.
+        """
+        opener = self._opening_key(key_check, aad=aad)
+        if fingerprint_key is not None:
+            self._fp_key = self.decrypt_bytes(fingerprint_key, aad=fingerprint_aad)
+        else:
+            self._fp_key = opener.fingerprint_key
+
+    def sealed_fingerprint_key(self, *, aad: str) -> bytes:
+        """The fingerprint key encrypted with the primary key, for the store to keep across rotations."""
+        return self.encrypt_bytes(self._fp_key, aad=aad)
+
+    def _opening_key(self, blob: bytes, *, aad: str) -> _Key:
+        for key in self._candidates(blob, aad=aad):
+            if self._open_with(key, blob, aad) is not None:
+                return key
+        raise self._failed(aad)
+
+    # ---------------------------------------------------------------- values
 
     def fingerprint(self, token: Secret | str) -> str:
         """A short keyed hash: the only form in which a token may appear in logs and history."""
@@ -110,16 +156,51 @@ class Crypto:
         return Secret(self.decrypt_bytes(blob, aad=aad).decode())
 
     def encrypt_bytes(self, data: bytes, *, aad: str) -> bytes:
+        key = self._primary
+        header = _V2 + key.kid
         nonce = os.urandom(_NONCE_BYTES)
-        return _VERSION + nonce + self._aead.encrypt(nonce, data, aad.encode())
+        return header + nonce + key.aead.encrypt(nonce, data, header + aad.encode())
 
     def decrypt_bytes(self, blob: bytes, *, aad: str) -> bytes:
-        if len(blob) < 1 + _NONCE_BYTES + 16 or blob[:1] != _VERSION:
-            raise StoreFormatError(f"encrypted value for {aad} is damaged or in an unknown format")
+        for key in self._candidates(blob, aad=aad):
+            plain = self._open_with(key, blob, aad)
+            if plain is not None:
+                return plain
+        raise self._failed(aad)
+
+    def _candidates(self, blob: bytes, *, aad: str) -> list[_Key]:
+        """The keys that may have written `blob`: the named one for format 2, every key for format 1."""
+        if blob[:1] == _V1 and len(blob) >= 1 + _NONCE_BYTES + _TAG_BYTES:
+            return list(self._keys.values())
+        if blob[:1] == _V2 and len(blob) >= 1 + _KID_BYTES + _NONCE_BYTES + _TAG_BYTES:
+            kid = blob[1 : 1 + _KID_BYTES]
+            if kid not in self._keys:
+                self._reload()
+            if kid not in self._keys:
+                raise StoreFormatError(
+                    f"encrypted value for {aad} was written with key id {kid.hex()}, which is not in the key ring "
+                    f"({', '.join(self.key_ids)}); add that key back to the ring (after the new one) and run "
+                    "'grantkeeper keys rotate'"
+                )
+            return [self._keys[kid]]
+        raise StoreFormatError(f"encrypted value for {aad} is damaged or in an unknown format")
+
+    @staticmethod
+    def _open_with(key: _Key, blob: bytes, aad: str) -> bytes | None:
+        if blob[:1] == _V1:
+            nonce, body, associated = blob[1 : 1 + _NONCE_BYTES], blob[1 + _NONCE_BYTES :], aad.encode()
+        else:
+            start = 1 + _KID_BYTES
+            nonce, body = blob[start : start + _NONCE_BYTES], blob[start + _NONCE_BYTES :]
+            associated = blob[:start] + aad.encode()
         try:
-            return self._aead.decrypt(blob[1 : 1 + _NONCE_BYTES], blob[1 + _NONCE_BYTES :], aad.encode())
+            return key.aead.decrypt(nonce, body, associated)
         except InvalidTag:
-            raise StoreFormatError(
-                f"encrypted value for {aad} failed authentication: it was tampered with, moved from another "
-                "row, or written with another key; restore the store from a backup or re-import the grant"
-            ) from None
+            return None
+
+    @staticmethod
+    def _failed(aad: str) -> StoreFormatError:
+        return StoreFormatError(
+            f"encrypted value for {aad} failed authentication: it was tampered with, moved from another "
+            "row, or written with another key; restore the store from a backup or re-import the grant"
+        )

@@ -7,6 +7,8 @@ import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from grantkeeper.redact import RedactingFilter
+
 if TYPE_CHECKING:
     from grantkeeper.engine import Keeper
 
@@ -47,6 +49,7 @@ class Session:
             "%(asctime)s %(levelname)s %(name)s: %(message)s" if verbose else "grantkeeper: %(levelname)s: %(message)s"
         )
         handler.setFormatter(logging.Formatter(fmt))
+        handler.addFilter(RedactingFilter())  # second line of defence for what other libraries log
         self._saved_level = logger.level
         logger.setLevel(logging.INFO if verbose else logging.WARNING)
         logger.addHandler(handler)

@@ -35,6 +35,7 @@ from grantkeeper.cli._io import store_url as _url
 from grantkeeper.cli._session import Session
 from grantkeeper.cli.demo import demo
 from grantkeeper.cli.diagnose import EXIT_ATTENTION, doctor, history
+from grantkeeper.cli.keys import keys
 from grantkeeper.cli.providers import provider
 from grantkeeper.engine.keeper import KeepaliveResult
 from grantkeeper.stores import backend, open_store
@@ -297,6 +298,7 @@ cli.add_command(provider)
 cli.add_command(demo)
 cli.add_command(doctor)
 cli.add_command(history)
+cli.add_command(keys)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -33,14 +33,15 @@ import platformdirs
 
 from grantkeeper._exceptions import (
     ConfigurationError,
-    EncryptionKeyError,
     GrantkeeperError,
     StoreFormatError,
     StoreUnavailable,
 )
-from grantkeeper.crypto import KEY_ENV, Crypto, parse_key
+from grantkeeper.crypto import Crypto
+from grantkeeper.keyring import load_ring
 from grantkeeper.stores.migrations import latest_version, migrations
 from grantkeeper.stores.recovery import RecoveryDir
+from grantkeeper.stores.rekey import KEY_CHECK_AAD, unlock
 from grantkeeper.stores.sql import KEY_CHECK, Conn, SQLStore
 
 try:
@@ -162,13 +163,8 @@ class PostgresStore(SQLStore):
     def open(
         cls, url: str, *, migrate: bool = False, max_connections: int = 10, connect_timeout: float = 5.0
     ) -> PostgresStore:
-        key_text = os.environ.get(KEY_ENV)
-        if not key_text:
-            raise EncryptionKeyError(
-                f"the PostgreSQL store needs ${KEY_ENV}: the same 32-byte base64url key on every host (there is no "
-                "key file beside a database server)"
-            )
-        crypto = Crypto(parse_key(key_text, origin=f"${KEY_ENV}"))
+        keys, source = load_ring(None, create=False)  # $GRANTKEEPER_KEY or $GRANTKEEPER_KEY_COMMAND
+        crypto = Crypto(keys, source=source)
         pool: psycopg_pool.ConnectionPool[Any] = psycopg_pool.ConnectionPool(
             url,
             min_size=1,
@@ -238,9 +234,9 @@ class PostgresStore(SQLStore):
                 if version == 0:
                     conn.execute(
                         "INSERT INTO meta (key, value) VALUES ('key_check', ?)",
-                        (self._crypto.encrypt_bytes(KEY_CHECK, aad="grantkeeper/meta/key_check"),),
+                        (self._crypto.encrypt_bytes(KEY_CHECK, aad=KEY_CHECK_AAD),),
                     )
-            check = conn.execute("SELECT value FROM meta WHERE key = 'key_check'").fetchone()
+            unlock(conn, self._crypto, where=self._where)
             server_now = float(conn.execute("SELECT extract(epoch from clock_timestamp())").fetchone()[0])
         skew = time.time() - server_now
         if abs(skew) > _SKEW_WARNING:
@@ -248,13 +244,6 @@ class PostgresStore(SQLStore):
                 "grantkeeper: this host's clock is %.1f s %s the database server's; leases and expiry assume "
                 "synchronized clocks (run NTP)", abs(skew), "ahead of" if skew > 0 else "behind",
             )  # fmt: skip
-        try:
-            self._crypto.decrypt_bytes(bytes(check[0]), aad="grantkeeper/meta/key_check")
-        except StoreFormatError:
-            raise EncryptionKeyError(
-                f"{self._where} was encrypted with a different key than ${KEY_ENV} (key id {self._crypto.key_id}); "
-                "set the key this store was created with"
-            ) from None
 
     def schema_version(self) -> int:
         row = self._read(lambda conn: conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone())

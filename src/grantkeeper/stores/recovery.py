@@ -144,6 +144,16 @@ class RecoveryDir:
                 "hold the only copy of a refresh token: do not delete it, restore the key it was written with"
             ) from None
 
+    def sealed_files(self) -> list[tuple[Path, str]]:
+        """Every recovery file with the associated data it is encrypted with (for key rotation)."""
+        if self._path is None:
+            return []
+        try:
+            names = sorted(n for n in os.listdir(self._path) if n.endswith(_SUFFIX))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        return [(self._path / n, f"recovery/{n.split('.', 1)[0]}") for n in names]
+
     def remove(self, entry: RecoveryEntry) -> None:
         assert entry.path is not None
         if entry.path.name in self._memory:

@@ -19,10 +19,12 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from grantkeeper._exceptions import ConfigurationError, EncryptionKeyError, StoreFormatError, StoreUnavailable
-from grantkeeper.crypto import Crypto, load_or_create_key
+from grantkeeper._exceptions import ConfigurationError, StoreFormatError, StoreUnavailable
+from grantkeeper.crypto import Crypto
+from grantkeeper.keyring import load_ring
 from grantkeeper.stores.migrations import latest_version, migrations
 from grantkeeper.stores.recovery import RecoveryDir
+from grantkeeper.stores.rekey import KEY_CHECK_AAD, unlock
 from grantkeeper.stores.sql import KEY_CHECK, SQLStore
 
 __all__ = ["SQLiteStore"]
@@ -95,11 +97,15 @@ class SQLiteStore(SQLStore):
         if not exists and not create:
             raise ConfigurationError(f"no grantkeeper store at {path}; create one with 'grantkeeper provider add'")
         if not exists:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         if exists:
             _check_is_grantkeeper_store(path)  # before the key: a foreign file is a format problem, not a key one
-        key = load_or_create_key(path.with_name(path.name + ".key"), create=not exists)
-        store = cls(path, Crypto(key), busy_timeout=busy_timeout, lock=None)
+        keys, source = load_ring(path.with_name(path.name + ".key"), create=not exists)
+        if not exists:
+            # Created owner-only before SQLite opens it; the WAL and shm files inherit the database's mode.
+            with contextlib.suppress(FileExistsError):  # another process is creating it right now
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        store = cls(path, Crypto(keys, source=source), busy_timeout=busy_timeout, lock=None)
         try:
             store._initialise(migrate=migrate)
         except BaseException:
@@ -120,7 +126,7 @@ class SQLiteStore(SQLStore):
             with self._tx() as tx:
                 tx.execute(
                     "INSERT INTO meta (key, value) VALUES ('key_check', ?)",
-                    (self._crypto.encrypt_bytes(KEY_CHECK, aad="grantkeeper/meta/key_check"),),
+                    (self._crypto.encrypt_bytes(KEY_CHECK, aad=KEY_CHECK_AAD),),
                 )
             return
         if app_id != _APPLICATION_ID:
@@ -142,14 +148,7 @@ class SQLiteStore(SQLStore):
                     "run 'grantkeeper migrate'"
                 )
             self._migrate(conn, from_version=version)
-        row = conn.execute("SELECT value FROM meta WHERE key = 'key_check'").fetchone()
-        try:
-            self._crypto.decrypt_bytes(row[0], aad="grantkeeper/meta/key_check")
-        except StoreFormatError:
-            raise EncryptionKeyError(
-                f"{where} was encrypted with a different key than the one given (key id "
-                f"{self._crypto.key_id}); set GRANTKEEPER_KEY or the key file to the key it was created with"
-            ) from None
+        unlock(conn, self._crypto, where=where)
 
     def _migrate(self, conn: sqlite3.Connection, *, from_version: int) -> None:
         for version, sql in migrations("sqlite"):
