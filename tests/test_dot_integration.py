@@ -1,0 +1,259 @@
+"""grantkeeper against django-oauth-toolkit (DOT), an independent authorization server (docs/testing-against-dot.md).
+
+Every grant here is obtained through DOT's real pages (login, consent, PKCE S256, loopback redirect) by the
+scripted browser, imported with `Keeper.import_grant`, and refreshed by grantkeeper over loopback against
+DOT's /o/token/. What DOT saw is read from its token-call log and its database, not from grantkeeper.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import pytest
+
+from grantkeeper import AttemptState, GrantState, Keeper, NeedsReauth, RevokedOrExpired
+from grantkeeper.model import OutcomeClass
+from tests.dot_browser import AuthorizedGrant, authorize
+from tests.dot_server import REPO, DotFactory, DotServer
+from tests.dot_workers import DOT_POLICY, hammer
+
+
+def connect(keeper: Keeper, server: DotServer, grant: str = "g") -> AuthorizedGrant:
+    """Log in and consent through the browser, then import the grant DOT issued."""
+    authorized = authorize(server)
+    keeper.add_provider(server.provider())
+    keeper.import_grant(grant, provider="dot", refresh_token=authorized.refresh_token,
+                        scopes=tuple(authorized.scope.split()))  # fmt: skip
+    return authorized
+
+
+def current_refresh_token(keeper: Keeper, grant: str = "g") -> str:
+    token = keeper.store.get_grant(grant).refresh_token
+    assert token is not None
+    return token.reveal()
+
+
+def refresh_statuses(server: DotServer, mark: int) -> list[tuple[int, str | None]]:
+    return [(int(c["status"]), c["error"]) for c in server.token_calls(mark, grant_type="refresh_token")]  # type: ignore[call-overload]
+
+
+def run_child(url: str, *, failpoint: str | None = None, force: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "GRANTKEEPER_FAILPOINTS"}
+    if failpoint:
+        env["GRANTKEEPER_FAILPOINTS"] = f"{failpoint}=kill"
+    return subprocess.run(
+        [sys.executable, "-m", "tests.dot_workers", url, "g", "force" if force else "plain"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+
+
+def recover(url: str) -> dict[str, object]:
+    """A fresh process asks for the grant (no force): it finds the crashed attempt and deals with it."""
+    result = run_child(url, force=False)
+    assert result.returncode == 0, result.stderr
+    return dict(json.loads(result.stdout))
+
+
+def test_browser_grant_refreshes_with_rotation(tmp_path: Path, dot_server: DotFactory) -> None:
+    """ROTATE_REFRESH_TOKEN on: each refresh advances the generation by one, DOT returns a new refresh token each
+    time (history says rotated), every spent one is refused by DOT, and the latest one keeps working."""
+    server = dot_server()
+    with Keeper.open(f"sqlite://{tmp_path}/s.db", policy=DOT_POLICY) as keeper:
+        authorized = connect(keeper, server)
+        spent = [authorized.refresh_token]
+        for generation in (2, 3, 4):
+            assert keeper.refresh("g", force=True).generation == generation
+            token = current_refresh_token(keeper)
+            assert token not in spent
+            spent.append(token)
+        committed = [a for a in keeper.history("g") if a.state is AttemptState.COMMITTED]
+        assert [(a.new_generation, a.rotated) for a in committed] == [(4, True), (3, True), (2, True)]
+        assert len({a.received_fp for a in committed}) == 3
+
+        mark = server.log_mark()
+        for old in spent[:-1]:
+            refused = server.refresh_directly(old)
+            assert (refused.status_code, refused.json()["error"]) == (400, "invalid_grant")
+        assert refresh_statuses(server, mark) == [(400, "invalid_grant")] * 3
+
+        # DOT deleted the access token of each spent refresh token; the one grantkeeper serves is accepted.
+        assert server.resource_status(authorized.access_token) == (401, "unknown")
+        assert server.resource_status(keeper.access_token("g")) == (200, None)
+        # One family, one live member: the token grantkeeper holds (refusing stale copies did it no harm).
+        family = server.family(authorized.refresh_token)
+        assert [m["revoked"] for m in family] == [True, True, True, False]
+        assert keeper.refresh("g", force=True).generation == 5
+
+
+def test_without_rotation_the_refresh_token_is_kept(tmp_path: Path, dot_server: DotFactory) -> None:
+    """ROTATE_REFRESH_TOKEN off: DOT returns the same refresh token; the generation still advances for each new
+    access token, history says not rotated, and DOT holds one live refresh token."""
+    server = dot_server(rotate=False)
+    with Keeper.open(f"sqlite://{tmp_path}/s.db", policy=DOT_POLICY) as keeper:
+        authorized = connect(keeper, server)
+        first = keeper.refresh("g", force=True)
+        second = keeper.refresh("g", force=True)
+        assert (first.generation, second.generation) == (2, 3)
+        assert current_refresh_token(keeper) == authorized.refresh_token
+        committed = [a for a in keeper.history("g") if a.state is AttemptState.COMMITTED]
+        assert [a.rotated for a in committed] == [False, False]
+        assert server.resource_status(keeper.access_token("g")) == (200, None)
+    family = server.family(authorized.refresh_token)
+    assert [(m["revoked"], m["has_access_token"]) for m in family] == [(False, True)]
+
+
+@pytest.mark.slow
+def test_sigkill_after_send_is_recovered_inside_the_grace_period(tmp_path: Path, dot_server: DotFactory) -> None:
+    """REFRESH_TOKEN_GRACE_PERIOD_SECONDS=30: a process killed after DOT rotated the token (its answer never
+    stored) is followed by one re-send of the spent token inside the grace; DOT answers it with the successor
+    it already issued, which is committed as generation 2 and works."""
+    server = dot_server(grace=30)
+    url = f"sqlite://{tmp_path}/s.db"
+    with Keeper.open(url, policy=DOT_POLICY) as keeper:
+        authorized = connect(keeper, server)
+    mark = server.log_mark()
+    assert run_child(url, failpoint="after_send").returncode == -signal.SIGKILL
+    assert recover(url) == {"generation": 2}
+    with Keeper.open(url, policy=DOT_POLICY) as keeper:
+        resend, crashed = keeper.history("g")[:2]
+        assert crashed.state is AttemptState.ABANDONED
+        assert resend.resend_of == crashed.id and resend.state is AttemptState.COMMITTED
+        # The original request and the one re-send, both answered; no second successor was minted.
+        assert refresh_statuses(server, mark) == [(200, None), (200, None)]
+        assert len(server.family(authorized.refresh_token)) == 2
+        # What was committed is DOT's live successor: it serves the resource and refreshes once more.
+        assert server.resource_status(keeper.access_token("g")) == (200, None)
+        assert keeper.refresh("g", force=True).generation == 3
+    assert refresh_statuses(server, mark)[-1] == (200, None)
+
+
+@pytest.mark.slow
+def test_sigkill_after_send_without_grace_is_lost_in_flight(tmp_path: Path, dot_server: DotFactory) -> None:
+    """Grace 0: the same crash loses the grant. The one re-send is refused (invalid_grant) and reported as
+    lost_in_flight naming the crashed attempt; doctor says so; nothing further is sent to DOT."""
+    server = dot_server()
+    url = f"sqlite://{tmp_path}/s.db"
+    with Keeper.open(url, policy=DOT_POLICY) as keeper:
+        authorized = connect(keeper, server)
+    mark = server.log_mark()
+    assert run_child(url, failpoint="after_send").returncode == -signal.SIGKILL
+    with Keeper.open(url) as keeper:
+        crashed = keeper.history("g")[0]
+    assert recover(url) == {"error": "lost_in_flight", "attempt_id": crashed.id}
+    assert refresh_statuses(server, mark) == [(200, None), (400, "invalid_grant")]
+    # The loss is real: DOT issued a successor (live, with its access token) that only the killed process saw.
+    assert [(m["revoked"], m["has_access_token"]) for m in server.family(authorized.refresh_token)] == [
+        (True, False),
+        (False, True),
+    ]
+    with Keeper.open(url) as keeper:
+        assert keeper.store.get_grant("g").state is GrantState.NEEDS_REAUTH
+        diagnosis = keeper.doctor("g")
+    assert diagnosis.cause == "lost_in_flight"
+    assert diagnosis.evidence["spent_by"]["id"] == crashed.id
+    assert any(f"attempt {crashed.id}" in fact for fact in diagnosis.facts)
+    report = json.dumps(diagnosis.as_dict())
+    assert authorized.refresh_token not in report and authorized.access_token not in report
+    assert recover(url)["error"] == "needs_reauth"
+    assert len(refresh_statuses(server, mark)) == 2
+
+
+@pytest.mark.parametrize("protection", [True, False], ids=["reuse-protection", "no-reuse-protection"])
+def test_reuse_of_a_spent_token_elsewhere(tmp_path: Path, dot_server: DotFactory, protection: bool) -> None:
+    """A stale copy of an already spent refresh token is sent by someone else. With
+    REFRESH_TOKEN_REUSE_PROTECTION, DOT revokes the whole family, so grantkeeper's next refresh is refused and
+    the grant needs re-consent; without it, only the stale copy is refused and grantkeeper carries on."""
+    server = dot_server(reuse_protection=protection)
+    with Keeper.open(f"sqlite://{tmp_path}/s.db", policy=DOT_POLICY) as keeper:
+        authorized = connect(keeper, server)
+        keeper.refresh("g", force=True)
+        served = keeper.access_token("g")
+        mark = server.log_mark()
+        stale = server.refresh_directly(authorized.refresh_token)
+        assert (stale.status_code, stale.json()["error"]) == (400, "invalid_grant")
+        family = server.family(authorized.refresh_token)
+        if not protection:
+            assert [m["revoked"] for m in family] == [True, False]
+            assert keeper.refresh("g", force=True).generation == 3
+            assert refresh_statuses(server, mark) == [(400, "invalid_grant"), (200, None)]
+            return
+        assert [m["revoked"] for m in family] == [True, True]
+        assert server.resource_status(served) == (401, "unknown")  # the family's access tokens went with it
+        with pytest.raises(NeedsReauth) as raised:
+            keeper.refresh("g", force=True)
+        # grantkeeper sent the latest refresh token it had committed and never re-sent anything, so from its
+        # side the refusal looks exactly like a revocation: it cannot see the other party's reuse that made
+        # DOT revoke the family. revoked_or_expired is the truthful answer; reuse_detected is reserved for a
+        # refusal that grantkeeper's own re-send explains.
+        assert raised.value.code == "revoked_or_expired"
+        assert isinstance(raised.value, RevokedOrExpired)
+        assert keeper.store.get_grant("g").state is GrantState.NEEDS_REAUTH
+        assert keeper.history("g")[0].outcome_class is OutcomeClass.REVOKED_OR_EXPIRED
+        assert keeper.doctor("g").cause == "revoked_or_expired"
+        # A dead grant is reported from the store: nothing more is sent to DOT.
+        with pytest.raises(NeedsReauth):
+            keeper.access_token("g")
+        assert refresh_statuses(server, mark) == [(400, "invalid_grant"), (400, "invalid_grant")]
+
+
+def test_revoked_at_dot_fails_as_revoked_or_expired(tmp_path: Path, dot_server: DotFactory) -> None:
+    """RFC 7009 revocation at DOT's /o/revoke_token/ of the refresh token grantkeeper holds: the next refresh
+    fails with RevokedOrExpired and the grant is marked needs_reauth."""
+    server = dot_server()
+    with Keeper.open(f"sqlite://{tmp_path}/s.db", policy=DOT_POLICY) as keeper:
+        authorized = connect(keeper, server)
+        assert keeper.refresh("g", force=True).generation == 2
+        revoked = httpx.post(
+            server.revoke_url, auth=server.client_auth, timeout=30,
+            data={"token": current_refresh_token(keeper), "token_type_hint": "refresh_token"},
+        )  # fmt: skip
+        assert revoked.status_code == 200
+        assert [m["revoked"] for m in server.family(authorized.refresh_token)] == [True, True]
+        mark = server.log_mark()
+        with pytest.raises(RevokedOrExpired):
+            keeper.refresh("g", force=True)
+        grant = keeper.store.get_grant("g")
+        assert grant.state is GrantState.NEEDS_REAUTH and grant.generation == 2
+        latest = keeper.history("g")[0]
+        assert latest.outcome_class is OutcomeClass.REVOKED_OR_EXPIRED and latest.error_code == "invalid_grant"
+        assert refresh_statuses(server, mark) == [(400, "invalid_grant")]
+
+
+@pytest.mark.slow
+def test_4_processes_x_4_threads_on_one_grant(tmp_path: Path, dot_server: DotFactory) -> None:
+    """4 processes x 4 threads call access_token on one grant with 2-second DOT access tokens for 5 seconds:
+    zero invalid_grant, every token served is accepted by DOT's protected resource (or was replaced by a
+    refresh DOT answered in between), and DOT saw exactly one refresh per committed generation."""
+    server = dot_server(access_ttl=2)
+    url = f"sqlite://{tmp_path}/s.db"
+    with Keeper.open(url, policy=DOT_POLICY) as keeper:
+        authorized = connect(keeper, server)
+    mark = server.log_mark()
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=hammer, args=(url, "g", 5.0, 4, server.resource_url, queue)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    totals: Counter[str] = Counter()
+    for _ in procs:
+        totals.update(queue.get(timeout=120))
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    with Keeper.open(url) as keeper:
+        advanced = keeper.store.get_grant("g").generation - 1
+    assert not [k for k in totals if k.startswith(("error:", "resource_rejected"))], totals
+    assert totals["resource_ok"] > 0 and totals["calls"] > 0
+    assert advanced >= 2, totals  # several expiries happened during the run
+    calls = refresh_statuses(server, mark)
+    assert calls == [(200, None)] * advanced, (calls, totals)
+    family = server.family(authorized.refresh_token)
+    assert len(family) == advanced + 1 and [m["revoked"] for m in family].count(False) == 1
