@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -173,7 +174,8 @@ class DotServer:
         """A position in the token-call log; `token_calls(since=mark)` returns only the calls after it."""
         return self.log_path.stat().st_size if self.log_path.exists() else 0
 
-    def token_calls(self, since: int = 0, *, grant_type: str | None = None) -> list[dict[str, object]]:
+    def token_calls(self, since: int = 0, *, grant_type: str | None = None) -> list[dict[str, Any]]:
+        """The calls to /o/token/ and /o/revoke_token/ logged after `since`: path, grant_type, status, error."""
         if not self.log_path.exists():
             return []
         with self.log_path.open("rb") as log:

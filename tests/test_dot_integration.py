@@ -8,6 +8,7 @@ DOT's /o/token/. What DOT saw is read from its token-call log and its database, 
 from __future__ import annotations
 
 import json
+import logging
 import multiprocessing
 import os
 import signal
@@ -24,6 +25,9 @@ from grantkeeper.model import OutcomeClass
 from tests.dot_browser import AuthorizedGrant, authorize
 from tests.dot_server import REPO, DotFactory, DotServer
 from tests.dot_workers import DOT_POLICY, hammer
+
+#: Failpoints after DOT has answered (and rotated) but before grantkeeper committed the answer.
+CRASH_POINTS = ["after_send", "before_commit"]
 
 
 def connect(keeper: Keeper, server: DotServer, grant: str = "g") -> AuthorizedGrant:
@@ -42,7 +46,8 @@ def current_refresh_token(keeper: Keeper, grant: str = "g") -> str:
 
 
 def refresh_statuses(server: DotServer, mark: int) -> list[tuple[int, str | None]]:
-    return [(int(c["status"]), c["error"]) for c in server.token_calls(mark, grant_type="refresh_token")]  # type: ignore[call-overload]
+    """(status, OAuth error) of each refresh_token call DOT answered since `mark`, in order."""
+    return [(c["status"], c["error"]) for c in server.token_calls(mark, grant_type="refresh_token")]
 
 
 def run_child(url: str, *, failpoint: str | None = None, force: bool = True) -> subprocess.CompletedProcess[str]:
@@ -62,9 +67,12 @@ def recover(url: str) -> dict[str, object]:
     return dict(json.loads(result.stdout))
 
 
-def test_browser_grant_refreshes_with_rotation(tmp_path: Path, dot_server: DotFactory) -> None:
+def test_browser_grant_refreshes_with_rotation(tmp_path: Path, dot_server: DotFactory,
+                                               caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
     """ROTATE_REFRESH_TOKEN on: each refresh advances the generation by one, DOT returns a new refresh token each
-    time (history says rotated), every spent one is refused by DOT, and the latest one keeps working."""
+    time (history says rotated), every spent one is refused by DOT, and the latest one keeps working. No token
+    DOT issued appears in grantkeeper's logs."""
+    caplog.set_level(logging.DEBUG)
     server = dot_server()
     with Keeper.open(f"sqlite://{tmp_path}/s.db", policy=DOT_POLICY) as keeper:
         authorized = connect(keeper, server)
@@ -91,6 +99,10 @@ def test_browser_grant_refreshes_with_rotation(tmp_path: Path, dot_server: DotFa
         family = server.family(authorized.refresh_token)
         assert [m["revoked"] for m in family] == [True, True, True, False]
         assert keeper.refresh("g", force=True).generation == 5
+        spent.append(current_refresh_token(keeper))
+        served = keeper.access_token("g")
+    assert caplog.records  # captured at DEBUG: grantkeeper, httpx and httpcore (the transport) alike
+    assert not [t for t in [*spent, served, authorized.access_token] if t in caplog.text]
 
 
 def test_without_rotation_the_refresh_token_is_kept(tmp_path: Path, dot_server: DotFactory) -> None:
@@ -111,7 +123,9 @@ def test_without_rotation_the_refresh_token_is_kept(tmp_path: Path, dot_server: 
 
 
 @pytest.mark.slow
-def test_sigkill_after_send_is_recovered_inside_the_grace_period(tmp_path: Path, dot_server: DotFactory) -> None:
+@pytest.mark.parametrize("point", CRASH_POINTS)
+def test_sigkill_after_send_is_recovered_inside_the_grace_period(tmp_path: Path, dot_server: DotFactory,
+                                                                 point: str) -> None:  # fmt: skip
     """REFRESH_TOKEN_GRACE_PERIOD_SECONDS=30: a process killed after DOT rotated the token (its answer never
     stored) is followed by one re-send of the spent token inside the grace; DOT answers it with the successor
     it already issued, which is committed as generation 2 and works."""
@@ -120,7 +134,7 @@ def test_sigkill_after_send_is_recovered_inside_the_grace_period(tmp_path: Path,
     with Keeper.open(url, policy=DOT_POLICY) as keeper:
         authorized = connect(keeper, server)
     mark = server.log_mark()
-    assert run_child(url, failpoint="after_send").returncode == -signal.SIGKILL
+    assert run_child(url, failpoint=point).returncode == -signal.SIGKILL
     assert recover(url) == {"generation": 2}
     with Keeper.open(url, policy=DOT_POLICY) as keeper:
         resend, crashed = keeper.history("g")[:2]
@@ -136,7 +150,9 @@ def test_sigkill_after_send_is_recovered_inside_the_grace_period(tmp_path: Path,
 
 
 @pytest.mark.slow
-def test_sigkill_after_send_without_grace_is_lost_in_flight(tmp_path: Path, dot_server: DotFactory) -> None:
+@pytest.mark.parametrize("point", CRASH_POINTS)
+def test_sigkill_after_send_without_grace_is_lost_in_flight(tmp_path: Path, dot_server: DotFactory,
+                                                            point: str) -> None:  # fmt: skip
     """Grace 0: the same crash loses the grant. The one re-send is refused (invalid_grant) and reported as
     lost_in_flight naming the crashed attempt; doctor says so; nothing further is sent to DOT."""
     server = dot_server()
@@ -144,7 +160,7 @@ def test_sigkill_after_send_without_grace_is_lost_in_flight(tmp_path: Path, dot_
     with Keeper.open(url, policy=DOT_POLICY) as keeper:
         authorized = connect(keeper, server)
     mark = server.log_mark()
-    assert run_child(url, failpoint="after_send").returncode == -signal.SIGKILL
+    assert run_child(url, failpoint=point).returncode == -signal.SIGKILL
     with Keeper.open(url) as keeper:
         crashed = keeper.history("g")[0]
     assert recover(url) == {"error": "lost_in_flight", "attempt_id": crashed.id}
