@@ -3,7 +3,8 @@
 `authorize(server)` opens DOT's authorization endpoint with PKCE (S256) and a ``state``, is sent to the login
 page, logs in, submits the consent form ("Authorize"), follows DOT's redirect to a loopback listener on an
 ephemeral port (RFC 8252, section 7.3), checks ``state`` there and exchanges the code at /o/token/ with the
-code verifier. Everything goes through httpx with a cookie jar, like a browser session.
+code verifier. Everything goes through httpx with a cookie jar, like a browser session. `consent` is the
+person's part alone (log in, press "Authorize", get the redirect), for flows whose client runs the listener.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from html.parser import HTMLParser
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from types import TracebackType
-from urllib.parse import parse_qs, urljoin, urlsplit
+from urllib.parse import parse_qs, urlencode, urljoin, urlsplit
 
 import httpx
 
@@ -121,40 +122,47 @@ def _expect_redirect(response: httpx.Response, what: str) -> str:
     return urljoin(str(response.url), response.headers["Location"])
 
 
+def consent(browser: httpx.Client, server: DotServer, authorization_url: str) -> str:
+    """Open `authorization_url` (DOT's /o/authorize/ with its query), log in when DOT asks, press "Authorize" on
+    the consent page, and return the URL DOT redirects to (the client's redirect URI with ``code`` and
+    ``state``). The caller follows it: to its own listener here, to grantkeeper's for ``connect``."""
+    authorize_page = browser.get(authorization_url)
+    login_url = _expect_redirect(authorize_page, "authorization endpoint before login")
+    login_page = browser.get(login_url)
+    login = form_fields(login_page.text, "login-form")
+    login.update(username=server.accounts.username, password=server.accounts.password)
+    consent_url = _expect_redirect(browser.post(login_url, data=login), "login form")
+    consent_page = browser.get(consent_url)
+    if consent_page.status_code != 200:
+        raise AssertionError(f"consent page: HTTP {consent_page.status_code}")
+    fields = form_fields(consent_page.text, "authorizationForm")
+    fields["allow"] = "Authorize"
+    return _expect_redirect(browser.post(consent_url, data=fields), "consent form")
+
+
 def authorize(server: DotServer, *, scope: str = "read write") -> AuthorizedGrant:
     """Log in, consent and exchange the code; returns the tokens DOT issued for this new grant."""
     verifier, challenge = pkce_pair()
     state = secrets.token_urlsafe(16)
     with LoopbackListener() as listener, httpx.Client(timeout=30, follow_redirects=False) as browser:
-        params = {
+        query = {
             "response_type": "code", "client_id": server.accounts.client_id, "redirect_uri": listener.redirect_uri,
             "scope": scope, "state": state, "code_challenge": challenge, "code_challenge_method": "S256",
         }  # fmt: skip
-        authorize_page = browser.get(server.authorize_url, params=params)
-        login_url = _expect_redirect(authorize_page, "authorization endpoint before login")
-        login_page = browser.get(login_url)
-        login = form_fields(login_page.text, "login-form")
-        login.update(username=server.accounts.username, password=server.accounts.password)
-        consent_url = _expect_redirect(browser.post(login_url, data=login), "login form")
-        consent_page = browser.get(consent_url)
-        if consent_page.status_code != 200:
-            raise AssertionError(f"consent page: HTTP {consent_page.status_code}")
-        consent = form_fields(consent_page.text, "authorizationForm")
-        consent["allow"] = "Authorize"
-        callback = _expect_redirect(browser.post(consent_url, data=consent), "consent form")
+        callback = consent(browser, server, f"{server.authorize_url}?{urlencode(query)}")
         if not callback.startswith(listener.redirect_uri + "?"):
             raise AssertionError("DOT redirected somewhere other than the loopback listener")
         landing = browser.get(callback)
         if landing.status_code != 200 or not listener.received.wait(10):
             raise AssertionError("the loopback listener did not receive the redirect")
-        query = listener.query or {}
-        if query.get("state") != [state]:
+        received = listener.query or {}
+        if received.get("state") != [state]:
             raise AssertionError("state returned to the redirect URI does not match the one sent")
-        if "code" not in query:
-            raise AssertionError(f"no code in the redirect; error: {query.get('error')}")
+        if "code" not in received:
+            raise AssertionError(f"no code in the redirect; error: {received.get('error')}")
         exchange = browser.post(
             server.token_url,
-            data={"grant_type": "authorization_code", "code": query["code"][0],
+            data={"grant_type": "authorization_code", "code": received["code"][0],
                   "redirect_uri": listener.redirect_uri, "code_verifier": verifier},
             auth=server.client_auth,
         )  # fmt: skip

@@ -148,15 +148,14 @@ class DotServer:
 
     def provider(self, name: str = "dot", **options: object) -> Provider:
         """A grantkeeper provider for this server, telling grantkeeper the server's real rotation and grace."""
-        return Provider(
-            name=name,
-            token_url=self.token_url,
-            client_id=self.accounts.client_id,
-            client_secret=Secret(self.accounts.client_secret),
-            rotation=RotationMode.ALWAYS if self.config.rotate else RotationMode.NEVER,
-            reuse_grace=float(self.config.grace),
-            **options,  # type: ignore[arg-type]
-        )
+        settings: dict[str, Any] = {
+            "token_url": self.token_url,
+            "client_id": self.accounts.client_id,
+            "client_secret": Secret(self.accounts.client_secret),
+            "rotation": RotationMode.ALWAYS if self.config.rotate else RotationMode.NEVER,
+            "reuse_grace": float(self.config.grace),
+        }
+        return Provider(name=name, **{**settings, **options})
 
     def refresh_directly(self, refresh_token: str) -> httpx.Response:
         """Send a refresh token to /o/token/ outside grantkeeper (a stale copy, or a check that one is dead)."""

@@ -7,6 +7,7 @@ DOT's /o/token/. What DOT saw is read from its token-call log and its database, 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import multiprocessing
@@ -14,13 +15,24 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
 import httpx
 import pytest
 
-from grantkeeper import AttemptState, GrantState, Keeper, NeedsReauth, RevokedOrExpired
+from grantkeeper import (
+    AsyncKeeper,
+    AttemptState,
+    AuthMethod,
+    ClientAuthFailed,
+    GrantState,
+    Keeper,
+    NeedsReauth,
+    RevokedOrExpired,
+    Secret,
+)
 from grantkeeper.model import OutcomeClass
 from tests.dot_browser import AuthorizedGrant, authorize
 from tests.dot_server import REPO, DotFactory, DotServer
@@ -150,6 +162,30 @@ def test_sigkill_after_send_is_recovered_inside_the_grace_period(tmp_path: Path,
 
 
 @pytest.mark.slow
+def test_grace_replay_of_an_expired_access_token_is_repaired_by_one_report(tmp_path: Path,
+                                                                           dot_server: DotFactory) -> None:  # fmt: skip
+    """DOT answers a re-send inside the grace with the access token it issued the first time and a fresh
+    ``expires_in``, even when that token has already expired (DESIGN.md failure table). A caller that gets a 401
+    for it reports it with `report_rejected`; the next `access_token` refreshes once and is accepted."""
+    server = dot_server(grace=30, access_ttl=2)
+    url = f"sqlite://{tmp_path}/s.db"
+    with Keeper.open(url, policy=DOT_POLICY) as keeper:
+        connect(keeper, server)
+    mark = server.log_mark()
+    assert run_child(url, failpoint="after_send").returncode == -signal.SIGKILL
+    time.sleep(server.config.access_ttl + 0.5)  # let the access token DOT issued to the killed process expire
+    assert recover(url) == {"generation": 2}
+    with Keeper.open(url, policy=DOT_POLICY) as keeper:
+        replayed = keeper.access_token("g")
+        assert server.resource_status(replayed) == (401, "expired")  # DOT's replay: an expired token, fresh expiry
+        assert keeper.report_rejected("g", replayed)
+        repaired = keeper.access_token("g")
+        assert repaired != replayed and server.resource_status(repaired) == (200, None)
+        assert keeper.store.get_grant("g").generation == 3
+    assert refresh_statuses(server, mark) == [(200, None)] * 3  # original, grace re-send, the one repair
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("point", CRASH_POINTS)
 def test_sigkill_after_send_without_grace_is_lost_in_flight(tmp_path: Path, dot_server: DotFactory,
                                                             point: str) -> None:  # fmt: skip
@@ -273,3 +309,45 @@ def test_4_processes_x_4_threads_on_one_grant(tmp_path: Path, dot_server: DotFac
     assert calls == [(200, None)] * advanced, (calls, totals)
     family = server.family(authorized.refresh_token)
     assert len(family) == advanced + 1 and [m["revoked"] for m in family].count(False) == 1
+
+
+def test_client_secret_post_and_a_wrong_secret(tmp_path: Path, dot_server: DotFactory) -> None:
+    """DOT takes the client secret in the body too (client_secret_post). A wrong secret is answered
+    invalid_client and classified client_auth_failed: the grant is untouched, and once the provider is fixed
+    the same refresh token refreshes."""
+    server = dot_server()
+    with Keeper.open(f"sqlite://{tmp_path}/s.db", policy=DOT_POLICY) as keeper:
+        authorized = connect(keeper, server)
+        keeper.add_provider(server.provider(auth_method=AuthMethod.CLIENT_SECRET_POST))
+        assert keeper.refresh("g", force=True).generation == 2
+        keeper.add_provider(server.provider(client_secret=Secret("not-" + server.accounts.client_secret)))
+        mark = server.log_mark()
+        with pytest.raises(ClientAuthFailed):
+            keeper.refresh("g", force=True)
+        assert refresh_statuses(server, mark) == [(401, "invalid_client")]
+        grant = keeper.store.get_grant("g")
+        assert grant.state is GrantState.ACTIVE and grant.generation == 2
+        assert keeper.history("g")[0].outcome_class is OutcomeClass.CLIENT_AUTH_FAILED
+        assert keeper.doctor("g").cause == "client_auth_failed"
+        keeper.add_provider(server.provider())
+        assert keeper.refresh("g", force=True).generation == 3
+    assert [m["revoked"] for m in server.family(authorized.refresh_token)] == [True, True, False]
+
+
+def test_100_tasks_share_one_refresh_at_dot(tmp_path: Path, dot_server: DotFactory) -> None:
+    """The asyncio keeper against DOT: 100 tasks asking for a fresh grant at once cause one refresh at DOT and
+    all get the access token it issued, which DOT accepts."""
+    server = dot_server()
+    url = f"sqlite://{tmp_path}/s.db"
+    with Keeper.open(url, policy=DOT_POLICY) as keeper:
+        connect(keeper, server)
+    mark = server.log_mark()
+
+    async def main() -> list[str]:
+        async with await AsyncKeeper.open(url, policy=DOT_POLICY) as keeper:
+            return await asyncio.gather(*(keeper.access_token("g") for _ in range(100)))
+
+    tokens = asyncio.run(main())
+    assert len(set(tokens)) == 1
+    assert refresh_statuses(server, mark) == [(200, None)]
+    assert server.resource_status(tokens[0]) == (200, None)
