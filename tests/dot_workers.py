@@ -1,17 +1,15 @@
 """Code that the DOT integration tests run in child processes.
 
 ``python -m tests.dot_workers STORE_URL GRANT force|plain`` refreshes once and prints the outcome as JSON (crash
-tests run it with ``GRANTKEEPER_FAILPOINTS``); `hammer` is the target of the multi-process test.
+tests run it with ``GRANTKEEPER_FAILPOINTS``); `check_dot` is how the multi-process test's workers
+(`tests.workers.hammer`) judge each token they are served.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-import threading
 import time
-from collections import Counter
-from typing import Any
 
 import httpx
 
@@ -49,8 +47,8 @@ def _superseded(keeper: Keeper, grant: str, token: str) -> bool:
     return False
 
 
-def _check(keeper: Keeper, http: httpx.Client, grant: str, token: str, resource_url: str, served: float) -> str:
-    """Classify one use of a served token at the DOT-protected resource."""
+def check_dot(keeper: Keeper, http: httpx.Client, grant: str, token: str, resource_url: str, served: float) -> str:
+    """Classify one use of a served token at the DOT-protected resource (a `tests.workers.Check`)."""
     response = http.get(resource_url, headers={"Authorization": f"Bearer {token}"})
     if response.status_code == 200:
         return "resource_ok"
@@ -63,37 +61,6 @@ def _check(keeper: Keeper, http: httpx.Client, grant: str, token: str, resource_
     if reason == "expired" and late:
         return "resource_expired_late"
     return f"resource_rejected:{reason}"
-
-
-def hammer(url: str, grant: str, seconds: float, threads: int, resource_url: str, queue: Any) -> None:
-    """Call access_token from `threads` threads until the deadline and use every token served at the resource;
-    report counts (never tokens) on `queue`."""
-    counts: Counter[str] = Counter()
-    lock = threading.Lock()
-    with Keeper.open(url, policy=DOT_POLICY) as keeper:
-        deadline = time.monotonic() + seconds
-
-        def loop() -> None:
-            local: Counter[str] = Counter()
-            with httpx.Client(timeout=30) as http:
-                while time.monotonic() < deadline:
-                    try:
-                        token = keeper.access_token(grant)
-                    except GrantkeeperError as exc:
-                        local[f"error:{exc.code}"] += 1
-                        continue
-                    local["calls"] += 1
-                    local[_check(keeper, http, grant, token, resource_url, time.monotonic())] += 1
-                    time.sleep(0.01)  # a little air for the other engineers' processes on this machine
-            with lock:
-                counts.update(local)
-
-        workers = [threading.Thread(target=loop) for _ in range(threads)]
-        for w in workers:
-            w.start()
-        for w in workers:
-            w.join()
-    queue.put(dict(counts))
 
 
 if __name__ == "__main__":

@@ -10,13 +10,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import multiprocessing
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -36,7 +34,8 @@ from grantkeeper import (
 from grantkeeper.model import OutcomeClass
 from tests.dot_browser import AuthorizedGrant, authorize
 from tests.dot_server import REPO, DotFactory, DotServer
-from tests.dot_workers import DOT_POLICY, hammer
+from tests.dot_workers import DOT_POLICY, check_dot
+from tests.workers import run_hammers
 
 #: Failpoints after DOT has answered (and rotated) but before grantkeeper committed the answer.
 CRASH_POINTS = ["after_send", "before_commit"]
@@ -289,17 +288,7 @@ def test_4_processes_x_4_threads_on_one_grant(tmp_path: Path, dot_server: DotFac
     with Keeper.open(url, policy=DOT_POLICY) as keeper:
         authorized = connect(keeper, server)
     mark = server.log_mark()
-    ctx = multiprocessing.get_context("spawn")
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=hammer, args=(url, "g", 5.0, 4, server.resource_url, queue)) for _ in range(4)]
-    for p in procs:
-        p.start()
-    totals: Counter[str] = Counter()
-    for _ in procs:
-        totals.update(queue.get(timeout=120))
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
+    totals = run_hammers(4, url, ["g"], 5.0, 4, server.resource_url, check=check_dot, policy=DOT_POLICY, pause=0.01)
     with Keeper.open(url) as keeper:
         advanced = keeper.store.get_grant("g").generation - 1
     assert not [k for k in totals if k.startswith(("error:", "resource_rejected"))], totals
