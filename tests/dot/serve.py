@@ -1,16 +1,26 @@
 """Serve the test project with waitress (a production WSGI server) on 127.0.0.1 and an ephemeral port.
 
-``python -m tests.dot.serve PORT_FILE``: binds, writes the port it got to PORT_FILE, then serves until killed.
+``python -m tests.dot.serve PORT_FILE``: binds, writes the port it got to PORT_FILE, then serves until killed,
+or until the process that started it is gone (an interrupted test run leaves no server behind).
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import threading
+import time
 from pathlib import Path
 
 from django.core.wsgi import get_wsgi_application
 from waitress import create_server
+
+
+def _exit_with_parent() -> None:
+    parent = os.getppid()
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(0)
 
 
 def main(port_file: Path) -> None:
@@ -21,6 +31,7 @@ def main(port_file: Path) -> None:
     tmp = port_file.with_suffix(".tmp")
     tmp.write_text(str(port))
     tmp.replace(port_file)
+    threading.Thread(target=_exit_with_parent, name="parent-watch", daemon=True).start()
     server.run()
 
 
