@@ -42,6 +42,13 @@ class DotConfig:
     grace: int = 0  # REFRESH_TOKEN_GRACE_PERIOD_SECONDS
     reuse_protection: bool = False  # REFRESH_TOKEN_REUSE_PROTECTION: a reused spent token revokes its family
     access_ttl: int = 3600  # ACCESS_TOKEN_EXPIRE_SECONDS
+    #: REFRESH_TOKEN_EXPIRE_SECONDS: an unused refresh token dies this long after its access token expired.
+    refresh_ttl: int | None = None
+
+    @property
+    def refresh_idle_ttl(self) -> float | None:
+        """How long after a refresh DOT lets the new refresh token live unused (access lifetime + refresh_ttl)."""
+        return None if self.refresh_ttl is None else float(self.access_ttl + self.refresh_ttl)
 
     def oauth2_settings(self) -> dict[str, object]:
         return {
@@ -49,6 +56,7 @@ class DotConfig:
             "REFRESH_TOKEN_GRACE_PERIOD_SECONDS": self.grace,
             "REFRESH_TOKEN_REUSE_PROTECTION": self.reuse_protection,
             "ACCESS_TOKEN_EXPIRE_SECONDS": self.access_ttl,
+            "REFRESH_TOKEN_EXPIRE_SECONDS": self.refresh_ttl,
         }
 
 
@@ -147,13 +155,15 @@ class DotServer:
         return (self.accounts.client_id, self.accounts.client_secret)
 
     def provider(self, name: str = "dot", **options: object) -> Provider:
-        """A grantkeeper provider for this server, telling grantkeeper the server's real rotation and grace."""
+        """A grantkeeper provider for this server, telling grantkeeper the server's real rotation, grace and
+        refresh-token idle lifetime."""
         settings: dict[str, Any] = {
             "token_url": self.token_url,
             "client_id": self.accounts.client_id,
             "client_secret": Secret(self.accounts.client_secret),
             "rotation": RotationMode.ALWAYS if self.config.rotate else RotationMode.NEVER,
             "reuse_grace": float(self.config.grace),
+            "refresh_idle_ttl": self.config.refresh_idle_ttl,
         }
         return Provider(name=name, **{**settings, **options})
 

@@ -342,3 +342,29 @@ def test_100_tasks_share_one_refresh_at_dot(tmp_path: Path, dot_server: DotFacto
     assert len(set(tokens)) == 1
     assert refresh_statuses(server, mark) == [(200, None)]
     assert server.resource_status(tokens[0]) == (200, None)
+
+
+@pytest.mark.slow
+def test_keepalive_outruns_dots_refresh_token_expiry(tmp_path: Path, dot_server: DotFactory) -> None:
+    """REFRESH_TOKEN_EXPIRE_SECONDS: DOT kills a refresh token left unused for its access lifetime plus that
+    setting (6 s here). Of two grants refreshed together, the one `keepalive` refreshes in time lives on; the
+    other is refused by DOT once the lifetime has passed, and grantkeeper calls it revoked_or_expired."""
+    server = dot_server(access_ttl=2, refresh_ttl=4)
+    idle_ttl = server.config.refresh_idle_ttl
+    assert idle_ttl == 6.0
+    kept, left = f"sqlite://{tmp_path}/kept.db", f"sqlite://{tmp_path}/left.db"
+    with Keeper.open(kept, policy=DOT_POLICY) as keeper:
+        connect(keeper, server)
+        keeper.refresh("g", force=True)
+    with Keeper.open(left, policy=DOT_POLICY) as keeper:
+        connect(keeper, server)
+        keeper.refresh("g", force=True)
+    time.sleep(idle_ttl / 2)
+    with Keeper.open(kept, policy=DOT_POLICY) as keeper:
+        [result] = keeper.keepalive(margin=idle_ttl)
+        assert (result.grant, result.action) == ("g", "refreshed")
+    time.sleep(idle_ttl / 2 + 1.0)  # past the left grant's deadline; the kept one was renewed halfway
+    with Keeper.open(kept, policy=DOT_POLICY) as keeper:
+        assert keeper.refresh("g", force=True).generation == 4
+    with Keeper.open(left, policy=DOT_POLICY) as keeper, pytest.raises(RevokedOrExpired):
+        keeper.refresh("g", force=True)
