@@ -281,13 +281,12 @@ def test_revoked_at_dot_fails_as_revoked_or_expired(tmp_path: Path, dot_server: 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("store_url", ["sqlite", "postgres"], indirect=True)
-def test_4_processes_x_4_threads_on_one_grant(store_url: str, dot_server: DotFactory) -> None:
+def test_4_processes_x_4_threads_on_one_grant(shared_store_url: str, dot_server: DotFactory) -> None:
     """4 processes x 4 threads call access_token on one grant with 2-second DOT access tokens for 5 seconds:
     zero invalid_grant, every token served is accepted by DOT's protected resource (or was replaced by a
     refresh DOT answered in between), and DOT saw exactly one refresh per committed generation."""
     server = dot_server(access_ttl=2)
-    url = store_url  # one SQLite file, or one PostgreSQL database as several hosts would share
+    url = shared_store_url  # one SQLite file, or one PostgreSQL database as several hosts would share
     with Keeper.open(url, policy=DOT_POLICY) as keeper:
         authorized = connect(keeper, server)
     mark = server.log_mark()
