@@ -70,11 +70,15 @@ def hammer(url: str, grants: list[str], seconds: float, threads: int, resource_u
     queue.put(dict(counts))
 
 
-def run_hammers(processes: int, *args: Any, **options: Any) -> Counter[str]:
-    """Run `hammer(*args, queue, **options)` in `processes` spawned processes; the sum of their counts."""
-    ctx = multiprocessing.get_context("spawn")
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=hammer, args=(*args, queue), kwargs=options) for _ in range(processes)]
+#: Child processes start fresh interpreters (no forked locks or connections) and import their target from here.
+SPAWN = multiprocessing.get_context("spawn")
+
+
+def run_counting(processes: int, target: Callable[..., None], *args: Any, **options: Any) -> Counter[str]:
+    """Run ``target(*args, queue, **options)`` in `processes` spawned processes, each of which puts one dict of
+    counts on the queue; return their sum once every process has exited cleanly."""
+    queue = SPAWN.Queue()
+    procs = [SPAWN.Process(target=target, args=(*args, queue), kwargs=options) for _ in range(processes)]
     for p in procs:
         p.start()
     totals: Counter[str] = Counter()
@@ -84,3 +88,8 @@ def run_hammers(processes: int, *args: Any, **options: Any) -> Counter[str]:
         p.join(timeout=60)
         assert p.exitcode == 0
     return totals
+
+
+def run_hammers(processes: int, *args: Any, **options: Any) -> Counter[str]:
+    """`hammer` in `processes` spawned processes; the sum of their counts."""
+    return run_counting(processes, hammer, *args, **options)
