@@ -368,3 +368,48 @@ def test_keepalive_outruns_dots_refresh_token_expiry(tmp_path: Path, dot_server:
         assert keeper.refresh("g", force=True).generation == 4
     with Keeper.open(left, policy=DOT_POLICY) as keeper, pytest.raises(RevokedOrExpired):
         keeper.refresh("g", force=True)
+
+
+def test_cli_from_discovery_to_revocation(tmp_path: Path, dot_server: DotFactory) -> None:
+    """The existing CLI against DOT, each command a real process: ``provider discover`` reads DOT's RFC 8414
+    metadata, ``grant import`` takes the browser's refresh token on stdin, ``token`` prints an access token DOT
+    accepts, ``refresh --force`` rotates; after revocation at DOT, ``refresh`` exits 5 and ``doctor`` names the
+    cause. No output shows the client secret or a refresh token; only ``token`` prints an access token."""
+    server = dot_server()
+    url = f"sqlite://{tmp_path}/cli.db"
+    authorized = authorize(server)
+    outputs: dict[str, str] = {}
+
+    def gk(*args: str, stdin: str | None = None, code: int = 0) -> str:
+        result = subprocess.run(
+            [sys.executable, "-m", "grantkeeper", "--store", url, *args],
+            cwd=REPO, input=stdin, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert result.returncode == code, (args, result.returncode, result.stderr)
+        outputs[" ".join(args[:2])] = result.stdout + result.stderr
+        return result.stdout
+
+    discovered = gk("provider", "discover", "dot", "--issuer", server.url("/o"), "--client-id",
+                    server.accounts.client_id, "--client-secret-stdin", "--rotation", "always", "--reuse-grace", "0",
+                    stdin=server.accounts.client_secret + "\n")  # fmt: skip
+    assert server.url("/.well-known/oauth-authorization-server/o") in discovered
+    gk("grant", "import", "g", "--provider", "dot", "--scope", "read", "--scope", "write",
+       stdin=authorized.refresh_token + "\n")  # fmt: skip
+    token = gk("token", "g").strip()
+    assert server.resource_status(token) == (200, None)
+    gk("refresh", "g", "--force")
+    with Keeper.open(url) as keeper:
+        provider = keeper.store.get_grant_and_provider("g")[1]
+        assert (provider.token_url, provider.auth_method) == (server.token_url, AuthMethod.CLIENT_SECRET_BASIC)
+        assert keeper.store.get_grant("g").generation == 3  # imported; refreshed by `token`; by `refresh --force`
+        current = current_refresh_token(keeper)
+    assert current != authorized.refresh_token
+    revoked = httpx.post(server.revoke_url, auth=server.client_auth, timeout=30,
+                         data={"token": current, "token_type_hint": "refresh_token"})  # fmt: skip
+    assert revoked.status_code == 200
+    gk("refresh", "g", "--force", code=5)
+    assert json.loads(gk("doctor", "g", "--json", code=12))["cause"] == "revoked_or_expired"
+
+    never = {server.accounts.client_secret, authorized.refresh_token, current}
+    assert not [(command, s) for command, out in outputs.items() for s in never if s in out]
+    assert [command for command, out in outputs.items() if token in out] == ["token g"]
