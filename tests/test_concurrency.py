@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
 import threading
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 from grantkeeper import AsyncKeeper, Keeper
 from tests.helpers import FAST_POLICY, add_grant, resource_ok
-from tests.workers import hammer
+from tests.workers import run_hammers
 
 Sim = Callable[..., object]
 
@@ -110,20 +108,7 @@ def test_8_processes_x_4_threads_on_shared_grants(tmp_path: Path, make_sim: Sim)
         add_grant(setup, sim, grant="a")
         refresh_b = str(sim.issue_grant())  # type: ignore[attr-defined]
         setup.import_grant("b", provider="sim", refresh_token=refresh_b)
-    ctx = multiprocessing.get_context("spawn")
-    queue = ctx.Queue()
-    procs = [
-        ctx.Process(target=hammer, args=(url, ["a", "b"], 4.0, 4, sim.base_url + "/resource", queue))  # type: ignore[attr-defined]
-        for _ in range(8)
-    ]
-    for p in procs:
-        p.start()
-    totals: Counter[str] = Counter()
-    for _ in procs:
-        totals.update(queue.get(timeout=120))
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
+    totals = run_hammers(8, url, ["a", "b"], 4.0, 4, sim.base_url + "/resource")  # type: ignore[attr-defined]
     with Keeper.open(url) as check:
         advanced = sum(check.store.get_grant(n).generation - 1 for n in ("a", "b"))
     stats = sim.stats  # type: ignore[attr-defined]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import multiprocessing
 import sqlite3
 import sys
 import time
@@ -30,6 +29,7 @@ from grantkeeper.integrations.authlib_bridge import KeeperAsyncOAuth2Client, Kee
 from grantkeeper.testing.clock import FakeClock
 from tests.helpers import FAST_POLICY, add_grant, provider_for
 from tests.integration_support import EXPIRE_ALL, Sim, keeper_with_grant, resource
+from tests.workers import SPAWN, run_counting
 
 with warnings.catch_warnings():  # Authlib falls back from httpx2 to httpx with a deprecation warning
     warnings.simplefilter("ignore", AuthlibDeprecationWarning)
@@ -184,20 +184,9 @@ def bridge_worker(store_url: str, sim: dict[str, str], barrier: Any, queue: Any)
 
 
 def _run(target: Callable[..., None], first: str, sim: object) -> Counter[str]:
-    ctx = multiprocessing.get_context("spawn")
-    barrier, queue = ctx.Barrier(WORKERS), ctx.Queue()
     info = {"client_id": sim.client_id, "client_secret": sim.client_secret, "token_url": sim.url,  # type: ignore[attr-defined]
             "resource": resource(sim)}  # fmt: skip
-    procs = [ctx.Process(target=target, args=(first, info, barrier, queue)) for _ in range(WORKERS)]
-    for p in procs:
-        p.start()
-    totals: Counter[str] = Counter()
-    for _ in procs:
-        totals.update(queue.get(timeout=120))
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
-    return totals
+    return run_counting(WORKERS, target, first, info, SPAWN.Barrier(WORKERS))
 
 
 @pytest.mark.slow
