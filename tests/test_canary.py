@@ -50,9 +50,9 @@ CANARY_MARK = "cNrY"  # every canary starts with it, so even a short cut of one 
 class CanarySimulator(ProviderSimulator):
     """A provider simulator whose every token is a canary."""
 
-    def _new_token(self) -> str:
-        token = super()._new_token()
-        return f"{CANARY_MARK}{token[4:]}"
+    def _new_token(self, *, jwt: bool = False) -> str:
+        token = super()._new_token(jwt=jwt)
+        return token if jwt else f"{CANARY_MARK}{token[4:]}"
 
 
 @dataclass
