@@ -9,8 +9,19 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from grantkeeper import ConfigurationError, HistoryRetention, Keeper, ProviderUnavailable, StoreFormatError
-from grantkeeper.stores import open_store
+from grantkeeper import (
+    AttemptState,
+    ConfigurationError,
+    HistoryRetention,
+    Keeper,
+    OutcomeClass,
+    Provider,
+    ProviderUnavailable,
+    Secret,
+    StoreFormatError,
+)
+from grantkeeper.model import AttemptReport
+from grantkeeper.stores import SQLStore, open_store
 from grantkeeper.stores.migrations import latest_version
 from grantkeeper.testing.clock import FakeClock
 from grantkeeper.testing.simulator import HttpError
@@ -19,6 +30,8 @@ from tests.helpers import FAST_POLICY, add_grant
 
 Sim = Callable[..., object]
 DAY = 86400.0
+T0 = 1_800_000_000.0
+TTL = 30.0
 V2_COLUMNS = ("actor", "try_number", "new_generation", "received_fp", "rotated", "outcome_class", "error_code",
               "error_description", "http_status", "latency", "evidence")  # fmt: skip
 #: Added by schema version 3 (provider profiles, refresh-token lifetimes): dropped too, to rebuild a version-1 store.
@@ -135,3 +148,25 @@ def test_postgres_store_from_version_1_is_upgraded_by_migrate(
     with Keeper.open(store_url, policy=FAST_POLICY) as keeper:
         keeper.refresh("g", force=True)
         assert [a.new_generation for a in keeper.history("g")] == [3, None]
+
+
+def test_pruning_never_drops_the_unresolved_attempt_and_deferrals_are_not_resends(store: SQLStore) -> None:
+    """A worker dies holding an open attempt; other workers' claims pile up deferred (not sent) attempts behind
+    it, far past the retention count. The open attempt survives every prune, so the next claim still re-sends
+    it instead of spending the token as fresh; and deferred attempts never count as re-sends when a later
+    invalid_grant is explained (a multi-host crash test lost grants to both before this)."""
+    store.retention = HistoryRetention(per_grant=2)
+    store.put_provider(Provider(name="p", token_url="https://as.example/token", client_id="cid",
+                                client_secret=Secret("client-secret-value")), now=T0)  # fmt: skip
+    store.import_grant("g", provider="p", refresh_token=Secret("refresh-token-0000000000001"), scopes=(), now=T0)
+    crashed = store.claim("g", worker="dead", lease_ttl=TTL, now=T0, force=True, seen_generation=None).attempt
+    assert crashed is not None
+    for i in range(70):  # attempt ids pass a multiple of the prune interval
+        claim = store.claim("g", worker="w2", lease_ttl=TTL, now=T0 + TTL + i, force=True, seen_generation=None)
+        assert claim.lease is not None and claim.attempt is not None and claim.prior == crashed
+        store.finish(claim.lease, attempt_id=claim.attempt.id, state=AttemptState.NOT_SENT, outcome="deferred",
+                     now=T0 + TTL + i, report=AttemptReport(OutcomeClass.DEFERRED))  # fmt: skip
+    assert store.get_attempt("g", crashed.id) is not None
+    assert len(store.list_attempts("g", limit=1000)) < 70
+    claim = store.claim("g", worker="w3", lease_ttl=TTL, now=T0 + 200, force=True, seen_generation=None)
+    assert claim.prior == crashed and claim.recent_resend is None

@@ -394,9 +394,11 @@ class SQLStore:
             return int(deleted)
 
     def _prune_grant_history(self, conn: Conn, name: str, *, now: float | None) -> int:
+        # Never an unresolved attempt (open, ambiguous): the next claim must find it to re-send its token once
+        # instead of sending a possibly spent token as if it were fresh. Many deferred claims can pile up behind one.
         deleted = conn.execute(
-            "DELETE FROM attempts WHERE grant_name = ? AND id <= (SELECT id FROM attempts WHERE grant_name = ? "
-            "ORDER BY id DESC LIMIT 1 OFFSET ?)",
+            "DELETE FROM attempts WHERE grant_name = ? AND state NOT IN ('open', 'ambiguous') AND id <= "
+            "(SELECT id FROM attempts WHERE grant_name = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
             (name, name, self.retention.per_grant),
         ).rowcount
         if now is not None:
@@ -466,9 +468,9 @@ class SQLStore:
                     f"SELECT * FROM (SELECT {_ATTEMPT_COLUMNS}, 'prior' FROM attempts WHERE grant_name = ? "
                     "AND generation = ? AND refresh_fp = ? AND state IN ('open', 'ambiguous') ORDER BY id DESC "
                     f"LIMIT 1) AS prior UNION ALL SELECT * FROM (SELECT {_ATTEMPT_COLUMNS}, 'resend' FROM attempts "
-                    "WHERE grant_name = ? AND (resend_of IS NOT NULL OR outcome = 'stale_local_token') "
-                    "AND generation >= ? ORDER BY CASE WHEN outcome = 'stale_local_token' THEN 0 ELSE 1 END, id DESC "
-                    "LIMIT 1) AS resend",
+                    "WHERE grant_name = ? AND ((resend_of IS NOT NULL AND state <> 'not_sent') "  # sent re-sends only
+                    "OR outcome = 'stale_local_token') AND generation >= ? "
+                    "ORDER BY CASE WHEN outcome = 'stale_local_token' THEN 0 ELSE 1 END, id DESC LIMIT 1) AS resend",
                     (name, grant.generation, grant.refresh_fp, name, grant.generation - 2),
                 ).fetchall()
             }
