@@ -155,7 +155,9 @@ def test_cookie_headers_never_survive(token: str, header: str, after: str) -> No
 
 
 @settings(max_examples=200, deadline=None)
-@given(token=st.text(min_size=8, max_size=60).filter(lambda t: t.strip() == t), before=noise, after=noise)
+# A token that is part of the marker itself ("[redacte") is found again in the marker that replaced it.
+@given(token=st.text(min_size=8, max_size=60).filter(lambda t: t.strip() == t and t not in REDACTED),
+       before=noise, after=noise)  # fmt: skip
 def test_live_secret_never_survives_in_any_text(token: str, before: str, after: str) -> None:
     """A value held by a live Secret is removed from any surrounding text, whatever its characters."""
     held = Secret(token)
