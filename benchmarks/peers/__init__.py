@@ -20,12 +20,13 @@ __all__ = ["LIBRARIES", "Client", "Library", "SimInfo", "library"]
 LIBRARIES = ("grantkeeper", "authlib", "requests-oauthlib")
 
 
-def library(name: str) -> Library:
-    """The adapter for `name` (imported lazily: a worker process loads only the library it runs)."""
+def library(name: str, *, grantkeeper_policy: dict[str, float] | None = None) -> Library:
+    """The adapter for `name` (imported lazily: a worker process loads only the library it runs).
+    `grantkeeper_policy` sets `RefreshPolicy` fields for grantkeeper; the peers have no such settings."""
     if name == "grantkeeper":
         from benchmarks.peers.grantkeeper_lib import GrantkeeperLibrary
 
-        return GrantkeeperLibrary()
+        return GrantkeeperLibrary(grantkeeper_policy)
     if name == "authlib":
         from benchmarks.peers.authlib_lib import AuthlibLibrary
 

@@ -4,14 +4,17 @@ loaded from the table for every call, and the codes their errors carry."""
 from __future__ import annotations
 
 import os
+import secrets
 import threading
+import time
 from abc import abstractmethod
+from collections.abc import Sized
 from pathlib import Path
 from typing import Any
 
 import requests
 
-from benchmarks.peers.base import Client, Library, SimInfo, TokenTable, first_token
+from benchmarks.peers.base import Client, Library, SimInfo, TokenTable, first_token, held_name
 
 __all__ = ["PeerClient", "PeerLibrary"]
 
@@ -68,6 +71,23 @@ class PeerLibrary(Library):
         table = TokenTable(location)
         table.insert(name, first_token(refresh_token))
         table.close()
+
+    def hold(self, location: str, count: int) -> Sized:
+        """One session per grant, each holding a token dict as the library keeps it after a refresh (access and
+        refresh token of the simulator's length, token type, expires_in, expires_at)."""
+        client = self.client(location, SimInfo("http://127.0.0.1:9/token", "client", "secret"))
+        assert isinstance(client, PeerClient)
+        expires_at = int(time.time()) + 3600
+        sessions = {}
+        for i in range(count):
+            name = held_name(i)
+            session = client.new_session(name)
+            session.token = {
+                "access_token": secrets.token_urlsafe(32), "refresh_token": secrets.token_urlsafe(32),
+                "token_type": "Bearer", "expires_in": 3600, "expires_at": expires_at,
+            }  # fmt: skip
+            sessions[name] = session
+        return sessions
 
     def stored_refresh_token(self, location: str, name: str) -> str | None:
         table = TokenTable(location)

@@ -20,6 +20,7 @@ import json
 import sqlite3
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Sized
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from typing import Any
 import requests
 import requests.adapters
 
-__all__ = ["RESOURCE", "Client", "Library", "NullTransport", "SimInfo", "TokenTable"]
+__all__ = ["RESOURCE", "Client", "Library", "NullTransport", "SimInfo", "TokenTable", "held_name"]
 
 #: A resource URL no request leaves the process for (see `NullTransport`).
 RESOURCE_ORIGIN = "http://resource.invalid/"
@@ -64,7 +65,11 @@ class NullTransport(requests.adapters.BaseAdapter):
 
 
 def null_session(session: requests.Session) -> requests.Session:
+    """`session` with `RESOURCE` answered in-process and ``trust_env`` off: requests otherwise reads proxy
+    variables and ~/.netrc on every request (most of a loopback call's cost), and grantkeeper's own client
+    does not read them either (httpx ``trust_env=False``)."""
     session.mount(RESOURCE_ORIGIN, NullTransport())
+    session.trust_env = False
     return session
 
 
@@ -72,6 +77,11 @@ def bearer(response: requests.Response) -> str:
     """The access token the library put on the request (to count distinct tokens, never printed)."""
     header = response.request.headers.get("Authorization", "")
     return str(header).removeprefix("Bearer ")
+
+
+def held_name(i: int) -> str:
+    """The name of the memory scenario's grant `i` (the names `benchmarks.bench_scale.make_rows` loads)."""
+    return f"bulk-{i:07d}"
 
 
 class Client(ABC):
@@ -111,6 +121,11 @@ class Library(ABC):
 
     @abstractmethod
     def client(self, location: str, sim: SimInfo) -> Client: ...
+
+    @abstractmethod
+    def hold(self, location: str, count: int) -> Sized:
+        """Hold `count` grants' valid access tokens in this process the way an application using the library
+        holds them (the memory scenario); returns what holds them."""
 
 
 class TokenTable:

@@ -4,13 +4,14 @@ before each request, ``refresh(name, force=True)`` for a forced refresh."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Sized
 from pathlib import Path
 from typing import Any
 
 import requests
 
 from benchmarks._common import sim_provider
-from benchmarks.peers.base import RESOURCE, Client, Library, SimInfo, null_session
+from benchmarks.peers.base import RESOURCE, Client, Library, SimInfo, held_name, null_session
 from grantkeeper import (
     GrantkeeperError,
     Keeper,
@@ -66,8 +67,8 @@ class GrantkeeperLibrary(Library):
         "keeper.refresh(name, force=True)",
     )
 
-    def __init__(self, policy: RefreshPolicy | None = None) -> None:
-        self.policy = policy
+    def __init__(self, policy: dict[str, float] | None = None) -> None:
+        self.policy = RefreshPolicy(**policy) if policy else None
 
     def create(self, root: Path, sim: Any) -> str:
         url = f"sqlite://{root / 'grantkeeper.db'}"
@@ -86,3 +87,11 @@ class GrantkeeperLibrary(Library):
 
     def client(self, location: str, sim: SimInfo) -> Client:
         return GrantkeeperClient(location, self.policy)
+
+    def hold(self, location: str, count: int) -> Sized:
+        """A keeper whose cache holds `count` access tokens: ``access_token`` for each of the first `count`
+        grants of a store loaded with valid tokens (benchmarks.peers.memory loads it)."""
+        keeper = Keeper.open(location)
+        for i in range(count):
+            keeper.access_token(held_name(i))  # raises if any would need a refresh: the simulator is gone
+        return range(count)
