@@ -6,7 +6,6 @@ They report counts and error codes, never tokens.
 from __future__ import annotations
 
 import random
-import resource
 import secrets
 import threading
 import time
@@ -100,10 +99,11 @@ def hold_grants(lib: str, location: str, count: int, conn: Any) -> None:
     """The memory scenario: hold `count` grants' access tokens the way the library holds them, then report the
     process's resident set size before (imports done) and its peak after, in KiB."""
     held = library(lib) if lib != DICT else None  # imports done before the first reading
-    before = _rss_kib()
+    before = _status_kib("VmRSS")
     holder = held.hold(location, count) if held is not None else dict_of_tokens(count)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    conn.send({"before_kib": before, "peak_kib": peak, "now_kib": _rss_kib(), "held": len(holder)})
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec, so a spawned child would report its parent's peak.
+    peak = _status_kib("VmHWM")
+    conn.send({"before_kib": before, "peak_kib": peak, "held": len(holder)})
 
 
 def dict_of_tokens(count: int) -> dict[str, tuple[str, float]]:
@@ -111,9 +111,9 @@ def dict_of_tokens(count: int) -> dict[str, tuple[str, float]]:
     return {held_name(i): (secrets.token_urlsafe(32), expires) for i in range(count)}
 
 
-def _rss_kib() -> int:
+def _status_kib(field: str) -> int:
     with open("/proc/self/status") as status:
         for line in status:
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1])
-    raise RuntimeError("no VmRSS in /proc/self/status")
+    raise RuntimeError(f"no {field} in /proc/self/status")

@@ -9,8 +9,9 @@ detection on) and store with one grant. Each cycle:
 2. after a random delay, uniform in [0, `KILL_WINDOW` x the library's median refresh time], the parent
    SIGKILLs it: the kill lands at a random point of some refresh (before the request, while the provider
    answers, between the answer and the commit, during or after the commit);
-3. the truth: the refresh token the library's store now holds either is still live at the simulator, or the
-   provider had already rotated it and the successor died with the worker ("lost in flight");
+3. the truth, once the simulator has answered every request the worker sent: the refresh token the
+   library's store now holds either is still live at the simulator, or the provider had already rotated it
+   and the successor died with the worker ("lost in flight");
 4. recovery: the parent refreshes the grant once through the library (a new worker's first refresh).
 
 * grants lost: recoveries that failed (the grant needs the user's consent again; the next cycle uses a new grant).
@@ -48,6 +49,7 @@ KILL_WINDOW = 3.0  # the kill lands within this many median refresh times after 
 WORKER_POLICY = {"lease_ttl": 1.5, "request_timeout": 0.25, "wait_timeout": 30.0, "deadline": 10.0}
 RECOVERY_POLICY = {"lease_ttl": 5.0, "request_timeout": 2.0, "wait_timeout": 30.0, "deadline": 20.0}
 LOST_IN_FLIGHT = "lost_in_flight"
+SETTLE = 0.1  # seconds without a new token request before the simulator counts as quiet
 PRELOAD = [
     "benchmarks.peers._workers",
     "benchmarks.peers.grantkeeper_lib",
@@ -100,6 +102,7 @@ def measure(lib: str, cycles: int, seed: int) -> Crashes:
                 failure = _kill_one(ctx, lib, location, info, name, rng.uniform(0, KILL_WINDOW * refresh_ms) / 1000)
                 if failure:
                     failures.append(failure)
+                _settle(sim)
                 stored = adapter.stored_refresh_token(location, name)
                 in_flight = stored is None or not sim.is_active(stored)
                 truth_lost += in_flight
@@ -149,6 +152,20 @@ def _kill_one(ctx: Any, lib: str, location: str, info: SimInfo, name: str, delay
             proc.kill()
             proc.join(timeout=10)
         receiver.close()
+
+
+def _settle(sim: ProviderSimulator) -> None:
+    """Wait until the simulator has finished every request the killed worker sent: a request that reached it
+    is still answered (and may rotate the token) after the worker is gone. The counter goes up before a
+    request is processed under the simulator's lock, and `stats` takes that lock, so a count unchanged for
+    `SETTLE` seconds means nothing is in flight."""
+    calls = sim.stats.refresh_calls
+    while True:
+        time.sleep(SETTLE)
+        now = sim.stats.refresh_calls
+        if now == calls:
+            return
+        calls = now
 
 
 def _recover(client: Any, name: str) -> str | None:

@@ -2,7 +2,7 @@
 
 One fresh "spawn" process per library (`benchmarks.peers._workers.hold_grants`); each reads its RSS once the
 library is imported, holds the N grants the way an application using the library does, and reports its peak
-RSS (``ru_maxrss``):
+RSS (``VmHWM``):
 
 * bare: a dict of name -> (access token, expiry), the least any cache can hold;
 * grantkeeper: one `Keeper` whose in-process cache holds N access tokens: ``access_token(name)`` for N grants
