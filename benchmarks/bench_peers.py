@@ -14,14 +14,17 @@ table compares libraries; the rows this returns to `benchmarks.run` are grantkee
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from benchmarks._common import Report, Row, print_report
-from benchmarks.peers import LIBRARIES, contention, crashes, hotpath, memory, storecost
-from benchmarks.peers.results import Measured, machine, notes, render, table, write
+
+if TYPE_CHECKING:
+    from benchmarks.peers.results import Measured
 
 NAME = "peers"
 TITLE = "grantkeeper vs Authlib vs requests-oauthlib: hot path, contention, crashes, store cost, memory"
@@ -31,7 +34,20 @@ QUICK_CRASH_CYCLES = 4
 HOT_TARGET = 3.0  # the cached benchmark's target for the same ratio
 
 
+def _require_peers() -> None:
+    """The peers are a benchmark-only extra: say how to get them instead of an ImportError traceback."""
+    missing = [m for m in ("authlib", "requests_oauthlib", "matplotlib") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise RuntimeError(f"the peers benchmark needs {', '.join(missing)}: pip install -e '.[bench]'")
+
+
 def measure(quick: bool, progress: bool = True) -> Measured:
+    # Imported here, not at the top: `benchmarks.run` imports this module, and the default benchmarks must run
+    # without the bench extra installed.
+    _require_peers()
+    from benchmarks.peers import LIBRARIES, contention, crashes, hotpath, memory, storecost
+    from benchmarks.peers.results import Measured, machine
+
     started = time.perf_counter()
 
     def say(message: str) -> None:
@@ -65,6 +81,8 @@ def measure(quick: bool, progress: bool = True) -> Measured:
 
 def rows(m: Measured) -> list[Row]:
     """grantkeeper's own targets in this comparison (the table holds the comparison itself)."""
+    from benchmarks.peers import hotpath
+
     bare, gk = m.hot.token_only[hotpath.BARE].median, m.hot.token_only["grantkeeper"].median
     c = next(r for r in m.contention if r.library == "grantkeeper")
     k = next(r for r in m.crashes if r.library == "grantkeeper")
@@ -83,6 +101,8 @@ def rows(m: Measured) -> list[Row]:
 def run(quick: bool = False, *, results: Path | None = None) -> Report:
     """Measure, print-ready as a `Report`; write the files to `results` (default: benchmarks/results for a
     full run, nowhere for a quick one, so a smoke run never overwrites the committed results)."""
+    from benchmarks.peers.results import notes, render, table, write
+
     measured = measure(quick)
     report = Report(NAME, TITLE, rows=rows(measured), seconds=measured.seconds)
     report.notes.append("the comparison (x = times the baseline in the last column):")
