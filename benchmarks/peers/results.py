@@ -246,11 +246,10 @@ def plot(m: Measured, path: Path) -> None:
 
     fig, (calls_ax, errors_ax) = plt.subplots(2, 1, figsize=(9, 7), sharex=True)
     for c in m.contention:
-        times = [t for t, _, _ in c.series[1:]]
-        rates = [(b[1] - a[1]) / (b[0] - a[0]) for a, b in zip(c.series, c.series[1:], strict=False)]
+        times, rates = _per_second(c.series)
         calls_ax.plot(times, rates, label=c.library)
         errors_ax.plot([t for t, _, _ in c.series], [e for _, _, e in c.series], label=c.library)
-    calls_ax.set_ylabel("provider refresh calls / s")
+    calls_ax.set_ylabel("provider refresh calls / s\n(trailing 1 s window)")
     calls_ax.set_title(f"contention: {m.contention_size.describe()}")
     errors_ax.set_ylabel("invalid_grant responses (cumulative)")
     errors_ax.set_xlabel("seconds since start")
@@ -260,6 +259,21 @@ def plot(m: Measured, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _per_second(series: list[tuple[float, int, int]]) -> tuple[list[float], list[float]]:
+    """Refresh calls per second over a trailing window of at least one second (the tokens live 1 s, so a
+    shorter window shows the expiry rhythm, not the rate)."""
+    times, rates = [], []
+    start = 0
+    for t, calls, _ in series:
+        while start + 1 < len(series) and t - series[start + 1][0] >= 1.0:
+            start += 1
+        t0, calls0, _ = series[start]
+        if t - t0 >= 1.0:
+            times.append(t)
+            rates.append((calls - calls0) / (t - t0))
+    return times, rates
 
 
 def write(m: Measured, directory: Path) -> list[Path]:
