@@ -64,6 +64,11 @@ class PeerClient(Client):
 
 
 class PeerLibrary(Library):
+    client_class: type[PeerClient] = PeerClient
+
+    def client(self, location: str, sim: SimInfo) -> Client:
+        return self.client_class(location, sim)
+
     def create(self, root: Path, sim: Any) -> str:
         return TokenTable.create(root / f"{self.name}.db")
 

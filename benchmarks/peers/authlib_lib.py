@@ -12,7 +12,7 @@ import requests
 from authlib.integrations.requests_client import OAuth2Session
 
 from benchmarks.peers._peer import PeerClient, PeerLibrary
-from benchmarks.peers.base import RESOURCE, Client, SimInfo, bearer, null_session
+from benchmarks.peers.base import RESOURCE, bearer, null_session
 
 __all__ = ["AuthlibClient", "AuthlibLibrary"]
 
@@ -51,6 +51,7 @@ class AuthlibClient(PeerClient):
 
 class AuthlibLibrary(PeerLibrary):
     name = "authlib"
+    client_class = AuthlibClient
     configured = (
         "authlib.integrations.requests_client.OAuth2Session(client_id, client_secret, token_endpoint=..., "
         "token_endpoint_auth_method='client_secret_basic', update_token=..., leeway=0)",
@@ -60,6 +61,3 @@ class AuthlibLibrary(PeerLibrary):
         "session.get(resource): Authlib refreshes there when the token has expired; forced refresh: "
         "session.refresh_token(token_endpoint)",
     )
-
-    def client(self, location: str, sim: SimInfo) -> Client:
-        return AuthlibClient(location, sim)

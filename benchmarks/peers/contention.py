@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmarks._common import stop_workers
 from benchmarks.peers import library
 from benchmarks.peers._workers import contend
 from benchmarks.peers.base import SimInfo
@@ -101,11 +102,7 @@ def measure(lib: str, size: Size) -> Contention:
         except queue.Empty:
             raise RuntimeError(f"contention ({lib}): worker processes did not report in time") from None
         finally:
-            go.set()
-            for p in procs:
-                if p.is_alive():
-                    p.terminate()
-                    p.join(timeout=10)
+            stop_workers(procs, go)
         crashed = [o["error"] for o in outcomes if o["error"]]
         if crashed or any(p.exitcode != 0 for p in procs):
             raise RuntimeError(f"contention ({lib}): worker processes failed: {crashed or [p.exitcode for p in procs]}")

@@ -11,7 +11,7 @@ import requests
 from requests_oauthlib import OAuth2Session
 
 from benchmarks.peers._peer import PeerClient, PeerLibrary
-from benchmarks.peers.base import RESOURCE, Client, SimInfo, bearer, null_session
+from benchmarks.peers.base import RESOURCE, bearer, null_session
 
 __all__ = ["RequestsOAuthlibClient", "RequestsOAuthlibLibrary"]
 
@@ -43,6 +43,7 @@ class RequestsOAuthlibClient(PeerClient):
 
 class RequestsOAuthlibLibrary(PeerLibrary):
     name = "requests-oauthlib"
+    client_class = RequestsOAuthlibClient
     configured = (
         "requests_oauthlib.OAuth2Session(client_id, token=..., auto_refresh_url=token endpoint, "
         "auto_refresh_kwargs={client_id, client_secret} (client_secret_post), token_updater=...)",
@@ -50,8 +51,5 @@ class RequestsOAuthlibLibrary(PeerLibrary):
         "given the old token); no leeway option: it refreshes once the token has expired",
         "per call: token loaded from the table (the documented per-request pattern), then "
         "session.get(resource): request() refreshes there on TokenExpiredError; forced refresh: "
-        "session.refresh_token(auto_refresh_url, **auto_refresh_kwargs) then token_updater",
+        "session.refresh_token(auto_refresh_url) (it adds auto_refresh_kwargs) then token_updater(token)",
     )
-
-    def client(self, location: str, sim: SimInfo) -> Client:
-        return RequestsOAuthlibClient(location, sim)
