@@ -80,6 +80,7 @@ class PeerLibrary(Library):
     def hold(self, location: str, count: int) -> Sized:
         """One session per grant, each holding a token dict as the library keeps it after a refresh (access and
         refresh token of the simulator's length, token type, expires_in, expires_at)."""
+        # The tokens stay valid for an hour, so no session refreshes and this token endpoint is never contacted.
         client = self.client(location, SimInfo("http://127.0.0.1:9/token", "client", "secret"))
         assert isinstance(client, PeerClient)
         expires_at = int(time.time()) + 3600

@@ -31,6 +31,7 @@ from benchmarks._common import Sample, interleave
 from benchmarks.peers import LIBRARIES, library
 from benchmarks.peers._peer import PeerClient
 from benchmarks.peers.base import RESOURCE, Client, SimInfo, null_session
+from benchmarks.peers.grantkeeper_lib import GrantkeeperClient
 from grantkeeper.testing.simulator import ProviderSimulator
 
 __all__ = ["HotPath", "measure"]
@@ -48,8 +49,8 @@ class HotPath:
 
 
 def _token_step(lib: str, client: Client) -> Callable[[str], object]:
-    if lib == "grantkeeper":
-        return client.keeper.access_token  # type: ignore[attr-defined, no-any-return]
+    if isinstance(client, GrantkeeperClient):
+        return client.keeper.access_token
     assert isinstance(client, PeerClient)
     session: Any = client.session(GRANT)
     if lib == "authlib":

@@ -105,7 +105,7 @@ def table(m: Measured) -> list[list[str]]:
                                                      for lib in LIBRARIES), "-"],
         ["contention", "calls served", *(f"{by_lib[lib].calls_served:,}" for lib in LIBRARIES), "-"],
         ["crashes", f"grants lost (of {m.crashes[0].cycles} SIGKILLed cycles)",
-         *(str(crash[lib].grants_lost) for lib in LIBRARIES), "kills that lost the rotated token"],
+         *(str(crash[lib].grants_lost) for lib in LIBRARIES), "the kills that lost the token (next row)"],
         ["crashes", "kills that lost the rotated token (truth)", *(str(crash[lib].lost_in_flight) for lib in LIBRARIES),
          "-"],
         ["crashes", "wrong diagnoses", *(str(crash[lib].wrong_diagnoses) for lib in LIBRARIES), "0"],
