@@ -42,7 +42,7 @@ def test_quick_peers_run_reports_every_library(tmp_path: Path) -> None:
         for key in ("refresh_calls", "rotations", "invalid_grant", "reuse_detections", "grants_lost", "calls_served"):
             _count(contention[lib][key])
         assert all(_count(n) for n in contention[lib]["errors"].values())
-        for key in ("cycles", "lost_in_flight", "grants_lost", "wrong_diagnoses"):
+        for key in ("cycles", "lost_in_flight", "grants_lost", "wrong_diagnoses", "unnoticed"):
             _count(crashes[lib][key])
         assert all(_count(n) for n in crashes[lib]["reported"].values())
         assert _count(memory[lib]["peak_kib"]) > 0
@@ -50,4 +50,4 @@ def test_quick_peers_run_reports_every_library(tmp_path: Path) -> None:
     assert contention["grantkeeper"]["invalid_grant"] == 0
     assert contention["grantkeeper"]["grants_lost"] == 0
     assert contention["grantkeeper"]["refresh_calls"] == contention["grantkeeper"]["rotations"] > 0
-    assert crashes["grantkeeper"]["wrong_diagnoses"] == 0
+    assert crashes["grantkeeper"]["wrong_diagnoses"] == crashes["grantkeeper"]["unnoticed"] == 0

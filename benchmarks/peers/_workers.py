@@ -83,10 +83,13 @@ def _one_call(client: Client, name: str, counts: Counter[str], dead: set[str]) -
 
 
 def refresh_forever(lib: str, location: str, sim: SimInfo, name: str, policy: dict[str, float], conn: Any) -> None:
-    """One worker of the crash scenario: open the library, say ready, then refresh `name` (forced, persisted)
-    in a loop until the parent SIGKILLs it. A refresh that fails ends the loop and is reported."""
+    """One worker of the crash scenario: open the library, refresh `name` once (connections open, caches
+    warm: the kill should land in steady-state refreshing, not in one library's slower first refresh), say
+    ready, then refresh (forced, persisted) in a loop until the parent SIGKILLs it. A refresh that fails ends
+    the loop and is reported."""
     try:
         client = library(lib, grantkeeper_policy=policy).client(location, sim)
+        client.refresh(name)
         conn.send("ready")
         while True:
             client.refresh(name)

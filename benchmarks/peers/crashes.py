@@ -4,20 +4,22 @@ Per library, a fresh `ProviderSimulator` (long-lived access tokens, rotation alw
 detection on) and store with one grant. Each cycle:
 
 1. a worker process (`benchmarks.peers._workers.refresh_forever`, started from a "forkserver" that has the
-   libraries imported, so a start costs milliseconds) opens the library and refreshes the grant in a loop,
-   forced and persisted the library's way;
-2. after a random delay, uniform in [0, `KILL_WINDOW` x the library's median refresh time], the parent
+   libraries imported, so a start costs milliseconds) opens the library, refreshes the grant once, says it
+   is ready, and then refreshes in a loop, forced and persisted the library's way;
+2. after a random delay from "ready", uniform in [0, `KILL_WINDOW` x the library's median refresh time], the parent
    SIGKILLs it: the kill lands at a random point of some refresh (before the request, while the provider
    answers, between the answer and the commit, during or after the commit);
 3. the truth, once the simulator has answered every request the worker sent: the refresh token the
    library's store now holds either is still live at the simulator, or the provider had already rotated it
    and the successor died with the worker ("lost in flight");
-4. recovery: the parent refreshes the grant once through the library (a new worker's first refresh).
+4. recovery: the parent refreshes the grant once through a freshly opened client of the library (a new
+   worker's first refresh, with nothing cached from earlier cycles).
 
 * grants lost: recoveries that failed (the grant needs the user's consent again; the next cycle uses a new grant).
 * wrong diagnoses: failed recoveries whose reported cause is not the true one: the token was lost in flight
   and the library reported something else (``invalid_grant`` reads as "revoked or expired"; grantkeeper's
   ``lost_in_flight`` names the crashed attempt), or the grant was healthy and the recovery failed anyway.
+* unnoticed (in the details): recoveries that reported success although the grant's refresh token was dead.
 
 grantkeeper's worker runs with a short lease (`WORKER_POLICY`) so a killed holder's lease expires quickly;
 the recovering parent waits for it, as a second worker would.
@@ -65,6 +67,7 @@ class Crashes:
     lost_in_flight: int  # cycles where the kill lost the rotated token (the truth)
     grants_lost: int
     wrong_diagnoses: int
+    unnoticed: int  # recoveries that reported success while the grant's refresh token was dead
     reported: dict[str, int]  # failed recoveries by the code the library reported
     refresh_ms: float  # the library's median uninterrupted refresh, which scales the kill window
     worker_failures: list[str] = field(default_factory=list)
@@ -89,42 +92,44 @@ def measure(lib: str, cycles: int, seed: int) -> Crashes:
         adapter = library(lib)
         location = adapter.create(Path(tmp), sim)
         info = SimInfo.of(sim)
-        recoverer = library(lib, grantkeeper_policy=RECOVERY_POLICY).client(location, info)
+        # Each recovery is a new worker's first refresh: a fresh client, with nothing cached from earlier cycles.
+        recovery = library(lib, grantkeeper_policy=RECOVERY_POLICY)
         grant = 0
         adapter.add_grant(location, f"crash-{grant}", sim.issue_grant())
-        refresh_ms = _median_refresh_ms(recoverer, f"crash-{grant}")
+        refresh_ms = _median_refresh_ms(recovery.client(location, info), f"crash-{grant}")
         reported: Counter[str] = Counter()
-        truth_lost = lost = wrong = 0
+        truth_lost = lost = wrong = unnoticed = 0
         failures: list[str] = []
-        try:
-            for _ in range(cycles):
-                name = f"crash-{grant}"
-                failure = _kill_one(ctx, lib, location, info, name, rng.uniform(0, KILL_WINDOW * refresh_ms) / 1000)
-                if failure:
-                    failures.append(failure)
-                _settle(sim)
-                stored = adapter.stored_refresh_token(location, name)
-                in_flight = stored is None or not sim.is_active(stored)
-                truth_lost += in_flight
-                code = _recover(recoverer, name)
-                if code is None:
-                    continue
-                lost += 1
-                reported[code] += 1
-                wrong += not (in_flight and code == LOST_IN_FLIGHT)
-                grant += 1  # the user consents again: a new grant for the next cycle
-                adapter.add_grant(location, f"crash-{grant}", sim.issue_grant())
-        finally:
-            recoverer.close()
-    return Crashes(lib, cycles, truth_lost, lost, wrong, dict(reported), refresh_ms, failures)
+        for _ in range(cycles):
+            name = f"crash-{grant}"
+            failure = _kill_one(ctx, lib, location, info, name, rng.uniform(0, KILL_WINDOW * refresh_ms) / 1000)
+            if failure:
+                failures.append(failure)
+            _settle(sim)
+            stored = adapter.stored_refresh_token(location, name)
+            in_flight = stored is None or not sim.is_active(stored)
+            truth_lost += in_flight
+            code = _recover(recovery.client(location, info), name)
+            if code is None:
+                unnoticed += in_flight and not sim.is_active(adapter.stored_refresh_token(location, name) or "")
+                continue
+            lost += 1
+            reported[code] += 1
+            wrong += not (in_flight and code == LOST_IN_FLIGHT)
+            grant += 1  # the user consents again: a new grant for the next cycle
+            adapter.add_grant(location, f"crash-{grant}", sim.issue_grant())
+    return Crashes(lib, cycles, truth_lost, lost, wrong, unnoticed, dict(reported), refresh_ms, failures)
 
 
 def _median_refresh_ms(client: Any, name: str) -> float:
     times = []
-    for _ in range(7):
-        t0 = time.perf_counter()
-        client.refresh(name)
-        times.append((time.perf_counter() - t0) * 1000)
+    try:
+        for _ in range(7):
+            t0 = time.perf_counter()
+            client.refresh(name)
+            times.append((time.perf_counter() - t0) * 1000)
+    finally:
+        client.close()
     return statistics.median(times)
 
 
@@ -139,7 +144,7 @@ def _kill_one(ctx: Any, lib: str, location: str, info: SimInfo, name: str, delay
             raise RuntimeError(f"crashes ({lib}): a worker did not start")
         message = receiver.recv()
         if message != "ready":
-            raise RuntimeError(f"crashes ({lib}): a worker could not open the library: {message}")
+            raise RuntimeError(f"crashes ({lib}): a worker's first refresh failed: {message}")
         time.sleep(delay)
         os.kill(proc.pid, signal.SIGKILL)
         proc.join(timeout=30)
@@ -177,4 +182,6 @@ def _recover(client: Any, name: str) -> str | None:
         if code is None:
             raise
         return code
+    finally:
+        client.close()
     return None

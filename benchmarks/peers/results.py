@@ -173,7 +173,8 @@ def notes(m: Measured) -> list[str]:
         out.append(
             f"crashes {k.library}: {k.cycles} cycles, median uninterrupted refresh {k.refresh_ms:.1f} ms (kill "
             f"window 3x that); kills that lost the rotated token {k.lost_in_flight}; grants lost {k.grants_lost}; "
-            f"failed recoveries reported as {k.reported or 'none'}; wrong diagnoses {k.wrong_diagnoses}"
+            f"failed recoveries reported as {k.reported or 'none'}; wrong diagnoses {k.wrong_diagnoses}; "
+            f"recoveries that reported success on a dead grant {k.unnoticed}"
             + (f"; worker refreshes that failed before the kill: {k.worker_failures}" if k.worker_failures else "")
         )
     out.append(f"store cost: {m.store.rounds} interleaved rounds of {m.store.ops} refreshes per case; PostgreSQL: "
