@@ -65,6 +65,8 @@ class GrantkeeperLibrary(Library):
         "reuse_grace=0, default skew (capped at half the token lifetime)",
         "per call: keeper.access_token(name), then the request with it; forced refresh: "
         "keeper.refresh(name, force=True)",
+        "crash scenario only: the killed workers run RefreshPolicy(lease_ttl=1.5, request_timeout=0.25) so a "
+        "killed holder's lease expires soon; the recovering worker waits for it (no peer has a lease to wait for)",
     )
 
     def __init__(self, policy: dict[str, float] | None = None) -> None:
