@@ -72,9 +72,7 @@ def _one_call(client: Client, name: str, counts: Counter[str], dead: set[str]) -
     try:
         client.token(name)
     except Exception as exc:
-        code = client.failure_code(exc)
-        if code is None:
-            raise
+        code = client.diagnose(exc)
         counts[f"error:{code}"] += 1
         if client.is_dead(code):
             dead.add(name)

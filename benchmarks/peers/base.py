@@ -95,6 +95,12 @@ class Client(ABC):
     def failure_code(self, exc: BaseException) -> str | None:
         """The code the library reports for `exc`, or None when `exc` is not a failure it reports."""
 
+    def diagnose(self, exc: Exception) -> str:
+        """What a caller learns from `exc`: the library's code, or the exception type for anything the library
+        does not report as a failure (counted, so an unexpected error shows in the results instead of ending a
+        worker thread unseen)."""
+        return self.failure_code(exc) or f"unexpected {type(exc).__name__}"
+
     @abstractmethod
     def is_dead(self, code: str) -> bool:
         """Whether the library says the grant cannot be refreshed any more (an application stops using it)."""

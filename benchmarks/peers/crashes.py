@@ -178,10 +178,7 @@ def _recover(client: Any, name: str) -> str | None:
     try:
         client.refresh(name)
     except Exception as exc:
-        code: str | None = client.failure_code(exc)
-        if code is None:
-            raise
-        return code
+        return client.diagnose(exc)
     finally:
         client.close()
     return None

@@ -26,9 +26,9 @@ __all__ = ["Measured", "machine", "table", "write"]
 MIB = 1024.0
 DISTRIBUTIONS = ("grantkeeper", "Authlib", "requests-oauthlib", "oauthlib", "requests", "httpx", "psycopg")
 SHARED = (
-    "The machine was shared: other engineers' builds and tests ran on the same cores during the run, so "
-    "timings are noisy; compare libraries within this run (they ran in the same interleaved rounds or one "
-    "after another), not with other runs."
+    "The machine is shared: other engineers' builds and tests use the same 2 cores (the load averages say how "
+    "busy it was), so timings are noisy; compare libraries within this run (they ran in the same interleaved "
+    "rounds or one after another), not with other runs."
 )
 
 
