@@ -1,7 +1,10 @@
 """Authlib as its documentation shows it: ``authlib.integrations.requests_client.OAuth2Session`` with
 ``token_endpoint`` (so it refreshes by itself when a request finds the token expired) and an ``update_token``
 callback that persists the new token, finding the row by the old refresh token as the docs' example does
-(``item = OAuth2Token.find(name=name, refresh_token=refresh_token)``)."""
+(``item = OAuth2Token.find(name=name, refresh_token=refresh_token)``).
+
+Docs: https://docs.authlib.org/en/latest/client/oauth2.html ("Auto Update Token"), and the framework clients'
+``fetch_token`` / ``update_token`` (the token is loaded from storage for each request)."""
 
 from __future__ import annotations
 

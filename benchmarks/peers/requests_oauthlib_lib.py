@@ -1,6 +1,7 @@
 """requests-oauthlib as its documentation shows it ("Refreshing tokens", third option): ``OAuth2Session`` with
 ``auto_refresh_url``, ``auto_refresh_kwargs`` holding the client credentials, and a ``token_updater`` that
-persists the new token (the docs' example saves it in the web session)."""
+persists the new token (the docs' example saves it in the web session and builds a session per request from
+the stored token): https://requests-oauthlib.readthedocs.io/en/latest/examples/real_world_example_with_refresh.html"""
 
 from __future__ import annotations
 
