@@ -101,13 +101,14 @@ def rows(m: Measured) -> list[Row]:
 def run(quick: bool = False, *, results: Path | None = None) -> Report:
     """Measure, print-ready as a `Report`; write the files to `results` (default: benchmarks/results for a
     full run, nowhere for a quick one, so a smoke run never overwrites the committed results)."""
-    from benchmarks.peers.results import notes, render, table, write
+    from benchmarks.peers.results import configured, notes, render, table, write
 
     measured = measure(quick)
     report = Report(NAME, TITLE, rows=rows(measured), seconds=measured.seconds)
     report.notes.append("the comparison (x = times the baseline in the last column):")
     report.notes += render(table(measured), markdown=False).splitlines()
     report.notes += notes(measured)
+    report.notes += [f"{lib} configured: {point}" for lib, points in configured().items() for point in points]
     directory = results if results is not None else (None if quick else RESULTS)
     if directory is not None:
         report.notes += [f"written: {path}" for path in write(measured, directory)]
