@@ -30,6 +30,7 @@ __all__ = [
     "render_table",
     "sim_provider",
     "standalone",
+    "stop_workers",
     "summarize",
 ]
 
@@ -141,6 +142,16 @@ def print_report(report: Report, stream: TextIO) -> None:
     for note in report.notes:
         print(f"  {note}", file=stream)
     stream.flush()
+
+
+def stop_workers(procs: Sequence[Any], go: Any) -> None:
+    """However a run of worker processes waiting on the event `go` ended: release them and terminate any
+    still alive, so no benchmark leaves processes behind."""
+    go.set()
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+            p.join(timeout=10)
 
 
 def sim_provider(sim: Any, name: str = "sim") -> Any:

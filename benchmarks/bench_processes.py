@@ -20,7 +20,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import Report, Row, sim_provider, standalone
+from benchmarks._common import Report, Row, sim_provider, standalone, stop_workers
 from benchmarks._workers import hold_token
 from grantkeeper import Keeper
 from grantkeeper.testing.simulator import ProviderSimulator
@@ -81,11 +81,7 @@ def run(quick: bool = False) -> Report:
         except queue.Empty:
             raise RuntimeError("worker processes did not report in time") from None
         finally:
-            go.set()
-            for p in procs:
-                if p.is_alive():
-                    p.terminate()
-                    p.join(timeout=10)
+            stop_workers(procs, go)
         if failures:
             raise RuntimeError(f"worker processes crashed: {failures}")
         exit_codes = [p.exitcode for p in procs]

@@ -4,6 +4,7 @@
     python -m benchmarks.run cached refresh       # only these
     python -m benchmarks.run scale                # 1,000,000 grants in SQLite and PostgreSQL (slow; not default)
     python -m benchmarks.run scale --grants 200000   # the scale benchmark at another size
+    python -m benchmarks.run peers                # vs Authlib and requests-oauthlib; writes benchmarks/results/
     python -m benchmarks.run --all                # the default set and the slow ones
     python -m benchmarks.run --quick              # fewer rounds: a smoke check, not a measurement
     python -m benchmarks.run --json               # JSON summary on stdout (the tables go to stderr)
@@ -20,9 +21,10 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from benchmarks import bench_cached, bench_processes, bench_refresh, bench_scale
+from benchmarks import bench_cached, bench_peers, bench_processes, bench_refresh, bench_scale
 from benchmarks._common import Report, environment, print_report, render_table
 
 BENCHMARKS: dict[str, Callable[[argparse.Namespace], Report]] = {
@@ -30,9 +32,10 @@ BENCHMARKS: dict[str, Callable[[argparse.Namespace], Report]] = {
     bench_refresh.NAME: lambda args: bench_refresh.run(args.quick, with_profile=args.profile),
     bench_processes.NAME: lambda args: bench_processes.run(args.quick),
     bench_scale.NAME: lambda args: bench_scale.run(args.quick, grants=args.grants),
+    bench_peers.NAME: lambda args: bench_peers.run(args.quick, results=args.results),
 }
 #: Run only when named or with --all: they take minutes.
-SLOW = frozenset({bench_scale.NAME})
+SLOW = frozenset({bench_scale.NAME, bench_peers.NAME})
 DEFAULT = [name for name in BENCHMARKS if name not in SLOW]
 
 
@@ -57,6 +60,13 @@ def main(argv: list[str] | None = None) -> int:
         metavar="N",
         help=f"scale benchmark: grants per store (default {bench_scale.DEFAULT_GRANTS:,}; "
         f"{bench_scale.QUICK_GRANTS:,} with --quick)",
+    )
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="peers benchmark: where to write peers.md/.json/.png (default benchmarks/results; none with --quick)",
     )
     args = parser.parse_args(argv)
     unknown = [name for name in args.names if name not in BENCHMARKS]
