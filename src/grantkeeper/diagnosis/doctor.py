@@ -261,8 +261,8 @@ class _Doctor:
                          f"imported (grant created {when(g.created_at)}) or its attempt was pruned")  # fmt: skip
         recovered = last_commit is not None and last_commit.id > stale.id and g.state is GrantState.ACTIVE
         facts.append(
-            f"the refresh was retried with the latest token: attempt {last_commit.id} committed generation "
-            f"{last_commit.new_generation}" if recovered and last_commit is not None
+            f"since then attempt {last_commit.id} by {_who(last_commit)} committed generation "
+            f"{last_commit.new_generation} with the latest token" if recovered and last_commit is not None
             else "the grant was not refreshed since"
         )  # fmt: skip
         return self.result(
