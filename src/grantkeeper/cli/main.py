@@ -33,6 +33,7 @@ from grantkeeper.cli._io import open_keeper as _open
 from grantkeeper.cli._io import read_secret as _read_secret
 from grantkeeper.cli._io import store_url as _url
 from grantkeeper.cli._session import Session
+from grantkeeper.cli.connect import connect_command
 from grantkeeper.cli.demo import demo
 from grantkeeper.cli.diagnose import EXIT_ATTENTION, doctor, history
 from grantkeeper.cli.keys import keys
@@ -295,6 +296,7 @@ def migrate(session: Session) -> None:
 
 
 cli.add_command(provider)
+cli.add_command(connect_command)
 cli.add_command(demo)
 cli.add_command(doctor)
 cli.add_command(history)
