@@ -38,6 +38,7 @@ from grantkeeper.cli.demo import demo
 from grantkeeper.cli.diagnose import EXIT_ATTENTION, doctor, history
 from grantkeeper.cli.keys import keys
 from grantkeeper.cli.providers import provider
+from grantkeeper.consent import revoke
 from grantkeeper.engine.keeper import KeepaliveResult
 from grantkeeper.stores import backend, open_store
 from grantkeeper.stores.migrations import latest_version
@@ -157,6 +158,22 @@ def grant_import(session: Session, name: str, provider_name: str, scopes: tuple[
         f"grant {imported.name} {'re-imported' if existed else 'imported'}: provider {imported.provider}, "
         f"generation {imported.generation}, refresh token {imported.refresh_fp}"
     )
+
+
+@grant.command("revoke")
+@click.argument("name")
+@click.option("--local-only", is_flag=True, help="Do not contact the provider: only remove the grant here.")
+@click.pass_obj
+def grant_revoke(session: Session, name: str, local_only: bool) -> None:
+    """Revoke grant NAME at its provider (RFC 7009), then remove it from the store.
+
+    Nothing is removed unless the provider confirms; a provider without a revocation endpoint is an error
+    (set one with 'provider add --revocation-url', or give --local-only).
+    """
+    with _open(session) as keeper:
+        revoked = revoke(keeper, name, local_only=local_only)
+    where = "removed locally (not revoked at the provider)" if local_only else "revoked at the provider and removed"
+    click.echo(f"grant {revoked.name} {where}: provider {revoked.provider}, refresh token {revoked.refresh_fp}")
 
 
 # ----------------------------------------------------------------------------------------------- the verbs

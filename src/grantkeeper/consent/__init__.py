@@ -1,7 +1,8 @@
-"""Giving consent: connect a new grant through the user's browser.
+"""Giving and withdrawing consent: connect a new grant through the user's browser, revoke one at the provider.
 
 `connect` runs the authorization code grant with PKCE (S256) and a loopback redirect (RFC 8252 §7.3), then
-stores the grant exactly as `Keeper.import_grant` does. The protocol steps are in `grantkeeper.consent.flow`
+stores the grant exactly as `Keeper.import_grant` does. `revoke` revokes a grant's refresh token at the
+provider (RFC 7009), then removes the grant locally. The protocol steps are in `grantkeeper.consent.flow`
 (no I/O), the listener in `grantkeeper.consent.loopback`.
 """
 
@@ -14,7 +15,10 @@ from dataclasses import dataclass
 import httpx
 
 from grantkeeper._exceptions import (
+    ClientAuthFailed,
     ConfigurationError,
+    MalformedResponse,
+    ProviderRejected,
     ProviderUnavailable,
     UnknownGrant,
 )
@@ -25,10 +29,11 @@ from grantkeeper.consent.loopback import LoopbackListener
 from grantkeeper.engine import Keeper
 from grantkeeper.model import Grant, Provider
 from grantkeeper.profiles import get_profile
-from grantkeeper.tokens.response import HttpReply
+from grantkeeper.tokens.request import build_client_request
+from grantkeeper.tokens.response import HttpReply, interpret
 from grantkeeper.tokens.transport import NotSent, send
 
-__all__ = ["DEFAULT_CONSENT_TIMEOUT", "Connected", "connect"]
+__all__ = ["DEFAULT_CONSENT_TIMEOUT", "Connected", "connect", "revoke"]
 
 logger = logging.getLogger("grantkeeper")
 
@@ -123,3 +128,54 @@ def connect(
     grant = keeper.import_grant(name, provider=provider, refresh_token=tokens.refresh_token, scopes=granted)
     logger.info("grant %s connected (provider %s, refresh token %s)", name, provider, grant.refresh_fp)
     return Connected(grant, existed)
+
+
+def revoke(keeper: Keeper, name: str, *, local_only: bool = False, http: httpx.Client | None = None) -> Grant:
+    """Revoke grant `name`'s refresh token at its provider (RFC 7009), then delete the grant; returns the
+    grant as it was. With `local_only`, only delete it.
+
+    Raises:
+        ConfigurationError: the provider has no revocation endpoint (nothing is deleted).
+        ClientAuthFailed / ProviderRejected / ProviderUnavailable / MalformedResponse: the provider did not
+            confirm the revocation (nothing is deleted).
+    """
+    grant, provider = keeper.store.get_grant_and_provider(name)
+    if not local_only:
+        _revoke_at_provider(provider, grant, http)
+    keeper.store.delete_grant(name)
+    return grant
+
+
+def _revoke_at_provider(provider: Provider, grant: Grant, http: httpx.Client | None) -> None:
+    if provider.revocation_url is None:
+        raise ConfigurationError(
+            f"provider {provider.name!r} has no revocation endpoint, so grant {grant.name!r} cannot be revoked at "
+            f"the provider; nothing was removed. Set one with 'grantkeeper provider add {provider.name} "
+            "--revocation-url URL', revoke the consent in the provider's account page, or give --local-only to "
+            "only forget the grant here",
+            grant=grant.name,
+        )
+    if grant.refresh_token is None:
+        return  # nothing left to revoke (a grant whose token was already dropped)
+    form = {"token": grant.refresh_token.reveal(), "token_type_hint": "refresh_token"}
+    request = build_client_request(provider, form, url=provider.revocation_url)
+    client = http or _http()
+    try:
+        reply = _reply(send(client, request, budget=_BUDGET), provider, "revocation request")
+    finally:
+        if http is None:
+            client.close()
+    if reply.status == 200:  # RFC 7009 §2.2: also for a token that was already invalid
+        logger.info("grant %s: refresh token %s revoked at %s", grant.name, grant.refresh_fp, provider.name)
+        return
+    outcome = interpret(reply, 0.0)
+    error = getattr(outcome, "error", None)
+    where = f"provider {provider.name!r} did not revoke grant {grant.name!r} (HTTP {reply.status}"
+    where += f", {error})" if error else ")"
+    if error == "invalid_client":
+        raise ClientAuthFailed(f"{where}: fix the client credentials; nothing was removed", oauth_error=error)
+    if reply.status in (429, 503) or reply.status >= 500:
+        raise ProviderUnavailable(f"{where}; try again later; nothing was removed", oauth_error=error)
+    if error is None:
+        raise MalformedResponse(f"{where}: not an OAuth answer; nothing was removed")
+    raise ProviderRejected(f"{where}; nothing was removed", oauth_error=error)
