@@ -81,12 +81,20 @@ def to_listener(**query: str) -> Callable[[AuthorizationRequest], httpx.Response
 
 
 def test_connect_no_browser_end_to_end(tmp_path: Path, dot_server: DotFactory) -> None:
-    """`connect --no-browser` prints the URL; the person logs in and consents at DOT; DOT redirects to the
-    listener; the code is exchanged with the verifier and the grant stored. It then refreshes at DOT, and no
-    output held a token or the client secret."""
+    """A provider discovered from DOT's metadata; `connect --no-browser` prints the URL; the person logs in and
+    consents at DOT; DOT redirects to the listener; the code is exchanged with the verifier and the grant
+    stored. It then refreshes at DOT, and no output held a token or the client secret."""
     server = dot_server()
     url = f"sqlite://{tmp_path}/gk.db"
-    dot_keeper(url, server)
+    discovered = subprocess.run(
+        [sys.executable, "-m", "grantkeeper", "--store", url, "provider", "discover", "dot", "--issuer",
+         server.url("/o"), "--client-id", server.accounts.client_id, "--client-secret-stdin", "--rotation", "always"],
+        cwd=REPO, input=server.accounts.client_secret + "\n", capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert discovered.returncode == 0, discovered.stderr
+    with Keeper.open(url) as keeper:  # the endpoints come from DOT's RFC 8414 metadata
+        provider = keeper.store.get_provider("dot")
+    assert (provider.authorization_url, provider.revocation_url) == (server.authorize_url, server.revoke_url)
     process = subprocess.Popen(
         [sys.executable, "-m", "grantkeeper", "--store", url, "connect", "g", "--provider", "dot", "--scope", "read",
          "--scope", "write", "--no-browser", "--timeout", "120"],
@@ -125,8 +133,10 @@ def test_connect_no_browser_end_to_end(tmp_path: Path, dot_server: DotFactory) -
     assert [c["status"] for c in server.token_calls(mark, grant_type="refresh_token")] == [200]
     code_calls = server.token_calls(grant_type="authorization_code")
     assert code_calls and code_calls[-1]["status"] == 200
-    for secret in (first_refresh, access, server.accounts.client_secret):
-        assert secret not in stdout + stderr
+    code = parse_qs(urlsplit(callback).query)["code"][0]
+    printed_all = stdout + stderr + discovered.stdout + discovered.stderr
+    for secret in (first_refresh, access, server.accounts.client_secret, code):
+        assert secret not in printed_all
 
 
 def test_connect_refuses_an_existing_grant_without_replace(tmp_path: Path, dot_server: DotFactory) -> None:
