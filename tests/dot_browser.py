@@ -122,10 +122,11 @@ def _expect_redirect(response: httpx.Response, what: str) -> str:
     return urljoin(str(response.url), response.headers["Location"])
 
 
-def consent(browser: httpx.Client, server: DotServer, authorization_url: str) -> str:
+def consent(browser: httpx.Client, server: DotServer, authorization_url: str, *, allow: bool = True) -> str:
     """Open `authorization_url` (DOT's /o/authorize/ with its query), log in when DOT asks, press "Authorize" on
-    the consent page, and return the URL DOT redirects to (the client's redirect URI with ``code`` and
-    ``state``). The caller follows it: to its own listener here, to grantkeeper's for ``connect``."""
+    the consent page (or "Cancel" when not `allow`), and return the URL DOT redirects to (the client's
+    redirect URI with ``code`` and ``state``, or ``error=access_denied``). The caller follows it: to its own
+    listener here, to grantkeeper's for ``connect``."""
     authorize_page = browser.get(authorization_url)
     login_url = _expect_redirect(authorize_page, "authorization endpoint before login")
     login_page = browser.get(login_url)
@@ -136,7 +137,10 @@ def consent(browser: httpx.Client, server: DotServer, authorization_url: str) ->
     if consent_page.status_code != 200:
         raise AssertionError(f"consent page: HTTP {consent_page.status_code}")
     fields = form_fields(consent_page.text, "authorizationForm")
-    fields["allow"] = "Authorize"
+    if allow:
+        fields["allow"] = "Authorize"
+    else:
+        fields.pop("allow", None)
     return _expect_redirect(browser.post(consent_url, data=fields), "consent form")
 
 

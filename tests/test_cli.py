@@ -217,7 +217,8 @@ class TestProvider:
                 "client_secret_stored": True, "client_secret_env": None, "auth_method": "client_secret_basic",
                 "rotation": "always", "reuse_grace": 0.0, "skew": 5.0, "default_expires_in": 3600.0,
                 "refresh_idle_ttl": None, "refresh_absolute_ttl": None, "private_key_file": None, "key_id": None,
-                "jwt_audience": None, "send_scope": False, "profile": None,
+                "jwt_audience": None, "send_scope": False, "profile": None, "authorization_url": None,
+                "revocation_url": None,
             }
         ]  # fmt: skip
 

@@ -87,6 +87,27 @@ class TestAddFromProfile:
         assert (p.refresh_idle_ttl, p.refresh_absolute_ttl, p.auth_method, p.send_scope) == (
             100.0, 200.0, AuthMethod.CLIENT_SECRET_BASIC, True)  # fmt: skip
 
+    def test_endpoint_options_and_profile_authorization_url(self, url: str) -> None:
+        revoke = "https://identity.xero.com/connect/revocation"
+        out = invoke(url, "provider", "add", "p", "--profile", "xero", "--client-id", "cid",
+                     "--client-secret-env", "S", "--revocation-url", revoke)  # fmt: skip
+        assert out.exit_code == 0, out.output
+        p = stored(url)
+        assert p.authorization_url == load_profiles()["xero"].authorization_url
+        assert p.revocation_url == revoke
+        out = invoke(url, "provider", "add", "p", "--authorization-url", "https://as.example.com/authorize")
+        assert out.exit_code == 0, out.output
+        p = stored(url)
+        assert (p.authorization_url, p.revocation_url) == (
+            "https://as.example.com/authorize", revoke)  # fmt: skip
+        listed = json.loads(invoke(url, "provider", "list", "--json").output)
+        assert listed[0]["authorization_url"] == "https://as.example.com/authorize"
+
+    def test_endpoint_urls_are_checked(self, url: str) -> None:
+        out = invoke(url, "provider", "add", "p", "--token-url", "https://as.example.com/token", "--client-id", "c",
+                     "--client-secret-env", "S", "--revocation-url", "http://as.example.com/revoke")  # fmt: skip
+        assert out.exit_code == 3 and "plain http is allowed only on loopback" in out.output
+
     def test_placeholders_need_params(self, url: str) -> None:
         missing = invoke(url, "provider", "add", "p", "--profile", "okta", "--client-id", "c")
         assert missing.exit_code == 3 and "needs --param okta_domain" in missing.output

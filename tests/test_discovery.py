@@ -93,6 +93,7 @@ class TestDiscover:
             ({"token_endpoint_auth_methods_supported": "client_secret_basic"}, "must be a list of strings"),
             ({"grant_types_supported": [1, 2]}, "grant_types_supported must be a list of strings"),
             ({"authorization_endpoint": "javascript:alert(1)"}, "authorization_endpoint must be"),
+            ({"revocation_endpoint": "http://as.example.com/revoke"}, "revocation_endpoint must be"),
         ],
     )
     def test_invalid_metadata(self, make_sim: Callable[..., Sim], change: dict[str, Any], message: str) -> None:
@@ -172,6 +173,24 @@ class TestDiscoverCommand:
         token = run(url, "token", "g", env=env)
         assert token.returncode == 0, token.stderr
         assert sim.stats.successes == 1
+
+    def test_discover_stores_authorization_and_revocation_endpoints(
+        self, make_sim: Callable[..., Sim], tmp_path: Path
+    ) -> None:
+        sim = make_sim()
+        sim.serve_metadata({**sim.metadata(), "authorization_endpoint": sim.base_url + "/authorize",
+                            "revocation_endpoint": sim.base_url + "/revoke"})  # fmt: skip
+        url = f"sqlite://{tmp_path / 'gk.db'}"
+        added = run(url, "provider", "discover", "sim", "--issuer", sim.base_url, "--client-id", sim.client_id,
+                    "--client-secret-env", "SIM_SECRET")  # fmt: skip
+        assert added.returncode == 0, added.stderr
+        store = open_store(url)
+        try:
+            provider = store.get_provider("sim")
+        finally:
+            store.close()
+        assert (provider.authorization_url, provider.revocation_url) == (
+            sim.base_url + "/authorize", sim.base_url + "/revoke")  # fmt: skip
 
     def test_discover_with_a_private_key(self, make_sim: Callable[..., Sim], tmp_path: Path) -> None:
         sim = make_sim(auth_methods=("client_secret_basic", "private_key_jwt"), client_public_key=public_pem("ec"))

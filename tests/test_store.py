@@ -42,6 +42,14 @@ class TestConfiguration:
         provider = _provider(store, reuse_grace=5.0)
         assert store.get_provider("p") == provider
 
+    def test_provider_endpoints_round_trip(self, store: SQLiteStore) -> None:
+        """The authorization and revocation endpoints are stored, and cleared when updated to None."""
+        provider = _provider(store, authorization_url="https://as.example/authorize",
+                             revocation_url="https://as.example/revoke")  # fmt: skip
+        assert store.get_provider("p") == provider
+        assert _provider(store) == store.get_provider("p")
+        assert store.get_provider("p").revocation_url is None
+
     def test_unknown_provider_is_typed(self, store: SQLiteStore) -> None:
         """Importing a grant for a provider that does not exist names the fix."""
         with pytest.raises(UnknownProvider, match="provider add"):

@@ -14,9 +14,12 @@
     ├── TransientError             retry later (``retry_after`` when known); the grant stays healthy
     │   ├── ProviderUnavailable
     │   ├── StoreUnavailable
-    │   └── LeaseTimeout           another worker held the grant's lease too long
+    │   ├── LeaseTimeout           another worker held the grant's lease too long
+    │   └── ConsentTimeout         `connect`: no redirect came back to the loopback listener in time
     ├── MalformedResponse          the provider answered with something that is not a token response
     ├── ProviderRejected           any other OAuth error (invalid_scope, invalid_request, ...)
+    │   └── ConsentFailed          `connect`: the redirect carried an error, or a wrong ``state``
+    │       └── ConsentDenied      the user (or the server's policy) refused consent: access_denied
     └── StaleLocalToken            a local state bug: a refresh token older than the store's was sent
 
 Every error carries evidence as attributes (grant, generation, attempt id, fingerprint, worker, RFC 6749
@@ -32,6 +35,9 @@ from typing import ClassVar
 __all__ = [
     "ClientAuthFailed",
     "ConfigurationError",
+    "ConsentDenied",
+    "ConsentFailed",
+    "ConsentTimeout",
     "EncryptionKeyError",
     "GrantkeeperError",
     "LeaseTimeout",
@@ -179,6 +185,10 @@ class LeaseTimeout(TransientError):
     exit_code = 8
 
 
+class ConsentTimeout(TransientError):
+    code = "consent_timeout"
+
+
 class MalformedResponse(GrantkeeperError):
     code = "malformed_response"
     exit_code = 9
@@ -187,6 +197,14 @@ class MalformedResponse(GrantkeeperError):
 class ProviderRejected(GrantkeeperError):
     code = "provider_rejected"
     exit_code = 10
+
+
+class ConsentFailed(ProviderRejected):
+    code = "consent_failed"
+
+
+class ConsentDenied(ConsentFailed):
+    code = "consent_denied"
 
 
 class StaleLocalToken(GrantkeeperError):

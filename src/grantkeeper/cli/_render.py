@@ -100,6 +100,8 @@ def provider_dict(provider: Provider) -> dict[str, object]:
         "jwt_audience": provider.jwt_audience,
         "send_scope": provider.send_scope,
         "profile": provider.profile,
+        "authorization_url": provider.authorization_url,
+        "revocation_url": provider.revocation_url,
     }
 
 

@@ -33,10 +33,12 @@ from grantkeeper.cli._io import open_keeper as _open
 from grantkeeper.cli._io import read_secret as _read_secret
 from grantkeeper.cli._io import store_url as _url
 from grantkeeper.cli._session import Session
+from grantkeeper.cli.connect import connect_command
 from grantkeeper.cli.demo import demo
 from grantkeeper.cli.diagnose import EXIT_ATTENTION, doctor, history
 from grantkeeper.cli.keys import keys
 from grantkeeper.cli.providers import provider
+from grantkeeper.consent import revoke
 from grantkeeper.engine.keeper import KeepaliveResult
 from grantkeeper.stores import backend, open_store
 from grantkeeper.stores.migrations import latest_version
@@ -156,6 +158,22 @@ def grant_import(session: Session, name: str, provider_name: str, scopes: tuple[
         f"grant {imported.name} {'re-imported' if existed else 'imported'}: provider {imported.provider}, "
         f"generation {imported.generation}, refresh token {imported.refresh_fp}"
     )
+
+
+@grant.command("revoke")
+@click.argument("name")
+@click.option("--local-only", is_flag=True, help="Do not contact the provider: only remove the grant here.")
+@click.pass_obj
+def grant_revoke(session: Session, name: str, local_only: bool) -> None:
+    """Revoke grant NAME at its provider (RFC 7009), then remove it from the store.
+
+    Nothing is removed unless the provider confirms; a provider without a revocation endpoint is an error
+    (set one with 'provider add --revocation-url', or give --local-only).
+    """
+    with _open(session) as keeper:
+        revoked = revoke(keeper, name, local_only=local_only)
+    where = "removed locally (not revoked at the provider)" if local_only else "revoked at the provider and removed"
+    click.echo(f"grant {revoked.name} {where}: provider {revoked.provider}, refresh token {revoked.refresh_fp}")
 
 
 # ----------------------------------------------------------------------------------------------- the verbs
@@ -295,6 +313,7 @@ def migrate(session: Session) -> None:
 
 
 cli.add_command(provider)
+cli.add_command(connect_command)
 cli.add_command(demo)
 cli.add_command(doctor)
 cli.add_command(history)

@@ -61,22 +61,18 @@ class Provider:
     send_scope: bool = False
     #: The profile this provider was made from (provenance only; every value above is stored as given).
     profile: str | None = None
+    #: The authorization endpoint (RFC 6749 §3.1), for `grantkeeper connect`; None if unknown.
+    authorization_url: str | None = None
+    #: The revocation endpoint (RFC 7009), for `grantkeeper grant revoke`; None if the provider has none.
+    revocation_url: str | None = None
 
     def __post_init__(self) -> None:
         check_name(self.name, "provider")
-        try:
-            parts = urlsplit(self.token_url)
-            host = parts.hostname
-        except ValueError:
-            raise ConfigurationError(f"provider {self.name!r}: token URL {self.token_url!r} cannot be parsed") from None
-        if parts.scheme not in ("https", "http") or not parts.netloc:
-            raise ConfigurationError(
-                f"provider {self.name!r}: token URL must be an absolute http(s) URL; got {self.token_url!r}"
-            )
-        if parts.scheme == "http" and host not in ("127.0.0.1", "localhost", "::1"):
-            raise ConfigurationError(
-                f"provider {self.name!r}: plain http is allowed only on loopback; use https for {host}"
-            )
+        _check_endpoint(self.name, "token", self.token_url)
+        if self.authorization_url is not None:
+            _check_endpoint(self.name, "authorization", self.authorization_url)
+        if self.revocation_url is not None:
+            _check_endpoint(self.name, "revocation", self.revocation_url)
         if not self.client_id:
             raise ConfigurationError(f"provider {self.name!r}: client id must not be empty")
         if self.client_secret is not None and self.client_secret_env is not None:
@@ -141,6 +137,19 @@ class Provider:
             f"provider {self.name!r} uses {self.auth_method.value} but has no client secret; run "
             "'grantkeeper provider add' again with --client-secret-env or --client-secret-stdin"
         )
+
+
+def _check_endpoint(provider: str, label: str, url: str) -> None:
+    """An endpoint is an absolute https URL, or http on loopback only."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:
+        raise ConfigurationError(f"provider {provider!r}: {label} URL {url!r} cannot be parsed") from None
+    if parts.scheme not in ("https", "http") or not parts.netloc:
+        raise ConfigurationError(f"provider {provider!r}: {label} URL must be an absolute http(s) URL; got {url!r}")
+    if parts.scheme == "http" and host not in ("127.0.0.1", "localhost", "::1"):
+        raise ConfigurationError(f"provider {provider!r}: plain http is allowed only on loopback; use https for {host}")
 
 
 def check_name(name: str, kind: str) -> None:

@@ -182,6 +182,11 @@ def profile_values(
         "jwt_audience": audience,
         "send_scope": "scope_on_refresh" in profile.quirks,
         "profile": profile.name,
+        "authorization_url": (
+            fill_template(profile.authorization_url, given, profile=profile.name)
+            if profile.authorization_url is not None
+            else None
+        ),
     }
 
 

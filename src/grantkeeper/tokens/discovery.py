@@ -38,6 +38,7 @@ class Metadata:
     grant_types: tuple[str, ...] | None  # grant_types_supported; None when the document omits it
     signing_algs: tuple[str, ...]  # token_endpoint_auth_signing_alg_values_supported
     authorization_endpoint: str | None
+    revocation_endpoint: str | None  # RFC 8414 §2 / RFC 7009
     source: str  # the URL the document was read from
 
     @property
@@ -103,6 +104,9 @@ def parse_metadata(body: bytes, *, issuer: str, source: str) -> Metadata:
     authorization_endpoint = document.get("authorization_endpoint")
     if authorization_endpoint is not None:
         authorization_endpoint = _check_url(authorization_endpoint, "authorization_endpoint", where)
+    revocation_endpoint = document.get("revocation_endpoint")
+    if revocation_endpoint is not None:
+        revocation_endpoint = _check_url(revocation_endpoint, "revocation_endpoint", where)
     return Metadata(
         issuer=issuer,
         token_endpoint=token_endpoint,
@@ -110,6 +114,7 @@ def parse_metadata(body: bytes, *, issuer: str, source: str) -> Metadata:
         grant_types=_strings(document, "grant_types_supported", where),
         signing_algs=_strings(document, "token_endpoint_auth_signing_alg_values_supported", where) or (),
         authorization_endpoint=authorization_endpoint,
+        revocation_endpoint=revocation_endpoint,
         source=source,
     )
 

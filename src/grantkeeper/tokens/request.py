@@ -1,4 +1,6 @@
-"""Build the refresh request (RFC 6749 §6) for a provider's client authentication method.
+"""Build requests to the provider's endpoints with its client authentication method: the refresh request
+(RFC 6749 §6), and any other client-authenticated POST (code exchange, RFC 7009 revocation) through
+`build_client_request`.
 
 Pure except for what the method itself needs at send time: the client secret's environment variable, or the
 private key file and the clock for a ``private_key_jwt`` assertion.
@@ -17,7 +19,7 @@ from grantkeeper._secrets import Secret
 from grantkeeper.model import AuthMethod, Provider
 from grantkeeper.tokens.assertion import ASSERTION_TYPE, client_assertion
 
-__all__ = ["USER_AGENT", "build_refresh_request"]
+__all__ = ["USER_AGENT", "build_client_request", "build_refresh_request"]
 
 USER_AGENT = "grantkeeper/0.1"
 
@@ -33,6 +35,15 @@ def build_refresh_request(
     form = {"grant_type": "refresh_token", "refresh_token": refresh_token.reveal()}
     if provider.send_scope and scopes:
         form["scope"] = " ".join(scopes)
+    return build_client_request(provider, form, now=now)
+
+
+def build_client_request(
+    provider: Provider, form: dict[str, str], *, url: str | None = None, now: float | None = None
+) -> httpx.Request:
+    """A POST of `form` to `url` (default: the token endpoint) with the provider's client authentication
+    (RFC 6749 §2.3). The returned request holds secrets: never log its body or headers."""
+    form = dict(form)
     headers = {"Accept": "application/json", "User-Agent": USER_AGENT}
     method = provider.auth_method
     secret = provider.resolve_secret()
@@ -51,7 +62,7 @@ def build_refresh_request(
         form["client_assertion"] = client_assertion(provider, now=time.time() if now is None else now)
     else:
         form["client_id"] = provider.client_id
-    return httpx.Request("POST", _parsed_url(provider.token_url), data=form, headers=headers)
+    return httpx.Request("POST", _parsed_url(url or provider.token_url), data=form, headers=headers)
 
 
 @functools.lru_cache(maxsize=256)
