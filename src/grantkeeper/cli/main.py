@@ -39,6 +39,7 @@ from grantkeeper.cli.demo import demo
 from grantkeeper.cli.diagnose import EXIT_ATTENTION, doctor, history
 from grantkeeper.cli.keys import keys
 from grantkeeper.cli.providers import provider
+from grantkeeper.cli.transfer import export, import_
 from grantkeeper.engine.keeper import KeepaliveResult
 from grantkeeper.stores import backend, open_store
 from grantkeeper.stores.migrations import latest_version
@@ -350,6 +351,8 @@ cli.add_command(demo)
 cli.add_command(doctor)
 cli.add_command(history)
 cli.add_command(keys)
+cli.add_command(export)
+cli.add_command(import_)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
