@@ -29,6 +29,7 @@ from grantkeeper.stores import open_store
 from grantkeeper.testing.simulator import ProviderSimulator
 from tests.helpers import FAST_POLICY, add_grant, resource_ok
 from tests.test_canary import fragments
+from tests.test_grant_commands import on_a_terminal
 
 PASSPHRASE = "correct horse battery staple"
 FAST_N = 2**14  # the smallest work factor a bundle may name; the CLI writes 2**17
@@ -245,7 +246,21 @@ class TestCommands:
         assert self._run(source, "export", str(bundle), "--passphrase-stdin", stdin=PASSPHRASE + "\n")[0] == 0
         code, _, err = self._run(sqlite_url, "import", str(bundle), "--passphrase-stdin", stdin="wrong passphrase\n")
         assert code == 3 and "error[bundle_auth]" in err and "Passphrase" not in err
-        assert not Path(sqlite_url.removeprefix("sqlite://")).exists() or _grant_names(sqlite_url) == []
+        assert not Path(sqlite_url.removeprefix("sqlite://")).exists()  # not even an empty store was created
+
+    def test_export_on_a_terminal_asks_for_the_passphrase_twice(
+        self, source: str, sqlite_url: str, tmp_path: Path, sim: ProviderSimulator
+    ) -> None:
+        bundle = tmp_path / "b"
+        status, screen = on_a_terminal(
+            "--store", source, "export", str(bundle), "--passphrase-stdin",
+            script=[("Bundle passphrase: ", PASSPHRASE + "\n"), ("Repeat for confirmation: ", PASSPHRASE + "\n")],
+        )  # fmt: skip
+        assert status == 0, screen
+        assert PASSPHRASE not in screen  # hidden input: not echoed
+        _no_secret_in(screen.encode(), sim)
+        code, _, err = self._run(sqlite_url, "import", str(bundle), "--passphrase-stdin", stdin=PASSPHRASE + "\n")
+        assert code == 0, err
 
     def test_needs_a_key_choice_and_a_new_file(self, source: str, tmp_path: Path) -> None:
         bundle = tmp_path / "b"

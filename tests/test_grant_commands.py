@@ -4,12 +4,52 @@ terminal. Every output is checked against every secret the world knows (see test
 from __future__ import annotations
 
 import json
+import os
+import pty
+import select
+import subprocess
+import sys
 
 import pytest
 
 from tests.test_cli import GRANT, CliWorld, ready, world
 
-__all__ = ["ready", "world"]  # the fixtures, shared with tests/test_cli.py
+__all__ = ["on_a_terminal", "ready", "world"]  # the fixtures, shared with tests/test_cli.py
+
+
+def _read_until(master: int, seen: bytearray, wanted: bytes | None) -> None:
+    """Read the terminal's output into `seen` until `wanted` appears (None: until the program closes it)."""
+    while wanted is None or wanted not in seen:
+        ready_fds, _, _ = select.select([master], [], [], 60)
+        assert ready_fds, f"no output for 60 s; waiting for {wanted!r}, saw {bytes(seen)!r}"
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # EIO: the program exited and closed the terminal
+            chunk = b""
+        if not chunk:
+            assert wanted is None, f"the program ended before printing {wanted!r}: {bytes(seen)!r}"
+            return
+        seen += chunk
+
+
+def on_a_terminal(*args: str, script: list[tuple[str, str]]) -> tuple[int, str]:
+    """Run ``python -m grantkeeper ARGS`` on a pseudo-terminal; for each (prompt, reply), wait for the prompt and
+    type the reply. Returns the exit status and everything the terminal showed."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "grantkeeper", *args], stdin=slave, stdout=slave, stderr=slave)
+    os.close(slave)
+    seen = bytearray()
+    try:
+        for prompt, reply in script:
+            _read_until(master, seen, prompt.encode())
+            os.write(master, reply.encode())
+        _read_until(master, seen, None)
+        return proc.wait(timeout=60), seen.decode(errors="replace")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=60)
+        os.close(master)
 
 
 class TestList:
@@ -79,6 +119,17 @@ class TestRemove:
         assert f"Remove grant {GRANT!r} from this store?" in out.stderr
         remaining = json.loads(ready.invoke("grant", "list", "--json").stdout)
         assert (remaining != []) is kept
+
+    @pytest.mark.parametrize(("answer", "code", "kept"), [("y", 0, False), ("n", 1, True)])
+    def test_on_a_pseudo_terminal(self, ready: CliWorld, answer: str, code: int, kept: bool) -> None:
+        """As a person sees it: the question on the terminal, the answer typed, the outcome printed."""
+        status, screen = on_a_terminal("--store", ready.url, "grant", "remove", GRANT,
+                                       script=[("from this store? [y/N]", answer + "\n")])  # fmt: skip
+        assert status == code, screen
+        assert ("kept" in screen) is kept and ("removed" in screen) is not kept
+        for secret in ready.secrets:
+            assert secret not in screen
+        assert (json.loads(ready.invoke("grant", "list", "--json").stdout) != []) is kept
 
     def test_unknown_grant_exits_3_before_asking(self, ready: CliWorld) -> None:
         out = ready.invoke("grant", "remove", "nope")

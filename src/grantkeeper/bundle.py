@@ -57,12 +57,14 @@ __all__ = [
     "SCRYPT_R",
     "BundleAuthError",
     "BundleConflict",
+    "BundleContents",
     "BundleError",
     "BundleHeader",
     "BundleKey",
     "ImportReport",
     "export_bundle",
     "import_bundle",
+    "open_bundle",
     "read_header",
 ]
 
@@ -280,24 +282,48 @@ def _provider(data: dict[str, Any]) -> Provider:
     return Provider(**values)
 
 
-def import_bundle(store: Store, data: bytes, key: BundleKey, *, replace: bool = False, now: float) -> ImportReport:
-    """Decrypt and check the whole bundle, then write it into `store`.
+@dataclass(frozen=True, slots=True)
+class BundleContents:
+    """A decrypted, checked bundle: what `import_bundle` writes. Its repr shows no token or secret."""
+
+    providers: tuple[Provider, ...]
+    grants: tuple[tuple[str, str, Secret, tuple[str, ...], int, Any, Any, Any, Any], ...]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(g[0] for g in self.grants)
+
+
+def open_bundle(data: bytes, key: BundleKey) -> BundleContents:
+    """Decrypt and check the whole bundle (no store needed). Raises BundleError / BundleAuthError."""
+    _, payload = _open(data, key)
+    try:
+        providers = tuple(_provider(p) for p in payload["providers"])
+        records = tuple(
+            (str(g["name"]), str(g["provider"]), Secret(str(g["refresh_token"])), tuple(map(str, g["scopes"])),
+             int(g["generation"]), g["created_at"], g["refreshed_at"], g["refresh_issued_at"],
+             g["refresh_expires_at"])
+            for g in payload["grants"]
+        )  # fmt: skip
+    except (KeyError, TypeError, ValueError):
+        raise BundleError("the bundle's content is damaged") from None
+    return BundleContents(providers, records)
+
+
+def import_bundle(
+    store: Store, bundle: BundleContents | bytes, key: BundleKey | None = None, *, replace: bool = False, now: float
+) -> ImportReport:
+    """Write a bundle (opened with `open_bundle`, or its bytes and `key`) into `store`.
 
     Nothing is written when the bundle does not open or is damaged, or when a grant in it already exists here
     and `replace` is false. Providers already in the store are kept as they are; missing ones are added. A
     replaced grant's generation still only goes up, so a refresh in flight on the old token cannot commit.
     """
-    _, payload = _open(data, key)
-    try:
-        providers = [_provider(p) for p in payload["providers"]]
-        records = [
-            (str(g["name"]), str(g["provider"]), Secret(str(g["refresh_token"])), tuple(map(str, g["scopes"])),
-             int(g["generation"]), g["created_at"], g["refreshed_at"], g["refresh_issued_at"],
-             g["refresh_expires_at"])
-            for g in payload["grants"]
-        ]  # fmt: skip
-    except (KeyError, TypeError, ValueError):
-        raise BundleError("the bundle's content is damaged") from None
+    if isinstance(bundle, bytes):
+        if key is None:
+            raise ConfigurationError("a bundle's bytes need the passphrase or key to import")
+        bundle = open_bundle(bundle, key)
+    providers, records = bundle.providers, bundle.grants
     existing = {g.name for g in store.list_grants()}
     replaced = tuple(r[0] for r in records if r[0] in existing)
     if replaced and not replace:

@@ -7,9 +7,10 @@ from pathlib import Path
 import click
 
 from grantkeeper._exceptions import ConfigurationError
-from grantkeeper.bundle import BundleKey, export_bundle, import_bundle, read_header
+from grantkeeper._secrets import Secret
+from grantkeeper.bundle import BundleKey, export_bundle, import_bundle, open_bundle, read_header
 from grantkeeper.cli import _render
-from grantkeeper.cli._io import echo_json, open_keeper, read_secret
+from grantkeeper.cli._io import echo_json, interactive, open_keeper, read_secret
 from grantkeeper.cli._session import Session
 from grantkeeper.keyring import write_private_file
 
@@ -24,11 +25,14 @@ _SAME_TOKEN = (
 _FILE = click.Path(dir_okay=False, path_type=Path)
 
 
-def _key(passphrase_stdin: bool, key_file: Path | None, *, example: str) -> BundleKey:
+def _key(passphrase_stdin: bool, key_file: Path | None, *, example: str, confirm: bool = False) -> BundleKey:
     if passphrase_stdin == (key_file is not None):
         raise click.UsageError("give exactly one of --passphrase-stdin and --key-file")
     if key_file is not None:
         return BundleKey.key_file(key_file)
+    if confirm and interactive():  # a mistyped export passphrase would lock the bundle for good
+        value = click.prompt("Bundle passphrase", hide_input=True, confirmation_prompt=True, err=True)
+        return BundleKey.passphrase(Secret(value.strip()))
     return BundleKey.passphrase(read_secret("bundle passphrase", example=example))
 
 
@@ -60,7 +64,8 @@ def export(session: Session, file: Path, grants: tuple[str, ...], passphrase_std
     FILE must not exist; it is written with mode 0600. Only grant names and refresh-token fingerprints are
     readable without the passphrase or key.
     """
-    key = _key(passphrase_stdin, key_file, example=f"e.g. `grantkeeper export {file} --passphrase-stdin < pass.txt`")
+    example = f"e.g. `grantkeeper export {file} --passphrase-stdin < pass.txt`"
+    key = _key(passphrase_stdin, key_file, example=example, confirm=True)
     with open_keeper(session) as keeper:
         data = export_bundle(keeper.store, key, grants=grants, now=keeper.clock.now())
     try:
@@ -100,8 +105,9 @@ def import_(session: Session, file: Path, list_only: bool, replace: bool, as_jso
             click.echo("  " + line)
         return
     key = _key(passphrase_stdin, key_file, example=f"e.g. `grantkeeper import {file} --passphrase-stdin < pass.txt`")
+    contents = open_bundle(data, key)  # before the store is opened (or created): a bad bundle changes nothing
     with open_keeper(session, create=True) as keeper:
-        report = import_bundle(keeper.store, data, key, replace=replace, now=keeper.clock.now())
+        report = import_bundle(keeper.store, contents, replace=replace, now=keeper.clock.now())
         imported = [keeper.store.get_grant(name) for name in report.grants]
     if as_json:
         echo_json({"grants": [{"name": g.name, "provider": g.provider, "generation": g.generation,
