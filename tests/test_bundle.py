@@ -27,7 +27,7 @@ from grantkeeper.cli.main import cli
 from grantkeeper.keyring import encode_key, generate_key
 from grantkeeper.stores import open_store
 from grantkeeper.testing.simulator import ProviderSimulator
-from tests.helpers import FAST_POLICY, add_grant, resource_ok
+from tests.helpers import FAST_POLICY, add_grant, provider_for, resource_ok
 from tests.test_canary import fragments
 from tests.test_grant_commands import on_a_terminal
 
@@ -204,6 +204,22 @@ class TestNothingImported:
         with Keeper.open(sqlite_url, policy=FAST_POLICY) as keeper:
             assert keeper.store.get_grant("h").generation > local
             assert resource_ok(sim, keeper.access_token("h"))
+
+
+class TestProviders:
+    def test_an_existing_provider_is_kept_and_a_difference_reported(
+        self, source: str, sqlite_url: str, make_sim: Callable[..., object]
+    ) -> None:
+        other = make_sim()
+        with Keeper.open(sqlite_url) as keeper:
+            keeper.add_provider(provider_for(other))
+        report = _import(sqlite_url, _export(source))
+        assert report.providers_kept == report.providers_differing == ("sim",)  # type: ignore[attr-defined]
+        store = open_store(sqlite_url)
+        try:
+            assert store.get_provider("sim").token_url == other.url  # type: ignore[attr-defined]
+        finally:
+            store.close()
 
 
 class TestCommands:

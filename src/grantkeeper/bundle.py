@@ -47,7 +47,7 @@ from grantkeeper._exceptions import (
 )
 from grantkeeper._secrets import Secret
 from grantkeeper.keyring import parse_key
-from grantkeeper.model import AuthMethod, Provider, RotationMode
+from grantkeeper.model import AuthMethod, Provider, RotationMode, check_name
 from grantkeeper.stores.base import Store
 
 __all__ = [
@@ -141,6 +141,9 @@ class ImportReport:
     replaced: tuple[str, ...]
     providers_added: tuple[str, ...]
     providers_kept: tuple[str, ...]
+    #: Kept providers whose token URL or client id differ from the bundle's: the imported grants will be
+    #: refreshed against this store's definition, which may not be where their tokens came from.
+    providers_differing: tuple[str, ...] = ()
 
 
 def _b64(data: bytes) -> str:
@@ -331,8 +334,19 @@ def import_bundle(
             f"grant(s) {', '.join(replaced)} already exist in this store; nothing was imported. Use --replace to "
             "replace them (their history stays, their generation goes on increasing)"
         )
-    have = {p.name for p in store.list_providers()}
+    current = {p.name: p for p in store.list_providers()}
+    have = set(current)
+    for name, provider_name, token, *_ in records:  # everything that could refuse is checked before writing
+        check_name(name, "grant")
+        if not token:
+            raise BundleError(f"the bundle's grant {name!r} has an empty refresh token")
+        if provider_name not in have and provider_name not in {p.name for p in providers}:
+            raise BundleError(f"the bundle's grant {name!r} names provider {provider_name!r}, which it does not hold")
     added = tuple(p.name for p in providers if p.name not in have)
+    differing = tuple(
+        p.name for p in providers
+        if p.name in have and (current[p.name].token_url, current[p.name].client_id) != (p.token_url, p.client_id)
+    )  # fmt: skip
     for provider in providers:
         if provider.name not in have:
             store.put_provider(provider, now=now)
@@ -341,4 +355,4 @@ def import_bundle(
         store.restore_grant_clock(name, generation=generation, created_at=created, refreshed_at=refreshed,
                                   refresh_issued_at=issued, refresh_expires_at=expires)  # fmt: skip
     kept = tuple(p.name for p in providers if p.name in have)
-    return ImportReport(tuple(r[0] for r in records), replaced, added, kept)
+    return ImportReport(tuple(r[0] for r in records), replaced, added, kept, differing)

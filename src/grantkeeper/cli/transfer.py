@@ -113,7 +113,8 @@ def import_(session: Session, file: Path, list_only: bool, replace: bool, as_jso
         echo_json({"grants": [{"name": g.name, "provider": g.provider, "generation": g.generation,
                                "refresh_fp": g.refresh_fp, "replaced": g.name in report.replaced} for g in imported],
                    "providers_added": list(report.providers_added),
-                   "providers_kept": list(report.providers_kept)})  # fmt: skip
+                   "providers_kept": list(report.providers_kept),
+                   "providers_differing": list(report.providers_differing)})  # fmt: skip
     else:
         for g in imported:
             verb = "replaced" if g.name in report.replaced else "imported"
@@ -123,4 +124,10 @@ def import_(session: Session, file: Path, list_only: bool, replace: bool, as_jso
             click.echo(f"provider {_render.clean(name)} added")
         for name in report.providers_kept:
             click.echo(f"provider {_render.clean(name)} already here: kept as it is")
+    for name in report.providers_differing:
+        warning = (
+            f"grantkeeper: warning: provider {_render.clean(name)} here has another token URL or client id than "
+            "in the bundle; its grants will be refreshed against this store's definition"
+        )
+        click.echo(warning, err=True)
     click.echo(f"grantkeeper: warning: {_SAME_TOKEN}", err=True)
