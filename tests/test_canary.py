@@ -297,6 +297,41 @@ def cli_commands(world: World) -> None:
     assert "refreshed: generation" in outputs and "error[" in outputs and "re-encrypted" in outputs
 
 
+def export_and_import(world: World) -> None:
+    """Export a bundle (passphrase and key file), list it, import it elsewhere (also refused, wrong passphrase,
+    tampered), refresh there: every output is captured, and the bundle files in tmp_path are scanned as bytes."""
+    with world.keeper() as keeper:
+        _grant(world, keeper)
+        keeper.refresh("g", force=True)
+    passphrase = f"{CANARY_MARK}{secrets.token_urlsafe(16)}"
+    world.extra_canaries.add(passphrase)
+    key_file = world.tmp_path / "bundle.key"
+    key_file.write_bytes(secrets.token_bytes(32))
+    key_file.chmod(0o600)
+    with_pass, with_key = world.tmp_path / "pass.gkb", world.tmp_path / "key.gkb"
+    world.cli("export", str(with_pass), "--passphrase-stdin", stdin=passphrase + "\n")
+    world.cli("export", str(with_key), "--key-file", str(key_file))
+    target = f"sqlite://{world.tmp_path}/target.db"
+    tampered = world.tmp_path / "tampered.gkb"
+    tampered.write_bytes(with_pass.read_bytes()[:-1] + bytes([with_pass.read_bytes()[-1] ^ 1]))
+    for args, stdin in (
+        (["import", str(with_pass), "--list"], ""),
+        (["import", str(with_pass), "--list", "--json"], ""),
+        (["import", str(with_pass), "--passphrase-stdin"], "wrong passphrase\n"),
+        (["import", str(tampered), "--passphrase-stdin"], passphrase + "\n"),
+        (["import", str(with_pass), "--passphrase-stdin"], passphrase + "\n"),
+        (["import", str(with_key), "--key-file", str(key_file), "--replace", "--json"], ""),
+        (["import", str(with_key), "--key-file", str(key_file)], ""),
+        (["refresh", "g", "--force"], ""),
+        (["grant", "list", "--json"], ""),
+        (["grant", "remove", "g"], ""),
+        (["grant", "remove", "g", "--yes"], ""),
+    ):
+        world.cli("--store", target, *args, stdin=stdin)
+    outputs = "".join(text for _, text in world.captures)
+    assert "grant g imported" in outputs and "error[bundle_auth]" in outputs and "error[bundle_conflict]" in outputs
+
+
 def events_and_webhook(world: World) -> None:
     """Grant events (client auth failure, needs re-consent) through a callback and a signed webhook: the
     delivered bodies and headers, and every event's repr and JSON."""
@@ -426,6 +461,7 @@ SCENARIOS = [
     Scenario("crash after send, next worker recovers", crash_after_send),
     Scenario("asyncio keeper", async_keeper),
     Scenario("grant events and the signed webhook", events_and_webhook),
+    Scenario("export and import of encrypted bundles", export_and_import),
     Scenario("CLI commands at every verbosity", cli_commands),
     Scenario("application logs through the redaction helpers", app_logging_through_the_filters),
     Scenario("PostgreSQL store", postgres_store, postgres=True),

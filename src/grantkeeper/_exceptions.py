@@ -5,7 +5,10 @@
     │   ├── UnknownGrant
     │   ├── UnknownProvider
     │   ├── EncryptionKeyError     missing or wrong encryption key
-    │   └── StoreFormatError       corrupt, foreign or newer store file
+    │   ├── StoreFormatError       corrupt, foreign or newer store file
+    │   └── BundleError            an export bundle that is damaged, truncated or of an unknown format
+    │       ├── BundleAuthError    wrong passphrase or key, or the bundle's bytes were changed
+    │       └── BundleConflict     the bundle's grants exist here and replacing was not asked for
     ├── ClientAuthFailed           fix client credentials; the grant is untouched
     ├── NeedsReauth                the grant is dead: a user must consent again
     │   ├── RevokedOrExpired
@@ -33,6 +36,9 @@ import re
 from typing import ClassVar
 
 __all__ = [
+    "BundleAuthError",
+    "BundleConflict",
+    "BundleError",
     "ClientAuthFailed",
     "ConfigurationError",
     "ConsentDenied",
@@ -132,6 +138,24 @@ class StoreFormatError(ConfigurationError):
     """The store file is corrupt, not a grantkeeper store, or written by a newer grantkeeper."""
 
     code = "store_format"
+
+
+class BundleError(ConfigurationError):
+    """The file is not a bundle this grantkeeper reads: damaged, truncated, or of an unknown version."""
+
+    code = "bundle"
+
+
+class BundleAuthError(BundleError):
+    """The bundle does not open: wrong passphrase or key, or its bytes were changed."""
+
+    code = "bundle_auth"
+
+
+class BundleConflict(BundleError):
+    """Importing would replace grants that already exist here, and replacing was not asked for."""
+
+    code = "bundle_conflict"
 
 
 class ClientAuthFailed(GrantkeeperError):

@@ -14,7 +14,7 @@ from grantkeeper._secrets import Secret
 from grantkeeper.cli._session import Session
 from grantkeeper.engine import Keeper
 
-__all__ = ["DURATION", "ENV_NAME", "echo_json", "open_keeper", "read_secret", "store_url"]
+__all__ = ["DURATION", "ENV_NAME", "echo_json", "interactive", "open_keeper", "read_secret", "store_url"]
 
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
@@ -30,6 +30,12 @@ def open_keeper(session: Session, *, create: bool = False) -> Keeper:
 
 def echo_json(data: object) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+def interactive() -> bool:
+    """Whether a person may be asked: standard input is a terminal. Never prompt when this is False."""
+    stream = sys.stdin
+    return stream is not None and stream.isatty()
 
 
 def read_secret(what: str, *, example: str) -> Secret:

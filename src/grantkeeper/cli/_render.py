@@ -16,6 +16,7 @@ from grantkeeper.model import Grant, Provider
 __all__ = [
     "clean",
     "expiry",
+    "grant_dict",
     "grant_summary",
     "iso_utc",
     "provider_dict",
@@ -132,6 +133,22 @@ def status_rows(statuses: Sequence[GrantStatus], now: float) -> list[str]:
             for s in statuses
         ],
     )
+
+
+def grant_dict(status: GrantStatus) -> dict[str, object]:
+    """The columns of `status_rows` as JSON data, with the fingerprints (never a token)."""
+    return {
+        "name": status.name,
+        "provider": status.provider,
+        "state": status.state.value,
+        "generation": status.generation,
+        "refresh_fp": status.refresh_fp,
+        "access_fp": status.access_fp,
+        "expires_at": status.expires_at,
+        "access_valid": status.access_valid,
+        "last_error": status.last_error,
+        "last_error_at": status.last_error_at,
+    }
 
 
 def _when(ts: float | None) -> str:

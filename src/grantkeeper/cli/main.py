@@ -22,6 +22,7 @@ import click
 
 from grantkeeper import __version__
 from grantkeeper._exceptions import (
+    ConfigurationError,
     GrantkeeperError,
     UnknownGrant,
     sanitize_provider_text,
@@ -29,6 +30,7 @@ from grantkeeper._exceptions import (
 from grantkeeper.cli import _render
 from grantkeeper.cli._io import DURATION
 from grantkeeper.cli._io import echo_json as _echo_json
+from grantkeeper.cli._io import interactive as _interactive
 from grantkeeper.cli._io import open_keeper as _open
 from grantkeeper.cli._io import read_secret as _read_secret
 from grantkeeper.cli._io import store_url as _url
@@ -38,6 +40,7 @@ from grantkeeper.cli.demo import demo
 from grantkeeper.cli.diagnose import EXIT_ATTENTION, doctor, history
 from grantkeeper.cli.keys import keys
 from grantkeeper.cli.providers import provider
+from grantkeeper.cli.transfer import export, import_
 from grantkeeper.consent import revoke
 from grantkeeper.engine.keeper import KeepaliveResult
 from grantkeeper.stores import backend, open_store
@@ -174,6 +177,55 @@ def grant_revoke(session: Session, name: str, local_only: bool) -> None:
         revoked = revoke(keeper, name, local_only=local_only)
     where = "removed locally (not revoked at the provider)" if local_only else "revoked at the provider and removed"
     click.echo(f"grant {revoked.name} {where}: provider {revoked.provider}, refresh token {revoked.refresh_fp}")
+
+
+@grant.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print the grants as JSON.")
+@click.pass_obj
+def grant_list(session: Session, as_json: bool) -> None:
+    """List every grant: provider, state, generation, access token expiry, last error (fingerprints only)."""
+    with _open(session) as keeper:
+        statuses = [keeper.status(g.name) for g in keeper.grants()]
+    if as_json:
+        _echo_json([_render.grant_dict(s) for s in statuses])
+    elif not statuses:
+        click.echo("no grants in this store; import one with 'grantkeeper grant import'")
+    else:
+        for line in _render.status_rows(statuses, time.time()):
+            click.echo(line)
+
+
+@grant.command("show")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print GrantStatus data as JSON.")
+@click.pass_context
+def grant_show(ctx: click.Context, name: str, as_json: bool) -> None:
+    """Show everything known about grant NAME (the same as 'grantkeeper status NAME')."""
+    ctx.invoke(status, name=name, as_json=as_json, expiring=None)
+
+
+@grant.command("remove")
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation (required without a terminal).")
+@click.pass_obj
+def grant_remove(session: Session, name: str, yes: bool) -> None:
+    """Remove grant NAME from this store (its refresh token is forgotten here, not revoked at the provider).
+
+    Asks for confirmation on a terminal; without one, --yes is required and nothing is ever prompted.
+    """
+    with _open(session) as keeper:
+        keeper.store.get_grant(name)  # an unknown name is an error before any question
+        if not yes:
+            if not _interactive():
+                raise ConfigurationError(
+                    f"not removing grant {name!r}: standard input is not a terminal, so there is nobody to "
+                    f"confirm; run 'grantkeeper grant remove {name} --yes'"
+                )
+            if not click.confirm(f"Remove grant {name!r} from this store?", default=False, err=True):
+                click.echo(f"grant {name} kept")
+                raise click.exceptions.Exit(1)
+        keeper.store.delete_grant(name)
+    click.echo(f"grant {name} removed from this store (not revoked at the provider)")
 
 
 # ----------------------------------------------------------------------------------------------- the verbs
@@ -318,6 +370,8 @@ cli.add_command(demo)
 cli.add_command(doctor)
 cli.add_command(history)
 cli.add_command(keys)
+cli.add_command(export)
+cli.add_command(import_)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -94,6 +94,17 @@ class Store(Protocol):
         self, name: str, *, provider: str, refresh_token: Secret, scopes: tuple[str, ...], now: float
     ) -> Grant: ...
 
+    def restore_grant_clock(
+        self,
+        name: str,
+        *,
+        generation: int,
+        created_at: float | None,
+        refreshed_at: float | None,
+        refresh_issued_at: float | None,
+        refresh_expires_at: float | None,
+    ) -> Grant: ...
+
     def get_grant(self, name: str) -> Grant: ...
 
     def get_grant_and_provider(self, name: str) -> tuple[Grant, Provider]: ...

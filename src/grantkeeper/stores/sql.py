@@ -350,6 +350,27 @@ class SQLStore:
             )
             return self._read_grant(conn, name)
 
+    def restore_grant_clock(
+        self,
+        name: str,
+        *,
+        generation: int,
+        created_at: float | None,
+        refreshed_at: float | None,
+        refresh_issued_at: float | None,
+        refresh_expires_at: float | None,
+    ) -> Grant:
+        """After `import_grant` from a bundle: carry over the lifetimes the source store knew (consent time,
+        last use, stated expiry) and raise the generation to at least `generation` (it never goes down)."""
+        with self._tx() as conn:
+            conn.execute(
+                "UPDATE grants SET created_at = COALESCE(?, created_at), refreshed_at = COALESCE(?, refreshed_at), "
+                "refresh_issued_at = COALESCE(?, refresh_issued_at), refresh_expires_at = ?, "
+                "generation = CASE WHEN generation < ? THEN ? ELSE generation END WHERE name = ?",
+                (created_at, refreshed_at, refresh_issued_at, refresh_expires_at, generation, generation, name),
+            )
+            return self._read_grant(conn, name)
+
     def get_grant(self, name: str) -> Grant:
         return self._read(lambda conn: self._read_grant(conn, name))
 

@@ -1,0 +1,133 @@
+"""``grantkeeper export`` and ``grantkeeper import``: encrypted bundles of grants (logic in grantkeeper.bundle)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from grantkeeper._exceptions import ConfigurationError
+from grantkeeper._secrets import Secret
+from grantkeeper.bundle import BundleKey, export_bundle, import_bundle, open_bundle, read_header
+from grantkeeper.cli import _render
+from grantkeeper.cli._io import echo_json, interactive, open_keeper, read_secret
+from grantkeeper.cli._session import Session
+from grantkeeper.keyring import write_private_file
+
+__all__ = ["export", "import_"]
+
+_SAME_TOKEN = (
+    "the bundle holds the same refresh tokens this store uses: keep using each grant on one host only (remove it "
+    "from the other with 'grantkeeper grant remove'); refreshing it on both spends the same refresh token twice, "
+    "and a rotating provider then revokes the grant"
+)
+
+_FILE = click.Path(dir_okay=False, path_type=Path)
+
+
+def _key(passphrase_stdin: bool, key_file: Path | None, *, example: str, confirm: bool = False) -> BundleKey:
+    if passphrase_stdin == (key_file is not None):
+        raise click.UsageError("give exactly one of --passphrase-stdin and --key-file")
+    if key_file is not None:
+        return BundleKey.key_file(key_file)
+    if confirm and interactive():  # a mistyped export passphrase would lock the bundle for good
+        value = click.prompt("Bundle passphrase", hide_input=True, confirmation_prompt=True, err=True)
+        return BundleKey.passphrase(Secret(value.strip()))
+    return BundleKey.passphrase(read_secret("bundle passphrase", example=example))
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read bundle {path}: {exc.strerror}") from None
+
+
+def _protection_options(fn: click.decorators.FC) -> click.decorators.FC:
+    fn = click.option("--key-file", type=_FILE, metavar="PATH",
+                      help="A file of 32 random bytes (raw or base64url; mode 0600), e.g. from "
+                      "'grantkeeper keys generate --output PATH'.")(fn)  # fmt: skip
+    help_text = "Read the passphrase from standard input (a hidden prompt on a terminal)."
+    return click.option("--passphrase-stdin", is_flag=True, help=help_text)(fn)
+
+
+@click.command()
+@click.argument("file", type=_FILE)
+@click.option("--grant", "grants", multiple=True, metavar="NAME", help="Export only this grant (repeatable).")
+@_protection_options
+@click.pass_obj
+def export(session: Session, file: Path, grants: tuple[str, ...], passphrase_stdin: bool,
+           key_file: Path | None) -> None:  # fmt: skip
+    """Write grants (refresh tokens, scopes, lifetimes) and their providers (client secrets included) to FILE,
+    encrypted with a passphrase (scrypt + AES-256-GCM) or a key file, for 'grantkeeper import' elsewhere.
+
+    FILE must not exist; it is written with mode 0600. Only grant names and refresh-token fingerprints are
+    readable without the passphrase or key.
+    """
+    example = f"e.g. `grantkeeper export {file} --passphrase-stdin < pass.txt`"
+    key = _key(passphrase_stdin, key_file, example=example, confirm=True)
+    with open_keeper(session) as keeper:
+        data = export_bundle(keeper.store, key, grants=grants, now=keeper.clock.now())
+    try:
+        write_private_file(file, data, exclusive=True)
+    except FileExistsError:
+        raise ConfigurationError(f"{file} already exists; choose a new file name") from None
+    except OSError as exc:
+        raise ConfigurationError(f"cannot write bundle {file}: {exc.strerror}") from None
+    header = read_header(data)
+    click.echo(f"exported {len(header.grants)} grant(s) to {_render.clean(file)} ({header.protection}-protected)")
+    click.echo(f"grantkeeper: note: {_SAME_TOKEN}", err=True)
+
+
+@click.command("import")
+@click.argument("file", type=_FILE)
+@click.option("--list", "list_only", is_flag=True, help="Only list the grants inside (no passphrase needed).")
+@click.option("--replace", is_flag=True, help="Replace grants that already exist in this store.")
+@click.option("--json", "as_json", is_flag=True, help="Print the listing or the result as JSON.")
+@_protection_options
+@click.pass_obj
+def import_(session: Session, file: Path, list_only: bool, replace: bool, as_json: bool, passphrase_stdin: bool,
+            key_file: Path | None) -> None:  # fmt: skip
+    """Read a bundle written by 'grantkeeper export' into this store (with --list: only show what is inside).
+
+    Nothing is imported if the bundle does not open, is damaged, or holds a grant this store already has
+    (unless --replace). Providers this store already has are kept as they are.
+    """
+    data = _read(file)
+    if list_only:
+        header = read_header(data)
+        if as_json:
+            echo_json({"format": header.version, "protection": header.protection,
+                       "grants": [{"name": n, "refresh_fp": fp} for n, fp in header.grants]})  # fmt: skip
+            return
+        click.echo(f"bundle format {header.version}, {header.protection}-protected, {len(header.grants)} grant(s):")
+        for line in _render.table(("GRANT", "REFRESH TOKEN"), [(n, fp or "-") for n, fp in header.grants]):
+            click.echo("  " + line)
+        return
+    key = _key(passphrase_stdin, key_file, example=f"e.g. `grantkeeper import {file} --passphrase-stdin < pass.txt`")
+    contents = open_bundle(data, key)  # before the store is opened (or created): a bad bundle changes nothing
+    with open_keeper(session, create=True) as keeper:
+        report = import_bundle(keeper.store, contents, replace=replace, now=keeper.clock.now())
+        imported = [keeper.store.get_grant(name) for name in report.grants]
+    if as_json:
+        echo_json({"grants": [{"name": g.name, "provider": g.provider, "generation": g.generation,
+                               "refresh_fp": g.refresh_fp, "replaced": g.name in report.replaced} for g in imported],
+                   "providers_added": list(report.providers_added),
+                   "providers_kept": list(report.providers_kept),
+                   "providers_differing": list(report.providers_differing)})  # fmt: skip
+    else:
+        for g in imported:
+            verb = "replaced" if g.name in report.replaced else "imported"
+            click.echo(f"grant {_render.clean(g.name)} {verb}: provider {_render.clean(g.provider)}, "
+                       f"generation {g.generation}, refresh token {g.refresh_fp}")  # fmt: skip
+        for name in report.providers_added:
+            click.echo(f"provider {_render.clean(name)} added")
+        for name in report.providers_kept:
+            click.echo(f"provider {_render.clean(name)} already here: kept as it is")
+    for name in report.providers_differing:
+        warning = (
+            f"grantkeeper: warning: provider {_render.clean(name)} here has another token URL or client id than "
+            "in the bundle; its grants will be refreshed against this store's definition"
+        )
+        click.echo(warning, err=True)
+    click.echo(f"grantkeeper: warning: {_SAME_TOKEN}", err=True)
