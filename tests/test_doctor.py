@@ -252,6 +252,24 @@ def test_idle_expired_grant_uses_the_providers_lifetime(tmp_path: Path, make_sim
     assert any("unused for 31.0 days of the provider's 30.0 days" in f for f in diagnosis.facts)
 
 
+def test_grant_past_the_expiry_the_provider_stated(tmp_path: Path, make_sim: Sim) -> None:
+    """The provider said when the refresh token expires (refresh_token_expires_in); rejected after that:
+    doctor names the stated expiry as the reason."""
+    sim = make_sim(response_quirks=("refresh_token_expires_in",), refresh_token_ttl=7 * 86400.0)
+    clock = FakeClock(start=time.time())
+    with Keeper.open(f"sqlite://{tmp_path}/g.db", policy=FAST_POLICY, clock=clock) as k:
+        refresh = add_grant(k, sim)
+        stated = k.refresh("g", force=True)
+        assert stated.refresh_expires_at is not None
+        clock.advance(8 * 86400)
+        sim.revoke_family(stated.refresh_token.reveal() if stated.refresh_token else refresh)  # type: ignore[attr-defined]
+        with pytest.raises(RevokedOrExpired):
+            k.refresh("g", force=True)
+        diagnosis = k.doctor("g")
+    assert diagnosis.evidence["reason"] == "stated_expiry" and "stated" in diagnosis.summary
+    assert any("the provider said this refresh token expires at" in f for f in diagnosis.facts)
+
+
 def test_wrong_client_secret(keeper: Keeper, url: str, make_sim: Sim) -> None:
     """A wrong client secret: client_auth_failed, the grant untouched, the credentials named (not the secret)."""
     sim = make_sim()

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from grantkeeper.model import Attempt, AttemptState, Grant, GrantState, LeaseHolder, OutcomeClass, Provider
+from grantkeeper.model.lifetimes import refresh_token_ends
 
 __all__ = ["CAUSES", "SCHEMA_VERSION", "STALE_MEMORY", "Diagnosis", "diagnose"]
 
@@ -221,23 +222,24 @@ class _Doctor:
         )  # fmt: skip
 
     def lifetime_facts(self, at: float, evidence: dict[str, Any]) -> list[str]:
-        """The refresh token's idle and absolute lifetimes at time `at`, where the provider's are known."""
+        """The refresh token's known ends (`refresh_token_ends`: idle, absolute, stated) as of time `at`."""
         g, p = self.grant, self.provider
         facts = []
         if g.refreshed_at is not None:
-            idle = at - g.refreshed_at
-            evidence["idle_seconds"] = idle
-            if p.refresh_idle_ttl:
-                evidence["idle_ttl"] = p.refresh_idle_ttl
-                facts.append(f"refresh token unused for {span(idle)} of the provider's {span(p.refresh_idle_ttl)} "
-                             "idle lifetime")  # fmt: skip
+            evidence["idle_seconds"] = at - g.refreshed_at
         if g.created_at is not None:
-            age = at - g.created_at
-            evidence["consent_age_seconds"] = age
-            if p.refresh_absolute_ttl:
-                evidence["absolute_ttl"] = p.refresh_absolute_ttl
-                facts.append(f"consent {span(age)} old of the provider's {span(p.refresh_absolute_ttl)} absolute "
-                             "lifetime")  # fmt: skip
+            evidence["consent_age_seconds"] = at - g.created_at
+        ends = refresh_token_ends(g, p)
+        evidence["ends"] = [{"kind": e.kind, "deadline": e.deadline, "renewable": e.renewable} for e in ends]
+        for e in ends:
+            if e.kind == "idle":
+                facts.append(f"refresh token unused for {span(evidence['idle_seconds'])} of the provider's "
+                             f"{span(e.deadline - (g.refreshed_at or e.deadline))} idle lifetime")  # fmt: skip
+            elif e.kind == "absolute":
+                facts.append(f"consent {span(evidence['consent_age_seconds'])} old of the provider's "
+                             f"{span(e.deadline - (g.created_at or e.deadline))} absolute lifetime")  # fmt: skip
+            else:
+                facts.append(f"the provider said this refresh token expires at {when(e.deadline)}")
         return facts
 
     def stale_local_token(self, stale: Attempt, last_commit: Attempt | None) -> Diagnosis:
@@ -340,13 +342,16 @@ class _Doctor:
                  + (f": {dead.error_description}" if dead.error_description else "")]  # fmt: skip
         evidence: dict[str, Any] = {"rejected_attempt": dead.id, "fingerprint": dead.refresh_fp}
         facts.extend(self.lifetime_facts(dead.started_at, evidence))
-        idle = evidence.get("idle_seconds", 0.0)
-        age = evidence.get("consent_age_seconds", 0.0)
-        if p.refresh_idle_ttl and idle >= p.refresh_idle_ttl:
-            why, evidence["reason"] = "its idle lifetime passed (unused too long)", "idle_lifetime"
-        elif p.refresh_absolute_ttl and age >= p.refresh_absolute_ttl:
-            why, evidence["reason"] = "its absolute lifetime passed", "absolute_lifetime"
-        elif p.refresh_idle_ttl or p.refresh_absolute_ttl:
+        passed = sorted((e for e in refresh_token_ends(g, p) if e.deadline <= dead.started_at),
+                        key=lambda e: e.deadline)  # fmt: skip
+        if passed:
+            kind = passed[0].kind
+            why = {"idle": "its idle lifetime passed (unused too long)", "absolute": "its absolute lifetime passed",
+                   "stated": "the expiry the provider stated for it passed"}[kind]  # fmt: skip
+            evidence["reason"] = {"idle": "idle_lifetime", "absolute": "absolute_lifetime", "stated": "stated_expiry"}[
+                kind
+            ]
+        elif evidence["ends"]:
             why, evidence["reason"] = (
                 "it was revoked or the consent withdrawn (its known lifetimes had not passed)",
                 ("revoked"),

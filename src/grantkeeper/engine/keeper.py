@@ -29,7 +29,8 @@ from grantkeeper._exceptions import ClientAuthFailed, ConfigurationError, Grantk
 from grantkeeper._secrets import Secret
 from grantkeeper.diagnosis import Diagnosis, diagnose
 from grantkeeper.engine.drivers import drive, drive_async
-from grantkeeper.model import Attempt, Grant, GrantState, LeaseHolder, OutcomeClass, Provider, RotationMode
+from grantkeeper.model import Attempt, Grant, GrantState, LeaseHolder, OutcomeClass, Provider
+from grantkeeper.model.lifetimes import RefreshTokenExpiry, refresh_token_ends
 from grantkeeper.notify import EventSink, Notifier, event_for
 from grantkeeper.protocol import Refreshed, RefreshPolicy, refresh_flow
 from grantkeeper.stores import SQLStore, open_store
@@ -97,34 +98,6 @@ class KeepaliveResult:
     action: str  # "refreshed" | "failed" | "reconsent_needed"
     deadline: float  # when the refresh token (idle) or the consent (absolute) would die
     detail: str
-
-
-@dataclass(frozen=True, slots=True)
-class RefreshTokenExpiry:
-    """When a grant's refresh token (or the consent behind it) ends, and whether a refresh can push that back.
-
-    ``kind`` is ``"idle"`` (the provider's idle lifetime, counted from the last refresh: a refresh renews it),
-    ``"stated"`` (the provider's own ``refresh_token_expires_in``: renewable when the provider rotates, since
-    the successor comes with its own lifetime) or ``"absolute"`` (the provider's cap counted from consent:
-    only a new consent renews it).
-    """
-
-    grant: str
-    provider: str
-    kind: str
-    deadline: float
-    renewable: bool
-
-
-def _lifetimes(grant: Grant, provider: Provider) -> list[RefreshTokenExpiry]:
-    ends = []
-    if provider.refresh_absolute_ttl is not None and grant.created_at is not None:
-        ends.append(("absolute", grant.created_at + provider.refresh_absolute_ttl, False))
-    if provider.refresh_idle_ttl is not None and grant.refreshed_at is not None:
-        ends.append(("idle", grant.refreshed_at + provider.refresh_idle_ttl, True))
-    if grant.refresh_expires_at is not None:
-        ends.append(("stated", grant.refresh_expires_at, provider.rotation is not RotationMode.NEVER))
-    return [RefreshTokenExpiry(grant.name, provider.name, kind, at, renew) for kind, at, renew in ends]
 
 
 def _worker_id() -> str:
@@ -336,7 +309,7 @@ class _KeeperCore:
             lease=self.store.lease_holder(name, now=now), attempts=tuple(self.store.list_attempts(name, limit=10)),
             pending_recovery=len(self.store.recovery.entries(name)),
             refresh_issued_at=grant.refresh_issued_at, refresh_used_at=grant.refreshed_at,
-            refresh_ends=tuple(sorted(_lifetimes(grant, provider), key=lambda e: e.deadline)),
+            refresh_ends=tuple(sorted(refresh_token_ends(grant, provider), key=lambda e: e.deadline)),
         )  # fmt: skip
 
     def _expiring(self, window: float) -> list[RefreshTokenExpiry]:
@@ -348,8 +321,8 @@ class _KeeperCore:
         for grant in self.store.list_grants():
             if grant.state is not GrantState.ACTIVE:
                 continue
-            ends = sorted((e for e in _lifetimes(grant, providers[grant.provider]) if e.deadline - window <= now),
-                          key=lambda e: (e.renewable, e.deadline))  # fmt: skip
+            ends = sorted((e for e in refresh_token_ends(grant, providers[grant.provider])
+                           if e.deadline - window <= now), key=lambda e: (e.renewable, e.deadline))  # fmt: skip
             if ends:
                 found.append(ends[0])
         return sorted(found, key=lambda e: e.deadline)
