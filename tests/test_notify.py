@@ -205,3 +205,46 @@ def test_cli_posts_to_the_webhook_from_the_environment(tmp_path: Path, make_sim:
     assert result.exit_code == 5, result.output
     hook.wait_for(1)
     assert json.loads(hook.requests[0][1])["cause"] == "revoked_or_expired"
+
+
+EVENT_CHILD = """
+import sys, threading
+from grantkeeper import GrantkeeperError, Keeper
+from tests.helpers import FAST_POLICY
+
+def record(event):
+    with open(sys.argv[2], "a") as out:  # O_APPEND: whole lines from every process
+        out.write(f"{event.kind} {event.cause} {event.worker}\\n")
+
+with Keeper.open(sys.argv[1], policy=FAST_POLICY, on_event=record) as keeper:
+    def call():
+        try:
+            keeper.refresh("g", force=True)
+        except GrantkeeperError:
+            pass
+    threads = [threading.Thread(target=call) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+"""
+
+
+@pytest.mark.slow
+def test_one_event_per_death_across_processes(tmp_path: Path, make_sim: Sim) -> None:
+    """4 processes x 3 threads refresh a revoked grant at once: exactly one needs_reauth event in all."""
+    import subprocess
+    import sys
+
+    sim = make_sim()
+    url = f"sqlite://{tmp_path}/g.db"
+    with Keeper.open(url) as keeper:
+        refresh = add_grant(keeper, sim)
+    sim.revoke_family(refresh)  # type: ignore[attr-defined]
+    events = tmp_path / "events.txt"
+    procs = [subprocess.Popen([sys.executable, "-c", EVENT_CHILD, url, str(events)]) for _ in range(4)]
+    for proc in procs:
+        assert proc.wait(timeout=120) == 0
+    lines = events.read_text().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("needs_reauth revoked_or_expired"), lines
+    assert sim.stats.refresh_calls == 1  # type: ignore[attr-defined]
