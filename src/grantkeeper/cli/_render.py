@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from datetime import UTC, datetime
 
 from grantkeeper.engine import GrantStatus
 from grantkeeper.model import Grant, Provider
+from grantkeeper.model.times import iso_utc
 
 __all__ = [
     "clean",
@@ -33,11 +33,6 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 def clean(text: object) -> str:
     """`text` without control characters (terminal escapes), for values a user or provider supplied."""
     return _CONTROL.sub("?", str(text))
-
-
-def iso_utc(ts: float) -> str:
-    """Epoch seconds as ISO 8601 UTC, to the second: ``2026-01-31T12:00:00Z``."""
-    return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def expiry(ts: float | None, now: float) -> str:

@@ -325,7 +325,7 @@ def _report_keepalive(results: list[KeepaliveResult], *, as_json: bool) -> None:
     elif not results:
         click.echo("no grant needs a keep-alive refresh")
     for r in [] if as_json else results:
-        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(r.deadline))
+        when = _render.iso_utc(r.deadline)
         click.echo(f"{r.grant}: {r.action} (deadline {when}): {r.detail}")
     if any(r.action != "refreshed" for r in results):
         raise click.exceptions.Exit(EXIT_ATTENTION)

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from grantkeeper.model import Attempt, AttemptState, Grant, GrantState, LeaseHolder, OutcomeClass, Provider
 from grantkeeper.model.lifetimes import refresh_token_ends
+from grantkeeper.model.times import iso_utc
 
 __all__ = ["CAUSES", "SCHEMA_VERSION", "STALE_MEMORY", "Diagnosis", "diagnose"]
 
@@ -94,10 +94,8 @@ class Diagnosis:
 
 
 def when(epoch: float | None) -> str:
-    """An epoch time as people read it in logs: ISO 8601 UTC, seconds."""
-    if epoch is None:
-        return "never"
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """An epoch time as people read it in logs (`iso_utc`), or "never"."""
+    return "never" if epoch is None else iso_utc(epoch)
 
 
 def span(seconds: float) -> str:
