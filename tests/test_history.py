@@ -21,10 +21,10 @@ from grantkeeper import (
     StoreFormatError,
 )
 from grantkeeper.model import AttemptReport
-from grantkeeper.stores import SQLStore, open_store
+from grantkeeper.stores import GenerationConflict, GrantUpdate, SQLStore, open_store
 from grantkeeper.stores.migrations import latest_version
 from grantkeeper.testing.clock import FakeClock
-from grantkeeper.testing.simulator import HttpError
+from grantkeeper.testing.simulator import DropAfterRotate, HttpError
 from tests.conftest import TEST_KEY
 from tests.helpers import FAST_POLICY, add_grant
 
@@ -172,3 +172,52 @@ def test_pruning_never_drops_the_unresolved_attempt_and_deferrals_are_not_resend
     assert len(store.list_attempts("g", limit=1000)) < 70
     claim = store.claim("g", worker="w3", lease_ttl=TTL, now=T0 + 200, force=True, seen_generation=None)
     assert claim.prior == crashed and claim.recent_resend is None
+
+
+def test_a_grant_deleted_and_created_again_starts_above_the_old_one(store: SQLStore) -> None:
+    """A worker still refreshing a deleted grant cannot commit over a new grant of the same name, nor free its
+    lease: generation and fence carry on past the deleted grant's; its recovery entries go with it."""
+    store.put_provider(Provider(name="p", token_url="https://as.example/token", client_id="cid",
+                                client_secret=Secret("client-secret-value")), now=T0)  # fmt: skip
+    store.import_grant("g", provider="p", refresh_token=Secret("refresh-token-old-consent-1"), scopes=(), now=T0)
+    old = store.claim("g", worker="old", lease_ttl=TTL, now=T0, force=True, seen_generation=None)
+    assert old.lease is not None and old.attempt is not None
+    store.delete_grant("g")
+    fresh = store.import_grant("g", provider="p", refresh_token=Secret("refresh-token-new-consent-1"), scopes=(),
+                               now=T0 + 1)  # fmt: skip
+    assert fresh.generation == 2
+    update = GrantUpdate(refresh_token=Secret("refresh-token-old-consent-2"), access_token=Secret("access-old-1"),
+                         expires_at=T0 + 3600, scopes=None)  # fmt: skip
+    with pytest.raises(GenerationConflict):
+        store.commit(old.lease, attempt_id=old.attempt.id, base=old.grant, update=update, now=T0 + 2)
+    new = store.claim("g", worker="new", lease_ttl=TTL, now=T0 + 2, force=True, seen_generation=None)
+    assert new.lease is not None and new.lease.fence > old.lease.fence
+    store.release(old.lease)  # the old holder's release must not free the new holder's lease
+    holder = store.lease_holder("g", now=T0 + 3)
+    assert holder is not None and holder.worker == "new"
+    assert store.get_grant("g").refresh_token == Secret("refresh-token-new-consent-1")
+
+
+def test_delete_only_at_the_expected_generation(store: SQLStore) -> None:
+    store.put_provider(Provider(name="p", token_url="https://as.example/token", client_id="cid",
+                                client_secret=Secret("client-secret-value")), now=T0)  # fmt: skip
+    store.import_grant("g", provider="p", refresh_token=Secret("refresh-token-0000000000001"), scopes=(), now=T0)
+    store.import_grant("g", provider="p", refresh_token=Secret("refresh-token-0000000000002"), scopes=(), now=T0)
+    with pytest.raises(GenerationConflict):
+        store.delete_grant("g", expected_generation=1)
+    assert store.get_grant("g").generation == 2
+    store.delete_grant("g", expected_generation=2)
+    assert store.list_grants() == []
+
+
+def test_pruning_keeps_the_resends_that_explain_a_revocation(store_url: str, make_sim: Sim) -> None:
+    """A sent re-send of the last two generations survives any retention count: a later invalid_grant needs it
+    to be diagnosed reuse_detected instead of revoked_or_expired."""
+    sim = make_sim(reuse_grace=30)
+    with Keeper.open(store_url, policy=FAST_POLICY, retention=HistoryRetention(per_grant=1)) as keeper:
+        add_grant(keeper, sim, grace=30)
+        sim.inject(DropAfterRotate())  # type: ignore[attr-defined]
+        keeper.refresh("g", force=True)  # ambiguous, then a re-send inside the grace commits generation 2
+        resend = next(a for a in keeper.history("g") if a.resend_of is not None)
+        keeper.store.prune_history(now=keeper.clock.now())
+        assert keeper.store.get_attempt("g", resend.id) is not None

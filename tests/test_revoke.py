@@ -108,3 +108,26 @@ def test_unknown_grant(tmp_path: Path) -> None:
     Keeper.open(url).close()
     out = gk(url, "grant", "revoke", "nope")
     assert out.returncode == 3 and "error[unknown_grant]" in out.stderr
+
+
+def test_a_refresh_during_revocation_keeps_the_grant(tmp_path: Path, make_sim: object,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """Another worker commits a new refresh token while the old one is being revoked: the grant (holding the
+    newer, still valid token) is kept and the error says to run the command again."""
+    from grantkeeper import TransientError, consent
+    from tests.helpers import FAST_POLICY, add_grant
+
+    sim = make_sim()  # type: ignore[operator]
+    with Keeper.open(f"sqlite://{tmp_path}/g.db", policy=FAST_POLICY) as keeper:
+        add_grant(keeper, sim)
+        revoked: list[str | None] = []
+
+        def revoke_while_another_worker_refreshes(provider: object, grant: object, http: object) -> None:
+            revoked.append(grant.refresh_fp)  # type: ignore[attr-defined]
+            keeper.refresh("g", force=True)  # what a worker elsewhere does meanwhile
+
+        monkeypatch.setattr(consent, "_revoke_at_provider", revoke_while_another_worker_refreshes)
+        with pytest.raises(TransientError, match="refreshed while it was being revoked"):
+            revoke(keeper, "g")
+        grant = keeper.store.get_grant("g")
+        assert grant.generation == 2 and revoked == [keeper.history("g")[0].refresh_fp]

@@ -351,8 +351,9 @@ def import_bundle(
         if provider.name not in have:
             store.put_provider(provider, now=now)
     for name, provider_name, token, scopes, generation, created, refreshed, issued, expires in records:
-        store.import_grant(name, provider=provider_name, refresh_token=token, scopes=scopes, now=now)
-        store.restore_grant_clock(name, generation=generation, created_at=created, refreshed_at=refreshed,
-                                  refresh_issued_at=issued, refresh_expires_at=expires)  # fmt: skip
+        # One transaction per grant: a worker must never see the bundle's token at a generation that then jumps.
+        store.import_grant(name, provider=provider_name, refresh_token=token, scopes=scopes, now=now,
+                           min_generation=generation, created_at=created, refreshed_at=refreshed,
+                           refresh_issued_at=issued, refresh_expires_at=expires)  # fmt: skip
     kept = tuple(p.name for p in providers if p.name in have)
     return ImportReport(tuple(r[0] for r in records), replaced, added, kept, differing)

@@ -20,6 +20,7 @@ from grantkeeper._exceptions import (
     MalformedResponse,
     ProviderRejected,
     ProviderUnavailable,
+    TransientError,
     UnknownGrant,
 )
 from grantkeeper._secrets import Secret
@@ -27,8 +28,9 @@ from grantkeeper.consent.flow import AuthorizationRequest, begin, code_from_redi
 from grantkeeper.consent.flow import tokens_from_reply as _tokens_from_reply
 from grantkeeper.consent.loopback import LoopbackListener
 from grantkeeper.engine import Keeper
-from grantkeeper.model import Grant, Provider
+from grantkeeper.model import Grant, Provider, check_name
 from grantkeeper.profiles import get_profile
+from grantkeeper.stores.base import GenerationConflict
 from grantkeeper.tokens.request import build_client_request
 from grantkeeper.tokens.response import HttpReply, interpret
 from grantkeeper.tokens.transport import NotSent, send
@@ -101,6 +103,7 @@ def connect(
         ConsentTimeout: no redirect arrived in time.
         ClientAuthFailed / ProviderRejected / ProviderUnavailable / MalformedResponse: the code exchange failed.
     """
+    check_name(name, "grant")  # before the consent: a refused name after the exchange would waste the new token
     chosen = keeper.store.get_provider(provider)
     existed = _exists(keeper, name)
     if existed and not replace:
@@ -139,10 +142,20 @@ def revoke(keeper: Keeper, name: str, *, local_only: bool = False, http: httpx.C
         ClientAuthFailed / ProviderRejected / ProviderUnavailable / MalformedResponse: the provider did not
             confirm the revocation (nothing is deleted).
     """
+    keeper.store.replay_recovery(now=keeper.clock.now())  # a successor kept locally is the token to revoke
     grant, provider = keeper.store.get_grant_and_provider(name)
     if not local_only:
         _revoke_at_provider(provider, grant, http)
-    keeper.store.delete_grant(name)
+    try:
+        # Only the generation whose token was revoked: a refresh that committed meanwhile holds a live token.
+        keeper.store.delete_grant(name, expected_generation=grant.generation)
+    except GenerationConflict as moved:
+        raise TransientError(
+            f"grant {name!r} was refreshed while it was being revoked: refresh token {grant.refresh_fp} was revoked, "
+            f"but the grant now holds a newer one (generation {moved.generation}), so it was kept. Stop the workers "
+            "using it and run the command again",
+            grant=name, generation=moved.generation,
+        ) from None  # fmt: skip
     return grant
 
 
@@ -165,7 +178,7 @@ def _revoke_at_provider(provider: Provider, grant: Grant, http: httpx.Client | N
     finally:
         if http is None:
             client.close()
-    if reply.status == 200:  # RFC 7009 §2.2: also for a token that was already invalid
+    if 200 <= reply.status < 300:  # RFC 7009 §2.2 says 200 (also for a token already invalid); some send 204
         logger.info("grant %s: refresh token %s revoked at %s", grant.name, grant.refresh_fp, provider.name)
         return
     outcome = interpret(reply, 0.0)

@@ -91,18 +91,18 @@ class Store(Protocol):
     def list_providers(self) -> list[Provider]: ...
 
     def import_grant(
-        self, name: str, *, provider: str, refresh_token: Secret, scopes: tuple[str, ...], now: float
-    ) -> Grant: ...
-
-    def restore_grant_clock(
         self,
         name: str,
         *,
-        generation: int,
-        created_at: float | None,
-        refreshed_at: float | None,
-        refresh_issued_at: float | None,
-        refresh_expires_at: float | None,
+        provider: str,
+        refresh_token: Secret,
+        scopes: tuple[str, ...],
+        now: float,
+        min_generation: int = 1,
+        created_at: float | None = None,
+        refreshed_at: float | None = None,
+        refresh_issued_at: float | None = None,
+        refresh_expires_at: float | None = None,
     ) -> Grant: ...
 
     def get_grant(self, name: str) -> Grant: ...
@@ -111,7 +111,7 @@ class Store(Protocol):
 
     def list_grants(self) -> list[Grant]: ...
 
-    def delete_grant(self, name: str) -> None: ...
+    def delete_grant(self, name: str, *, expected_generation: int | None = None) -> None: ...
 
     def list_attempts(self, name: str, *, limit: int = 20) -> list[Attempt]: ...
 

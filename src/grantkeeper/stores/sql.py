@@ -60,6 +60,14 @@ _PROVIDER_COLUMNS = (
 _GRANT_COLUMNS_QUALIFIED = ", ".join("grants." + c.strip() for c in _GRANT_COLUMNS.split(","))
 _PROVIDER_COLUMNS_QUALIFIED = ", ".join("providers." + c.strip() for c in _PROVIDER_COLUMNS.split(","))
 _ATTEMPT_COLUMNS = "id, grant_name, generation, refresh_fp, worker, started_at, state, outcome, resend_of, finished_at"
+#: Attempts retention never prunes, because `claim` reads them: an unresolved attempt (open, ambiguous) that the
+#: next claim must re-send once instead of spending its possibly spent token as fresh, and the sent re-sends and
+#: stale sends that explain a later family revocation, all within the last two generations.
+_NEEDED_BY_CLAIM = (
+    "(generation >= (SELECT generation FROM grants WHERE grants.name = attempts.grant_name) - 2 AND "
+    "(state IN ('open', 'ambiguous') OR (resend_of IS NOT NULL AND state <> 'not_sent') "
+    "OR outcome = 'stale_local_token'))"
+)
 #: Everything the history keeps; the claim's hot query reads only `_ATTEMPT_COLUMNS`.
 _HISTORY_COLUMNS = _ATTEMPT_COLUMNS + (
     ", actor, try_number, new_generation, received_fp, rotated, outcome_class, error_code, error_description, "
@@ -105,6 +113,10 @@ class Conn(Protocol):
     """The part of a DB-API connection the shared logic uses: ``execute`` returning a cursor."""
 
     def execute(self, sql: str, params: Any = ..., /) -> Any: ...
+
+
+def _floor_key(name: str) -> str:
+    return f"deleted_grant/{name}"
 
 
 def _aad(table: str, row: str, column: str) -> str:
@@ -325,9 +337,17 @@ class SQLStore:
         return [self._provider(r) for r in rows]
 
     def import_grant(
-        self, name: str, *, provider: str, refresh_token: Secret, scopes: tuple[str, ...], now: float
-    ) -> Grant:
-        """Create the grant, or replace its refresh token (re-consent): generation still only goes up."""
+        self, name: str, *, provider: str, refresh_token: Secret, scopes: tuple[str, ...], now: float,
+        min_generation: int = 1, created_at: float | None = None, refreshed_at: float | None = None,
+        refresh_issued_at: float | None = None, refresh_expires_at: float | None = None,
+    ) -> Grant:  # fmt: skip
+        """Create the grant, or replace its refresh token (re-consent), in one transaction.
+
+        The generation only goes up: past the stored one, past `min_generation` (a bundle's), and past that of a
+        deleted grant of the same name (`delete_grant` leaves a floor in `meta`), so a refresh still in flight
+        for an older token or a deleted grant can never commit over this one. The clock fields carry lifetimes
+        over from another store (a bundle); by default they start now.
+        """
         check_name(name, "grant")
         if not refresh_token:
             raise ConfigurationError("the refresh token is empty; pipe the token on standard input")
@@ -335,41 +355,43 @@ class SQLStore:
         fp = self.fingerprint(refresh_token)
         with self._tx() as conn:
             self._read_provider(conn, provider)
+            floor_generation, floor_fence = self._floor(conn, name)
+            first = max(1, min_generation, floor_generation + 1)
             conn.execute(
                 "INSERT INTO grants (name, provider, refresh_token, refresh_fp, scopes, generation, state, "
-                "refreshed_at, created_at, updated_at, refresh_issued_at) "
-                "VALUES (?, ?, ?, ?, ?, 1, 'active', ?, ?, ?, ?) "
+                "refreshed_at, created_at, updated_at, refresh_issued_at, refresh_expires_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, 'active', ?, ?, ?, ?, ?) "
                 "ON CONFLICT (name) DO "
                 "UPDATE SET provider = excluded.provider, refresh_token = excluded.refresh_token, "
                 "refresh_fp = excluded.refresh_fp, access_token = NULL, access_fp = NULL, expires_at = NULL, "
-                "scopes = excluded.scopes, generation = grants.generation + 1, state = 'active', "
+                "scopes = excluded.scopes, generation = CASE WHEN grants.generation + 1 > excluded.generation "
+                "THEN grants.generation + 1 ELSE excluded.generation END, state = 'active', "
                 "last_error = NULL, last_error_at = NULL, refreshed_at = excluded.refreshed_at, "
                 "created_at = excluded.created_at, updated_at = excluded.updated_at, "
-                "refresh_issued_at = excluded.refresh_issued_at, refresh_expires_at = NULL",
-                (name, provider, sealed, fp, " ".join(scopes), now, now, now, now),
-            )
+                "refresh_issued_at = excluded.refresh_issued_at, refresh_expires_at = excluded.refresh_expires_at",
+                (
+                    name, provider, sealed, fp, " ".join(scopes), first, refreshed_at or now, created_at or now, now,
+                    refresh_issued_at or now, refresh_expires_at,
+                ),
+            )  # fmt: skip
+            if floor_fence:
+                # Fences go on from the deleted grant's, so its old holder's release cannot free this one's lease.
+                conn.execute(
+                    "INSERT INTO leases (grant_name, worker, fence, expires_at) VALUES (?, NULL, ?, 0) "
+                    "ON CONFLICT (grant_name) DO NOTHING",
+                    (name, floor_fence),
+                )
+                conn.execute("DELETE FROM meta WHERE key = ?", (_floor_key(name),))
             return self._read_grant(conn, name)
 
-    def restore_grant_clock(
-        self,
-        name: str,
-        *,
-        generation: int,
-        created_at: float | None,
-        refreshed_at: float | None,
-        refresh_issued_at: float | None,
-        refresh_expires_at: float | None,
-    ) -> Grant:
-        """After `import_grant` from a bundle: carry over the lifetimes the source store knew (consent time,
-        last use, stated expiry) and raise the generation to at least `generation` (it never goes down)."""
-        with self._tx() as conn:
-            conn.execute(
-                "UPDATE grants SET created_at = COALESCE(?, created_at), refreshed_at = COALESCE(?, refreshed_at), "
-                "refresh_issued_at = COALESCE(?, refresh_issued_at), refresh_expires_at = ?, "
-                "generation = CASE WHEN generation < ? THEN ? ELSE generation END WHERE name = ?",
-                (created_at, refreshed_at, refresh_issued_at, refresh_expires_at, generation, generation, name),
-            )
-            return self._read_grant(conn, name)
+    @staticmethod
+    def _floor(conn: Conn, name: str) -> tuple[int, int]:
+        """The generation and lease fence a deleted grant of this name reached (0, 0 if none)."""
+        row = conn.execute("SELECT value FROM meta WHERE key = ?", (_floor_key(name),)).fetchone()
+        if row is None:
+            return 0, 0
+        generation, fence = bytes(row[0]).decode().split()
+        return int(generation), int(fence)
 
     def get_grant(self, name: str) -> Grant:
         return self._read(lambda conn: self._read_grant(conn, name))
@@ -389,10 +411,36 @@ class SQLStore:
         Grants never refreshed (no access token yet) are not listed: their first use refreshes them."""
         return [str(r[0]) for r in self._read(lambda conn: conn.execute(self.DUE_QUERY, (before, limit)).fetchall())]
 
-    def delete_grant(self, name: str) -> None:
+    def delete_grant(self, name: str, *, expected_generation: int | None = None) -> None:
+        """Delete the grant, its lease and history, and its local recovery entries.
+
+        With `expected_generation`, only if the grant is still at that generation (else `GenerationConflict`:
+        a refresh committed meanwhile). The generation and fence it reached stay behind in `meta`, so a grant
+        created later under the same name starts above them (see `import_grant`).
+        """
         with self._tx() as conn:
-            if conn.execute("DELETE FROM grants WHERE name = ?", (name,)).rowcount == 0:
+            row = conn.execute(
+                "SELECT grants.generation, COALESCE(leases.fence, 0) FROM grants LEFT JOIN leases "
+                "ON leases.grant_name = grants.name WHERE grants.name = ?" + self._row_lock,
+                (name,),
+            ).fetchone()
+            if row is None:
                 raise UnknownGrant(f"no grant named {name!r}", grant=name)
+            if expected_generation is not None and int(row[0]) != expected_generation:
+                raise GenerationConflict(
+                    f"grant {name!r} was refreshed meanwhile (generation {expected_generation} -> {row[0]}); it was "
+                    "not removed. Run the command again",
+                    grant=name, generation=int(row[0]),
+                )  # fmt: skip
+            floor_generation, floor_fence = self._floor(conn, name)
+            value = f"{max(int(row[0]), floor_generation)} {max(int(row[1]), floor_fence)}".encode()
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (_floor_key(name), value),
+            )
+            conn.execute("DELETE FROM grants WHERE name = ?", (name,))
+        for entry in self.recovery.entries(name):
+            self.recovery.remove(entry)
 
     def list_attempts(self, name: str, *, limit: int = 20) -> list[Attempt]:
         """The grant's attempt history, newest first (at most `limit`; retention may have pruned older ones)."""
@@ -410,7 +458,7 @@ class SQLStore:
         """Apply `retention` to every grant now (commits also prune as they go); returns rows deleted."""
         with self._tx() as conn:
             deleted = conn.execute(
-                "DELETE FROM attempts WHERE started_at < ? AND state NOT IN ('open', 'ambiguous')",
+                f"DELETE FROM attempts WHERE started_at < ? AND NOT {_NEEDED_BY_CLAIM}",
                 (now - self.retention.days * 86400.0,),
             ).rowcount
             names = [str(r[0]) for r in conn.execute("SELECT name FROM grants").fetchall()]
@@ -419,16 +467,14 @@ class SQLStore:
             return int(deleted)
 
     def _prune_grant_history(self, conn: Conn, name: str, *, now: float | None) -> int:
-        # Never an unresolved attempt (open, ambiguous): the next claim must find it to re-send its token once
-        # instead of sending a possibly spent token as if it were fresh. Many deferred claims can pile up behind one.
         deleted = conn.execute(
-            "DELETE FROM attempts WHERE grant_name = ? AND state NOT IN ('open', 'ambiguous') AND id <= "
+            f"DELETE FROM attempts WHERE grant_name = ? AND NOT {_NEEDED_BY_CLAIM} AND id <= "
             "(SELECT id FROM attempts WHERE grant_name = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
             (name, name, self.retention.per_grant),
         ).rowcount
         if now is not None:
             deleted += conn.execute(
-                "DELETE FROM attempts WHERE grant_name = ? AND started_at < ? AND state NOT IN ('open', 'ambiguous')",
+                f"DELETE FROM attempts WHERE grant_name = ? AND started_at < ? AND NOT {_NEEDED_BY_CLAIM}",
                 (name, now - self.retention.days * 86400.0),
             ).rowcount
         return int(deleted)
@@ -447,74 +493,86 @@ class SQLStore:
         self, name: str, *, worker: str, lease_ttl: float, now: float, force: bool, seen_generation: int | None,
         actor: str = "",
     ) -> Claim:  # fmt: skip
+        settled: list[RecoveryEntry] = []
         with self._tx() as conn:
-            grant, provider = self._read_grant_and_provider(conn, name, lock=True)
-            forced = force and (seen_generation is None or grant.generation <= seen_generation)
-            needed = grant.state is GrantState.ACTIVE and (forced or not grant.access_usable(now, provider.skew))
-            if not needed:
-                return Claim(grant, provider)
-            # A statement of its own, after the grant row is locked: under READ COMMITTED a lease joined into
-            # the locking query would come from the snapshot taken before the lock wait, i.e. before the previous
-            # holder's commit, and two workers would both see the lease free (the multi-host tests catch this).
-            lease_row = conn.execute(
-                "SELECT worker, fence, expires_at FROM leases WHERE grant_name = ?", (name,)
-            ).fetchone()
-            lease_now = self._lease_clock(conn, now)
-            # A lease this same worker left behind (its commit failed) is reclaimable: in-process single-flight
-            # guarantees the worker is not refreshing this grant concurrently.
-            if lease_row is not None and lease_row[0] not in (None, worker) and lease_row[2] > lease_now:
-                return Claim(grant, provider, holder=LeaseHolder(lease_row[0], lease_row[1], lease_row[2]))
-            recovered = None
-            for entry in self.recovery.entries(name):
-                if entry.expected_generation < grant.generation:
-                    self.recovery.remove(entry)  # superseded: that generation was committed by other means
-                elif entry.expected_generation == grant.generation and recovered is None:
-                    recovered = self._apply(conn, grant, entry.update, now=now)
-                    if recovered is not None:
-                        self._close_recovered(conn, entry.attempt_id, recovered, now)
-                    self.recovery.remove(entry)
-            if recovered is not None:
-                self._notify(conn, name, recovered.generation, "commit")
-                return Claim(recovered, provider, recovered=True)
-            fence = (lease_row[1] if lease_row is not None else 0) + 1
-            conn.execute(
-                "INSERT INTO leases (grant_name, worker, fence, expires_at) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (grant_name) DO UPDATE SET worker = excluded.worker, fence = excluded.fence, "
-                "expires_at = excluded.expires_at",
-                (name, worker, fence, lease_now + lease_ttl),
-            )
-            lease = Lease(name, worker, fence, lease_now + lease_ttl)
-            # One round trip for both: the unresolved attempt this claim re-sends (maybe spent, successor unknown)
-            # and the latest re-send or stale send of the last generations (explains a later family revocation; a
-            # stale send is a certain second use of a token, a re-send only a possible one, so it is preferred).
-            found = {
-                str(row[-1]): row[:-1]
-                for row in conn.execute(
-                    f"SELECT * FROM (SELECT {_ATTEMPT_COLUMNS}, 'prior' FROM attempts WHERE grant_name = ? "
-                    "AND generation = ? AND refresh_fp = ? AND state IN ('open', 'ambiguous') ORDER BY id DESC "
-                    f"LIMIT 1) AS prior UNION ALL SELECT * FROM (SELECT {_ATTEMPT_COLUMNS}, 'resend' FROM attempts "
-                    "WHERE grant_name = ? AND ((resend_of IS NOT NULL AND state <> 'not_sent') "  # sent re-sends only
-                    "OR outcome = 'stale_local_token') AND generation >= ? "
-                    "ORDER BY CASE WHEN outcome = 'stale_local_token' THEN 0 ELSE 1 END, id DESC LIMIT 1) AS resend",
-                    (name, grant.generation, grant.refresh_fp, name, grant.generation - 2),
-                ).fetchall()
-            }
-            prior_row, resend_row = found.get("prior"), found.get("resend")
-            prior = self._attempt(prior_row) if prior_row else None
-            attempt = self._insert_attempt(
-                conn, lease, grant.generation, str(grant.refresh_fp), prior.id if prior else None, now, actor, 1
-            )
-            # The prior attempt stays as it is: the commit of this generation closes it, and until then a deferred
-            # or crashed re-send must still find it.
-            return Claim(
-                grant,
-                provider,
-                lease=lease,
-                attempt=attempt,
-                prior=prior,
-                recent_resend=self._attempt(resend_row) if resend_row else None,
-                shared_recovery=self._shared_recovery,
-            )
+            claim = self._claim(conn, name, worker, lease_ttl, now, force, seen_generation, actor, settled)
+        # Recovery files go only once the transaction that used or superseded them has committed: removed earlier,
+        # a rollback would lose the successor they hold.
+        for entry in settled:
+            self.recovery.remove(entry)
+        return claim
+
+    def _claim(
+        self, conn: Conn, name: str, worker: str, lease_ttl: float, now: float, force: bool,
+        seen_generation: int | None, actor: str, settled: list[RecoveryEntry],
+    ) -> Claim:  # fmt: skip
+        grant, provider = self._read_grant_and_provider(conn, name, lock=True)
+        forced = force and (seen_generation is None or grant.generation <= seen_generation)
+        needed = grant.state is GrantState.ACTIVE and (forced or not grant.access_usable(now, provider.skew))
+        if not needed:
+            return Claim(grant, provider)
+        # A statement of its own, after the grant row is locked: under READ COMMITTED a lease joined into
+        # the locking query would come from the snapshot taken before the lock wait, i.e. before the previous
+        # holder's commit, and two workers would both see the lease free (the multi-host tests catch this).
+        lease_row = conn.execute(
+            "SELECT worker, fence, expires_at FROM leases WHERE grant_name = ?", (name,)
+        ).fetchone()
+        lease_now = self._lease_clock(conn, now)
+        # A lease this same worker left behind (its commit failed) is reclaimable: in-process single-flight
+        # guarantees the worker is not refreshing this grant concurrently.
+        if lease_row is not None and lease_row[0] not in (None, worker) and lease_row[2] > lease_now:
+            return Claim(grant, provider, holder=LeaseHolder(lease_row[0], lease_row[1], lease_row[2]))
+        recovered = None
+        for entry in self.recovery.entries(name):
+            if entry.expected_generation < grant.generation:
+                settled.append(entry)  # superseded: that generation was committed by other means
+            elif entry.expected_generation == grant.generation and recovered is None:
+                recovered = self._apply(conn, grant, entry.update, now=now)
+                if recovered is not None:
+                    self._close_recovered(conn, entry.attempt_id, recovered, now)
+                settled.append(entry)
+        if recovered is not None:
+            self._notify(conn, name, recovered.generation, "commit")
+            return Claim(recovered, provider, recovered=True)
+        fence = (lease_row[1] if lease_row is not None else 0) + 1
+        conn.execute(
+            "INSERT INTO leases (grant_name, worker, fence, expires_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (grant_name) DO UPDATE SET worker = excluded.worker, fence = excluded.fence, "
+            "expires_at = excluded.expires_at",
+            (name, worker, fence, lease_now + lease_ttl),
+        )
+        lease = Lease(name, worker, fence, lease_now + lease_ttl)
+        # One round trip for both: the unresolved attempt this claim re-sends (maybe spent, successor unknown)
+        # and the latest re-send or stale send of the last generations (explains a later family revocation; a
+        # stale send is a certain second use of a token, a re-send only a possible one, so it is preferred).
+        found = {
+            str(row[-1]): row[:-1]
+            for row in conn.execute(
+                f"SELECT * FROM (SELECT {_ATTEMPT_COLUMNS}, 'prior' FROM attempts WHERE grant_name = ? "
+                "AND generation = ? AND refresh_fp = ? AND state IN ('open', 'ambiguous') ORDER BY id DESC "
+                f"LIMIT 1) AS prior UNION ALL SELECT * FROM (SELECT {_ATTEMPT_COLUMNS}, 'resend' FROM attempts "
+                "WHERE grant_name = ? AND ((resend_of IS NOT NULL AND state <> 'not_sent') "  # sent re-sends only
+                "OR outcome = 'stale_local_token') AND generation >= ? "
+                "ORDER BY CASE WHEN outcome = 'stale_local_token' THEN 0 ELSE 1 END, id DESC LIMIT 1) AS resend",
+                (name, grant.generation, grant.refresh_fp, name, grant.generation - 2),
+            ).fetchall()
+        }
+        prior_row, resend_row = found.get("prior"), found.get("resend")
+        prior = self._attempt(prior_row) if prior_row else None
+        attempt = self._insert_attempt(
+            conn, lease, grant.generation, str(grant.refresh_fp), prior.id if prior else None, now, actor, 1
+        )
+        # The prior attempt stays as it is: the commit of this generation closes it, and until then a deferred
+        # or crashed re-send must still find it.
+        return Claim(
+            grant,
+            provider,
+            lease=lease,
+            attempt=attempt,
+            prior=prior,
+            recent_resend=self._attempt(resend_row) if resend_row else None,
+            shared_recovery=self._shared_recovery,
+        )
 
     def _insert_attempt(
         self, conn: Conn, lease: Lease, generation: int, refresh_fp: str, resend_of: int | None,
