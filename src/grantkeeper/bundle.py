@@ -74,7 +74,7 @@ SCRYPT_N = 2**17
 SCRYPT_R = 8
 SCRYPT_P = 1
 _MIN_SCRYPT_N = 2**14  # below this a passphrase is too cheap to guess; above _MAX a bundle could exhaust memory
-_MAX_SCRYPT_N = 2**20
+_MAX_SCRYPT_N = 2**18  # the header is read before anything is authenticated: cap the memory it can demand
 _SALT_BYTES = 16
 _NONCE_BYTES = 12
 _TAG_BYTES = 16
@@ -114,7 +114,13 @@ class BundleKey:
     def derive(self, params: dict[str, Any], salt: bytes) -> bytes:
         if isinstance(self._material, Secret):
             kdf = Scrypt(salt=salt, length=32, n=params["n"], r=params["r"], p=params["p"])
-            return kdf.derive(self._material.reveal().encode())
+            try:
+                return kdf.derive(self._material.reveal().encode())
+            except MemoryError:
+                raise BundleError(
+                    f"not enough memory for the bundle's key derivation (scrypt n={params['n']}); import it on a "
+                    "host with more memory"
+                ) from None
         return HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=_HKDF_INFO).derive(self._material)
 
     def __repr__(self) -> str:
@@ -267,9 +273,9 @@ def _open(data: bytes, key: BundleKey) -> tuple[BundleHeader, dict[str, Any]]:
         ) from None
     try:
         payload = json.loads(plain)
-    except ValueError:
+        names = [g["name"] for g in payload["grants"]]
+    except (ValueError, KeyError, TypeError):
         raise BundleError("the bundle's content is damaged") from None
-    names = [g["name"] for g in payload["grants"]]
     if names != [name for name, _ in header.grants]:
         raise BundleError("the bundle's content does not match its header")
     return header, payload

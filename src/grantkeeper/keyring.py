@@ -150,12 +150,21 @@ def _run_key_command(command: str) -> list[bytes]:
 
 
 def _read_key_file(path: Path) -> list[bytes]:
-    st = path.stat()
-    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise EncryptionKeyError(
-            f"key file {path} is readable by other users (mode {stat.S_IMODE(st.st_mode):o}); run `chmod 600 {path}`"
-        )
-    return parse_ring(path.read_text(encoding="ascii", errors="replace"), origin=str(path))
+    """The ring in a key file; FileNotFoundError passes through (callers decide whether a missing file is an
+    error), any other failure to read it is an EncryptionKeyError."""
+    try:
+        st = path.stat()
+        if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise EncryptionKeyError(
+                f"key file {path} is readable by other users (mode {stat.S_IMODE(st.st_mode):o}); run "
+                f"`chmod 600 {path}`"
+            )
+        text = path.read_text(encoding="ascii", errors="replace")
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise EncryptionKeyError(f"cannot read key file {path}: {exc.strerror}; check its path and owner") from None
+    return parse_ring(text, origin=str(path))
 
 
 def write_private_file(path: Path, data: bytes, *, exclusive: bool = False) -> None:

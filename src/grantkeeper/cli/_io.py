@@ -44,10 +44,17 @@ def read_secret(what: str, *, example: str) -> Secret:
     if stream is None:
         raise ConfigurationError(f"no standard input to read the {what} from; {example}")
     # One line only: a caller may keep the pipe open after writing it.
-    value = click.prompt(what.capitalize(), hide_input=True, err=True) if stream.isatty() else stream.readline()
+    try:
+        value = click.prompt(what.capitalize(), hide_input=True, err=True) if stream.isatty() else stream.readline()
+    except UnicodeDecodeError:
+        raise ConfigurationError(f"the {what} on standard input is not UTF-8 text; {example}") from None
     value = value.strip()
     if not value:
         raise ConfigurationError(f"the {what} on standard input is empty; {example}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes survive as surrogates until something encodes them
+        raise ConfigurationError(f"the {what} on standard input is not UTF-8 text; {example}") from None
     return Secret(value)
 
 

@@ -75,6 +75,8 @@ def keys_generate(output: Path) -> None:
         write_key_file(output, [key], exclusive=True)
     except FileExistsError:
         raise ConfigurationError(f"{output} already exists; choose a new file name") from None
+    except OSError as exc:
+        raise ConfigurationError(f"cannot write {output}: {exc.strerror}; check that its folder exists") from None
     click.echo(f"wrote a new key (key id {Crypto(key).key_id}) to {output}")
     click.echo(f"to rotate a store keyed by ${KEY_ENV}: set {KEY_ENV}=\"$(cat {output}),<current key>\" and run "
                "'grantkeeper keys rotate'")  # fmt: skip

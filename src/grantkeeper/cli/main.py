@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-import traceback
 from collections.abc import Sequence
 from typing import Any
 
@@ -43,6 +42,7 @@ from grantkeeper.cli.providers import provider
 from grantkeeper.cli.transfer import export, import_
 from grantkeeper.consent import revoke
 from grantkeeper.engine.keeper import KeepaliveResult
+from grantkeeper.redact.tracebacks import format_exception
 from grantkeeper.stores import backend, open_store
 from grantkeeper.stores.migrations import latest_version
 
@@ -106,7 +106,7 @@ class GrantkeeperGroup(click.Group):
             return EXIT_INTERRUPTED
         except Exception as exc:
             if session.verbose:
-                click.echo(traceback.format_exc(), err=True, nl=False)
+                click.echo(format_exception(exc), err=True, nl=False)  # scrubbed: a library's text may hold a token
             # Not our error type, so its text was never vetted for secrets: cut anything token-like out.
             detail = sanitize_provider_text(exc, limit=200)
             hint = "" if session.verbose else " (run with -v for the traceback)"

@@ -155,10 +155,13 @@ def _token(step: Step) -> str:
 
 
 def log_outcome(grant: str, outcome: AuthOutcome, method: str, url: str) -> None:
-    """Say why a rejected request was (not) retried; names and the URL without its query, never a token."""
+    """Say why a rejected request was (not) retried; names and the URL without its credentials or query."""
     if outcome is AuthOutcome.SENT:
         return
     where = url.split("?", 1)[0]
+    scheme, sep, rest = where.partition("://")
+    if sep and "@" in rest.split("/", 1)[0]:  # https://user:password@host/...
+        where = f"{scheme}://{rest.split('@', 1)[1]}"
     evidence = {"grant": grant, "auth_outcome": outcome.value}
     if outcome is AuthOutcome.RETRIED:
         logger.info("grant %r: %s %s rejected the access token; re-sent once with a fresh one", grant, method,

@@ -66,7 +66,14 @@ class Webhook:
             raise ConfigurationError("webhook max_tries must be >= 1, backoff >= 0 and timeout > 0")
         self.url = url
         # Webhook URLs often carry a credential in the path (Slack, Teams): logs and repr show only the host.
-        parts = httpx.URL(url)
+        try:
+            parts = httpx.URL(url)
+        except (httpx.InvalidURL, UnicodeError):
+            parts = None
+        if parts is None or not parts.host:
+            raise ConfigurationError(
+                "the webhook URL is not a valid http(s) URL with a host; check $GRANTKEEPER_WEBHOOK_URL"
+            )
         self._where = f"{parts.scheme}://{parts.host}" + (f":{parts.port}" if parts.port else "")
         self._secret = secret if isinstance(secret, Secret) else Secret(secret)
         if not self._secret.reveal():
@@ -138,7 +145,7 @@ class Webhook:
                     self.delivered += 1
                     return
                 problem = f"HTTP {status}"
-            except httpx.HTTPError as exc:
+            except Exception as exc:  # any failure (DNS label too long, ...) must not kill the delivery thread
                 problem = type(exc).__name__
             if attempt < self.max_tries and self._stop.wait(self.backoff * 2 ** (attempt - 1)):
                 break

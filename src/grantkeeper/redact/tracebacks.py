@@ -25,7 +25,12 @@ __all__ = ["format_exception", "install_excepthook", "scrub_locals"]
 
 # Variable names are code, not data: any name that mentions one of these (``tokens``, ``new_refresh_token``,
 # ``client_secret_value``) is hidden outright, a wider net than the exact field names used for mappings.
-_SENSITIVE_NAME = re.compile(r"(?i)token|secret|passw|assertion|authori[sz]ation|cookie|credential|bearer")
+# Key material is held as plain bytes/text while it is parsed (`keys`, `raw`, `material`, a passphrase, a PKCE
+# verifier, the client id:secret `pair`): hidden by name, since it is not a registered Secret yet.
+_SENSITIVE_NAME = re.compile(
+    r"(?i)token|secret|passw|assertion|authori[sz]ation|cookie|credential|bearer|key|ring|raw|material|verifier|"
+    r"^pair$|^text$|^code$"
+)
 
 
 def _hidden(name: str) -> bool:

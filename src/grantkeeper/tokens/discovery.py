@@ -139,7 +139,7 @@ def discover(issuer: str, *, http: httpx.Client | None = None, timeout: float = 
                         body += chunk
                         if len(body) > MAX_BODY_BYTES:
                             raise ConfigurationError(f"metadata at {url} is larger than {MAX_BODY_BYTES} bytes")
-            except httpx.HTTPError as exc:
+            except (httpx.HTTPError, httpx.InvalidURL, UnicodeError) as exc:  # IDNA: a host label over 63 chars
                 raise ProviderUnavailable(
                     f"could not read metadata from {url} ({type(exc).__name__}); check the issuer URL and retry"
                 ) from None
