@@ -17,14 +17,17 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import os
 import re
+import secrets
 import shlex
 import stat
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from grantkeeper import _failpoints
 from grantkeeper._exceptions import EncryptionKeyError
 from grantkeeper._fsutil import fsync_dir
 
@@ -172,17 +175,27 @@ def write_private_file(path: Path, data: bytes, *, exclusive: bool = False) -> N
 
     `exclusive` creates `path` itself and fails if it exists; otherwise a temporary file is renamed over it.
     """
-    target = path if exclusive else path.with_name(path.name + ".tmp")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL if exclusive else os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-    fd = os.open(target, flags, 0o600)
+    # The data goes to a private temporary name first, so `path` only ever appears complete. The name is per
+    # process: two processes creating the same store must not write into each other's temporary file.
+    temporary = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        os.fchmod(fd, 0o600)  # a leftover temporary file may have had other bits
-        os.write(fd, data)
-        os.fsync(fd)
+        try:
+            os.fchmod(fd, 0o600)  # the umask cannot widen it, but a filesystem may have defaults of its own
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        _failpoints.hit("private_file_written")
+        if exclusive:
+            os.link(temporary, path)  # atomic, and fails if `path` exists: never replaces another's file
+        else:
+            os.replace(temporary, path)
     finally:
-        os.close(fd)
-    if not exclusive:
-        os.replace(target, path)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
     fsync_dir(path.parent)
 
 
@@ -219,7 +232,10 @@ def load_ring(key_file: Path | None, *, create: bool) -> tuple[list[bytes], KeyS
                 "set the key this store was created with"
             ) from None
     key = generate_key()
-    write_key_file(key_file, [key], exclusive=True)
+    try:
+        write_key_file(key_file, [key], exclusive=True)
+    except FileExistsError:  # another process created the same store a moment ago: its key is the store's
+        return source.load(), source
     return [key], source
 
 

@@ -122,13 +122,10 @@ class SQLiteStore(SQLStore):
         except sqlite3.Error as exc:
             raise _map_error(exc, where) from None
         if app_id == 0 and tables == 0:
-            self._migrate(conn, from_version=0)
-            with self._tx() as tx:
-                tx.execute(
-                    "INSERT INTO meta (key, value) VALUES ('key_check', ?)",
-                    (self._crypto.encrypt_bytes(KEY_CHECK, aad=KEY_CHECK_AAD),),
-                )
-            return
+            # Several processes may create the same store at once: the first to take the write lock builds the
+            # whole schema and the key check in one transaction; the others then find a finished store.
+            self._migrate(conn, from_version=0, key_check=self._crypto.encrypt_bytes(KEY_CHECK, aad=KEY_CHECK_AAD))
+            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
         if app_id != _APPLICATION_ID:
             raise StoreFormatError(
                 f"{where} is an SQLite database but not a grantkeeper store; refusing to touch it. Choose "
@@ -150,20 +147,30 @@ class SQLiteStore(SQLStore):
             self._migrate(conn, from_version=version)
         unlock(conn, self._crypto, where=where)
 
-    def _migrate(self, conn: sqlite3.Connection, *, from_version: int) -> None:
-        for version, sql in migrations("sqlite"):
-            if version <= from_version:
-                continue
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                for statement in filter(str.strip, sql.split(";")):
-                    conn.execute(statement)
-                conn.execute(f"PRAGMA user_version = {int(version)}")
+    def _migrate(self, conn: sqlite3.Connection, *, from_version: int, key_check: bytes | None = None) -> None:
+        """Apply the migrations after `from_version` in one transaction; with `key_check`, create the store.
+
+        The version is read again under the write lock: another process may have created or migrated the store
+        since `from_version` was read, and its work must not be applied twice. DDL and both pragmas are
+        transactional in SQLite, so nobody ever sees a half-built schema.
+        """
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            current = conn.execute("PRAGMA user_version").fetchone()[0]
+            if current == from_version:
+                for version, sql in migrations("sqlite"):
+                    if version <= from_version:
+                        continue
+                    for statement in filter(str.strip, sql.split(";")):
+                        conn.execute(statement)
+                    conn.execute(f"PRAGMA user_version = {int(version)}")
                 conn.execute(f"PRAGMA application_id = {_APPLICATION_ID}")
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+                if key_check is not None:
+                    conn.execute("INSERT INTO meta (key, value) VALUES ('key_check', ?)", (key_check,))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
 
     def schema_version(self) -> int:
         return int(self._conn().execute("PRAGMA user_version").fetchone()[0])
