@@ -9,9 +9,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from grantkeeper import Keeper, Secret
+import pytest
+
+from grantkeeper import GrantkeeperError, Keeper, Secret
 from grantkeeper import _failpoints as failpoints
 from grantkeeper.stores import SQLiteStore
+from grantkeeper.stores.sql import SQLStore
 from tests.helpers import FAST_POLICY, add_grant, resource_ok
 
 Sim = Callable[..., object]
@@ -86,16 +89,12 @@ def test_next_claim_commits_recovery_without_spending(tmp_path: Path, make_sim: 
     assert grant.generation == 2 and sim.stats.refresh_calls == 1  # type: ignore[attr-defined]
     assert grant.refresh_token is not None and sim.is_active(grant.refresh_token.reveal())  # type: ignore[attr-defined]
     assert list((tmp_path / "s.db.recovery").glob("*.gkr")) == []
-    keeper.close()
     other.close()
 
 
-def test_recovery_replayed_on_next_process_start(tmp_path: Path, make_sim: Sim) -> None:
-    """A process that kept a successor in recovery storage exits; the next process start commits it."""
-    sim = make_sim()
-    keeper = _keeper(tmp_path)
-    add_grant(keeper, sim)
-    keeper.close()
+def _exit_with_successor_in_recovery(tmp_path: Path) -> None:
+    """A child process refreshes grant 'g' while the store is write-locked at its commit: it keeps the successor
+    in a recovery file, serves the token, and exits (no background retry survives it)."""
     child = (
         "import sqlite3, sys\n"
         "from pathlib import Path\n"
@@ -108,13 +107,21 @@ def test_recovery_replayed_on_next_process_start(tmp_path: Path, make_sim: Sim) 
         "k.access_token('g')\n"
         "print(k.store.get_grant('g').generation)\n"
     )
-    # The child's commit finds the store locked: it keeps the successor, serves the token, and exits.
     result = subprocess.run([sys.executable, "-c", child, str(tmp_path / "s.db")], capture_output=True, text=True,
                             timeout=60, check=False)  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "1"
     assert "local recovery storage" in result.stderr
     assert len(list((tmp_path / "s.db.recovery").glob("*.gkr"))) == 1
+
+
+def test_recovery_replayed_on_next_process_start(tmp_path: Path, make_sim: Sim) -> None:
+    """A process that kept a successor in recovery storage exits; the next process start commits it."""
+    sim = make_sim()
+    keeper = _keeper(tmp_path)
+    add_grant(keeper, sim)
+    keeper.close()
+    _exit_with_successor_in_recovery(tmp_path)
     with Keeper.open(f"sqlite://{tmp_path}/s.db") as restarted:
         grant = restarted.store.get_grant("g")
         assert grant.generation == 2
@@ -139,3 +146,32 @@ def test_unwritable_recovery_dir_keeps_successor_in_process(tmp_path: Path, make
     assert grant.generation == 2 and sim.stats.refresh_calls == 1  # type: ignore[attr-defined]
     assert grant.refresh_token == keeper.store.get_grant("g").refresh_token != Secret("")
     keeper.close()
+
+
+def test_a_claim_that_rolls_back_keeps_the_recovery_file(tmp_path: Path, make_sim: Sim,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """The claim that commits a kept successor fails after applying it (its transaction rolls back): the
+    recovery file is still there, so the successor is not lost, and the next claim commits it without a
+    provider call."""
+    sim = make_sim()
+    keeper = _keeper(tmp_path)
+    add_grant(keeper, sim)
+    keeper.close()
+    _exit_with_successor_in_recovery(tmp_path)
+    kept = list((tmp_path / "s.db.recovery").glob("*.gkr"))
+
+    def fail(*_args: object) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    other = _keeper(tmp_path, worker="other-worker")
+    with monkeypatch.context() as patch:
+        patch.setattr(SQLStore, "_close_recovered", staticmethod(fail))
+        with pytest.raises(GrantkeeperError):
+            other.refresh("g")
+    assert list((tmp_path / "s.db.recovery").glob("*.gkr")) == kept
+    assert other.store.get_grant("g").generation == 1
+    grant = other.refresh("g")
+    assert grant.generation == 2 and sim.stats.refresh_calls == 1  # type: ignore[attr-defined]
+    assert grant.refresh_token is not None and sim.is_active(grant.refresh_token.reveal())  # type: ignore[attr-defined]
+    assert list((tmp_path / "s.db.recovery").glob("*.gkr")) == []
+    other.close()
