@@ -89,6 +89,7 @@ def test_next_claim_commits_recovery_without_spending(tmp_path: Path, make_sim: 
     assert grant.generation == 2 and sim.stats.refresh_calls == 1  # type: ignore[attr-defined]
     assert grant.refresh_token is not None and sim.is_active(grant.refresh_token.reveal())  # type: ignore[attr-defined]
     assert list((tmp_path / "s.db.recovery").glob("*.gkr")) == []
+    keeper.close()
     other.close()
 
 

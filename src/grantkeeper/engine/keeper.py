@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import secrets
@@ -43,6 +44,7 @@ T = TypeVar("T")
 
 DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
 _SERVE_TRIES = 3
+_TICKETS = itertools.count(1)  # shared by every keeper: next() on it is atomic under the GIL
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +138,9 @@ class _KeeperCore:
         self._now = self.clock.now
         # name -> (access token, serve-until time, generation). Written under the grant's lock, read lock-free.
         self._cache: dict[str, tuple[Secret, float, int]] = {}
+        # name -> ticket of the latest rejection of its access token (a 401 here, an invalidation elsewhere).
+        # A refresh that read the store before a rejection must not cache what it read: see `_remember`.
+        self._rejections: dict[str, int] = {}
         self._closed = False
         self._replayer: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -184,6 +189,8 @@ class _KeeperCore:
 
     def _on_store_change(self, name: str, generation: int, kind: str) -> None:
         """Another worker committed or invalidated: drop what this process cached (I4). Any thread may call."""
+        if kind == "invalidate":
+            self._rejections[name] = next(_TICKETS)
         entry = self._cache.get(name)
         if entry is not None and (kind == "invalidate" or entry[2] < generation):
             self._cache.pop(name, None)
@@ -194,12 +201,17 @@ class _KeeperCore:
             return entry[0]
         return None
 
-    def _remember(self, result: Refreshed) -> Grant:
+    def _rejection_mark(self, name: str) -> int:
+        return self._rejections.get(name, 0)
+
+    def _remember(self, result: Refreshed, mark: int) -> Grant:
+        """Cache the access token `result` holds, unless a rejection arrived since `mark` was taken: the store
+        read may predate it, and the token read may be the one rejected (its holder asks again, from the store)."""
         if not result.committed:
             self._replay_soon()
         grant = result.grant
         until = grant.usable_until(result.provider.skew)
-        if grant.access_token is not None and until is not None:
+        if grant.access_token is not None and until is not None and self._rejection_mark(grant.name) == mark:
             self._cache[grant.name] = (grant.access_token, until, grant.generation)
         return grant
 
@@ -344,8 +356,9 @@ class _KeeperCore:
 
     def _invalidate(self, name: str, access_token: str) -> bool:
         """A resource server rejected `access_token` (401): drop it here and in the store (I4)."""
-        # The store first: a worker that finds the cache empty reads the store, and must not find the rejected
-        # token there and cache it again after it was dropped here. The cache is dropped even if the store fails.
+        # The mark first, then the store: a worker that read the store before it is invalidated there must not
+        # cache the rejected token after it was dropped here. The cache is dropped even if the store fails.
+        self._rejections[name] = next(_TICKETS)
         try:
             return self.store.invalidate_access(name, access_fp=self.store.fingerprint(Secret(access_token)))
         finally:
@@ -429,13 +442,14 @@ class Keeper(_KeeperCore):
         with self._lock(name):
             if self._satisfied(name, force, seen):
                 return None
+            mark = self._rejection_mark(name)
             with self._forget_if_dead(name):
                 try:
                     result = drive(self._flow(name, force, seen), store=self.store, http=self._http, clock=self.clock)
                 except (NeedsReauth, ClientAuthFailed) as exc:
                     self._announce(exc)
                     raise
-            return self._remember(result)
+            return self._remember(result, mark)
 
     def status(self, name: str) -> GrantStatus:
         return self._status(name)
@@ -540,6 +554,7 @@ class AsyncKeeper(_KeeperCore):
         async with self._locks.setdefault(name, asyncio.Lock()):
             if self._satisfied(name, force, seen):
                 return None
+            mark = self._rejection_mark(name)
             with self._forget_if_dead(name):
                 try:
                     result = await drive_async(
@@ -548,7 +563,7 @@ class AsyncKeeper(_KeeperCore):
                 except (NeedsReauth, ClientAuthFailed) as exc:
                     await self._call(self._announce, exc)
                     raise
-            return self._remember(result)
+            return self._remember(result, mark)
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await asyncio.to_thread(fn, *args, **kwargs)
