@@ -153,8 +153,8 @@ def test_postgres_store_from_version_1_is_upgraded_by_migrate(
 
 
 def test_pruning_never_drops_the_unresolved_attempt_and_deferrals_are_not_resends(store: SQLStore) -> None:
-    """A worker dies holding an open attempt; other workers' claims pile up deferred (not sent) attempts behind
-    it, far past the retention count. The open attempt survives every prune, so the next claim still re-sends
+    """A worker dies holding an open attempt; 70 other workers' claims pile up deferred (not sent) attempts
+    behind it, far past the retention count. The open attempt survives every prune, so the next claim still re-sends
     it instead of spending the token as fresh; and deferred attempts never count as re-sends when a later
     invalid_grant is explained (a multi-host crash test lost grants to both before this)."""
     store.retention = HistoryRetention(per_grant=2)
@@ -164,7 +164,7 @@ def test_pruning_never_drops_the_unresolved_attempt_and_deferrals_are_not_resend
     crashed = store.claim("g", worker="dead", lease_ttl=TTL, now=T0, force=True, seen_generation=None).attempt
     assert crashed is not None
     for i in range(70):  # attempt ids pass a multiple of the prune interval
-        claim = store.claim("g", worker="w2", lease_ttl=TTL, now=T0 + TTL + i, force=True, seen_generation=None)
+        claim = store.claim("g", worker=f"w{i}", lease_ttl=TTL, now=T0 + TTL + i, force=True, seen_generation=None)
         assert claim.lease is not None and claim.attempt is not None and claim.prior == crashed
         store.finish(claim.lease, attempt_id=claim.attempt.id, state=AttemptState.NOT_SENT, outcome="deferred",
                      now=T0 + TTL + i, report=AttemptReport(OutcomeClass.DEFERRED))  # fmt: skip
@@ -172,6 +172,38 @@ def test_pruning_never_drops_the_unresolved_attempt_and_deferrals_are_not_resend
     assert len(store.list_attempts("g", limit=1000)) < 70
     claim = store.claim("g", worker="w3", lease_ttl=TTL, now=T0 + 200, force=True, seen_generation=None)
     assert claim.prior == crashed and claim.recent_resend is None
+
+
+def test_one_workers_deferrals_behind_one_attempt_are_one_row(store: SQLStore) -> None:
+    """A worker asked again and again while another's possibly-spent attempt may still commit leaves one
+    deferred row per prior attempt, counting the deferrals, with the latest time; another worker gets its own;
+    and the grant's last error is kept current."""
+    store.put_provider(Provider(name="p", token_url="https://as.example/token", client_id="cid",
+                                client_secret=Secret("client-secret-value")), now=T0)  # fmt: skip
+    store.import_grant("g", provider="p", refresh_token=Secret("refresh-token-0000000000001"), scopes=(), now=T0)
+    crashed = store.claim("g", worker="dead", lease_ttl=TTL, now=T0, force=True, seen_generation=None).attempt
+    assert crashed is not None
+
+    def defer(worker: str, at: float) -> None:
+        claim = store.claim("g", worker=worker, lease_ttl=TTL, now=at, force=True, seen_generation=None)
+        assert claim.lease is not None and claim.attempt is not None and claim.prior == crashed
+        store.finish(claim.lease, attempt_id=claim.attempt.id, state=AttemptState.NOT_SENT,
+                     outcome=f"deferred: attempt {crashed.id} may still commit", now=at,
+                     report=AttemptReport(OutcomeClass.DEFERRED, evidence={"prior_attempt": crashed.id}))  # fmt: skip
+
+    for i in range(25):
+        defer("patient", T0 + TTL + i)
+    defer("other", T0 + TTL + 30)
+    defer("patient", T0 + TTL + 40)
+    rows = store.list_attempts("g", limit=1000)
+    assert [(a.worker, a.resend_of) for a in rows] == [("other", crashed.id), ("patient", crashed.id),
+                                                       ("dead", None)]  # fmt: skip
+    other, patient, _ = rows
+    assert patient.evidence == {"prior_attempt": crashed.id, "deferrals": 26}
+    assert patient.finished_at == T0 + TTL + 40 and patient.started_at == T0 + TTL
+    assert other.evidence == {"prior_attempt": crashed.id}
+    assert store.get_grant("g").last_error_at == T0 + TTL + 40
+    assert store.get_attempt("g", crashed.id) == crashed
 
 
 def test_a_grant_deleted_and_created_again_starts_above_the_old_one(store: SQLStore) -> None:

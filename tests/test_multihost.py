@@ -692,8 +692,8 @@ def test_access_token_survives_another_hosts_commit_right_after_caching(
         remember = host_b._remember
         fired: list[int] = []
 
-        def remember_then_another_host_refreshes(result: Any) -> Any:
-            grant = remember(result)
+        def remember_then_another_host_refreshes(result: Any, mark: int) -> Any:
+            grant = remember(result, mark)
             if not fired:
                 fired.append(grant.generation)
                 host_a.refresh("g", force=True)  # e.g. a keep-alive job on host A, at just this moment

@@ -736,18 +736,49 @@ class SQLStore:
     ) -> None:  # fmt: skip
         """Close an attempt that did not commit; optionally mark the grant dead and release the lease."""
         with self._tx() as conn:
-            self._close_attempt(conn, attempt_id, state, outcome, now, report)
+            deferral = report is not None and report.kind is OutcomeClass.DEFERRED
+            folded_into = self._fold_deferral(conn, lease, attempt_id, now) if deferral else None
+            if folded_into is None:
+                self._close_attempt(conn, attempt_id, state, outcome, now, report)
             # Only the generation the attempt spent can be declared dead (I3: a newer one is someone's success).
             conn.execute(
                 "UPDATE grants SET last_error = ?, last_error_at = ?, state = CASE WHEN ? THEN 'needs_reauth' "
                 "ELSE state END WHERE name = ? AND generation = (SELECT generation FROM attempts WHERE id = ?)",
-                (outcome, now, mark_dead, lease.grant, attempt_id),
+                (outcome, now, mark_dead, lease.grant, folded_into or attempt_id),
             )
             if attempt_id % _PRUNE_EVERY == 0:  # a grant that keeps failing never commits: prune here too
                 self._prune_grant_history(conn, lease.grant, now=now)
             if release:
                 self._release(conn, lease)
                 self._notify(conn, lease.grant, -1, "release")
+
+    @staticmethod
+    def _fold_deferral(conn: Conn, lease: Lease, attempt_id: int, now: float) -> int | None:
+        """Fold a deferral into this worker's earlier deferral behind the same attempt, if there is one.
+
+        While a possibly-spent attempt of another worker may still commit (up to ``adopt_after``), every call
+        for the grant is deferred; one row per call buried the history under a thousand rows a minute. The
+        earlier row keeps its id and counts the deferrals in its evidence; its finish time is the latest one.
+        Returns the earlier row's id, or None if there is none (this attempt is then closed as usual).
+        """
+        prior = conn.execute("SELECT resend_of FROM attempts WHERE id = ?", (attempt_id,)).fetchone()
+        if prior is None or prior[0] is None:
+            return None
+        earlier = conn.execute(
+            "SELECT id, evidence FROM attempts WHERE grant_name = ? AND worker = ? AND resend_of = ? "
+            "AND outcome_class = 'deferred' AND id < ? ORDER BY id DESC LIMIT 1",
+            (lease.grant, lease.worker, prior[0], attempt_id),
+        ).fetchone()
+        if earlier is None:
+            return None
+        evidence = json.loads(earlier[1]) if earlier[1] else {}
+        evidence["deferrals"] = int(evidence.get("deferrals", 1)) + 1
+        conn.execute("DELETE FROM attempts WHERE id = ?", (attempt_id,))
+        conn.execute(
+            "UPDATE attempts SET finished_at = ?, evidence = ? WHERE id = ?",
+            (now, json.dumps(evidence, sort_keys=True), earlier[0]),
+        )
+        return int(earlier[0])
 
     def release(self, lease: Lease) -> None:
         with self._tx() as conn:
