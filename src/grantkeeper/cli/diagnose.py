@@ -90,5 +90,4 @@ def history(session: Session, name: str, limit: int, as_json: bool) -> None:
         click.echo(f"grant {name} has no recorded refresh attempts (retention may have pruned older ones)")
         return
     headers = ["time", "id", "worker", "gen", "sent", "received", "rotated", "latency", "outcome"]
-    for line in _render.table(headers, [_row(a) for a in attempts]):
-        click.echo(line)
+    _render.echo_table(headers, [_row(a) for a in attempts])

@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from grantkeeper._exceptions import ConfigurationError, EncryptionKeyError
+from grantkeeper.cli._progress import progress_bar
 from grantkeeper.cli._session import Session
 from grantkeeper.crypto import Crypto
 from grantkeeper.keyring import KEY_ENV, KeySource, generate_key, write_key_file
@@ -155,12 +154,8 @@ def keys_rotate(session: Session) -> None:
     """
     store, source = _start_rotation(_url(session))
     try:
-        console = Console(stderr=True)
-        with Progress(
-            TextColumn("re-encrypting"), BarColumn(), MofNCompleteColumn(), console=console, transient=True
-        ) as bar:
-            task = bar.add_task("rotate", total=None)
-            result = rotate(store, progress=lambda done, total: bar.update(task, completed=done, total=total))
+        with progress_bar("re-encrypting") as progress:
+            result = rotate(store, progress=progress)
         _finish(store, source, result)
     finally:
         store.close()

@@ -33,6 +33,7 @@ from grantkeeper.cli._io import interactive as _interactive
 from grantkeeper.cli._io import open_keeper as _open
 from grantkeeper.cli._io import read_secret as _read_secret
 from grantkeeper.cli._io import store_url as _url
+from grantkeeper.cli._progress import progress_bar
 from grantkeeper.cli._session import Session
 from grantkeeper.cli.connect import connect_command
 from grantkeeper.cli.demo import demo
@@ -191,8 +192,7 @@ def grant_list(session: Session, as_json: bool) -> None:
     elif not statuses:
         click.echo("no grants in this store; import one with 'grantkeeper grant import'")
     else:
-        for line in _render.status_rows(statuses, time.time()):
-            click.echo(line)
+        _render.echo_table(*_render.status_rows(statuses, time.time(), terminal=_render.on_terminal()))
 
 
 @grant.command("show")
@@ -257,8 +257,9 @@ def refresh(session: Session, name: str | None, force: bool, due: bool, window: 
     if due == (name is not None):
         raise click.UsageError("give a grant NAME or --due, not both or neither")
     if name is None:
-        with _open(session) as keeper:
-            _report_keepalive(keeper.keepalive(margin=window), as_json=False)
+        with _open(session) as keeper, progress_bar("refreshing grants") as progress:
+            results = keeper.keepalive(margin=window, progress=progress)
+        _report_keepalive(results, as_json=False)
         return
     with _open(session) as keeper:
         before = keeper.store.get_grant(name).generation
@@ -298,8 +299,7 @@ def status(session: Session, name: str | None, as_json: bool, expiring: float | 
     elif not statuses:
         click.echo("no grants in this store; import one with 'grantkeeper grant import'")
     else:
-        for line in _render.status_rows(statuses, now):
-            click.echo(line)
+        _render.echo_table(*_render.status_rows(statuses, now, terminal=_render.on_terminal()))
 
 
 @cli.command()
@@ -313,8 +313,8 @@ def keepalive(session: Session, margin: float, as_json: bool) -> None:
     Uses each provider's --refresh-idle-ttl and --refresh-absolute-ttl. Run it daily from a scheduler. Exits
     12 if any grant needs attention (a failed refresh or a consent about to end), else 0.
     """
-    with _open(session) as keeper:
-        results = keeper.keepalive(margin=margin)
+    with _open(session) as keeper, progress_bar("refreshing grants", enabled=not as_json) as progress:
+        results = keeper.keepalive(margin=margin, progress=progress)
     _report_keepalive(results, as_json=as_json)
 
 
@@ -343,10 +343,12 @@ def _report_expiring(session: Session, name: str | None, window: float, *, as_js
     elif not ends:
         click.echo("no refresh token or consent ends within the window")
     else:
-        rows = [(e.grant, e.provider, e.kind, _render.expiry(e.deadline, now),
+        terminal = _render.on_terminal()
+        rows = [(e.grant, e.provider, e.kind,
+                 _render.Styled(_render.relative(e.deadline, now), "yellow" if e.renewable else "bold red")
+                 if terminal else _render.expiry(e.deadline, now),
                  "refresh --due renews it" if e.renewable else "re-consent needed") for e in ends]  # fmt: skip
-        for line in _render.table(("GRANT", "PROVIDER", "LIFETIME", "ENDS", "ACTION"), rows):
-            click.echo(line)
+        _render.echo_table(("GRANT", "PROVIDER", "LIFETIME", "ENDS", "ACTION"), rows)
     if any(not e.renewable for e in ends):
         raise click.exceptions.Exit(EXIT_ATTENTION)
 

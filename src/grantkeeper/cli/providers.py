@@ -207,8 +207,7 @@ def provider_list(session: Session, as_json: bool) -> None:
     elif not providers:
         click.echo("no providers in this store; add one with 'grantkeeper provider add'")
     else:
-        for line in _render.provider_rows(providers):
-            click.echo(line)
+        _render.echo_table(*_render.provider_rows(providers))
 
 
 def _days(value: float | None) -> str:
@@ -231,8 +230,7 @@ def provider_profiles(name: str | None, as_json: bool) -> None:
         return
     rows = [_profile_row(p) for p in profiles]
     headers = ("PROFILE", "PROVIDER", "ROTATION", "GRACE", "RT IDLE", "RT MAX", "AUTH", "PARAMS", "SOURCED")
-    for line in _render.table(headers, rows):
-        click.echo(line)
+    _render.echo_table(headers, rows)
 
 
 def _profile_row(p: Profile) -> tuple[str, ...]:
