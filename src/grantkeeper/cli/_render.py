@@ -95,7 +95,7 @@ def echo_table(headers: Sequence[str], rows: Sequence[Sequence[object]], *, inde
     from rich.table import Table
     from rich.text import Text
 
-    grid = Table(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False)
+    grid = Table(box=box.SIMPLE_HEAD, show_edge=False, header_style="bold", pad_edge=False)
     for header in headers:
         grid.add_column(Text(clean(header)), overflow="fold")
     for row in rows:

@@ -9,6 +9,7 @@ import click
 
 from grantkeeper.cli import _render
 from grantkeeper.cli._session import Session
+from grantkeeper.cli.completion import complete_grant
 from grantkeeper.diagnosis import Diagnosis
 from grantkeeper.model import Attempt
 
@@ -28,8 +29,8 @@ def diagnosis_lines(d: Diagnosis) -> list[str]:
     return lines
 
 
-@click.command()
-@click.argument("name")
+@click.command(short_help="Explain why grant NAME failed (or that it is healthy), and what to do next.")
+@click.argument("name", shell_complete=complete_grant)
 @click.option("--json", "as_json", is_flag=True, help="Print the diagnosis as JSON (format: docs/doctor.md).")
 @click.pass_obj
 def doctor(session: Session, name: str, as_json: bool) -> None:
@@ -74,8 +75,8 @@ def _row(a: Attempt) -> list[object]:
             latency, outcome]  # fmt: skip
 
 
-@click.command()
-@click.argument("name")
+@click.command(short_help="Show grant NAME's refresh attempts, newest first.")
+@click.argument("name", shell_complete=complete_grant)
 @click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True, help="Show this many attempts.")
 @click.option("--json", "as_json", is_flag=True, help="Print the attempts as a JSON list (format: docs/doctor.md).")
 @click.pass_obj

@@ -17,6 +17,7 @@ import click
 
 from grantkeeper._exceptions import ConfigurationError, UnknownProvider
 from grantkeeper.cli import _render
+from grantkeeper.cli._help import HelpGroup
 from grantkeeper.cli._io import ENV_NAME, echo_json, open_keeper, read_secret
 from grantkeeper.cli._session import Session
 from grantkeeper.engine import Keeper
@@ -31,7 +32,7 @@ _KEY_FIELDS = ("private_key_file", "key_id", "jwt_audience")
 _DAY = 86400.0
 
 
-@click.group()
+@click.group(cls=HelpGroup)
 def provider() -> None:
     """Authorization servers: token endpoint, client credentials, rotation behaviour."""
 

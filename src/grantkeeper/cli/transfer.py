@@ -13,6 +13,7 @@ from grantkeeper.cli import _render
 from grantkeeper.cli._io import echo_json, interactive, open_keeper, read_secret
 from grantkeeper.cli._progress import progress_bar
 from grantkeeper.cli._session import Session
+from grantkeeper.cli.completion import complete_grant
 from grantkeeper.keyring import write_private_file
 
 __all__ = ["export", "import_"]
@@ -52,9 +53,16 @@ def _protection_options(fn: click.decorators.FC) -> click.decorators.FC:
     return click.option("--passphrase-stdin", is_flag=True, help=help_text)(fn)
 
 
-@click.command()
+@click.command(short_help="Write grants and their providers to an encrypted bundle FILE.")
 @click.argument("file", type=_FILE)
-@click.option("--grant", "grants", multiple=True, metavar="NAME", help="Export only this grant (repeatable).")
+@click.option(
+    "--grant",
+    "grants",
+    multiple=True,
+    metavar="NAME",
+    shell_complete=complete_grant,
+    help="Export only this grant (repeatable).",
+)
 @_protection_options
 @click.pass_obj
 def export(session: Session, file: Path, grants: tuple[str, ...], passphrase_stdin: bool,
@@ -80,7 +88,7 @@ def export(session: Session, file: Path, grants: tuple[str, ...], passphrase_std
     click.echo(f"grantkeeper: note: {_SAME_TOKEN}", err=True)
 
 
-@click.command("import")
+@click.command("import", short_help="Read a bundle from 'grantkeeper export' into this store.")
 @click.argument("file", type=_FILE)
 @click.option("--list", "list_only", is_flag=True, help="Only list the grants inside (no passphrase needed).")
 @click.option("--replace", is_flag=True, help="Replace grants that already exist in this store.")
