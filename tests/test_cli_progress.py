@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -86,6 +87,26 @@ class TestOnATerminal:
         assert [line.split(":")[0] for line in out.read_text().splitlines()[:3]] == [f"grant {n} imported"
                                                                                    for n in GRANTS]  # fmt: skip
         _no_token(due, exported.text, imported.text, out.read_text())
+
+    def test_import_list_is_an_indented_table(self, due: CliWorld, tmp_path: Path, key_file: Path) -> None:
+        """`import --list` on a terminal: the summary line, then the grants as a table indented under it."""
+        bundle = tmp_path / "grants.gkb"
+        assert due.run("export", str(bundle), "--key-file", str(key_file)).code == 0
+        screen = on_terminal("import", str(bundle), "--list")
+        assert screen.status == 0, screen.text
+        lines = screen.plain.splitlines()
+        assert lines[0].startswith("bundle format ") and lines[0].endswith("3 grant(s):")
+        assert re.fullmatch(r"  GRANT\s+REFRESH TOKEN\s*", lines[1]) and "─" in lines[2]
+        assert [line.split()[0] for line in lines[3:6]] == list(GRANTS)
+
+    def test_keys_rotate_shows_a_bar(self, due: CliWorld, tmp_path: Path) -> None:
+        """`keys rotate` re-encrypts every stored value behind the same bar."""
+        out = tmp_path / "stdout.txt"
+        screen = on_terminal("--store", due.url, "keys", "rotate", stdout=out)
+        assert screen.status == 0, screen.text
+        assert "re-encrypting" in screen.plain and "━" in screen.plain, screen.text
+        assert "re-encrypted" in out.read_text()
+        _no_token(due, screen.text, out.read_text())
 
     def test_one_grant_gets_no_bar(self, world: CliWorld, tmp_path: Path, key_file: Path) -> None:
         """A bar for a single grant is noise: none is drawn."""

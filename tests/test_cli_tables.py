@@ -118,6 +118,13 @@ class TestOnATerminal:
         assert re.search(r"\x1b\[1;31mactive", screen.text)  # h: its consent ends within a week
         assert re.search(r"\x1b\[1;31min 3d \(absolute\)", screen.text)
 
+    def test_grant_list_is_the_same_table(self, two_providers: CliWorld) -> None:
+        """`grant list` shows the same coloured table as `status`."""
+        screen = on_terminal("--store", two_providers.url, "grant", "list")
+        assert screen.status == 0, screen.text
+        assert re.search(r"\x1b\[32mactive", screen.text) and "REFRESH TOKEN ENDS" in screen.plain
+        _no_token(two_providers, screen.text)
+
     def test_a_grant_that_needs_reauth_is_red(self, ready: CliWorld) -> None:
         """A revoked grant's state is shown as needs_reauth in red."""
         assert ready.last_imported is not None
@@ -150,6 +157,7 @@ class TestOnATerminal:
         header); --expiring shows relative times and still exits 12 for a consent that ends."""
         history = on_terminal("--store", two_providers.url, "history", GRANT)
         assert history.status == 0 and "─" in history.text, history.text
+        assert re.search(r"\x1b\[32mcommitted", history.text), history.text  # a successful attempt is green
         expiring = on_terminal("--store", two_providers.url, "status", "--expiring", "7d")
         assert expiring.status == 12, expiring.text
         assert re.search(r"\bh\s+short\s+absolute\s+in 3d\s+re-consent needed", expiring.plain), expiring.plain

@@ -71,8 +71,9 @@ def _row(a: Attempt) -> list[object]:
     worker = a.worker + (f" {a.actor}" if a.actor else "")
     latency = f"{a.latency * 1000:.0f} ms" if a.latency is not None else "-"
     rotated = {True: "yes", False: "no", None: "-"}[a.rotated]
+    style = "yellow" if a.outcome_class is None else "red" if a.outcome_class.is_failure else "green"
     return [_render.iso_utc(a.started_at), a.id, worker, generation, a.refresh_fp, a.received_fp or "-", rotated,
-            latency, outcome]  # fmt: skip
+            latency, _render.Styled(outcome, style)]  # fmt: skip
 
 
 @click.command(short_help="Show grant NAME's refresh attempts, newest first.")
