@@ -68,7 +68,6 @@ def terminal_console(*, stderr: bool = False) -> Console | None:
     from rich.console import Console
 
     stream = sys.stderr if stderr else sys.stdout
-
     no_color = bool(os.environ.get("NO_COLOR"))
     return Console(file=stream, force_terminal=True, no_color=no_color, color_system=None if no_color else "auto",
                    highlight=False, emoji=False, markup=False)  # fmt: skip

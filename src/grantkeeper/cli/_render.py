@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import click
 
-from grantkeeper.cli._io import on_terminal, terminal_console
+from grantkeeper.cli._io import terminal_console
 from grantkeeper.engine import GrantStatus
 from grantkeeper.model import Grant, GrantState, Provider
 from grantkeeper.model.times import iso_utc
@@ -28,7 +28,6 @@ __all__ = [
     "grant_dict",
     "grant_summary",
     "iso_utc",
-    "on_terminal",
     "provider_dict",
     "provider_rows",
     "provider_summary",

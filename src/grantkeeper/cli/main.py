@@ -31,6 +31,7 @@ from grantkeeper.cli._help import HelpGroup
 from grantkeeper.cli._io import DURATION
 from grantkeeper.cli._io import echo_json as _echo_json
 from grantkeeper.cli._io import interactive as _interactive
+from grantkeeper.cli._io import on_terminal as _on_terminal
 from grantkeeper.cli._io import open_keeper as _open
 from grantkeeper.cli._io import read_secret as _read_secret
 from grantkeeper.cli._io import store_url as _url
@@ -232,7 +233,7 @@ def grant_list(session: Session, as_json: bool) -> None:
     elif not statuses:
         click.echo("no grants in this store; import one with 'grantkeeper grant import'")
     else:
-        _render.echo_table(*_render.status_rows(statuses, time.time(), terminal=_render.on_terminal()))
+        _render.echo_table(*_render.status_rows(statuses, time.time(), terminal=_on_terminal()))
 
 
 @grant.command("show")
@@ -348,7 +349,7 @@ def status(session: Session, name: str | None, as_json: bool, expiring: float | 
     elif not statuses:
         click.echo("no grants in this store; import one with 'grantkeeper grant import'")
     else:
-        _render.echo_table(*_render.status_rows(statuses, now, terminal=_render.on_terminal()))
+        _render.echo_table(*_render.status_rows(statuses, now, terminal=_on_terminal()))
 
 
 @cli.command()
@@ -392,7 +393,7 @@ def _report_expiring(session: Session, name: str | None, window: float, *, as_js
     elif not ends:
         click.echo("no refresh token or consent ends within the window")
     else:
-        terminal = _render.on_terminal()
+        terminal = _on_terminal()
         rows = [(e.grant, e.provider, e.kind,
                  _render.Styled(_render.relative(e.deadline, now), "yellow" if e.renewable else "bold red")
                  if terminal else _render.expiry(e.deadline, now),
