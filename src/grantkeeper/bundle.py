@@ -26,7 +26,7 @@ import binascii
 import json
 import os
 import stat
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from enum import Enum
 from pathlib import Path
@@ -177,9 +177,13 @@ def _provider_data(provider: Provider) -> dict[str, Any]:
 
 
 def export_bundle(
-    store: Store, key: BundleKey, *, grants: Sequence[str] = (), now: float, scrypt_n: int = SCRYPT_N
-) -> bytes:
-    """The bundle of `grants` (every grant when empty) and the providers they use, encrypted with `key`."""
+    store: Store, key: BundleKey, *, grants: Sequence[str] = (), now: float, scrypt_n: int = SCRYPT_N,
+    progress: Callable[[int, int], None] | None = None,
+) -> bytes:  # fmt: skip
+    """The bundle of `grants` (every grant when empty) and the providers they use, encrypted with `key`.
+
+    `progress(done, total)` is called after each grant is read.
+    """
     chosen = [store.get_grant(name) for name in dict.fromkeys(grants)] if grants else store.list_grants()
     if not chosen:
         raise ConfigurationError("there is no grant to export in this store")
@@ -193,6 +197,8 @@ def export_bundle(
             "created_at": grant.created_at, "refreshed_at": grant.refreshed_at,
             "refresh_issued_at": grant.refresh_issued_at, "refresh_expires_at": grant.refresh_expires_at,
         })  # fmt: skip
+        if progress is not None:
+            progress(len(records), len(chosen))
     providers = [_provider_data(store.get_provider(p)) for p in dict.fromkeys(g.provider for g in chosen)]
     payload = json.dumps({"exported_at": now, "providers": providers, "grants": records}).encode()
     salt, nonce = os.urandom(_SALT_BYTES), os.urandom(_NONCE_BYTES)
@@ -320,9 +326,12 @@ def open_bundle(data: bytes, key: BundleKey) -> BundleContents:
 
 
 def import_bundle(
-    store: Store, bundle: BundleContents | bytes, key: BundleKey | None = None, *, replace: bool = False, now: float
-) -> ImportReport:
+    store: Store, bundle: BundleContents | bytes, key: BundleKey | None = None, *, replace: bool = False, now: float,
+    progress: Callable[[int, int], None] | None = None,
+) -> ImportReport:  # fmt: skip
     """Write a bundle (opened with `open_bundle`, or its bytes and `key`) into `store`.
+
+    `progress(done, total)` is called after each grant is written.
 
     Nothing is written when the bundle does not open or is damaged, or when a grant in it already exists here
     and `replace` is false. Providers already in the store are kept as they are; missing ones are added. A
@@ -356,10 +365,14 @@ def import_bundle(
     for provider in providers:
         if provider.name not in have:
             store.put_provider(provider, now=now)
-    for name, provider_name, token, scopes, generation, created, refreshed, issued, expires in records:
+    for done, (name, provider_name, token, scopes, generation, created, refreshed, issued, expires) in enumerate(
+        records, start=1
+    ):
         # One transaction per grant: a worker must never see the bundle's token at a generation that then jumps.
         store.import_grant(name, provider=provider_name, refresh_token=token, scopes=scopes, now=now,
                            min_generation=generation, created_at=created, refreshed_at=refreshed,
                            refresh_issued_at=issued, refresh_expires_at=expires)  # fmt: skip
+        if progress is not None:
+            progress(done, len(records))
     kept = tuple(p.name for p in providers if p.name in have)
     return ImportReport(tuple(r[0] for r in records), replaced, added, kept, differing)

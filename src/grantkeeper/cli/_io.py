@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 import click
 
@@ -14,7 +15,17 @@ from grantkeeper._secrets import Secret
 from grantkeeper.cli._session import Session
 from grantkeeper.engine import Keeper
 
-__all__ = ["DURATION", "ENV_NAME", "echo_json", "interactive", "open_keeper", "read_secret", "store_url"]
+__all__ = [
+    "DURATION",
+    "ENV_NAME",
+    "echo_json",
+    "interactive",
+    "on_terminal",
+    "open_keeper",
+    "read_secret",
+    "store_url",
+    "terminal_console",
+]
 
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
@@ -36,6 +47,30 @@ def interactive() -> bool:
     """Whether a person may be asked: standard input is a terminal. Never prompt when this is False."""
     stream = sys.stdin
     return stream is not None and stream.isatty()
+
+
+def on_terminal(*, stderr: bool = False) -> bool:
+    """Whether stdout (or stderr) is a terminal a person watches: see `terminal_console`."""
+    stream: TextIO | None = sys.stderr if stderr else sys.stdout  # the streams at call time (CliRunner swaps them)
+    return stream is not None and stream.isatty() and os.environ.get("TERM", "") != "dumb"
+
+
+def terminal_console(*, stderr: bool = False) -> Console | None:
+    """A Rich console on stdout (or stderr) when a person is watching it, else None: print plain text then.
+
+    A terminal is a stream that is a TTY whose $TERM is not ``dumb`` (no cursor movement, often no box
+    drawing). Colour is off when $NO_COLOR is set and not empty (https://no-color.org). The decision is made
+    here rather than by Rich so that $FORCE_COLOR or $TTY_COMPATIBLE can never put escape codes into a pipe
+    that scripts parse.
+    """
+    if not on_terminal(stderr=stderr):
+        return None
+    from rich.console import Console
+
+    stream = sys.stderr if stderr else sys.stdout
+    no_color = bool(os.environ.get("NO_COLOR"))
+    return Console(file=stream, force_terminal=True, no_color=no_color, color_system=None if no_color else "auto",
+                   highlight=False, emoji=False, markup=False)  # fmt: skip
 
 
 def read_secret(what: str, *, example: str) -> Secret:
@@ -62,6 +97,8 @@ _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 7 * 86400.0}
 
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     _FloatParam = click.ParamType[float]
 else:  # click < 8.2 has no generic ParamType at run time
     _FloatParam = click.ParamType

@@ -1,20 +1,29 @@
-"""Plain-text rendering for the CLI: times, aligned tables, grants, providers. Never a token.
+"""Rendering for the CLI: times, tables, grants, providers. Never a token.
 
 Everything here takes fingerprints and names only; values that came from a user or a provider are passed
-through `clean` so control characters cannot rewrite the terminal.
+through `clean` so control characters cannot rewrite the terminal. A table is plain, space-aligned text unless
+stdout is a terminal (`echo_table`): scripts parse the plain form, so it does not change with the terminal, and
+only a person sees the Rich form with its colours. Rich cells are `rich.text.Text`, never markup, so a name like
+``[red]x`` prints as itself.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 
+import click
+
+from grantkeeper.cli._io import terminal_console
 from grantkeeper.engine import GrantStatus
-from grantkeeper.model import Grant, Provider
+from grantkeeper.model import Grant, GrantState, Provider
 from grantkeeper.model.times import iso_utc
 
 __all__ = [
+    "Styled",
     "clean",
+    "echo_table",
     "expiry",
     "grant_dict",
     "grant_summary",
@@ -22,6 +31,7 @@ __all__ = [
     "provider_dict",
     "provider_rows",
     "provider_summary",
+    "relative",
     "status_lines",
     "status_rows",
     "table",
@@ -42,6 +52,54 @@ def expiry(ts: float | None, now: float) -> str:
     left = ts - now
     relative = f"{left:.0f} s left" if left >= 0 else f"expired {-left:.0f} s ago"
     return f"{iso_utc(ts)} ({relative})"
+
+
+def relative(ts: float, now: float) -> str:
+    """How far `ts` is from `now` for a person: ``in 42m``, ``in 3d``, ``expired 3h ago``."""
+    left = ts - now
+    seconds = abs(left)
+    for unit, size, limit in (("s", 1, 90), ("m", 60, 90 * 60), ("h", 3600, 48 * 3600)):
+        if seconds < limit:
+            amount = f"{seconds / size:.0f}{unit}"
+            break
+    else:
+        amount = f"{seconds / 86400:.0f}d"
+    return f"in {amount}" if left >= 0 else f"expired {amount} ago"
+
+
+@dataclass(frozen=True, slots=True)
+class Styled:
+    """A table cell with a Rich style (``"green"``, ``"bold red"``) used only on a terminal."""
+
+    text: object
+    style: str
+
+    def __str__(self) -> str:
+        return str(self.text)
+
+
+def echo_table(headers: Sequence[str], rows: Sequence[Sequence[object]], *, indent: str = "") -> None:
+    """Print a table on stdout: a Rich table on a terminal, else `table`'s plain lines (each after `indent`).
+
+    Cells are any objects (cleaned of control characters in both forms); `Styled` cells are coloured on a
+    terminal that allows colour.
+    """
+    console = terminal_console()
+    if console is None:
+        for line in table(headers, rows):
+            click.echo(indent + line)
+        return
+    from rich import box
+    from rich.padding import Padding
+    from rich.table import Table
+    from rich.text import Text
+
+    grid = Table(box=box.SIMPLE_HEAD, show_edge=False, header_style="bold", pad_edge=False)
+    for header in headers:
+        grid.add_column(Text(clean(header)), overflow="fold")
+    for row in rows:
+        grid.add_row(*(Text(clean(c), style=c.style if isinstance(c, Styled) else "") for c in row))
+    console.print(Padding(grid, (0, 0, 0, len(indent))) if indent else grid)
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
@@ -65,8 +123,9 @@ def _secret_source(provider: Provider) -> str:
     return "none"
 
 
-def provider_rows(providers: Sequence[Provider]) -> list[str]:
-    return table(
+def provider_rows(providers: Sequence[Provider]) -> tuple[tuple[str, ...], list[tuple[object, ...]]]:
+    """`provider list`'s headers and rows (for `echo_table`)."""
+    return (
         ("NAME", "TOKEN URL", "CLIENT ID", "AUTH", "ROTATION", "GRACE", "SKEW", "CLIENT SECRET"),
         [
             (p.name, p.token_url, p.client_id, p.auth_method.value, p.rotation.value, f"{p.reuse_grace:g}s",
@@ -120,14 +179,60 @@ def grant_summary(grant: Grant, now: float) -> list[str]:
     ]
 
 
-def status_rows(statuses: Sequence[GrantStatus], now: float) -> list[str]:
-    return table(
-        ("NAME", "PROVIDER", "STATE", "GEN", "ACCESS TOKEN EXPIRES", "LAST ERROR"),
+#: A refresh token or consent ending sooner than this is shown in yellow (red if only a new consent renews it).
+SOON = 7 * 86400.0
+
+
+def _health(status: GrantStatus, now: float) -> str:
+    """The colour of a grant's state: red when a person must act, yellow when it needs watching, else green."""
+    if status.state is GrantState.NEEDS_REAUTH or any(
+        not e.renewable and e.deadline - SOON <= now for e in status.refresh_ends
+    ):
+        return "bold red"
+    if status.last_error is not None or any(e.deadline - SOON <= now for e in status.refresh_ends):
+        return "yellow"
+    return "green"
+
+
+def _access_cell(status: GrantStatus, now: float) -> Styled:
+    if status.expires_at is None:
+        return Styled("-", "dim")
+    # A lapsed access token is routine (the next use refreshes it), so yellow, not red.
+    return Styled(relative(status.expires_at, now), "green" if status.access_valid else "yellow")
+
+
+def _refresh_end_cell(status: GrantStatus, now: float) -> Styled:
+    if not status.refresh_ends:
+        return Styled("-", "dim")
+    end = status.refresh_ends[0]
+    style = "" if end.deadline - SOON > now else "yellow" if end.renewable else "bold red"
+    return Styled(f"{relative(end.deadline, now)} ({end.kind})", style)
+
+
+def status_rows(
+    statuses: Sequence[GrantStatus], now: float, *, terminal: bool = False
+) -> tuple[tuple[str, ...], list[tuple[object, ...]]]:
+    """The all-grants table of `status` and `grant list` (for `echo_table`).
+
+    Plain text keeps its long-standing columns (scripts parse them); a terminal gets relative times, the
+    refresh token's first known end, and colour for health.
+    """
+    if not terminal:
+        return (
+            ("NAME", "PROVIDER", "STATE", "GEN", "ACCESS TOKEN EXPIRES", "LAST ERROR"),
+            [
+                (s.name, s.provider, s.state.value, s.generation, expiry(s.expires_at, now), s.last_error or "-")
+                for s in statuses
+            ],
+        )
+    return (
+        ("NAME", "PROVIDER", "STATE", "GEN", "ACCESS TOKEN", "REFRESH TOKEN ENDS", "LAST ERROR"),
         [
-            (s.name, s.provider, s.state.value, s.generation, expiry(s.expires_at, now), s.last_error or "-")
+            (s.name, s.provider, Styled(s.state.value, _health(s, now)), s.generation, _access_cell(s, now),
+             _refresh_end_cell(s, now), Styled(s.last_error, "red") if s.last_error else "-")
             for s in statuses
         ],
-    )
+    )  # fmt: skip
 
 
 def grant_dict(status: GrantStatus) -> dict[str, object]:

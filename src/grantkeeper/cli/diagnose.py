@@ -9,6 +9,7 @@ import click
 
 from grantkeeper.cli import _render
 from grantkeeper.cli._session import Session
+from grantkeeper.cli.completion import complete_grant
 from grantkeeper.diagnosis import Diagnosis
 from grantkeeper.model import Attempt
 
@@ -28,8 +29,8 @@ def diagnosis_lines(d: Diagnosis) -> list[str]:
     return lines
 
 
-@click.command()
-@click.argument("name")
+@click.command(short_help="Explain why grant NAME failed (or that it is healthy), and what to do next.")
+@click.argument("name", shell_complete=complete_grant)
 @click.option("--json", "as_json", is_flag=True, help="Print the diagnosis as JSON (format: docs/doctor.md).")
 @click.pass_obj
 def doctor(session: Session, name: str, as_json: bool) -> None:
@@ -70,12 +71,13 @@ def _row(a: Attempt) -> list[object]:
     worker = a.worker + (f" {a.actor}" if a.actor else "")
     latency = f"{a.latency * 1000:.0f} ms" if a.latency is not None else "-"
     rotated = {True: "yes", False: "no", None: "-"}[a.rotated]
+    style = "yellow" if a.outcome_class is None else "red" if a.outcome_class.is_failure else "green"
     return [_render.iso_utc(a.started_at), a.id, worker, generation, a.refresh_fp, a.received_fp or "-", rotated,
-            latency, outcome]  # fmt: skip
+            latency, _render.Styled(outcome, style)]  # fmt: skip
 
 
-@click.command()
-@click.argument("name")
+@click.command(short_help="Show grant NAME's refresh attempts, newest first.")
+@click.argument("name", shell_complete=complete_grant)
 @click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True, help="Show this many attempts.")
 @click.option("--json", "as_json", is_flag=True, help="Print the attempts as a JSON list (format: docs/doctor.md).")
 @click.pass_obj
@@ -90,5 +92,4 @@ def history(session: Session, name: str, limit: int, as_json: bool) -> None:
         click.echo(f"grant {name} has no recorded refresh attempts (retention may have pruned older ones)")
         return
     headers = ["time", "id", "worker", "gen", "sent", "received", "rotated", "latency", "outcome"]
-    for line in _render.table(headers, [_row(a) for a in attempts]):
-        click.echo(line)
+    _render.echo_table(headers, [_row(a) for a in attempts])

@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from grantkeeper._exceptions import ConfigurationError, EncryptionKeyError
+from grantkeeper.cli._help import HelpGroup
+from grantkeeper.cli._io import echo_json
+from grantkeeper.cli._progress import progress_bar
 from grantkeeper.cli._session import Session
 from grantkeeper.crypto import Crypto
 from grantkeeper.keyring import KEY_ENV, KeySource, generate_key, write_key_file
@@ -50,17 +51,24 @@ def _census(session: Session) -> tuple[Crypto, dict[str, int]]:
         store.close()
 
 
-@click.group()
+@click.group(cls=HelpGroup)
 def keys() -> None:
     """The store's encryption keys: list them, generate one, rotate to a new one."""
 
 
 @keys.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print the ring and the counts as JSON.")
 @click.pass_obj
-def keys_list(session: Session) -> None:
+def keys_list(session: Session, as_json: bool) -> None:
     """Show the key ring (key ids only) and how many stored values each key encrypts."""
     crypto, usage = _census(session)
     source = crypto.source.description if crypto.source is not None else "unknown"
+    if as_json:
+        echo_json({"source": source, "keys": [{"key_id": k, "primary": i == 0, "values": usage.get(k, 0)}
+                                              for i, k in enumerate(crypto.key_ids)],
+                   "unknown_keys": {k: n for k, n in usage.items() if k not in crypto.key_ids and k != FORMAT_1},
+                   "values_without_key_id": usage.get(FORMAT_1, 0)})  # fmt: skip
+        return
     click.echo(f"key ring from {source}")
     for line in _usage_lines(crypto, usage):
         click.echo(line)
@@ -155,12 +163,8 @@ def keys_rotate(session: Session) -> None:
     """
     store, source = _start_rotation(_url(session))
     try:
-        console = Console(stderr=True)
-        with Progress(
-            TextColumn("re-encrypting"), BarColumn(), MofNCompleteColumn(), console=console, transient=True
-        ) as bar:
-            task = bar.add_task("rotate", total=None)
-            result = rotate(store, progress=lambda done, total: bar.update(task, completed=done, total=total))
+        with progress_bar("re-encrypting") as progress:
+            result = rotate(store, progress=progress)
         _finish(store, source, result)
     finally:
         store.close()

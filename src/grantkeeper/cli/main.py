@@ -27,13 +27,17 @@ from grantkeeper._exceptions import (
     sanitize_provider_text,
 )
 from grantkeeper.cli import _render
+from grantkeeper.cli._help import HelpGroup
 from grantkeeper.cli._io import DURATION
 from grantkeeper.cli._io import echo_json as _echo_json
 from grantkeeper.cli._io import interactive as _interactive
+from grantkeeper.cli._io import on_terminal as _on_terminal
 from grantkeeper.cli._io import open_keeper as _open
 from grantkeeper.cli._io import read_secret as _read_secret
 from grantkeeper.cli._io import store_url as _url
+from grantkeeper.cli._progress import progress_bar
 from grantkeeper.cli._session import Session
+from grantkeeper.cli.completion import complete_grant, complete_provider, completion
 from grantkeeper.cli.connect import connect_command
 from grantkeeper.cli.demo import demo
 from grantkeeper.cli.diagnose import EXIT_ATTENTION, doctor, history
@@ -52,8 +56,15 @@ EXIT_UNEXPECTED = 1
 EXIT_INTERRUPTED = 130
 
 
-class GrantkeeperGroup(click.Group):
+class GrantkeeperGroup(HelpGroup):
     """The root command. Its `main` wraps Click's and is the one boundary where errors become exit codes."""
+
+    sections = (
+        ("Set up", ("provider", "connect", "grant")),
+        ("Use", ("token", "status", "refresh", "keepalive")),
+        ("Diagnose", ("doctor", "history", "demo")),
+        ("Move and maintain", ("export", "import", "keys", "migrate", "completion")),
+    )
 
     def main(
         self,
@@ -115,7 +126,21 @@ class GrantkeeperGroup(click.Group):
         return rv if isinstance(rv, int) and not isinstance(rv, bool) else 0
 
 
-@click.group(cls=GrantkeeperGroup, context_settings={"help_option_names": ["-h", "--help"]})
+_TYPICAL_USE = """\b
+Typical use:
+  grantkeeper provider add acme --profile P ...   # or: provider discover
+  grantkeeper connect alice --provider acme       # or: grant import
+  grantkeeper token alice                         # refreshes when needed
+  grantkeeper keepalive                           # daily, from a scheduler
+  grantkeeper status                              # every grant's health
+
+Run 'grantkeeper COMMAND --help' for a command's options. Exit status: 0 ok, 2 usage, 3 fix the
+configuration, 4 fix the client credentials, 5 a user must consent again, 6-8 retry later, 12 a grant
+needs attention (the full table is in docs/cli.md).
+"""
+
+
+@click.group(cls=GrantkeeperGroup, context_settings={"help_option_names": ["-h", "--help"]}, epilog=_TYPICAL_USE)
 @click.option(
     "--store",
     "store_url",
@@ -123,11 +148,21 @@ class GrantkeeperGroup(click.Group):
     help="Store URL, e.g. sqlite:///path/to/grantkeeper.db [default: $GRANTKEEPER_STORE, else a file in the "
     "user data directory].",
 )
-@click.option("-v", "--verbose", is_flag=True, help="Log the grantkeeper logger at INFO to stderr.")
+@click.option(
+    "-v",
+    "--verbose",
+    is_flag=True,
+    help="Log what grantkeeper does to stderr, and tracebacks of unexpected errors (never a token).",
+)
 @click.version_option(__version__, prog_name="grantkeeper")
 @click.pass_obj
 def cli(session: Session, store_url: str | None, verbose: bool) -> None:
-    """Keep OAuth 2.0 grants alive when authorization servers rotate refresh tokens."""
+    """Keep OAuth 2.0 grants alive when authorization servers rotate refresh tokens.
+
+    A grant is one user's consent at one provider (authorization server). grantkeeper keeps its refresh token
+    encrypted in a store, refreshes it once for every process that needs an access token, and saves each
+    rotated refresh token before handing out the access token, so a rotation is never lost.
+    """
     session.store_url = store_url
     session.configure_logging(verbose)
 
@@ -135,14 +170,21 @@ def cli(session: Session, store_url: str | None, verbose: bool) -> None:
 # --------------------------------------------------------------------------------------------------- grant
 
 
-@cli.group()
+@cli.group(cls=HelpGroup)
 def grant() -> None:
     """Grants: named authorizations whose refresh tokens grantkeeper keeps."""
 
 
 @grant.command("import")
-@click.argument("name")
-@click.option("--provider", "provider_name", required=True, metavar="PROVIDER", help="The provider that issued it.")
+@click.argument("name", shell_complete=complete_grant)
+@click.option(
+    "--provider",
+    "provider_name",
+    required=True,
+    metavar="PROVIDER",
+    shell_complete=complete_provider,
+    help="The provider that issued it.",
+)
 @click.option("--scope", "scopes", multiple=True, metavar="SCOPE", help="A granted scope (repeatable).")
 @click.pass_obj
 def grant_import(session: Session, name: str, provider_name: str, scopes: tuple[str, ...]) -> None:
@@ -164,7 +206,7 @@ def grant_import(session: Session, name: str, provider_name: str, scopes: tuple[
 
 
 @grant.command("revoke")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_grant)
 @click.option("--local-only", is_flag=True, help="Do not contact the provider: only remove the grant here.")
 @click.pass_obj
 def grant_revoke(session: Session, name: str, local_only: bool) -> None:
@@ -191,13 +233,12 @@ def grant_list(session: Session, as_json: bool) -> None:
     elif not statuses:
         click.echo("no grants in this store; import one with 'grantkeeper grant import'")
     else:
-        for line in _render.status_rows(statuses, time.time()):
-            click.echo(line)
+        _render.echo_table(*_render.status_rows(statuses, time.time(), terminal=_on_terminal()))
 
 
 @grant.command("show")
-@click.argument("name")
-@click.option("--json", "as_json", is_flag=True, help="Print GrantStatus data as JSON.")
+@click.argument("name", shell_complete=complete_grant)
+@click.option("--json", "as_json", is_flag=True, help="Print everything known about the grant as JSON.")
 @click.pass_context
 def grant_show(ctx: click.Context, name: str, as_json: bool) -> None:
     """Show everything known about grant NAME (the same as 'grantkeeper status NAME')."""
@@ -205,7 +246,7 @@ def grant_show(ctx: click.Context, name: str, as_json: bool) -> None:
 
 
 @grant.command("remove")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_grant)
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation (required without a terminal).")
 @click.pass_obj
 def grant_remove(session: Session, name: str, yes: bool) -> None:
@@ -232,7 +273,7 @@ def grant_remove(session: Session, name: str, yes: bool) -> None:
 
 
 @cli.command()
-@click.argument("name")
+@click.argument("name", shell_complete=complete_grant)
 @click.pass_obj
 def token(session: Session, name: str) -> None:
     """Print a valid access token for grant NAME (refreshing if needed) and nothing else.
@@ -245,35 +286,45 @@ def token(session: Session, name: str) -> None:
 
 
 @cli.command()
-@click.argument("name", required=False)
+@click.argument("name", required=False, shell_complete=complete_grant)
 @click.option("--force", is_flag=True, help="Refresh even if the access token is still usable.")
 @click.option("--due", is_flag=True, help="Instead of NAME: keep-alive refresh every grant whose refresh token "
               "would end from disuse within --window (see 'status --expiring').")  # fmt: skip
 @click.option("--window", type=DURATION, default="7d", show_default=True, help="With --due: how far ahead to look.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_obj
-def refresh(session: Session, name: str | None, force: bool, due: bool, window: float) -> None:
-    """Refresh grant NAME if its access token is not usable (always, with --force), or with --due every grant
-    whose refresh token nears its idle lifetime (exits 12 if a grant needs attention)."""
+def refresh(session: Session, name: str | None, force: bool, due: bool, window: float, as_json: bool) -> None:
+    """Refresh grant NAME now if its access token is not usable (always, with --force).
+
+    With --due instead of NAME: refresh every grant whose refresh token would end from disuse within --window,
+    as 'keepalive' does (exits 12 if a grant needs attention).
+    """
     if due == (name is not None):
         raise click.UsageError("give a grant NAME or --due, not both or neither")
     if name is None:
-        with _open(session) as keeper:
-            _report_keepalive(keeper.keepalive(margin=window), as_json=False)
+        with _open(session) as keeper, progress_bar("refreshing grants", enabled=not as_json) as progress:
+            results = keeper.keepalive(margin=window, progress=progress)
+        _report_keepalive(results, as_json=as_json)
         return
     with _open(session) as keeper:
         before = keeper.store.get_grant(name).generation
         after = keeper.refresh(name, force=force)
-    if after.generation > before:
+    if as_json:
+        _echo_json({"name": after.name, "refreshed": after.generation > before, "previous_generation": before,
+                    "generation": after.generation, "refresh_fp": after.refresh_fp, "access_fp": after.access_fp,
+                    "expires_at": after.expires_at})  # fmt: skip
+    elif after.generation > before:
         click.echo(f"grant {name} refreshed: generation {before} -> {after.generation}")
     else:
         click.echo(f"grant {name} not refreshed: its access token is still usable (--force refreshes anyway)")
-    for line in _render.grant_summary(after, time.time()):
-        click.echo(line)
+    if not as_json:
+        for line in _render.grant_summary(after, time.time()):
+            click.echo(line)
 
 
 @cli.command()
-@click.argument("name", required=False)
-@click.option("--json", "as_json", is_flag=True, help="Print GrantStatus data as JSON.")
+@click.argument("name", required=False, shell_complete=complete_grant)
+@click.option("--json", "as_json", is_flag=True, help="Print the status (a list without NAME) as JSON.")
 @click.option("--expiring", type=DURATION, metavar="WINDOW",
               help="Instead: list grants whose refresh token or consent ends within WINDOW (e.g. 7d).")  # fmt: skip
 @click.pass_obj
@@ -298,13 +349,12 @@ def status(session: Session, name: str | None, as_json: bool, expiring: float | 
     elif not statuses:
         click.echo("no grants in this store; import one with 'grantkeeper grant import'")
     else:
-        for line in _render.status_rows(statuses, now):
-            click.echo(line)
+        _render.echo_table(*_render.status_rows(statuses, now, terminal=_on_terminal()))
 
 
 @cli.command()
-@click.option("--margin", type=float, default=7 * 86400.0, show_default=True, metavar="SECONDS",
-              help="Act on refresh tokens that would expire within this many seconds.")  # fmt: skip
+@click.option("--margin", type=DURATION, default="7d", show_default=True,
+              help="Act on refresh tokens and consents that end within this long (90s, 30m, 12h, 7d, 2w).")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @click.pass_obj
 def keepalive(session: Session, margin: float, as_json: bool) -> None:
@@ -313,8 +363,8 @@ def keepalive(session: Session, margin: float, as_json: bool) -> None:
     Uses each provider's --refresh-idle-ttl and --refresh-absolute-ttl. Run it daily from a scheduler. Exits
     12 if any grant needs attention (a failed refresh or a consent about to end), else 0.
     """
-    with _open(session) as keeper:
-        results = keeper.keepalive(margin=margin)
+    with _open(session) as keeper, progress_bar("refreshing grants", enabled=not as_json) as progress:
+        results = keeper.keepalive(margin=margin, progress=progress)
     _report_keepalive(results, as_json=as_json)
 
 
@@ -343,10 +393,12 @@ def _report_expiring(session: Session, name: str | None, window: float, *, as_js
     elif not ends:
         click.echo("no refresh token or consent ends within the window")
     else:
-        rows = [(e.grant, e.provider, e.kind, _render.expiry(e.deadline, now),
+        terminal = _on_terminal()
+        rows = [(e.grant, e.provider, e.kind,
+                 _render.Styled(_render.relative(e.deadline, now), "yellow" if e.renewable else "bold red")
+                 if terminal else _render.expiry(e.deadline, now),
                  "refresh --due renews it" if e.renewable else "re-consent needed") for e in ends]  # fmt: skip
-        for line in _render.table(("GRANT", "PROVIDER", "LIFETIME", "ENDS", "ACTION"), rows):
-            click.echo(line)
+        _render.echo_table(("GRANT", "PROVIDER", "LIFETIME", "ENDS", "ACTION"), rows)
     if any(not e.renewable for e in ends):
         raise click.exceptions.Exit(EXIT_ATTENTION)
 
@@ -372,6 +424,7 @@ cli.add_command(history)
 cli.add_command(keys)
 cli.add_command(export)
 cli.add_command(import_)
+cli.add_command(completion)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

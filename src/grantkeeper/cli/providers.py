@@ -17,6 +17,7 @@ import click
 
 from grantkeeper._exceptions import ConfigurationError, UnknownProvider
 from grantkeeper.cli import _render
+from grantkeeper.cli._help import HelpGroup
 from grantkeeper.cli._io import ENV_NAME, echo_json, open_keeper, read_secret
 from grantkeeper.cli._session import Session
 from grantkeeper.engine import Keeper
@@ -31,7 +32,7 @@ _KEY_FIELDS = ("private_key_file", "key_id", "jwt_audience")
 _DAY = 86400.0
 
 
-@click.group()
+@click.group(cls=HelpGroup)
 def provider() -> None:
     """Authorization servers: token endpoint, client credentials, rotation behaviour."""
 
@@ -207,8 +208,7 @@ def provider_list(session: Session, as_json: bool) -> None:
     elif not providers:
         click.echo("no providers in this store; add one with 'grantkeeper provider add'")
     else:
-        for line in _render.provider_rows(providers):
-            click.echo(line)
+        _render.echo_table(*_render.provider_rows(providers))
 
 
 def _days(value: float | None) -> str:
@@ -231,8 +231,7 @@ def provider_profiles(name: str | None, as_json: bool) -> None:
         return
     rows = [_profile_row(p) for p in profiles]
     headers = ("PROFILE", "PROVIDER", "ROTATION", "GRACE", "RT IDLE", "RT MAX", "AUTH", "PARAMS", "SOURCED")
-    for line in _render.table(headers, rows):
-        click.echo(line)
+    _render.echo_table(headers, rows)
 
 
 def _profile_row(p: Profile) -> tuple[str, ...]:

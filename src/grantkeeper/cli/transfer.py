@@ -11,7 +11,9 @@ from grantkeeper._secrets import Secret
 from grantkeeper.bundle import BundleKey, export_bundle, import_bundle, open_bundle, read_header
 from grantkeeper.cli import _render
 from grantkeeper.cli._io import echo_json, interactive, open_keeper, read_secret
+from grantkeeper.cli._progress import progress_bar
 from grantkeeper.cli._session import Session
+from grantkeeper.cli.completion import complete_grant
 from grantkeeper.keyring import write_private_file
 
 __all__ = ["export", "import_"]
@@ -51,9 +53,16 @@ def _protection_options(fn: click.decorators.FC) -> click.decorators.FC:
     return click.option("--passphrase-stdin", is_flag=True, help=help_text)(fn)
 
 
-@click.command()
+@click.command(short_help="Write grants and their providers to an encrypted bundle FILE.")
 @click.argument("file", type=_FILE)
-@click.option("--grant", "grants", multiple=True, metavar="NAME", help="Export only this grant (repeatable).")
+@click.option(
+    "--grant",
+    "grants",
+    multiple=True,
+    metavar="NAME",
+    shell_complete=complete_grant,
+    help="Export only this grant (repeatable).",
+)
 @_protection_options
 @click.pass_obj
 def export(session: Session, file: Path, grants: tuple[str, ...], passphrase_stdin: bool,
@@ -66,8 +75,8 @@ def export(session: Session, file: Path, grants: tuple[str, ...], passphrase_std
     """
     example = f"e.g. `grantkeeper export {file} --passphrase-stdin < pass.txt`"
     key = _key(passphrase_stdin, key_file, example=example, confirm=True)
-    with open_keeper(session) as keeper:
-        data = export_bundle(keeper.store, key, grants=grants, now=keeper.clock.now())
+    with open_keeper(session) as keeper, progress_bar("exporting grants") as progress:
+        data = export_bundle(keeper.store, key, grants=grants, now=keeper.clock.now(), progress=progress)
     try:
         write_private_file(file, data, exclusive=True)
     except FileExistsError:
@@ -79,7 +88,7 @@ def export(session: Session, file: Path, grants: tuple[str, ...], passphrase_std
     click.echo(f"grantkeeper: note: {_SAME_TOKEN}", err=True)
 
 
-@click.command("import")
+@click.command("import", short_help="Read a bundle from 'grantkeeper export' into this store.")
 @click.argument("file", type=_FILE)
 @click.option("--list", "list_only", is_flag=True, help="Only list the grants inside (no passphrase needed).")
 @click.option("--replace", is_flag=True, help="Replace grants that already exist in this store.")
@@ -101,13 +110,13 @@ def import_(session: Session, file: Path, list_only: bool, replace: bool, as_jso
                        "grants": [{"name": n, "refresh_fp": fp} for n, fp in header.grants]})  # fmt: skip
             return
         click.echo(f"bundle format {header.version}, {header.protection}-protected, {len(header.grants)} grant(s):")
-        for line in _render.table(("GRANT", "REFRESH TOKEN"), [(n, fp or "-") for n, fp in header.grants]):
-            click.echo("  " + line)
+        _render.echo_table(("GRANT", "REFRESH TOKEN"), [(n, fp or "-") for n, fp in header.grants], indent="  ")
         return
     key = _key(passphrase_stdin, key_file, example=f"e.g. `grantkeeper import {file} --passphrase-stdin < pass.txt`")
     contents = open_bundle(data, key)  # before the store is opened (or created): a bad bundle changes nothing
     with open_keeper(session, create=True) as keeper:
-        report = import_bundle(keeper.store, contents, replace=replace, now=keeper.clock.now())
+        with progress_bar("importing grants", enabled=not as_json) as progress:
+            report = import_bundle(keeper.store, contents, replace=replace, now=keeper.clock.now(), progress=progress)
         imported = [keeper.store.get_grant(name) for name in report.grants]
     if as_json:
         echo_json({"grants": [{"name": g.name, "provider": g.provider, "generation": g.generation,

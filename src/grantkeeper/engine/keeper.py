@@ -468,19 +468,29 @@ class Keeper(_KeeperCore):
         `keepalive` refreshes the renewable ones."""
         return self._expiring(window)
 
-    def keepalive(self, *, margin: float = 7 * 86400.0) -> list[KeepaliveResult]:
+    def keepalive(
+        self, *, margin: float = 7 * 86400.0, progress: Callable[[int, int], None] | None = None
+    ) -> list[KeepaliveResult]:
         """Refresh grants whose refresh token would expire from disuse within `margin` seconds; warn about
-        grants whose consent ends (absolute lifetime) within it. Run it from a daily scheduler."""
+        grants whose consent ends (absolute lifetime) within it. Run it from a daily scheduler.
+
+        `progress(done, total)` is called once before the first grant (``done == 0``) and after each one.
+        """
         results = []
-        for name, action, deadline in self._keepalive_plan(margin):
+        plan = self._keepalive_plan(margin)
+        if progress is not None:
+            progress(0, len(plan))
+        for name, action, deadline in plan:
             if action == "reconsent_needed":
                 results.append(self._reconsent(name, deadline))
-                continue
-            try:
-                grant = self.refresh(name, force=True)
-                results.append(KeepaliveResult(name, "refreshed", deadline, f"generation {grant.generation}"))
-            except GrantkeeperError as exc:
-                results.append(KeepaliveResult(name, "failed", deadline, f"{exc.code}: {exc.message}"))
+            else:
+                try:
+                    grant = self.refresh(name, force=True)
+                    results.append(KeepaliveResult(name, "refreshed", deadline, f"generation {grant.generation}"))
+                except GrantkeeperError as exc:
+                    results.append(KeepaliveResult(name, "failed", deadline, f"{exc.code}: {exc.message}"))
+            if progress is not None:
+                progress(len(results), len(plan))
         return results
 
     def grants(self) -> list[Grant]:
@@ -582,18 +592,25 @@ class AsyncKeeper(_KeeperCore):
         """See `Keeper.expiring`."""
         return await self._call(self._expiring, window)
 
-    async def keepalive(self, *, margin: float = 7 * 86400.0) -> list[KeepaliveResult]:
+    async def keepalive(
+        self, *, margin: float = 7 * 86400.0, progress: Callable[[int, int], None] | None = None
+    ) -> list[KeepaliveResult]:
         """See `Keeper.keepalive`."""
         results = []
-        for name, action, deadline in await self._call(self._keepalive_plan, margin):
+        plan = await self._call(self._keepalive_plan, margin)
+        if progress is not None:
+            progress(0, len(plan))
+        for name, action, deadline in plan:
             if action == "reconsent_needed":
                 results.append(self._reconsent(name, deadline))
-                continue
-            try:
-                grant = await self.refresh(name, force=True)
-                results.append(KeepaliveResult(name, "refreshed", deadline, f"generation {grant.generation}"))
-            except GrantkeeperError as exc:
-                results.append(KeepaliveResult(name, "failed", deadline, f"{exc.code}: {exc.message}"))
+            else:
+                try:
+                    grant = await self.refresh(name, force=True)
+                    results.append(KeepaliveResult(name, "refreshed", deadline, f"generation {grant.generation}"))
+                except GrantkeeperError as exc:
+                    results.append(KeepaliveResult(name, "failed", deadline, f"{exc.code}: {exc.message}"))
+            if progress is not None:
+                progress(len(results), len(plan))
         return results
 
     async def grants(self) -> list[Grant]:
