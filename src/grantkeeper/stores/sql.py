@@ -55,7 +55,7 @@ _GRANT_COLUMNS = (
 _PROVIDER_COLUMNS = (
     "name, token_url, client_id, client_secret, client_secret_env, auth_method, rotation, reuse_grace, skew, "
     "default_expires_in, refresh_idle_ttl, refresh_absolute_ttl, private_key_file, key_id, jwt_audience, send_scope, "
-    "profile, authorization_url, revocation_url"
+    "profile, authorization_url, revocation_url, device_authorization_url"
 )
 _GRANT_COLUMNS_QUALIFIED = ", ".join("grants." + c.strip() for c in _GRANT_COLUMNS.split(","))
 _PROVIDER_COLUMNS_QUALIFIED = ", ".join("providers." + c.strip() for c in _PROVIDER_COLUMNS.split(","))
@@ -238,6 +238,7 @@ class SQLStore:
             profile=row[16],
             authorization_url=row[17],
             revocation_url=row[18],
+            device_authorization_url=row[19],
         )
 
     @staticmethod
@@ -306,8 +307,8 @@ class SQLStore:
                 "INSERT INTO providers (name, token_url, client_id, client_secret, client_secret_env, "
                 "auth_method, rotation, reuse_grace, skew, default_expires_in, refresh_idle_ttl, "
                 "refresh_absolute_ttl, private_key_file, key_id, jwt_audience, send_scope, profile, "
-                "authorization_url, revocation_url, created_at, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "authorization_url, revocation_url, device_authorization_url, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (name) DO UPDATE SET "
                 "token_url = excluded.token_url, client_id = excluded.client_id, "
                 "client_secret = excluded.client_secret, client_secret_env = excluded.client_secret_env, "
@@ -317,13 +318,15 @@ class SQLStore:
                 "refresh_absolute_ttl = excluded.refresh_absolute_ttl, private_key_file = excluded.private_key_file, "
                 "key_id = excluded.key_id, jwt_audience = excluded.jwt_audience, send_scope = excluded.send_scope, "
                 "profile = excluded.profile, authorization_url = excluded.authorization_url, "
-                "revocation_url = excluded.revocation_url, updated_at = excluded.updated_at",
+                "revocation_url = excluded.revocation_url, "
+                "device_authorization_url = excluded.device_authorization_url, updated_at = excluded.updated_at",
                 (
                     provider.name, provider.token_url, provider.client_id, secret, provider.client_secret_env,
                     provider.auth_method.value, provider.rotation.value, provider.reuse_grace, provider.skew,
                     provider.default_expires_in, provider.refresh_idle_ttl, provider.refresh_absolute_ttl,
                     provider.private_key_file, provider.key_id, provider.jwt_audience, int(provider.send_scope),
-                    provider.profile, provider.authorization_url, provider.revocation_url, now, now,
+                    provider.profile, provider.authorization_url, provider.revocation_url,
+                    provider.device_authorization_url, now, now,
                 ),
             )  # fmt: skip
 
