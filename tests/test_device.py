@@ -538,6 +538,26 @@ def test_provider_add_discover_and_list(tmp_path: Path, sim: ProviderSimulator) 
         "a": DEVICE_URL, "d": sim.device_authorization_url}  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    ("profile", "params", "expected"),
+    [
+        ("google", (), "https://oauth2.googleapis.com/device/code"),
+        ("microsoft_entra", ("--param", "tenant=contoso.example"),
+         "https://login.microsoftonline.com/contoso.example/oauth2/v2.0/devicecode"),
+        ("xero", (), None),
+    ],
+)  # fmt: skip
+def test_profiles_state_the_device_endpoint(tmp_path: Path, profile: str, params: tuple[str, ...],
+                                            expected: str | None) -> None:  # fmt: skip
+    """Profiles whose provider documents the endpoint give it (with placeholders filled); others leave it unset."""
+    url = f"sqlite://{tmp_path}/gk.db"
+    out = CliRunner().invoke(cli, ["--store", url, "provider", "add", "p", "--profile", profile, "--client-id", "c",
+                                   "--client-secret-env", "X", *params])  # fmt: skip
+    assert out.exit_code == 0, out.output
+    with Keeper.open(url) as keeper:
+        assert keeper.store.get_provider("p").device_authorization_url == expected
+
+
 def test_bundle_carries_the_device_endpoint(tmp_path: Path, sim: ProviderSimulator) -> None:
     key = BundleKey.passphrase(Secret("a passphrase long enough"))
     with Keeper.open(f"sqlite://{tmp_path}/a.db") as source:
