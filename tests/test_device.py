@@ -358,6 +358,17 @@ class TestConnectDevice:
         assert keeper.refresh("g", force=True).generation == 2 and keeper.access_token("g") != first
         assert sim.stats.refresh_calls == 2 and sim.stats.rotations == 1
 
+    def test_stated_refresh_token_lifetime_is_kept(self, make_sim: Callable[..., ProviderSimulator], tmp_path: Path,
+                                                   clock: FakeClock) -> None:  # fmt: skip
+        """refresh_token_expires_in in the token response becomes the grant's refresh-token expiry."""
+        sim = make_sim(response_quirks=("refresh_token_expires_in",), refresh_token_ttl=86400)
+        with Keeper.open(f"sqlite://{tmp_path}/gk.db", clock=clock) as keeper:
+            keeper.add_provider(dataclasses.replace(provider_for(sim),
+                                                    device_authorization_url=sim.device_authorization_url))  # fmt: skip
+            done = connect_device(keeper, "g", provider="sim", show=Shown(lambda a: sim.approve(a.user_code)),
+                                  sleep=Sleeper(clock))  # fmt: skip
+        assert done.grant.refresh_expires_at == clock.now() + 86400
+
     def test_slow_down_increases_the_interval(self, keeper: Keeper, sim: ProviderSimulator) -> None:
         """Each slow_down adds 5 s to every later wait (RFC 8628 §3.5), pending answers keep the new interval."""
         sim.inject(HttpError(400, error="slow_down"), times=2)

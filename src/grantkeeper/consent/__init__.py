@@ -162,7 +162,6 @@ def connect_device(
     client = http or _http()
     try:
         started = keeper.clock.monotonic()  # the device code's lifetime runs from the request, not the answer
-        sent_at = keeper.clock.now()
         reply = _reply(send(client, start, budget=_BUDGET), chosen, "device authorization request")
         authorization = device.authorization_from_reply(chosen, reply, scopes=requested, now=keeper.clock.now())
         show(authorization)
