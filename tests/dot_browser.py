@@ -122,17 +122,36 @@ def _expect_redirect(response: httpx.Response, what: str) -> str:
     return urljoin(str(response.url), response.headers["Location"])
 
 
+def _log_in(browser: httpx.Client, server: DotServer, url: str, what: str) -> str:
+    """Open `url`, which sends a browser without a session to DOT's login page; log in there and return the URL
+    the login form sends the browser back to."""
+    login_url = _expect_redirect(browser.get(url), what)
+    login = form_fields(browser.get(login_url).text, "login-form")
+    login.update(username=server.accounts.username, password=server.accounts.password)
+    return _expect_redirect(browser.post(login_url, data=login), "login form")
+
+
+def enter_user_code(
+    browser: httpx.Client, server: DotServer, verification_uri: str, user_code: str, *, allow: bool = True
+) -> httpx.Response:
+    """The device flow's person (RFC 8628 §3.3): open `verification_uri`, log in, type `user_code` into DOT's
+    form, then press Accept (or Deny) on the confirmation page. Returns the grant status page DOT ends on."""
+    code_url = _log_in(browser, server, verification_uri, "device page before login")
+    fields = form_fields(browser.get(code_url).text, "form0")  # DOT's user-code form has no id
+    fields["user_code"] = user_code
+    confirm_url = _expect_redirect(browser.post(code_url, data=fields), "user code form")
+    confirm = form_fields(browser.get(confirm_url).text, "form0")
+    confirm["action"] = "accept" if allow else "deny"
+    status_url = _expect_redirect(browser.post(confirm_url, data=confirm), "device confirmation form")
+    return browser.get(status_url)
+
+
 def consent(browser: httpx.Client, server: DotServer, authorization_url: str, *, allow: bool = True) -> str:
     """Open `authorization_url` (DOT's /o/authorize/ with its query), log in when DOT asks, press "Authorize" on
     the consent page (or "Cancel" when not `allow`), and return the URL DOT redirects to (the client's
     redirect URI with ``code`` and ``state``, or ``error=access_denied``). The caller follows it: to its own
     listener here, to grantkeeper's for ``connect``."""
-    authorize_page = browser.get(authorization_url)
-    login_url = _expect_redirect(authorize_page, "authorization endpoint before login")
-    login_page = browser.get(login_url)
-    login = form_fields(login_page.text, "login-form")
-    login.update(username=server.accounts.username, password=server.accounts.password)
-    consent_url = _expect_redirect(browser.post(login_url, data=login), "login form")
+    consent_url = _log_in(browser, server, authorization_url, "authorization endpoint before login")
     consent_page = browser.get(consent_url)
     if consent_page.status_code != 200:
         raise AssertionError(f"consent page: HTTP {consent_page.status_code}")

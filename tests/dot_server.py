@@ -147,6 +147,15 @@ class DotServer:
         return self.url("/o/authorize/")
 
     @property
+    def device_authorization_url(self) -> str:
+        return self.url("/o/device-authorization/")
+
+    @property
+    def device_client_id(self) -> str:
+        """The client allowed the device grant (DOT allows one grant type per client; same secret)."""
+        return self.accounts.client_id + "-device"
+
+    @property
     def resource_url(self) -> str:
         return self.url("/api/resource/")
 
@@ -166,6 +175,19 @@ class DotServer:
             "refresh_idle_ttl": self.config.refresh_idle_ttl,
         }
         return Provider(name=name, **{**settings, **options})
+
+    def device_provider(self, name: str = "dot", **options: object) -> Provider:
+        """A grantkeeper provider for this server's device-grant client."""
+        return self.provider(name, client_id=self.device_client_id,
+                             device_authorization_url=self.device_authorization_url, **options)  # fmt: skip
+
+    def approve_device(self, user_code: str, *, allow: bool = True) -> httpx.Response:
+        """The person's part of the device flow, through DOT's real pages with httpx as the browser: open
+        /o/device/, log in, enter `user_code`, press Accept (or Deny). Returns DOT's grant status page."""
+        from tests.dot_browser import enter_user_code  # dot_browser imports this module
+
+        with httpx.Client(timeout=30, follow_redirects=False) as browser:
+            return enter_user_code(browser, self, self.url("/o/device/"), user_code, allow=allow)
 
     def refresh_directly(self, refresh_token: str) -> httpx.Response:
         """Send a refresh token to /o/token/ outside grantkeeper (a stale copy, or a check that one is dead)."""

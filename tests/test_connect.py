@@ -127,7 +127,12 @@ def test_connect_no_browser_end_to_end(tmp_path: Path, dot_server: DotFactory) -
         assert grant.refresh_token is not None
         first_refresh = grant.refresh_token.reveal()
         mark = server.log_mark()
-        access = keeper.access_token("g")
+        exchanged = keeper.access_token("g")  # the code exchange's access token was kept: no refresh needed
+        assert keeper.store.get_grant("g").generation == 1 and server.token_calls(mark) == []
+        assert server.resource_status(exchanged) == (200, None)
+        access = keeper.refresh("g", force=True).access_token
+        assert access is not None
+        access = access.reveal()
         assert keeper.store.get_grant("g").generation == 2
     assert server.resource_status(access) == (200, None)
     assert [c["status"] for c in server.token_calls(mark, grant_type="refresh_token")] == [200]
@@ -135,7 +140,7 @@ def test_connect_no_browser_end_to_end(tmp_path: Path, dot_server: DotFactory) -
     assert code_calls and code_calls[-1]["status"] == 200
     code = parse_qs(urlsplit(callback).query)["code"][0]
     printed_all = stdout + stderr + discovered.stdout + discovered.stderr
-    for secret in (first_refresh, access, server.accounts.client_secret, code):
+    for secret in (first_refresh, exchanged, access, server.accounts.client_secret, code):
         assert secret not in printed_all
 
 

@@ -18,7 +18,7 @@
     │   ├── ProviderUnavailable
     │   ├── StoreUnavailable
     │   ├── LeaseTimeout           another worker held the grant's lease too long
-    │   └── ConsentTimeout         `connect`: no redirect came back to the loopback listener in time
+    │   └── ConsentTimeout         `connect`: no redirect came back in time, or the device code expired
     ├── MalformedResponse          the provider answered with something that is not a token response
     ├── ProviderRejected           any other OAuth error (invalid_scope, invalid_request, ...)
     │   └── ConsentFailed          `connect`: the redirect carried an error, or a wrong ``state``

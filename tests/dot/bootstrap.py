@@ -34,6 +34,16 @@ def main(username: str, password: str, client_id: str, client_secret: str) -> No
         redirect_uris="http://127.0.0.1/callback",
         skip_authorization=False,
     )
+    # DOT allows one grant type per application: the device flow (RFC 8628) needs its own client. Same secret,
+    # client id with a suffix (DotServer.device_client_id).
+    application.objects.create(
+        name="grantkeeper device tests",
+        client_id=f"{client_id}-device",
+        client_secret=client_secret,
+        hash_client_secret=True,
+        client_type=application.CLIENT_CONFIDENTIAL,
+        authorization_grant_type=application.GRANT_DEVICE_CODE,
+    )
     connection.close()  # the last connection closing checkpoints the WAL: the database is one file to copy
 
 

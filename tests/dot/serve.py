@@ -23,11 +23,25 @@ def _exit_with_parent() -> None:
     os._exit(0)
 
 
+def _device_pages_at(port: int) -> None:
+    """DOT answers device authorization requests with OAUTH_DEVICE_VERIFICATION_URI as configured, and clients
+    need it absolute; the port is known only once bound, before the first request."""
+    from django.conf import settings
+    from oauth2_provider.settings import oauth2_settings
+
+    page = f"http://127.0.0.1:{port}/o/device/"
+    settings.OAUTH2_PROVIDER.update(
+        OAUTH_DEVICE_VERIFICATION_URI=page, OAUTH_DEVICE_VERIFICATION_URI_COMPLETE=page + "?user_code={user_code}"
+    )
+    oauth2_settings.reload()
+
+
 def main(port_file: Path) -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.dot.settings")
     application = get_wsgi_application()
     server = create_server(application, host="127.0.0.1", port=0, threads=8, ident="dot-test")
     port = server.effective_port  # type: ignore[union-attr]
+    _device_pages_at(port)
     tmp = port_file.with_suffix(".tmp")
     tmp.write_text(str(port))
     tmp.replace(port_file)

@@ -76,6 +76,9 @@ OAUTH2_PROVIDER = {
     "REFRESH_TOKEN_GRACE_PERIOD_SECONDS": 0,
     "REFRESH_TOKEN_REUSE_PROTECTION": False,
     "ACCESS_TOKEN_EXPIRE_SECONDS": 3600,
+    # RFC 8628's default is 5 s between device flow polls; tests that wait for a person to approve poll faster.
+    "DEVICE_FLOW_INTERVAL": 1,
+    "OAUTH2_VALIDATOR_CLASS": "tests.dot.views.DeviceAwareValidator",
     **json.loads(os.environ.get("GK_DOT_OAUTH2", "{}")),
 }
 

@@ -6,12 +6,15 @@ import hashlib
 import json
 import threading
 from collections.abc import Callable
+from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from oauth2_provider.models import get_access_token_model
+from oauth2_provider.models import get_access_token_model, get_device_grant_model
 from oauth2_provider.oauth2_backends import get_oauthlib_core
+from oauth2_provider.oauth2_validators import OAuth2Validator
+from oauth2_provider.views import DeviceAuthorizationView
 
 _log_lock = threading.Lock()
 LOGGED_PATHS = ("/o/token/", "/o/revoke_token/")
@@ -58,3 +61,38 @@ class TokenCallLog:
         with _log_lock, self.path.open("a", encoding="utf-8") as log:
             log.write(line + "\n")
         return response
+
+
+class DeviceAuthorization(DeviceAuthorizationView):
+    """DOT 3.4.1's device authorization endpoint with oauthlib 4: oauthlib 4 adds ``scope`` to its answer, and DOT
+    passes the whole answer to ``DeviceCodeResponse``, which has no such field, so every request that resolves a
+    scope fails with HTTP 500. DOT takes the scope from the request itself; dropping it from oauthlib's answer
+    before DOT reads it restores DOT's own behaviour (the answer it sends never had ``scope``)."""
+
+    def create_device_authorization_response(self, request: HttpRequest) -> tuple[dict[str, str], object, int]:
+        headers, answer, status = super().create_device_authorization_response(request)
+        if status == 200 and isinstance(answer, dict):
+            answer.pop("scope", None)
+        return headers, answer, status
+
+
+class DeviceAwareValidator(OAuth2Validator):
+    """DOT 3.4.1's validator with oauthlib 4: oauthlib 4 asks the validator about a polled device code
+    (``validate_device_code``), a hook DOT 3.4.1 predates, so every device_code token request failed with HTTP
+    500. DOT's token view has already answered pending, denied and expired codes itself; this answers from DOT's
+    own DeviceGrant row, and for an approved code puts its user and scopes on the request, as oauthlib asks."""
+
+    def validate_device_code(
+        self, client_id: str | None, code: str, request: Any, *args: Any, **kwargs: Any
+    ) -> str | None:
+        model = get_device_grant_model()
+        grant = model.objects.filter(device_code=code, client_id=request.client.client_id).first()
+        if grant is None:
+            return None
+        if grant.is_expired():
+            return "expired_token"
+        if grant.status == model.AUTHORIZED:
+            request.user = grant.user
+            request.scopes = grant.scope.split()
+            return "authorized"
+        return {model.DENIED: "access_denied", model.AUTHORIZATION_PENDING: "authorization_pending"}.get(grant.status)

@@ -157,6 +157,7 @@ def provider_dict(provider: Provider) -> dict[str, object]:
         "profile": provider.profile,
         "authorization_url": provider.authorization_url,
         "revocation_url": provider.revocation_url,
+        "device_authorization_url": provider.device_authorization_url,
     }
 
 

@@ -1,14 +1,17 @@
-"""``grantkeeper connect``: a new grant through the browser (authorization code + PKCE, loopback redirect)."""
+"""``grantkeeper connect``: a new grant through the browser (authorization code + PKCE, loopback redirect), or
+with ``--device`` through a code the user enters on any device (RFC 8628 device authorization grant)."""
 
 from __future__ import annotations
 
 import webbrowser
+from collections.abc import Callable
 
 import click
 
 from grantkeeper.cli._io import open_keeper
 from grantkeeper.cli._session import Session
-from grantkeeper.consent import DEFAULT_CONSENT_TIMEOUT, connect
+from grantkeeper.consent import DEFAULT_CONSENT_TIMEOUT, Connected, connect, connect_device
+from grantkeeper.consent.device import DeviceAuthorization
 from grantkeeper.consent.flow import AuthorizationRequest
 
 __all__ = ["connect_command"]
@@ -24,27 +27,49 @@ __all__ = ["connect_command"]
     metavar="SCOPE",
     help="A scope to request (repeatable) [default: the provider's profile's scopes].",
 )
-@click.option("--no-browser", is_flag=True, help="Do not open a browser: print the URL and wait for the redirect.")
+@click.option(
+    "--device",
+    is_flag=True,
+    help="Use the device flow: show a code to enter at the provider's page on any device (phone, laptop). For "
+    "machines without a browser; the provider needs a device authorization URL.",
+)
+@click.option("--no-browser", is_flag=True, help="Do not open a browser: print the URL and wait.")
 @click.option("--replace", is_flag=True, help="Replace grant NAME if it exists (its refresh token is dropped).")
 @click.option(
     "--timeout",
     type=click.FloatRange(min=1),
-    default=DEFAULT_CONSENT_TIMEOUT,
-    show_default=True,
+    default=None,
     metavar="SECONDS",
-    help="How long to wait for the browser to come back.",
+    help=f"How long to wait for the consent [default: {DEFAULT_CONSENT_TIMEOUT:g} for the browser; with --device, "
+    "until the code expires, never longer].",
 )
 @click.pass_obj
-def connect_command(session: Session, name: str, provider_name: str, scopes: tuple[str, ...], no_browser: bool,
-                    replace: bool, timeout: float) -> None:  # fmt: skip
-    """Connect grant NAME: log in and consent at PROVIDER in a browser, and keep the grant it issues.
+def connect_command(session: Session, name: str, provider_name: str, scopes: tuple[str, ...], device: bool,
+                    no_browser: bool, replace: bool, timeout: float | None) -> None:  # fmt: skip
+    """Connect grant NAME: log in and consent at PROVIDER, and keep the grant it issues.
 
-    Runs the authorization code flow with PKCE and a one-time redirect listener on 127.0.0.1. The provider
-    needs an authorization URL (from its profile, 'provider discover', or --authorization-url) and a client
-    that allows the redirect URI http://127.0.0.1/callback on any port (RFC 8252). Prints no token.
+    By default runs the authorization code flow with PKCE and a one-time redirect listener on 127.0.0.1: the
+    provider needs an authorization URL (from its profile, 'provider discover', or --authorization-url) and a
+    client that allows the redirect URI http://127.0.0.1/callback on any port (RFC 8252).
+
+    With --device, prints a short user code and a URL instead: open the URL on any device, enter the code and
+    approve; grantkeeper polls the provider until you do. The provider needs a device authorization URL ('provider
+    discover', or --device-authorization-url). Either way the grant is stored as 'grant import' stores one, with
+    the access token it came with. Prints no token.
     """
     scope = tuple(dict.fromkeys(s for arg in scopes for s in arg.split()))
+    with open_keeper(session) as keeper:
+        if device:
+            done = connect_device(keeper, name, provider=provider_name, scopes=scope, replace=replace,
+                                  show=_device_shower(name, no_browser, timeout), timeout=timeout)  # fmt: skip
+        else:
+            waited = DEFAULT_CONSENT_TIMEOUT if timeout is None else timeout
+            done = connect(keeper, name, provider=provider_name, scopes=scope, replace=replace, timeout=waited,
+                           show=_browser_shower(name, no_browser, waited))  # fmt: skip
+    _report(done)
 
+
+def _browser_shower(name: str, no_browser: bool, timeout: float) -> Callable[[AuthorizationRequest], None]:
     def show(request: AuthorizationRequest) -> None:
         if no_browser or not webbrowser.open(request.url):
             click.echo(f"Open this URL in a browser to connect grant {name}:\n\n    {request.url}\n", err=True)
@@ -53,9 +78,31 @@ def connect_command(session: Session, name: str, provider_name: str, scopes: tup
                        f"{request.url}\n", err=True)  # fmt: skip
         click.echo(f"Waiting up to {timeout:g}s for the redirect to {request.redirect_uri} ...", err=True)
 
-    with open_keeper(session) as keeper:
-        done = connect(keeper, name, provider=provider_name, scopes=scope, replace=replace, timeout=timeout,
-                       show=show)  # fmt: skip
+    return show
+
+
+def _device_shower(name: str, no_browser: bool, timeout: float | None) -> Callable[[DeviceAuthorization], None]:
+    def show(authorization: DeviceAuthorization) -> None:
+        # The user code and the URLs are meant for the user's eyes; the device code never leaves the process.
+        click.echo(
+            f"To connect grant {name}, open this URL on any device and enter the code below:\n\n"
+            f"    {authorization.verification_uri}\n\n    code: {authorization.user_code}\n",
+            err=True,
+        )
+        if authorization.verification_uri_complete is not None:
+            click.echo(f"Or open this URL, which carries the code:\n\n    {authorization.verification_uri_complete}\n",
+                       err=True)  # fmt: skip
+        target = authorization.verification_uri_complete or authorization.verification_uri
+        if not no_browser and webbrowser.open(target):
+            click.echo("Opened the browser at that page.", err=True)
+        waited = authorization.expires_in if timeout is None else min(timeout, authorization.expires_in)
+        click.echo(f"Waiting up to {waited:g}s for the approval (polling every {authorization.interval:g}s; Ctrl-C "
+                   "stops) ...", err=True)  # fmt: skip
+
+    return show
+
+
+def _report(done: Connected) -> None:
     grant = done.grant
     click.echo(
         f"grant {grant.name} {'replaced' if done.replaced else 'connected'}: provider {grant.provider}, "

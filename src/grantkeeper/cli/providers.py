@@ -53,6 +53,9 @@ _COMMON_OPTIONS: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
                  help="The authorization endpoint, for 'grantkeeper connect' [default: the profile's or server's]."),
     click.option("--revocation-url", metavar="URL",
                  help="The RFC 7009 revocation endpoint, for 'grantkeeper grant revoke' [default: the server's]."),
+    click.option("--device-authorization-url", metavar="URL",
+                 help="The RFC 8628 device authorization endpoint, for 'grantkeeper connect --device' "
+                      "[default: the server's]."),
     click.option("--client-secret-env", metavar="VAR", help="Read the client secret from $VAR at refresh time."),
     click.option("--client-secret-stdin", is_flag=True,
                  help="Read the client secret from standard input; stored encrypted."),
@@ -95,7 +98,7 @@ def _changes(name: str, options: dict[str, Any]) -> tuple[dict[str, Any], set[st
     if options["client_secret_env"] is not None and not ENV_NAME.match(options["client_secret_env"]):
         raise click.BadParameter("must be an environment variable name", param_hint="--client-secret-env")
     plain = ("client_id", "authorization_url", "revocation_url", "private_key_file", "key_id", "jwt_audience",
-             "reuse_grace", "skew", "default_expires_in",
+             "device_authorization_url", "reuse_grace", "skew", "default_expires_in",
              "refresh_idle_ttl", "refresh_absolute_ttl", "send_scope")  # fmt: skip
     changes = {key: options[key] for key in plain if options[key] is not None}
     if options["private_key_file"] is not None:
@@ -298,7 +301,8 @@ def provider_discover(session: Session, /, name: str, issuer: str, profile_name:
         )  # fmt: skip
         changes["token_url"] = metadata.token_endpoint
         for key, found in (("authorization_url", metadata.authorization_endpoint),
-                           ("revocation_url", metadata.revocation_endpoint)):  # fmt: skip
+                           ("revocation_url", metadata.revocation_endpoint),
+                           ("device_authorization_url", metadata.device_authorization_endpoint)):  # fmt: skip
             if found is not None:
                 changes.setdefault(key, found)
         _save(keeper, name, _merged(profile_name, params, base, changes), explicit, existing)

@@ -1,14 +1,17 @@
 """Giving and withdrawing consent: connect a new grant through the user's browser, revoke one at the provider.
 
-`connect` runs the authorization code grant with PKCE (S256) and a loopback redirect (RFC 8252 §7.3), then
-stores the grant exactly as `Keeper.import_grant` does. `revoke` revokes a grant's refresh token at the
-provider (RFC 7009), then removes the grant locally. The protocol steps are in `grantkeeper.consent.flow`
-(no I/O), the listener in `grantkeeper.consent.loopback`.
+`connect` runs the authorization code grant with PKCE (S256) and a loopback redirect (RFC 8252 §7.3);
+`connect_device` runs the device authorization grant (RFC 8628) for machines without a browser. Both store the
+grant as `Keeper.import_grant` does, with the access token that came with it, so the first token read needs no
+refresh. `revoke` revokes a grant's refresh token at the provider (RFC 7009), then removes the grant locally.
+The protocol steps are in `grantkeeper.consent.flow` and `grantkeeper.consent.device` (no I/O), the listener
+in `grantkeeper.consent.loopback`.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -17,6 +20,7 @@ import httpx
 from grantkeeper._exceptions import (
     ClientAuthFailed,
     ConfigurationError,
+    ConsentTimeout,
     MalformedResponse,
     ProviderRejected,
     ProviderUnavailable,
@@ -24,18 +28,20 @@ from grantkeeper._exceptions import (
     UnknownGrant,
 )
 from grantkeeper._secrets import Secret
+from grantkeeper.consent import device
+from grantkeeper.consent.device import DeviceAuthorization, Done
 from grantkeeper.consent.flow import AuthorizationRequest, begin, code_from_redirect, exchange_request
 from grantkeeper.consent.flow import tokens_from_reply as _tokens_from_reply
 from grantkeeper.consent.loopback import LoopbackListener
 from grantkeeper.engine import Keeper
-from grantkeeper.model import Grant, Provider, check_name
+from grantkeeper.model import Grant, Provider, TokenSet, check_name
 from grantkeeper.profiles import get_profile
 from grantkeeper.stores.base import GenerationConflict
 from grantkeeper.tokens.request import build_client_request
 from grantkeeper.tokens.response import HttpReply, interpret
 from grantkeeper.tokens.transport import NotSent, send
 
-__all__ = ["DEFAULT_CONSENT_TIMEOUT", "Connected", "connect", "revoke"]
+__all__ = ["DEFAULT_CONSENT_TIMEOUT", "Connected", "connect", "connect_device", "revoke"]
 
 logger = logging.getLogger("grantkeeper")
 
@@ -103,15 +109,7 @@ def connect(
         ConsentTimeout: no redirect arrived in time.
         ClientAuthFailed / ProviderRejected / ProviderUnavailable / MalformedResponse: the code exchange failed.
     """
-    check_name(name, "grant")  # before the consent: a refused name after the exchange would waste the new token
-    chosen = keeper.store.get_provider(provider)
-    existed = _exists(keeper, name)
-    if existed and not replace:
-        raise ConfigurationError(
-            f"grant {name!r} already exists; give --replace to replace it with the new consent (its current refresh "
-            "token is then dropped), or choose another name",
-            grant=name,
-        )
+    chosen, existed = _prepare(keeper, name, provider, replace)
     default_scopes, extra = _profile_defaults(chosen)
     with LoopbackListener() as listener:
         request = begin(chosen, listener.redirect_uri, scopes=scopes or default_scopes, extra_params=extra)
@@ -121,15 +119,113 @@ def connect(
     code = found[0]
     client = http or _http()
     try:
+        sent_at = keeper.clock.now()
         reply = _reply(send(client, exchange_request(chosen, request, code), budget=_BUDGET), chosen, "code exchange")
     finally:
         if http is None:
             client.close()
     tokens = _tokens_from_reply(chosen, reply, keeper.clock.now())
-    assert tokens.refresh_token is not None
-    granted = tokens.scope if tokens.scope is not None else request.scopes
-    grant = keeper.import_grant(name, provider=provider, refresh_token=tokens.refresh_token, scopes=granted)
-    logger.info("grant %s connected (provider %s, refresh token %s)", name, provider, grant.refresh_fp)
+    return _keep(keeper, name, chosen, tokens, sent_at=sent_at, requested=request.scopes, existed=existed)
+
+
+def connect_device(
+    keeper: Keeper,
+    name: str,
+    *,
+    provider: str,
+    scopes: tuple[str, ...] = (),
+    replace: bool = False,
+    show: Callable[[DeviceAuthorization], None],
+    http: httpx.Client | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    timeout: float | None = None,
+) -> Connected:
+    """Connect grant `name` of `provider` with the device authorization grant (RFC 8628) and store it.
+
+    `show` is called once with the device authorization: the user opens its verification URI on any device and
+    enters its user code. This call then polls the token endpoint every ``interval`` seconds (longer after
+    ``slow_down``, backing off while the provider is unavailable) until the user approves or denies, or the
+    device code expires; `timeout`, if given, ends the wait sooner. `sleep` waits between polls (tests pass
+    their own); the device code's lifetime is measured with ``keeper.clock``. Scopes default to the provider's
+    profile's. An existing grant `name` is replaced only with `replace`.
+
+    Raises:
+        ConfigurationError: the grant exists (without `replace`), or the provider has no device authorization URL.
+        ConsentDenied: the user or the server's policy refused (``access_denied``).
+        ConsentTimeout: the device code expired, or `timeout` passed, before the user approved.
+        ClientAuthFailed / ProviderRejected / ProviderUnavailable / MalformedResponse: the provider refused or
+            failed to start the flow, or answered a poll with something unusable.
+    """
+    chosen, existed = _prepare(keeper, name, provider, replace)
+    requested = scopes or _profile_defaults(chosen)[0]
+    start = device.authorization_request(chosen, scopes=requested)  # no endpoint: refused before any request
+    client = http or _http()
+    try:
+        started = keeper.clock.monotonic()  # the device code's lifetime runs from the request, not the answer
+        reply = _reply(send(client, start, budget=_BUDGET), chosen, "device authorization request")
+        authorization = device.authorization_from_reply(chosen, reply, scopes=requested, now=keeper.clock.now())
+        show(authorization)
+        lifetime = authorization.expires_in if timeout is None else min(timeout, authorization.expires_in)
+        tokens, sent_at = _poll(keeper, chosen, authorization, client, sleep, deadline=started + lifetime)
+    finally:
+        if http is None:
+            client.close()
+    return _keep(keeper, name, chosen, tokens, sent_at=sent_at, requested=requested, existed=existed)
+
+
+def _poll(
+    keeper: Keeper, provider: Provider, authorization: DeviceAuthorization, client: httpx.Client,
+    sleep: Callable[[float], None], *, deadline: float,
+) -> tuple[TokenSet, float]:  # fmt: skip
+    """Poll until the user decides; returns the token set and when the request that got it was sent."""
+    wait, interval, failures = authorization.interval, authorization.interval, 0
+    while True:
+        sleep(wait)  # RFC 8628 §3.5: never sooner than the interval, the first poll included
+        if keeper.clock.monotonic() >= deadline:
+            why = " (the provider was unavailable for the last polls)" if failures else ""
+            raise ConsentTimeout(
+                f"provider {provider.name!r}: the device code was not approved in time{why}; nothing was stored. "
+                "Start 'grantkeeper connect --device' again and enter the new code"
+            )
+        sent_at = keeper.clock.now()
+        result = send(client, device.token_request(provider, authorization), budget=_BUDGET)
+        step = device.poll_step(provider, result, interval=interval, failures=failures, now=keeper.clock.now())
+        if isinstance(step, Done):
+            return step.token_set, sent_at
+        wait, interval, failures = step.seconds, step.interval, step.failures
+        logger.debug("device flow at %s: %s; next poll in %.0f s", provider.name, step.reason, wait)
+
+
+def _prepare(keeper: Keeper, name: str, provider: str, replace: bool) -> tuple[Provider, bool]:
+    """The provider, and whether grant `name` exists; checked before the consent, because a name refused after
+    it would waste the new grant."""
+    check_name(name, "grant")
+    chosen = keeper.store.get_provider(provider)
+    existed = _exists(keeper, name)
+    if existed and not replace:
+        raise ConfigurationError(
+            f"grant {name!r} already exists; give --replace to replace it with the new consent (its current refresh "
+            "token is then dropped), or choose another name",
+            grant=name,
+        )
+    return chosen, existed
+
+
+def _keep(
+    keeper: Keeper, name: str, provider: Provider, tokens: TokenSet, *, sent_at: float, requested: tuple[str, ...],
+    existed: bool,
+) -> Connected:  # fmt: skip
+    """Store the consent's whole token response: the refresh token, and the access token with its expiry
+    counted from when its request was sent (as a refresh commit counts it)."""
+    assert tokens.refresh_token is not None  # both flows refuse a token set without one
+    granted = tokens.scope if tokens.scope is not None else requested
+    expires_in = tokens.expires_in if tokens.expires_in is not None else provider.default_expires_in
+    rt_expires = tokens.refresh_token_expires_in
+    grant = keeper._import(
+        name, provider.name, tokens.refresh_token, granted, access_token=tokens.access_token,
+        expires_at=sent_at + expires_in, refresh_expires_at=sent_at + rt_expires if rt_expires is not None else None,
+    )  # fmt: skip
+    logger.info("grant %s connected (provider %s, refresh token %s)", name, provider.name, grant.refresh_fp)
     return Connected(grant, existed)
 
 

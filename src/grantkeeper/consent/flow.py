@@ -35,7 +35,14 @@ from grantkeeper.model import Provider, TokenSet
 from grantkeeper.tokens.request import build_client_request
 from grantkeeper.tokens.response import HttpReply, Malformed, OAuthFailure, Success, Transient, interpret
 
-__all__ = ["AuthorizationRequest", "begin", "code_from_redirect", "exchange_request", "tokens_from_reply"]
+__all__ = [
+    "AuthorizationRequest",
+    "begin",
+    "code_from_redirect",
+    "exchange_request",
+    "require_refresh_token",
+    "tokens_from_reply",
+]
 
 #: What the redirect's ``error`` means to the person at the terminal (RFC 6749 §4.1.2.1).
 _REDIRECT_ERRORS = {
@@ -146,18 +153,23 @@ def exchange_request(provider: Provider, request: AuthorizationRequest, code: Se
     return build_client_request(provider, form)
 
 
+def require_refresh_token(provider: Provider, token_set: TokenSet) -> TokenSet:
+    """`token_set`, if it holds a refresh token; a consent that yields none leaves nothing to keep."""
+    if token_set.refresh_token is None:
+        raise ProviderRejected(
+            f"provider {provider.name!r} issued an access token but no refresh token; many providers issue one only "
+            "for an offline scope or parameter (e.g. --scope offline_access, or the profile's authorize "
+            "parameters). Nothing was stored"
+        )
+    return token_set
+
+
 def tokens_from_reply(provider: Provider, reply: HttpReply, now: float) -> TokenSet:
     """The token set from the code exchange's answer; it must hold a refresh token, or there is nothing to keep."""
     outcome = interpret(reply, now)
     name = provider.name
     if isinstance(outcome, Success):
-        if outcome.token_set.refresh_token is None:
-            raise ProviderRejected(
-                f"provider {name!r} issued an access token but no refresh token; many providers issue one only "
-                "for an offline scope or parameter (e.g. --scope offline_access, or the profile's authorize "
-                "parameters). Nothing was stored"
-            )
-        return outcome.token_set
+        return require_refresh_token(provider, outcome.token_set)
     if isinstance(outcome, OAuthFailure):
         detail = f"{outcome.error}" + (f": {outcome.description}" if outcome.description else "")
         if outcome.error == "invalid_client":

@@ -366,10 +366,16 @@ class _KeeperCore:
             if entry is not None and entry[0] == Secret(access_token):
                 self._cache.pop(name, None)
 
-    def _import(self, name: str, provider: str, refresh_token: str | Secret, scopes: tuple[str, ...]) -> Grant:
+    def _import(
+        self, name: str, provider: str, refresh_token: str | Secret, scopes: tuple[str, ...], *,
+        access_token: Secret | None = None, expires_at: float | None = None, refresh_expires_at: float | None = None,
+    ) -> Grant:  # fmt: skip
+        """Store the grant; `access_token` (with `expires_at`) is the one issued with the refresh token, kept so
+        the first token read needs no refresh (`grantkeeper.consent` passes a consent's whole token response)."""
         secret = refresh_token if isinstance(refresh_token, Secret) else Secret(refresh_token.strip())
         grant = self.store.import_grant(name, provider=provider, refresh_token=secret, scopes=scopes,
-                                        now=self.clock.now())  # fmt: skip
+                                        now=self.clock.now(), access_token=access_token, expires_at=expires_at,
+                                        refresh_expires_at=refresh_expires_at)  # fmt: skip
         self._cache.pop(name, None)
         return grant
 

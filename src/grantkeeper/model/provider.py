@@ -65,6 +65,8 @@ class Provider:
     authorization_url: str | None = None
     #: The revocation endpoint (RFC 7009), for `grantkeeper grant revoke`; None if the provider has none.
     revocation_url: str | None = None
+    #: The device authorization endpoint (RFC 8628 §3.1), for `grantkeeper connect --device`; None if unknown.
+    device_authorization_url: str | None = None
 
     def __post_init__(self) -> None:
         check_name(self.name, "provider")
@@ -73,6 +75,8 @@ class Provider:
             _check_endpoint(self.name, "authorization", self.authorization_url)
         if self.revocation_url is not None:
             _check_endpoint(self.name, "revocation", self.revocation_url)
+        if self.device_authorization_url is not None:
+            _check_endpoint(self.name, "device authorization", self.device_authorization_url)
         if not self.client_id:
             raise ConfigurationError(f"provider {self.name!r}: client id must not be empty")
         if self.client_secret is not None and self.client_secret_env is not None:

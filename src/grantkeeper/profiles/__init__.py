@@ -54,9 +54,9 @@ QUIRKS: Mapping[str, str] = {
 
 #: Profile keys that are facts (each needs provenance); the rest describe how to use the profile.
 FACTS = (
-    "token_url", "authorization_url", "issuer", "scopes", "authorize_params", "rotation", "reuse_grace",
-    "reuse_detection", "refresh_idle_ttl_days", "refresh_absolute_ttl_days", "access_token_ttl", "auth_methods",
-    "jwt_audience", "quirks",
+    "token_url", "authorization_url", "device_authorization_url", "issuer", "scopes", "authorize_params",
+    "rotation", "reuse_grace", "reuse_detection", "refresh_idle_ttl_days", "refresh_absolute_ttl_days",
+    "access_token_ttl", "auth_methods", "jwt_audience", "quirks",
 )  # fmt: skip
 _REQUIRED = ("title", "token_url", "rotation", "auth_methods")
 _NOT_FACTS = ("title", "params", "param_defaults", "notes", "checked", "sources", "facts")
@@ -80,6 +80,7 @@ class Profile:
     sources: Mapping[str, str]
     facts: Mapping[str, tuple[str, ...] | str]
     authorization_url: str | None = None
+    device_authorization_url: str | None = None  # RFC 8628 §3.1, for `connect --device`
     issuer: str | None = None
     scopes: tuple[str, ...] = ()
     authorize_params: Mapping[str, str] | None = None
@@ -101,7 +102,8 @@ class Profile:
         return tuple(dict.fromkeys(found))
 
     def _urls(self) -> list[str]:
-        return [u for u in (self.token_url, self.authorization_url, self.issuer) if u is not None]
+        urls = (self.token_url, self.authorization_url, self.device_authorization_url, self.issuer)
+        return [u for u in urls if u is not None]
 
     def unverified(self) -> tuple[str, ...]:
         """The facts present in this profile that no source backs."""
@@ -185,6 +187,11 @@ def profile_values(
         "authorization_url": (
             fill_template(profile.authorization_url, given, profile=profile.name)
             if profile.authorization_url is not None
+            else None
+        ),
+        "device_authorization_url": (
+            fill_template(profile.device_authorization_url, given, profile=profile.name)
+            if profile.device_authorization_url is not None
             else None
         ),
     }
@@ -303,7 +310,8 @@ def _profile(name: str, table: object, origin: str) -> Profile:
     profile = Profile(
         name=name, title=str(r.text("title")), token_url=str(r.text("token_url")), rotation=rotation,
         auth_methods=methods, sources=sources, facts=_facts(r, sources),
-        authorization_url=r.text("authorization_url"), issuer=r.text("issuer"), scopes=r.strings("scopes"),
+        authorization_url=r.text("authorization_url"), device_authorization_url=r.text("device_authorization_url"),
+        issuer=r.text("issuer"), scopes=r.strings("scopes"),
         authorize_params=r.mapping("authorize_params"), reuse_grace=r.number("reuse_grace", 0, _MAX_GRACE_DAYS * DAY),
         reuse_detection=reuse_detection, refresh_idle_ttl_days=r.number("refresh_idle_ttl_days", 1 / 24, 3660),
         refresh_absolute_ttl_days=r.number("refresh_absolute_ttl_days", 1 / 24, 3660),

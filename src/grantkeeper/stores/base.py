@@ -103,6 +103,8 @@ class Store(Protocol):
         refreshed_at: float | None = None,
         refresh_issued_at: float | None = None,
         refresh_expires_at: float | None = None,
+        access_token: Secret | None = None,
+        expires_at: float | None = None,
     ) -> Grant: ...
 
     def get_grant(self, name: str) -> Grant: ...

@@ -55,7 +55,7 @@ _GRANT_COLUMNS = (
 _PROVIDER_COLUMNS = (
     "name, token_url, client_id, client_secret, client_secret_env, auth_method, rotation, reuse_grace, skew, "
     "default_expires_in, refresh_idle_ttl, refresh_absolute_ttl, private_key_file, key_id, jwt_audience, send_scope, "
-    "profile, authorization_url, revocation_url"
+    "profile, authorization_url, revocation_url, device_authorization_url"
 )
 _GRANT_COLUMNS_QUALIFIED = ", ".join("grants." + c.strip() for c in _GRANT_COLUMNS.split(","))
 _PROVIDER_COLUMNS_QUALIFIED = ", ".join("providers." + c.strip() for c in _PROVIDER_COLUMNS.split(","))
@@ -238,6 +238,7 @@ class SQLStore:
             profile=row[16],
             authorization_url=row[17],
             revocation_url=row[18],
+            device_authorization_url=row[19],
         )
 
     @staticmethod
@@ -306,8 +307,8 @@ class SQLStore:
                 "INSERT INTO providers (name, token_url, client_id, client_secret, client_secret_env, "
                 "auth_method, rotation, reuse_grace, skew, default_expires_in, refresh_idle_ttl, "
                 "refresh_absolute_ttl, private_key_file, key_id, jwt_audience, send_scope, profile, "
-                "authorization_url, revocation_url, created_at, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "authorization_url, revocation_url, device_authorization_url, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (name) DO UPDATE SET "
                 "token_url = excluded.token_url, client_id = excluded.client_id, "
                 "client_secret = excluded.client_secret, client_secret_env = excluded.client_secret_env, "
@@ -317,13 +318,15 @@ class SQLStore:
                 "refresh_absolute_ttl = excluded.refresh_absolute_ttl, private_key_file = excluded.private_key_file, "
                 "key_id = excluded.key_id, jwt_audience = excluded.jwt_audience, send_scope = excluded.send_scope, "
                 "profile = excluded.profile, authorization_url = excluded.authorization_url, "
-                "revocation_url = excluded.revocation_url, updated_at = excluded.updated_at",
+                "revocation_url = excluded.revocation_url, "
+                "device_authorization_url = excluded.device_authorization_url, updated_at = excluded.updated_at",
                 (
                     provider.name, provider.token_url, provider.client_id, secret, provider.client_secret_env,
                     provider.auth_method.value, provider.rotation.value, provider.reuse_grace, provider.skew,
                     provider.default_expires_in, provider.refresh_idle_ttl, provider.refresh_absolute_ttl,
                     provider.private_key_file, provider.key_id, provider.jwt_audience, int(provider.send_scope),
-                    provider.profile, provider.authorization_url, provider.revocation_url, now, now,
+                    provider.profile, provider.authorization_url, provider.revocation_url,
+                    provider.device_authorization_url, now, now,
                 ),
             )  # fmt: skip
 
@@ -340,6 +343,7 @@ class SQLStore:
         self, name: str, *, provider: str, refresh_token: Secret, scopes: tuple[str, ...], now: float,
         min_generation: int = 1, created_at: float | None = None, refreshed_at: float | None = None,
         refresh_issued_at: float | None = None, refresh_expires_at: float | None = None,
+        access_token: Secret | None = None, expires_at: float | None = None,
     ) -> Grant:  # fmt: skip
         """Create the grant, or replace its refresh token (re-consent), in one transaction.
 
@@ -347,31 +351,41 @@ class SQLStore:
         deleted grant of the same name (`delete_grant` leaves a floor in `meta`), so a refresh still in flight
         for an older token or a deleted grant can never commit over this one. The clock fields carry lifetimes
         over from another store (a bundle); by default they start now.
+
+        `access_token` with its `expires_at` is the access token issued with the refresh token (a consent's
+        token response): written sealed and fingerprinted as a refresh commit writes it, so the first token
+        read needs no refresh. Without it any stored access token is dropped: it belonged to the old consent.
         """
         check_name(name, "grant")
         if not refresh_token:
             raise ConfigurationError("the refresh token is empty; pipe the token on standard input")
+        if (access_token is None) != (expires_at is None):
+            raise ConfigurationError("an imported access token needs its expiry, and an expiry its access token")
         sealed = self._seal(refresh_token, "grants", name, "refresh_token")
         fp = self.fingerprint(refresh_token)
+        access = self._seal(access_token, "grants", name, "access_token")
+        access_fp = self.fingerprint(access_token) if access_token is not None else None
         with self._tx() as conn:
             self._read_provider(conn, provider)
             floor_generation, floor_fence = self._floor(conn, name)
             first = max(1, min_generation, floor_generation + 1)
             conn.execute(
-                "INSERT INTO grants (name, provider, refresh_token, refresh_fp, scopes, generation, state, "
-                "refreshed_at, created_at, updated_at, refresh_issued_at, refresh_expires_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, 'active', ?, ?, ?, ?, ?) "
+                "INSERT INTO grants (name, provider, refresh_token, refresh_fp, access_token, access_fp, expires_at, "
+                "access_verified, scopes, generation, state, refreshed_at, created_at, updated_at, refresh_issued_at, "
+                "refresh_expires_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?, ?, 'active', ?, ?, ?, ?, ?) "
                 "ON CONFLICT (name) DO "
                 "UPDATE SET provider = excluded.provider, refresh_token = excluded.refresh_token, "
-                "refresh_fp = excluded.refresh_fp, access_token = NULL, access_fp = NULL, expires_at = NULL, "
+                "refresh_fp = excluded.refresh_fp, access_token = excluded.access_token, "
+                "access_fp = excluded.access_fp, expires_at = excluded.expires_at, access_verified = 1, "
                 "scopes = excluded.scopes, generation = CASE WHEN grants.generation + 1 > excluded.generation "
                 "THEN grants.generation + 1 ELSE excluded.generation END, state = 'active', "
                 "last_error = NULL, last_error_at = NULL, refreshed_at = excluded.refreshed_at, "
                 "created_at = excluded.created_at, updated_at = excluded.updated_at, "
                 "refresh_issued_at = excluded.refresh_issued_at, refresh_expires_at = excluded.refresh_expires_at",
                 (
-                    name, provider, sealed, fp, " ".join(scopes), first, refreshed_at or now, created_at or now, now,
-                    refresh_issued_at or now, refresh_expires_at,
+                    name, provider, sealed, fp, access, access_fp, expires_at, " ".join(scopes), first,
+                    refreshed_at or now, created_at or now, now, refresh_issued_at or now, refresh_expires_at,
                 ),
             )  # fmt: skip
             if floor_fence:

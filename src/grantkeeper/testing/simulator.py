@@ -6,6 +6,11 @@ rotation policies (always / conditional / never), a reuse grace window for the i
 detection that revokes the whole grant family, and injectable faults (delays, HTTP errors, malformed bodies,
 connections dropped before or after the refresh was committed server-side).
 
+It also serves the device authorization grant (RFC 8628): ``POST /device_authorization`` issues a device code
+and a user code; tests play the user with `approve` / `deny`, and polls of ``POST /token`` with the device code
+answer ``authorization_pending``, ``access_denied``, ``expired_token`` (by the simulator's clock) or the tokens.
+Inject ``HttpError(400, error="slow_down")`` (or any other error) to answer a poll otherwise, as for refreshes.
+
 Standard library only. Every state change happens under one lock, so concurrent requests are linearizable; only
 the `Delay` fault sleeps outside it.
 """
@@ -83,6 +88,8 @@ _IDLE_TIMEOUT: Final = 120.0  # seconds a keep-alive connection may sit idle
 _POLL_INTERVAL: Final = 0.05  # serve_forever's shutdown latency
 _JSON: Final = "application/json"
 _BASIC_CHALLENGE: Final = 'Basic realm="simulator"'
+_DEVICE_GRANT: Final = "urn:ietf:params:oauth:grant-type:device_code"
+_USER_CODE_ALPHABET: Final = "BCDFGHJKLMNPQRSTVWXZ"  # RFC 8628 §6.1: no vowels, no look-alike characters
 
 
 # --------------------------------------------------------------------------------------------------- faults
@@ -227,6 +234,15 @@ class _Issued:
     payload: dict[str, Any]
     access_token: str
     scope: tuple[str, ...]
+
+
+@dataclass(eq=False)
+class _DeviceCode:
+    user_code: str
+    scope: tuple[str, ...]
+    expires_at: float
+    state: str = "pending"  # -> "approved" | "denied"; "approved" -> "redeemed"
+    with_refresh_token: bool = True
 
 
 _DROP: Final = _Reply(drop=True)
@@ -437,6 +453,10 @@ class _Handler(BaseHTTPRequestHandler):
         if self._path() == "/resource":  # an upload to the protected resource: the body is read and discarded
             self._send(framing or self._sim._handle_resource_request(self.headers.get("Authorization")))
             return
+        if self._path() == "/device_authorization":
+            self._send(framing or self._sim._handle_device_authorization(
+                self.headers.get("Authorization"), self.headers.get("Content-Type"), body))  # fmt: skip
+            return
         if self._path() != "/token":
             self._send(framing or _Reply(status=404, body=_json_bytes({"error": "not_found"})))
             return
@@ -497,6 +517,8 @@ class ProviderSimulator:
         host: str = "127.0.0.1",
         port: int = 0,
         clock: Callable[[], float] = time.monotonic,
+        device_code_ttl: float = 600.0,
+        device_interval: float | None = 5.0,
     ) -> None:
         if rotation not in ROTATION_MODES:
             raise ValueError(f"rotation must be one of {', '.join(ROTATION_MODES)}")
@@ -517,6 +539,12 @@ class ProviderSimulator:
             raise ValueError("give client_public_key (PEM) exactly when auth_methods include private_key_jwt")
         if not 0 <= port <= 65535:
             raise ValueError("port must be in 0..65535")
+        if not device_code_ttl > 0 or (device_interval is not None and not device_interval > 0):
+            raise ValueError("device_code_ttl and device_interval must be > 0")
+        self._device_ttl = float(device_code_ttl)
+        self._device_interval = device_interval
+        self._device_codes: dict[str, _DeviceCode] = {}
+        self._user_codes: dict[str, str] = {}
         self._rotation = rotation
         self._reuse_grace = float(reuse_grace)
         self._reuse_detection = reuse_detection
@@ -691,7 +719,7 @@ class ProviderSimulator:
         """Every refresh and access token this simulator has issued (for leak tests: none may appear in logs,
         errors or files)."""
         with self._lock:
-            return frozenset(self._refresh_tokens) | frozenset(self._access_tokens)
+            return frozenset(self._refresh_tokens) | frozenset(self._access_tokens) | frozenset(self._device_codes)
 
     def clear_faults(self) -> None:
         """Forget every queued fault."""
@@ -800,8 +828,10 @@ class ProviderSimulator:
         grant_type = form.get("grant_type")
         if grant_type is None:
             return _OAuthError(400, "invalid_request", "missing grant_type")
+        if grant_type == _DEVICE_GRANT:
+            return self._redeem_device_code_locked(form)
         if grant_type != "refresh_token":
-            return _OAuthError(400, "unsupported_grant_type", "only grant_type=refresh_token is supported")
+            return _OAuthError(400, "unsupported_grant_type", "only refresh_token and device_code grants are supported")
         token = form.get("refresh_token")
         if token is None:
             return _OAuthError(400, "invalid_request", "missing refresh_token")
@@ -975,6 +1005,85 @@ class ProviderSimulator:
             return _OAuthError(401, "invalid_client", "unknown client")
         return _OAuthError(401, "invalid_client", "client authentication required")
 
+    # ------------------------------------------------------------------------------ device flow (RFC 8628)
+
+    @property
+    def device_authorization_url(self) -> str:
+        """The device authorization endpoint (RFC 8628 §3.1)."""
+        return f"{self.base_url}/device_authorization"
+
+    def approve(self, user_code: str, *, refresh_token: bool = True) -> None:
+        """The user enters `user_code` and approves: the next poll gets tokens (without a refresh token when
+        `refresh_token` is False, as servers do without an offline scope)."""
+        self._decide(user_code, "approved", refresh_token)
+
+    def deny(self, user_code: str) -> None:
+        """The user enters `user_code` and denies: the next poll gets ``access_denied``."""
+        self._decide(user_code, "denied", True)
+
+    def _decide(self, user_code: str, state: str, refresh_token: bool) -> None:
+        with self._lock:
+            device_code = self._user_codes.get(user_code.upper())
+            if device_code is None:
+                raise KeyError("unknown user code")
+            record = self._device_codes[device_code]
+            if record.state != "pending":
+                raise ValueError(f"user code already {record.state}")
+            record.state, record.with_refresh_token = state, refresh_token
+
+    def _handle_device_authorization(self, authorization: str | None, content_type: str | None, body: bytes) -> _Reply:
+        with self._lock:
+            form = self._parse_form(content_type, body)
+            if isinstance(form, _OAuthError):
+                return _error_reply(form)
+            problem = self._authenticate(authorization, form)
+            if problem is not None:
+                self._count_error(problem.code)
+                return _error_reply(problem)
+            scope = tuple(dict.fromkeys(form.get("scope", "read write").split()))
+            if not all(_valid_scope_token(s) for s in scope):
+                return _error_reply(_OAuthError(400, "invalid_scope", "malformed scope"))
+            device_code = self._new_token()
+            while True:
+                letters = "".join(secrets.choice(_USER_CODE_ALPHABET) for _ in range(8))
+                user_code = f"{letters[:4]}-{letters[4:]}"
+                if user_code not in self._user_codes:
+                    break
+            self._device_codes[device_code] = _DeviceCode(user_code, scope, self._clock() + self._device_ttl)
+            self._user_codes[user_code] = device_code
+        answer: dict[str, Any] = {
+            "device_code": device_code, "user_code": user_code, "verification_uri": f"{self.base_url}/device",
+            "verification_uri_complete": f"{self.base_url}/device?user_code={user_code}",
+            "expires_in": _number(self._device_ttl),
+        }  # fmt: skip
+        if self._device_interval is not None:
+            answer["interval"] = _number(self._device_interval)
+        return _Reply(body=_json_bytes(answer))
+
+    def _redeem_device_code_locked(self, form: dict[str, str]) -> _OAuthError | _Issued:
+        device_code = form.get("device_code")
+        if device_code is None:
+            return _OAuthError(400, "invalid_request", "missing device_code")
+        record = self._device_codes.get(device_code)
+        if record is None or record.state == "redeemed":
+            return _OAuthError(400, "invalid_grant", "unknown or already used device code")
+        now = self._clock()
+        if now >= record.expires_at:
+            return _OAuthError(400, "expired_token", "the device code has expired")
+        if record.state == "denied":
+            return _OAuthError(400, "access_denied", "the user denied the request")
+        if record.state == "pending":
+            return _OAuthError(400, "authorization_pending", "the user has not answered yet")
+        record.state = "redeemed"
+        refresh = self._new_token()
+        family = _Family(scope=record.scope, current=refresh)
+        self._refresh_tokens[refresh] = family
+        access = self._mint_access_locked(family, record.scope, now)
+        payload = self._payload(access, record.scope)
+        if record.with_refresh_token:
+            payload["refresh_token"] = refresh
+        return _Issued(payload=payload, access_token=access, scope=record.scope)
+
     def metadata(self, issuer_path: str = "") -> dict[str, Any]:
         """The RFC 8414 metadata served for the issuer ``base_url + issuer_path`` (one server, many issuers, as
         with tenants or realms: the well-known URL says which)."""
@@ -983,7 +1092,8 @@ class ProviderSimulator:
             "authorization_endpoint": f"{self.base_url}/authorize",
             "token_endpoint": self.url,
             "token_endpoint_auth_methods_supported": list(self._auth_methods),
-            "grant_types_supported": ["authorization_code", "refresh_token"],
+            "grant_types_supported": ["authorization_code", "refresh_token", _DEVICE_GRANT],
+            "device_authorization_endpoint": f"{self.base_url}/device_authorization",
             "response_types_supported": ["code"],
         }
         if self._client_key is not None:

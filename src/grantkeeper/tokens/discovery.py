@@ -39,6 +39,7 @@ class Metadata:
     signing_algs: tuple[str, ...]  # token_endpoint_auth_signing_alg_values_supported
     authorization_endpoint: str | None
     revocation_endpoint: str | None  # RFC 8414 §2 / RFC 7009
+    device_authorization_endpoint: str | None  # RFC 8628 §4
     source: str  # the URL the document was read from
 
     @property
@@ -107,6 +108,9 @@ def parse_metadata(body: bytes, *, issuer: str, source: str) -> Metadata:
     revocation_endpoint = document.get("revocation_endpoint")
     if revocation_endpoint is not None:
         revocation_endpoint = _check_url(revocation_endpoint, "revocation_endpoint", where)
+    device_endpoint = document.get("device_authorization_endpoint")
+    if device_endpoint is not None:
+        device_endpoint = _check_url(device_endpoint, "device_authorization_endpoint", where)
     return Metadata(
         issuer=issuer,
         token_endpoint=token_endpoint,
@@ -115,6 +119,7 @@ def parse_metadata(body: bytes, *, issuer: str, source: str) -> Metadata:
         signing_algs=_strings(document, "token_endpoint_auth_signing_alg_values_supported", where) or (),
         authorization_endpoint=authorization_endpoint,
         revocation_endpoint=revocation_endpoint,
+        device_authorization_endpoint=device_endpoint,
         source=source,
     )
 

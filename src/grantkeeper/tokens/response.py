@@ -35,6 +35,8 @@ __all__ = [
     "OAuthFailure",
     "Success",
     "Transient",
+    "as_number",
+    "decode_object",
     "interpret",
     "parse_retry_after",
 ]
@@ -51,7 +53,7 @@ _KNOWN_ERRORS = _TRANSIENT_ERRORS | {
     "invalid_request", "invalid_client", "invalid_grant", "unauthorized_client", "unsupported_grant_type",
     "invalid_scope", "access_denied", "invalid_token", "insufficient_scope", "interaction_required",
     "consent_required", "login_required", "invalid_target", "invalid_dpop_proof", "use_dpop_nonce",
-    "expired_token", "unsupported_response_type",
+    "expired_token", "unsupported_response_type", "authorization_pending",
 }  # fmt: skip
 
 
@@ -105,7 +107,8 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     return max(0.0, when.timestamp() - now)
 
 
-def _decode(reply: HttpReply) -> dict[str, object] | None:
+def decode_object(reply: HttpReply) -> dict[str, object] | None:
+    """The body as an object: JSON, or a form-encoded body when the server says so; None for anything else."""
     ctype = reply.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "application/x-www-form-urlencoded":
         try:
@@ -119,7 +122,7 @@ def _decode(reply: HttpReply) -> dict[str, object] | None:
     return data if isinstance(data, dict) else None
 
 
-def _number(value: object) -> float | None:
+def as_number(value: object) -> float | None:
     """A finite non-negative number, also from a numeric string; None for anything else."""
     if isinstance(value, bool):
         return None
@@ -148,7 +151,7 @@ def _jwt_lifetime(token: str, now: float) -> float | None:
         claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
     except (binascii.Error, ValueError, RecursionError):
         return None
-    exp = _number(claims.get("exp")) if isinstance(claims, dict) and not isinstance(claims.get("exp"), str) else None
+    exp = as_number(claims.get("exp")) if isinstance(claims, dict) and not isinstance(claims.get("exp"), str) else None
     return None if exp is None else min(max(0.0, exp - now), MAX_EXPIRES_IN)
 
 
@@ -166,7 +169,7 @@ def interpret(reply: HttpReply, now: float) -> Interpretation:
     status = reply.status
     if reply.truncated:
         return Malformed(f"response body larger than {MAX_BODY_BYTES} bytes", status)
-    data = _decode(reply)
+    data = decode_object(reply)
     retry_after = parse_retry_after(reply.headers.get("retry-after"), now)
     if 300 <= status < 400:
         return Malformed(f"HTTP {status} redirect from the token endpoint; check the provider's token URL", status)
@@ -194,7 +197,7 @@ def interpret(reply: HttpReply, now: float) -> Interpretation:
         return Malformed(f"token_type {sanitize_provider_text(token_type, 20)!r} is not Bearer", status)
     expires_in: float | None = None
     if data.get("expires_in") is not None:
-        expires_in = _number(data["expires_in"])
+        expires_in = as_number(data["expires_in"])
         if expires_in is None:
             return Malformed("expires_in is not a non-negative number", status)
         expires_in = min(expires_in, MAX_EXPIRES_IN)
@@ -218,6 +221,6 @@ def interpret(reply: HttpReply, now: float) -> Interpretation:
             refresh_token=Secret(refresh) if refresh else None,
             scope=scope if isinstance(scope, tuple) else None,
             id_token=Secret(id_token) if id_token else None,
-            refresh_token_expires_in=_number(rt_expires) if rt_expires is not None else None,
+            refresh_token_expires_in=as_number(rt_expires) if rt_expires is not None else None,
         )
     )
