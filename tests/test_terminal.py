@@ -1,0 +1,245 @@
+"""Terminal behaviour as a person meets it (issue 8): the installed ``grantkeeper`` script on a pseudo-terminal
+for ``connect --no-browser``, hidden prompts and progress; and the same commands with no terminal at all, as
+cron or a CI job runs them, where nothing may prompt, hang, or print an escape code.
+
+Everything is real: the console script in a child process, DOT or the provider simulator over loopback HTTP,
+SQLite stores in tmp_path. Every transcript is checked against the secrets that must never reach it.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from collections.abc import Iterator
+from contextlib import closing
+from pathlib import Path
+
+import httpx
+import pytest
+
+from grantkeeper import Keeper, UnknownGrant
+from grantkeeper.stores import open_store
+from tests.dot_browser import consent
+from tests.dot_server import DotFactory, DotServer
+from tests.terminal import (
+    Terminal,
+    environment,
+    no_escape,
+    spawn,
+)
+from tests.test_cli import GRANT, CliWorld, ready, world
+
+__all__ = ["ready", "world"]  # fixtures, shared with tests/test_cli.py
+
+PASSPHRASE = "correct horse battery staple for the bundle"
+URL_LINE = re.compile(r"^ {4}(http://\S+)\r?$", re.MULTILINE)
+
+
+@pytest.fixture
+def terminals() -> Iterator[list[Terminal]]:
+    """Terminals a test opened; any still running when it ends (a failed expectation) are stopped."""
+    opened: list[Terminal] = []
+    yield opened
+    for terminal in opened:
+        terminal.close()
+
+
+def _on_terminal(terminals: list[Terminal], *args: str, env: dict[str, str]) -> Terminal:
+    terminal = spawn(*args, env=env)
+    terminals.append(terminal)
+    return terminal
+
+
+def _stored_refresh_token(url: str, name: str = GRANT) -> str:
+    store = open_store(url, create=False)
+    try:
+        token = store.get_grant(name).refresh_token
+    finally:
+        store.close()
+    assert token is not None
+    return token.reveal()
+
+
+def _has_grant(url: str, name: str = GRANT) -> bool:
+    store = open_store(url, create=False)
+    try:
+        store.get_grant(name)
+    except UnknownGrant:
+        return False
+    finally:
+        store.close()
+    return True
+
+
+# ------------------------------------------------------------------------------------- connect, against DOT
+
+
+@pytest.fixture
+def dot(tmp_path: Path, dot_server: DotFactory) -> tuple[DotServer, str]:
+    """The default DOT server and a store that knows it as provider "dot" (secret stored, authorize URL set)."""
+    server = dot_server()
+    url = f"sqlite://{tmp_path}/gk.db"
+    with Keeper.open(url) as keeper:
+        keeper.add_provider(server.provider(authorization_url=server.authorize_url))
+    return server, url
+
+
+def _dot_secrets(server: DotServer) -> set[str]:
+    """Every token and authorization code DOT's database holds in plain text (the server is shared by the test
+    session, so this is a superset of what one test was issued)."""
+    with closing(sqlite3.connect(f"file:{server.db_path}?mode=ro", uri=True, timeout=30)) as db:
+        rows = db.execute(
+            "SELECT token FROM oauth2_provider_accesstoken UNION SELECT token FROM oauth2_provider_refreshtoken "
+            "UNION SELECT code FROM oauth2_provider_grant"
+        ).fetchall()
+    return {value for (value,) in rows if value}
+
+
+def _authorization_url(terminal: Terminal) -> str:
+    """The URL connect shows, read from the terminal as a person would copy it; returns once connect waits."""
+    terminal.expect("Waiting up to")
+    found = URL_LINE.findall(terminal.transcript)
+    assert len(found) == 1, f"expected one indented URL on the terminal:\n{terminal.transcript}"
+    return str(found[0])
+
+
+def test_connect_no_browser_on_a_terminal(
+    dot: tuple[DotServer, str], terminals: list[Terminal], tmp_path: Path
+) -> None:
+    """The person runs connect, copies the URL into a browser, logs in and consents at DOT; the browser page
+    and the terminal both say it worked, `grantkeeper token` then prints a token DOT accepts, and neither
+    terminal ever showed a refresh token, the code, or the client secret."""
+    server, url = dot
+    env = environment(url)
+    terminal = _on_terminal(terminals, "connect", GRANT, "--provider", "dot", "--scope", "read", "--no-browser",
+                            env=env)  # fmt: skip
+    terminal.expect(f"Open this URL in a browser to connect grant {GRANT}:")
+    authorization_url = _authorization_url(terminal)
+    assert authorization_url.startswith(server.authorize_url + "?")
+    with httpx.Client(timeout=60, follow_redirects=False) as browser:
+        callback = consent(browser, server, authorization_url)
+        landing = browser.get(callback)
+    assert landing.status_code == 200 and "Authorization received" in landing.text
+    terminal.expect(f"grant {GRANT} connected: provider dot, scopes read, refresh token fp_")
+    assert terminal.finish() == 0, terminal.transcript
+
+    token_terminal = _on_terminal(terminals, "token", GRANT, env=env)
+    assert token_terminal.finish() == 0, token_terminal.transcript
+    access_token = token_terminal.transcript.strip()
+    assert server.resource_status(access_token) == (200, None)
+
+    issued = _dot_secrets(server)
+    refresh_token = _stored_refresh_token(url)
+    assert {refresh_token, access_token} <= issued  # the database query does see this grant's tokens
+    code = httpx.URL(callback).params["code"]
+    never_shown = {*issued, code, server.accounts.client_secret}
+    for secret in never_shown:
+        assert secret not in terminal.transcript
+    for secret in never_shown - {access_token}:
+        assert secret not in token_terminal.transcript
+    no_escape(token_terminal.transcript)  # a token piped from a terminal session must paste cleanly
+
+
+def test_ctrl_c_while_connect_waits(dot: tuple[DotServer, str], terminals: list[Terminal]) -> None:
+    """Ctrl-C at the terminal while connect waits for the browser: exit 130, one 'interrupted' line and no
+    traceback, and nothing stored."""
+    _, url = dot
+    terminal = _on_terminal(terminals, "connect", GRANT, "--provider", "dot", "--no-browser", env=environment(url))
+    _authorization_url(terminal)
+    terminal.child.send("\x03")
+    terminal.expect("grantkeeper: interrupted")
+    assert terminal.finish() == 130, terminal.transcript
+    assert "Traceback" not in terminal.transcript and "KeyboardInterrupt" not in terminal.transcript
+    assert not _has_grant(url)
+
+
+def test_consent_denied_in_the_browser(dot: tuple[DotServer, str], terminals: list[Terminal]) -> None:
+    """The person presses Cancel at DOT's consent page: the browser page says it failed, the terminal shows
+    the typed error with its code, connect exits 10 (ProviderRejected's code), and nothing is stored."""
+    server, url = dot
+    mark = server.log_mark()
+    terminal = _on_terminal(terminals, "connect", GRANT, "--provider", "dot", "--no-browser", env=environment(url))
+    authorization_url = _authorization_url(terminal)
+    with httpx.Client(timeout=60, follow_redirects=False) as browser:
+        landing = browser.get(consent(browser, server, authorization_url, allow=False))
+    assert landing.status_code == 400 and "Authorization failed" in landing.text
+    terminal.expect("grantkeeper: error[consent_denied]: provider 'dot': consent was refused")
+    assert terminal.finish() == 10, terminal.transcript
+    assert "Traceback" not in terminal.transcript
+    assert not _has_grant(url)
+    assert server.token_calls(mark) == []  # no code was exchanged
+    assert server.accounts.client_secret not in terminal.transcript
+
+
+# ------------------------------------------------------------------------------------ prompts on a terminal
+
+
+def test_grant_import_asks_for_the_token_without_echoing_it(world: CliWorld, terminals: list[Terminal]) -> None:
+    """The refresh token is typed at a hidden prompt: the terminal never shows it, and it is what was stored."""
+    world.add_provider()
+    refresh = world.sim.issue_grant()  # type: ignore[attr-defined]
+    world.watch(refresh)
+    terminal = _on_terminal(terminals, "grant", "import", GRANT, "--provider", "sim", env=environment(world.url))
+    terminal.type_hidden("Refresh token: ", refresh)
+    terminal.expect(f"grant {GRANT} imported: provider sim, generation 1, refresh token fp_")
+    assert terminal.finish() == 0, terminal.transcript
+    assert _stored_refresh_token(world.url) == refresh
+    for secret in world.secrets:
+        assert secret not in terminal.transcript
+
+
+def test_export_asks_twice_and_import_once(ready: CliWorld, terminals: list[Terminal], tmp_path: Path) -> None:
+    """export asks for the passphrase and its confirmation, and asks again when they differ (a typo would lock
+    the bundle for good); import --passphrase-stdin on a terminal asks once. No passphrase is echoed, and the
+    grant arrives in the other store with the same refresh token."""
+    bundle = tmp_path / "grants.bundle"
+    exporting = _on_terminal(terminals, "export", str(bundle), "--passphrase-stdin", env=environment(ready.url))
+    exporting.type_hidden("Bundle passphrase: ", PASSPHRASE)
+    exporting.type_hidden("Repeat for confirmation: ", PASSPHRASE + " typo")
+    exporting.expect("Error: The two entered values do not match.")
+    exporting.type_hidden("Bundle passphrase: ", PASSPHRASE)
+    exporting.type_hidden("Repeat for confirmation: ", PASSPHRASE)
+    exporting.expect(f"exported 1 grant(s) to {bundle} (passphrase-protected)")
+    assert exporting.finish() == 0, exporting.transcript
+    assert "typo" not in exporting.transcript and PASSPHRASE not in exporting.transcript
+
+    other = f"sqlite://{tmp_path}/other.db"
+    importing = _on_terminal(terminals, "import", str(bundle), "--passphrase-stdin", env=environment(other))
+    importing.type_hidden("Bundle passphrase: ", PASSPHRASE)
+    importing.expect(f"grant {GRANT} imported: provider sim, generation 1, refresh token fp_")
+    assert importing.finish() == 0, importing.transcript
+    assert importing.transcript.count("Bundle passphrase:") == 1
+    assert "Repeat for confirmation" not in importing.transcript and PASSPHRASE not in importing.transcript
+    assert _stored_refresh_token(other) == _stored_refresh_token(ready.url)
+    for secret in ready.secrets:
+        assert secret not in exporting.transcript + importing.transcript
+
+
+def test_provider_add_asks_for_the_client_secret_hidden(world: CliWorld, terminals: list[Terminal]) -> None:
+    """--client-secret-stdin on a terminal is a hidden prompt; the secret typed is the one stored (a refresh
+    with it succeeds at the simulator, which checks it)."""
+    secret = world.sim.client_secret  # type: ignore[attr-defined]
+    terminal = _on_terminal(
+        terminals, "provider", "add", "sim", "--token-url", world.sim.url, "--client-id",  # type: ignore[attr-defined]
+        world.sim.client_id, "--client-secret-stdin", env=environment(world.url),  # type: ignore[attr-defined]
+    )  # fmt: skip
+    terminal.type_hidden("Client secret: ", secret)
+    terminal.expect("provider sim added: ")
+    assert terminal.finish() == 0, terminal.transcript
+    assert secret not in terminal.transcript
+    world.import_grant()
+    refreshed = world.run("refresh", GRANT, "--force")
+    assert refreshed.code == 0, refreshed.stderr
+
+
+def test_keys_rotate_with_progress_on_a_terminal(ready: CliWorld, terminals: list[Terminal]) -> None:
+    """keys rotate draws its progress on the terminal (stderr) and finishes with its report; the store still
+    works with the new key and the terminal showed no secret."""
+    terminal = _on_terminal(terminals, "keys", "rotate", env=environment(ready.url))
+    terminal.expect("as the primary key")
+    terminal.expect("re-encrypted ")
+    terminal.expect("retired key ")
+    assert terminal.finish() == 0, terminal.transcript
+    for secret in ready.secrets:
+        assert secret not in terminal.transcript
+    assert ready.run("token", GRANT, token=True).code == 0
