@@ -25,12 +25,15 @@ from tests.terminal import (
     Terminal,
     environment,
     no_escape,
+    run_without_terminal,
     spawn,
 )
 from tests.test_cli import GRANT, CliWorld, ready, world
 
 __all__ = ["ready", "world"]  # fixtures, shared with tests/test_cli.py
 
+#: What every prompt grantkeeper (or Click on its behalf) can show starts with; none may appear without a TTY.
+PROMPTS = ("Refresh token:", "Client secret:", "Bundle passphrase:", "Repeat for confirmation", "[y/N]", "Remove grant")
 PASSPHRASE = "correct horse battery staple for the bundle"
 URL_LINE = re.compile(r"^ {4}(http://\S+)\r?$", re.MULTILINE)
 
@@ -243,3 +246,102 @@ def test_keys_rotate_with_progress_on_a_terminal(ready: CliWorld, terminals: lis
     for secret in ready.secrets:
         assert secret not in terminal.transcript
     assert ready.run("token", GRANT, token=True).code == 0
+
+
+# ------------------------------------------------------------------------- no terminal: nothing ever prompts
+
+
+def _without_terminal(world: CliWorld, *args: str, stdin: str | None = None, url: str | None = None) -> tuple[
+    int, str, str
+]:  # fmt: skip
+    done = run_without_terminal(*args, env=environment(url or world.url), stdin=stdin)
+    for prompt in PROMPTS:
+        assert prompt not in done.stderr + done.stdout, f"{args} prompted without a terminal: {done.stderr}"
+    no_escape(done.stdout, done.stderr)
+    for secret in world.secrets:
+        assert secret not in done.stdout + done.stderr
+    return done.returncode, done.stdout, done.stderr
+
+
+def test_without_a_terminal_secrets_come_from_the_pipe(ready: CliWorld, tmp_path: Path) -> None:
+    """Every secret-reading command, with its secret piped in and no terminal: it reads the pipe, asks
+    nothing, and the value piped is the value used."""
+    refresh = ready.sim.issue_grant()  # type: ignore[attr-defined]
+    ready.watch(refresh)
+    code, _, err = _without_terminal(ready, "grant", "import", "piped", "--provider", "sim", stdin=refresh + "\n")
+    assert code == 0, err
+    assert _stored_refresh_token(ready.url, "piped") == refresh
+
+    secret = ready.sim.client_secret  # type: ignore[attr-defined]
+    code, _, err = _without_terminal(ready, "provider", "add", "sim", "--client-secret-stdin", stdin=secret + "\n")
+    assert code == 0, err
+    assert ready.run("refresh", GRANT, "--force").code == 0  # the piped secret is the one stored
+
+    bundle = tmp_path / "piped.bundle"
+    code, _, err = _without_terminal(ready, "export", str(bundle), "--passphrase-stdin", stdin=PASSPHRASE + "\n")
+    assert code == 0, err
+    other = f"sqlite://{tmp_path}/other.db"
+    code, out, err = _without_terminal(ready, "import", str(bundle), "--passphrase-stdin", stdin=PASSPHRASE + "\n",
+                                       url=other)  # fmt: skip
+    assert code == 0, err
+    assert f"grant {GRANT} imported" in out and _stored_refresh_token(other) == _stored_refresh_token(ready.url)
+
+
+@pytest.mark.parametrize(
+    ("args", "problem", "remedy"),
+    [
+        (("grant", "import", "new", "--provider", "sim"), "the refresh token on standard input is empty",
+         "`grantkeeper grant import new --provider sim < refresh-token.txt`"),
+        (("provider", "add", "sim", "--client-secret-stdin"), "the client secret on standard input is empty",
+         "`printenv SECRET | grantkeeper provider add sim ... --client-secret-stdin`"),
+        (("export", "{tmp}/out.bundle", "--passphrase-stdin"), "the bundle passphrase on standard input is empty",
+         "`grantkeeper export {tmp}/out.bundle --passphrase-stdin < pass.txt`"),
+        (("import", "{tmp}/in.bundle", "--passphrase-stdin"), "the bundle passphrase on standard input is empty",
+         "`grantkeeper import {tmp}/in.bundle --passphrase-stdin < pass.txt`"),
+        (("grant", "remove", GRANT), "standard input is not a terminal, so there is nobody to confirm",
+         f"'grantkeeper grant remove {GRANT} --yes'"),
+    ],
+    ids=["grant-import", "provider-add", "export", "import", "grant-remove"],
+)  # fmt: skip
+def test_without_a_terminal_or_input_it_says_what_to_do(
+    ready: CliWorld, tmp_path: Path, args: tuple[str, ...], problem: str, remedy: str
+) -> None:
+    """stdin is /dev/null and there is no terminal: exit 3 (ConfigurationError) with one error line saying what
+    is missing and the command that gives it, no prompt, nothing on stdout, and the store unchanged."""
+    bundle = tmp_path / "in.bundle"
+    exported = ready.run("export", str(bundle), "--passphrase-stdin", stdin=PASSPHRASE + "\n")
+    assert exported.code == 0, exported.stderr
+    before = ready.run("grant", "list", "--json").stdout
+    code, out, err = _without_terminal(ready, *(arg.replace("{tmp}", str(tmp_path)) for arg in args))
+    assert code == 3, err
+    assert err.startswith("grantkeeper: error[configuration]: ") and err.count("\n") == 1, err
+    assert problem in err and remedy.replace("{tmp}", str(tmp_path)) in err
+    assert out == ""
+    assert ready.run("grant", "list", "--json").stdout == before
+    assert not (tmp_path / "out.bundle").exists()
+
+
+def test_without_a_terminal_keys_commands_do_not_ask(ready: CliWorld) -> None:
+    """keys rotate and purge change key files but ask nothing: with no terminal they just run, and rotate's
+    progress display leaves no escape code in the log a scheduler keeps."""
+    code, out, err = _without_terminal(ready, "keys", "rotate")
+    assert code == 0, err
+    assert "re-encrypted" in out and "retired key" in out
+    code, out, err = _without_terminal(ready, "keys", "purge")
+    assert code == 0, err
+    assert out.startswith("retired key ") and out.rstrip().endswith("deleted")
+    assert ready.run("token", GRANT, token=True).code == 0
+
+
+def test_without_a_terminal_connect_prints_the_url_and_times_out(ready: CliWorld) -> None:
+    """connect has nobody to prompt either: it prints the URL on stderr, waits for the redirect for --timeout,
+    then exits 6 with the typed error. Nothing is stored and stdout stays empty for a script to read."""
+    code, _, err = _without_terminal(
+        ready, "provider", "add", "sim", "--authorization-url", "http://127.0.0.1:9/authorize"
+    )
+    assert code == 0, err
+    code, out, err = _without_terminal(ready, "connect", "new", "--provider", "sim", "--no-browser", "--timeout", "1")
+    assert code == 6, err
+    assert URL_LINE.search(err) and "error[consent_timeout]: no redirect reached http://127.0.0.1:" in err
+    assert out == ""
+    assert not _has_grant(ready.url, "new")
