@@ -8,6 +8,7 @@ SQLite stores in tmp_path. Every transcript is checked against the secrets that 
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 from collections.abc import Iterator
@@ -18,11 +19,13 @@ import httpx
 import pytest
 
 from grantkeeper import Keeper, UnknownGrant
+from grantkeeper.cli.main import cli
 from grantkeeper.stores import open_store
 from tests.dot_browser import consent
 from tests.dot_server import DotFactory, DotServer
 from tests.terminal import (
     Terminal,
+    commands,
     environment,
     no_escape,
     run_without_terminal,
@@ -345,3 +348,79 @@ def test_without_a_terminal_connect_prints_the_url_and_times_out(ready: CliWorld
     assert URL_LINE.search(err) and "error[consent_timeout]: no redirect reached http://127.0.0.1:" in err
     assert out == ""
     assert not _has_grant(ready.url, "new")
+
+
+# ----------------------------------------------------------------------- no terminal: no colour, ever
+
+
+@pytest.fixture
+def busy(ready: CliWorld, tmp_path: Path) -> tuple[CliWorld, Path]:
+    """A store with something to show in every column: a refreshed grant with history, a grant whose family
+    the provider revoked (a failed attempt, an error, a diagnosis), and a bundle."""
+    assert ready.run("refresh", GRANT, "--force").code == 0
+    ready.import_grant("revoked")
+    assert ready.last_imported is not None
+    ready.sim.revoke_family(ready.last_imported)  # type: ignore[attr-defined]
+    assert ready.run("refresh", "revoked", "--force").code != 0
+    bundle = tmp_path / "listed.bundle"
+    assert ready.run("export", str(bundle), "--passphrase-stdin", stdin=PASSPHRASE + "\n").code == 0
+    return ready, bundle
+
+
+def _read_only_commands(bundle: Path) -> list[tuple[str, ...]]:
+    return [
+        ("status",), ("status", GRANT), ("status", "revoked"), ("status", "--json"), ("status", "--expiring", "400d"),
+        ("grant", "list"), ("grant", "list", "--json"), ("grant", "show", GRANT), ("grant", "show", "revoked"),
+        ("provider", "list"), ("provider", "list", "--json"), ("provider", "profiles"),
+        ("provider", "profiles", "google"), ("history", GRANT), ("history", "revoked"), ("doctor", GRANT),
+        ("doctor", "revoked"), ("doctor", "revoked", "--json"), ("keys", "list"), ("import", str(bundle), "--list"),
+        ("import", str(bundle), "--list", "--json"), ("status", "nope"), ("--version",),
+    ]  # fmt: skip
+
+
+def test_read_only_commands_print_no_escape_codes_without_a_terminal(busy: tuple[CliWorld, Path]) -> None:
+    """TERM says colours are available, nothing forces or forbids them, stdout and stderr are pipes: every
+    read-only command's output is plain text (this holds whatever styling a terminal later gets)."""
+    world, bundle = busy
+    coloured: list[str] = []
+    for args in _read_only_commands(bundle):
+        done = run_without_terminal(*args, env=environment(world.url))
+        assert done.returncode in (0, 3, 12), f"{args}: exit {done.returncode}: {done.stderr}"
+        assert done.stdout or done.stderr, args
+        if "\x1b" in done.stdout + done.stderr:
+            coloured.append(f"{' '.join(args)}: {(done.stdout + done.stderr)[:300]!r}")
+    assert coloured == []
+
+
+def test_help_prints_no_escape_codes_without_a_terminal(world: CliWorld) -> None:
+    """--help of the root and of every command and group, found from the command tree so a new command is
+    covered when it is added."""
+    coloured: list[str] = []
+    paths = commands(cli)
+    assert ("connect",) in paths and ("grant", "import") in paths
+    for path in paths:
+        done = run_without_terminal(*path, "--help", env=environment(world.url))
+        assert done.returncode == 0 and "Usage:" in done.stdout, f"{path}: {done.stderr}"
+        if "\x1b" in done.stdout + done.stderr:
+            coloured.append(f"{' '.join(path) or '(root)'}: {done.stdout[:300]!r}")
+    assert coloured == []
+
+
+# ------------------------------------------------------------------------------------- --json on a terminal
+
+
+def test_json_on_a_terminal_is_plain_json(busy: tuple[CliWorld, Path], terminals: list[Terminal]) -> None:
+    """--json is for programs even when a person runs it: on a terminal the whole screen is one JSON document
+    with no escape code (so it can be copied, or piped through a tool that allocates a pty)."""
+    world, bundle = busy
+    env = environment(world.url)
+    for args in [("status", "--json"), ("status", GRANT, "--json"), ("grant", "list", "--json"),
+                 ("grant", "show", "revoked", "--json"), ("provider", "list", "--json"),
+                 ("provider", "profiles", "--json"), ("history", "revoked", "--json"), ("doctor", GRANT, "--json"),
+                 ("import", str(bundle), "--list", "--json")]:  # fmt: skip
+        terminal = _on_terminal(terminals, *args, env=env)
+        assert terminal.finish() == 0, f"{args}: {terminal.transcript}"
+        no_escape(terminal.transcript)
+        json.loads(terminal.transcript)  # the terminal's CR LF line ends are JSON whitespace
+        for secret in world.secrets:
+            assert secret not in terminal.transcript
