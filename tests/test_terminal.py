@@ -24,6 +24,7 @@ from grantkeeper.stores import open_store
 from tests.dot_browser import consent
 from tests.dot_server import DotFactory, DotServer
 from tests.terminal import (
+    ESC,
     Terminal,
     commands,
     environment,
@@ -243,12 +244,26 @@ def test_keys_rotate_with_progress_on_a_terminal(ready: CliWorld, terminals: lis
     works with the new key and the terminal showed no secret."""
     terminal = _on_terminal(terminals, "keys", "rotate", env=environment(ready.url))
     terminal.expect("as the primary key")
+    terminal.expect("re-encrypting")  # the bar: Rich draws it once when it starts, whatever the speed
     terminal.expect("re-encrypted ")
     terminal.expect("retired key ")
     assert terminal.finish() == 0, terminal.transcript
+    # The control for the no-colour tests below: this environment does get colour, on a terminal.
+    assert ESC in terminal.transcript
     for secret in ready.secrets:
         assert secret not in terminal.transcript
     assert ready.run("token", GRANT, token=True).code == 0
+
+
+def test_demo_live_display_on_a_terminal(terminals: list[Terminal], tmp_path: Path) -> None:
+    """demo on a terminal redraws its live panel while the workers run, then prints the verdict and exits 0."""
+    terminal = _on_terminal(terminals, "demo", "--seconds", "1", "--processes", "1", "--threads", "2",
+                            env=environment(f"sqlite://{tmp_path}/unused.db"))  # fmt: skip
+    terminal.expect("grantkeeper demo: 1 processes x 2 threads")
+    terminal.expect("provider refresh calls")  # a row of the live panel
+    terminal.expect("PASS: ")
+    assert terminal.finish() == 0, terminal.transcript
+    assert ESC in terminal.transcript
 
 
 # ------------------------------------------------------------------------- no terminal: nothing ever prompts
@@ -336,6 +351,13 @@ def test_without_a_terminal_keys_commands_do_not_ask(ready: CliWorld) -> None:
     assert ready.run("token", GRANT, token=True).code == 0
 
 
+def test_without_a_terminal_demo_has_no_live_display(world: CliWorld) -> None:
+    """demo in a pipe prints its summary once, as plain text: no live panel redrawn into a log."""
+    code, out, err = _without_terminal(world, "demo", "--seconds", "1", "--processes", "1", "--threads", "2")
+    assert code == 0, err
+    assert "PASS: " in out and "\u256d" not in out  # ╭, the live panel's top-left corner
+
+
 def test_without_a_terminal_connect_prints_the_url_and_times_out(ready: CliWorld) -> None:
     """connect has nobody to prompt either: it prints the URL on stderr, waits for the redirect for --timeout,
     then exits 6 with the typed error. Nothing is stored and stdout stays empty for a script to read."""
@@ -387,7 +409,7 @@ def test_read_only_commands_print_no_escape_codes_without_a_terminal(busy: tuple
         done = run_without_terminal(*args, env=environment(world.url))
         assert done.returncode in (0, 3, 12), f"{args}: exit {done.returncode}: {done.stderr}"
         assert done.stdout or done.stderr, args
-        if "\x1b" in done.stdout + done.stderr:
+        if ESC in done.stdout + done.stderr:
             coloured.append(f"{' '.join(args)}: {(done.stdout + done.stderr)[:300]!r}")
     assert coloured == []
 
@@ -401,7 +423,7 @@ def test_help_prints_no_escape_codes_without_a_terminal(world: CliWorld) -> None
     for path in paths:
         done = run_without_terminal(*path, "--help", env=environment(world.url))
         assert done.returncode == 0 and "Usage:" in done.stdout, f"{path}: {done.stderr}"
-        if "\x1b" in done.stdout + done.stderr:
+        if ESC in done.stdout + done.stderr:
             coloured.append(f"{' '.join(path) or '(root)'}: {done.stdout[:300]!r}")
     assert coloured == []
 
@@ -417,7 +439,8 @@ def test_json_on_a_terminal_is_plain_json(busy: tuple[CliWorld, Path], terminals
     for args in [("status", "--json"), ("status", GRANT, "--json"), ("grant", "list", "--json"),
                  ("grant", "show", "revoked", "--json"), ("provider", "list", "--json"),
                  ("provider", "profiles", "--json"), ("history", "revoked", "--json"), ("doctor", GRANT, "--json"),
-                 ("import", str(bundle), "--list", "--json")]:  # fmt: skip
+                 ("import", str(bundle), "--list", "--json"),
+                 ("demo", "--seconds", "1", "--processes", "1", "--threads", "2", "--json")]:  # fmt: skip
         terminal = _on_terminal(terminals, *args, env=env)
         assert terminal.finish() == 0, f"{args}: {terminal.transcript}"
         no_escape(terminal.transcript)
