@@ -196,8 +196,9 @@ def test_grant_import_asks_for_the_token_without_echoing_it(world: CliWorld, ter
 
 def test_export_asks_twice_and_import_once(ready: CliWorld, terminals: list[Terminal], tmp_path: Path) -> None:
     """export asks for the passphrase and its confirmation, and asks again when they differ (a typo would lock
-    the bundle for good); import --passphrase-stdin on a terminal asks once. No passphrase is echoed, and the
-    grant arrives in the other store with the same refresh token."""
+    the bundle for good); import --passphrase-stdin on a terminal asks once, and a wrong passphrase is a typed
+    error that creates nothing. No passphrase is echoed, and the grant arrives in the other store with the same
+    refresh token."""
     bundle = tmp_path / "grants.bundle"
     exporting = _on_terminal(terminals, "export", str(bundle), "--passphrase-stdin", env=environment(ready.url))
     exporting.type_hidden("Bundle passphrase: ", PASSPHRASE)
@@ -210,6 +211,12 @@ def test_export_asks_twice_and_import_once(ready: CliWorld, terminals: list[Term
     assert "typo" not in exporting.transcript and PASSPHRASE not in exporting.transcript
 
     other = f"sqlite://{tmp_path}/other.db"
+    mistyped = _on_terminal(terminals, "import", str(bundle), "--passphrase-stdin", env=environment(other))
+    mistyped.type_hidden("Bundle passphrase: ", "not " + PASSPHRASE)
+    mistyped.expect("grantkeeper: error[bundle_auth]: the bundle does not open")
+    assert mistyped.finish() == 3, mistyped.transcript
+    assert not (tmp_path / "other.db").exists()  # the bundle is opened before the store is created
+
     importing = _on_terminal(terminals, "import", str(bundle), "--passphrase-stdin", env=environment(other))
     importing.type_hidden("Bundle passphrase: ", PASSPHRASE)
     importing.expect(f"grant {GRANT} imported: provider sim, generation 1, refresh token fp_")
@@ -218,7 +225,7 @@ def test_export_asks_twice_and_import_once(ready: CliWorld, terminals: list[Term
     assert "Repeat for confirmation" not in importing.transcript and PASSPHRASE not in importing.transcript
     assert _stored_refresh_token(other) == _stored_refresh_token(ready.url)
     for secret in ready.secrets:
-        assert secret not in exporting.transcript + importing.transcript
+        assert secret not in exporting.transcript + mistyped.transcript + importing.transcript
 
 
 def test_provider_add_asks_for_the_client_secret_hidden(world: CliWorld, terminals: list[Terminal]) -> None:
