@@ -15,6 +15,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import click
 import pexpect
 
 __all__ = [
@@ -89,7 +90,8 @@ class Terminal:
             raise AssertionError(f"echo stayed on after {prompt!r}; the terminal showed:\n{self.transcript}")
         self.child.sendline(text)
 
-    def type(self, prompt: str, text: str) -> None:
+    def answer(self, prompt: str, text: str) -> None:
+        """Answer a visible prompt (a confirmation) once it is shown; the terminal echoes the answer."""
         self.expect(prompt)
         self.child.sendline(text)
 
@@ -145,10 +147,8 @@ def no_escape(*outputs: str | bytes) -> None:
         assert ESC not in text, f"escape code in output: {text!r}"
 
 
-def commands(group: object, prefix: Sequence[str] = ()) -> list[tuple[str, ...]]:
+def commands(group: click.Command, prefix: Sequence[str] = ()) -> list[tuple[str, ...]]:
     """Every command path of a Click group, the group itself first (e.g. (), ('grant',), ('grant', 'list'))."""
-    import click
-
     paths = [tuple(prefix)]
     if isinstance(group, click.Group):
         for name, command in sorted(group.commands.items()):
