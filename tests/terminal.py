@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import io
 import os
+import pty
 import subprocess
 import sys
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -26,6 +28,7 @@ __all__ = [
     "commands",
     "environment",
     "no_escape",
+    "run_with_stdout_redirected",
     "run_without_terminal",
     "spawn",
 ]
@@ -138,6 +141,48 @@ def run_without_terminal(
         capture_output=True, text=True, env=dict(env), cwd=cwd, timeout=TIMEOUT, check=False,
         start_new_session=True,
     )  # fmt: skip
+
+
+def run_with_stdout_redirected(*args: str, env: Mapping[str, str]) -> tuple[int, str, str]:
+    """``grantkeeper ARGS > file`` typed at a terminal: stdin and stderr on a pseudo-terminal, stdout a pipe.
+    Returns the exit status, stdout, and what the terminal showed (stderr).
+
+    The case where colour leaks into files: a program that asks "is there a person?" of stdin or stderr
+    instead of the stream it is writing to.
+    """
+    assert GRANTKEEPER.exists(), f"no console script at {GRANTKEEPER}: install the package (pip install -e .)"
+    master, slave = pty.openpty()
+    screen = bytearray()
+
+    def drain() -> None:  # a full pty buffer would block the program's stderr writes
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: every copy of the terminal's other end is closed
+                return
+            if not chunk:
+                return
+            screen.extend(chunk)
+
+    reader = threading.Thread(target=drain, name="pty-drain", daemon=True)
+    try:
+        process = subprocess.Popen([str(GRANTKEEPER), *args], stdin=slave, stdout=subprocess.PIPE, stderr=slave,
+                                   env=dict(env), start_new_session=True)  # fmt: skip
+        os.close(slave)
+        slave = -1
+        reader.start()
+        try:
+            stdout, _ = process.communicate(timeout=TIMEOUT)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait(timeout=TIMEOUT)
+        reader.join(timeout=TIMEOUT)
+    finally:
+        if slave != -1:
+            os.close(slave)
+        os.close(master)
+    return process.returncode, stdout.decode(errors="replace"), screen.decode(errors="replace")
 
 
 def no_escape(*outputs: str | bytes) -> None:

@@ -29,6 +29,7 @@ from tests.terminal import (
     commands,
     environment,
     no_escape,
+    run_with_stdout_redirected,
     run_without_terminal,
     spawn,
 )
@@ -417,6 +418,22 @@ def test_read_only_commands_print_no_escape_codes_without_a_terminal(busy: tuple
         assert done.stdout or done.stderr, args
         if ESC in done.stdout + done.stderr:
             coloured.append(f"{' '.join(args)}: {(done.stdout + done.stderr)[:300]!r}")
+    assert coloured == []
+
+
+def test_redirected_output_is_plain_when_typed_at_a_terminal(busy: tuple[CliWorld, Path]) -> None:
+    """``grantkeeper status > status.txt`` at a terminal: stdin and stderr are the terminal, stdout is a file.
+    What goes to the file is plain, so styling must follow the stream written to, not whether a person is
+    there."""
+    world, bundle = busy
+    coloured: list[str] = []
+    for args in _read_only_commands(bundle):
+        code, out, screen = run_with_stdout_redirected(*args, env=environment(world.url))
+        assert code in (0, 3, 12), f"{args}: exit {code}: {screen}"
+        if ESC in out:
+            coloured.append(f"{' '.join(args)}: {out[:300]!r}")
+        for secret in world.secrets:
+            assert secret not in out + screen
     assert coloured == []
 
 
