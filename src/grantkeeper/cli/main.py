@@ -46,6 +46,7 @@ from grantkeeper.cli.providers import provider
 from grantkeeper.cli.transfer import export, import_
 from grantkeeper.consent import revoke
 from grantkeeper.engine.keeper import KeepaliveResult
+from grantkeeper.model import check_name
 from grantkeeper.redact.tracebacks import format_exception
 from grantkeeper.stores import backend, open_store
 from grantkeeper.stores.migrations import latest_version
@@ -107,8 +108,13 @@ class GrantkeeperGroup(HelpGroup):
             exc.show()
             return exc.exit_code
         except click.Abort as exc:
-            if isinstance(exc.__cause__, KeyboardInterrupt):
+            # Click's prompts turn Ctrl-C and Ctrl-D into ``Abort() from None``: the key is the context.
+            reason = exc.__cause__ or exc.__context__
+            if isinstance(reason, KeyboardInterrupt):
                 click.echo("grantkeeper: interrupted", err=True)
+                return EXIT_INTERRUPTED
+            if isinstance(reason, EOFError):
+                click.echo("\ngrantkeeper: cancelled: the prompt got end of input (Ctrl-D); nothing changed", err=True)
                 return EXIT_INTERRUPTED
             click.echo("Aborted!", err=True)
             return EXIT_UNEXPECTED
@@ -190,9 +196,12 @@ def grant() -> None:
 def grant_import(session: Session, name: str, provider_name: str, scopes: tuple[str, ...]) -> None:
     """Import grant NAME; the refresh token is read from standard input (hidden prompt on a terminal)."""
     example = f"e.g. `grantkeeper grant import {name} --provider {provider_name} < refresh-token.txt`"
-    token = _read_secret("refresh token", example=example)
     scope = tuple(dict.fromkeys(s for arg in scopes for s in arg.split()))
     with _open(session) as keeper:
+        # Everything that can be refused is checked before the person types (or pastes) the token.
+        check_name(name, "grant")
+        keeper.store.get_provider(provider_name)
+        token = _read_secret("refresh token", example=example)
         try:
             keeper.store.get_grant(name)
             existed = True

@@ -33,9 +33,17 @@ def _key(passphrase_stdin: bool, key_file: Path | None, *, example: str, confirm
     if key_file is not None:
         return BundleKey.key_file(key_file)
     if confirm and interactive():  # a mistyped export passphrase would lock the bundle for good
-        value = click.prompt("Bundle passphrase", hide_input=True, confirmation_prompt=True, err=True)
-        return BundleKey.passphrase(Secret(value.strip()))
+        return click.prompt("Bundle passphrase", hide_input=True, confirmation_prompt=True, err=True,
+                            value_proc=_passphrase_or_ask_again)  # fmt: skip
     return BundleKey.passphrase(read_secret("bundle passphrase", example=example))
+
+
+def _passphrase_or_ask_again(value: str) -> BundleKey:
+    """A too-short passphrase typed at the prompt is asked for again (Click re-prompts on a UsageError)."""
+    try:
+        return BundleKey.passphrase(Secret(value.strip()))
+    except ConfigurationError as exc:
+        raise click.UsageError(exc.message) from None
 
 
 def _read(path: Path) -> bytes:
@@ -74,9 +82,14 @@ def export(session: Session, file: Path, grants: tuple[str, ...], passphrase_std
     readable without the passphrase or key.
     """
     example = f"e.g. `grantkeeper export {file} --passphrase-stdin < pass.txt`"
-    key = _key(passphrase_stdin, key_file, example=example, confirm=True)
-    with open_keeper(session) as keeper, progress_bar("exporting grants") as progress:
-        data = export_bundle(keeper.store, key, grants=grants, now=keeper.clock.now(), progress=progress)
+    if file.exists():  # before the passphrase is typed twice, not after
+        raise ConfigurationError(f"{file} already exists; choose a new file name")
+    with open_keeper(session) as keeper:
+        for name in grants:
+            keeper.store.get_grant(name)  # an unknown name is refused before the passphrase too
+        key = _key(passphrase_stdin, key_file, example=example, confirm=True)
+        with progress_bar("exporting grants") as progress:
+            data = export_bundle(keeper.store, key, grants=grants, now=keeper.clock.now(), progress=progress)
     try:
         write_private_file(file, data, exclusive=True)
     except FileExistsError:
