@@ -661,6 +661,7 @@ def test_cli_opens_the_browser_at_the_complete_uri(tmp_path: Path, make_sim: Cal
         return True
 
     monkeypatch.setattr("webbrowser.open", browser)
+    monkeypatch.setenv("DISPLAY", ":0")  # a graphical session: without one no browser is opened
     out = CliRunner().invoke(cli, ["--store", url, "connect", "g", "--provider", "sim", "--device", "--scope",
                                    "read"])  # fmt: skip
     assert out.exit_code == 0, out.output
@@ -677,6 +678,7 @@ def test_cli_timeout_is_bounded_by_the_code_lifetime(tmp_path: Path, make_sim: C
     sim = make_sim(device_interval=1, device_code_ttl=120)
     url = _cli_store(tmp_path, sim)
     monkeypatch.setattr("webbrowser.open", lambda target: sim.deny(parse_qs(urlsplit(target).query)["user_code"][0]))
+    monkeypatch.setenv("DISPLAY", ":0")
     out = CliRunner().invoke(cli, ["--store", url, "connect", "g", "--provider", "sim", "--device", "--timeout",
                                    "900"])  # fmt: skip
     assert "Waiting up to 120s" in out.stderr

@@ -3,12 +3,16 @@ with ``--device`` through a code the user enters on any device (RFC 8628 device 
 
 from __future__ import annotations
 
+import os
+import sys
 import webbrowser
 from collections.abc import Callable
+from urllib.parse import urlsplit
 
 import click
 
 from grantkeeper.cli._io import open_keeper
+from grantkeeper.cli._render import clean
 from grantkeeper.cli._session import Session
 from grantkeeper.consent import DEFAULT_CONSENT_TIMEOUT, Connected, connect, connect_device
 from grantkeeper.consent.device import DeviceAuthorization
@@ -69,13 +73,38 @@ def connect_command(session: Session, name: str, provider_name: str, scopes: tup
     _report(done)
 
 
+def _graphical_session() -> bool:
+    """Whether a browser window can appear here. On Linux without a display, Python's `webbrowser` falls back to
+    console browsers (lynx, w3m) that would take over this terminal, or hang with no terminal at all;
+    $BROWSER is an explicit choice and is respected."""
+    if not sys.platform.startswith("linux"):
+        return True
+    return any(os.environ.get(name) for name in ("DISPLAY", "WAYLAND_DISPLAY", "BROWSER"))
+
+
+def _open_browser(url: str) -> bool:
+    """Open `url` in the user's browser; False when there is none to open here (the caller prints the URL)."""
+    if not _graphical_session():
+        return False
+    try:
+        return webbrowser.open(url)
+    except webbrowser.Error:
+        return False
+
+
 def _browser_shower(name: str, no_browser: bool, timeout: float) -> Callable[[AuthorizationRequest], None]:
     def show(request: AuthorizationRequest) -> None:
-        if no_browser or not webbrowser.open(request.url):
-            click.echo(f"Open this URL in a browser to connect grant {name}:\n\n    {request.url}\n", err=True)
+        url = clean(request.url)
+        if no_browser or not _open_browser(request.url):
+            click.echo(f"Open this URL in a browser to connect grant {name}:\n\n    {url}\n", err=True)
+            port = urlsplit(request.redirect_uri).port
+            if os.environ.get("SSH_CONNECTION") and port is not None:
+                # The provider sends the browser to 127.0.0.1 of the machine the browser runs on, not this one.
+                click.echo(f"Over SSH, forward the redirect first (ssh -L {port}:127.0.0.1:{port} this host), or "
+                           "run 'grantkeeper connect --device' instead.", err=True)  # fmt: skip
         else:
             click.echo(f"Opened the browser to connect grant {name}; if it did not appear, open:\n\n    "
-                       f"{request.url}\n", err=True)  # fmt: skip
+                       f"{url}\n", err=True)  # fmt: skip
         click.echo(f"Waiting up to {timeout:g}s for the redirect to {request.redirect_uri} ...", err=True)
 
     return show
@@ -84,16 +113,17 @@ def _browser_shower(name: str, no_browser: bool, timeout: float) -> Callable[[Au
 def _device_shower(name: str, no_browser: bool, timeout: float | None) -> Callable[[DeviceAuthorization], None]:
     def show(authorization: DeviceAuthorization) -> None:
         # The user code and the URLs are meant for the user's eyes; the device code never leaves the process.
+        # All three come from the provider's answer: cleaned of control characters before they reach a terminal.
         click.echo(
             f"To connect grant {name}, open this URL on any device and enter the code below:\n\n"
-            f"    {authorization.verification_uri}\n\n    code: {authorization.user_code}\n",
+            f"    {clean(authorization.verification_uri)}\n\n    code: {clean(authorization.user_code)}\n",
             err=True,
         )
         if authorization.verification_uri_complete is not None:
-            click.echo(f"Or open this URL, which carries the code:\n\n    {authorization.verification_uri_complete}\n",
-                       err=True)  # fmt: skip
+            click.echo("Or open this URL, which carries the code:\n\n    "
+                       f"{clean(authorization.verification_uri_complete)}\n", err=True)  # fmt: skip
         target = authorization.verification_uri_complete or authorization.verification_uri
-        if not no_browser and webbrowser.open(target):
+        if not no_browser and _open_browser(target):
             click.echo("Opened the browser at that page.", err=True)
         waited = authorization.expires_in if timeout is None else min(timeout, authorization.expires_in)
         click.echo(f"Waiting up to {waited:g}s for the approval (polling every {authorization.interval:g}s; Ctrl-C "
