@@ -3,13 +3,16 @@ PostgreSQL stores with a refresh afterwards, and every way a bundle can fail to 
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from grantkeeper import EncryptionKeyError, Keeper
 from grantkeeper._secrets import Secret
@@ -63,6 +66,22 @@ def _export(url: str, key: BundleKey | None = None, **options: object) -> bytes:
 def _import(url: str, data: bytes, key: BundleKey | None = None, *, replace: bool = False) -> object:
     with Keeper.open(url) as keeper:
         return import_bundle(keeper.store, data, key or _key(), replace=replace, now=keeper.clock.now())
+
+
+def _reseal(data: bytes, key: BundleKey, change: Callable[[dict[str, Any]], object]) -> bytes:
+    """`data` with its decrypted payload changed by `change`, encrypted again under `key` as export does: a
+    bundle that is authentic (it opens) but holds what `change` put there."""
+    end = data.index(b"\n", len(MAGIC))
+    header = json.loads(data[len(MAGIC) : end])
+    raw = data[: end + 1]
+    salt, nonce = (base64.urlsafe_b64decode(header[k] + "=" * (-len(header[k]) % 4)) for k in ("salt", "nonce"))
+    aead = AESGCM(key.derive(header["kdf"], salt))
+    payload = json.loads(aead.decrypt(nonce, data[end + 1 :], raw))
+    change(payload)
+    body = json.dumps(payload).encode()
+    header["length"] = len(body) + 16
+    raw = MAGIC + json.dumps(header, sort_keys=True).encode() + b"\n"
+    return raw + aead.encrypt(nonce, body, raw)
 
 
 def _grant_names(url: str) -> list[str]:
@@ -137,6 +156,28 @@ class TestNothingImported:
             _import(url, data, key)
         assert _grant_names(url) == []
         return caught.value
+
+    @pytest.mark.parametrize(
+        ("field", "value"),
+        [
+            ("created_at", "yesterday"), ("refreshed_at", -5), ("refresh_issued_at", 1e300),
+            ("refresh_expires_at", True), ("generation", 0), ("generation", "2"), ("generation", 2**60),
+            ("scopes", "read write"), ("scopes", [1, 2]),
+        ],
+    )  # fmt: skip
+    def test_values_out_of_range_inside_an_authentic_bundle(self, source: str, sqlite_url: str, tmp_path: Path,
+                                                            field: str, value: object) -> None:  # fmt: skip
+        """A bundle that opens with the right key but carries a value no store could hold (text for a time, a
+        negative or far-future time, a generation of 0, scopes as one string) is damage: refused, nothing
+        imported, instead of a column every later read would choke on."""
+        path = tmp_path / "k"
+        path.write_bytes(os.urandom(32))
+        path.chmod(0o600)
+        key = BundleKey.key_file(path)
+        data = _reseal(_export(source, key), key, lambda payload: payload["grants"][0].__setitem__(field, value))
+        error = self._refused(sqlite_url, data, key)
+        assert "damaged" in error.message
+        assert _import(sqlite_url, _reseal(_export(source, key), key, lambda _payload: None), key) is not None
 
     def test_wrong_passphrase(self, source: str, sqlite_url: str) -> None:
         error = self._refused(sqlite_url, _export(source), _key("not the passphrase"))

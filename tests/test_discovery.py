@@ -192,6 +192,18 @@ class TestDiscoverCommand:
         assert (provider.authorization_url, provider.revocation_url) == (
             sim.base_url + "/authorize", sim.base_url + "/revoke")  # fmt: skip
 
+    def test_server_text_reaches_the_terminal_without_escapes(self, make_sim: Callable[..., Sim],
+                                                              tmp_path: Path) -> None:  # fmt: skip
+        """Auth method names are the server's own words; one carrying terminal escapes prints neutralised."""
+        sim = make_sim()
+        sim.serve_metadata({**sim.metadata(), "token_endpoint_auth_methods_supported": [
+            "client_secret_basic", "x\x1b]0;owned\x07\x1b[2J"]})  # fmt: skip
+        added = run(f"sqlite://{tmp_path / 'gk.db'}", "provider", "discover", "sim", "--issuer", sim.base_url,
+                    "--client-id", sim.client_id, "--client-secret-env", "SIM_SECRET")  # fmt: skip
+        assert added.returncode == 0, added.stderr
+        assert "\x1b" not in added.stdout + added.stderr and "\x07" not in added.stdout
+        assert "server auth methods: client_secret_basic, x?]0;owned??[2J" in added.stdout
+
     def test_discover_with_a_private_key(self, make_sim: Callable[..., Sim], tmp_path: Path) -> None:
         sim = make_sim(auth_methods=("client_secret_basic", "private_key_jwt"), client_public_key=public_pem("ec"))
         url = f"sqlite://{tmp_path / 'gk.db'}"

@@ -302,7 +302,8 @@ class BundleContents:
     """A decrypted, checked bundle: what `import_bundle` writes. Its repr shows no token or secret."""
 
     providers: tuple[Provider, ...]
-    grants: tuple[tuple[str, str, Secret, tuple[str, ...], int, Any, Any, Any, Any], ...]
+    grants: tuple[tuple[str, str, Secret, tuple[str, ...], int, float | None, float | None, float | None,
+                        float | None], ...]  # fmt: skip
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -315,14 +316,41 @@ def open_bundle(data: bytes, key: BundleKey) -> BundleContents:
     try:
         providers = tuple(_provider(p) for p in payload["providers"])
         records = tuple(
-            (str(g["name"]), str(g["provider"]), Secret(str(g["refresh_token"])), tuple(map(str, g["scopes"])),
-             int(g["generation"]), g["created_at"], g["refreshed_at"], g["refresh_issued_at"],
-             g["refresh_expires_at"])
+            (str(g["name"]), str(g["provider"]), Secret(str(g["refresh_token"])), _scopes(g["scopes"]),
+             _generation(g["generation"]), _time(g["created_at"]), _time(g["refreshed_at"]),
+             _time(g["refresh_issued_at"]), _time(g["refresh_expires_at"]))
             for g in payload["grants"]
         )  # fmt: skip
     except (KeyError, TypeError, ValueError):
         raise BundleError("the bundle's content is damaged") from None
     return BundleContents(providers, records)
+
+
+#: Later than any real timestamp (year 2500) and any real generation: a value past these is damage, not data.
+_LATEST_TIME = 16_725_225_600.0
+_MOST_GENERATIONS = 2**53
+
+
+def _time(value: object) -> float | None:
+    """A timestamp from the bundle, or None; anything else (text, NaN, negative, far future) is damage, refused
+    before it reaches a store column that every later read parses as a number."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= _LATEST_TIME:
+        raise ValueError("not a timestamp")
+    return float(value)
+
+
+def _generation(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _MOST_GENERATIONS:
+        raise ValueError("not a generation")
+    return value
+
+
+def _scopes(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
+        raise ValueError("not a list of scopes")
+    return tuple(value)
 
 
 def import_bundle(

@@ -306,6 +306,7 @@ def provider_discover(session: Session, /, name: str, issuer: str, profile_name:
             if found is not None:
                 changes.setdefault(key, found)
         _save(keeper, name, _merged(profile_name, params, base, changes), explicit, existing)
-    click.echo(f"metadata read from {metadata.source}; server auth methods: {', '.join(metadata.auth_methods)}")
+    methods = _render.clean(", ".join(metadata.auth_methods))  # the server's own words: no terminal escapes
+    click.echo(f"metadata read from {_render.clean(metadata.source)}; server auth methods: {methods}")
     if metadata.refresh_supported is None:
         click.echo("grantkeeper: note: the metadata does not list grant types; refresh support is assumed", err=True)
