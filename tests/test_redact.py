@@ -500,3 +500,10 @@ def test_cli_log_handler_redacts(capsys: pytest.CaptureFixture[str]) -> None:
         session.close_logging()
     err = capsys.readouterr().err
     assert "posting refresh_token=" in err and TOKEN not in err
+
+
+@pytest.mark.parametrize("words", ["BASIC Bearer", "Bearer basic", "DPoP Bearer", "bearer bearer"])
+def test_a_scheme_word_is_not_taken_for_the_credential(words: str) -> None:
+    """Found by the property test above: in "BASIC Bearer <token>" the word "Bearer" was redacted as Basic's
+    credential and the token survived."""
+    assert scrub_text(f"text {words} 0000000000000000 more") == f"text {words} [redacted] more"

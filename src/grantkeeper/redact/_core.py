@@ -52,8 +52,11 @@ _RULES = [
     re.compile(
         rf"""(?i)(?P<head>{_BEFORE}(?:{_names(_TOKEN_FIELDS)})\s*:\s*)(?P<value>{_QUOTED_VALUE}|[^\s,;}}\]]+)"""
     ),
-    # credentials after an auth scheme, wherever they appear
-    re.compile(r"(?i)(?P<head>\b(?:bearer|basic|dpop|mac)\s+)(?P<value>[A-Za-z0-9\-._~+/]+=*)"),
+    # credentials after an auth scheme, wherever they appear; a scheme word is not a credential ("Basic Bearer
+    # <token>" must redact the token, not the word "Bearer")
+    re.compile(
+        r"(?i)(?P<head>\b(?:bearer|basic|dpop|mac)\s+)(?!(?:bearer|basic|dpop|mac)\s)(?P<value>[A-Za-z0-9\-._~+/]+=*)"
+    ),
 ]
 
 
