@@ -67,8 +67,9 @@ class TestNames:
         proc = _complete("grantkeeper token a", GRANTKEEPER_STORE=two_grants.url)
         assert _values(proc) == ["alice"]
 
-    def test_provider_options_complete_to_provider_names(self, two_grants: CliWorld) -> None:
-        proc = _complete(f"grantkeeper --store {two_grants.url} grant import carol --provider ")
+    @pytest.mark.parametrize("command", ["grant import carol", "connect carol"])
+    def test_provider_options_complete_to_provider_names(self, two_grants: CliWorld, command: str) -> None:
+        proc = _complete(f"grantkeeper --store {two_grants.url} {command} --provider ")
         assert _values(proc) == ["sim"]
 
     def test_export_grant_option_completes(self, two_grants: CliWorld) -> None:

@@ -14,6 +14,7 @@ import click
 from grantkeeper.cli._io import open_keeper
 from grantkeeper.cli._render import clean
 from grantkeeper.cli._session import Session
+from grantkeeper.cli.completion import complete_provider
 from grantkeeper.consent import DEFAULT_CONSENT_TIMEOUT, Connected, connect, connect_device
 from grantkeeper.consent.device import DeviceAuthorization
 from grantkeeper.consent.flow import AuthorizationRequest
@@ -23,7 +24,8 @@ __all__ = ["connect_command"]
 
 @click.command("connect")
 @click.argument("name")
-@click.option("--provider", "provider_name", required=True, metavar="PROVIDER", help="The provider to consent at.")
+@click.option("--provider", "provider_name", required=True, metavar="PROVIDER", shell_complete=complete_provider,
+              help="The provider to consent at.")  # fmt: skip
 @click.option(
     "--scope",
     "scopes",
