@@ -11,26 +11,33 @@ from __future__ import annotations
 import io
 import os
 import pty
+import re
 import subprocess
 import sys
 import threading
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
 import pexpect
 
 __all__ = [
+    "COLOUR",
     "ESC",
+    "ESCAPE",
     "GRANTKEEPER",
     "TIMEOUT",
+    "Screen",
     "Terminal",
     "commands",
     "environment",
     "no_escape",
+    "on_terminal",
     "run_with_stdout_redirected",
     "run_without_terminal",
     "spawn",
+    "terminal_env",
 ]
 
 #: The console script installed next to the interpreter running the tests (the venv's ``bin``).
@@ -41,11 +48,57 @@ TIMEOUT = 120
 DIMENSIONS = (40, 160)
 ESC = "\x1b"
 
+#: Any escape sequence: colours (SGR), cursor movement, erasing.
+ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+#: A colour (not bold or dim): foreground or background, 8/16, 256 or true colour.
+COLOUR = re.compile(r"\x1b\[(?:[0-9;]*;)?(?:3[0-79]|4[0-79]|9[0-7]|10[0-7]|38;[25]|48;[25])[0-9;]*m")
+
 # Each of these would decide colour or terminal behaviour for Click or Rich regardless of the real terminal.
 _COLOUR_VARIABLES = (
     "FORCE_COLOR", "NO_COLOR", "CLICOLOR", "CLICOLOR_FORCE", "PY_COLORS", "TTY_COMPATIBLE", "TTY_INTERACTIVE",
     "COLUMNS", "LINES", "COLORTERM",
 )  # fmt: skip
+
+
+def terminal_env(**changes: str | None) -> dict[str, str]:
+    """The environment of a person's colour terminal (none of the variables that force or forbid colour), with
+    `changes` applied (None removes a variable); the store comes from the caller's $GRANTKEEPER_STORE."""
+    env = {k: v for k, v in os.environ.items() if k not in _COLOUR_VARIABLES}
+    env["TERM"] = "xterm-256color"
+    for key, value in changes.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    return env
+
+
+@dataclass
+class Screen:
+    """What a command showed on the terminal, and its exit status."""
+
+    status: int
+    text: str  # everything written to the terminal, escape codes included
+
+    @property
+    def plain(self) -> str:
+        return ESCAPE.sub("", self.text)
+
+
+def on_terminal(*args: str, env: dict[str, str] | None = None, stdout: Path | None = None) -> Screen:
+    """``python -m grantkeeper ARGS`` run to its end with stdin, stdout and stderr on a pseudo-terminal of
+    `DIMENSIONS`; nothing is typed. With `stdout`, standard output goes to that file instead, so the terminal
+    shows only stderr."""
+    command = [sys.executable, "-m", "grantkeeper", *args]
+    if stdout is not None:
+        command = ["/bin/sh", "-c", 'out="$1"; shift; exec "$@" > "$out"', "sh", str(stdout), *command]
+    child = pexpect.spawn(command[0], command[1:], env=env if env is not None else terminal_env(),
+                          dimensions=DIMENSIONS, encoding="utf-8", codec_errors="replace",
+                          timeout=TIMEOUT)  # fmt: skip
+    child.expect(pexpect.EOF)
+    child.close()
+    status = child.exitstatus if child.exitstatus is not None else -(child.signalstatus or 0)
+    return Screen(status, str(child.before))
 
 
 def environment(store_url: str, *, key: str | None = None, extra: Mapping[str, str] | None = None) -> dict[str, str]:

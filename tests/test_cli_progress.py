@@ -20,7 +20,7 @@ import pytest
 from grantkeeper import AsyncKeeper, Keeper
 from grantkeeper.bundle import BundleKey, export_bundle, import_bundle
 from grantkeeper.keyring import generate_key, write_key_file
-from tests.cli_tty import Screen, on_terminal, terminal_env
+from tests.terminal import Screen, on_terminal, terminal_env
 from tests.test_cli import CliWorld, world
 
 __all__ = ["world"]  # the fixture, shared with tests/test_cli.py

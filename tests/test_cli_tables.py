@@ -15,7 +15,7 @@ import sys
 import pytest
 
 from grantkeeper.cli import _render
-from tests.cli_tty import COLOUR, ESCAPE, Screen, on_terminal, terminal_env
+from tests.terminal import COLOUR, ESCAPE, Screen, on_terminal, terminal_env
 from tests.test_cli import GRANT, CliWorld, ready, world
 
 __all__ = ["ready", "world"]  # the fixtures, shared with tests/test_cli.py
