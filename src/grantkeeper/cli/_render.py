@@ -26,6 +26,7 @@ __all__ = [
     "echo_table",
     "expiry",
     "grant_dict",
+    "grant_record",
     "grant_summary",
     "iso_utc",
     "provider_dict",
@@ -234,6 +235,19 @@ def status_rows(
             for s in statuses
         ],
     )  # fmt: skip
+
+
+def grant_record(grant: Grant) -> dict[str, object]:
+    """What a command that stored or removed `grant` reports with ``--json``: names and fingerprints only."""
+    return {
+        "name": grant.name,
+        "provider": grant.provider,
+        "generation": grant.generation,
+        "scopes": list(grant.scopes),
+        "refresh_fp": grant.refresh_fp,
+        "access_fp": grant.access_fp,
+        "expires_at": grant.expires_at,
+    }
 
 
 def grant_dict(status: GrantStatus) -> dict[str, object]:

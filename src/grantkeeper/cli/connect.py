@@ -11,8 +11,8 @@ from urllib.parse import urlsplit
 
 import click
 
-from grantkeeper.cli._io import open_keeper
-from grantkeeper.cli._render import clean
+from grantkeeper.cli._io import echo_json, open_keeper
+from grantkeeper.cli._render import clean, grant_record
 from grantkeeper.cli._session import Session
 from grantkeeper.cli.completion import complete_provider
 from grantkeeper.consent import DEFAULT_CONSENT_TIMEOUT, Connected, connect, connect_device
@@ -41,6 +41,7 @@ __all__ = ["connect_command"]
 )
 @click.option("--no-browser", is_flag=True, help="Do not open a browser: print the URL and wait.")
 @click.option("--replace", is_flag=True, help="Replace grant NAME if it exists (its refresh token is dropped).")
+@click.option("--json", "as_json", is_flag=True, help="Print the connected grant as JSON (fingerprints, no token).")
 @click.option(
     "--timeout",
     type=click.FloatRange(min=1),
@@ -51,7 +52,7 @@ __all__ = ["connect_command"]
 )
 @click.pass_obj
 def connect_command(session: Session, name: str, provider_name: str, scopes: tuple[str, ...], device: bool,
-                    no_browser: bool, replace: bool, timeout: float | None) -> None:  # fmt: skip
+                    no_browser: bool, replace: bool, timeout: float | None, as_json: bool) -> None:  # fmt: skip
     """Connect grant NAME: log in and consent at PROVIDER, and keep the grant it issues.
 
     By default runs the authorization code flow with PKCE and a one-time redirect listener on 127.0.0.1: the
@@ -72,7 +73,7 @@ def connect_command(session: Session, name: str, provider_name: str, scopes: tup
             waited = DEFAULT_CONSENT_TIMEOUT if timeout is None else timeout
             done = connect(keeper, name, provider=provider_name, scopes=scope, replace=replace, timeout=waited,
                            show=_browser_shower(name, no_browser, waited))  # fmt: skip
-    _report(done)
+    _report(done, as_json=as_json)
 
 
 def _graphical_session() -> bool:
@@ -134,8 +135,11 @@ def _device_shower(name: str, no_browser: bool, timeout: float | None) -> Callab
     return show
 
 
-def _report(done: Connected) -> None:
+def _report(done: Connected, *, as_json: bool) -> None:
     grant = done.grant
+    if as_json:  # the URL, the code and the progress went to stderr: stdout holds only this
+        echo_json({**grant_record(grant), "replaced": done.replaced})
+        return
     click.echo(
         f"grant {grant.name} {'replaced' if done.replaced else 'connected'}: provider {grant.provider}, "
         f"scopes {' '.join(grant.scopes) or '-'}, refresh token {grant.refresh_fp}"

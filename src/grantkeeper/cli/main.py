@@ -192,8 +192,9 @@ def grant() -> None:
     help="The provider that issued it.",
 )
 @click.option("--scope", "scopes", multiple=True, metavar="SCOPE", help="A granted scope (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print the stored grant as JSON (fingerprints, no token).")
 @click.pass_obj
-def grant_import(session: Session, name: str, provider_name: str, scopes: tuple[str, ...]) -> None:
+def grant_import(session: Session, name: str, provider_name: str, scopes: tuple[str, ...], as_json: bool) -> None:
     """Import grant NAME; the refresh token is read from standard input (hidden prompt on a terminal)."""
     example = f"e.g. `grantkeeper grant import {name} --provider {provider_name} < refresh-token.txt`"
     scope = tuple(dict.fromkeys(s for arg in scopes for s in arg.split()))
@@ -208,6 +209,9 @@ def grant_import(session: Session, name: str, provider_name: str, scopes: tuple[
         except UnknownGrant:
             existed = False
         imported = keeper.import_grant(name, provider=provider_name, refresh_token=token, scopes=scope)
+    if as_json:
+        _echo_json({**_render.grant_record(imported), "replaced": existed})
+        return
     click.echo(
         f"grant {imported.name} {'re-imported' if existed else 'imported'}: provider {imported.provider}, "
         f"generation {imported.generation}, refresh token {imported.refresh_fp}"
@@ -217,8 +221,9 @@ def grant_import(session: Session, name: str, provider_name: str, scopes: tuple[
 @grant.command("revoke")
 @click.argument("name", shell_complete=complete_grant)
 @click.option("--local-only", is_flag=True, help="Do not contact the provider: only remove the grant here.")
+@click.option("--json", "as_json", is_flag=True, help="Print the removed grant as JSON (fingerprints, no token).")
 @click.pass_obj
-def grant_revoke(session: Session, name: str, local_only: bool) -> None:
+def grant_revoke(session: Session, name: str, local_only: bool, as_json: bool) -> None:
     """Revoke grant NAME at its provider (RFC 7009), then remove it from the store.
 
     Nothing is removed unless the provider confirms; a provider without a revocation endpoint is an error
@@ -226,6 +231,9 @@ def grant_revoke(session: Session, name: str, local_only: bool) -> None:
     """
     with _open(session) as keeper:
         revoked = revoke(keeper, name, local_only=local_only)
+    if as_json:
+        _echo_json({**_render.grant_record(revoked), "revoked_at_provider": not local_only, "removed": True})
+        return
     where = "removed locally (not revoked at the provider)" if local_only else "revoked at the provider and removed"
     click.echo(f"grant {revoked.name} {where}: provider {revoked.provider}, refresh token {revoked.refresh_fp}")
 
@@ -257,24 +265,30 @@ def grant_show(ctx: click.Context, name: str, as_json: bool) -> None:
 @grant.command("remove")
 @click.argument("name", shell_complete=complete_grant)
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation (required without a terminal).")
+@click.option("--json", "as_json", is_flag=True, help="Print the removed grant as JSON (needs --yes: never asks).")
 @click.pass_obj
-def grant_remove(session: Session, name: str, yes: bool) -> None:
+def grant_remove(session: Session, name: str, yes: bool, as_json: bool) -> None:
     """Remove grant NAME from this store (its refresh token is forgotten here, not revoked at the provider).
 
-    Asks for confirmation on a terminal; without one, --yes is required and nothing is ever prompted.
+    Asks for confirmation on a terminal; without one, or with --json, --yes is required and nothing is ever
+    prompted.
     """
     with _open(session) as keeper:
-        keeper.store.get_grant(name)  # an unknown name is an error before any question
+        removed = keeper.store.get_grant(name)  # an unknown name is an error before any question
         if not yes:
-            if not _interactive():
+            if as_json or not _interactive():
+                why = "--json output is for scripts" if as_json else "standard input is not a terminal"
                 raise ConfigurationError(
-                    f"not removing grant {name!r}: standard input is not a terminal, so there is nobody to "
-                    f"confirm; run 'grantkeeper grant remove {name} --yes'"
+                    f"not removing grant {name!r}: {why}, so there is nobody to confirm; run 'grantkeeper grant "
+                    f"remove {name} --yes'"
                 )
             if not click.confirm(f"Remove grant {name!r} from this store?", default=False, err=True):
                 click.echo(f"grant {name} kept")
                 raise click.exceptions.Exit(1)
         keeper.store.delete_grant(name)
+    if as_json:
+        _echo_json({**_render.grant_record(removed), "revoked_at_provider": False, "removed": True})
+        return
     click.echo(f"grant {name} removed from this store (not revoked at the provider)")
 
 
