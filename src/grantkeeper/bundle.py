@@ -25,7 +25,6 @@ import base64
 import binascii
 import json
 import os
-import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from enum import Enum
@@ -46,7 +45,7 @@ from grantkeeper._exceptions import (
     EncryptionKeyError,
 )
 from grantkeeper._secrets import Secret
-from grantkeeper.keyring import parse_key
+from grantkeeper.keyring import parse_key, read_private_file
 from grantkeeper.model import AuthMethod, Provider, RotationMode, check_name
 from grantkeeper.stores.base import Store
 
@@ -99,15 +98,9 @@ class BundleKey:
     @classmethod
     def key_file(cls, path: Path) -> BundleKey:
         try:
-            st = path.stat()
-            if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-                raise EncryptionKeyError(
-                    f"key file {path} is readable by other users (mode {stat.S_IMODE(st.st_mode):o}); "
-                    f"run `chmod 600 {path}`"
-                )
-            raw = path.read_bytes()
-        except OSError as exc:
-            raise EncryptionKeyError(f"cannot read key file {path}: {exc.strerror}") from None
+            raw = read_private_file(path)
+        except FileNotFoundError:
+            raise EncryptionKeyError(f"cannot read key file {path}: it does not exist; check its path") from None
         key = raw if len(raw) == 32 else parse_key(raw.decode("ascii", errors="replace"), origin=str(path))
         return cls("key", key)
 

@@ -41,6 +41,7 @@ __all__ = [
     "load_ring",
     "parse_key",
     "parse_ring",
+    "read_private_file",
     "write_key_file",
     "write_private_file",
 ]
@@ -152,9 +153,9 @@ def _run_key_command(command: str) -> list[bytes]:
     return parse_ring(done.stdout.decode("ascii", errors="replace"), origin=origin)
 
 
-def _read_key_file(path: Path) -> list[bytes]:
-    """The ring in a key file; FileNotFoundError passes through (callers decide whether a missing file is an
-    error), any other failure to read it is an EncryptionKeyError."""
+def read_private_file(path: Path) -> bytes:
+    """The bytes of a key file, refused if any group or other permission bit is set. FileNotFoundError passes
+    through (callers decide whether a missing file is an error); any other failure is an EncryptionKeyError."""
     try:
         st = path.stat()
         if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
@@ -162,12 +163,16 @@ def _read_key_file(path: Path) -> list[bytes]:
                 f"key file {path} is readable by other users (mode {stat.S_IMODE(st.st_mode):o}); run "
                 f"`chmod 600 {path}`"
             )
-        text = path.read_text(encoding="ascii", errors="replace")
+        return path.read_bytes()
     except FileNotFoundError:
         raise
     except OSError as exc:
         raise EncryptionKeyError(f"cannot read key file {path}: {exc.strerror}; check its path and owner") from None
-    return parse_ring(text, origin=str(path))
+
+
+def _read_key_file(path: Path) -> list[bytes]:
+    """The ring in a key file (see `read_private_file`)."""
+    return parse_ring(read_private_file(path).decode("ascii", errors="replace"), origin=str(path))
 
 
 def write_private_file(path: Path, data: bytes, *, exclusive: bool = False) -> None:
