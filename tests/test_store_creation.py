@@ -7,6 +7,7 @@ is fully written under a temporary name, and the kill lands before it is put in 
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import sqlite3
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from grantkeeper import Keeper, Provider
+from grantkeeper import EncryptionKeyError, Keeper, Provider
 from grantkeeper.keyring import write_private_file
 from grantkeeper.stores import open_store
 from grantkeeper.stores.migrations import latest_version
@@ -171,3 +172,19 @@ def test_store_creation_killed_while_writing_its_key_can_be_started_again(tmp_pa
                            timeout=60, check=False, env=env)  # fmt: skip
     assert again.returncode == 0, again.stderr
     assert path.with_name("store.db.key").exists()
+
+
+def test_a_key_file_that_cannot_be_written_is_a_typed_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A filesystem without hard links (or an unwritable folder) stops store creation with an encryption-key
+    error that says what to do, and leaves no key file and no temporary file behind."""
+
+    def no_links(*_args: object, **_kwargs: object) -> None:
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.delenv("GRANTKEEPER_KEY", raising=False)
+    monkeypatch.setattr(os, "link", no_links)
+    path = tmp_path / "s" / "store.db"
+    with pytest.raises(EncryptionKeyError, match=r"cannot create the new store's key file .*GRANTKEEPER_KEY"):
+        open_store(f"sqlite://{path}")
+    assert not path.with_name("store.db.key").exists()
+    assert not list(path.parent.glob("*.tmp"))

@@ -241,6 +241,11 @@ def load_ring(key_file: Path | None, *, create: bool) -> tuple[list[bytes], KeyS
         write_key_file(key_file, [key], exclusive=True)
     except FileExistsError:  # another process created the same store a moment ago: its key is the store's
         return source.load(), source
+    except OSError as exc:  # an unwritable folder, or a filesystem without hard links (see write_private_file)
+        raise EncryptionKeyError(
+            f"cannot create the new store's key file {key_file}: {exc.strerror}; put the store on a local "
+            f"filesystem you can write to, or give the key in ${KEY_ENV}"
+        ) from None
     return [key], source
 
 
