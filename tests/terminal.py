@@ -104,8 +104,8 @@ def on_terminal(*args: str, env: dict[str, str] | None = None, stdout: Path | No
 def environment(store_url: str, *, key: str | None = None, extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment every run gets: the test's store (and $GRANTKEEPER_KEY when given; otherwise the store's
     key file beside it is used), ``TERM=xterm-256color``, no colour overrides, no other grantkeeper settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GRANTKEEPER_") and k not in _COLOUR_VARIABLES}
-    env.update(GRANTKEEPER_STORE=store_url, TERM="xterm-256color")
+    env = {k: v for k, v in terminal_env().items() if not k.startswith("GRANTKEEPER_")}
+    env["GRANTKEEPER_STORE"] = store_url
     if key is not None:
         env["GRANTKEEPER_KEY"] = key
     env.update(extra or {})
