@@ -7,6 +7,9 @@ from pathlib import Path
 
 from grantkeeper import Keeper, Provider, RefreshPolicy, RotationMode, Secret
 
+#: The provider columns schema version 6 added: tests that build an older store drop them.
+MIGRATION_6_COLUMNS = ("authorize_params", "api_base_url", "ca_bundle", "proxy", "insecure_http")
+
 #: Short enough that crash tests wait little for a dead holder; long enough for a loopback request.
 FAST_POLICY = RefreshPolicy(
     lease_ttl=3.0, request_timeout=1.0, wait_timeout=30.0, backoff_base=0.01, backoff_cap=0.05, deadline=10.0

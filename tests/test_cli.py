@@ -218,7 +218,8 @@ class TestProvider:
                 "rotation": "always", "reuse_grace": 0.0, "skew": 5.0, "default_expires_in": 3600.0,
                 "refresh_idle_ttl": None, "refresh_absolute_ttl": None, "private_key_file": None, "key_id": None,
                 "jwt_audience": None, "send_scope": False, "profile": None, "authorization_url": None,
-                "revocation_url": None, "device_authorization_url": None,
+                "revocation_url": None, "device_authorization_url": None, "authorize_params": {},
+                "api_base_url": None, "ca_bundle": None, "proxy": None, "insecure_http": False,
             }
         ]  # fmt: skip
 

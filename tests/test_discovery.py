@@ -88,12 +88,12 @@ class TestDiscover:
             ({"issuer": "https://impostor.example.com"}, "names issuer 'https://impostor.example.com'"),
             ({"issuer": None}, "names issuer 'no issuer'"),
             ({"token_endpoint": None}, "token_endpoint is missing"),
-            ({"token_endpoint": "http://as.example.com/token"}, "token_endpoint must be an absolute https URL"),
-            ({"token_endpoint": "/token"}, "token_endpoint must be an absolute https URL"),
+            ({"token_endpoint": "http://as.example.com/token"}, "token_endpoint URL uses plain http to as.example"),
+            ({"token_endpoint": "/token"}, "token_endpoint URL must be an absolute URL"),
             ({"token_endpoint_auth_methods_supported": "client_secret_basic"}, "must be a list of strings"),
             ({"grant_types_supported": [1, 2]}, "grant_types_supported must be a list of strings"),
-            ({"authorization_endpoint": "javascript:alert(1)"}, "authorization_endpoint must be"),
-            ({"revocation_endpoint": "http://as.example.com/revoke"}, "revocation_endpoint must be"),
+            ({"authorization_endpoint": "javascript:alert(1)"}, "authorization_endpoint URL must be an absolute"),
+            ({"revocation_endpoint": "http://as.example.com/revoke"}, "revocation_endpoint URL uses plain http"),
         ],
     )
     def test_invalid_metadata(self, make_sim: Callable[..., Sim], change: dict[str, Any], message: str) -> None:

@@ -26,7 +26,7 @@ from grantkeeper.stores.migrations import latest_version
 from grantkeeper.testing.clock import FakeClock
 from grantkeeper.testing.simulator import DropAfterRotate, HttpError
 from tests.conftest import TEST_KEY
-from tests.helpers import FAST_POLICY, add_grant
+from tests.helpers import FAST_POLICY, MIGRATION_6_COLUMNS, add_grant
 
 Sim = Callable[..., object]
 DAY = 86400.0
@@ -39,7 +39,8 @@ V2_COLUMNS = ("actor", "try_number", "new_generation", "received_fp", "rotated",
 V3_COLUMNS = (("providers", "private_key_file"), ("providers", "key_id"), ("providers", "jwt_audience"),
               ("providers", "send_scope"), ("providers", "profile"), ("grants", "refresh_issued_at"),
               ("grants", "refresh_expires_at"), ("providers", "authorization_url"),
-              ("providers", "revocation_url"), ("providers", "device_authorization_url"))  # fmt: skip
+              ("providers", "revocation_url"), ("providers", "device_authorization_url"),
+              *(("providers", column) for column in MIGRATION_6_COLUMNS))  # fmt: skip
 
 
 def test_retention_keeps_the_newest_per_grant(store_url: str, make_sim: Sim) -> None:

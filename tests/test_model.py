@@ -42,7 +42,7 @@ def test_valid_provider_is_accepted() -> None:
 def test_bad_token_url_is_a_configuration_error(url: str) -> None:
     """A token URL that is not an absolute http(s) URL raises ConfigurationError saying so."""
     message = config_error(token_url=url)
-    assert "absolute http(s) URL" in message
+    assert "must be an absolute URL" in message
     assert "'acme'" in message
 
 

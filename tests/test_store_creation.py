@@ -23,6 +23,7 @@ from grantkeeper import EncryptionKeyError, Keeper, Provider
 from grantkeeper.keyring import write_private_file
 from grantkeeper.stores import open_store
 from grantkeeper.stores.migrations import latest_version
+from tests.helpers import MIGRATION_6_COLUMNS
 
 pytestmark = pytest.mark.slow
 
@@ -95,6 +96,8 @@ def test_processes_migrating_one_old_store_at_once_all_succeed(tmp_path: Path) -
         keeper.add_provider(Provider(name="p", token_url="https://as.example/token", client_id="c"))
         keeper.import_grant("kept", provider="p", refresh_token="refresh-token-before-the-upgrade")
     raw = sqlite3.connect(path)
+    for column in MIGRATION_6_COLUMNS:
+        raw.execute(f"ALTER TABLE providers DROP COLUMN {column}")
     raw.execute("ALTER TABLE providers DROP COLUMN device_authorization_url")  # migration 5
     raw.execute("ALTER TABLE providers DROP COLUMN revocation_url")  # and 4
     raw.execute("ALTER TABLE providers DROP COLUMN authorization_url")

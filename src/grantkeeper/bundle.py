@@ -287,6 +287,7 @@ def _provider(data: dict[str, Any]) -> Provider:
         values["client_secret"] = Secret(values["client_secret"])
     values["auth_method"] = AuthMethod(values["auth_method"])
     values["rotation"] = RotationMode(values["rotation"])
+    values["authorize_params"] = tuple((str(k), str(v)) for k, v in values.get("authorize_params") or ())
     return Provider(**values)
 
 

@@ -159,6 +159,11 @@ def provider_dict(provider: Provider) -> dict[str, object]:
         "authorization_url": provider.authorization_url,
         "revocation_url": provider.revocation_url,
         "device_authorization_url": provider.device_authorization_url,
+        "authorize_params": dict(provider.authorize_params),
+        "api_base_url": provider.api_base_url,
+        "ca_bundle": provider.ca_bundle,
+        "proxy": provider.proxy,
+        "insecure_http": provider.insecure_http,
     }
 
 

@@ -15,6 +15,7 @@ from grantkeeper.cli._io import echo_json, open_keeper
 from grantkeeper.cli._render import clean, grant_record
 from grantkeeper.cli._session import Session
 from grantkeeper.cli.completion import complete_provider
+from grantkeeper.cli.providers import authorize_param
 from grantkeeper.consent import DEFAULT_CONSENT_TIMEOUT, Connected, connect, connect_device
 from grantkeeper.consent.device import DeviceAuthorization
 from grantkeeper.consent.flow import AuthorizationRequest
@@ -40,6 +41,14 @@ __all__ = ["connect_command"]
     "machines without a browser; the provider needs a device authorization URL.",
 )
 @click.option("--no-browser", is_flag=True, help="Do not open a browser: print the URL and wait.")
+@click.option(
+    "--authorize-param",
+    "authorize_params",
+    multiple=True,
+    metavar="NAME=VALUE",
+    callback=authorize_param,
+    help="Add a parameter to the authorization request, e.g. prompt=consent (repeatable; over the provider's).",
+)
 @click.option("--replace", is_flag=True, help="Replace grant NAME if it exists (its refresh token is dropped).")
 @click.option("--json", "as_json", is_flag=True, help="Print the connected grant as JSON (fingerprints, no token).")
 @click.option(
@@ -52,7 +61,8 @@ __all__ = ["connect_command"]
 )
 @click.pass_obj
 def connect_command(session: Session, name: str, provider_name: str, scopes: tuple[str, ...], device: bool,
-                    no_browser: bool, replace: bool, timeout: float | None, as_json: bool) -> None:  # fmt: skip
+                    no_browser: bool, authorize_params: dict[str, str], replace: bool, timeout: float | None,
+                    as_json: bool) -> None:  # fmt: skip
     """Connect grant NAME: log in and consent at PROVIDER, and keep the grant it issues.
 
     By default runs the authorization code flow with PKCE and a one-time redirect listener on 127.0.0.1: the
@@ -65,6 +75,8 @@ def connect_command(session: Session, name: str, provider_name: str, scopes: tup
     the access token it came with. Prints no token.
     """
     scope = tuple(dict.fromkeys(s for arg in scopes for s in arg.split()))
+    if device and authorize_params:
+        raise click.UsageError("--authorize-param applies to the browser flow; the device flow sends none")
     with open_keeper(session) as keeper:
         if device:
             done = connect_device(keeper, name, provider=provider_name, scopes=scope, replace=replace,
@@ -72,7 +84,8 @@ def connect_command(session: Session, name: str, provider_name: str, scopes: tup
         else:
             waited = DEFAULT_CONSENT_TIMEOUT if timeout is None else timeout
             done = connect(keeper, name, provider=provider_name, scopes=scope, replace=replace, timeout=waited,
-                           show=_browser_shower(name, no_browser, waited))  # fmt: skip
+                           show=_browser_shower(name, no_browser, waited),
+                           authorize_params=authorize_params)  # fmt: skip
     _report(done, as_json=as_json)
 
 

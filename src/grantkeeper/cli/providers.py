@@ -37,14 +37,35 @@ def provider() -> None:
     """Authorization servers: token endpoint, client credentials, rotation behaviour."""
 
 
-def _param(_: click.Context, __: click.Parameter, values: tuple[str, ...]) -> dict[str, str]:
+def _pairs(values: tuple[str, ...], hint: str) -> dict[str, str]:
     params: dict[str, str] = {}
     for item in values:
         key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"{item!r} is not NAME=VALUE", param_hint="--param")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"{item!r} is not NAME=VALUE", param_hint=hint)
         params[key.strip()] = value.strip()
     return params
+
+
+def _param(_: click.Context, __: click.Parameter, values: tuple[str, ...]) -> dict[str, str]:
+    return _pairs(values, "--param")
+
+
+def authorize_param(_: click.Context, __: click.Parameter, values: tuple[str, ...]) -> dict[str, str]:
+    return _pairs(values, "--authorize-param")
+
+
+def _ca_bundle(_: click.Context, __: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    path = os.path.abspath(value)
+    try:
+        with open(path, "rb") as pem:
+            if b"-----BEGIN CERTIFICATE-----" not in pem.read(1 << 20):
+                raise click.BadParameter(f"{path} holds no PEM certificate", param_hint="--ca-bundle")
+    except OSError as exc:
+        raise click.BadParameter(f"cannot read {path}: {exc.strerror}", param_hint="--ca-bundle") from None
+    return path
 
 
 _COMMON_OPTIONS: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
@@ -82,6 +103,21 @@ _COMMON_OPTIONS: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
                  help="Start from a shipped provider profile ('grantkeeper provider profiles' lists them)."),
     click.option("--param", "params", multiple=True, metavar="NAME=VALUE", callback=_param,
                  help="Fill a profile placeholder, e.g. --param tenant=contoso.onmicrosoft.com (repeatable)."),
+    click.option("--authorize-param", "authorize_params", multiple=True, metavar="NAME=VALUE",
+                 callback=authorize_param,
+                 help="Add a parameter to every 'grantkeeper connect' authorization request, e.g. "
+                      "--authorize-param prompt=consent (repeatable; given, it replaces the stored set)."),
+    click.option("--api-base-url", metavar="URL",
+                 help="The provider's API base URL, where 'grantkeeper serve' proxies /v1/proxy/GRANT/PATH."),
+    click.option("--ca-bundle", metavar="PEM", callback=_ca_bundle,
+                 help="Verify the provider's TLS certificates with these CA certificates instead of the system's "
+                      "(and $SSL_CERT_FILE)."),
+    click.option("--proxy", metavar="URL",
+                 help="Reach the provider's endpoints through this HTTP proxy, http://host:port (credentials "
+                      "belong in $HTTPS_PROXY, never stored) [default: $HTTPS_PROXY / $NO_PROXY]."),
+    click.option("--insecure-http/--no-insecure-http", default=None,
+                 help="Allow plain http:// endpoints on hosts other than loopback (test rigs only: tokens travel "
+                      "unencrypted)."),
 ]  # fmt: skip
 
 
@@ -99,8 +135,11 @@ def _changes(name: str, options: dict[str, Any]) -> tuple[dict[str, Any], set[st
         raise click.BadParameter("must be an environment variable name", param_hint="--client-secret-env")
     plain = ("client_id", "authorization_url", "revocation_url", "private_key_file", "key_id", "jwt_audience",
              "device_authorization_url", "reuse_grace", "skew", "default_expires_in",
-             "refresh_idle_ttl", "refresh_absolute_ttl", "send_scope")  # fmt: skip
+             "refresh_idle_ttl", "refresh_absolute_ttl", "send_scope", "api_base_url", "ca_bundle", "proxy",
+             "insecure_http")  # fmt: skip
     changes = {key: options[key] for key in plain if options[key] is not None}
+    if options["authorize_params"]:
+        changes["authorize_params"] = tuple(options["authorize_params"].items())
     if options["private_key_file"] is not None:
         changes["private_key_file"] = os.path.abspath(options["private_key_file"])
     if options["auth_method"] is not None:
@@ -283,7 +322,7 @@ def provider_discover(session: Session, /, name: str, issuer: str, profile_name:
     one the server lists); rotation and lifetimes from --profile or the options given.
     """
     changes, explicit = _changes(name, options)
-    metadata = discover(issuer)
+    metadata = discover(issuer, insecure_http=bool(options["insecure_http"]))
     if metadata.refresh_supported is False:
         raise ConfigurationError(
             f"{issuer} lists grant types {', '.join(metadata.grant_types or ())} without refresh_token; grantkeeper "

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import httpx
@@ -35,6 +35,7 @@ from grantkeeper.consent.flow import tokens_from_reply as _tokens_from_reply
 from grantkeeper.consent.loopback import LoopbackListener
 from grantkeeper.engine import Keeper
 from grantkeeper.model import Grant, Provider, TokenSet, check_name
+from grantkeeper.model.provider import RESERVED_AUTHORIZE_PARAMS
 from grantkeeper.profiles import get_profile
 from grantkeeper.stores.base import GenerationConflict
 from grantkeeper.tokens.request import build_client_request
@@ -68,14 +69,16 @@ def _exists(keeper: Keeper, name: str) -> bool:
 
 
 def _profile_defaults(provider: Provider) -> tuple[tuple[str, ...], dict[str, str]]:
-    """The scopes and extra authorization parameters of the provider's profile, if it came from one."""
+    """The scopes of the provider's profile, and the extra authorization parameters: the profile's, then the
+    provider's own (``provider add --authorize-param``), which win."""
+    own = dict(provider.authorize_params)
     if provider.profile is None:
-        return (), {}
+        return (), own
     try:
         profile = get_profile(provider.profile)
     except ConfigurationError:
-        return (), {}  # a profile this version no longer ships: the provider's own fields still work
-    return tuple(profile.scopes or ()), dict(profile.authorize_params or {})
+        return (), own  # a profile this version no longer ships: the provider's own fields still work
+    return tuple(profile.scopes or ()), {**(profile.authorize_params or {}), **own}
 
 
 def _reply(result: object, provider: Provider, what: str) -> HttpReply:
@@ -96,12 +99,14 @@ def connect(
     timeout: float = DEFAULT_CONSENT_TIMEOUT,
     show: Callable[[AuthorizationRequest], None],
     http: httpx.Client | None = None,
+    authorize_params: Mapping[str, str] | None = None,
 ) -> Connected:
     """Connect grant `name` of `provider` through the user's browser and store it.
 
     `show` is called once with the authorization request, whose ``url`` the user must open (the CLI opens the
     system browser or prints it); this call then waits up to `timeout` seconds for the redirect. Scopes
-    default to the provider's profile's. An existing grant `name` is replaced only with `replace`.
+    default to the provider's profile's. `authorize_params` are added to the authorization request over the
+    profile's and the provider's own. An existing grant `name` is replaced only with `replace`.
 
     Raises:
         ConfigurationError: the grant exists (without `replace`), or the provider has no authorization URL.
@@ -111,6 +116,13 @@ def connect(
     """
     chosen, existed = _prepare(keeper, name, provider, replace)
     default_scopes, extra = _profile_defaults(chosen)
+    reserved = sorted(RESERVED_AUTHORIZE_PARAMS.intersection(authorize_params or {}))
+    if reserved:
+        raise ConfigurationError(
+            f"authorization parameter {reserved[0]!r} cannot be given: grantkeeper sets it itself (use --scope for "
+            "scopes)"
+        )
+    extra.update(authorize_params or {})
     with LoopbackListener() as listener:
         request = begin(chosen, listener.redirect_uri, scopes=scopes or default_scopes, extra_params=extra)
         show(request)

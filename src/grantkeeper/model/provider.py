@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 from grantkeeper._exceptions import ConfigurationError
 from grantkeeper._secrets import Secret
 
-__all__ = ["AuthMethod", "Provider", "RotationMode"]
+__all__ = ["RESERVED_AUTHORIZE_PARAMS", "AuthMethod", "Provider", "RotationMode", "check_endpoint", "check_proxy_url"]
 
 
 class AuthMethod(StrEnum):
@@ -67,16 +67,30 @@ class Provider:
     revocation_url: str | None = None
     #: The device authorization endpoint (RFC 8628 §3.1), for `grantkeeper connect --device`; None if unknown.
     device_authorization_url: str | None = None
+    #: Extra authorization-request parameters for `grantkeeper connect` (e.g. ``prompt=consent``), on top of
+    #: the profile's; pairs so the provider stays immutable and hashable.
+    authorize_params: tuple[tuple[str, str], ...] = ()
+    #: The base URL of the provider's API, for the service's proxy (``/v1/proxy/{grant}/{path}``).
+    api_base_url: str | None = None
+    #: A PEM file of CA certificates to verify this provider's TLS certificates with, instead of the system's.
+    ca_bundle: str | None = None
+    #: An HTTP(S) proxy for this provider's endpoints (no credentials in it: those belong in $HTTPS_PROXY).
+    proxy: str | None = None
+    #: Allow plain http to hosts other than loopback (a test rig behind a trusted network; never production).
+    insecure_http: bool = False
 
     def __post_init__(self) -> None:
         check_name(self.name, "provider")
-        _check_endpoint(self.name, "token", self.token_url)
-        if self.authorization_url is not None:
-            _check_endpoint(self.name, "authorization", self.authorization_url)
-        if self.revocation_url is not None:
-            _check_endpoint(self.name, "revocation", self.revocation_url)
-        if self.device_authorization_url is not None:
-            _check_endpoint(self.name, "device authorization", self.device_authorization_url)
+        for label, url in (
+            ("token", self.token_url),
+            ("authorization", self.authorization_url),
+            ("revocation", self.revocation_url),
+            ("device authorization", self.device_authorization_url),
+            ("API base", self.api_base_url),
+        ):
+            if url is not None:
+                check_endpoint(f"provider {self.name!r}", label, url, insecure_http=self.insecure_http)
+        self._check_network_options()
         if not self.client_id:
             raise ConfigurationError(f"provider {self.name!r}: client id must not be empty")
         if self.client_secret is not None and self.client_secret_env is not None:
@@ -104,6 +118,18 @@ class Provider:
             raise ConfigurationError(
                 f"provider {self.name!r}: default access-token lifetime must be positive and at most a year"
             )
+
+    def _check_network_options(self) -> None:
+        for key, _ in self.authorize_params:
+            if not key or not key.isascii() or not key.isprintable() or key in RESERVED_AUTHORIZE_PARAMS:
+                raise ConfigurationError(
+                    f"provider {self.name!r}: authorization parameter {key!r} cannot be set here (grantkeeper sets "
+                    f"{', '.join(sorted(RESERVED_AUTHORIZE_PARAMS))} itself)"
+                )
+        if self.ca_bundle is not None and not os.path.isabs(self.ca_bundle):
+            raise ConfigurationError(f"provider {self.name!r}: the CA bundle must be an absolute path to a PEM file")
+        if self.proxy is not None:
+            check_proxy_url(f"provider {self.name!r}", self.proxy)
 
     def _check_key_options(self) -> None:
         uses_jwt = self.auth_method is AuthMethod.PRIVATE_KEY_JWT
@@ -143,17 +169,47 @@ class Provider:
         )
 
 
-def _check_endpoint(provider: str, label: str, url: str) -> None:
-    """An endpoint is an absolute https URL, or http on loopback only."""
+#: Parameters `connect` computes itself; a stored value would break PKCE, state or the redirect.
+RESERVED_AUTHORIZE_PARAMS = frozenset(
+    {"client_id", "redirect_uri", "response_type", "state", "code_challenge", "code_challenge_method", "scope"}
+)
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def check_endpoint(where: str, label: str, url: str, *, insecure_http: bool = False) -> None:
+    """An endpoint is an absolute https URL; plain http only on loopback, or anywhere with `insecure_http`."""
     try:
         parts = urlsplit(url)
         host = parts.hostname
     except ValueError:
-        raise ConfigurationError(f"provider {provider!r}: {label} URL {url!r} cannot be parsed") from None
-    if parts.scheme not in ("https", "http") or not parts.netloc:
-        raise ConfigurationError(f"provider {provider!r}: {label} URL must be an absolute http(s) URL; got {url!r}")
-    if parts.scheme == "http" and host not in ("127.0.0.1", "localhost", "::1"):
-        raise ConfigurationError(f"provider {provider!r}: plain http is allowed only on loopback; use https for {host}")
+        raise ConfigurationError(f"{where}: {label} URL {url!r} cannot be parsed") from None
+    if parts.scheme not in ("https", "http") or not host:
+        raise ConfigurationError(
+            f"{where}: {label} URL must be an absolute URL: https://host/..., or http:// on loopback "
+            f"(127.0.0.1, localhost, ::1); got {url!r}"
+        )
+    if parts.scheme == "http" and host not in LOOPBACK_HOSTS and not insecure_http:
+        raise ConfigurationError(
+            f"{where}: {label} URL uses plain http to {host}: only https is accepted, or http on loopback "
+            "(127.0.0.1, localhost, ::1); give --insecure-http to allow plain http to other hosts (tokens then "
+            "cross the network unencrypted)"
+        )
+
+
+def check_proxy_url(where: str, url: str) -> None:
+    """A proxy is http:// or https://host[:port], without credentials (they would be stored in plaintext)."""
+    try:
+        parts = urlsplit(url)
+        host, _ = parts.hostname, parts.port
+    except ValueError:
+        raise ConfigurationError(f"{where}: the proxy URL cannot be parsed; give http://host:port") from None
+    if parts.scheme not in ("http", "https") or not host or parts.path not in ("", "/") or parts.query:
+        raise ConfigurationError(f"{where}: the proxy must be http://host:port or https://host:port")
+    if parts.username is not None or parts.password is not None:
+        raise ConfigurationError(
+            f"{where}: the proxy URL carries credentials, which would be stored in plaintext; give the proxy "
+            "without them and put the credentials in $HTTPS_PROXY / $HTTP_PROXY where grantkeeper runs"
+        )
 
 
 def check_name(name: str, kind: str) -> None:

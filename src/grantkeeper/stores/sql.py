@@ -55,7 +55,8 @@ _GRANT_COLUMNS = (
 _PROVIDER_COLUMNS = (
     "name, token_url, client_id, client_secret, client_secret_env, auth_method, rotation, reuse_grace, skew, "
     "default_expires_in, refresh_idle_ttl, refresh_absolute_ttl, private_key_file, key_id, jwt_audience, send_scope, "
-    "profile, authorization_url, revocation_url, device_authorization_url"
+    "profile, authorization_url, revocation_url, device_authorization_url, authorize_params, api_base_url, ca_bundle, "
+    "proxy, insecure_http"
 )
 _GRANT_COLUMNS_QUALIFIED = ", ".join("grants." + c.strip() for c in _GRANT_COLUMNS.split(","))
 _PROVIDER_COLUMNS_QUALIFIED = ", ".join("providers." + c.strip() for c in _PROVIDER_COLUMNS.split(","))
@@ -239,6 +240,11 @@ class SQLStore:
             authorization_url=row[17],
             revocation_url=row[18],
             device_authorization_url=row[19],
+            authorize_params=tuple((str(k), str(v)) for k, v in json.loads(row[20] or "[]")),
+            api_base_url=row[21],
+            ca_bundle=row[22],
+            proxy=row[23],
+            insecure_http=bool(row[24]),
         )
 
     @staticmethod
@@ -304,11 +310,8 @@ class SQLStore:
         secret = self._seal(provider.client_secret, "providers", provider.name, "client_secret")
         with self._tx() as conn:
             conn.execute(
-                "INSERT INTO providers (name, token_url, client_id, client_secret, client_secret_env, "
-                "auth_method, rotation, reuse_grace, skew, default_expires_in, refresh_idle_ttl, "
-                "refresh_absolute_ttl, private_key_file, key_id, jwt_audience, send_scope, profile, "
-                "authorization_url, revocation_url, device_authorization_url, created_at, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                f"INSERT INTO providers ({_PROVIDER_COLUMNS}, created_at, updated_at) "
+                f"VALUES ({', '.join('?' * (_PROVIDER_COLUMNS.count(',') + 3))}) "
                 "ON CONFLICT (name) DO UPDATE SET "
                 "token_url = excluded.token_url, client_id = excluded.client_id, "
                 "client_secret = excluded.client_secret, client_secret_env = excluded.client_secret_env, "
@@ -319,14 +322,19 @@ class SQLStore:
                 "key_id = excluded.key_id, jwt_audience = excluded.jwt_audience, send_scope = excluded.send_scope, "
                 "profile = excluded.profile, authorization_url = excluded.authorization_url, "
                 "revocation_url = excluded.revocation_url, "
-                "device_authorization_url = excluded.device_authorization_url, updated_at = excluded.updated_at",
+                "device_authorization_url = excluded.device_authorization_url, "
+                "authorize_params = excluded.authorize_params, api_base_url = excluded.api_base_url, "
+                "ca_bundle = excluded.ca_bundle, proxy = excluded.proxy, insecure_http = excluded.insecure_http, "
+                "updated_at = excluded.updated_at",
                 (
                     provider.name, provider.token_url, provider.client_id, secret, provider.client_secret_env,
                     provider.auth_method.value, provider.rotation.value, provider.reuse_grace, provider.skew,
                     provider.default_expires_in, provider.refresh_idle_ttl, provider.refresh_absolute_ttl,
                     provider.private_key_file, provider.key_id, provider.jwt_audience, int(provider.send_scope),
                     provider.profile, provider.authorization_url, provider.revocation_url,
-                    provider.device_authorization_url, now, now,
+                    provider.device_authorization_url,
+                    json.dumps([list(p) for p in provider.authorize_params]) if provider.authorize_params else None,
+                    provider.api_base_url, provider.ca_bundle, provider.proxy, int(provider.insecure_http), now, now,
                 ),
             )  # fmt: skip
 

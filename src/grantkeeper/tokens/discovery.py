@@ -18,11 +18,11 @@ import httpx
 
 from grantkeeper._exceptions import ConfigurationError, ProviderUnavailable
 from grantkeeper.model import AuthMethod
+from grantkeeper.model.provider import check_endpoint
 from grantkeeper.tokens.response import MAX_BODY_BYTES
 
 __all__ = ["Metadata", "choose_auth_method", "discover", "metadata_urls", "parse_metadata"]
 
-_LOOPBACK = ("127.0.0.1", "localhost", "::1")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 #: RFC 8414 §2: when the member is omitted, the default is client_secret_basic.
 _DEFAULT_AUTH_METHODS = ("client_secret_basic",)
@@ -48,24 +48,19 @@ class Metadata:
         return None if self.grant_types is None else "refresh_token" in self.grant_types
 
 
-def _check_url(value: object, what: str, where: str) -> str:
+def _check_url(value: object, what: str, where: str, insecure_http: bool = False) -> str:
     if not isinstance(value, str) or not value:
         raise ConfigurationError(f"{where}: {what} is missing or not a string")
-    try:
-        parts = urlsplit(value)
-        host = parts.hostname
-    except ValueError:
-        raise ConfigurationError(f"{where}: {what} is not a URL") from None
-    secure = parts.scheme == "https" or (parts.scheme == "http" and host in _LOOPBACK)
-    if not secure or not parts.netloc or parts.fragment:
-        raise ConfigurationError(f"{where}: {what} must be an absolute https URL without a fragment")
+    check_endpoint(where, what, value, insecure_http=insecure_http)
+    if urlsplit(value).fragment:
+        raise ConfigurationError(f"{where}: {what} must not carry a #fragment")
     return value
 
 
-def metadata_urls(issuer: str) -> list[str]:
+def metadata_urls(issuer: str, *, insecure_http: bool = False) -> list[str]:
     """Where the metadata of `issuer` may live: RFC 8414 §3.1 (well-known segment before the issuer's path),
     then OpenID Connect Discovery §4 (appended to the issuer)."""
-    _check_url(issuer, "the issuer", "--issuer")
+    _check_url(issuer, "the issuer", "--issuer", insecure_http)
     parts = urlsplit(issuer)
     if parts.query:
         raise ConfigurationError("--issuer: an issuer has no query component (RFC 8414 §2)")
@@ -84,7 +79,7 @@ def _strings(document: dict[str, object], key: str, where: str) -> tuple[str, ..
     return tuple(value)
 
 
-def parse_metadata(body: bytes, *, issuer: str, source: str) -> Metadata:
+def parse_metadata(body: bytes, *, issuer: str, source: str, insecure_http: bool = False) -> Metadata:
     """Validate a metadata document read from `source` for `issuer`."""
     where = f"metadata at {source}"
     try:
@@ -101,16 +96,16 @@ def parse_metadata(body: bytes, *, issuer: str, source: str) -> Metadata:
             f"{where} names issuer {shown!r}, not {issuer!r}; RFC 8414 requires them to be identical. If that is "
             "the server you mean, run again with exactly that --issuer"
         )
-    token_endpoint = _check_url(document.get("token_endpoint"), "token_endpoint", where)
+    token_endpoint = _check_url(document.get("token_endpoint"), "token_endpoint", where, insecure_http)
     authorization_endpoint = document.get("authorization_endpoint")
     if authorization_endpoint is not None:
-        authorization_endpoint = _check_url(authorization_endpoint, "authorization_endpoint", where)
+        authorization_endpoint = _check_url(authorization_endpoint, "authorization_endpoint", where, insecure_http)
     revocation_endpoint = document.get("revocation_endpoint")
     if revocation_endpoint is not None:
-        revocation_endpoint = _check_url(revocation_endpoint, "revocation_endpoint", where)
+        revocation_endpoint = _check_url(revocation_endpoint, "revocation_endpoint", where, insecure_http)
     device_endpoint = document.get("device_authorization_endpoint")
     if device_endpoint is not None:
-        device_endpoint = _check_url(device_endpoint, "device_authorization_endpoint", where)
+        device_endpoint = _check_url(device_endpoint, "device_authorization_endpoint", where, insecure_http)
     return Metadata(
         issuer=issuer,
         token_endpoint=token_endpoint,
@@ -124,7 +119,9 @@ def parse_metadata(body: bytes, *, issuer: str, source: str) -> Metadata:
     )
 
 
-def discover(issuer: str, *, http: httpx.Client | None = None, timeout: float = 10.0) -> Metadata:
+def discover(
+    issuer: str, *, http: httpx.Client | None = None, timeout: float = 10.0, insecure_http: bool = False
+) -> Metadata:
     """Fetch and validate the metadata of `issuer`. Redirects are not followed: the document must be served at
     the well-known URL itself.
 
@@ -132,7 +129,7 @@ def discover(issuer: str, *, http: httpx.Client | None = None, timeout: float = 
         ConfigurationError: no document at either URL, or the document is not valid metadata for `issuer`.
         ProviderUnavailable: the server could not be reached or answered 5xx; retry later.
     """
-    urls = metadata_urls(issuer)
+    urls = metadata_urls(issuer, insecure_http=insecure_http)
     client = http or httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False)
     tried: list[str] = []
     try:
@@ -149,7 +146,7 @@ def discover(issuer: str, *, http: httpx.Client | None = None, timeout: float = 
                     f"could not read metadata from {url} ({type(exc).__name__}); check the issuer URL and retry"
                 ) from None
             if response.status_code == 200:
-                return parse_metadata(body, issuer=issuer, source=url)
+                return parse_metadata(body, issuer=issuer, source=url, insecure_http=insecure_http)
             if response.status_code >= 500:
                 raise ProviderUnavailable(f"metadata at {url} answered HTTP {response.status_code}; retry later")
             tried.append(f"{url} (HTTP {response.status_code})")
