@@ -295,7 +295,7 @@ class SQLStore:
     def _read_provider(self, conn: Conn, name: str) -> Provider:
         row = conn.execute(f"SELECT {_PROVIDER_COLUMNS} FROM providers WHERE name = ?", (name,)).fetchone()
         if row is None:
-            raise UnknownProvider(f"no provider named {name!r}; add it with 'grantkeeper provider add'")
+            raise UnknownProvider(f"no provider named {name!r}; add it with 'grantkeeper provider add'", provider=name)
         return self._provider(row)
 
     # ---------------------------------------------------------------- configuration
@@ -467,6 +467,24 @@ class SQLStore:
         sql = f"SELECT {_HISTORY_COLUMNS} FROM attempts WHERE grant_name = ? AND id = ?"
         row = self._read(lambda conn: conn.execute(sql, (name, attempt_id)).fetchone())
         return self._attempt(row) if row else None
+
+    def spent_by(self, name: str, refresh_fp: str) -> Attempt | None:
+        """The newest kept attempt of grant `name` that spent the refresh token with fingerprint `refresh_fp`: it
+        sent that token and committed a different successor, so a rotating provider no longer accepts it (and one
+        that detects reuse revokes the grant when it sees it again). None if the kept history has none."""
+        sql = (
+            f"SELECT {_HISTORY_COLUMNS} FROM attempts WHERE grant_name = ? AND refresh_fp = ? AND "
+            "(rotated = 1 OR (state = 'recovered' AND received_fp <> refresh_fp)) ORDER BY id DESC LIMIT 1"
+        )
+        row = self._read(lambda conn: conn.execute(sql, (name, refresh_fp)).fetchone())
+        return self._attempt(row) if row else None
+
+    def names(self, kind: str) -> list[str]:
+        """Every grant (`kind` "grants") or provider ("providers") name, sorted; no secret is decrypted."""
+        if kind not in ("grants", "providers"):
+            raise ValueError(f"no such kind of name: {kind!r}")
+        rows = self._read(lambda conn: conn.execute(f"SELECT name FROM {kind} ORDER BY name").fetchall())
+        return [str(r[0]) for r in rows]
 
     def prune_history(self, *, now: float) -> int:
         """Apply `retention` to every grant now (commits also prune as they go); returns rows deleted."""
