@@ -201,8 +201,10 @@ def grant() -> None:
 def grant_import(
     session: Session, name: str, provider_name: str, scopes: tuple[str, ...], replace: bool, as_json: bool
 ) -> None:
-    """Import grant NAME from standard input (hidden prompt on a terminal): the refresh token alone, or the
-    provider's whole JSON token response (its refresh token, access token, expiry and scope are kept).
+    """Import grant NAME: its refresh token, or the provider's JSON token response, from standard input.
+
+    On a terminal it asks with a hidden prompt. Of a token response, the refresh token, access token, expiry and
+    scope are kept.
 
     Anything else (a header such as 'Bearer ...', several lines, quotes) is refused, and so is a refresh token
     that this grant's history shows was already spent.

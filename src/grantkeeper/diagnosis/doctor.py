@@ -5,7 +5,8 @@ Pure: it reads a grant, its provider and its attempt history (newest first) and 
 1. A grant marked needs_reauth is explained by the attempt that killed it (lost_in_flight, reuse_detected or
    revoked_or_expired), or by its recorded error when retention has pruned that attempt. A rejected token that
    an earlier attempt had already spent (it was imported again) is a `stale_local_token`; an imported token
-   refused on its first use, before any lifetime could pass, is `never_accepted`: neither is a revocation.
+   refused within `FRESH_IMPORT` of its import, never accepted and before any known lifetime passed, is
+   `never_accepted`: neither is a revocation.
 2. Otherwise the newest attempt decides: a failure class (client_auth_failed, provider_unavailable,
    malformed_response, ...) is the diagnosis; one that may have spent the token with no answer (open while
    nobody live holds the lease, or ambiguous) is `in_flight`.
@@ -26,11 +27,14 @@ from grantkeeper.model import Attempt, AttemptState, Grant, GrantState, LeaseHol
 from grantkeeper.model.lifetimes import refresh_token_ends
 from grantkeeper.model.times import iso_utc
 
-__all__ = ["CAUSES", "SCHEMA_VERSION", "STALE_MEMORY", "Diagnosis", "diagnose"]
+__all__ = ["CAUSES", "FRESH_IMPORT", "SCHEMA_VERSION", "STALE_MEMORY", "Diagnosis", "diagnose"]
 
 SCHEMA_VERSION = 1
 #: How long a stale_local_token stays the diagnosis after the refresh recovered from it.
 STALE_MEMORY = 7 * 86400.0
+#: An imported token refused this soon after its import, never accepted before, is `never_accepted`; later, an
+#: unrecorded lifetime may have ended it, and the diagnosis stays revoked_or_expired.
+FRESH_IMPORT = 7 * 86400.0
 
 CAUSES = (
     "healthy",
@@ -212,6 +216,8 @@ class _Doctor:
         refresh with it ever succeeded, and none of its known lifetimes had passed: the provider never took it."""
         g = self.grant
         if dead.refresh_fp != g.refresh_fp or g.refresh_issued_at is None or g.refresh_issued_at != g.created_at:
+            return False
+        if dead.started_at - g.refresh_issued_at > FRESH_IMPORT:
             return False
         for a in self.history:
             accepted = a.state in (AttemptState.COMMITTED, AttemptState.RECOVERED)
@@ -417,7 +423,8 @@ class _Doctor:
             f"{p.client_id!r} (not an access token, an ID token, an authorization code, a token of another client "
             "or environment, or one already used elsewhere); then import the right one with 'grantkeeper grant "
             f"import {g.name} --provider {p.name} --replace', or run 'grantkeeper connect {g.name} --provider "
-            f"{p.name} --replace'",
+            f"{p.name} --replace'. If it was the right token, the consent was revoked before its first use: have the "
+            "user authorize again",
             facts, evidence, dead,
         )  # fmt: skip
 

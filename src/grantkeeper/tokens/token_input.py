@@ -50,7 +50,7 @@ def _problem(value: str) -> str | None:
     if not value:
         return "empty"
     if value.startswith(("{", "[")):
-        return f"{len(value)} characters starting with {value[0]!r} (JSON?)"
+        return f"{len(value)} character(s) starting with {value[0]!r} (JSON?)"
     words = value.split()
     if len(words) > 1:
         first = words[0].lower()
