@@ -8,19 +8,22 @@ token it has seen."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from grantkeeper import GrantkeeperError, Keeper, RevokedOrExpired
+from grantkeeper import AsyncKeeper, GrantkeeperError, Keeper, RevokedOrExpired
 from grantkeeper._exceptions import TokenInputError
 from grantkeeper.stores import open_store
-from tests.helpers import FAST_POLICY, add_grant
+from grantkeeper.tokens.token_input import read_token_input
+from tests.helpers import FAST_POLICY, add_grant, provider_for
 from tests.test_cli import GRANT, CliWorld, ready, world
 
 __all__ = ["ready", "world"]  # fixtures, shared with tests/test_cli.py
@@ -151,6 +154,34 @@ class TestLibrary:
                 keeper.import_grant("new", provider="sim", refresh_token="a b")
             assert [g.name for g in keeper.grants()] == ["g"]
 
+    def test_async_import_grant_checks_the_same_way(self, make_sim: object, tmp_path: Path) -> None:
+        """AsyncKeeper.import_grant refuses the same input; its access token argument is checked too, and a
+        good token response read with read_token_input is stored whole."""
+        sim = make_sim()  # type: ignore[operator]
+        good = sim.issue_grant()  # type: ignore[attr-defined]
+
+        async def main() -> tuple[str | None, str]:
+            async with await AsyncKeeper.open(f"sqlite:///{tmp_path}/async.db") as keeper:
+                await keeper.add_provider(provider_for(sim))
+                with pytest.raises(TokenInputError):
+                    await keeper.import_grant("g", provider="sim", refresh_token=f"Bearer {good}")
+                with pytest.raises(TokenInputError):
+                    await keeper.import_grant("g", provider="sim", refresh_token=good, access_token="a b",
+                                              expires_at=time.time() + 60)  # fmt: skip
+                given = read_token_input(json.dumps({"refresh_token": good, "access_token": "at-1",
+                                                     "expires_in": 600}), issued_at=time.time())  # fmt: skip
+                grant = await keeper.import_grant(
+                    "g",
+                    provider="sim",
+                    refresh_token=given.refresh_token,
+                    access_token=given.access_token,
+                    expires_at=given.expires_at,
+                )
+                return grant.refresh_token.reveal() if grant.refresh_token else None, await keeper.access_token("g")
+
+        assert asyncio.run(main()) == (good, "at-1")
+        assert sim.stats.refresh_calls == 0  # type: ignore[attr-defined]
+
 
 class TestNeverAccepted:
     def test_doctor_says_an_imported_token_was_never_accepted(self, make_sim: object, tmp_path: Path) -> None:
@@ -200,8 +231,6 @@ class TestNeverAccepted:
 
 def test_message_never_holds_the_value() -> None:
     """Unit check of the reader: every refusal describes, none quotes (a 40-character marker never appears)."""
-    from grantkeeper.tokens.token_input import read_token_input
-
     marker = "Zq" * 20
     for text in (f"Bearer {marker}", f"{{{marker}", f"{marker}\n{marker}", f"{marker}é", f'"{marker}"',
                  json.dumps({"refresh_token": f"x {marker}"}), json.dumps({"access_token": marker}),
