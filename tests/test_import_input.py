@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
 import subprocess
 import sys
@@ -89,6 +90,26 @@ class TestTokenResponse:
         assert str(response["refresh_token"]) not in proc.stdout + proc.stderr
         assert _stored(world)[0] == response["refresh_token"]
         assert world.run("refresh", GRANT, "--force").code == 0
+
+    def test_a_saved_response_counts_its_lifetime_from_the_file_time(self, world: CliWorld, tmp_path: Path) -> None:
+        """`expires_in` counts from when the response was saved (the file's modification time): a response saved
+        two hours ago with a one-hour access token keeps its refresh token but not its expired access token, so
+        the first `token` refreshes instead of serving a dead token."""
+        world.add_provider()
+        response = _token_response(world)
+        saved = tmp_path / "old-token.json"
+        saved.write_text(json.dumps({**response, "expires_in": 3600}, indent=2))
+        two_hours_ago = time.time() - 7200
+        os.utime(saved, (two_hours_ago, two_hours_ago))
+        with saved.open() as stdin:
+            proc = subprocess.run([sys.executable, "-m", "grantkeeper", "--store", world.url, "grant", "import",
+                                   GRANT, "--provider", "sim"], stdin=stdin, capture_output=True, text=True,
+                                  timeout=120, check=False)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        assert _stored(world) == (response["refresh_token"], None)
+        calls = world.sim.stats.refresh_calls  # type: ignore[attr-defined]
+        assert world.run("token", GRANT, token=True).code == 0
+        assert world.sim.stats.refresh_calls == calls + 1  # type: ignore[attr-defined]
 
     def test_response_without_refresh_token_is_refused(self, world: CliWorld) -> None:
         """A token response with no refresh token cannot make a grant: refused, naming the fields it has."""
