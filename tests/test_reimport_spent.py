@@ -5,7 +5,8 @@ revocation on reuse), sending a spent token revokes the whole grant, the live to
 token that the grant's history shows spent (an attempt sent it and committed a different successor) is refused
 up front, naming that attempt and the grant's current generation; nothing is stored and nothing is sent. When
 such a token reaches the provider anyway (an import path that did not check), `doctor` calls the rejection
-what it is, `stale_local_token`, not a revocation."""
+what it is, `stale_local_token`, not a revocation. Both still work after retention pruned the spending attempt:
+pruning keeps the spent token's fingerprint, the attempt id, generation and time."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from grantkeeper import Keeper, RevokedOrExpired, Secret
+from grantkeeper import HistoryRetention, Keeper, RevokedOrExpired, Secret
 from grantkeeper._exceptions import SpentRefreshToken
 from grantkeeper.bundle import BundleKey, export_bundle, import_bundle
 from tests.helpers import FAST_POLICY, add_grant
@@ -107,3 +108,33 @@ def test_a_spent_token_that_slips_through_is_diagnosed_stale_local_token(
     assert "not a revocation" in diagnosis.summary
     assert any(f"spent by attempt {spender.id}" in fact for fact in diagnosis.facts)
     json.dumps(diagnosis.as_dict())  # the evidence stays JSON
+
+
+def test_pruned_from_the_history_a_spent_token_is_still_recognised(
+    make_sim: Callable[..., object], store_url: str
+) -> None:
+    """Retention keeps one attempt per grant; 64 refreshes later the commit-time prune has deleted the attempt
+    that spent t0. Re-importing t0 is still refused (naming that attempt, "since pruned"), and when a restored
+    bundle puts t0 back anyway, doctor still says stale_local_token. Every store kind (memory, SQLite,
+    PostgreSQL)."""
+    sim = make_sim()
+    key = BundleKey.passphrase(Secret("correct horse battery"))
+    with Keeper.open(store_url, policy=FAST_POLICY, retention=HistoryRetention(per_grant=1)) as keeper:
+        t0 = add_grant(keeper, sim)
+        backup = export_bundle(keeper.store, key, now=keeper.clock.now(), scrypt_n=2**14)
+        keeper.refresh("g", force=True)
+        [spender] = keeper.history("g")
+        for _ in range(63):
+            keeper.refresh("g", force=True)
+        assert spender.id not in [a.id for a in keeper.history("g", limit=100)]
+        with pytest.raises(SpentRefreshToken) as caught:
+            keeper.import_grant("g", provider="sim", refresh_token=t0)
+        assert f"was spent by attempt {spender.id} at " in caught.value.message
+        assert "since pruned from the kept history" in caught.value.message
+        import_bundle(keeper.store, backup, key, replace=True, now=keeper.clock.now())
+        with pytest.raises(RevokedOrExpired):
+            keeper.refresh("g", force=True)
+        diagnosis = keeper.doctor("g")
+    assert diagnosis.cause == "stale_local_token"
+    assert diagnosis.evidence["spent_by"]["id"] == spender.id
+    assert sim.stats.reuse_detections == 1  # type: ignore[attr-defined]

@@ -133,9 +133,11 @@ class _Doctor:
     def __init__(
         self, grant: Grant, provider: Provider, history: Sequence[Attempt], find: Callable[[int], Attempt | None],
         lease: LeaseHolder | None, now: float, alive: Callable[[str], bool | None],
+        spent: Callable[[str], Attempt | None],
     ) -> None:  # fmt: skip
         self.grant, self.provider, self.history, self.lease, self.now = grant, provider, history, lease, now
         self.alive = alive
+        self._spent = spent
         self._by_id = {a.id: a for a in history}
         self._find = find
 
@@ -209,6 +211,9 @@ class _Doctor:
                 a.rotated or (a.state is AttemptState.RECOVERED and a.received_fp not in (None, a.refresh_fp))
             ):  # fmt: skip
                 return a
+        remembered = self._spent(dead.refresh_fp)  # beyond the slice read, or pruned from the history
+        if remembered is not None and remembered.id < dead.id and remembered.generation < dead.generation:
+            return remembered
         return None
 
     def imported_never_accepted(self, dead: Attempt) -> bool:
@@ -433,8 +438,10 @@ class _Doctor:
         facts = [
             f"attempt {dead.id} by {_who(dead)} at {when(dead.started_at)} sent refresh token {dead.refresh_fp} "
             f"(generation {dead.generation}); the provider answered invalid_grant",
-            f"that token was spent by attempt {spender.id}, {_who(spender)}, at {when(spender.started_at)}: it "
-            f"committed generation {spender.new_generation} with a new refresh token {spender.received_fp}",
+            f"that token was spent by attempt {spender.id}, "
+            + (_who(spender) if spender.worker else "since pruned from the kept history")
+            + f", at {when(spender.started_at)}: the provider answered it with a new refresh token (generation "
+            f"{spender.generation} -> {spender.generation + 1})",
             f"it came back by being imported again at {when(g.created_at)} (a backup, an old export or file)",
             "a provider that detects reuse revokes the whole grant when it sees a spent token again, so the token "
             "the import replaced is probably dead too",
@@ -562,8 +569,10 @@ def diagnose(
     grant: Grant, provider: Provider, history: Sequence[Attempt], *, now: float,
     find: Callable[[int], Attempt | None] = lambda _id: None, lease: LeaseHolder | None = None,
     alive: Callable[[str], bool | None] = lambda _worker: None,
+    spent: Callable[[str], Attempt | None] = lambda _fingerprint: None,
 ) -> Diagnosis:  # fmt: skip
     """Diagnose `grant` from its attempt `history` (newest first). `find` looks up an attempt the history
     slice does not contain (the store's `get_attempt`); `lease` is the current lease holder, if any; `alive`
-    tells whether a worker's process still runs (None: cannot tell, e.g. another host)."""
-    return _Doctor(grant, provider, history, find, lease, now, alive).run()
+    tells whether a worker's process still runs (None: cannot tell, e.g. another host); `spent` finds the
+    attempt that spent a token by its fingerprint, also once retention pruned it (the store's `spent_by`)."""
+    return _Doctor(grant, provider, history, find, lease, now, alive, spent).run()

@@ -194,7 +194,8 @@ class _KeeperCore:
         history = self.store.list_attempts(name, limit=self.store.retention.per_grant)
         lease = self.store.lease_holder(name, now=now)
         return diagnose(grant, provider, history, now=now, lease=lease, alive=worker_alive,
-                        find=lambda attempt_id: self.store.get_attempt(name, attempt_id))  # fmt: skip
+                        find=lambda attempt_id: self.store.get_attempt(name, attempt_id),
+                        spent=lambda fingerprint: self.store.spent_by(name, fingerprint))  # fmt: skip
 
     def _on_store_change(self, name: str, generation: int, kind: str) -> None:
         """Another worker committed or invalidated: drop what this process cached (I4). Any thread may call."""
@@ -400,7 +401,9 @@ class _KeeperCore:
         current = self.store.get_grant(name)
         raise SpentRefreshToken(
             f"grant {name!r}: this refresh token ({fingerprint}) was spent by attempt {spender.id} at "
-            f"{iso_utc(spender.started_at)} (generation {spender.generation}, worker {spender.worker}); the grant's "
+            f"{iso_utc(spender.started_at)} (generation {spender.generation}"
+            + (f", worker {spender.worker}" if spender.worker else ", since pruned from the kept history")
+            + "); the grant's "
             f"current token is generation {current.generation} ({current.refresh_fp}, {current.state.value}). The "
             "provider rotated it, so it would refuse this one (a provider that detects reuse would revoke the whole "
             "grant). Nothing was stored: keep the current token ('grantkeeper doctor "
