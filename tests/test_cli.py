@@ -267,11 +267,16 @@ class TestGrantImport:
         assert out.stdout == f"grant {GRANT} imported: provider sim, generation 1, refresh token {grant.refresh_fp}\n"
 
     def test_reimport_advances_generation(self, ready: CliWorld) -> None:
-        """Importing over an existing grant (re-consent) says so and the generation only goes up."""
+        """Importing over an existing grant needs --replace (else exit 3, nothing read or stored); with it the
+        re-import (re-consent) says so and the generation only goes up."""
         before = ready.generation()
         refresh = ready.sim.issue_grant()  # type: ignore[attr-defined]
         ready.watch(refresh)
-        out = ready.invoke("grant", "import", GRANT, "--provider", "sim", stdin=refresh)
+        refused = ready.invoke("grant", "import", GRANT, "--provider", "sim", stdin=refresh)
+        assert refused.code == 3
+        assert "already exists" in refused.stderr and "--replace" in refused.stderr
+        assert ready.generation() == before
+        out = ready.invoke("grant", "import", GRANT, "--provider", "sim", "--replace", stdin=refresh)
         assert out.code == 0
         assert "re-imported" in out.stdout
         assert ready.generation() == before + 1

@@ -41,7 +41,7 @@ def test_grant_import_json(world: CliWorld) -> None:
     assert (data["name"], data["provider"], data["generation"], data["scopes"], data["replaced"]) == (
         "h", "sim", 1, ["read", "write"], False)  # fmt: skip
     assert data["refresh_fp"].startswith("fp_") and data["access_fp"] is None
-    again = world.run("grant", "import", "h", "--provider", "sim", "--json", stdin=refresh + "\n")
+    again = world.run("grant", "import", "h", "--provider", "sim", "--replace", "--json", stdin=refresh + "\n")
     assert json.loads(again.stdout)["replaced"] is True and json.loads(again.stdout)["generation"] == 2
 
 

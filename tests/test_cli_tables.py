@@ -77,7 +77,7 @@ class TestPlainText:
             assert re.fullmatch(header, out.stdout.splitlines()[0]), out.stdout
             assert "\x1b" not in out.stdout + out.stderr
         expiring = _piped(two_providers, "status", "--expiring", "7d").stdout.splitlines()
-        assert re.fullmatch(rf"h\s+short\s+absolute\s+{ISO} \(\d+ s left\)\s+re-consent needed", expiring[1])
+        assert re.fullmatch(rf"h\s+short\s+absolute\s+{ISO} \(in \d+[smhd]\)\s+re-consent needed", expiring[1])
 
     def test_json_is_the_same_on_a_terminal_and_in_a_pipe(self, two_providers: CliWorld) -> None:
         """--json never colours and never changes shape: the terminal shows the same JSON a pipe gets."""

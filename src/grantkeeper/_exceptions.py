@@ -6,6 +6,8 @@
     │   ├── UnknownProvider
     │   ├── EncryptionKeyError     missing or wrong encryption key
     │   ├── StoreFormatError       corrupt, foreign or newer store file
+    │   ├── TokenInputError        what was given to import is not one OAuth token value
+    │   ├── SpentRefreshToken      the refresh token to import was already spent by a recorded refresh
     │   └── BundleError            an export bundle that is damaged, truncated or of an unknown format
     │       ├── BundleAuthError    wrong passphrase or key, or the bundle's bytes were changed
     │       └── BundleConflict     the bundle's grants exist here and replacing was not asked for
@@ -54,9 +56,11 @@ __all__ = [
     "ProviderUnavailable",
     "ReuseDetected",
     "RevokedOrExpired",
+    "SpentRefreshToken",
     "StaleLocalToken",
     "StoreFormatError",
     "StoreUnavailable",
+    "TokenInputError",
     "TransientError",
     "UnknownGrant",
     "UnknownProvider",
@@ -127,6 +131,10 @@ class UnknownGrant(ConfigurationError):
 class UnknownProvider(ConfigurationError):
     code = "unknown_provider"
 
+    def __init__(self, message: str, *, provider: str | None = None, **evidence: object) -> None:
+        super().__init__(message, **evidence)  # type: ignore[arg-type]
+        self.provider = provider  # the name that was not found
+
 
 class EncryptionKeyError(ConfigurationError):
     """The encryption key is missing or is not the key this store was created with."""
@@ -138,6 +146,20 @@ class StoreFormatError(ConfigurationError):
     """The store file is corrupt, not a grantkeeper store, or written by a newer grantkeeper."""
 
     code = "store_format"
+
+
+class TokenInputError(ConfigurationError):
+    """What was given as a refresh token is not a single RFC 6749 token value (a JSON document, a header, several
+    words, control characters...). The message describes its shape, never its value; nothing was stored."""
+
+    code = "token_input"
+
+
+class SpentRefreshToken(ConfigurationError):
+    """The refresh token to import was spent by a refresh grantkeeper recorded: a rotating provider would refuse
+    it (and one that detects reuse would revoke the whole grant). Nothing was stored."""
+
+    code = "spent_refresh_token"
 
 
 class BundleError(ConfigurationError):

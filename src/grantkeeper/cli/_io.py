@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
+import difflib
+import io
 import json
 import os
 import re
+import stat
 import sys
-from typing import TYPE_CHECKING, TextIO
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, TextIO, TypeVar
 
 import click
 
-from grantkeeper._exceptions import ConfigurationError
+from grantkeeper._exceptions import ConfigurationError, GrantkeeperError, UnknownGrant, UnknownProvider
 from grantkeeper._secrets import Secret
 from grantkeeper.cli._session import Session
 from grantkeeper.engine import Keeper
+from grantkeeper.tokens.token_input import looks_like_json
 
 __all__ = [
     "DURATION",
@@ -23,6 +30,7 @@ __all__ = [
     "on_terminal",
     "open_keeper",
     "read_secret",
+    "read_token_text",
     "store_url",
     "terminal_console",
 ]
@@ -34,9 +42,34 @@ def store_url(session: Session) -> str:
     return session.url()
 
 
-def open_keeper(session: Session, *, create: bool = False) -> Keeper:
-    """A keeper on the chosen store. Only commands that add providers create a store; others need one."""
-    return session.keeper(create=create)
+@contextlib.contextmanager
+def open_keeper(session: Session, *, create: bool = False) -> Iterator[Keeper]:
+    """A keeper on the chosen store, closed at the end. Only commands that add providers create a store; others
+    need one. A grant or provider name the store does not have is reported with the closest names it does."""
+    with session.keeper(create=create) as keeper:
+        try:
+            yield keeper
+        except UnknownGrant as exc:
+            raise _with_suggestion(exc, exc.grant, keeper, "grants") from None
+        except UnknownProvider as exc:
+            raise _with_suggestion(exc, exc.provider, keeper, "providers") from None
+
+
+_Unknown = TypeVar("_Unknown", UnknownGrant, UnknownProvider)
+
+
+def _with_suggestion(exc: _Unknown, name: str | None, keeper: Keeper, kind: str) -> _Unknown:
+    """`exc` with "did you mean ...?" added when the store has names close to `name` (difflib's ratio)."""
+    try:
+        known = keeper.store.names(kind)
+    except GrantkeeperError:
+        return exc  # the store failed meanwhile: the original error is the one to report
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6) if name else []
+    if not close:
+        return exc
+    exc.message = f"{exc.message} (did you mean {' or '.join(repr(c) for c in close)}?)"
+    exc.args = (exc.message,)
+    return exc
 
 
 def echo_json(data: object) -> None:
@@ -73,16 +106,15 @@ def terminal_console(*, stderr: bool = False) -> Console | None:
                    highlight=False, emoji=False, markup=False)  # fmt: skip
 
 
-def read_secret(what: str, *, example: str) -> Secret:
-    """One secret line from standard input (a hidden prompt on a terminal), stripped; empty is an error."""
+def _stdin(what: str, example: str) -> TextIO:
     stream = sys.stdin
     if stream is None:
         raise ConfigurationError(f"no standard input to read the {what} from; {example}")
-    # One line only: a caller may keep the pipe open after writing it.
-    try:
-        value = click.prompt(what.capitalize(), hide_input=True, err=True) if stream.isatty() else stream.readline()
-    except UnicodeDecodeError:
-        raise ConfigurationError(f"the {what} on standard input is not UTF-8 text; {example}") from None
+    return stream
+
+
+def _text(value: str, what: str, example: str) -> str:
+    """`value` stripped; empty or not UTF-8 is an error naming `what`."""
     value = value.strip()
     if not value:
         raise ConfigurationError(f"the {what} on standard input is empty; {example}")
@@ -90,7 +122,65 @@ def read_secret(what: str, *, example: str) -> Secret:
         value.encode("utf-8")
     except UnicodeEncodeError:  # undecodable bytes survive as surrogates until something encodes them
         raise ConfigurationError(f"the {what} on standard input is not UTF-8 text; {example}") from None
-    return Secret(value)
+    return value
+
+
+def read_secret(what: str, *, example: str) -> Secret:
+    """One secret line from standard input (a hidden prompt on a terminal), stripped; empty is an error."""
+    stream = _stdin(what, example)
+    # One line only: a caller may keep the pipe open after writing it.
+    try:
+        value = click.prompt(what.capitalize(), hide_input=True, err=True) if stream.isatty() else stream.readline()
+    except UnicodeDecodeError:
+        raise ConfigurationError(f"the {what} on standard input is not UTF-8 text; {example}") from None
+    return Secret(_text(value, what, example))
+
+
+#: A token response is a few KiB; reading stops here rather than holding an endless stream in memory.
+_MAX_TOKEN_INPUT = 256 * 1024
+
+
+def read_token_text(what: str, *, example: str) -> tuple[Secret, float]:
+    """What `grant import` was given on standard input, and when it was issued (for a token response's relative
+    lifetimes): a hidden one-line prompt on a terminal; else one line, or a whole JSON object when the first line
+    starts one (a pretty-printed token response). A regular file is read whole, so a second token in it is seen
+    and refused; it was issued when the file was last written. A pipe is read no further than needed: a caller
+    may keep it open after writing."""
+    stream = _stdin(what, example)
+    now = time.time()
+    try:
+        if stream.isatty():
+            return Secret(_text(click.prompt(what.capitalize(), hide_input=True, err=True), what, example)), now
+        regular = _regular_file(stream)
+        if regular is not None:
+            return Secret(_text(stream.read(_MAX_TOKEN_INPUT), what, example)), min(now, regular)
+        text = stream.readline(_MAX_TOKEN_INPUT)
+        if looks_like_json(text):
+            while not _complete_json(text) and len(text) < _MAX_TOKEN_INPUT:
+                line = stream.readline(_MAX_TOKEN_INPUT - len(text))
+                if not line:
+                    break
+                text += line
+    except UnicodeDecodeError:
+        raise ConfigurationError(f"the {what} on standard input is not UTF-8 text; {example}") from None
+    return Secret(_text(text, what, example)), now
+
+
+def _regular_file(stream: TextIO) -> float | None:
+    """The modification time of the file `stream` reads, if it is a regular file (``< token.json``)."""
+    try:
+        info = os.fstat(stream.fileno())
+    except (OSError, ValueError, io.UnsupportedOperation):  # CliRunner's streams have no descriptor
+        return None
+    return info.st_mtime if stat.S_ISREG(info.st_mode) else None
+
+
+def _complete_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except (ValueError, RecursionError):
+        return False
+    return True
 
 
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 7 * 86400.0}

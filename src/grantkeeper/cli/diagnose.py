@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import click
 
 from grantkeeper.cli import _render
+from grantkeeper.cli._io import echo_json, open_keeper
 from grantkeeper.cli._session import Session
 from grantkeeper.cli.completion import complete_grant
 from grantkeeper.diagnosis import Diagnosis
@@ -16,10 +16,6 @@ from grantkeeper.model import Attempt
 __all__ = ["EXIT_ATTENTION", "attempt_dict", "doctor", "history"]
 
 EXIT_ATTENTION = 12  # the grant needs attention (shared with keepalive)
-
-
-def _echo_json(data: object) -> None:
-    click.echo(json.dumps(data, indent=2, sort_keys=True))
 
 
 def diagnosis_lines(d: Diagnosis) -> list[str]:
@@ -38,10 +34,10 @@ def doctor(session: Session, name: str, as_json: bool) -> None:
 
     Exits 0 when the grant is healthy and 12 when it needs attention.
     """
-    with session.keeper() as keeper:
+    with open_keeper(session) as keeper:
         diagnosis = keeper.doctor(name)
     if as_json:
-        _echo_json(diagnosis.as_dict())
+        echo_json(diagnosis.as_dict())
     else:
         for line in diagnosis_lines(diagnosis):
             click.echo(line)
@@ -83,10 +79,10 @@ def _row(a: Attempt) -> list[object]:
 @click.pass_obj
 def history(session: Session, name: str, limit: int, as_json: bool) -> None:
     """Show grant NAME's refresh attempts, newest first: when, which worker, generation, fingerprints, outcome."""
-    with session.keeper() as keeper:
+    with open_keeper(session) as keeper:
         attempts = keeper.history(name, limit=limit)
     if as_json:
-        _echo_json([attempt_dict(a) for a in attempts])
+        echo_json([attempt_dict(a) for a in attempts])
         return
     if not attempts:
         click.echo(f"grant {name} has no recorded refresh attempts (retention may have pruned older ones)")

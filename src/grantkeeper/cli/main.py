@@ -33,7 +33,7 @@ from grantkeeper.cli._io import echo_json as _echo_json
 from grantkeeper.cli._io import interactive as _interactive
 from grantkeeper.cli._io import on_terminal as _on_terminal
 from grantkeeper.cli._io import open_keeper as _open
-from grantkeeper.cli._io import read_secret as _read_secret
+from grantkeeper.cli._io import read_token_text as _read_token_text
 from grantkeeper.cli._io import store_url as _url
 from grantkeeper.cli._progress import progress_bar
 from grantkeeper.cli._session import Session
@@ -45,11 +45,13 @@ from grantkeeper.cli.keys import keys
 from grantkeeper.cli.providers import provider
 from grantkeeper.cli.transfer import export, import_
 from grantkeeper.consent import revoke
+from grantkeeper.engine import Keeper
 from grantkeeper.engine.keeper import KeepaliveResult
-from grantkeeper.model import check_name
+from grantkeeper.model import Grant, check_name
 from grantkeeper.redact.tracebacks import format_exception
 from grantkeeper.stores import backend, open_store
 from grantkeeper.stores.migrations import latest_version
+from grantkeeper.tokens.token_input import read_token_input
 
 __all__ = ["GrantkeeperGroup", "cli", "main"]
 
@@ -191,31 +193,57 @@ def grant() -> None:
     shell_complete=complete_provider,
     help="The provider that issued it.",
 )
-@click.option("--scope", "scopes", multiple=True, metavar="SCOPE", help="A granted scope (repeatable).")
+@click.option("--scope", "scopes", multiple=True, metavar="SCOPE",
+              help="A granted scope (repeatable) [default: a token response's scope].")  # fmt: skip
+@click.option("--replace", is_flag=True, help="Replace grant NAME if it exists (after the user consented again).")
 @click.option("--json", "as_json", is_flag=True, help="Print the stored grant as JSON (fingerprints, no token).")
 @click.pass_obj
-def grant_import(session: Session, name: str, provider_name: str, scopes: tuple[str, ...], as_json: bool) -> None:
-    """Import grant NAME; the refresh token is read from standard input (hidden prompt on a terminal)."""
+def grant_import(
+    session: Session, name: str, provider_name: str, scopes: tuple[str, ...], replace: bool, as_json: bool
+) -> None:
+    """Import grant NAME: its refresh token, or the provider's JSON token response, from standard input.
+
+    On a terminal it asks with a hidden prompt. Of a token response, the refresh token, access token, expiry and
+    scope are kept.
+
+    Anything else (a header such as 'Bearer ...', several lines, quotes) is refused, and so is a refresh token
+    that this grant's history shows was already spent.
+    """
     example = f"e.g. `grantkeeper grant import {name} --provider {provider_name} < refresh-token.txt`"
     scope = tuple(dict.fromkeys(s for arg in scopes for s in arg.split()))
     with _open(session) as keeper:
         # Everything that can be refused is checked before the person types (or pastes) the token.
         check_name(name, "grant")
         keeper.store.get_provider(provider_name)
-        token = _read_secret("refresh token", example=example)
-        try:
-            keeper.store.get_grant(name)
-            existed = True
-        except UnknownGrant:
-            existed = False
-        imported = keeper.import_grant(name, provider=provider_name, refresh_token=token, scopes=scope)
+        existing = _existing_grant(keeper, name)
+        if existing is not None and not replace:
+            raise ConfigurationError(
+                f"grant {name!r} already exists (provider {existing.provider}, generation {existing.generation}, "
+                f"{existing.state.value}); nothing was read or stored. To replace its refresh token after the user "
+                f"consented again, run 'grantkeeper grant import {name} --provider {provider_name} --replace'"
+            )
+        text, issued_at = _read_token_text("refresh token", example=example)
+        given = read_token_input(text.reveal(), issued_at=issued_at)
+        usable = given.access_token is not None and given.expires_at is not None and given.expires_at > time.time()
+        imported = keeper.import_grant(
+            name, provider=provider_name, refresh_token=given.refresh_token, scopes=scope or given.scopes,
+            access_token=given.access_token if usable else None, expires_at=given.expires_at if usable else None,
+        )  # fmt: skip
     if as_json:
-        _echo_json({**_render.grant_record(imported), "replaced": existed})
+        _echo_json({**_render.grant_record(imported), "replaced": existing is not None})
         return
+    kept = f", access token {imported.access_fp}" if imported.access_fp else ""
     click.echo(
-        f"grant {imported.name} {'re-imported' if existed else 'imported'}: provider {imported.provider}, "
-        f"generation {imported.generation}, refresh token {imported.refresh_fp}"
+        f"grant {imported.name} {'re-imported' if existing is not None else 'imported'}: provider "
+        f"{imported.provider}, generation {imported.generation}, refresh token {imported.refresh_fp}{kept}"
     )
+
+
+def _existing_grant(keeper: Keeper, name: str) -> Grant | None:
+    try:
+        return keeper.store.get_grant(name)
+    except UnknownGrant:
+        return None
 
 
 @grant.command("revoke")
@@ -297,15 +325,21 @@ def grant_remove(session: Session, name: str, yes: bool, as_json: bool) -> None:
 
 @cli.command()
 @click.argument("name", shell_complete=complete_grant)
+@click.option("--header", is_flag=True, help="Print 'Authorization: Bearer TOKEN', for 'curl -H @-' (the token "
+              "then never appears in a command line that other users see in ps).")  # fmt: skip
 @click.pass_obj
-def token(session: Session, name: str) -> None:
+def token(session: Session, name: str, header: bool) -> None:
     """Print a valid access token for grant NAME (refreshing if needed) and nothing else.
 
-    Safe to run from many processes at once: one of them refreshes, the others use its result.
+    Safe to run from many processes at once: one of them refreshes, the others use its result. With --header,
+    pipe it to curl, which reads the header from standard input:
+
+    \b
+      grantkeeper token NAME --header | curl -H @- https://api.example/v1/things
     """
     with _open(session) as keeper:
         value = keeper.access_token(name)
-    click.echo(value)
+    click.echo(f"Authorization: Bearer {value}" if header else value)
 
 
 @cli.command()
@@ -419,7 +453,7 @@ def _report_expiring(session: Session, name: str | None, window: float, *, as_js
         terminal = _on_terminal()
         rows = [(e.grant, e.provider, e.kind,
                  _render.Styled(_render.relative(e.deadline, now), "yellow" if e.renewable else "bold red")
-                 if terminal else _render.expiry(e.deadline, now),
+                 if terminal else f"{_render.iso_utc(e.deadline)} ({_render.relative(e.deadline, now)})",
                  "refresh --due renews it" if e.renewable else "re-consent needed") for e in ends]  # fmt: skip
         _render.echo_table(("GRANT", "PROVIDER", "LIFETIME", "ENDS", "ACTION"), rows)
     if any(not e.renewable for e in ends):

@@ -23,6 +23,11 @@ _SAME_TOKEN = (
     "from the other with 'grantkeeper grant remove'); refreshing it on both spends the same refresh token twice, "
     "and a rotating provider then revokes the grant"
 )
+_SAME_TOKEN_IMPORTED = (
+    "the grants just imported hold the same refresh tokens as the store they were exported from: use each grant "
+    "on one host only (remove it there with 'grantkeeper grant remove', or here); refreshing it in both stores "
+    "spends the same refresh token twice, and a rotating provider then revokes the grant"
+)
 
 _FILE = click.Path(dir_okay=False, path_type=Path)
 
@@ -152,4 +157,4 @@ def import_(session: Session, file: Path, list_only: bool, replace: bool, as_jso
             "in the bundle; its grants will be refreshed against this store's definition"
         )
         click.echo(warning, err=True)
-    click.echo(f"grantkeeper: warning: {_SAME_TOKEN}", err=True)
+    click.echo(f"grantkeeper: warning: {_SAME_TOKEN_IMPORTED}", err=True)

@@ -3,7 +3,10 @@
 Pure: it reads a grant, its provider and its attempt history (newest first) and decides. The rules, in order:
 
 1. A grant marked needs_reauth is explained by the attempt that killed it (lost_in_flight, reuse_detected or
-   revoked_or_expired), or by its recorded error when retention has pruned that attempt.
+   revoked_or_expired), or by its recorded error when retention has pruned that attempt. A rejected token that
+   an earlier attempt had already spent (it was imported again) is a `stale_local_token`; an imported token
+   refused within `FRESH_IMPORT` of its import, never accepted and before any known lifetime passed, is
+   `never_accepted`: neither is a revocation.
 2. Otherwise the newest attempt decides: a failure class (client_auth_failed, provider_unavailable,
    malformed_response, ...) is the diagnosis; one that may have spent the token with no answer (open while
    nobody live holds the lease, or ambiguous) is `in_flight`.
@@ -24,11 +27,14 @@ from grantkeeper.model import Attempt, AttemptState, Grant, GrantState, LeaseHol
 from grantkeeper.model.lifetimes import refresh_token_ends
 from grantkeeper.model.times import iso_utc
 
-__all__ = ["CAUSES", "SCHEMA_VERSION", "STALE_MEMORY", "Diagnosis", "diagnose"]
+__all__ = ["CAUSES", "FRESH_IMPORT", "SCHEMA_VERSION", "STALE_MEMORY", "Diagnosis", "diagnose"]
 
 SCHEMA_VERSION = 1
 #: How long a stale_local_token stays the diagnosis after the refresh recovered from it.
 STALE_MEMORY = 7 * 86400.0
+#: An imported token refused this soon after its import, never accepted before, is `never_accepted`; later, an
+#: unrecorded lifetime may have ended it, and the diagnosis stays revoked_or_expired.
+FRESH_IMPORT = 7 * 86400.0
 
 CAUSES = (
     "healthy",
@@ -42,6 +48,7 @@ CAUSES = (
     "malformed_response",
     "in_flight",
     "configuration",
+    "never_accepted",
 )
 
 _LATEST_FAILURE = {
@@ -126,9 +133,11 @@ class _Doctor:
     def __init__(
         self, grant: Grant, provider: Provider, history: Sequence[Attempt], find: Callable[[int], Attempt | None],
         lease: LeaseHolder | None, now: float, alive: Callable[[str], bool | None],
+        spent: Callable[[str], Attempt | None],
     ) -> None:  # fmt: skip
         self.grant, self.provider, self.history, self.lease, self.now = grant, provider, history, lease, now
         self.alive = alive
+        self._spent = spent
         self._by_id = {a.id: a for a in history}
         self._find = find
 
@@ -182,11 +191,44 @@ class _Doctor:
 
     def dead(self, dead: Attempt) -> Diagnosis:
         assert dead.outcome_class is not None
+        if dead.outcome_class is OutcomeClass.REVOKED_OR_EXPIRED:
+            spender = self.spent_before(dead)
+            if spender is not None:
+                return self.reimported_spent(dead, spender)
+            if self.imported_never_accepted(dead):
+                return self.never_accepted(dead)
         return {
             OutcomeClass.LOST_IN_FLIGHT: self.lost_in_flight,
             OutcomeClass.REUSE_DETECTED: self.reuse_detected,
             OutcomeClass.REVOKED_OR_EXPIRED: self.revoked_or_expired,
         }[dead.outcome_class](dead)
+
+    def spent_before(self, dead: Attempt) -> Attempt | None:
+        """The earlier attempt that spent the token `dead` was refused with: it sent the same token and committed a
+        different successor, so the token can only have come back by being imported again."""
+        for a in self.history:
+            if a.id < dead.id and a.refresh_fp == dead.refresh_fp and a.generation < dead.generation and (
+                a.rotated or (a.state is AttemptState.RECOVERED and a.received_fp not in (None, a.refresh_fp))
+            ):  # fmt: skip
+                return a
+        remembered = self._spent(dead.refresh_fp)  # beyond the slice read, or pruned from the history
+        if remembered is not None and remembered.id < dead.id and remembered.generation < dead.generation:
+            return remembered
+        return None
+
+    def imported_never_accepted(self, dead: Attempt) -> bool:
+        """`dead` was refused the grant's current token, which was imported (not received from a rotation), no
+        refresh with it ever succeeded, and none of its known lifetimes had passed: the provider never took it."""
+        g = self.grant
+        if dead.refresh_fp != g.refresh_fp or g.refresh_issued_at is None or g.refresh_issued_at != g.created_at:
+            return False
+        if dead.started_at - g.refresh_issued_at > FRESH_IMPORT:
+            return False
+        for a in self.history:
+            accepted = a.state in (AttemptState.COMMITTED, AttemptState.RECOVERED)
+            if accepted and dead.refresh_fp in (a.refresh_fp, a.received_fp):
+                return False
+        return not any(e.deadline <= dead.started_at for e in refresh_token_ends(g, self.provider))
 
     # ------------------------------------------------------------------ one method per cause
 
@@ -366,6 +408,55 @@ class _Doctor:
             facts, evidence, dead,
         )  # fmt: skip
 
+    def never_accepted(self, dead: Attempt) -> Diagnosis:
+        g, p = self.grant, self.provider
+        tries = [a for a in self.history if a.refresh_fp == dead.refresh_fp and a.id <= dead.id]
+        facts = [
+            f"refresh token {dead.refresh_fp} was imported at {when(g.created_at)} (generation {dead.generation}); "
+            f"no refresh with it ever succeeded ({len(tries)} attempt(s) sent it)",
+            f"attempt {dead.id} by {_who(dead)} at {when(dead.started_at)} sent it; the provider answered "
+            "invalid_grant" + (f": {dead.error_description}" if dead.error_description else ""),
+            f"provider {p.name!r}, client id {p.client_id!r}: none of the token's known lifetimes had passed",
+        ]
+        evidence: dict[str, Any] = {"rejected_attempt": dead.id, "fingerprint": dead.refresh_fp,
+                                    "imported_at": g.created_at, "attempts_with_token": len(tries)}  # fmt: skip
+        return self.result(
+            "never_accepted",
+            f"grant {g.name!r}: the imported token was never accepted: the provider refused the refresh token "
+            "imported for it on its first use. Check what was imported; this is not a revocation",
+            f"check what was imported: it must be a refresh token that provider {p.name!r} issued to client id "
+            f"{p.client_id!r} (not an access token, an ID token, an authorization code, a token of another client "
+            "or environment, or one already used elsewhere); then import the right one with 'grantkeeper grant "
+            f"import {g.name} --provider {p.name} --replace', or run 'grantkeeper connect {g.name} --provider "
+            f"{p.name} --replace'. If it was the right token, the consent was revoked before its first use: have the "
+            "user authorize again",
+            facts, evidence, dead,
+        )  # fmt: skip
+
+    def reimported_spent(self, dead: Attempt, spender: Attempt) -> Diagnosis:
+        g = self.grant
+        facts = [
+            f"attempt {dead.id} by {_who(dead)} at {when(dead.started_at)} sent refresh token {dead.refresh_fp} "
+            f"(generation {dead.generation}); the provider answered invalid_grant",
+            f"that token was spent by attempt {spender.id}, "
+            + (_who(spender) if spender.worker else "since pruned from the kept history")
+            + f", at {when(spender.started_at)}: the provider answered it with a new refresh token (generation "
+            f"{spender.generation} -> {spender.generation + 1})",
+            f"it came back by being imported again at {when(g.created_at)} (a backup, an old export or file)",
+            "a provider that detects reuse revokes the whole grant when it sees a spent token again, so the token "
+            "the import replaced is probably dead too",
+        ]
+        evidence: dict[str, Any] = {"rejected_attempt": dead.id, "fingerprint": dead.refresh_fp,
+                                    "spent_by": _attempt_facts(spender), "imported_at": g.created_at}  # fmt: skip
+        return self.result(
+            "stale_local_token",
+            f"grant {g.name!r}: a refresh token that grantkeeper had already spent was imported again and sent. "
+            "This is a stale local copy of the token, not a revocation",
+            "have the user authorize again and import the new token; find where the old copy came from and "
+            "delete it ('grantkeeper grant import' now refuses tokens its history shows spent)",
+            facts, evidence, dead,
+        )  # fmt: skip
+
     def dead_unrecorded(self) -> Diagnosis:
         g = self.grant
         return self.result(
@@ -478,8 +569,10 @@ def diagnose(
     grant: Grant, provider: Provider, history: Sequence[Attempt], *, now: float,
     find: Callable[[int], Attempt | None] = lambda _id: None, lease: LeaseHolder | None = None,
     alive: Callable[[str], bool | None] = lambda _worker: None,
+    spent: Callable[[str], Attempt | None] = lambda _fingerprint: None,
 ) -> Diagnosis:  # fmt: skip
     """Diagnose `grant` from its attempt `history` (newest first). `find` looks up an attempt the history
     slice does not contain (the store's `get_attempt`); `lease` is the current lease holder, if any; `alive`
-    tells whether a worker's process still runs (None: cannot tell, e.g. another host)."""
-    return _Doctor(grant, provider, history, find, lease, now, alive).run()
+    tells whether a worker's process still runs (None: cannot tell, e.g. another host); `spent` finds the
+    attempt that spent a token by its fingerprint, also once retention pruned it (the store's `spent_by`)."""
+    return _Doctor(grant, provider, history, find, lease, now, alive, spent).run()

@@ -26,16 +26,25 @@ from typing import Any, Self, TypeVar
 import httpx
 
 from grantkeeper._clock import Clock, SystemClock
-from grantkeeper._exceptions import ClientAuthFailed, ConfigurationError, GrantkeeperError, NeedsReauth, TransientError
+from grantkeeper._exceptions import (
+    ClientAuthFailed,
+    ConfigurationError,
+    GrantkeeperError,
+    NeedsReauth,
+    SpentRefreshToken,
+    TransientError,
+)
 from grantkeeper._secrets import Secret
 from grantkeeper.diagnosis import Diagnosis, diagnose
 from grantkeeper.engine.drivers import drive, drive_async
 from grantkeeper.model import Attempt, Grant, GrantState, LeaseHolder, OutcomeClass, Provider
 from grantkeeper.model.lifetimes import RefreshTokenExpiry, refresh_token_ends
+from grantkeeper.model.times import iso_utc
 from grantkeeper.notify import EventSink, Notifier, event_for
 from grantkeeper.protocol import Refreshed, RefreshPolicy, refresh_flow
 from grantkeeper.stores import SQLStore, open_store
 from grantkeeper.stores.sql import HistoryRetention
+from grantkeeper.tokens.token_input import check_refresh_token
 
 __all__ = ["AsyncKeeper", "GrantStatus", "KeepaliveResult", "Keeper", "RefreshTokenExpiry"]
 
@@ -185,7 +194,8 @@ class _KeeperCore:
         history = self.store.list_attempts(name, limit=self.store.retention.per_grant)
         lease = self.store.lease_holder(name, now=now)
         return diagnose(grant, provider, history, now=now, lease=lease, alive=worker_alive,
-                        find=lambda attempt_id: self.store.get_attempt(name, attempt_id))  # fmt: skip
+                        find=lambda attempt_id: self.store.get_attempt(name, attempt_id),
+                        spent=lambda fingerprint: self.store.spent_by(name, fingerprint))  # fmt: skip
 
     def _on_store_change(self, name: str, generation: int, kind: str) -> None:
         """Another worker committed or invalidated: drop what this process cached (I4). Any thread may call."""
@@ -371,13 +381,46 @@ class _KeeperCore:
         access_token: Secret | None = None, expires_at: float | None = None, refresh_expires_at: float | None = None,
     ) -> Grant:  # fmt: skip
         """Store the grant; `access_token` (with `expires_at`) is the one issued with the refresh token, kept so
-        the first token read needs no refresh (`grantkeeper.consent` passes a consent's whole token response)."""
+        the first token read needs no refresh (`grantkeeper.consent` passes a consent's whole token response).
+
+        A refresh token this grant's kept history shows spent is refused (`SpentRefreshToken`): a rotating
+        provider would reject it, and one that detects reuse would revoke the whole grant."""
         secret = refresh_token if isinstance(refresh_token, Secret) else Secret(refresh_token.strip())
+        self._refuse_spent(name, secret)
         grant = self.store.import_grant(name, provider=provider, refresh_token=secret, scopes=scopes,
                                         now=self.clock.now(), access_token=access_token, expires_at=expires_at,
                                         refresh_expires_at=refresh_expires_at)  # fmt: skip
         self._cache.pop(name, None)
         return grant
+
+    def _refuse_spent(self, name: str, token: Secret) -> None:
+        fingerprint = self.store.fingerprint(token)
+        spender = self.store.spent_by(name, fingerprint)
+        if spender is None:
+            return
+        current = self.store.get_grant(name)
+        raise SpentRefreshToken(
+            f"grant {name!r}: this refresh token ({fingerprint}) was spent by attempt {spender.id} at "
+            f"{iso_utc(spender.started_at)} (generation {spender.generation}"
+            + (f", worker {spender.worker}" if spender.worker else ", since pruned from the kept history")
+            + "); the grant's "
+            f"current token is generation {current.generation} ({current.refresh_fp}, {current.state.value}). The "
+            "provider rotated it, so it would refuse this one (a provider that detects reuse would revoke the whole "
+            "grant). Nothing was stored: keep the current token ('grantkeeper doctor "
+            f"{name}' says whether it works), or have the user authorize again and import the new token",
+            grant=name, generation=current.generation, attempt_id=spender.id, fingerprint=fingerprint,
+        )  # fmt: skip
+
+    def _check_import(
+        self, refresh_token: str | Secret, access_token: str | Secret | None, expires_at: float | None
+    ) -> tuple[Secret, Secret | None]:
+        """The public import's input check: one token value each (`check_refresh_token`), never a guess."""
+        refresh = check_refresh_token(refresh_token)
+        if access_token is None:
+            return refresh, None
+        if expires_at is None:
+            raise ConfigurationError("an imported access token needs its expiry (expires_at, epoch seconds)")
+        return refresh, check_refresh_token(access_token, what="the access token")
 
 
 class Keeper(_KeeperCore):
@@ -506,9 +549,18 @@ class Keeper(_KeeperCore):
         self.store.put_provider(provider, now=self.clock.now())
 
     def import_grant(
-        self, name: str, *, provider: str, refresh_token: str | Secret, scopes: tuple[str, ...] = ()
-    ) -> Grant:
-        return self._import(name, provider, refresh_token, scopes)
+        self, name: str, *, provider: str, refresh_token: str | Secret, scopes: tuple[str, ...] = (),
+        access_token: str | Secret | None = None, expires_at: float | None = None,
+    ) -> Grant:  # fmt: skip
+        """Store grant `name` (or replace its refresh token) with `refresh_token`, one OAuth token value.
+
+        Anything else (a JSON document, ``Bearer xyz``, several lines, control characters) is a `TokenInputError`
+        that describes its shape; a token this grant's history shows spent is a `SpentRefreshToken`. Nothing is
+        stored then. `access_token` with `expires_at` (epoch seconds) is the access token issued with it, so the
+        first token read needs no refresh; `grantkeeper.tokens.token_input.read_token_input` reads both from a
+        token response."""
+        refresh, access = self._check_import(refresh_token, access_token, expires_at)
+        return self._import(name, provider, refresh, scopes, access_token=access, expires_at=expires_at)
 
     def report_rejected(self, name: str, access_token: str) -> bool:
         """Tell the keeper a resource server answered 401 to `access_token`; the next call refreshes."""
@@ -626,9 +678,13 @@ class AsyncKeeper(_KeeperCore):
         await self._call(self.store.put_provider, provider, now=self.clock.now())
 
     async def import_grant(
-        self, name: str, *, provider: str, refresh_token: str | Secret, scopes: tuple[str, ...] = ()
-    ) -> Grant:
-        return await self._call(self._import, name, provider, refresh_token, scopes)
+        self, name: str, *, provider: str, refresh_token: str | Secret, scopes: tuple[str, ...] = (),
+        access_token: str | Secret | None = None, expires_at: float | None = None,
+    ) -> Grant:  # fmt: skip
+        """See `Keeper.import_grant`."""
+        refresh, access = self._check_import(refresh_token, access_token, expires_at)
+        return await self._call(self._import, name, provider, refresh, scopes, access_token=access,
+                                expires_at=expires_at)  # fmt: skip
 
     async def report_rejected(self, name: str, access_token: str) -> bool:
         return await self._call(self._invalidate, name, access_token)

@@ -14,6 +14,7 @@ import dataclasses
 import json
 import logging
 import os
+import struct
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -118,6 +119,31 @@ class Conn(Protocol):
 
 def _floor_key(name: str) -> str:
     return f"deleted_grant/{name}"
+
+
+def _spent_key(name: str) -> str:
+    return f"spent/{name}"
+
+
+#: What the history remembers of a spending attempt once retention prunes it: the digest of the spent token's
+#: fingerprint, the attempt id, its generation and start time. `spent_by` reads it, so a token spent longer
+#: ago than the kept history is still recognised on re-import and by `doctor`.
+_DIGEST_BYTES = 8
+_SPENT_RECORD = struct.Struct(f"<{_DIGEST_BYTES}sqqd")
+#: Records kept per grant (newest first to stay; 64 KiB): the tokens spent just before the kept history.
+_SPENT_MEMORY = 2048
+#: Attempts that spent their token: sent it and committed a different successor (the provider rotated).
+_SPENT_CONDITION = "(rotated = 1 OR (state = 'recovered' AND received_fp <> refresh_fp))"
+_PRUNED_RETURNING = f" RETURNING grant_name, id, generation, refresh_fp, started_at, {_SPENT_CONDITION}"
+
+
+def _fp_digest(fingerprint: str) -> bytes | None:
+    """The 8 bytes behind a fingerprint ``fp_`` + 16 hex digits; None for anything else."""
+    try:
+        digest = bytes.fromhex(fingerprint.removeprefix("fp_"))
+    except ValueError:
+        return None
+    return digest if len(digest) == _DIGEST_BYTES else None
 
 
 def _aad(table: str, row: str, column: str) -> str:
@@ -301,7 +327,7 @@ class SQLStore:
     def _read_provider(self, conn: Conn, name: str) -> Provider:
         row = conn.execute(f"SELECT {_PROVIDER_COLUMNS} FROM providers WHERE name = ?", (name,)).fetchone()
         if row is None:
-            raise UnknownProvider(f"no provider named {name!r}; add it with 'grantkeeper provider add'")
+            raise UnknownProvider(f"no provider named {name!r}; add it with 'grantkeeper provider add'", provider=name)
         return self._provider(row)
 
     # ---------------------------------------------------------------- configuration
@@ -476,13 +502,73 @@ class SQLStore:
         row = self._read(lambda conn: conn.execute(sql, (name, attempt_id)).fetchone())
         return self._attempt(row) if row else None
 
+    def spent_by(self, name: str, refresh_fp: str) -> Attempt | None:
+        """The newest attempt of grant `name` that spent the refresh token with fingerprint `refresh_fp`: it sent
+        that token and committed a different successor, so a rotating provider no longer accepts it (and one that
+        detects reuse revokes the grant when it sees it again). Once retention has pruned that attempt, what
+        pruning remembered of it (id, generation, start time; no worker, state ``committed``); None if neither
+        has it."""
+        sql = (
+            f"SELECT {_HISTORY_COLUMNS} FROM attempts WHERE grant_name = ? AND refresh_fp = ? AND "
+            f"{_SPENT_CONDITION} ORDER BY id DESC LIMIT 1"
+        )
+
+        def find(conn: Conn) -> Attempt | None:
+            row = conn.execute(sql, (name, refresh_fp)).fetchone()
+            if row is not None:
+                return self._attempt(row)
+            return self._remembered_spender(conn, name, refresh_fp)
+
+        return self._read(find)
+
+    @staticmethod
+    def _remembered_spender(conn: Conn, name: str, refresh_fp: str) -> Attempt | None:
+        digest = _fp_digest(refresh_fp)
+        row = conn.execute("SELECT value FROM meta WHERE key = ?", (_spent_key(name),)).fetchone()
+        if digest is None or row is None:
+            return None
+        records = list(_SPENT_RECORD.iter_unpack(bytes(row[0])))
+        for spent, attempt_id, generation, started_at in reversed(records):
+            if spent == digest:
+                return Attempt(int(attempt_id), name, int(generation), refresh_fp, "", float(started_at),
+                               AttemptState.COMMITTED, outcome="spent; pruned from the kept history",
+                               rotated=True)  # fmt: skip
+        return None
+
+    @staticmethod
+    def _remember_pruned(conn: Conn, rows: list[Any]) -> int:
+        """Keep what `spent_by` needs of the spending attempts among `rows` (deleted attempts: grant, id,
+        generation, fingerprint, start time, whether it spent its token); returns how many rows were deleted."""
+        by_grant: dict[str, list[tuple[int, bytes]]] = {}
+        for grant_name, attempt_id, generation, fingerprint, started_at, spent in rows:
+            digest = _fp_digest(str(fingerprint))
+            if spent and digest is not None:
+                record = _SPENT_RECORD.pack(digest, int(attempt_id), int(generation), float(started_at))
+                by_grant.setdefault(str(grant_name), []).append((int(attempt_id), record))
+        for grant_name, records in by_grant.items():
+            key = _spent_key(grant_name)
+            row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+            kept = (bytes(row[0]) if row else b"") + b"".join(record for _, record in sorted(records))
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (key, kept[-_SPENT_MEMORY * _SPENT_RECORD.size :]),
+            )
+        return len(rows)
+
+    def names(self, kind: str) -> list[str]:
+        """Every grant (`kind` "grants") or provider ("providers") name, sorted; no secret is decrypted."""
+        if kind not in ("grants", "providers"):
+            raise ValueError(f"no such kind of name: {kind!r}")
+        rows = self._read(lambda conn: conn.execute(f"SELECT name FROM {kind} ORDER BY name").fetchall())
+        return [str(r[0]) for r in rows]
+
     def prune_history(self, *, now: float) -> int:
         """Apply `retention` to every grant now (commits also prune as they go); returns rows deleted."""
         with self._tx() as conn:
-            deleted = conn.execute(
-                f"DELETE FROM attempts WHERE started_at < ? AND NOT {_NEEDED_BY_CLAIM}",
+            deleted = self._remember_pruned(conn, conn.execute(
+                f"DELETE FROM attempts WHERE started_at < ? AND NOT {_NEEDED_BY_CLAIM}" + _PRUNED_RETURNING,
                 (now - self.retention.days * 86400.0,),
-            ).rowcount
+            ).fetchall())  # fmt: skip
             names = [str(r[0]) for r in conn.execute("SELECT name FROM grants").fetchall()]
             for name in names:
                 deleted += self._prune_grant_history(conn, name, now=None)
@@ -491,15 +577,16 @@ class SQLStore:
     def _prune_grant_history(self, conn: Conn, name: str, *, now: float | None) -> int:
         deleted = conn.execute(
             f"DELETE FROM attempts WHERE grant_name = ? AND NOT {_NEEDED_BY_CLAIM} AND id <= "
-            "(SELECT id FROM attempts WHERE grant_name = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
+            "(SELECT id FROM attempts WHERE grant_name = ? ORDER BY id DESC LIMIT 1 OFFSET ?)" + _PRUNED_RETURNING,
             (name, name, self.retention.per_grant),
-        ).rowcount
+        ).fetchall()
         if now is not None:
             deleted += conn.execute(
-                f"DELETE FROM attempts WHERE grant_name = ? AND started_at < ? AND NOT {_NEEDED_BY_CLAIM}",
+                f"DELETE FROM attempts WHERE grant_name = ? AND started_at < ? AND NOT {_NEEDED_BY_CLAIM}"
+                + _PRUNED_RETURNING,
                 (name, now - self.retention.days * 86400.0),
-            ).rowcount
-        return int(deleted)
+            ).fetchall()
+        return self._remember_pruned(conn, deleted)
 
     def lease_holder(self, name: str, *, now: float) -> LeaseHolder | None:
         sql = (
