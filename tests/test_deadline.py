@@ -25,7 +25,7 @@ import pytest
 from grantkeeper import AsyncKeeper, GrantkeeperError, Keeper, Provider, ProviderUnavailable, RefreshPolicy, Secret
 from grantkeeper.model import AttemptState
 from grantkeeper.stores import open_store
-from grantkeeper.tokens.transport import Ambiguous, NotSent, asend, client, send
+from grantkeeper.tokens.transport import Ambiguous, Network, NotSent, asend, async_client, client, send
 
 #: The deadline (request_timeout) is twice the byte interval: a per-read timeout alone would never fire.
 POLICY = RefreshPolicy(lease_ttl=5.0, request_timeout=2.0, wait_timeout=60.0, backoff_base=0.01, backoff_cap=0.05,
@@ -208,4 +208,32 @@ def test_send_classifies_the_deadline(kind: str, server: TrickleServer) -> None:
         result = asyncio.run(run())
     assert isinstance(result, Ambiguous) and "deadline" in result.reason, result
     assert not isinstance(result, NotSent)
-    assert server.exchanges[0].ended_by_client
+    exchange = server.exchanges[0]
+    for _ in range(100):  # the server notices the hang-up on its next select
+        if exchange.closed is not None:
+            break
+        time.sleep(0.05)
+    assert exchange.ended_by_client
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_deadline_before_the_request_is_written_is_not_sent(kind: str) -> None:
+    """A proxy that accepts the connection and never answers CONNECT: nothing of the token request left, so the
+    deadline's verdict is NotSent (retryable, the token unspent), not Ambiguous."""
+    silent = socket.create_server(("127.0.0.1", 0))
+    proxy = f"http://127.0.0.1:{silent.getsockname()[1]}"
+    request = httpx.Request("POST", "https://auth.example.com/token", data={"refresh_token": "rt"})
+    try:
+        if kind == "sync":
+            with client(Network(proxy=proxy)) as http:
+                result = send(http, request, budget=1.5)
+        else:
+
+            async def run() -> object:
+                async with async_client(Network(proxy=proxy)) as http:
+                    return await asend(http, request, budget=1.5)
+
+            result = asyncio.run(run())
+    finally:
+        silent.close()
+    assert isinstance(result, NotSent) and "not written" in result.reason, result

@@ -239,14 +239,16 @@ class _Watch:
     def __init__(self, request: httpx.Request, budget: float) -> None:
         self.budget = budget
         self.expired = False
+        self.traced = False  # a transport that is not httpcore's (a mock, a caller's own) reports nothing
         self.writing = False
         self._sockets: list[socket.socket] = []
         self._guard = threading.Lock()
         self._chained = request.extensions.get("trace")
 
     def note(self, event: str, info: dict[str, Any]) -> None:
-        if event.endswith("send_request_headers.started"):
-            self.writing = True
+        self.traced = True
+        if event.endswith("send_request_headers.started") and getattr(info.get("request"), "method", b"") != b"CONNECT":
+            self.writing = True  # the proxy's CONNECT shares our trace but carries nothing of the request
         get_extra_info = getattr(info.get("return_value"), "get_extra_info", None)
         if event.endswith(".complete") and get_extra_info is not None:
             sock = get_extra_info("socket")
@@ -262,9 +264,23 @@ class _Watch:
             for sock in self._sockets:
                 _shut(sock)
 
+    def failed(self, exc: httpx.TransportError) -> NotSent | Ambiguous:
+        """What a transport error means for this exchange; a TLS verification failure is raised instead."""
+        if failure := tls_failure(exc):
+            raise failure from None
+        if self.expired:
+            return self.late()
+        mapped = map_transport_error(exc)
+        # Failing before the first byte of the request (e.g. a proxy that never answers CONNECT) sent nothing.
+        return NotSent(mapped.reason) if self._unsent else mapped
+
     def late(self) -> NotSent | Ambiguous:
         reason = f"no complete response within {self.budget:g} s (the deadline for the whole exchange)"
-        return Ambiguous(reason) if self.writing else NotSent(reason + "; the request was not written")
+        return NotSent(reason + "; the request was not written") if self._unsent else Ambiguous(reason)
+
+    @property
+    def _unsent(self) -> bool:
+        return self.traced and not self.writing
 
 
 def _shut(sock: socket.socket) -> None:
@@ -320,9 +336,7 @@ def send(client: httpx.Client, request: httpx.Request, *, budget: float) -> Send
         finally:
             response.close()
     except httpx.TransportError as exc:
-        if failed := tls_failure(exc):
-            raise failed from None
-        return watch.late() if watch.expired else map_transport_error(exc)
+        return watch.failed(exc)
     finally:
         watchdog.cancel()
     return _reply(response, body, truncated=False)
@@ -355,7 +369,5 @@ async def asend(client: httpx.AsyncClient, request: httpx.Request, *, budget: fl
     except TimeoutError:
         return watch.late()
     except httpx.TransportError as exc:
-        if failed := tls_failure(exc):
-            raise failed from None
-        return map_transport_error(exc)
+        return watch.failed(exc)
     return _reply(response, body, truncated=False)
