@@ -62,7 +62,7 @@ class TrickleServer:
             threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
 
     def _answer(self, conn: socket.socket) -> None:
-        with contextlib.closing(conn):
+        with contextlib.closing(conn), contextlib.suppress(OSError):  # a client reset while reading the request
             data = b""
             while b"\r\n\r\n" not in data:
                 chunk = conn.recv(65536)
