@@ -15,7 +15,8 @@ def test_exported_names_are_pinned() -> None:
         "EncryptionKeyError", "Grant", "GrantState", "GrantStatus", "GrantkeeperError", "Keeper", "LeaseTimeout",
         "LostInFlight", "MalformedResponse", "NeedsReauth", "Provider", "ProviderRejected", "ProviderUnavailable",
         "RefreshPolicy", "ReuseDetected", "RevokedOrExpired", "RotationMode", "Secret", "StaleLocalToken",
-        "StoreFormatError", "StoreUnavailable", "TransientError", "UnknownGrant", "UnknownProvider",
+        "StoreFormatError", "StoreUnavailable", "TLSVerificationFailed", "TransientError", "UnknownGrant",
+        "UnknownProvider",
         "Diagnosis", "GrantEvent", "HistoryRetention", "OutcomeClass", "Webhook",
     ])  # fmt: skip
     for name in grantkeeper.__all__:

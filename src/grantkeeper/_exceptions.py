@@ -60,6 +60,7 @@ __all__ = [
     "StaleLocalToken",
     "StoreFormatError",
     "StoreUnavailable",
+    "TLSVerificationFailed",
     "TokenInputError",
     "TransientError",
     "UnknownGrant",
@@ -122,6 +123,13 @@ class ConfigurationError(GrantkeeperError):
 
     code = "configuration"
     exit_code = 3
+
+
+class TLSVerificationFailed(ConfigurationError):
+    """The provider's TLS certificate did not verify against the trusted CAs; nothing was sent (the handshake
+    failed before the request). Give the CA with ``--ca-bundle`` or ``SSL_CERT_FILE``."""
+
+    code = "tls_verification_failed"
 
 
 class UnknownGrant(ConfigurationError):

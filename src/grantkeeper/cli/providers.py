@@ -24,6 +24,7 @@ from grantkeeper.engine import Keeper
 from grantkeeper.model import AuthMethod, Provider, RotationMode
 from grantkeeper.profiles import Profile, get_profile, load_profiles, profile_values
 from grantkeeper.tokens.discovery import choose_auth_method, discover
+from grantkeeper.tokens.transport import Network
 
 __all__ = ["provider"]
 
@@ -322,7 +323,8 @@ def provider_discover(session: Session, /, name: str, issuer: str, profile_name:
     one the server lists); rotation and lifetimes from --profile or the options given.
     """
     changes, explicit = _changes(name, options)
-    metadata = discover(issuer, insecure_http=bool(options["insecure_http"]))
+    network = Network(options["ca_bundle"], options["proxy"])
+    metadata = discover(issuer, insecure_http=bool(options["insecure_http"]), network=network)
     if metadata.refresh_supported is False:
         raise ConfigurationError(
             f"{issuer} lists grant types {', '.join(metadata.grant_types or ())} without refresh_token; grantkeeper "

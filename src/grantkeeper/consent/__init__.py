@@ -38,6 +38,7 @@ from grantkeeper.model import Grant, Provider, TokenSet, check_name
 from grantkeeper.model.provider import RESERVED_AUTHORIZE_PARAMS
 from grantkeeper.profiles import get_profile
 from grantkeeper.stores.base import GenerationConflict
+from grantkeeper.tokens import transport
 from grantkeeper.tokens.request import build_client_request
 from grantkeeper.tokens.response import HttpReply, interpret
 from grantkeeper.tokens.transport import NotSent, send
@@ -57,7 +58,7 @@ class Connected:
 
 
 def _http() -> httpx.Client:
-    return httpx.Client(timeout=httpx.Timeout(_BUDGET, connect=5.0), follow_redirects=False, trust_env=False)
+    return transport.client(timeout=httpx.Timeout(_BUDGET, connect=5.0))  # each request carries its provider's
 
 
 def _exists(keeper: Keeper, name: str) -> bool:

@@ -44,6 +44,7 @@ from grantkeeper.notify import EventSink, Notifier, event_for
 from grantkeeper.protocol import Refreshed, RefreshPolicy, refresh_flow
 from grantkeeper.stores import SQLStore, open_store
 from grantkeeper.stores.sql import HistoryRetention
+from grantkeeper.tokens import transport
 from grantkeeper.tokens.token_input import check_refresh_token
 
 __all__ = ["AsyncKeeper", "GrantStatus", "KeepaliveResult", "Keeper", "RefreshTokenExpiry"]
@@ -437,7 +438,7 @@ class Keeper(_KeeperCore):
     ) -> None:  # fmt: skip
         super().__init__(store, clock=clock, policy=policy, worker=worker, on_event=on_event, retention=retention)
         self._own_http = http is None
-        self._http = http or httpx.Client(timeout=DEFAULT_TIMEOUT, follow_redirects=False, trust_env=False)
+        self._http = http or transport.client(timeout=DEFAULT_TIMEOUT)
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
 
@@ -577,7 +578,7 @@ class AsyncKeeper(_KeeperCore):
     ) -> None:  # fmt: skip
         super().__init__(store, clock=clock, policy=policy, worker=worker, on_event=on_event, retention=retention)
         self._own_http = http is None
-        self._http = http or httpx.AsyncClient(timeout=DEFAULT_TIMEOUT, follow_redirects=False, trust_env=False)
+        self._http = http or transport.async_client(timeout=DEFAULT_TIMEOUT)
         self._locks: dict[str, asyncio.Lock] = {}
 
     @classmethod

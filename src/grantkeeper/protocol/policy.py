@@ -16,9 +16,13 @@ class RefreshPolicy:
 
     Args:
         lease_ttl: how long a lease lasts; renewed before every send. Must be at least twice
-            ``request_timeout`` plus a second, so a healthy holder never loses it mid-request.
-        request_timeout: the budget for one token request: each network phase (connect, write, read) waits
-            at most this long, and reading the body stops once the budget is spent.
+            ``request_timeout`` plus a second: every exchange ends (answered or aborted) within
+            ``request_timeout`` of the renewal, so the lease never expires under a live request and no refresh
+            token is ever in two requests at once.
+        request_timeout: one wall-clock deadline for a whole token exchange, connect to last byte. A server
+            trickling bytes cannot stretch it (per-phase timeouts alone would restart with every byte): the
+            sync sender shuts the socket down at the deadline, the async one cancels the exchange. An exchange
+            aborted after the request was written is ambiguous (possibly received), like a timeout.
         wait_timeout: how long a worker waits for another worker's refresh before `LeaseTimeout`.
         max_tries: token requests per refresh for transient failures (5xx, 429, connect errors).
         deadline: total seconds one refresh may spend retrying.

@@ -181,7 +181,12 @@ def _spend(claim: Claim, *, worker: str, policy: RefreshPolicy, started: float, 
             raise
         yield Failpoint("before_send")
         sent_at = yield Now()
-        result = yield Send(request, policy.request_timeout)
+        try:
+            result = yield Send(request, policy.request_timeout)
+        except ConfigurationError as exc:  # TLS verification failed: nothing left, and retrying cannot help
+            yield Finish(lease, attempt.id, AttemptState.NOT_SENT, exc.code, sent_at,
+                         report=_report(OutcomeClass.CONFIGURATION))  # fmt: skip
+            raise
         yield Failpoint("after_send")
         now = yield Now()
         latency = now - sent_at

@@ -19,7 +19,9 @@ import httpx
 from grantkeeper._exceptions import ConfigurationError, ProviderUnavailable
 from grantkeeper.model import AuthMethod
 from grantkeeper.model.provider import check_endpoint
+from grantkeeper.tokens import transport
 from grantkeeper.tokens.response import MAX_BODY_BYTES
+from grantkeeper.tokens.transport import Network
 
 __all__ = ["Metadata", "choose_auth_method", "discover", "metadata_urls", "parse_metadata"]
 
@@ -120,17 +122,23 @@ def parse_metadata(body: bytes, *, issuer: str, source: str, insecure_http: bool
 
 
 def discover(
-    issuer: str, *, http: httpx.Client | None = None, timeout: float = 10.0, insecure_http: bool = False
+    issuer: str,
+    *,
+    http: httpx.Client | None = None,
+    timeout: float = 10.0,
+    insecure_http: bool = False,
+    network: Network | None = None,
 ) -> Metadata:
     """Fetch and validate the metadata of `issuer`. Redirects are not followed: the document must be served at
     the well-known URL itself.
 
     Raises:
         ConfigurationError: no document at either URL, or the document is not valid metadata for `issuer`.
+        TLSVerificationFailed: the server's certificate did not verify (give `network` a CA bundle).
         ProviderUnavailable: the server could not be reached or answered 5xx; retry later.
     """
     urls = metadata_urls(issuer, insecure_http=insecure_http)
-    client = http or httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False)
+    client = http or transport.client(network, timeout=timeout)
     tried: list[str] = []
     try:
         for url in urls:
@@ -142,6 +150,8 @@ def discover(
                         if len(body) > MAX_BODY_BYTES:
                             raise ConfigurationError(f"metadata at {url} is larger than {MAX_BODY_BYTES} bytes")
             except (httpx.HTTPError, httpx.InvalidURL, UnicodeError) as exc:  # IDNA: a host label over 63 chars
+                if failed := transport.tls_failure(exc):
+                    raise failed from None
                 raise ProviderUnavailable(
                     f"could not read metadata from {url} ({type(exc).__name__}); check the issuer URL and retry"
                 ) from None

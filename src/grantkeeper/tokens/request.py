@@ -18,6 +18,7 @@ import httpx
 from grantkeeper._secrets import Secret
 from grantkeeper.model import AuthMethod, Provider
 from grantkeeper.tokens.assertion import ASSERTION_TYPE, client_assertion
+from grantkeeper.tokens.transport import NETWORK, Network
 
 __all__ = ["USER_AGENT", "build_client_request", "build_refresh_request"]
 
@@ -62,7 +63,8 @@ def build_client_request(
         form["client_assertion"] = client_assertion(provider, now=time.time() if now is None else now)
     else:
         form["client_id"] = provider.client_id
-    return httpx.Request("POST", _parsed_url(url or provider.token_url), data=form, headers=headers)
+    return httpx.Request("POST", _parsed_url(url or provider.token_url), data=form, headers=headers,
+                         extensions={NETWORK: Network.of(provider)})  # fmt: skip
 
 
 @functools.lru_cache(maxsize=256)

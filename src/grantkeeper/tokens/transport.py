@@ -1,24 +1,63 @@
-"""Send one token request and turn what happened into a value the protocol can classify.
+"""Build the HTTP clients that talk to providers, send one token request, and turn what happened into a value
+the protocol can classify.
 
 The split that matters for "spend once" (I2): `NotSent` means the refresh token cannot have reached the
-provider (connect failed); `Ambiguous` means it may have (timeout or reset after the request was written).
-The sync and async senders differ only in ``await``; the exception mapping is shared.
+provider (connect failed, or the deadline passed before a byte of the request was written); `Ambiguous` means
+it may have (timeout, reset or deadline after the request was written).
+
+One wall-clock deadline bounds the whole exchange, connect to last byte: httpx's per-phase timeouts do not
+bound a server that trickles one byte at a time, and the lease (longer than the deadline, see `RefreshPolicy`)
+must never expire under a live request. The sync sender arms a watchdog thread that shuts the exchange's socket
+down at the deadline; the async sender cancels the exchange with ``asyncio.timeout``.
+
+Networks (docs/providers.md, "Endpoints, networks and consent parameters"): a provider's stored proxy, else
+``HTTPS_PROXY``/``HTTP_PROXY``/``ALL_PROXY`` minus ``NO_PROXY``; its stored CA bundle, else ``SSL_CERT_FILE``,
+else ``SSL_CERT_DIR``, else certifi's bundle (httpx's default). ``.netrc`` is never read.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
+import socket
+import ssl
+import threading
 import time
+import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeAlias
+from typing import Any, Generic, TypeAlias, TypeVar
 
+import certifi
 import httpx
 
-from grantkeeper._exceptions import sanitize_provider_text
+from grantkeeper._exceptions import TLSVerificationFailed, sanitize_provider_text
+from grantkeeper.model import Provider
 from grantkeeper.tokens.response import MAX_BODY_BYTES, HttpReply
 
-__all__ = ["Ambiguous", "NotSent", "SendResult", "asend", "map_transport_error", "send"]
+__all__ = [
+    "NETWORK",
+    "Ambiguous",
+    "Network",
+    "NotSent",
+    "SendResult",
+    "asend",
+    "async_client",
+    "client",
+    "map_transport_error",
+    "send",
+    "tls_failure",
+]
 
 _KEPT_HEADERS = ("content-type", "retry-after", "www-authenticate")
+
+#: The request extension that carries a provider's `Network` to the clients built here.
+NETWORK = "grantkeeper.network"
+
+# Token requests are rare (once per access-token lifetime): a fresh connection per exchange costs little, and
+# it is what lets the watchdog find the exchange's socket (a reused connection opens none).
+_LIMITS = httpx.Limits(max_keepalive_connections=0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +73,158 @@ class Ambiguous:
 SendResult: TypeAlias = HttpReply | NotSent | Ambiguous
 
 
+@dataclass(frozen=True, slots=True)
+class Network:
+    """How to reach one provider: its CA bundle (a PEM path) and proxy URL; None means the environment's."""
+
+    ca_bundle: str | None = None
+    proxy: str | None = None
+
+    @classmethod
+    def of(cls, provider: Provider) -> Network:
+        return cls(provider.ca_bundle, provider.proxy)
+
+
+# --- trust and proxies -------------------------------------------------------------------------------------
+
+
+def _trust(network: Network) -> tuple[str, str | None, str | None]:
+    """(what to name in messages, cafile, capath): the provider's bundle, SSL_CERT_FILE, SSL_CERT_DIR, certifi."""
+    if network.ca_bundle:
+        return f"the provider's CA bundle {network.ca_bundle}", network.ca_bundle, None
+    if cafile := os.environ.get("SSL_CERT_FILE"):
+        return f"SSL_CERT_FILE={cafile}", cafile, None
+    if capath := os.environ.get("SSL_CERT_DIR"):
+        return f"SSL_CERT_DIR={capath}", None, capath
+    return "certifi's CA bundle", certifi.where(), None
+
+
+def _tls_context(source: str, cafile: str | None, capath: str | None) -> ssl.SSLContext:
+    try:
+        return ssl.create_default_context(cafile=cafile, capath=capath)
+    except (OSError, ssl.SSLError) as exc:
+        raise TLSVerificationFailed(
+            f"cannot load CA certificates from {source} ({getattr(exc, 'strerror', None) or exc}); give a readable "
+            "PEM file with 'grantkeeper provider add NAME --ca-bundle PEM' or fix SSL_CERT_FILE / SSL_CERT_DIR"
+        ) from None
+
+
+# The stdlib's NO_PROXY matcher (requests uses it too); typeshed does not list it.
+_bypass: Callable[[str, dict[str, str]], bool] = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]
+
+
+def _proxy(url: httpx.URL, network: Network) -> str | None:
+    """The provider's own proxy wins; else the environment's for the URL's scheme, unless NO_PROXY matches."""
+    if network.proxy:
+        return network.proxy
+    found = urllib.request.getproxies_environment()
+    chosen = found.get(url.scheme) or found.get("all")
+    if not chosen or _bypass(url.host, found):
+        return None
+    return chosen
+
+
+def tls_failure(exc: BaseException, trust: str | None = None) -> TLSVerificationFailed | None:
+    """The configuration error for a TLS certificate that did not verify, if that is what `exc` was."""
+    cause: BaseException | None = exc
+    seen: set[int] = set()  # a chain can loop (an exception raised while handling its own cause)
+    while cause is not None and id(cause) not in seen and not isinstance(cause, ssl.SSLCertVerificationError):
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    if not isinstance(cause, ssl.SSLCertVerificationError):
+        return None
+    why = sanitize_provider_text(cause.verify_message or cause.reason or "certificate verify failed", 160)
+    against = f" against {trust}" if trust else ""
+    return TLSVerificationFailed(
+        f"the provider's TLS certificate did not verify{against}: certificate verify failed: {why}. Nothing was "
+        "sent. If the server uses a private CA, give its PEM bundle with 'grantkeeper provider add NAME "
+        "--ca-bundle PEM' (or set SSL_CERT_FILE)"
+    )
+
+
+_Transport = TypeVar("_Transport", httpx.HTTPTransport, httpx.AsyncHTTPTransport)
+
+
+class _Router(Generic[_Transport]):
+    """One inner transport per (trust, proxy), chosen per request from its `NETWORK` extension."""
+
+    def __init__(self, network: Network, make: Callable[..., _Transport]) -> None:
+        self._network = network
+        self._make: Callable[..., _Transport] = make
+        self._transports: dict[tuple[str, str | None, str | None, str | None], _Transport] = {}
+        self._guard = threading.Lock()
+
+    def route(self, request: httpx.Request) -> tuple[_Transport, str]:
+        network = request.extensions.get(NETWORK, self._network)
+        source, cafile, capath = _trust(network)
+        proxy = _proxy(request.url, network)
+        key = (source, cafile, capath, proxy)
+        with self._guard:
+            transport = self._transports.get(key)
+            if transport is None:
+                context = _tls_context(source, cafile, capath)
+                transport = self._make(verify=context, proxy=proxy, limits=_LIMITS, trust_env=False)
+                self._transports[key] = transport
+        return transport, source
+
+    def drain(self) -> list[_Transport]:
+        with self._guard:
+            transports, self._transports = list(self._transports.values()), {}
+        return transports
+
+
+def _verified(exc: httpx.ConnectError, trust: str) -> Exception:
+    return tls_failure(exc, trust) or exc
+
+
+class _SyncRouter(httpx.BaseTransport):
+    def __init__(self, network: Network) -> None:
+        self._router = _Router(network, httpx.HTTPTransport)
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        transport, trust = self._router.route(request)
+        try:
+            return transport.handle_request(request)
+        except httpx.ConnectError as exc:
+            raise _verified(exc, trust) from exc
+
+    def close(self) -> None:
+        for transport in self._router.drain():
+            transport.close()
+
+
+class _AsyncRouter(httpx.AsyncBaseTransport):
+    def __init__(self, network: Network) -> None:
+        self._router = _Router(network, httpx.AsyncHTTPTransport)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        transport, trust = self._router.route(request)
+        try:
+            return await transport.handle_async_request(request)
+        except httpx.ConnectError as exc:
+            raise _verified(exc, trust) from exc
+
+    async def aclose(self) -> None:
+        for transport in self._router.drain():
+            await transport.aclose()
+
+
+def client(network: Network | None = None, *, timeout: httpx.Timeout | float = 10.0) -> httpx.Client:
+    """The one way grantkeeper builds a sync client: redirects off, no ``.netrc``, proxies and CAs as above.
+    A request carrying a provider's `NETWORK` extension uses that provider's settings, else `network`'s."""
+    return httpx.Client(transport=_SyncRouter(network or Network()), timeout=timeout, follow_redirects=False,
+                        trust_env=False)  # fmt: skip
+
+
+def async_client(network: Network | None = None, *, timeout: httpx.Timeout | float = 10.0) -> httpx.AsyncClient:
+    """`client` for asyncio."""
+    return httpx.AsyncClient(transport=_AsyncRouter(network or Network()), timeout=timeout, follow_redirects=False,
+                             trust_env=False)  # fmt: skip
+
+
+# --- one exchange ------------------------------------------------------------------------------------------
+
+
 def map_transport_error(exc: httpx.TransportError) -> NotSent | Ambiguous:
     """Most specific first: connect-phase failures are provably unsent; everything later is ambiguous."""
     reason = f"{type(exc).__name__}: {sanitize_provider_text(exc, 120)}"
@@ -42,25 +233,97 @@ def map_transport_error(exc: httpx.TransportError) -> NotSent | Ambiguous:
     return Ambiguous(reason)
 
 
+class _Watch:
+    """What one exchange has done so far (from httpcore's trace), and the means to end it at its deadline."""
+
+    def __init__(self, request: httpx.Request, budget: float) -> None:
+        self.budget = budget
+        self.expired = False
+        self.traced = False  # a transport that is not httpcore's (a mock, a caller's own) reports nothing
+        self.writing = False
+        self._sockets: list[socket.socket] = []
+        self._guard = threading.Lock()
+        self._chained = request.extensions.get("trace")
+
+    def note(self, event: str, info: dict[str, Any]) -> None:
+        self.traced = True
+        if event.endswith("send_request_headers.started") and getattr(info.get("request"), "method", b"") != b"CONNECT":
+            self.writing = True  # the proxy's CONNECT shares our trace but carries nothing of the request
+        get_extra_info = getattr(info.get("return_value"), "get_extra_info", None)
+        if event.endswith(".complete") and get_extra_info is not None:
+            sock = get_extra_info("socket")
+            if isinstance(sock, socket.socket):
+                with self._guard:
+                    self._sockets.append(sock)
+                    if self.expired:
+                        _shut(sock)
+
+    def expire(self) -> None:
+        with self._guard:
+            self.expired = True
+            for sock in self._sockets:
+                _shut(sock)
+
+    def failed(self, exc: httpx.TransportError) -> NotSent | Ambiguous:
+        """What a transport error means for this exchange; a TLS verification failure is raised instead."""
+        if failure := tls_failure(exc):
+            raise failure from None
+        if self.expired:
+            return self.late()
+        mapped = map_transport_error(exc)
+        # Failing before the first byte of the request (e.g. a proxy that never answers CONNECT) sent nothing.
+        return NotSent(mapped.reason) if self._unsent else mapped
+
+    def late(self) -> NotSent | Ambiguous:
+        reason = f"no complete response within {self.budget:g} s (the deadline for the whole exchange)"
+        return NotSent(reason + "; the request was not written") if self._unsent else Ambiguous(reason)
+
+    @property
+    def _unsent(self) -> bool:
+        return self.traced and not self.writing
+
+
+def _shut(sock: socket.socket) -> None:
+    # The plain socket's shutdown, also for an SSLSocket: a blocked recv in the sending thread returns at once.
+    with contextlib.suppress(OSError):
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
 def _reply(response: httpx.Response, body: bytearray, truncated: bool) -> HttpReply:
     headers = {name: response.headers[name] for name in _KEPT_HEADERS if name in response.headers}
     return HttpReply(response.status_code, headers, bytes(body), truncated)
 
 
 def _bound(request: httpx.Request, budget: float) -> float:
-    """Every phase of this request waits at most `budget`; returns the deadline for reading the body."""
+    """Every phase of this request waits at most `budget`; returns the deadline of the whole exchange."""
     request.extensions["timeout"] = httpx.Timeout(budget).as_dict()
     return time.monotonic() + budget
 
 
 def _overdue(deadline: float) -> Ambiguous | None:
-    # A server dripping its body slowly must not hold the request past the lease (DESIGN: lease > request).
+    # A second guard for a caller's client that reuses a kept-alive connection the watchdog cannot see.
     return Ambiguous("response not complete within the request budget") if time.monotonic() > deadline else None
 
 
 def send(client: httpx.Client, request: httpx.Request, *, budget: float) -> SendResult:
+    """Send `request` and read the reply within `budget` seconds, wall clock, connect to last byte.
+
+    Raises:
+        TLSVerificationFailed: the server's certificate did not verify (nothing was sent; not transient).
+    """
     body = bytearray()
     deadline = _bound(request, budget)
+    watch = _Watch(request, budget)
+
+    def trace(event: str, info: dict[str, Any]) -> None:
+        watch.note(event, info)
+        if watch._chained is not None:
+            watch._chained(event, info)
+
+    request.extensions["trace"] = trace
+    watchdog = threading.Timer(budget, watch.expire)
+    watchdog.daemon = True
+    watchdog.start()
     try:
         response = client.send(request, stream=True)
         try:
@@ -73,24 +336,38 @@ def send(client: httpx.Client, request: httpx.Request, *, budget: float) -> Send
         finally:
             response.close()
     except httpx.TransportError as exc:
-        return map_transport_error(exc)
+        return watch.failed(exc)
+    finally:
+        watchdog.cancel()
     return _reply(response, body, truncated=False)
 
 
 async def asend(client: httpx.AsyncClient, request: httpx.Request, *, budget: float) -> SendResult:
+    """`send` for asyncio: the deadline cancels the exchange, which closes its connection."""
     body = bytearray()
     deadline = _bound(request, budget)
+    watch = _Watch(request, budget)
+
+    async def trace(event: str, info: dict[str, Any]) -> None:
+        watch.note(event, info)
+        if watch._chained is not None:
+            await watch._chained(event, info)
+
+    request.extensions["trace"] = trace
     try:
-        response = await client.send(request, stream=True)
-        try:
-            async for chunk in response.aiter_bytes():
-                body += chunk
-                if len(body) > MAX_BODY_BYTES:
-                    return _reply(response, body[:0], truncated=True)
-                if late := _overdue(deadline):
-                    return late
-        finally:
-            await response.aclose()
+        async with asyncio.timeout(budget):
+            response = await client.send(request, stream=True)
+            try:
+                async for chunk in response.aiter_bytes():
+                    body += chunk
+                    if len(body) > MAX_BODY_BYTES:
+                        return _reply(response, body[:0], truncated=True)
+                    if late := _overdue(deadline):
+                        return late
+            finally:
+                await response.aclose()
+    except TimeoutError:
+        return watch.late()
     except httpx.TransportError as exc:
-        return map_transport_error(exc)
+        return watch.failed(exc)
     return _reply(response, body, truncated=False)
