@@ -26,7 +26,14 @@ from typing import Any, Self, TypeVar
 import httpx
 
 from grantkeeper._clock import Clock, SystemClock
-from grantkeeper._exceptions import ClientAuthFailed, ConfigurationError, GrantkeeperError, NeedsReauth, TransientError
+from grantkeeper._exceptions import (
+    ClientAuthFailed,
+    ConfigurationError,
+    GrantkeeperError,
+    NeedsReauth,
+    StoreUnavailable,
+    TransientError,
+)
 from grantkeeper._secrets import Secret
 from grantkeeper.diagnosis import Diagnosis, diagnose
 from grantkeeper.engine.drivers import drive, drive_async
@@ -455,6 +462,9 @@ class Keeper(_KeeperCore):
                 except (NeedsReauth, ClientAuthFailed) as exc:
                     self._announce(exc)
                     raise
+                except StoreUnavailable:
+                    self._replay_soon()  # a successor the store refused may wait in recovery storage, or in memory
+                    raise
             return self._remember(result, mark)
 
     def status(self, name: str) -> GrantStatus:
@@ -578,6 +588,9 @@ class AsyncKeeper(_KeeperCore):
                     )
                 except (NeedsReauth, ClientAuthFailed) as exc:
                     await self._call(self._announce, exc)
+                    raise
+                except StoreUnavailable:
+                    self._replay_soon()  # see Keeper._refresh
                     raise
             return self._remember(result, mark)
 

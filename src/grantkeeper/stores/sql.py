@@ -820,8 +820,9 @@ class SQLStore:
     def replay_recovery(self, *, now: float) -> list[str]:
         """Commit every pending recovery entry whose generation is still current; drop superseded ones.
 
-        Returns the names of grants brought up to date. Raises StoreUnavailable if the store still cannot
-        be written (entries stay on disk).
+        An entry ahead of the store (the store went back: restored from an older backup) is kept: it may hold the
+        only refresh token the provider still accepts. Returns the names of grants brought up to date. Raises
+        StoreUnavailable if the store still cannot be written (entries stay on disk).
         """
         done = []
         for entry in self.recovery.entries():
@@ -830,6 +831,16 @@ class SQLStore:
                     grant = self._read_grant(conn, entry.grant)
                 except UnknownGrant:
                     grant = None
+                if grant is not None and entry.expected_generation > grant.generation:
+                    logger.warning(
+                        "grant %r: local recovery storage holds the successor of generation %d, but the store is at "
+                        "generation %d (restored from an older backup?); keeping %s: it may hold the only refresh "
+                        "token the provider still accepts",
+                        entry.grant, entry.expected_generation, grant.generation, entry.path,
+                        extra={"grantkeeper": {"grant": entry.grant, "generation": grant.generation,
+                                               "attempt_id": entry.attempt_id}},
+                    )  # fmt: skip
+                    continue
                 recovered = (
                     self._apply(conn, grant, entry.update, now=now)
                     if grant is not None and grant.generation == entry.expected_generation
