@@ -13,6 +13,7 @@ RLIMIT_FSIZE in a child with SIGXFSZ ignored, so that writes fail with EFBIG.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import json
@@ -28,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from grantkeeper import Keeper, Secret, StoreFormatError, StoreUnavailable
+from grantkeeper import AsyncKeeper, Keeper, Secret, StoreFormatError, StoreUnavailable
 from grantkeeper import _failpoints as failpoints
 from grantkeeper.stores import open_store
 from tests.helpers import FAST_POLICY, resource_ok, setup_grant
@@ -273,21 +274,31 @@ def test_successor_ahead_of_a_restored_backup_is_kept(tmp_path: Path, make_sim: 
     assert sorted((tmp_path / "grants.db.recovery").glob("*.gkr")) == kept
 
 
-def test_keeper_keeps_the_successor_when_the_commit_raises_anything(tmp_path: Path, make_sim: Sim) -> None:
-    """Through the library: a commit failing with an error that is not a store error at all (here a bug in the
-    store) still sends the successor to recovery storage, and the caller gets its access token."""
+@pytest.mark.parametrize("api", ["sync", "async"])
+def test_keeper_keeps_the_successor_when_the_commit_raises_anything(tmp_path: Path, make_sim: Sim, api: str) -> None:
+    """Through the library (Keeper and AsyncKeeper): a commit failing with an error that is not a store error at
+    all (here a bug in the store) still sends the successor to recovery storage, and the caller gets its access
+    token."""
     sim = make_sim()
     url = f"sqlite://{tmp_path}/grants.db"
     setup_grant(url, sim)
-    with Keeper.open(url, policy=FAST_POLICY) as keeper:
-        store = keeper.store
 
-        def broken_commit(*_: object, **__: object) -> object:
-            raise RuntimeError("a bug in the commit")
+    def broken_commit(*_: object, **__: object) -> object:
+        raise RuntimeError("a bug in the commit")
 
-        store.commit = broken_commit  # type: ignore[method-assign]
-        token = keeper.access_token("g")
-        assert resource_ok(sim, token)
+    if api == "sync":
+        with Keeper.open(url, policy=FAST_POLICY) as keeper:
+            keeper.store.commit = broken_commit  # type: ignore[method-assign]
+            token = keeper.access_token("g")
+    else:
+
+        async def use() -> str:
+            async with await AsyncKeeper.open(url, policy=FAST_POLICY) as keeper:
+                keeper.store.commit = broken_commit  # type: ignore[method-assign]
+                return await keeper.access_token("g")
+
+        token = asyncio.run(use())
+    assert resource_ok(sim, token)
     # The commit never ran, so generation 2 can only have come from recovery storage: by the keeper's background
     # replay, or else at this open.
     with Keeper.open(url) as keeper:
