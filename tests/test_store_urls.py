@@ -151,8 +151,6 @@ def test_the_readme_export_line_works(tmp_path: Path) -> None:
         f'"{GRANTKEEPER}" provider list || exit 21\n'
         f'"{GRANTKEEPER}" status || exit 22\n'
     )
-    done = cli("--version", store=None, cwd=tmp_path)  # the console script runs at all
-    assert done.returncode == 0, done.stderr
     environment = {k: v for k, v in os.environ.items() if not k.startswith("GRANTKEEPER_")}
     shell = subprocess.run(["sh", "-c", script], env={**environment, "HOME": str(tmp_path)}, capture_output=True,
                            text=True, timeout=120, check=False)  # fmt: skip
