@@ -19,6 +19,7 @@ import errno
 import json
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -32,6 +33,7 @@ import pytest
 from grantkeeper import AsyncKeeper, Keeper, Secret, StoreFormatError, StoreUnavailable
 from grantkeeper import _failpoints as failpoints
 from grantkeeper.stores import open_store
+from tests.conftest import TEST_KEY
 from tests.helpers import FAST_POLICY, resource_ok, setup_grant
 from tests.unprivileged import GRANTKEEPER, run_obeying_modes
 
@@ -144,6 +146,22 @@ def test_truncated_store_is_refused_not_reinitialised(tmp_path: Path, make_sim: 
     with pytest.raises(StoreFormatError, match="truncated or replaced"):
         Keeper.open(url)
     assert db.stat().st_size == 0
+
+
+def test_store_creation_killed_before_it_lands_leaves_no_store(tmp_path: Path) -> None:
+    """SIGKILL once the new store is complete under its temporary name, before it is linked into place: no
+    store file appears (the old code left an empty one, which a later open would take for damage), a reading
+    command says there is no store, and creating it again works."""
+    db = tmp_path / "grants.db"
+    url = f"sqlite://{db}"
+    add = ("provider", "add", "p", "--token-url", "https://as.example/t", "--client-id", "c")
+    killed = cli(url, *add, GRANTKEEPER_KEY=TEST_KEY, GRANTKEEPER_FAILPOINTS="private_file_written=kill")
+    assert killed.returncode == -signal.SIGKILL
+    assert not db.exists()
+    assert_exit_3(cli(url, "grant", "list", GRANTKEEPER_KEY=TEST_KEY), "configuration", "no grantkeeper store")
+    again = cli(url, *add, GRANTKEEPER_KEY=TEST_KEY)
+    assert again.returncode == 0, again.stderr
+    assert cli(url, "provider", "list", GRANTKEEPER_KEY=TEST_KEY).returncode == 0
 
 
 @pytest.mark.parametrize("target", ["fingerprint", "pages"])

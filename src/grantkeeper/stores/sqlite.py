@@ -22,6 +22,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from grantkeeper import _failpoints
 from grantkeeper._exceptions import ConfigurationError, StoreFormatError, StoreUnavailable
 from grantkeeper._fsutil import fsync_dir, make_private_dirs
 from grantkeeper.crypto import Crypto
@@ -220,6 +221,7 @@ class SQLiteStore(SQLStore):
                 store._checkpoint()  # every page in the main file: only that file is linked into place
             finally:
                 store.close()
+            _failpoints.hit("private_file_written")
             try:
                 os.link(draft, path)  # atomic, and never replaces a store another process created meanwhile
             except FileExistsError:
