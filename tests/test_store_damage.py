@@ -266,9 +266,11 @@ def test_store_damaged_during_refresh_keeps_the_successor(
     assert not list((tmp_path / "grants.db.recovery").glob("*.gkr"))
 
 
-def test_successor_ahead_of_a_restored_backup_is_kept(tmp_path: Path, make_sim: Sim) -> None:
-    """Restored from a backup older than the kept successor's generation, the store cannot take it; the recovery
-    file is kept (it was deleted as "superseded": the only refresh token the provider still accepts, gone)."""
+def test_successor_ahead_of_a_restored_backup_is_committed(tmp_path: Path, make_sim: Sim) -> None:
+    """Restored from a backup older than the kept successor's generation, the store still gets the successor:
+    it holds the only refresh token the provider accepts. It was deleted as "superseded" (and the next refresh
+    would have spent the backup's dead token and declared the grant revoked); now the next command commits it as
+    the generation it succeeds, and the token works without another provider call."""
     sim = make_sim()
     db = tmp_path / "grants.db"
     url = f"sqlite://{db}"
@@ -281,15 +283,17 @@ def test_successor_ahead_of_a_restored_backup_is_kept(tmp_path: Path, make_sim: 
     wait_for_provider_call(sim, calls=2)
     truncate(db)
     assert finish(child, go).returncode == 0
-    kept = sorted((tmp_path / "grants.db.recovery").glob("*.gkr"))
-    assert len(kept) == 1
+    assert len(list((tmp_path / "grants.db.recovery").glob("*.gkr"))) == 1
     shutil.copy2(backup, db)
     for wal in (tmp_path / "grants.db-wal", tmp_path / "grants.db-shm"):
         wal.unlink(missing_ok=True)
-    done = cli(url, "status", "g")
-    assert done.returncode == 0, done.stderr
-    assert "restored from an older backup?" in done.stderr
-    assert sorted((tmp_path / "grants.db.recovery").glob("*.gkr")) == kept
+    token = cli(url, "token", "g")
+    assert token.returncode == 0, token.stderr
+    assert "restored from an older backup?" in token.stderr
+    assert resource_ok(sim, token.stdout.strip())
+    assert stored_refresh_token(url) == (3, successor(sim))
+    assert sim.stats.refresh_calls == 2  # type: ignore[attr-defined]
+    assert not list((tmp_path / "grants.db.recovery").glob("*.gkr"))
 
 
 @pytest.mark.parametrize("api", ["sync", "async"])
