@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from grantkeeper import GrantkeeperError, Keeper, Secret
+from grantkeeper import GrantkeeperError, Keeper, Secret, StoreUnavailable
 from grantkeeper import _failpoints as failpoints
 from grantkeeper.stores import SQLiteStore
 from grantkeeper.stores.sql import SQLStore
@@ -131,17 +131,20 @@ def test_recovery_replayed_on_next_process_start(tmp_path: Path, make_sim: Sim) 
 
 
 def test_unwritable_recovery_dir_keeps_successor_in_process(tmp_path: Path, make_sim: Sim) -> None:
-    """If even recovery storage cannot be written, the successor stays in the process and is committed by the
-    same keeper once the store is writable: it is never silently dropped."""
+    """If even recovery storage cannot be written, the call fails saying so (naming the successor by
+    fingerprint), the successor stays in the process, and the same keeper commits it once the store is writable:
+    it is never silently dropped."""
     sim = make_sim()
     keeper = _keeper(tmp_path)
     add_grant(keeper, sim)
     (tmp_path / "s.db.recovery").write_text("a file where the recovery directory should be")
     held = _lock_at_commit(tmp_path / "s.db")
     try:
-        keeper.access_token("g")
+        with pytest.raises(StoreUnavailable, match=r"could not be made durable.*is not a directory") as raised:
+            keeper.access_token("g")
     finally:
         _unlock(held)
+    assert raised.value.fingerprint is not None and raised.value.fingerprint.startswith("fp_")
     assert keeper.store.get_grant("g").generation == 1
     grant = keeper.refresh("g")
     assert grant.generation == 2 and sim.stats.refresh_calls == 1  # type: ignore[attr-defined]

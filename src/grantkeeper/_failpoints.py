@@ -7,7 +7,8 @@ callable with `set_hook`. When nothing is configured, `hit()` is one dict lookup
 Points (in transaction order): ``after_claim`` (lease and attempt durable, nothing sent), ``before_send``,
 ``after_send`` (provider answered, nothing committed), ``before_commit``, ``after_commit`` (committed,
 lease not yet released by this worker), ``after_recovery_save``; and outside the refresh,
-``private_file_written`` (a key file or bundle fully written under its temporary name, not yet in place).
+``private_file_written`` (a key file, bundle or new SQLite store fully written under its temporary name, not
+yet in place).
 
 Actions: ``kill`` (SIGKILL), ``sleep:SECONDS``, and ``wait:PATH`` (block until the file PATH exists, so a test
 can hold a process at a point until the other processes it races have done their part).

@@ -50,7 +50,7 @@ def _effect(step: Step) -> None:
 def drive(flow: Flow, *, store: Store, http: httpx.Client, clock: Clock) -> Refreshed:
     held: Lease | None = None
     reply: Any = None
-    error: GrantkeeperError | None = None
+    error: Exception | None = None
     try:
         while True:
             try:
@@ -71,7 +71,7 @@ def drive(flow: Flow, *, store: Store, http: httpx.Client, clock: Clock) -> Refr
                     reply = clock.now()
                 else:
                     _effect(step)
-            except GrantkeeperError as exc:
+            except Exception as exc:  # into the flow, whatever it is: a failed commit must reach recovery
                 error = exc
             else:
                 held = _held_after(held, step, reply)
@@ -85,7 +85,7 @@ def drive(flow: Flow, *, store: Store, http: httpx.Client, clock: Clock) -> Refr
 async def drive_async(flow: Flow, *, store: Store, http: httpx.AsyncClient, clock: Clock) -> Refreshed:
     held: Lease | None = None
     reply: Any = None
-    error: GrantkeeperError | None = None
+    error: Exception | None = None
     try:
         while True:
             try:
@@ -106,7 +106,7 @@ async def drive_async(flow: Flow, *, store: Store, http: httpx.AsyncClient, cloc
                     reply = clock.now()
                 else:
                     _effect(step)
-            except GrantkeeperError as exc:
+            except Exception as exc:  # into the flow, whatever it is: a failed commit must reach recovery
                 error = exc
             else:
                 held = _held_after(held, step, reply)

@@ -32,6 +32,7 @@ from grantkeeper._exceptions import (
     GrantkeeperError,
     NeedsReauth,
     SpentRefreshToken,
+    StoreUnavailable,
     TransientError,
 )
 from grantkeeper._secrets import Secret
@@ -499,6 +500,9 @@ class Keeper(_KeeperCore):
                 except (NeedsReauth, ClientAuthFailed) as exc:
                     self._announce(exc)
                     raise
+                except StoreUnavailable:
+                    self._replay_soon()  # a successor the store refused may wait in recovery storage, or in memory
+                    raise
             return self._remember(result, mark)
 
     def status(self, name: str) -> GrantStatus:
@@ -631,6 +635,9 @@ class AsyncKeeper(_KeeperCore):
                     )
                 except (NeedsReauth, ClientAuthFailed) as exc:
                     await self._call(self._announce, exc)
+                    raise
+                except StoreUnavailable:
+                    self._replay_soon()  # see Keeper._refresh
                     raise
             return self._remember(result, mark)
 

@@ -20,7 +20,7 @@ from grantkeeper._exceptions import (
     MalformedResponse,
     ProviderUnavailable,
     StaleLocalToken,
-    StoreUnavailable,
+    sanitize_provider_text,
 )
 from grantkeeper.model import (
     Attempt,
@@ -353,14 +353,22 @@ def _commit(
         if latest.state is GrantState.NEEDS_REAUTH:
             raise dead_grant_error(latest) from conflict
         return Refreshed(latest, provider)
-    except StoreUnavailable as down:
-        yield SaveRecovery(grant.name, grant.generation, attempt.id, update, now)
-        yield Failpoint("after_recovery_save")
+    except Exception as failure:
+        # Whatever refused the commit (an outage, a damaged or truncated store, a full disk, a closed store), the
+        # provider has already rotated: the successor must outlive this failure (I1). If recovery storage cannot
+        # be written either, SaveRecovery raises an error naming the successor's fingerprint.
+        reason = (
+            failure.message
+            if isinstance(failure, GrantkeeperError)
+            else sanitize_provider_text(f"{type(failure).__name__}: {failure}")
+        )
         yield Log(logging.WARNING, (
-            f"grant {grant.name!r}: the store could not be written ({down.message}); the new token set is kept "
-            "in local recovery storage and will be committed when the store is writable"
+            f"grant {grant.name!r}: the store could not be written ({reason}); keeping the new token set in local "
+            "recovery storage until it can be committed"
         ), {"grant": grant.name, "generation": grant.generation + 1, "attempt_id": attempt.id,
             "worker": worker})  # fmt: skip
+        yield SaveRecovery(grant.name, grant.generation, attempt.id, update, now)
+        yield Failpoint("after_recovery_save")
         pending = Grant(
             name=grant.name, provider=grant.provider, refresh_token=update.refresh_token or grant.refresh_token,
             refresh_fp=grant.refresh_fp, access_token=update.access_token, access_fp=None,

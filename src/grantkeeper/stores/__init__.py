@@ -1,6 +1,7 @@
 """Stores: the source of truth, selected by URL.
 
-* ``sqlite:///path/to/file.db`` (or ``sqlite://relative.db``): the embedded default;
+* ``sqlite:///absolute/path.db`` (SQLAlchemy's ``sqlite:////absolute/path.db`` too) or ``sqlite://relative.db``:
+  the embedded default (see `store_path`);
 * ``postgresql://user@host:port/dbname`` (libpq URL; ``postgres://`` too): many hosts, one source of truth.
   Needs the ``postgres`` extra and ``$GRANTKEEPER_KEY``; create or upgrade the schema with
   ``grantkeeper migrate``;
@@ -50,15 +51,29 @@ def is_postgres(url: str) -> bool:
 
 
 def store_path(url: str) -> Path | None:
-    """The file behind a store URL (None for memory://); a clear error for anything else."""
+    """The absolute path of the file behind a store URL (None for memory://); a clear error for anything else.
+
+    ``sqlite:///abs/path.db`` and SQLAlchemy's ``sqlite:////abs/path.db`` both name ``/abs/path.db`` (so does
+    ``sqlite:///$HOME/...`` when $HOME expands with its own leading slash); ``sqlite://relative.db`` is relative
+    to the working directory at open, and ``sqlite://~/...`` to the home directory. The path is taken
+    literally: no percent-decoding and no query string, so spaces, ``?``, ``#`` and ``%`` are part of the name.
+    """
     if url.startswith("sqlite://"):
         raw = url.removeprefix("sqlite://")
-        if not raw:
-            raise ConfigurationError("sqlite:// store URL has no path; use sqlite:///absolute/path.db")
-        return Path(raw).expanduser()
+        if raw.startswith("/"):
+            # POSIX keeps a leading "//" as a distinct root, and SQLite's URI parser reads "//host/..." as a host:
+            # every run of leading slashes means the one root.
+            raw = "/" + raw.lstrip("/")
+        if raw in ("", "/") or raw.endswith("/"):
+            raise ConfigurationError(
+                f"store URL {url!r} names no file; use sqlite:///absolute/path/grants.db or sqlite://relative.db"
+            )
+        return Path(raw).expanduser().absolute()
     if url in ("memory://", "memory:"):
         return None
-    scheme = url.split("://", 1)[0] if "://" in url else url
+    if "://" not in url and url.startswith(("/", "~", ".")):
+        raise ConfigurationError(f"store URL {url!r} is a path, not a URL; write it as sqlite://{url}")
+    scheme = url.split(":", 1)[0]
     raise ConfigurationError(
         f"unsupported store URL scheme {scheme!r}; use sqlite:///path/to/grantkeeper.db, "
         "postgresql://user@host/dbname or memory://"

@@ -37,6 +37,7 @@ from grantkeeper._exceptions import (
     StoreFormatError,
     StoreUnavailable,
 )
+from grantkeeper._fsutil import make_private_dirs
 from grantkeeper.crypto import Crypto
 from grantkeeper.keyring import load_ring
 from grantkeeper.stores.migrations import latest_version, migrations
@@ -338,5 +339,5 @@ def _recovery_path(url: str) -> Path:
     identity = f"{parts.hostname}:{parts.port}/{parts.path.lstrip('/')}"
     tag = hashlib.sha256(identity.encode()).hexdigest()[:16]
     root = Path(base) if base else Path(platformdirs.user_data_dir("grantkeeper")) / "recovery"
-    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    make_private_dirs(root)
     return root / tag

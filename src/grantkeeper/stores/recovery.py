@@ -2,30 +2,30 @@
 
 One file per pending commit in a directory beside the store, encrypted with the store's key (bound to the
 grant name), written to a temporary name, fsync'd, renamed, and the directory fsync'd: after `save`
-returns, the token survives a crash or power loss. A store without a path (``memory://``) keeps entries in
-process memory, which is all a memory store can promise.
+returns, the token survives a crash or power loss. When even that fails (a full disk, no permission), `save`
+keeps the entry in process memory and raises, naming the successor by fingerprint. A store without a path
+(``memory://``) keeps entries in process memory, which is all a memory store can promise.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
-import logging
 import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
 from grantkeeper._exceptions import StoreFormatError, StoreUnavailable
-from grantkeeper._fsutil import fsync_dir
+from grantkeeper._fsutil import fsync_dir, make_private_dirs
 from grantkeeper._secrets import Secret
 from grantkeeper.crypto import Crypto
 from grantkeeper.stores.base import GrantUpdate
 
 __all__ = ["RecoveryDir", "RecoveryEntry"]
 
-logger = logging.getLogger("grantkeeper")
 
 _SUFFIX = ".gkr"
 
@@ -69,27 +69,48 @@ class RecoveryDir:
             self._memory[name] = dataclasses.replace(entry, path=Path(name))
             return
         blob = self._crypto.encrypt_bytes(json.dumps(record).encode(), aad=f"recovery/{_grant_tag(entry.grant)}")
+        temporary: Path | None = None
         try:
-            self._path.mkdir(mode=0o700, exist_ok=True)
-            tmp = self._path / (name + ".tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            make_private_dirs(self._path)
+            temporary = self._path / (name + ".tmp")
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
-                os.write(fd, blob)
+                view = memoryview(blob)
+                while view:
+                    view = view[os.write(fd, view) :]
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            os.replace(tmp, self._path / (name + _SUFFIX))
+            os.replace(temporary, self._path / (name + _SUFFIX))
             fsync_dir(self._path)
         except OSError as exc:
-            # Last line of defence for I1: keep it in this process and shout. claim() still finds it here.
+            if temporary is not None:  # a full disk leaves an empty or partial file: it must not look like an entry
+                with contextlib.suppress(OSError):
+                    temporary.unlink()
+            # Last line of defence for I1: keep it in this process (claim() and the replay still find it here), and
+            # tell the caller: a process that exits now takes the successor with it.
             self._memory[name] = dataclasses.replace(entry, path=Path(name))
-            logger.error(
-                "could not write local recovery storage in %s (%s): the successor token for grant %r lives only "
-                "in this process until the store is writable again; keep the process running",
-                self._path, exc.strerror, entry.grant,
-                extra={"grantkeeper": {"grant": entry.grant, "generation": entry.expected_generation,
-                                       "attempt_id": entry.attempt_id}},
-            )  # fmt: skip
+            raise self._not_durable(entry, exc) from None
+
+    def _not_durable(self, entry: RecoveryEntry, exc: OSError) -> StoreUnavailable:
+        token = entry.update.refresh_token
+        fingerprint = self._crypto.fingerprint(token) if token is not None else None
+        generation = entry.expected_generation + 1
+        if fingerprint is not None:
+            what = f"the successor refresh token {fingerprint} (generation {generation})"
+            stake = (
+                "it is held only in this process's memory: if the process exits before the store can be written, "
+                "it is lost and the grant will likely need a new consent"
+            )
+        else:
+            what = f"the new access token (generation {generation}; the refresh token did not change)"
+            stake = "it is held only in this process's memory; the refresh token it came with is still stored"
+        return StoreUnavailable(
+            f"grant {entry.grant!r}: {what} could not be made durable: the store refused to commit it and local "
+            f"recovery storage {self._path} could not be written either ({exc.strerror or exc}); {stake}. Free "
+            "disk space and fix the permissions of the store and that directory",
+            grant=entry.grant, generation=generation, attempt_id=entry.attempt_id, fingerprint=fingerprint,
+        )  # fmt: skip
 
     def entries(self, grant: str | None = None) -> list[RecoveryEntry]:
         held = [e for e in self._memory.values() if grant is None or e.grant == grant]

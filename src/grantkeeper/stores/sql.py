@@ -631,17 +631,8 @@ class SQLStore:
         # guarantees the worker is not refreshing this grant concurrently.
         if lease_row is not None and lease_row[0] not in (None, worker) and lease_row[2] > lease_now:
             return Claim(grant, provider, holder=LeaseHolder(lease_row[0], lease_row[1], lease_row[2]))
-        recovered = None
-        for entry in self.recovery.entries(name):
-            if entry.expected_generation < grant.generation:
-                settled.append(entry)  # superseded: that generation was committed by other means
-            elif entry.expected_generation == grant.generation and recovered is None:
-                recovered = self._apply(conn, grant, entry.update, now=now)
-                if recovered is not None:
-                    self._close_recovered(conn, entry.attempt_id, recovered, now)
-                settled.append(entry)
+        recovered = self._commit_kept(conn, grant, self.recovery.entries(name), now, settled)
         if recovered is not None:
-            self._notify(conn, name, recovered.generation, "commit")
             return Claim(recovered, provider, recovered=True)
         fence = (lease_row[1] if lease_row is not None else 0) + 1
         conn.execute(
@@ -744,13 +735,18 @@ class SQLStore:
                 )
             return self._insert_attempt(conn, lease, generation, refresh_fp, resend_of, now, actor, try_number)
 
-    def _apply(self, conn: Conn, grant: Grant, update: GrantUpdate, *, now: float) -> Grant | None:
+    def _apply(
+        self, conn: Conn, grant: Grant, update: GrantUpdate, *, now: float, generation: int | None = None
+    ) -> Grant | None:
         """Compare-and-set the next generation; None if the stored generation is not `grant.generation`.
 
         `grant` is the state the refresh started from (read under the lease); the WHERE clause is the check,
-        so nothing is re-read here. A missing refresh token or scope keeps the stored one.
+        so nothing is re-read here. A missing refresh token or scope keeps the stored one. `generation` is the
+        one written (default: the next); only a successor kept for a generation the store no longer has (it went
+        back to an older backup) passes another, see `_commit_kept`.
         """
         name = grant.name
+        generation = grant.generation + 1 if generation is None else generation
         refresh_fp = self.fingerprint(update.refresh_token) if update.refresh_token else None
         access_fp = self.fingerprint(update.access_token)
         # Lifetime of the refresh token in force after this commit: a new one starts its own; a kept one keeps
@@ -763,14 +759,14 @@ class SQLStore:
         changed = conn.execute(
             "UPDATE grants SET refresh_token = COALESCE(?, refresh_token), refresh_fp = COALESCE(?, refresh_fp), "
             "access_token = ?, access_fp = ?, expires_at = ?, access_verified = ?, scopes = COALESCE(?, scopes), "
-            "generation = generation + 1, last_error = NULL, last_error_at = NULL, refreshed_at = ?, "
+            "generation = ?, last_error = NULL, last_error_at = NULL, refreshed_at = ?, "
             "updated_at = ?, refresh_issued_at = ?, refresh_expires_at = ? "
             "WHERE name = ? AND generation = ? AND state = 'active'",
             (
                 self._seal(update.refresh_token, "grants", name, "refresh_token"), refresh_fp,
                 self._seal(update.access_token, "grants", name, "access_token"), access_fp, update.expires_at,
                 int(update.access_verified), " ".join(update.scopes) if update.scopes is not None else None,
-                now, now, issued_at, rt_expires_at, name, grant.generation,
+                generation, now, now, issued_at, rt_expires_at, name, grant.generation,
             ),
         ).rowcount  # fmt: skip
         if changed == 0:
@@ -783,7 +779,7 @@ class SQLStore:
             access_fp=access_fp,
             expires_at=update.expires_at,
             scopes=update.scopes if update.scopes is not None else grant.scopes,
-            generation=grant.generation + 1,
+            generation=generation,
             access_verified=update.access_verified,
             last_error=None,
             last_error_at=None,
@@ -913,26 +909,63 @@ class SQLStore:
         self.recovery.save(RecoveryEntry(name, expected_generation, attempt_id, update, now))
 
     def replay_recovery(self, *, now: float) -> list[str]:
-        """Commit every pending recovery entry whose generation is still current; drop superseded ones.
+        """Commit the successor kept in recovery storage for each grant (`_commit_kept`); drop superseded entries
+        and those of grants that no longer exist.
 
         Returns the names of grants brought up to date. Raises StoreUnavailable if the store still cannot
         be written (entries stay on disk).
         """
-        done = []
+        pending: dict[str, list[RecoveryEntry]] = {}
         for entry in self.recovery.entries():
+            pending.setdefault(entry.grant, []).append(entry)
+        done = []
+        for name, entries in pending.items():
+            settled: list[RecoveryEntry] = []
             with self._tx() as conn:
                 try:
-                    grant = self._read_grant(conn, entry.grant)
+                    grant = self._read_grant(conn, name)
                 except UnknownGrant:
-                    grant = None
-                recovered = (
-                    self._apply(conn, grant, entry.update, now=now)
-                    if grant is not None and grant.generation == entry.expected_generation
-                    else None
-                )
-                if grant is not None and recovered is not None:
-                    self._close_recovered(conn, entry.attempt_id, recovered, now)
-                    self._notify(conn, entry.grant, grant.generation + 1, "commit")
-                    done.append(entry.grant)
-            self.recovery.remove(entry)
+                    settled = entries
+                else:
+                    if self._commit_kept(conn, grant, entries, now, settled) is not None:
+                        done.append(name)
+            # Removed only once the transaction that used or superseded them has committed (as in `claim`).
+            for entry in settled:
+                self.recovery.remove(entry)
         return done
+
+    def _commit_kept(
+        self, conn: Conn, grant: Grant, entries: list[RecoveryEntry], now: float, settled: list[RecoveryEntry]
+    ) -> Grant | None:
+        """Commit the successor kept in recovery storage for `grant` as stored; None if there is none to commit.
+        Adds to `settled` the entries this makes obsolete (the caller removes them after the transaction).
+
+        Normally that is the entry kept for the stored generation; older ones were committed by other means. An
+        entry for a later generation means the store went back (restored from an older backup): the newest such
+        entry holds the last refresh token the provider issued, the one it still accepts, and is committed as the
+        generation it succeeds, so the generation never goes back for workers that saw the later ones.
+        """
+        settled.extend(e for e in entries if e.expected_generation < grant.generation)
+        ahead = [e for e in entries if e.expected_generation > grant.generation]
+        current = [e for e in entries if e.expected_generation == grant.generation]
+        chosen = max(ahead, key=lambda e: e.expected_generation) if ahead else next(iter(current), None)
+        if chosen is None:
+            return None
+        recovered = self._apply(conn, grant, chosen.update, now=now, generation=chosen.expected_generation + 1)
+        if recovered is None:  # the grant is no longer active: a successor for its stored generation is moot
+            settled.extend(current if not ahead else [])
+            return None
+        if ahead:
+            logger.warning(
+                "grant %r: the store is at generation %d but local recovery storage held the successor of "
+                "generation %d (restored from an older backup?); committed it as generation %d",
+                grant.name, grant.generation, chosen.expected_generation, recovered.generation,
+                extra={"grantkeeper": {"grant": grant.name, "generation": recovered.generation,
+                                       "attempt_id": chosen.attempt_id}},
+            )  # fmt: skip
+        else:
+            # Its attempt is in this store only when the entry was kept for the stored generation.
+            self._close_recovered(conn, chosen.attempt_id, recovered, now)
+        settled.extend(e for e in entries if grant.generation <= e.expected_generation <= chosen.expected_generation)
+        self._notify(conn, grant.name, recovered.generation, "commit")
+        return recovered

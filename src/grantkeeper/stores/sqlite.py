@@ -13,13 +13,18 @@ written. There are no cross-process notifications: waiters poll (`wait_for_chang
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import secrets
+import shlex
 import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from grantkeeper import _failpoints
 from grantkeeper._exceptions import ConfigurationError, StoreFormatError, StoreUnavailable
+from grantkeeper._fsutil import fsync_dir, make_private_dirs
 from grantkeeper.crypto import Crypto
 from grantkeeper.keyring import load_ring
 from grantkeeper.stores.migrations import latest_version, migrations
@@ -33,36 +38,113 @@ _APPLICATION_ID = 0x676B6565  # "gkee": marks the file as a grantkeeper store
 
 
 def _check_is_grantkeeper_store(path: Path) -> None:
-    """Refuse a file that is not SQLite, or SQLite written by something else, without changing it."""
+    """Refuse a file that is not SQLite, SQLite written by something else, or empty, without changing it.
+
+    A new store is built under a temporary name and linked into place whole (`_create`), so an existing file
+    with no grantkeeper schema was never one of ours being created: it is a store that was truncated or
+    replaced, and initialising it again would silently forget every grant.
+    """
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        conn = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
         try:
             app_id = conn.execute("PRAGMA application_id").fetchone()[0]
             tables = conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0]
         finally:
             conn.close()
     except sqlite3.Error as exc:
-        raise _map_error(exc, str(path)) from None
-    if app_id != _APPLICATION_ID and (app_id != 0 or tables != 0):
+        raise _map_error(exc, path) from None
+    if app_id == 0 and tables == 0:
+        raise _empty_store(path)
+    if app_id != _APPLICATION_ID:
         raise StoreFormatError(
             f"{path} is an SQLite database but not a grantkeeper store; refusing to touch it. Choose another "
             "--store path"
         )
 
 
-def _map_error(exc: sqlite3.Error, path: str) -> Exception:
-    """One seam for sqlite3 errors: corruption is a format error, everything else is unavailability."""
+def _empty_store(path: Path) -> StoreFormatError:
+    key_file = path.with_name(path.name + ".key")
+    held = f" Its key file {key_file} exists, so this file held a store." if key_file.exists() else ""
+    try:
+        size = f"{path.stat().st_size} bytes"
+    except OSError:
+        size = "size unknown"
+    return StoreFormatError(
+        f"{path} is empty ({size}, no grantkeeper schema): the store was truncated or replaced.{held} Nothing "
+        f"was changed: restore it from a backup, and keep {path.name}.recovery beside it if it is there (it may "
+        "hold refresh tokens newer than the backup). To start a new, empty store instead, move this file away first"
+    )
+
+
+#: SQLite primary result codes (https://sqlite.org/rescode.html) by what the caller should do about them.
+_DAMAGED = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB
+_NOT_PERMITTED = {3, 8, 14, 23}  # SQLITE_PERM, SQLITE_READONLY, SQLITE_CANTOPEN, SQLITE_AUTH
+_FULL = 13  # SQLITE_FULL
+
+
+def _map_error(exc: sqlite3.Error, path: Path | str) -> Exception:
+    """One seam for sqlite3 errors: damage and access problems are permanent (fix them, exit 3); only the rest
+    (a lock held too long, an I/O hiccup, a full disk) is worth retrying."""
     text = str(exc)
-    if isinstance(exc, sqlite3.DatabaseError) and (
-        "not a database" in text or "malformed" in text or "encrypted" in text
-    ):
-        return StoreFormatError(
-            f"{path} is not a readable SQLite database ({text}); point --store at a grantkeeper store or "
-            "restore it from a backup"
-        )
-    if isinstance(exc, sqlite3.OperationalError | sqlite3.DatabaseError):
+    code = getattr(exc, "sqlite_errorcode", None)
+    primary = code & 0xFF if isinstance(code, int) else None
+    if text.startswith("Could not decode to UTF-8"):
+        # Raised by Python's sqlite3, not SQLite, with the undecodable bytes in the text: never show those.
+        text = "a text value that is not UTF-8"
+    elif primary in _DAMAGED or "malformed" in text or "no such table" in text or "no such column" in text:
+        text = text.split(":")[0]
+    else:
+        if primary in _NOT_PERMITTED:
+            return ConfigurationError(f"SQLite store {path} cannot be used: {text}; {_access_advice(Path(path))}")
+        if primary == _FULL:
+            return StoreUnavailable(
+                f"SQLite store {path} cannot be written: the disk is full ({text}); free space on it, then retry"
+            )
         return StoreUnavailable(f"SQLite store {path} cannot be used right now: {text}; retry later")
-    return exc
+    quoted = shlex.quote(str(path))
+    return StoreFormatError(
+        f"{path} is not a readable SQLite database ({text}): it is damaged, or not a store at all; nothing was "
+        f"changed. If it is your store, check "
+        f"it with `sqlite3 {quoted} 'PRAGMA integrity_check'` and restore it from a backup; otherwise point "
+        "--store at your store"
+    )
+
+
+def _access_advice(path: Path) -> str:
+    """What to check when `path` cannot be reached, opened or written: the first thing in the way that shows."""
+    directory = path.parent
+    try:
+        for ancestor in reversed((path.parent, *path.parent.parents)):
+            if not ancestor.is_dir():
+                return f"{ancestor} does not exist or is not a directory: create it, or fix the store URL"
+            if not os.access(ancestor, os.X_OK):
+                return f"this user cannot enter {ancestor}: fix that directory's owner or mode (it needs x)"
+        if not os.access(directory, os.R_OK | os.W_OK | os.X_OK):
+            return (
+                f"this user cannot read and write {directory} (SQLite creates {path.name}-wal and {path.name}-shm "
+                "there): fix the directory's owner or mode (0700 for the owner)"
+            )
+        if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+            return f"this user cannot read and write {path}: fix its owner or mode (0600 for the owner)"
+    except OSError as exc:
+        return f"{directory} cannot be examined ({exc.strerror}): fix the owner and mode of it and its parents"
+    return "check that this user can read and write the file and its directory, and that the disk is mounted writable"
+
+
+def _store_file_exists(path: Path) -> bool:
+    """Whether the store file is there; an error that says what to fix if that cannot even be found out."""
+    try:
+        is_dir = path.is_dir()
+        exists = is_dir or path.exists()
+    except OSError as exc:
+        raise ConfigurationError(f"cannot reach the store {path}: {exc.strerror}; {_access_advice(path)}") from None
+    if is_dir:
+        raise ConfigurationError(
+            f"the store URL names {path}, which is a directory; name a file in it, e.g. sqlite://{path}/grants.db"
+        )
+    if not exists and path.parent.exists() and not path.parent.is_dir():
+        raise ConfigurationError(f"cannot use the store {path}: {path.parent} is a file, not a directory; fix the URL")
+    return exists
 
 
 class SQLiteStore(SQLStore):
@@ -91,20 +173,24 @@ class SQLiteStore(SQLStore):
         """Open (and with `create`, initialise) the store at `path`; None is a private in-memory store."""
         if path is None:
             store = cls(None, Crypto(os.urandom(32)), busy_timeout=busy_timeout, lock=threading.RLock())
-            store._initialise()
+            store._initialise(fresh=True)
             return store
-        exists = path.exists()
+        exists = _store_file_exists(path)
         if not exists and not create:
             raise ConfigurationError(f"no grantkeeper store at {path}; create one with 'grantkeeper provider add'")
-        if not exists:
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        key_file = path.with_name(path.name + ".key")
         if exists:
             _check_is_grantkeeper_store(path)  # before the key: a foreign file is a format problem, not a key one
-        keys, source = load_ring(path.with_name(path.name + ".key"), create=not exists)
-        if not exists:
-            # Created owner-only before SQLite opens it; the WAL and shm files inherit the database's mode.
-            with contextlib.suppress(FileExistsError):  # another process is creating it right now
-                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            keys, source = load_ring(key_file, create=False)
+        else:
+            try:
+                make_private_dirs(path.parent)
+            except OSError as exc:
+                raise ConfigurationError(
+                    f"cannot create the store's directory {path.parent}: {exc.strerror}; {_access_advice(path)}"
+                ) from None
+            keys, source = load_ring(key_file, create=True)
+            cls._create(path, Crypto(keys, source=source), busy_timeout=busy_timeout)
         store = cls(path, Crypto(keys, source=source), busy_timeout=busy_timeout, lock=None)
         try:
             store._initialise(migrate=migrate)
@@ -113,39 +199,93 @@ class SQLiteStore(SQLStore):
             raise
         return store
 
-    def _initialise(self, *, migrate: bool = False) -> None:
+    @classmethod
+    def _create(cls, path: Path, crypto: Crypto, *, busy_timeout: float) -> None:
+        """Build a new store under a temporary name and link it into place whole.
+
+        Several processes may create the same store at once: the first link wins and the others use its store
+        (they share the key file, created exclusively before this). Because `path` only ever appears complete,
+        an existing file without the schema is damage, never a creation in progress (`_check_is_grantkeeper_store`).
+        """
+        draft = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        try:
+            # Owner-only before SQLite opens it; the WAL and shm files take the database's mode.
+            fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                os.fchmod(fd, 0o600)  # the umask may have narrowed it so far that SQLite could not write
+            finally:
+                os.close(fd)
+            store = cls(draft, crypto, busy_timeout=busy_timeout, lock=None)
+            try:
+                store._initialise(fresh=True)
+                store._checkpoint()  # every page in the main file: only that file is linked into place
+            finally:
+                store.close()
+            _failpoints.hit("private_file_written")
+            try:
+                os.link(draft, path)  # atomic, and never replaces a store another process created meanwhile
+            except FileExistsError:
+                return
+            fsync_dir(path.parent)
+        except OSError as exc:
+            raise ConfigurationError(
+                f"cannot create the store {path}: {exc.strerror}; "
+                + (
+                    "the filesystem must support hard links (a new store is linked into place whole): put the "
+                    "store on a local filesystem"
+                    if exc.errno in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK)
+                    else _access_advice(path)
+                )
+            ) from None
+        finally:
+            for leftover in (draft, draft.with_name(draft.name + "-wal"), draft.with_name(draft.name + "-shm")):
+                with contextlib.suppress(FileNotFoundError):
+                    leftover.unlink()
+
+    def _checkpoint(self) -> None:
+        try:
+            busy = self._conn().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        except sqlite3.Error as exc:
+            raise _map_error(exc, str(self.path)) from None
+        if busy:
+            raise StoreUnavailable(f"the new store {self.path} could not be checkpointed; retry")
+
+    def _initialise(self, *, migrate: bool = False, fresh: bool = False) -> None:
+        """Check (and with `fresh`, build) the schema, then the key. Only a store being created is `fresh`: an
+        existing file without the schema was truncated or replaced and is refused."""
         conn = self._conn()
         where = str(self.path or "memory://")
         try:
             app_id = conn.execute("PRAGMA application_id").fetchone()[0]
             tables = conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0]
+            if app_id == 0 and tables == 0:
+                if not fresh:
+                    assert self.path is not None  # a memory store is always fresh
+                    raise _empty_store(self.path)
+                self._migrate(conn, from_version=0, key_check=self._crypto.encrypt_bytes(KEY_CHECK, aad=KEY_CHECK_AAD))
+                app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+            if app_id != _APPLICATION_ID:
+                raise StoreFormatError(
+                    f"{where} is an SQLite database but not a grantkeeper store; refusing to touch it. Choose "
+                    "another --store path"
+                )
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            latest = latest_version("sqlite")
+            if version > latest:
+                raise StoreFormatError(
+                    f"{where} has schema version {version}, newer than this grantkeeper understands ({latest}); "
+                    "upgrade grantkeeper"
+                )
+            if version < latest:
+                if not migrate:
+                    raise StoreFormatError(
+                        f"{where} has schema version {version}; this grantkeeper needs {latest}. Back it up, then "
+                        "run 'grantkeeper migrate'"
+                    )
+                self._migrate(conn, from_version=version)
+            unlock(conn, self._crypto, where=where)
         except sqlite3.Error as exc:
             raise _map_error(exc, where) from None
-        if app_id == 0 and tables == 0:
-            # Several processes may create the same store at once: the first to take the write lock builds the
-            # whole schema and the key check in one transaction; the others then find a finished store.
-            self._migrate(conn, from_version=0, key_check=self._crypto.encrypt_bytes(KEY_CHECK, aad=KEY_CHECK_AAD))
-            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-        if app_id != _APPLICATION_ID:
-            raise StoreFormatError(
-                f"{where} is an SQLite database but not a grantkeeper store; refusing to touch it. Choose "
-                "another --store path"
-            )
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        latest = latest_version("sqlite")
-        if version > latest:
-            raise StoreFormatError(
-                f"{where} has schema version {version}, newer than this grantkeeper understands ({latest}); "
-                "upgrade grantkeeper"
-            )
-        if version < latest:
-            if not migrate:
-                raise StoreFormatError(
-                    f"{where} has schema version {version}; this grantkeeper needs {latest}. Back it up, then "
-                    "run 'grantkeeper migrate'"
-                )
-            self._migrate(conn, from_version=version)
-        unlock(conn, self._crypto, where=where)
 
     def _migrate(self, conn: sqlite3.Connection, *, from_version: int, key_check: bytes | None = None) -> None:
         """Apply the migrations after `from_version` in one transaction; with `key_check`, create the store.
