@@ -287,3 +287,14 @@ def test_find_leaks_names_files_holding_a_secret(tmp_path: Path) -> None:
     (tmp_path / "clean.log").write_text("fingerprint fp:abcd")
     assert _find_leaks(tmp_path, ["abc-secret-123", "other"]) == ["recovery/r.json"]
     assert _find_leaks(tmp_path, ["never-written"]) == []
+
+
+def test_a_run_that_showed_nothing_is_slow_not_pass() -> None:
+    """No invariant broke, but no access token was accepted or the grant never moved: that run proves nothing,
+    so it is SLOW (exit 6), never PASS."""
+    unchecked = _evidence([_attempt(1, AttemptState.COMMITTED)], calls=1, advanced=1)
+    unchecked = replace(unchecked, counts=Counts(token_calls=50, slow={"resource_timeout": 50}))
+    judged = _judge(unchecked)
+    assert (judged.outcome, judged.failures) == ("slow", [])
+    assert "no access token was ever accepted" in judged.inconclusive[0]
+    assert _judge(_evidence([], calls=0, advanced=0)).inconclusive == ["the grant was never refreshed"]
