@@ -389,7 +389,7 @@ def _judge(ev: _Evidence) -> _Judgement:
         failures.append("a token or the client secret is in plaintext in " + ", ".join(ev.leaks))
 
     if counts.slow:
-        slowness.append("slow calls (not failures): " + _listing(counts.slow))
+        slowness.append("slow or dropped calls (not failures): " + _listing(counts.slow))
     if counts.resource_late:
         slowness.append(f"{counts.resource_late} rejected checks came too late to count: the machine was overloaded")
     if counts.resource_ok == 0 and not lost_to_slowness:
@@ -473,7 +473,7 @@ def _print_summary(console: Console, summary: dict[str, Any]) -> None:
             "the check outlived the validity guaranteed at serving (machine overloaded)",
         )  # fmt: skip
     grid.add_row("worker errors", escape(_listing(summary["errors"])), "")
-    grid.add_row("slow calls", escape(_listing(summary["slow"])), "reported, not failed")
+    grid.add_row("slow or dropped calls", escape(_listing(summary["slow"])), "reported, not failed")
     grid.add_row("final generation", str(summary["final_generation"]), "")
     console.print(grid)
     style = {"pass": "bold green", "slow": "bold yellow"}.get(summary["outcome"], "bold red")
