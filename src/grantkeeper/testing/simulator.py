@@ -569,6 +569,7 @@ class ProviderSimulator:
         self._refresh_tokens: dict[str, _Family] = {}
         self._access_tokens: dict[str, _Access] = {}
         self._faults: deque[Fault] = deque()
+        self._resource_delays: deque[float] = deque()
         self._refresh_calls = 0
         self._successes = 0
         self._errors: dict[str, int] = {}
@@ -715,6 +716,16 @@ class ProviderSimulator:
         with self._lock:
             self._faults.extend([fault] * times)
 
+    def delay_resource(self, seconds: float, *, times: int = 1) -> None:
+        """Sleep `seconds` (real time) before answering each of the next `times` ``/resource`` requests, to play a
+        protected resource (or a machine) slower than its client's timeout. The answer after the sleep is as usual."""
+        self._require_not_stopped("delay the resource")
+        Delay(seconds)  # the same validation as the token endpoint's delay
+        if times < 1:
+            raise ValueError("times must be >= 1")
+        with self._lock:
+            self._resource_delays.extend([float(seconds)] * times)
+
     def issued_tokens(self) -> frozenset[str]:
         """Every refresh and access token this simulator has issued (for leak tests: none may appear in logs,
         errors or files)."""
@@ -722,9 +733,10 @@ class ProviderSimulator:
             return frozenset(self._refresh_tokens) | frozenset(self._access_tokens) | frozenset(self._device_codes)
 
     def clear_faults(self) -> None:
-        """Forget every queued fault."""
+        """Forget every queued fault and resource delay."""
         with self._lock:
             self._faults.clear()
+            self._resource_delays.clear()
 
     # ----------------------------------------------------------------------------------------- stats
 
@@ -1126,6 +1138,10 @@ class ProviderSimulator:
         return override if override is not None else _json_bytes(self.metadata(issuer_path))
 
     def _handle_resource_request(self, authorization: str | None) -> _Reply:
+        with self._lock:
+            delay = self._resource_delays.popleft() if self._resource_delays else 0.0
+        if delay and self._stopping.wait(delay):
+            return _DROP
         scheme, _, token = (authorization or "").strip().partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
