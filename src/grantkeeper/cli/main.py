@@ -46,6 +46,7 @@ from grantkeeper.cli.providers import provider
 from grantkeeper.cli.transfer import export, import_
 from grantkeeper.consent import revoke
 from grantkeeper.engine.keeper import KeepaliveResult
+from grantkeeper.integrations._flow import checked_token
 from grantkeeper.model import check_name
 from grantkeeper.redact.tracebacks import format_exception
 from grantkeeper.stores import backend, open_store
@@ -305,7 +306,7 @@ def token(session: Session, name: str) -> None:
     """
     with _open(session) as keeper:
         value = keeper.access_token(name)
-    click.echo(value)
+    click.echo(checked_token(name, value))  # never a CR/LF or escape sequence into $(...) or onto a terminal
 
 
 @cli.command()

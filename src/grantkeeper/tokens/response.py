@@ -20,7 +20,6 @@ import base64
 import binascii
 import json
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
@@ -29,7 +28,7 @@ from urllib.parse import parse_qsl
 
 from grantkeeper._exceptions import sanitize_provider_text
 from grantkeeper._secrets import Secret
-from grantkeeper.model import TokenSet
+from grantkeeper.model.tokens import MAX_TOKEN_CHARS, TokenSet, access_token_ok, refresh_token_ok
 
 __all__ = [
     "MAX_BODY_BYTES",
@@ -52,17 +51,6 @@ MAX_BODY_BYTES = 256 * 1024
 #: ``expires_in`` above this (a year) is clamped: no real access token lives longer, and a huge value would
 #: pin a token in caches forever.
 MAX_EXPIRES_IN = 366 * 86400.0
-
-#: Longest token value accepted (characters). Real tokens are at most a few KiB (large JWTs); anything longer is
-#: not a token.
-MAX_TOKEN_CHARS = 16384
-#: Access tokens go into an Authorization header and onto a terminal (`grantkeeper token`): RFC 6749 A.12 VSCHAR
-#: without the space, i.e. printable ASCII. Exactly RFC 6750 b64token would refuse Salesforce ("00D...!AQ...").
-#: No control character (CR, LF, NUL, ESC, DEL), space or non-ASCII can pass, so no header injection, no split
-#: "Bearer a b" and no terminal escape.
-_ACCESS_TOKEN = re.compile(r"[\x21-\x7e]+")
-#: Refresh tokens only ever travel form-encoded in a request body: RFC 6749 A.17, 1*VSCHAR, space included.
-_REFRESH_TOKEN = re.compile(r"[\x20-\x7e]+")
 
 _ERROR_ALIASES = {"invalid_refresh_token": "invalid_grant", "bad_refresh_token": "invalid_grant"}
 _TRANSIENT_ERRORS = frozenset({"temporarily_unavailable", "server_error", "slow_down"})
@@ -159,16 +147,6 @@ def as_number(value: object) -> float | None:
     if isinstance(value, int | float) and math.isfinite(value) and value >= 0:
         return float(value)
     return None
-
-
-def access_token_ok(value: str) -> bool:
-    """May `value` go into an Authorization header and be printed? (See `_ACCESS_TOKEN`.)"""
-    return len(value) <= MAX_TOKEN_CHARS and _ACCESS_TOKEN.fullmatch(value) is not None
-
-
-def refresh_token_ok(value: str) -> bool:
-    """Is `value` a refresh token by RFC 6749 syntax (1*VSCHAR)?"""
-    return len(value) <= MAX_TOKEN_CHARS and _REFRESH_TOKEN.fullmatch(value) is not None
 
 
 def _intact(value: object) -> str | None:
