@@ -11,16 +11,18 @@ each refresh attempt did (item 8).
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from grantkeeper import GrantState, MalformedResponse, Secret
+from grantkeeper import GrantState, Keeper, MalformedResponse, Secret
 from grantkeeper import _failpoints as failpoints
 from grantkeeper.model.tokens import access_token_ok, refresh_token_ok
+from grantkeeper.stores import SQLiteStore
 from grantkeeper.testing import DropAfterRotate, FakeClock
 from grantkeeper.tokens.response import HttpReply, Malformed, Success, interpret
-from tests.helpers import resource_ok
+from tests.helpers import FAST_POLICY, resource_ok, store_locked_at
 from tests.hostile import HostileFactory, HostileWorld, Reply, Rewrite, hostile, make_hostile
 
 __all__ = ["hostile", "make_hostile"]  # fixtures
@@ -332,4 +334,24 @@ def test_the_same_refresh_token_back_in_a_malformed_answer_commits_nothing(hosti
     before = _state(hostile)
     failed = hostile.ask("keeper")
     assert isinstance(failed.error, MalformedResponse) and _state(hostile) == before
+    hostile.scan()
+
+
+def test_a_kept_successor_survives_a_store_that_refuses_the_commit(hostile: HostileWorld) -> None:
+    """I1 on the malformed path: the store is locked at commit, so the successor goes to local recovery storage
+    (encrypted, no access token in it), the error says so, and the next keeper commits it and refreshes with it."""
+    hostile.add_grant()
+    db = Path(hostile.url.removeprefix("sqlite://"))
+    hostile.endpoint.script(Rewrite(_with(expires_in=-1)))
+    with store_locked_at(db), Keeper(SQLiteStore.open(db, busy_timeout=0.2), policy=FAST_POLICY) as keeper:
+        with pytest.raises(MalformedResponse, match="kept in local recovery storage") as info:
+            keeper.access_token("g")
+        hostile.capture_exception("locked store", info.value)
+        assert list(db.parent.rglob("*.gkr"))
+    grant = hostile.grant()  # the store is writable again: the successor was committed from recovery storage
+    assert (grant.generation, grant.access_token) == (2, None) and hostile.sim.is_active(_current_refresh(hostile))
+    assert not list(db.parent.rglob("*.gkr"))
+    served = hostile.ask("keeper")  # the next refresh spends the successor
+    assert served.token is not None and resource_ok(hostile.sim, served.token)
+    assert hostile.grant().generation == 3 and hostile.sim.stats.reuse_detections == 0  # type: ignore[attr-defined]
     hostile.scan()

@@ -340,8 +340,8 @@ def _update(token_set: TokenSet, grant: Grant, provider: Provider, sent_at: floa
         access_token=token_set.access_token,
         expires_at=sent_at + expires_in,
         scopes=token_set.scope,
-        # A re-send inside a grace window may return an access token issued earlier with a fresh
-        # expires_in: serve it, but a 401 with it must invalidate it (I4).
+        # A re-send answered with a successor never gets here with its access token (see _spend); one answered
+        # without (a provider that did not rotate) is served, marked unverified so a 401 invalidates it (I4).
         access_verified=attempt.resend_of is None,
         refresh_expires_at=(
             sent_at + token_set.refresh_token_expires_in if token_set.refresh_token_expires_in is not None else None
@@ -364,10 +364,12 @@ def _successor_only(answer: Malformed, grant: Grant, sent_at: float) -> GrantUpd
 def _kept_successor_error(
     answer: Malformed, grant: Grant, provider: Provider, done: Refreshed, *, attempt: Attempt, worker: str
 ) -> MalformedResponse:
-    where = (
-        f"stored (generation {done.grant.generation})" if done.committed
-        else "kept in local recovery storage and is committed when the store is writable again"
-    )  # fmt: skip
+    if not done.issued:
+        where = f"not stored: another worker committed first, and its generation {done.grant.generation} is current"
+    elif done.committed:
+        where = f"stored (generation {done.grant.generation})"
+    else:
+        where = "kept in local recovery storage and is committed when the store is writable again"
     assert answer.successor is not None
     odd = "" if refresh_token_ok(answer.successor.reveal()) else (
         " It is outside RFC 6749 token syntax, so the provider may refuse it: if the next refresh fails with "
