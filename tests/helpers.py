@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 from grantkeeper import Keeper, Provider, RefreshPolicy, RotationMode, Secret
+from grantkeeper import _failpoints as failpoints
 
 #: The provider columns schema version 6 added: tests that build an older store drop them.
 MIGRATION_6_COLUMNS = ("authorize_params", "api_base_url", "ca_bundle", "proxy", "insecure_http")
@@ -61,3 +65,25 @@ def resource_ok(sim: object, access_token: str) -> bool:
 
     response = httpx.get(sim.base_url + "/resource", headers={"Authorization": f"Bearer {access_token}"})  # type: ignore[attr-defined]
     return response.status_code == 200
+
+
+@contextlib.contextmanager
+def store_locked_at(db: Path, failpoint: str = "before_commit") -> Iterator[None]:
+    """Inside the block, the SQLite store `db` is locked exclusively from the moment a refresh reaches `failpoint`
+    (the store then cannot be written: the successor goes to recovery storage); the lock ends with the block."""
+    held: list[sqlite3.Connection] = []
+
+    def lock() -> None:
+        failpoints.clear_hooks()
+        blocker = sqlite3.connect(db, isolation_level=None)
+        blocker.execute("BEGIN EXCLUSIVE")
+        held.append(blocker)
+
+    failpoints.set_hook(failpoint, lock)
+    try:
+        yield
+    finally:
+        failpoints.clear_hooks()
+        for blocker in held:
+            blocker.execute("ROLLBACK")
+            blocker.close()

@@ -64,15 +64,16 @@ def test_async_ambiguous_without_grace_is_lost_in_flight(store_url: str, make_si
 
 
 def test_async_ambiguous_within_grace_recovers(store_url: str, make_sim: Sim) -> None:
-    """Rotate-then-drop inside the grace: the async re-send gets the successor and commits it."""
+    """Rotate-then-drop inside the grace: the async re-send gets the successor and commits it (generation 2),
+    then one more refresh with it replaces the re-send's access token, never served on trust (generation 3)."""
     sim = make_sim(reuse_grace=30)
 
     async def main() -> None:
         async with await _open(store_url, sim, grace=30) as keeper:
             sim.inject(DropAfterRotate())  # type: ignore[attr-defined]
-            assert (await keeper.refresh("g")).generation == 2
+            assert (await keeper.refresh("g")).generation == 3
             states = [a.state for a in (await keeper.status("g")).attempts]
-            assert states == [AttemptState.COMMITTED, AttemptState.AMBIGUOUS]
+            assert states == [AttemptState.COMMITTED, AttemptState.COMMITTED, AttemptState.AMBIGUOUS]
 
     asyncio.run(main())
 
@@ -112,8 +113,8 @@ def test_cancelled_refresh_releases_lease_and_leaves_attempt_open(tmp_path: Path
             assert status.lease is None
             assert status.attempts[0].state is AttemptState.OPEN
             grant = await keeper.refresh("g")
-            assert grant.generation == 2
-            assert (await keeper.status("g")).attempts[0].resend_of == status.attempts[0].id
+            assert grant.generation == 3  # the re-send (2) and the refresh that replaces its access token (3)
+            assert (await keeper.status("g")).attempts[1].resend_of == status.attempts[0].id
 
     asyncio.run(main())
 

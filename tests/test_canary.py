@@ -35,13 +35,12 @@ import pytest
 from click.testing import CliRunner
 
 from grantkeeper import GrantkeeperError, Keeper, Secret
-from grantkeeper import _failpoints as failpoints
 from grantkeeper.cli.main import cli
 from grantkeeper.redact.tracebacks import format_exception
 from grantkeeper.stores import SQLiteStore
 from grantkeeper.testing import DropAfterRotate, HttpError, Malformed
 from grantkeeper.testing.simulator import MALFORMED_KINDS, ProviderSimulator
-from tests.helpers import FAST_POLICY, provider_for
+from tests.helpers import FAST_POLICY, provider_for, store_locked_at
 
 FRAGMENT = 8
 CANARY_MARK = "cNrY"  # every canary starts with it, so even a short cut of one is recognisable
@@ -185,28 +184,13 @@ def revoked(world: World) -> None:
 
 def store_locked_at_commit(world: World) -> None:
     """The store cannot be written at commit: the successor goes to a recovery file, then is replayed."""
-    import sqlite3
-
     db = Path(world.url.removeprefix("sqlite://"))
     with world.keeper() as keeper:
         _grant(world, keeper)
-    held: list[sqlite3.Connection] = []
-
-    def lock() -> None:
-        failpoints.clear_hooks()
-        blocker = sqlite3.connect(db, isolation_level=None)
-        blocker.execute("BEGIN EXCLUSIVE")
-        held.append(blocker)
-
     keeper = Keeper(SQLiteStore.open(db, busy_timeout=0.2), policy=FAST_POLICY)
-    failpoints.set_hook("before_commit", lock)
-    try:
+    with store_locked_at(db):
         world.attempt("access token while the store is locked", lambda: keeper.access_token("g"), show_result=False)
         world.capture("recovery files while locked", b"".join(p.read_bytes() for p in db.parent.rglob("*.gkr")))
-    finally:
-        for blocker in held:
-            blocker.execute("ROLLBACK")
-            blocker.close()
     world.attempt("replay", lambda: keeper.store.replay_recovery(now=0.0))
     world.attempt("refresh after replay", lambda: keeper.refresh("g", force=True))
     keeper.close()

@@ -139,33 +139,34 @@ def test_sigkill_after_send_is_recovered_inside_the_grace_period(tmp_path: Path,
                                                                  point: str) -> None:  # fmt: skip
     """REFRESH_TOKEN_GRACE_PERIOD_SECONDS=30: a process killed after DOT rotated the token (its answer never
     stored) is followed by one re-send of the spent token inside the grace; DOT answers it with the successor
-    it already issued, which is committed as generation 2 and works."""
+    it already issued, which is committed as generation 2 and works: the one extra refresh that replaces the
+    re-send's access token (never served on trust) spends it, and DOT accepts it (generation 3)."""
     server = dot_server(grace=30)
     url = f"sqlite://{tmp_path}/s.db"
     with Keeper.open(url, policy=DOT_POLICY) as keeper:
         authorized = connect(keeper, server)
     mark = server.log_mark()
     assert run_child(url, failpoint=point).returncode == -signal.SIGKILL
-    assert recover(url) == {"generation": 2}
+    assert recover(url) == {"generation": 3}
     with Keeper.open(url, policy=DOT_POLICY) as keeper:
-        resend, crashed = keeper.history("g")[:2]
+        verify, resend, crashed = keeper.history("g")[:3]
         assert crashed.state is AttemptState.ABANDONED
         assert resend.resend_of == crashed.id and resend.state is AttemptState.COMMITTED
-        # The original request and the one re-send, both answered; no second successor was minted.
-        assert refresh_statuses(server, mark) == [(200, None), (200, None)]
-        assert len(server.family(authorized.refresh_token)) == 2
-        # What was committed is DOT's live successor: it serves the resource and refreshes once more.
+        assert verify.resend_of is None and verify.state is AttemptState.COMMITTED
+        # The original request, the one re-send and the extra refresh, all answered: DOT's successor was live.
+        assert refresh_statuses(server, mark) == [(200, None)] * 3
+        assert len(server.family(authorized.refresh_token)) == 3
         assert server.resource_status(keeper.access_token("g")) == (200, None)
-        assert keeper.refresh("g", force=True).generation == 3
+        assert keeper.refresh("g", force=True).generation == 4
     assert refresh_statuses(server, mark)[-1] == (200, None)
 
 
 @pytest.mark.slow
-def test_grace_replay_of_an_expired_access_token_is_repaired_by_one_report(tmp_path: Path,
-                                                                           dot_server: DotFactory) -> None:  # fmt: skip
+def test_grace_replay_of_an_expired_access_token_is_never_served(tmp_path: Path, dot_server: DotFactory) -> None:
     """DOT answers a re-send inside the grace with the access token it issued the first time and a fresh
-    ``expires_in``, even when that token has already expired (DESIGN.md failure table). A caller that gets a 401
-    for it reports it with `report_rejected`; the next `access_token` refreshes once and is accepted."""
+    ``expires_in``, even when that token has already expired (DESIGN.md failure table). grantkeeper commits the
+    successor, never serves that access token, and refreshes once more with the successor: the token it hands out
+    is accepted, with no 401 and no report needed."""
     server = dot_server(grace=30, access_ttl=2)
     url = f"sqlite://{tmp_path}/s.db"
     with Keeper.open(url, policy=DOT_POLICY) as keeper:
@@ -174,16 +175,14 @@ def test_grace_replay_of_an_expired_access_token_is_repaired_by_one_report(tmp_p
     assert run_child(url, failpoint="after_send").returncode == -signal.SIGKILL
     time.sleep(server.config.access_ttl + 0.5)  # let the access token DOT issued to the killed process expire
     with Keeper.open(url, policy=DOT_POLICY) as keeper:
-        # Recovered in this process, so the token is served the moment the re-send's answer is committed.
-        replayed = keeper.access_token("g")
-        resend, crashed = keeper.history("g")[:2]
+        served = keeper.access_token("g")
+        verify, resend, crashed = keeper.history("g")[:3]
         assert resend.resend_of == crashed.id and resend.state is AttemptState.COMMITTED
-        assert server.resource_status(replayed) == (401, "expired")  # DOT's replay: an expired token, fresh expiry
-        assert keeper.report_rejected("g", replayed)
-        repaired = keeper.access_token("g")
-        assert repaired != replayed and server.resource_status(repaired) == (200, None)
-        assert keeper.store.get_grant("g").generation == 3
-    assert refresh_statuses(server, mark) == [(200, None)] * 3  # original, grace re-send, the one repair
+        assert verify.resend_of is None and verify.new_generation == 3
+        assert server.resource_status(served) == (200, None)
+        grant = keeper.store.get_grant("g")
+        assert grant.generation == 3 and grant.access_verified
+    assert refresh_statuses(server, mark) == [(200, None)] * 3  # original, grace re-send, the one extra refresh
 
 
 @pytest.mark.slow

@@ -252,7 +252,8 @@ def test_holder_killed_before_send_another_host_refreshes(
     pg_hosts: str, tmp_path: Path, make_sim: Sim, point: str
 ) -> None:
     """Holder killed before its request left: a process on another host re-sends the recorded attempt once and
-    commits generation 2."""
+    commits generation 2, then refreshes once more with the successor (a re-send's access token is not served on
+    trust) and commits generation 3."""
     sim = make_sim(rotation="always", reuse_grace=0)
     with Keeper.open(pg_hosts) as setup:
         add_grant(setup, sim)
@@ -262,16 +263,16 @@ def test_holder_killed_before_send_another_host_refreshes(
     try:
         crashed = store.list_attempts("g")[0]
         assert crashed.worker == "crashed:child" and crashed.state is AttemptState.OPEN
-        assert run_host(pg_hosts, tmp_path, "rescuer", adopt_after=0) == {"generation": 2}
-        resend, old = store.list_attempts("g")[:2]
+        assert run_host(pg_hosts, tmp_path, "rescuer", adopt_after=0) == {"generation": 3}
+        verify, resend, old = store.list_attempts("g")[:3]
         grant = store.get_grant("g")
     finally:
         store.close()
     assert old.id == crashed.id and old.state is AttemptState.ABANDONED
     assert resend.resend_of == crashed.id and resend.state is AttemptState.COMMITTED
-    assert resend.worker == "rescuer:child"
+    assert resend.worker == "rescuer:child" and verify.worker == "rescuer:child" and verify.resend_of is None
     assert grant.refresh_token is not None and sim.is_active(grant.refresh_token.reveal())
-    assert sim.stats.refresh_calls == 1 and sim.stats.errors == {}
+    assert sim.stats.refresh_calls == 2 and sim.stats.errors == {}
     assert not pending_files(tmp_path, "crashed") and not pending_files(tmp_path, "rescuer")
 
 
@@ -326,12 +327,13 @@ def test_holder_killed_after_send_inside_grace_another_host_recovers(
     pg_hosts: str, tmp_path: Path, make_sim: Sim
 ) -> None:
     """Holder killed after sending, inside a 30 s reuse grace: another host re-sends at once (no adoption delay
-    is needed inside the grace, so the default adopt_after is kept) and commits the provider's replay."""
+    is needed inside the grace, so the default adopt_after is kept), commits the provider's replay, and refreshes
+    once more with the successor for an access token that is not a replay."""
     sim = make_sim(rotation="always", reuse_grace=30, reuse_detection=True)
     with Keeper.open(pg_hosts) as setup:
         add_grant(setup, sim, grace=30)
     run_host(pg_hosts, tmp_path, "crashed", failpoint="after_send", force=True)
-    assert run_host(pg_hosts, tmp_path, "rescuer") == {"generation": 2}
+    assert run_host(pg_hosts, tmp_path, "rescuer") == {"generation": 3}
     store = observe(pg_hosts)
     try:
         grant = store.get_grant("g")
@@ -339,7 +341,7 @@ def test_holder_killed_after_send_inside_grace_another_host_recovers(
         store.close()
     assert grant.refresh_token is not None and sim.is_active(grant.refresh_token.reveal())
     stats = sim.stats
-    assert stats.refresh_calls == 2 and stats.grace_replays == 1 and stats.errors == {}
+    assert stats.refresh_calls == 3 and stats.grace_replays == 1 and stats.errors == {}
 
 
 # ------------------------------------------------------------------------------------ 3. adoption delay

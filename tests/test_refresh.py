@@ -21,7 +21,7 @@ from grantkeeper import (
 )
 from grantkeeper import _failpoints as failpoints
 from grantkeeper.stores import SQLiteStore
-from grantkeeper.testing import DropAfterRotate, DropBeforeProcessing, HttpError, Malformed
+from grantkeeper.testing import DropAfterRotate, DropBeforeProcessing, FakeClock, HttpError, Malformed
 from tests.helpers import FAST_POLICY, add_grant, provider_for, resource_ok
 
 Sim = Callable[..., object]
@@ -157,25 +157,29 @@ class TestTransient:
         assert keeper.store.get_grant("g").state is GrantState.ACTIVE
 
     def test_dropped_before_processing_then_retry(self, keeper: Keeper, make_sim: Sim) -> None:
-        """A connection dropped before the provider processed it is ambiguous; the re-send succeeds."""
+        """A connection dropped before the provider processed it is ambiguous; the re-send succeeds, and its
+        answer's access token is replaced by one more refresh with the successor (a re-send's answer is never
+        served on trust: it could be a grace replay)."""
         sim = make_sim()
         add_grant(keeper, sim)
         sim.inject(DropBeforeProcessing())  # type: ignore[attr-defined]
-        assert keeper.refresh("g").generation == 2
-        assert states(keeper) == [AttemptState.AMBIGUOUS, AttemptState.COMMITTED]
+        assert keeper.refresh("g").generation == 3
+        assert states(keeper) == [AttemptState.AMBIGUOUS, AttemptState.COMMITTED, AttemptState.COMMITTED]
 
 
 class TestAmbiguous:
     def test_reset_after_rotation_within_grace_recovers_successor(self, keeper: Keeper, make_sim: Sim) -> None:
-        """Rotate-then-drop inside the reuse grace: the re-send gets the successor already issued; committed."""
+        """Rotate-then-drop inside the reuse grace: the re-send gets the successor already issued; committed (as
+        generation 2), then spent once more for an access token that is not a replay (generation 3)."""
         sim = make_sim(reuse_grace=30)
         add_grant(keeper, sim, grace=30)
         sim.inject(DropAfterRotate())  # type: ignore[attr-defined]
         grant = keeper.refresh("g")
-        assert grant.generation == 2 and sim.stats.grace_replays == 1  # type: ignore[attr-defined]
+        assert grant.generation == 3 and sim.stats.grace_replays == 1  # type: ignore[attr-defined]
         assert sim.is_active(grant.refresh_token.reveal())  # type: ignore[attr-defined, union-attr]
-        attempts = keeper.store.list_attempts("g")
-        assert attempts[0].resend_of == attempts[1].id and attempts[1].state is AttemptState.AMBIGUOUS
+        verify, resend, dropped = keeper.store.list_attempts("g")[:3]
+        assert resend.resend_of == dropped.id and dropped.state is AttemptState.AMBIGUOUS
+        assert (resend.new_generation, verify.new_generation, verify.resend_of) == (2, 3, None)
 
     def test_reset_after_rotation_without_grace_is_lost_in_flight(self, keeper: Keeper, make_sim: Sim) -> None:
         """Rotate-then-drop with no grace: the one re-send is rejected and classified lost_in_flight,
@@ -199,17 +203,26 @@ class TestAmbiguous:
         sim.inject(DropAfterRotate())  # type: ignore[attr-defined]
         assert keeper.refresh("g").generation == 2
 
-    def test_grace_replay_of_expired_access_token_is_unverified(self, keeper: Keeper, make_sim: Sim) -> None:
-        """A grace re-send may return an earlier access token: it is marked unverified, and a 401 report
-        invalidates it so the next call refreshes."""
-        sim = make_sim(reuse_grace=30, grace_returns_previous_access=True)
+    def test_grace_replay_of_an_expired_access_token_is_never_served(self, keeper: Keeper, make_sim: Sim) -> None:
+        """A grace re-send answered with the earlier access token (expired by now, with a fresh ``expires_in``, as
+        django-oauth-toolkit does): the successor is committed, that access token is never handed out, and one
+        more refresh with the successor gets one the resource server accepts."""
+        sim_clock = FakeClock()
+        sim = make_sim(reuse_grace=30, access_ttl=2, grace_returns_previous_access=True, clock=sim_clock.monotonic)
         add_grant(keeper, sim, grace=30)
         sim.inject(DropAfterRotate())  # type: ignore[attr-defined]
-        grant = keeper.refresh("g")
-        assert grant.access_verified is False
+
+        def expire_the_dropped_answers_token() -> None:
+            failpoints.clear_hooks()
+            sim_clock.advance(5)
+
+        failpoints.set_hook("after_send", expire_the_dropped_answers_token)
         token = keeper.access_token("g")
-        assert keeper.report_rejected("g", token)
-        assert keeper.refresh("g").generation == 3
+        assert resource_ok(sim, token)
+        assert sim.stats.grace_replays == 1 and sim.stats.refresh_calls == 3  # type: ignore[attr-defined]
+        grant = keeper.store.get_grant("g")
+        assert grant.generation == 3 and grant.access_verified
+        assert sim.is_active(grant.refresh_token.reveal())  # type: ignore[attr-defined, union-attr]
 
 
 class TestRejected:
@@ -270,7 +283,9 @@ class TestRejected:
         after = keeper.store.get_grant("g")
         assert (after.generation, after.refresh_token, after.state) == (before.generation, before.refresh_token,
                                                                          GrantState.ACTIVE)  # fmt: skip
-        assert keeper.refresh("g").generation == 2
+        # The malformed answer is recorded as ambiguous (a 200 may have rotated), so the next refresh re-sends
+        # that token and then spends the successor once more for an access token that is not a replay.
+        assert keeper.refresh("g").generation == 3
 
     def test_malformed_after_rotation_is_resent_per_grace(self, keeper: Keeper, make_sim: Sim) -> None:
         """A malformed 200 after the provider rotated is recorded ambiguous; the next refresh re-sends inside
@@ -281,7 +296,7 @@ class TestRejected:
         with pytest.raises(MalformedResponse, match="ambiguous"):
             keeper.refresh("g")
         grant = keeper.refresh("g")
-        assert grant.generation == 2 and sim.stats.grace_replays == 1  # type: ignore[attr-defined]
+        assert grant.generation == 3 and sim.stats.grace_replays == 1  # type: ignore[attr-defined]
 
 
 def test_dead_grant_drops_cached_access_token(store: SQLiteStore, make_sim: Sim) -> None:

@@ -181,7 +181,8 @@ def test_grace_replay_returns_same_successor(make_sim: MakeSim, client: httpx.Cl
 def test_grace_replay_can_return_previous_access_token(
     make_sim: MakeSim, client: httpx.Client, clock: FakeClock
 ) -> None:
-    """grace_returns_previous_access=True replays the access token issued with the successor, with a fresh TTL."""
+    """grace_returns_previous_access=True replays the access token issued with the successor with a fresh
+    expires_in, as django-oauth-toolkit does, but the token itself still dies at its first expiry."""
     sim = make_sim(reuse_grace=10.0, grace_returns_previous_access=True, access_ttl=30.0)
     t0 = sim.issue_grant()
     first = refresh(client, sim, t0).json()
@@ -190,9 +191,11 @@ def test_grace_replay_can_return_previous_access_token(
     assert replay["access_token"] == first["access_token"]
     assert replay["refresh_token"] == first["refresh_token"]
     assert replay["expires_in"] == 30
-    clock.advance(25.0)  # past the first lifetime (30 s from t=0), inside the refreshed one (30 s from t=9)
     r = client.get(f"{sim.base_url}/resource", headers={"Authorization": f"Bearer {first['access_token']}"})
     assert r.status_code == 200
+    clock.advance(25.0)  # past the first lifetime (30 s from t=0), inside the one the replay stated (30 s from t=9)
+    r = client.get(f"{sim.base_url}/resource", headers={"Authorization": f"Bearer {first['access_token']}"})
+    assert r.status_code == 401
 
 
 def test_reuse_after_grace_revokes_family(make_sim: MakeSim, client: httpx.Client, clock: FakeClock) -> None:

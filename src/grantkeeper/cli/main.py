@@ -47,6 +47,7 @@ from grantkeeper.cli.transfer import export, import_
 from grantkeeper.consent import revoke
 from grantkeeper.engine import Keeper
 from grantkeeper.engine.keeper import KeepaliveResult
+from grantkeeper.integrations._flow import checked_token
 from grantkeeper.model import Grant, check_name
 from grantkeeper.redact.tracebacks import format_exception
 from grantkeeper.stores import backend, open_store
@@ -339,6 +340,7 @@ def token(session: Session, name: str, header: bool) -> None:
     """
     with _open(session) as keeper:
         value = keeper.access_token(name)
+    value = checked_token(name, value)  # never a CR/LF or escape sequence into $(...) or onto a terminal
     click.echo(f"Authorization: Bearer {value}" if header else value)
 
 

@@ -236,6 +236,14 @@ class _KeeperCore:
             self._cache.pop(name, None)
             raise
 
+    @staticmethod
+    def _issued_to_caller(result: Refreshed | None) -> Secret | None:
+        """The access token this caller's own refresh just obtained, even if it lives less than the skew (an
+        `expires_in` of 0): it is handed to this caller once rather than refreshed again, and never cached."""
+        if result is None or not result.issued:
+            return None
+        return result.grant.access_token
+
     def _unservable(self, name: str) -> TransientError:
         # Checked again after each refresh: a token can expire while the store is slow to answer, and another
         # host's notification can drop the entry in between (I4: never serve one past expiry minus skew).
@@ -476,17 +484,18 @@ class Keeper(_KeeperCore):
         if entry is not None and entry[1] > self._now():
             return entry[0].reveal()
         for _ in range(_SERVE_TRIES):
-            self._refresh(name, force=False)
-            cached = self._cached(name)
+            result = self._run(name, force=False)
+            cached = self._cached(name) or self._issued_to_caller(result)
             if cached is not None:
                 return cached.reveal()
         raise self._unservable(name)
 
     def refresh(self, name: str, *, force: bool = False) -> Grant:
         """Refresh grant `name` if its access token is not usable (or always, with `force`)."""
-        return self._refresh(name, force=force) or self._served(self.store.get_grant(name))
+        result = self._run(name, force=force)
+        return result.grant if result is not None else self._served(self.store.get_grant(name))
 
-    def _refresh(self, name: str, *, force: bool) -> Grant | None:
+    def _run(self, name: str, *, force: bool) -> Refreshed | None:
         """Run the protocol under the grant's lock; None if a caller before us already did the work."""
         self._check_open()
         seen = self._seen_generation(name)
@@ -503,7 +512,8 @@ class Keeper(_KeeperCore):
                 except StoreUnavailable:
                     self._replay_soon()  # a successor the store refused may wait in recovery storage, or in memory
                     raise
-            return self._remember(result, mark)
+            self._remember(result, mark)
+            return result
 
     def status(self, name: str) -> GrantStatus:
         return self._status(name)
@@ -612,16 +622,17 @@ class AsyncKeeper(_KeeperCore):
         if entry is not None and entry[1] > self._now():
             return entry[0].reveal()
         for _ in range(_SERVE_TRIES):
-            await self._refresh(name, force=False)
-            cached = self._cached(name)
+            result = await self._run(name, force=False)
+            cached = self._cached(name) or self._issued_to_caller(result)
             if cached is not None:
                 return cached.reveal()
         raise self._unservable(name)
 
     async def refresh(self, name: str, *, force: bool = False) -> Grant:
-        return await self._refresh(name, force=force) or self._served(await self._call(self.store.get_grant, name))
+        result = await self._run(name, force=force)
+        return result.grant if result is not None else self._served(await self._call(self.store.get_grant, name))
 
-    async def _refresh(self, name: str, *, force: bool) -> Grant | None:
+    async def _run(self, name: str, *, force: bool) -> Refreshed | None:
         self._check_open()
         seen = self._seen_generation(name)
         async with self._locks.setdefault(name, asyncio.Lock()):
@@ -637,9 +648,10 @@ class AsyncKeeper(_KeeperCore):
                     await self._call(self._announce, exc)
                     raise
                 except StoreUnavailable:
-                    self._replay_soon()  # see Keeper._refresh
+                    self._replay_soon()  # see Keeper._run
                     raise
-            return self._remember(result, mark)
+            self._remember(result, mark)
+            return result
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await asyncio.to_thread(fn, *args, **kwargs)

@@ -9,19 +9,26 @@ The flow: attach the grant's access token; if the resource server rejects that t
 ``WWW-Authenticate`` says ``invalid_token``, or any 401 when configured), report that exact token to the
 keeper, which invalidates it everywhere only if the grant's generation has not moved on, and send the request
 once more with a fresh token. A body that cannot be replayed is never re-sent; a second rejection is final.
+
+Every token a bridge puts into a header passes `checked_token` (RFC 6750-safe characters only), and every error
+that leaves a bridge's own code goes through `scrubbing` (the redaction rules), so neither an injected header
+nor a library message quoting a token can come out of a bridge.
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import re
-from collections.abc import Generator, Iterable
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from grantkeeper._exceptions import ConfigurationError
+from grantkeeper._exceptions import ConfigurationError, GrantkeeperError, MalformedResponse
 from grantkeeper._secrets import Secret
+from grantkeeper.redact import scrub
+from grantkeeper.tokens.response import access_token_ok
 
 if TYPE_CHECKING:
     from grantkeeper.engine import AsyncKeeper, Keeper
@@ -36,8 +43,10 @@ __all__ = [
     "arun_until_send",
     "auth_steps",
     "bearer",
+    "checked_token",
     "log_outcome",
     "run_until_send",
+    "scrubbing",
 ]
 
 logger = logging.getLogger("grantkeeper.integrations")
@@ -121,6 +130,35 @@ def bearer(step: SendWith) -> str:
     return f"Bearer {step.token.reveal()}"
 
 
+def checked_token(grant: str, token: str) -> str:
+    """`token` if it may go into an Authorization header; else a `MalformedResponse` that does not quote it.
+
+    Refresh answers are checked when they arrive (`grantkeeper.tokens.response`); this catches a token stored
+    before that check existed, so a CR/LF can never inject a header and the HTTP library never gets to quote it.
+    """
+    if access_token_ok(token):
+        return token
+    raise MalformedResponse(
+        f"grant {grant!r}: its stored access token contains characters that may not go into an Authorization "
+        "header (control characters, spaces or non-ASCII), so it was not sent. It was stored before grantkeeper "
+        f"checked token syntax: run 'grantkeeper refresh {grant} --force' to replace it",
+        grant=grant,
+    )
+
+
+@contextlib.contextmanager
+def scrubbing() -> Iterator[None]:
+    """Let no error leave a bridge carrying a token: a foreign exception's arguments (an HTTP library quoting a
+    header, say) are scrubbed in place, so its type, which callers may catch, is kept."""
+    try:
+        yield
+    except GrantkeeperError:
+        raise  # our messages never hold a token
+    except Exception as exc:
+        exc.args = tuple(scrub(arg) if isinstance(arg, str | bytes) else arg for arg in exc.args)
+        raise
+
+
 def _advance(flow: Flow, reply: object) -> Step | AuthOutcome:
     try:
         return flow.send(reply)
@@ -134,7 +172,10 @@ def run_until_send(flow: Flow, reply: object, keeper: Keeper, grant: str) -> Sen
     step = _advance(flow, reply)
     while isinstance(step, FetchToken | ReportRejected):
         fetch = isinstance(step, FetchToken)
-        step = _advance(flow, keeper.access_token(grant) if fetch else keeper.report_rejected(grant, _token(step)))
+        reply = (
+            checked_token(grant, keeper.access_token(grant)) if fetch else keeper.report_rejected(grant, _token(step))
+        )
+        step = _advance(flow, reply)
     return step
 
 
@@ -143,9 +184,11 @@ async def arun_until_send(flow: Flow, reply: object, keeper: AsyncKeeper, grant:
     step = _advance(flow, reply)
     while isinstance(step, FetchToken | ReportRejected):
         fetch = isinstance(step, FetchToken)
-        step = _advance(
-            flow, await (keeper.access_token(grant) if fetch else keeper.report_rejected(grant, _token(step)))
-        )
+        reply = (
+            checked_token(grant, await keeper.access_token(grant)) if fetch
+            else await keeper.report_rejected(grant, _token(step))
+        )  # fmt: skip
+        step = _advance(flow, reply)
     return step
 
 

@@ -24,7 +24,7 @@ import httpx
 from grantkeeper._exceptions import ConfigurationError
 from grantkeeper.engine import AsyncKeeper, Keeper
 from grantkeeper.integrations._extras import require
-from grantkeeper.integrations._flow import wrong_keeper
+from grantkeeper.integrations._flow import checked_token, wrong_keeper
 from grantkeeper.integrations.httpx_auth import GrantAuth
 
 _deprecate = require("authlib.deprecate", extra="authlib", bridge="grantkeeper.integrations.authlib_bridge")
@@ -78,9 +78,10 @@ def _signed(grant_auth: object, withhold_token: bool, auth: Any, options: dict[s
     return {**options, "withhold_token": True, **({} if auth is None else {"auth": auth})}
 
 
-def _snapshot(access_token: str) -> Any:
-    # Only what a caller may see: never the refresh token (it lives in the store, read inside the lease).
-    return OAuth2Token({"access_token": access_token, "token_type": "Bearer"})
+def _snapshot(grant: str, access_token: str) -> Any:
+    # Only what a caller may see: never the refresh token (it lives in the store, read inside the lease). Authlib
+    # may put this token into a header itself, so it passes the same check as the bridges' own headers.
+    return OAuth2Token({"access_token": checked_token(grant, access_token), "token_type": "Bearer"})
 
 
 class KeeperOAuth2Session(OAuth2Session):  # type: ignore[misc]
@@ -123,7 +124,7 @@ class KeeperOAuth2Session(OAuth2Session):  # type: ignore[misc]
         raise _no_fetch()
 
     def _remember(self) -> Any:
-        self.token_auth.set_token(_snapshot(self.keeper.access_token(self.grant)))
+        self.token_auth.set_token(_snapshot(self.grant, self.keeper.access_token(self.grant)))
         return self.token
 
 
@@ -156,12 +157,12 @@ class KeeperAsyncOAuth2Client(AsyncOAuth2Client):  # type: ignore[misc]
             yield response
 
     async def ensure_active_token(self, token: Any = None) -> bool:
-        self.token_auth.set_token(_snapshot(await self.keeper.access_token(self.grant)))
+        self.token_auth.set_token(_snapshot(self.grant, await self.keeper.access_token(self.grant)))
         return True
 
     async def refresh_token(self, url: Any = None, refresh_token: Any = None, **kwargs: Any) -> Any:
         await self.keeper.refresh(self.grant, force=True)
-        self.token_auth.set_token(_snapshot(await self.keeper.access_token(self.grant)))
+        self.token_auth.set_token(_snapshot(self.grant, await self.keeper.access_token(self.grant)))
         return self.token
 
     async def fetch_token(self, *args: Any, **kwargs: Any) -> Any:

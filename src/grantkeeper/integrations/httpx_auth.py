@@ -24,6 +24,7 @@ from grantkeeper.integrations._flow import (
     bearer,
     log_outcome,
     run_until_send,
+    scrubbing,
     wrong_keeper,
 )
 
@@ -73,11 +74,14 @@ class GrantAuth(httpx.Auth):
         flow = auth_steps(replayable=_replayable(request), any_401=self.any_401)
         response: httpx.Response | None = None
         try:
-            step = run_until_send(flow, None, keeper, self.grant)
+            with scrubbing():
+                step = run_until_send(flow, None, keeper, self.grant)
             while not isinstance(step, AuthOutcome):
-                request.headers["Authorization"] = bearer(step)
+                with scrubbing():
+                    request.headers["Authorization"] = bearer(step)
                 response = yield request
-                step = run_until_send(flow, _answer(response), keeper, self.grant)
+                with scrubbing():
+                    step = run_until_send(flow, _answer(response), keeper, self.grant)
             _finish(response, request, self.grant, step)
         finally:
             flow.close()
@@ -89,11 +93,14 @@ class GrantAuth(httpx.Auth):
         flow = auth_steps(replayable=_replayable(request), any_401=self.any_401)
         response: httpx.Response | None = None
         try:
-            step = await arun_until_send(flow, None, keeper, self.grant)
+            with scrubbing():
+                step = await arun_until_send(flow, None, keeper, self.grant)
             while not isinstance(step, AuthOutcome):
-                request.headers["Authorization"] = bearer(step)
+                with scrubbing():
+                    request.headers["Authorization"] = bearer(step)
                 response = yield request
-                step = await arun_until_send(flow, _answer(response), keeper, self.grant)
+                with scrubbing():
+                    step = await arun_until_send(flow, _answer(response), keeper, self.grant)
             _finish(response, request, self.grant, step)
         finally:
             flow.close()

@@ -25,6 +25,7 @@ from grantkeeper.integrations._flow import (
     bearer,
     log_outcome,
     run_until_send,
+    scrubbing,
     wrong_keeper,
 )
 
@@ -58,6 +59,10 @@ class RequestsGrantAuth(requests.auth.AuthBase):
         return f"RequestsGrantAuth(grant={self.grant!r}, any_401={self.any_401})"
 
     def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        with scrubbing():
+            return self._sign(request)
+
+    def _sign(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
         flow = auth_steps(replayable=_replayable(request), any_401=self.any_401)
         step = run_until_send(flow, None, self.keeper, self.grant)
         assert isinstance(step, SendWith)  # the flow's first step after a token is always a send
@@ -73,11 +78,12 @@ class RequestsGrantAuth(requests.auth.AuthBase):
             return response
         answer = Answer.of(response.status_code, _challenges(response))
         try:
-            step = run_until_send(flow, answer, self.keeper, self.grant)
-            while not isinstance(step, AuthOutcome):
-                response = self._resend(response, step, send_options)
-                step = run_until_send(flow, Answer.of(response.status_code, _challenges(response)), self.keeper,
-                                      self.grant)  # fmt: skip
+            with scrubbing():
+                step = run_until_send(flow, answer, self.keeper, self.grant)
+                while not isinstance(step, AuthOutcome):
+                    response = self._resend(response, step, send_options)
+                    step = run_until_send(flow, Answer.of(response.status_code, _challenges(response)), self.keeper,
+                                          self.grant)  # fmt: skip
         finally:
             flow.close()
         setattr(response, OUTCOME_KEY, step)

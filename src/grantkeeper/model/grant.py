@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from grantkeeper._secrets import Secret
+from grantkeeper.model.tokens import access_token_ok
 
 __all__ = ["Grant", "GrantState", "Lease", "LeaseHolder"]
 
@@ -39,12 +40,15 @@ class Grant:
     refresh_expires_at: float | None = None  # the provider's stated expiry of the current refresh token, if any
 
     def usable_until(self, skew: float) -> float | None:
-        """When the access token stops being served: expiry minus the skew.
+        """When the access token stops being served: expiry minus the skew (None: never, there is none or it is
+        not header-safe).
 
         The skew is capped at half the token's lifetime (counted from when it was stored), so a provider that
         issues very short-lived tokens still gets them used instead of refreshed on every call.
         """
         if self.access_token is None or self.expires_at is None:
+            return None
+        if not access_token_ok(self.access_token.reveal()):  # stored before tokens were checked: never serve it
             return None
         if self.updated_at is not None:
             skew = min(skew, max(0.0, (self.expires_at - self.updated_at) / 2))

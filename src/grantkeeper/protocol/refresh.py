@@ -8,6 +8,7 @@ the in-process lock, and release a lease the flow leaves behind.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Generator
 from dataclasses import dataclass
@@ -54,7 +55,7 @@ from grantkeeper.protocol.steps import (
 )
 from grantkeeper.stores.base import Claim, GenerationConflict, GrantUpdate
 from grantkeeper.tokens.request import build_refresh_request
-from grantkeeper.tokens.response import Malformed, OAuthFailure, Success, Transient, interpret
+from grantkeeper.tokens.response import Malformed, OAuthFailure, Success, Transient, interpret, refresh_token_ok
 from grantkeeper.tokens.transport import Ambiguous, NotSent
 
 __all__ = ["Refreshed", "refresh_flow"]
@@ -64,11 +65,17 @@ Flow = Generator[Step, Any, "Refreshed"]
 
 @dataclass(frozen=True, slots=True)
 class Refreshed:
-    """The flow's result: a grant with a usable access token, and whether it is only in recovery storage."""
+    """The flow's result: a grant with a usable access token, and whether it is only in recovery storage.
+
+    `issued`: the grant holds what this flow's own token request just obtained (not another worker's result), so
+    its access token may be handed to the caller that asked even if it lives less than the skew (it is served
+    once, never cached past its expiry, and never triggers a second refresh for the same caller).
+    """
 
     grant: Grant
     provider: Provider
     committed: bool = True
+    issued: bool = False
 
 
 def refresh_flow(
@@ -101,6 +108,8 @@ def refresh_flow(
         if claim.grant.state is GrantState.NEEDS_REAUTH:
             raise dead_grant_error(claim.grant)
         if claim.holder is None:  # nothing to do: usable, refreshed by another worker, or recovered
+            if claim.recovered:
+                yield _decision(claim.grant, "committed the successor kept in local recovery storage; nothing sent")
             return Refreshed(claim.grant, claim.provider)
         if seen is None:
             seen = claim.grant.generation  # the holder's commit will satisfy this forced refresh
@@ -152,6 +161,8 @@ def _spend(claim: Claim, *, worker: str, policy: RefreshPolicy, started: float, 
             started,
             report=_report(OutcomeClass.DEFERRED, prior_attempt=prior.id, prior_worker=prior.worker),
         )
+        yield _decision(grant, f"not re-sending the token attempt {prior.id} may have spent for another {wait:.0f} s "
+                               f"(worker {prior.worker} may still commit its successor)")  # fmt: skip
         raise LeaseTimeout(
             f"grant {grant.name!r}: attempt {prior.id} by worker {prior.worker} may have spent refresh token "
             f"{grant.refresh_fp}, and that worker may still hold the successor in its local recovery storage (it "
@@ -197,6 +208,7 @@ def _spend(claim: Claim, *, worker: str, policy: RefreshPolicy, started: float, 
             kind = OutcomeClass.AMBIGUOUS if maybe_spent else OutcomeClass.PROVIDER_UNAVAILABLE
             yield Finish(lease, attempt.id, state, result.reason, now, release=False,
                          report=_report(kind, latency=latency, reason=result.reason))  # fmt: skip
+            yield _attempt_line(grant, provider, attempt, f"{kind.value} ({result.reason})", latency)
             if maybe_spent:
                 if resent_ambiguous or now - started >= policy.deadline:
                     yield Release(lease)
@@ -219,13 +231,38 @@ def _spend(claim: Claim, *, worker: str, policy: RefreshPolicy, started: float, 
             answer = interpret(result, now)
             if isinstance(answer, Success):
                 update = _update(answer.token_set, grant, provider, sent_at, attempt)
-                return (yield from _commit(grant, provider, lease, attempt, update, worker=worker, latency=latency))
+                # A re-send answered with a successor may be a grace replay, whose access token some servers
+                # (django-oauth-toolkit) repeat from the first answer, expired or not: commit the successor,
+                # discard that access token, and get a fresh one with the successor (one more request).
+                verify = attempt.resend_of is not None and update.refresh_token is not None
+                if verify:
+                    update = dataclasses.replace(update, access_token=None, expires_at=None, access_verified=False)
+                done = yield from _commit(grant, provider, lease, attempt, update, worker=worker, latency=latency)
+                yield _attempt_line(grant, provider, attempt, _committed(done), latency, after=done.grant,
+                                    status=result.status)  # fmt: skip
+                if not verify or not done.committed or not done.issued:
+                    return done
+                yield _decision(done.grant, f"attempt {attempt.id} re-sent a possibly spent token and was answered "
+                                            "with a successor: its access token is not served on trust (a grace "
+                                            "replay may repeat an expired one); refreshing once more with the "
+                                            "successor")  # fmt: skip
+                return (yield from refresh_flow(grant.name, worker=worker, force=True, policy=policy,
+                                                seen_generation=done.grant.generation, actor=actor))  # fmt: skip
             if isinstance(answer, Malformed):
-                # A 200 we cannot read may still have rotated the token on the provider's side.
-                spent = AttemptState.AMBIGUOUS if answer.status == 200 else AttemptState.REJECTED
+                # A 2xx we cannot read may still have rotated the token on the provider's side.
+                spent = AttemptState.AMBIGUOUS if 200 <= answer.status < 300 else AttemptState.REJECTED
+                kept = _successor_only(answer, grant, sent_at)
+                if kept is not None:
+                    done = yield from _commit(grant, provider, lease, attempt, kept, worker=worker, latency=latency)
+                    yield _attempt_line(grant, provider, attempt, f"malformed_response ({answer.reason}); the new "
+                                        f"refresh token was {_committed(done)}, the access token discarded", latency,
+                                        after=done.grant, status=answer.status)  # fmt: skip
+                    raise _kept_successor_error(answer, grant, provider, done, attempt=attempt, worker=worker)
                 yield Finish(lease, attempt.id, spent, f"malformed_response: {answer.reason}", now,
                              report=_report(OutcomeClass.MALFORMED_RESPONSE, status=answer.status, latency=latency,
                                             reason=answer.reason))  # fmt: skip
+                yield _attempt_line(grant, provider, attempt, f"malformed_response ({answer.reason})", latency,
+                                    status=answer.status)  # fmt: skip
                 raise MalformedResponse(
                     f"provider {provider.name!r} answered the refresh of grant {grant.name!r} with HTTP "
                     f"{answer.status} that is not a usable token response: {answer.reason}. Nothing was stored"
@@ -247,6 +284,8 @@ def _spend(claim: Claim, *, worker: str, policy: RefreshPolicy, started: float, 
                         OutcomeClass(error.code), error=error, oauth=answer, latency=latency,
                         facts=_invalid_grant_facts(attempt, latest, resend, stale),
                     )  # fmt: skip
+                    yield _attempt_line(grant, provider, attempt, f"{error.code} (invalid_grant)", latency,
+                                        status=answer.status)  # fmt: skip
                     if isinstance(error, StaleLocalToken):
                         can_retry = stale_send is None and latest.state is GrantState.ACTIVE
                         yield Finish(lease, attempt.id, AttemptState.REJECTED, error.code, now, release=not can_retry,
@@ -263,6 +302,8 @@ def _spend(claim: Claim, *, worker: str, policy: RefreshPolicy, started: float, 
                     raise error
                 error = classify_other(answer, grant=grant, attempt=attempt, worker=worker)
                 report = _report(OutcomeClass(error.code), error=error, oauth=answer, latency=latency)
+                yield _attempt_line(grant, provider, attempt, f"{error.code} ({answer.error})", latency,
+                                    status=answer.status)  # fmt: skip
                 yield Finish(lease, attempt.id, AttemptState.REJECTED, f"{error.code}: {answer.error}", now,
                              report=report)  # fmt: skip
                 raise error
@@ -274,6 +315,8 @@ def _spend(claim: Claim, *, worker: str, policy: RefreshPolicy, started: float, 
             yield Finish(lease, attempt.id, AttemptState.REJECTED, failure_text, now, release=False,
                          report=_report(OutcomeClass.PROVIDER_UNAVAILABLE, status=answer.status, latency=latency,
                                         oauth_error=answer.error, retry_after=answer.retry_after))  # fmt: skip
+            yield _attempt_line(grant, provider, attempt, "provider_unavailable" + (
+                f" ({answer.error})" if answer.error else ""), latency, status=answer.status)  # fmt: skip
         # Transient and not spent: retry with backoff while tries and time remain.
         wait = policy.backoff(tries, retry_after)
         if tries >= policy.max_tries or now + wait - started > policy.deadline or wait > policy.lease_ttl / 2:
@@ -302,13 +345,87 @@ def _update(token_set: TokenSet, grant: Grant, provider: Provider, sent_at: floa
         access_token=token_set.access_token,
         expires_at=sent_at + expires_in,
         scopes=token_set.scope,
-        # A re-send inside a grace window may return an access token issued earlier with a fresh
-        # expires_in: serve it, but a 401 with it must invalidate it (I4).
+        # A re-send answered with a successor never gets here with its access token (see _spend); one answered
+        # without (a provider that did not rotate) is served, marked unverified so a 401 invalidates it (I4).
         access_verified=attempt.resend_of is None,
         refresh_expires_at=(
             sent_at + token_set.refresh_token_expires_in if token_set.refresh_token_expires_in is not None else None
         ),
     )
+
+
+def _successor_only(answer: Malformed, grant: Grant, sent_at: float) -> GrantUpdate | None:
+    """What to commit from a malformed answer: its new refresh token alone (the access token is discarded), or
+    None if it carries none, or only the token that was sent (nothing new to lose)."""
+    if answer.successor is None or answer.successor == grant.refresh_token:
+        return None
+    lifetime = answer.successor_expires_in
+    return GrantUpdate(
+        refresh_token=answer.successor, access_token=None, expires_at=None, scopes=None, access_verified=False,
+        refresh_expires_at=sent_at + lifetime if lifetime is not None else None,
+    )  # fmt: skip
+
+
+def _kept_successor_error(
+    answer: Malformed, grant: Grant, provider: Provider, done: Refreshed, *, attempt: Attempt, worker: str
+) -> MalformedResponse:
+    if not done.issued:
+        where = f"not stored: another worker committed first, and its generation {done.grant.generation} is current"
+    elif done.committed:
+        where = f"stored (generation {done.grant.generation})"
+    else:
+        where = "kept in local recovery storage and is committed when the store is writable again"
+    assert answer.successor is not None
+    odd = "" if refresh_token_ok(answer.successor.reveal()) else (
+        " It is outside RFC 6749 token syntax, so the provider may refuse it: if the next refresh fails with "
+        "invalid_grant, re-authorize the grant."
+    )  # fmt: skip
+    return MalformedResponse(
+        f"provider {provider.name!r} answered the refresh of grant {grant.name!r} with HTTP {answer.status} that is "
+        f"not a usable token response: {answer.reason}. The answer did carry a new refresh token, which was {where}, "
+        "because the provider has already rotated; the access token from that answer was discarded, never served, "
+        f"and the next refresh uses the new refresh token.{odd} If this repeats, check what sits between grantkeeper "
+        "and the token endpoint (a proxy rewriting answers) and the provider's status",
+        grant=grant.name, generation=done.grant.generation, attempt_id=attempt.id, fingerprint=done.grant.refresh_fp,
+        worker=worker,
+    )  # fmt: skip
+
+
+def _committed(done: Refreshed) -> str:
+    if not done.issued:
+        return "superseded (another worker committed this generation first)"
+    return "committed" if done.committed else "kept in local recovery storage (the store refused the commit)"
+
+
+def _attempt_line(
+    grant: Grant, provider: Provider, attempt: Attempt, outcome: str, latency: float, *, after: Grant | None = None,
+    status: int | None = None,
+) -> Log:  # fmt: skip
+    """The one INFO line per refresh attempt (`-v`): grant, provider, generations, fingerprints, latency, outcome."""
+    moved = after is not None and after.generation != grant.generation
+    generation = f"generation {grant.generation} -> {after.generation}" if moved and after else (
+        f"generation {grant.generation} unchanged")  # fmt: skip
+    refresh = f"refresh token {grant.refresh_fp}"
+    if after is not None and after.refresh_fp != grant.refresh_fp:
+        refresh += f" -> {after.refresh_fp}"
+    access = f", access token {after.access_fp}" if after is not None and after.access_fp else ""
+    http = f" (HTTP {status})" if status is not None else ""
+    evidence: dict[str, object] = {
+        "grant": grant.name, "provider": provider.name, "attempt_id": attempt.id, "generation": grant.generation,
+        "fingerprint": grant.refresh_fp, "latency": round(latency, 6), "outcome": outcome,
+    }  # fmt: skip
+    if after is not None:
+        evidence.update(new_generation=after.generation, new_fingerprint=after.refresh_fp, access_fp=after.access_fp)
+    return Log(logging.INFO, (
+        f"grant {grant.name!r} (provider {provider.name!r}): refresh attempt {attempt.id}{http} in {latency:.3f} s: "
+        f"{outcome}; {generation}, {refresh}{access}"
+    ), evidence)  # fmt: skip
+
+
+def _decision(grant: Grant, what: str) -> Log:
+    """The one INFO line per recovery decision (`-v`)."""
+    return Log(logging.INFO, f"grant {grant.name!r} (generation {grant.generation}): {what}",
+               {"grant": grant.name, "generation": grant.generation, "fingerprint": grant.refresh_fp})  # fmt: skip
 
 
 def _recent_reuse(recent: Attempt | None, stale_send: Attempt | None) -> tuple[Attempt | None, Attempt | None]:
@@ -375,9 +492,9 @@ def _commit(
             expires_at=update.expires_at, scopes=update.scopes or grant.scopes, generation=grant.generation + 1,
             state=GrantState.ACTIVE, access_verified=update.access_verified, updated_at=now,
         )  # fmt: skip
-        return Refreshed(pending, provider, committed=False)
+        return Refreshed(pending, provider, committed=False, issued=True)
     yield Failpoint("after_commit")
-    return Refreshed(committed, provider)
+    return Refreshed(committed, provider, issued=True)
 
 
 def _must_wait_to_adopt(claim: Claim, prior: Attempt, *, worker: str, policy: RefreshPolicy, now: float) -> bool:

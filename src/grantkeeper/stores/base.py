@@ -42,11 +42,13 @@ class LeaseLost(GrantkeeperError):
 
 @dataclass(frozen=True, slots=True)
 class GrantUpdate:
-    """What a committed refresh writes. ``refresh_token`` None keeps the current one."""
+    """What a committed refresh writes. ``refresh_token`` None keeps the current one. ``access_token`` None: the
+    answer's access token was unusable (a malformed answer, or a re-send's answer not served on trust), so the
+    grant has none until the next refresh; the successor refresh token is committed all the same (I1)."""
 
     refresh_token: Secret | None
-    access_token: Secret
-    expires_at: float
+    access_token: Secret | None
+    expires_at: float | None
     scopes: tuple[str, ...] | None
     access_verified: bool = True
     #: The provider returned the refresh token it was sent (`refresh_token` is then None): not rotated.

@@ -58,7 +58,7 @@ class RecoveryDir:
             "attempt_id": entry.attempt_id,
             "saved_at": entry.saved_at,
             "refresh_token": update.refresh_token.reveal() if update.refresh_token else None,
-            "access_token": update.access_token.reveal(),
+            "access_token": update.access_token.reveal() if update.access_token is not None else None,
             "expires_at": update.expires_at,
             "scopes": list(update.scopes) if update.scopes is not None else None,
             "access_verified": update.access_verified,
@@ -144,8 +144,8 @@ class RecoveryDir:
                 raise ValueError("grant name does not match the file name")
             update = GrantUpdate(
                 refresh_token=Secret(record["refresh_token"]) if record["refresh_token"] else None,
-                access_token=Secret(record["access_token"]),
-                expires_at=float(record["expires_at"]),
+                access_token=Secret(record["access_token"]) if record["access_token"] is not None else None,
+                expires_at=float(record["expires_at"]) if record["expires_at"] is not None else None,
                 scopes=tuple(record["scopes"]) if record["scopes"] is not None else None,
                 access_verified=bool(record["access_verified"]),
                 # Absent in files written before schema version 3.

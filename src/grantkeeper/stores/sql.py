@@ -748,7 +748,7 @@ class SQLStore:
         name = grant.name
         generation = grant.generation + 1 if generation is None else generation
         refresh_fp = self.fingerprint(update.refresh_token) if update.refresh_token else None
-        access_fp = self.fingerprint(update.access_token)
+        access_fp = self.fingerprint(update.access_token) if update.access_token is not None else None
         # Lifetime of the refresh token in force after this commit: a new one starts its own; a kept one keeps
         # its issue time, and its stated expiry unless the provider restated it.
         rotated = update.refresh_token is not None

@@ -903,8 +903,9 @@ class ProviderSimulator:
         previous_token = family.successor_access
         previous = self._access_tokens.get(previous_token) if previous_token is not None else None
         if self._grace_previous_access and previous_token is not None and previous is not None:
+            # As django-oauth-toolkit does: the same token with a fresh expires_in in the body, while the token itself
+            # keeps its first expiry (the resource server rejects it once that has passed).
             access = previous_token
-            previous.expires_at = now + self._access_ttl  # same token, fresh lifetime
             granted = previous.scope
         else:
             access = self._mint_access_locked(family, granted, now)

@@ -7,7 +7,11 @@ missing (taken as Bearer) or in any case; ``scope`` as a list; an empty ``refres
 form-encoded bodies; a 200 that carries ``error``; known aliases of ``invalid_grant`` (Slack
 ``invalid_refresh_token``, GitHub ``bad_refresh_token``).
 Strict where a guess could lose or corrupt a grant: anything else is `Malformed` with a reason that never
-quotes the body.
+quotes the body. Token values are checked against RFC 6749/6750 syntax (`access_token_ok`, `refresh_token_ok`)
+so that nothing a provider (or a proxy in front of it) sends can reach a header or a terminal.
+
+A `Malformed` 2xx answer still carries its refresh token (`Malformed.successor`) when that is an intact string:
+the provider has already rotated, so that token is the one piece of state that cannot be had again.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from urllib.parse import parse_qsl
 
 from grantkeeper._exceptions import sanitize_provider_text
 from grantkeeper._secrets import Secret
-from grantkeeper.model import TokenSet
+from grantkeeper.model.tokens import MAX_TOKEN_CHARS, TokenSet, access_token_ok, refresh_token_ok
 
 __all__ = [
     "MAX_BODY_BYTES",
@@ -35,10 +39,12 @@ __all__ = [
     "OAuthFailure",
     "Success",
     "Transient",
+    "access_token_ok",
     "as_number",
     "decode_object",
     "interpret",
     "parse_retry_after",
+    "refresh_token_ok",
 ]
 
 MAX_BODY_BYTES = 256 * 1024
@@ -86,8 +92,13 @@ class Transient:
 
 @dataclass(frozen=True, slots=True)
 class Malformed:
+    """Not a usable token response. `successor`: the intact new refresh token a 2xx body carried anyway (to be
+    committed: the provider has already rotated); `successor_expires_in`: its stated lifetime, if any."""
+
     reason: str
     status: int
+    successor: Secret | None = None
+    successor_expires_in: float | None = None
 
 
 Interpretation: TypeAlias = Success | OAuthFailure | Transient | Malformed
@@ -138,6 +149,19 @@ def as_number(value: object) -> float | None:
     return None
 
 
+def _intact(value: object) -> str | None:
+    """A refresh token worth keeping even from a broken answer: a non-blank string that can be stored and sent
+    (encodable, bounded). Characters outside RFC 6749 syntax do not disqualify it: it only travels form-encoded,
+    and throwing it away would lose a grant the provider has already rotated."""
+    if not isinstance(value, str) or not value.strip() or len(value) > MAX_TOKEN_CHARS:
+        return None
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate from a JSON escape: cannot be stored or sent
+        return None
+    return value
+
+
 def _jwt_lifetime(token: str, now: float) -> float | None:
     """Seconds until the ``exp`` claim of a JWT access token; None if it is not a JWT with a numeric exp.
 
@@ -166,6 +190,8 @@ def _scope(value: object) -> tuple[str, ...] | bool | None:
 
 
 def interpret(reply: HttpReply, now: float) -> Interpretation:
+    """What `reply` means. Only a 200 can be a `Success`; any 2xx that is not one is `Malformed`, keeping the
+    successor refresh token it carries."""
     status = reply.status
     if reply.truncated:
         return Malformed(f"response body larger than {MAX_BODY_BYTES} bytes", status)
@@ -185,42 +211,61 @@ def interpret(reply: HttpReply, now: float) -> Interpretation:
         return OAuthFailure(code, sanitize_provider_text(data.get("error_description") or ""), status)
     if status == 429 or status >= 500 or status == 408:
         return Transient(status, None, retry_after)
-    if status != 200:
+    if not 200 <= status < 300:
         return Malformed(f"HTTP {status} without an OAuth error body", status)
     if data is None:
         return Malformed("body is not a JSON object", status)
-    access = data.get("access_token")
-    if not isinstance(access, str) or not access:
-        return Malformed("no access_token string in the response", status)
-    token_type = data.get("token_type", "Bearer")
-    if not isinstance(token_type, str) or token_type.lower() != "bearer":
-        return Malformed(f"token_type {sanitize_provider_text(token_type, 20)!r} is not Bearer", status)
-    expires_in: float | None = None
-    if data.get("expires_in") is not None:
-        expires_in = as_number(data["expires_in"])
-        if expires_in is None:
-            return Malformed("expires_in is not a non-negative number", status)
-        expires_in = min(expires_in, MAX_EXPIRES_IN)
-    else:
-        expires_in = _jwt_lifetime(access, now)
-    refresh = data.get("refresh_token")
-    if refresh is not None and not isinstance(refresh, str):
-        return Malformed("refresh_token is not a string", status)
-    scope = _scope(data.get("scope"))
-    if scope is False:
-        return Malformed("scope is neither a string nor a list of strings", status)
-    id_token = data.get("id_token")
-    if id_token is not None and not isinstance(id_token, str):
-        return Malformed("id_token is not a string", status)
+    rt_value = data.get("refresh_token")
     rt_expires = data.get("refresh_token_expires_in", data.get("x_refresh_token_expires_in"))
+    rt_lifetime = as_number(rt_expires) if rt_expires is not None else None
+    successor = _intact(rt_value) if rt_value != "" else None
+    refused = _refusal(data, successor) if status == 200 else f"HTTP {status} instead of 200 for a token response"
+    if refused is not None:
+        return Malformed(refused, status, Secret(successor) if successor else None, rt_lifetime)
+    access = data["access_token"]
+    assert isinstance(access, str)
+    expires_in = as_number(data["expires_in"]) if data.get("expires_in") is not None else _jwt_lifetime(access, now)
+    scope = _scope(data.get("scope"))
+    id_token = data.get("id_token")
     return Success(
         TokenSet(
             access_token=Secret(access),
             token_type="Bearer",
-            expires_in=expires_in,
-            refresh_token=Secret(refresh) if refresh else None,
+            expires_in=None if expires_in is None else min(expires_in, MAX_EXPIRES_IN),
+            refresh_token=Secret(successor) if successor else None,
             scope=scope if isinstance(scope, tuple) else None,
-            id_token=Secret(id_token) if id_token else None,
-            refresh_token_expires_in=as_number(rt_expires) if rt_expires is not None else None,
+            id_token=Secret(id_token) if isinstance(id_token, str) and id_token else None,
+            refresh_token_expires_in=rt_lifetime,
         )
     )
+
+
+def _refusal(data: dict[str, object], successor: str | None) -> str | None:
+    """Why a 200 body is not a usable token response (None if it is). Never quotes a value."""
+    access = data.get("access_token")
+    if not isinstance(access, str) or not access:
+        return "no access_token string in the response"
+    if not access_token_ok(access):
+        return (
+            "access_token contains characters outside RFC 6750 token syntax (control characters, spaces or "
+            f"non-ASCII) or is longer than {MAX_TOKEN_CHARS} characters; it was discarded, never served"
+        )
+    token_type = data.get("token_type", "Bearer")
+    if not isinstance(token_type, str) or token_type.lower() != "bearer":
+        return f"token_type {sanitize_provider_text(token_type, 20)!r} is not Bearer"
+    if data.get("expires_in") is not None and as_number(data["expires_in"]) is None:
+        return "expires_in is not a non-negative number"
+    refresh = data.get("refresh_token")
+    if refresh is not None and not isinstance(refresh, str):
+        return "refresh_token is not a string"
+    if isinstance(refresh, str) and refresh:
+        if successor is None:
+            return f"refresh_token is blank, longer than {MAX_TOKEN_CHARS} characters or not encodable"
+        if not refresh_token_ok(refresh):
+            return "refresh_token contains characters outside RFC 6749 token syntax (control characters or non-ASCII)"
+    if _scope(data.get("scope")) is False:
+        return "scope is neither a string nor a list of strings"
+    id_token = data.get("id_token")
+    if id_token is not None and not isinstance(id_token, str):
+        return "id_token is not a string"
+    return None
