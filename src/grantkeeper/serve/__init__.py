@@ -27,6 +27,5 @@ def require_extra() -> None:
     missing = [m for m in EXTRA_MODULES if importlib.util.find_spec(m) is None]
     if missing:
         raise ConfigurationError(
-            f"'grantkeeper serve' needs {', '.join(missing)}, which are not installed: "
-            "pip install 'grantkeeper[serve]'"
+            f"'grantkeeper serve' needs {', '.join(missing)}, which are not installed: pip install 'grantkeeper[serve]'"
         )

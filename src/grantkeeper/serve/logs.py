@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import IO, Any
+from typing import Any, TextIO
 
 import structlog
 
@@ -32,7 +32,7 @@ def _chain() -> list[Any]:
     ]
 
 
-def configure_logging(level: str = "info", *, stream: IO[str] | None = None) -> None:
+def configure_logging(level: str = "info", *, stream: TextIO | None = None) -> None:
     """Send the broker's, grantkeeper's and uvicorn's logs to `stream` (stderr) as redacted JSON lines."""
     out = stream or sys.stderr
     numeric = getattr(logging, level.upper())
