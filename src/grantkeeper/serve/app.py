@@ -20,7 +20,7 @@ from grantkeeper import __version__
 from grantkeeper._exceptions import GrantkeeperError, sanitize_provider_text
 from grantkeeper.serve import routes_grants, routes_health
 from grantkeeper.serve.broker import Broker
-from grantkeeper.serve.errors import ServeError, problem, problem_for
+from grantkeeper.serve.errors import ServeError, conceal, problem, problem_for
 from grantkeeper.serve.logs import get_logger
 
 __all__ = ["create_app"]
@@ -67,7 +67,7 @@ def create_app(broker: Broker) -> FastAPI:
 
     @app.exception_handler(Exception)
     async def on_bug(request: Request, exc: Exception) -> Response:
-        log.error("unexpected error", error=type(exc).__name__, path=request.url.path)
+        log.error("unexpected error", error=type(exc).__name__, path=conceal(request.url.path))
         answer = problem(500, "internal", f"unexpected {type(exc).__name__}: a bug in grantkeeper serve; see its log")
         return _respond(request, answer, "internal")
 
@@ -89,8 +89,8 @@ def create_app(broker: Broker) -> FastAPI:
             broker.audit.add(caller or "-", action, getattr(state, "grant", None), response.status_code,
                              fingerprint=getattr(state, "fingerprint", None),
                              generation=getattr(state, "generation", None), detail=outcome)  # fmt: skip
-        log.info("request", method=request.method, path=request.url.path, route=route, status=response.status_code,
-                 api_key=caller, outcome=outcome, ms=round(elapsed * 1000, 1))  # fmt: skip
+        log.info("request", method=request.method, path=conceal(request.url.path), route=route,
+                 status=response.status_code, api_key=caller, outcome=outcome, ms=round(elapsed * 1000, 1))  # fmt: skip
         return response
 
     return app

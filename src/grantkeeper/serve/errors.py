@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 from grantkeeper._exceptions import GrantkeeperError, TransientError
+from grantkeeper.redact import scrub_text
 
-__all__ = ["DOCTOR_CLASS", "PROBLEM_TYPE", "STATUS", "ServeError", "problem", "problem_for", "status_for"]
+__all__ = ["DOCTOR_CLASS", "PROBLEM_TYPE", "STATUS", "ServeError", "conceal", "problem", "problem_for", "status_for"]
 
 PROBLEM_TYPE = "https://grantkeeper.dev/problems/"
 MEDIA_TYPE = "application/problem+json"
@@ -74,6 +76,23 @@ DOCTOR_CLASS: dict[str, str] = {
 #: Seconds to suggest in Retry-After when a transient error does not know better.
 DEFAULT_RETRY_AFTER = 1
 
+# A run of token characters long enough to be a credential, with both upper- and lower-case letters (random
+# base64url always has both; grant names rarely do).
+_CREDENTIAL_LIKE = re.compile(r"[A-Za-z0-9\-_.~+/=]{24,}")
+
+
+def _concealed(match: re.Match[str]) -> str:
+    run = match.group(0)
+    return "[redacted]" if any(c.isupper() for c in run) and any(c.islower() for c in run) else run
+
+
+def conceal(text: str) -> str:
+    """`text` with live secrets (`scrub_text`) and credential-like runs cut out: for what a caller put in a path,
+    where a grant name goes, before it is echoed in an answer, a log line or the audit trail (I6: a client may put
+    a token where it does not belong, and the keeper may no longer hold it)."""
+    return _CREDENTIAL_LIKE.sub(_concealed, scrub_text(text))
+
+
 _TITLES = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
            409: "Conflict", 422: "Unprocessable Content", 429: "Too Many Requests", 500: "Internal Server Error",
            502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}  # fmt: skip
@@ -100,12 +119,13 @@ def problem(
     evidence: dict[str, Any] | None = None, headers: dict[str, str] | None = None,
 ) -> tuple[int, bytes, dict[str, str]]:  # fmt: skip
     """(status, body, headers) of one problem answer."""
+    # Scrubbed although messages hold no token (I6): a caller may have put one where a grant name goes.
     body: dict[str, Any] = {"type": PROBLEM_TYPE + code, "title": _TITLES.get(status, "Error"), "status": status,
-                            "detail": detail, "code": code, "doctor_class": doctor_class}  # fmt: skip
+                            "detail": conceal(detail), "code": code, "doctor_class": doctor_class}  # fmt: skip
     if grant is not None:
-        body["grant"] = grant
+        body["grant"] = conceal(grant)
     if evidence:
-        body["evidence"] = evidence
+        body["evidence"] = json.loads(conceal(json.dumps(evidence, default=str)))
     return status, json.dumps(body, default=str).encode(), {"content-type": MEDIA_TYPE, **(headers or {})}
 
 

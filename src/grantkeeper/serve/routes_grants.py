@@ -13,6 +13,7 @@ from grantkeeper.cli._render import grant_record
 from grantkeeper.cli.diagnose import attempt_dict
 from grantkeeper.serve.auth import Caller
 from grantkeeper.serve.broker import Broker
+from grantkeeper.serve.errors import conceal
 from grantkeeper.serve.models import (
     GrantSummary,
     Problem,
@@ -43,7 +44,7 @@ def grant_access(scope: str, action: str | None = None) -> Any:
     """A dependency: the caller, authenticated, rate-limited and allowed `scope` on the path's grant."""
 
     async def dependency(request: Request, name: GrantName) -> Caller:
-        request.state.grant = name
+        request.state.grant = conceal(name)
         request.state.action = action
         broker = broker_of(request)
         caller = await broker.auth.caller(request)
