@@ -49,6 +49,8 @@ def test_no_canary_escapes_the_broker(tmp_path: Path, canary_sim: CanarySimulato
             assert served.status_code == 200
             tokens.append(served.json()["access_token"])
             captures.append(("token route headers", repr(served.headers)))
+            # The one token this answer may hold is its access token: never a refresh token, nor another.
+            captures.append(("token route body without its access token", served.text.replace(tokens[-1], "")))
             keep(f"refresh {round_}", http.post("/v1/grants/acme-1/refresh"))
             keep(f"rejected {round_}", http.post("/v1/grants/acme-1/rejected", json={"access_token": tokens[-1]}))
         for path in ("/v1/grants", "/v1/grants/acme-1", "/v1/grants/acme-1/doctor", "/v1/grants/acme-1/history",

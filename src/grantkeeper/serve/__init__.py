@@ -12,7 +12,7 @@ FastAPI nor uvicorn); `require_extra` says what to install for the rest.
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 
 from grantkeeper._exceptions import ConfigurationError
 
@@ -24,7 +24,12 @@ EXTRA_MODULES = ("fastapi", "uvicorn", "prometheus_client", "structlog")
 
 def require_extra() -> None:
     """Raise a ConfigurationError naming the extra to install if a module `serve` needs is missing."""
-    missing = [m for m in EXTRA_MODULES if importlib.util.find_spec(m) is None]
+    missing = []
+    for module in EXTRA_MODULES:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(module)
     if missing:
         raise ConfigurationError(
             f"'grantkeeper serve' needs {', '.join(missing)}, which are not installed: pip install 'grantkeeper[serve]'"
