@@ -100,6 +100,22 @@ def serve_command(store_url: str, *args: str) -> list[str]:
     return [sys.executable, "-m", "grantkeeper", "--store", store_url, "serve", *args]
 
 
+def launch(argv: list[str], *, env: dict[str, str] | None = None, wait: bool = True) -> ServeProcess:
+    """Start `argv` (a ``grantkeeper ... serve`` command line) with `env` over this process's environment; with
+    `wait`, return once it logs ``listening`` (its URL in `ServeProcess.url`)."""
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, **(env or {})})  # fmt: skip
+    server = ServeProcess(proc)
+    server.start_reading()
+    if wait:
+        try:
+            server.url = str(server.wait_for_event("listening")["url"])
+        except AssertionError:
+            server.terminate()
+            raise
+    return server
+
+
 @pytest.fixture
 def serve_process() -> Iterator[Callable[..., ServeProcess]]:
     started: list[ServeProcess] = []
@@ -107,13 +123,8 @@ def serve_process() -> Iterator[Callable[..., ServeProcess]]:
     def start(store_url: str, *args: str, env: dict[str, str] | None = None, wait: bool = True) -> ServeProcess:
         if "--port" not in args:
             args = (*args, "--port", "0")
-        proc = subprocess.Popen(serve_command(store_url, *args), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})  # fmt: skip
-        server = ServeProcess(proc)
-        server.start_reading()
+        server = launch(serve_command(store_url, *args), env=env, wait=wait)
         started.append(server)
-        if wait:
-            server.url = str(server.wait_for_event("listening")["url"])
         return server
 
     yield start

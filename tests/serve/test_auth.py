@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from grantkeeper.stores import open_store
 from grantkeeper.stores.access import SCOPES, check_pattern, grant_matches
 from tests.helpers import setup_grant
-from tests.serve.conftest import ServeProcess, make_key
+from tests.serve.conftest import ServeProcess, launch, make_key, serve_command
 
 ALL_SCOPES = "token,refresh,proxy,read,metrics"
 
@@ -62,11 +62,6 @@ class World:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    import os
-    import signal
-    import subprocess
-    import sys
-
     from grantkeeper.testing.simulator import ProviderSimulator
 
     tmp = tmp_path_factory.mktemp("auth")
@@ -87,22 +82,13 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     store = open_store(store_url)
     store.revoke_api_key("revoked", now=time.time())
     store.close()
-    # The module-scoped server: the env of the test session's autouse fixture is not in place at module scope.
-    env = {**os.environ, "GRANTKEEPER_SERVE_RATE": "0"}
-    env.pop("GRANTKEEPER_KEY", None)
-    proc = subprocess.Popen([sys.executable, "-m", "grantkeeper", "--store", store_url, "serve", "--port", "0"],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env=env)  # fmt: skip
-    server = ServeProcess(proc)
-    server.start_reading()
+    # Module-scoped: the session's autouse fixture has not cleared the environment at this scope.
+    server = launch(serve_command(store_url, "--port", "0"), env={"GRANTKEEPER_SERVE_RATE": "0", "GRANTKEEPER_KEY": ""})
     try:
-        server.url = str(server.wait_for_event("listening")["url"])
         with server.client(keys["good"]) as http:  # a live access token that a refusal could leak
             assert http.get("/v1/grants/acme-1/token").status_code == 200
         yield World(store_url, sim, server, keys)
     finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
         server.terminate()
         sim.stop()
 

@@ -22,7 +22,7 @@ from grantkeeper.serve.config import load_config
 from grantkeeper.stores import open_store
 from grantkeeper.testing import Delay
 from tests.helpers import setup_grant
-from tests.serve.conftest import ServeProcess, make_key, serve_command
+from tests.serve.conftest import ServeProcess, launch, make_key, serve_command
 
 Start = Callable[..., ServeProcess]
 
@@ -182,13 +182,8 @@ def test_config_file_env_overrides_and_inline_secrets(serve_store: str, grant_on
                     '[logging]\nlevel = "warning"\n[scheduler]\ninterval = "1m"\n')  # fmt: skip
     key = make_key(serve_store, "ci")
     env = {"GRANTKEEPER_STORE": "", "GRANTKEEPER_SERVE_PORT": "0", "GRANTKEEPER_SERVE_LOG_LEVEL": "info"}
-    proc = subprocess.Popen([sys.executable, "-m", "grantkeeper", "serve", "--config", str(good)],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **env})  # fmt: skip
-    server = ServeProcess(proc)
-    server.start_reading()
-    try:
-        server.url = str(server.wait_for_event("listening")["url"])  # logged at info: the env beat the file
+    server = launch([sys.executable, "-m", "grantkeeper", "serve", "--config", str(good)], env=env)
+    try:  # it logged "listening" at info: the environment beat the file's "warning"
         with server.client(key) as http:
             assert http.get("/v1/grants/acme-1/token").status_code == 200  # the store from url_file
             limited = http.get("/v1/grants/acme-1/token")  # burst 1 at 0.5/s: the second is over the limit

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 
 import pytest
@@ -16,7 +12,7 @@ from schemathesis import checks
 
 from grantkeeper.testing.simulator import ProviderSimulator
 from tests.helpers import setup_grant
-from tests.serve.conftest import ServeProcess, make_key
+from tests.serve.conftest import ServeProcess, launch, make_key, serve_command
 
 pytestmark = pytest.mark.slow
 
@@ -29,19 +25,10 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServeProc
     sim.start()
     setup_grant(store_url, sim, grant="acme-1")
     key = make_key(store_url, "fuzz", grants="*", scopes="token,refresh,read,metrics")
-    env = {**os.environ, "GRANTKEEPER_SERVE_RATE": "0", "GRANTKEEPER_SERVE_LOG_LEVEL": "warning"}
-    env.pop("GRANTKEEPER_KEY", None)
-    proc = subprocess.Popen([sys.executable, "-m", "grantkeeper", "--store", store_url, "serve", "--port", "0"],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env={**env, "GRANTKEEPER_SERVE_LOG_LEVEL": "info"})  # fmt: skip
-    server = ServeProcess(proc)
-    server.start_reading()
+    server = launch(serve_command(store_url, "--port", "0"), env={"GRANTKEEPER_SERVE_RATE": "0", "GRANTKEEPER_KEY": ""})
     try:
-        server.url = str(server.wait_for_event("listening")["url"])
         yield server, key
     finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
         server.terminate()
         sim.stop()
 
