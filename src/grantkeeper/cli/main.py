@@ -63,9 +63,8 @@ class GrantkeeperGroup(HelpGroup):
     """The root command. Its `main` wraps Click's and is the one boundary where errors become exit codes."""
 
     sections = (
-        ("Set up", ("provider", "connect", "grant")),
-        ("Use", ("token", "status", "refresh", "keepalive")),
-        ("Serve over HTTP", ("serve", "apikey")),
+        ("Set up", ("provider", "connect", "grant", "apikey")),
+        ("Use", ("token", "status", "refresh", "keepalive", "serve")),
         ("Diagnose", ("doctor", "history", "demo")),
         ("Move and maintain", ("export", "import", "keys", "migrate", "completion")),
     )
