@@ -42,5 +42,8 @@ def test_the_api_against_dot(serve_store: str, dot_server: DotFactory, serve_pro
         assert [a["outcome_class"] for a in history] == ["committed"] * 3
         assert all(a["rotated"] for a in history)  # DOT rotated every time; each successor was kept
         assert http.get("/v1/grants/dot-1/doctor").json()["cause"] == "healthy"
+        status = http.get("/v1/grants/dot-1").json()
+        assert (status["generation"], status["access_fp"]) == (third["generation"], third["fingerprint"])
+        assert [g["name"] for g in http.get("/v1/grants").json()] == ["dot-1"]
         # The original refresh token was spent and rotated away: DOT refuses it now, the broker never re-sent it.
     assert server.refresh_directly(authorized.refresh_token).status_code == 400

@@ -88,7 +88,8 @@ def create_app(broker: Broker) -> FastAPI:
         if action is not None:
             broker.audit.add(caller or "-", action, getattr(state, "grant", None), response.status_code,
                              fingerprint=getattr(state, "fingerprint", None),
-                             generation=getattr(state, "generation", None), detail=outcome)  # fmt: skip
+                             generation=getattr(state, "generation", None),
+                             detail=getattr(state, "detail", None) or outcome)  # fmt: skip
         log.info("request", method=request.method, path=conceal(request.url.path), route=route,
                  status=response.status_code, api_key=caller, outcome=outcome, ms=round(elapsed * 1000, 1))  # fmt: skip
         return response

@@ -23,13 +23,14 @@ from grantkeeper.serve.models import (
     TokenResponse,
 )
 
-__all__ = ["GrantName", "broker_of", "grant_access", "router"]
+__all__ = ["AUTH_PROBLEMS", "PROBLEM", "GrantName", "access", "broker_of", "grant_access", "router"]
 
 GrantName = Annotated[str, Path(min_length=1, max_length=200, description="The grant's name.")]
-_PROBLEM = {"model": Problem, "content": {"application/problem+json": {}}}
-_AUTH_PROBLEMS: dict[int | str, dict[str, Any]] = {401: _PROBLEM, 403: _PROBLEM, 429: _PROBLEM, 503: _PROBLEM}
-_GRANT_PROBLEMS: dict[int | str, dict[str, Any]] = {**_AUTH_PROBLEMS, 404: _PROBLEM, 409: _PROBLEM, 500: _PROBLEM,
-                                                    502: _PROBLEM, 504: _PROBLEM}  # fmt: skip
+#: How /openapi.json describes problem answers.
+PROBLEM: dict[str, Any] = {"model": Problem, "content": {"application/problem+json": {}}}
+AUTH_PROBLEMS: dict[int | str, dict[str, Any]] = {401: PROBLEM, 403: PROBLEM, 429: PROBLEM, 503: PROBLEM}
+_GRANT_PROBLEMS: dict[int | str, dict[str, Any]] = {**AUTH_PROBLEMS, 404: PROBLEM, 409: PROBLEM, 500: PROBLEM,
+                                                    502: PROBLEM, 504: PROBLEM}  # fmt: skip
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 router = APIRouter(prefix="/v1")
@@ -41,7 +42,9 @@ def broker_of(request: Request) -> Broker:
 
 
 def grant_access(scope: str, action: str | None = None) -> Any:
-    """A dependency: the caller, authenticated, rate-limited and allowed `scope` on the path's grant."""
+    """A dependency: the caller, authenticated, rate-limited and allowed `scope` on the path's grant. With
+    `action`, the request goes into the audit trail under that name (a route may set ``request.state.detail``,
+    e.g. what it proxied, and ``fingerprint``/``generation`` of the token it used)."""
 
     async def dependency(request: Request, name: GrantName) -> Caller:
         request.state.grant = conceal(name)
@@ -68,7 +71,7 @@ def access(scope: str) -> Any:
     return Depends(dependency)
 
 
-@router.get("/grants/{name}/token", response_model=TokenResponse, responses=_GRANT_PROBLEMS | {422: _PROBLEM})
+@router.get("/grants/{name}/token", response_model=TokenResponse, responses=_GRANT_PROBLEMS | {422: PROBLEM})
 async def get_token(
     request: Request, name: GrantName, _caller: Annotated[Caller, grant_access("token", "token")],
     min_valid: Annotated[float | None, Query(ge=0, le=31_536_000, description="Seconds the token must stay valid; "
@@ -115,7 +118,7 @@ async def post_rejected(
     return RejectedResponse(name=name, invalidated=invalidated)
 
 
-@router.get("/grants", response_model=list[GrantSummary], responses=_AUTH_PROBLEMS)
+@router.get("/grants", response_model=list[GrantSummary], responses=AUTH_PROBLEMS)
 async def list_grants(request: Request, caller: Annotated[Caller, access("read")]) -> list[dict[str, Any]]:
     """The grants this caller may reach (names, states, fingerprints). Scope: read."""
     grants = await broker_of(request).keeper.grants()

@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from grantkeeper.serve.auth import Caller
 from grantkeeper.serve.metrics import EXPIRING_WINDOW
-from grantkeeper.serve.models import Problem, Readiness
-from grantkeeper.serve.routes_grants import access, broker_of
+from grantkeeper.serve.models import Readiness
+from grantkeeper.serve.routes_grants import AUTH_PROBLEMS, access, broker_of
 
 __all__ = ["router"]
 
 router = APIRouter()
-_PROBLEM = {"model": Problem, "content": {"application/problem+json": {}}}
-_AUTH_PROBLEMS: dict[int | str, dict[str, Any]] = {401: _PROBLEM, 403: _PROBLEM, 429: _PROBLEM, 503: _PROBLEM}
 
 
 @router.get("/livez")
@@ -34,7 +32,7 @@ async def readyz(request: Request) -> JSONResponse:
     return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 
 
-@router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}, **_AUTH_PROBLEMS})
+@router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}, **AUTH_PROBLEMS})
 async def metrics(request: Request, _caller: Annotated[Caller, access("metrics")]) -> Response:
     """Prometheus text exposition of this instance's metrics (docs/serve.md lists them). Scope: metrics."""
     broker = broker_of(request)
