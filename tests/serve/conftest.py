@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -130,6 +131,17 @@ def serve_process() -> Iterator[Callable[..., ServeProcess]]:
     yield start
     for server in started:
         server.terminate()
+
+
+def metric_sample(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in Prometheus text format (labels in any order)."""
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', line[: line.rindex("}")] if line.startswith(name + "{") else ""))
+        if found == labels:
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no sample {name}{labels} in:\n{text}")
 
 
 def make_key(store_url: str, name: str, *, grants: str = "*", scopes: str = "token,read",

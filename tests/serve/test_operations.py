@@ -22,20 +22,9 @@ from grantkeeper.serve.config import load_config
 from grantkeeper.stores import open_store
 from grantkeeper.testing import Delay
 from tests.helpers import setup_grant
-from tests.serve.conftest import ServeProcess, launch, make_key, serve_command
+from tests.serve.conftest import ServeProcess, launch, make_key, metric_sample, serve_command
 
 Start = Callable[..., ServeProcess]
-
-
-def _sample(text: str, name: str, **labels: str) -> float:
-    """The value of one sample in Prometheus text format (labels in any order)."""
-    for line in text.splitlines():
-        if not line.startswith(name + "{") and not line.startswith(name + " "):
-            continue
-        found = dict(re.findall(r'(\w+)="([^"]*)"', line[: line.rindex("}")] if line.startswith(name + "{") else ""))
-        if found == labels:
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"no sample {name}{labels} in:\n{text}")
 
 
 def test_metrics_count_refreshes_requests_and_grants_without_naming_grants(
@@ -51,15 +40,15 @@ def test_metrics_count_refreshes_requests_and_grants_without_naming_grants(
         http.post("/v1/grants/secret-project-grant/refresh")
         http.get("/v1/grants/nope/token")
         text = http.get("/metrics").text
-    assert _sample(text, "grantkeeper_refreshes_total", provider="sim", outcome="committed") == 2
-    assert _sample(text, "grantkeeper_refresh_duration_seconds_count", provider="sim") == 2
-    assert _sample(text, "grantkeeper_token_requests_total", outcome="served") == 2
-    assert _sample(text, "grantkeeper_token_requests_total", outcome="unknown_grant") == 1
-    assert _sample(text, "grantkeeper_grants", state="active") == 1
-    assert _sample(text, "grantkeeper_grants_refresh_ending_soon") == 0
-    assert _sample(text, "grantkeeper_api_requests_total", api_key="scraper", route="/v1/grants/{name}/token",
+    assert metric_sample(text, "grantkeeper_refreshes_total", provider="sim", outcome="committed") == 2
+    assert metric_sample(text, "grantkeeper_refresh_duration_seconds_count", provider="sim") == 2
+    assert metric_sample(text, "grantkeeper_token_requests_total", outcome="served") == 2
+    assert metric_sample(text, "grantkeeper_token_requests_total", outcome="unknown_grant") == 1
+    assert metric_sample(text, "grantkeeper_grants", state="active") == 1
+    assert metric_sample(text, "grantkeeper_grants_refresh_ending_soon") == 0
+    assert metric_sample(text, "grantkeeper_api_requests_total", api_key="scraper", route="/v1/grants/{name}/token",
                    status="200") == 2  # fmt: skip
-    assert _sample(text, "grantkeeper_webhook_deliveries_total", outcome="delivered") == 0
+    assert metric_sample(text, "grantkeeper_webhook_deliveries_total", outcome="delivered") == 0
     assert "secret-project-grant" not in text and token["fingerprint"] not in text
     assert token["access_token"][:8] not in text
 
