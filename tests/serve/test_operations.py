@@ -236,3 +236,45 @@ def test_apikey_commands(serve_store: str, grant_on_sim: tuple[str, object]) -> 
     finally:
         store.close()
     assert key.split("_", 2)[2].encode() not in stored
+
+
+def test_a_stale_unix_socket_is_replaced_a_live_one_refused(grant_on_sim: tuple[str, object], serve_process: Start,
+                                                            tmp_path: Path) -> None:  # fmt: skip
+    import socket
+
+    store_url, _ = grant_on_sim
+    path = tmp_path / "serve.sock"
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(path))
+    stale.close()  # what a SIGKILLed instance leaves behind: a socket file nobody listens on
+    server = serve_process(store_url, "--unix", str(path))
+    with httpx.Client(transport=httpx.HTTPTransport(uds=str(path)), base_url="http://serve", timeout=30) as local:
+        assert local.get("/livez").status_code == 200
+    second = serve_process(store_url, "--unix", str(path), wait=False)
+    assert second.proc.wait(60) == 3
+    assert "in use by another running process" in second.log_text()
+    not_a_socket = tmp_path / "file"
+    not_a_socket.write_text("keep me")
+    third = serve_process(store_url, "--unix", str(not_a_socket), wait=False)
+    assert third.proc.wait(60) == 3 and not_a_socket.read_text() == "keep me"
+    assert server.proc.poll() is None
+
+
+def test_the_key_can_come_from_a_key_file_named_in_the_config(grant_on_sim: tuple[str, object], serve_process: Start,
+                                                               tmp_path: Path) -> None:  # fmt: skip
+    store_url, _ = grant_on_sim
+    key = make_key(store_url, "ci")
+    store_file = Path(store_url.removeprefix("sqlite://"))
+    secret_dir = tmp_path / "secrets"
+    secret_dir.mkdir()
+    key_file = secret_dir / "grantkeeper-key"
+    store_file.with_name(store_file.name + ".key").rename(key_file)  # no key beside the store any more
+    key_file.chmod(0o600)
+    config = tmp_path / "grantkeeper.toml"
+    config.write_text(f'[store]\nkey_file = "{key_file}"\n')
+    server = serve_process(store_url, "--config", str(config))
+    with server.client(key) as http:
+        assert http.get("/v1/grants/acme-1/token").status_code == 200
+    key_file.chmod(0o644)  # readable by others: refused, as key files are
+    refused = _run_serve(store_url, "--config", str(config))
+    assert refused.returncode == 3 and "grantkeeper-key" in refused.stderr
