@@ -278,3 +278,26 @@ def test_the_key_can_come_from_a_key_file_named_in_the_config(grant_on_sim: tupl
     key_file.chmod(0o644)  # readable by others: refused, as key files are
     refused = _run_serve(store_url, "--config", str(config))
     assert refused.returncode == 3 and "grantkeeper-key" in refused.stderr
+
+
+def test_a_credential_like_grant_name_is_shown_when_served_and_concealed_when_refused(
+    serve_store: str, make_sim: Callable[..., object], serve_process: Start
+) -> None:
+    name = "AcmeCorpProductionEuropeWest1"  # 29 token characters, both cases: looks like a credential
+    sim = make_sim()
+    setup_grant(serve_store, sim, grant=name)
+    key = make_key(serve_store, "ci", grants="Acme*")
+    server = serve_process(serve_store)
+    with server.client(key) as http:
+        assert http.get(f"/v1/grants/{name}/token").status_code == 200
+        refused = http.get(f"/v1/grants/{name}X/token")
+    assert refused.status_code == 404 and name not in refused.text and "[redacted]" in refused.text
+    server.terminate()
+    store = open_store(serve_store)
+    try:
+        trail = store.list_audit()
+    finally:
+        store.close()
+    assert [(e.grant, e.status) for e in reversed(trail)] == [(name, 200), ("[redacted]", 404)]
+    paths = [e["path"] for e in server.events() if e.get("event") == "request"]
+    assert paths == [f"/v1/grants/{name}/token", "/v1/grants/[redacted]/token"]

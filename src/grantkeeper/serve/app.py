@@ -36,6 +36,12 @@ def _respond(request: Request, answer: tuple[int, bytes, dict[str, str]], code: 
     return Response(body, status_code=status, headers=headers)
 
 
+def _shown(text: str, response: Response) -> str:
+    """A name a request was served for is a real grant's; in a refusal or error it may be anything a client sent.
+    Paths are concealed segment by segment, so the route stays readable."""
+    return text if response.status_code < 400 else "/".join(conceal(part) for part in text.split("/"))
+
+
 def create_app(broker: Broker) -> FastAPI:
     app = FastAPI(title="grantkeeper serve", version=__version__, description=_DESCRIPTION, docs_url=None,
                   redoc_url=None)  # fmt: skip
@@ -83,14 +89,16 @@ def create_app(broker: Broker) -> FastAPI:
         broker.metrics.request_seconds.labels(route).observe(elapsed)
         action = getattr(state, "action", None)
         outcome = getattr(state, "outcome", None)
+        grant = getattr(state, "grant", None)
         if action == "token":
             broker.metrics.token_requests.labels(outcome or "served").inc()
         if action is not None:
-            broker.audit.add(caller or "-", action, getattr(state, "grant", None), response.status_code,
+            shown = None if grant is None else _shown(grant, response)
+            broker.audit.add(caller or "-", action, shown, response.status_code,
                              fingerprint=getattr(state, "fingerprint", None),
                              generation=getattr(state, "generation", None),
                              detail=getattr(state, "detail", None) or outcome)  # fmt: skip
-        log.info("request", method=request.method, path=conceal(request.url.path), route=route,
+        log.info("request", method=request.method, path=_shown(request.url.path, response), route=route,
                  status=response.status_code, api_key=caller, outcome=outcome, ms=round(elapsed * 1000, 1))  # fmt: skip
         return response
 

@@ -13,7 +13,6 @@ from grantkeeper.cli._render import grant_record
 from grantkeeper.cli.diagnose import attempt_dict
 from grantkeeper.serve.auth import Caller
 from grantkeeper.serve.broker import Broker
-from grantkeeper.serve.errors import conceal
 from grantkeeper.serve.models import (
     GrantSummary,
     Problem,
@@ -47,7 +46,7 @@ def grant_access(scope: str, action: str | None = None) -> Any:
     e.g. what it proxied, and ``fingerprint``/``generation`` of the token it used)."""
 
     async def dependency(request: Request, name: GrantName) -> Caller:
-        request.state.grant = conceal(name)
+        request.state.grant = name
         request.state.action = action
         broker = broker_of(request)
         caller = await broker.auth.caller(request)
