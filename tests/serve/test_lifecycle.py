@@ -82,3 +82,31 @@ def test_logs_are_json_lines_without_credentials(grant_on_sim: tuple[str, object
     assert {"listening", "stopping", "stopped"} <= {e["event"] for e in events}
     text = server.log_text()
     assert token[:8] not in text and key.split("_", 2)[2][:8] not in text and "min_valid" not in text
+
+
+def test_served_connections_have_nagle_off() -> None:
+    """Each answer is written in pieces: with Nagle's algorithm on, the last piece waits for the client's delayed
+    ACK (~40 ms per request on Linux). asyncio turns it off only on sockets that say they are TCP."""
+    import socket
+
+    from grantkeeper.serve.runner import _tcp_socket
+
+    async def scenario() -> int:
+        nodelay: list[int] = []
+
+        def accepted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            sock = writer.get_extra_info("socket")
+            nodelay.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            writer.close()
+
+        listener = _tcp_socket("127.0.0.1", 0)
+        server = await asyncio.start_server(accepted, sock=listener)
+        _, writer = await asyncio.open_connection(*listener.getsockname()[:2])
+        while not nodelay:
+            await asyncio.sleep(0.01)
+        writer.close()
+        server.close()
+        await server.wait_closed()
+        return nodelay[0]
+
+    assert asyncio.run(scenario()) != 0
