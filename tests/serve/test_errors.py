@@ -34,7 +34,7 @@ def test_every_error_code_has_a_status_and_a_problem_body(cls: type[GrantkeeperE
     assert status == STATUS[cls.code] == status_for(error)
     problem = json.loads(body)
     assert problem["code"] == cls.code and problem["status"] == status and problem["grant"] == "g"
-    assert problem["type"].endswith("/" + cls.code) and problem["detail"] == error.message
+    assert problem["type"] == "urn:grantkeeper:problem:" + cls.code and problem["detail"] == error.message
     assert headers["content-type"] == "application/problem+json"
     # Retry-After only where retrying helps: a permanent problem is never "retry later".
     assert ("retry-after" in headers) == issubclass(cls, TransientError)

@@ -3,7 +3,7 @@
 `STATUS` maps each `GrantkeeperError` code to an HTTP status; docs/serve.md has the table with the reasons, and
 tests/serve/test_errors.py checks that every code in `grantkeeper._exceptions` has a row. A problem body is::
 
-    {"type": "https://grantkeeper.dev/problems/<code>", "title": ..., "status": ..., "detail": <the message>,
+    {"type": "urn:grantkeeper:problem:<code>", "title": ..., "status": ..., "detail": <the message>,
      "code": <grantkeeper's code>, "doctor_class": <the doctor's cause, or null>, "grant": ..., "evidence": {...}}
 
 Messages and evidence of `GrantkeeperError` never hold a token (I6); anything else that escapes a route is a
@@ -22,7 +22,8 @@ from grantkeeper.redact import scrub_text
 
 __all__ = ["DOCTOR_CLASS", "PROBLEM_TYPE", "STATUS", "ServeError", "conceal", "problem", "problem_for", "status_for"]
 
-PROBLEM_TYPE = "https://grantkeeper.dev/problems/"
+# A URN, not a URL: no domain is claimed, and `code` carries the same name for clients that branch on it.
+PROBLEM_TYPE = "urn:grantkeeper:problem:"
 MEDIA_TYPE = "application/problem+json"
 
 #: GrantkeeperError.code -> HTTP status. A code without a row falls back to its nearest ancestor's (see
