@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
 
 import httpx
 import pytest
@@ -93,3 +94,31 @@ def test_an_instance_waiting_on_anothers_refresh_counts_a_lease_wait(grant_on_si
         text = http.get("/metrics").text
     assert metric_sample(text, "grantkeeper_lease_waits_total", provider="sim") >= 1
     assert "grantkeeper_refreshes_total{" not in text  # the second instance refreshed nothing itself
+
+
+def test_a_successor_committed_from_recovery_storage_is_counted(
+    tmp_path: Path, make_sim: Callable[..., object]
+) -> None:
+    """The store is write-locked at commit: the successor goes to recovery storage and is committed when the lock
+    goes; the store's observer tells the metrics."""
+    from grantkeeper.serve.metrics import ServeMetrics
+    from grantkeeper.stores import SQLiteStore
+    from tests.helpers import FAST_POLICY, add_grant
+    from tests.test_recovery import _lock_at_commit, _unlock
+
+    sim = make_sim()
+    store = SQLiteStore.open(tmp_path / "s.db", busy_timeout=0.2)
+    metrics = ServeMetrics(store)
+    keeper = Keeper(store, policy=FAST_POLICY)
+    add_grant(keeper, sim)
+    held = _lock_at_commit(tmp_path / "s.db")
+    try:
+        keeper.access_token("g")  # served from the response; its successor waits in recovery storage
+    finally:
+        _unlock(held)
+    deadline = time.monotonic() + 30
+    while store.get_grant("g").generation < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)  # the keeper's background replay commits it
+    keeper.close()
+    text = metrics.render().decode()
+    assert metric_sample(text, "grantkeeper_recovery_commits_total") == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import signal
@@ -17,11 +18,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from grantkeeper import Keeper
 from grantkeeper._exceptions import ConfigurationError
 from grantkeeper.serve.config import load_config
 from grantkeeper.stores import open_store
 from grantkeeper.testing import Delay
-from tests.helpers import setup_grant
+from tests.helpers import provider_for, setup_grant
 from tests.serve.conftest import ServeProcess, launch, make_key, metric_sample, serve_command
 
 Start = Callable[..., ServeProcess]
@@ -32,6 +34,9 @@ def test_metrics_count_refreshes_requests_and_grants_without_naming_grants(
 ) -> None:
     sim = make_sim()
     setup_grant(serve_store, sim, grant="secret-project-grant")
+    with Keeper.open(serve_store) as keeper:  # a consent that ends in 3 days, whatever refreshes do
+        keeper.add_provider(dataclasses.replace(provider_for(sim, name="short"), refresh_absolute_ttl=3 * 86400.0))
+        keeper.import_grant("short-lived", provider="short", refresh_token=sim.issue_grant())  # type: ignore[attr-defined]
     key = make_key(serve_store, "scraper", scopes="token,refresh,metrics")
     server = serve_process(serve_store)
     with server.client(key) as http:
@@ -44,8 +49,8 @@ def test_metrics_count_refreshes_requests_and_grants_without_naming_grants(
     assert metric_sample(text, "grantkeeper_refresh_duration_seconds_count", provider="sim") == 2
     assert metric_sample(text, "grantkeeper_token_requests_total", outcome="served") == 2
     assert metric_sample(text, "grantkeeper_token_requests_total", outcome="unknown_grant") == 1
-    assert metric_sample(text, "grantkeeper_grants", state="active") == 1
-    assert metric_sample(text, "grantkeeper_grants_refresh_ending_soon") == 0
+    assert metric_sample(text, "grantkeeper_grants", state="active") == 2
+    assert metric_sample(text, "grantkeeper_grants_refresh_ending_soon") == 1
     assert metric_sample(text, "grantkeeper_api_requests_total", api_key="scraper", route="/v1/grants/{name}/token",
                    status="200") == 2  # fmt: skip
     assert metric_sample(text, "grantkeeper_webhook_deliveries_total", outcome="delivered") == 0
