@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import signal
@@ -235,6 +236,11 @@ def test_apikey_commands(serve_store: str, grant_on_sim: tuple[str, object]) -> 
     subprocess.run([*base, "revoke", "deploy"], capture_output=True, text=True, timeout=60, check=True)
     listed = subprocess.run([*base, "list"], capture_output=True, text=True, timeout=60, check=True).stdout
     assert "revoked" in listed
+    as_json = json.loads(subprocess.run([*base, "list", "--json"], capture_output=True, text=True, timeout=60,
+                                        check=True).stdout)  # fmt: skip
+    assert [(k["name"], k["state"], k["grants"], k["scopes"]) for k in as_json] == \
+        [("deploy", "revoked", ["acme-*", "billing"], ["token", "read"])]  # fmt: skip
+    assert as_json[0]["expires_at"] - as_json[0]["created_at"] == pytest.approx(90 * 86400)
     store = open_store(serve_store)
     try:
         stored = b"".join(str(r.as_dict()).encode() for r in store.list_api_keys())
