@@ -104,3 +104,21 @@ def test_unknown_routes_and_bad_input_are_problems_too(grant_on_sim: tuple[str, 
     assert no_body.status_code == 422 and "xyz" not in no_body.text
     for answer in (missing, bad, wrong_method, no_body):
         assert answer.headers["content-type"] == "application/problem+json"
+
+
+def test_a_bug_is_a_500_problem_naming_only_the_exception_type(grant_on_sim: tuple[str, object],
+                                                               serve_process: Start) -> None:  # fmt: skip
+    store_url, _ = grant_on_sim
+    key = make_key(store_url, "ci")
+    # An unparsable failpoint action raises ValueError inside the refresh: an error that is nobody's GrantkeeperError.
+    server = serve_process(store_url, env={"GRANTKEEPER_FAILPOINTS": "after_claim=sleep:not-a-number"})
+    with server.client(key) as http:
+        answer = http.get("/v1/grants/acme-1/token")
+        assert http.get("/livez").status_code == 200  # the process serves on
+    assert answer.status_code == 500 and answer.headers["content-type"] == "application/problem+json"
+    problem = answer.json()
+    assert problem["code"] == "internal" and "ValueError" in problem["detail"]
+    assert "Traceback" not in answer.text and "not-a-number" not in answer.text
+    server.terminate()
+    logged = [e for e in server.events() if e.get("event") == "unexpected error"]
+    assert logged and logged[0]["error"] == "ValueError" and "Traceback" in str(logged[0]["traceback"])

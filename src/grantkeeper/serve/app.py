@@ -18,6 +18,7 @@ from starlette.responses import Response
 
 from grantkeeper import __version__
 from grantkeeper._exceptions import GrantkeeperError, sanitize_provider_text
+from grantkeeper.redact.tracebacks import format_exception
 from grantkeeper.serve import routes_grants, routes_health
 from grantkeeper.serve.broker import Broker
 from grantkeeper.serve.errors import ServeError, conceal, problem, problem_for
@@ -71,16 +72,18 @@ def create_app(broker: Broker) -> FastAPI:
         detail = "no such route" if exc.status_code == 404 else sanitize_provider_text(exc.detail, limit=200)
         return _respond(request, problem(exc.status_code, code, detail, headers=dict(exc.headers or {})), code)
 
-    @app.exception_handler(Exception)
-    async def on_bug(request: Request, exc: Exception) -> Response:
-        log.error("unexpected error", error=type(exc).__name__, path=conceal(request.url.path))
-        answer = problem(500, "internal", f"unexpected {type(exc).__name__}: a bug in grantkeeper serve; see its log")
-        return _respond(request, answer, "internal")
-
     @app.middleware("http")
     async def record(request: Request, call_next: Any) -> Response:
         started = time.perf_counter()
-        response: Response = await call_next(request)
+        try:
+            response: Response = await call_next(request)
+        except Exception as exc:  # a bug: answered here, so the connection stays usable and the process serves on
+            log.error("unexpected error", error=type(exc).__name__, path=conceal(request.url.path),
+                      traceback=format_exception(exc))  # fmt: skip
+            answer = problem(
+                500, "internal", f"unexpected {type(exc).__name__}: a bug in grantkeeper serve; see its log"
+            )
+            response = _respond(request, answer, "internal")
         elapsed = time.perf_counter() - started
         state = request.state
         route = getattr(request.scope.get("route"), "path", "unmatched")
