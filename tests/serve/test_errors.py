@@ -98,11 +98,15 @@ def test_unknown_routes_and_bad_input_are_problems_too(grant_on_sim: tuple[str, 
         bad = http.get("/v1/grants/acme-1/token", params={"min_valid": "soon"})
         wrong_method = http.delete("/v1/grants/acme-1/token")
         no_body = http.post("/v1/grants/acme-1/rejected", content=b"access_token=xyz")
+        declared = http.post("/v1/grants/acme-1/rejected", content=b"x" * (2 << 20))
+        chunked = http.post("/v1/grants/acme-1/rejected", content=(b"x" * 65536 for _ in range(32)))
     assert (missing.status_code, missing.json()["code"]) == (404, "not_found")
     assert (bad.status_code, bad.json()["code"]) == (422, "invalid_request")
     assert (wrong_method.status_code, wrong_method.json()["code"]) == (405, "method_not_allowed")
     assert no_body.status_code == 422 and "xyz" not in no_body.text
-    for answer in (missing, bad, wrong_method, no_body):
+    assert (declared.status_code, declared.json()["code"]) == (413, "body_too_large")
+    assert (chunked.status_code, chunked.json()["code"]) == (413, "body_too_large")
+    for answer in (missing, bad, wrong_method, no_body, declared, chunked):
         assert answer.headers["content-type"] == "application/problem+json"
 
 

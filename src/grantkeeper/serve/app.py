@@ -20,11 +20,14 @@ from grantkeeper import __version__
 from grantkeeper._exceptions import GrantkeeperError, sanitize_provider_text
 from grantkeeper.redact.tracebacks import format_exception
 from grantkeeper.serve import routes_grants, routes_health
+from grantkeeper.serve.bodylimit import BodyLimit
 from grantkeeper.serve.broker import Broker
 from grantkeeper.serve.errors import ServeError, conceal, problem, problem_for
 from grantkeeper.serve.logs import get_logger
 
-__all__ = ["create_app"]
+__all__ = ["DEFAULT_MAX_BODY", "create_app"]
+
+DEFAULT_MAX_BODY = 1 << 20
 
 _DESCRIPTION = """An HTTP token broker over grantkeeper's keeper: callers with an API key (or on the Unix socket)
 get access tokens of the grants their key reaches. No route ever returns a refresh token. Errors are RFC 9457
@@ -43,10 +46,11 @@ def _shown(text: str, response: Response) -> str:
     return text if response.status_code < 400 else "/".join(conceal(part) for part in text.split("/"))
 
 
-def create_app(broker: Broker) -> FastAPI:
+def create_app(broker: Broker, *, max_body: int = DEFAULT_MAX_BODY) -> FastAPI:
     app = FastAPI(title="grantkeeper serve", version=__version__, description=_DESCRIPTION, docs_url=None,
                   redoc_url=None)  # fmt: skip
     app.state.broker = broker
+    app.add_middleware(BodyLimit, limit=max_body)
     app.include_router(routes_grants.router)
     app.include_router(routes_health.router)
     log = get_logger()

@@ -26,6 +26,7 @@ the full list.
     rate = 20.0            # requests per second per API key (0: no limit)
     burst = 40
     shutdown_timeout = 30.0
+    max_body = 1048576     # bytes per request body
 
     [logging]
     level = "info"
@@ -62,7 +63,7 @@ _SECTIONS = {
     "store": {"url", "url_file", "url_command", "key_file", "key_command"},
     "listen": {"host", "port", "unix", "unix_grants", "unix_scopes", "behind_proxy"},
     "tls": {"cert", "key"},
-    "limits": {"rate", "burst", "shutdown_timeout"},
+    "limits": {"rate", "burst", "shutdown_timeout", "max_body"},
     "logging": {"level"},
     "webhook": {"url", "secret_file", "secret_command"},
     "scheduler": None,  # reserved: any key
@@ -79,6 +80,7 @@ _ENV = {
     "GRANTKEEPER_SERVE_BURST": ("burst", int),
     "GRANTKEEPER_SERVE_LOG_LEVEL": ("log_level", str),
     "GRANTKEEPER_SERVE_SHUTDOWN_TIMEOUT": ("shutdown_timeout", float),
+    "GRANTKEEPER_SERVE_MAX_BODY": ("max_body", int),
 }
 
 
@@ -98,6 +100,7 @@ class ServeConfig:
     rate: float = 20.0
     burst: int = 40
     shutdown_timeout: float = 30.0
+    max_body: int = 1 << 20
     log_level: str = "info"
     webhook_url: str | None = None
     webhook_secret: str | None = field(default=None, repr=False)
@@ -116,8 +119,8 @@ class ServeConfig:
             )
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ConfigurationError(f"log level {self.log_level!r} is not one of debug, info, warning, error")
-        if self.rate < 0 or self.burst < 1 or self.shutdown_timeout <= 0:
-            raise ConfigurationError("limits: rate must be >= 0, burst >= 1 and shutdown_timeout > 0")
+        if self.rate < 0 or self.burst < 1 or self.shutdown_timeout <= 0 or self.max_body < 1:
+            raise ConfigurationError("limits: rate must be >= 0, burst >= 1, shutdown_timeout > 0 and max_body >= 1")
         if self.webhook_url is not None and not self.webhook_secret:
             raise ConfigurationError("[webhook] needs secret_file or secret_command: receivers verify signatures")
 
@@ -223,7 +226,7 @@ def load_config(path: str | None, *, env: dict[str, str] | None = None, **option
     for attr, value in (("host", listen.get("host")), ("port", listen.get("port")), ("unix", listen.get("unix")),
                         ("behind_proxy", listen.get("behind_proxy")), ("tls_cert", tls.get("cert")),
                         ("tls_key", tls.get("key")), ("rate", limits.get("rate")), ("burst", limits.get("burst")),
-                        ("shutdown_timeout", limits.get("shutdown_timeout")),
+                        ("shutdown_timeout", limits.get("shutdown_timeout")), ("max_body", limits.get("max_body")),
                         ("log_level", logging_.get("level"))):  # fmt: skip
         if value is not None:
             kind = type(getattr(config, attr)) if getattr(config, attr) is not None else str

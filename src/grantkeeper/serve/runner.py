@@ -124,7 +124,7 @@ async def run(config: ServeConfig, *, store_url: str) -> None:
         sockets.append(("unix", _unix_socket(config.unix)))
     keeper = await AsyncKeeper.open(store_url, create=False, on_event=webhooks)
     broker = build_broker(keeper, config, store_url=store_url, webhooks=webhooks)
-    app = create_app(broker)
+    app = create_app(broker, max_body=config.max_body)
     servers = []
     for listener, _sock in sockets:
         tcp = listener == "tcp"
