@@ -49,12 +49,14 @@ def test_empty_database_needs_explicit_migrate(pg_url: str, keyed: None) -> None
 def test_newer_schema_is_refused_and_untouched(pg_url: str, keyed: None) -> None:
     """A database written by a newer grantkeeper is refused, even with migrate, and left as it is."""
     open_store(pg_url, migrate=True).close()
+    newer = str(latest_version("postgres") + 1)
     with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute("UPDATE meta SET value = '7' WHERE key = 'schema_version'")
+        conn.execute("UPDATE meta SET value = %s::bytea WHERE key = 'schema_version'", (newer.encode(),))
     with pytest.raises(StoreFormatError, match="upgrade grantkeeper"):
         open_store(pg_url, migrate=True)
     with psycopg.connect(pg_url) as conn:
-        assert bytes(conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]) == b"7"
+        stored = bytes(conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0])
+    assert stored == newer.encode()
 
 
 def test_foreign_tables_are_not_migrated_into(pg_url: str, keyed: None) -> None:

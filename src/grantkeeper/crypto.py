@@ -149,6 +149,12 @@ class Crypto:
         value = token.reveal() if isinstance(token, Secret) else token
         return "fp_" + hmac.new(self._fp_key, value.encode(), hashlib.sha256).hexdigest()[:16]
 
+    def keyed_digest(self, value: str, *, purpose: str) -> str:
+        """A full-length HMAC-SHA256 (hex) of `value` under a subkey of the store's fingerprint key for `purpose`:
+        for credentials the store must recognise but never keep (API keys). Stable across key rotations."""
+        key = _derive(self._fp_key, b"digest/" + purpose.encode())
+        return hmac.new(key, value.encode(), hashlib.sha256).hexdigest()
+
     def encrypt(self, value: Secret, *, aad: str) -> bytes:
         return self.encrypt_bytes(value.reveal().encode(), aad=aad)
 

@@ -37,12 +37,14 @@ from grantkeeper.cli._io import read_token_text as _read_token_text
 from grantkeeper.cli._io import store_url as _url
 from grantkeeper.cli._progress import progress_bar
 from grantkeeper.cli._session import Session
+from grantkeeper.cli.apikey import apikey
 from grantkeeper.cli.completion import complete_grant, complete_provider, completion
 from grantkeeper.cli.connect import connect_command
 from grantkeeper.cli.demo import demo
 from grantkeeper.cli.diagnose import EXIT_ATTENTION, doctor, history
 from grantkeeper.cli.keys import keys
 from grantkeeper.cli.providers import provider
+from grantkeeper.cli.serve import serve
 from grantkeeper.cli.transfer import export, import_
 from grantkeeper.consent import revoke
 from grantkeeper.engine import Keeper
@@ -64,8 +66,8 @@ class GrantkeeperGroup(HelpGroup):
     """The root command. Its `main` wraps Click's and is the one boundary where errors become exit codes."""
 
     sections = (
-        ("Set up", ("provider", "connect", "grant")),
-        ("Use", ("token", "status", "refresh", "keepalive")),
+        ("Set up", ("provider", "connect", "grant", "apikey")),
+        ("Use", ("token", "status", "refresh", "keepalive", "serve")),
         ("Diagnose", ("doctor", "history", "demo")),
         ("Move and maintain", ("export", "import", "keys", "migrate", "completion")),
     )
@@ -484,6 +486,8 @@ cli.add_command(keys)
 cli.add_command(export)
 cli.add_command(import_)
 cli.add_command(completion)
+cli.add_command(serve)
+cli.add_command(apikey)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

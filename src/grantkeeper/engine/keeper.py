@@ -48,7 +48,7 @@ from grantkeeper.stores.sql import HistoryRetention
 from grantkeeper.tokens import transport
 from grantkeeper.tokens.token_input import check_refresh_token
 
-__all__ = ["AsyncKeeper", "GrantStatus", "KeepaliveResult", "Keeper", "RefreshTokenExpiry"]
+__all__ = ["AsyncKeeper", "GrantStatus", "KeepaliveResult", "Keeper", "RefreshTokenExpiry", "ServedToken"]
 
 logger = logging.getLogger("grantkeeper")
 T = TypeVar("T")
@@ -104,6 +104,16 @@ class GrantStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class ServedToken:
+    """The access token this process serves for a grant right now, and what is known about it (`served`)."""
+
+    access_token: Secret
+    generation: int
+    expires_at: float  # the provider's expiry
+    serve_until: float  # expiry minus the skew: never served past this (I4)
+
+
+@dataclass(frozen=True, slots=True)
 class KeepaliveResult:
     """What `keepalive` did for one grant whose refresh token nears the end of its life."""
 
@@ -147,8 +157,9 @@ class _KeeperCore:
         self.policy = policy or RefreshPolicy()
         self.worker = worker or _worker_id()
         self._now = self.clock.now
-        # name -> (access token, serve-until time, generation). Written under the grant's lock, read lock-free.
-        self._cache: dict[str, tuple[Secret, float, int]] = {}
+        # name -> (access token, serve-until time, generation, expires_at). Written under the grant's lock, read
+        # lock-free.
+        self._cache: dict[str, tuple[Secret, float, int, float]] = {}
         # name -> ticket of the latest rejection of its access token (a 401 here, an invalidation elsewhere).
         # A refresh that read the store before a rejection must not cache what it read: see `_remember`.
         self._rejections: dict[str, int] = {}
@@ -213,6 +224,15 @@ class _KeeperCore:
             return entry[0]
         return None
 
+    def served(self, name: str) -> ServedToken | None:
+        """The access token `access_token` would return now without I/O, with its generation and expiry; None if
+        it would have to refresh first. For callers that hand tokens on with their metadata (``grantkeeper
+        serve``): ask `access_token` (or `refresh`) first, then this, and ask again if it is None."""
+        entry = self._cache.get(name)
+        if entry is None or entry[1] <= self._now():
+            return None
+        return ServedToken(entry[0], entry[2], entry[3], entry[1])
+
     def _rejection_mark(self, name: str) -> int:
         return self._rejections.get(name, 0)
 
@@ -224,7 +244,8 @@ class _KeeperCore:
         grant = result.grant
         until = grant.usable_until(result.provider.skew)
         if grant.access_token is not None and until is not None and self._rejection_mark(grant.name) == mark:
-            self._cache[grant.name] = (grant.access_token, until, grant.generation)
+            assert grant.expires_at is not None  # usable_until is None without it
+            self._cache[grant.name] = (grant.access_token, until, grant.generation, grant.expires_at)
         return grant
 
     @contextlib.contextmanager

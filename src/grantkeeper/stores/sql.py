@@ -37,10 +37,11 @@ from grantkeeper.model import (
     RotationMode,
     check_name,
 )
+from grantkeeper.stores.access import ApiKeyRecord, AuditEntry
 from grantkeeper.stores.base import Claim, GenerationConflict, GrantUpdate, LeaseLost
 from grantkeeper.stores.recovery import RecoveryDir, RecoveryEntry
 
-__all__ = ["Conn", "HistoryRetention", "SQLStore", "Subscriber"]
+__all__ = ["Conn", "HistoryRetention", "SQLStore", "StoreEvent", "StoreObserver", "Subscriber"]
 
 T = TypeVar("T")
 
@@ -111,6 +112,26 @@ class HistoryRetention:
 Subscriber = Callable[[str, int, str], None]
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class StoreEvent:
+    """What this process's refresh transactions did, for observers such as metrics (names and classes, no tokens).
+
+    ``kind`` is ``"attempt"`` (an attempt ended: ``outcome`` is its class, ``seconds`` the provider's latency when
+    known), ``"lease_wait"`` (another worker held the grant's lease: this one waits for its commit) or
+    ``"recovered"`` (a successor kept in local recovery storage was committed).
+    """
+
+    kind: str
+    grant: str
+    provider: str | None = None
+    outcome: str | None = None
+    seconds: float | None = None
+
+
+#: Called after the transaction the event describes has ended; it must not block (see `SQLStore.observe`).
+StoreObserver = Callable[[StoreEvent], None]
+
+
 class Conn(Protocol):
     """The part of a DB-API connection the shared logic uses: ``execute`` returning a cursor."""
 
@@ -165,6 +186,7 @@ class SQLStore:
         #: Attempt history kept for `grantkeeper history` and `doctor`; pruned as grants are refreshed.
         self.retention = HistoryRetention.from_env()
         self._subscribers: list[Subscriber] = []
+        self._observers: list[StoreObserver] = []
         self._providers: dict[tuple[Any, ...], Provider] = {}
 
     # ---------------------------------------------------------------- hooks
@@ -188,6 +210,17 @@ class SQLStore:
     def subscribe(self, subscriber: Subscriber) -> None:
         """Call `subscriber` when another process commits or invalidates (stores that can deliver it)."""
         self._subscribers.append(subscriber)
+
+    def observe(self, observer: StoreObserver) -> None:
+        """Call `observer` with a `StoreEvent` after each attempt this process ends, lease wait and recovery."""
+        self._observers.append(observer)
+
+    def _observed(self, event: StoreEvent) -> None:
+        for observer in self._observers:
+            try:
+                observer(event)
+            except Exception as exc:  # an observer's bug must not fail a refresh that committed
+                logger.warning("store observer %r failed on %s: %s", observer, event.kind, type(exc).__name__)
 
     def wait_for_change(self, name: str, *, poll: float, longest: float, generation: int | None = None) -> None:
         """Block until grant `name` may have moved past `generation`. Default: sleep `poll` (nothing to wait on)."""
@@ -609,6 +642,9 @@ class SQLStore:
         # a rollback would lose the successor they hold.
         for entry in settled:
             self.recovery.remove(entry)
+        if self._observers and (claim.holder is not None or claim.recovered):
+            kind = "lease_wait" if claim.holder is not None else "recovered"
+            self._observed(StoreEvent(kind, name, provider=claim.provider.name))
         return claim
 
     def _claim(
@@ -826,7 +862,9 @@ class SQLStore:
             self._notify(conn, lease.grant, committed.generation, "commit")
             if committed.generation % _PRUNE_EVERY == 0:
                 self._prune_grant_history(conn, lease.grant, now=now)
-            return committed
+        if self._observers:
+            self._observed(StoreEvent("attempt", lease.grant, outcome=OutcomeClass.COMMITTED.value, seconds=latency))
+        return committed
 
     @staticmethod
     def _release(conn: Conn, lease: Lease) -> None:
@@ -856,6 +894,10 @@ class SQLStore:
             if release:
                 self._release(conn, lease)
                 self._notify(conn, lease.grant, -1, "release")
+        if self._observers:
+            outcome = report.kind.value if report is not None else state.value
+            self._observed(StoreEvent("attempt", lease.grant, outcome=outcome,
+                                      seconds=report.latency if report is not None else None))  # fmt: skip
 
     @staticmethod
     def _fold_deferral(conn: Conn, lease: Lease, attempt_id: int, now: float) -> int | None:
@@ -932,6 +974,8 @@ class SQLStore:
             # Removed only once the transaction that used or superseded them has committed (as in `claim`).
             for entry in settled:
                 self.recovery.remove(entry)
+        for name in done if self._observers else ():
+            self._observed(StoreEvent("recovered", name))
         return done
 
     def _commit_kept(
@@ -969,3 +1013,85 @@ class SQLStore:
         settled.extend(e for e in entries if grant.generation <= e.expected_generation <= chosen.expected_generation)
         self._notify(conn, grant.name, recovered.generation, "commit")
         return recovered
+
+    # ---------------------------------------------------------------- API keys and audit (`grantkeeper serve`)
+
+    def api_key_digest(self, key: str) -> str:
+        """The keyed hash an API key is stored as (the key itself never is)."""
+        return self._crypto.keyed_digest(key, purpose="api-key")
+
+    def create_api_key(self, record: ApiKeyRecord, *, key: str) -> None:
+        """Store `record` with the hash of `key`. A name in force is refused; a revoked one is replaced."""
+        check_name(record.name, "API key")
+        with self._tx() as conn:
+            row = conn.execute("SELECT revoked_at FROM api_keys WHERE name = ?", (record.name,)).fetchone()
+            if row is not None and row[0] is None:
+                raise ConfigurationError(
+                    f"API key {record.name!r} exists; revoke it first ('grantkeeper apikey revoke {record.name}') "
+                    "or choose another name"
+                )
+            conn.execute("DELETE FROM api_keys WHERE name = ?", (record.name,))
+            conn.execute(
+                "INSERT INTO api_keys (name, key_id, key_hash, grants, scopes, created_at, expires_at, revoked_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, NULL)",
+                (record.name, record.key_id, self.api_key_digest(key), ",".join(record.grants),
+                 ",".join(record.scopes), record.created_at, record.expires_at),
+            )  # fmt: skip
+
+    @staticmethod
+    def _api_key(row: Any) -> ApiKeyRecord:
+        return ApiKeyRecord(name=str(row[0]), key_id=str(row[1]), grants=tuple(str(row[2]).split(",")),
+                            scopes=tuple(s for s in str(row[3]).split(",") if s), created_at=float(row[4]),
+                            expires_at=row[5], revoked_at=row[6])  # fmt: skip
+
+    def find_api_key(self, key_id: str) -> tuple[ApiKeyRecord, str] | None:
+        """The key with public id `key_id` and its stored hash; None if there is none."""
+        sql = "SELECT name, key_id, grants, scopes, created_at, expires_at, revoked_at, key_hash FROM api_keys " \
+              "WHERE key_id = ?"  # fmt: skip
+        row = self._read(lambda conn: conn.execute(sql, (key_id,)).fetchone())
+        return None if row is None else (self._api_key(row), str(row[7]))
+
+    def list_api_keys(self) -> list[ApiKeyRecord]:
+        sql = "SELECT name, key_id, grants, scopes, created_at, expires_at, revoked_at FROM api_keys ORDER BY name"
+        return [self._api_key(r) for r in self._read(lambda conn: conn.execute(sql).fetchall())]
+
+    def revoke_api_key(self, name: str, *, now: float) -> ApiKeyRecord:
+        """Revoke API key `name` (at once: every instance looks keys up per request); returns it."""
+        with self._tx() as conn:
+            conn.execute("UPDATE api_keys SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL", (now, name))
+            row = conn.execute(
+                "SELECT name, key_id, grants, scopes, created_at, expires_at, revoked_at FROM api_keys WHERE name = ?",
+                (name,),
+            ).fetchone()
+        if row is None:
+            raise ConfigurationError(f"there is no API key named {name!r}; 'grantkeeper apikey list' shows them")
+        return self._api_key(row)
+
+    def record_audit(self, entries: list[AuditEntry]) -> None:
+        """Append audit entries in one transaction, then apply `retention` to the grants they name."""
+        if not entries:
+            return
+        with self._tx() as conn:
+            for e in entries:
+                conn.execute(
+                    "INSERT INTO audit (at, api_key, action, grant_name, status, fingerprint, generation, detail) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (e.at, e.api_key, e.action, e.grant, e.status, e.fingerprint, e.generation, e.detail),
+                )
+            oldest = max(e.at for e in entries) - self.retention.days * 86400.0
+            conn.execute("DELETE FROM audit WHERE at < ?", (oldest,))
+            for grant in {e.grant for e in entries if e.grant is not None}:
+                conn.execute(
+                    "DELETE FROM audit WHERE grant_name = ? AND id <= (SELECT id FROM audit WHERE grant_name = ? "
+                    "ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                    (grant, grant, self.retention.per_grant),
+                )
+
+    def list_audit(self, *, grant: str | None = None, limit: int = 100) -> list[AuditEntry]:
+        """The audit trail, newest first (of one grant, if given)."""
+        where, params = ("WHERE grant_name = ? ", (grant, limit)) if grant is not None else ("", (limit,))
+        sql = ("SELECT id, at, api_key, action, grant_name, status, fingerprint, generation, detail FROM audit "
+               f"{where}ORDER BY id DESC LIMIT ?")  # fmt: skip
+        rows = self._read(lambda conn: conn.execute(sql, params).fetchall())
+        return [AuditEntry(id=int(r[0]), at=float(r[1]), api_key=str(r[2]), action=str(r[3]), grant=r[4],
+                           status=int(r[5]), fingerprint=r[6], generation=r[7], detail=r[8]) for r in rows]  # fmt: skip

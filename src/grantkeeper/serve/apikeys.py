@@ -1,0 +1,68 @@
+"""API keys of the token broker: how they look, how they are made and how a presented one is checked.
+
+A key is ``gk_<id>_<secret>``: the id (12 hex digits) finds the stored record, the secret (32 random bytes,
+base64url) proves possession. The store keeps a keyed hash of the whole key (`SQLStore.api_key_digest`), compared
+with `hmac.compare_digest`; the key itself is printed once by ``grantkeeper apikey create`` and kept nowhere.
+Keys are looked up in the store on every request, so a revocation takes effect at once on every instance that
+shares the store (no cache to invalidate).
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+import secrets
+from dataclasses import dataclass
+
+from grantkeeper.stores import SQLStore
+from grantkeeper.stores.access import ApiKeyRecord, parse_patterns, parse_scopes
+
+__all__ = ["DEFAULT_SCOPES", "NewKey", "authenticate", "new_key", "parse_key"]
+
+DEFAULT_SCOPES = ("token", "read")
+_KEY = re.compile(r"gk_([0-9a-f]{12})_([A-Za-z0-9_-]{43})")
+
+
+@dataclass(frozen=True, slots=True)
+class NewKey:
+    """A key just made: the record to store and the key to show once."""
+
+    record: ApiKeyRecord
+    key: str
+
+    def __repr__(self) -> str:  # the key never appears in a repr
+        return f"NewKey(record={self.record!r})"
+
+
+def new_key(
+    name: str, *, grants: str, scopes: str = ",".join(DEFAULT_SCOPES), now: float, lifetime: float | None = None
+) -> NewKey:
+    """A fresh key for `name` reaching `grants` (patterns) with `scopes`, expiring `lifetime` seconds from `now`."""
+    key_id = secrets.token_hex(6)
+    key = f"gk_{key_id}_{secrets.token_urlsafe(32)}"
+    record = ApiKeyRecord(name=name, key_id=key_id, grants=parse_patterns(grants), scopes=parse_scopes(scopes),
+                          created_at=now, expires_at=None if lifetime is None else now + lifetime)  # fmt: skip
+    return NewKey(record, key)
+
+
+def parse_key(presented: str) -> str | None:
+    """The public id of a well-formed key; None for anything else."""
+    match = _KEY.fullmatch(presented)
+    return match.group(1) if match else None
+
+
+def authenticate(store: SQLStore, presented: str) -> ApiKeyRecord | None:
+    """The record of the key `presented` is, whatever its state (revoked, expired); None if it is no key of ours.
+
+    Runs one store read; call it from a worker thread in async code.
+    """
+    key_id = parse_key(presented)
+    if key_id is None:
+        return None
+    found = store.find_api_key(key_id)
+    if found is None:
+        # Hash anyway, so an unknown id costs what a known one does.
+        store.api_key_digest(presented)
+        return None
+    record, digest = found
+    return record if hmac.compare_digest(store.api_key_digest(presented), digest) else None

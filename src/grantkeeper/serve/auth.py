@@ -1,0 +1,89 @@
+"""Who is asking, and may they: API keys on TCP, the socket's file permissions on the Unix listener.
+
+Order, for every route but ``/livez``, ``/readyz`` and ``/openapi.json``: authenticate (401 for no, unknown,
+revoked or expired key, with ``WWW-Authenticate``), rate-limit the key (429 with ``Retry-After``), then authorize
+(403 for a valid key without the route's scope or whose patterns do not match the grant). A grant's existence is
+checked only after all three, so a caller learns nothing about grants it may not reach.
+
+Requests on the Unix listener need no key, as with Vault Agent's listener: whoever can open the socket (mode 0660:
+its owner and group) is trusted, with the grant patterns and scopes the configuration gives the socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+from starlette.requests import Request
+
+from grantkeeper._secrets import Secret
+from grantkeeper.serve.apikeys import authenticate
+from grantkeeper.serve.errors import ServeError
+from grantkeeper.serve.ratelimit import RateLimiter
+from grantkeeper.stores import SQLStore
+from grantkeeper.stores.access import grant_matches
+
+__all__ = ["LISTENER_KEY", "UNIX_CALLER", "Authenticator", "Caller"]
+
+#: The ASGI scope key the runner sets to the listener a request came in on ("tcp" or "unix").
+LISTENER_KEY = "grantkeeper.listener"
+UNIX_CALLER = "unix-socket"
+_CHALLENGE = 'Bearer realm="grantkeeper"'
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """An authenticated caller: an API key (by name), or the Unix listener."""
+
+    name: str
+    grants: tuple[str, ...]
+    scopes: frozenset[str]
+
+    def allows_grant(self, grant: str) -> bool:
+        return grant_matches(grant, self.grants)
+
+
+def _unauthorized(detail: str, *, presented: bool) -> ServeError:
+    challenge = _CHALLENGE + (', error="invalid_token"' if presented else "")
+    return ServeError(401, "unauthorized", detail, headers={"www-authenticate": challenge})
+
+
+class Authenticator:
+    def __init__(self, store: SQLStore, limiter: RateLimiter, *, unix: Caller | None = None) -> None:
+        self._store, self._limiter, self._unix = store, limiter, unix
+
+    async def caller(self, request: Request) -> Caller:
+        if request.scope.get(LISTENER_KEY) == "unix" and self._unix is not None:
+            return self._unix
+        header = request.headers.get("authorization")
+        if header is None:
+            raise _unauthorized("no API key: send 'Authorization: Bearer <key>' (grantkeeper apikey create)",
+                                presented=False)  # fmt: skip
+        scheme, _, value = header.strip().partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            raise _unauthorized("the Authorization header must be 'Bearer <key>'", presented=True)
+        presented = Secret(value.strip())  # registered, so the redaction cuts it out of any log line while alive
+        record = await asyncio.to_thread(authenticate, self._store, presented.reveal())
+        if record is None:
+            raise _unauthorized("the API key is not known to this store", presented=True)
+        if record.revoked_at is not None:
+            raise _unauthorized(f"API key {record.name!r} was revoked", presented=True)
+        if not record.usable(time.time()):
+            raise _unauthorized(f"API key {record.name!r} has expired; create a new one", presented=True)
+        wait = self._limiter.take(record.name)
+        if wait is not None:
+            raise ServeError(429, "rate_limited", f"API key {record.name!r} is over its rate limit; retry after "
+                             f"{wait} s", headers={"retry-after": str(wait)})  # fmt: skip
+        return Caller(record.name, record.grants, frozenset(record.scopes))
+
+    @staticmethod
+    def check(caller: Caller, scope: str, grant: str | None = None) -> None:
+        if scope not in caller.scopes:
+            raise ServeError(403, "forbidden", f"{_who(caller)} lacks the {scope!r} scope this route needs")
+        if grant is not None and not caller.allows_grant(grant):
+            raise ServeError(403, "forbidden", f"{_who(caller)} may not reach grant {grant!r}")
+
+
+def _who(caller: Caller) -> str:
+    return "the Unix socket listener" if caller.name == UNIX_CALLER else f"API key {caller.name!r}"

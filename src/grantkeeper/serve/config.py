@@ -1,0 +1,256 @@
+"""``grantkeeper.toml``: how `grantkeeper serve` runs, with ``GRANTKEEPER_*`` environment overrides.
+
+Precedence, highest first: command-line options, environment variables, the file, the defaults. Secrets are
+never written in the file: the store URL may come from a file or a command (it can hold a database password),
+the encryption key from a file or a command, the webhook secret from a file or a command. A store URL with a
+password in it, or a ``key``/``secret`` value, is refused with the setting to use instead. docs/serve.md has
+the full list.
+
+    [store]
+    url = "sqlite:///var/lib/grantkeeper/grants.db"   # or url_file = ..., url_command = "..."
+    key_file = "/run/secrets/grantkeeper-key"          # or key_command = "..."; else $GRANTKEEPER_KEY, key file
+
+    [listen]
+    host = "127.0.0.1"
+    port = 8734
+    unix = "/run/grantkeeper/serve.sock"
+    unix_grants = ["*"]
+    unix_scopes = ["token", "refresh", "read", "proxy", "metrics"]
+    behind_proxy = false
+
+    [tls]
+    cert = "/etc/grantkeeper/tls.crt"
+    key = "/etc/grantkeeper/tls.key"
+
+    [limits]
+    rate = 20.0            # requests per second per API key (0: no limit)
+    burst = 40
+    shutdown_timeout = 30.0
+    max_body = 1048576     # bytes per request body
+
+    [logging]
+    level = "info"
+
+    [webhook]
+    url = "https://hooks.example.com/grantkeeper"
+    secret_file = "/run/secrets/webhook-secret"
+
+    [scheduler]            # reserved for the background refresher; accepted and ignored for now
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import shlex
+import subprocess
+import tomllib
+import urllib.parse
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from grantkeeper._exceptions import ConfigurationError
+from grantkeeper.keyring import KEY_COMMAND_ENV, KEY_ENV, read_private_file
+from grantkeeper.stores.access import parse_patterns, parse_scopes
+
+__all__ = ["DEFAULT_PORT", "ServeConfig", "load_config"]
+
+DEFAULT_PORT = 8734
+_COMMAND_TIMEOUT = 30.0
+_SECTIONS = {
+    "store": {"url", "url_file", "url_command", "key_file", "key_command"},
+    "listen": {"host", "port", "unix", "unix_grants", "unix_scopes", "behind_proxy"},
+    "tls": {"cert", "key"},
+    "limits": {"rate", "burst", "shutdown_timeout", "max_body"},
+    "logging": {"level"},
+    "webhook": {"url", "secret_file", "secret_command"},
+    "scheduler": None,  # reserved: any key
+}
+#: Environment variable -> (field, kind).
+_ENV = {
+    "GRANTKEEPER_SERVE_HOST": ("host", str),
+    "GRANTKEEPER_SERVE_PORT": ("port", int),
+    "GRANTKEEPER_SERVE_UNIX": ("unix", str),
+    "GRANTKEEPER_SERVE_TLS_CERT": ("tls_cert", str),
+    "GRANTKEEPER_SERVE_TLS_KEY": ("tls_key", str),
+    "GRANTKEEPER_SERVE_BEHIND_PROXY": ("behind_proxy", bool),
+    "GRANTKEEPER_SERVE_RATE": ("rate", float),
+    "GRANTKEEPER_SERVE_BURST": ("burst", int),
+    "GRANTKEEPER_SERVE_LOG_LEVEL": ("log_level", str),
+    "GRANTKEEPER_SERVE_SHUTDOWN_TIMEOUT": ("shutdown_timeout", float),
+    "GRANTKEEPER_SERVE_MAX_BODY": ("max_body", int),
+}
+
+
+@dataclass
+class ServeConfig:
+    """Everything `serve` needs to start, after file, environment and options are merged and checked."""
+
+    store_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    unix: str | None = None
+    unix_grants: tuple[str, ...] = ("*",)
+    unix_scopes: tuple[str, ...] = ("token", "refresh", "read", "proxy", "metrics")
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    behind_proxy: bool = False
+    rate: float = 20.0
+    burst: int = 40
+    shutdown_timeout: float = 30.0
+    max_body: int = 1 << 20
+    log_level: str = "info"
+    webhook_url: str | None = None
+    webhook_secret: str | None = field(default=None, repr=False)
+    scheduler: dict[str, Any] = field(default_factory=dict)
+
+    def check(self) -> None:
+        """Refuse what cannot run safely, saying why and what to do."""
+        if not 0 <= self.port <= 65535:
+            raise ConfigurationError(f"port {self.port} is out of range (0-65535)")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigurationError("TLS needs both a certificate and its key: give --tls-cert and --tls-key")
+        if not _is_loopback(self.host) and self.tls_cert is None and not self.behind_proxy:
+            raise ConfigurationError(
+                f"refusing to serve tokens in clear text on {self.host}, which is not a loopback address: give "
+                "--tls-cert and --tls-key, or --behind-proxy if a TLS-terminating proxy is the only way in"
+            )
+        if self.log_level not in ("debug", "info", "warning", "error"):
+            raise ConfigurationError(f"log level {self.log_level!r} is not one of debug, info, warning, error")
+        if self.rate < 0 or self.burst < 1 or self.shutdown_timeout <= 0 or self.max_body < 1:
+            raise ConfigurationError("limits: rate must be >= 0, burst >= 1, shutdown_timeout > 0 and max_body >= 1")
+        if self.webhook_url is not None and not self.webhook_secret:
+            raise ConfigurationError("[webhook] needs secret_file or secret_command: receivers verify signatures")
+
+    def apply_key(self, *, key_file: str | None, key_command: str | None) -> None:
+        """Make the configured key source the one the store opens with (this process only)."""
+        if key_file is not None:
+            os.environ[KEY_ENV] = _private(key_file, "encryption key file")
+        elif key_command is not None:
+            os.environ[KEY_COMMAND_ENV] = key_command
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _private(path: str, what: str) -> str:
+    """A secret kept in a file only its owner can read (the key file's rule)."""
+    try:
+        return read_private_file(Path(path)).decode().strip()
+    except FileNotFoundError:
+        raise ConfigurationError(f"the {what} {path!r} does not exist") from None
+    except UnicodeDecodeError:
+        raise ConfigurationError(f"the {what} {path!r} is not text") from None
+
+
+def _run(command: str, what: str) -> str:
+    try:
+        argv = shlex.split(command)
+        done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=_COMMAND_TIMEOUT,
+                              check=False)  # fmt: skip
+    except (ValueError, OSError, subprocess.TimeoutExpired) as exc:
+        raise ConfigurationError(f"the {what} command could not run ({type(exc).__name__}); check it") from None
+    if done.returncode != 0 or not done.stdout.strip():
+        # Its output is not shown: it may hold the secret.
+        raise ConfigurationError(f"the {what} command exited with status {done.returncode} or printed nothing")
+    return done.stdout.decode().strip()
+
+
+def _secret(section: dict[str, Any], name: str, what: str) -> str | None:
+    if section.get(f"{name}_file") is not None:
+        return _private(str(section[f"{name}_file"]), what)
+    if section.get(f"{name}_command") is not None:
+        return _run(str(section[f"{name}_command"]), what)
+    return None
+
+
+def _has_password(url: str) -> bool:
+    try:
+        return urllib.parse.urlsplit(url).password is not None or "password=" in url.lower()
+    except ValueError:
+        return False
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigurationError(f"config file {str(path)!r} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigurationError(f"config file {str(path)!r} cannot be read ({type(exc).__name__})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigurationError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
+    for name, value in data.items():
+        keys = _SECTIONS.get(name, set())
+        if name not in _SECTIONS or not isinstance(value, dict):
+            raise ConfigurationError(f"config file: unknown section [{name}]; known: {', '.join(_SECTIONS)}")
+        unknown = [k for k in value if keys is not None and k not in keys]
+        if unknown:
+            inline = unknown[0] in ("key", "secret", "password")
+            hint = f" (secrets are never inline: use {unknown[0]}_file or {unknown[0]}_command)" if inline else ""
+            raise ConfigurationError(f"config file: unknown setting {unknown[0]!r} in [{name}]{hint}")
+    return data
+
+
+def _typed(value: Any, kind: type, where: str) -> Any:
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("1", "true", "yes", "on"):
+            return True
+        if str(value).lower() in ("0", "false", "no", "off", ""):
+            return False
+    else:
+        try:
+            return kind(value)
+        except (TypeError, ValueError):
+            pass
+    raise ConfigurationError(f"{where}: {str(value)[:40]!r} is not a valid {kind.__name__}")
+
+
+def load_config(path: str | None, *, env: dict[str, str] | None = None, **options: Any) -> ServeConfig:
+    """The file at `path` (if any), then `env` overrides, then `options` that are not None; checked."""
+    environ = os.environ if env is None else env
+    data = _read_file(Path(path)) if path is not None else {}
+    store, listen, tls = data.get("store", {}), data.get("listen", {}), data.get("tls", {})
+    limits, logging_, webhook = data.get("limits", {}), data.get("logging", {}), data.get("webhook", {})
+    config = ServeConfig()
+    for attr, value in (("host", listen.get("host")), ("port", listen.get("port")), ("unix", listen.get("unix")),
+                        ("behind_proxy", listen.get("behind_proxy")), ("tls_cert", tls.get("cert")),
+                        ("tls_key", tls.get("key")), ("rate", limits.get("rate")), ("burst", limits.get("burst")),
+                        ("shutdown_timeout", limits.get("shutdown_timeout")), ("max_body", limits.get("max_body")),
+                        ("log_level", logging_.get("level"))):  # fmt: skip
+        if value is not None:
+            kind = type(getattr(config, attr)) if getattr(config, attr) is not None else str
+            setattr(config, attr, _typed(value, kind, f"config file setting {attr!r}"))
+    if "unix_grants" in listen:
+        config.unix_grants = parse_patterns(",".join(map(str, listen["unix_grants"])))
+    if "unix_scopes" in listen:
+        config.unix_scopes = parse_scopes(",".join(map(str, listen["unix_scopes"])))
+    if store.get("url") is not None:
+        if _has_password(str(store["url"])):
+            raise ConfigurationError("config file: [store] url holds a password; put the URL in url_file or "
+                                     "url_command instead (secrets are never inline)")  # fmt: skip
+        config.store_url = str(store["url"])
+    config.store_url = _secret(store, "url", "store URL") or config.store_url
+    config.apply_key(key_file=store.get("key_file"), key_command=store.get("key_command"))
+    if webhook.get("url") is not None:
+        config.webhook_url = str(webhook["url"])
+        config.webhook_secret = _secret(webhook, "secret", "webhook secret")
+    config.scheduler = dict(data.get("scheduler", {}))
+    for name, (attr, kind) in _ENV.items():
+        if environ.get(name):
+            setattr(config, attr, _typed(environ[name], kind, f"${name}"))
+    for attr, value in options.items():
+        if value is not None and attr in {f.name for f in dataclasses.fields(ServeConfig)}:
+            setattr(config, attr, value)
+    config.check()
+    return config
