@@ -16,7 +16,7 @@ from __future__ import annotations
 import enum
 import logging
 import re
-from collections.abc import Generator, Iterable
+from collections.abc import Awaitable, Callable, Generator, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +33,7 @@ __all__ = [
     "FetchToken",
     "ReportRejected",
     "SendWith",
+    "arun_steps_until_send",
     "arun_until_send",
     "auth_steps",
     "bearer",
@@ -140,12 +141,21 @@ def run_until_send(flow: Flow, reply: object, keeper: Keeper, grant: str) -> Sen
 
 async def arun_until_send(flow: Flow, reply: object, keeper: AsyncKeeper, grant: str) -> SendWith | AuthOutcome:
     """`run_until_send` with an asyncio keeper."""
+    return await arun_steps_until_send(
+        flow, reply, lambda: keeper.access_token(grant), lambda token: keeper.report_rejected(grant, token)
+    )
+
+
+async def arun_steps_until_send(
+    flow: Flow,
+    reply: object,
+    fetch: Callable[[], Awaitable[str]],
+    report: Callable[[str], Awaitable[object]],
+) -> SendWith | AuthOutcome:
+    """`arun_until_send` with the two keeper steps as callables (the serve proxy gets them, not a keeper)."""
     step = _advance(flow, reply)
     while isinstance(step, FetchToken | ReportRejected):
-        fetch = isinstance(step, FetchToken)
-        step = _advance(
-            flow, await (keeper.access_token(grant) if fetch else keeper.report_rejected(grant, _token(step)))
-        )
+        step = _advance(flow, await (fetch() if isinstance(step, FetchToken) else report(_token(step))))
     return step
 
 
