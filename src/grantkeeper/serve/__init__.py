@@ -1,0 +1,1 @@
+"""grantkeeper serve: the HTTP token broker (docs/serve.md)."""
