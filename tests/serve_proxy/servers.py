@@ -61,7 +61,8 @@ class Served:
                 break
             self.thread.join(0.01)
         if not self.server.started:
-            raise RuntimeError("uvicorn did not start")
+            self.stop()
+            raise RuntimeError("uvicorn did not start (its log above says why)")
 
     @property
     def url(self) -> str:
@@ -198,14 +199,19 @@ class ProxySettings:
 
 
 def proxy_app(
-    settings: ProxySettings, get_token: Callable[[], Awaitable[str]], report: Callable[[str], Awaitable[None]]
+    settings: ProxySettings,
+    get_token: Callable[[], Awaitable[str]],
+    report: Callable[[str], Awaitable[None]],
+    *,
+    also_running: Callable[[], contextlib.AbstractAsyncContextManager[object]] = contextlib.nullcontext,
 ) -> Starlette:
-    """What ``grantkeeper serve`` mounts, reduced to the proxy route and an RFC 9457 error boundary."""
+    """What ``grantkeeper serve`` mounts, reduced to the proxy route and an RFC 9457 error boundary.
+    `also_running`: entered in the server's event loop for the app's lifetime (an `AsyncKeeper`, say)."""
     state: dict[str, httpx.AsyncClient] = {}
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with httpx.AsyncClient(trust_env=False) as client:
+        async with also_running(), httpx.AsyncClient(trust_env=False) as client:
             state["client"] = client
             yield
 

@@ -6,17 +6,23 @@ appears in its status line, headers or body.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import socket
 import tracemalloc
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
+from pathlib import Path
 
 import httpx
 import pytest
 
+from grantkeeper import AsyncKeeper, Keeper
 from grantkeeper.serve.proxy import OUTCOME_HEADER, ProxyLimits, ProxyPathRefused, upstream_url
+from grantkeeper.testing.clock import FakeClock
+from tests.helpers import FAST_POLICY
+from tests.integration_support import EXPIRE_ALL, keeper_with_grant, refresh_calls
 from tests.serve_proxy.servers import (
     ProxySettings,
     Served,
@@ -373,3 +379,52 @@ def test_limits_defaults() -> None:
     assert (limits.max_request_bytes, limits.max_response_bytes, limits.timeout, limits.max_redirects) == (
         10 * MiB, 100 * MiB, 60.0, 5,
     )  # fmt: skip
+
+
+# --- with a real keeper --------------------------------------------------------------------------------------
+
+pytest_plugins = ["tests.integration_fixtures"]  # the clock and sim fixtures
+
+
+def test_with_async_keeper_and_simulator(tmp_path: Path, sim: object, clock: FakeClock) -> None:
+    """Wired as serve wires it: `AsyncKeeper.access_token` / `report_rejected` behind the proxy, the simulator's
+    /resource upstream. A token the resource server expired (its clock moved) is reported, the keeper
+    refreshes once, and the caller gets the answer to the retried request, never a token."""
+    url = f"sqlite://{tmp_path / 'grants.db'}"
+    with keeper_with_grant(url, sim):
+        pass
+    holder: dict[str, AsyncKeeper] = {}
+
+    @contextlib.asynccontextmanager
+    async def keeper_running() -> AsyncIterator[AsyncKeeper]:
+        holder["keeper"] = await AsyncKeeper.open(url, policy=FAST_POLICY)
+        try:
+            yield holder["keeper"]
+        finally:
+            await holder["keeper"].aclose()
+
+    async def get_token() -> str:
+        return await holder["keeper"].access_token("g")
+
+    async def report(token: str) -> None:
+        await holder["keeper"].report_rejected("g", token)
+
+    settings = ProxySettings(base_url=sim.base_url)  # type: ignore[attr-defined]
+    proxy = Served(proxy_app(settings, get_token, report, also_running=keeper_running))
+    try:
+        with httpx.Client(trust_env=False, timeout=30) as http:
+            first = http.get(proxy.url + "/v1/proxy/g/resource")
+            assert first.status_code == 200 and first.json() == {"ok": True}
+            with Keeper.open(url) as keeper:
+                generation = keeper.store.get_grant("g").generation
+            clock.advance(EXPIRE_ALL)
+            second = http.get(proxy.url + "/v1/proxy/g/resource")
+            assert second.status_code == 200 and second.headers[OUTCOME_HEADER] == "retried"
+        assert refresh_calls(sim) == 2
+        with Keeper.open(url) as keeper:
+            assert keeper.store.get_grant("g").generation == generation + 1
+            token = keeper.access_token("g")
+        for response in (first, second):
+            assert token not in response.text and token not in repr(response.headers.raw)
+    finally:
+        proxy.stop()
