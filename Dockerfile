@@ -1,4 +1,4 @@
-# grantkeeper serve: the HTTP token broker, in a container (docs/serve.md, "Deployment").
+# grantkeeper serve: the HTTP token broker, in a container (docs/deployment.md).
 #
 #   docker build -t grantkeeper .
 #   docker run -d --name grantkeeper -p 127.0.0.1:8080:8080 -v grantkeeper:/var/lib/grantkeeper \
