@@ -203,6 +203,11 @@ def wrk_round(url: str, headers: tuple[tuple[str, str], ...], seconds: float, co
     for name, value in headers:
         command += ["-H", f"{name}: {value}"]
     out = subprocess.run([*command, url], capture_output=True, text=True, check=True, timeout=120).stdout
+    return parse_wrk(out)
+
+
+def parse_wrk(out: str) -> RoundResult:
+    """GETs/s, p50, p99 and failures from ``wrk --latency`` output."""
     percentiles = dict(re.findall(r"^\s+(50|99)%\s+(\S+)\s*$", out, re.MULTILINE))
     rps = re.search(r"^Requests/sec:\s+([\d.]+)", out, re.MULTILINE)
     if rps is None or set(percentiles) != {"50", "99"}:
