@@ -21,7 +21,7 @@ import contextlib
 import enum
 import logging
 import re
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +40,7 @@ __all__ = [
     "FetchToken",
     "ReportRejected",
     "SendWith",
+    "arun_steps_until_send",
     "arun_until_send",
     "auth_steps",
     "bearer",
@@ -181,14 +182,23 @@ def run_until_send(flow: Flow, reply: object, keeper: Keeper, grant: str) -> Sen
 
 async def arun_until_send(flow: Flow, reply: object, keeper: AsyncKeeper, grant: str) -> SendWith | AuthOutcome:
     """`run_until_send` with an asyncio keeper."""
+
+    async def fetch() -> str:
+        return checked_token(grant, await keeper.access_token(grant))
+
+    return await arun_steps_until_send(flow, reply, fetch, lambda token: keeper.report_rejected(grant, token))
+
+
+async def arun_steps_until_send(
+    flow: Flow,
+    reply: object,
+    fetch: Callable[[], Awaitable[str]],
+    report: Callable[[str], Awaitable[object]],
+) -> SendWith | AuthOutcome:
+    """`arun_until_send` with the two keeper steps as callables (the serve proxy gets them, not a keeper)."""
     step = _advance(flow, reply)
     while isinstance(step, FetchToken | ReportRejected):
-        fetch = isinstance(step, FetchToken)
-        reply = (
-            checked_token(grant, await keeper.access_token(grant)) if fetch
-            else await keeper.report_rejected(grant, _token(step))
-        )  # fmt: skip
-        step = _advance(flow, reply)
+        step = _advance(flow, await (fetch() if isinstance(step, FetchToken) else report(_token(step))))
     return step
 
 

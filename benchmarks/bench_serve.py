@@ -1,0 +1,340 @@
+"""``grantkeeper serve`` over HTTP: the proxy vs a direct call, and the bare FastAPI route every serve figure is
+read against.
+
+Every app under test is a ``module:factory`` string served by its own ``uvicorn --factory`` process with the
+same settings (`UVICORN_ARGS`: h11, asyncio loop, one worker, no access log), on 127.0.0.1. One load generator
+drives them all: ``wrk`` (Debian package ``wrk``) when it is on PATH, else an ``httpx.AsyncClient`` in this
+process, with 1 connection (latency without queueing) or `CONNECTIONS` concurrent connections (throughput).
+Each case runs in rounds of a fixed duration; rounds alternate between the cases with the order flipping every
+round (`benchmarks._common.interleave`); a case's figures are the medians of its per-round GETs/s, p50 and p99.
+
+Cases:
+
+- ``bare``: `bare_app`, a FastAPI route returning a constant string: the floor of any route served this way.
+- ``direct``: `upstream_app`'s ``GET /api/things`` called straight, with ``Authorization: Bearer <token>``.
+- ``proxy``: the same GET through `proxy_app`: ``/v1/proxy/bench/things`` mounted on
+  `grantkeeper.serve.proxy.proxy_request`, forwarding to that upstream with the token injected (a constant,
+  cached token: the keeper's fast path is measured by ``cached``).
+- ``serve_token``: the serve app's cached-token route; `serve_token_target` says which app and route. It
+  returns None until ``grantkeeper serve`` lands on this branch, and the row is then reported NOT MEASURED.
+
+Rows: proxy p50 / direct p50 at 1 and at `CONNECTIONS` connections (target <= 1.3) and, once
+`serve_token_target` is filled, serve token GETs/s over the bare route's (target >= 0.7) and its p99 over the
+bare p99 (target <= 1.5).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from time import perf_counter_ns
+from typing import Any
+
+from benchmarks._common import Report, Row, Sample, format_value, interleave, standalone, summarize
+
+NAME = "serve"
+TITLE = "serve proxy vs direct GET, and the bare FastAPI route"
+PROXY_TARGET = 1.3
+SERVE_RPS_TARGET = 0.7
+SERVE_P99_TARGET = 1.5
+CONNECTIONS = 16
+TOKEN = "bench-access-token-" + "x" * 24
+UVICORN_ARGS = ["--host", "127.0.0.1", "--http", "h11", "--loop", "asyncio", "--workers", "1", "--no-access-log",
+                "--log-level", "warning", "--timeout-graceful-shutdown", "2"]  # fmt: skip
+
+
+# --- the apps under test (factories, imported by the uvicorn processes) --------------------------------------
+
+
+def bare_app() -> Any:
+    """A FastAPI route returning a constant string: what any FastAPI route under uvicorn costs at least."""
+    from fastapi import FastAPI
+    from fastapi.responses import PlainTextResponse
+
+    app = FastAPI()
+
+    @app.get("/const", response_class=PlainTextResponse)
+    async def const() -> str:
+        return "ok"
+
+    return app
+
+
+def upstream_app() -> Any:
+    """The API the proxy forwards to: a JSON answer for a request bearing `TOKEN`, 401 otherwise."""
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse, Response
+
+    app = FastAPI()
+    expected = f"Bearer {TOKEN}"
+
+    async def things(request: Any) -> Response:
+        if request.headers.get("authorization") != expected:
+            return Response(status_code=401, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+        return JSONResponse({"things": [1, 2, 3]})
+
+    # Starlette-style routes: the handlers take the request as is (FastAPI would introspect the annotations,
+    # which name types imported in here, not at module level, to keep fastapi off `benchmarks.run`'s imports).
+    app.add_route("/api/things", things, methods=["GET"])
+    return app
+
+
+def proxy_app() -> Any:
+    """`proxy_request` mounted as serve mounts it, forwarding to ``$BENCH_UPSTREAM`` with `TOKEN`."""
+    import httpx
+    from fastapi import FastAPI
+    from fastapi.responses import Response
+
+    from grantkeeper.serve.proxy import ProxyLimits, proxy_request
+
+    base_url = os.environ["BENCH_UPSTREAM"] + "/api"
+    limits = ProxyLimits()
+    state: dict[str, httpx.AsyncClient] = {}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        async with httpx.AsyncClient(trust_env=False, limits=httpx.Limits(max_keepalive_connections=64)) as client:
+            state["client"] = client
+            yield
+
+    async def get_token() -> str:
+        return TOKEN
+
+    async def report_rejected(_: str) -> None:
+        raise RuntimeError("the benchmark upstream rejected the token")
+
+    app = FastAPI(lifespan=lifespan)
+
+    async def proxy(request: Any) -> Response:
+        return await proxy_request(request, client=state["client"], base_url=base_url,
+                                   path=request.path_params["path"], get_token=get_token,
+                                   report_rejected=report_rejected, limits=limits)  # fmt: skip
+
+    app.add_route("/v1/proxy/{name}/{path:path}", proxy, methods=["GET"])
+    return app
+
+
+@dataclass(frozen=True)
+class Target:
+    """One case: the app (``module:factory``), the path to GET, and the headers to send."""
+
+    factory: str
+    path: str
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+def serve_token_target() -> Target | None:
+    """The serve app's cached-token route, authenticated with an API key, once ``grantkeeper serve`` exists.
+
+    To fill in when the app lands: return ``Target("<serve module>:<app factory>", "<token route for a grant>",
+    (("Authorization", "Bearer <api key>"),))``, with a store prepared (a grant whose access token is cached and
+    valid for the whole run) through environment variables the factory reads. Until then: None, and the report
+    says NOT MEASURED; no figure is invented for it.
+    """
+    return None
+
+
+# --- servers ----------------------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def served(factory: str, env: dict[str, str] | None = None) -> Iterator[str]:
+    """``uvicorn --factory`` for `factory` on a free loopback port; yields its base URL; stops it by pid."""
+    port = _free_port()
+    command = [sys.executable, "-m", "uvicorn", "--factory", factory, "--port", str(port), *UVICORN_ARGS]
+    proc = subprocess.Popen(command, env={**os.environ, **(env or {})}, cwd=os.getcwd())
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"uvicorn for {factory} did not start (exit status {proc.poll()})")
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# --- load generators ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RoundResult:
+    rps: float
+    p50_ns: float
+    p99_ns: float
+    errors: int
+
+
+_WRK_UNITS = {"us": 1e3, "ms": 1e6, "s": 1e9}
+
+
+def _wrk_duration(text: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
+    if match is None:
+        raise RuntimeError(f"cannot read wrk latency {text!r}")
+    return float(match.group(1)) * _WRK_UNITS[match.group(2)]
+
+
+def wrk_round(url: str, headers: tuple[tuple[str, str], ...], seconds: float, connections: int) -> RoundResult:
+    command = ["wrk", "--latency", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s"]
+    for name, value in headers:
+        command += ["-H", f"{name}: {value}"]
+    out = subprocess.run([*command, url], capture_output=True, text=True, check=True, timeout=120).stdout
+    return parse_wrk(out)
+
+
+def parse_wrk(out: str) -> RoundResult:
+    """GETs/s, p50, p99 and failures from ``wrk --latency`` output."""
+    percentiles = dict(re.findall(r"^\s+(50|99)%\s+(\S+)\s*$", out, re.MULTILINE))
+    rps = re.search(r"^Requests/sec:\s+([\d.]+)", out, re.MULTILINE)
+    if rps is None or set(percentiles) != {"50", "99"}:
+        raise RuntimeError(f"cannot read wrk output:\n{out}")
+    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    count = (int(bad.group(1)) if bad else 0) + (sum(map(int, errors.groups())) if errors else 0)
+    return RoundResult(float(rps.group(1)), _wrk_duration(percentiles["50"]), _wrk_duration(percentiles["99"]), count)
+
+
+def httpx_round(url: str, headers: tuple[tuple[str, str], ...], seconds: float, connections: int) -> RoundResult:
+    import httpx
+
+    async def main() -> RoundResult:
+        latencies: list[int] = []
+        errors = 0
+        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+        async with httpx.AsyncClient(limits=limits, trust_env=False, headers=list(headers)) as client:
+            stop = time.perf_counter() + seconds
+
+            async def worker() -> None:
+                nonlocal errors
+                while time.perf_counter() < stop:
+                    t0 = perf_counter_ns()
+                    response = await client.get(url)
+                    latencies.append(perf_counter_ns() - t0)
+                    errors += response.status_code != 200
+
+            started = time.perf_counter()
+            await asyncio.gather(*(worker() for _ in range(connections)))
+            elapsed = time.perf_counter() - started
+        q = statistics.quantiles(latencies, n=100, method="inclusive")
+        return RoundResult(len(latencies) / elapsed, q[49], q[98], errors)
+
+    return asyncio.run(main())
+
+
+def load_generator() -> tuple[str, Any]:
+    return ("wrk", wrk_round) if shutil.which("wrk") else ("httpx.AsyncClient", httpx_round)
+
+
+# --- the run --------------------------------------------------------------------------------------------------
+
+
+Case = tuple[str, tuple[tuple[str, str], ...], int]  # URL, headers, connections
+
+
+def _measure(cases: dict[str, Case], seconds: float, rounds: int, warmup: int,
+             ) -> tuple[dict[str, dict[str, Sample]], int]:  # fmt: skip
+    generator = load_generator()[1]
+    per_round: dict[str, list[RoundResult]] = {name: [] for name in cases}
+
+    def round_of(name: str) -> float:
+        url, headers, connections = cases[name]
+        result = generator(url, headers, seconds, connections)
+        per_round[name].append(result)
+        return result.p50_ns
+
+    interleave({name: (lambda n=name: round_of(n)) for name in cases}, rounds=rounds + warmup, warmup=0)
+    figures: dict[str, dict[str, Sample]] = {}
+    errors = 0
+    for name, results in per_round.items():
+        kept = results[warmup:]
+        errors += sum(r.errors for r in results)
+        figures[name] = {
+            "rps": summarize([r.rps for r in kept]),
+            "p50": summarize([r.p50_ns for r in kept]),
+            "p99": summarize([r.p99_ns for r in kept]),
+        }
+    return figures, errors
+
+
+def run(quick: bool = False) -> Report:
+    seconds, rounds, warmup = (1.0, 3, 1) if quick else (2.0, 7, 1)
+    started = time.perf_counter()
+    report = Report(NAME, TITLE)
+    generator_name = load_generator()[0]
+    serve = serve_token_target()
+    auth = (("Authorization", f"Bearer {TOKEN}"),)
+    with contextlib.ExitStack() as stack:
+        bare = stack.enter_context(served("benchmarks.bench_serve:bare_app"))
+        upstream = stack.enter_context(served("benchmarks.bench_serve:upstream_app"))
+        proxy = stack.enter_context(served("benchmarks.bench_serve:proxy_app", {"BENCH_UPSTREAM": upstream}))
+        # 1 connection: latency without queueing (the ratio's rows); CONNECTIONS: throughput under load.
+        cases: dict[str, Case] = {}
+        for suffix, connections in (("@1", 1), (f"@{CONNECTIONS}", CONNECTIONS)):
+            cases["direct" + suffix] = (upstream + "/api/things", auth, connections)
+            cases["proxy" + suffix] = (proxy + "/v1/proxy/bench/things", (), connections)
+        cases["bare"] = (bare + "/const", (), CONNECTIONS)
+        if serve is not None:
+            serve_url = stack.enter_context(served(serve.factory)) + serve.path
+            cases["serve_token"] = (serve_url, serve.headers, CONNECTIONS)
+        figures, errors = _measure(cases, seconds, rounds, warmup)
+    if errors:
+        raise RuntimeError(f"{errors} requests failed or were not answered 200 during the serve benchmark")
+
+    for suffix, label in (("@1", "1 connection"), (f"@{CONNECTIONS}", f"{CONNECTIONS} connections")):
+        proxy_p50, direct_p50 = figures["proxy" + suffix]["p50"].median, figures["direct" + suffix]["p50"].median
+        ratio = proxy_p50 / direct_p50
+        report.rows.append(Row(NAME, f"GET p50 through the proxy, {label}", "proxy_request", proxy_p50,
+                               "direct + token", direct_p50, "ns", ratio, f"<= {PROXY_TARGET}",
+                               ratio <= PROXY_TARGET))  # fmt: skip
+    if serve is not None:
+        token, bare_fig = figures["serve_token"], figures["bare"]
+        rps_ratio = token["rps"].median / bare_fig["rps"].median
+        p99_ratio = token["p99"].median / bare_fig["p99"].median
+        report.rows.append(Row(NAME, "cached token GETs/s (A/B: serve / bare)", "serve token route",
+                               token["rps"].median, "bare route", bare_fig["rps"].median, "GETs/s", rps_ratio,
+                               f">= {SERVE_RPS_TARGET}", rps_ratio >= SERVE_RPS_TARGET))  # fmt: skip
+        report.rows.append(Row(NAME, "cached token GET p99", "serve token route", token["p99"].median, "bare route",
+                               bare_fig["p99"].median, "ns", p99_ratio, f"<= {SERVE_P99_TARGET}",
+                               p99_ratio <= SERVE_P99_TARGET))  # fmt: skip
+    else:
+        report.notes.append("serve token route vs bare route: NOT MEASURED (grantkeeper serve is not on this branch; "
+                            "fill in benchmarks.bench_serve.serve_token_target)")  # fmt: skip
+    report.notes.append(f"load generator: {generator_name}, {seconds:g} s rounds, "
+                        f"{rounds} measured rounds per case (+{warmup} warm-up)")  # fmt: skip
+    report.notes.append(f"uvicorn {' '.join(UVICORN_ARGS)}")
+    for name, fig in figures.items():
+        report.notes.append(
+            f"{name:<14} {fig['rps'].median:9.0f} GETs/s  p50 {format_value(fig['p50'].median, 'ns'):>9}  "
+            f"p99 {format_value(fig['p99'].median, 'ns'):>9}  (GETs/s p25-p75 {fig['rps'].p25:.0f}-"
+            f"{fig['rps'].p75:.0f})"
+        )
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+if __name__ == "__main__":
+    standalone(run)
