@@ -50,6 +50,9 @@ def test_the_docs_table_is_the_code_table() -> None:
 def test_a_revoked_grant_is_409_with_the_doctors_class(grant_on_sim: tuple[str, object], serve_process: Start) -> None:
     store_url, sim = grant_on_sim
     with Keeper.open(store_url) as keeper:
+        # Accepted once (a later refusal is a revocation, not a bad import); its access token then rejected, so
+        # the token request must refresh.
+        keeper.report_rejected("acme-1", keeper.access_token("acme-1"))
         refresh = keeper.store.get_grant("acme-1").refresh_token
     assert refresh is not None
     sim.revoke_family(refresh.reveal())  # type: ignore[attr-defined]

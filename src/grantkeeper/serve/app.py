@@ -19,11 +19,12 @@ from starlette.responses import Response
 from grantkeeper import __version__
 from grantkeeper._exceptions import GrantkeeperError, sanitize_provider_text
 from grantkeeper.redact.tracebacks import format_exception
-from grantkeeper.serve import routes_grants, routes_health
+from grantkeeper.serve import routes_grants, routes_health, routes_proxy
 from grantkeeper.serve.bodylimit import BodyLimit
 from grantkeeper.serve.broker import Broker
 from grantkeeper.serve.errors import ServeError, conceal, problem, problem_for
 from grantkeeper.serve.logs import get_logger
+from grantkeeper.serve.proxy import ProxyLimits
 
 __all__ = ["DEFAULT_MAX_BODY", "create_app"]
 
@@ -46,12 +47,17 @@ def _shown(text: str, response: Response) -> str:
     return text if response.status_code < 400 else "/".join(conceal(part) for part in text.split("/"))
 
 
-def create_app(broker: Broker, *, max_body: int = DEFAULT_MAX_BODY) -> FastAPI:
+def create_app(broker: Broker, *, max_body: int = DEFAULT_MAX_BODY, proxy_limits: ProxyLimits | None = None) -> FastAPI:
+    """The application. `max_body` caps API request bodies; proxied bodies stream under `proxy_limits` instead.
+    Close ``app.state.proxy_clients`` when done serving."""
     app = FastAPI(title="grantkeeper serve", version=__version__, description=_DESCRIPTION, docs_url=None,
                   redoc_url=None)  # fmt: skip
     app.state.broker = broker
-    app.add_middleware(BodyLimit, limit=max_body)
+    app.state.proxy_limits = proxy_limits or ProxyLimits()
+    app.state.proxy_clients = routes_proxy.ProxyClients()
+    app.add_middleware(BodyLimit, limit=max_body, streamed_prefix=routes_proxy.PREFIX)
     app.include_router(routes_grants.router)
+    app.include_router(routes_proxy.router)
     app.include_router(routes_health.router)
     log = get_logger()
 

@@ -13,10 +13,11 @@ __all__ = ["BodyLimit"]
 
 
 class BodyLimit:
-    """ASGI middleware: bodies of at most `limit` bytes."""
+    """ASGI middleware: bodies of at most `limit` bytes, except under `streamed_prefix` (the proxy, which streams
+    bodies through under its own cap and must not hold them whole)."""
 
-    def __init__(self, app: Any, limit: int) -> None:
-        self.app, self.limit = app, limit
+    def __init__(self, app: Any, limit: int, streamed_prefix: str | None = None) -> None:
+        self.app, self.limit, self.streamed_prefix = app, limit, streamed_prefix
 
     async def _refuse(self, send: Any) -> None:
         status, body, headers = problem(413, "body_too_large",
@@ -26,7 +27,8 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": body})
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
+        streamed = self.streamed_prefix is not None and str(scope.get("path", "")).startswith(self.streamed_prefix)
+        if scope["type"] != "http" or streamed:
             await self.app(scope, receive, send)
             return
         declared = dict(scope.get("headers") or ()).get(b"content-length", b"")

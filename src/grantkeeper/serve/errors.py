@@ -41,6 +41,8 @@ STATUS: dict[str, int] = {
     "bundle_auth": 500,
     "bundle_conflict": 500,
     "stale_local_token": 500,
+    "token_input": 500,
+    "spent_refresh_token": 500,
     # The grant's state forbids the request until a person acts: re-consent.
     "needs_reauth": 409,
     "revoked_or_expired": 409,
@@ -52,12 +54,22 @@ STATUS: dict[str, int] = {
     "provider_rejected": 502,
     "consent_failed": 502,
     "consent_denied": 502,
+    "tls_verification_failed": 502,
     # Temporary: retry after Retry-After.
     "transient": 503,
     "provider_unavailable": 503,
     "store_unavailable": 503,
     "lease_timeout": 504,
     "consent_timeout": 504,
+    # The proxy (/v1/proxy): the caller's request, the provider's API, or a provider without an API base URL.
+    "proxy_path_refused": 400,
+    "proxy_request_too_large": 413,
+    "proxy_not_configured": 409,
+    "proxy_error": 502,
+    "upstream_unreachable": 502,
+    "upstream_too_large": 502,
+    "upstream_redirect_refused": 502,
+    "upstream_timeout": 504,
 }
 
 #: The doctor's cause (docs/doctor.md) an error code stands for when the doctor cannot be asked about the grant.

@@ -59,6 +59,7 @@ __all__ = [
     "OUTCOME_HEADER",
     "ProxyError",
     "ProxyLimits",
+    "ProxyNotConfigured",
     "ProxyPathRefused",
     "ProxyRequestTooLarge",
     "UpstreamRedirectRefused",
@@ -453,3 +454,8 @@ async def proxy_request(
             f"{limits.max_response_bytes}; fetch it from the API directly or raise the limit"
         )
     return _UpstreamStream(response, _response_headers(response, token, step), limits)
+
+
+class ProxyNotConfigured(ProxyError):
+    code = "proxy_not_configured"
+    http_status = 409

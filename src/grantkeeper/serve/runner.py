@@ -154,6 +154,7 @@ async def run(config: ServeConfig, *, store_url: str) -> None:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
         await broker.stop()
+        await app.state.proxy_clients.aclose()
         await keeper.aclose()
         if config.unix is not None:
             with contextlib.suppress(OSError):

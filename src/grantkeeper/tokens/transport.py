@@ -222,6 +222,17 @@ def async_client(network: Network | None = None, *, timeout: httpx.Timeout | flo
                              trust_env=False)  # fmt: skip
 
 
+def api_async_client(network: Network, base_url: str, *, timeout: float = 60.0) -> httpx.AsyncClient:
+    """A keep-alive client for a provider's API (the service's proxy): the same CA and proxy choice as token
+    requests get, without the one-exchange watchdog (the proxy bounds its own exchanges)."""
+    source, cafile, capath = _trust(network)
+    return httpx.AsyncClient(
+        verify=_tls_context(source, cafile, capath), proxy=_proxy(httpx.URL(base_url), network),
+        follow_redirects=False, trust_env=False, timeout=timeout,
+        limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+    )  # fmt: skip
+
+
 # --- one exchange ------------------------------------------------------------------------------------------
 
 

@@ -1,0 +1,89 @@
+"""``/v1/proxy/{name}/{path}``: the request, forwarded to the grant's provider API with its access token.
+
+The token comes from `Broker.token` (the keeper's one refresh path); a 401 ``invalid_token`` from the API is
+reported to the keeper and the request re-sent once (`grantkeeper.serve.proxy`). The caller never sees the token.
+One keep-alive client per provider network (CA bundle, proxy, API origin) is kept for the app's lifetime.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any
+
+import httpx
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from grantkeeper.integrations._flow import checked_token
+from grantkeeper.model import Provider
+from grantkeeper.serve.auth import Caller
+from grantkeeper.serve.proxy import ProxyLimits, ProxyNotConfigured, proxy_request
+from grantkeeper.serve.routes_grants import PROBLEM, GrantName, broker_of, grant_access
+from grantkeeper.tokens.transport import Network, api_async_client
+
+__all__ = ["PREFIX", "ProxyClients", "router"]
+
+PREFIX = "/v1/proxy/"
+_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+_PROBLEMS: dict[int | str, dict[str, Any]] = dict.fromkeys((400, 401, 403, 404, 409, 413, 429, 502, 503, 504), PROBLEM)
+
+router = APIRouter(prefix="/v1")
+
+
+class ProxyClients:
+    """One keep-alive `httpx.AsyncClient` per (network, API origin), closed with the app."""
+
+    def __init__(self) -> None:
+        self._clients: dict[tuple[Network, str], httpx.AsyncClient] = {}
+
+    def for_provider(self, provider: Provider, base_url: str) -> httpx.AsyncClient:
+        key = (Network.of(provider), httpx.URL(base_url).copy_with(path="/", query=None).__str__())
+        found = self._clients.get(key)
+        if found is None:
+            found = self._clients[key] = api_async_client(key[0], base_url)
+        return found
+
+    async def aclose(self) -> None:
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            await client.aclose()
+
+
+async def _provider(request: Request, name: str) -> tuple[Provider, str]:
+    store = broker_of(request).keeper.store
+    grant = await asyncio.to_thread(store.get_grant, name)
+    provider = await asyncio.to_thread(store.get_provider, grant.provider)
+    if provider.api_base_url is None:
+        raise ProxyNotConfigured(
+            f"grant {name!r}: provider {provider.name!r} has no API base URL, so there is nowhere to proxy to; an "
+            f"operator sets it with 'grantkeeper provider add {provider.name} --api-base-url URL'",
+            grant=name,
+        )
+    return provider, provider.api_base_url
+
+
+@router.api_route("/proxy/{name}/{path:path}", methods=_METHODS, responses=_PROBLEMS)
+async def proxy(
+    request: Request, name: GrantName, path: str, _caller: Annotated[Caller, grant_access("proxy", "proxy")]
+) -> Response:
+    """Forward the request to PATH under the grant's provider API base URL, with its access token; the answer
+    streams back (never the token). Scope: proxy."""
+    broker = broker_of(request)
+    provider, base_url = await _provider(request, name)
+
+    async def get_token() -> str:
+        served = await broker.token(name)
+        request.state.fingerprint = broker.fingerprint(served.access_token)
+        request.state.generation = served.generation
+        return checked_token(name, served.access_token.reveal())
+
+    async def report_rejected(token: str) -> None:
+        await broker.keeper.report_rejected(name, token)
+
+    request.state.detail = f"{request.method} {httpx.URL(base_url).host}"
+    limits: ProxyLimits = request.app.state.proxy_limits
+    clients: ProxyClients = request.app.state.proxy_clients
+    return await proxy_request(
+        request, client=clients.for_provider(provider, base_url), base_url=base_url, path=path,
+        get_token=get_token, report_rejected=report_rejected, limits=limits,
+    )  # fmt: skip
