@@ -605,7 +605,7 @@ def test_sqlite_version_4_store_migrates_to_5(tmp_path: Path, monkeypatch: pytes
         open_store(url)
     store = open_store(url, migrate=True)
     try:
-        assert store.schema_version() == latest_version("sqlite") == 5
+        assert store.schema_version() == latest_version("sqlite") == 6
         old = store.get_provider("old")
         assert (old.authorization_url, old.device_authorization_url) == ("https://as.example/authorize", None)
         store.put_provider(FAKE, now=2.0)
@@ -622,12 +622,13 @@ def test_postgres_version_4_store_migrates_to_5(pg_url: str, monkeypatch: pytest
     store.close()
     with psycopg.connect(pg_url, autocommit=True) as raw:
         raw.execute("ALTER TABLE providers DROP COLUMN device_authorization_url")
+        raw.execute("ALTER TABLE leases DROP COLUMN liveness")  # migration 6, applied again too
         raw.execute("UPDATE meta SET value = '4'::bytea WHERE key = 'schema_version'")
     with pytest.raises(StoreFormatError, match="grantkeeper migrate"):
         open_store(pg_url)
     store = open_store(pg_url, migrate=True)
     try:
-        assert store.schema_version() == latest_version("postgres") == 5
+        assert store.schema_version() == latest_version("postgres") == 6
         assert store.get_provider("fake").device_authorization_url is None
         store.put_provider(FAKE, now=2.0)
         assert store.get_provider("fake") == FAKE

@@ -95,7 +95,8 @@ def test_processes_migrating_one_old_store_at_once_all_succeed(tmp_path: Path) -
         keeper.add_provider(Provider(name="p", token_url="https://as.example/token", client_id="c"))
         keeper.import_grant("kept", provider="p", refresh_token="refresh-token-before-the-upgrade")
     raw = sqlite3.connect(path)
-    raw.execute("ALTER TABLE providers DROP COLUMN device_authorization_url")  # migration 5
+    raw.execute("ALTER TABLE leases DROP COLUMN liveness")  # migration 6
+    raw.execute("ALTER TABLE providers DROP COLUMN device_authorization_url")  # and 5
     raw.execute("ALTER TABLE providers DROP COLUMN revocation_url")  # and 4
     raw.execute("ALTER TABLE providers DROP COLUMN authorization_url")
     raw.execute("PRAGMA user_version = 3")
