@@ -333,3 +333,40 @@ def test_memory_store_has_no_signal_and_waits_out_leases() -> None:
         assert store.liveness is None and store.worker_alive("anyone") is None
     finally:
         store.close()
+
+
+class _ResettingConnection:
+    """A session behind a pooler that resets it after every transaction (``DISCARD ALL`` drops advisory locks)."""
+
+    def __init__(self, url: str) -> None:
+        import psycopg
+
+        self._conn = psycopg.connect(url, autocommit=True)
+        self.closed = False
+
+    def execute(self, sql: str, params: Any = ()) -> Any:
+        result = self._conn.execute(sql, params)
+        self._conn.execute("SELECT pg_advisory_unlock_all()")
+        return result
+
+    def close(self) -> None:
+        self.closed = True
+        self._conn.close()
+
+
+@pytest.mark.postgres
+def test_a_lock_a_pooler_resets_is_no_signal_at_all(pg_url: str) -> None:
+    """Behind a pooler that resets sessions the lock would vanish while its worker lives; a key recorded for it
+    would let others take a live worker's lease. The signal is refused instead (leases fall back to the TTL)."""
+    from grantkeeper.stores.liveness import AdvisoryLiveness
+
+    liveness = AdvisoryLiveness(lambda: _ResettingConnection(pg_url))
+    try:
+        assert liveness.hold("w") is None
+    finally:
+        liveness.close()
+    working = AdvisoryLiveness(lambda: __import__("psycopg").connect(pg_url, autocommit=True))
+    try:
+        assert working.hold("w") == working.key_for("w")
+    finally:
+        working.close()

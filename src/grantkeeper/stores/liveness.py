@@ -178,6 +178,20 @@ def _lock_linked(path: Path) -> int:
     raise OSError(f"could not lock {path}: it keeps being removed")
 
 
+class _NotHeld(Exception):
+    pass
+
+
+class _RawConn:
+    """The shared ``?`` placeholders over a raw psycopg connection (the store's adapter does this for claims)."""
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+
+    def execute(self, sql: str, params: Any = ()) -> Any:
+        return self._conn.execute(sql.replace("?", "%s"), params)
+
+
 class AdvisoryLiveness:
     """Session advisory locks on one dedicated connection (see the module docstring).
 
@@ -212,6 +226,11 @@ class AdvisoryLiveness:
                     self._reconnect()
                 elif fresh:
                     self._take(key)
+                    self._verify()
+            except _NotHeld as exc:
+                self._drop()
+                logger.warning("grantkeeper: %s; leases taken now fall back to their TTL", exc)
+                return None
             except Exception as exc:  # psycopg.Error and OSError alike: no signal, the TTL still protects
                 self._drop()
                 logger.warning("grantkeeper: the liveness session is down (%s: %s); leases taken now fall back "
@@ -223,10 +242,9 @@ class AdvisoryLiveness:
         if time.monotonic() - self._verified < _PG_VERIFY_EVERY:
             return False
         try:
-            self._conn.execute("SELECT 1")
+            self._verify()
         except Exception:
             return True
-        self._verified = time.monotonic()
         return False
 
     def _reconnect(self) -> None:
@@ -236,10 +254,22 @@ class AdvisoryLiveness:
             self._conn.execute("SET idle_session_timeout = 0")
         for key in set(self._keys.values()):
             self._take(key)
-        self._verified = time.monotonic()
+        self._verify()
 
     def _take(self, key: str) -> None:
         self._conn.execute("SELECT pg_advisory_lock_shared(%s, %s)", (PG_CLASS, int(key.removeprefix("pg:"))))
+
+    def _verify(self) -> None:
+        """Every lock we took must be visible in pg_locks from a separate statement. It is not behind a
+        transaction-mode pooler that resets sessions (``DISCARD ALL`` drops advisory locks): recording a key
+        nobody holds would let others take a live worker's lease, so such a setup gets no signal at all."""
+        for key in set(self._keys.values()):
+            if not self.alive(_RawConn(self._conn), key):
+                raise _NotHeld(
+                    f"the liveness lock {key} is not held after taking it (is the store behind a pooler that resets "
+                    "sessions? point it at the server or a session-mode pool)"
+                )
+        self._verified = time.monotonic()
 
     def _drop(self) -> None:
         if self._conn is not None:
