@@ -5,6 +5,7 @@
     python -m benchmarks.run scale                # 1,000,000 grants in SQLite and PostgreSQL (slow; not default)
     python -m benchmarks.run scale --grants 200000   # the scale benchmark at another size
     python -m benchmarks.run peers                # vs Authlib and requests-oauthlib; writes benchmarks/results/
+    python -m benchmarks.run recovery             # first token after a SIGKILL mid-refresh (SQLite, PostgreSQL)
     python -m benchmarks.run --all                # the default set and the slow ones
     python -m benchmarks.run --quick              # fewer rounds: a smoke check, not a measurement
     python -m benchmarks.run --json               # JSON summary on stdout (the tables go to stderr)
@@ -24,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks import bench_cached, bench_peers, bench_processes, bench_refresh, bench_scale
+from benchmarks import bench_cached, bench_peers, bench_processes, bench_recovery, bench_refresh, bench_scale
 from benchmarks._common import Report, environment, print_report, render_table
 
 BENCHMARKS: dict[str, Callable[[argparse.Namespace], Report]] = {
@@ -33,9 +34,10 @@ BENCHMARKS: dict[str, Callable[[argparse.Namespace], Report]] = {
     bench_processes.NAME: lambda args: bench_processes.run(args.quick),
     bench_scale.NAME: lambda args: bench_scale.run(args.quick, grants=args.grants),
     bench_peers.NAME: lambda args: bench_peers.run(args.quick, results=args.results),
+    bench_recovery.NAME: lambda args: bench_recovery.run(args.quick),
 }
 #: Run only when named or with --all: they take minutes.
-SLOW = frozenset({bench_scale.NAME, bench_peers.NAME})
+SLOW = frozenset({bench_scale.NAME, bench_peers.NAME, bench_recovery.NAME})
 DEFAULT = [name for name in BENCHMARKS if name not in SLOW]
 
 
