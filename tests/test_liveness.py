@@ -197,6 +197,28 @@ def test_the_next_token_takes_over_a_killed_holders_lease_at_once(store_url: str
 
 
 @pytest.mark.slow
+def test_a_waiting_process_takes_over_when_the_holder_dies_mid_wait(store_url: str, make_sim: Sim,
+                                                                    tmp_path: Path) -> None:  # fmt: skip
+    """A process already waiting for a live holder (held after the provider answered) takes its lease over once
+    the holder is SIGKILLed: the re-send is recorded long before the holder's 30 s lease would have expired."""
+    sim = make_sim(rotation="always", reuse_grace=300)
+    setup(store_url, sim, grace=300)
+    holder = child(store_url, force=True, failpoints=f"after_send=wait:{tmp_path / 'never'}")
+    wait_for(lambda: sim.stats.refresh_calls == 1, "the holder's request")
+    lease = held_lease(store_url)
+    waiter = child(store_url, force=False)
+    wait_for(lambda: waiter.poll() is None and time.time() > lease.expires_at - LEASE_TTL + 1, "the waiter to wait")
+    killed_at = time.time()
+    holder.kill()
+    holder.communicate(timeout=60)
+    assert outcome(waiter) == {"generation": 2}
+    first, resend = attempts(store_url)[-2:]
+    assert resend.resend_of == first.id and resend.state is AttemptState.COMMITTED
+    assert resend.started_at - killed_at < LEASE_TTL / 3 and resend.started_at < lease.expires_at - LEASE_TTL / 2
+    assert sim.stats.refresh_calls == 2 and sim.stats.errors == {}
+
+
+@pytest.mark.slow
 def test_a_stopped_holder_is_waited_for_not_double_spent(store_url: str, make_sim: Sim, tmp_path: Path) -> None:
     """A live holder that is merely stuck (SIGSTOP after the provider answered) keeps its lease: another process
     times out waiting instead of spending the token again; resumed, the holder commits."""

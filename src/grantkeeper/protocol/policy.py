@@ -36,6 +36,8 @@ class RefreshPolicy:
             possibly spent token waits (the provider rotates and the grace window is over): that worker may
             still be alive behind a network or database outage, holding the successor in its local recovery
             storage. Inside the grace window, or for a non-rotating provider, the re-send is immediate.
+        liveness_recheck: the longest a waiter waits before asking again whether a lease holder with a liveness
+            signal is still alive (its death releases the signal but notifies nobody).
 
     For a provider with a reuse grace, `for_provider` shortens ``lease_ttl`` (and ``request_timeout`` with it)
     so that waiting out a lease still leaves a re-send inside the grace.
@@ -51,6 +53,7 @@ class RefreshPolicy:
     poll_initial: float = 0.005
     poll_max: float = 0.1
     adopt_after: float = 60.0
+    liveness_recheck: float = 0.25
     rng: random.Random = field(default_factory=random.Random, compare=False)
 
     def __post_init__(self) -> None:
@@ -64,6 +67,8 @@ class RefreshPolicy:
             )
         if self.max_tries < 1 or self.wait_timeout < 0 or self.deadline < 0:
             raise ConfigurationError("max_tries must be >= 1; wait_timeout and deadline must be >= 0")
+        if not self.liveness_recheck > 0:
+            raise ConfigurationError("liveness_recheck must be positive")
 
     def backoff(self, retry: int, retry_after: float | None) -> float:
         """Wait before retry number `retry` (1-based); a provider's Retry-After is a floor."""

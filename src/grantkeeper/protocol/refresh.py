@@ -115,9 +115,10 @@ def refresh_flow(
                 retry_after=max(0.0, holder.expires_at - now),
             )  # fmt: skip
         remaining = max(0.0, deadline - now)
-        yield WaitForChange(
-            name, claim.grant.generation, min(poll, remaining), min(remaining, max(0.0, claim.holder.expires_at - now))
-        )
+        longest = min(remaining, max(0.0, claim.holder.expires_at - now))
+        if claim.holder_signal:  # its death is not announced: look again soon, so a takeover is not late
+            longest = min(longest, policy.liveness_recheck)
+        yield WaitForChange(name, claim.grant.generation, min(poll, remaining), longest)
         poll = min(poll * 2, policy.poll_max)
         now = yield Now()
     yield Failpoint("after_claim")

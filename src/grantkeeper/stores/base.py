@@ -82,6 +82,8 @@ class Claim:
     #: Every worker that can claim this grant also sees this store's local recovery storage (one host, as with
     #: SQLite), so a successor kept there is always committed by the claim. False for multi-host stores.
     shared_recovery: bool = True
+    #: `holder` has a liveness signal this store can probe: its death is seen by the next claim, not announced.
+    holder_signal: bool = False
     #: When the earliest unresolved attempt on the token `attempt` re-sends started: a provider's reuse grace
     #: counts from no earlier than this (its first possible use).
     spent_since: float | None = None

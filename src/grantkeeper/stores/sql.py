@@ -543,7 +543,8 @@ class SQLStore:
         if lease_row is not None and lease_row[0] not in (None, worker) and lease_row[2] > lease_now:
             holder = LeaseHolder(lease_row[0], lease_row[1], lease_row[2])
             if not self._holder_dead(conn, lease_row[3]):
-                return Claim(grant, provider, holder=holder)
+                signal_known = lease_row[3] is not None and self.liveness is not None
+                return Claim(grant, provider, holder=holder, holder_signal=signal_known)
             took_over = holder  # its process is gone: waiting out its TTL would only delay the re-send
         recovered = None
         for entry in self.recovery.entries(name):
