@@ -152,8 +152,16 @@ class FileLiveness:
                         os.close(fd)
 
     def close(self) -> None:
+        """Release every signal; the files go too (under their lock), so clean exits leave nothing behind. A
+        holder's lease that outlives this (kept when the store refused a commit) then reads "unknown": waited out."""
         with self._lock:
-            for _key, fd in self._held.values():
+            for key, fd in self._held.values():
+                path = self._path(key)
+                with contextlib.suppress(OSError):
+                    # Only if nobody else holds it (another process with the same worker id): exclusive or nothing.
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    if path is not None and os.fstat(fd).st_ino == os.stat(path).st_ino:
+                        os.unlink(path)
                 with contextlib.suppress(OSError):
                     os.close(fd)
             self._held.clear()
