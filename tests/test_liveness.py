@@ -245,6 +245,39 @@ def test_a_stopped_holder_is_waited_for_not_double_spent(store_url: str, make_si
     assert sim.stats.errors == {} and sim.stats.refresh_calls == 1
 
 
+PID_CHILD = """
+import sys
+from grantkeeper import Keeper, RefreshPolicy
+with Keeper.open(sys.argv[1], worker=sys.argv[2]) as keeper:
+    keeper.refresh("g", force=True)
+"""
+
+
+@pytest.mark.slow
+def test_doctor_asks_the_signal_not_the_pid_in_the_worker_id(tmp_path: Path, make_sim: Sim) -> None:
+    """Containers sharing a host name: a live worker whose id names this host and a pid that does not exist in
+    this pid table (it is another namespace's) is still refreshing, and doctor says so; killed, it is gone."""
+    import socket
+
+    sim = make_sim(rotation="always", reuse_grace=300)
+    url = f"sqlite://{tmp_path}/s.db"
+    setup(url, sim, grace=300)
+    worker = f"{socket.gethostname()}:4194303:c0ffee"  # above the default pid_max: no such pid here
+    holder = subprocess.Popen([sys.executable, "-c", PID_CHILD, url, worker],
+                              env=env(f"after_send=wait:{tmp_path / 'never'}"))  # fmt: skip
+    try:
+        wait_for(lambda: sim.stats.refresh_calls == 1, "the holder's request")
+        with Keeper.open(url) as keeper:
+            diagnosis = keeper.doctor("g")
+        assert any("being refreshed now" in fact for fact in diagnosis.facts), diagnosis.facts
+    finally:
+        holder.kill()
+        holder.wait()
+    with Keeper.open(url) as keeper:
+        gone = keeper.doctor("g")
+    assert gone.cause == "in_flight" and any("liveness signal was released" in fact for fact in gone.facts)
+
+
 # ------------------------------------------------------------------------------------------------ reuse grace
 
 

@@ -454,7 +454,7 @@ class _Doctor:
             else (f"no usable answer ({a.outcome})")
         )
         if self.alive(a.worker) is False:
-            how += " (its process no longer exists on this host)"
+            how += " (its process is gone: its liveness signal was released)"
         facts = [f"attempt {a.id} by {_who(a)} at {when(a.started_at)} may have spent refresh token "
                  f"{a.refresh_fp} (generation {a.generation}): {how}"]  # fmt: skip
         if p.rotation.value == "never":
