@@ -426,3 +426,28 @@ def test_a_lock_a_pooler_resets_is_no_signal_at_all(pg_url: str) -> None:
         assert working.hold("w") == working.key_for("w")
     finally:
         working.close()
+
+
+@pytest.mark.postgres
+def test_a_dropped_liveness_session_is_noticed_at_the_next_claim(pg_url: str, monkeypatch: pytest.MonkeyPatch,
+                                                                 tmp_path: Path) -> None:  # fmt: skip
+    """The server ends the liveness session (restart, pg_terminate_backend) while its process lives: the next
+    claim sees it without a round trip and takes the lock again on a new session before recording it."""
+    import psycopg
+
+    monkeypatch.setenv("GRANTKEEPER_KEY", TEST_KEY)
+    monkeypatch.setenv("GRANTKEEPER_RECOVERY_DIR", str(tmp_path / "recovery"))
+    store, observer = open_store(pg_url, migrate=True), open_store(pg_url)
+    try:
+        assert store.liveness is not None
+        key = store.liveness.hold("w")
+        assert key is not None and observer.worker_alive("w") is True
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                          "WHERE application_name = 'grantkeeper liveness'")  # fmt: skip
+        wait_for(lambda: observer.worker_alive("w") is False, "the server to end the session")
+        assert store.liveness.hold("w") == key  # what a claim records now is held again
+        assert observer.worker_alive("w") is True
+    finally:
+        store.close()
+        observer.close()

@@ -30,6 +30,7 @@ import hashlib
 import logging
 import os
 import re
+import select
 import threading
 import time
 from pathlib import Path
@@ -230,7 +231,7 @@ class AdvisoryLiveness:
             fresh = worker not in self._keys
             self._keys[worker] = key
             try:
-                if self._conn is None or self._conn.closed or self._stale():
+                if self._conn is None or self._conn.closed or self._disturbed() or self._stale():
                     self._reconnect()
                 elif fresh:
                     self._take(key)
@@ -246,6 +247,16 @@ class AdvisoryLiveness:
                 return None
             return key
 
+    def _disturbed(self) -> bool:
+        """Whether the server said something on the idle session: at this point that is its goodbye (a restart,
+        ``pg_terminate_backend``) or its closing the socket. A zero-timeout poll: no round trip on every claim."""
+        try:
+            return bool(select.select([self._conn.fileno()], [], [], 0)[0])
+        except (OSError, ValueError):
+            return True
+        except Exception:  # psycopg raises its own error for a closed connection's fileno()
+            return True
+
     def _stale(self) -> bool:
         if time.monotonic() - self._verified < _PG_VERIFY_EVERY:
             return False
@@ -256,12 +267,17 @@ class AdvisoryLiveness:
         return False
 
     def _reconnect(self) -> None:
-        self._drop()
-        self._conn = self._connect()
-        with contextlib.suppress(Exception):  # PostgreSQL < 14 has no such setting; nothing to undo there
-            self._conn.execute("SET idle_session_timeout = 0")
-        for key in set(self._keys.values()):
-            self._take(key)
+        """A new session takes every lock before the old one goes: a live worker never reads as dead meanwhile."""
+        old, self._conn = self._conn, self._connect()
+        try:
+            with contextlib.suppress(Exception):  # PostgreSQL < 14 has no such setting; nothing to undo there
+                self._conn.execute("SET idle_session_timeout = 0")
+            for key in set(self._keys.values()):
+                self._take(key)
+        finally:
+            if old is not None:
+                with contextlib.suppress(Exception):
+                    old.close()
         self._verify()
 
     def _take(self, key: str) -> None:
