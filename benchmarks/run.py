@@ -6,6 +6,7 @@
     python -m benchmarks.run scale --grants 200000   # the scale benchmark at another size
     python -m benchmarks.run peers                # vs Authlib and requests-oauthlib; writes benchmarks/results/
     python -m benchmarks.run serve                # the serve proxy vs a direct GET, over uvicorn (about a minute)
+    python -m benchmarks.run recovery             # first token after a SIGKILL mid-refresh (SQLite, PostgreSQL)
     python -m benchmarks.run --all                # the default set and the slow ones
     python -m benchmarks.run --quick              # fewer rounds: a smoke check, not a measurement
     python -m benchmarks.run --json               # JSON summary on stdout (the tables go to stderr)
@@ -25,7 +26,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks import bench_cached, bench_peers, bench_processes, bench_refresh, bench_scale, bench_serve
+from benchmarks import (
+    bench_cached,
+    bench_peers,
+    bench_processes,
+    bench_recovery,
+    bench_refresh,
+    bench_scale,
+    bench_serve,
+)
 from benchmarks._common import Report, environment, print_report, render_table
 
 BENCHMARKS: dict[str, Callable[[argparse.Namespace], Report]] = {
@@ -35,9 +44,10 @@ BENCHMARKS: dict[str, Callable[[argparse.Namespace], Report]] = {
     bench_scale.NAME: lambda args: bench_scale.run(args.quick, grants=args.grants),
     bench_peers.NAME: lambda args: bench_peers.run(args.quick, results=args.results),
     bench_serve.NAME: lambda args: bench_serve.run(args.quick),
+    bench_recovery.NAME: lambda args: bench_recovery.run(args.quick),
 }
 #: Run only when named or with --all: they take minutes.
-SLOW = frozenset({bench_scale.NAME, bench_peers.NAME, bench_serve.NAME})
+SLOW = frozenset({bench_scale.NAME, bench_peers.NAME, bench_serve.NAME, bench_recovery.NAME})
 DEFAULT = [name for name in BENCHMARKS if name not in SLOW]
 
 

@@ -35,12 +35,12 @@ TTL = 30.0
 V2_COLUMNS = ("actor", "try_number", "new_generation", "received_fp", "rotated", "outcome_class", "error_code",
               "error_description", "http_status", "latency", "evidence")  # fmt: skip
 #: Added by schema versions 3 (provider profiles, refresh-token lifetimes), 4 (consent and revocation
-#: endpoints) and 5 (device authorization endpoint): dropped too, to rebuild a version-1 store.
+#: endpoints), 5 (device authorization endpoint) and 6 (lease liveness): dropped too, to rebuild a version-1 store.
 V3_COLUMNS = (("providers", "private_key_file"), ("providers", "key_id"), ("providers", "jwt_audience"),
               ("providers", "send_scope"), ("providers", "profile"), ("grants", "refresh_issued_at"),
               ("grants", "refresh_expires_at"), ("providers", "authorization_url"),
               ("providers", "revocation_url"), ("providers", "device_authorization_url"),
-              *(("providers", column) for column in MIGRATION_6_COLUMNS))  # fmt: skip
+              *(("providers", column) for column in MIGRATION_6_COLUMNS), ("leases", "liveness"))  # fmt: skip
 
 
 def test_retention_keeps_the_newest_per_grant(store_url: str, make_sim: Sim) -> None:

@@ -96,6 +96,7 @@ def test_processes_migrating_one_old_store_at_once_all_succeed(tmp_path: Path) -
         keeper.add_provider(Provider(name="p", token_url="https://as.example/token", client_id="c"))
         keeper.import_grant("kept", provider="p", refresh_token="refresh-token-before-the-upgrade")
     raw = sqlite3.connect(path)
+    raw.execute("ALTER TABLE leases DROP COLUMN liveness")  # migration 8
     for column in MIGRATION_6_COLUMNS:
         raw.execute(f"ALTER TABLE providers DROP COLUMN {column}")
     raw.execute("ALTER TABLE providers DROP COLUMN device_authorization_url")  # migration 5

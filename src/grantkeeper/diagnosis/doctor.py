@@ -322,6 +322,9 @@ class _Doctor:
         spender = self.attempt(dead.evidence.get("spent_by_attempt", dead.resend_of))
         facts = [f"attempt {dead.id} by {_who(dead)} at {when(dead.started_at)} re-sent refresh token "
                  f"{dead.refresh_fp} (generation {dead.generation}); the provider said invalid_grant"]  # fmt: skip
+        if dead.evidence.get("not_resent"):
+            facts = [f"attempt {dead.id} by {_who(dead)} at {when(dead.started_at)} did not re-send refresh token "
+                     f"{dead.refresh_fp} (generation {dead.generation}): the reuse grace had passed"]  # fmt: skip
         evidence: dict[str, Any] = {"rejected_attempt": dead.id, "fingerprint": dead.refresh_fp}
         if spender is not None:
             how = {AttemptState.OPEN: "its worker died before recording an answer",
@@ -542,7 +545,7 @@ class _Doctor:
             else (f"no usable answer ({a.outcome})")
         )
         if self.alive(a.worker) is False:
-            how += " (its process no longer exists on this host)"
+            how += " (its process is gone: its liveness signal was released)"
         facts = [f"attempt {a.id} by {_who(a)} at {when(a.started_at)} may have spent refresh token "
                  f"{a.refresh_fp} (generation {a.generation}): {how}"]  # fmt: skip
         if p.rotation.value == "never":

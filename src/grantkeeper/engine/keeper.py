@@ -127,22 +127,6 @@ def _worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
-def worker_alive(worker: str) -> bool | None:
-    """Whether the process behind a worker id (``host:pid:nonce``) still runs; None if it is on another host or
-    the id is not one of ours. A reused pid reads as alive: the answer errs towards "still refreshing"."""
-    host, _, rest = worker.partition(":")
-    pid, _, _ = rest.partition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return None
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class _KeeperCore:
     """State and logic shared by both keepers; no I/O beyond calling the store."""
 
@@ -206,7 +190,9 @@ class _KeeperCore:
         now = self.clock.now()
         history = self.store.list_attempts(name, limit=self.store.retention.per_grant)
         lease = self.store.lease_holder(name, now=now)
-        return diagnose(grant, provider, history, now=now, lease=lease, alive=worker_alive,
+        # Liveness comes from the store's signal (a file lock, a session lock), never from the host name and pid
+        # in the worker id: containers sharing a host name have separate pid tables.
+        return diagnose(grant, provider, history, now=now, lease=lease, alive=self.store.worker_alive,
                         find=lambda attempt_id: self.store.get_attempt(name, attempt_id),
                         spent=lambda fingerprint: self.store.spent_by(name, fingerprint))  # fmt: skip
 

@@ -18,6 +18,7 @@ from grantkeeper._exceptions import (
     ConfigurationError,
     GrantkeeperError,
     LeaseTimeout,
+    LostInFlight,
     MalformedResponse,
     ProviderUnavailable,
     StaleLocalToken,
@@ -102,7 +103,7 @@ def refresh_flow(
     poll = policy.poll_initial
     seen = seen_generation
     while True:
-        claim: Claim = yield ClaimGrant(name, worker, policy.lease_ttl, now, force, seen, actor)
+        claim: Claim = yield ClaimGrant(name, worker, policy.lease_ttl_for, now, force, seen, actor)
         if claim.lease is not None:
             break
         if claim.grant.state is GrantState.NEEDS_REAUTH:
@@ -123,9 +124,10 @@ def refresh_flow(
                 retry_after=max(0.0, holder.expires_at - now),
             )  # fmt: skip
         remaining = max(0.0, deadline - now)
-        yield WaitForChange(
-            name, claim.grant.generation, min(poll, remaining), min(remaining, max(0.0, claim.holder.expires_at - now))
-        )
+        longest = min(remaining, max(0.0, claim.holder.expires_at - now))
+        if claim.holder_signal:  # its death is not announced: look again soon, so a takeover is not late
+            longest = min(longest, policy.liveness_recheck)
+        yield WaitForChange(name, claim.grant.generation, min(poll, remaining), longest)
         poll = min(poll * 2, policy.poll_max)
         now = yield Now()
     yield Failpoint("after_claim")
@@ -150,7 +152,16 @@ def _spend(claim: Claim, *, worker: str, policy: RefreshPolicy, started: float, 
     grant, provider, lease, attempt = claim.grant, claim.provider, claim.lease, claim.attempt
     assert lease is not None
     assert attempt is not None
+    policy = policy.for_provider(provider)  # the lease the claim took; requests and renewals fit inside it
     prior = claim.prior
+    if claim.took_over is not None:
+        dead = claim.took_over
+        yield Log(logging.WARNING, (
+            f"grant {grant.name!r}: took over the lease of worker {dead.worker} (fence {dead.fence}), whose process "
+            f"is gone (its liveness signal was released), {max(0.0, dead.expires_at - started):.1f} s before that "
+            "lease would have expired"
+        ), {"grant": grant.name, "worker": dead.worker, "fence": dead.fence, "lease_expires_at": dead.expires_at,
+            "attempt_id": attempt.id})  # fmt: skip
     if prior is not None and _must_wait_to_adopt(claim, prior, worker=worker, policy=policy, now=started):
         wait = prior.started_at + policy.adopt_after - started
         yield Finish(
@@ -172,6 +183,13 @@ def _spend(claim: Claim, *, worker: str, policy: RefreshPolicy, started: float, 
             grant=grant.name, generation=grant.generation, attempt_id=prior.id, worker=prior.worker,
             fingerprint=grant.refresh_fp, retry_after=wait,
         )  # fmt: skip
+    if prior is not None and policy.grace_over(provider, spent_since=claim.spent_since or prior.started_at,
+                                               now=started):  # fmt: skip
+        lost = _grace_passed(claim, prior, worker=worker, now=started)
+        yield Finish(lease, attempt.id, AttemptState.DEAD, lost.code, started, mark_dead=True,
+                     report=_report(OutcomeClass.LOST_IN_FLIGHT, error=lost, spent_by_attempt=prior.id,
+                                    not_resent=True, spent_since=claim.spent_since))  # fmt: skip
+        raise lost
     if prior is not None:
         yield Log(logging.WARNING, _resend_note(prior, provider, started), {
             "grant": grant.name, "generation": grant.generation, "fingerprint": grant.refresh_fp,
@@ -504,6 +522,22 @@ def _must_wait_to_adopt(claim: Claim, prior: Attempt, *, worker: str, policy: Re
         return False
     age = now - prior.started_at
     return age >= claim.provider.reuse_grace and age < policy.adopt_after
+
+
+def _grace_passed(claim: Claim, prior: Attempt, *, worker: str, now: float) -> LostInFlight:
+    """No re-send: the token's first possible use is older than the provider's reuse grace, so a re-send would be
+    refused and, if the token was spent, taken as reuse (the provider revokes the grant)."""
+    grant, provider = claim.grant, claim.provider
+    since = claim.spent_since or prior.started_at
+    return LostInFlight(
+        f"grant {grant.name!r}: attempt {prior.id} by worker {prior.worker} may have spent refresh token "
+        f"{grant.refresh_fp} and its replacement was never stored; that was {now - since:.1f} s ago, past the "
+        f"provider's {provider.reuse_grace:.0f} s reuse grace, so a re-send would be refused and could make the "
+        "provider revoke the grant. Not re-sent: the grant is lost. Re-authorize and re-import it; check that "
+        "worker's logs around the attempt",
+        grant=grant.name, generation=grant.generation, attempt_id=prior.id, worker=worker,
+        fingerprint=grant.refresh_fp,
+    )  # fmt: skip
 
 
 def _resend_note(prior: Attempt, provider: Provider, now: float) -> str:

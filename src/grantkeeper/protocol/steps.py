@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 
 from grantkeeper.model import Attempt, AttemptReport, AttemptState, Grant, Lease, Provider
-from grantkeeper.stores.base import Claim, GrantUpdate, Store
+from grantkeeper.stores.base import Claim, GrantUpdate, LeaseTTL, Store
 
 __all__ = [
     "ClaimGrant",
@@ -59,7 +59,7 @@ class ClaimGrant(StoreStep):
 
     name: str
     worker: str
-    lease_ttl: float
+    lease_ttl: LeaseTTL
     now: float
     force: bool
     seen_generation: int | None

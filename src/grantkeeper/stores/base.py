@@ -13,6 +13,9 @@ Every method is one transaction. The guarantees the refresh protocol relies on:
   A holder whose lease has expired may still commit while its generation is current: its successor token
   is the only valid one (I1).
 * Leases carry a fence that increases on every acquisition; releasing or renewing checks it.
+* A lease records its holder's liveness signal (`grantkeeper.stores.liveness`). An unexpired lease whose
+  holder's signal is free (the holder died) is taken over at once, as if it had expired (``took_over``);
+  a holder whose signal is held or unknown is waited for.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from grantkeeper._exceptions import GrantkeeperError
 from grantkeeper._secrets import Secret
 from grantkeeper.model import Attempt, AttemptReport, AttemptState, Grant, Lease, LeaseHolder, Provider
 
-__all__ = ["Claim", "GenerationConflict", "GrantUpdate", "LeaseLost", "Store"]
+__all__ = ["Claim", "GenerationConflict", "GrantUpdate", "LeaseLost", "LeaseTTL", "Store"]
 
 
 class GenerationConflict(GrantkeeperError):
@@ -38,6 +41,11 @@ class LeaseLost(GrantkeeperError):
     """This worker's lease expired and another worker took it; stop before spending anything."""
 
     code = "lease_lost"
+
+
+#: How long a claim's lease lasts: seconds, or a function of the grant's provider (a provider with a reuse grace
+#: gets a lease short enough that a re-send after it expires still lands inside the grace).
+LeaseTTL = float | Callable[[Provider], float]
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +84,13 @@ class Claim:
     #: Every worker that can claim this grant also sees this store's local recovery storage (one host, as with
     #: SQLite), so a successor kept there is always committed by the claim. False for multi-host stores.
     shared_recovery: bool = True
+    #: `holder` has a liveness signal this store can probe: its death is seen by the next claim, not announced.
+    holder_signal: bool = False
+    #: When the earliest unresolved attempt on the token `attempt` re-sends started: a provider's reuse grace
+    #: counts from no earlier than this (its first possible use).
+    spent_since: float | None = None
+    #: The unexpired lease this claim took over because its holder's liveness signal said the holder is dead.
+    took_over: LeaseHolder | None = None
 
 
 class Store(Protocol):
@@ -127,13 +142,15 @@ class Store(Protocol):
 
     def lease_holder(self, name: str, *, now: float) -> LeaseHolder | None: ...
 
+    def worker_alive(self, worker: str) -> bool | None: ...
+
     # the refresh transaction
     def claim(
         self,
         name: str,
         *,
         worker: str,
-        lease_ttl: float,
+        lease_ttl: LeaseTTL,
         now: float,
         force: bool,
         seen_generation: int | None,

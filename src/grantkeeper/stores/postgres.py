@@ -10,6 +10,10 @@ The grant logic is `grantkeeper.stores.sql`, shared with SQLite. What is Postgre
 * Commits and invalidations send ``NOTIFY grantkeeper`` inside the transaction; a listener thread per store
   wakes waiting workers and lets keepers drop cached access tokens. If the listener is disconnected, waiters
   fall back to polling.
+* Each process holds a session advisory lock on one dedicated connection (opened at its first claim) while it
+  lives; a lease records it, so a claim that finds the holder's lock gone (``pg_locks``) takes the lease over
+  at once (`grantkeeper.stores.liveness`). That one connection needs a real session: point it past a
+  transaction-mode pooler, or it only ever reads as alive and dead holders' leases are waited out.
 * Single-statement reads run in autocommit (one round trip); writes run in explicit transactions. A read that
   fails on a dropped connection is retried once on a fresh one.
 """
@@ -40,6 +44,7 @@ from grantkeeper._exceptions import (
 from grantkeeper._fsutil import make_private_dirs
 from grantkeeper.crypto import Crypto
 from grantkeeper.keyring import load_ring
+from grantkeeper.stores.liveness import AdvisoryLiveness
 from grantkeeper.stores.migrations import latest_version, migrations
 from grantkeeper.stores.recovery import RecoveryDir
 from grantkeeper.stores.rekey import KEY_CHECK_AAD, unlock
@@ -147,7 +152,7 @@ class PostgresStore(SQLStore):
     _shared_recovery = False  # each host keeps its own
 
     def __init__(self, url: str, crypto: Crypto, recovery: RecoveryDir, pool: psycopg_pool.ConnectionPool[Any]) -> None:
-        super().__init__(crypto, recovery)
+        super().__init__(crypto, recovery, AdvisoryLiveness(functools.partial(_connect_liveness, url)))
         self.url = url
         self._where = safe_url(url)
         self._pool = pool
@@ -254,6 +259,8 @@ class PostgresStore(SQLStore):
         self._closed = True
         if self._listener is not None:
             self._listener.close()
+        if self.liveness is not None:
+            self.liveness.close()
         self._pool.close()
 
     # ---------------------------------------------------------------- transactions
@@ -330,6 +337,12 @@ class PostgresStore(SQLStore):
                 if remaining <= 0:
                     return
                 self._changed.wait(remaining)
+
+
+def _connect_liveness(url: str) -> psycopg.Connection[Any]:
+    """The connection that holds this process's liveness lock: its own session, outside the pool, so the lock
+    lives exactly as long as the process (or its host) does."""
+    return psycopg.connect(url, autocommit=True, connect_timeout=5, application_name="grantkeeper liveness")
 
 
 def _recovery_path(url: str) -> Path:

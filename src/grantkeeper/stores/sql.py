@@ -38,7 +38,8 @@ from grantkeeper.model import (
     check_name,
 )
 from grantkeeper.stores.access import ApiKeyRecord, AuditEntry
-from grantkeeper.stores.base import Claim, GenerationConflict, GrantUpdate, LeaseLost
+from grantkeeper.stores.base import Claim, GenerationConflict, GrantUpdate, LeaseLost, LeaseTTL
+from grantkeeper.stores.liveness import Liveness
 from grantkeeper.stores.recovery import RecoveryDir, RecoveryEntry
 
 __all__ = ["Conn", "HistoryRetention", "SQLStore", "StoreEvent", "StoreObserver", "Subscriber"]
@@ -180,9 +181,11 @@ class SQLStore:
     #: transaction already excludes other writers).
     _row_lock = ""
 
-    def __init__(self, crypto: Crypto, recovery: RecoveryDir) -> None:
+    def __init__(self, crypto: Crypto, recovery: RecoveryDir, liveness: Liveness | None = None) -> None:
         self._crypto = crypto
         self.recovery = recovery
+        #: The signals that tell a dead lease holder from a slow one (None: leases are only ever waited out).
+        self.liveness = liveness
         #: Attempt history kept for `grantkeeper history` and `doctor`; pruned as grants are refreshed.
         self.retention = HistoryRetention.from_env()
         self._subscribers: list[Subscriber] = []
@@ -632,12 +635,14 @@ class SQLStore:
     # ---------------------------------------------------------------- the refresh transaction
 
     def claim(
-        self, name: str, *, worker: str, lease_ttl: float, now: float, force: bool, seen_generation: int | None,
+        self, name: str, *, worker: str, lease_ttl: LeaseTTL, now: float, force: bool, seen_generation: int | None,
         actor: str = "",
     ) -> Claim:  # fmt: skip
         settled: list[RecoveryEntry] = []
+        # Held before the lease row names it, so nobody ever finds a recorded signal that is not held yet.
+        signal = self.liveness.hold(worker) if self.liveness is not None else None
         with self._tx() as conn:
-            claim = self._claim(conn, name, worker, lease_ttl, now, force, seen_generation, actor, settled)
+            claim = self._claim(conn, name, worker, lease_ttl, now, force, seen_generation, actor, settled, signal)
         # Recovery files go only once the transaction that used or superseded them has committed: removed earlier,
         # a rollback would lose the successor they hold.
         for entry in settled:
@@ -648,8 +653,8 @@ class SQLStore:
         return claim
 
     def _claim(
-        self, conn: Conn, name: str, worker: str, lease_ttl: float, now: float, force: bool,
-        seen_generation: int | None, actor: str, settled: list[RecoveryEntry],
+        self, conn: Conn, name: str, worker: str, lease_ttl: LeaseTTL, now: float, force: bool,
+        seen_generation: int | None, actor: str, settled: list[RecoveryEntry], signal: str | None,
     ) -> Claim:  # fmt: skip
         grant, provider = self._read_grant_and_provider(conn, name, lock=True)
         forced = force and (seen_generation is None or grant.generation <= seen_generation)
@@ -660,24 +665,32 @@ class SQLStore:
         # the locking query would come from the snapshot taken before the lock wait, i.e. before the previous
         # holder's commit, and two workers would both see the lease free (the multi-host tests catch this).
         lease_row = conn.execute(
-            "SELECT worker, fence, expires_at FROM leases WHERE grant_name = ?", (name,)
+            "SELECT worker, fence, expires_at, liveness FROM leases WHERE grant_name = ?", (name,)
         ).fetchone()
         lease_now = self._lease_clock(conn, now)
+        took_over = None
         # A lease this same worker left behind (its commit failed) is reclaimable: in-process single-flight
         # guarantees the worker is not refreshing this grant concurrently.
         if lease_row is not None and lease_row[0] not in (None, worker) and lease_row[2] > lease_now:
-            return Claim(grant, provider, holder=LeaseHolder(lease_row[0], lease_row[1], lease_row[2]))
+            holder = LeaseHolder(lease_row[0], lease_row[1], lease_row[2])
+            if not self._holder_dead(conn, lease_row[3]):
+                signal_known = lease_row[3] is not None and self.liveness is not None
+                return Claim(grant, provider, holder=holder, holder_signal=signal_known)
+            took_over = holder  # its process is gone: waiting out its TTL would only delay the re-send
         recovered = self._commit_kept(conn, grant, self.recovery.entries(name), now, settled)
         if recovered is not None:
+            if took_over is not None:  # the dead holder's lease goes with it: nobody is refreshing now
+                conn.execute("UPDATE leases SET worker = NULL, expires_at = 0 WHERE grant_name = ?", (name,))
             return Claim(recovered, provider, recovered=True)
         fence = (lease_row[1] if lease_row is not None else 0) + 1
+        ttl = lease_ttl(provider) if callable(lease_ttl) else lease_ttl
         conn.execute(
-            "INSERT INTO leases (grant_name, worker, fence, expires_at) VALUES (?, ?, ?, ?) "
+            "INSERT INTO leases (grant_name, worker, fence, expires_at, liveness) VALUES (?, ?, ?, ?, ?) "
             "ON CONFLICT (grant_name) DO UPDATE SET worker = excluded.worker, fence = excluded.fence, "
-            "expires_at = excluded.expires_at",
-            (name, worker, fence, lease_now + lease_ttl),
+            "expires_at = excluded.expires_at, liveness = excluded.liveness",
+            (name, worker, fence, lease_now + ttl, signal),
         )
-        lease = Lease(name, worker, fence, lease_now + lease_ttl)
+        lease = Lease(name, worker, fence, lease_now + ttl)
         # One round trip for both: the unresolved attempt this claim re-sends (maybe spent, successor unknown)
         # and the latest re-send or stale send of the last generations (explains a later family revocation; a
         # stale send is a certain second use of a token, a re-send only a possible one, so it is preferred).
@@ -695,6 +708,13 @@ class SQLStore:
         }
         prior_row, resend_row = found.get("prior"), found.get("resend")
         prior = self._attempt(prior_row) if prior_row else None
+        spent_since = None
+        if prior is not None:  # rare (a crash or a lost answer): the grace counts from the token's first use
+            spent_since = float(conn.execute(
+                "SELECT MIN(started_at) FROM attempts WHERE grant_name = ? AND generation = ? AND refresh_fp = ? "
+                "AND state IN ('open', 'ambiguous')",
+                (name, grant.generation, grant.refresh_fp),
+            ).fetchone()[0])  # fmt: skip
         attempt = self._insert_attempt(
             conn, lease, grant.generation, str(grant.refresh_fp), prior.id if prior else None, now, actor, 1
         )
@@ -708,7 +728,22 @@ class SQLStore:
             prior=prior,
             recent_resend=self._attempt(resend_row) if resend_row else None,
             shared_recovery=self._shared_recovery,
+            spent_since=spent_since,
+            took_over=took_over,
         )
+
+    def _holder_dead(self, conn: Conn, signal: str | None) -> bool:
+        """Whether the lease holder's liveness signal says it died. Unknown (no signal recorded, this store
+        cannot probe it) is not dead: that lease is waited out."""
+        return signal is not None and self.liveness is not None and self.liveness.alive(conn, signal) is False
+
+    def worker_alive(self, worker: str) -> bool | None:
+        """Whether `worker` (any worker id, e.g. from the attempt history) still holds its liveness signal;
+        None if this store has no signals or cannot tell (the worker never held one here)."""
+        if self.liveness is None:
+            return None
+        key = self.liveness.key_for(worker)
+        return self._read(lambda conn: self.liveness.alive(conn, key) if self.liveness is not None else None)
 
     def _insert_attempt(
         self, conn: Conn, lease: Lease, generation: int, refresh_fp: str, resend_of: int | None,
@@ -869,7 +904,7 @@ class SQLStore:
     @staticmethod
     def _release(conn: Conn, lease: Lease) -> None:
         conn.execute(
-            "UPDATE leases SET worker = NULL, expires_at = 0 WHERE grant_name = ? AND fence = ?",
+            "UPDATE leases SET worker = NULL, expires_at = 0, liveness = NULL WHERE grant_name = ? AND fence = ?",
             (lease.grant, lease.fence),
         )
 

@@ -27,6 +27,7 @@ from grantkeeper._exceptions import ConfigurationError, StoreFormatError, StoreU
 from grantkeeper._fsutil import fsync_dir, make_private_dirs
 from grantkeeper.crypto import Crypto
 from grantkeeper.keyring import load_ring
+from grantkeeper.stores.liveness import FileLiveness
 from grantkeeper.stores.migrations import latest_version, migrations
 from grantkeeper.stores.recovery import RecoveryDir
 from grantkeeper.stores.rekey import KEY_CHECK_AAD, unlock
@@ -152,7 +153,10 @@ class SQLiteStore(SQLStore):
 
     def __init__(self, path: Path | None, crypto: Crypto, *, busy_timeout: float, lock: threading.RLock | None) -> None:
         recovery = RecoveryDir(path.with_name(path.name + ".recovery") if path is not None else None, crypto)
-        super().__init__(crypto, recovery)
+        # Every process that opens the file is on this host (WAL needs shared memory), so a flock beside it
+        # tells a dead lease holder from a live one. A memory store lives in one process: nothing to tell.
+        liveness = FileLiveness(path.with_name(path.name + ".live")) if path is not None else None
+        super().__init__(crypto, recovery, liveness)
         self.path = path
         self._busy_timeout = busy_timeout
         self._local = threading.local()
@@ -391,3 +395,5 @@ class SQLiteStore(SQLStore):
                 with contextlib.suppress(sqlite3.Error):
                     conn.close()
             self._connections.clear()
+        if self.liveness is not None:
+            self.liveness.close()
