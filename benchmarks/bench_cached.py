@@ -1,6 +1,6 @@
 """Cached `access_token` latency vs a bare dict lookup plus a clock read.
 
-DESIGN.md step 1: a cached access token valid beyond the skew is returned without I/O or locks. The least
+docs/design.md step 1: a cached access token valid beyond the skew is returned without I/O or locks. The least
 any cache can do for that is one dict lookup, one clock read and one comparison, in a function call; that
 is the baseline (`baseline` / `async_baseline` below, written as plainly as possible). The ratio says what
 grantkeeper's fast path costs on top of that minimum.

@@ -1,4 +1,4 @@
-"""Provider calls per expiry under 8 processes x 8 threads (DESIGN.md I2: one provider call per expiry).
+"""Provider calls per expiry under 8 processes x 8 threads (docs/design.md I2: one provider call per expiry).
 
 A simulator issues 1-second access tokens; one grant; 8 "spawn" processes, each with one Keeper on the same
 SQLite store and 8 threads calling ``access_token`` in a loop for a few seconds. Every generation the grant

@@ -1,6 +1,6 @@
 """One durable refresh through the keeper vs one bare POST plus one durable SQLite commit.
 
-A: ``keeper.refresh(name, force=True)``: the whole transaction of DESIGN.md (read the grant, claim the lease
+A: ``keeper.refresh(name, force=True)``: the whole transaction of docs/design.md (read the grant, claim the lease
 and record the attempt durably, POST, parse, commit generation+1 durably), on an SQLite store in a temp dir.
 
 B: the least a correct hand-written integration does: POST a refresh_token grant with an httpx.Client of the

@@ -164,7 +164,7 @@ def test_sigkill_after_send_is_recovered_inside_the_grace_period(tmp_path: Path,
 @pytest.mark.slow
 def test_grace_replay_of_an_expired_access_token_is_never_served(tmp_path: Path, dot_server: DotFactory) -> None:
     """DOT answers a re-send inside the grace with the access token it issued the first time and a fresh
-    ``expires_in``, even when that token has already expired (DESIGN.md failure table). grantkeeper commits the
+    ``expires_in``, even when that token has already expired (docs/design.md failure table). grantkeeper commits the
     successor, never serves that access token, and refreshes once more with the successor: the token it hands out
     is accepted, with no 401 and no report needed."""
     server = dot_server(grace=30, access_ttl=2)

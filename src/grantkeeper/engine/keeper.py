@@ -3,7 +3,7 @@
 Both share `_KeeperCore` (cache, worker identity, status assembly) and the one protocol in
 `grantkeeper.protocol`; they differ only in the lock type and the driver they run it with.
 
-Order of checks for a token (DESIGN.md): (1) the in-process cache, no lock, no I/O; (2) the grant's
+Order of checks for a token (docs/design.md): (1) the in-process cache, no lock, no I/O; (2) the grant's
 in-process lock, so concurrent callers share one refresh; (3) the cache again under the lock; (4) the
 protocol, which takes the store lease and re-reads the grant before spending anything.
 """

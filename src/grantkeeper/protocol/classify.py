@@ -1,4 +1,4 @@
-"""The failure table as pure functions: what an answer means, with evidence (DESIGN.md, I5)."""
+"""The failure table as pure functions: what an answer means, with evidence (docs/design.md, I5)."""
 
 from __future__ import annotations
 

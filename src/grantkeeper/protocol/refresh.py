@@ -1,4 +1,4 @@
-"""The refresh transaction as a sans-I/O generator (DESIGN.md steps 3-8).
+"""The refresh transaction as a sans-I/O generator (docs/design.md steps 3-8).
 
 `refresh_flow` yields steps (`grantkeeper.protocol.steps`) and receives their results; store errors are
 thrown into it. It decides everything: whether to wait, whether to send, whether a possibly-spent token may

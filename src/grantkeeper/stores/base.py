@@ -3,7 +3,7 @@
 Every method is one transaction. The guarantees the refresh protocol relies on:
 
 * ``claim`` takes the grant's lease and durably records the attempt in the same transaction, after
-  re-reading the grant inside it (steps 3-5 of DESIGN.md): if the grant no longer needs a refresh, or
+  re-reading the grant inside it (steps 3-5 of docs/design.md): if the grant no longer needs a refresh, or
   another worker holds an unexpired lease, nothing is written. A successor kept in local recovery storage
   for the current generation is committed by ``claim`` instead of recording an attempt, so no worker on
   this host spends a token whose successor is already known.
