@@ -385,6 +385,7 @@ def test_disk_full_at_commit_keeps_the_successor_in_recovery_storage(
     done = finish(child, go)
     assert done.returncode == 0, done.stderr
     assert "the disk is full" in done.stderr
+    assert "kept in local recovery storage" in done.stdout  # not a bare "refreshed" while the store holds gen 1
     assert len(list(elsewhere.glob("*.gkr"))) == 1
     filler.unlink()
     assert not leftovers(small_disk) and not leftovers(elsewhere)

@@ -346,6 +346,14 @@ def token(session: Session, name: str, header: bool) -> None:
     click.echo(f"Authorization: Bearer {value}" if header else value)
 
 
+def _stored_generation(keeper: Keeper, name: str) -> int:
+    """The generation the store holds now; -1 if it cannot be read (then nothing newer is known to be there)."""
+    try:
+        return keeper.store.get_grant(name).generation
+    except GrantkeeperError:
+        return -1
+
+
 @cli.command()
 @click.argument("name", required=False, shell_complete=complete_grant)
 @click.option("--force", is_flag=True, help="Refresh even if the access token is still usable.")
@@ -370,10 +378,15 @@ def refresh(session: Session, name: str | None, force: bool, due: bool, window: 
     with _open(session) as keeper:
         before = keeper.store.get_grant(name).generation
         after = keeper.refresh(name, force=force)
+        committed = _stored_generation(keeper, name) >= after.generation
     if as_json:
         _echo_json({"name": after.name, "refreshed": after.generation > before, "previous_generation": before,
-                    "generation": after.generation, "refresh_fp": after.refresh_fp, "access_fp": after.access_fp,
-                    "expires_at": after.expires_at})  # fmt: skip
+                    "generation": after.generation, "committed": committed, "refresh_fp": after.refresh_fp,
+                    "access_fp": after.access_fp, "expires_at": after.expires_at})  # fmt: skip
+    elif after.generation > before and not committed:
+        click.echo(f"grant {name} refreshed: generation {before} -> {after.generation}, kept in local recovery "
+                   "storage because the store could not be written; the next grantkeeper command on this host "
+                   "commits it")  # fmt: skip
     elif after.generation > before:
         click.echo(f"grant {name} refreshed: generation {before} -> {after.generation}")
     else:
