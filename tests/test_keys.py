@@ -534,7 +534,8 @@ def test_rotation_pages_through_every_row(durable_url: str, monkeypatch: pytest.
 
 
 def test_store_files_are_owner_only(tmp_path: Path, make_sim: Sim) -> None:
-    """A new store's directory is 0700; the database, WAL, key and recovery files 0600; recovery dir 0700."""
+    """A new store's directory is 0700; the database, WAL, key, recovery and liveness files 0600; the recovery
+    and liveness directories 0700."""
     sim = make_sim()
     url = f"sqlite://{tmp_path}/deep/dir/s.db"
     with Keeper.open(url, policy=FAST_POLICY) as keeper:
@@ -548,6 +549,7 @@ def test_store_files_are_owner_only(tmp_path: Path, make_sim: Sim) -> None:
         modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in directory.rglob("*")}
     assert stat.S_IMODE(directory.stat().st_mode) == 0o700
     assert modes.pop("s.db.recovery") == 0o700
+    assert modes.pop("s.db.live") == 0o700  # the workers' liveness lock files (docs/recovery.md)
     assert {"s.db", "s.db-wal", "s.db.key"} <= set(modes)
     assert set(modes.values()) == {0o600}, modes
 
