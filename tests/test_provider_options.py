@@ -10,7 +10,6 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from click.testing import CliRunner, Result
 
 from grantkeeper import Keeper, Provider, Secret
 from grantkeeper._exceptions import ConfigurationError, ConsentFailed
@@ -18,23 +17,10 @@ from grantkeeper.bundle import BundleKey, export_bundle, import_bundle
 from grantkeeper.consent import connect
 from grantkeeper.stores import open_store
 from grantkeeper.tokens.discovery import metadata_urls
+from tests.test_cli_providers import invoke, stored
 from tests.test_connect import Browser, to_listener
 
 PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
-
-
-def invoke(url: str, *args: str) -> Result:
-    from grantkeeper.cli.main import cli
-
-    return CliRunner().invoke(cli, ["--store", url, *args])
-
-
-def stored(url: str, name: str = "p") -> Provider:
-    store = open_store(url, create=False)
-    try:
-        return store.get_provider(name)
-    finally:
-        store.close()
 
 
 @pytest.fixture
