@@ -369,6 +369,12 @@ def test_upstream_down_is_502(caller: Caller, settings: ProxySettings) -> None:
     assert "signature" not in str(body["detail"])
 
 
+def test_small_answer_cut_short_is_502_not_a_truncated_200(caller: Caller) -> None:
+    """A small answer (declared length within one chunk) is read whole before anything is answered, so an upstream
+    that breaks it off mid-body is a clean 502, not 200 headers followed by an aborted connection."""
+    problem(caller.request("GET", "short-body"), 502, "upstream_unreachable")
+
+
 def test_upstream_timeout_is_504(caller: Caller, settings: ProxySettings) -> None:
     settings.limits = replace(settings.limits, timeout=0.5)
     problem(caller.request("GET", "slow"), 504, "upstream_timeout")
