@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import importlib.util
 import os
 import re
 import shutil
@@ -34,13 +36,15 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from time import perf_counter_ns
-from typing import Any
+from typing import IO, Any
 
-from benchmarks._common import Report, Row, Sample, format_value, interleave, standalone, summarize
+from benchmarks._common import Report, Row, Sample, format_value, interleave, sim_provider, standalone, summarize
 
 NAME = "serve"
 TITLE = "serve proxy vs direct GET, and the bare FastAPI route"
@@ -49,6 +53,9 @@ SERVE_RPS_TARGET = 0.7
 SERVE_P99_TARGET = 1.5
 CONNECTIONS = 16
 TOKEN = "bench-access-token-" + "x" * 24
+SERVE_TOKEN_ENV = "BENCH_SERVE_TOKEN"
+SERVE_GRANT = "bench"
+SERVE_RATE = 1_000_000  # per-key requests/s and burst given to serve for the run (its default would throttle it)
 UVICORN_ARGS = ["--host", "127.0.0.1", "--http", "h11", "--loop", "asyncio", "--workers", "1", "--no-access-log",
                 "--log-level", "warning", "--timeout-graceful-shutdown", "2"]  # fmt: skip
 
@@ -71,15 +78,16 @@ def bare_app() -> Any:
 
 
 def upstream_app() -> Any:
-    """The API the proxy forwards to: a JSON answer for a request bearing `TOKEN`, 401 otherwise."""
+    """The API the proxy forwards to: a JSON answer for a request bearing `TOKEN` (or the serve grant's access
+    token, ``$BENCH_SERVE_TOKEN``), 401 otherwise."""
     from fastapi import FastAPI
     from fastapi.responses import JSONResponse, Response
 
     app = FastAPI()
-    expected = f"Bearer {TOKEN}"
+    expected = {f"Bearer {token}" for token in (TOKEN, os.environ.get(SERVE_TOKEN_ENV)) if token}
 
     async def things(request: Any) -> Response:
-        if request.headers.get("authorization") != expected:
+        if request.headers.get("authorization") not in expected:
             return Response(status_code=401, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
         return JSONResponse({"things": [1, 2, 3]})
 
@@ -125,23 +133,52 @@ def proxy_app() -> Any:
 
 
 @dataclass(frozen=True)
-class Target:
-    """One case: the app (``module:factory``), the path to GET, and the headers to send."""
+class ServeTarget:
+    """A running ``grantkeeper serve``: its URL, the grant, the API key, and the grant's (cached) access token."""
 
-    factory: str
-    path: str
-    headers: tuple[tuple[str, str], ...] = ()
+    url: str
+    grant: str
+    api_key: str
+    access_token: str
+
+    @property
+    def headers(self) -> tuple[tuple[str, str], ...]:
+        return (("Authorization", f"Bearer {self.api_key}"),)
 
 
-def serve_token_target() -> Target | None:
-    """The serve app's cached-token route, authenticated with an API key, once ``grantkeeper serve`` exists.
+@contextlib.contextmanager
+def serve_token_target(upstream_url: str) -> Iterator[ServeTarget]:
+    """The real ``grantkeeper serve`` (``python -m grantkeeper --store URL serve``) on a free loopback port.
 
-    To fill in when the app lands: return ``Target("<serve module>:<app factory>", "<token route for a grant>",
-    (("Authorization", "Bearer <api key>"),))``, with a store prepared (a grant whose access token is cached and
-    valid for the whole run) through environment variables the factory reads. Until then: None, and the report
-    says NOT MEASURED; no figure is invented for it.
+    Its store is an SQLite file in a temporary directory (key file beside it) holding one provider, the provider
+    simulator (access tokens live a day, so every GET of the run is a cache hit), with ``api_base_url`` =
+    `upstream_url`, one grant whose access token was fetched once before serve starts, and one API key (scopes
+    token and proxy) made with `grantkeeper.serve.apikeys.new_key` and stored with ``create_api_key``. The
+    per-key rate limit is raised through ``GRANTKEEPER_SERVE_RATE``/``_BURST`` (`SERVE_RATE`): the default would
+    answer most of the benchmark's GETs 429. Serve's JSON log goes to a file in the temporary directory.
     """
-    return None
+    from grantkeeper import Keeper
+    from grantkeeper.serve.apikeys import new_key
+    from grantkeeper.stores import open_store
+    from grantkeeper.testing.simulator import ProviderSimulator
+
+    with ProviderSimulator(access_ttl=86400.0) as sim, tempfile.TemporaryDirectory(prefix="grantkeeper-serve-") as tmp:
+        store_url = f"sqlite:///{tmp}/serve.db"
+        with Keeper.open(store_url) as keeper:
+            keeper.add_provider(dataclasses.replace(sim_provider(sim), api_base_url=upstream_url))
+            keeper.import_grant(SERVE_GRANT, provider="sim", refresh_token=sim.issue_grant())
+            access_token = keeper.access_token(SERVE_GRANT)
+        made = new_key("bench", grants="*", scopes="token,proxy", now=time.time(), lifetime=None)
+        store = open_store(store_url)
+        try:
+            store.create_api_key(made.record, key=made.key)
+        finally:
+            store.close()
+        port = _free_port()
+        command = [sys.executable, "-m", "grantkeeper", "--store", store_url, "serve", "--port", str(port)]
+        env = {"GRANTKEEPER_SERVE_RATE": str(SERVE_RATE), "GRANTKEEPER_SERVE_BURST": str(SERVE_RATE)}
+        with open(Path(tmp) / "serve.log", "w") as log, _process(command, port, env, stderr=log):
+            yield ServeTarget(f"http://127.0.0.1:{port}", SERVE_GRANT, made.key, access_token)
 
 
 # --- servers ----------------------------------------------------------------------------------------------
@@ -154,20 +191,19 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def served(factory: str, env: dict[str, str] | None = None) -> Iterator[str]:
-    """``uvicorn --factory`` for `factory` on a free loopback port; yields its base URL; stops it by pid."""
-    port = _free_port()
-    command = [sys.executable, "-m", "uvicorn", "--factory", factory, "--port", str(port), *UVICORN_ARGS]
-    proc = subprocess.Popen(command, env={**os.environ, **(env or {})}, cwd=os.getcwd())
+def _process(command: list[str], port: int, env: dict[str, str] | None = None, *,
+             stderr: IO[str] | None = None) -> Iterator[None]:  # fmt: skip
+    """Run `command` until it accepts connections on 127.0.0.1:`port`; stop it by pid at the end."""
+    proc = subprocess.Popen(command, env={**os.environ, **(env or {})}, cwd=os.getcwd(), stderr=stderr)
     try:
         deadline = time.monotonic() + 30
         while True:
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
                 break
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"uvicorn for {factory} did not start (exit status {proc.poll()})")
+                raise RuntimeError(f"{' '.join(command[:6])} did not start (exit status {proc.poll()})")
             time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}"
+        yield
     finally:
         proc.terminate()
         try:
@@ -175,6 +211,15 @@ def served(factory: str, env: dict[str, str] | None = None) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@contextlib.contextmanager
+def served(factory: str, env: dict[str, str] | None = None, port: int | None = None) -> Iterator[str]:
+    """``uvicorn --factory`` for `factory` on `port` (a free loopback port by default); yields its base URL."""
+    port = port or _free_port()
+    command = [sys.executable, "-m", "uvicorn", "--factory", factory, "--port", str(port), *UVICORN_ARGS]
+    with _process(command, port, env):
+        yield f"http://127.0.0.1:{port}"
 
 
 # --- load generators ------------------------------------------------------------------------------------------
@@ -285,44 +330,46 @@ def run(quick: bool = False) -> Report:
     started = time.perf_counter()
     report = Report(NAME, TITLE)
     generator_name = load_generator()[0]
-    serve = serve_token_target()
     auth = (("Authorization", f"Bearer {TOKEN}"),)
+    upstream_port = _free_port()  # serve's provider names the upstream before the upstream starts
     with contextlib.ExitStack() as stack:
+        serve = stack.enter_context(serve_token_target(f"http://127.0.0.1:{upstream_port}/api"))
         bare = stack.enter_context(served("benchmarks.bench_serve:bare_app"))
-        upstream = stack.enter_context(served("benchmarks.bench_serve:upstream_app"))
+        upstream = stack.enter_context(served("benchmarks.bench_serve:upstream_app",
+                                              {SERVE_TOKEN_ENV: serve.access_token}, port=upstream_port))  # fmt: skip
         proxy = stack.enter_context(served("benchmarks.bench_serve:proxy_app", {"BENCH_UPSTREAM": upstream}))
         # 1 connection: latency without queueing (the ratio's rows); CONNECTIONS: throughput under load.
         cases: dict[str, Case] = {}
         for suffix, connections in (("@1", 1), (f"@{CONNECTIONS}", CONNECTIONS)):
             cases["direct" + suffix] = (upstream + "/api/things", auth, connections)
             cases["proxy" + suffix] = (proxy + "/v1/proxy/bench/things", (), connections)
+            cases["serve_proxy" + suffix] = (f"{serve.url}/v1/proxy/{serve.grant}/things", serve.headers, connections)
         cases["bare"] = (bare + "/const", (), CONNECTIONS)
-        if serve is not None:
-            serve_url = stack.enter_context(served(serve.factory)) + serve.path
-            cases["serve_token"] = (serve_url, serve.headers, CONNECTIONS)
+        cases["serve_token"] = (f"{serve.url}/v1/grants/{serve.grant}/token", serve.headers, CONNECTIONS)
         figures, errors = _measure(cases, seconds, rounds, warmup)
     if errors:
         raise RuntimeError(f"{errors} requests failed or were not answered 200 during the serve benchmark")
 
     for suffix, label in (("@1", "1 connection"), (f"@{CONNECTIONS}", f"{CONNECTIONS} connections")):
-        proxy_p50, direct_p50 = figures["proxy" + suffix]["p50"].median, figures["direct" + suffix]["p50"].median
-        ratio = proxy_p50 / direct_p50
-        report.rows.append(Row(NAME, f"GET p50 through the proxy, {label}", "proxy_request", proxy_p50,
-                               "direct + token", direct_p50, "ns", ratio, f"<= {PROXY_TARGET}",
-                               ratio <= PROXY_TARGET))  # fmt: skip
-    if serve is not None:
-        token, bare_fig = figures["serve_token"], figures["bare"]
-        rps_ratio = token["rps"].median / bare_fig["rps"].median
-        p99_ratio = token["p99"].median / bare_fig["p99"].median
-        report.rows.append(Row(NAME, "cached token GETs/s (A/B: serve / bare)", "serve token route",
-                               token["rps"].median, "bare route", bare_fig["rps"].median, "GETs/s", rps_ratio,
-                               f">= {SERVE_RPS_TARGET}", rps_ratio >= SERVE_RPS_TARGET))  # fmt: skip
-        report.rows.append(Row(NAME, "cached token GET p99", "serve token route", token["p99"].median, "bare route",
-                               bare_fig["p99"].median, "ns", p99_ratio, f"<= {SERVE_P99_TARGET}",
-                               p99_ratio <= SERVE_P99_TARGET))  # fmt: skip
-    else:
-        report.notes.append("serve token route vs bare route: NOT MEASURED (grantkeeper serve is not on this branch; "
-                            "fill in benchmarks.bench_serve.serve_token_target)")  # fmt: skip
+        direct_p50 = figures["direct" + suffix]["p50"].median
+        for case, what, a_label in (("proxy", "the proxy (minimal app)", "proxy_request"),
+                                    ("serve_proxy", "grantkeeper serve's proxy", "serve /v1/proxy")):  # fmt: skip
+            p50 = figures[case + suffix]["p50"].median
+            ratio = p50 / direct_p50
+            report.rows.append(Row(NAME, f"GET p50 through {what}, {label}", a_label, p50, "direct + token",
+                                   direct_p50, "ns", ratio, f"<= {PROXY_TARGET}", ratio <= PROXY_TARGET))  # fmt: skip
+    token, bare_fig = figures["serve_token"], figures["bare"]
+    rps_ratio = token["rps"].median / bare_fig["rps"].median
+    p99_ratio = token["p99"].median / bare_fig["p99"].median
+    report.rows.append(Row(NAME, "cached token GETs/s (A/B: serve / bare)", "serve token route",
+                           token["rps"].median, "bare route", bare_fig["rps"].median, "GETs/s", rps_ratio,
+                           f">= {SERVE_RPS_TARGET}", rps_ratio >= SERVE_RPS_TARGET))  # fmt: skip
+    report.rows.append(Row(NAME, "cached token GET p99", "serve token route", token["p99"].median, "bare route",
+                           bare_fig["p99"].median, "ns", p99_ratio, f"<= {SERVE_P99_TARGET}",
+                           p99_ratio <= SERVE_P99_TARGET))  # fmt: skip
+    speedups = [name for name in ("httptools", "uvloop") if importlib.util.find_spec(name)] or ["neither"]
+    report.notes.append(f"grantkeeper serve: uvicorn's defaults (httptools/uvloop installed: {', '.join(speedups)}), "
+                        f"GRANTKEEPER_SERVE_RATE=GRANTKEEPER_SERVE_BURST={SERVE_RATE} for the run")  # fmt: skip
     report.notes.append(f"load generator: {generator_name}, {seconds:g} s rounds, "
                         f"{rounds} measured rounds per case (+{warmup} warm-up)")  # fmt: skip
     report.notes.append(f"uvicorn {' '.join(UVICORN_ARGS)}")
