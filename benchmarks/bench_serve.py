@@ -55,6 +55,7 @@ CONNECTIONS = 16
 TOKEN = "bench-access-token-" + "x" * 24
 SERVE_TOKEN_ENV = "BENCH_SERVE_TOKEN"
 SERVE_GRANT = "bench"
+MEMORY_FULL, MEMORY_QUICK = 100_000, 2_000  # grants whose tokens serve holds for the memory figure
 SERVE_RATE = 1_000_000  # per-key requests/s and burst given to serve for the run (its default would throttle it)
 UVICORN_ARGS = ["--host", "127.0.0.1", "--http", "h11", "--loop", "asyncio", "--workers", "1", "--no-access-log",
                 "--log-level", "warning", "--timeout-graceful-shutdown", "2"]  # fmt: skip
@@ -132,6 +133,32 @@ def proxy_app() -> Any:
     return app
 
 
+def relay_app() -> Any:
+    """The floor of any proxy built this way: a route that GETs ``$BENCH_UPSTREAM/api/things`` with `TOKEN` on a
+    kept-alive ``httpx.AsyncClient`` and answers its body, with no path checks, header filtering or 401 handling."""
+    import httpx
+    from fastapi import FastAPI
+    from fastapi.responses import Response
+
+    url = os.environ["BENCH_UPSTREAM"] + "/api/things"
+    state: dict[str, httpx.AsyncClient] = {}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        async with httpx.AsyncClient(trust_env=False, headers={"Authorization": f"Bearer {TOKEN}"}) as client:
+            state["client"] = client
+            yield
+
+    app = FastAPI(lifespan=lifespan)
+
+    async def relay(_: Any) -> Response:
+        answer = await state["client"].get(url)
+        return Response(answer.content, status_code=answer.status_code, media_type="application/json")
+
+    app.add_route("/v1/proxy/{name}/{path:path}", relay, methods=["GET"])
+    return app
+
+
 @dataclass(frozen=True)
 class ServeTarget:
     """A running ``grantkeeper serve``: its URL, the grant, the API key, and the grant's (cached) access token."""
@@ -181,6 +208,68 @@ def serve_token_target(upstream_url: str) -> Iterator[ServeTarget]:
             yield ServeTarget(f"http://127.0.0.1:{port}", SERVE_GRANT, made.key, access_token)
 
 
+def _rss_kib(pid: int) -> tuple[int, int]:
+    """(VmRSS, VmHWM) of process `pid`, KiB."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    return int(fields["VmRSS"].split()[0]), int(fields["VmHWM"].split()[0])
+
+
+def serve_memory(count: int) -> tuple[int, int, int]:
+    """RSS of a ``grantkeeper serve`` holding `count` grants' cached access tokens: (KiB after one token GET, KiB
+    after a token GET for every grant, peak KiB).
+
+    The store is `benchmarks.peers.memory`'s (the library's memory row): `count` grants ``bulk-NNNNNNN`` loaded by
+    `benchmarks.bench_scale.make_rows`, every access token valid for an hour, so each first GET reads the grant
+    once (a cache miss) and caches the token, and no GET reaches a provider. 16 concurrent httpx connections.
+    """
+    import httpx
+
+    from benchmarks.bench_scale import KEY, RECOVERY_ENV, _environ
+    from benchmarks.peers.memory import _load_grantkeeper_store
+    from grantkeeper.crypto import KEY_ENV
+    from grantkeeper.serve.apikeys import new_key
+    from grantkeeper.stores import open_store
+
+    with (
+        tempfile.TemporaryDirectory(prefix="grantkeeper-serve-mem-") as tmp,
+        _environ(**{KEY_ENV: KEY, RECOVERY_ENV: str(Path(tmp) / "recovery")}),
+    ):
+        store_url = _load_grantkeeper_store(Path(tmp) / "memory.db", count)
+        made = new_key("bench", grants="*", scopes="token", now=time.time(), lifetime=None)
+        store = open_store(store_url)
+        try:
+            store.create_api_key(made.record, key=made.key)
+        finally:
+            store.close()
+        port = _free_port()
+        command = [sys.executable, "-m", "grantkeeper", "--store", store_url, "serve", "--port", str(port)]
+        env = {"GRANTKEEPER_SERVE_RATE": str(SERVE_RATE), "GRANTKEEPER_SERVE_BURST": str(SERVE_RATE)}
+        with open(Path(tmp) / "serve.log", "w") as log, _process(command, port, env, stderr=log) as proc:
+            url = f"http://127.0.0.1:{port}/v1/grants/bulk-{{:07d}}/token"
+            headers = {"Authorization": f"Bearer {made.key}"}
+            failed: list[int] = []
+
+            async def touch(names: range) -> None:
+                limits = httpx.Limits(max_connections=CONNECTIONS, max_keepalive_connections=CONNECTIONS)
+                async with httpx.AsyncClient(trust_env=False, limits=limits, headers=headers, timeout=60) as client:
+                    todo = iter(names)
+
+                    async def worker() -> None:
+                        for i in todo:
+                            if (await client.get(url.format(i))).status_code != 200:
+                                failed.append(i)
+
+                    await asyncio.gather(*(worker() for _ in range(CONNECTIONS)))
+
+            asyncio.run(touch(range(1)))
+            before, _ = _rss_kib(proc.pid)
+            asyncio.run(touch(range(count)))
+            after, peak = _rss_kib(proc.pid)
+        if failed:
+            raise RuntimeError(f"serve memory: {len(failed)} of {count} token GETs were not answered 200")
+    return before, after, peak
+
+
 # --- servers ----------------------------------------------------------------------------------------------
 
 
@@ -192,7 +281,7 @@ def _free_port() -> int:
 
 @contextlib.contextmanager
 def _process(command: list[str], port: int, env: dict[str, str] | None = None, *,
-             stderr: IO[str] | None = None) -> Iterator[None]:  # fmt: skip
+             stderr: IO[str] | None = None) -> Iterator[subprocess.Popen[bytes]]:  # fmt: skip
     """Run `command` until it accepts connections on 127.0.0.1:`port`; stop it by pid at the end."""
     proc = subprocess.Popen(command, env={**os.environ, **(env or {})}, cwd=os.getcwd(), stderr=stderr)
     try:
@@ -203,7 +292,7 @@ def _process(command: list[str], port: int, env: dict[str, str] | None = None, *
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"{' '.join(command[:6])} did not start (exit status {proc.poll()})")
             time.sleep(0.05)
-        yield
+        yield proc
     finally:
         proc.terminate()
         try:
@@ -327,6 +416,7 @@ def _measure(cases: dict[str, Case], seconds: float, rounds: int, warmup: int,
 
 def run(quick: bool = False) -> Report:
     seconds, rounds, warmup = (1.0, 3, 1) if quick else (2.0, 7, 1)
+    memory_grants = MEMORY_QUICK if quick else MEMORY_FULL
     started = time.perf_counter()
     report = Report(NAME, TITLE)
     generator_name = load_generator()[0]
@@ -338,11 +428,13 @@ def run(quick: bool = False) -> Report:
         upstream = stack.enter_context(served("benchmarks.bench_serve:upstream_app",
                                               {SERVE_TOKEN_ENV: serve.access_token}, port=upstream_port))  # fmt: skip
         proxy = stack.enter_context(served("benchmarks.bench_serve:proxy_app", {"BENCH_UPSTREAM": upstream}))
+        relay = stack.enter_context(served("benchmarks.bench_serve:relay_app", {"BENCH_UPSTREAM": upstream}))
         # 1 connection: latency without queueing (the ratio's rows); CONNECTIONS: throughput under load.
         cases: dict[str, Case] = {}
         for suffix, connections in (("@1", 1), (f"@{CONNECTIONS}", CONNECTIONS)):
             cases["direct" + suffix] = (upstream + "/api/things", auth, connections)
             cases["proxy" + suffix] = (proxy + "/v1/proxy/bench/things", (), connections)
+            cases["relay" + suffix] = (relay + "/v1/proxy/bench/things", (), connections)
             cases["serve_proxy" + suffix] = (f"{serve.url}/v1/proxy/{serve.grant}/things", serve.headers, connections)
         cases["bare"] = (bare + "/const", (), CONNECTIONS)
         cases["serve_token"] = (f"{serve.url}/v1/grants/{serve.grant}/token", serve.headers, CONNECTIONS)
@@ -358,6 +450,10 @@ def run(quick: bool = False) -> Report:
             ratio = p50 / direct_p50
             report.rows.append(Row(NAME, f"GET p50 through {what}, {label}", a_label, p50, "direct + token",
                                    direct_p50, "ns", ratio, f"<= {PROXY_TARGET}", ratio <= PROXY_TARGET))  # fmt: skip
+        relay_p50 = figures["relay" + suffix]["p50"].median
+        report.notes.append(f"{label}: proxy_request p50 / relay p50 (the floor of an httpx hop in FastAPI) = "
+                            f"{figures['proxy' + suffix]['p50'].median / relay_p50:.2f}; relay / direct = "
+                            f"{relay_p50 / direct_p50:.2f}")  # fmt: skip
     token, bare_fig = figures["serve_token"], figures["bare"]
     rps_ratio = token["rps"].median / bare_fig["rps"].median
     p99_ratio = token["p99"].median / bare_fig["p99"].median
@@ -370,6 +466,12 @@ def run(quick: bool = False) -> Report:
     speedups = [name for name in ("httptools", "uvloop") if importlib.util.find_spec(name)] or ["neither"]
     report.notes.append(f"grantkeeper serve: uvicorn's defaults (httptools/uvloop installed: {', '.join(speedups)}), "
                         f"GRANTKEEPER_SERVE_RATE=GRANTKEEPER_SERVE_BURST={SERVE_RATE} for the run")  # fmt: skip
+    before, after, peak = serve_memory(memory_grants)
+    report.notes.append(
+        f"MEMORY: grantkeeper serve holding {memory_grants:,} grants' cached tokens: RSS {after / 1024:.0f} MiB "
+        f"(peak {peak / 1024:.0f} MiB), {(after - before) * 1024 / memory_grants:,.0f} bytes/grant over its RSS "
+        f"after one token GET ({before / 1024:.0f} MiB)"
+    )
     report.notes.append(f"load generator: {generator_name}, {seconds:g} s rounds, "
                         f"{rounds} measured rounds per case (+{warmup} warm-up)")  # fmt: skip
     report.notes.append(f"uvicorn {' '.join(UVICORN_ARGS)}")
