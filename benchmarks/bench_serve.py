@@ -15,12 +15,16 @@ Cases:
 - ``proxy``: the same GET through `proxy_app`: ``/v1/proxy/bench/things`` mounted on
   `grantkeeper.serve.proxy.proxy_request`, forwarding to that upstream with the token injected (a constant,
   cached token: the keeper's fast path is measured by ``cached``).
-- ``serve_token``: the serve app's cached-token route; `serve_token_target` says which app and route. It
-  returns None until ``grantkeeper serve`` lands on this branch, and the row is then reported NOT MEASURED.
+- ``relay``: the same GET through `relay_app`, a route that only GETs the upstream on a kept-alive
+  ``httpx.AsyncClient`` and answers its body: the floor any httpx-based proxy hop pays.
+- ``serve_proxy``: the same GET through the real ``grantkeeper serve`` (`serve_token_target`), with its API key,
+  on ``/v1/proxy/<grant>/things``: authentication, audit, metrics, the grant's cached token from its keeper.
+- ``serve_token``: ``GET /v1/grants/<grant>/token`` on that serve (a cached token every time).
 
-Rows: proxy p50 / direct p50 at 1 and at `CONNECTIONS` connections (target <= 1.3) and, once
-`serve_token_target` is filled, serve token GETs/s over the bare route's (target >= 0.7) and its p99 over the
-bare p99 (target <= 1.5).
+Rows: proxy p50 / direct p50 for the minimal app and for serve, at 1 and at `CONNECTIONS` connections (target
+<= 1.3); serve token GETs/s over the bare route's (target >= 0.7) and its p99 over the bare p99 (target <= 1.5).
+Notes: proxy / relay and relay / direct, and serve's RSS holding `MEMORY_FULL` grants' cached tokens
+(`serve_memory`, after the timed rounds).
 """
 
 from __future__ import annotations
@@ -185,8 +189,6 @@ def serve_token_target(upstream_url: str) -> Iterator[ServeTarget]:
     answer most of the benchmark's GETs 429. Serve's JSON log goes to a file in the temporary directory.
     """
     from grantkeeper import Keeper
-    from grantkeeper.serve.apikeys import new_key
-    from grantkeeper.stores import open_store
     from grantkeeper.testing.simulator import ProviderSimulator
 
     with ProviderSimulator(access_ttl=86400.0) as sim, tempfile.TemporaryDirectory(prefix="grantkeeper-serve-") as tmp:
@@ -195,17 +197,28 @@ def serve_token_target(upstream_url: str) -> Iterator[ServeTarget]:
             keeper.add_provider(dataclasses.replace(sim_provider(sim), api_base_url=upstream_url))
             keeper.import_grant(SERVE_GRANT, provider="sim", refresh_token=sim.issue_grant())
             access_token = keeper.access_token(SERVE_GRANT)
-        made = new_key("bench", grants="*", scopes="token,proxy", now=time.time(), lifetime=None)
-        store = open_store(store_url)
-        try:
-            store.create_api_key(made.record, key=made.key)
-        finally:
-            store.close()
-        port = _free_port()
-        command = [sys.executable, "-m", "grantkeeper", "--store", store_url, "serve", "--port", str(port)]
-        env = {"GRANTKEEPER_SERVE_RATE": str(SERVE_RATE), "GRANTKEEPER_SERVE_BURST": str(SERVE_RATE)}
-        with open(Path(tmp) / "serve.log", "w") as log, _process(command, port, env, stderr=log):
-            yield ServeTarget(f"http://127.0.0.1:{port}", SERVE_GRANT, made.key, access_token)
+        with _serve(store_url, "token,proxy", Path(tmp)) as (url, api_key, _):
+            yield ServeTarget(url, SERVE_GRANT, api_key, access_token)
+
+
+@contextlib.contextmanager
+def _serve(store_url: str, scopes: str, tmp: Path) -> Iterator[tuple[str, str, subprocess.Popen[bytes]]]:
+    """``grantkeeper serve`` on `store_url` with a new API key for every grant (`scopes`), its rate limit raised
+    to `SERVE_RATE`, its log in `tmp`; yields (URL, API key, process)."""
+    from grantkeeper.serve.apikeys import new_key
+    from grantkeeper.stores import open_store
+
+    made = new_key("bench", grants="*", scopes=scopes, now=time.time(), lifetime=None)
+    store = open_store(store_url)
+    try:
+        store.create_api_key(made.record, key=made.key)
+    finally:
+        store.close()
+    port = _free_port()
+    command = [sys.executable, "-m", "grantkeeper", "--store", store_url, "serve", "--port", str(port)]
+    env = {"GRANTKEEPER_SERVE_RATE": str(SERVE_RATE), "GRANTKEEPER_SERVE_BURST": str(SERVE_RATE)}
+    with open(tmp / "serve.log", "w") as log, _process(command, port, env, stderr=log) as proc:
+        yield f"http://127.0.0.1:{port}", made.key, proc
 
 
 def _rss_kib(pid: int) -> tuple[int, int]:
@@ -227,26 +240,15 @@ def serve_memory(count: int) -> tuple[int, int, int]:
     from benchmarks.bench_scale import KEY, RECOVERY_ENV, _environ
     from benchmarks.peers.memory import _load_grantkeeper_store
     from grantkeeper.crypto import KEY_ENV
-    from grantkeeper.serve.apikeys import new_key
-    from grantkeeper.stores import open_store
 
     with (
         tempfile.TemporaryDirectory(prefix="grantkeeper-serve-mem-") as tmp,
         _environ(**{KEY_ENV: KEY, RECOVERY_ENV: str(Path(tmp) / "recovery")}),
     ):
         store_url = _load_grantkeeper_store(Path(tmp) / "memory.db", count)
-        made = new_key("bench", grants="*", scopes="token", now=time.time(), lifetime=None)
-        store = open_store(store_url)
-        try:
-            store.create_api_key(made.record, key=made.key)
-        finally:
-            store.close()
-        port = _free_port()
-        command = [sys.executable, "-m", "grantkeeper", "--store", store_url, "serve", "--port", str(port)]
-        env = {"GRANTKEEPER_SERVE_RATE": str(SERVE_RATE), "GRANTKEEPER_SERVE_BURST": str(SERVE_RATE)}
-        with open(Path(tmp) / "serve.log", "w") as log, _process(command, port, env, stderr=log) as proc:
-            url = f"http://127.0.0.1:{port}/v1/grants/bulk-{{:07d}}/token"
-            headers = {"Authorization": f"Bearer {made.key}"}
+        with _serve(store_url, "token", Path(tmp)) as (base, api_key, proc):
+            url = base + "/v1/grants/bulk-{:07d}/token"
+            headers = {"Authorization": f"Bearer {api_key}"}
             failed: list[int] = []
 
             async def touch(names: range) -> None:

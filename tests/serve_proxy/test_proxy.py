@@ -71,14 +71,6 @@ class Caller:
 
 
 @pytest.fixture
-def upstream() -> Iterator[tuple[Upstream, Served]]:
-    api = Upstream()
-    served = Served(api.app())
-    yield api, served
-    served.stop()
-
-
-@pytest.fixture
 def other() -> Iterator[tuple[Upstream, Served]]:
     api = Upstream()
     served = Served(api.app())

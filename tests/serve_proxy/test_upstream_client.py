@@ -29,14 +29,6 @@ class _Sockets:
 
 
 @pytest.fixture
-def upstream() -> Iterator[tuple[Upstream, Served]]:
-    api = Upstream()
-    served = Served(api.app())
-    yield api, served
-    served.stop()
-
-
-@pytest.fixture
 def sockets() -> _Sockets:
     return _Sockets()
 
