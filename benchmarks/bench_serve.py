@@ -15,18 +15,24 @@ Cases:
 - ``proxy``: the same GET through `proxy_app`: ``/v1/proxy/bench/things`` mounted on
   `grantkeeper.serve.proxy.proxy_request`, forwarding to that upstream with the token injected (a constant,
   cached token: the keeper's fast path is measured by ``cached``).
-- ``serve_token``: the serve app's cached-token route; `serve_token_target` says which app and route. It
-  returns None until ``grantkeeper serve`` lands on this branch, and the row is then reported NOT MEASURED.
+- ``relay``: the same GET through `relay_app`, a route that only GETs the upstream on a kept-alive
+  ``httpx.AsyncClient`` and answers its body: the floor any httpx-based proxy hop pays.
+- ``serve_proxy``: the same GET through the real ``grantkeeper serve`` (`serve_token_target`), with its API key,
+  on ``/v1/proxy/<grant>/things``: authentication, audit, metrics, the grant's cached token from its keeper.
+- ``serve_token``: ``GET /v1/grants/<grant>/token`` on that serve (a cached token every time).
 
-Rows: proxy p50 / direct p50 at 1 and at `CONNECTIONS` connections (target <= 1.3) and, once
-`serve_token_target` is filled, serve token GETs/s over the bare route's (target >= 0.7) and its p99 over the
-bare p99 (target <= 1.5).
+Rows: proxy p50 / direct p50 for the minimal app and for serve, at 1 and at `CONNECTIONS` connections (target
+<= 1.3); serve token GETs/s over the bare route's (target >= 0.7) and its p99 over the bare p99 (target <= 1.5).
+Notes: proxy / relay and relay / direct, and serve's RSS holding `MEMORY_FULL` grants' cached tokens
+(`serve_memory`, after the timed rounds).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import importlib.util
 import os
 import re
 import shutil
@@ -34,13 +40,15 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from time import perf_counter_ns
-from typing import Any
+from typing import IO, Any
 
-from benchmarks._common import Report, Row, Sample, format_value, interleave, standalone, summarize
+from benchmarks._common import Report, Row, Sample, format_value, interleave, sim_provider, standalone, summarize
 
 NAME = "serve"
 TITLE = "serve proxy vs direct GET, and the bare FastAPI route"
@@ -49,6 +57,10 @@ SERVE_RPS_TARGET = 0.7
 SERVE_P99_TARGET = 1.5
 CONNECTIONS = 16
 TOKEN = "bench-access-token-" + "x" * 24
+SERVE_TOKEN_ENV = "BENCH_SERVE_TOKEN"
+SERVE_GRANT = "bench"
+MEMORY_FULL, MEMORY_QUICK = 100_000, 2_000  # grants whose tokens serve holds for the memory figure
+SERVE_RATE = 1_000_000  # per-key requests/s and burst given to serve for the run (its default would throttle it)
 UVICORN_ARGS = ["--host", "127.0.0.1", "--http", "h11", "--loop", "asyncio", "--workers", "1", "--no-access-log",
                 "--log-level", "warning", "--timeout-graceful-shutdown", "2"]  # fmt: skip
 
@@ -71,15 +83,16 @@ def bare_app() -> Any:
 
 
 def upstream_app() -> Any:
-    """The API the proxy forwards to: a JSON answer for a request bearing `TOKEN`, 401 otherwise."""
+    """The API the proxy forwards to: a JSON answer for a request bearing `TOKEN` (or the serve grant's access
+    token, ``$BENCH_SERVE_TOKEN``), 401 otherwise."""
     from fastapi import FastAPI
     from fastapi.responses import JSONResponse, Response
 
     app = FastAPI()
-    expected = f"Bearer {TOKEN}"
+    expected = {f"Bearer {token}" for token in (TOKEN, os.environ.get(SERVE_TOKEN_ENV)) if token}
 
     async def things(request: Any) -> Response:
-        if request.headers.get("authorization") != expected:
+        if request.headers.get("authorization") not in expected:
             return Response(status_code=401, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
         return JSONResponse({"things": [1, 2, 3]})
 
@@ -124,24 +137,139 @@ def proxy_app() -> Any:
     return app
 
 
+def relay_app() -> Any:
+    """The floor of any proxy built this way: a route that GETs ``$BENCH_UPSTREAM/api/things`` with `TOKEN` on a
+    kept-alive ``httpx.AsyncClient`` and answers its body, with no path checks, header filtering or 401 handling."""
+    import httpx
+    from fastapi import FastAPI
+    from fastapi.responses import Response
+
+    url = os.environ["BENCH_UPSTREAM"] + "/api/things"
+    state: dict[str, httpx.AsyncClient] = {}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        async with httpx.AsyncClient(trust_env=False, headers={"Authorization": f"Bearer {TOKEN}"}) as client:
+            state["client"] = client
+            yield
+
+    app = FastAPI(lifespan=lifespan)
+
+    async def relay(_: Any) -> Response:
+        answer = await state["client"].get(url)
+        return Response(answer.content, status_code=answer.status_code, media_type="application/json")
+
+    app.add_route("/v1/proxy/{name}/{path:path}", relay, methods=["GET"])
+    return app
+
+
 @dataclass(frozen=True)
-class Target:
-    """One case: the app (``module:factory``), the path to GET, and the headers to send."""
+class ServeTarget:
+    """A running ``grantkeeper serve``: its URL, the grant, the API key, and the grant's (cached) access token."""
 
-    factory: str
-    path: str
-    headers: tuple[tuple[str, str], ...] = ()
+    url: str
+    grant: str
+    api_key: str
+    access_token: str
+
+    @property
+    def headers(self) -> tuple[tuple[str, str], ...]:
+        return (("Authorization", f"Bearer {self.api_key}"),)
 
 
-def serve_token_target() -> Target | None:
-    """The serve app's cached-token route, authenticated with an API key, once ``grantkeeper serve`` exists.
+@contextlib.contextmanager
+def serve_token_target(upstream_url: str) -> Iterator[ServeTarget]:
+    """The real ``grantkeeper serve`` (``python -m grantkeeper --store URL serve``) on a free loopback port.
 
-    To fill in when the app lands: return ``Target("<serve module>:<app factory>", "<token route for a grant>",
-    (("Authorization", "Bearer <api key>"),))``, with a store prepared (a grant whose access token is cached and
-    valid for the whole run) through environment variables the factory reads. Until then: None, and the report
-    says NOT MEASURED; no figure is invented for it.
+    Its store is an SQLite file in a temporary directory (key file beside it) holding one provider, the provider
+    simulator (access tokens live a day, so every GET of the run is a cache hit), with ``api_base_url`` =
+    `upstream_url`, one grant whose access token was fetched once before serve starts, and one API key (scopes
+    token and proxy) made with `grantkeeper.serve.apikeys.new_key` and stored with ``create_api_key``. The
+    per-key rate limit is raised through ``GRANTKEEPER_SERVE_RATE``/``_BURST`` (`SERVE_RATE`): the default would
+    answer most of the benchmark's GETs 429. Serve's JSON log goes to a file in the temporary directory.
     """
-    return None
+    from grantkeeper import Keeper
+    from grantkeeper.testing.simulator import ProviderSimulator
+
+    with ProviderSimulator(access_ttl=86400.0) as sim, tempfile.TemporaryDirectory(prefix="grantkeeper-serve-") as tmp:
+        store_url = f"sqlite:///{tmp}/serve.db"
+        with Keeper.open(store_url) as keeper:
+            keeper.add_provider(dataclasses.replace(sim_provider(sim), api_base_url=upstream_url))
+            keeper.import_grant(SERVE_GRANT, provider="sim", refresh_token=sim.issue_grant())
+            access_token = keeper.access_token(SERVE_GRANT)
+        with _serve(store_url, "token,proxy", Path(tmp)) as (url, api_key, _):
+            yield ServeTarget(url, SERVE_GRANT, api_key, access_token)
+
+
+@contextlib.contextmanager
+def _serve(store_url: str, scopes: str, tmp: Path) -> Iterator[tuple[str, str, subprocess.Popen[bytes]]]:
+    """``grantkeeper serve`` on `store_url` with a new API key for every grant (`scopes`), its rate limit raised
+    to `SERVE_RATE`, its log in `tmp`; yields (URL, API key, process)."""
+    from grantkeeper.serve.apikeys import new_key
+    from grantkeeper.stores import open_store
+
+    made = new_key("bench", grants="*", scopes=scopes, now=time.time(), lifetime=None)
+    store = open_store(store_url)
+    try:
+        store.create_api_key(made.record, key=made.key)
+    finally:
+        store.close()
+    port = _free_port()
+    command = [sys.executable, "-m", "grantkeeper", "--store", store_url, "serve", "--port", str(port)]
+    env = {"GRANTKEEPER_SERVE_RATE": str(SERVE_RATE), "GRANTKEEPER_SERVE_BURST": str(SERVE_RATE)}
+    with open(tmp / "serve.log", "w") as log, _process(command, port, env, stderr=log) as proc:
+        yield f"http://127.0.0.1:{port}", made.key, proc
+
+
+def _rss_kib(pid: int) -> tuple[int, int]:
+    """(VmRSS, VmHWM) of process `pid`, KiB."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    return int(fields["VmRSS"].split()[0]), int(fields["VmHWM"].split()[0])
+
+
+def serve_memory(count: int) -> tuple[int, int, int]:
+    """RSS of a ``grantkeeper serve`` holding `count` grants' cached access tokens: (KiB after one token GET, KiB
+    after a token GET for every grant, peak KiB).
+
+    The store is `benchmarks.peers.memory`'s (the library's memory row): `count` grants ``bulk-NNNNNNN`` loaded by
+    `benchmarks.bench_scale.make_rows`, every access token valid for an hour, so each first GET reads the grant
+    once (a cache miss) and caches the token, and no GET reaches a provider. 16 concurrent httpx connections.
+    """
+    import httpx
+
+    from benchmarks.bench_scale import KEY, RECOVERY_ENV, _environ
+    from benchmarks.peers.memory import _load_grantkeeper_store
+    from grantkeeper.crypto import KEY_ENV
+
+    with (
+        tempfile.TemporaryDirectory(prefix="grantkeeper-serve-mem-") as tmp,
+        _environ(**{KEY_ENV: KEY, RECOVERY_ENV: str(Path(tmp) / "recovery")}),
+    ):
+        store_url = _load_grantkeeper_store(Path(tmp) / "memory.db", count)
+        with _serve(store_url, "token", Path(tmp)) as (base, api_key, proc):
+            url = base + "/v1/grants/bulk-{:07d}/token"
+            headers = {"Authorization": f"Bearer {api_key}"}
+            failed: list[int] = []
+
+            async def touch(names: range) -> None:
+                limits = httpx.Limits(max_connections=CONNECTIONS, max_keepalive_connections=CONNECTIONS)
+                async with httpx.AsyncClient(trust_env=False, limits=limits, headers=headers, timeout=60) as client:
+                    todo = iter(names)
+
+                    async def worker() -> None:
+                        for i in todo:
+                            if (await client.get(url.format(i))).status_code != 200:
+                                failed.append(i)
+
+                    await asyncio.gather(*(worker() for _ in range(CONNECTIONS)))
+
+            asyncio.run(touch(range(1)))
+            before, _ = _rss_kib(proc.pid)
+            asyncio.run(touch(range(count)))
+            after, peak = _rss_kib(proc.pid)
+        if failed:
+            raise RuntimeError(f"serve memory: {len(failed)} of {count} token GETs were not answered 200")
+    return before, after, peak
 
 
 # --- servers ----------------------------------------------------------------------------------------------
@@ -154,20 +282,19 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def served(factory: str, env: dict[str, str] | None = None) -> Iterator[str]:
-    """``uvicorn --factory`` for `factory` on a free loopback port; yields its base URL; stops it by pid."""
-    port = _free_port()
-    command = [sys.executable, "-m", "uvicorn", "--factory", factory, "--port", str(port), *UVICORN_ARGS]
-    proc = subprocess.Popen(command, env={**os.environ, **(env or {})}, cwd=os.getcwd())
+def _process(command: list[str], port: int, env: dict[str, str] | None = None, *,
+             stderr: IO[str] | None = None) -> Iterator[subprocess.Popen[bytes]]:  # fmt: skip
+    """Run `command` until it accepts connections on 127.0.0.1:`port`; stop it by pid at the end."""
+    proc = subprocess.Popen(command, env={**os.environ, **(env or {})}, cwd=os.getcwd(), stderr=stderr)
     try:
         deadline = time.monotonic() + 30
         while True:
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
                 break
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"uvicorn for {factory} did not start (exit status {proc.poll()})")
+                raise RuntimeError(f"{' '.join(command[:6])} did not start (exit status {proc.poll()})")
             time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}"
+        yield proc
     finally:
         proc.terminate()
         try:
@@ -175,6 +302,15 @@ def served(factory: str, env: dict[str, str] | None = None) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@contextlib.contextmanager
+def served(factory: str, env: dict[str, str] | None = None, port: int | None = None) -> Iterator[str]:
+    """``uvicorn --factory`` for `factory` on `port` (a free loopback port by default); yields its base URL."""
+    port = port or _free_port()
+    command = [sys.executable, "-m", "uvicorn", "--factory", factory, "--port", str(port), *UVICORN_ARGS]
+    with _process(command, port, env):
+        yield f"http://127.0.0.1:{port}"
 
 
 # --- load generators ------------------------------------------------------------------------------------------
@@ -282,47 +418,62 @@ def _measure(cases: dict[str, Case], seconds: float, rounds: int, warmup: int,
 
 def run(quick: bool = False) -> Report:
     seconds, rounds, warmup = (1.0, 3, 1) if quick else (2.0, 7, 1)
+    memory_grants = MEMORY_QUICK if quick else MEMORY_FULL
     started = time.perf_counter()
     report = Report(NAME, TITLE)
     generator_name = load_generator()[0]
-    serve = serve_token_target()
     auth = (("Authorization", f"Bearer {TOKEN}"),)
+    upstream_port = _free_port()  # serve's provider names the upstream before the upstream starts
     with contextlib.ExitStack() as stack:
+        serve = stack.enter_context(serve_token_target(f"http://127.0.0.1:{upstream_port}/api"))
         bare = stack.enter_context(served("benchmarks.bench_serve:bare_app"))
-        upstream = stack.enter_context(served("benchmarks.bench_serve:upstream_app"))
+        upstream = stack.enter_context(served("benchmarks.bench_serve:upstream_app",
+                                              {SERVE_TOKEN_ENV: serve.access_token}, port=upstream_port))  # fmt: skip
         proxy = stack.enter_context(served("benchmarks.bench_serve:proxy_app", {"BENCH_UPSTREAM": upstream}))
+        relay = stack.enter_context(served("benchmarks.bench_serve:relay_app", {"BENCH_UPSTREAM": upstream}))
         # 1 connection: latency without queueing (the ratio's rows); CONNECTIONS: throughput under load.
         cases: dict[str, Case] = {}
         for suffix, connections in (("@1", 1), (f"@{CONNECTIONS}", CONNECTIONS)):
             cases["direct" + suffix] = (upstream + "/api/things", auth, connections)
             cases["proxy" + suffix] = (proxy + "/v1/proxy/bench/things", (), connections)
+            cases["relay" + suffix] = (relay + "/v1/proxy/bench/things", (), connections)
+            cases["serve_proxy" + suffix] = (f"{serve.url}/v1/proxy/{serve.grant}/things", serve.headers, connections)
         cases["bare"] = (bare + "/const", (), CONNECTIONS)
-        if serve is not None:
-            serve_url = stack.enter_context(served(serve.factory)) + serve.path
-            cases["serve_token"] = (serve_url, serve.headers, CONNECTIONS)
+        cases["serve_token"] = (f"{serve.url}/v1/grants/{serve.grant}/token", serve.headers, CONNECTIONS)
         figures, errors = _measure(cases, seconds, rounds, warmup)
     if errors:
         raise RuntimeError(f"{errors} requests failed or were not answered 200 during the serve benchmark")
 
     for suffix, label in (("@1", "1 connection"), (f"@{CONNECTIONS}", f"{CONNECTIONS} connections")):
-        proxy_p50, direct_p50 = figures["proxy" + suffix]["p50"].median, figures["direct" + suffix]["p50"].median
-        ratio = proxy_p50 / direct_p50
-        report.rows.append(Row(NAME, f"GET p50 through the proxy, {label}", "proxy_request", proxy_p50,
-                               "direct + token", direct_p50, "ns", ratio, f"<= {PROXY_TARGET}",
-                               ratio <= PROXY_TARGET))  # fmt: skip
-    if serve is not None:
-        token, bare_fig = figures["serve_token"], figures["bare"]
-        rps_ratio = token["rps"].median / bare_fig["rps"].median
-        p99_ratio = token["p99"].median / bare_fig["p99"].median
-        report.rows.append(Row(NAME, "cached token GETs/s (A/B: serve / bare)", "serve token route",
-                               token["rps"].median, "bare route", bare_fig["rps"].median, "GETs/s", rps_ratio,
-                               f">= {SERVE_RPS_TARGET}", rps_ratio >= SERVE_RPS_TARGET))  # fmt: skip
-        report.rows.append(Row(NAME, "cached token GET p99", "serve token route", token["p99"].median, "bare route",
-                               bare_fig["p99"].median, "ns", p99_ratio, f"<= {SERVE_P99_TARGET}",
-                               p99_ratio <= SERVE_P99_TARGET))  # fmt: skip
-    else:
-        report.notes.append("serve token route vs bare route: NOT MEASURED (grantkeeper serve is not on this branch; "
-                            "fill in benchmarks.bench_serve.serve_token_target)")  # fmt: skip
+        direct_p50 = figures["direct" + suffix]["p50"].median
+        for case, what, a_label in (("proxy", "the proxy (minimal app)", "proxy_request"),
+                                    ("serve_proxy", "grantkeeper serve's proxy", "serve /v1/proxy")):  # fmt: skip
+            p50 = figures[case + suffix]["p50"].median
+            ratio = p50 / direct_p50
+            report.rows.append(Row(NAME, f"GET p50 through {what}, {label}", a_label, p50, "direct + token",
+                                   direct_p50, "ns", ratio, f"<= {PROXY_TARGET}", ratio <= PROXY_TARGET))  # fmt: skip
+        relay_p50 = figures["relay" + suffix]["p50"].median
+        report.notes.append(f"{label}: proxy_request p50 / relay p50 (the floor of an httpx hop in FastAPI) = "
+                            f"{figures['proxy' + suffix]['p50'].median / relay_p50:.2f}; relay / direct = "
+                            f"{relay_p50 / direct_p50:.2f}")  # fmt: skip
+    token, bare_fig = figures["serve_token"], figures["bare"]
+    rps_ratio = token["rps"].median / bare_fig["rps"].median
+    p99_ratio = token["p99"].median / bare_fig["p99"].median
+    report.rows.append(Row(NAME, "cached token GETs/s (A/B: serve / bare)", "serve token route",
+                           token["rps"].median, "bare route", bare_fig["rps"].median, "GETs/s", rps_ratio,
+                           f">= {SERVE_RPS_TARGET}", rps_ratio >= SERVE_RPS_TARGET))  # fmt: skip
+    report.rows.append(Row(NAME, "cached token GET p99", "serve token route", token["p99"].median, "bare route",
+                           bare_fig["p99"].median, "ns", p99_ratio, f"<= {SERVE_P99_TARGET}",
+                           p99_ratio <= SERVE_P99_TARGET))  # fmt: skip
+    speedups = [name for name in ("httptools", "uvloop") if importlib.util.find_spec(name)] or ["neither"]
+    report.notes.append(f"grantkeeper serve: uvicorn's defaults (httptools/uvloop installed: {', '.join(speedups)}), "
+                        f"GRANTKEEPER_SERVE_RATE=GRANTKEEPER_SERVE_BURST={SERVE_RATE} for the run")  # fmt: skip
+    before, after, peak = serve_memory(memory_grants)
+    report.notes.append(
+        f"MEMORY: grantkeeper serve holding {memory_grants:,} grants' cached tokens: RSS {after / 1024:.0f} MiB "
+        f"(peak {peak / 1024:.0f} MiB), {(after - before) * 1024 / memory_grants:,.0f} bytes/grant over its RSS "
+        f"after one token GET ({before / 1024:.0f} MiB)"
+    )
     report.notes.append(f"load generator: {generator_name}, {seconds:g} s rounds, "
                         f"{rounds} measured rounds per case (+{warmup} warm-up)")  # fmt: skip
     report.notes.append(f"uvicorn {' '.join(UVICORN_ARGS)}")

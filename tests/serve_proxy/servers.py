@@ -83,6 +83,7 @@ class Seen:
     query: str
     headers: list[tuple[str, str]]
     body_bytes: int = 0
+    peer: tuple[str, int] | None = None  # the proxy's end of the upstream connection
 
     def header(self, name: str) -> str | None:
         values = [v for k, v in self.headers if k == name.lower()]
@@ -106,7 +107,8 @@ class Upstream:
     async def handle(self, request: Request) -> Response:
         raw = request.scope["raw_path"].decode("latin-1")
         seen = Seen(request.method, raw, request.scope["query_string"].decode("latin-1"),
-                    [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.scope["headers"]])  # fmt: skip
+                    [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.scope["headers"]],
+                    peer=request.scope.get("client"))  # fmt: skip
         self.seen.append(seen)
         rest = request.url.path.removeprefix("/api/")
         if rest == "reject-always":
@@ -134,6 +136,8 @@ class Upstream:
             size = int(request.query_params["size"])
             headers = {"Content-Length": str(size)} if request.query_params.get("length") else None
             return StreamingResponse(_aiter(pattern(size)), headers=headers, media_type="application/octet-stream")
+        if rest == "short-body":  # declares more than it sends: uvicorn then closes the connection mid-body
+            return Response(b"x" * 10, headers={"Content-Length": "100"}, media_type="application/octet-stream")
         if rest == "declared-huge":
             return Response(b"x" * 2048, media_type="application/octet-stream")
         if rest == "echo-header":
@@ -204,14 +208,16 @@ def proxy_app(
     report: Callable[[str], Awaitable[None]],
     *,
     also_running: Callable[[], contextlib.AbstractAsyncContextManager[object]] = contextlib.nullcontext,
+    make_client: Callable[[], httpx.AsyncClient] = lambda: httpx.AsyncClient(trust_env=False),
 ) -> Starlette:
     """What ``grantkeeper serve`` mounts, reduced to the proxy route and an RFC 9457 error boundary.
-    `also_running`: entered in the server's event loop for the app's lifetime (an `AsyncKeeper`, say)."""
+    `also_running`: entered in the server's event loop for the app's lifetime (an `AsyncKeeper`, say);
+    `make_client`: the upstream client (serve's is `api_async_client`)."""
     state: dict[str, httpx.AsyncClient] = {}
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with also_running(), httpx.AsyncClient(trust_env=False) as client:
+        async with also_running(), make_client() as client:
             state["client"] = client
             yield
 

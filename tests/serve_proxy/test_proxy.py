@@ -71,14 +71,6 @@ class Caller:
 
 
 @pytest.fixture
-def upstream() -> Iterator[tuple[Upstream, Served]]:
-    api = Upstream()
-    served = Served(api.app())
-    yield api, served
-    served.stop()
-
-
-@pytest.fixture
 def other() -> Iterator[tuple[Upstream, Served]]:
     api = Upstream()
     served = Served(api.app())
@@ -367,6 +359,12 @@ def test_upstream_down_is_502(caller: Caller, settings: ProxySettings) -> None:
     settings.base_url = f"http://127.0.0.1:{port}/api"
     body = problem(caller.request("GET", "things?key=signature"), 502, "upstream_unreachable")
     assert "signature" not in str(body["detail"])
+
+
+def test_small_answer_cut_short_is_502_not_a_truncated_200(caller: Caller) -> None:
+    """A small answer (declared length within one chunk) is read whole before anything is answered, so an upstream
+    that breaks it off mid-body is a clean 502, not 200 headers followed by an aborted connection."""
+    problem(caller.request("GET", "short-body"), 502, "upstream_unreachable")
 
 
 def test_upstream_timeout_is_504(caller: Caller, settings: ProxySettings) -> None:

@@ -34,7 +34,8 @@ response whose 401 was handled says how in ``Grantkeeper-Auth-Outcome`` (`AuthOu
 
 Bodies stream both ways. A request body is buffered only up to ``replay_buffer_bytes`` (so that it can be sent
 again after a 401); a longer one streams through and is not replayable. Response bodies are passed on raw, with
-their ``Content-Encoding``, chunk by chunk.
+their ``Content-Encoding``, chunk by chunk; one whose declared ``Content-Length`` fits in one chunk (64 KiB, most
+API answers) is read whole first and answered in one piece, so an upstream that breaks it off is a 502.
 """
 
 from __future__ import annotations
@@ -378,13 +379,17 @@ def _is_content(name: str) -> bool:
     return name.lower() in {"content-length", "content-type", "content-encoding"}
 
 
+def _raw(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+
+
 class _UpstreamStream(StreamingResponse):
     """Streams the upstream body raw and always closes the upstream response, whatever ends the stream."""
 
     def __init__(self, upstream: httpx.Response, headers: list[tuple[str, str]], limits: ProxyLimits) -> None:
         super().__init__(self._chunks(upstream, limits), status_code=upstream.status_code)
         self.upstream = upstream
-        self.raw_headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+        self.raw_headers = _raw(headers)
 
     @staticmethod
     async def _chunks(upstream: httpx.Response, limits: ProxyLimits) -> AsyncIterator[bytes]:
@@ -447,13 +452,38 @@ async def proxy_request(
         logger.info("proxy: %s %s: the access token was rejected: %s", request.method, _where(exchange.url),
                     step.value)  # fmt: skip
     declared = response.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limits.max_response_bytes:
+    length = int(declared) if declared is not None and declared.isdigit() else None
+    if length is not None and length > limits.max_response_bytes:
         await response.aclose()
         raise UpstreamTooLarge(
             f"{request.method} {_where(exchange.url)} answered with {declared} bytes, over the proxy's limit of "
             f"{limits.max_response_bytes}; fetch it from the API directly or raise the limit"
         )
-    return _UpstreamStream(response, _response_headers(response, token, step), limits)
+    headers = _response_headers(response, token, step)
+    if length is not None and length <= _CHUNK:
+        return await _whole(exchange, response, headers)
+    return _UpstreamStream(response, headers, limits)
+
+
+async def _whole(exchange: _Exchange, upstream: httpx.Response, headers: list[tuple[str, str]]) -> Response:
+    """A small answer (declared length within one chunk), read before anything goes to the caller: one write and
+    no streaming task (most API answers), and an upstream that breaks it off is a clean 502, not a cut-off 200."""
+    try:
+        body = b"".join([chunk async for chunk in upstream.aiter_raw()])
+    except httpx.TransportError as exc:
+        where = f"{upstream.request.method} {_where(upstream.request.url)}"
+        if isinstance(exc, httpx.TimeoutException):
+            raise UpstreamTimeout(f"{where} stopped sending its answer for {exchange.limits.timeout:g} s; "
+                                  "retry later, or raise the proxy timeout for slow endpoints") from exc  # fmt: skip
+        raise UpstreamUnreachable(
+            f"{where} broke the connection before its answer was complete ({type(exc).__name__}); retry, and check "
+            "that the API is healthy"
+        ) from exc
+    finally:
+        await upstream.aclose()
+    answer = Response(body, status_code=upstream.status_code)
+    answer.raw_headers = _raw(headers)
+    return answer
 
 
 class ProxyNotConfigured(ProxyError):

@@ -35,13 +35,25 @@ class ProxyClients:
 
     def __init__(self) -> None:
         self._clients: dict[tuple[Network, str], httpx.AsyncClient] = {}
+        self._origins: dict[str, tuple[str, str]] = {}  # base URL -> (origin, host): parsed once, not per request
+
+    def _origin(self, base_url: str) -> tuple[str, str]:
+        found = self._origins.get(base_url)
+        if found is None:
+            url = httpx.URL(base_url)
+            found = self._origins[base_url] = (str(url.copy_with(path="/", query=None)), url.host)
+        return found
 
     def for_provider(self, provider: Provider, base_url: str) -> httpx.AsyncClient:
-        key = (Network.of(provider), httpx.URL(base_url).copy_with(path="/", query=None).__str__())
+        key = (Network.of(provider), self._origin(base_url)[0])
         found = self._clients.get(key)
         if found is None:
             found = self._clients[key] = api_async_client(key[0], base_url)
         return found
+
+    def host(self, base_url: str) -> str:
+        """The host of `base_url` (for the audit detail)."""
+        return self._origin(base_url)[1]
 
     async def aclose(self) -> None:
         clients, self._clients = list(self._clients.values()), {}
@@ -51,8 +63,11 @@ class ProxyClients:
 
 async def _provider(request: Request, name: str) -> tuple[Provider, str]:
     store = broker_of(request).keeper.store
-    grant = await asyncio.to_thread(store.get_grant, name)
-    provider = await asyncio.to_thread(store.get_provider, grant.provider)
+
+    def lookup() -> Provider:  # both reads in one trip to the thread pool
+        return store.get_provider(store.get_grant(name).provider)
+
+    provider = await asyncio.to_thread(lookup)
     if provider.api_base_url is None:
         raise ProxyNotConfigured(
             f"grant {name!r}: provider {provider.name!r} has no API base URL, so there is nowhere to proxy to; an "
@@ -80,10 +95,11 @@ async def proxy(
     async def report_rejected(token: str) -> None:
         await broker.keeper.report_rejected(name, token)
 
-    request.state.detail = f"{request.method} {httpx.URL(base_url).host}"
     limits: ProxyLimits = request.app.state.proxy_limits
     clients: ProxyClients = request.app.state.proxy_clients
+    client = clients.for_provider(provider, base_url)
+    request.state.detail = f"{request.method} {clients.host(base_url)}"
     return await proxy_request(
-        request, client=clients.for_provider(provider, base_url), base_url=base_url, path=path,
+        request, client=client, base_url=base_url, path=path,
         get_token=get_token, report_rejected=report_rejected, limits=limits,
     )  # fmt: skip

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.cookiejar
 import os
 import socket
 import ssl
@@ -222,13 +223,25 @@ def async_client(network: Network | None = None, *, timeout: httpx.Timeout | flo
                              trust_env=False)  # fmt: skip
 
 
+class _NoCookies(http.cookiejar.CookieJar):
+    """A cookie jar that keeps nothing: one proxy client serves every caller of a provider, so a cookie the API
+    set for one caller's exchange must not ride along on the next caller's."""
+
+    def extract_cookies(self, response: Any, request: Any) -> None:
+        return None
+
+    def set_cookie(self, cookie: http.cookiejar.Cookie) -> None:
+        return None
+
+
 def api_async_client(network: Network, base_url: str, *, timeout: float = 60.0) -> httpx.AsyncClient:
     """A keep-alive client for a provider's API (the service's proxy): the same CA and proxy choice as token
-    requests get, without the one-exchange watchdog (the proxy bounds its own exchanges)."""
+    requests get, without the one-exchange watchdog (the proxy bounds its own exchanges), and without a cookie
+    jar (`_NoCookies`)."""
     source, cafile, capath = _trust(network)
     return httpx.AsyncClient(
         verify=_tls_context(source, cafile, capath), proxy=_proxy(httpx.URL(base_url), network),
-        follow_redirects=False, trust_env=False, timeout=timeout,
+        follow_redirects=False, trust_env=False, timeout=timeout, cookies=_NoCookies(),
         limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
     )  # fmt: skip
 
