@@ -13,7 +13,9 @@ and uses one only while the probe still returns that value: any commit to the st
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
+import os
 import re
 import secrets
 from dataclasses import dataclass
@@ -83,8 +85,11 @@ class KeyCache:
         # key id -> (the probe's value just before the read, the record and its stored hash). Only keys found in
         # the store are kept, so the size is bounded by the store's keys; an entry whose value is stale is
         # replaced at its key's next request.
-        self._seen: dict[str, tuple[object, tuple[ApiKeyRecord, str]]] = {}
-        self.reads = 0  # store reads made, for tests and metrics
+        self._seen: dict[str, tuple[object, tuple[ApiKeyRecord, str], bytes | None]] = {}
+        # A key the store's hash accepted is remembered by an HMAC under a key of this process only: checking it
+        # again costs one HMAC, not the store's key derivation. The key itself is kept nowhere.
+        self._local = os.urandom(32)
+        self.reads = 0  # store reads made, for tests
 
     async def authenticate(self, presented: str) -> ApiKeyRecord | None:
         """The record of the key `presented` is, whatever its state (revoked, expired); None if it is no key of
@@ -98,11 +103,17 @@ class KeyCache:
         version = self._probe()  # before the read: a commit after this point changes the next probe's value
         kept = self._seen.get(key_id)
         if kept is not None and kept[0] == version:
+            if kept[2] is not None and hmac.compare_digest(self._mark(presented), kept[2]):
+                return kept[1][0]
             return _check(self._store, presented, kept[1])
         self.reads += 1
         found = await asyncio.to_thread(self._store.find_api_key, key_id)
+        record = _check(self._store, presented, found)
         if found is None:
             self._seen.pop(key_id, None)
         else:
-            self._seen[key_id] = (version, found)
-        return _check(self._store, presented, found)
+            self._seen[key_id] = (version, found, None if record is None else self._mark(presented))
+        return record
+
+    def _mark(self, presented: str) -> bytes:
+        return hmac.new(self._local, presented.encode(), hashlib.sha256).digest()
