@@ -43,6 +43,16 @@ class Recorder:
 
     def __init__(self, app: Any, broker: Broker, log: Any) -> None:
         self.app, self.broker, self.log = app, broker, log
+        # The metrics' labelled children, looked up once: `labels()` validates and locks on every call. As many
+        # as the metrics themselves keep (one per label set seen).
+        self._children: dict[tuple[object, ...], Any] = {}
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (id(metric), *labels)  # the metrics live as long as the broker
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -78,13 +88,13 @@ class Recorder:
         metrics = self.broker.metrics
         route = getattr(scope.get("route"), "path", "unmatched")
         caller = state.get("caller")
-        metrics.requests.labels(caller or "-", route, str(status)).inc()
-        metrics.request_seconds.labels(route).observe(elapsed)
+        self._child(metrics.requests, caller or "-", route, str(status)).inc()
+        self._child(metrics.request_seconds, route).observe(elapsed)
         action = state.get("action")
         outcome = state.get("outcome")
         grant = state.get("grant")
         if action == "token":
-            metrics.token_requests.labels(outcome or "served").inc()
+            self._child(metrics.token_requests, outcome or "served").inc()
         if action is not None:
             self.broker.audit.add(caller or "-", action, None if grant is None else shown(grant, status), status,
                                   fingerprint=state.get("fingerprint"), generation=state.get("generation"),
