@@ -3,13 +3,19 @@
 A key is ``gk_<id>_<secret>``: the id (12 hex digits) finds the stored record, the secret (32 random bytes,
 base64url) proves possession. The store keeps a keyed hash of the whole key (`SQLStore.api_key_digest`), compared
 with `hmac.compare_digest`; the key itself is printed once by ``grantkeeper apikey create`` and kept nowhere.
-Keys are looked up in the store on every request, so a revocation takes effect at once on every instance that
-shares the store (no cache to invalidate).
+Keys are checked against the store on every request, so a revocation takes effect at once on every instance that
+shares the store. `KeyCache` makes that cheap without weakening it: it keeps the records it read, each with the
+value the store's change probe (`SQLStore.change_probe`; SQLite: ``PRAGMA data_version``) had just before the read,
+and uses one only while the probe still returns that value: any commit to the store since, by any process (an
+``apikey revoke`` included), sends the next request back to the store. Stores without a probe are read every time.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import hmac
+import os
 import re
 import secrets
 from dataclasses import dataclass
@@ -17,7 +23,7 @@ from dataclasses import dataclass
 from grantkeeper.stores import SQLStore
 from grantkeeper.stores.access import ApiKeyRecord, parse_patterns, parse_scopes
 
-__all__ = ["DEFAULT_SCOPES", "NewKey", "authenticate", "new_key", "parse_key"]
+__all__ = ["DEFAULT_SCOPES", "KeyCache", "NewKey", "authenticate", "new_key", "parse_key"]
 
 DEFAULT_SCOPES = ("token", "read")
 _KEY = re.compile(r"gk_([0-9a-f]{12})_([A-Za-z0-9_-]{43})")
@@ -57,12 +63,57 @@ def authenticate(store: SQLStore, presented: str) -> ApiKeyRecord | None:
     Runs one store read; call it from a worker thread in async code.
     """
     key_id = parse_key(presented)
-    if key_id is None:
-        return None
-    found = store.find_api_key(key_id)
+    return None if key_id is None else _check(store, presented, store.find_api_key(key_id))
+
+
+def _check(store: SQLStore, presented: str, found: tuple[ApiKeyRecord, str] | None) -> ApiKeyRecord | None:
     if found is None:
         # Hash anyway, so an unknown id costs what a known one does.
         store.api_key_digest(presented)
         return None
     record, digest = found
     return record if hmac.compare_digest(store.api_key_digest(presented), digest) else None
+
+
+class KeyCache:
+    """`authenticate` for an event loop: a stored record is read again (in a worker thread) only when the store
+    has changed since it was read (see the module docstring). Use it from one event loop's thread only."""
+
+    def __init__(self, store: SQLStore) -> None:
+        self._store = store
+        self._probe = store.change_probe()
+        # key id -> (the probe's value just before the read, the record and its stored hash). Only keys found in
+        # the store are kept, so the size is bounded by the store's keys; an entry whose value is stale is
+        # replaced at its key's next request.
+        self._seen: dict[str, tuple[object, tuple[ApiKeyRecord, str], bytes | None]] = {}
+        # A key the store's hash accepted is remembered by an HMAC under a key of this process only: checking it
+        # again costs one HMAC, not the store's key derivation. The key itself is kept nowhere.
+        self._local = os.urandom(32)
+        self.reads = 0  # store reads made, for tests
+
+    async def authenticate(self, presented: str) -> ApiKeyRecord | None:
+        """The record of the key `presented` is, whatever its state (revoked, expired); None if it is no key of
+        ours. Expiry and revocation are the caller's to check, on every request."""
+        key_id = parse_key(presented)
+        if key_id is None:
+            return None
+        if self._probe is None:
+            self.reads += 1
+            return await asyncio.to_thread(authenticate, self._store, presented)
+        version = self._probe()  # before the read: a commit after this point changes the next probe's value
+        kept = self._seen.get(key_id)
+        if kept is not None and kept[0] == version:
+            if kept[2] is not None and hmac.compare_digest(self._mark(presented), kept[2]):
+                return kept[1][0]
+            return _check(self._store, presented, kept[1])
+        self.reads += 1
+        found = await asyncio.to_thread(self._store.find_api_key, key_id)
+        record = _check(self._store, presented, found)
+        if found is None:
+            self._seen.pop(key_id, None)
+        else:
+            self._seen[key_id] = (version, found, None if record is None else self._mark(presented))
+        return record
+
+    def _mark(self, presented: str) -> bytes:
+        return hmac.new(self._local, presented.encode(), hashlib.sha256).digest()

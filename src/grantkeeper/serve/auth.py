@@ -11,14 +11,13 @@ its owner and group) is trusted, with the grant patterns and scopes the configur
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass
 
 from starlette.requests import Request
 
 from grantkeeper._secrets import Secret
-from grantkeeper.serve.apikeys import authenticate
+from grantkeeper.serve.apikeys import KeyCache
 from grantkeeper.serve.errors import ServeError
 from grantkeeper.serve.ratelimit import RateLimiter
 from grantkeeper.stores import SQLStore
@@ -51,7 +50,7 @@ def _unauthorized(detail: str, *, presented: bool) -> ServeError:
 
 class Authenticator:
     def __init__(self, store: SQLStore, limiter: RateLimiter, *, unix: Caller | None = None) -> None:
-        self._store, self._limiter, self._unix = store, limiter, unix
+        self._keys, self._limiter, self._unix = KeyCache(store), limiter, unix
 
     async def caller(self, request: Request) -> Caller:
         if request.scope.get(LISTENER_KEY) == "unix" and self._unix is not None:
@@ -64,7 +63,7 @@ class Authenticator:
         if scheme.lower() != "bearer" or not value.strip():
             raise _unauthorized("the Authorization header must be 'Bearer <key>'", presented=True)
         presented = Secret(value.strip())  # registered, so the redaction cuts it out of any log line while alive
-        record = await asyncio.to_thread(authenticate, self._store, presented.reveal())
+        record = await self._keys.authenticate(presented.reveal())
         if record is None:
             raise _unauthorized("the API key is not known to this store", presented=True)
         if record.revoked_at is not None:

@@ -46,15 +46,19 @@ def grant_access(scope: str, action: str | None = None) -> Any:
     e.g. what it proxied, and ``fingerprint``/``generation`` of the token it used)."""
 
     async def dependency(request: Request, name: GrantName) -> Caller:
-        request.state.grant = name
-        request.state.action = action
-        broker = broker_of(request)
-        caller = await broker.auth.caller(request)
-        request.state.caller = caller.name
-        broker.auth.check(caller, scope, name)
-        return caller
+        return await admit(request, broker_of(request), name, scope, action)
 
     return Depends(dependency)
+
+
+async def admit(request: Request, broker: Broker, name: str, scope: str, action: str | None) -> Caller:
+    """`grant_access`'s check, also run by `grantkeeper.serve.fastpath`."""
+    request.state.grant = name
+    request.state.action = action
+    caller = await broker.auth.caller(request)
+    request.state.caller = caller.name
+    broker.auth.check(caller, scope, name)
+    return caller
 
 
 def access(scope: str) -> Any:
@@ -77,7 +81,11 @@ async def get_token(
                                              "refreshes first if the current one would not.")] = None,
 ) -> JSONResponse:  # fmt: skip
     """A valid access token of grant NAME (refreshed once for every caller when needed). Scope: token."""
-    broker = broker_of(request)
+    return await token_answer(request, broker_of(request), name, min_valid)
+
+
+async def token_answer(request: Request, broker: Broker, name: str, min_valid: float | None) -> JSONResponse:
+    """`get_token`'s answer, also given by `grantkeeper.serve.fastpath`."""
     served = await broker.token(name, min_valid=min_valid)
     fingerprint = broker.fingerprint(served.access_token)
     request.state.fingerprint, request.state.generation = fingerprint, served.generation

@@ -1086,6 +1086,13 @@ class SQLStore:
         row = self._read(lambda conn: conn.execute(sql, (key_id,)).fetchone())
         return None if row is None else (self._api_key(row), str(row[7]))
 
+    def change_probe(self) -> Callable[[], object] | None:
+        """A cheap probe of the whole store, to call on one thread (an event loop's): what it returns differs from
+        what it returned before whenever any connection of any process has committed a write since; None when
+        this store has no such probe. A reader may keep what it read for as long as the probe returns what it
+        returned just before that read (`grantkeeper.serve.apikeys.KeyCache`)."""
+        return None
+
     def list_api_keys(self) -> list[ApiKeyRecord]:
         sql = "SELECT name, key_id, grants, scopes, created_at, expires_at, revoked_at FROM api_keys ORDER BY name"
         return [self._api_key(r) for r in self._read(lambda conn: conn.execute(sql).fetchall())]

@@ -19,7 +19,7 @@ import secrets
 import shlex
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from grantkeeper import _failpoints
@@ -383,6 +383,29 @@ class SQLiteStore(SQLStore):
             with self._idle:
                 self._active -= 1
                 self._idle.notify_all()
+
+    def change_probe(self) -> Callable[[], object] | None:
+        """``PRAGMA data_version`` on a connection of its own that never writes, so every commit counts, this
+        process's included (SQLite changes the value for commits by any other connection, in any process). The
+        pragma opens a read transaction, which sees every commit finished before it. A memory store has a single
+        connection, whose own commits do not change the value: it has no probe."""
+        if self.path is None:
+            return None
+        try:
+            conn = sqlite3.connect(str(self.path), timeout=self._busy_timeout, isolation_level=None,
+                                   check_same_thread=False)  # fmt: skip
+        except sqlite3.Error as exc:
+            raise _map_error(exc, str(self.path)) from None
+        with self._connections_lock:
+            self._connections.append(conn)  # closed with the store
+
+        def probe() -> object:
+            try:
+                return conn.execute("PRAGMA data_version").fetchone()[0]
+            except sqlite3.Error:
+                return object()  # unknown: equal to nothing, so whoever asked reads the store again
+
+        return probe
 
     def close(self) -> None:
         """Close every connection once no thread is inside a transaction (closing one under a running
