@@ -87,3 +87,16 @@ def store_locked_at(db: Path, failpoint: str = "before_commit") -> Iterator[None
         for blocker in held:
             blocker.execute("ROLLBACK")
             blocker.close()
+
+
+def accept_forever(listener: object, handle: object) -> None:
+    """Serve each connection `listener` (a listening socket) accepts in a thread of its own, with
+    `handle(conn)`, until the listener is closed."""
+    import threading
+
+    while True:
+        try:
+            conn, _ = listener.accept()  # type: ignore[attr-defined]
+        except OSError:
+            return
+        threading.Thread(target=handle, args=(conn,), daemon=True).start()

@@ -26,6 +26,7 @@ from grantkeeper import AsyncKeeper, GrantkeeperError, Keeper, Provider, Provide
 from grantkeeper.model import AttemptState
 from grantkeeper.stores import open_store
 from grantkeeper.tokens.transport import Ambiguous, Network, NotSent, asend, async_client, client, send
+from tests.helpers import accept_forever
 
 #: The deadline (request_timeout) is twice the byte interval: a per-read timeout alone would never fire.
 POLICY = RefreshPolicy(lease_ttl=5.0, request_timeout=2.0, wait_timeout=60.0, backoff_base=0.01, backoff_cap=0.05,
@@ -54,12 +55,7 @@ class TrickleServer:
         threading.Thread(target=self._serve, daemon=True).start()
 
     def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self._listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+        accept_forever(self._listener, self._answer)
 
     def _answer(self, conn: socket.socket) -> None:
         with contextlib.closing(conn), contextlib.suppress(OSError):  # a client reset while reading the request

@@ -28,7 +28,7 @@ from grantkeeper.model import AttemptState
 from grantkeeper.testing.simulator import ProviderSimulator
 from grantkeeper.tokens.discovery import discover
 from grantkeeper.tokens.transport import Network
-from tests.helpers import FAST_POLICY, provider_for
+from tests.helpers import FAST_POLICY, accept_forever, provider_for
 
 
 class ConnectProxy:
@@ -48,12 +48,7 @@ class ConnectProxy:
             return [head.split()[1] for head in self.heads]
 
     def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self._listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._tunnel, args=(conn,), daemon=True).start()
+        accept_forever(self._listener, self._tunnel)
 
     def _tunnel(self, client: socket.socket) -> None:
         with contextlib.closing(client):

@@ -329,6 +329,14 @@ def _overdue(deadline: float) -> Ambiguous | None:
     return Ambiguous("response not complete within the request budget") if time.monotonic() > deadline else None
 
 
+def _grown(response: httpx.Response, body: bytearray, chunk: bytes, deadline: float) -> SendResult | None:
+    """Append `chunk` to `body`; what to answer at once (over the body cap, past the deadline), else None."""
+    body += chunk
+    if len(body) > MAX_BODY_BYTES:
+        return _reply(response, body[:0], truncated=True)
+    return _overdue(deadline)
+
+
 def send(client: httpx.Client, request: httpx.Request, *, budget: float) -> SendResult:
     """Send `request` and read the reply within `budget` seconds, wall clock, connect to last byte.
 
@@ -352,11 +360,8 @@ def send(client: httpx.Client, request: httpx.Request, *, budget: float) -> Send
         response = client.send(request, stream=True)
         try:
             for chunk in response.iter_bytes():
-                body += chunk
-                if len(body) > MAX_BODY_BYTES:
-                    return _reply(response, body[:0], truncated=True)
-                if late := _overdue(deadline):
-                    return late
+                if (early := _grown(response, body, chunk, deadline)) is not None:
+                    return early
         finally:
             response.close()
     except httpx.TransportError as exc:
@@ -383,11 +388,8 @@ async def asend(client: httpx.AsyncClient, request: httpx.Request, *, budget: fl
             response = await client.send(request, stream=True)
             try:
                 async for chunk in response.aiter_bytes():
-                    body += chunk
-                    if len(body) > MAX_BODY_BYTES:
-                        return _reply(response, body[:0], truncated=True)
-                    if late := _overdue(deadline):
-                        return late
+                    if (early := _grown(response, body, chunk, deadline)) is not None:
+                        return early
             finally:
                 await response.aclose()
     except TimeoutError:
