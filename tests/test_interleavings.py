@@ -13,12 +13,12 @@ import secrets
 from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qs
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from grantkeeper import GrantkeeperError, LostInFlight, Provider, RefreshPolicy, Secret
+from grantkeeper.engine.dispatch import store_call
 from grantkeeper.model import AttemptState
 from grantkeeper.protocol import refresh_flow
 from grantkeeper.protocol.steps import Now, Send, Sleep, StoreStep, WaitForChange
@@ -37,8 +37,7 @@ class RotatingProvider:
     spent: list[str] = field(default_factory=list)
     revoked: bool = False
 
-    def answer(self, body: bytes) -> HttpReply:
-        token = parse_qs(body.decode())["refresh_token"][0]
+    def answer(self, token: str) -> HttpReply:
         self.spent.append(token)
         if self.revoked or token != self.current:
             self.revoked = True
@@ -76,10 +75,11 @@ def _step(worker: Worker, store: Any, provider: RotatingProvider, clock: list[fl
         if isinstance(step, WaitForChange):
             clock[0] += step.poll  # waiting is simulated time, like Sleep
         elif isinstance(step, StoreStep):
-            worker.reply = step.run(store)
+            method, args, kwargs = store_call(step)
+            worker.reply = getattr(store, method)(*args, **kwargs)
         elif isinstance(step, Send):
             worker.sent = True
-            worker.reply = provider.answer(step.request.read())
+            worker.reply = provider.answer(step.request.refresh_token.reveal())
         elif isinstance(step, Sleep):
             clock[0] += step.seconds
         elif isinstance(step, Now):

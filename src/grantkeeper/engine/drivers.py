@@ -3,8 +3,8 @@
 Each loop feeds step results (or store errors) back into the flow, remembers a lease the flow holds, and
 releases it in ``finally`` if the flow was interrupted (an exception, a cancelled task). A flow that returns
 has released its lease itself, or kept it on purpose: when the store refused the commit, releasing would only
-wait out the store's timeout while the caller's new token ages. The async
-driver runs store transactions in a worker thread (stdlib ``sqlite3`` is blocking).
+wait out the store's timeout while the caller's new token ages. Store steps become store calls through
+`grantkeeper.engine.dispatch`; the async driver awaits an `AsyncStore` (native, or a `Store` in worker threads).
 """
 
 from __future__ import annotations
@@ -15,16 +15,15 @@ import logging
 import time
 from typing import Any
 
-import httpx
-
 from grantkeeper import _failpoints
 from grantkeeper._clock import Clock
 from grantkeeper._exceptions import GrantkeeperError
+from grantkeeper.engine.dispatch import store_call
+from grantkeeper.engine.ports import AsyncSender, AsyncStore, Sender, Store
 from grantkeeper.model import Lease
+from grantkeeper.model.claims import Claim
 from grantkeeper.protocol.refresh import Flow, Refreshed
 from grantkeeper.protocol.steps import ClaimGrant, Failpoint, Log, Now, Send, Sleep, Step, StoreStep
-from grantkeeper.stores.base import Claim, Store
-from grantkeeper.tokens import transport
 
 __all__ = ["drive", "drive_async"]
 
@@ -47,7 +46,7 @@ def _effect(step: Step) -> None:
         logger.log(step.level, step.message, extra={"grantkeeper": step.evidence})
 
 
-def drive(flow: Flow, *, store: Store, http: httpx.Client, clock: Clock) -> Refreshed:
+def drive(flow: Flow, *, store: Store, sender: Sender, clock: Clock) -> Refreshed:
     held: Lease | None = None
     reply: Any = None
     error: Exception | None = None
@@ -62,9 +61,10 @@ def drive(flow: Flow, *, store: Store, http: httpx.Client, clock: Clock) -> Refr
             reply, error = None, None
             try:
                 if isinstance(step, StoreStep):
-                    reply = step.run(store)
+                    method, args, kwargs = store_call(step)
+                    reply = getattr(store, method)(*args, **kwargs)
                 elif isinstance(step, Send):
-                    reply = transport.send(http, step.request, budget=step.budget)
+                    reply = sender.send(step.request, budget=step.budget)
                 elif isinstance(step, Sleep):
                     time.sleep(step.seconds)
                 elif isinstance(step, Now):
@@ -82,7 +82,7 @@ def drive(flow: Flow, *, store: Store, http: httpx.Client, clock: Clock) -> Refr
                 store.release(held)
 
 
-async def drive_async(flow: Flow, *, store: Store, http: httpx.AsyncClient, clock: Clock) -> Refreshed:
+async def drive_async(flow: Flow, *, store: AsyncStore, sender: AsyncSender, clock: Clock) -> Refreshed:
     held: Lease | None = None
     reply: Any = None
     error: Exception | None = None
@@ -97,9 +97,10 @@ async def drive_async(flow: Flow, *, store: Store, http: httpx.AsyncClient, cloc
             reply, error = None, None
             try:
                 if isinstance(step, StoreStep):
-                    reply = await asyncio.to_thread(step.run, store)
+                    method, args, kwargs = store_call(step)
+                    reply = await getattr(store, method)(*args, **kwargs)
                 elif isinstance(step, Send):
-                    reply = await transport.asend(http, step.request, budget=step.budget)
+                    reply = await sender.send(step.request, budget=step.budget)
                 elif isinstance(step, Sleep):
                     await asyncio.sleep(step.seconds)
                 elif isinstance(step, Now):
@@ -114,4 +115,4 @@ async def drive_async(flow: Flow, *, store: Store, http: httpx.AsyncClient, cloc
         flow.close()
         if held is not None:
             with contextlib.suppress(GrantkeeperError):
-                await asyncio.to_thread(store.release, held)
+                await store.release(held)

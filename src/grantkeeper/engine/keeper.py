@@ -38,6 +38,7 @@ from grantkeeper._exceptions import (
 from grantkeeper._secrets import Secret
 from grantkeeper.diagnosis import Diagnosis, diagnose
 from grantkeeper.engine.drivers import drive, drive_async
+from grantkeeper.engine.threaded import threaded
 from grantkeeper.model import Attempt, Grant, GrantState, LeaseHolder, OutcomeClass, Provider
 from grantkeeper.model.lifetimes import RefreshTokenExpiry, refresh_token_ends
 from grantkeeper.model.times import iso_utc
@@ -46,6 +47,7 @@ from grantkeeper.protocol import Refreshed, RefreshPolicy, refresh_flow
 from grantkeeper.stores import SQLStore, open_store
 from grantkeeper.stores.sql import HistoryRetention
 from grantkeeper.tokens import transport
+from grantkeeper.tokens.sender import AsyncHttpSender, HttpSender
 from grantkeeper.tokens.token_input import check_refresh_token
 
 __all__ = ["AsyncKeeper", "GrantStatus", "KeepaliveResult", "Keeper", "RefreshTokenExpiry", "ServedToken"]
@@ -313,7 +315,7 @@ class _KeeperCore:
                 done = self.store.replay_recovery(now=self.clock.now())
                 for name in done:
                     logger.info("grant %r committed from local recovery storage", name)
-                if not self.store.recovery.entries():
+                if not self.store.pending_recovery():
                     return
             except GrantkeeperError:
                 pass  # still down; keep trying
@@ -346,7 +348,7 @@ class _KeeperCore:
             access_valid=grant.access_usable(now, provider.skew), scopes=grant.scopes,
             last_error=grant.last_error, last_error_at=grant.last_error_at, updated_at=grant.updated_at,
             lease=self.store.lease_holder(name, now=now), attempts=tuple(self.store.list_attempts(name, limit=10)),
-            pending_recovery=len(self.store.recovery.entries(name)),
+            pending_recovery=self.store.pending_recovery(name),
             refresh_issued_at=grant.refresh_issued_at, refresh_used_at=grant.refreshed_at,
             refresh_ends=tuple(sorted(refresh_token_ends(grant, provider), key=lambda e: e.deadline)),
         )  # fmt: skip
@@ -455,6 +457,7 @@ class Keeper(_KeeperCore):
         super().__init__(store, clock=clock, policy=policy, worker=worker, on_event=on_event, retention=retention)
         self._own_http = http is None
         self._http = http or transport.client(timeout=DEFAULT_TIMEOUT)
+        self._sender = HttpSender(self._http)
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
 
@@ -512,7 +515,9 @@ class Keeper(_KeeperCore):
             mark = self._rejection_mark(name)
             with self._forget_if_dead(name):
                 try:
-                    result = drive(self._flow(name, force, seen), store=self.store, http=self._http, clock=self.clock)
+                    result = drive(
+                        self._flow(name, force, seen), store=self.store, sender=self._sender, clock=self.clock
+                    )
                 except (NeedsReauth, ClientAuthFailed) as exc:
                     self._announce(exc)
                     raise
@@ -600,6 +605,8 @@ class AsyncKeeper(_KeeperCore):
         super().__init__(store, clock=clock, policy=policy, worker=worker, on_event=on_event, retention=retention)
         self._own_http = http is None
         self._http = http or transport.async_client(timeout=DEFAULT_TIMEOUT)
+        self._sender = AsyncHttpSender(self._http)
+        self._astore = threaded(store)
         self._locks: dict[str, asyncio.Lock] = {}
 
     @classmethod
@@ -649,7 +656,7 @@ class AsyncKeeper(_KeeperCore):
             with self._forget_if_dead(name):
                 try:
                     result = await drive_async(
-                        self._flow(name, force, seen), store=self.store, http=self._http, clock=self.clock
+                        self._flow(name, force, seen), store=self._astore, sender=self._sender, clock=self.clock
                     )
                 except (NeedsReauth, ClientAuthFailed) as exc:
                     await self._call(self._announce, exc)

@@ -36,6 +36,8 @@ from grantkeeper.model import (
     RotationMode,
     TokenSet,
 )
+from grantkeeper.model.claims import Claim, GenerationConflict, GrantUpdate
+from grantkeeper.model.exchange import Ambiguous, NotSent, RefreshRequest
 from grantkeeper.protocol.classify import classify_invalid_grant, classify_other, dead_grant_error
 from grantkeeper.protocol.policy import RefreshPolicy
 from grantkeeper.protocol.steps import (
@@ -54,10 +56,7 @@ from grantkeeper.protocol.steps import (
     Step,
     WaitForChange,
 )
-from grantkeeper.stores.base import Claim, GenerationConflict, GrantUpdate
-from grantkeeper.tokens.request import build_refresh_request
 from grantkeeper.tokens.response import Malformed, OAuthFailure, Success, Transient, interpret, refresh_token_ok
-from grantkeeper.tokens.transport import Ambiguous, NotSent
 
 __all__ = ["Refreshed", "refresh_flow"]
 
@@ -200,19 +199,15 @@ def _spend(claim: Claim, *, worker: str, policy: RefreshPolicy, started: float, 
     stale_send: Attempt | None = None
     while True:
         tries += 1
-        try:
-            if grant.refresh_token is None:
-                raise ConfigurationError(f"grant {grant.name!r} has no refresh token; re-import it")
-            request = build_refresh_request(provider, grant.refresh_token, scopes=grant.scopes)
-        except ConfigurationError:
-            yield Finish(lease, attempt.id, AttemptState.NOT_SENT, "client credentials unavailable", started,
+        if grant.refresh_token is None:
+            yield Finish(lease, attempt.id, AttemptState.NOT_SENT, "no refresh token", started,
                          report=_report(OutcomeClass.CONFIGURATION))  # fmt: skip
-            raise
+            raise ConfigurationError(f"grant {grant.name!r} has no refresh token; re-import it")
         yield Failpoint("before_send")
         sent_at = yield Now()
         try:
-            result = yield Send(request, policy.request_timeout)
-        except ConfigurationError as exc:  # TLS verification failed: nothing left, and retrying cannot help
+            result = yield Send(RefreshRequest(provider, grant.refresh_token, grant.scopes), policy.request_timeout)
+        except ConfigurationError as exc:  # no client credentials, or TLS verification failed: nothing was sent
             yield Finish(lease, attempt.id, AttemptState.NOT_SENT, exc.code, sent_at,
                          report=_report(OutcomeClass.CONFIGURATION))  # fmt: skip
             raise

@@ -1,19 +1,17 @@
 """The steps the refresh protocol yields, and what each expects back.
 
-Store steps carry a ``run(store)`` that performs exactly one store transaction; a sync driver calls it, an
-async driver calls it in a worker thread. `Send`, `Sleep`, `Now`, `Failpoint` and `Log` are the only
-other effects. Nothing here decides anything.
+Every step is plain data. A store step names exactly one store transaction, which the drivers run through the
+table in `grantkeeper.engine.dispatch`; `Send`, `Sleep`, `Now`, `Failpoint` and `Log` are the only other effects.
+Nothing here decides anything, and nothing here knows the store or the transport.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
-import httpx
-
-from grantkeeper.model import Attempt, AttemptReport, AttemptState, Grant, Lease, Provider
-from grantkeeper.stores.base import Claim, GrantUpdate, LeaseTTL, Store
+from grantkeeper.model import AttemptReport, AttemptState, Grant, Lease
+from grantkeeper.model.claims import GrantUpdate, LeaseTTL
+from grantkeeper.model.exchange import RefreshRequest
 
 __all__ = [
     "ClaimGrant",
@@ -39,18 +37,12 @@ class StoreStep:
 
     releases = False
 
-    def run(self, store: Store) -> Any:
-        raise NotImplementedError
-
 
 @dataclass(frozen=True, slots=True)
 class Load(StoreStep):
     """Read a grant and its provider -> ``tuple[Grant, Provider]``."""
 
     name: str
-
-    def run(self, store: Store) -> tuple[Grant, Provider]:
-        return store.get_grant_and_provider(self.name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,12 +56,6 @@ class ClaimGrant(StoreStep):
     force: bool
     seen_generation: int | None
     actor: str = ""  # the thread or task, for the history
-
-    def run(self, store: Store) -> Claim:
-        return store.claim(
-            self.name, worker=self.worker, lease_ttl=self.lease_ttl, now=self.now, force=self.force,
-            seen_generation=self.seen_generation, actor=self.actor,
-        )  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,12 +71,6 @@ class Record(StoreStep):
     actor: str = ""
     try_number: int = 1
 
-    def run(self, store: Store) -> Attempt:
-        return store.record_attempt(
-            self.lease, generation=self.generation, refresh_fp=self.refresh_fp, resend_of=self.resend_of,
-            lease_ttl=self.lease_ttl, now=self.now, actor=self.actor, try_number=self.try_number,
-        )  # fmt: skip
-
 
 @dataclass(frozen=True, slots=True)
 class Commit(StoreStep):
@@ -103,12 +83,6 @@ class Commit(StoreStep):
     now: float
     latency: float | None = None
     releases = True
-
-    def run(self, store: Store) -> Grant:
-        return store.commit(
-            self.lease, attempt_id=self.attempt_id, base=self.base, update=self.update, now=self.now,
-            latency=self.latency,
-        )  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,20 +102,11 @@ class Finish(StoreStep):
     def releases(self) -> bool:  # type: ignore[override]
         return self.release
 
-    def run(self, store: Store) -> None:
-        store.finish(
-            self.lease, attempt_id=self.attempt_id, state=self.state, outcome=self.outcome, now=self.now,
-            mark_dead=self.mark_dead, release=self.release, report=self.report,
-        )  # fmt: skip
-
 
 @dataclass(frozen=True, slots=True)
 class Release(StoreStep):
     lease: Lease
     releases = True
-
-    def run(self, store: Store) -> None:
-        store.release(self.lease)
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,12 +119,6 @@ class SaveRecovery(StoreStep):
     update: GrantUpdate
     now: float
 
-    def run(self, store: Store) -> None:
-        store.save_recovery(
-            self.name, expected_generation=self.expected_generation, attempt_id=self.attempt_id,
-            update=self.update, now=self.now,
-        )  # fmt: skip
-
 
 @dataclass(frozen=True, slots=True)
 class WaitForChange(StoreStep):
@@ -171,15 +130,13 @@ class WaitForChange(StoreStep):
     poll: float
     longest: float
 
-    def run(self, store: Store) -> None:
-        store.wait_for_change(self.name, poll=self.poll, longest=self.longest, generation=self.generation)
-
 
 @dataclass(frozen=True, slots=True)
 class Send:
-    """POST to the token endpoint within `budget` seconds -> `SendResult` (`HttpReply`, `NotSent`, `Ambiguous`)."""
+    """POST a refresh to the token endpoint within `budget` seconds -> `SendResult` (`HttpReply`, `NotSent`,
+    `Ambiguous`). The driver's sender builds the HTTP request; `ConfigurationError` if it cannot (no secret)."""
 
-    request: httpx.Request
+    request: RefreshRequest
     budget: float
 
 

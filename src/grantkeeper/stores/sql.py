@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import struct
 import time
 from collections.abc import Callable
@@ -37,6 +36,7 @@ from grantkeeper.model import (
     RotationMode,
     check_name,
 )
+from grantkeeper.model.retention import HistoryRetention
 from grantkeeper.stores.access import ApiKeyRecord, AuditEntry
 from grantkeeper.stores.base import Claim, GenerationConflict, GrantUpdate, LeaseLost, LeaseTTL
 from grantkeeper.stores.liveness import Liveness
@@ -77,35 +77,6 @@ _HISTORY_COLUMNS = _ATTEMPT_COLUMNS + (
     ", actor, try_number, new_generation, received_fp, rotated, outcome_class, error_code, error_description, "
     "http_status, latency, evidence"
 )
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class HistoryRetention:
-    """How much attempt history to keep per grant: the newest `per_grant` attempts, none older than `days`."""
-
-    days: float = 90.0
-    per_grant: int = 1000
-
-    def __post_init__(self) -> None:
-        if not (self.days > 0 and self.per_grant >= 1):
-            raise ConfigurationError(
-                f"history retention must keep something (days > 0, per_grant >= 1); got days={self.days}, "
-                f"per_grant={self.per_grant}"
-            )
-
-    @classmethod
-    def from_env(cls) -> HistoryRetention:
-        """$GRANTKEEPER_HISTORY_DAYS and $GRANTKEEPER_HISTORY_PER_GRANT, where set; the defaults otherwise."""
-        values: dict[str, Any] = {}
-        for key, env, kind in (("days", "GRANTKEEPER_HISTORY_DAYS", float),
-                               ("per_grant", "GRANTKEEPER_HISTORY_PER_GRANT", int)):  # fmt: skip
-            raw = os.environ.get(env)
-            if raw:
-                try:
-                    values[key] = kind(raw)
-                except ValueError:
-                    raise ConfigurationError(f"${env} must be a number, got {raw[:20]!r}") from None
-        return cls(**values)
 
 
 #: Called with (grant name, generation, kind) when another process commits ("commit") or invalidates an access
@@ -984,6 +955,10 @@ class SQLStore:
         self, name: str, *, expected_generation: int, attempt_id: int, update: GrantUpdate, now: float
     ) -> None:
         self.recovery.save(RecoveryEntry(name, expected_generation, attempt_id, update, now))
+
+    def pending_recovery(self, name: str | None = None) -> int:
+        """How many successors (of grant `name`, or of any grant) wait in local recovery storage."""
+        return len(self.recovery.entries(name))
 
     def replay_recovery(self, *, now: float) -> list[str]:
         """Commit the successor kept in recovery storage for each grant (`_commit_kept`); drop superseded entries

@@ -20,7 +20,6 @@ import base64
 import binascii
 import json
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import TypeAlias
@@ -28,6 +27,7 @@ from urllib.parse import parse_qsl
 
 from grantkeeper._exceptions import sanitize_provider_text
 from grantkeeper._secrets import Secret
+from grantkeeper.model.exchange import HttpReply
 from grantkeeper.model.tokens import MAX_TOKEN_CHARS, TokenSet, access_token_ok, refresh_token_ok
 
 __all__ = [
@@ -61,14 +61,6 @@ _KNOWN_ERRORS = _TRANSIENT_ERRORS | {
     "consent_required", "login_required", "invalid_target", "invalid_dpop_proof", "use_dpop_nonce",
     "expired_token", "unsupported_response_type", "authorization_pending",
 }  # fmt: skip
-
-
-@dataclass(frozen=True, slots=True)
-class HttpReply:
-    status: int
-    headers: Mapping[str, str]  # lower-case names
-    body: bytes
-    truncated: bool = False
 
 
 @dataclass(frozen=True, slots=True)

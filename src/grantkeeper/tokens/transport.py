@@ -28,14 +28,15 @@ import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeAlias, TypeVar
+from typing import Any, Generic, TypeVar
 
 import certifi
 import httpx
 
 from grantkeeper._exceptions import TLSVerificationFailed, sanitize_provider_text
 from grantkeeper.model import Provider
-from grantkeeper.tokens.response import MAX_BODY_BYTES, HttpReply
+from grantkeeper.model.exchange import Ambiguous, HttpReply, NotSent, SendResult
+from grantkeeper.tokens.response import MAX_BODY_BYTES
 
 __all__ = [
     "NETWORK",
@@ -59,19 +60,6 @@ NETWORK = "grantkeeper.network"
 # Token requests are rare (once per access-token lifetime): a fresh connection per exchange costs little, and
 # it is what lets the watchdog find the exchange's socket (a reused connection opens none).
 _LIMITS = httpx.Limits(max_keepalive_connections=0)
-
-
-@dataclass(frozen=True, slots=True)
-class NotSent:
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class Ambiguous:
-    reason: str
-
-
-SendResult: TypeAlias = HttpReply | NotSent | Ambiguous
 
 
 @dataclass(frozen=True, slots=True)
