@@ -91,6 +91,21 @@ def test_ownership_arguments_are_refused(keeper: Keeper, sim: object) -> None:
     assert stats(sim).refresh_calls == 0
 
 
+def test_each_face_refuses_the_other_faces_keeper(keeper: Keeper, sqlite_url: str) -> None:
+    """Both faces share one constructor that checks the keeper against the face: the async client needs an
+    AsyncKeeper (a sync keeper would block its event loop), the sync session a Keeper. The wrong one is a
+    ConfigurationError naming the face and the keeper it needs, before any request."""
+    with pytest.raises(ConfigurationError, match="KeeperAsyncOAuth2Client needs a grantkeeper AsyncKeeper"):
+        KeeperAsyncOAuth2Client(keeper, "g")  # type: ignore[arg-type]
+
+    async def main() -> None:
+        async with await AsyncKeeper.open(sqlite_url, policy=FAST_POLICY) as async_keeper:
+            with pytest.raises(ConfigurationError, match="KeeperOAuth2Session needs a grantkeeper Keeper"):
+                KeeperOAuth2Session(async_keeper, "g")  # type: ignore[arg-type]
+
+    asyncio.run(main())
+
+
 def test_async_client_call_sites_keep_working(sqlite_url: str, sim: object, clock: FakeClock) -> None:
     """Async: request, stream, ensure_active_token, refresh_token through an AsyncKeeper; 401 retried once."""
 

@@ -221,8 +221,30 @@ def test_async_client_retries_with_the_async_driver(store_url: str, sim: object,
     assert refresh_calls(sim) == 3
 
 
-def test_the_keeper_must_match_the_client(keeper: Keeper, sim: object) -> None:
-    """A sync keeper cannot serve an AsyncClient (its refresh would block the event loop): a clear error."""
+def test_async_second_rejection_is_final(store_url: str, sim: object, make_sim: Sim) -> None:
+    """The async face ends a twice-rejected request like the sync one: sent twice, one refresh in between, the
+    401 returned with REJECTED_AGAIN."""
+    stranger = make_sim()  # its /resource knows none of the keeper's tokens: always 401 invalid_token
+    counter = Counter()
+
+    async def count(request: httpx.Request) -> None:
+        counter(request)
+
+    async def main() -> httpx.Response:
+        async with await AsyncKeeper.open(store_url, policy=FAST_POLICY) as keeper:
+            await add_async_grant(keeper, sim)
+            async with httpx.AsyncClient(auth=GrantAuth(keeper, "g"), event_hooks={"request": [count]}) as client:
+                return await client.get(resource(stranger))
+
+    response = asyncio.run(main())
+    assert response.status_code == 401 and response.extensions[OUTCOME_KEY] is AuthOutcome.REJECTED_AGAIN
+    assert [r.status_code for r in response.history] == [401]
+    assert counter.sent == 2 and refresh_calls(sim) == 2
+
+
+def test_the_keeper_must_match_the_client(keeper: Keeper, store_url: str, sim: object) -> None:
+    """A sync keeper cannot serve an AsyncClient (its refresh would block the event loop), nor an AsyncKeeper a
+    Client (its calls are coroutines): a clear error at the first request, naming the keeper the client needs."""
 
     async def main() -> None:
         async with httpx.AsyncClient(auth=GrantAuth(keeper, "g")) as client:
@@ -230,6 +252,15 @@ def test_the_keeper_must_match_the_client(keeper: Keeper, sim: object) -> None:
 
     with pytest.raises(ConfigurationError, match="AsyncKeeper"):
         asyncio.run(main())
+
+    async def sync_client_with_an_async_keeper() -> None:
+        async with await AsyncKeeper.open(store_url, policy=FAST_POLICY) as async_keeper:
+            with httpx.Client(auth=GrantAuth(async_keeper, "g")) as client:
+                client.get(resource(sim))
+
+    with pytest.raises(ConfigurationError, match="needs a grantkeeper Keeper"):
+        asyncio.run(sync_client_with_an_async_keeper())
+    assert refresh_calls(sim) == 0  # neither request reached the keeper
 
 
 def test_no_token_in_logs_or_reprs(

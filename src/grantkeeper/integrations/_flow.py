@@ -2,8 +2,10 @@
 
 `auth_steps` yields steps and receives their results, like httpx's ``Auth.auth_flow``; it never fetches a
 token, sends a request or reports a rejection itself, because those take locks and do I/O (STYLE.md §1).
-The bridges only run the steps: `run_until_send` (sync) and `arun_until_send` (async) execute the keeper
-steps and hand back the next request to send, or the flow's outcome.
+The bridges only run the steps, the way httpx's ``Auth`` drives one ``auth_flow`` from both of its faces:
+`signed` turns the flow into the bridge's HTTP library's terms once (sign this request, read that response,
+record the outcome), and `keeper_driven` (sync) or `akeeper_driven` (async), a few lines each, run its keeper
+steps with the face's keeper and hand every request to send out to the library.
 
 The flow: attach the grant's access token; if the resource server rejects that token (a 401 whose
 ``WWW-Authenticate`` says ``invalid_token``, or any 401 when configured), report that exact token to the
@@ -19,11 +21,12 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import functools
 import logging
 import re
-from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from grantkeeper._exceptions import ConfigurationError, GrantkeeperError, MalformedResponse
 from grantkeeper._secrets import Secret
@@ -38,16 +41,21 @@ __all__ = [
     "Answer",
     "AuthOutcome",
     "FetchToken",
+    "KeeperStep",
     "ReportRejected",
     "SendWith",
+    "Steps",
+    "advance",
+    "akeeper_driven",
     "arun_steps_until_send",
-    "arun_until_send",
     "auth_steps",
     "bearer",
     "checked_token",
+    "keeper_as",
+    "keeper_driven",
     "log_outcome",
-    "run_until_send",
     "scrubbing",
+    "signed",
 ]
 
 logger = logging.getLogger("grantkeeper.integrations")
@@ -160,6 +168,88 @@ def scrubbing() -> Iterator[None]:
         raise
 
 
+_T = TypeVar("_T")
+_Req = TypeVar("_Req")
+_Resp = TypeVar("_Resp")
+_K = TypeVar("_K")
+
+KeeperStep = FetchToken | ReportRejected
+#: A bridge's flow in its HTTP library's terms: keeper steps, which the face's driver runs with its keeper, and
+#: requests to send (`_T`), which the driver hands out, sending the response back in.
+Steps = Generator[KeeperStep | _T, Any, None]
+
+
+def advance(steps: Generator[_T, Any, object], reply: object) -> _T | None:
+    """The next step of `steps` after sending it `reply`; None once it has ended."""
+    try:
+        return steps.send(reply)
+    except StopIteration:
+        return None
+
+
+def signed(
+    flow: Flow,
+    sign: Callable[[str, _Resp | None], _Req],
+    answer: Callable[[_Resp], Answer],
+    finish: Callable[[AuthOutcome, _Resp | None], None],
+) -> Steps[_Req]:
+    """`flow` in an HTTP library's terms, for both of its faces.
+
+    Each `SendWith` becomes ``sign(authorization, rejected)``, the request to send (`rejected` is the response
+    it follows, None the first time), and the response sent back in becomes the flow's `Answer`; keeper steps
+    pass through to the driver. When the flow ends, `finish` gets its outcome and the final response.
+    """
+    response: _Resp | None = None
+    reply: object = None
+    with contextlib.closing(flow):
+        while not isinstance(step := _advance(flow, reply), AuthOutcome):
+            if isinstance(step, SendWith):
+                with scrubbing():
+                    outgoing = sign(bearer(step), response)
+                response = yield outgoing
+                reply = answer(response)
+            else:
+                reply = yield step
+    finish(step, response)
+
+
+def keeper_driven(steps: Steps[_T], keeper: Keeper, grant: str) -> Generator[_T, Any, None]:
+    """Drive `steps` with a sync keeper: its keeper steps run here, every other step goes out to the caller,
+    and the caller's reply goes back in (the shape of httpx's ``sync_auth_flow``)."""
+    reply: object = None
+    with contextlib.closing(steps):
+        while (step := advance(steps, reply)) is not None:
+            if isinstance(step, FetchToken | ReportRejected):
+                with scrubbing():
+                    reply = _kept(grant, step, _keeper_call(keeper, grant, step)())
+            else:
+                reply = yield step
+
+
+async def akeeper_driven(steps: Steps[_T], keeper: AsyncKeeper, grant: str) -> AsyncGenerator[_T, Any]:
+    """`keeper_driven` with an asyncio keeper (the shape of httpx's ``async_auth_flow``)."""
+    reply: object = None
+    with contextlib.closing(steps):
+        while (step := advance(steps, reply)) is not None:
+            if isinstance(step, FetchToken | ReportRejected):
+                with scrubbing():
+                    reply = _kept(grant, step, await _keeper_call(keeper, grant, step)())
+            else:
+                reply = yield step
+
+
+def _keeper_call(keeper: Keeper | AsyncKeeper, grant: str, step: KeeperStep) -> Callable[[], Any]:
+    """The keeper method call that runs `step` (a coroutine function's for an `AsyncKeeper`)."""
+    if isinstance(step, FetchToken):
+        return functools.partial(keeper.access_token, grant)
+    return functools.partial(keeper.report_rejected, grant, step.token.reveal())  # the keeper fingerprints it
+
+
+def _kept(grant: str, step: KeeperStep, result: object) -> object:
+    # A fetched token goes into a header next: check it here, for every face alike.
+    return checked_token(grant, cast(str, result)) if isinstance(step, FetchToken) else result
+
+
 def _advance(flow: Flow, reply: object) -> Step | AuthOutcome:
     try:
         return flow.send(reply)
@@ -168,43 +258,25 @@ def _advance(flow: Flow, reply: object) -> Step | AuthOutcome:
         return outcome
 
 
-def run_until_send(flow: Flow, reply: object, keeper: Keeper, grant: str) -> SendWith | AuthOutcome:
-    """Run keeper steps with a sync keeper until the flow wants a request sent, or ends."""
-    step = _advance(flow, reply)
-    while isinstance(step, FetchToken | ReportRejected):
-        fetch = isinstance(step, FetchToken)
-        reply = (
-            checked_token(grant, keeper.access_token(grant)) if fetch else keeper.report_rejected(grant, _token(step))
-        )
-        step = _advance(flow, reply)
-    return step
-
-
-async def arun_until_send(flow: Flow, reply: object, keeper: AsyncKeeper, grant: str) -> SendWith | AuthOutcome:
-    """`run_until_send` with an asyncio keeper."""
-
-    async def fetch() -> str:
-        return checked_token(grant, await keeper.access_token(grant))
-
-    return await arun_steps_until_send(flow, reply, fetch, lambda token: keeper.report_rejected(grant, token))
-
-
 async def arun_steps_until_send(
     flow: Flow,
     reply: object,
     fetch: Callable[[], Awaitable[str]],
     report: Callable[[str], Awaitable[object]],
 ) -> SendWith | AuthOutcome:
-    """`arun_until_send` with the two keeper steps as callables (the serve proxy gets them, not a keeper)."""
+    """Run `flow`'s keeper steps with the two keeper calls as callables until it wants a request sent, or ends
+    (the serve proxy gets the calls, not a keeper)."""
     step = _advance(flow, reply)
     while isinstance(step, FetchToken | ReportRejected):
-        step = _advance(flow, await (fetch() if isinstance(step, FetchToken) else report(_token(step))))
+        step = _advance(flow, await (fetch() if isinstance(step, FetchToken) else report(step.token.reveal())))
     return step
 
 
-def _token(step: Step) -> str:
-    assert isinstance(step, ReportRejected)
-    return step.token.reveal()  # to the keeper, which fingerprints it
+def keeper_as(keeper: object, expected: type[_K], bridge: str, why: str = "") -> _K:
+    """`keeper` if it is the kind of keeper `bridge` can drive; else the `ConfigurationError` that says which."""
+    if not isinstance(keeper, expected):
+        raise wrong_keeper(bridge, expected.__name__ + why)
+    return keeper
 
 
 def log_outcome(grant: str, outcome: AuthOutcome, method: str, url: str) -> None:

@@ -19,13 +19,13 @@ from grantkeeper.integrations._flow import (
     OUTCOME_KEY,
     Answer,
     AuthOutcome,
-    arun_until_send,
+    Steps,
+    akeeper_driven,
     auth_steps,
-    bearer,
+    keeper_as,
+    keeper_driven,
     log_outcome,
-    run_until_send,
-    scrubbing,
-    wrong_keeper,
+    signed,
 )
 
 __all__ = ["GrantAuth"]
@@ -42,12 +42,6 @@ def _replayable(request: httpx.Request) -> bool:
 
 def _answer(response: httpx.Response) -> Answer:
     return Answer.of(response.status_code, response.headers.get_list("www-authenticate"))
-
-
-def _finish(response: httpx.Response | None, request: httpx.Request, grant: str, outcome: AuthOutcome) -> None:
-    if response is not None:
-        response.extensions[OUTCOME_KEY] = outcome
-    log_outcome(grant, outcome, request.method, str(request.url))
 
 
 class GrantAuth(httpx.Auth):
@@ -68,39 +62,24 @@ class GrantAuth(httpx.Auth):
         return f"GrantAuth(grant={self.grant!r}, any_401={self.any_401})"
 
     def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        keeper = self.keeper
-        if not isinstance(keeper, Keeper):
-            raise wrong_keeper("GrantAuth with httpx.Client", "Keeper")
-        flow = auth_steps(replayable=_replayable(request), any_401=self.any_401)
-        response: httpx.Response | None = None
-        try:
-            with scrubbing():
-                step = run_until_send(flow, None, keeper, self.grant)
-            while not isinstance(step, AuthOutcome):
-                with scrubbing():
-                    request.headers["Authorization"] = bearer(step)
-                response = yield request
-                with scrubbing():
-                    step = run_until_send(flow, _answer(response), keeper, self.grant)
-            _finish(response, request, self.grant, step)
-        finally:
-            flow.close()
+        keeper = keeper_as(self.keeper, Keeper, "GrantAuth with httpx.Client")
+        return keeper_driven(self._steps(request), keeper, self.grant)
 
-    async def async_auth_flow(self, request: httpx.Request) -> AsyncGenerator[httpx.Request, httpx.Response]:
-        keeper = self.keeper
-        if not isinstance(keeper, AsyncKeeper):
-            raise wrong_keeper("GrantAuth with httpx.AsyncClient", "AsyncKeeper")
-        flow = auth_steps(replayable=_replayable(request), any_401=self.any_401)
-        response: httpx.Response | None = None
-        try:
-            with scrubbing():
-                step = await arun_until_send(flow, None, keeper, self.grant)
-            while not isinstance(step, AuthOutcome):
-                with scrubbing():
-                    request.headers["Authorization"] = bearer(step)
-                response = yield request
-                with scrubbing():
-                    step = await arun_until_send(flow, _answer(response), keeper, self.grant)
-            _finish(response, request, self.grant, step)
-        finally:
-            flow.close()
+    def async_auth_flow(self, request: httpx.Request) -> AsyncGenerator[httpx.Request, httpx.Response]:
+        keeper = keeper_as(self.keeper, AsyncKeeper, "GrantAuth with httpx.AsyncClient")
+        return akeeper_driven(self._steps(request), keeper, self.grant)
+
+    def _steps(self, request: httpx.Request) -> Steps[httpx.Request]:
+        """This grant's flow for `request` in httpx's terms; both faces drive it. Every send re-signs the same
+        request object, as httpx's own ``DigestAuth`` does, and httpx keeps the rejected answer in ``history``."""
+
+        def sign(authorization: str, _rejected: httpx.Response | None) -> httpx.Request:
+            request.headers["Authorization"] = authorization
+            return request
+
+        def finish(outcome: AuthOutcome, response: httpx.Response | None) -> None:
+            if response is not None:
+                response.extensions[OUTCOME_KEY] = outcome
+            log_outcome(self.grant, outcome, request.method, str(request.url))
+
+        return signed(auth_steps(replayable=_replayable(request), any_401=self.any_401), sign, _answer, finish)

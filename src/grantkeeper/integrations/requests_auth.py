@@ -9,8 +9,10 @@ connection adapter, and chain the 401 into ``history``. The decisions are `_flow
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
+from collections.abc import Generator
 from typing import Any
 
 from grantkeeper.engine import Keeper
@@ -19,14 +21,14 @@ from grantkeeper.integrations._flow import (
     OUTCOME_KEY,
     Answer,
     AuthOutcome,
-    Flow,
-    SendWith,
+    Steps,
+    advance,
     auth_steps,
-    bearer,
+    keeper_as,
+    keeper_driven,
     log_outcome,
-    run_until_send,
     scrubbing,
-    wrong_keeper,
+    signed,
 )
 
 require("requests", extra="requests", bridge="grantkeeper.integrations.requests_auth")
@@ -34,6 +36,8 @@ require("requests", extra="requests", bridge="grantkeeper.integrations.requests_
 import requests  # noqa: E402 (after the check above, so a missing install gets the message naming the extra)
 
 __all__ = ["RequestsGrantAuth"]
+
+_Exchange = Generator[requests.PreparedRequest, requests.Response, None]
 
 
 def _replayable(request: requests.PreparedRequest) -> bool:
@@ -49,9 +53,7 @@ class RequestsGrantAuth(requests.auth.AuthBase):
     """
 
     def __init__(self, keeper: Keeper, grant: str, *, any_401: bool = False) -> None:
-        if not isinstance(keeper, Keeper):
-            raise wrong_keeper("RequestsGrantAuth", "Keeper (requests is synchronous)")
-        self.keeper = keeper
+        self.keeper = keeper_as(keeper, Keeper, "RequestsGrantAuth", " (requests is synchronous)")
         self.grant = grant
         self.any_401 = any_401
 
@@ -59,52 +61,52 @@ class RequestsGrantAuth(requests.auth.AuthBase):
         return f"RequestsGrantAuth(grant={self.grant!r}, any_401={self.any_401})"
 
     def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        exchange = keeper_driven(self._steps(request), self.keeper, self.grant)
         with scrubbing():
-            return self._sign(request)
+            first = next(exchange)  # `request` itself, signed: the flow's first step after a token is a send
+        # One hook per request, bound to its exchange; the re-sent copy drops it so a second 401 is final.
+        first.hooks.setdefault("response", []).append(functools.partial(self._on_response, exchange))
+        return first
 
-    def _sign(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
-        flow = auth_steps(replayable=_replayable(request), any_401=self.any_401)
-        step = run_until_send(flow, None, self.keeper, self.grant)
-        assert isinstance(step, SendWith)  # the flow's first step after a token is always a send
-        request.headers["Authorization"] = bearer(step)
-        # One hook per request, bound to its flow; the re-sent copy drops it so a second 401 is final.
-        hook = functools.partial(self._on_response, flow)
-        request.hooks.setdefault("response", []).append(hook)
-        return request
+    def _steps(self, request: requests.PreparedRequest) -> Steps[requests.PreparedRequest]:
+        """This grant's flow for `request` in requests' terms: the first send signs `request` itself, a re-send
+        signs a copy of the rejected request that carries no hook (the exchange ends with the answer to it)."""
 
-    def _on_response(self, flow: Flow, response: requests.Response, **send_options: Any) -> requests.Response:
-        if inspect.getgeneratorstate(flow) == inspect.GEN_CLOSED:
-            # requests copies hooks onto redirected requests; this flow already ended with the first response.
-            return response
-        answer = Answer.of(response.status_code, _challenges(response))
-        try:
-            with scrubbing():
-                step = run_until_send(flow, answer, self.keeper, self.grant)
-                while not isinstance(step, AuthOutcome):
-                    response = self._resend(response, step, send_options)
-                    step = run_until_send(flow, Answer.of(response.status_code, _challenges(response)), self.keeper,
-                                          self.grant)  # fmt: skip
-        finally:
-            flow.close()
-        setattr(response, OUTCOME_KEY, step)
-        log_outcome(self.grant, step, str(response.request.method), str(response.request.url))
-        return response
+        def sign(authorization: str, rejected: requests.Response | None) -> requests.PreparedRequest:
+            outgoing = request if rejected is None else rejected.request.copy()
+            if rejected is not None:
+                outgoing.hooks["response"] = []
+            outgoing.headers["Authorization"] = authorization
+            return outgoing
+
+        def finish(outcome: AuthOutcome, response: requests.Response | None) -> None:
+            assert response is not None  # the flow always sends before it ends
+            setattr(response, OUTCOME_KEY, outcome)
+            log_outcome(self.grant, outcome, str(response.request.method), str(response.request.url))
+
+        return signed(auth_steps(replayable=_replayable(request), any_401=self.any_401), sign, _answer, finish)
 
     @staticmethod
-    def _resend(rejected: requests.Response, step: SendWith, send_options: dict[str, Any]) -> requests.Response:
-        rejected.content  # noqa: B018 (drain the 401 so its connection goes back to the pool)
-        rejected.close()
-        again = rejected.request.copy()
-        again.hooks["response"] = []  # the flow that owns this exchange ends with the answer to `again`
-        again.headers["Authorization"] = bearer(step)
-        adapter = rejected.connection
-        response: requests.Response = adapter.send(again, **send_options)
-        response.history.append(rejected)
-        response.request = again
+    def _on_response(exchange: _Exchange, response: requests.Response, **send_options: Any) -> requests.Response:
+        if inspect.getgeneratorstate(exchange) == inspect.GEN_CLOSED:
+            # requests copies hooks onto redirected requests; this exchange already ended with the first response.
+            return response
+        with scrubbing(), contextlib.closing(exchange):
+            while (again := advance(exchange, response)) is not None:
+                response = _resend(response, again, send_options)
         return response
 
 
-def _challenges(response: requests.Response) -> list[str]:
+def _resend(rejected: requests.Response, again: requests.PreparedRequest, options: dict[str, Any]) -> requests.Response:
+    rejected.content  # noqa: B018 (drain the 401 so its connection goes back to the pool)
+    rejected.close()
+    response: requests.Response = rejected.connection.send(again, **options)
+    response.history.append(rejected)
+    response.request = again
+    return response
+
+
+def _answer(response: requests.Response) -> Answer:
     # requests folds repeated headers into one comma-separated value; the challenge regex copes with that.
     value = response.headers.get("WWW-Authenticate")
-    return [value] if value else []
+    return Answer.of(response.status_code, [value] if value else [])

@@ -26,7 +26,7 @@ import ssl
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -245,19 +245,40 @@ def map_transport_error(exc: httpx.TransportError) -> NotSent | Ambiguous:
     return Ambiguous(reason)
 
 
-class _Watch:
-    """What one exchange has done so far (from httpcore's trace), and the means to end it at its deadline."""
+class _Exchange:
+    """One exchange, whichever face drives it: the deadline, the body read so far under its cap, what httpcore's
+    trace says the wire has seen, the means to end it at its deadline, and what a failure means for I2.
+
+    `send` and `asend` differ only in how they wait (a watchdog thread that shuts the socket down, or
+    ``asyncio.timeout``) and in ``await``; every decision about the exchange is made here, once.
+    """
 
     def __init__(self, request: httpx.Request, budget: float) -> None:
         self.budget = budget
+        # Every phase of this request waits at most `budget`; `deadline` bounds the whole exchange.
+        request.extensions["timeout"] = httpx.Timeout(budget).as_dict()
+        self.deadline = time.monotonic() + budget
         self.expired = False
         self.traced = False  # a transport that is not httpcore's (a mock, a caller's own) reports nothing
         self.writing = False
+        self._body = bytearray()
         self._sockets: list[socket.socket] = []
         self._guard = threading.Lock()
         self._chained = request.extensions.get("trace")
 
-    def note(self, event: str, info: dict[str, Any]) -> None:
+    # -- what the wire has seen (httpcore's trace), for the sync and the async face ----------------------
+
+    def trace(self, event: str, info: dict[str, Any]) -> None:
+        self._note(event, info)
+        if self._chained is not None:
+            self._chained(event, info)
+
+    async def atrace(self, event: str, info: dict[str, Any]) -> None:
+        self._note(event, info)
+        if self._chained is not None:
+            await self._chained(event, info)
+
+    def _note(self, event: str, info: dict[str, Any]) -> None:
         self.traced = True
         if event.endswith("send_request_headers.started") and getattr(info.get("request"), "method", b"") != b"CONNECT":
             self.writing = True  # the proxy's CONNECT shares our trace but carries nothing of the request
@@ -270,11 +291,42 @@ class _Watch:
                     if self.expired:
                         _shut(sock)
 
-    def expire(self) -> None:
+    # -- the deadline ------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def watchdog(self) -> Iterator[None]:
+        """The sync face's deadline: a timer thread shuts the exchange's sockets down, so a blocked read returns."""
+        timer = threading.Timer(self.budget, self._expire)
+        timer.daemon = True
+        timer.start()
+        try:
+            yield
+        finally:
+            timer.cancel()
+
+    def _expire(self) -> None:
         with self._guard:
             self.expired = True
             for sock in self._sockets:
                 _shut(sock)
+
+    # -- the body ----------------------------------------------------------------------------------------
+
+    def grown(self, response: httpx.Response, chunk: bytes) -> SendResult | None:
+        """Append `chunk` to the body; what to answer at once (over the body cap, past the deadline), else None."""
+        self._body += chunk
+        if len(self._body) > MAX_BODY_BYTES:
+            return _reply(response, b"", truncated=True)
+        if time.monotonic() > self.deadline:
+            # A second guard for a caller's client that reuses a kept-alive connection the watchdog cannot see.
+            return Ambiguous("response not complete within the request budget")
+        return None
+
+    def reply(self, response: httpx.Response) -> HttpReply:
+        """The whole answer, read within the cap and the deadline."""
+        return _reply(response, bytes(self._body), truncated=False)
+
+    # -- what went wrong ---------------------------------------------------------------------------------
 
     def failed(self, exc: httpx.TransportError) -> NotSent | Ambiguous:
         """What a transport error means for this exchange; a TLS verification failure is raised instead."""
@@ -301,28 +353,9 @@ def _shut(sock: socket.socket) -> None:
         socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
-def _reply(response: httpx.Response, body: bytearray, truncated: bool) -> HttpReply:
+def _reply(response: httpx.Response, body: bytes, truncated: bool) -> HttpReply:
     headers = {name: response.headers[name] for name in _KEPT_HEADERS if name in response.headers}
-    return HttpReply(response.status_code, headers, bytes(body), truncated)
-
-
-def _bound(request: httpx.Request, budget: float) -> float:
-    """Every phase of this request waits at most `budget`; returns the deadline of the whole exchange."""
-    request.extensions["timeout"] = httpx.Timeout(budget).as_dict()
-    return time.monotonic() + budget
-
-
-def _overdue(deadline: float) -> Ambiguous | None:
-    # A second guard for a caller's client that reuses a kept-alive connection the watchdog cannot see.
-    return Ambiguous("response not complete within the request budget") if time.monotonic() > deadline else None
-
-
-def _grown(response: httpx.Response, body: bytearray, chunk: bytes, deadline: float) -> SendResult | None:
-    """Append `chunk` to `body`; what to answer at once (over the body cap, past the deadline), else None."""
-    body += chunk
-    if len(body) > MAX_BODY_BYTES:
-        return _reply(response, body[:0], truncated=True)
-    return _overdue(deadline)
+    return HttpReply(response.status_code, headers, body, truncated)
 
 
 def send(client: httpx.Client, request: httpx.Request, *, budget: float) -> SendResult:
@@ -331,57 +364,29 @@ def send(client: httpx.Client, request: httpx.Request, *, budget: float) -> Send
     Raises:
         TLSVerificationFailed: the server's certificate did not verify (nothing was sent; not transient).
     """
-    body = bytearray()
-    deadline = _bound(request, budget)
-    watch = _Watch(request, budget)
-
-    def trace(event: str, info: dict[str, Any]) -> None:
-        watch.note(event, info)
-        if watch._chained is not None:
-            watch._chained(event, info)
-
-    request.extensions["trace"] = trace
-    watchdog = threading.Timer(budget, watch.expire)
-    watchdog.daemon = True
-    watchdog.start()
+    exchange = _Exchange(request, budget)
+    request.extensions["trace"] = exchange.trace
     try:
-        response = client.send(request, stream=True)
-        try:
+        with exchange.watchdog(), contextlib.closing(client.send(request, stream=True)) as response:
             for chunk in response.iter_bytes():
-                if (early := _grown(response, body, chunk, deadline)) is not None:
+                if (early := exchange.grown(response, chunk)) is not None:
                     return early
-        finally:
-            response.close()
+            return exchange.reply(response)
     except httpx.TransportError as exc:
-        return watch.failed(exc)
-    finally:
-        watchdog.cancel()
-    return _reply(response, body, truncated=False)
+        return exchange.failed(exc)
 
 
 async def asend(client: httpx.AsyncClient, request: httpx.Request, *, budget: float) -> SendResult:
     """`send` for asyncio: the deadline cancels the exchange, which closes its connection."""
-    body = bytearray()
-    deadline = _bound(request, budget)
-    watch = _Watch(request, budget)
-
-    async def trace(event: str, info: dict[str, Any]) -> None:
-        watch.note(event, info)
-        if watch._chained is not None:
-            await watch._chained(event, info)
-
-    request.extensions["trace"] = trace
+    exchange = _Exchange(request, budget)
+    request.extensions["trace"] = exchange.atrace
     try:
-        async with asyncio.timeout(budget):
-            response = await client.send(request, stream=True)
-            try:
-                async for chunk in response.aiter_bytes():
-                    if (early := _grown(response, body, chunk, deadline)) is not None:
-                        return early
-            finally:
-                await response.aclose()
+        async with asyncio.timeout(budget), contextlib.aclosing(await client.send(request, stream=True)) as response:
+            async for chunk in response.aiter_bytes():
+                if (early := exchange.grown(response, chunk)) is not None:
+                    return early
+            return exchange.reply(response)
     except TimeoutError:
-        return watch.late()
+        return exchange.late()
     except httpx.TransportError as exc:
-        return watch.failed(exc)
-    return _reply(response, body, truncated=False)
+        return exchange.failed(exc)
