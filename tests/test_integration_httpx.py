@@ -19,9 +19,8 @@ from grantkeeper import AsyncKeeper, ConfigurationError, Keeper, Secret
 from grantkeeper.integrations import OUTCOME_KEY, AuthOutcome
 from grantkeeper.integrations.httpx_auth import GrantAuth
 from grantkeeper.testing.clock import FakeClock
-from tests.helpers import FAST_POLICY, add_grant
+from tests.helpers import FAST_POLICY, add_grant, provider_for
 from tests.integration_support import EXPIRE_ALL, Sim, refresh_calls, resource
-from tests.keeper_fixtures import add_grant_to
 
 
 class Counter:
@@ -150,7 +149,7 @@ async def test_50_tasks_rejected_at_once_cause_one_refresh(store_url: str, sim: 
     """50 asyncio tasks whose shared token is rejected at once: one provider refresh, all succeed on retry."""
 
     async with await AsyncKeeper.open(store_url, policy=FAST_POLICY) as keeper:
-        await add_grant_to(keeper, sim)
+        await add_async_grant(keeper, sim)
         await keeper.access_token("g")
         clock.advance(EXPIRE_ALL)
         limits = httpx.Limits(max_connections=50)
@@ -161,6 +160,11 @@ async def test_50_tasks_rejected_at_once_cause_one_refresh(store_url: str, sim: 
     assert refresh_calls(sim) == 2  # the first token, then exactly one refresh for all 50 rejections
     assert any(r.extensions[OUTCOME_KEY] is AuthOutcome.RETRIED for r in responses)
     assert len({r.request.headers["Authorization"] for r in responses}) == 1
+
+
+async def add_async_grant(keeper: AsyncKeeper, sim: object) -> None:
+    await keeper.add_provider(provider_for(sim))
+    await keeper.import_grant("g", provider="sim", refresh_token=str(sim.issue_grant()))  # type: ignore[attr-defined]
 
 
 def test_keepers_in_separate_workers_share_one_refresh_after_401s(
@@ -201,7 +205,7 @@ async def test_async_client_retries_with_the_async_driver(store_url: str, sim: o
         yield b"z" * 100
 
     async with await AsyncKeeper.open(store_url, policy=FAST_POLICY) as keeper:
-        await add_grant_to(keeper, sim)
+        await add_async_grant(keeper, sim)
         await keeper.access_token("g")
         clock.advance(EXPIRE_ALL)
         async with httpx.AsyncClient(auth=GrantAuth(keeper, "g")) as client:
