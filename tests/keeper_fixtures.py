@@ -11,9 +11,10 @@ is built on asyncio (its locks, `asyncio.to_thread`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Generic, TypeVar
 
@@ -65,20 +66,32 @@ class SyncFace:
 Face = SyncFace | AsyncKeeper
 
 
-async def at_once(keeper: Face, n: int, call: Callable[[Face], Awaitable[T]]) -> list[T]:
-    """`call(keeper)` n times at once, as concurrent callers of that face are: n threads for the sync face
-    (started together at a barrier), n tasks for the async face."""
+async def at_once(keeper: Face, calls: Sequence[Callable[[], Awaitable[T]]]) -> list[T]:
+    """Run `calls` at once, as concurrent callers of `keeper`'s face are: each on its own thread for the sync
+    face (started together at a barrier), each as its own task for the async face."""
     if isinstance(keeper, AsyncKeeper):
-        return list(await asyncio.gather(*(call(keeper) for _ in range(n))))
-    barrier = threading.Barrier(n)
+        return list(await asyncio.gather(*(call() for call in calls)))
+    barrier = threading.Barrier(len(calls))
 
-    def one(_: int) -> Awaitable[T]:
+    def run(call: Callable[[], Awaitable[T]]) -> Awaitable[T]:
         barrier.wait()
-        return call(keeper)
+        return call()
 
-    with ThreadPoolExecutor(n) as pool:
-        done = list(pool.map(one, range(n)))
+    with ThreadPoolExecutor(len(calls)) as pool:
+        done = list(pool.map(run, calls))
     return [await d for d in done]
+
+
+@contextlib.asynccontextmanager
+async def another_keeper(keeper: Face, url: str) -> AsyncIterator[Face]:
+    """A second keeper of `keeper`'s face on the store at `url` (its own cache and worker id), as another
+    process would have; closed at the end."""
+    if isinstance(keeper, AsyncKeeper):
+        async with await AsyncKeeper.open(url, policy=FAST_POLICY) as other:
+            yield other
+    else:
+        with Keeper.open(url, policy=FAST_POLICY) as opened:
+            yield SyncFace(opened)
 
 
 async def add_grant_to(keeper: Face, sim: object, *, grant: str = "g", **provider_options: object) -> str:

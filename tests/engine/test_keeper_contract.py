@@ -15,12 +15,13 @@ from grantkeeper import AsyncKeeper, AttemptState, GrantState, Keeper, RevokedOr
 from grantkeeper._exceptions import SpentRefreshToken
 from grantkeeper.testing import Delay
 from tests.helpers import provider_for, resource_ok
-from tests.keeper_fixtures import Face, SyncFace, add_grant_to, at_once
+from tests.keeper_fixtures import Face, SyncFace, add_grant_to, another_keeper, at_once
 
 pytestmark = pytest.mark.anyio
 
 Sim = Callable[..., object]
 DAY = 86400.0
+SHARED_STORE_KINDS = ["sqlite", "postgres"]  # memory:// is private to one keeper
 
 
 def refresh_calls(sim: object) -> int:
@@ -45,10 +46,24 @@ async def test_concurrent_callers_share_one_refresh(keeper: Face, make_sim: Sim)
     sim = make_sim()
     await add_grant_to(keeper, sim)
     sim.inject(Delay(0.3))  # type: ignore[attr-defined]
-    tokens = await at_once(keeper, 8, lambda k: k.access_token("g"))
+    tokens = await at_once(keeper, [lambda: keeper.access_token("g")] * 8)
     assert len(set(tokens)) == 1 and resource_ok(sim, tokens[0])
     assert refresh_calls(sim) == 1
     assert (await keeper.status("g")).generation == 2
+
+
+@pytest.mark.parametrize("store_url", SHARED_STORE_KINDS, indirect=True)
+async def test_keepers_sharing_a_store_share_one_refresh(keeper: Face, store_url: str, make_sim: Sim) -> None:
+    """Two keepers on one store (separate caches and worker ids, as two processes), four callers each at once:
+    the store's lease lets one refresh reach the provider, and the other keeper serves what it committed."""
+    sim = make_sim()
+    await add_grant_to(keeper, sim)
+    sim.inject(Delay(0.3))  # type: ignore[attr-defined]
+    async with another_keeper(keeper, store_url) as other:
+        tokens = await at_once(keeper, [lambda k=k: k.access_token("g") for k in (keeper, other) for _ in range(4)])
+        assert len(set(tokens)) == 1 and resource_ok(sim, tokens[0])
+        assert refresh_calls(sim) == 1
+        assert (await other.status("g")).generation == 2
 
 
 async def test_forced_refresh_bumps_the_generation(keeper: Face, make_sim: Sim) -> None:
