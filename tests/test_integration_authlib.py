@@ -28,7 +28,7 @@ from grantkeeper.integrations import OUTCOME_KEY, AuthOutcome, MissingExtra
 from grantkeeper.integrations.authlib_bridge import KeeperAsyncOAuth2Client, KeeperOAuth2Session
 from grantkeeper.testing.clock import FakeClock
 from tests.helpers import FAST_POLICY, add_grant
-from tests.integration_support import EXPIRE_ALL, Sim, resource
+from tests.integration_support import EXPIRE_ALL, Sim, keeper, resource
 from tests.keeper_fixtures import add_grant_to
 from tests.workers import SPAWN, run_counting
 
@@ -45,18 +45,13 @@ def stats(sim: object) -> Any:
 
 
 pytest_plugins = ["tests.integration_fixtures"]  # the clock and sim fixtures
+__all__ = ["keeper"]  # the fixture, from tests/integration_support.py
 
 
 @pytest.fixture
 def store_url(sqlite_url: str) -> str:
+    """The keeper (tests.integration_support.keeper, holding grant "g") is on SQLite here."""
     return sqlite_url
-
-
-@pytest.fixture
-def keeper(keeper: Keeper, sim: object) -> Keeper:
-    """The shared keeper (on SQLite here), holding grant "g" at `sim`."""
-    add_grant(keeper, sim)
-    return keeper
 
 
 # ----------------------------------------------------------------------------------------- call sites

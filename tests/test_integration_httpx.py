@@ -20,7 +20,7 @@ from grantkeeper.integrations import OUTCOME_KEY, AuthOutcome
 from grantkeeper.integrations.httpx_auth import GrantAuth
 from grantkeeper.testing.clock import FakeClock
 from tests.helpers import FAST_POLICY, add_grant, provider_for
-from tests.integration_support import EXPIRE_ALL, Sim, refresh_calls, resource
+from tests.integration_support import EXPIRE_ALL, Sim, keeper, refresh_calls, resource
 
 
 class Counter:
@@ -36,13 +36,7 @@ class Counter:
 
 
 pytest_plugins = ["tests.integration_fixtures"]  # the clock and sim fixtures
-
-
-@pytest.fixture
-def keeper(keeper: Keeper, sim: object) -> Keeper:
-    """The shared keeper (on each store), holding grant "g" at `sim`."""
-    add_grant(keeper, sim)
-    return keeper
+__all__ = ["keeper"]  # the fixture, from tests/integration_support.py
 
 
 def test_attaches_the_grant_token(keeper: Keeper, sim: object) -> None:

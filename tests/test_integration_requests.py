@@ -22,8 +22,7 @@ from grantkeeper import AsyncKeeper, ConfigurationError, Keeper
 from grantkeeper.integrations import OUTCOME_KEY, AuthOutcome, MissingExtra
 from grantkeeper.integrations.requests_auth import RequestsGrantAuth
 from grantkeeper.testing.clock import FakeClock
-from tests.helpers import add_grant
-from tests.integration_support import EXPIRE_ALL, Sim, refresh_calls, resource
+from tests.integration_support import EXPIRE_ALL, Sim, keeper, refresh_calls, resource
 
 
 class CountingAdapter(HTTPAdapter):
@@ -39,18 +38,13 @@ class CountingAdapter(HTTPAdapter):
 
 
 pytest_plugins = ["tests.integration_fixtures"]  # the clock and sim fixtures
+__all__ = ["keeper"]  # the fixture, from tests/integration_support.py
 
 
 @pytest.fixture
 def store_url(sqlite_url: str) -> str:
+    """The keeper (tests.integration_support.keeper, holding grant "g") is on SQLite here."""
     return sqlite_url
-
-
-@pytest.fixture
-def keeper(keeper: Keeper, sim: object) -> Keeper:
-    """The shared keeper (on SQLite here), holding grant "g" at `sim`."""
-    add_grant(keeper, sim)
-    return keeper
 
 
 @pytest.fixture
