@@ -10,7 +10,7 @@ import pytest
 from grantkeeper._failpoints import clear_hooks
 from grantkeeper.stores import SQLStore, open_store
 
-pytest_plugins = ["tests.pg_fixtures", "tests.dot_server"]
+pytest_plugins = ["tests.pg_fixtures", "tests.dot_server", "tests.keeper_fixtures"]
 
 STORE_KINDS = ("memory", "sqlite", "postgres")
 #: Fixed for the test session: PostgreSQL stores need $GRANTKEEPER_KEY (there is no key file beside a server).

@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 
+import pytest
+
 from grantkeeper import Keeper
 from tests.helpers import FAST_POLICY, add_grant
 
@@ -23,6 +25,14 @@ def keeper_with_grant(url: str, sim: object) -> Iterator[Keeper]:
     with Keeper.open(url, policy=FAST_POLICY) as keeper:
         add_grant(keeper, sim)
         yield keeper
+
+
+@pytest.fixture
+def keeper(keeper: Keeper, sim: object) -> Keeper:
+    """The shared keeper (tests/keeper_fixtures.py) holding grant "g" at `sim`; a bridge's test module imports
+    it as its `keeper`."""
+    add_grant(keeper, sim)
+    return keeper
 
 
 def resource(sim: object) -> str:

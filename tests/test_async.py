@@ -12,6 +12,8 @@ from grantkeeper import AsyncKeeper, AttemptState, ClientAuthFailed, GrantState,
 from grantkeeper.testing import DropAfterRotate, HttpError
 from tests.helpers import FAST_POLICY, provider_for, resource_ok
 
+pytestmark = pytest.mark.anyio
+
 Sim = Callable[..., object]
 
 
@@ -22,77 +24,63 @@ async def _open(url: str, sim: object, **provider: object) -> AsyncKeeper:
     return keeper
 
 
-def test_async_refresh_commits_and_caches(store_url: str, make_sim: Sim) -> None:
+async def test_async_refresh_commits_and_caches(store_url: str, make_sim: Sim) -> None:
     """An async refresh commits generation 2 and later calls are served from the cache."""
     sim = make_sim()
 
-    async def main() -> str:
-        async with await _open(store_url, sim) as keeper:
-            token = await keeper.access_token("g")
-            assert [await keeper.access_token("g") for _ in range(10)] == [token] * 10
-            assert (await keeper.status("g")).generation == 2
-            return token
+    async with await _open(store_url, sim) as keeper:
+        token = await keeper.access_token("g")
+        assert [await keeper.access_token("g") for _ in range(10)] == [token] * 10
+        assert (await keeper.status("g")).generation == 2
 
-    assert resource_ok(sim, asyncio.run(main()))
+    assert resource_ok(sim, token)
     assert sim.stats.refresh_calls == 1  # type: ignore[attr-defined]
 
 
-def test_async_transient_retry_then_success(store_url: str, make_sim: Sim) -> None:
+async def test_async_transient_retry_then_success(store_url: str, make_sim: Sim) -> None:
     """5xx answers are retried by the async driver with backoff; the grant stays healthy."""
     sim = make_sim()
     sim.inject(HttpError(502), times=2)  # type: ignore[attr-defined]
 
-    async def main() -> int:
-        async with await _open(store_url, sim) as keeper:
-            return (await keeper.refresh("g")).generation
-
-    assert asyncio.run(main()) == 2
+    async with await _open(store_url, sim) as keeper:
+        assert (await keeper.refresh("g")).generation == 2
 
 
-def test_async_ambiguous_without_grace_is_lost_in_flight(store_url: str, make_sim: Sim) -> None:
+async def test_async_ambiguous_without_grace_is_lost_in_flight(store_url: str, make_sim: Sim) -> None:
     """Rotate-then-drop with no grace: the async driver re-sends once and reports lost_in_flight."""
     sim = make_sim()
 
-    async def main() -> None:
-        async with await _open(store_url, sim) as keeper:
-            sim.inject(DropAfterRotate())  # type: ignore[attr-defined]
-            with pytest.raises(LostInFlight):
-                await keeper.refresh("g")
-            assert (await keeper.status("g")).state is GrantState.NEEDS_REAUTH
-
-    asyncio.run(main())
+    async with await _open(store_url, sim) as keeper:
+        sim.inject(DropAfterRotate())  # type: ignore[attr-defined]
+        with pytest.raises(LostInFlight):
+            await keeper.refresh("g")
+        assert (await keeper.status("g")).state is GrantState.NEEDS_REAUTH
 
 
-def test_async_ambiguous_within_grace_recovers(store_url: str, make_sim: Sim) -> None:
+async def test_async_ambiguous_within_grace_recovers(store_url: str, make_sim: Sim) -> None:
     """Rotate-then-drop inside the grace: the async re-send gets the successor and commits it (generation 2),
     then one more refresh with it replaces the re-send's access token, never served on trust (generation 3)."""
     sim = make_sim(reuse_grace=30)
 
-    async def main() -> None:
-        async with await _open(store_url, sim, grace=30) as keeper:
-            sim.inject(DropAfterRotate())  # type: ignore[attr-defined]
-            assert (await keeper.refresh("g")).generation == 3
-            states = [a.state for a in (await keeper.status("g")).attempts]
-            assert states == [AttemptState.COMMITTED, AttemptState.COMMITTED, AttemptState.AMBIGUOUS]
-
-    asyncio.run(main())
+    async with await _open(store_url, sim, grace=30) as keeper:
+        sim.inject(DropAfterRotate())  # type: ignore[attr-defined]
+        assert (await keeper.refresh("g")).generation == 3
+        states = [a.state for a in (await keeper.status("g")).attempts]
+        assert states == [AttemptState.COMMITTED, AttemptState.COMMITTED, AttemptState.AMBIGUOUS]
 
 
-def test_async_client_auth_failure(store_url: str, make_sim: Sim) -> None:
+async def test_async_client_auth_failure(store_url: str, make_sim: Sim) -> None:
     """invalid_client through the async driver is client_auth_failed and leaves the grant active."""
     sim = make_sim()
     sim.inject(HttpError(401, error="invalid_client"))  # type: ignore[attr-defined]
 
-    async def main() -> None:
-        async with await _open(store_url, sim) as keeper:
-            with pytest.raises(ClientAuthFailed):
-                await keeper.refresh("g")
-            assert (await keeper.status("g")).state is GrantState.ACTIVE
-
-    asyncio.run(main())
+    async with await _open(store_url, sim) as keeper:
+        with pytest.raises(ClientAuthFailed):
+            await keeper.refresh("g")
+        assert (await keeper.status("g")).state is GrantState.ACTIVE
 
 
-def test_cancelled_refresh_releases_lease_and_leaves_attempt_open(tmp_path: Path, make_sim: Sim) -> None:
+async def test_cancelled_refresh_releases_lease_and_leaves_attempt_open(tmp_path: Path, make_sim: Sim) -> None:
     """A task cancelled while its request is in flight releases the lease; the attempt stays open (maybe
     spent), so the next refresh re-sends it per the provider's grace instead of forgetting it."""
     from grantkeeper.testing import Delay
@@ -100,34 +88,28 @@ def test_cancelled_refresh_releases_lease_and_leaves_attempt_open(tmp_path: Path
     sim = make_sim(reuse_grace=30)
     url = f"sqlite://{tmp_path}/s.db"
 
-    async def main() -> None:
-        async with await _open(url, sim, grace=30) as keeper:
-            sim.inject(Delay(5))  # type: ignore[attr-defined]
-            task = asyncio.create_task(keeper.refresh("g"))
-            while sim.stats.refresh_calls == 0:  # type: ignore[attr-defined]
-                await asyncio.sleep(0.01)
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-            status = await keeper.status("g")
-            assert status.lease is None
-            assert status.attempts[0].state is AttemptState.OPEN
-            grant = await keeper.refresh("g")
-            assert grant.generation == 3  # the re-send (2) and the refresh that replaces its access token (3)
-            assert (await keeper.status("g")).attempts[1].resend_of == status.attempts[0].id
-
-    asyncio.run(main())
+    async with await _open(url, sim, grace=30) as keeper:
+        sim.inject(Delay(5))  # type: ignore[attr-defined]
+        task = asyncio.create_task(keeper.refresh("g"))
+        while sim.stats.refresh_calls == 0:  # type: ignore[attr-defined]
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        status = await keeper.status("g")
+        assert status.lease is None
+        assert status.attempts[0].state is AttemptState.OPEN
+        grant = await keeper.refresh("g")
+        assert grant.generation == 3  # the re-send (2) and the refresh that replaces its access token (3)
+        assert (await keeper.status("g")).attempts[1].resend_of == status.attempts[0].id
 
 
-def test_async_connection_refused(store_url: str, make_sim: Sim) -> None:
+async def test_async_connection_refused(store_url: str, make_sim: Sim) -> None:
     """A stopped provider gives ProviderUnavailable; attempts are recorded as never sent."""
     sim = make_sim()
 
-    async def main() -> None:
-        async with await _open(store_url, sim) as keeper:
-            sim.stop()  # type: ignore[attr-defined]
-            with pytest.raises(ProviderUnavailable):
-                await keeper.refresh("g")
-            assert {a.state for a in (await keeper.status("g")).attempts} == {AttemptState.NOT_SENT}
-
-    asyncio.run(main())
+    async with await _open(store_url, sim) as keeper:
+        sim.stop()  # type: ignore[attr-defined]
+        with pytest.raises(ProviderUnavailable):
+            await keeper.refresh("g")
+        assert {a.state for a in (await keeper.status("g")).attempts} == {AttemptState.NOT_SENT}

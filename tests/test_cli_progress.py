@@ -8,7 +8,6 @@ simulator issued.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import subprocess
@@ -149,15 +148,13 @@ class TestLibraryCallbacks:
         assert [r.action for r in results] == ["refreshed"] * 3
         assert seen == [(0, 3), (1, 3), (2, 3), (3, 3)]
 
-    def test_async_keepalive_reports_each_grant(self, due: CliWorld) -> None:
+    @pytest.mark.anyio
+    async def test_async_keepalive_reports_each_grant(self, due: CliWorld) -> None:
         """AsyncKeeper.keepalive reports the same sequence."""
         seen: list[tuple[int, int]] = []
 
-        async def run() -> None:
-            async with await AsyncKeeper.open(due.url, create=False) as keeper:
-                await keeper.keepalive(margin=7200, progress=lambda done, total: seen.append((done, total)))
-
-        asyncio.run(run())
+        async with await AsyncKeeper.open(due.url, create=False) as keeper:
+            await keeper.keepalive(margin=7200, progress=lambda done, total: seen.append((done, total)))
         assert seen == [(0, 3), (1, 3), (2, 3), (3, 3)]
 
     def test_keepalive_with_nothing_due_reports_zero(self, due: CliWorld) -> None:

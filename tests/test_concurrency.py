@@ -7,6 +7,8 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from grantkeeper import AsyncKeeper, Keeper, RefreshPolicy
 from tests.helpers import FAST_POLICY, add_grant, resource_ok
 from tests.workers import run_hammers
@@ -37,17 +39,15 @@ def test_32_threads_share_one_refresh(sqlite_url: str, make_sim: Sim) -> None:
         assert resource_ok(sim, tokens[0])
 
 
-def test_100_tasks_share_one_refresh(sqlite_url: str, make_sim: Sim) -> None:
+@pytest.mark.anyio
+async def test_100_tasks_share_one_refresh(sqlite_url: str, make_sim: Sim) -> None:
     """100 asyncio tasks asking at once cause exactly one provider call and all get its token."""
     sim = make_sim()
     with Keeper.open(sqlite_url) as setup:
         add_grant(setup, sim)
 
-    async def main() -> list[str]:
-        async with await AsyncKeeper.open(sqlite_url, policy=FAST_POLICY) as keeper:
-            return await asyncio.gather(*(keeper.access_token("g") for _ in range(100)))
-
-    tokens = asyncio.run(main())
+    async with await AsyncKeeper.open(sqlite_url, policy=FAST_POLICY) as keeper:
+        tokens = await asyncio.gather(*(keeper.access_token("g") for _ in range(100)))
     assert len(set(tokens)) == 1
     assert sim.stats.refresh_calls == 1  # type: ignore[attr-defined]
     assert resource_ok(sim, tokens[0])

@@ -9,7 +9,7 @@ import hashlib
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit
 
@@ -213,10 +213,15 @@ def test_access_denied_through_the_cli(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def keeper(tmp_path: Path) -> Iterator[Keeper]:
-    with Keeper.open(f"sqlite://{tmp_path}/gk.db") as keeper:
-        keeper.add_provider(FAKE)
-        yield keeper
+def store_url(sqlite_url: str) -> str:
+    return sqlite_url
+
+
+@pytest.fixture
+def keeper(keeper: Keeper) -> Keeper:
+    """The shared keeper (on SQLite here) with provider FAKE, whose token endpoint nothing serves."""
+    keeper.add_provider(FAKE)
+    return keeper
 
 
 def test_state_mismatch_is_refused_before_any_exchange(keeper: Keeper) -> None:

@@ -304,7 +304,8 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def keeper(tmp_path: Path, sim: ProviderSimulator, clock: FakeClock) -> Iterator[Keeper]:
+def device_keeper(tmp_path: Path, sim: ProviderSimulator, clock: FakeClock) -> Iterator[Keeper]:
+    """A keeper on the test's FakeClock whose provider "sim" has a device authorization endpoint."""
     with Keeper.open(f"sqlite://{tmp_path}/gk.db", clock=clock) as keeper:
         keeper.add_provider(
             dataclasses.replace(provider_for(sim), device_authorization_url=sim.device_authorization_url)
@@ -327,7 +328,7 @@ def no_secret_in(sim: ProviderSimulator, *texts: str) -> None:
 
 
 class TestConnectDevice:
-    def test_pending_then_approved(self, keeper: Keeper, sim: ProviderSimulator, clock: FakeClock,
+    def test_pending_then_approved(self, device_keeper: Keeper, sim: ProviderSimulator, clock: FakeClock,
                                    caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
         """The user approves after the second poll: three polls at the server's interval, and the grant is stored
         with the access token of the last answer, which `access_token` returns without a refresh."""
@@ -335,27 +336,29 @@ class TestConnectDevice:
         sleep = Sleeper(clock)
         shown = Shown()
         sleep.at[3] = lambda: sim.approve(shown.user_code)
-        done = connect_device(keeper, "g", provider="sim", scopes=("read",), show=shown, sleep=sleep)
+        done = connect_device(device_keeper, "g", provider="sim", scopes=("read",), show=shown, sleep=sleep)
         assert shown.calls == 1 and sleep.waits == [5, 5, 5]
         assert sim.stats.refresh_calls == 3 and sim.stats.errors == {"authorization_pending": 2}
         assert not done.replaced and done.grant.generation == 1 and done.grant.scopes == ("read",)
-        stored = keeper.store.get_grant("g")
+        stored = device_keeper.store.get_grant("g")
         assert stored.refresh_token is not None and sim.is_active(stored.refresh_token.reveal())
         assert stored.expires_at == clock.now() + 3600  # counted from when the successful poll was sent
-        access = keeper.access_token("g")
+        access = device_keeper.access_token("g")
         assert sim.stats.refresh_calls == 3  # no refresh: the device flow's own access token was kept
         assert access in sim.issued_tokens()
         no_secret_in(sim, caplog.text, repr(done), repr(shown.authorization))
 
-    def test_one_token_request_when_approved_before_the_first_poll(self, keeper: Keeper,
+    def test_one_token_request_when_approved_before_the_first_poll(self, device_keeper: Keeper,
                                                                    sim: ProviderSimulator) -> None:  # fmt: skip
         """The whole token response is kept: the provider sees one token request, and `token` serves its access
         token; only a forced refresh spends the refresh token."""
-        connect_device(keeper, "g", provider="sim", show=Shown(lambda a: sim.approve(a.user_code)), sleep=Sleeper())
+        connect_device(
+            device_keeper, "g", provider="sim", show=Shown(lambda a: sim.approve(a.user_code)), sleep=Sleeper()
+        )
         assert sim.stats.refresh_calls == 1 and sim.stats.successes == 1
-        first = keeper.access_token("g")
+        first = device_keeper.access_token("g")
         assert sim.stats.refresh_calls == 1
-        assert keeper.refresh("g", force=True).generation == 2 and keeper.access_token("g") != first
+        assert device_keeper.refresh("g", force=True).generation == 2 and device_keeper.access_token("g") != first
         assert sim.stats.refresh_calls == 2 and sim.stats.rotations == 1
 
     def test_stated_refresh_token_lifetime_is_kept(self, make_sim: Callable[..., ProviderSimulator], tmp_path: Path,
@@ -369,36 +372,38 @@ class TestConnectDevice:
                                   sleep=Sleeper(clock))  # fmt: skip
         assert done.grant.refresh_expires_at == clock.now() + 86400
 
-    def test_slow_down_increases_the_interval(self, keeper: Keeper, sim: ProviderSimulator) -> None:
+    def test_slow_down_increases_the_interval(self, device_keeper: Keeper, sim: ProviderSimulator) -> None:
         """Each slow_down adds 5 s to every later wait (RFC 8628 §3.5), pending answers keep the new interval."""
         sim.inject(HttpError(400, error="slow_down"), times=2)
         sleep = Sleeper()
         shown = Shown()
         sleep.at[4] = lambda: sim.approve(shown.user_code)
-        connect_device(keeper, "g", provider="sim", show=shown, sleep=sleep)
+        connect_device(device_keeper, "g", provider="sim", show=shown, sleep=sleep)
         assert sleep.waits == [5, 10, 15, 15]
 
-    def test_unavailable_provider_is_polled_with_backoff(self, keeper: Keeper, sim: ProviderSimulator) -> None:
+    def test_unavailable_provider_is_polled_with_backoff(self, device_keeper: Keeper, sim: ProviderSimulator) -> None:
         sim.inject(HttpError(503), times=2)
         sleep = Sleeper()
         shown = Shown()
         sleep.at[4] = lambda: sim.approve(shown.user_code)
-        connect_device(keeper, "g", provider="sim", show=shown, sleep=sleep)
+        connect_device(device_keeper, "g", provider="sim", show=shown, sleep=sleep)
         assert sleep.waits == [5, 10, 20, 5]
 
-    def test_access_denied(self, keeper: Keeper, sim: ProviderSimulator) -> None:
+    def test_access_denied(self, device_keeper: Keeper, sim: ProviderSimulator) -> None:
         with pytest.raises(ConsentDenied, match="consent was refused") as caught:
-            connect_device(keeper, "g", provider="sim", show=Shown(lambda a: sim.deny(a.user_code)), sleep=Sleeper())
+            connect_device(
+                device_keeper, "g", provider="sim", show=Shown(lambda a: sim.deny(a.user_code)), sleep=Sleeper()
+            )
         assert caught.value.exit_code == 10
         with pytest.raises(UnknownGrant):
-            keeper.store.get_grant("g")
+            device_keeper.store.get_grant("g")
 
-    def test_expired_token_from_the_provider(self, keeper: Keeper, sim: ProviderSimulator) -> None:
+    def test_expired_token_from_the_provider(self, device_keeper: Keeper, sim: ProviderSimulator) -> None:
         sim.inject(HttpError(400, error="expired_token"))
         with pytest.raises(ConsentTimeout, match="expired before the user approved") as caught:
-            connect_device(keeper, "g", provider="sim", show=Shown(), sleep=Sleeper())
+            connect_device(device_keeper, "g", provider="sim", show=Shown(), sleep=Sleeper())
         assert caught.value.oauth_error == "expired_token" and caught.value.exit_code == 6
-        assert keeper.store.list_grants() == []
+        assert device_keeper.store.list_grants() == []
 
     def test_polling_stops_when_the_device_code_expires(self, make_sim: Callable[..., ProviderSimulator],
                                                         tmp_path: Path, clock: FakeClock) -> None:  # fmt: skip
@@ -412,81 +417,85 @@ class TestConnectDevice:
                 connect_device(keeper, "g", provider="sim", show=Shown(), sleep=sleep)
         assert sleep.waits == [5] * 6 and sim.stats.refresh_calls == 5
 
-    def test_timeout_ends_the_wait_sooner(self, keeper: Keeper, sim: ProviderSimulator, clock: FakeClock) -> None:
+    def test_timeout_ends_the_wait_sooner(
+        self, device_keeper: Keeper, sim: ProviderSimulator, clock: FakeClock
+    ) -> None:
         sleep = Sleeper(clock)
         with pytest.raises(ConsentTimeout, match="not approved in time"):
-            connect_device(keeper, "g", provider="sim", show=Shown(), sleep=sleep, timeout=12)
+            connect_device(device_keeper, "g", provider="sim", show=Shown(), sleep=sleep, timeout=12)
         assert sleep.waits == [5, 5, 5] and sim.stats.refresh_calls == 2
 
-    def test_timeout_says_the_provider_was_unavailable(self, keeper: Keeper, sim: ProviderSimulator,
+    def test_timeout_says_the_provider_was_unavailable(self, device_keeper: Keeper, sim: ProviderSimulator,
                                                        clock: FakeClock) -> None:  # fmt: skip
         sim.inject(HttpError(503), times=100)
         with pytest.raises(ConsentTimeout, match="the provider was unavailable"):
-            connect_device(keeper, "g", provider="sim", show=Shown(), sleep=Sleeper(clock), timeout=60)
+            connect_device(device_keeper, "g", provider="sim", show=Shown(), sleep=Sleeper(clock), timeout=60)
 
-    def test_no_refresh_token(self, keeper: Keeper, sim: ProviderSimulator) -> None:
+    def test_no_refresh_token(self, device_keeper: Keeper, sim: ProviderSimulator) -> None:
         approve = Shown(lambda a: sim.approve(a.user_code, refresh_token=False))
         with pytest.raises(ProviderRejected, match="no refresh token") as caught:
-            connect_device(keeper, "g", provider="sim", show=approve, sleep=Sleeper())
-        assert keeper.store.list_grants() == []
+            connect_device(device_keeper, "g", provider="sim", show=approve, sleep=Sleeper())
+        assert device_keeper.store.list_grants() == []
         no_secret_in(sim, str(caught.value))
 
-    def test_malformed_poll_answer(self, keeper: Keeper, sim: ProviderSimulator) -> None:
+    def test_malformed_poll_answer(self, device_keeper: Keeper, sim: ProviderSimulator) -> None:
         sim.inject(Malformed("html"))
         with pytest.raises(MalformedResponse, match="answered a device flow poll with body is not a JSON object"):
-            connect_device(keeper, "g", provider="sim", show=Shown(), sleep=Sleeper())
-        assert keeper.store.list_grants() == []
+            connect_device(device_keeper, "g", provider="sim", show=Shown(), sleep=Sleeper())
+        assert device_keeper.store.list_grants() == []
 
     def test_client_auth_failure_at_the_device_endpoint(
-        self, keeper: Keeper, sim: ProviderSimulator, requests_sent: tuple[httpx.Client, list[str]]
+        self, device_keeper: Keeper, sim: ProviderSimulator, requests_sent: tuple[httpx.Client, list[str]]
     ) -> None:
         """Wrong credentials are refused at the start, before anything is shown or polled."""
-        keeper.add_provider(dataclasses.replace(keeper.store.get_provider("sim"), client_secret=Secret("w" * 24)))
+        device_keeper.add_provider(
+            dataclasses.replace(device_keeper.store.get_provider("sim"), client_secret=Secret("w" * 24))
+        )
         client, paths = requests_sent
         shown = Shown()
         with pytest.raises(ClientAuthFailed, match="refused the client") as caught:
-            connect_device(keeper, "g", provider="sim", show=shown, sleep=Sleeper(), http=client)
+            connect_device(device_keeper, "g", provider="sim", show=shown, sleep=Sleeper(), http=client)
         assert caught.value.exit_code == 4 and shown.calls == 0 and paths == ["/device_authorization"]
         assert "w" * 24 not in str(caught.value)
 
-    def test_client_auth_failure_while_polling(self, keeper: Keeper, sim: ProviderSimulator) -> None:
+    def test_client_auth_failure_while_polling(self, device_keeper: Keeper, sim: ProviderSimulator) -> None:
         sim.inject(HttpError(401, error="invalid_client"))
         with pytest.raises(ClientAuthFailed, match="while polling"):
-            connect_device(keeper, "g", provider="sim", show=Shown(), sleep=Sleeper())
+            connect_device(device_keeper, "g", provider="sim", show=Shown(), sleep=Sleeper())
 
     def test_existing_name_is_refused_before_any_request(
-        self, keeper: Keeper, sim: ProviderSimulator, requests_sent: tuple[httpx.Client, list[str]]
+        self, device_keeper: Keeper, sim: ProviderSimulator, requests_sent: tuple[httpx.Client, list[str]]
     ) -> None:
-        keeper.import_grant("g", provider="sim", refresh_token=sim.issue_grant())
+        device_keeper.import_grant("g", provider="sim", refresh_token=sim.issue_grant())
         client, paths = requests_sent
         with pytest.raises(ConfigurationError, match="already exists; give --replace"):
-            connect_device(keeper, "g", provider="sim", show=Shown(), sleep=Sleeper(), http=client)
+            connect_device(device_keeper, "g", provider="sim", show=Shown(), sleep=Sleeper(), http=client)
         assert paths == []
 
     @pytest.mark.parametrize("name", ["", "has space", "x" * 201])
-    def test_bad_name_is_refused_before_any_request(self, keeper: Keeper, name: str,
+    def test_bad_name_is_refused_before_any_request(self, device_keeper: Keeper, name: str,
                                                     requests_sent: tuple[httpx.Client, list[str]]) -> None:  # fmt: skip
         client, paths = requests_sent
         with pytest.raises(ConfigurationError, match="grant name"):
-            connect_device(keeper, name, provider="sim", show=Shown(), sleep=Sleeper(), http=client)
+            connect_device(device_keeper, name, provider="sim", show=Shown(), sleep=Sleeper(), http=client)
         assert paths == []
 
-    def test_provider_without_device_endpoint(self, keeper: Keeper, sim: ProviderSimulator,
+    def test_provider_without_device_endpoint(self, device_keeper: Keeper, sim: ProviderSimulator,
                                               requests_sent: tuple[httpx.Client, list[str]]) -> None:  # fmt: skip
-        keeper.add_provider(provider_for(sim, name="plain"))
+        device_keeper.add_provider(provider_for(sim, name="plain"))
         client, paths = requests_sent
         with pytest.raises(ConfigurationError, match="provider add plain --device-authorization-url URL"):
-            connect_device(keeper, "g", provider="plain", show=Shown(), sleep=Sleeper(), http=client)
+            connect_device(device_keeper, "g", provider="plain", show=Shown(), sleep=Sleeper(), http=client)
         assert paths == []
 
-    def test_replace(self, keeper: Keeper, sim: ProviderSimulator) -> None:
+    def test_replace(self, device_keeper: Keeper, sim: ProviderSimulator) -> None:
         """With replace, the new consent replaces the grant as a re-import does: the next generation."""
         old = sim.issue_grant()
-        keeper.import_grant("g", provider="sim", refresh_token=old)
-        done = connect_device(keeper, "g", provider="sim", replace=True, show=Shown(lambda a: sim.approve(a.user_code)),
-                              sleep=Sleeper())  # fmt: skip
+        device_keeper.import_grant("g", provider="sim", refresh_token=old)
+        approve = Shown(lambda a: sim.approve(a.user_code))
+        done = connect_device(device_keeper, "g", provider="sim", replace=True, show=approve, sleep=Sleeper())
         assert done.replaced and done.grant.generation == 2
-        assert keeper.store.get_grant("g").refresh_token != Secret(old)
+        assert device_keeper.store.get_grant("g").refresh_token != Secret(old)
 
 
 # ------------------------------------------------------------------------------ the store keeps the access token

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -102,9 +102,9 @@ def url(tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def keeper(url: str) -> Iterator[Keeper]:
-    with Keeper.open(url, policy=FAST_POLICY) as k:
-        yield k
+def store_url(url: str) -> str:
+    """The shared `keeper` fixture opens this SQLite store, which the CLI checks read too."""
+    return url
 
 
 def test_healthy_grant_and_its_history(keeper: Keeper, url: str, make_sim: Sim) -> None:

@@ -324,7 +324,8 @@ def test_client_secret_post_and_a_wrong_secret(tmp_path: Path, dot_server: DotFa
     assert [m["revoked"] for m in server.family(authorized.refresh_token)] == [True, True, False]
 
 
-def test_100_tasks_share_one_refresh_at_dot(tmp_path: Path, dot_server: DotFactory) -> None:
+@pytest.mark.anyio
+async def test_100_tasks_share_one_refresh_at_dot(tmp_path: Path, dot_server: DotFactory) -> None:
     """The asyncio keeper against DOT: 100 tasks asking for a fresh grant at once cause one refresh at DOT and
     all get the access token it issued, which DOT accepts."""
     server = dot_server()
@@ -333,11 +334,8 @@ def test_100_tasks_share_one_refresh_at_dot(tmp_path: Path, dot_server: DotFacto
         connect(keeper, server)
     mark = server.log_mark()
 
-    async def main() -> list[str]:
-        async with await AsyncKeeper.open(url, policy=DOT_POLICY) as keeper:
-            return await asyncio.gather(*(keeper.access_token("g") for _ in range(100)))
-
-    tokens = asyncio.run(main())
+    async with await AsyncKeeper.open(url, policy=DOT_POLICY) as keeper:
+        tokens = await asyncio.gather(*(keeper.access_token("g") for _ in range(100)))
     assert len(set(tokens)) == 1
     assert refresh_statuses(server, mark) == [(200, None)]
     assert server.resource_status(tokens[0]) == (200, None)

@@ -8,7 +8,6 @@ token it has seen."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import secrets
@@ -175,32 +174,32 @@ class TestLibrary:
                 keeper.import_grant("new", provider="sim", refresh_token="a b")
             assert [g.name for g in keeper.grants()] == ["g"]
 
-    def test_async_import_grant_checks_the_same_way(self, make_sim: object, tmp_path: Path) -> None:
+    @pytest.mark.anyio
+    async def test_async_import_grant_checks_the_same_way(self, make_sim: object, tmp_path: Path) -> None:
         """AsyncKeeper.import_grant refuses the same input; its access token argument is checked too, and a
         good token response read with read_token_input is stored whole."""
         sim = make_sim()  # type: ignore[operator]
         good = sim.issue_grant()  # type: ignore[attr-defined]
 
-        async def main() -> tuple[str | None, str]:
-            async with await AsyncKeeper.open(f"sqlite:///{tmp_path}/async.db") as keeper:
-                await keeper.add_provider(provider_for(sim))
-                with pytest.raises(TokenInputError):
-                    await keeper.import_grant("g", provider="sim", refresh_token=f"Bearer {good}")
-                with pytest.raises(TokenInputError):
-                    await keeper.import_grant("g", provider="sim", refresh_token=good, access_token="a b",
-                                              expires_at=time.time() + 60)  # fmt: skip
-                given = read_token_input(json.dumps({"refresh_token": good, "access_token": "at-1",
-                                                     "expires_in": 600}), issued_at=time.time())  # fmt: skip
-                grant = await keeper.import_grant(
-                    "g",
-                    provider="sim",
-                    refresh_token=given.refresh_token,
-                    access_token=given.access_token,
-                    expires_at=given.expires_at,
-                )
-                return grant.refresh_token.reveal() if grant.refresh_token else None, await keeper.access_token("g")
+        async with await AsyncKeeper.open(f"sqlite:///{tmp_path}/async.db") as keeper:
+            await keeper.add_provider(provider_for(sim))
+            with pytest.raises(TokenInputError):
+                await keeper.import_grant("g", provider="sim", refresh_token=f"Bearer {good}")
+            with pytest.raises(TokenInputError):
+                await keeper.import_grant("g", provider="sim", refresh_token=good, access_token="a b",
+                                          expires_at=time.time() + 60)  # fmt: skip
+            given = read_token_input(json.dumps({"refresh_token": good, "access_token": "at-1",
+                                                 "expires_in": 600}), issued_at=time.time())  # fmt: skip
+            grant = await keeper.import_grant(
+                "g",
+                provider="sim",
+                refresh_token=given.refresh_token,
+                access_token=given.access_token,
+                expires_at=given.expires_at,
+            )
+            result = grant.refresh_token.reveal() if grant.refresh_token else None, await keeper.access_token("g")
 
-        assert asyncio.run(main()) == (good, "at-1")
+        assert result == (good, "at-1")
         assert sim.stats.refresh_calls == 0  # type: ignore[attr-defined]
 
 

@@ -14,7 +14,7 @@ import sys
 import time
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +27,9 @@ from grantkeeper import AsyncKeeper, ConfigurationError, GrantkeeperError, Keepe
 from grantkeeper.integrations import OUTCOME_KEY, AuthOutcome, MissingExtra
 from grantkeeper.integrations.authlib_bridge import KeeperAsyncOAuth2Client, KeeperOAuth2Session
 from grantkeeper.testing.clock import FakeClock
-from tests.helpers import FAST_POLICY, add_grant, provider_for
-from tests.integration_support import EXPIRE_ALL, Sim, keeper_with_grant, resource
+from tests.helpers import FAST_POLICY, add_grant
+from tests.integration_support import EXPIRE_ALL, Sim, keeper, resource
+from tests.keeper_fixtures import add_grant_to
 from tests.workers import SPAWN, run_counting
 
 with warnings.catch_warnings():  # Authlib falls back from httpx2 to httpx with a deprecation warning
@@ -44,12 +45,13 @@ def stats(sim: object) -> Any:
 
 
 pytest_plugins = ["tests.integration_fixtures"]  # the clock and sim fixtures
+__all__ = ["keeper"]  # the fixture, from tests/integration_support.py
 
 
 @pytest.fixture
-def keeper(sqlite_url: str, sim: object) -> Iterator[Keeper]:
-    with keeper_with_grant(sqlite_url, sim) as k:
-        yield k
+def store_url(sqlite_url: str) -> str:
+    """The keeper (tests.integration_support.keeper, holding grant "g") is on SQLite here."""
+    return sqlite_url
 
 
 # ----------------------------------------------------------------------------------------- call sites
@@ -91,43 +93,40 @@ def test_ownership_arguments_are_refused(keeper: Keeper, sim: object) -> None:
     assert stats(sim).refresh_calls == 0
 
 
-def test_each_face_refuses_the_other_faces_keeper(keeper: Keeper, sqlite_url: str) -> None:
+@pytest.mark.anyio
+async def test_each_face_refuses_the_other_faces_keeper(sqlite_url: str) -> None:
     """Both faces share one constructor that checks the keeper against the face: the async client needs an
     AsyncKeeper (a sync keeper would block its event loop), the sync session a Keeper. The wrong one is a
     ConfigurationError naming the face and the keeper it needs, before any request."""
-    with pytest.raises(ConfigurationError, match="KeeperAsyncOAuth2Client needs a grantkeeper AsyncKeeper"):
-        KeeperAsyncOAuth2Client(keeper, "g")  # type: ignore[arg-type]
+    with (
+        Keeper.open(sqlite_url, policy=FAST_POLICY) as sync_keeper,
+        pytest.raises(ConfigurationError, match="KeeperAsyncOAuth2Client needs a grantkeeper AsyncKeeper"),
+    ):
+        KeeperAsyncOAuth2Client(sync_keeper, "g")  # type: ignore[arg-type]
+    async with await AsyncKeeper.open(sqlite_url, policy=FAST_POLICY) as async_keeper:
+        with pytest.raises(ConfigurationError, match="KeeperOAuth2Session needs a grantkeeper Keeper"):
+            KeeperOAuth2Session(async_keeper, "g")  # type: ignore[arg-type]
 
-    async def main() -> None:
-        async with await AsyncKeeper.open(sqlite_url, policy=FAST_POLICY) as async_keeper:
-            with pytest.raises(ConfigurationError, match="KeeperOAuth2Session needs a grantkeeper Keeper"):
-                KeeperOAuth2Session(async_keeper, "g")  # type: ignore[arg-type]
 
-    asyncio.run(main())
-
-
-def test_async_client_call_sites_keep_working(sqlite_url: str, sim: object, clock: FakeClock) -> None:
+@pytest.mark.anyio
+async def test_async_client_call_sites_keep_working(sqlite_url: str, sim: object, clock: FakeClock) -> None:
     """Async: request, stream, ensure_active_token, refresh_token through an AsyncKeeper; 401 retried once."""
 
-    async def main() -> None:
-        async with await AsyncKeeper.open(sqlite_url, policy=FAST_POLICY) as keeper:
-            await keeper.add_provider(provider_for(sim))
-            await keeper.import_grant("g", provider="sim", refresh_token=str(sim.issue_grant()))  # type: ignore[attr-defined]
-            async with KeeperAsyncOAuth2Client(keeper, "g", timeout=10) as client:
-                assert (await client.get(resource(sim))).status_code == 200
-                async with client.stream("GET", resource(sim)) as streamed:
-                    assert streamed.status_code == 200
-                assert await client.ensure_active_token() is True
-                before = client.token["access_token"]
-                after = (await client.refresh_token())["access_token"]
-                assert after == await keeper.access_token("g") != before
-                clock.advance(EXPIRE_ALL)
-                retried = await client.get(resource(sim))
-                assert retried.status_code == 200 and retried.extensions[OUTCOME_KEY] is AuthOutcome.RETRIED
-                with pytest.raises(ConfigurationError, match="import_grant"):
-                    await client.fetch_token(sim.url)  # type: ignore[attr-defined]
-
-    asyncio.run(main())
+    async with await AsyncKeeper.open(sqlite_url, policy=FAST_POLICY) as keeper:
+        await add_grant_to(keeper, sim)
+        async with KeeperAsyncOAuth2Client(keeper, "g", timeout=10) as client:
+            assert (await client.get(resource(sim))).status_code == 200
+            async with client.stream("GET", resource(sim)) as streamed:
+                assert streamed.status_code == 200
+            assert await client.ensure_active_token() is True
+            before = client.token["access_token"]
+            after = (await client.refresh_token())["access_token"]
+            assert after == await keeper.access_token("g") != before
+            clock.advance(EXPIRE_ALL)
+            retried = await client.get(resource(sim))
+            assert retried.status_code == 200 and retried.extensions[OUTCOME_KEY] is AuthOutcome.RETRIED
+            with pytest.raises(ConfigurationError, match="import_grant"):
+                await client.fetch_token(sim.url)  # type: ignore[attr-defined]
     assert stats(sim).refresh_calls == 3  # first token, refresh_token(), the 401
 
 
@@ -233,7 +232,8 @@ def test_processes_plain_authlib_loses_the_grant_the_bridge_does_not(
     assert stats(bridge_sim).refresh_calls == generations >= 1
 
 
-def test_tasks_plain_async_client_per_request_loses_the_grant_the_bridge_does_not(
+@pytest.mark.anyio
+async def test_tasks_plain_async_client_per_request_loses_the_grant_the_bridge_does_not(
     sqlite_url: str, make_sim: Sim
 ) -> None:
     """20 asyncio tasks, each with its own client (authlib#673: Authlib's refresh lock is per client object).
@@ -260,15 +260,10 @@ def test_tasks_plain_async_client_per_request_loses_the_grant_the_bridge_does_no
         async with KeeperAsyncOAuth2Client(keeper, "g", token_endpoint=bridge_sim.url) as client:  # type: ignore[attr-defined]
             return str((await client.get(resource(bridge_sim))).status_code)
 
-    async def main() -> tuple[list[str], list[str]]:
-        plain = await asyncio.gather(*(plain_request() for _ in range(tasks)))
-        async with await AsyncKeeper.open(sqlite_url, policy=FAST_POLICY) as keeper:
-            await keeper.add_provider(provider_for(bridge_sim))
-            await keeper.import_grant("g", provider="sim", refresh_token=str(bridge_sim.issue_grant()))  # type: ignore[attr-defined]
-            bridged = await asyncio.gather(*(bridged_request(keeper) for _ in range(tasks)))
-        return plain, bridged
-
-    plain, bridged = asyncio.run(main())
+    plain = await asyncio.gather(*(plain_request() for _ in range(tasks)))
+    async with await AsyncKeeper.open(sqlite_url, policy=FAST_POLICY) as keeper:
+        await add_grant_to(keeper, bridge_sim)
+        bridged = await asyncio.gather(*(bridged_request(keeper) for _ in range(tasks)))
     assert stats(plain_sim).errors.get("invalid_grant", 0) >= 1 and "invalid_grant" in plain
     assert stats(bridge_sim).errors.get("invalid_grant", 0) == 0
     assert bridged == ["200"] * tasks and stats(bridge_sim).refresh_calls == 1

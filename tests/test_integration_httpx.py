@@ -20,7 +20,7 @@ from grantkeeper.integrations import OUTCOME_KEY, AuthOutcome
 from grantkeeper.integrations.httpx_auth import GrantAuth
 from grantkeeper.testing.clock import FakeClock
 from tests.helpers import FAST_POLICY, add_grant, provider_for
-from tests.integration_support import EXPIRE_ALL, Sim, keeper_with_grant, refresh_calls, resource
+from tests.integration_support import EXPIRE_ALL, Sim, keeper, refresh_calls, resource
 
 
 class Counter:
@@ -36,12 +36,7 @@ class Counter:
 
 
 pytest_plugins = ["tests.integration_fixtures"]  # the clock and sim fixtures
-
-
-@pytest.fixture
-def keeper(store_url: str, sim: object) -> Iterator[Keeper]:
-    with keeper_with_grant(store_url, sim) as k:
-        yield k
+__all__ = ["keeper"]  # the fixture, from tests/integration_support.py
 
 
 def test_attaches_the_grant_token(keeper: Keeper, sim: object) -> None:
@@ -143,19 +138,18 @@ def test_a_late_401_for_a_superseded_token_does_not_invalidate_its_successor(kee
     assert keeper.access_token("g") == new and refresh_calls(sim) == calls
 
 
-def test_50_tasks_rejected_at_once_cause_one_refresh(store_url: str, sim: object, clock: FakeClock) -> None:
+@pytest.mark.anyio
+async def test_50_tasks_rejected_at_once_cause_one_refresh(store_url: str, sim: object, clock: FakeClock) -> None:
     """50 asyncio tasks whose shared token is rejected at once: one provider refresh, all succeed on retry."""
 
-    async def main() -> list[httpx.Response]:
-        async with await AsyncKeeper.open(store_url, policy=FAST_POLICY) as keeper:
-            await add_async_grant(keeper, sim)
-            await keeper.access_token("g")
-            clock.advance(EXPIRE_ALL)
-            limits = httpx.Limits(max_connections=50)
-            async with httpx.AsyncClient(auth=GrantAuth(keeper, "g"), limits=limits) as client:
-                return await asyncio.gather(*(client.get(resource(sim)) for _ in range(50)))
+    async with await AsyncKeeper.open(store_url, policy=FAST_POLICY) as keeper:
+        await add_async_grant(keeper, sim)
+        await keeper.access_token("g")
+        clock.advance(EXPIRE_ALL)
+        limits = httpx.Limits(max_connections=50)
+        async with httpx.AsyncClient(auth=GrantAuth(keeper, "g"), limits=limits) as client:
+            responses = await asyncio.gather(*(client.get(resource(sim)) for _ in range(50)))
 
-    responses = asyncio.run(main())
     assert [r.status_code for r in responses] == [200] * 50
     assert refresh_calls(sim) == 2  # the first token, then exactly one refresh for all 50 rejections
     assert any(r.extensions[OUTCOME_KEY] is AuthOutcome.RETRIED for r in responses)
@@ -196,25 +190,24 @@ def test_keepers_in_separate_workers_share_one_refresh_after_401s(
     assert refresh_calls(sim) == 2
 
 
-def test_async_client_retries_with_the_async_driver(store_url: str, sim: object, clock: FakeClock) -> None:
+@pytest.mark.anyio
+async def test_async_client_retries_with_the_async_driver(store_url: str, sim: object, clock: FakeClock) -> None:
     """The async driver runs the same flow: an async-generator upload rejected with 401 is not re-sent (but
     its token is reported, so the next request gets a fresh one); a rejected GET is re-sent once."""
 
     async def upload() -> AsyncIterator[bytes]:
         yield b"z" * 100
 
-    async def main() -> list[httpx.Response]:
-        async with await AsyncKeeper.open(store_url, policy=FAST_POLICY) as keeper:
-            await add_async_grant(keeper, sim)
-            await keeper.access_token("g")
+    async with await AsyncKeeper.open(store_url, policy=FAST_POLICY) as keeper:
+        await add_async_grant(keeper, sim)
+        await keeper.access_token("g")
+        clock.advance(EXPIRE_ALL)
+        async with httpx.AsyncClient(auth=GrantAuth(keeper, "g")) as client:
+            streamed = await client.post(resource(sim), content=upload(), headers={"Content-Length": "100"})
+            after_report = await client.get(resource(sim))
             clock.advance(EXPIRE_ALL)
-            async with httpx.AsyncClient(auth=GrantAuth(keeper, "g")) as client:
-                streamed = await client.post(resource(sim), content=upload(), headers={"Content-Length": "100"})
-                after_report = await client.get(resource(sim))
-                clock.advance(EXPIRE_ALL)
-                return [streamed, after_report, await client.get(resource(sim))]
+            retried = await client.get(resource(sim))
 
-    streamed, after_report, retried = asyncio.run(main())
     assert streamed.status_code == 401 and streamed.extensions[OUTCOME_KEY] is AuthOutcome.NOT_REPLAYABLE
     assert after_report.status_code == 200 and after_report.extensions[OUTCOME_KEY] is AuthOutcome.SENT
     assert retried.status_code == 200 and retried.extensions[OUTCOME_KEY] is AuthOutcome.RETRIED

@@ -4,7 +4,6 @@ rejected token. Same flow as the httpx bridge; the simulator's /resource is the 
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import io
 import logging
@@ -19,11 +18,11 @@ import pytest
 import requests
 from requests.adapters import HTTPAdapter
 
-from grantkeeper import ConfigurationError, Keeper
+from grantkeeper import AsyncKeeper, ConfigurationError, Keeper
 from grantkeeper.integrations import OUTCOME_KEY, AuthOutcome, MissingExtra
 from grantkeeper.integrations.requests_auth import RequestsGrantAuth
 from grantkeeper.testing.clock import FakeClock
-from tests.integration_support import EXPIRE_ALL, Sim, keeper_with_grant, refresh_calls, resource
+from tests.integration_support import EXPIRE_ALL, Sim, keeper, refresh_calls, resource
 
 
 class CountingAdapter(HTTPAdapter):
@@ -39,12 +38,13 @@ class CountingAdapter(HTTPAdapter):
 
 
 pytest_plugins = ["tests.integration_fixtures"]  # the clock and sim fixtures
+__all__ = ["keeper"]  # the fixture, from tests/integration_support.py
 
 
 @pytest.fixture
-def keeper(sqlite_url: str, sim: object) -> Iterator[Keeper]:
-    with keeper_with_grant(sqlite_url, sim) as k:
-        yield k
+def store_url(sqlite_url: str) -> str:
+    """The keeper (tests.integration_support.keeper, holding grant "g") is on SQLite here."""
+    return sqlite_url
 
 
 @pytest.fixture
@@ -158,17 +158,11 @@ def test_a_redirect_after_the_flow_ended_is_left_alone(keeper: Keeper, sim: obje
     assert refresh_calls(sim) == 1
 
 
-def test_needs_a_sync_keeper(sqlite_url: str) -> None:
+@pytest.mark.anyio
+async def test_needs_a_sync_keeper(async_keeper: AsyncKeeper) -> None:
     """requests is synchronous: an AsyncKeeper is refused at construction with a clear error."""
-    from grantkeeper import AsyncKeeper
-    from grantkeeper.stores import open_store
-
-    keeper = AsyncKeeper(open_store(sqlite_url))
-    try:
-        with pytest.raises(ConfigurationError, match="Keeper"):
-            RequestsGrantAuth(keeper, "g")  # type: ignore[arg-type]
-    finally:
-        asyncio.run(keeper.aclose())
+    with pytest.raises(ConfigurationError, match="Keeper"):
+        RequestsGrantAuth(async_keeper, "g")  # type: ignore[arg-type]
 
 
 def test_missing_requests_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:

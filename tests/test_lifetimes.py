@@ -4,7 +4,6 @@ new provider fields persist in every store, and a version-1 store migrates forwa
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import subprocess
@@ -114,7 +113,8 @@ class TestExpiring:
             assert keeper.store.get_grant("g").state is GrantState.NEEDS_REAUTH
             assert keeper.expiring(2 * DAY) == []
 
-    def test_async_keeper_reports_the_same(self, make_sim: Callable[..., Sim], tmp_path: Path) -> None:
+    @pytest.mark.anyio
+    async def test_async_keeper_reports_the_same(self, make_sim: Callable[..., Sim], tmp_path: Path) -> None:
         from grantkeeper import AsyncKeeper
 
         sim = make_sim()
@@ -122,11 +122,8 @@ class TestExpiring:
         url = f"sqlite://{tmp_path}/s.db"
         keeper_for(sim, url, clock, refresh_idle_ttl=3 * DAY).close()
 
-        async def report() -> list[Any]:
-            async with await AsyncKeeper.open(url, clock=clock, policy=FAST_POLICY) as keeper:
-                return await keeper.expiring(7 * DAY)
-
-        [end] = asyncio.run(report())
+        async with await AsyncKeeper.open(url, clock=clock, policy=FAST_POLICY) as keeper:
+            [end] = await keeper.expiring(7 * DAY)
         assert (end.kind, end.deadline) == ("idle", clock.now() + 3 * DAY)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
@@ -25,13 +25,6 @@ from grantkeeper.testing import DropAfterRotate, DropBeforeProcessing, FakeClock
 from tests.helpers import FAST_POLICY, add_grant, provider_for, resource_ok
 
 Sim = Callable[..., object]
-
-
-@pytest.fixture
-def keeper(store: SQLiteStore) -> Iterator[Keeper]:
-    k = Keeper(store, policy=FAST_POLICY)
-    yield k
-    k.close()
 
 
 def states(keeper: Keeper) -> list[AttemptState]:

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from grantkeeper import AsyncKeeper, Keeper
 from grantkeeper.stores import SQLiteStore
 from tests.helpers import FAST_POLICY, add_grant, resource_ok
@@ -63,27 +65,24 @@ def test_a_token_rejected_while_a_cold_reader_caches_it_is_not_served(tmp_path: 
     cold.close()
 
 
-def test_the_same_race_on_the_async_keeper(tmp_path: Path, make_sim: Sim) -> None:
+@pytest.mark.anyio
+async def test_the_same_race_on_the_async_keeper(tmp_path: Path, make_sim: Sim) -> None:
     sim = make_sim()
     db = tmp_path / "s.db"
     with Keeper(SQLiteStore.open(db), policy=FAST_POLICY) as first:
         add_grant(first, sim)
         rejected = first.access_token("g")
 
-    async def scenario() -> str:
-        cold = AsyncKeeper(SQLiteStore.open(db), policy=FAST_POLICY)
-        reached, go = _hold_first_read(cold)
-        task = asyncio.create_task(cold.access_token("g"))
-        assert await asyncio.to_thread(reached.wait, 30)
-        try:
-            assert await cold.report_rejected("g", rejected)
-        finally:
-            go.set()
-        token = await task
-        assert await cold.access_token("g") == token
-        await cold.aclose()
-        return token
-
-    token = asyncio.run(scenario())
+    cold = AsyncKeeper(SQLiteStore.open(db), policy=FAST_POLICY)
+    reached, go = _hold_first_read(cold)
+    task = asyncio.create_task(cold.access_token("g"))
+    assert await asyncio.to_thread(reached.wait, 30)
+    try:
+        assert await cold.report_rejected("g", rejected)
+    finally:
+        go.set()
+    token = await task
+    assert await cold.access_token("g") == token
+    await cold.aclose()
     assert token != rejected
     assert resource_ok(sim, token)

@@ -13,7 +13,6 @@ RLIMIT_FSIZE in a child with SIGXFSZ ignored, so that writes fail with EFBIG.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import json
@@ -297,7 +296,10 @@ def test_successor_ahead_of_a_restored_backup_is_committed(tmp_path: Path, make_
 
 
 @pytest.mark.parametrize("api", ["sync", "async"])
-def test_keeper_keeps_the_successor_when_the_commit_raises_anything(tmp_path: Path, make_sim: Sim, api: str) -> None:
+@pytest.mark.anyio
+async def test_keeper_keeps_the_successor_when_the_commit_raises_anything(
+    tmp_path: Path, make_sim: Sim, api: str
+) -> None:
     """Through the library (Keeper and AsyncKeeper): a commit failing with an error that is not a store error at
     all (here a bug in the store) still sends the successor to recovery storage, and the caller gets its access
     token."""
@@ -313,13 +315,9 @@ def test_keeper_keeps_the_successor_when_the_commit_raises_anything(tmp_path: Pa
             keeper.store.commit = broken_commit  # type: ignore[method-assign]
             token = keeper.access_token("g")
     else:
-
-        async def use() -> str:
-            async with await AsyncKeeper.open(url, policy=FAST_POLICY) as keeper:
-                keeper.store.commit = broken_commit  # type: ignore[method-assign]
-                return await keeper.access_token("g")
-
-        token = asyncio.run(use())
+        async with await AsyncKeeper.open(url, policy=FAST_POLICY) as keeper:
+            keeper.store.commit = broken_commit  # type: ignore[method-assign]
+            token = await keeper.access_token("g")
     assert resource_ok(sim, token)
     # The commit never ran, so generation 2 can only have come from recovery storage: by the keeper's background
     # replay, or else at this open.

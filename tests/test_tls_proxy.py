@@ -7,7 +7,6 @@ and ``grantkeeper provider discover`` all go through the same client factory (to
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import select
@@ -187,14 +186,12 @@ class TestPrivateCA:
         ):
             keeper.refresh("g", force=True)
 
-    def test_async_keeper_with_bundle(self, sqlite_url: str, sim: ProviderSimulator, ca_file: str) -> None:
+    @pytest.mark.anyio
+    async def test_async_keeper_with_bundle(self, sqlite_url: str, sim: ProviderSimulator, ca_file: str) -> None:
         _keeper_with_grant(sqlite_url, sim, ca_bundle=ca_file)
 
-        async def run() -> int:
-            async with await AsyncKeeper.open(sqlite_url, policy=FAST_POLICY) as keeper:
-                return (await keeper.refresh("g", force=True)).generation
-
-        assert asyncio.run(run()) == 2
+        async with await AsyncKeeper.open(sqlite_url, policy=FAST_POLICY) as keeper:
+            assert (await keeper.refresh("g", force=True)).generation == 2
 
 
 class TestProxy:
@@ -227,18 +224,17 @@ class TestProxy:
             assert len(proxy.targets) == 1  # bypassed
         assert sim.stats.successes == 2
 
-    def test_async_keeper_through_environment_proxy(
+    @pytest.mark.anyio
+    async def test_async_keeper_through_environment_proxy(
         self, sqlite_url: str, sim: ProviderSimulator, ca_file: str, proxy: ConnectProxy,
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:  # fmt: skip
         _keeper_with_grant(sqlite_url, sim, ca_bundle=ca_file)
         monkeypatch.setenv("https_proxy", proxy.url)
 
-        async def run() -> int:
-            async with await AsyncKeeper.open(sqlite_url, policy=FAST_POLICY) as keeper:
-                return (await keeper.refresh("g", force=True)).generation
-
-        assert asyncio.run(run()) == 2 and len(proxy.targets) == 1
+        async with await AsyncKeeper.open(sqlite_url, policy=FAST_POLICY) as keeper:
+            assert (await keeper.refresh("g", force=True)).generation == 2
+        assert len(proxy.targets) == 1
 
     def test_tls_failure_through_proxy_is_still_a_configuration_error(
         self, sqlite_url: str, sim: ProviderSimulator, proxy: ConnectProxy

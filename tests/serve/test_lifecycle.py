@@ -9,6 +9,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from grantkeeper.engine import AsyncKeeper
 from grantkeeper.serve.broker import Heartbeat
 from grantkeeper.serve.config import ServeConfig
@@ -37,34 +39,31 @@ def test_without_the_extra_serve_names_it_and_the_rest_works(tmp_path: Path) -> 
     assert listed.returncode == 0 and "serve" in listed.stdout
 
 
-def test_readiness_fails_when_a_registered_heartbeat_goes_stale(tmp_path: Path) -> None:
-    async def scenario() -> list[tuple[bool, set[str]]]:
-        url = f"sqlite://{tmp_path}/ready.db"
-        keeper = await AsyncKeeper.open(url)
-        broker = build_broker(keeper, ServeConfig(), store_url=url)
-        seen = []
-        try:
-            ready, checks = await broker.readiness()
-            seen.append((ready, {n for n, c in checks.items() if not c["ok"]}))
-            heartbeat = Heartbeat(max_age=0.2)
-            broker.add_check("scheduler", heartbeat.check)
-            ready, checks = await broker.readiness()
-            seen.append((ready, {n for n, c in checks.items() if not c["ok"]}))
-            await asyncio.sleep(0.4)  # no beat for longer than max_age
-            ready, checks = await broker.readiness()
-            seen.append((ready, {n for n, c in checks.items() if not c["ok"]}))
-            heartbeat.beat()
-            ready, checks = await broker.readiness()
-            seen.append((ready, {n for n, c in checks.items() if not c["ok"]}))
-            broker.draining = True
-            ready, checks = await broker.readiness()
-            seen.append((ready, {n for n, c in checks.items() if not c["ok"]}))
-        finally:
-            await keeper.aclose()
-        return seen
-
-    assert asyncio.run(scenario()) == [(True, set()), (True, set()), (False, {"scheduler"}), (True, set()),
-                                       (False, {"shutdown"})]  # fmt: skip
+@pytest.mark.anyio
+async def test_readiness_fails_when_a_registered_heartbeat_goes_stale(tmp_path: Path) -> None:
+    url = f"sqlite://{tmp_path}/ready.db"
+    keeper = await AsyncKeeper.open(url)
+    broker = build_broker(keeper, ServeConfig(), store_url=url)
+    seen = []
+    try:
+        ready, checks = await broker.readiness()
+        seen.append((ready, {n for n, c in checks.items() if not c["ok"]}))
+        heartbeat = Heartbeat(max_age=0.2)
+        broker.add_check("scheduler", heartbeat.check)
+        ready, checks = await broker.readiness()
+        seen.append((ready, {n for n, c in checks.items() if not c["ok"]}))
+        await asyncio.sleep(0.4)  # no beat for longer than max_age
+        ready, checks = await broker.readiness()
+        seen.append((ready, {n for n, c in checks.items() if not c["ok"]}))
+        heartbeat.beat()
+        ready, checks = await broker.readiness()
+        seen.append((ready, {n for n, c in checks.items() if not c["ok"]}))
+        broker.draining = True
+        ready, checks = await broker.readiness()
+        seen.append((ready, {n for n, c in checks.items() if not c["ok"]}))
+    finally:
+        await keeper.aclose()
+    assert seen == [(True, set()), (True, set()), (False, {"scheduler"}), (True, set()), (False, {"shutdown"})]
 
 
 def test_logs_are_json_lines_without_credentials(grant_on_sim: tuple[str, object], serve_process: Start) -> None:
