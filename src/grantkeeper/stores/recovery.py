@@ -21,7 +21,7 @@ from pathlib import Path
 from grantkeeper._exceptions import StoreFormatError, StoreUnavailable
 from grantkeeper._fsutil import fsync_dir, make_private_dirs
 from grantkeeper._secrets import Secret
-from grantkeeper.crypto import Crypto
+from grantkeeper.keys.crypto import Crypto
 from grantkeeper.stores.base import GrantUpdate
 
 __all__ = ["RecoveryDir", "RecoveryEntry"]
