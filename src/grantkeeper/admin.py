@@ -271,8 +271,9 @@ class Admin:
         retired: tuple[str, ...] = ()
         if result.retirable and source.path is not None and source.retired_path is not None:
             retired = _retire(source, result.primary)
+        after = self._ring(result.usage)  # after retiring: the retired keys' roles say so
         return KeyRotation(result, len(ring), added, source.path, retired, source.retired_path, source.description,
-                           self._ring(result.usage))  # fmt: skip
+                           after)  # fmt: skip
 
     def purge_keys(self) -> tuple[PurgedKey, ...]:
         """Delete retired keys that no stored value uses any more (from the key file's retired file)."""

@@ -103,8 +103,9 @@ class Crypto:
 
     @property
     def key_ids(self) -> tuple[str, ...]:
-        """Every key id in the ring, primary first."""
-        return tuple(kid.hex() for kid in self._keys)
+        """Every key id in the ring, primary first (after a `reload`, the primary is a key added last)."""
+        primary = self._primary.kid
+        return (primary.hex(), *(kid.hex() for kid in self._keys if kid != primary))
 
     def key_id_of(self, blob: bytes) -> str | None:
         """The key id a value names; None for a format-1 value (written before key ids existed)."""
