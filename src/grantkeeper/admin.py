@@ -34,6 +34,7 @@ from grantkeeper.keys import (
     KeySource,
     RotationResult,
     census,
+    crypto_of,
     generate_key,
     key_id,
     rotate,
@@ -225,7 +226,7 @@ class Admin:
     # -------------------------------------------------------------------- keys
 
     def _source(self) -> KeySource:
-        source = self._sql()._crypto.source
+        source = crypto_of(self._sql()).source
         if source is None:
             raise ConfigurationError("this store's key has no source to manage (a memory:// store has no key)")
         return source
@@ -236,7 +237,7 @@ class Admin:
         return self._ring(census(store))
 
     def _ring(self, usage: dict[str, int]) -> KeyRing:
-        crypto = self._sql()._crypto
+        crypto = crypto_of(self._sql())
         source = self._source()
         retired = {key_id(k) for k in source.retired()}
         keys = tuple(
@@ -265,7 +266,7 @@ class Admin:
                 )
             new = generate_key()
             write_key_file(source.path, [new, *ring], exclusive=False)
-            self._sql()._crypto.reload()
+            crypto_of(self._sql()).reload()
             added = key_id(new)
         result = rotate(self._sql(), progress=progress)
         retired: tuple[str, ...] = ()

@@ -29,9 +29,9 @@ from typing import Any
 
 from grantkeeper._exceptions import BundleAuthError, BundleConflict, BundleError, ConfigurationError
 from grantkeeper._secrets import Secret
+from grantkeeper.engine.ports import Store
 from grantkeeper.keys.wrapping import NONCE_BYTES, SALT_BYTES, SCRYPT_N, TAG_BYTES, BundleKey
 from grantkeeper.model import AuthMethod, Provider, RotationMode, check_name
-from grantkeeper.stores.base import Store
 
 __all__ = [
     "FORMAT_VERSION",

@@ -10,7 +10,7 @@ Administration (rotate, retire, purge, generate) is `grantkeeper.admin`; nothing
 """
 
 from grantkeeper.keys.crypto import Crypto, key_id
-from grantkeeper.keys.rekey import FORMAT_1, RotationResult, census, rotate
+from grantkeeper.keys.rekey import FORMAT_1, RotationResult, census, crypto_of, rotate
 from grantkeeper.keys.sources import (
     KEY_COMMAND_ENV,
     KEY_ENV,
@@ -35,6 +35,7 @@ __all__ = [
     "KeySource",
     "RotationResult",
     "census",
+    "crypto_of",
     "encode_key",
     "generate_key",
     "key_id",
