@@ -76,20 +76,23 @@ def test_rotation_with_a_key_file_adds_a_key_rewrites_everything_and_retires_the
         assert [(k.key_id, k.role) for k in before.keys] == [(old, "primary")]
         assert before.keys[0].values == 1 + 1 + 2  # the key check, the client secret, two refresh tokens
         fingerprint = admin.store.get_grant("a").refresh_fp
-        done = admin.rotate_keys()
-        assert done.added is not None
-        assert done.added != old
-        assert done.ring_size == 1
+        heard = []
+        done = admin.rotate_keys(started=heard.append)
+        assert heard == [done.start]
+        assert done.start.added
+        assert done.start.ring_size == 1
+        new = done.start.primary
+        assert new != old
         assert done.retired == (old,)
         assert done.result.retirable
-        assert _ring_ids(key_file) == [done.added]
+        assert _ring_ids(key_file) == [new]
         assert _ring_ids(retired_file) == [old]
         assert stat.S_IMODE(retired_file.stat().st_mode) == 0o600
-        assert [(k.key_id, k.role) for k in done.ring.keys] == [(done.added, "primary"), (old, "retired")]
+        assert [(k.key_id, k.role) for k in done.ring.keys] == [(new, "primary"), (old, "retired")]
         assert done.ring.keys[1].values == 0
         # The same open store goes on, writing with the new key: the ring was re-read in place.
         admin.store.import_grant("c", provider="p", refresh_token=Secret("refresh-c"), scopes=(), now=1.0)
-        assert set(census(admin.store)) == {done.added}  # type: ignore[arg-type]
+        assert set(census(admin.store)) == {new}  # type: ignore[arg-type]
         assert admin.store.get_grant("a").refresh_token == Secret("refresh-a")
         assert admin.store.get_grant("a").refresh_fp == fingerprint
         purged = admin.purge_keys()
@@ -116,10 +119,11 @@ def test_rotation_with_a_key_in_the_environment_needs_the_new_key_first(
     monkeypatch.setenv(KEY_ENV, f"{encode_key(KEY_B)},{TEST_KEY}")
     with Admin.open(url) as admin:
         done = admin.rotate_keys()
-        assert done.added is None
-        assert done.ring_size == 2
+        assert not done.start.added
+        assert done.start.ring_size == 2
+        assert done.start.primary == key_id(KEY_B)
         assert done.retired == ()
-        assert done.key_file is None
+        assert done.start.key_file is None
         assert [(k.key_id, k.role, k.values) for k in done.ring.keys][1] == (old, "older", 0)
         with pytest.raises(ConfigurationError, match="managed outside grantkeeper"):
             admin.purge_keys()

@@ -63,6 +63,7 @@ __all__ = [
     "KeyUse",
     "NewKey",
     "PurgedKey",
+    "RotationStart",
     "SchemaStatus",
     "default_store_url",
     "generate_key_file",
@@ -123,16 +124,24 @@ class KeyRing:
 
 
 @dataclass(frozen=True, slots=True)
+class RotationStart:
+    """The ring a rotation re-encrypts to, once it is ready and before any value is rewritten."""
+
+    primary: str  # the key id every value is re-encrypted with
+    ring_size: int  # keys in the ring as the rotation found it
+    added: bool  # whether `primary` was generated now and written first in the key file
+    key_file: Path | None  # the key file, when the ring comes from one
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
 class KeyRotation:
     """What `Admin.rotate_keys` did."""
 
+    start: RotationStart
     result: RotationResult
-    ring_size: int  # keys in the ring when the rotation started
-    added: str | None  # the key id of a key generated and put first in the key file, if one was
-    key_file: Path | None  # the key file, when the ring comes from one
     retired: tuple[str, ...]  # key ids moved to the key file's retired file (nothing used them any more)
     retired_file: Path | None
-    source: str
     ring: KeyRing  # the ring after the rotation (with what still uses older keys)
 
 
@@ -247,34 +256,37 @@ class Admin:
         unknown = {k: n for k, n in sorted(usage.items()) if k not in crypto.key_ids and k != FORMAT_1}
         return KeyRing(source.description, keys, unknown, usage.get(FORMAT_1, 0))
 
-    def rotate_keys(self, *, progress: Progress | None = None) -> KeyRotation:
+    def rotate_keys(
+        self, *, progress: Progress | None = None, started: Callable[[RotationStart], None] | None = None
+    ) -> KeyRotation:
         """Re-encrypt every stored value with a new primary key, then retire the keys nothing uses any more.
 
         With a key file and a ring of one key, a new key is generated and written first in the file (durably,
         before any value is rewritten with it). A ring from $GRANTKEEPER_KEY or its command must already have the
-        new key first: grantkeeper cannot change those. Safe to interrupt: run it again to resume.
+        new key first: grantkeeper cannot change those. `started` hears which key the values go to before the
+        first is rewritten; `progress(done, total)` after each. Safe to interrupt: run it again to resume.
         """
         source = self._source()
         ring = source.ring()
-        added = None
-        if len(ring) == 1:
+        added = len(ring) == 1
+        if added:
             if source.path is None:
                 raise EncryptionKeyError(
                     f"the key comes from {source.description}, which grantkeeper cannot change: create a key with "
                     "'grantkeeper keys generate --output FILE', put it first in the ring (NEW,OLD) and run "
                     "'grantkeeper keys rotate' again"
                 )
-            new = generate_key()
-            write_key_file(source.path, [new, *ring], exclusive=False)
+            write_key_file(source.path, [generate_key(), *ring], exclusive=False)
             crypto_of(self._sql()).reload()
-            added = key_id(new)
+        start = RotationStart(crypto_of(self._sql()).key_id, len(ring), added, source.path, source.description)
+        if started is not None:
+            started(start)
         result = rotate(self._sql(), progress=progress)
         retired: tuple[str, ...] = ()
         if result.retirable and source.path is not None and source.retired_path is not None:
             retired = _retire(source, result.primary)
         after = self._ring(result.usage)  # after retiring: the retired keys' roles say so
-        return KeyRotation(result, len(ring), added, source.path, retired, source.retired_path, source.description,
-                           after)  # fmt: skip
+        return KeyRotation(start, result, retired, source.retired_path, after)
 
     def purge_keys(self) -> tuple[PurgedKey, ...]:
         """Delete retired keys that no stored value uses any more (from the key file's retired file)."""

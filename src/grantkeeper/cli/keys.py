@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from grantkeeper._exceptions import ConfigurationError
-from grantkeeper.admin import KEY_ENV, Admin, KeyRing, KeyRotation, generate_key_file
+from grantkeeper.admin import KEY_ENV, Admin, KeyRing, KeyRotation, RotationStart, generate_key_file
 from grantkeeper.cli._help import HelpGroup
 from grantkeeper.cli._io import echo_json
 from grantkeeper.cli._progress import progress_bar
@@ -65,12 +65,15 @@ def keys_generate(output: Path) -> None:
                "'grantkeeper keys rotate'")  # fmt: skip
 
 
+def _announce(start: RotationStart) -> None:
+    if start.added:
+        click.echo(f"added key {start.primary} to {start.key_file} as the primary key")
+    else:
+        click.echo(f"the ring has {start.ring_size} keys: re-encrypting everything with its first, {start.primary}")
+
+
 def _report(done: KeyRotation) -> None:
     result = done.result
-    if done.added is not None:
-        click.echo(f"added key {done.added} to {done.key_file} as the primary key")
-    else:
-        click.echo(f"the ring has {done.ring_size} keys: re-encrypting everything with its first, {result.primary}")
     click.echo(f"re-encrypted {result.rewritten} of {result.total} values with key {result.primary}")
     old = [k.key_id for k in done.ring.keys if k.role != "primary"]
     if not result.retirable:
@@ -79,11 +82,11 @@ def _report(done: KeyRotation) -> None:
         for line in _usage_lines(done.ring):
             click.echo(f"  {line}")
     elif done.retired:
-        click.echo(f"retired key {', '.join(done.retired)}: nothing uses it; {done.key_file} now holds key "
+        click.echo(f"retired key {', '.join(done.retired)}: nothing uses it; {done.start.key_file} now holds key "
                    f"{result.primary}. Retired keys stay readable in {done.retired_file} for writes still in "
                    "flight: run 'grantkeeper keys purge' once every worker has been restarted")  # fmt: skip
     else:
-        click.echo(f"nothing uses key {', '.join(old)} any more: remove it from {done.source} (keep only "
+        click.echo(f"nothing uses key {', '.join(old)} any more: remove it from {done.start.source} (keep only "
                    "the first key)")  # fmt: skip
 
 
@@ -97,7 +100,7 @@ def keys_rotate(session: Session) -> None:
     to resume. Workers must have the new ring before they next read a rewritten value.
     """
     with _admin(session) as admin, progress_bar("re-encrypting") as progress:
-        done = admin.rotate_keys(progress=progress)
+        done = admin.rotate_keys(progress=progress, started=_announce)
     _report(done)
 
 
