@@ -313,115 +313,89 @@ def _ids(attempts: list[Attempt]) -> str:
     return ", ".join(str(a.id) for a in sorted(attempts, key=lambda a: a.id))
 
 
-@dataclass
-class _Findings:
-    failures: list[str] = field(default_factory=list)  # an invariant broke
-    inconclusive: list[str] = field(default_factory=list)  # slowness hid what the run should show
-    slowness: list[str] = field(default_factory=list)  # reported, judged on nothing
-
-
 def _judge(ev: _Evidence) -> _Judgement:
     """Fail on a broken invariant only; report slowness; call a run SLOW when slowness hid what it should show."""
-    found = _Findings()
-    _check_accounting(ev, found)
-    lost_to_slowness = _check_losses(ev, found)
-    _check_workers(ev, found, lost_to_slowness=lost_to_slowness)
-    outcome = "fail" if found.failures else "slow" if found.inconclusive else "pass"
-    ambiguous = sum(a.state is AttemptState.AMBIGUOUS for a in ev.attempts)
-    return _Judgement(outcome, found.failures, found.inconclusive, found.slowness, ambiguous)
-
-
-def _check_accounting(ev: _Evidence, found: _Findings) -> None:
-    """Provider refresh calls against committed generations and the history's attempts (I1, I3)."""
-    attempts = ev.attempts
+    failures: list[str] = []
+    inconclusive: list[str] = []
+    slowness: list[str] = []
+    counts, attempts = ev.counts, ev.attempts
     advanced = ev.final - ev.initial
-    ambiguous = [a for a in attempts if a.state is AttemptState.AMBIGUOUS]
-    stale = [a for a in attempts if a.outcome == "stale_local_token"]
-    committed = [a for a in attempts if a.state in (AttemptState.COMMITTED, AttemptState.RECOVERED)]
-    sent_uncommitted = [a for a in attempts if a.state in SENT_UNCOMMITTED]
-    extra = ev.refresh_calls - advanced
-    if not ambiguous and extra != 0:
-        found.failures.append(
-            f"{ev.refresh_calls} provider refresh calls for {advanced} committed generations: a refresh token was "
-            "sent more than once, or a refresh the provider performed was not committed"
-        )
-    elif ambiguous and not 0 <= extra <= len(sent_uncommitted):
-        found.failures.append(
-            f"{ev.refresh_calls} provider refresh calls for {advanced} committed generations and "
-            f"{len(sent_uncommitted)} recorded sends that committed nothing: a refresh token was sent without a record"
-        )
-    if len(committed) != advanced:
-        found.failures.append(f"{len(committed)} committed attempts for {advanced} generations advanced (I3)")
-    if stale:
-        found.failures.append(f"a stale refresh token was sent (attempts {_ids(stale)}: stale_local_token)")
-
-
-def _check_losses(ev: _Evidence, found: _Findings) -> bool:
-    """A lost grant is a failure unless ambiguous sends explain it (the provider was too slow to answer and allows
-    no reuse grace); returns whether slowness lost it."""
-    attempts = ev.attempts
     invalid_grant = ev.provider_errors.get("invalid_grant", 0)
     ambiguous = [a for a in attempts if a.state is AttemptState.AMBIGUOUS]
     dead = [a for a in attempts if a.state is AttemptState.DEAD]
     stale = [a for a in attempts if a.outcome == "stale_local_token"]
-    if not (invalid_grant or dead):
-        if ambiguous:
-            found.slowness.append(
-                f"{len(ambiguous)} refreshes got no answer within the {ev.options.request_timeout:g} s request "
-                "timeout and were re-sent as recorded"
-            )
-        return False
-    unexplained = [a for a in dead if a.outcome not in LOST_TO_AMBIGUITY]
-    if ambiguous and not unexplained and not stale:
-        found.inconclusive.append(
-            f"the provider did not answer {len(ambiguous)} refresh(es) within the keeper's "
-            f"{ev.options.request_timeout:g} s request timeout (attempts {_ids(ambiguous)}, ambiguous); the "
-            "keeper re-sent as recorded and, the provider allowing no reuse grace, the grant was lost"
-            + (f" (attempts {_ids(dead)}: " + ", ".join(sorted({str(a.outcome) for a in dead})) + ")" if dead
-               else "")
-        )  # fmt: skip
-        return True
-    found.failures.append(
-        f"the provider answered invalid_grant {invalid_grant} times (a stale or reused refresh token)"
-        + (f"; dead attempts {_ids(unexplained)}: " + ", ".join(sorted({str(a.outcome) for a in unexplained}))
-           if unexplained else "")
-        + (f", although ambiguous attempts {_ids(ambiguous)} may have reached the provider late: the loss "
-           "is misclassified (I5)" if unexplained and ambiguous else "")
-    )  # fmt: skip
-    return False
+    committed = [a for a in attempts if a.state in (AttemptState.COMMITTED, AttemptState.RECOVERED)]
+    sent_uncommitted = [a for a in attempts if a.state in SENT_UNCOMMITTED]
 
+    extra = ev.refresh_calls - advanced
+    if not ambiguous and extra != 0:
+        failures.append(
+            f"{ev.refresh_calls} provider refresh calls for {advanced} committed generations: a refresh token was "
+            "sent more than once, or a refresh the provider performed was not committed"
+        )
+    elif ambiguous and not 0 <= extra <= len(sent_uncommitted):
+        failures.append(
+            f"{ev.refresh_calls} provider refresh calls for {advanced} committed generations and "
+            f"{len(sent_uncommitted)} recorded sends that committed nothing: a refresh token was sent without a record"
+        )
+    if len(committed) != advanced:
+        failures.append(f"{len(committed)} committed attempts for {advanced} generations advanced (I3)")
+    if stale:
+        failures.append(f"a stale refresh token was sent (attempts {_ids(stale)}: stale_local_token)")
 
-def _check_workers(ev: _Evidence, found: _Findings, *, lost_to_slowness: bool) -> None:
-    """What the workers saw (errors, resource answers) and what the folder holds in plaintext (I6)."""
-    counts = ev.counts
+    lost_to_slowness = False
+    if invalid_grant or dead:
+        unexplained = [a for a in dead if a.outcome not in LOST_TO_AMBIGUITY]
+        if ambiguous and not unexplained and not stale:
+            lost_to_slowness = True
+            inconclusive.append(
+                f"the provider did not answer {len(ambiguous)} refresh(es) within the keeper's "
+                f"{ev.options.request_timeout:g} s request timeout (attempts {_ids(ambiguous)}, ambiguous); the "
+                "keeper re-sent as recorded and, the provider allowing no reuse grace, the grant was lost"
+                + (f" (attempts {_ids(dead)}: " + ", ".join(sorted({str(a.outcome) for a in dead})) + ")" if dead
+                   else "")
+            )  # fmt: skip
+        else:
+            failures.append(
+                f"the provider answered invalid_grant {invalid_grant} times (a stale or reused refresh token)"
+                + (f"; dead attempts {_ids(unexplained)}: " + ", ".join(sorted({str(a.outcome) for a in unexplained}))
+                   if unexplained else "")
+                + (f", although ambiguous attempts {_ids(ambiguous)} may have reached the provider late: the loss "
+                   "is misclassified (I5)" if unexplained and ambiguous else "")
+            )  # fmt: skip
+    elif ambiguous:
+        slowness.append(
+            f"{len(ambiguous)} refreshes got no answer within the {ev.options.request_timeout:g} s request timeout "
+            "and were re-sent as recorded"
+        )
+
     errors = dict(counts.errors)
     if lost_to_slowness:
         followed = {code: errors.pop(code) for code in GRANT_LOST_CODES & errors.keys()}
         if followed:
-            found.slowness.append("after the loss, workers were told the grant needs re-consent: " + _listing(followed))
+            slowness.append("after the loss, workers were told the grant needs re-consent: " + _listing(followed))
     if errors:
-        found.failures.append("workers saw errors that are not slowness: " + _listing(errors))
+        failures.append("workers saw errors that are not slowness: " + _listing(errors))
     if counts.resource_rejected and lost_to_slowness:
-        found.slowness.append(
-            f"{counts.resource_rejected} resource checks rejected once the provider revoked the grant"
-        )
+        slowness.append(f"{counts.resource_rejected} resource checks rejected once the provider revoked the grant")
     elif counts.resource_rejected:
-        found.failures.append(
+        failures.append(
             f"{counts.resource_rejected} access tokens the keeper served were rejected by the resource within the "
             "validity it guarantees"
         )
     if ev.leaks:
-        found.failures.append("a token or the client secret is in plaintext in " + ", ".join(ev.leaks))
+        failures.append("a token or the client secret is in plaintext in " + ", ".join(ev.leaks))
+
     if counts.slow:
-        found.slowness.append("slow or dropped calls (not failures): " + _listing(counts.slow))
+        slowness.append("slow or dropped calls (not failures): " + _listing(counts.slow))
     if counts.resource_late:
-        found.slowness.append(
-            f"{counts.resource_late} rejected checks came too late to count: the machine was overloaded"
-        )
+        slowness.append(f"{counts.resource_late} rejected checks came too late to count: the machine was overloaded")
     if counts.resource_ok == 0 and not lost_to_slowness:
-        found.inconclusive.append("no access token was ever accepted by the resource (every check was too slow)")
-    if ev.final == ev.initial and not lost_to_slowness:
-        found.inconclusive.append("the grant was never refreshed")
+        inconclusive.append("no access token was ever accepted by the resource (every check was too slow)")
+    if advanced == 0 and not lost_to_slowness:
+        inconclusive.append("the grant was never refreshed")
+    outcome = "fail" if failures else "slow" if inconclusive else "pass"
+    return _Judgement(outcome, failures, inconclusive, slowness, len(ambiguous))
 
 
 def _summary(ev: _Evidence, elapsed: float) -> dict[str, Any]:
