@@ -33,7 +33,7 @@ from pathlib import Path
 from benchmarks._common import Report, Row, format_value, sim_provider, standalone
 from benchmarks.bench_scale import KEY, RECOVERY_ENV, _environ, _postgres_unavailable
 from grantkeeper import Keeper, RefreshPolicy, RotationMode
-from grantkeeper.crypto import KEY_ENV
+from grantkeeper.keys import KEY_ENV
 from grantkeeper.stores import open_store
 from grantkeeper.testing.simulator import ProviderSimulator
 

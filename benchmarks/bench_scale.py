@@ -58,7 +58,7 @@ from benchmarks._common import (
     sim_provider,
 )
 from grantkeeper import Keeper
-from grantkeeper.crypto import KEY_ENV, Crypto, parse_key
+from grantkeeper.keys import KEY_ENV, Crypto, parse_key
 from grantkeeper.stores import SQLStore, open_store
 from grantkeeper.stores.sql import _aad
 from grantkeeper.testing.simulator import ProviderSimulator

@@ -239,7 +239,7 @@ def serve_memory(count: int) -> tuple[int, int, int]:
 
     from benchmarks.bench_scale import KEY, RECOVERY_ENV, _environ
     from benchmarks.peers.memory import _load_grantkeeper_store
-    from grantkeeper.crypto import KEY_ENV
+    from grantkeeper.keys import KEY_ENV
 
     with (
         tempfile.TemporaryDirectory(prefix="grantkeeper-serve-mem-") as tmp,

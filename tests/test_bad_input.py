@@ -76,7 +76,7 @@ def test_connect_refuses_a_bad_grant_name_before_any_consent(url: str) -> None:
 
 def test_key_material_in_traceback_locals_is_hidden(monkeypatch: pytest.MonkeyPatch) -> None:
     """The key ring is parsed as plain text before it is a Secret: a traceback with locals must not show it."""
-    from grantkeeper.keyring import parse_ring
+    from grantkeeper.keys.sources import parse_ring
 
     with pytest.raises(ConfigurationError) as info:
         parse_ring(f"{KEY},not-a-key", origin="$GRANTKEEPER_KEY")

@@ -27,7 +27,7 @@ from grantkeeper.bundle import (
     read_header,
 )
 from grantkeeper.cli.main import cli
-from grantkeeper.keyring import encode_key, generate_key
+from grantkeeper.keys.sources import encode_key, generate_key
 from grantkeeper.stores import open_store
 from grantkeeper.testing.simulator import ProviderSimulator
 from tests.helpers import FAST_POLICY, add_grant, provider_for, resource_ok

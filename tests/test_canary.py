@@ -153,7 +153,7 @@ def wrong_client_secret(world: World) -> None:
 
 def bad_store_and_key(world: World) -> None:
     """Opening with the wrong key, then a damaged store file: configuration errors, rendered everywhere."""
-    from grantkeeper.keyring import encode_key
+    from grantkeeper.keys.sources import encode_key
 
     with world.keeper() as keeper:
         _grant(world, keeper)

@@ -18,7 +18,7 @@ import pytest
 
 from grantkeeper import AsyncKeeper, Keeper
 from grantkeeper.bundle import BundleKey, export_bundle, import_bundle
-from grantkeeper.keyring import generate_key, write_key_file
+from grantkeeper.keys.sources import generate_key, write_key_file
 from tests.terminal import Screen, on_terminal, terminal_env
 from tests.test_cli import CliWorld, world
 

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from grantkeeper._exceptions import EncryptionKeyError, StoreFormatError
 from grantkeeper._secrets import Secret
-from grantkeeper.crypto import KEY_ENV, Crypto, load_or_create_key, parse_key
+from grantkeeper.keys.crypto import Crypto
+from grantkeeper.keys.sources import KEY_ENV, load_or_create_key, parse_key
 
 KEY_A = bytes(range(32))
 KEY_B = bytes(range(1, 33))

@@ -19,10 +19,10 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from grantkeeper import Keeper, Secret
 from grantkeeper._exceptions import EncryptionKeyError, StoreFormatError
 from grantkeeper.cli.main import cli
-from grantkeeper.crypto import Crypto, _derive
-from grantkeeper.keyring import KEY_COMMAND_ENV, KEY_ENV, KeySource, encode_key, load_ring, parse_ring
+from grantkeeper.keys.crypto import Crypto, _derive
+from grantkeeper.keys.rekey import FORMAT_1, KEY_CHECK_AAD, census, rotate
+from grantkeeper.keys.sources import KEY_COMMAND_ENV, KEY_ENV, KeySource, encode_key, load_ring, parse_ring
 from grantkeeper.stores import GrantUpdate, SQLStore, open_store
-from grantkeeper.stores.rekey import FORMAT_1, KEY_CHECK_AAD, census, rotate
 from tests.conftest import TEST_KEY
 from tests.helpers import FAST_POLICY, add_grant
 
@@ -383,7 +383,7 @@ def test_store_keyed_by_a_command(tmp_path: Path, make_sim: Sim, monkeypatch: py
 ROTATE_CHILD = """
 import os, signal, sys
 from grantkeeper.stores import open_store
-from grantkeeper.stores.rekey import rotate
+from grantkeeper.keys.rekey import rotate
 store = open_store(sys.argv[1], create=False)
 def progress(done, total):
     if done == int(sys.argv[2]):
@@ -508,8 +508,8 @@ def test_refreshes_during_rotation_lose_nothing(
 def test_rotation_pages_through_every_row(durable_url: str, monkeypatch: pytest.MonkeyPatch, make_sim: Sim) -> None:
     """Values are read a page at a time: with pages of 2 rows, every provider secret and grant token of a
     larger store is still rewritten, counted and readable."""
+    from grantkeeper.keys import rekey
     from grantkeeper.model import Provider
-    from grantkeeper.stores import rekey
 
     monkeypatch.setattr(rekey, "_PAGE", 2)
     store = open_store(durable_url)

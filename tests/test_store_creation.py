@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from grantkeeper import EncryptionKeyError, Keeper, Provider
-from grantkeeper.keyring import write_private_file
+from grantkeeper.keys.sources import write_private_file
 from grantkeeper.stores import open_store
 from grantkeeper.stores.migrations import latest_version
 from tests.helpers import MIGRATION_6_COLUMNS
@@ -121,7 +121,7 @@ _WRITER = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    from grantkeeper.keyring import write_private_file
+    from grantkeeper.keys.sources import write_private_file
     write_private_file(Path(sys.argv[1]), sys.argv[2].encode() * 100_000, exclusive=sys.argv[3] == "exclusive")
     """
 )

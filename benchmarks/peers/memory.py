@@ -29,7 +29,7 @@ from benchmarks.bench_scale import CHUNK, KEY, PROVIDER, RECOVERY_ENV, _environ,
 from benchmarks.peers import LIBRARIES
 from benchmarks.peers._workers import DICT, hold_grants
 from grantkeeper import Keeper
-from grantkeeper.crypto import KEY_ENV
+from grantkeeper.keys import KEY_ENV
 from grantkeeper.testing.simulator import ProviderSimulator
 
 __all__ = ["FULL", "QUICK", "Memory", "measure"]

@@ -31,7 +31,7 @@ from benchmarks.bench_scale import KEY, RECOVERY_ENV, _environ, _per_op, _Postgr
 from benchmarks.peers import LIBRARIES, library
 from benchmarks.peers.base import Client, SimInfo
 from grantkeeper import Keeper
-from grantkeeper.crypto import KEY_ENV
+from grantkeeper.keys import KEY_ENV
 from grantkeeper.stores import open_store
 from grantkeeper.testing.simulator import ProviderSimulator
 

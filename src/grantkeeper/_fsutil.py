@@ -6,13 +6,29 @@ import errno
 import os
 from pathlib import Path
 
-__all__ = ["fsync_dir", "make_private_dirs"]
+__all__ = ["fsync_dir", "make_private_dirs", "write_new_private_file"]
 
 
 def fsync_dir(path: Path) -> None:
     """Make a directory entry (a created, renamed or removed file) durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_new_private_file(path: Path, data: bytes) -> None:
+    """Create `path` (which must not exist) owner-only (0600) and write all of `data` to it, durably (fsync).
+
+    The first half of an atomic replace: callers write a temporary name this way, then rename it into place.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # the umask cannot widen it, but a filesystem may have defaults of its own
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
         os.fsync(fd)
     finally:
         os.close(fd)

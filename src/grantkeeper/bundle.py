@@ -13,10 +13,8 @@ passphrase. The magic line and the header are the associated data of the encrypt
 fails authentication. The payload (JSON) holds the providers (client secret included) and, per grant, the
 refresh token, scopes, generation and lifetimes; never an access token (the importing store refreshes).
 
-Keys: a passphrase goes through scrypt (``n = 2**17``, ``r = 8``, ``p = 1``, 16-byte random salt, 32-byte
-output: about 128 MiB of memory per attempt); a key file holds 32 random bytes (raw, or base64url as
-``grantkeeper keys generate --output FILE`` writes them), must be mode 0600, and goes through HKDF-SHA256
-with a random salt. Every error is typed (`BundleError` and subclasses) and no message holds a secret.
+Keys: a passphrase (scrypt) or a key file (HKDF), derived and sealed by `grantkeeper.keys.wrapping`. Every error
+is typed (`BundleError` and subclasses) and no message holds a secret.
 """
 
 from __future__ import annotations
@@ -24,36 +22,20 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from enum import Enum
-from pathlib import Path
 from typing import Any
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
-
-from grantkeeper._exceptions import (
-    BundleAuthError,
-    BundleConflict,
-    BundleError,
-    ConfigurationError,
-    EncryptionKeyError,
-)
+from grantkeeper._exceptions import BundleAuthError, BundleConflict, BundleError, ConfigurationError
 from grantkeeper._secrets import Secret
-from grantkeeper.keyring import parse_key, read_private_file
+from grantkeeper.engine.ports import Store
+from grantkeeper.keys.wrapping import NONCE_BYTES, SALT_BYTES, SCRYPT_N, TAG_BYTES, BundleKey
 from grantkeeper.model import AuthMethod, Provider, RotationMode, check_name
-from grantkeeper.stores.base import Store
 
 __all__ = [
     "FORMAT_VERSION",
     "SCRYPT_N",
-    "SCRYPT_P",
-    "SCRYPT_R",
     "BundleAuthError",
     "BundleConflict",
     "BundleContents",
@@ -69,55 +51,7 @@ __all__ = [
 
 FORMAT_VERSION = 1
 MAGIC = b"GRANTKEEPER-BUNDLE\n"
-SCRYPT_N = 2**17
-SCRYPT_R = 8
-SCRYPT_P = 1
-_MIN_SCRYPT_N = 2**14  # below this a passphrase is too cheap to guess; above _MAX a bundle could exhaust memory
-_MAX_SCRYPT_N = 2**18  # the header is read before anything is authenticated: cap the memory it can demand
-_SALT_BYTES = 16
-_NONCE_BYTES = 12
-_TAG_BYTES = 16
 _MAX_HEADER = 1 << 20
-_HKDF_INFO = b"grantkeeper/bundle/v1"
-MIN_PASSPHRASE = 8
-
-
-@dataclass(frozen=True, slots=True)
-class BundleKey:
-    """What opens a bundle: a passphrase (scrypt) or 32 key bytes from a file (HKDF)."""
-
-    kind: str  # "passphrase" or "key"
-    _material: Secret | bytes
-
-    @classmethod
-    def passphrase(cls, value: Secret) -> BundleKey:
-        if len(value) < MIN_PASSPHRASE:
-            raise ConfigurationError(f"the bundle passphrase must be at least {MIN_PASSPHRASE} characters")
-        return cls("passphrase", value)
-
-    @classmethod
-    def key_file(cls, path: Path) -> BundleKey:
-        try:
-            raw = read_private_file(path)
-        except FileNotFoundError:
-            raise EncryptionKeyError(f"cannot read key file {path}: it does not exist; check its path") from None
-        key = raw if len(raw) == 32 else parse_key(raw.decode("ascii", errors="replace"), origin=str(path))
-        return cls("key", key)
-
-    def derive(self, params: dict[str, Any], salt: bytes) -> bytes:
-        if isinstance(self._material, Secret):
-            kdf = Scrypt(salt=salt, length=32, n=params["n"], r=params["r"], p=params["p"])
-            try:
-                return kdf.derive(self._material.reveal().encode())
-            except MemoryError:
-                raise BundleError(
-                    f"not enough memory for the bundle's key derivation (scrypt n={params['n']}); import it on a "
-                    "host with more memory"
-                ) from None
-        return HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=_HKDF_INFO).derive(self._material)
-
-    def __repr__(self) -> str:
-        return f"BundleKey({self.kind!r}, '**********')"
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,20 +128,14 @@ def export_bundle(
             progress(len(records), len(chosen))
     providers = [_provider_data(store.get_provider(p)) for p in dict.fromkeys(g.provider for g in chosen)]
     payload = json.dumps({"exported_at": now, "providers": providers, "grants": records}).encode()
-    salt, nonce = os.urandom(_SALT_BYTES), os.urandom(_NONCE_BYTES)
-    kdf: dict[str, Any] = (
-        {"name": "scrypt", "n": scrypt_n, "r": SCRYPT_R, "p": SCRYPT_P}
-        if key.kind == "passphrase"
-        else {"name": "hkdf-sha256"}
-    )
+    kdf, salt, nonce = key.new_parameters(scrypt_n=scrypt_n)
     header = {
         "format": FORMAT_VERSION, "protection": key.kind, "kdf": kdf, "salt": _b64(salt), "nonce": _b64(nonce),
-        "length": len(payload) + _TAG_BYTES,
+        "length": len(payload) + TAG_BYTES,
         "grants": [{"name": g.name, "refresh_fp": g.refresh_fp} for g in chosen],
     }  # fmt: skip
     raw = MAGIC + json.dumps(header, sort_keys=True).encode() + b"\n"
-    body = AESGCM(key.derive(kdf, salt)).encrypt(nonce, payload, raw)
-    return raw + body
+    return raw + key.seal(payload, kdf=kdf, salt=salt, nonce=nonce, associated=raw)
 
 
 # ------------------------------------------------------------------------------------------------ import
@@ -244,14 +172,7 @@ def _check_kdf(header: BundleHeader, key: BundleKey) -> None:
     if header.protection != key.kind:
         wanted = "--passphrase-stdin" if header.protection == "passphrase" else "--key-file"
         raise BundleAuthError(f"this bundle is protected by a {header.protection}, not a {key.kind}; use {wanted}")
-    kdf = header.kdf
-    if key.kind == "passphrase":
-        ok = (kdf.get("name") == "scrypt" and isinstance(kdf.get("n"), int)
-              and _MIN_SCRYPT_N <= kdf["n"] <= _MAX_SCRYPT_N and kdf["n"] & (kdf["n"] - 1) == 0
-              and kdf.get("r") == SCRYPT_R and kdf.get("p") == SCRYPT_P)  # fmt: skip
-    else:
-        ok = kdf.get("name") == "hkdf-sha256"
-    if not ok or len(header.salt) != _SALT_BYTES or len(header.nonce) != _NONCE_BYTES:
+    if not key.accepts(header.kdf) or len(header.salt) != SALT_BYTES or len(header.nonce) != NONCE_BYTES:
         raise BundleError("the bundle header names key-derivation parameters this grantkeeper does not accept")
 
 
@@ -264,12 +185,7 @@ def _open(data: bytes, key: BundleKey) -> tuple[BundleHeader, dict[str, Any]]:
             f"the bundle is truncated or has extra bytes: {len(body)} encrypted bytes where the header says "
             f"{header.length}"
         )
-    try:
-        plain = AESGCM(key.derive(header.kdf, header.salt)).decrypt(header.nonce, body, header.raw)
-    except InvalidTag:
-        raise BundleAuthError(
-            "the bundle does not open: wrong passphrase or key, or the file was changed since it was written"
-        ) from None
+    plain = key.open(body, kdf=header.kdf, salt=header.salt, nonce=header.nonce, associated=header.raw)
     try:
         payload = json.loads(plain)
         names = [g["name"] for g in payload["grants"]]

@@ -27,7 +27,7 @@ class Session:
     _saved_level: int = logging.NOTSET
 
     def url(self) -> str:
-        from grantkeeper.stores import default_store_url
+        from grantkeeper.admin import default_store_url
 
         return self.store_url if self.store_url is not None else default_store_url()
 

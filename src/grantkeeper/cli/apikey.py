@@ -10,12 +10,11 @@ import time
 
 import click
 
+from grantkeeper.admin import DEFAULT_SCOPES, SCOPES, Admin, ApiKeyRecord
 from grantkeeper.cli import _render
 from grantkeeper.cli._help import HelpGroup
 from grantkeeper.cli._io import DURATION, echo_json, open_keeper
 from grantkeeper.cli._session import Session
-from grantkeeper.serve.apikeys import DEFAULT_SCOPES, new_key
-from grantkeeper.stores.access import SCOPES, ApiKeyRecord
 
 __all__ = ["apikey"]
 
@@ -36,9 +35,8 @@ def apikey() -> None:
 @click.pass_obj
 def create(session: Session, name: str, grants: str, scopes: str, expires: float | None) -> None:
     """Create API key NAME and print the key, once, alone on standard output (it cannot be shown again)."""
-    made = new_key(name, grants=grants, scopes=scopes, now=time.time(), lifetime=expires)
     with open_keeper(session) as keeper:
-        keeper.store.create_api_key(made.record, key=made.key)
+        made = Admin.of(keeper).create_api_key(name, grants=grants, scopes=scopes, lifetime=expires)
     click.echo(made.key)
     click.echo(f"API key {name} created: grants {','.join(made.record.grants)}, scopes "
                f"{','.join(made.record.scopes)}, expires {_when(made.record.expires_at)}", err=True)  # fmt: skip
@@ -60,7 +58,7 @@ def _state(record: ApiKeyRecord, now: float) -> str:
 def list_(session: Session, as_json: bool) -> None:
     """List API keys: name, id, grants, scopes, state and expiry (the keys themselves are not stored)."""
     with open_keeper(session) as keeper:
-        records = keeper.store.list_api_keys()
+        records = Admin.of(keeper).api_keys()
     now = time.time()
     if as_json:
         echo_json([{**r.as_dict(), "state": _state(r, now)} for r in records])
@@ -78,5 +76,5 @@ def list_(session: Session, as_json: bool) -> None:
 def revoke(session: Session, name: str) -> None:
     """Revoke API key NAME: every 'serve' instance on this store refuses it from its next request."""
     with open_keeper(session) as keeper:
-        record = keeper.store.revoke_api_key(name, now=time.time())
+        record = Admin.of(keeper).revoke_api_key(name)
     click.echo(f"API key {record.name} revoked at {_when(record.revoked_at)}")

@@ -49,12 +49,13 @@ from rich.table import Table
 
 from grantkeeper._exceptions import GrantkeeperError
 from grantkeeper._secrets import Secret
+from grantkeeper.admin import Admin
 from grantkeeper.cli import demo_worker
 from grantkeeper.cli._session import Session
 from grantkeeper.cli.demo_worker import Counts, WorkerPlan
 from grantkeeper.engine import Keeper
+from grantkeeper.engine.ports import Store
 from grantkeeper.model import Attempt, AttemptState, AuthMethod, Provider, RotationMode
-from grantkeeper.stores import SQLStore, open_store
 
 if TYPE_CHECKING:
     from grantkeeper.testing.simulator import ProviderSimulator
@@ -122,7 +123,7 @@ class _Tally:
         return total
 
 
-def _generation(store: SQLStore, fallback: int) -> int:
+def _generation(store: Store, fallback: int) -> int:
     try:
         return store.get_grant(GRANT).generation
     except GrantkeeperError:
@@ -166,7 +167,7 @@ def _setup(url: str, sim: ProviderSimulator) -> int:
 
 
 def _run_workers(
-    options: DemoOptions, plan: WorkerPlan, store: SQLStore, sim: ProviderSimulator, console: Console | None,
+    options: DemoOptions, plan: WorkerPlan, store: Store, sim: ProviderSimulator, console: Console | None,
     initial: int,
 ) -> tuple[_Tally, float]:  # fmt: skip
     """Start the worker processes, wait until they are ready, let them run, collect their counts."""
@@ -257,13 +258,10 @@ def run_demo(
         )  # fmt: skip
         if prepare is not None:
             prepare(sim, url)
-        store = open_store(url, create=False)
-        try:
-            tally, elapsed = _run_workers(options, plan, store, sim, console, initial)
-            final = store.get_grant(GRANT).generation
-            attempts = store.list_attempts(GRANT, limit=2**62)
-        finally:
-            store.close()
+        with Admin.open(url) as admin:  # read only: the workers refresh, this process watches
+            tally, elapsed = _run_workers(options, plan, admin.store, sim, console, initial)
+            final = admin.store.get_grant(GRANT).generation
+            attempts = admin.store.list_attempts(GRANT, limit=2**62)
         stats = sim.stats
         leaks = _find_leaks(folder, {*sim.issued_tokens(), sim.client_secret})
     evidence = _Evidence(

@@ -33,8 +33,8 @@ import httpx
 
 from grantkeeper._exceptions import GrantkeeperError, TransientError
 from grantkeeper.engine import Keeper
+from grantkeeper.model.retention import HistoryRetention
 from grantkeeper.protocol.policy import RefreshPolicy
-from grantkeeper.stores.sql import HistoryRetention
 
 __all__ = ["Counts", "WorkerPlan", "run"]
 

@@ -26,6 +26,7 @@ from grantkeeper._exceptions import (
     UnknownGrant,
     sanitize_provider_text,
 )
+from grantkeeper.admin import migrate as migrate_store
 from grantkeeper.cli import _render
 from grantkeeper.cli._help import HelpGroup
 from grantkeeper.cli._io import DURATION
@@ -52,8 +53,6 @@ from grantkeeper.engine.keeper import KeepaliveResult
 from grantkeeper.integrations._flow import checked_token
 from grantkeeper.model import Grant, check_name
 from grantkeeper.redact.tracebacks import format_exception
-from grantkeeper.stores import backend, open_store
-from grantkeeper.stores.migrations import latest_version
 from grantkeeper.tokens.token_input import read_token_input
 
 __all__ = ["GrantkeeperGroup", "cli", "main"]
@@ -105,36 +104,47 @@ class GrantkeeperGroup(HelpGroup):
                 args, prog_name, complete_var, standalone_mode=False, windows_expand_args=windows_expand_args, **extra
             )
         except GrantkeeperError as exc:
-            click.echo(f"grantkeeper: error[{exc.code}]: {exc.message}", err=True)
-            if session.verbose:
-                click.echo(f"grantkeeper: evidence: {json.dumps(exc.evidence(), default=str)}", err=True)
-            return exc.exit_code
+            return _report_error(exc, verbose=session.verbose)
         except click.ClickException as exc:
             exc.show()
             return exc.exit_code
-        except click.Abort as exc:
-            # Click's prompts turn Ctrl-C and Ctrl-D into ``Abort() from None``: the key is the context.
-            reason = exc.__cause__ or exc.__context__
-            if isinstance(reason, KeyboardInterrupt):
-                click.echo("grantkeeper: interrupted", err=True)
-                return EXIT_INTERRUPTED
-            if isinstance(reason, EOFError):
-                click.echo("\ngrantkeeper: cancelled: the prompt got end of input (Ctrl-D); nothing changed", err=True)
-                return EXIT_INTERRUPTED
-            click.echo("Aborted!", err=True)
-            return EXIT_UNEXPECTED
-        except KeyboardInterrupt:
-            click.echo("grantkeeper: interrupted", err=True)
-            return EXIT_INTERRUPTED
+        except (click.Abort, KeyboardInterrupt) as exc:
+            return _report_interruption(exc)
         except Exception as exc:
-            if session.verbose:
-                click.echo(format_exception(exc), err=True, nl=False)  # scrubbed: a library's text may hold a token
-            # Not our error type, so its text was never vetted for secrets: cut anything token-like out.
-            detail = sanitize_provider_text(exc, limit=200)
-            hint = "" if session.verbose else " (run with -v for the traceback)"
-            click.echo(f"grantkeeper: unexpected error: {type(exc).__name__}: {detail}{hint}", err=True)
-            return EXIT_UNEXPECTED
+            return _report_bug(exc, verbose=session.verbose)
         return rv if isinstance(rv, int) and not isinstance(rv, bool) else 0
+
+
+def _report_error(exc: GrantkeeperError, *, verbose: bool) -> int:
+    """Ours: its message was written to be shown (no secret in it), and its code says what to do."""
+    click.echo(f"grantkeeper: error[{exc.code}]: {exc.message}", err=True)
+    if verbose:
+        click.echo(f"grantkeeper: evidence: {json.dumps(exc.evidence(), default=str)}", err=True)
+    return exc.exit_code
+
+
+def _report_interruption(exc: click.Abort | KeyboardInterrupt) -> int:
+    """Ctrl-C anywhere, or Ctrl-C / Ctrl-D at a prompt: Click turns those into ``Abort() from None``, so the
+    reason is the Abort's context."""
+    reason = exc if isinstance(exc, KeyboardInterrupt) else exc.__cause__ or exc.__context__
+    if isinstance(reason, KeyboardInterrupt):
+        click.echo("grantkeeper: interrupted", err=True)
+        return EXIT_INTERRUPTED
+    if isinstance(reason, EOFError):
+        click.echo("\ngrantkeeper: cancelled: the prompt got end of input (Ctrl-D); nothing changed", err=True)
+        return EXIT_INTERRUPTED
+    click.echo("Aborted!", err=True)
+    return EXIT_UNEXPECTED
+
+
+def _report_bug(exc: Exception, *, verbose: bool) -> int:
+    """Not our error type, so its text was never vetted for secrets: anything token-like is cut out of it."""
+    if verbose:
+        click.echo(format_exception(exc), err=True, nl=False)  # scrubbed: a library's text may hold a token
+    detail = sanitize_provider_text(exc, limit=200)
+    hint = "" if verbose else " (run with -v for the traceback)"
+    click.echo(f"grantkeeper: unexpected error: {type(exc).__name__}: {detail}{hint}", err=True)
+    return EXIT_UNEXPECTED
 
 
 _TYPICAL_USE = """\b
@@ -481,13 +491,8 @@ def _report_expiring(session: Session, name: str | None, window: float, *, as_js
 @click.pass_obj
 def migrate(session: Session) -> None:
     """Upgrade the store's schema to this grantkeeper's version (back the store up first)."""
-    store = open_store(_url(session), migrate=True)
-    try:
-        version = store.schema_version()
-    finally:
-        store.close()
-    latest = latest_version(backend(_url(session)))
-    click.echo(f"store schema version {version}" + (" (up to date)" if version == latest else ""))
+    schema = migrate_store(_url(session))
+    click.echo(f"store schema version {schema.version}" + (" (up to date)" if schema.up_to_date else ""))
 
 
 cli.add_command(provider)

@@ -36,9 +36,9 @@ def serve(session: Session, host: str | None, port: int | None, unix: str | None
     from grantkeeper.serve import require_extra
 
     require_extra()
+    from grantkeeper.admin import STORE_ENV, default_store_url
     from grantkeeper.serve.config import load_config
     from grantkeeper.serve.runner import run
-    from grantkeeper.stores import STORE_ENV, default_store_url
 
     config = load_config(config_file, host=host, port=port, unix=unix, tls_cert=tls_cert, tls_key=tls_key,
                          behind_proxy=behind_proxy)  # fmt: skip

@@ -1,4 +1,4 @@
-"""``grantkeeper export`` and ``grantkeeper import``: encrypted bundles of grants (logic in grantkeeper.bundle)."""
+"""``grantkeeper export`` and ``grantkeeper import``: encrypted bundles of grants (through `grantkeeper.admin`)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,12 @@ import click
 
 from grantkeeper._exceptions import ConfigurationError
 from grantkeeper._secrets import Secret
-from grantkeeper.bundle import BundleKey, export_bundle, import_bundle, open_bundle, read_header
+from grantkeeper.admin import Admin, BundleKey, open_bundle, read_bundle, read_header, write_bundle
 from grantkeeper.cli import _render
 from grantkeeper.cli._io import echo_json, interactive, open_keeper, read_secret
 from grantkeeper.cli._progress import progress_bar
 from grantkeeper.cli._session import Session
 from grantkeeper.cli.completion import complete_grant
-from grantkeeper.keyring import write_private_file
 
 __all__ = ["export", "import_"]
 
@@ -49,13 +48,6 @@ def _passphrase_or_ask_again(value: str) -> BundleKey:
         return BundleKey.passphrase(Secret(value.strip()))
     except ConfigurationError as exc:
         raise click.UsageError(exc.message) from None
-
-
-def _read(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise ConfigurationError(f"cannot read bundle {path}: {exc.strerror}") from None
 
 
 def _protection_options(fn: click.decorators.FC) -> click.decorators.FC:
@@ -94,13 +86,8 @@ def export(session: Session, file: Path, grants: tuple[str, ...], passphrase_std
             keeper.store.get_grant(name)  # an unknown name is refused before the passphrase too
         key = _key(passphrase_stdin, key_file, example=example, confirm=True)
         with progress_bar("exporting grants") as progress:
-            data = export_bundle(keeper.store, key, grants=grants, now=keeper.clock.now(), progress=progress)
-    try:
-        write_private_file(file, data, exclusive=True)
-    except FileExistsError:
-        raise ConfigurationError(f"{file} already exists; choose a new file name") from None
-    except OSError as exc:
-        raise ConfigurationError(f"cannot write bundle {file}: {exc.strerror}") from None
+            data = Admin.of(keeper).export_bundle(key, grants=grants, progress=progress)
+    write_bundle(file, data)
     header = read_header(data)
     click.echo(f"exported {len(header.grants)} grant(s) to {_render.clean(file)} ({header.protection}-protected)")
     click.echo(f"grantkeeper: note: {_SAME_TOKEN}", err=True)
@@ -120,7 +107,7 @@ def import_(session: Session, file: Path, list_only: bool, replace: bool, as_jso
     Nothing is imported if the bundle does not open, is damaged, or holds a grant this store already has
     (unless --replace). Providers this store already has are kept as they are.
     """
-    data = _read(file)
+    data = read_bundle(file)
     if list_only:
         header = read_header(data)
         if as_json:
@@ -134,7 +121,7 @@ def import_(session: Session, file: Path, list_only: bool, replace: bool, as_jso
     contents = open_bundle(data, key)  # before the store is opened (or created): a bad bundle changes nothing
     with open_keeper(session, create=True) as keeper:
         with progress_bar("importing grants", enabled=not as_json) as progress:
-            report = import_bundle(keeper.store, contents, replace=replace, now=keeper.clock.now(), progress=progress)
+            report = Admin.of(keeper).import_bundle(contents, replace=replace, progress=progress)
         imported = [keeper.store.get_grant(name) for name in report.grants]
     if as_json:
         echo_json({"grants": [{"name": g.name, "provider": g.provider, "generation": g.generation,

@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from grantkeeper._exceptions import ConfigurationError
-from grantkeeper.keyring import KEY_COMMAND_ENV, KEY_ENV, read_private_file
+from grantkeeper.keys.sources import KEY_COMMAND_ENV, KEY_ENV, read_private_file
 from grantkeeper.stores.access import parse_patterns, parse_scopes
 
 __all__ = ["DEFAULT_PORT", "ServeConfig", "load_config"]

@@ -42,12 +42,12 @@ from grantkeeper._exceptions import (
     StoreUnavailable,
 )
 from grantkeeper._fsutil import make_private_dirs
-from grantkeeper.crypto import Crypto
-from grantkeeper.keyring import load_ring
+from grantkeeper.keys.crypto import Crypto
+from grantkeeper.keys.rekey import KEY_CHECK_AAD, unlock
+from grantkeeper.keys.sources import load_ring
 from grantkeeper.stores.liveness import AdvisoryLiveness
 from grantkeeper.stores.migrations import latest_version, migrations
 from grantkeeper.stores.recovery import RecoveryDir
-from grantkeeper.stores.rekey import KEY_CHECK_AAD, unlock
 from grantkeeper.stores.sql import KEY_CHECK, Conn, SQLStore
 
 try:

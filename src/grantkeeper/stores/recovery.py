@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from grantkeeper._exceptions import StoreFormatError, StoreUnavailable
-from grantkeeper._fsutil import fsync_dir, make_private_dirs
+from grantkeeper._fsutil import fsync_dir, make_private_dirs, write_new_private_file
 from grantkeeper._secrets import Secret
-from grantkeeper.crypto import Crypto
+from grantkeeper.keys.crypto import Crypto
 from grantkeeper.stores.base import GrantUpdate
 
 __all__ = ["RecoveryDir", "RecoveryEntry"]
@@ -73,14 +73,7 @@ class RecoveryDir:
         try:
             make_private_dirs(self._path)
             temporary = self._path / (name + ".tmp")
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                view = memoryview(blob)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            write_new_private_file(temporary, blob)
             os.replace(temporary, self._path / (name + _SUFFIX))
             fsync_dir(self._path)
         except OSError as exc:

@@ -21,7 +21,7 @@ from typing import Any, Protocol, TypeVar
 
 from grantkeeper._exceptions import ConfigurationError, UnknownGrant, UnknownProvider
 from grantkeeper._secrets import Secret
-from grantkeeper.crypto import Crypto
+from grantkeeper.keys.crypto import Crypto
 from grantkeeper.model import (
     Attempt,
     AttemptReport,

@@ -25,12 +25,12 @@ from pathlib import Path
 from grantkeeper import _failpoints
 from grantkeeper._exceptions import ConfigurationError, StoreFormatError, StoreUnavailable
 from grantkeeper._fsutil import fsync_dir, make_private_dirs
-from grantkeeper.crypto import Crypto
-from grantkeeper.keyring import load_ring
+from grantkeeper.keys.crypto import Crypto
+from grantkeeper.keys.rekey import KEY_CHECK_AAD, unlock
+from grantkeeper.keys.sources import load_ring
 from grantkeeper.stores.liveness import FileLiveness
 from grantkeeper.stores.migrations import latest_version, migrations
 from grantkeeper.stores.recovery import RecoveryDir
-from grantkeeper.stores.rekey import KEY_CHECK_AAD, unlock
 from grantkeeper.stores.sql import KEY_CHECK, SQLStore
 
 __all__ = ["SQLiteStore"]

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from grantkeeper import _failpoints
 from grantkeeper._exceptions import EncryptionKeyError
-from grantkeeper._fsutil import fsync_dir
+from grantkeeper._fsutil import fsync_dir, write_new_private_file
 
 __all__ = [
     "KEY_COMMAND_ENV",
@@ -183,16 +183,8 @@ def write_private_file(path: Path, data: bytes, *, exclusive: bool = False) -> N
     # The data goes to a private temporary name first, so `path` only ever appears complete. The name is per
     # process: two processes creating the same store must not write into each other's temporary file.
     temporary = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        try:
-            os.fchmod(fd, 0o600)  # the umask cannot widen it, but a filesystem may have defaults of its own
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        write_new_private_file(temporary, data)
         _failpoints.hit("private_file_written")
         if exclusive:
             os.link(temporary, path)  # atomic, and fails if `path` exists: never replaces another's file

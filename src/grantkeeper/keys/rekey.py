@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from grantkeeper._exceptions import EncryptionKeyError, StoreFormatError
-from grantkeeper.crypto import Crypto
-from grantkeeper.keyring import write_private_file
+from grantkeeper.keys.crypto import Crypto
+from grantkeeper.keys.sources import write_private_file
 
 if TYPE_CHECKING:
     from grantkeeper.stores.sql import Conn, SQLStore

@@ -14,7 +14,7 @@ Formats (the first byte says which):
 
 Fingerprints must stay the same across key rotation (history and diagnostics match tokens by them over
 time), so the fingerprint key is the one derived from the store's *first* key, persisted encrypted in the
-store by the first rotation (see `grantkeeper.stores.rekey`) and adopted with `Crypto.unlock` at open.
+store by the first rotation (see `grantkeeper.keys.rekey`) and adopted with `Crypto.unlock` at open.
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from grantkeeper._exceptions import EncryptionKeyError, StoreFormatError
 from grantkeeper._secrets import Secret
-from grantkeeper.keyring import KEY_ENV, KeySource, load_or_create_key, parse_key
+from grantkeeper.keys.sources import KeySource
 
-__all__ = ["KEY_ENV", "Crypto", "load_or_create_key", "parse_key"]
+__all__ = ["Crypto", "hkdf", "key_id"]
 
 _V1 = b"\x01"
 _V2 = b"\x02"
@@ -43,12 +43,22 @@ _NONCE_BYTES = 12
 _TAG_BYTES = 16
 
 
+def hkdf(material: bytes, *, info: bytes, salt: bytes | None = None) -> bytes:
+    """A 32-byte HKDF-SHA256 subkey of `material` for the purpose `info` names (every subkey here is one)."""
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=info).derive(material)
+
+
 def _derive(master: bytes, purpose: bytes) -> bytes:
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"grantkeeper/v1/" + purpose).derive(master)
+    return hkdf(master, info=b"grantkeeper/v1/" + purpose)
 
 
 def _key_id(master: bytes) -> bytes:
     return hmac.new(_derive(master, b"key-id"), b"key-id", hashlib.sha256).digest()[:_KID_BYTES]
+
+
+def key_id(master: bytes) -> str:
+    """The public name of a 32-byte key (not secret): what messages and ``keys list`` show instead of the key."""
+    return _key_id(master).hex()
 
 
 class _Key:
@@ -93,8 +103,9 @@ class Crypto:
 
     @property
     def key_ids(self) -> tuple[str, ...]:
-        """Every key id in the ring, primary first."""
-        return tuple(kid.hex() for kid in self._keys)
+        """Every key id in the ring, primary first (after a `reload`, the primary is a key added last)."""
+        primary = self._primary.kid
+        return (primary.hex(), *(kid.hex() for kid in self._keys if kid != primary))
 
     def key_id_of(self, blob: bytes) -> str | None:
         """The key id a value names; None for a format-1 value (written before key ids existed)."""
@@ -108,7 +119,7 @@ class Crypto:
         """`blob` encrypted again with the primary key (same plaintext, same associated data)."""
         return self.encrypt_bytes(self.decrypt_bytes(blob, aad=aad), aad=aad)
 
-    def _reload(self) -> None:
+    def reload(self) -> None:
         """Merge the keys the source holds now; its first key becomes primary (a finished rotation)."""
         if self.source is None:
             return
@@ -181,7 +192,7 @@ class Crypto:
         if blob[:1] == _V2 and len(blob) >= 1 + _KID_BYTES + _NONCE_BYTES + _TAG_BYTES:
             kid = blob[1 : 1 + _KID_BYTES]
             if kid not in self._keys:
-                self._reload()
+                self.reload()
             if kid not in self._keys:
                 raise StoreFormatError(
                     f"encrypted value for {aad} was written with key id {kid.hex()}, which is not in the key ring "
