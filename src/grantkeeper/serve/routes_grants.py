@@ -87,7 +87,7 @@ async def get_token(
 async def token_answer(request: Request, broker: Broker, name: str, min_valid: float | None) -> JSONResponse:
     """`get_token`'s answer, also given by `grantkeeper.serve.fastpath`."""
     served = await broker.token(name, min_valid=min_valid)
-    fingerprint = broker.fingerprint(served.access_token)
+    fingerprint = broker.served_fingerprint(name, served)
     request.state.fingerprint, request.state.generation = fingerprint, served.generation
     body = {"access_token": served.access_token.reveal(), "token_type": "Bearer", "expires_at": served.expires_at,
             "generation": served.generation, "fingerprint": fingerprint}  # fmt: skip

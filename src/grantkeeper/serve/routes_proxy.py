@@ -88,7 +88,7 @@ async def proxy(
 
     async def get_token() -> str:
         served = await broker.token(name)
-        request.state.fingerprint = broker.fingerprint(served.access_token)
+        request.state.fingerprint = broker.served_fingerprint(name, served)
         request.state.generation = served.generation
         return checked_token(name, served.access_token.reveal())
 
