@@ -61,8 +61,12 @@ SERVE_TOKEN_ENV = "BENCH_SERVE_TOKEN"
 SERVE_GRANT = "bench"
 MEMORY_FULL, MEMORY_QUICK = 100_000, 2_000  # grants whose tokens serve holds for the memory figure
 SERVE_RATE = 1_000_000  # per-key requests/s and burst given to serve for the run (its default would throttle it)
-UVICORN_ARGS = ["--host", "127.0.0.1", "--http", "h11", "--loop", "asyncio", "--workers", "1", "--no-access-log",
-                "--log-level", "warning", "--timeout-graceful-shutdown", "2"]  # fmt: skip
+#: What `grantkeeper.serve.runner` gives uvicorn: its choice of HTTP parser and loop (h11 and asyncio unless
+#: httptools/uvloop are installed), no proxy headers (serve's default without --behind-proxy), no Server header,
+#: no access log.
+UVICORN_ARGS = ["--host", "127.0.0.1", "--http", "auto", "--loop", "auto", "--workers", "1", "--no-access-log",
+                "--no-proxy-headers", "--no-server-header", "--log-level", "warning",
+                "--timeout-graceful-shutdown", "2"]  # fmt: skip
 
 
 # --- the apps under test (factories, imported by the uvicorn processes) --------------------------------------
@@ -161,6 +165,66 @@ def relay_app() -> Any:
 
     app.add_route("/v1/proxy/{name}/{path:path}", relay, methods=["GET"])
     return app
+
+
+def relay_httpcore_app() -> Any:
+    """`relay_app` on httpcore's ``AsyncConnectionPool`` directly (httpx's transport, without httpx's models)."""
+    import httpcore
+    from fastapi import FastAPI
+    from fastapi.responses import Response
+
+    url = os.environ["BENCH_UPSTREAM"] + "/api/things"
+    headers = [(b"Authorization", f"Bearer {TOKEN}".encode())]
+    state: dict[str, httpcore.AsyncConnectionPool] = {}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        async with httpcore.AsyncConnectionPool(max_connections=200, max_keepalive_connections=64) as pool:
+            state["pool"] = pool
+            yield
+
+    app = FastAPI(lifespan=lifespan)
+
+    async def relay(_: Any) -> Response:
+        answer = await state["pool"].request("GET", url, headers=headers)
+        return Response(answer.content, status_code=answer.status, media_type="application/json")
+
+    app.add_route("/v1/proxy/{name}/{path:path}", relay, methods=["GET"])
+    return app
+
+
+def relay_aiohttp_app() -> Any:
+    """`relay_app` on an ``aiohttp.ClientSession`` (its C HTTP parser when built with it)."""
+    import aiohttp
+    from fastapi import FastAPI
+    from fastapi.responses import Response
+
+    url = os.environ["BENCH_UPSTREAM"] + "/api/things"
+    state: dict[str, aiohttp.ClientSession] = {}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        connector = aiohttp.TCPConnector(limit=200, limit_per_host=200, keepalive_timeout=60)
+        async with aiohttp.ClientSession(connector=connector, headers={"Authorization": f"Bearer {TOKEN}"},
+                                         trust_env=False, auto_decompress=False,
+                                         cookie_jar=aiohttp.DummyCookieJar()) as session:  # fmt: skip
+            state["session"] = session
+            yield
+
+    app = FastAPI(lifespan=lifespan)
+
+    async def relay(_: Any) -> Response:
+        async with state["session"].get(url, allow_redirects=False) as answer:
+            body = await answer.read()
+            return Response(body, status_code=answer.status, media_type="application/json")
+
+    app.add_route("/v1/proxy/{name}/{path:path}", relay, methods=["GET"])
+    return app
+
+
+#: The relay's upstream clients, measured side by side: case name -> (factory, the module it needs).
+RELAYS = {"relay": ("relay_app", "httpx"), "relay_httpcore": ("relay_httpcore_app", "httpcore"),
+          "relay_aiohttp": ("relay_aiohttp_app", "aiohttp")}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -430,13 +494,15 @@ def run(quick: bool = False) -> Report:
         upstream = stack.enter_context(served("benchmarks.bench_serve:upstream_app",
                                               {SERVE_TOKEN_ENV: serve.access_token}, port=upstream_port))  # fmt: skip
         proxy = stack.enter_context(served("benchmarks.bench_serve:proxy_app", {"BENCH_UPSTREAM": upstream}))
-        relay = stack.enter_context(served("benchmarks.bench_serve:relay_app", {"BENCH_UPSTREAM": upstream}))
+        relays = {name: stack.enter_context(served(f"benchmarks.bench_serve:{factory}", {"BENCH_UPSTREAM": upstream}))
+                  for name, (factory, module) in RELAYS.items() if importlib.util.find_spec(module)}  # fmt: skip
         # 1 connection: latency without queueing (the ratio's rows); CONNECTIONS: throughput under load.
         cases: dict[str, Case] = {}
         for suffix, connections in (("@1", 1), (f"@{CONNECTIONS}", CONNECTIONS)):
             cases["direct" + suffix] = (upstream + "/api/things", auth, connections)
             cases["proxy" + suffix] = (proxy + "/v1/proxy/bench/things", (), connections)
-            cases["relay" + suffix] = (relay + "/v1/proxy/bench/things", (), connections)
+            for name, relay in relays.items():
+                cases[name + suffix] = (relay + "/v1/proxy/bench/things", (), connections)
             cases["serve_proxy" + suffix] = (f"{serve.url}/v1/proxy/{serve.grant}/things", serve.headers, connections)
         cases["bare"] = (bare + "/const", (), CONNECTIONS)
         cases["serve_token"] = (f"{serve.url}/v1/grants/{serve.grant}/token", serve.headers, CONNECTIONS)
@@ -456,6 +522,11 @@ def run(quick: bool = False) -> Report:
         report.notes.append(f"{label}: proxy_request p50 / relay p50 (the floor of an httpx hop in FastAPI) = "
                             f"{figures['proxy' + suffix]['p50'].median / relay_p50:.2f}; relay / direct = "
                             f"{relay_p50 / direct_p50:.2f}")  # fmt: skip
+        clients = ", ".join(f"{name} {figures[name + suffix]['p50'].median / direct_p50:.2f}"
+                            for name in RELAYS if name + suffix in figures)  # fmt: skip
+        missing = [module for name, (_, module) in RELAYS.items() if name + suffix not in figures]
+        report.notes.append(f"{label}: relay p50 / direct p50 by upstream client: {clients}"
+                            + (f" ({', '.join(missing)} not installed)" if missing else ""))  # fmt: skip
     token, bare_fig = figures["serve_token"], figures["bare"]
     rps_ratio = token["rps"].median / bare_fig["rps"].median
     p99_ratio = token["p99"].median / bare_fig["p99"].median
