@@ -2,29 +2,36 @@
 read against.
 
 Every app under test is a ``module:factory`` string served by its own ``uvicorn --factory`` process with the
-same settings (`UVICORN_ARGS`: h11, asyncio loop, one worker, no access log), on 127.0.0.1. One load generator
-drives them all: ``wrk`` (Debian package ``wrk``) when it is on PATH, else an ``httpx.AsyncClient`` in this
-process, with 1 connection (latency without queueing) or `CONNECTIONS` concurrent connections (throughput).
-Each case runs in rounds of a fixed duration; rounds alternate between the cases with the order flipping every
-round (`benchmarks._common.interleave`); a case's figures are the medians of its per-round GETs/s, p50 and p99.
+settings `grantkeeper.serve.runner` gives uvicorn (`UVICORN_ARGS`), on 127.0.0.1. One load generator drives them
+all: ``wrk`` (Debian package ``wrk``) when it is on PATH, else an ``httpx.AsyncClient`` in this process, with 1
+connection (latency without queueing) or `CONNECTIONS` concurrent connections (throughput). Each case runs in
+rounds of a fixed duration; rounds alternate between the cases with the order flipping every round
+(`benchmarks._common.interleave`); a case's figures are the medians of its per-round GETs/s, p50 and p99.
 
 Cases:
 
 - ``bare``: `bare_app`, a FastAPI route returning a constant string: the floor of any route served this way.
-- ``direct``: `upstream_app`'s ``GET /api/things`` called straight, with ``Authorization: Bearer <token>``.
-- ``proxy``: the same GET through `proxy_app`: ``/v1/proxy/bench/things`` mounted on
-  `grantkeeper.serve.proxy.proxy_request`, forwarding to that upstream with the token injected (a constant,
-  cached token: the keeper's fast path is measured by ``cached``).
-- ``relay``: the same GET through `relay_app`, a route that only GETs the upstream on a kept-alive
-  ``httpx.AsyncClient`` and answers its body: the floor any httpx-based proxy hop pays.
-- ``serve_proxy``: the same GET through the real ``grantkeeper serve`` (`serve_token_target`), with its API key,
-  on ``/v1/proxy/<grant>/things``: authentication, audit, metrics, the grant's cached token from its keeper.
+- ``direct``: `upstream_app`'s ``GET /api/things`` called straight, with ``Authorization: Bearer <token>``: an
+  instant resource. ``direct_slow``: its ``GET /api/slow``, the same after `SERVICE_TIME` (20 ms, about what a
+  provider's API takes).
+- ``proxy`` / ``proxy_slow``: the same GETs through `proxy_app`: ``/v1/proxy/bench/...`` mounted on
+  `grantkeeper.serve.proxy.proxy_request` with serve's upstream client (`grantkeeper.serve.upstream.api_session`,
+  aiohttp), forwarding with the token injected (a constant, cached token: the keeper's fast path is measured by
+  ``cached``).
+- ``relay``, ``relay_httpcore``, ``relay_aiohttp``: the instant GET through a route that only GETs the upstream on
+  a kept-alive client and answers its body (`RELAYS`: httpx's ``AsyncClient``, httpcore's pool, aiohttp's
+  ``ClientSession``), the candidate upstream clients side by side; a client that is not installed is skipped.
+- ``serve_proxy`` / ``serve_proxy_slow``: the same GETs through the real ``grantkeeper serve``
+  (`serve_token_target`), with its API key, on ``/v1/proxy/<grant>/...``: authentication, audit, metrics, the
+  grant's cached token from its keeper.
 - ``serve_token``: ``GET /v1/grants/<grant>/token`` on that serve (a cached token every time).
 
-Rows: proxy p50 / direct p50 for the minimal app and for serve, at 1 and at `CONNECTIONS` connections (target
-<= 1.3); serve token GETs/s over the bare route's (target >= 0.7) and its p99 over the bare p99 (target <= 1.5).
-Notes: proxy / relay and relay / direct, and serve's RSS holding `MEMORY_FULL` grants' cached tokens
-(`serve_memory`, after the timed rounds).
+Rows: proxy p50 / direct p50 for the minimal app and for serve, for the instant and the 20 ms resource, at 1 and
+at `CONNECTIONS` connections (target <= 1.3; on the instant resource this is a structural floor: the proxy is
+itself an HTTP server, so its own request handling alone costs about what the resource's does); serve token
+GETs/s over the bare route's (target >= 0.7) and its p99 over the bare p99 (target <= 1.5). Notes: proxy /
+relay_aiohttp, every relay / direct, and serve's RSS holding `MEMORY_FULL` grants' cached tokens (`serve_memory`,
+after the timed rounds).
 """
 
 from __future__ import annotations
@@ -61,6 +68,8 @@ SERVE_TOKEN_ENV = "BENCH_SERVE_TOKEN"
 SERVE_GRANT = "bench"
 MEMORY_FULL, MEMORY_QUICK = 100_000, 2_000  # grants whose tokens serve holds for the memory figure
 SERVE_RATE = 1_000_000  # per-key requests/s and burst given to serve for the run (its default would throttle it)
+#: The service time of the "realistic" resource, ``/api/slow``: about what a provider's API takes to answer.
+SERVICE_TIME = 0.020
 #: What `grantkeeper.serve.runner` gives uvicorn: its choice of HTTP parser and loop (h11 and asyncio unless
 #: httptools/uvloop are installed), no proxy headers (serve's default without --behind-proxy), no Server header,
 #: no access log.
@@ -100,27 +109,35 @@ def upstream_app() -> Any:
             return Response(status_code=401, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
         return JSONResponse({"things": [1, 2, 3]})
 
+    async def slow(request: Any) -> Response:
+        await asyncio.sleep(SERVICE_TIME)
+        return await things(request)
+
     # Starlette-style routes: the handlers take the request as is (FastAPI would introspect the annotations,
     # which name types imported in here, not at module level, to keep fastapi off `benchmarks.run`'s imports).
     app.add_route("/api/things", things, methods=["GET"])
+    app.add_route("/api/slow", slow, methods=["GET"])
     return app
 
 
 def proxy_app() -> Any:
-    """`proxy_request` mounted as serve mounts it, forwarding to ``$BENCH_UPSTREAM`` with `TOKEN`."""
-    import httpx
+    """`proxy_request` mounted as serve mounts it, with serve's upstream client (`api_session`), forwarding to
+    ``$BENCH_UPSTREAM`` with `TOKEN`."""
+    import aiohttp
     from fastapi import FastAPI
     from fastapi.responses import Response
 
     from grantkeeper.serve.proxy import ProxyLimits, proxy_request
+    from grantkeeper.serve.upstream import api_session
+    from grantkeeper.tokens.transport import Network
 
     base_url = os.environ["BENCH_UPSTREAM"] + "/api"
     limits = ProxyLimits()
-    state: dict[str, httpx.AsyncClient] = {}
+    state: dict[str, aiohttp.ClientSession] = {}
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        async with httpx.AsyncClient(trust_env=False, limits=httpx.Limits(max_keepalive_connections=64)) as client:
+        async with api_session(Network(), base_url) as client:
             state["client"] = client
             yield
 
@@ -504,24 +521,32 @@ def run(quick: bool = False) -> Report:
             for name, relay in relays.items():
                 cases[name + suffix] = (relay + "/v1/proxy/bench/things", (), connections)
             cases["serve_proxy" + suffix] = (f"{serve.url}/v1/proxy/{serve.grant}/things", serve.headers, connections)
+            cases["direct_slow" + suffix] = (upstream + "/api/slow", auth, connections)
+            cases["proxy_slow" + suffix] = (proxy + "/v1/proxy/bench/slow", (), connections)
+            cases["serve_proxy_slow" + suffix] = (f"{serve.url}/v1/proxy/{serve.grant}/slow", serve.headers,
+                                                  connections)  # fmt: skip
         cases["bare"] = (bare + "/const", (), CONNECTIONS)
         cases["serve_token"] = (f"{serve.url}/v1/grants/{serve.grant}/token", serve.headers, CONNECTIONS)
         figures, errors = _measure(cases, seconds, rounds, warmup)
     if errors:
         raise RuntimeError(f"{errors} requests failed or were not answered 200 during the serve benchmark")
 
+    resources = (("", "instant resource"), ("_slow", f"{SERVICE_TIME * 1000:.0f} ms resource"))
     for suffix, label in (("@1", "1 connection"), (f"@{CONNECTIONS}", f"{CONNECTIONS} connections")):
+        for resource, named in resources:
+            direct_p50 = figures["direct" + resource + suffix]["p50"].median
+            for case, what, a_label in (("proxy", "the proxy (minimal app)", "proxy_request"),
+                                        ("serve_proxy", "grantkeeper serve's proxy", "serve /v1/proxy")):  # fmt: skip
+                p50 = figures[case + resource + suffix]["p50"].median
+                ratio = p50 / direct_p50
+                report.rows.append(Row(NAME, f"GET p50 through {what}, {named}, {label}", a_label, p50,
+                                       "direct + token", direct_p50, "ns", ratio, f"<= {PROXY_TARGET}",
+                                       ratio <= PROXY_TARGET))  # fmt: skip
         direct_p50 = figures["direct" + suffix]["p50"].median
-        for case, what, a_label in (("proxy", "the proxy (minimal app)", "proxy_request"),
-                                    ("serve_proxy", "grantkeeper serve's proxy", "serve /v1/proxy")):  # fmt: skip
-            p50 = figures[case + suffix]["p50"].median
-            ratio = p50 / direct_p50
-            report.rows.append(Row(NAME, f"GET p50 through {what}, {label}", a_label, p50, "direct + token",
-                                   direct_p50, "ns", ratio, f"<= {PROXY_TARGET}", ratio <= PROXY_TARGET))  # fmt: skip
-        relay_p50 = figures["relay" + suffix]["p50"].median
-        report.notes.append(f"{label}: proxy_request p50 / relay p50 (the floor of an httpx hop in FastAPI) = "
-                            f"{figures['proxy' + suffix]['p50'].median / relay_p50:.2f}; relay / direct = "
-                            f"{relay_p50 / direct_p50:.2f}")  # fmt: skip
+        if "relay_aiohttp" + suffix in figures:
+            relay_p50 = figures["relay_aiohttp" + suffix]["p50"].median
+            report.notes.append(f"{label}: proxy_request p50 / relay_aiohttp p50 (the floor of an aiohttp hop in "
+                                f"FastAPI) = {figures['proxy' + suffix]['p50'].median / relay_p50:.2f}")  # fmt: skip
         clients = ", ".join(f"{name} {figures[name + suffix]['p50'].median / direct_p50:.2f}"
                             for name in RELAYS if name + suffix in figures)  # fmt: skip
         missing = [module for name, (_, module) in RELAYS.items() if name + suffix not in figures]
