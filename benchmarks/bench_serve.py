@@ -49,6 +49,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -355,6 +356,15 @@ def serve_memory(count: int) -> tuple[int, int, int]:
 
 # --- servers ----------------------------------------------------------------------------------------------
 
+#: Port -> pid of the servers running now, for the CPU each case's server spends per request.
+SERVERS: dict[int, int] = {}
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time process `pid` has used (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
 
 def _free_port() -> int:
     with socket.socket() as sock:
@@ -365,8 +375,10 @@ def _free_port() -> int:
 @contextlib.contextmanager
 def _process(command: list[str], port: int, env: dict[str, str] | None = None, *,
              stderr: IO[str] | None = None) -> Iterator[subprocess.Popen[bytes]]:  # fmt: skip
-    """Run `command` until it accepts connections on 127.0.0.1:`port`; stop it by pid at the end."""
+    """Run `command` until it accepts connections on 127.0.0.1:`port`; stop it by pid at the end. While it runs,
+    `SERVERS` maps `port` to its pid."""
     proc = subprocess.Popen(command, env={**os.environ, **(env or {})}, cwd=os.getcwd(), stderr=stderr)
+    SERVERS[port] = proc.pid
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -377,6 +389,7 @@ def _process(command: list[str], port: int, env: dict[str, str] | None = None, *
             time.sleep(0.05)
         yield proc
     finally:
+        SERVERS.pop(port, None)
         proc.terminate()
         try:
             proc.wait(timeout=10)
@@ -476,11 +489,16 @@ def _measure(cases: dict[str, Case], seconds: float, rounds: int, warmup: int,
              ) -> tuple[dict[str, dict[str, Sample]], int]:  # fmt: skip
     generator = load_generator()[1]
     per_round: dict[str, list[RoundResult]] = {name: [] for name in cases}
+    cpu: dict[str, list[float]] = {name: [] for name in cases}  # ns of the answering server's CPU per request
 
     def round_of(name: str) -> float:
         url, headers, connections = cases[name]
+        pid = SERVERS[urllib.parse.urlsplit(url).port or 80]
+        before = _cpu_seconds(pid)
         result = generator(url, headers, seconds, connections)
+        spent = _cpu_seconds(pid) - before
         per_round[name].append(result)
+        cpu[name].append(spent * 1e9 / max(1.0, result.rps * seconds))
         return result.p50_ns
 
     interleave({name: (lambda n=name: round_of(n)) for name in cases}, rounds=rounds + warmup, warmup=0)
@@ -493,6 +511,7 @@ def _measure(cases: dict[str, Case], seconds: float, rounds: int, warmup: int,
             "rps": summarize([r.rps for r in kept]),
             "p50": summarize([r.p50_ns for r in kept]),
             "p99": summarize([r.p99_ns for r in kept]),
+            "cpu": summarize(cpu[name][warmup:]),
         }
     return figures, errors
 
@@ -561,6 +580,11 @@ def run(quick: bool = False) -> Report:
     report.rows.append(Row(NAME, "cached token GET p99", "serve token route", token["p99"].median, "bare route",
                            bare_fig["p99"].median, "ns", p99_ratio, f"<= {SERVE_P99_TARGET}",
                            p99_ratio <= SERVE_P99_TARGET))  # fmt: skip
+    report.notes.append(f"server CPU per request (the answering process's user+system time / requests): bare "
+                        f"{format_value(bare_fig['cpu'].median, 'ns')}, serve token route "
+                        f"{format_value(token['cpu'].median, 'ns')}: bare / serve = "
+                        f"{bare_fig['cpu'].median / token['cpu'].median:.2f} (what GETs/s would be with the CPU to "
+                        "itself)")  # fmt: skip
     speedups = [name for name in ("httptools", "uvloop") if importlib.util.find_spec(name)] or ["neither"]
     report.notes.append(f"grantkeeper serve: uvicorn's defaults (httptools/uvloop installed: {', '.join(speedups)}), "
                         f"GRANTKEEPER_SERVE_RATE=GRANTKEEPER_SERVE_BURST={SERVE_RATE} for the run")  # fmt: skip
@@ -576,8 +600,8 @@ def run(quick: bool = False) -> Report:
     for name, fig in figures.items():
         report.notes.append(
             f"{name:<14} {fig['rps'].median:9.0f} GETs/s  p50 {format_value(fig['p50'].median, 'ns'):>9}  "
-            f"p99 {format_value(fig['p99'].median, 'ns'):>9}  (GETs/s p25-p75 {fig['rps'].p25:.0f}-"
-            f"{fig['rps'].p75:.0f})"
+            f"p99 {format_value(fig['p99'].median, 'ns'):>9}  CPU/GET {format_value(fig['cpu'].median, 'ns'):>9}  "
+            f"(GETs/s p25-p75 {fig['rps'].p25:.0f}-{fig['rps'].p75:.0f})"
         )
     report.seconds = time.perf_counter() - started
     return report
