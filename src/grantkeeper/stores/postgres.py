@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import platformdirs
@@ -44,7 +44,6 @@ from grantkeeper._exceptions import (
 from grantkeeper._fsutil import make_private_dirs
 from grantkeeper.crypto import Crypto
 from grantkeeper.keyring import load_ring
-from grantkeeper.stores.access import ApiKeyRecord
 from grantkeeper.stores.liveness import AdvisoryLiveness
 from grantkeeper.stores.migrations import latest_version, migrations
 from grantkeeper.stores.recovery import RecoveryDir
@@ -56,6 +55,9 @@ try:
     import psycopg_pool
 except ImportError as exc:  # pragma: no cover - exercised only without the extra installed
     raise ConfigurationError("the PostgreSQL store needs psycopg: pip install 'grantkeeper[postgres]'") from exc
+
+if TYPE_CHECKING:
+    from grantkeeper.stores.access import ApiKeyRecord
 
 __all__ = ["PostgresStore"]
 
