@@ -2,29 +2,36 @@
 read against.
 
 Every app under test is a ``module:factory`` string served by its own ``uvicorn --factory`` process with the
-same settings (`UVICORN_ARGS`: h11, asyncio loop, one worker, no access log), on 127.0.0.1. One load generator
-drives them all: ``wrk`` (Debian package ``wrk``) when it is on PATH, else an ``httpx.AsyncClient`` in this
-process, with 1 connection (latency without queueing) or `CONNECTIONS` concurrent connections (throughput).
-Each case runs in rounds of a fixed duration; rounds alternate between the cases with the order flipping every
-round (`benchmarks._common.interleave`); a case's figures are the medians of its per-round GETs/s, p50 and p99.
+settings `grantkeeper.serve.runner` gives uvicorn (`UVICORN_ARGS`), on 127.0.0.1. One load generator drives them
+all: ``wrk`` (Debian package ``wrk``) when it is on PATH, else an ``httpx.AsyncClient`` in this process, with 1
+connection (latency without queueing) or `CONNECTIONS` concurrent connections (throughput). Each case runs in
+rounds of a fixed duration; rounds alternate between the cases with the order flipping every round
+(`benchmarks._common.interleave`); a case's figures are the medians of its per-round GETs/s, p50 and p99.
 
 Cases:
 
 - ``bare``: `bare_app`, a FastAPI route returning a constant string: the floor of any route served this way.
-- ``direct``: `upstream_app`'s ``GET /api/things`` called straight, with ``Authorization: Bearer <token>``.
-- ``proxy``: the same GET through `proxy_app`: ``/v1/proxy/bench/things`` mounted on
-  `grantkeeper.serve.proxy.proxy_request`, forwarding to that upstream with the token injected (a constant,
-  cached token: the keeper's fast path is measured by ``cached``).
-- ``relay``: the same GET through `relay_app`, a route that only GETs the upstream on a kept-alive
-  ``httpx.AsyncClient`` and answers its body: the floor any httpx-based proxy hop pays.
-- ``serve_proxy``: the same GET through the real ``grantkeeper serve`` (`serve_token_target`), with its API key,
-  on ``/v1/proxy/<grant>/things``: authentication, audit, metrics, the grant's cached token from its keeper.
+- ``direct``: `upstream_app`'s ``GET /api/things`` called straight, with ``Authorization: Bearer <token>``: an
+  instant resource. ``direct_slow``: its ``GET /api/slow``, the same after `SERVICE_TIME` (20 ms, about what a
+  provider's API takes).
+- ``proxy`` / ``proxy_slow``: the same GETs through `proxy_app`: ``/v1/proxy/bench/...`` mounted on
+  `grantkeeper.serve.proxy.proxy_request` with serve's upstream client (`grantkeeper.serve.upstream.api_session`,
+  aiohttp), forwarding with the token injected (a constant, cached token: the keeper's fast path is measured by
+  ``cached``).
+- ``relay``, ``relay_httpcore``, ``relay_aiohttp``: the instant GET through a route that only GETs the upstream on
+  a kept-alive client and answers its body (`RELAYS`: httpx's ``AsyncClient``, httpcore's pool, aiohttp's
+  ``ClientSession``), the candidate upstream clients side by side; a client that is not installed is skipped.
+- ``serve_proxy`` / ``serve_proxy_slow``: the same GETs through the real ``grantkeeper serve``
+  (`serve_token_target`), with its API key, on ``/v1/proxy/<grant>/...``: authentication, audit, metrics, the
+  grant's cached token from its keeper.
 - ``serve_token``: ``GET /v1/grants/<grant>/token`` on that serve (a cached token every time).
 
-Rows: proxy p50 / direct p50 for the minimal app and for serve, at 1 and at `CONNECTIONS` connections (target
-<= 1.3); serve token GETs/s over the bare route's (target >= 0.7) and its p99 over the bare p99 (target <= 1.5).
-Notes: proxy / relay and relay / direct, and serve's RSS holding `MEMORY_FULL` grants' cached tokens
-(`serve_memory`, after the timed rounds).
+Rows: proxy p50 / direct p50 for the minimal app and for serve, for the instant and the 20 ms resource, at 1 and
+at `CONNECTIONS` connections (target <= 1.3; on the instant resource this is a structural floor: the proxy is
+itself an HTTP server, so its own request handling alone costs about what the resource's does); serve token
+GETs/s over the bare route's (target >= 0.7) and its p99 over the bare p99 (target <= 1.5). Notes: proxy /
+relay_aiohttp, every relay / direct, and serve's RSS holding `MEMORY_FULL` grants' cached tokens (`serve_memory`,
+after the timed rounds).
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,8 +69,14 @@ SERVE_TOKEN_ENV = "BENCH_SERVE_TOKEN"
 SERVE_GRANT = "bench"
 MEMORY_FULL, MEMORY_QUICK = 100_000, 2_000  # grants whose tokens serve holds for the memory figure
 SERVE_RATE = 1_000_000  # per-key requests/s and burst given to serve for the run (its default would throttle it)
-UVICORN_ARGS = ["--host", "127.0.0.1", "--http", "h11", "--loop", "asyncio", "--workers", "1", "--no-access-log",
-                "--log-level", "warning", "--timeout-graceful-shutdown", "2"]  # fmt: skip
+#: The service time of the "realistic" resource, ``/api/slow``: about what a provider's API takes to answer.
+SERVICE_TIME = 0.020
+#: What `grantkeeper.serve.runner` gives uvicorn: its choice of HTTP parser and loop (h11 and asyncio unless
+#: httptools/uvloop are installed), no proxy headers (serve's default without --behind-proxy), no Server header,
+#: no access log.
+UVICORN_ARGS = ["--host", "127.0.0.1", "--http", "auto", "--loop", "auto", "--workers", "1", "--no-access-log",
+                "--no-proxy-headers", "--no-server-header", "--log-level", "warning",
+                "--timeout-graceful-shutdown", "2"]  # fmt: skip
 
 
 # --- the apps under test (factories, imported by the uvicorn processes) --------------------------------------
@@ -96,27 +110,35 @@ def upstream_app() -> Any:
             return Response(status_code=401, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
         return JSONResponse({"things": [1, 2, 3]})
 
+    async def slow(request: Any) -> Response:
+        await asyncio.sleep(SERVICE_TIME)
+        return await things(request)
+
     # Starlette-style routes: the handlers take the request as is (FastAPI would introspect the annotations,
     # which name types imported in here, not at module level, to keep fastapi off `benchmarks.run`'s imports).
     app.add_route("/api/things", things, methods=["GET"])
+    app.add_route("/api/slow", slow, methods=["GET"])
     return app
 
 
 def proxy_app() -> Any:
-    """`proxy_request` mounted as serve mounts it, forwarding to ``$BENCH_UPSTREAM`` with `TOKEN`."""
-    import httpx
+    """`proxy_request` mounted as serve mounts it, with serve's upstream client (`api_session`), forwarding to
+    ``$BENCH_UPSTREAM`` with `TOKEN`."""
+    import aiohttp
     from fastapi import FastAPI
     from fastapi.responses import Response
 
     from grantkeeper.serve.proxy import ProxyLimits, proxy_request
+    from grantkeeper.serve.upstream import api_session
+    from grantkeeper.tokens.transport import Network
 
     base_url = os.environ["BENCH_UPSTREAM"] + "/api"
     limits = ProxyLimits()
-    state: dict[str, httpx.AsyncClient] = {}
+    state: dict[str, aiohttp.ClientSession] = {}
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        async with httpx.AsyncClient(trust_env=False, limits=httpx.Limits(max_keepalive_connections=64)) as client:
+        async with api_session(Network(), base_url) as client:
             state["client"] = client
             yield
 
@@ -161,6 +183,66 @@ def relay_app() -> Any:
 
     app.add_route("/v1/proxy/{name}/{path:path}", relay, methods=["GET"])
     return app
+
+
+def relay_httpcore_app() -> Any:
+    """`relay_app` on httpcore's ``AsyncConnectionPool`` directly (httpx's transport, without httpx's models)."""
+    import httpcore
+    from fastapi import FastAPI
+    from fastapi.responses import Response
+
+    url = os.environ["BENCH_UPSTREAM"] + "/api/things"
+    headers = [(b"Authorization", f"Bearer {TOKEN}".encode())]
+    state: dict[str, httpcore.AsyncConnectionPool] = {}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        async with httpcore.AsyncConnectionPool(max_connections=200, max_keepalive_connections=64) as pool:
+            state["pool"] = pool
+            yield
+
+    app = FastAPI(lifespan=lifespan)
+
+    async def relay(_: Any) -> Response:
+        answer = await state["pool"].request("GET", url, headers=headers)
+        return Response(answer.content, status_code=answer.status, media_type="application/json")
+
+    app.add_route("/v1/proxy/{name}/{path:path}", relay, methods=["GET"])
+    return app
+
+
+def relay_aiohttp_app() -> Any:
+    """`relay_app` on an ``aiohttp.ClientSession`` (its C HTTP parser when built with it)."""
+    import aiohttp
+    from fastapi import FastAPI
+    from fastapi.responses import Response
+
+    url = os.environ["BENCH_UPSTREAM"] + "/api/things"
+    state: dict[str, aiohttp.ClientSession] = {}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        connector = aiohttp.TCPConnector(limit=200, limit_per_host=200, keepalive_timeout=60)
+        async with aiohttp.ClientSession(connector=connector, headers={"Authorization": f"Bearer {TOKEN}"},
+                                         trust_env=False, auto_decompress=False,
+                                         cookie_jar=aiohttp.DummyCookieJar()) as session:  # fmt: skip
+            state["session"] = session
+            yield
+
+    app = FastAPI(lifespan=lifespan)
+
+    async def relay(_: Any) -> Response:
+        async with state["session"].get(url, allow_redirects=False) as answer:
+            body = await answer.read()
+            return Response(body, status_code=answer.status, media_type="application/json")
+
+    app.add_route("/v1/proxy/{name}/{path:path}", relay, methods=["GET"])
+    return app
+
+
+#: The relay's upstream clients, measured side by side: case name -> (factory, the module it needs).
+RELAYS = {"relay": ("relay_app", "httpx"), "relay_httpcore": ("relay_httpcore_app", "httpcore"),
+          "relay_aiohttp": ("relay_aiohttp_app", "aiohttp")}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -274,6 +356,15 @@ def serve_memory(count: int) -> tuple[int, int, int]:
 
 # --- servers ----------------------------------------------------------------------------------------------
 
+#: Port -> pid of the servers running now, for the CPU each case's server spends per request.
+SERVERS: dict[int, int] = {}
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time process `pid` has used (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
 
 def _free_port() -> int:
     with socket.socket() as sock:
@@ -284,8 +375,10 @@ def _free_port() -> int:
 @contextlib.contextmanager
 def _process(command: list[str], port: int, env: dict[str, str] | None = None, *,
              stderr: IO[str] | None = None) -> Iterator[subprocess.Popen[bytes]]:  # fmt: skip
-    """Run `command` until it accepts connections on 127.0.0.1:`port`; stop it by pid at the end."""
+    """Run `command` until it accepts connections on 127.0.0.1:`port`; stop it by pid at the end. While it runs,
+    `SERVERS` maps `port` to its pid."""
     proc = subprocess.Popen(command, env={**os.environ, **(env or {})}, cwd=os.getcwd(), stderr=stderr)
+    SERVERS[port] = proc.pid
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -296,6 +389,7 @@ def _process(command: list[str], port: int, env: dict[str, str] | None = None, *
             time.sleep(0.05)
         yield proc
     finally:
+        SERVERS.pop(port, None)
         proc.terminate()
         try:
             proc.wait(timeout=10)
@@ -395,11 +489,16 @@ def _measure(cases: dict[str, Case], seconds: float, rounds: int, warmup: int,
              ) -> tuple[dict[str, dict[str, Sample]], int]:  # fmt: skip
     generator = load_generator()[1]
     per_round: dict[str, list[RoundResult]] = {name: [] for name in cases}
+    cpu: dict[str, list[float]] = {name: [] for name in cases}  # ns of the answering server's CPU per request
 
     def round_of(name: str) -> float:
         url, headers, connections = cases[name]
+        pid = SERVERS[urllib.parse.urlsplit(url).port or 80]
+        before = _cpu_seconds(pid)
         result = generator(url, headers, seconds, connections)
+        spent = _cpu_seconds(pid) - before
         per_round[name].append(result)
+        cpu[name].append(spent * 1e9 / max(1.0, result.rps * seconds))
         return result.p50_ns
 
     interleave({name: (lambda n=name: round_of(n)) for name in cases}, rounds=rounds + warmup, warmup=0)
@@ -412,6 +511,7 @@ def _measure(cases: dict[str, Case], seconds: float, rounds: int, warmup: int,
             "rps": summarize([r.rps for r in kept]),
             "p50": summarize([r.p50_ns for r in kept]),
             "p99": summarize([r.p99_ns for r in kept]),
+            "cpu": summarize(cpu[name][warmup:]),
         }
     return figures, errors
 
@@ -430,32 +530,47 @@ def run(quick: bool = False) -> Report:
         upstream = stack.enter_context(served("benchmarks.bench_serve:upstream_app",
                                               {SERVE_TOKEN_ENV: serve.access_token}, port=upstream_port))  # fmt: skip
         proxy = stack.enter_context(served("benchmarks.bench_serve:proxy_app", {"BENCH_UPSTREAM": upstream}))
-        relay = stack.enter_context(served("benchmarks.bench_serve:relay_app", {"BENCH_UPSTREAM": upstream}))
+        relays = {name: stack.enter_context(served(f"benchmarks.bench_serve:{factory}", {"BENCH_UPSTREAM": upstream}))
+                  for name, (factory, module) in RELAYS.items() if importlib.util.find_spec(module)}  # fmt: skip
         # 1 connection: latency without queueing (the ratio's rows); CONNECTIONS: throughput under load.
         cases: dict[str, Case] = {}
         for suffix, connections in (("@1", 1), (f"@{CONNECTIONS}", CONNECTIONS)):
             cases["direct" + suffix] = (upstream + "/api/things", auth, connections)
             cases["proxy" + suffix] = (proxy + "/v1/proxy/bench/things", (), connections)
-            cases["relay" + suffix] = (relay + "/v1/proxy/bench/things", (), connections)
+            for name, relay in relays.items():
+                cases[name + suffix] = (relay + "/v1/proxy/bench/things", (), connections)
             cases["serve_proxy" + suffix] = (f"{serve.url}/v1/proxy/{serve.grant}/things", serve.headers, connections)
+            cases["direct_slow" + suffix] = (upstream + "/api/slow", auth, connections)
+            cases["proxy_slow" + suffix] = (proxy + "/v1/proxy/bench/slow", (), connections)
+            cases["serve_proxy_slow" + suffix] = (f"{serve.url}/v1/proxy/{serve.grant}/slow", serve.headers,
+                                                  connections)  # fmt: skip
         cases["bare"] = (bare + "/const", (), CONNECTIONS)
         cases["serve_token"] = (f"{serve.url}/v1/grants/{serve.grant}/token", serve.headers, CONNECTIONS)
         figures, errors = _measure(cases, seconds, rounds, warmup)
     if errors:
         raise RuntimeError(f"{errors} requests failed or were not answered 200 during the serve benchmark")
 
+    resources = (("", "instant resource"), ("_slow", f"{SERVICE_TIME * 1000:.0f} ms resource"))
     for suffix, label in (("@1", "1 connection"), (f"@{CONNECTIONS}", f"{CONNECTIONS} connections")):
+        for resource, named in resources:
+            direct_p50 = figures["direct" + resource + suffix]["p50"].median
+            for case, what, a_label in (("proxy", "the proxy (minimal app)", "proxy_request"),
+                                        ("serve_proxy", "grantkeeper serve's proxy", "serve /v1/proxy")):  # fmt: skip
+                p50 = figures[case + resource + suffix]["p50"].median
+                ratio = p50 / direct_p50
+                report.rows.append(Row(NAME, f"GET p50 through {what}, {named}, {label}", a_label, p50,
+                                       "direct + token", direct_p50, "ns", ratio, f"<= {PROXY_TARGET}",
+                                       ratio <= PROXY_TARGET))  # fmt: skip
         direct_p50 = figures["direct" + suffix]["p50"].median
-        for case, what, a_label in (("proxy", "the proxy (minimal app)", "proxy_request"),
-                                    ("serve_proxy", "grantkeeper serve's proxy", "serve /v1/proxy")):  # fmt: skip
-            p50 = figures[case + suffix]["p50"].median
-            ratio = p50 / direct_p50
-            report.rows.append(Row(NAME, f"GET p50 through {what}, {label}", a_label, p50, "direct + token",
-                                   direct_p50, "ns", ratio, f"<= {PROXY_TARGET}", ratio <= PROXY_TARGET))  # fmt: skip
-        relay_p50 = figures["relay" + suffix]["p50"].median
-        report.notes.append(f"{label}: proxy_request p50 / relay p50 (the floor of an httpx hop in FastAPI) = "
-                            f"{figures['proxy' + suffix]['p50'].median / relay_p50:.2f}; relay / direct = "
-                            f"{relay_p50 / direct_p50:.2f}")  # fmt: skip
+        if "relay_aiohttp" + suffix in figures:
+            relay_p50 = figures["relay_aiohttp" + suffix]["p50"].median
+            report.notes.append(f"{label}: proxy_request p50 / relay_aiohttp p50 (the floor of an aiohttp hop in "
+                                f"FastAPI) = {figures['proxy' + suffix]['p50'].median / relay_p50:.2f}")  # fmt: skip
+        clients = ", ".join(f"{name} {figures[name + suffix]['p50'].median / direct_p50:.2f}"
+                            for name in RELAYS if name + suffix in figures)  # fmt: skip
+        missing = [module for name, (_, module) in RELAYS.items() if name + suffix not in figures]
+        report.notes.append(f"{label}: relay p50 / direct p50 by upstream client: {clients}"
+                            + (f" ({', '.join(missing)} not installed)" if missing else ""))  # fmt: skip
     token, bare_fig = figures["serve_token"], figures["bare"]
     rps_ratio = token["rps"].median / bare_fig["rps"].median
     p99_ratio = token["p99"].median / bare_fig["p99"].median
@@ -465,6 +580,11 @@ def run(quick: bool = False) -> Report:
     report.rows.append(Row(NAME, "cached token GET p99", "serve token route", token["p99"].median, "bare route",
                            bare_fig["p99"].median, "ns", p99_ratio, f"<= {SERVE_P99_TARGET}",
                            p99_ratio <= SERVE_P99_TARGET))  # fmt: skip
+    report.notes.append(f"server CPU per request (the answering process's user+system time / requests): bare "
+                        f"{format_value(bare_fig['cpu'].median, 'ns')}, serve token route "
+                        f"{format_value(token['cpu'].median, 'ns')}: bare / serve = "
+                        f"{bare_fig['cpu'].median / token['cpu'].median:.2f} (what GETs/s would be with the CPU to "
+                        "itself)")  # fmt: skip
     speedups = [name for name in ("httptools", "uvloop") if importlib.util.find_spec(name)] or ["neither"]
     report.notes.append(f"grantkeeper serve: uvicorn's defaults (httptools/uvloop installed: {', '.join(speedups)}), "
                         f"GRANTKEEPER_SERVE_RATE=GRANTKEEPER_SERVE_BURST={SERVE_RATE} for the run")  # fmt: skip
@@ -480,8 +600,8 @@ def run(quick: bool = False) -> Report:
     for name, fig in figures.items():
         report.notes.append(
             f"{name:<14} {fig['rps'].median:9.0f} GETs/s  p50 {format_value(fig['p50'].median, 'ns'):>9}  "
-            f"p99 {format_value(fig['p99'].median, 'ns'):>9}  (GETs/s p25-p75 {fig['rps'].p25:.0f}-"
-            f"{fig['rps'].p75:.0f})"
+            f"p99 {format_value(fig['p99'].median, 'ns'):>9}  CPU/GET {format_value(fig['cpu'].median, 'ns'):>9}  "
+            f"(GETs/s p25-p75 {fig['rps'].p25:.0f}-{fig['rps'].p75:.0f})"
         )
     report.seconds = time.perf_counter() - started
     return report

@@ -1,4 +1,5 @@
-"""The serve log's redaction: the cheaper processor gives exactly what `scrub` gives, and the lines are redacted."""
+"""The serve log's redaction: the cheaper processor gives exactly what `scrub` gives, and the lines are redacted;
+`RequestLog` writes the line the structlog call would, redacted the same way."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from hypothesis import strategies as st
 
 from grantkeeper._secrets import Secret
 from grantkeeper.redact._core import scrub
-from grantkeeper.serve.logs import _redact, configure_logging, get_logger
+from grantkeeper.serve.logs import RequestLog, _redact, configure_logging, get_logger
 
 LIVE = Secret("live-secret-value-0123456789")
 values = st.one_of(
@@ -50,3 +51,31 @@ def test_request_lines_are_redacted() -> None:
     assert LIVE.reveal() not in out.getvalue() and "abcdefghijkl" not in out.getvalue()
     assert line["route"] == "/v1/grants/{name}/token" and line["authorization"] == "[redacted]"
     assert line["event"] == "request" and line["level"] == "info" and line["timestamp"].endswith("Z")
+
+
+def _lines(level: str, write: object) -> list[dict[str, object]]:
+    out = io.StringIO()
+    configure_logging(level, stream=out)
+    try:
+        write()  # type: ignore[operator]
+    finally:
+        configure_logging("info")
+    return [json.loads(line) for line in out.getvalue().splitlines()]
+
+
+@given(path=values, api_key=st.one_of(st.none(), values), method=st.sampled_from(["GET", "POST", LIVE.reveal()]))
+def test_the_request_line_is_the_structlog_line(path: object, api_key: object, method: str) -> None:
+    fields = {"method": method, "path": str(path), "route": "/v1/grants/{name}/token", "status": 404,
+              "api_key": None if api_key is None else str(api_key), "outcome": "unknown_grant", "ms": 1.5}  # fmt: skip
+    fast = _lines("info", lambda: RequestLog().write(**fields))  # type: ignore[arg-type]
+    slow = _lines("info", lambda: get_logger().info("request", **fields))
+    assert len(fast) == len(slow) == 1
+    stamps = fast[0].pop("timestamp"), slow[0].pop("timestamp")
+    assert all(isinstance(t, str) and t.endswith("Z") for t in stamps)
+    assert list(fast[0].items()) == list(slow[0].items())  # same keys, same order, same (redacted) values
+    assert LIVE.reveal() not in json.dumps(fast[0])
+
+
+def test_the_request_line_follows_the_level() -> None:
+    assert _lines("warning", lambda: RequestLog().write(method="GET", path="/livez", route="/livez", status=200,
+                                                        api_key=None, outcome=None, ms=0.1)) == []  # fmt: skip

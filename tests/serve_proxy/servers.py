@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
+import aiohttp
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -21,6 +21,8 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from grantkeeper.serve.proxy import ProxyError, ProxyLimits, proxy_request
+from grantkeeper.serve.upstream import api_session
+from grantkeeper.tokens.transport import Network
 
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 CHUNK = 64 * 1024
@@ -208,16 +210,19 @@ def proxy_app(
     report: Callable[[str], Awaitable[None]],
     *,
     also_running: Callable[[], contextlib.AbstractAsyncContextManager[object]] = contextlib.nullcontext,
-    make_client: Callable[[], httpx.AsyncClient] = lambda: httpx.AsyncClient(trust_env=False),
+    make_client: Callable[[], aiohttp.ClientSession] | None = None,
 ) -> Starlette:
     """What ``grantkeeper serve`` mounts, reduced to the proxy route and an RFC 9457 error boundary.
     `also_running`: entered in the server's event loop for the app's lifetime (an `AsyncKeeper`, say);
-    `make_client`: the upstream client (serve's is `api_async_client`)."""
-    state: dict[str, httpx.AsyncClient] = {}
+    `make_client`: the upstream client (by default serve's, `api_session`)."""
+    state: dict[str, aiohttp.ClientSession] = {}
+
+    def serves() -> aiohttp.ClientSession:
+        return api_session(Network(), settings.base_url)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with also_running(), make_client() as client:
+        async with also_running(), (make_client or serves)() as client:
             state["client"] = client
             yield
 

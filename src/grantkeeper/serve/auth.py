@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 
 from starlette.requests import Request
+from starlette.types import Scope
 
 from grantkeeper._secrets import Secret
 from grantkeeper.serve.apikeys import KeyCache
@@ -53,9 +54,13 @@ class Authenticator:
         self._keys, self._limiter, self._unix = KeyCache(store), limiter, unix
 
     async def caller(self, request: Request) -> Caller:
-        if request.scope.get(LISTENER_KEY) == "unix" and self._unix is not None:
+        return await self.caller_of(request.scope)
+
+    async def caller_of(self, scope: Scope) -> Caller:
+        """`caller` for an ASGI scope (the token fast path has no `Request`)."""
+        if scope.get(LISTENER_KEY) == "unix" and self._unix is not None:
             return self._unix
-        header = request.headers.get("authorization")
+        header = _authorization(scope)
         if header is None:
             raise _unauthorized("no API key: send 'Authorization: Bearer <key>' (grantkeeper apikey create)",
                                 presented=False)  # fmt: skip
@@ -82,6 +87,14 @@ class Authenticator:
             raise ServeError(403, "forbidden", f"{_who(caller)} lacks the {scope!r} scope this route needs")
         if grant is not None and not caller.allows_grant(grant):
             raise ServeError(403, "forbidden", f"{_who(caller)} may not reach grant {grant!r}")
+
+
+def _authorization(scope: Scope) -> str | None:
+    """The first Authorization header, as ``request.headers.get`` gives it."""
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            return str(value.decode("latin-1"))
+    return None
 
 
 def _who(caller: Caller) -> str:

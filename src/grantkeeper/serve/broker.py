@@ -51,6 +51,9 @@ class Broker:
         self._backend = backend
         self.draining = False
         self.checks: dict[str, ReadinessCheck] = {"store": self._store_ready, "key": self._key_ready}
+        # grant -> (the token last served, its fingerprint): the keeper hands out the same `Secret` while the token
+        # stays cached, so the fingerprint (an HMAC) is computed once per token, not per request.
+        self._served_fps: dict[str, tuple[Secret, str]] = {}
 
     def add_check(self, name: str, check: ReadinessCheck) -> None:
         """Make ``/readyz`` also depend on `check` (a scheduler's heartbeat, say)."""
@@ -85,6 +88,15 @@ class Broker:
 
     def fingerprint(self, token: Secret) -> str:
         return self.keeper.store.fingerprint(token)
+
+    def served_fingerprint(self, name: str, served: ServedToken) -> str:
+        """`fingerprint` of the token `served` for grant `name`, remembered while that token is served."""
+        kept = self._served_fps.get(name)
+        if kept is not None and kept[0] is served.access_token:
+            return kept[1]
+        fingerprint = self.fingerprint(served.access_token)
+        self._served_fps[name] = (served.access_token, fingerprint)
+        return fingerprint
 
     async def doctor_class(self, error: GrantkeeperError) -> str | None:
         """The doctor's cause for the grant `error` is about, when the doctor can be asked at all."""

@@ -2,10 +2,12 @@
 
 The token route is the broker's hot path, and FastAPI's per-request work for it (matching every route, solving
 the dependencies, validating the parameters) cost more than everything the broker does. This middleware runs the
-route's own code (`routes_grants.admit` then `routes_grants.token_answer`) and the application's own exception
+route's own code (`routes_grants.admit` then `routes_grants.token_body`) and the application's own exception
 handlers, so the answer, its status, the request state the recorder logs and audits, and every refusal are the
-route's. Anything else (another route or method, a query string such as ``min_valid``, a name FastAPI would
-answer 422) goes to FastAPI untouched, before anything was checked or counted.
+route's. A token is answered with the bytes and headers `JSONResponse` would send, written as ASGI messages
+directly (no `Request` or `Response` objects on the hot path). Anything else (another route or method, a query
+string such as ``min_valid``, a name FastAPI would answer 422) goes to FastAPI untouched, before anything was
+checked or counted.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from starlette.requests import Request
 from starlette.routing import Match
 
 from grantkeeper.serve.broker import Broker
-from grantkeeper.serve.routes_grants import admit, get_token, router, token_answer
+from grantkeeper.serve.routes_grants import TOKEN_HEADERS, admit, get_token, render_json, router, token_body
 
 __all__ = ["TokenFastPath"]
 
@@ -62,13 +64,16 @@ class TokenFastPath:
             return
         scope.update(child)
         scope["route"] = route
-        request = Request(scope, receive)
         try:
-            await admit(request, self.broker, name, "token", "token")
-            response = await token_answer(request, self.broker, name, None)
+            await admit(scope, self.broker, name, "token", "token")
+            body = render_json(await token_body(scope, self.broker, name, None)).encode()
         except Exception as exc:
             handler = self._handler(exc)
             if handler is None:
                 raise
-            response = await handler(request, exc)
-        await response(scope, receive, send)
+            response = await handler(Request(scope, receive), exc)
+            await response(scope, receive, send)
+            return
+        headers = [*TOKEN_HEADERS, (b"content-length", str(len(body)).encode()), (b"content-type", b"application/json")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})

@@ -8,6 +8,8 @@ status, the API key's name and the time taken; never a header, a query string or
 
 from __future__ import annotations
 
+import datetime
+import json
 import logging
 import re
 import sys
@@ -21,13 +23,20 @@ from grantkeeper.redact import RedactingFilter
 from grantkeeper.redact._core import REDACTED, is_sensitive_key, scrub
 from grantkeeper.redact.structlog import RedactingProcessor
 
-__all__ = ["LEVELS", "configure_logging", "get_logger"]
+__all__ = ["LEVELS", "RequestLog", "configure_logging", "get_logger"]
 
 LEVELS = ("debug", "info", "warning", "error")
 _LOGGERS = ("grantkeeper", "uvicorn", "uvicorn.error")
 
 
 _INERT = re.compile(r"[A-Za-z0-9_./{}@-]*")
+
+
+class _Sink:
+    """Where `configure_logging` sends the broker's lines, and whether INFO lines are written (for `RequestLog`)."""
+
+    printer: structlog.PrintLogger | None = None
+    info = True
 
 
 def _chain() -> list[Any]:
@@ -60,6 +69,7 @@ def configure_logging(level: str = "info", *, stream: TextIO | None = None) -> N
     """Send the broker's, grantkeeper's and uvicorn's logs to `stream` (stderr) as redacted JSON lines."""
     out = stream or sys.stderr
     numeric = getattr(logging, level.upper())
+    _Sink.printer, _Sink.info = structlog.PrintLogger(out), numeric <= logging.INFO
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -70,7 +80,7 @@ def configure_logging(level: str = "info", *, stream: TextIO | None = None) -> N
             structlog.processors.JSONRenderer(),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(out),
+        logger_factory=structlog.PrintLoggerFactory(out),  # its loggers share `_Sink.printer`'s lock on `out`
         cache_logger_on_first_use=False,
     )
     handler = logging.StreamHandler(out)
@@ -90,3 +100,31 @@ def configure_logging(level: str = "info", *, stream: TextIO | None = None) -> N
 
 def get_logger() -> Any:
     return structlog.get_logger("grantkeeper.serve")
+
+
+class RequestLog:
+    """The ``request`` line written for every answered request: the line ``get_logger().info("request", ...)``
+    writes, through the same redaction (`_scrubbed`) to the same stream and lock, without structlog's per-call
+    chain (binding, the processor loop, the renderer's generic encoder), which cost more than the token route's
+    own work. Keys, order and format are the structlog line's. Without `configure_logging` (an application
+    embedded by hand) it is that structlog call."""
+
+    def __init__(self) -> None:
+        self._printer, self._info = _Sink.printer, _Sink.info
+        self._fallback = get_logger()
+
+    def write(self, *, method: str, path: str, route: str, status: int, api_key: str | None, outcome: str | None,
+              ms: float) -> None:  # fmt: skip
+        """`route` and `outcome` are the broker's own text (a route template, an error code); the method, the
+        path and the key name are scrubbed like every other value."""
+        if self._printer is None:
+            self._fallback.info("request", method=method, path=path, route=route, status=status, api_key=api_key,
+                                outcome=outcome, ms=ms)  # fmt: skip
+            return
+        if not self._info:
+            return
+        stamp = datetime.datetime.now(tz=datetime.UTC).isoformat().replace("+00:00", "Z")
+        line = {"method": _scrubbed(method), "path": _scrubbed(path), "route": route, "status": status,
+                "api_key": None if api_key is None else _scrubbed(api_key), "outcome": outcome, "ms": ms,
+                "event": "request", "level": "info", "timestamp": stamp}  # fmt: skip
+        self._printer.msg(json.dumps(line))

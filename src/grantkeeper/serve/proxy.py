@@ -48,10 +48,11 @@ from dataclasses import dataclass
 from typing import ClassVar
 from urllib.parse import quote, unquote
 
-import httpx
+import aiohttp
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
+from yarl import URL
 
 from grantkeeper._exceptions import GrantkeeperError
 from grantkeeper.integrations._flow import Answer, AuthOutcome, SendWith, arun_steps_until_send, auth_steps, bearer
@@ -85,6 +86,8 @@ _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _CHUNK = 64 * 1024
+#: A body without a Content-Type goes out without one (aiohttp would call it application/octet-stream).
+_NOT_ADDED = frozenset({"Content-Type"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,14 +201,14 @@ def upstream_url(base_url: str, raw_path: str, query: bytes) -> str:
     return f"{url}?{query.decode('latin-1')}" if query else url
 
 
-def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
-    default = {"http": 80, "https": 443}.get(url.scheme)
-    return url.scheme, url.host.lower(), url.port or default
+def _origin(url: URL) -> tuple[str, str, int | None]:
+    return url.scheme, (url.host or "").lower(), url.port  # yarl gives the scheme's default port
 
 
-def _where(url: httpx.URL) -> str:
+def _where(url: URL) -> str:
     """The upstream origin and path for a message: never the query (it may carry a signature) or userinfo."""
-    return f"{url.scheme}://{url.netloc.decode('ascii', 'replace').rpartition('@')[2]}{url.path}"
+    port = "" if url.explicit_port is None else f":{url.explicit_port}"
+    return f"{url.scheme}://{url.raw_host or ''}{port}{url.raw_path}"
 
 
 # --- the request body ---------------------------------------------------------------------------------------
@@ -287,13 +290,13 @@ def _request_headers(request: Request, body: _Body) -> list[tuple[str, str]]:
     items = request.headers.items()
     dropped = _HOP_BY_HOP | _FROM_CALLER_DROPPED | _named_by_connection(items)
     headers = [(k, v) for k, v in items if k.lower() not in dropped and not _OWN_HEADER.match(k)]
-    if body.replayable:  # httpx sets the length of the buffered body itself
+    if body.replayable:  # the client sets the length of the buffered body itself
         headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
     return headers
 
 
-def _response_headers(response: httpx.Response, token: str, outcome: AuthOutcome) -> list[tuple[str, str]]:
-    items = list(response.headers.multi_items())
+def _response_headers(response: aiohttp.ClientResponse, token: str, outcome: AuthOutcome) -> list[tuple[str, str]]:
+    items = list(response.headers.items())
     dropped = _HOP_BY_HOP | _FROM_UPSTREAM_DROPPED | _named_by_connection(items)
     headers = []
     for name, value in items:
@@ -301,7 +304,7 @@ def _response_headers(response: httpx.Response, token: str, outcome: AuthOutcome
             continue
         if token and token in value:
             logger.warning("proxy: dropped response header %r from %s: its value contains the access token",
-                           name, _where(response.request.url))  # fmt: skip
+                           name, _where(response.url))  # fmt: skip
             continue
         headers.append((name, value))
     if outcome is not AuthOutcome.SENT:
@@ -315,43 +318,48 @@ def _response_headers(response: httpx.Response, token: str, outcome: AuthOutcome
 class _Exchange:
     """One proxied request: sends with a token, follows same-origin redirects, within one deadline."""
 
-    def __init__(self, client: httpx.AsyncClient, request: Request, url: str, body: _Body, limits: ProxyLimits) -> None:
+    def __init__(self, client: aiohttp.ClientSession, request: Request, url: str, body: _Body,
+                 limits: ProxyLimits) -> None:  # fmt: skip
         self.client = client
         self.method = request.method
-        self.url = httpx.URL(url)
+        self.url = URL(url, encoded=True)  # sent as the caller encoded it (a %2F inside a segment stays one)
         self.body = body
         self.headers = _request_headers(request, body)
         self.limits = limits
         self.deadline = asyncio.get_running_loop().time() + limits.timeout
+        # The deadline above bounds the exchange up to the response headers; this bounds each read of a body.
+        self.timeouts = aiohttp.ClientTimeout(total=None, sock_read=limits.timeout)
 
-    async def send(self, step: SendWith) -> httpx.Response:
+    async def send(self, step: SendWith) -> aiohttp.ClientResponse:
         method, url, body_kept = self.method, self.url, True
         for _ in range(self.limits.max_redirects + 1):
             headers = self.headers if body_kept else [(k, v) for k, v in self.headers if not _is_content(k)]
             headers = [*headers, ("Authorization", bearer(step))]
-            request = self.client.build_request(
-                method, url, headers=headers, content=self.body.content() if body_kept else None,
-                timeout=self.limits.timeout,
-            )  # fmt: skip
-            response = await self._send_once(request)
-            if response.status_code not in _REDIRECTS or "location" not in response.headers:
+            response = await self._send_once(method, url, headers, self.body.content() if body_kept else None)
+            if response.status not in _REDIRECTS or "location" not in response.headers:
                 return response
-            await response.aclose()
-            target = url.join(response.headers["location"])
+            response.close()
+            try:
+                target = url.join(URL(response.headers["location"]))
+            except ValueError:
+                raise UpstreamRedirectRefused(
+                    f"{self.method} {_where(url)} answered {response.status} with a Location that is not a URL; "
+                    "not following it"
+                ) from None
             if _origin(target) != _origin(self.url):
                 raise UpstreamRedirectRefused(
                     f"{self.method} {_where(url)} redirected to another origin ({target.scheme}://{target.host}); "
                     "the proxy follows redirects only within the provider's API base URL, so the token never "
                     "goes elsewhere: call that URL yourself, or fix the provider's api_base_url"
                 )
-            if response.status_code in {307, 308}:
+            if response.status in {307, 308}:
                 if not self.body.replayable:
                     raise UpstreamRedirectRefused(
-                        f"{self.method} {_where(url)} answered {response.status_code}, which needs the body sent "
+                        f"{self.method} {_where(url)} answered {response.status}, which needs the body sent "
                         "again, but it was streamed (larger than the replay buffer); send it to the target path "
                         "directly"
                     )
-            elif response.status_code == 303 or method == "POST":
+            elif response.status == 303 or method == "POST":
                 method, body_kept = ("HEAD" if method == "HEAD" else "GET"), False
             url = target
         raise UpstreamRedirectRefused(
@@ -359,20 +367,37 @@ class _Exchange:
             "not following further"
         )
 
-    async def _send_once(self, request: httpx.Request) -> httpx.Response:
+    async def _send_once(self, method: str, url: URL, headers: list[tuple[str, str]],
+                         content: bytes | AsyncIterator[bytes] | None) -> aiohttp.ClientResponse:  # fmt: skip
         try:
             async with asyncio.timeout_at(self.deadline):
-                return await self.client.send(request, stream=True, follow_redirects=False)
-        except (TimeoutError, httpx.TimeoutException) as exc:
+                return await self.client.request(method, url, headers=headers, data=content, allow_redirects=False,
+                                                 skip_auto_headers=_NOT_ADDED, timeout=self.timeouts)  # fmt: skip
+        except TimeoutError as exc:
             raise UpstreamTimeout(
-                f"{request.method} {_where(request.url)} did not answer within {self.limits.timeout:g} s; "
+                f"{method} {_where(url)} did not answer within {self.limits.timeout:g} s; "
                 "retry later, or raise the proxy timeout for slow endpoints"
             ) from exc
-        except httpx.TransportError as exc:
+        except aiohttp.ClientError as exc:
+            if (ours := _own_error(exc)) is not None:
+                raise ours from None  # the request body's stream refused itself (over the cap)
             raise UpstreamUnreachable(
-                f"{request.method} {_where(request.url)} could not be reached or broke the connection "
+                f"{method} {_where(url)} could not be reached or broke the connection "
                 f"({type(exc).__name__}); check the provider's api_base_url and that the API is up"
             ) from exc
+
+
+def _own_error(exc: BaseException) -> ProxyError | None:
+    """The `ProxyError` behind `exc`, if any: aiohttp reports an exception raised by a body it was sending as a
+    connection error caused by it."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, ProxyError):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 def _is_content(name: str) -> bool:
@@ -386,19 +411,19 @@ def _raw(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
 class _UpstreamStream(StreamingResponse):
     """Streams the upstream body raw and always closes the upstream response, whatever ends the stream."""
 
-    def __init__(self, upstream: httpx.Response, headers: list[tuple[str, str]], limits: ProxyLimits) -> None:
-        super().__init__(self._chunks(upstream, limits), status_code=upstream.status_code)
+    def __init__(self, upstream: aiohttp.ClientResponse, headers: list[tuple[str, str]], limits: ProxyLimits) -> None:
+        super().__init__(self._chunks(upstream, limits), status_code=upstream.status)
         self.upstream = upstream
         self.raw_headers = _raw(headers)
 
     @staticmethod
-    async def _chunks(upstream: httpx.Response, limits: ProxyLimits) -> AsyncIterator[bytes]:
+    async def _chunks(upstream: aiohttp.ClientResponse, limits: ProxyLimits) -> AsyncIterator[bytes]:
         size = 0
-        async for chunk in upstream.aiter_raw(_CHUNK):
+        async for chunk in upstream.content.iter_chunked(_CHUNK):
             size += len(chunk)
             if size > limits.max_response_bytes:
                 logger.warning("proxy: %s grew past %d bytes while streaming; aborted the response to the caller",
-                               _where(upstream.request.url), limits.max_response_bytes)  # fmt: skip
+                               _where(upstream.url), limits.max_response_bytes)  # fmt: skip
                 raise UpstreamTooLarge(
                     f"the upstream response is larger than the proxy's limit of {limits.max_response_bytes} bytes"
                 )
@@ -408,13 +433,13 @@ class _UpstreamStream(StreamingResponse):
         try:
             await super().__call__(scope, receive, send)
         finally:
-            await self.upstream.aclose()
+            self.upstream.release()  # back to the pool when read to the end, else the connection is closed
 
 
 async def proxy_request(
     request: Request,
     *,
-    client: httpx.AsyncClient,
+    client: aiohttp.ClientSession,
     base_url: str,
     path: str,
     get_token: Callable[[], Awaitable[str]],
@@ -430,20 +455,20 @@ async def proxy_request(
     body = await _read_body(request, limits)
     exchange = _Exchange(client, request, url, body, limits)
     flow = auth_steps(replayable=body.replayable, any_401=False)
-    response: httpx.Response | None = None
+    response: aiohttp.ClientResponse | None = None
     token = ""
     try:
         step = await arun_steps_until_send(flow, None, get_token, report_rejected)
         while not isinstance(step, AuthOutcome):
             if response is not None:
-                await response.aclose()  # the rejected answer, before sending again
+                response.close()  # the rejected answer, before sending again
             token = step.token.reveal()
             response = await exchange.send(step)
-            answer = Answer.of(response.status_code, response.headers.get_list("www-authenticate"))
+            answer = Answer.of(response.status, response.headers.getall("www-authenticate", []))
             step = await arun_steps_until_send(flow, answer, get_token, report_rejected)
     except BaseException:
         if response is not None:
-            await response.aclose()
+            response.close()
         raise
     finally:
         flow.close()
@@ -454,7 +479,7 @@ async def proxy_request(
     declared = response.headers.get("content-length")
     length = int(declared) if declared is not None and declared.isdigit() else None
     if length is not None and length > limits.max_response_bytes:
-        await response.aclose()
+        response.close()
         raise UpstreamTooLarge(
             f"{request.method} {_where(exchange.url)} answered with {declared} bytes, over the proxy's limit of "
             f"{limits.max_response_bytes}; fetch it from the API directly or raise the limit"
@@ -465,23 +490,23 @@ async def proxy_request(
     return _UpstreamStream(response, headers, limits)
 
 
-async def _whole(exchange: _Exchange, upstream: httpx.Response, headers: list[tuple[str, str]]) -> Response:
+async def _whole(exchange: _Exchange, upstream: aiohttp.ClientResponse, headers: list[tuple[str, str]]) -> Response:
     """A small answer (declared length within one chunk), read before anything goes to the caller: one write and
     no streaming task (most API answers), and an upstream that breaks it off is a clean 502, not a cut-off 200."""
+    where = f"{upstream.method} {_where(upstream.url)}"
     try:
-        body = b"".join([chunk async for chunk in upstream.aiter_raw()])
-    except httpx.TransportError as exc:
-        where = f"{upstream.request.method} {_where(upstream.request.url)}"
-        if isinstance(exc, httpx.TimeoutException):
-            raise UpstreamTimeout(f"{where} stopped sending its answer for {exchange.limits.timeout:g} s; "
-                                  "retry later, or raise the proxy timeout for slow endpoints") from exc  # fmt: skip
+        body = await upstream.read()
+    except TimeoutError as exc:
+        raise UpstreamTimeout(f"{where} stopped sending its answer for {exchange.limits.timeout:g} s; "
+                              "retry later, or raise the proxy timeout for slow endpoints") from exc  # fmt: skip
+    except aiohttp.ClientError as exc:
         raise UpstreamUnreachable(
             f"{where} broke the connection before its answer was complete ({type(exc).__name__}); retry, and check "
             "that the API is healthy"
         ) from exc
     finally:
-        await upstream.aclose()
-    answer = Response(body, status_code=upstream.status_code)
+        upstream.release()
+    answer = Response(body, status_code=upstream.status)
     answer.raw_headers = _raw(headers)
     return answer
 

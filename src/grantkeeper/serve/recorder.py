@@ -20,6 +20,7 @@ from starlette.requests import Request
 from grantkeeper.redact.tracebacks import format_exception
 from grantkeeper.serve.broker import Broker
 from grantkeeper.serve.errors import conceal, problem
+from grantkeeper.serve.logs import RequestLog
 
 __all__ = ["Recorder", "request_path", "shown"]
 
@@ -43,6 +44,7 @@ class Recorder:
 
     def __init__(self, app: Any, broker: Broker, log: Any) -> None:
         self.app, self.broker, self.log = app, broker, log
+        self._line = RequestLog()
         # The metrics' labelled children, looked up once: `labels()` validates and locks on every call. As many
         # as the metrics themselves keep (one per label set seen).
         self._children: dict[tuple[object, ...], Any] = {}
@@ -99,5 +101,5 @@ class Recorder:
             self.broker.audit.add(caller or "-", action, None if grant is None else shown(grant, status), status,
                                   fingerprint=state.get("fingerprint"), generation=state.get("generation"),
                                   detail=state.get("detail") or outcome)  # fmt: skip
-        self.log.info("request", method=scope["method"], path=shown(request_path(scope), status), route=route,
-                      status=status, api_key=caller, outcome=outcome, ms=round(elapsed * 1000, 1))  # fmt: skip
+        self._line.write(method=scope["method"], path=shown(request_path(scope), status), route=route, status=status,
+                         api_key=caller, outcome=outcome, ms=round(elapsed * 1000, 1))  # fmt: skip

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse
+from starlette.types import Scope
 
 from grantkeeper._secrets import Secret
 from grantkeeper.cli._render import grant_record
@@ -22,7 +25,17 @@ from grantkeeper.serve.models import (
     TokenResponse,
 )
 
-__all__ = ["AUTH_PROBLEMS", "PROBLEM", "GrantName", "access", "broker_of", "grant_access", "router"]
+__all__ = [
+    "AUTH_PROBLEMS",
+    "PROBLEM",
+    "GrantName",
+    "access",
+    "admit",
+    "broker_of",
+    "grant_access",
+    "router",
+    "token_body",
+]
 
 GrantName = Annotated[str, Path(min_length=1, max_length=200, description="The grant's name.")]
 #: How /openapi.json describes problem answers.
@@ -31,6 +44,9 @@ AUTH_PROBLEMS: dict[int | str, dict[str, Any]] = {401: PROBLEM, 403: PROBLEM, 42
 _GRANT_PROBLEMS: dict[int | str, dict[str, Any]] = {**AUTH_PROBLEMS, 404: PROBLEM, 409: PROBLEM, 500: PROBLEM,
                                                     502: PROBLEM, 504: PROBLEM}  # fmt: skip
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+#: `JSONResponse`'s encoding and headers (in its order) for a token answer, for the fast path's raw answer.
+render_json = functools.partial(json.dumps, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":"))
+TOKEN_HEADERS = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in _NO_STORE.items()]
 
 router = APIRouter(prefix="/v1")
 
@@ -46,17 +62,18 @@ def grant_access(scope: str, action: str | None = None) -> Any:
     e.g. what it proxied, and ``fingerprint``/``generation`` of the token it used)."""
 
     async def dependency(request: Request, name: GrantName) -> Caller:
-        return await admit(request, broker_of(request), name, scope, action)
+        return await admit(request.scope, broker_of(request), name, scope, action)
 
     return Depends(dependency)
 
 
-async def admit(request: Request, broker: Broker, name: str, scope: str, action: str | None) -> Caller:
-    """`grant_access`'s check, also run by `grantkeeper.serve.fastpath`."""
-    request.state.grant = name
-    request.state.action = action
-    caller = await broker.auth.caller(request)
-    request.state.caller = caller.name
+async def admit(asgi: Scope, broker: Broker, name: str, scope: str, action: str | None) -> Caller:
+    """`grant_access`'s check on the request of ASGI scope `asgi`, also run by `grantkeeper.serve.fastpath`.
+    What the recorder needs goes into ``asgi["state"]``, the dict behind ``request.state``."""
+    state = asgi.setdefault("state", {})
+    state["grant"], state["action"] = name, action
+    caller = await broker.auth.caller_of(asgi)
+    state["caller"] = caller.name
     broker.auth.check(caller, scope, name)
     return caller
 
@@ -81,17 +98,17 @@ async def get_token(
                                              "refreshes first if the current one would not.")] = None,
 ) -> JSONResponse:  # fmt: skip
     """A valid access token of grant NAME (refreshed once for every caller when needed). Scope: token."""
-    return await token_answer(request, broker_of(request), name, min_valid)
+    return JSONResponse(await token_body(request.scope, broker_of(request), name, min_valid), headers=_NO_STORE)
 
 
-async def token_answer(request: Request, broker: Broker, name: str, min_valid: float | None) -> JSONResponse:
-    """`get_token`'s answer, also given by `grantkeeper.serve.fastpath`."""
+async def token_body(asgi: Scope, broker: Broker, name: str, min_valid: float | None) -> dict[str, Any]:
+    """`get_token`'s answer, also given by `grantkeeper.serve.fastpath` (`admit` has run: the state exists)."""
     served = await broker.token(name, min_valid=min_valid)
-    fingerprint = broker.fingerprint(served.access_token)
-    request.state.fingerprint, request.state.generation = fingerprint, served.generation
-    body = {"access_token": served.access_token.reveal(), "token_type": "Bearer", "expires_at": served.expires_at,
+    fingerprint = broker.served_fingerprint(name, served)
+    state = asgi["state"]
+    state["fingerprint"], state["generation"] = fingerprint, served.generation
+    return {"access_token": served.access_token.reveal(), "token_type": "Bearer", "expires_at": served.expires_at,
             "generation": served.generation, "fingerprint": fingerprint}  # fmt: skip
-    return JSONResponse(body, headers=_NO_STORE)
 
 
 @router.post("/grants/{name}/refresh", response_model=RefreshResponse, responses=_GRANT_PROBLEMS)

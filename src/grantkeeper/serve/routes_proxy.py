@@ -2,7 +2,8 @@
 
 The token comes from `Broker.token` (the keeper's one refresh path); a 401 ``invalid_token`` from the API is
 reported to the keeper and the request re-sent once (`grantkeeper.serve.proxy`). The caller never sees the token.
-One keep-alive client per provider network (CA bundle, proxy, API origin) is kept for the app's lifetime.
+One keep-alive aiohttp session per provider network (CA bundle, proxy, API origin) is kept for the app's lifetime
+(`grantkeeper.serve.upstream`).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated, Any
 
+import aiohttp
 import httpx
 from fastapi import APIRouter, Request
 from starlette.responses import Response
@@ -19,7 +21,8 @@ from grantkeeper.model import Provider
 from grantkeeper.serve.auth import Caller
 from grantkeeper.serve.proxy import ProxyLimits, ProxyNotConfigured, proxy_request
 from grantkeeper.serve.routes_grants import PROBLEM, GrantName, broker_of, grant_access
-from grantkeeper.tokens.transport import Network, api_async_client
+from grantkeeper.serve.upstream import api_session
+from grantkeeper.tokens.transport import Network
 
 __all__ = ["PREFIX", "ProxyClients", "router"]
 
@@ -31,10 +34,10 @@ router = APIRouter(prefix="/v1")
 
 
 class ProxyClients:
-    """One keep-alive `httpx.AsyncClient` per (network, API origin), closed with the app."""
+    """One keep-alive `aiohttp.ClientSession` per (network, API origin), closed with the app."""
 
     def __init__(self) -> None:
-        self._clients: dict[tuple[Network, str], httpx.AsyncClient] = {}
+        self._clients: dict[tuple[Network, str], aiohttp.ClientSession] = {}
         self._origins: dict[str, tuple[str, str]] = {}  # base URL -> (origin, host): parsed once, not per request
 
     def _origin(self, base_url: str) -> tuple[str, str]:
@@ -44,11 +47,11 @@ class ProxyClients:
             found = self._origins[base_url] = (str(url.copy_with(path="/", query=None)), url.host)
         return found
 
-    def for_provider(self, provider: Provider, base_url: str) -> httpx.AsyncClient:
+    def for_provider(self, provider: Provider, base_url: str) -> aiohttp.ClientSession:
         key = (Network.of(provider), self._origin(base_url)[0])
         found = self._clients.get(key)
         if found is None:
-            found = self._clients[key] = api_async_client(key[0], base_url)
+            found = self._clients[key] = api_session(key[0], base_url)
         return found
 
     def host(self, base_url: str) -> str:
@@ -58,7 +61,7 @@ class ProxyClients:
     async def aclose(self) -> None:
         clients, self._clients = list(self._clients.values()), {}
         for client in clients:
-            await client.aclose()
+            await client.close()
 
 
 async def _provider(request: Request, name: str) -> tuple[Provider, str]:
@@ -88,7 +91,7 @@ async def proxy(
 
     async def get_token() -> str:
         served = await broker.token(name)
-        request.state.fingerprint = broker.fingerprint(served.access_token)
+        request.state.fingerprint = broker.served_fingerprint(name, served)
         request.state.generation = served.generation
         return checked_token(name, served.access_token.reveal())
 

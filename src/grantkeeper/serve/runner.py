@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 import socket
@@ -145,6 +146,10 @@ async def run(config: ServeConfig, *, store_url: str) -> None:
         loop.add_signal_handler(signum, stop, signum)
     try:
         await broker.start()
+        # Everything made so far (modules, the app, its OpenAPI models, the keeper) lives until exit: moved out
+        # of the collector's reach, a full collection no longer walks it in the middle of a request.
+        gc.collect()
+        gc.freeze()
         host, port = sockets[0][1].getsockname()[:2]
         scheme = "https" if config.tls_cert else "http"
         log.info("listening", url=f"{scheme}://{host}:{port}", unix=config.unix, pid=os.getpid())

@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import platformdirs
@@ -56,12 +56,17 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without the extra installed
     raise ConfigurationError("the PostgreSQL store needs psycopg: pip install 'grantkeeper[postgres]'") from exc
 
+if TYPE_CHECKING:
+    from grantkeeper.stores.access import ApiKeyRecord
+
 __all__ = ["PostgresStore"]
 
 logger = logging.getLogger("grantkeeper")
 T = TypeVar("T")
 
 CHANNEL = "grantkeeper"
+#: The notification kind API-key changes send (with an empty grant name): `change_probe` counts them.
+_API_KEYS = "api_keys"
 RECOVERY_ENV = "GRANTKEEPER_RECOVERY_DIR"
 _SESSION_OPTIONS = (
     # Bounded waits everywhere: a stuck lock or a dead client's open transaction cannot hang other hosts.
@@ -118,6 +123,7 @@ class _Listener:
         self._dispatch = dispatch
         self._stop = threading.Event()
         self.connected = threading.Event()
+        self.epoch = 0  # connections made: notifications sent while none was listening are lost between two
         self._thread = threading.Thread(target=self._run, name="grantkeeper-listen", daemon=True)
         self._thread.start()
 
@@ -127,6 +133,7 @@ class _Listener:
             try:
                 with psycopg.connect(self._url, autocommit=True, connect_timeout=5) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
+                    self.epoch += 1
                     self.connected.set()
                     backoff = 0.1
                     while not self._stop.is_set():
@@ -161,6 +168,8 @@ class PostgresStore(SQLStore):
         self._changed = threading.Condition()
         self._latest: dict[str, int] = {}  # grant -> newest generation announced by NOTIFY
         self._events: dict[str, int] = {}  # grant -> notifications seen (commits, releases, invalidations)
+        self._key_changes = 0  # API-key changes announced by NOTIFY
+        self._announce_keys = threading.local()  # set while this thread changes API keys (`_tx` announces it)
         self._closed = False
 
     # ---------------------------------------------------------------- opening
@@ -273,6 +282,8 @@ class PostgresStore(SQLStore):
             with self._pool.connection() as conn:
                 if write:
                     with conn.transaction():
+                        if getattr(self._announce_keys, "on", False):
+                            self._notify(_PgConn(conn), "", 0, _API_KEYS)  # delivered at commit, never before
                         yield _PgConn(conn)
                 else:
                     yield _PgConn(conn)  # autocommit: one statement, one round trip
@@ -305,6 +316,9 @@ class PostgresStore(SQLStore):
         except (ValueError, KeyError, TypeError):
             logger.warning("grantkeeper: ignoring a malformed notification on channel %s", CHANNEL)
             return
+        if kind == _API_KEYS:
+            self._key_changes += 1  # only this thread writes it
+            return
         with self._changed:
             self._latest[name] = max(generation, self._latest.get(name, -1))
             self._events[name] = self._events.get(name, 0) + 1
@@ -318,6 +332,40 @@ class PostgresStore(SQLStore):
     def subscribe(self, subscriber: Callable[[str, int, str], None]) -> None:
         super().subscribe(subscriber)
         self._ensure_listener()
+
+    # ---------------------------------------------------------------- API keys (`grantkeeper serve`)
+
+    @contextlib.contextmanager
+    def _announcing_keys(self) -> Iterator[None]:
+        self._announce_keys.on = True
+        try:
+            yield
+        finally:
+            self._announce_keys.on = False
+
+    def create_api_key(self, record: ApiKeyRecord, *, key: str) -> None:
+        with self._announcing_keys():
+            super().create_api_key(record, key=key)
+
+    def revoke_api_key(self, name: str, *, now: float) -> ApiKeyRecord:
+        with self._announcing_keys():
+            return super().revoke_api_key(name, now=now)
+
+    def change_probe(self) -> Callable[[], object] | None:
+        """What this store's LISTEN connection has heard of API-key changes: ``create_api_key`` and
+        ``revoke_api_key`` send a NOTIFY inside their transaction, so a value read before a key record stays
+        the same until a change to any key committed after that read has been announced. While the listener is
+        not connected every call returns a new object (equal to nothing: the reader reads the store each time),
+        and each reconnection starts a new epoch (what was announced while nobody listened is lost). Grant
+        writes do not change the value: this probe is for API-key readers only."""
+        listener = self._ensure_listener()
+
+        def probe() -> object:
+            if not listener.connected.is_set():
+                return object()
+            return (listener.epoch, self._key_changes)  # the epoch is raised before `connected` is set
+
+        return probe
 
     def wait_for_change(self, name: str, *, poll: float, longest: float, generation: int | None = None) -> None:
         """Wake when NOTIFY announces a generation newer than `generation` or any event for `name`, or after
