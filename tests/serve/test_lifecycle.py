@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from grantkeeper.engine import AsyncKeeper
+from grantkeeper import AsyncKeeper
 from grantkeeper.serve.broker import Heartbeat
 from grantkeeper.serve.config import ServeConfig
 from grantkeeper.serve.runner import build_broker

@@ -52,7 +52,7 @@ from grantkeeper._secrets import Secret
 from grantkeeper.cli import demo_worker
 from grantkeeper.cli._session import Session
 from grantkeeper.cli.demo_worker import Counts, WorkerPlan
-from grantkeeper.engine import Keeper
+from grantkeeper.keepers import Keeper
 from grantkeeper.model import Attempt, AttemptState, AuthMethod, Provider, RotationMode
 from grantkeeper.stores import SQLStore, open_store
 
