@@ -1,10 +1,9 @@
 """What a person gives `grant import`: one refresh token, or a whole token response. Checked, never guessed.
 
-A refresh token is one RFC 6749 token value (appendix A.17: ``1*VSCHAR``, printable ASCII). Two further
-refusals catch the usual copy-and-paste mistakes without rejecting any token a real server issues: a space
-(``Bearer xyz``, two values on one line; RFC 6750 token syntax has no space either) and a value wrapped in
-double quotes (``jq`` without ``-r``). Anything refused is described by its shape (lines, length, which kind
-of character where), never by its value, so the error can be shown and logged.
+A refresh token is one RFC 6749 token value (appendix A.17: ``1*VSCHAR``, printable ASCII), checked by
+`grantkeeper.model.token_values` (re-exported here), which also refuses a space and a value wrapped in double
+quotes. Anything refused is described by its shape (lines, length, which kind of character where), never by
+its value, so the error can be shown and logged.
 
 A token response (the JSON object a token endpoint returns, one line or pretty-printed) is read with the same
 parser refreshes use (`grantkeeper.tokens.response.interpret`): its ``refresh_token`` is the grant's, and its
