@@ -8,7 +8,6 @@ down. `Keeper` runs a generator with `run_steps` and executes each operation wit
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -70,39 +69,48 @@ Op = Call | RunFlow | Refresh | Blocking | Pause
 Steps = Generator[Op, Any, T]
 
 
-def _next(steps: Steps[Any], reply: Any, error: Exception | None) -> Op:
-    return steps.send(reply) if error is None else steps.throw(error)
+class _Done:
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
 
 
-async def arun_steps(steps: Steps[T], execute: Callable[[Op], Awaitable[Any]]) -> T:
-    """Run `steps` to their end, awaiting each operation with `execute`; its exceptions go back into `steps`."""
-    reply: Any = None
-    error: Exception | None = None
-    with contextlib.closing(steps):
-        while True:
-            try:
-                op = _next(steps, reply, error)
-            except StopIteration as stop:
-                result: T = stop.value
-                return result
-            try:
-                reply, error = await execute(op), None
-            except Exception as exc:  # into the steps: they decide what a failed operation means
-                reply, error = None, exc
+def _advance(steps: Steps[Any], reply: Any, error: Exception | None) -> Op | _Done:
+    """The next operation of `steps`, given the last one's reply or error; `_Done` with their result at the end."""
+    try:
+        return steps.send(reply) if error is None else steps.throw(error)
+    except StopIteration as stop:
+        return _Done(stop.value)
 
 
 def run_steps(steps: Steps[T], execute: Callable[[Op], Any]) -> T:
-    """`arun_steps` with a synchronous `execute`, without an event loop: nothing in it suspends, so its coroutine
-    runs to the end on the first ``send`` (one loop for both faces instead of a twin)."""
-
-    async def at_once(op: Op) -> Any:
-        return execute(op)
-
-    coroutine = arun_steps(steps, at_once)
+    """Run `steps` to their end, executing each operation with `execute`; its exceptions go back into `steps`."""
+    reply: Any = None
+    error: Exception | None = None
     try:
-        coroutine.send(None)
-    except StopIteration as done:
-        result: T = done.value
+        while not isinstance(op := _advance(steps, reply, error), _Done):
+            try:
+                reply, error = execute(op), None
+            except Exception as exc:  # into the steps: they decide what a failed operation means
+                reply, error = None, exc
+        result: T = op.value
         return result
-    coroutine.close()
-    raise RuntimeError("a synchronous keeper operation suspended")  # at_once awaits nothing that could wait
+    finally:
+        steps.close()
+
+
+async def arun_steps(steps: Steps[T], execute: Callable[[Op], Awaitable[Any]]) -> T:
+    """`run_steps`, awaiting each operation."""
+    reply: Any = None
+    error: Exception | None = None
+    try:
+        while not isinstance(op := _advance(steps, reply, error), _Done):
+            try:
+                reply, error = await execute(op), None
+            except Exception as exc:  # see run_steps
+                reply, error = None, exc
+        result: T = op.value
+        return result
+    finally:
+        steps.close()
