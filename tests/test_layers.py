@@ -98,7 +98,7 @@ def _imported(node: ast.Import | ast.ImportFrom, module: str, is_package: bool, 
 
 def check_tree(root: Path) -> list[Violation]:
     """Every import in the package at `root` (a folder named like the package) that goes up a layer."""
-    violations = []
+    violations: list[Violation] = []
     for path in sorted(root.rglob("*.py")):
         module = _module_name(path, root)
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
@@ -107,8 +107,9 @@ def check_tree(root: Path) -> list[Violation]:
             for imported in _imported(node, module, path.name == "__init__.py", root):
                 if imported.split(".")[0] != root.name:
                     continue  # the standard library and third parties are not layered here
-                if layer_of(imported) > layer_of(module):
-                    violations.append(Violation(module, imported, node.lineno))
+                found = Violation(module, imported, node.lineno)
+                if layer_of(imported) > layer_of(module) and found not in violations:
+                    violations.append(found)  # once per line, however many names it imports
     return violations
 
 
