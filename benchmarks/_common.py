@@ -242,7 +242,7 @@ class BarePoster:
 
         import httpx
 
-        from grantkeeper.engine.keeper import DEFAULT_TIMEOUT
+        from grantkeeper.keepers import DEFAULT_TIMEOUT
         from grantkeeper.tokens.request import USER_AGENT
 
         self.url = sim.url
@@ -253,7 +253,7 @@ class BarePoster:
             "User-Agent": USER_AGENT,
             "Authorization": "Basic " + base64.b64encode(pair.encode()).decode("ascii"),
         }
-        # The keeper's default client, built the same way (grantkeeper.engine.keeper.Keeper.__init__).
+        # The keeper's default client, built the same way (grantkeeper.keepers.Keeper.__init__).
         self.http = httpx.Client(timeout=DEFAULT_TIMEOUT, follow_redirects=False, trust_env=False)
 
     def post(self) -> bytes:

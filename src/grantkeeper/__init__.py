@@ -26,11 +26,12 @@ from grantkeeper._exceptions import (
 )
 from grantkeeper._secrets import Secret
 from grantkeeper.diagnosis import Diagnosis
-from grantkeeper.engine import AsyncKeeper, GrantStatus, Keeper
+from grantkeeper.engine import GrantStatus
+from grantkeeper.keepers import AsyncKeeper, Keeper
 from grantkeeper.model import Attempt, AttemptState, AuthMethod, Grant, GrantState, OutcomeClass, Provider, RotationMode
+from grantkeeper.model.retention import HistoryRetention
 from grantkeeper.notify import GrantEvent, Webhook
 from grantkeeper.protocol import RefreshPolicy
-from grantkeeper.stores.sql import HistoryRetention
 
 __version__ = "0.1.0"
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from grantkeeper.engine import AsyncKeeper
+from grantkeeper import AsyncKeeper
 from grantkeeper.serve.broker import Heartbeat
 from grantkeeper.serve.config import ServeConfig
 from grantkeeper.serve.runner import build_broker

@@ -19,7 +19,7 @@ import click
 from grantkeeper._exceptions import ConfigurationError, GrantkeeperError, UnknownGrant, UnknownProvider
 from grantkeeper._secrets import Secret
 from grantkeeper.cli._session import Session
-from grantkeeper.engine import Keeper
+from grantkeeper.keepers import Keeper
 from grantkeeper.tokens.token_input import looks_like_json
 
 __all__ = [

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from grantkeeper.redact import RedactingFilter
 
 if TYPE_CHECKING:
-    from grantkeeper.engine import Keeper
+    from grantkeeper.keepers import Keeper
 
 __all__ = ["Session"]
 
@@ -34,7 +34,7 @@ class Session:
     def keeper(self, *, create: bool = False) -> Keeper:
         """A keeper on the chosen store (only ``provider add`` creates one), announcing events to the webhook
         named by $GRANTKEEPER_WEBHOOK_URL, if set."""
-        from grantkeeper.engine import Keeper
+        from grantkeeper.keepers import Keeper
         from grantkeeper.notify import Webhook
 
         return Keeper.open(self.url(), create=create, on_event=Webhook.from_env())

@@ -53,8 +53,8 @@ from grantkeeper.admin import Admin
 from grantkeeper.cli import demo_worker
 from grantkeeper.cli._session import Session
 from grantkeeper.cli.demo_worker import Counts, WorkerPlan
-from grantkeeper.engine import Keeper
 from grantkeeper.engine.ports import Store
+from grantkeeper.keepers import Keeper
 from grantkeeper.model import Attempt, AttemptState, AuthMethod, Provider, RotationMode
 
 if TYPE_CHECKING:

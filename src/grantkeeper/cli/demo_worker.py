@@ -32,7 +32,7 @@ from typing import Any, Protocol
 import httpx
 
 from grantkeeper._exceptions import GrantkeeperError, TransientError
-from grantkeeper.engine import Keeper
+from grantkeeper.keepers import Keeper
 from grantkeeper.model.retention import HistoryRetention
 from grantkeeper.protocol.policy import RefreshPolicy
 

@@ -1,7 +1,10 @@
-"""`Keeper` and `AsyncKeeper`: the public face of the refresh engine.
+"""`Keeper` and `AsyncKeeper` on the engine's ports: a `Store` (or `AsyncStore`) and a `Sender` (or `AsyncSender`).
 
-Both share `_KeeperCore` (cache, worker identity, status assembly) and the one protocol in
-`grantkeeper.protocol`; they differ only in the lock type and the driver they run it with.
+What a keeper does is written once, in `_KeeperCore`, as generators of operations (`grantkeeper.engine.ops`): take
+the grant's lock and refresh, run the protocol's flow, call the store, tell the event sinks. `Keeper` executes them
+with plain calls and a `threading.Lock` per grant, `AsyncKeeper` with ``await`` and an `asyncio.Lock`; each public
+method of either is a line or two. Opening a store by URL and the default HTTP client are wiring, not engine:
+`grantkeeper.keepers` (exported as `grantkeeper.Keeper` and `grantkeeper.AsyncKeeper`) adds them.
 
 Order of checks for a token (docs/design.md): (1) the in-process cache, no lock, no I/O; (2) the grant's
 in-process lock, so concurrent callers share one refresh; (3) the cache again under the lock; (4) the
@@ -23,8 +26,6 @@ from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
-import httpx
-
 from grantkeeper._clock import Clock, SystemClock
 from grantkeeper._exceptions import (
     ClientAuthFailed,
@@ -38,26 +39,25 @@ from grantkeeper._exceptions import (
 from grantkeeper._secrets import Secret
 from grantkeeper.diagnosis import Diagnosis, diagnose
 from grantkeeper.engine.drivers import drive, drive_async
-from grantkeeper.engine.threaded import threaded
+from grantkeeper.engine.ops import Blocking, Call, Op, Pause, Refresh, RunFlow, Steps, arun_steps, run_steps
+from grantkeeper.engine.ports import AsyncSender, AsyncStore, Sender, Store
+from grantkeeper.engine.threaded import blocking, threaded
 from grantkeeper.model import Attempt, Grant, GrantState, LeaseHolder, OutcomeClass, Provider
 from grantkeeper.model.lifetimes import RefreshTokenExpiry, refresh_token_ends
+from grantkeeper.model.retention import HistoryRetention
 from grantkeeper.model.times import iso_utc
+from grantkeeper.model.token_values import check_refresh_token
 from grantkeeper.notify import EventSink, Notifier, event_for
 from grantkeeper.protocol import Refreshed, RefreshPolicy, refresh_flow
-from grantkeeper.stores import SQLStore, open_store
-from grantkeeper.stores.sql import HistoryRetention
-from grantkeeper.tokens import transport
-from grantkeeper.tokens.sender import AsyncHttpSender, HttpSender
-from grantkeeper.tokens.token_input import check_refresh_token
 
 __all__ = ["AsyncKeeper", "GrantStatus", "KeepaliveResult", "Keeper", "RefreshTokenExpiry", "ServedToken"]
 
 logger = logging.getLogger("grantkeeper")
 T = TypeVar("T")
 
-DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
 _SERVE_TRIES = 3
 _TICKETS = itertools.count(1)  # shared by every keeper: next() on it is atomic under the GIL
+_KEEPALIVE_MARGIN = 7 * 86400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,16 +129,24 @@ def _worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
+def _one(method: str, *args: Any, **kwargs: Any) -> Steps[Any]:
+    """A method that is one store transaction."""
+    return (yield Call(method, args, kwargs))
+
+
 class _KeeperCore:
-    """State and logic shared by both keepers; no I/O beyond calling the store."""
+    """What both keepers do, once: state (cache, worker identity, event sinks) and every method as steps."""
+
+    store: Store | AsyncStore
 
     def __init__(
-        self, store: SQLStore, *, clock: Clock | None, policy: RefreshPolicy | None, worker: str | None,
+        self, store: Store | AsyncStore, *, clock: Clock | None, policy: RefreshPolicy | None, worker: str | None,
         on_event: EventSink | Iterable[EventSink] | None, retention: HistoryRetention | None,
     ) -> None:  # fmt: skip
-        self.store = store
         if retention is not None:
             store.retention = retention
+        self.store = store
+        self._fingerprint = store.fingerprint
         self.clock = clock or SystemClock()
         self.policy = policy or RefreshPolicy()
         self.worker = worker or _worker_id()
@@ -150,9 +158,7 @@ class _KeeperCore:
         # A refresh that read the store before a rejection must not cache what it read: see `_remember`.
         self._rejections: dict[str, int] = {}
         self._closed = False
-        self._replayer: threading.Thread | None = None
         self._stopping = threading.Event()
-        self._replay_guard = threading.Lock()
         self._notifier = Notifier()
         for sink in [on_event] if callable(on_event) else on_event or ():
             self._notifier.add(sink)
@@ -163,40 +169,12 @@ class _KeeperCore:
         needs_reauth, or the provider rejected the client credentials. See `grantkeeper.notify`."""
         self._notifier.add(sink)
 
-    def _announce(self, error: GrantkeeperError) -> None:
-        """Tell the event sinks about a failure this worker just recorded, if it is one a person must act on."""
-        if not self._notifier or error.grant is None:
-            return
-        try:
-            grant = self.store.get_grant(error.grant)
-            repeat = False
-            if isinstance(error, ClientAuthFailed):
-                previous = self.store.list_attempts(error.grant, limit=2)[1:]
-                repeat = bool(previous) and previous[0].outcome_class is OutcomeClass.CLIENT_AUTH_FAILED
-        except GrantkeeperError as exc:
-            logger.warning("grant %r: could not read the store to announce %s: %s", error.grant, error.code,
-                           exc.message)  # fmt: skip
-            return
-        event = event_for(error, provider=grant.provider, at=self.clock.now(), worker=self.worker, repeat=repeat)
-        if event is not None:
-            self._notifier.emit(event)
+    def _replay_soon(self) -> None:
+        """A successor waits in recovery storage: keep trying to commit it in the background (`_replaying`) until
+        the store takes it, so the window in which the store lags behind the provider is as short as the outage."""
+        raise NotImplementedError
 
-    def _close_sinks(self) -> None:
-        for sink in self._notifier.sinks:
-            close = getattr(sink, "close", None)
-            if callable(close):
-                close()
-
-    def _doctor(self, name: str) -> Diagnosis:
-        grant, provider = self.store.get_grant_and_provider(name)
-        now = self.clock.now()
-        history = self.store.list_attempts(name, limit=self.store.retention.per_grant)
-        lease = self.store.lease_holder(name, now=now)
-        # Liveness comes from the store's signal (a file lock, a session lock), never from the host name and pid
-        # in the worker id: containers sharing a host name have separate pid tables.
-        return diagnose(grant, provider, history, now=now, lease=lease, alive=self.store.worker_alive,
-                        find=lambda attempt_id: self.store.get_attempt(name, attempt_id),
-                        spent=lambda fingerprint: self.store.spent_by(name, fingerprint))  # fmt: skip
+    # --- the cache -----------------------------------------------------------------------------------------------
 
     def _on_store_change(self, name: str, generation: int, kind: str) -> None:
         """Another worker committed or invalidated: drop what this process cached (I4). Any thread may call."""
@@ -253,15 +231,6 @@ class _KeeperCore:
             return None
         return result.grant.access_token
 
-    def _unservable(self, name: str) -> TransientError:
-        # Checked again after each refresh: a token can expire while the store is slow to answer, and another
-        # host's notification can drop the entry in between (I4: never serve one past expiry minus skew).
-        return TransientError(
-            f"grant {name!r}: {_SERVE_TRIES} refreshes in a row produced no access token that was still valid when "
-            "it could be handed out (the store or provider is slower than the token's lifetime); retry later",
-            grant=name,
-        )
-
     def _satisfied(self, name: str, force: bool, seen: int) -> bool:
         """Checked under the grant's lock: did the caller before us already produce what we need?"""
         if self._cached(name) is None:
@@ -279,11 +248,11 @@ class _KeeperCore:
         entry = self._cache.get(name)
         return entry[2] if entry is not None else -1
 
-    def _flow(self, name: str, force: bool, seen: int) -> Any:
-        return refresh_flow(
-            name, worker=self.worker, force=force, policy=self.policy, seen_generation=seen if seen >= 0 else None,
-            actor=self._actor(),
-        )  # fmt: skip
+    def _before_lock(self, name: str) -> int:
+        """Checked before waiting for the grant's lock: the keeper is open; the generation this caller has seen."""
+        if self._closed:
+            raise ConfigurationError("this keeper is closed; open a new one")
+        return self._seen_generation(name)
 
     @staticmethod
     def _actor() -> str:
@@ -295,71 +264,147 @@ class _KeeperCore:
         thread = threading.current_thread().name
         return f"{thread}/{task.get_name()}" if task is not None else thread
 
-    def _check_open(self) -> None:
-        if self._closed:
-            raise ConfigurationError("this keeper is closed; open a new one")
+    # --- refreshing, as steps ------------------------------------------------------------------------------------
 
-    def _replay_soon(self) -> None:
-        """A successor waits in recovery storage: keep trying to commit it in the background until the store
-        takes it, so the window in which the store lags behind the provider is as short as the outage."""
-        with self._replay_guard:
-            if self._replayer is not None and self._replayer.is_alive():
-                return
-            self._replayer = threading.Thread(target=self._replay_until_done, name="grantkeeper-replay", daemon=True)
-            self._replayer.start()
+    def _token_steps(self, name: str) -> Steps[str]:
+        """`access_token` after a cache miss. The cache is checked again after each refresh: a token can expire
+        while the store is slow to answer, and another host's notification can drop the entry in between (I4:
+        never serve one past expiry minus skew)."""
+        for _ in range(_SERVE_TRIES):
+            result = yield Refresh(name, force=False)
+            cached = self._cached(name) or self._issued_to_caller(result)
+            if cached is not None:
+                return cached.reveal()
+        raise TransientError(
+            f"grant {name!r}: {_SERVE_TRIES} refreshes in a row produced no access token that was still valid when "
+            "it could be handed out (the store or provider is slower than the token's lifetime); retry later",
+            grant=name,
+        )
 
-    def _replay_until_done(self) -> None:
-        delay = 0.1
-        while not self._stopping.is_set():
+    def _refresh_steps(self, name: str, force: bool) -> Steps[Grant]:
+        result: Refreshed | None = yield Refresh(name, force=force)
+        if result is not None:
+            return result.grant
+        return self._served((yield Call.of("get_grant", name)))
+
+    def _locked_steps(self, name: str, force: bool, seen: int) -> Steps[Refreshed | None]:
+        """Under the grant's lock: run the protocol unless a caller before us already did the work (None)."""
+        if self._satisfied(name, force, seen):
+            return None
+        mark = self._rejection_mark(name)
+        flow = refresh_flow(
+            name, worker=self.worker, force=force, policy=self.policy, seen_generation=seen if seen >= 0 else None,
+            actor=self._actor(),
+        )  # fmt: skip
+        with self._forget_if_dead(name):
             try:
-                done = self.store.replay_recovery(now=self.clock.now())
-                for name in done:
-                    logger.info("grant %r committed from local recovery storage", name)
-                if not self.store.pending_recovery():
-                    return
-            except GrantkeeperError:
-                pass  # still down; keep trying
-            self._stopping.wait(delay)
-            delay = min(delay * 2, 2.0)
+                result: Refreshed = yield RunFlow(flow)
+            except (NeedsReauth, ClientAuthFailed) as exc:
+                yield from self._announce_steps(exc)
+                raise
+            except StoreUnavailable:
+                self._replay_soon()  # a successor the store refused may wait in recovery storage, or in memory
+                raise
+        self._remember(result, mark)
+        return result
 
-    def _stop_background(self) -> None:
-        """Before the store closes: a connection must not be closed under a thread still using it."""
-        self._closed = True
-        self._stopping.set()
-        replayer = self._replayer
-        if replayer is not None:
-            replayer.join(timeout=30)
-
-    def _replay_recovery(self) -> None:
+    def _announce_steps(self, error: GrantkeeperError) -> Steps[None]:
+        """Tell the event sinks about a failure this worker just recorded, if it is one a person must act on."""
+        if not self._notifier or error.grant is None:
+            return
         try:
-            done = self.store.replay_recovery(now=self.clock.now())
+            grant: Grant = yield Call.of("get_grant", error.grant)
+            repeat = False
+            if isinstance(error, ClientAuthFailed):
+                previous: list[Attempt] = (yield Call.of("list_attempts", error.grant, limit=2))[1:]
+                repeat = bool(previous) and previous[0].outcome_class is OutcomeClass.CLIENT_AUTH_FAILED
+        except GrantkeeperError as exc:
+            logger.warning("grant %r: could not read the store to announce %s: %s", error.grant, error.code,
+                           exc.message)  # fmt: skip
+            return
+        event = event_for(error, provider=grant.provider, at=self.clock.now(), worker=self.worker, repeat=repeat)
+        if event is not None:
+            yield Blocking(lambda _store: self._notifier.emit(event))  # user code: may block
+
+    # --- recovery storage ----------------------------------------------------------------------------------------
+
+    def _replay_steps(self) -> Steps[None]:
+        """At open: commit what waits in this host's recovery storage; a store still down is only logged."""
+        try:
+            done: list[str] = yield Call.of("replay_recovery", now=self.clock.now())
         except GrantkeeperError as exc:
             logger.warning("recovery storage could not be replayed yet: %s", exc.message)
             return
         for name in done:
             logger.info("grant %r committed from local recovery storage", name, extra={"grantkeeper": {"grant": name}})
 
-    def _status(self, name: str) -> GrantStatus:
-        grant, provider = self.store.get_grant_and_provider(name)
+    def _replaying(self) -> Steps[None]:
+        """The background replay: try, back off (0.1 s doubling to 2 s), until nothing waits or the keeper closes."""
+        delay = 0.1
+        while not self._stopping.is_set():
+            try:
+                done: list[str] = yield Call.of("replay_recovery", now=self.clock.now())
+                for name in done:
+                    logger.info("grant %r committed from local recovery storage", name)
+                if not (yield Call.of("pending_recovery")):
+                    return
+            except GrantkeeperError:
+                pass  # still down; keep trying
+            yield Pause(delay)
+            delay = min(delay * 2, 2.0)
+
+    def _close_sinks(self) -> None:
+        for sink in self._notifier.sinks:
+            close = getattr(sink, "close", None)
+            if callable(close):
+                close()
+
+    # --- reading, as steps ---------------------------------------------------------------------------------------
+
+    def _status_steps(self, name: str) -> Steps[GrantStatus]:
+        grant, provider = yield Call.of("get_grant_and_provider", name)
         now = self.clock.now()
+        lease = yield Call.of("lease_holder", name, now=now)
+        attempts = yield Call.of("list_attempts", name, limit=10)
+        pending = yield Call.of("pending_recovery", name)
         return GrantStatus(
             name=grant.name, provider=grant.provider, state=grant.state, generation=grant.generation,
             refresh_fp=grant.refresh_fp, access_fp=grant.access_fp, expires_at=grant.expires_at,
             access_valid=grant.access_usable(now, provider.skew), scopes=grant.scopes,
             last_error=grant.last_error, last_error_at=grant.last_error_at, updated_at=grant.updated_at,
-            lease=self.store.lease_holder(name, now=now), attempts=tuple(self.store.list_attempts(name, limit=10)),
-            pending_recovery=self.store.pending_recovery(name),
+            lease=lease, attempts=tuple(attempts), pending_recovery=pending,
             refresh_issued_at=grant.refresh_issued_at, refresh_used_at=grant.refreshed_at,
             refresh_ends=tuple(sorted(refresh_token_ends(grant, provider), key=lambda e: e.deadline)),
         )  # fmt: skip
 
-    def _expiring(self, window: float) -> list[RefreshTokenExpiry]:
+    def _doctor_steps(self, name: str) -> Steps[Diagnosis]:
+        grant, provider = yield Call.of("get_grant_and_provider", name)
+        now = self.clock.now()
+        history = yield Call.of("list_attempts", name, limit=self.store.retention.per_grant)
+        lease = yield Call.of("lease_holder", name, now=now)
+
+        def examine(store: Store) -> Diagnosis:
+            # Liveness comes from the store's signal (a file lock, a session lock), never from the host name and
+            # pid in the worker id: containers sharing a host name have separate pid tables.
+            return diagnose(grant, provider, history, now=now, lease=lease, alive=store.worker_alive,
+                            find=lambda attempt_id: store.get_attempt(name, attempt_id),
+                            spent=lambda fingerprint: store.spent_by(name, fingerprint))  # fmt: skip
+
+        diagnosis: Diagnosis = yield Blocking(examine)
+        return diagnosis
+
+    def _history_steps(self, name: str, limit: int) -> Steps[list[Attempt]]:
+        yield Call.of("get_grant", name)  # an unknown name is an error, not an empty history
+        attempts: list[Attempt] = yield Call.of("list_attempts", name, limit=limit)
+        return attempts
+
+    def _expiring_steps(self, window: float) -> Steps[list[RefreshTokenExpiry]]:
         """Active grants whose refresh token or consent ends within `window` seconds, soonest first: per grant,
         the earliest end that only a new consent fixes if there is one in the window, else the earliest end."""
         now = self.clock.now()
-        providers = {p.name: p for p in self.store.list_providers()}
+        providers = {p.name: p for p in (yield Call.of("list_providers"))}
         found = []
-        for grant in self.store.list_grants():
+        for grant in (yield Call.of("list_grants")):
             if grant.state is not GrantState.ACTIVE:
                 continue
             ends = sorted((e for e in refresh_token_ends(grant, providers[grant.provider])
@@ -368,11 +413,28 @@ class _KeeperCore:
                 found.append(ends[0])
         return sorted(found, key=lambda e: e.deadline)
 
-    def _keepalive_plan(self, margin: float) -> list[tuple[str, str, float]]:
-        """(grant, "refresh" | "reconsent_needed", deadline) for active grants whose refresh token would die
-        within `margin` seconds: by idle or stated expiry (a refresh resets it) or absolute expiry (only consent
-        does)."""
-        return [(e.grant, "refresh" if e.renewable else "reconsent_needed", e.deadline) for e in self._expiring(margin)]
+    def _keepalive_steps(
+        self, margin: float, progress: Callable[[int, int], None] | None
+    ) -> Steps[list[KeepaliveResult]]:
+        """Refresh the grants whose refresh token would die within `margin` seconds by idle or stated expiry (a
+        refresh resets it); warn about those whose absolute expiry (only consent resets it) is that close."""
+        results: list[KeepaliveResult] = []
+        plan = yield from self._expiring_steps(margin)
+        if progress is not None:
+            progress(0, len(plan))
+        for end in plan:
+            if not end.renewable:
+                results.append(self._reconsent(end.grant, end.deadline))
+            else:
+                try:
+                    grant = yield from self._refresh_steps(end.grant, True)
+                    results.append(KeepaliveResult(end.grant, "refreshed", end.deadline,
+                                                   f"generation {grant.generation}"))  # fmt: skip
+                except GrantkeeperError as exc:
+                    results.append(KeepaliveResult(end.grant, "failed", end.deadline, f"{exc.code}: {exc.message}"))
+            if progress is not None:
+                progress(len(results), len(plan))
+        return results
 
     @staticmethod
     def _reconsent(name: str, deadline: float) -> KeepaliveResult:
@@ -383,41 +445,59 @@ class _KeeperCore:
                        extra={"grantkeeper": {"grant": name, "deadline": deadline}})  # fmt: skip
         return result
 
-    def _invalidate(self, name: str, access_token: str) -> bool:
+    # --- writing, as steps ---------------------------------------------------------------------------------------
+
+    def _invalidate_steps(self, name: str, access_token: str) -> Steps[bool]:
         """A resource server rejected `access_token` (401): drop it here and in the store (I4)."""
         # The mark first, then the store: a worker that read the store before it is invalidated there must not
         # cache the rejected token after it was dropped here. The cache is dropped even if the store fails.
         self._rejections[name] = next(_TICKETS)
         try:
-            return self.store.invalidate_access(name, access_fp=self.store.fingerprint(Secret(access_token)))
+            dropped: bool = yield Call.of("invalidate_access", name, access_fp=self._fingerprint(Secret(access_token)))
+            return dropped
         finally:
             entry = self._cache.get(name)
             if entry is not None and entry[0] == Secret(access_token):
                 self._cache.pop(name, None)
 
-    def _import(
+    def _checked_import_steps(
+        self, name: str, provider: str, refresh_token: str | Secret, scopes: tuple[str, ...],
+        access_token: str | Secret | None, expires_at: float | None,
+    ) -> Steps[Grant]:  # fmt: skip
+        """The public import: one token value each (`check_refresh_token`), never a guess."""
+        refresh = check_refresh_token(refresh_token)
+        access = None
+        if access_token is not None:
+            if expires_at is None:
+                raise ConfigurationError("an imported access token needs its expiry (expires_at, epoch seconds)")
+            access = check_refresh_token(access_token, what="the access token")
+        return (yield from self._import_steps(name, provider, refresh, scopes, access_token=access,
+                                              expires_at=expires_at))  # fmt: skip
+
+    def _import_steps(
         self, name: str, provider: str, refresh_token: str | Secret, scopes: tuple[str, ...], *,
         access_token: Secret | None = None, expires_at: float | None = None, refresh_expires_at: float | None = None,
-    ) -> Grant:  # fmt: skip
+    ) -> Steps[Grant]:  # fmt: skip
         """Store the grant; `access_token` (with `expires_at`) is the one issued with the refresh token, kept so
         the first token read needs no refresh (`grantkeeper.consent` passes a consent's whole token response).
 
         A refresh token this grant's kept history shows spent is refused (`SpentRefreshToken`): a rotating
         provider would reject it, and one that detects reuse would revoke the whole grant."""
         secret = refresh_token if isinstance(refresh_token, Secret) else Secret(refresh_token.strip())
-        self._refuse_spent(name, secret)
-        grant = self.store.import_grant(name, provider=provider, refresh_token=secret, scopes=scopes,
-                                        now=self.clock.now(), access_token=access_token, expires_at=expires_at,
-                                        refresh_expires_at=refresh_expires_at)  # fmt: skip
+        yield from self._refuse_spent(name, secret)
+        grant: Grant = yield Call.of(
+            "import_grant", name, provider=provider, refresh_token=secret, scopes=scopes, now=self.clock.now(),
+            access_token=access_token, expires_at=expires_at, refresh_expires_at=refresh_expires_at,
+        )  # fmt: skip
         self._cache.pop(name, None)
         return grant
 
-    def _refuse_spent(self, name: str, token: Secret) -> None:
-        fingerprint = self.store.fingerprint(token)
-        spender = self.store.spent_by(name, fingerprint)
+    def _refuse_spent(self, name: str, token: Secret) -> Steps[None]:
+        fingerprint = self._fingerprint(token)
+        spender: Attempt | None = yield Call.of("spent_by", name, fingerprint)
         if spender is None:
             return
-        current = self.store.get_grant(name)
+        current: Grant = yield Call.of("get_grant", name)
         raise SpentRefreshToken(
             f"grant {name!r}: this refresh token ({fingerprint}) was spent by attempt {spender.id} at "
             f"{iso_utc(spender.started_at)} (generation {spender.generation}"
@@ -430,43 +510,29 @@ class _KeeperCore:
             grant=name, generation=current.generation, attempt_id=spender.id, fingerprint=fingerprint,
         )  # fmt: skip
 
-    def _check_import(
-        self, refresh_token: str | Secret, access_token: str | Secret | None, expires_at: float | None
-    ) -> tuple[Secret, Secret | None]:
-        """The public import's input check: one token value each (`check_refresh_token`), never a guess."""
-        refresh = check_refresh_token(refresh_token)
-        if access_token is None:
-            return refresh, None
-        if expires_at is None:
-            raise ConfigurationError("an imported access token needs its expiry (expires_at, epoch seconds)")
-        return refresh, check_refresh_token(access_token, what="the access token")
-
 
 class Keeper(_KeeperCore):
-    """Thread-safe, synchronous keeper of grants.
+    """Thread-safe, synchronous keeper of grants, on a `Store` and a `Sender`.
 
-    >>> with Keeper.open("sqlite:///var/lib/app/grants.db") as keeper:  # doctest: +SKIP
+    `grantkeeper.Keeper` is this with its HTTP client and ``Keeper.open(url)``:
+
+    >>> with grantkeeper.Keeper.open("sqlite:///var/lib/app/grants.db") as keeper:  # doctest: +SKIP
     ...     headers = {"Authorization": f"Bearer {keeper.access_token('acme')}"}
     """
 
+    store: Store
+
     def __init__(
-        self, store: SQLStore, *, http: httpx.Client | None = None, clock: Clock | None = None,
-        policy: RefreshPolicy | None = None, worker: str | None = None,
-        on_event: EventSink | Iterable[EventSink] | None = None, retention: HistoryRetention | None = None,
+        self, store: Store, *, sender: Sender, clock: Clock | None = None, policy: RefreshPolicy | None = None,
+        worker: str | None = None, on_event: EventSink | Iterable[EventSink] | None = None,
+        retention: HistoryRetention | None = None,
     ) -> None:  # fmt: skip
         super().__init__(store, clock=clock, policy=policy, worker=worker, on_event=on_event, retention=retention)
-        self._own_http = http is None
-        self._http = http or transport.client(timeout=DEFAULT_TIMEOUT)
-        self._sender = HttpSender(self._http)
+        self._sender = sender
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
-
-    @classmethod
-    def open(cls, url: str, *, create: bool = True, **options: Any) -> Keeper:
-        """Open the store at `url` and commit anything waiting in its local recovery storage."""
-        keeper = cls(open_store(url, create=create), **options)
-        keeper._replay_recovery()
-        return keeper
+        self._replayer: threading.Thread | None = None
+        self._replay_guard = threading.Lock()
 
     def __enter__(self) -> Self:
         return self
@@ -475,11 +541,27 @@ class Keeper(_KeeperCore):
         self.close()
 
     def close(self) -> None:
-        self._stop_background()
+        self._closed = True
+        self._stopping.set()
+        replayer = self._replayer
+        if replayer is not None:  # a connection must not be closed under a thread still using it
+            replayer.join(timeout=30)
         self._close_sinks()
-        if self._own_http:
-            self._http.close()
         self.store.close()
+
+    def _execute(self, op: Op) -> Any:
+        if isinstance(op, Call):
+            return getattr(self.store, op.method)(*op.args, **op.kwargs)
+        if isinstance(op, RunFlow):
+            return drive(op.flow, store=self.store, sender=self._sender, clock=self.clock)
+        if isinstance(op, Refresh):
+            return self._run(op.name, force=op.force)
+        if isinstance(op, Blocking):
+            return op.work(self.store)
+        return self._stopping.wait(op.seconds)
+
+    def _drive(self, steps: Steps[T]) -> T:
+        return run_steps(steps, self._execute)
 
     def _lock(self, name: str) -> threading.Lock:
         lock = self._locks.get(name)
@@ -488,92 +570,64 @@ class Keeper(_KeeperCore):
                 lock = self._locks.setdefault(name, threading.Lock())
         return lock
 
+    def _run(self, name: str, *, force: bool) -> Refreshed | None:
+        seen = self._before_lock(name)
+        with self._lock(name):
+            return self._drive(self._locked_steps(name, force, seen))
+
+    def _replay_soon(self) -> None:
+        with self._replay_guard:
+            if self._replayer is not None and self._replayer.is_alive():
+                return
+            self._replayer = threading.Thread(target=self._drive, args=(self._replaying(),),
+                                              name="grantkeeper-replay", daemon=True)  # fmt: skip
+            self._replayer.start()
+
+    def _replay_recovery(self) -> None:
+        self._drive(self._replay_steps())
+
     def access_token(self, name: str) -> str:
         """A valid access token for grant `name`, refreshing (once, for all callers) if needed."""
         entry = self._cache.get(name)  # the fast path: no lock, no I/O, as few calls as possible
         if entry is not None and entry[1] > self._now():
             return entry[0].reveal()
-        for _ in range(_SERVE_TRIES):
-            result = self._run(name, force=False)
-            cached = self._cached(name) or self._issued_to_caller(result)
-            if cached is not None:
-                return cached.reveal()
-        raise self._unservable(name)
+        return self._drive(self._token_steps(name))
 
     def refresh(self, name: str, *, force: bool = False) -> Grant:
         """Refresh grant `name` if its access token is not usable (or always, with `force`)."""
-        result = self._run(name, force=force)
-        return result.grant if result is not None else self._served(self.store.get_grant(name))
-
-    def _run(self, name: str, *, force: bool) -> Refreshed | None:
-        """Run the protocol under the grant's lock; None if a caller before us already did the work."""
-        self._check_open()
-        seen = self._seen_generation(name)
-        with self._lock(name):
-            if self._satisfied(name, force, seen):
-                return None
-            mark = self._rejection_mark(name)
-            with self._forget_if_dead(name):
-                try:
-                    result = drive(
-                        self._flow(name, force, seen), store=self.store, sender=self._sender, clock=self.clock
-                    )
-                except (NeedsReauth, ClientAuthFailed) as exc:
-                    self._announce(exc)
-                    raise
-                except StoreUnavailable:
-                    self._replay_soon()  # a successor the store refused may wait in recovery storage, or in memory
-                    raise
-            self._remember(result, mark)
-            return result
+        return self._drive(self._refresh_steps(name, force))
 
     def status(self, name: str) -> GrantStatus:
-        return self._status(name)
+        return self._drive(self._status_steps(name))
 
     def doctor(self, name: str) -> Diagnosis:
         """Why grant `name` failed last (or that it is healthy), with evidence and the next step."""
-        return self._doctor(name)
+        return self._drive(self._doctor_steps(name))
 
     def history(self, name: str, *, limit: int = 50) -> list[Attempt]:
         """Grant `name`'s refresh attempts, newest first: who, when, which generation and fingerprints, outcome."""
-        self.store.get_grant(name)  # an unknown name is an error, not an empty history
-        return self.store.list_attempts(name, limit=limit)
+        return self._drive(self._history_steps(name, limit))
 
     def expiring(self, window: float) -> list[RefreshTokenExpiry]:
         """Grants whose refresh token or consent ends within `window` seconds (what ``status --expiring`` shows);
         `keepalive` refreshes the renewable ones."""
-        return self._expiring(window)
+        return self._drive(self._expiring_steps(window))
 
     def keepalive(
-        self, *, margin: float = 7 * 86400.0, progress: Callable[[int, int], None] | None = None
+        self, *, margin: float = _KEEPALIVE_MARGIN, progress: Callable[[int, int], None] | None = None
     ) -> list[KeepaliveResult]:
         """Refresh grants whose refresh token would expire from disuse within `margin` seconds; warn about
         grants whose consent ends (absolute lifetime) within it. Run it from a daily scheduler.
 
         `progress(done, total)` is called once before the first grant (``done == 0``) and after each one.
         """
-        results = []
-        plan = self._keepalive_plan(margin)
-        if progress is not None:
-            progress(0, len(plan))
-        for name, action, deadline in plan:
-            if action == "reconsent_needed":
-                results.append(self._reconsent(name, deadline))
-            else:
-                try:
-                    grant = self.refresh(name, force=True)
-                    results.append(KeepaliveResult(name, "refreshed", deadline, f"generation {grant.generation}"))
-                except GrantkeeperError as exc:
-                    results.append(KeepaliveResult(name, "failed", deadline, f"{exc.code}: {exc.message}"))
-            if progress is not None:
-                progress(len(results), len(plan))
-        return results
+        return self._drive(self._keepalive_steps(margin, progress))
 
     def grants(self) -> list[Grant]:
-        return self.store.list_grants()
+        return self._drive(_one("list_grants"))
 
     def add_provider(self, provider: Provider) -> None:
-        self.store.put_provider(provider, now=self.clock.now())
+        self._drive(_one("put_provider", provider, now=self.clock.now()))
 
     def import_grant(
         self, name: str, *, provider: str, refresh_token: str | Secret, scopes: tuple[str, ...] = (),
@@ -586,35 +640,37 @@ class Keeper(_KeeperCore):
         stored then. `access_token` with `expires_at` (epoch seconds) is the access token issued with it, so the
         first token read needs no refresh; `grantkeeper.tokens.token_input.read_token_input` reads both from a
         token response."""
-        refresh, access = self._check_import(refresh_token, access_token, expires_at)
-        return self._import(name, provider, refresh, scopes, access_token=access, expires_at=expires_at)
+        return self._drive(self._checked_import_steps(name, provider, refresh_token, scopes, access_token, expires_at))
+
+    def _import(
+        self, name: str, provider: str, refresh_token: str | Secret, scopes: tuple[str, ...], *,
+        access_token: Secret | None = None, expires_at: float | None = None, refresh_expires_at: float | None = None,
+    ) -> Grant:  # fmt: skip
+        """`import_grant` for input already checked, with the refresh token's stated expiry (`grantkeeper.consent`)."""
+        steps = self._import_steps(name, provider, refresh_token, scopes, access_token=access_token,
+                                   expires_at=expires_at, refresh_expires_at=refresh_expires_at)  # fmt: skip
+        return self._drive(steps)
 
     def report_rejected(self, name: str, access_token: str) -> bool:
         """Tell the keeper a resource server answered 401 to `access_token`; the next call refreshes."""
-        return self._invalidate(name, access_token)
+        return self._drive(self._invalidate_steps(name, access_token))
 
 
 class AsyncKeeper(_KeeperCore):
-    """Task-safe asyncio keeper of grants; the same protocol as `Keeper`, driven with ``await``."""
+    """Task-safe asyncio keeper of grants on an `AsyncStore` (a plain `Store` runs in worker threads) and an
+    `AsyncSender`: the same steps as `Keeper`, driven with ``await``."""
 
     def __init__(
-        self, store: SQLStore, *, http: httpx.AsyncClient | None = None, clock: Clock | None = None,
+        self, store: Store | AsyncStore, *, sender: AsyncSender, clock: Clock | None = None,
         policy: RefreshPolicy | None = None, worker: str | None = None,
         on_event: EventSink | Iterable[EventSink] | None = None, retention: HistoryRetention | None = None,
     ) -> None:  # fmt: skip
         super().__init__(store, clock=clock, policy=policy, worker=worker, on_event=on_event, retention=retention)
-        self._own_http = http is None
-        self._http = http or transport.async_client(timeout=DEFAULT_TIMEOUT)
-        self._sender = AsyncHttpSender(self._http)
+        self._sender = sender
         self._astore = threaded(store)
         self._locks: dict[str, asyncio.Lock] = {}
-
-    @classmethod
-    async def open(cls, url: str, *, create: bool = True, **options: Any) -> AsyncKeeper:
-        store = await asyncio.to_thread(open_store, url, create=create)
-        keeper = cls(store, **options)
-        await asyncio.to_thread(keeper._replay_recovery)
-        return keeper
+        self._replayer: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()  # set when closing: ends the replay's pause at once (one per replay task)
 
     async def __aenter__(self) -> Self:
         return self
@@ -625,100 +681,86 @@ class AsyncKeeper(_KeeperCore):
         await self.aclose()
 
     async def aclose(self) -> None:
-        await asyncio.to_thread(self._stop_background)
+        self._closed = True
+        self._stopping.set()
+        self._wake.set()
+        replayer = self._replayer
+        if replayer is not None and not replayer.done():  # it stops at its next step; the store must outlive it
+            await asyncio.wait([replayer], timeout=30)
         await asyncio.to_thread(self._close_sinks)
-        if self._own_http:
-            await self._http.aclose()
-        await asyncio.to_thread(self.store.close)
+        await self._astore.close()
+
+    async def _execute(self, op: Op) -> Any:
+        if isinstance(op, Call):
+            return await getattr(self._astore, op.method)(*op.args, **op.kwargs)
+        if isinstance(op, RunFlow):
+            return await drive_async(op.flow, store=self._astore, sender=self._sender, clock=self.clock)
+        if isinstance(op, Refresh):
+            return await self._run(op.name, force=op.force)
+        if isinstance(op, Blocking):
+            return await asyncio.to_thread(op.work, blocking(self._astore, asyncio.get_running_loop()))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), op.seconds)
+        return None
+
+    async def _drive(self, steps: Steps[T]) -> T:
+        return await arun_steps(steps, self._execute)
+
+    async def _run(self, name: str, *, force: bool) -> Refreshed | None:
+        seen = self._before_lock(name)
+        async with self._locks.setdefault(name, asyncio.Lock()):
+            return await self._drive(self._locked_steps(name, force, seen))
+
+    def _replay_soon(self) -> None:
+        if self._replayer is None or self._replayer.done():
+            self._wake = asyncio.Event()  # an Event binds to the loop that first waits on it: this task's
+            self._replayer = asyncio.get_running_loop().create_task(self._drive(self._replaying()),
+                                                                    name="grantkeeper-replay")  # fmt: skip
+
+    async def _replay_recovery(self) -> None:
+        await self._drive(self._replay_steps())
 
     async def access_token(self, name: str) -> str:
         entry = self._cache.get(name)
         if entry is not None and entry[1] > self._now():
             return entry[0].reveal()
-        for _ in range(_SERVE_TRIES):
-            result = await self._run(name, force=False)
-            cached = self._cached(name) or self._issued_to_caller(result)
-            if cached is not None:
-                return cached.reveal()
-        raise self._unservable(name)
+        return await self._drive(self._token_steps(name))
 
     async def refresh(self, name: str, *, force: bool = False) -> Grant:
-        result = await self._run(name, force=force)
-        return result.grant if result is not None else self._served(await self._call(self.store.get_grant, name))
-
-    async def _run(self, name: str, *, force: bool) -> Refreshed | None:
-        self._check_open()
-        seen = self._seen_generation(name)
-        async with self._locks.setdefault(name, asyncio.Lock()):
-            if self._satisfied(name, force, seen):
-                return None
-            mark = self._rejection_mark(name)
-            with self._forget_if_dead(name):
-                try:
-                    result = await drive_async(
-                        self._flow(name, force, seen), store=self._astore, sender=self._sender, clock=self.clock
-                    )
-                except (NeedsReauth, ClientAuthFailed) as exc:
-                    await self._call(self._announce, exc)
-                    raise
-                except StoreUnavailable:
-                    self._replay_soon()  # see Keeper._run
-                    raise
-            self._remember(result, mark)
-            return result
-
-    async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        return await asyncio.to_thread(fn, *args, **kwargs)
+        return await self._drive(self._refresh_steps(name, force))
 
     async def status(self, name: str) -> GrantStatus:
-        return await self._call(self._status, name)
+        return await self._drive(self._status_steps(name))
 
     async def doctor(self, name: str) -> Diagnosis:
-        return await self._call(self._doctor, name)
+        return await self._drive(self._doctor_steps(name))
 
     async def history(self, name: str, *, limit: int = 50) -> list[Attempt]:
-        await self._call(self.store.get_grant, name)
-        return await self._call(self.store.list_attempts, name, limit=limit)
+        return await self._drive(self._history_steps(name, limit))
 
     async def expiring(self, window: float) -> list[RefreshTokenExpiry]:
         """See `Keeper.expiring`."""
-        return await self._call(self._expiring, window)
+        return await self._drive(self._expiring_steps(window))
 
     async def keepalive(
-        self, *, margin: float = 7 * 86400.0, progress: Callable[[int, int], None] | None = None
+        self, *, margin: float = _KEEPALIVE_MARGIN, progress: Callable[[int, int], None] | None = None
     ) -> list[KeepaliveResult]:
         """See `Keeper.keepalive`."""
-        results = []
-        plan = await self._call(self._keepalive_plan, margin)
-        if progress is not None:
-            progress(0, len(plan))
-        for name, action, deadline in plan:
-            if action == "reconsent_needed":
-                results.append(self._reconsent(name, deadline))
-            else:
-                try:
-                    grant = await self.refresh(name, force=True)
-                    results.append(KeepaliveResult(name, "refreshed", deadline, f"generation {grant.generation}"))
-                except GrantkeeperError as exc:
-                    results.append(KeepaliveResult(name, "failed", deadline, f"{exc.code}: {exc.message}"))
-            if progress is not None:
-                progress(len(results), len(plan))
-        return results
+        return await self._drive(self._keepalive_steps(margin, progress))
 
     async def grants(self) -> list[Grant]:
-        return await self._call(self.store.list_grants)
+        return await self._drive(_one("list_grants"))
 
     async def add_provider(self, provider: Provider) -> None:
-        await self._call(self.store.put_provider, provider, now=self.clock.now())
+        await self._drive(_one("put_provider", provider, now=self.clock.now()))
 
     async def import_grant(
         self, name: str, *, provider: str, refresh_token: str | Secret, scopes: tuple[str, ...] = (),
         access_token: str | Secret | None = None, expires_at: float | None = None,
     ) -> Grant:  # fmt: skip
         """See `Keeper.import_grant`."""
-        refresh, access = self._check_import(refresh_token, access_token, expires_at)
-        return await self._call(self._import, name, provider, refresh, scopes, access_token=access,
-                                expires_at=expires_at)  # fmt: skip
+        return await self._drive(self._checked_import_steps(name, provider, refresh_token, scopes, access_token,
+                                                            expires_at))  # fmt: skip
 
     async def report_rejected(self, name: str, access_token: str) -> bool:
-        return await self._call(self._invalidate, name, access_token)
+        return await self._drive(self._invalidate_steps(name, access_token))

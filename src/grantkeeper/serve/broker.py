@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 from grantkeeper._exceptions import GrantkeeperError, StoreUnavailable, TransientError, UnknownGrant
 from grantkeeper._secrets import Secret
-from grantkeeper.engine import AsyncKeeper
 from grantkeeper.engine.keeper import ServedToken
+from grantkeeper.keepers import AsyncKeeper
 from grantkeeper.serve.audit import AuditTrail
 from grantkeeper.serve.auth import Authenticator
 from grantkeeper.serve.errors import ServeError

@@ -24,7 +24,7 @@ import uvicorn
 
 from grantkeeper._exceptions import ConfigurationError
 from grantkeeper._secrets import Secret
-from grantkeeper.engine import AsyncKeeper
+from grantkeeper.keepers import AsyncKeeper
 from grantkeeper.notify import Webhook
 from grantkeeper.serve.app import create_app
 from grantkeeper.serve.audit import AuditTrail

@@ -1,10 +1,9 @@
 """What a person gives `grant import`: one refresh token, or a whole token response. Checked, never guessed.
 
-A refresh token is one RFC 6749 token value (appendix A.17: ``1*VSCHAR``, printable ASCII). Two further
-refusals catch the usual copy-and-paste mistakes without rejecting any token a real server issues: a space
-(``Bearer xyz``, two values on one line; RFC 6750 token syntax has no space either) and a value wrapped in
-double quotes (``jq`` without ``-r``). Anything refused is described by its shape (lines, length, which kind
-of character where), never by its value, so the error can be shown and logged.
+A refresh token is one RFC 6749 token value (appendix A.17: ``1*VSCHAR``, printable ASCII), checked by
+`grantkeeper.model.token_values` (re-exported here), which also refuses a space and a value wrapped in double
+quotes. Anything refused is described by its shape (lines, length, which kind of character where), never by
+its value, so the error can be shown and logged.
 
 A token response (the JSON object a token endpoint returns, one line or pretty-printed) is read with the same
 parser refreshes use (`grantkeeper.tokens.response.interpret`): its ``refresh_token`` is the grant's, and its
@@ -18,6 +17,7 @@ from dataclasses import dataclass
 
 from grantkeeper._exceptions import TokenInputError
 from grantkeeper._secrets import Secret
+from grantkeeper.model.token_values import check_refresh_token, describe
 from grantkeeper.tokens.response import HttpReply, Malformed, Success, interpret
 
 __all__ = ["ImportedTokens", "check_refresh_token", "describe", "looks_like_json", "read_token_input"]
@@ -25,7 +25,6 @@ __all__ = ["ImportedTokens", "check_refresh_token", "describe", "looks_like_json
 #: Field names of a token response that may be named in a message (a key could be anything: never echo others).
 _KNOWN_FIELDS = ("access_token", "refresh_token", "token_type", "expires_in", "scope", "id_token",
                  "refresh_token_expires_in", "error", "error_description")  # fmt: skip
-_SCHEMES = ("bearer", "basic", "dpop", "authorization:")
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,57 +38,6 @@ class ImportedTokens:
     scopes: tuple[str, ...] = ()
     refresh_expires_at: float | None = None
     from_response: bool = False
-
-
-def _position(value: str, index: int) -> str:
-    return f"character {index + 1} of {len(value)}"
-
-
-def _problem(value: str) -> str | None:
-    """Why `value` is not one refresh token, as a shape (None: it is one)."""
-    if not value:
-        return "empty"
-    if value.startswith(("{", "[")):
-        return f"{len(value)} character(s) starting with {value[0]!r} (JSON?)"
-    words = value.split()
-    if len(words) > 1:
-        first = words[0].lower()
-        named = f", the first is {words[0]!r}" if first in _SCHEMES else ""
-        hint = " (an Authorization header value? import only the token after the scheme)" if named else ""
-        return f"{len(words)} words separated by spaces{named}{hint}"
-    for index, char in enumerate(value):
-        code = ord(char)
-        if code > 0x7E:
-            return f"a non-ASCII character at {_position(value, index)}"
-        if code < 0x21:
-            return f"a control character (0x{code:02x}) at {_position(value, index)}"
-    if len(value) >= 2 and value[0] == value[-1] == '"':
-        return f"{len(value)} characters wrapped in double quotes (jq without -r?)"
-    return None
-
-
-def describe(text: str) -> str:
-    """The shape of `text` for an error message: line count, length, what is wrong. Never the value itself."""
-    lines = [line for line in text.splitlines() if line.strip()]
-    if len(lines) > 1:
-        first = lines[0].strip()
-        start = f", the first starting with {first[0]!r}" if first[:1] in "{[\"'<" else ""
-        return f"{len(lines)} non-empty lines, {len(text.strip())} characters{start}"
-    return _problem(text.strip()) or f"one token value of {len(text.strip())} characters"
-
-
-def check_refresh_token(value: str | Secret, *, what: str = "the refresh token") -> Secret:
-    """`value` (surrounding whitespace stripped) as a `Secret` if it is one refresh token, else `TokenInputError`
-    saying what it looks like instead."""
-    text = (value.reveal() if isinstance(value, Secret) else value).strip()
-    problem = _problem(text)
-    if problem is not None:
-        raise TokenInputError(
-            f"{what} to import is not a single OAuth token value (RFC 6749: printable ASCII, no spaces): it is "
-            f"{problem}. Nothing was stored; give the refresh token alone, or the provider's whole JSON token "
-            "response"
-        )
-    return Secret(text)
 
 
 def looks_like_json(text: str) -> bool:

@@ -1,0 +1,101 @@
+"""The public keepers: the engine's `Keeper` and `AsyncKeeper` wired to the adapters.
+
+The engine (`grantkeeper.engine`) knows only its ports: a `Store` and a `Sender`. This module is the one place that
+chooses the real ones, as httpx's `Client` fills in a default transport that its callers can replace: a store opened
+from its URL (`grantkeeper.stores.open_store`), and an HTTP sender on grantkeeper's one client factory
+(`grantkeeper.tokens.transport`: CA bundles, proxies, redirects off) unless the caller passes its own client.
+`grantkeeper.Keeper` and `grantkeeper.AsyncKeeper` are these classes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from typing import Any, Self
+
+import httpx
+
+from grantkeeper._clock import Clock
+from grantkeeper.engine import keeper as engine
+from grantkeeper.model.retention import HistoryRetention
+from grantkeeper.notify import EventSink
+from grantkeeper.protocol import RefreshPolicy
+from grantkeeper.stores import SQLStore, open_store
+from grantkeeper.tokens import transport
+from grantkeeper.tokens.sender import AsyncHttpSender, HttpSender
+
+__all__ = ["DEFAULT_TIMEOUT", "AsyncKeeper", "Keeper"]
+
+#: The default client's timeouts; each refresh also has its own deadline (`RefreshPolicy`).
+DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
+
+
+class Keeper(engine.Keeper):
+    """Thread-safe, synchronous keeper of grants.
+
+    `http` is the client token requests go through (grantkeeper's default client if None, closed with the keeper;
+    a client you pass stays yours to close).
+
+    >>> with Keeper.open("sqlite:///var/lib/app/grants.db") as keeper:  # doctest: +SKIP
+    ...     headers = {"Authorization": f"Bearer {keeper.access_token('acme')}"}
+    """
+
+    store: SQLStore
+
+    def __init__(
+        self, store: SQLStore, *, http: httpx.Client | None = None, clock: Clock | None = None,
+        policy: RefreshPolicy | None = None, worker: str | None = None,
+        on_event: EventSink | Iterable[EventSink] | None = None, retention: HistoryRetention | None = None,
+    ) -> None:  # fmt: skip
+        self._own_http = http is None
+        self._http = http or transport.client(timeout=DEFAULT_TIMEOUT)
+        super().__init__(store, sender=HttpSender(self._http), clock=clock, policy=policy, worker=worker,
+                         on_event=on_event, retention=retention)  # fmt: skip
+
+    @classmethod
+    def open(cls, url: str, *, create: bool = True, **options: Any) -> Self:
+        """Open the store at `url` and commit anything waiting in its local recovery storage."""
+        keeper = cls(open_store(url, create=create), **options)
+        keeper._replay_recovery()
+        return keeper
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            if self._own_http:
+                self._http.close()
+
+
+class AsyncKeeper(engine.AsyncKeeper):
+    """Task-safe asyncio keeper of grants; the same protocol as `Keeper`, driven with ``await``.
+
+    `http` is the client token requests go through (grantkeeper's default client if None, closed with the keeper).
+    """
+
+    store: SQLStore
+
+    def __init__(
+        self, store: SQLStore, *, http: httpx.AsyncClient | None = None, clock: Clock | None = None,
+        policy: RefreshPolicy | None = None, worker: str | None = None,
+        on_event: EventSink | Iterable[EventSink] | None = None, retention: HistoryRetention | None = None,
+    ) -> None:  # fmt: skip
+        self._own_http = http is None
+        self._http = http or transport.async_client(timeout=DEFAULT_TIMEOUT)
+        super().__init__(store, sender=AsyncHttpSender(self._http), clock=clock, policy=policy, worker=worker,
+                         on_event=on_event, retention=retention)  # fmt: skip
+
+    @classmethod
+    async def open(cls, url: str, *, create: bool = True, **options: Any) -> Self:
+        """Open the store at `url` and commit anything waiting in its local recovery storage."""
+        store = await asyncio.to_thread(open_store, url, create=create)
+        keeper = cls(store, **options)
+        await keeper._replay_recovery()
+        return keeper
+
+    async def aclose(self) -> None:
+        try:
+            await super().aclose()
+        finally:
+            if self._own_http:
+                await self._http.aclose()
