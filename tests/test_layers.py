@@ -34,7 +34,6 @@ LAYERS: dict[str, int] = {
     "model": 1,
     **dict.fromkeys(["protocol", "diagnosis"], 2),
     **dict.fromkeys(["engine", "notify"], 3),
-    # crypto and keyring are key handling, on their way into the keys package (same layer).
     **dict.fromkeys(["stores", "tokens", "keys", "profiles", "redact", "bundle"], 4),
     **dict.fromkeys(["cli", "serve", "consent", "integrations", "testing", "admin", "keepers", "__main__"], 5),
 }
