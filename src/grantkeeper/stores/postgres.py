@@ -82,11 +82,11 @@ def safe_url(url: str) -> str:
 
 
 @functools.lru_cache(maxsize=1024)
-def _translate(sql: str) -> str:
+def translate(sql: str) -> str:
     return sql.replace("?", "%s")
 
 
-class _PgConn:
+class PgConn:
     """psycopg speaks ``%s``; the shared SQL is written with ``?``."""
 
     __slots__ = ("_conn",)
@@ -95,10 +95,10 @@ class _PgConn:
         self._conn = conn
 
     def execute(self, sql: str, params: Any = (), /) -> Any:
-        return self._conn.execute(_translate(sql), params)
+        return self._conn.execute(translate(sql), params)
 
 
-def _map_error(exc: Exception, where: str) -> GrantkeeperError:
+def map_error(exc: Exception, where: str) -> GrantkeeperError:
     """One seam for psycopg errors (most specific first)."""
     if isinstance(exc, psycopg.errors.UndefinedTable):
         return StoreFormatError(
@@ -275,11 +275,11 @@ class PostgresStore(PostgresSQL):
             with self._pool.connection() as conn:
                 if write:
                     with conn.transaction():
-                        yield _PgConn(conn)
+                        yield PgConn(conn)
                 else:
-                    yield _PgConn(conn)  # autocommit: one statement, one round trip
+                    yield PgConn(conn)  # autocommit: one statement, one round trip
         except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
-            raise _map_error(exc, self._where) from None
+            raise map_error(exc, self._where) from None
 
     def _perform(self, make: Callable[[], Op[T]], write: bool) -> T:
         if write:
