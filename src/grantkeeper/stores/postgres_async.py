@@ -96,6 +96,9 @@ class _AsyncListener:
 class AsyncPostgresStore:
     """`grantkeeper.engine.ports.AsyncStore` on PostgreSQL (see the module docstring)."""
 
+    #: As `PostgresStore.pipelined`.
+    pipelined = True
+
     def __init__(self, url: str, sql: PostgresSQL, pool: psycopg_pool.AsyncConnectionPool[Any]) -> None:
         self.url = url
         self._sql = sql
@@ -241,23 +244,36 @@ class AsyncPostgresStore:
     async def _transaction(self, write: bool) -> AsyncIterator[Callable[[Sql], Any]]:
         """A transaction (`write`), or autocommit statements; yields the function that runs one statement."""
         async with self._connection() as conn:
+
+            async def run_read(step: Sql) -> _Fetched:
+                return await _fetched(await conn.execute(translate(step.text), step.params))
+
             if not write:
-
-                async def run_read(step: Sql) -> _Fetched:
-                    return await _fetched(await conn.execute(translate(step.text), step.params))
-
                 yield run_read
                 return
-            async with conn.pipeline() as pipeline, conn.transaction():
+            if not self.pipelined:
+                async with conn.transaction():
+                    yield run_read
+                return
+            async with conn.pipeline() as pipeline:
 
                 async def run(step: Sql) -> _Fetched | None:
                     cursor = await conn.execute(translate(step.text), step.params)
                     if not step.wait:
                         return None
-                    await pipeline.sync()
+                    await pipeline.sync()  # this result is needed now: send everything queued, read the results
                     return await _fetched(cursor)
 
-                yield run
+                # As `PostgresStore._tx`: BEGIN and COMMIT by hand, the COMMIT's answer read as the pipeline ends.
+                await conn.execute("BEGIN")
+                try:
+                    yield run
+                except BaseException:
+                    with contextlib.suppress(psycopg.Error):
+                        await pipeline.sync()  # out of the aborted state, if a statement failed
+                    await conn.execute("ROLLBACK")
+                    raise
+                await conn.execute("COMMIT")
 
     # ---------------------------------------------------------------- notifications
 
