@@ -75,6 +75,7 @@ class RoundTripCounter:
         self._turns = 0
         self._ignored_turns = 0
         self._stop = False
+        self._pairs: list[_Pair] = []
         self._thread = threading.Thread(target=self._run, name="pg-roundtrips", daemon=True)
         self._thread.start()
 
@@ -109,6 +110,7 @@ class RoundTripCounter:
         for sock in (client, server):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         pair = _Pair(client, server)
+        self._pairs.append(pair)
         self._selector.register(client, selectors.EVENT_READ, (pair, True))
         self._selector.register(server, selectors.EVENT_READ, (pair, False))
 
@@ -143,6 +145,9 @@ class RoundTripCounter:
     def close(self) -> None:
         self._stop = True
         self._thread.join(timeout=3)
+        for pair in self._pairs:
+            self._close(pair)
+        self._selector.close()
         self._listener.close()
 
 

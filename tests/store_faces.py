@@ -45,10 +45,10 @@ async def _awaited(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[s
 
 
 @contextlib.contextmanager
-def store_face(url: str, face: str) -> Iterator[Any]:
-    """The store at `url` (already created) on `face`; closed afterwards."""
+def store_face(url: str, face: str, *, migrate: bool = False) -> Iterator[Any]:
+    """The store at `url` on `face` (created already, or by `migrate`); closed afterwards."""
     if face == "sync":
-        store = open_store(url)
+        store = open_store(url, migrate=migrate)
         try:
             yield store
         finally:
@@ -56,9 +56,9 @@ def store_face(url: str, face: str) -> Iterator[Any]:
         return
     with start_blocking_portal() as portal:
         if url.startswith("postgresql://"):
-            native = portal.call(AsyncPostgresStore.open, url)
+            native = portal.call(lambda: AsyncPostgresStore.open(url, migrate=migrate))
         else:
-            native = ThreadedStore(open_store(url))
+            native = ThreadedStore(open_store(url, migrate=migrate))
         awaited = Awaited(native, portal)
         try:
             yield awaited

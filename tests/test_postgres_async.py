@@ -1,6 +1,7 @@
 """The native asyncio PostgreSQL store: what it adds to the conformance suite (tests/test_store.py runs the contract
 on it): it is what `open_async_store` opens for PostgreSQL, its LISTEN connection wakes waiters and calls
-subscribers, it runs the refresh protocol's async driver end to end, and it fails as the blocking store does."""
+subscribers, and it runs the refresh protocol's async driver end to end. (tests/test_postgres.py runs the
+PostgreSQL-specific promises, migrations, keys, reconnects and round trips, on both faces.)"""
 
 from __future__ import annotations
 
@@ -9,10 +10,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-import psycopg
 import pytest
 
-from grantkeeper import ConfigurationError, Provider, Secret, StoreFormatError
+from grantkeeper import ConfigurationError, Provider, Secret
 from grantkeeper._clock import SystemClock
 from grantkeeper.engine.drivers import drive_async
 from grantkeeper.engine.threaded import ThreadedStore
@@ -79,18 +79,6 @@ async def test_open_async_store_is_native_on_postgres_and_threaded_elsewhere(mig
         await sqlite.close()
 
 
-async def test_empty_database_needs_explicit_migrate(pg_url: str, keyed: None) -> None:
-    """Opening an empty database is refused with the migrate command, as the blocking store refuses it."""
-    with pytest.raises(StoreFormatError, match="grantkeeper migrate"):
-        await AsyncPostgresStore.open(pg_url)
-    store = await AsyncPostgresStore.open(pg_url, migrate=True)
-    await store.close()
-    with psycopg.connect(pg_url) as conn:
-        tables = {r[0] for r in conn.execute("SELECT table_name FROM information_schema.tables "
-                                             "WHERE table_schema = 'public'")}  # fmt: skip
-    assert {"grants", "leases", "attempts", "providers", "meta"} <= tables
-
-
 async def test_a_closed_store_refuses_work(migrated: str) -> None:
     store = await AsyncPostgresStore.open(migrated)
     await store.close()
@@ -141,22 +129,6 @@ async def test_waiter_returns_once_the_commit_is_announced(migrated: str) -> Non
     finally:
         await waiting.close()
         await writer.close()
-
-
-async def test_reads_survive_dropped_connections(migrated: str) -> None:
-    """When the server drops every pooled connection, the next read reconnects by itself."""
-    store = await AsyncPostgresStore.open(migrated)
-    try:
-        await _grant(store)
-        with psycopg.connect(migrated, autocommit=True) as admin:
-            dropped = admin.execute(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-            ).fetchone()
-        assert dropped is not None and dropped[0] >= 1
-        assert (await store.get_grant("g")).generation == 1
-    finally:
-        await store.close()
 
 
 async def test_async_driver_refreshes_once_for_two_workers(migrated: str, make_sim: Sim) -> None:
