@@ -307,11 +307,11 @@ class PostgresStore(PostgresSQL):
         except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
             raise map_error(exc, self._where) from None
 
-    def _perform(self, make: Callable[[], Op[T]], write: bool) -> T:
+    def _perform(self, fn: Callable[..., Op[T]], write: bool, /, *args: Any, **kwargs: Any) -> T:
         """Operations that write run pipelined (`pipelined`); reads are retried once (`_retried`)."""
         if write:
-            return perform(make(), lambda: self._tx(pipelined=self.pipelined), PgConn.run)
-        return self._retried(lambda: perform(make(), lambda: self._tx(write=False), PgConn.run))
+            return perform(fn(self, *args, **kwargs), lambda: self._tx(pipelined=self.pipelined), PgConn.run)
+        return self._retried(lambda: perform(fn(self, *args, **kwargs), lambda: self._tx(write=False), PgConn.run))
 
     def _read(self, fn: Callable[[Conn], T]) -> T:
         return self._retried(lambda: super(PostgresStore, self)._read(fn))

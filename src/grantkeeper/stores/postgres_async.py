@@ -201,16 +201,16 @@ class AsyncPostgresStore:
 
     # ---------------------------------------------------------------- running operations
 
-    async def _aperform(self, make: Callable[[], Op[T]], write: bool) -> T:
-        """Run the operation `make()` on the pool; a read that fails on a connection the server dropped is run
-        again on a fresh one (reads are idempotent)."""
+    async def _aperform(self, fn: Callable[..., Op[T]], write: bool, /, *args: Any, **kwargs: Any) -> T:
+        """Run the operation ``fn(sql, *args, **kwargs)`` on the pool; a read that fails on a connection the server
+        dropped is run again on a fresh one (reads are idempotent)."""
         if write:
-            return await self._run(make(), write=True)
+            return await self._run(fn(self._sql, *args, **kwargs), write=True)
         try:
-            return await self._run(make(), write=False)
+            return await self._run(fn(self._sql, *args, **kwargs), write=False)
         except StoreUnavailable:
             await self._pool.check()
-            return await self._run(make(), write=False)
+            return await self._run(fn(self._sql, *args, **kwargs), write=False)
 
     async def _run(self, op: Op[T], *, write: bool) -> T:
         """`grantkeeper.stores.transactions.perform`, awaited: a transaction from the first statement to `COMMIT`,

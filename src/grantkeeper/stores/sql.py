@@ -143,6 +143,10 @@ def _fp_digest(fingerprint: str) -> bytes | None:
     return digest if len(digest) == _DIGEST_BYTES else None
 
 
+def _execute(conn: Conn, step: Sql) -> Any:
+    return conn.execute(step.text, step.params)
+
+
 def _aad(table: str, row: str, column: str) -> str:
     return f"grantkeeper/{table}/{row}/{column}"
 
@@ -178,13 +182,16 @@ class SQLStore:
     def schema_version(self) -> int:
         raise NotImplementedError
 
-    def _execute(self, conn: Conn, step: Sql) -> Any:
-        """Run one statement of a transaction opened by `_tx`; its cursor."""
-        return conn.execute(step.text, step.params)
+    def _perform(self, fn: Callable[..., Op[T]], write: bool, /, *args: Any, **kwargs: Any) -> T:
+        """Run the operation ``fn(self, *args, **kwargs)`` on this store's blocking connections (`write`: in a
+        transaction; else a read)."""
+        return perform(fn(self, *args, **kwargs), self._begin_write if write else self._begin_read, _execute)
 
-    def _perform(self, make: Callable[[], Op[T]], write: bool) -> T:
-        """Run the operation `make()` on this store's blocking connections (`write`: in transactions; else reads)."""
-        return perform(make(), lambda: self._tx(write=write), self._execute)
+    def _begin_write(self) -> AbstractContextManager[Conn]:
+        return self._tx(write=True)
+
+    def _begin_read(self) -> AbstractContextManager[Conn]:
+        return self._tx(write=False)
 
     def _lease_clock(self, now: float) -> float:
         """The time leases are measured in. Default: the caller's clock."""

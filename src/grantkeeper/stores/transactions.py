@@ -42,12 +42,19 @@ T = TypeVar("T")
 C = TypeVar("C")
 
 
-class Sql(NamedTuple):
-    """One statement with ``?`` placeholders; ``wait=False`` when its result is not looked at."""
+class Sql:
+    """One statement with ``?`` placeholders; ``wait=False`` when its result is not looked at. (A slotted class, not
+    a NamedTuple: every statement of every store call makes one, and this is the cheaper to build.)"""
 
-    text: str
-    params: Any = ()
-    wait: bool = True
+    __slots__ = ("params", "text", "wait")
+
+    def __init__(self, text: str, params: Any = (), wait: bool = True) -> None:
+        self.text = text
+        self.params = params
+        self.wait = wait
+
+    def __repr__(self) -> str:
+        return f"Sql({self.text!r}, wait={self.wait})"  # no parameters: they may hold ciphertext or fingerprints
 
 
 class Blocking(NamedTuple):
@@ -117,12 +124,9 @@ class operation(Generic[P, T]):
     def __get__(self, obj: object, owner: type | None = None) -> Any:
         if obj is None:
             return self
-        fn, write, perform = self.fn, self.write, obj._perform  # type: ignore[attr-defined]
-
-        def run(*args: P.args, **kwargs: P.kwargs) -> T:
-            return perform(lambda: fn(obj, *args, **kwargs), write)  # type: ignore[no-any-return]
-
-        return run
+        # ``store._perform(fn, write, *args, **kwargs)``: it calls ``fn(store, *args, **kwargs)`` for the generator
+        # (again, for a read it runs once more). A partial, not a closure: store methods are hot (token reads).
+        return functools.partial(obj._perform, self.fn, self.write)  # type: ignore[attr-defined]
 
 
 def transaction(fn: Callable[Concatenate[Any, P], Op[T]]) -> operation[P, T]:
@@ -137,8 +141,8 @@ def query(fn: Callable[Concatenate[Any, P], Op[T]]) -> operation[P, T]:
 
 class AsyncOperation(Generic[P, T]):
     """The async face of an `operation`, declared on an async store (``commit = AsyncOperation(SQLStore.commit)``):
-    ``await store.commit(...)`` runs the same generator over ``store._sql`` (the store's SQL logic) with
-    ``store._aperform`` (an async runner)."""
+    ``await store.commit(...)`` runs the same generator with ``store._aperform(fn, write, *args, **kwargs)`` (an
+    async runner, which calls ``fn`` on the store's SQL logic)."""
 
     def __init__(self, op: operation[P, T]) -> None:
         self.op = op
@@ -153,10 +157,10 @@ class AsyncOperation(Generic[P, T]):
     def __get__(self, obj: object, owner: type | None = None) -> Any:
         if obj is None:
             return self
-        fn, write, logic, perform = self.op.fn, self.op.write, obj._sql, obj._aperform  # type: ignore[attr-defined]
+        fn, write, perform = self.op.fn, self.op.write, obj._aperform  # type: ignore[attr-defined]
 
         async def run(*args: P.args, **kwargs: P.kwargs) -> T:
-            return await perform(lambda: fn(logic, *args, **kwargs), write)  # type: ignore[no-any-return]
+            return await perform(fn, write, *args, **kwargs)  # type: ignore[no-any-return]
 
         return run
 
