@@ -6,11 +6,13 @@ PostgreSQL-specific promises, migrations, keys, reconnects and round trips, on b
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
+from anyio.from_thread import start_blocking_portal
 
 from grantkeeper import ConfigurationError, Provider, Secret
 from grantkeeper._clock import SystemClock
@@ -160,3 +162,32 @@ async def test_async_driver_refreshes_once_for_two_workers(migrated: str, make_s
     finally:
         await first.close()
         await second.close()
+
+
+def test_a_subscriber_added_outside_the_loop_hears_commits_once_the_store_is_used(migrated: str) -> None:
+    """subscribe() from a thread with no running event loop (a blocking caller beside the store's loop) does not
+    fail: the listener starts on the store's loop with its next call, and the subscriber hears the next commit."""
+    heard: list[tuple[str, int, str]] = []
+    with start_blocking_portal() as portal:
+        listening = portal.call(AsyncPostgresStore.open, migrated)
+        writer = portal.call(AsyncPostgresStore.open, migrated)
+        try:
+            portal.call(_grant, writer)
+            listening.subscribe(lambda *note: heard.append(note))
+            assert listening._listener is None
+            portal.call(listening.list_grants)
+            assert listening._listener is not None
+            portal.call(_listening, listening)
+            assert portal.call(_refresh_once, writer) == 2
+            for _ in range(3000):
+                if heard:
+                    break
+                time.sleep(0.01)
+            assert heard == [("g", 2, "commit")]
+        finally:
+            portal.call(listening.close)
+            portal.call(writer.close)
+
+
+async def _listening(store: AsyncPostgresStore) -> None:
+    await asyncio.wait_for(store._ensure_listener().connected.wait(), 30)

@@ -204,6 +204,8 @@ class AsyncPostgresStore:
     async def _aperform(self, fn: Callable[..., Op[T]], write: bool, /, *args: Any, **kwargs: Any) -> T:
         """Run the operation ``fn(sql, *args, **kwargs)`` on the pool; a read that fails on a connection the server
         dropped is run again on a fresh one (reads are idempotent)."""
+        if self._listener is None and self._sql._subscribers:
+            self._ensure_listener()  # subscribed where no event loop was running: listen from this loop on
         if write:
             return await self._run(fn(self._sql, *args, **kwargs), write=True)
         try:
@@ -290,10 +292,11 @@ class AsyncPostgresStore:
             tell_subscribers(self._sql._subscribers, note)
 
     def subscribe(self, subscriber: Subscriber) -> None:
-        """Call `subscriber` (on the event loop) when another process commits or invalidates; must be called on
-        the loop the store runs on (the listener is a task of it)."""
+        """Call `subscriber` (on the store's event loop) when another process commits or invalidates. The listener
+        is a task of the running loop; subscribed where none runs (another thread), it starts with the next call."""
         self._sql.subscribe(subscriber)
-        self._ensure_listener()
+        with contextlib.suppress(RuntimeError):  # no running event loop here
+            self._ensure_listener()
 
     async def wait_for_change(self, name: str, *, poll: float, longest: float, generation: int | None = None) -> None:
         """`PostgresStore.wait_for_change`, awaited: wake on a NOTIFY for `name` past `generation`, or after
