@@ -7,6 +7,7 @@
     python -m benchmarks.run peers                # vs Authlib and requests-oauthlib; writes benchmarks/results/
     python -m benchmarks.run serve                # the serve proxy vs a direct GET, over uvicorn (about a minute)
     python -m benchmarks.run recovery             # first token after a SIGKILL mid-refresh (SQLite, PostgreSQL)
+    python -m benchmarks.run pgrefresh            # PostgreSQL round trips per refresh, pipelined vs not
     python -m benchmarks.run --all                # the default set and the slow ones
     python -m benchmarks.run --quick              # fewer rounds: a smoke check, not a measurement
     python -m benchmarks.run --json               # JSON summary on stdout (the tables go to stderr)
@@ -29,6 +30,7 @@ from typing import Any
 from benchmarks import (
     bench_cached,
     bench_peers,
+    bench_pgrefresh,
     bench_processes,
     bench_recovery,
     bench_refresh,
@@ -45,9 +47,10 @@ BENCHMARKS: dict[str, Callable[[argparse.Namespace], Report]] = {
     bench_peers.NAME: lambda args: bench_peers.run(args.quick, results=args.results),
     bench_serve.NAME: lambda args: bench_serve.run(args.quick),
     bench_recovery.NAME: lambda args: bench_recovery.run(args.quick),
+    bench_pgrefresh.NAME: lambda args: bench_pgrefresh.run(args.quick),
 }
 #: Run only when named or with --all: they take minutes.
-SLOW = frozenset({bench_scale.NAME, bench_peers.NAME, bench_serve.NAME, bench_recovery.NAME})
+SLOW = frozenset({bench_scale.NAME, bench_peers.NAME, bench_serve.NAME, bench_recovery.NAME, bench_pgrefresh.NAME})
 DEFAULT = [name for name in BENCHMARKS if name not in SLOW]
 
 

@@ -1,14 +1,29 @@
-"""Store conformance: every store kind keeps the contract in stores/base.py."""
+"""Store conformance: every store kind, blocking and asyncio, keeps the contract in engine/ports.py."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from grantkeeper import AttemptState, GrantState, Provider, Secret, UnknownGrant, UnknownProvider
 from grantkeeper.stores import GenerationConflict, GrantUpdate, LeaseLost, SQLiteStore
+from tests.conftest import _store_of_kind
+from tests.store_faces import FACE_IDS, FACES, store_face
 
 T0 = 1_800_000_000.0
 TTL = 30.0
+
+
+@pytest.fixture(params=FACES, ids=FACE_IDS)
+def store(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """Every test here runs on memory, SQLite and PostgreSQL, blocking, and on SQLite (in threads) and PostgreSQL
+    (native) through their asyncio face."""
+    kind, face = request.param
+    with store_face(_store_of_kind(kind, request, tmp_path, monkeypatch), face) as opened:
+        yield opened
 
 
 def _provider(store: SQLiteStore, **options: object) -> Provider:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import httpx
 
@@ -20,9 +20,12 @@ from grantkeeper.engine import keeper as engine
 from grantkeeper.model.retention import HistoryRetention
 from grantkeeper.notify import EventSink
 from grantkeeper.protocol import RefreshPolicy
-from grantkeeper.stores import SQLStore, open_store
+from grantkeeper.stores import SQLStore, is_postgres, open_store
 from grantkeeper.tokens import transport
 from grantkeeper.tokens.sender import AsyncHttpSender, HttpSender
+
+if TYPE_CHECKING:
+    from grantkeeper.stores.postgres_async import AsyncPostgresStore
 
 __all__ = ["DEFAULT_TIMEOUT", "AsyncKeeper", "Keeper"]
 
@@ -71,13 +74,14 @@ class AsyncKeeper(engine.AsyncKeeper):
     """Task-safe asyncio keeper of grants; the same protocol as `Keeper`, driven with ``await``.
 
     `http` is the client token requests go through (grantkeeper's default client if None, closed with the keeper).
+    `store` is a blocking SQL store (run in worker threads) or PostgreSQL's native async store.
     """
 
-    store: SQLStore
+    store: SQLStore | AsyncPostgresStore
 
     def __init__(
-        self, store: SQLStore, *, http: httpx.AsyncClient | None = None, clock: Clock | None = None,
-        policy: RefreshPolicy | None = None, worker: str | None = None,
+        self, store: SQLStore | AsyncPostgresStore, *, http: httpx.AsyncClient | None = None,
+        clock: Clock | None = None, policy: RefreshPolicy | None = None, worker: str | None = None,
         on_event: EventSink | Iterable[EventSink] | None = None, retention: HistoryRetention | None = None,
     ) -> None:  # fmt: skip
         self._own_http = http is None
@@ -86,9 +90,19 @@ class AsyncKeeper(engine.AsyncKeeper):
                          on_event=on_event, retention=retention)  # fmt: skip
 
     @classmethod
-    async def open(cls, url: str, *, create: bool = True, **options: Any) -> Self:
-        """Open the store at `url` and commit anything waiting in its local recovery storage."""
-        store = await asyncio.to_thread(open_store, url, create=create)
+    async def open(cls, url: str, *, create: bool = True, threads: bool = False, **options: Any) -> Self:
+        """Open the store at `url` and commit anything waiting in its local recovery storage.
+
+        PostgreSQL runs on psycopg_pool's AsyncConnectionPool (no worker threads) unless `threads` asks for the
+        blocking SQL store in worker threads, for callers that use `store` as an `SQLStore` (`grantkeeper serve`'s
+        API keys and audit trail); SQLite and memory:// always run in worker threads (stdlib ``sqlite3`` blocks)."""
+        store: SQLStore | AsyncPostgresStore
+        if is_postgres(url) and not threads:
+            from grantkeeper.stores.postgres_async import AsyncPostgresStore  # psycopg is an optional extra
+
+            store = await AsyncPostgresStore.open(url)
+        else:
+            store = await asyncio.to_thread(open_store, url, create=create)
         keeper = cls(store, **options)
         await keeper._replay_recovery()
         return keeper

@@ -19,6 +19,7 @@ from grantkeeper.serve.audit import AuditTrail
 from grantkeeper.serve.auth import Authenticator
 from grantkeeper.serve.errors import ServeError
 from grantkeeper.serve.metrics import ServeMetrics
+from grantkeeper.stores import SQLStore
 from grantkeeper.stores.migrations import latest_version
 
 __all__ = ["Broker", "Heartbeat", "ReadinessCheck"]
@@ -45,9 +46,10 @@ class Heartbeat:
 
 
 class Broker:
-    def __init__(self, keeper: AsyncKeeper, *, backend: str, auth: Authenticator, audit: AuditTrail,
+    def __init__(self, keeper: AsyncKeeper, *, store: SQLStore, backend: str, auth: Authenticator, audit: AuditTrail,
                  metrics: ServeMetrics) -> None:  # fmt: skip
         self.keeper, self.auth, self.audit, self.metrics = keeper, auth, audit, metrics
+        self.store = store  # the keeper's store, as the SQL store it is (API keys, audit, provider reads)
         self._backend = backend
         self.draining = False
         self.checks: dict[str, ReadinessCheck] = {"store": self._store_ready, "key": self._key_ready}
@@ -87,7 +89,7 @@ class Broker:
         raise TransientError(f"grant {name!r}: the access token changed under every try; retry", grant=name)
 
     def fingerprint(self, token: Secret) -> str:
-        return self.keeper.store.fingerprint(token)
+        return self.store.fingerprint(token)
 
     def served_fingerprint(self, name: str, served: ServedToken) -> str:
         """`fingerprint` of the token `served` for grant `name`, remembered while that token is served."""
@@ -111,7 +113,7 @@ class Broker:
 
     async def _store_ready(self) -> tuple[bool, str]:
         try:
-            version = await asyncio.to_thread(self.keeper.store.schema_version)
+            version = await asyncio.to_thread(self.store.schema_version)
         except GrantkeeperError as exc:
             return False, f"store unreachable ({exc.code})"
         latest = latest_version(self._backend)
@@ -122,7 +124,7 @@ class Broker:
     async def _key_ready(self) -> tuple[bool, str]:
         # The key opened the store at start (the store's key check); it must still be able to fingerprint.
         try:
-            self.keeper.store.fingerprint(Secret("readiness probe"))
+            self.store.fingerprint(Secret("readiness probe"))
         except GrantkeeperError as exc:
             return False, f"encryption key not usable ({exc.code})"
         return True, "loaded"

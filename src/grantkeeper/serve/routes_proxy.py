@@ -65,7 +65,7 @@ class ProxyClients:
 
 
 async def _provider(request: Request, name: str) -> tuple[Provider, str]:
-    store = broker_of(request).keeper.store
+    store = broker_of(request).store
 
     def lookup() -> Provider:  # both reads in one trip to the thread pool
         return store.get_provider(store.get_grant(name).provider)

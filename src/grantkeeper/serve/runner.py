@@ -34,7 +34,7 @@ from grantkeeper.serve.config import ServeConfig
 from grantkeeper.serve.logs import configure_logging, get_logger
 from grantkeeper.serve.metrics import ServeMetrics
 from grantkeeper.serve.ratelimit import RateLimiter
-from grantkeeper.stores import backend
+from grantkeeper.stores import SQLStore, backend
 
 __all__ = ["build_broker", "run"]
 
@@ -60,11 +60,16 @@ class _Tagged:
 
 def build_broker(keeper: AsyncKeeper, config: ServeConfig, *, store_url: str,
                  webhooks: tuple[Webhook, ...] = ()) -> Broker:  # fmt: skip
-    metrics = ServeMetrics(keeper.store, webhooks=webhooks)
+    store = keeper.store
+    if not isinstance(store, SQLStore):
+        raise ConfigurationError(
+            "grantkeeper serve needs its keeper on the blocking SQL store: open it with threads=True"
+        )
+    metrics = ServeMetrics(store, webhooks=webhooks)
     keeper.on_event(metrics.on_grant_event)
     unix = Caller(UNIX_CALLER, config.unix_grants, frozenset(config.unix_scopes)) if config.unix else None
-    auth = Authenticator(keeper.store, RateLimiter(config.rate, config.burst), unix=unix)
-    return Broker(keeper, backend=backend(store_url), auth=auth, audit=AuditTrail(keeper.store), metrics=metrics)
+    auth = Authenticator(store, RateLimiter(config.rate, config.burst), unix=unix)
+    return Broker(keeper, store=store, backend=backend(store_url), auth=auth, audit=AuditTrail(store), metrics=metrics)
 
 
 def _unix_socket(path: str) -> socket.socket:
@@ -123,7 +128,8 @@ async def run(config: ServeConfig, *, store_url: str) -> None:
     sockets = [("tcp", _tcp_socket(config.host, config.port))]
     if config.unix is not None:
         sockets.append(("unix", _unix_socket(config.unix)))
-    keeper = await AsyncKeeper.open(store_url, create=False, on_event=webhooks)
+    # The blocking SQL store in worker threads: the broker also reads API keys, the audit trail and metrics from it.
+    keeper = await AsyncKeeper.open(store_url, create=False, threads=True, on_event=webhooks)
     broker = build_broker(keeper, config, store_url=store_url, webhooks=webhooks)
     app = create_app(broker, max_body=config.max_body)
     servers = []

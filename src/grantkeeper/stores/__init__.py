@@ -10,12 +10,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
 import platformdirs
 
 from grantkeeper._exceptions import ConfigurationError
+from grantkeeper.engine.ports import AsyncStore
+from grantkeeper.engine.threaded import threaded
 from grantkeeper.stores.base import Claim, GenerationConflict, GrantUpdate, LeaseLost, Store
 from grantkeeper.stores.sql import SQLStore
 from grantkeeper.stores.sqlite import SQLiteStore
@@ -32,6 +35,7 @@ __all__ = [
     "backend",
     "default_store_url",
     "is_postgres",
+    "open_async_store",
     "open_store",
 ]
 
@@ -91,6 +95,17 @@ def open_store(url: str, *, create: bool = True, migrate: bool = False) -> SQLSt
 
         return PostgresStore.open(url, migrate=migrate)
     return SQLiteStore.open(store_path(url), create=create, migrate=migrate)
+
+
+async def open_async_store(url: str, *, create: bool = True, migrate: bool = False) -> AsyncStore:
+    """Open the store at `url` for asyncio (`AsyncKeeper`): PostgreSQL natively, on psycopg_pool's
+    AsyncConnectionPool with LISTEN on an asyncio connection; SQLite and memory:// in worker threads (the stdlib
+    ``sqlite3`` module blocks). `create` and `migrate` as in `open_store`."""
+    if is_postgres(url):
+        from grantkeeper.stores.postgres_async import AsyncPostgresStore  # psycopg is an optional extra
+
+        return await AsyncPostgresStore.open(url, migrate=migrate)
+    return threaded(await asyncio.to_thread(open_store, url, create=create, migrate=migrate))
 
 
 def backend(url: str) -> str:

@@ -36,6 +36,8 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
+from grantkeeper.stores.transactions import Sql, Tx, run_on
+
 __all__ = ["AdvisoryLiveness", "FileLiveness", "Liveness", "file_key", "pg_key"]
 
 logger = logging.getLogger("grantkeeper")
@@ -60,6 +62,10 @@ class Liveness(Protocol):
 
     def alive(self, conn: Any, key: str) -> bool | None:
         """Whether the signal `key` is held by some process; `conn` is the claim's connection."""
+        ...
+
+    def probe(self, key: str) -> Tx[bool | None]:
+        """`alive`, as statements of the claim's transaction (see `grantkeeper.stores.transactions`)."""
         ...
 
     def key_for(self, worker: str) -> str:
@@ -112,6 +118,10 @@ class FileLiveness:
                 return None
             self._held[worker] = (key, fd)
             return key
+
+    def probe(self, key: str) -> Tx[bool | None]:
+        yield from ()  # a file lock, not a statement
+        return self.alive(None, key)
 
     def alive(self, conn: Any, key: str) -> bool | None:
         path = self._path(key)
@@ -302,10 +312,13 @@ class AdvisoryLiveness:
         self._conn = None
 
     def alive(self, conn: Any, key: str) -> bool | None:
+        return run_on(conn, self.probe(key))
+
+    def probe(self, key: str) -> Tx[bool | None]:
         match = _PG_KEY.fullmatch(key)
         if match is None:
             return None
-        row = conn.execute(self._CHECK, (PG_CLASS, int(match.group(1)))).fetchone()
+        row = (yield Sql(self._CHECK, (PG_CLASS, int(match.group(1))))).fetchone()
         return bool(row[0])
 
     def close(self) -> None:

@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import platformdirs
@@ -48,7 +48,8 @@ from grantkeeper.keys.sources import load_ring
 from grantkeeper.stores.liveness import AdvisoryLiveness
 from grantkeeper.stores.migrations import latest_version, migrations
 from grantkeeper.stores.recovery import RecoveryDir
-from grantkeeper.stores.sql import KEY_CHECK, Conn, SQLStore
+from grantkeeper.stores.sql import API_KEYS_CHANGED, KEY_CHECK, Conn, SQLStore, Subscriber
+from grantkeeper.stores.transactions import Op, Sql, Tx, perform
 
 try:
     import psycopg
@@ -56,17 +57,12 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without the extra installed
     raise ConfigurationError("the PostgreSQL store needs psycopg: pip install 'grantkeeper[postgres]'") from exc
 
-if TYPE_CHECKING:
-    from grantkeeper.stores.access import ApiKeyRecord
-
-__all__ = ["PostgresStore"]
+__all__ = ["PostgresSQL", "PostgresStore", "check_schema"]
 
 logger = logging.getLogger("grantkeeper")
 T = TypeVar("T")
 
 CHANNEL = "grantkeeper"
-#: The notification kind API-key changes send (with an empty grant name): `change_probe` counts them.
-_API_KEYS = "api_keys"
 RECOVERY_ENV = "GRANTKEEPER_RECOVERY_DIR"
 _SESSION_OPTIONS = (
     # Bounded waits everywhere: a stuck lock or a dead client's open transaction cannot hang other hosts.
@@ -86,23 +82,31 @@ def safe_url(url: str) -> str:
 
 
 @functools.lru_cache(maxsize=1024)
-def _translate(sql: str) -> str:
+def translate(sql: str) -> str:
     return sql.replace("?", "%s")
 
 
-class _PgConn:
-    """psycopg speaks ``%s``; the shared SQL is written with ``?``."""
+class PgConn:
+    """psycopg speaks ``%s``; the shared SQL is written with ``?``. In a pipelined transaction (`pipeline` set),
+    `run` sends a statement marked ``wait=False`` without waiting for its result: it travels with the next one."""
 
-    __slots__ = ("_conn",)
+    __slots__ = ("_conn", "pipeline")
 
-    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+    def __init__(self, conn: psycopg.Connection[Any], pipeline: psycopg.Pipeline | None = None) -> None:
         self._conn = conn
+        self.pipeline = pipeline
 
     def execute(self, sql: str, params: Any = (), /) -> Any:
-        return self._conn.execute(_translate(sql), params)
+        return self._conn.execute(translate(sql), params)
+
+    def run(self, step: Sql) -> Any:
+        cursor = self._conn.execute(translate(step.text), step.params)
+        if step.wait and self.pipeline is not None:
+            self.pipeline.sync()  # this statement's result is needed now: send everything queued, read the results
+        return cursor
 
 
-def _map_error(exc: Exception, where: str) -> GrantkeeperError:
+def map_error(exc: Exception, where: str) -> GrantkeeperError:
     """One seam for psycopg errors (most specific first)."""
     if isinstance(exc, psycopg.errors.UndefinedTable):
         return StoreFormatError(
@@ -152,24 +156,89 @@ class _Listener:
         self._thread.join(timeout=3)
 
 
-class PostgresStore(SQLStore):
-    """Open with `PostgresStore.open(url)`; the schema must exist (`grantkeeper migrate`)."""
+class Announcements:
+    """What NOTIFY has announced so far, per grant: the newest generation and how many events (commits, releases,
+    invalidations). A waiter notes `events` before it waits and asks `moved` after each wake-up."""
+
+    def __init__(self) -> None:
+        self._latest: dict[str, int] = {}
+        self._events: dict[str, int] = {}
+
+    def record(self, payload: str) -> tuple[str, int, str] | None:
+        """Count one notification; its (grant, generation, kind), or None (logged) if it is not ours."""
+        try:
+            note = json.loads(payload)
+            name, generation, kind = str(note["g"]), int(note["n"]), str(note["k"])
+        except (ValueError, KeyError, TypeError):
+            logger.warning("grantkeeper: ignoring a malformed notification on channel %s", CHANNEL)
+            return None
+        self._latest[name] = max(generation, self._latest.get(name, -1))
+        self._events[name] = self._events.get(name, 0) + 1
+        return name, generation, kind
+
+    def events(self, name: str) -> int:
+        return self._events.get(name, 0)
+
+    def moved(self, name: str, generation: int | None, events: int) -> bool:
+        """Whether grant `name` was announced past `generation`, or had any event since `events` was read."""
+        return (
+            self._latest.get(name, -1) > (generation if generation is not None else -1) or self.events(name) != events
+        )
+
+
+def tell_subscribers(subscribers: list[Subscriber], note: tuple[str, int, str]) -> None:
+    for subscriber in list(subscribers):
+        try:
+            subscriber(*note)
+        except Exception:  # a subscriber's bug must not kill the listener
+            logger.exception("grantkeeper: a store subscriber failed")
+
+
+class PostgresSQL(SQLStore):
+    """The grant logic with PostgreSQL's hooks, whatever runs it: the claim's row lock, recovery storage per host,
+    commits announced with NOTIFY, liveness by advisory locks. `PostgresStore` runs it on a blocking pool; the
+    async store (`grantkeeper.stores.postgres_async`) on an asyncio one."""
 
     _row_lock = " FOR UPDATE OF grants"
     _shared_recovery = False  # each host keeps its own
 
-    def __init__(self, url: str, crypto: Crypto, recovery: RecoveryDir, pool: psycopg_pool.ConnectionPool[Any]) -> None:
+    def __init__(self, url: str, crypto: Crypto, recovery: RecoveryDir) -> None:
         super().__init__(crypto, recovery, AdvisoryLiveness(functools.partial(_connect_liveness, url)))
         self.url = url
+
+    def _notify(self, name: str, generation: int, kind: str) -> Tx[None]:
+        yield Sql("SELECT pg_notify(?, ?)", (CHANNEL, json.dumps({"g": name, "n": generation, "k": kind})), wait=False)
+
+
+def pool_options(connect_timeout: float) -> dict[str, Any]:
+    """Every pooled connection's options: autocommit (transactions are explicit), bounded waits."""
+    return {"autocommit": True, "connect_timeout": max(1, int(connect_timeout)), "options": _SESSION_OPTIONS}
+
+
+def open_crypto_and_recovery(url: str) -> tuple[Crypto, RecoveryDir]:
+    """The key ring ($GRANTKEEPER_KEY or $GRANTKEEPER_KEY_COMMAND) and this host's recovery storage for `url`."""
+    keys, source = load_ring(None, create=False)
+    crypto = Crypto(keys, source=source)
+    return crypto, RecoveryDir(_recovery_path(url), crypto)
+
+
+class PostgresStore(PostgresSQL):
+    """Open with `PostgresStore.open(url)`; the schema must exist (`grantkeeper migrate`)."""
+
+    #: Transactions that write run in pipeline mode: a statement whose result the operation does not read (the
+    #: BEGIN, the lease release, NOTIFY, the COMMIT) travels with the next one instead of costing a round trip of
+    #: its own. False runs every statement on its own (the benchmark's "before" row).
+    pipelined = True
+
+    def __init__(self, url: str, crypto: Crypto, recovery: RecoveryDir, pool: psycopg_pool.ConnectionPool[Any]) -> None:
+        super().__init__(url, crypto, recovery)
         self._where = safe_url(url)
         self._pool = pool
         self._listener: _Listener | None = None
         self._listener_lock = threading.Lock()
         self._changed = threading.Condition()
-        self._latest: dict[str, int] = {}  # grant -> newest generation announced by NOTIFY
-        self._events: dict[str, int] = {}  # grant -> notifications seen (commits, releases, invalidations)
-        self._key_changes = 0  # API-key changes announced by NOTIFY
-        self._announce_keys = threading.local()  # set while this thread changes API keys (`_tx` announces it)
+        self._announced = Announcements()
+        self._key_changes = 0  # API-key changes announced by NOTIFY (only the listener thread writes it)
         self._closed = False
 
     # ---------------------------------------------------------------- opening
@@ -178,22 +247,17 @@ class PostgresStore(SQLStore):
     def open(
         cls, url: str, *, migrate: bool = False, max_connections: int = 10, connect_timeout: float = 5.0
     ) -> PostgresStore:
-        keys, source = load_ring(None, create=False)  # $GRANTKEEPER_KEY or $GRANTKEEPER_KEY_COMMAND
-        crypto = Crypto(keys, source=source)
+        crypto, recovery = open_crypto_and_recovery(url)
         pool: psycopg_pool.ConnectionPool[Any] = psycopg_pool.ConnectionPool(
-            url,
-            min_size=1,
-            max_size=max_connections,
-            open=False,
-            timeout=connect_timeout,
-            kwargs={"autocommit": True, "connect_timeout": max(1, int(connect_timeout)), "options": _SESSION_OPTIONS},
-        )
+            url, min_size=1, max_size=max_connections, open=False, timeout=connect_timeout,
+            kwargs=pool_options(connect_timeout),
+        )  # fmt: skip
         try:
             pool.open(wait=True, timeout=connect_timeout)
         except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
             pool.close()
             raise StoreUnavailable(f"cannot connect to {safe_url(url)}: {exc}") from None
-        store = cls(url, crypto, RecoveryDir(_recovery_path(url), crypto), pool)
+        store = cls(url, crypto, recovery, pool)
         try:
             store._check_schema(migrate=migrate)
         except BaseException:
@@ -202,63 +266,8 @@ class PostgresStore(SQLStore):
         return store
 
     def _check_schema(self, *, migrate: bool) -> None:
-        latest = latest_version("postgres")
         with self._tx() as conn:
-            # One migrator at a time across hosts; released at commit.
-            conn.execute("SELECT pg_advisory_xact_lock(hashtext('grantkeeper migrate'))")
-            present = {
-                r[0]
-                for r in conn.execute(
-                    "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema() "
-                    "AND table_name = ANY(?)",
-                    (list(_OUR_TABLES),),
-                ).fetchall()
-            }
-            version = 0
-            if "meta" in present:
-                row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-                app = conn.execute("SELECT value FROM meta WHERE key = 'application'").fetchone()
-                if row is None or app is None or bytes(app[0]) != b"grantkeeper":
-                    raise StoreFormatError(f"{self._where} has a 'meta' table that grantkeeper did not write")
-                version = int(bytes(row[0]).decode())
-            elif present:
-                raise StoreFormatError(
-                    f"{self._where} already has tables named {sorted(present)} that grantkeeper did not create; "
-                    "use a dedicated database (or a dedicated schema via search_path)"
-                )
-            if version > latest:
-                raise StoreFormatError(
-                    f"{self._where} has schema version {version}, newer than this grantkeeper understands "
-                    f"({latest}); upgrade grantkeeper"
-                )
-            if version < latest:
-                if not migrate:
-                    hint = "is empty" if version == 0 else f"has schema version {version}"
-                    raise StoreFormatError(
-                        f"{self._where} {hint}; this grantkeeper needs schema version {latest}. Run "
-                        "'grantkeeper migrate' (back the database up first)"
-                    )
-                for number, sql in migrations("postgres"):
-                    if number > version:
-                        conn.execute(sql)
-                conn.execute(
-                    "INSERT INTO meta (key, value) VALUES ('schema_version', ?), ('application', ?) "
-                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                    (str(latest).encode(), b"grantkeeper"),
-                )
-                if version == 0:
-                    conn.execute(
-                        "INSERT INTO meta (key, value) VALUES ('key_check', ?)",
-                        (self._crypto.encrypt_bytes(KEY_CHECK, aad=KEY_CHECK_AAD),),
-                    )
-            unlock(conn, self._crypto, where=self._where)
-            server_now = float(conn.execute("SELECT extract(epoch from clock_timestamp())").fetchone()[0])
-        skew = time.time() - server_now
-        if abs(skew) > _SKEW_WARNING:
-            logger.warning(
-                "grantkeeper: this host's clock is %.1f s %s the database server's; leases and expiry assume "
-                "synchronized clocks (run NTP)", abs(skew), "ahead of" if skew > 0 else "behind",
-            )  # fmt: skip
+            check_schema(conn, self._crypto, self._where, migrate=migrate)
 
     def schema_version(self) -> int:
         row = self._read(lambda conn: conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone())
@@ -275,33 +284,50 @@ class PostgresStore(SQLStore):
     # ---------------------------------------------------------------- transactions
 
     @contextlib.contextmanager
-    def _tx(self, *, write: bool = True) -> Iterator[Conn]:
+    def _tx(self, *, write: bool = True, pipelined: bool = False) -> Iterator[PgConn]:
         if self._closed:
             raise ConfigurationError("this store is closed; open a new one")
         try:
             with self._pool.connection() as conn:
-                if write:
-                    with conn.transaction():
-                        if getattr(self._announce_keys, "on", False):
-                            self._notify(_PgConn(conn), "", 0, _API_KEYS)  # delivered at commit, never before
-                        yield _PgConn(conn)
+                if not write:
+                    yield PgConn(conn)  # autocommit: one statement, one round trip
+                elif pipelined:
+                    with conn.pipeline() as pipeline:
+                        # BEGIN and COMMIT by hand: psycopg's transaction() waits for each of them in pipeline mode.
+                        # The COMMIT's answer is read when the pipeline ends: before this returns, so it is durable.
+                        conn.execute("BEGIN")
+                        try:
+                            yield PgConn(conn, pipeline)
+                        except BaseException:
+                            with contextlib.suppress(psycopg.Error):
+                                pipeline.sync()  # out of the aborted state, if a statement failed
+                            conn.execute("ROLLBACK")
+                            raise
+                        conn.execute("COMMIT")
                 else:
-                    yield _PgConn(conn)  # autocommit: one statement, one round trip
+                    with conn.transaction():
+                        yield PgConn(conn)
         except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
-            raise _map_error(exc, self._where) from None
+            raise map_error(exc, self._where) from None
+
+    def _perform(self, fn: Callable[..., Op[T]], write: bool, /, *args: Any, **kwargs: Any) -> T:
+        """Operations that write run pipelined (`pipelined`); reads are retried once (`_retried`)."""
+        if write:
+            return perform(fn(self, *args, **kwargs), lambda: self._tx(pipelined=self.pipelined), PgConn.run)
+        return self._retried(lambda: perform(fn(self, *args, **kwargs), lambda: self._tx(write=False), PgConn.run))
 
     def _read(self, fn: Callable[[Conn], T]) -> T:
+        return self._retried(lambda: super(PostgresStore, self)._read(fn))
+
+    def _retried(self, read: Callable[[], T]) -> T:
         """Reads are idempotent: one that fails on a connection the server dropped is retried on a fresh one."""
         try:
-            return super()._read(fn)
+            return read()
         except StoreUnavailable:
             self._pool.check()  # replace every broken idle connection before trying again
-            return super()._read(fn)
+            return read()
 
     # ---------------------------------------------------------------- notifications
-
-    def _notify(self, conn: Conn, name: str, generation: int, kind: str) -> None:
-        conn.execute("SELECT pg_notify(?, ?)", (CHANNEL, json.dumps({"g": name, "n": generation, "k": kind})))
 
     def _ensure_listener(self) -> _Listener:
         with self._listener_lock:
@@ -310,46 +336,19 @@ class PostgresStore(SQLStore):
             return self._listener
 
     def _on_notify(self, payload: str) -> None:
-        try:
-            note = json.loads(payload)
-            name, generation, kind = str(note["g"]), int(note["n"]), str(note["k"])
-        except (ValueError, KeyError, TypeError):
-            logger.warning("grantkeeper: ignoring a malformed notification on channel %s", CHANNEL)
-            return
-        if kind == _API_KEYS:
-            self._key_changes += 1  # only this thread writes it
-            return
         with self._changed:
-            self._latest[name] = max(generation, self._latest.get(name, -1))
-            self._events[name] = self._events.get(name, 0) + 1
+            note = self._announced.record(payload)
             self._changed.notify_all()
-        for subscriber in list(self._subscribers):
-            try:
-                subscriber(name, generation, kind)
-            except Exception:  # a subscriber's bug must not kill the listener
-                logger.exception("grantkeeper: a store subscriber failed")
+        if note is not None and note[2] == API_KEYS_CHANGED:
+            self._key_changes += 1
+        elif note is not None:
+            tell_subscribers(self._subscribers, note)
 
     def subscribe(self, subscriber: Callable[[str, int, str], None]) -> None:
         super().subscribe(subscriber)
         self._ensure_listener()
 
     # ---------------------------------------------------------------- API keys (`grantkeeper serve`)
-
-    @contextlib.contextmanager
-    def _announcing_keys(self) -> Iterator[None]:
-        self._announce_keys.on = True
-        try:
-            yield
-        finally:
-            self._announce_keys.on = False
-
-    def create_api_key(self, record: ApiKeyRecord, *, key: str) -> None:
-        with self._announcing_keys():
-            super().create_api_key(record, key=key)
-
-    def revoke_api_key(self, name: str, *, now: float) -> ApiKeyRecord:
-        with self._announcing_keys():
-            return super().revoke_api_key(name, now=now)
 
     def change_probe(self) -> Callable[[], object] | None:
         """What this store's LISTEN connection has heard of API-key changes: ``create_api_key`` and
@@ -377,14 +376,73 @@ class PostgresStore(SQLStore):
             return
         deadline = time.monotonic() + min(longest, 1.0)
         with self._changed:
-            events = self._events.get(name, 0)
-            while self._latest.get(name, -1) <= (generation if generation is not None else -1) and (
-                self._events.get(name, 0) == events
-            ):
+            events = self._announced.events(name)
+            while not self._announced.moved(name, generation, events):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return
                 self._changed.wait(remaining)
+
+
+def check_schema(conn: Conn, crypto: Crypto, where: str, *, migrate: bool) -> None:
+    """In one transaction on `conn`: the schema is grantkeeper's and current (created or upgraded if `migrate`),
+    the key ring opens it, and this host's clock agrees with the server's (a warning past 1 s)."""
+    latest = latest_version("postgres")
+    # One migrator at a time across hosts; released at commit.
+    conn.execute("SELECT pg_advisory_xact_lock(hashtext('grantkeeper migrate'))")
+    present = {
+        r[0]
+        for r in conn.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema() "
+            "AND table_name = ANY(?)",
+            (list(_OUR_TABLES),),
+        ).fetchall()
+    }
+    version = 0
+    if "meta" in present:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        app = conn.execute("SELECT value FROM meta WHERE key = 'application'").fetchone()
+        if row is None or app is None or bytes(app[0]) != b"grantkeeper":
+            raise StoreFormatError(f"{where} has a 'meta' table that grantkeeper did not write")
+        version = int(bytes(row[0]).decode())
+    elif present:
+        raise StoreFormatError(
+            f"{where} already has tables named {sorted(present)} that grantkeeper did not create; "
+            "use a dedicated database (or a dedicated schema via search_path)"
+        )
+    if version > latest:
+        raise StoreFormatError(
+            f"{where} has schema version {version}, newer than this grantkeeper understands "
+            f"({latest}); upgrade grantkeeper"
+        )
+    if version < latest:
+        if not migrate:
+            hint = "is empty" if version == 0 else f"has schema version {version}"
+            raise StoreFormatError(
+                f"{where} {hint}; this grantkeeper needs schema version {latest}. Run "
+                "'grantkeeper migrate' (back the database up first)"
+            )
+        for number, sql in migrations("postgres"):
+            if number > version:
+                conn.execute(sql)
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('schema_version', ?), ('application', ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (str(latest).encode(), b"grantkeeper"),
+        )
+        if version == 0:
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('key_check', ?)",
+                (crypto.encrypt_bytes(KEY_CHECK, aad=KEY_CHECK_AAD),),
+            )
+    unlock(conn, crypto, where=where)
+    server_now = float(conn.execute("SELECT extract(epoch from clock_timestamp())").fetchone()[0])
+    skew = time.time() - server_now
+    if abs(skew) > _SKEW_WARNING:
+        logger.warning(
+            "grantkeeper: this host's clock is %.1f s %s the database server's; leases and expiry assume "
+            "synchronized clocks (run NTP)", abs(skew), "ahead of" if skew > 0 else "behind",
+        )  # fmt: skip
 
 
 def _connect_liveness(url: str) -> psycopg.Connection[Any]:

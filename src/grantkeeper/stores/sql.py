@@ -1,9 +1,12 @@
 """What every SQL store shares: the grant, lease and attempt logic, written once.
 
-Stores differ in how they connect and open transactions (`_tx`), how writers are serialized (SQLite's
-``BEGIN IMMEDIATE``; PostgreSQL's row lock, `_row_lock`), whose clock times leases (`_lease_clock`), and how
-other processes learn of a commit (`_notify`). Statements use ``?`` placeholders; a store whose driver wants
-another style translates them in its connection adapter.
+Each store method is an operation (`grantkeeper.stores.transactions`): a generator that yields its statements and
+receives their results, so the same logic runs on a blocking connection (`_perform`: SQLite, PostgreSQL) and on an
+asyncio one (`grantkeeper.stores.postgres_async`). Stores differ in how they connect and open transactions (`_tx`)
+and run a statement (`_execute`), how writers are serialized (SQLite's ``BEGIN IMMEDIATE``; PostgreSQL's row lock,
+`_row_lock`), whose clock times leases (`_lease_clock`), and how other processes learn of a commit (`_notify`).
+Statements use ``?`` placeholders; a store whose driver wants another style translates them in its connection
+adapter.
 
 Secrets are encrypted with associated data ``grantkeeper/<table>/<row>/<column>``.
 """
@@ -41,6 +44,7 @@ from grantkeeper.stores.access import ApiKeyRecord, AuditEntry
 from grantkeeper.stores.base import Claim, GenerationConflict, GrantUpdate, LeaseLost, LeaseTTL
 from grantkeeper.stores.liveness import Liveness
 from grantkeeper.stores.recovery import RecoveryDir, RecoveryEntry
+from grantkeeper.stores.transactions import COMMIT, Blocking, Op, Sql, Tx, perform, query, transaction
 
 __all__ = ["Conn", "HistoryRetention", "SQLStore", "StoreEvent", "StoreObserver", "Subscriber"]
 
@@ -49,6 +53,8 @@ T = TypeVar("T")
 logger = logging.getLogger("grantkeeper")
 
 KEY_CHECK = b"grantkeeper key check"
+#: The notification kind API-key changes send (with an empty grant name): a store's `change_probe` counts them.
+API_KEYS_CHANGED = "api_keys"
 _PRUNE_EVERY = 64  # generations between prunes, so the hot commit rarely pays for it
 _GRANT_COLUMNS = (
     "name, provider, refresh_token, refresh_fp, access_token, access_fp, expires_at, access_verified, "
@@ -139,6 +145,10 @@ def _fp_digest(fingerprint: str) -> bytes | None:
     return digest if len(digest) == _DIGEST_BYTES else None
 
 
+def _execute(conn: Conn, step: Sql) -> Any:
+    return conn.execute(step.text, step.params)
+
+
 def _aad(table: str, row: str, column: str) -> str:
     return f"grantkeeper/{table}/{row}/{column}"
 
@@ -174,12 +184,24 @@ class SQLStore:
     def schema_version(self) -> int:
         raise NotImplementedError
 
-    def _lease_clock(self, conn: Conn, now: float) -> float:
+    def _perform(self, fn: Callable[..., Op[T]], write: bool, /, *args: Any, **kwargs: Any) -> T:
+        """Run the operation ``fn(self, *args, **kwargs)`` on this store's blocking connections (`write`: in a
+        transaction; else a read)."""
+        return perform(fn(self, *args, **kwargs), self._begin_write if write else self._begin_read, _execute)
+
+    def _begin_write(self) -> AbstractContextManager[Conn]:
+        return self._tx(write=True)
+
+    def _begin_read(self) -> AbstractContextManager[Conn]:
+        return self._tx(write=False)
+
+    def _lease_clock(self, now: float) -> float:
         """The time leases are measured in. Default: the caller's clock."""
         return now
 
-    def _notify(self, conn: Conn, name: str, generation: int, kind: str) -> None:
+    def _notify(self, name: str, generation: int, kind: str) -> Tx[None]:
         """Tell other processes, inside the transaction (delivered on commit). Default: nobody to tell."""
+        yield from ()
 
     def subscribe(self, subscriber: Subscriber) -> None:
         """Call `subscriber` when another process commits or invalidates (stores that can deliver it)."""
@@ -311,81 +333,83 @@ class SQLStore:
             evidence=json.loads(row[20]) if row[20] else {},
         )
 
-    def _read_grant(self, conn: Conn, name: str) -> Grant:
-        row = conn.execute(f"SELECT {_GRANT_COLUMNS} FROM grants WHERE name = ?", (name,)).fetchone()
+    def _read_grant(self, name: str) -> Tx[Grant]:
+        row = (yield Sql(f"SELECT {_GRANT_COLUMNS} FROM grants WHERE name = ?", (name,))).fetchone()
         if row is None:
             raise UnknownGrant(f"no grant named {name!r}; import it with 'grantkeeper grant import'", grant=name)
         return self._grant(row)
 
-    def _read_grant_and_provider(self, conn: Conn, name: str, *, lock: bool = False) -> tuple[Grant, Provider]:
+    def _read_grant_and_provider(self, name: str, *, lock: bool = False) -> Tx[tuple[Grant, Provider]]:
         """One query for both: every cold token read and every claim runs it. `lock` holds the grant row to the
         end of the transaction on databases where the transaction itself does not exclude other writers."""
         sql = (
             f"SELECT {_GRANT_COLUMNS_QUALIFIED}, {_PROVIDER_COLUMNS_QUALIFIED} FROM grants "
             "JOIN providers ON providers.name = grants.provider WHERE grants.name = ?"
         )
-        row = conn.execute(sql + self._row_lock if lock else sql, (name,)).fetchone()
+        row = (yield Sql(sql + self._row_lock if lock else sql, (name,))).fetchone()
         if row is None:
-            grant = self._read_grant(conn, name)  # raises UnknownGrant; the join cannot miss a provider
-            return grant, self._read_provider(conn, grant.provider)
+            grant = yield from self._read_grant(name)  # raises UnknownGrant; the join cannot miss a provider
+            return grant, (yield from self._read_provider(grant.provider))
         width = len(_GRANT_COLUMNS.split(","))
         return self._grant(row[:width]), self._provider(row[width:])
 
-    def _read_provider(self, conn: Conn, name: str) -> Provider:
-        row = conn.execute(f"SELECT {_PROVIDER_COLUMNS} FROM providers WHERE name = ?", (name,)).fetchone()
+    def _read_provider(self, name: str) -> Tx[Provider]:
+        row = (yield Sql(f"SELECT {_PROVIDER_COLUMNS} FROM providers WHERE name = ?", (name,))).fetchone()
         if row is None:
             raise UnknownProvider(f"no provider named {name!r}; add it with 'grantkeeper provider add'", provider=name)
         return self._provider(row)
 
     # ---------------------------------------------------------------- configuration
 
-    def put_provider(self, provider: Provider, *, now: float) -> None:
+    @transaction
+    def put_provider(self, provider: Provider, *, now: float) -> Op[None]:
         secret = self._seal(provider.client_secret, "providers", provider.name, "client_secret")
-        with self._tx() as conn:
-            conn.execute(
-                f"INSERT INTO providers ({_PROVIDER_COLUMNS}, created_at, updated_at) "
-                f"VALUES ({', '.join('?' * (_PROVIDER_COLUMNS.count(',') + 3))}) "
-                "ON CONFLICT (name) DO UPDATE SET "
-                "token_url = excluded.token_url, client_id = excluded.client_id, "
-                "client_secret = excluded.client_secret, client_secret_env = excluded.client_secret_env, "
-                "auth_method = excluded.auth_method, rotation = excluded.rotation, "
-                "reuse_grace = excluded.reuse_grace, skew = excluded.skew, "
-                "default_expires_in = excluded.default_expires_in, refresh_idle_ttl = excluded.refresh_idle_ttl, "
-                "refresh_absolute_ttl = excluded.refresh_absolute_ttl, private_key_file = excluded.private_key_file, "
-                "key_id = excluded.key_id, jwt_audience = excluded.jwt_audience, send_scope = excluded.send_scope, "
-                "profile = excluded.profile, authorization_url = excluded.authorization_url, "
-                "revocation_url = excluded.revocation_url, "
-                "device_authorization_url = excluded.device_authorization_url, "
-                "authorize_params = excluded.authorize_params, api_base_url = excluded.api_base_url, "
-                "ca_bundle = excluded.ca_bundle, proxy = excluded.proxy, insecure_http = excluded.insecure_http, "
-                "updated_at = excluded.updated_at",
-                (
-                    provider.name, provider.token_url, provider.client_id, secret, provider.client_secret_env,
-                    provider.auth_method.value, provider.rotation.value, provider.reuse_grace, provider.skew,
-                    provider.default_expires_in, provider.refresh_idle_ttl, provider.refresh_absolute_ttl,
-                    provider.private_key_file, provider.key_id, provider.jwt_audience, int(provider.send_scope),
-                    provider.profile, provider.authorization_url, provider.revocation_url,
-                    provider.device_authorization_url,
-                    json.dumps([list(p) for p in provider.authorize_params]) if provider.authorize_params else None,
-                    provider.api_base_url, provider.ca_bundle, provider.proxy, int(provider.insecure_http), now, now,
-                ),
-            )  # fmt: skip
+        yield Sql(
+            f"INSERT INTO providers ({_PROVIDER_COLUMNS}, created_at, updated_at) "
+            f"VALUES ({', '.join('?' * (_PROVIDER_COLUMNS.count(',') + 3))}) "
+            "ON CONFLICT (name) DO UPDATE SET "
+            "token_url = excluded.token_url, client_id = excluded.client_id, "
+            "client_secret = excluded.client_secret, client_secret_env = excluded.client_secret_env, "
+            "auth_method = excluded.auth_method, rotation = excluded.rotation, "
+            "reuse_grace = excluded.reuse_grace, skew = excluded.skew, "
+            "default_expires_in = excluded.default_expires_in, refresh_idle_ttl = excluded.refresh_idle_ttl, "
+            "refresh_absolute_ttl = excluded.refresh_absolute_ttl, private_key_file = excluded.private_key_file, "
+            "key_id = excluded.key_id, jwt_audience = excluded.jwt_audience, send_scope = excluded.send_scope, "
+            "profile = excluded.profile, authorization_url = excluded.authorization_url, "
+            "revocation_url = excluded.revocation_url, "
+            "device_authorization_url = excluded.device_authorization_url, "
+            "authorize_params = excluded.authorize_params, api_base_url = excluded.api_base_url, "
+            "ca_bundle = excluded.ca_bundle, proxy = excluded.proxy, insecure_http = excluded.insecure_http, "
+            "updated_at = excluded.updated_at",
+            (
+                provider.name, provider.token_url, provider.client_id, secret, provider.client_secret_env,
+                provider.auth_method.value, provider.rotation.value, provider.reuse_grace, provider.skew,
+                provider.default_expires_in, provider.refresh_idle_ttl, provider.refresh_absolute_ttl,
+                provider.private_key_file, provider.key_id, provider.jwt_audience, int(provider.send_scope),
+                provider.profile, provider.authorization_url, provider.revocation_url,
+                provider.device_authorization_url,
+                json.dumps([list(p) for p in provider.authorize_params]) if provider.authorize_params else None,
+                provider.api_base_url, provider.ca_bundle, provider.proxy, int(provider.insecure_http), now, now,
+            ),
+            wait=False,
+        )  # fmt: skip
 
-    def get_provider(self, name: str) -> Provider:
-        return self._read(lambda conn: self._read_provider(conn, name))
+    @query
+    def get_provider(self, name: str) -> Op[Provider]:
+        return (yield from self._read_provider(name))
 
-    def list_providers(self) -> list[Provider]:
-        rows = self._read(
-            lambda conn: conn.execute(f"SELECT {_PROVIDER_COLUMNS} FROM providers ORDER BY name").fetchall()
-        )
+    @query
+    def list_providers(self) -> Op[list[Provider]]:
+        rows = (yield Sql(f"SELECT {_PROVIDER_COLUMNS} FROM providers ORDER BY name")).fetchall()
         return [self._provider(r) for r in rows]
 
+    @transaction
     def import_grant(
         self, name: str, *, provider: str, refresh_token: Secret, scopes: tuple[str, ...], now: float,
         min_generation: int = 1, created_at: float | None = None, refreshed_at: float | None = None,
         refresh_issued_at: float | None = None, refresh_expires_at: float | None = None,
         access_token: Secret | None = None, expires_at: float | None = None,
-    ) -> Grant:  # fmt: skip
+    ) -> Op[Grant]:  # fmt: skip
         """Create the grant, or replace its refresh token (re-consent), in one transaction.
 
         The generation only goes up: past the stored one, past `min_generation` (a bundle's), and past that of a
@@ -406,110 +430,122 @@ class SQLStore:
         fp = self.fingerprint(refresh_token)
         access = self._seal(access_token, "grants", name, "access_token")
         access_fp = self.fingerprint(access_token) if access_token is not None else None
-        with self._tx() as conn:
-            self._read_provider(conn, provider)
-            floor_generation, floor_fence = self._floor(conn, name)
-            first = max(1, min_generation, floor_generation + 1)
-            conn.execute(
-                "INSERT INTO grants (name, provider, refresh_token, refresh_fp, access_token, access_fp, expires_at, "
-                "access_verified, scopes, generation, state, refreshed_at, created_at, updated_at, refresh_issued_at, "
-                "refresh_expires_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?, ?, 'active', ?, ?, ?, ?, ?) "
-                "ON CONFLICT (name) DO "
-                "UPDATE SET provider = excluded.provider, refresh_token = excluded.refresh_token, "
-                "refresh_fp = excluded.refresh_fp, access_token = excluded.access_token, "
-                "access_fp = excluded.access_fp, expires_at = excluded.expires_at, access_verified = 1, "
-                "scopes = excluded.scopes, generation = CASE WHEN grants.generation + 1 > excluded.generation "
-                "THEN grants.generation + 1 ELSE excluded.generation END, state = 'active', "
-                "last_error = NULL, last_error_at = NULL, refreshed_at = excluded.refreshed_at, "
-                "created_at = excluded.created_at, updated_at = excluded.updated_at, "
-                "refresh_issued_at = excluded.refresh_issued_at, refresh_expires_at = excluded.refresh_expires_at",
-                (
-                    name, provider, sealed, fp, access, access_fp, expires_at, " ".join(scopes), first,
-                    refreshed_at or now, created_at or now, now, refresh_issued_at or now, refresh_expires_at,
-                ),
-            )  # fmt: skip
-            if floor_fence:
-                # Fences go on from the deleted grant's, so its old holder's release cannot free this one's lease.
-                conn.execute(
-                    "INSERT INTO leases (grant_name, worker, fence, expires_at) VALUES (?, NULL, ?, 0) "
-                    "ON CONFLICT (grant_name) DO NOTHING",
-                    (name, floor_fence),
-                )
-                conn.execute("DELETE FROM meta WHERE key = ?", (_floor_key(name),))
-            return self._read_grant(conn, name)
+        yield from self._read_provider(provider)
+        floor_generation, floor_fence = yield from self._floor(name)
+        first = max(1, min_generation, floor_generation + 1)
+        yield Sql(
+            "INSERT INTO grants (name, provider, refresh_token, refresh_fp, access_token, access_fp, expires_at, "
+            "access_verified, scopes, generation, state, refreshed_at, created_at, updated_at, refresh_issued_at, "
+            "refresh_expires_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?, ?, 'active', ?, ?, ?, ?, ?) "
+            "ON CONFLICT (name) DO "
+            "UPDATE SET provider = excluded.provider, refresh_token = excluded.refresh_token, "
+            "refresh_fp = excluded.refresh_fp, access_token = excluded.access_token, "
+            "access_fp = excluded.access_fp, expires_at = excluded.expires_at, access_verified = 1, "
+            "scopes = excluded.scopes, generation = CASE WHEN grants.generation + 1 > excluded.generation "
+            "THEN grants.generation + 1 ELSE excluded.generation END, state = 'active', "
+            "last_error = NULL, last_error_at = NULL, refreshed_at = excluded.refreshed_at, "
+            "created_at = excluded.created_at, updated_at = excluded.updated_at, "
+            "refresh_issued_at = excluded.refresh_issued_at, refresh_expires_at = excluded.refresh_expires_at",
+            (
+                name, provider, sealed, fp, access, access_fp, expires_at, " ".join(scopes), first,
+                refreshed_at or now, created_at or now, now, refresh_issued_at or now, refresh_expires_at,
+            ),
+            wait=False,
+        )  # fmt: skip
+        if floor_fence:
+            # Fences go on from the deleted grant's, so its old holder's release cannot free this one's lease.
+            yield Sql(
+                "INSERT INTO leases (grant_name, worker, fence, expires_at) VALUES (?, NULL, ?, 0) "
+                "ON CONFLICT (grant_name) DO NOTHING",
+                (name, floor_fence),
+                wait=False,
+            )
+            yield Sql("DELETE FROM meta WHERE key = ?", (_floor_key(name),), wait=False)
+        return (yield from self._read_grant(name))
 
     @staticmethod
-    def _floor(conn: Conn, name: str) -> tuple[int, int]:
+    def _floor(name: str) -> Tx[tuple[int, int]]:
         """The generation and lease fence a deleted grant of this name reached (0, 0 if none)."""
-        row = conn.execute("SELECT value FROM meta WHERE key = ?", (_floor_key(name),)).fetchone()
+        row = (yield Sql("SELECT value FROM meta WHERE key = ?", (_floor_key(name),))).fetchone()
         if row is None:
             return 0, 0
         generation, fence = bytes(row[0]).decode().split()
         return int(generation), int(fence)
 
-    def get_grant(self, name: str) -> Grant:
-        return self._read(lambda conn: self._read_grant(conn, name))
+    @query
+    def get_grant(self, name: str) -> Op[Grant]:
+        return (yield from self._read_grant(name))
 
-    def get_grant_and_provider(self, name: str) -> tuple[Grant, Provider]:
-        return self._read(lambda conn: self._read_grant_and_provider(conn, name))
+    @query
+    def get_grant_and_provider(self, name: str) -> Op[tuple[Grant, Provider]]:
+        return (yield from self._read_grant_and_provider(name))
 
-    def list_grants(self) -> list[Grant]:
-        rows = self._read(lambda conn: conn.execute(f"SELECT {_GRANT_COLUMNS} FROM grants ORDER BY name").fetchall())
+    @query
+    def list_grants(self) -> Op[list[Grant]]:
+        rows = (yield Sql(f"SELECT {_GRANT_COLUMNS} FROM grants ORDER BY name")).fetchall()
         return [self._grant(r) for r in rows]
 
     #: Served by the ``grants_due (state, expires_at)`` index: a range scan, not a table scan.
     DUE_QUERY = "SELECT name FROM grants WHERE state = 'active' AND expires_at < ? ORDER BY expires_at LIMIT ?"
 
-    def due_for_refresh(self, *, before: float, limit: int = 1000) -> list[str]:
+    @query
+    def due_for_refresh(self, *, before: float, limit: int = 1000) -> Op[list[str]]:
         """Active grants whose access token expires before `before`, soonest first (a scheduler's query).
         Grants never refreshed (no access token yet) are not listed: their first use refreshes them."""
-        return [str(r[0]) for r in self._read(lambda conn: conn.execute(self.DUE_QUERY, (before, limit)).fetchall())]
+        return [str(r[0]) for r in (yield Sql(self.DUE_QUERY, (before, limit))).fetchall()]
 
-    def delete_grant(self, name: str, *, expected_generation: int | None = None) -> None:
+    @transaction
+    def delete_grant(self, name: str, *, expected_generation: int | None = None) -> Op[None]:
         """Delete the grant, its lease and history, and its local recovery entries.
 
         With `expected_generation`, only if the grant is still at that generation (else `GenerationConflict`:
         a refresh committed meanwhile). The generation and fence it reached stay behind in `meta`, so a grant
         created later under the same name starts above them (see `import_grant`).
         """
-        with self._tx() as conn:
-            row = conn.execute(
+        row = (
+            yield Sql(
                 "SELECT grants.generation, COALESCE(leases.fence, 0) FROM grants LEFT JOIN leases "
                 "ON leases.grant_name = grants.name WHERE grants.name = ?" + self._row_lock,
                 (name,),
-            ).fetchone()
-            if row is None:
-                raise UnknownGrant(f"no grant named {name!r}", grant=name)
-            if expected_generation is not None and int(row[0]) != expected_generation:
-                raise GenerationConflict(
-                    f"grant {name!r} was refreshed meanwhile (generation {expected_generation} -> {row[0]}); it was "
-                    "not removed. Run the command again",
-                    grant=name, generation=int(row[0]),
-                )  # fmt: skip
-            floor_generation, floor_fence = self._floor(conn, name)
-            value = f"{max(int(row[0]), floor_generation)} {max(int(row[1]), floor_fence)}".encode()
-            conn.execute(
-                "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                (_floor_key(name), value),
             )
-            conn.execute("DELETE FROM grants WHERE name = ?", (name,))
+        ).fetchone()
+        if row is None:
+            raise UnknownGrant(f"no grant named {name!r}", grant=name)
+        if expected_generation is not None and int(row[0]) != expected_generation:
+            raise GenerationConflict(
+                f"grant {name!r} was refreshed meanwhile (generation {expected_generation} -> {row[0]}); it was "
+                "not removed. Run the command again",
+                grant=name, generation=int(row[0]),
+            )  # fmt: skip
+        floor_generation, floor_fence = yield from self._floor(name)
+        value = f"{max(int(row[0]), floor_generation)} {max(int(row[1]), floor_fence)}".encode()
+        yield Sql(
+            "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (_floor_key(name), value),
+            wait=False,
+        )
+        yield Sql("DELETE FROM grants WHERE name = ?", (name,), wait=False)
+        yield COMMIT
         for entry in self.recovery.entries(name):
             self.recovery.remove(entry)
 
-    def list_attempts(self, name: str, *, limit: int = 20) -> list[Attempt]:
+    @query
+    def list_attempts(self, name: str, *, limit: int = 20) -> Op[list[Attempt]]:
         """The grant's attempt history, newest first (at most `limit`; retention may have pruned older ones)."""
         sql = f"SELECT {_HISTORY_COLUMNS} FROM attempts WHERE grant_name = ? ORDER BY id DESC LIMIT ?"
-        rows = self._read(lambda conn: conn.execute(sql, (name, limit)).fetchall())
+        rows = (yield Sql(sql, (name, limit))).fetchall()
         return [self._attempt(r) for r in rows]
 
-    def get_attempt(self, name: str, attempt_id: int) -> Attempt | None:
+    @query
+    def get_attempt(self, name: str, attempt_id: int) -> Op[Attempt | None]:
         """One attempt of grant `name` by id; None if it never existed or was pruned."""
         sql = f"SELECT {_HISTORY_COLUMNS} FROM attempts WHERE grant_name = ? AND id = ?"
-        row = self._read(lambda conn: conn.execute(sql, (name, attempt_id)).fetchone())
+        row = (yield Sql(sql, (name, attempt_id))).fetchone()
         return self._attempt(row) if row else None
 
-    def spent_by(self, name: str, refresh_fp: str) -> Attempt | None:
+    @query
+    def spent_by(self, name: str, refresh_fp: str) -> Op[Attempt | None]:
         """The newest attempt of grant `name` that spent the refresh token with fingerprint `refresh_fp`: it sent
         that token and committed a different successor, so a rotating provider no longer accepts it (and one that
         detects reuse revokes the grant when it sees it again). Once retention has pruned that attempt, what
@@ -519,19 +555,15 @@ class SQLStore:
             f"SELECT {_HISTORY_COLUMNS} FROM attempts WHERE grant_name = ? AND refresh_fp = ? AND "
             f"{_SPENT_CONDITION} ORDER BY id DESC LIMIT 1"
         )
-
-        def find(conn: Conn) -> Attempt | None:
-            row = conn.execute(sql, (name, refresh_fp)).fetchone()
-            if row is not None:
-                return self._attempt(row)
-            return self._remembered_spender(conn, name, refresh_fp)
-
-        return self._read(find)
+        row = (yield Sql(sql, (name, refresh_fp))).fetchone()
+        if row is not None:
+            return self._attempt(row)
+        return (yield from self._remembered_spender(name, refresh_fp))
 
     @staticmethod
-    def _remembered_spender(conn: Conn, name: str, refresh_fp: str) -> Attempt | None:
+    def _remembered_spender(name: str, refresh_fp: str) -> Tx[Attempt | None]:
         digest = _fp_digest(refresh_fp)
-        row = conn.execute("SELECT value FROM meta WHERE key = ?", (_spent_key(name),)).fetchone()
+        row = (yield Sql("SELECT value FROM meta WHERE key = ?", (_spent_key(name),))).fetchone()
         if digest is None or row is None:
             return None
         records = list(_SPENT_RECORD.iter_unpack(bytes(row[0])))
@@ -543,7 +575,7 @@ class SQLStore:
         return None
 
     @staticmethod
-    def _remember_pruned(conn: Conn, rows: list[Any]) -> int:
+    def _remember_pruned(rows: list[Any]) -> Tx[int]:
         """Keep what `spent_by` needs of the spending attempts among `rows` (deleted attempts: grant, id,
         generation, fingerprint, start time, whether it spent its token); returns how many rows were deleted."""
         by_grant: dict[str, list[tuple[int, bytes]]] = {}
@@ -554,66 +586,74 @@ class SQLStore:
                 by_grant.setdefault(str(grant_name), []).append((int(attempt_id), record))
         for grant_name, records in by_grant.items():
             key = _spent_key(grant_name)
-            row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+            row = (yield Sql("SELECT value FROM meta WHERE key = ?", (key,))).fetchone()
             kept = (bytes(row[0]) if row else b"") + b"".join(record for _, record in sorted(records))
-            conn.execute(
+            yield Sql(
                 "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 (key, kept[-_SPENT_MEMORY * _SPENT_RECORD.size :]),
+                wait=False,
             )
         return len(rows)
 
-    def names(self, kind: str) -> list[str]:
+    @query
+    def names(self, kind: str) -> Op[list[str]]:
         """Every grant (`kind` "grants") or provider ("providers") name, sorted; no secret is decrypted."""
         if kind not in ("grants", "providers"):
             raise ValueError(f"no such kind of name: {kind!r}")
-        rows = self._read(lambda conn: conn.execute(f"SELECT name FROM {kind} ORDER BY name").fetchall())
+        rows = (yield Sql(f"SELECT name FROM {kind} ORDER BY name")).fetchall()
         return [str(r[0]) for r in rows]
 
-    def prune_history(self, *, now: float) -> int:
+    @transaction
+    def prune_history(self, *, now: float) -> Op[int]:
         """Apply `retention` to every grant now (commits also prune as they go); returns rows deleted."""
-        with self._tx() as conn:
-            deleted = self._remember_pruned(conn, conn.execute(
-                f"DELETE FROM attempts WHERE started_at < ? AND NOT {_NEEDED_BY_CLAIM}" + _PRUNED_RETURNING,
-                (now - self.retention.days * 86400.0,),
-            ).fetchall())  # fmt: skip
-            names = [str(r[0]) for r in conn.execute("SELECT name FROM grants").fetchall()]
-            for name in names:
-                deleted += self._prune_grant_history(conn, name, now=None)
-            return int(deleted)
+        deleted = (yield from self._remember_pruned((yield Sql(
+            f"DELETE FROM attempts WHERE started_at < ? AND NOT {_NEEDED_BY_CLAIM}" + _PRUNED_RETURNING,
+            (now - self.retention.days * 86400.0,),
+        )).fetchall()))  # fmt: skip
+        names = [str(r[0]) for r in (yield Sql("SELECT name FROM grants")).fetchall()]
+        for name in names:
+            deleted += yield from self._prune_grant_history(name, now=None)
+        return int(deleted)
 
-    def _prune_grant_history(self, conn: Conn, name: str, *, now: float | None) -> int:
-        deleted = conn.execute(
-            f"DELETE FROM attempts WHERE grant_name = ? AND NOT {_NEEDED_BY_CLAIM} AND id <= "
-            "(SELECT id FROM attempts WHERE grant_name = ? ORDER BY id DESC LIMIT 1 OFFSET ?)" + _PRUNED_RETURNING,
-            (name, name, self.retention.per_grant),
+    def _prune_grant_history(self, name: str, *, now: float | None) -> Tx[int]:
+        deleted = (
+            yield Sql(
+                f"DELETE FROM attempts WHERE grant_name = ? AND NOT {_NEEDED_BY_CLAIM} AND id <= "
+                "(SELECT id FROM attempts WHERE grant_name = ? ORDER BY id DESC LIMIT 1 OFFSET ?)" + _PRUNED_RETURNING,
+                (name, name, self.retention.per_grant),
+            )
         ).fetchall()
         if now is not None:
-            deleted += conn.execute(
-                f"DELETE FROM attempts WHERE grant_name = ? AND started_at < ? AND NOT {_NEEDED_BY_CLAIM}"
-                + _PRUNED_RETURNING,
-                (name, now - self.retention.days * 86400.0),
+            deleted += (
+                yield Sql(
+                    f"DELETE FROM attempts WHERE grant_name = ? AND started_at < ? AND NOT {_NEEDED_BY_CLAIM}"
+                    + _PRUNED_RETURNING,
+                    (name, now - self.retention.days * 86400.0),
+                )
             ).fetchall()
-        return self._remember_pruned(conn, deleted)
+        return (yield from self._remember_pruned(deleted))
 
-    def lease_holder(self, name: str, *, now: float) -> LeaseHolder | None:
+    @query
+    def lease_holder(self, name: str, *, now: float) -> Op[LeaseHolder | None]:
         sql = (
             "SELECT worker, fence, expires_at FROM leases WHERE grant_name = ? AND worker IS NOT NULL "
             "AND expires_at > ?"
         )
-        row = self._read(lambda conn: conn.execute(sql, (name, self._lease_clock(conn, now))).fetchone())
+        row = (yield Sql(sql, (name, self._lease_clock(now)))).fetchone()
         return LeaseHolder(row[0], int(row[1]), float(row[2])) if row else None
 
     # ---------------------------------------------------------------- the refresh transaction
 
+    @transaction
     def claim(
         self, name: str, *, worker: str, lease_ttl: LeaseTTL, now: float, force: bool, seen_generation: int | None,
         actor: str = "",
-    ) -> Claim:  # fmt: skip
+    ) -> Op[Claim]:  # fmt: skip
         settled: list[RecoveryEntry] = []
         # Held before the lease row names it, so nobody ever finds a recorded signal that is not held yet.
-        signal = self.liveness.hold(worker) if self.liveness is not None else None
-        with self._tx() as conn:
-            claim = self._claim(conn, name, worker, lease_ttl, now, force, seen_generation, actor, settled, signal)
+        signal = (yield Blocking(self.liveness.hold, (worker,))) if self.liveness is not None else None
+        claim = yield from self._claim(name, worker, lease_ttl, now, force, seen_generation, actor, settled, signal)
+        yield COMMIT
         # Recovery files go only once the transaction that used or superseded them has committed: removed earlier,
         # a rollback would lose the successor they hold.
         for entry in settled:
@@ -624,10 +664,10 @@ class SQLStore:
         return claim
 
     def _claim(
-        self, conn: Conn, name: str, worker: str, lease_ttl: LeaseTTL, now: float, force: bool,
+        self, name: str, worker: str, lease_ttl: LeaseTTL, now: float, force: bool,
         seen_generation: int | None, actor: str, settled: list[RecoveryEntry], signal: str | None,
-    ) -> Claim:  # fmt: skip
-        grant, provider = self._read_grant_and_provider(conn, name, lock=True)
+    ) -> Tx[Claim]:  # fmt: skip
+        grant, provider = yield from self._read_grant_and_provider(name, lock=True)
         forced = force and (seen_generation is None or grant.generation <= seen_generation)
         needed = grant.state is GrantState.ACTIVE and (forced or not grant.access_usable(now, provider.skew))
         if not needed:
@@ -635,31 +675,32 @@ class SQLStore:
         # A statement of its own, after the grant row is locked: under READ COMMITTED a lease joined into
         # the locking query would come from the snapshot taken before the lock wait, i.e. before the previous
         # holder's commit, and two workers would both see the lease free (the multi-host tests catch this).
-        lease_row = conn.execute(
-            "SELECT worker, fence, expires_at, liveness FROM leases WHERE grant_name = ?", (name,)
+        lease_row = (
+            yield Sql("SELECT worker, fence, expires_at, liveness FROM leases WHERE grant_name = ?", (name,))
         ).fetchone()
-        lease_now = self._lease_clock(conn, now)
+        lease_now = self._lease_clock(now)
         took_over = None
         # A lease this same worker left behind (its commit failed) is reclaimable: in-process single-flight
         # guarantees the worker is not refreshing this grant concurrently.
         if lease_row is not None and lease_row[0] not in (None, worker) and lease_row[2] > lease_now:
             holder = LeaseHolder(lease_row[0], lease_row[1], lease_row[2])
-            if not self._holder_dead(conn, lease_row[3]):
+            if not (yield from self._holder_dead(lease_row[3])):
                 signal_known = lease_row[3] is not None and self.liveness is not None
                 return Claim(grant, provider, holder=holder, holder_signal=signal_known)
             took_over = holder  # its process is gone: waiting out its TTL would only delay the re-send
-        recovered = self._commit_kept(conn, grant, self.recovery.entries(name), now, settled)
+        recovered = yield from self._commit_kept(grant, self.recovery.entries(name), now, settled)
         if recovered is not None:
             if took_over is not None:  # the dead holder's lease goes with it: nobody is refreshing now
-                conn.execute("UPDATE leases SET worker = NULL, expires_at = 0 WHERE grant_name = ?", (name,))
+                yield Sql("UPDATE leases SET worker = NULL, expires_at = 0 WHERE grant_name = ?", (name,), wait=False)
             return Claim(recovered, provider, recovered=True)
         fence = (lease_row[1] if lease_row is not None else 0) + 1
         ttl = lease_ttl(provider) if callable(lease_ttl) else lease_ttl
-        conn.execute(
+        yield Sql(
             "INSERT INTO leases (grant_name, worker, fence, expires_at, liveness) VALUES (?, ?, ?, ?, ?) "
             "ON CONFLICT (grant_name) DO UPDATE SET worker = excluded.worker, fence = excluded.fence, "
             "expires_at = excluded.expires_at, liveness = excluded.liveness",
             (name, worker, fence, lease_now + ttl, signal),
+            wait=False,
         )
         lease = Lease(name, worker, fence, lease_now + ttl)
         # One round trip for both: the unresolved attempt this claim re-sends (maybe spent, successor unknown)
@@ -667,27 +708,29 @@ class SQLStore:
         # stale send is a certain second use of a token, a re-send only a possible one, so it is preferred).
         found = {
             str(row[-1]): row[:-1]
-            for row in conn.execute(
-                f"SELECT * FROM (SELECT {_ATTEMPT_COLUMNS}, 'prior' FROM attempts WHERE grant_name = ? "
-                "AND generation = ? AND refresh_fp = ? AND state IN ('open', 'ambiguous') ORDER BY id DESC "
-                f"LIMIT 1) AS prior UNION ALL SELECT * FROM (SELECT {_ATTEMPT_COLUMNS}, 'resend' FROM attempts "
-                "WHERE grant_name = ? AND ((resend_of IS NOT NULL AND state <> 'not_sent') "  # sent re-sends only
-                "OR outcome = 'stale_local_token') AND generation >= ? "
-                "ORDER BY CASE WHEN outcome = 'stale_local_token' THEN 0 ELSE 1 END, id DESC LIMIT 1) AS resend",
-                (name, grant.generation, grant.refresh_fp, name, grant.generation - 2),
+            for row in (
+                yield Sql(
+                    f"SELECT * FROM (SELECT {_ATTEMPT_COLUMNS}, 'prior' FROM attempts WHERE grant_name = ? "
+                    "AND generation = ? AND refresh_fp = ? AND state IN ('open', 'ambiguous') ORDER BY id DESC "
+                    f"LIMIT 1) AS prior UNION ALL SELECT * FROM (SELECT {_ATTEMPT_COLUMNS}, 'resend' FROM attempts "
+                    "WHERE grant_name = ? AND ((resend_of IS NOT NULL AND state <> 'not_sent') "  # sent re-sends only
+                    "OR outcome = 'stale_local_token') AND generation >= ? "
+                    "ORDER BY CASE WHEN outcome = 'stale_local_token' THEN 0 ELSE 1 END, id DESC LIMIT 1) AS resend",
+                    (name, grant.generation, grant.refresh_fp, name, grant.generation - 2),
+                )
             ).fetchall()
         }
         prior_row, resend_row = found.get("prior"), found.get("resend")
         prior = self._attempt(prior_row) if prior_row else None
         spent_since = None
         if prior is not None:  # rare (a crash or a lost answer): the grace counts from the token's first use
-            spent_since = float(conn.execute(
+            spent_since = float((yield Sql(
                 "SELECT MIN(started_at) FROM attempts WHERE grant_name = ? AND generation = ? AND refresh_fp = ? "
                 "AND state IN ('open', 'ambiguous')",
                 (name, grant.generation, grant.refresh_fp),
-            ).fetchone()[0])  # fmt: skip
-        attempt = self._insert_attempt(
-            conn, lease, grant.generation, str(grant.refresh_fp), prior.id if prior else None, now, actor, 1
+            )).fetchone()[0])  # fmt: skip
+        attempt = yield from self._insert_attempt(
+            lease, grant.generation, str(grant.refresh_fp), prior.id if prior else None, now, actor, 1
         )
         # The prior attempt stays as it is: the commit of this generation closes it, and until then a deferred
         # or crashed re-send must still find it.
@@ -703,27 +746,29 @@ class SQLStore:
             took_over=took_over,
         )
 
-    def _holder_dead(self, conn: Conn, signal: str | None) -> bool:
+    def _holder_dead(self, signal: str | None) -> Tx[bool]:
         """Whether the lease holder's liveness signal says it died. Unknown (no signal recorded, this store
         cannot probe it) is not dead: that lease is waited out."""
-        return signal is not None and self.liveness is not None and self.liveness.alive(conn, signal) is False
+        return signal is not None and self.liveness is not None and (yield from self.liveness.probe(signal)) is False
 
-    def worker_alive(self, worker: str) -> bool | None:
+    @query
+    def worker_alive(self, worker: str) -> Op[bool | None]:
         """Whether `worker` (any worker id, e.g. from the attempt history) still holds its liveness signal;
         None if this store has no signals or cannot tell (the worker never held one here)."""
         if self.liveness is None:
             return None
-        key = self.liveness.key_for(worker)
-        return self._read(lambda conn: self.liveness.alive(conn, key) if self.liveness is not None else None)
+        return (yield from self.liveness.probe(self.liveness.key_for(worker)))
 
     def _insert_attempt(
-        self, conn: Conn, lease: Lease, generation: int, refresh_fp: str, resend_of: int | None,
+        self, lease: Lease, generation: int, refresh_fp: str, resend_of: int | None,
         now: float, actor: str, try_number: int,
-    ) -> Attempt:  # fmt: skip
-        row = conn.execute(
-            "INSERT INTO attempts (grant_name, generation, refresh_fp, worker, fence, started_at, state, "
-            "resend_of, actor, try_number) VALUES (?, ?, ?, ?, ?, ?, 'open', ?, ?, ?) RETURNING id",
-            (lease.grant, generation, refresh_fp, lease.worker, lease.fence, now, resend_of, actor, try_number),
+    ) -> Tx[Attempt]:  # fmt: skip
+        row = (
+            yield Sql(
+                "INSERT INTO attempts (grant_name, generation, refresh_fp, worker, fence, started_at, state, "
+                "resend_of, actor, try_number) VALUES (?, ?, ?, ?, ?, ?, 'open', ?, ?, ?) RETURNING id",
+                (lease.grant, generation, refresh_fp, lease.worker, lease.fence, now, resend_of, actor, try_number),
+            )
         ).fetchone()
         return Attempt(
             int(row[0]), lease.grant, generation, refresh_fp, lease.worker, now, AttemptState.OPEN,
@@ -732,15 +777,16 @@ class SQLStore:
 
     @staticmethod
     def _close_attempt(
-        conn: Conn, attempt_id: int, state: AttemptState, outcome: str, now: float, report: AttemptReport | None
-    ) -> None:
+        attempt_id: int, state: AttemptState, outcome: str, now: float, report: AttemptReport | None
+    ) -> Tx[None]:
         if report is None:
-            conn.execute(
+            yield Sql(
                 "UPDATE attempts SET state = ?, outcome = ?, finished_at = ? WHERE id = ?",
                 (state.value, outcome, now, attempt_id),
+                wait=False,
             )
             return
-        conn.execute(
+        yield Sql(
             "UPDATE attempts SET state = ?, outcome = ?, finished_at = ?, outcome_class = ?, error_code = ?, "
             "error_description = ?, http_status = ?, latency = ?, evidence = ? WHERE id = ?",
             (
@@ -748,38 +794,42 @@ class SQLStore:
                 report.http_status, report.latency,
                 json.dumps(dict(report.evidence), sort_keys=True) if report.evidence else None, attempt_id,
             ),
+            wait=False,
         )  # fmt: skip
 
     @staticmethod
-    def _close_recovered(conn: Conn, attempt_id: int, grant: Grant, now: float) -> None:
-        conn.execute(
+    def _close_recovered(attempt_id: int, grant: Grant, now: float) -> Tx[None]:
+        yield Sql(
             "UPDATE attempts SET state = 'recovered', outcome = 'committed from recovery', finished_at = ?, "
             "outcome_class = 'recovered', new_generation = ?, received_fp = ? WHERE id = ?",
             (now, grant.generation, grant.refresh_fp, attempt_id),
+            wait=False,
         )
 
+    @transaction
     def record_attempt(
         self, lease: Lease, *, generation: int, refresh_fp: str, resend_of: int | None, lease_ttl: float, now: float,
         actor: str = "", try_number: int = 1,
-    ) -> Attempt:  # fmt: skip
+    ) -> Op[Attempt]:  # fmt: skip
         """Record another attempt under a held lease (a retry), renewing the lease in the same transaction."""
-        with self._tx() as conn:
-            renewed = conn.execute(
+        renewed = (
+            yield Sql(
                 "UPDATE leases SET expires_at = ? WHERE grant_name = ? AND fence = ? AND worker = ?",
-                (self._lease_clock(conn, now) + lease_ttl, lease.grant, lease.fence, lease.worker),
-            ).rowcount
-            if renewed == 0:
-                raise LeaseLost(
-                    f"the lease on grant {lease.grant!r} (fence {lease.fence}) was taken over by another "
-                    "worker; not sending",
-                    grant=lease.grant,
-                    worker=lease.worker,
-                )
-            return self._insert_attempt(conn, lease, generation, refresh_fp, resend_of, now, actor, try_number)
+                (self._lease_clock(now) + lease_ttl, lease.grant, lease.fence, lease.worker),
+            )
+        ).rowcount
+        if renewed == 0:
+            raise LeaseLost(
+                f"the lease on grant {lease.grant!r} (fence {lease.fence}) was taken over by another "
+                "worker; not sending",
+                grant=lease.grant,
+                worker=lease.worker,
+            )
+        return (yield from self._insert_attempt(lease, generation, refresh_fp, resend_of, now, actor, try_number))
 
     def _apply(
-        self, conn: Conn, grant: Grant, update: GrantUpdate, *, now: float, generation: int | None = None
-    ) -> Grant | None:
+        self, grant: Grant, update: GrantUpdate, *, now: float, generation: int | None = None
+    ) -> Tx[Grant | None]:
         """Compare-and-set the next generation; None if the stored generation is not `grant.generation`.
 
         `grant` is the state the refresh started from (read under the lease); the WHERE clause is the check,
@@ -798,7 +848,7 @@ class SQLStore:
         rt_expires_at = update.refresh_expires_at
         if rt_expires_at is None and not rotated:
             rt_expires_at = grant.refresh_expires_at
-        changed = conn.execute(
+        changed = (yield Sql(
             "UPDATE grants SET refresh_token = COALESCE(?, refresh_token), refresh_fp = COALESCE(?, refresh_fp), "
             "access_token = ?, access_fp = ?, expires_at = ?, access_verified = ?, scopes = COALESCE(?, scopes), "
             "generation = ?, last_error = NULL, last_error_at = NULL, refreshed_at = ?, "
@@ -810,7 +860,7 @@ class SQLStore:
                 int(update.access_verified), " ".join(update.scopes) if update.scopes is not None else None,
                 generation, now, now, issued_at, rt_expires_at, name, grant.generation,
             ),
-        ).rowcount  # fmt: skip
+        )).rowcount  # fmt: skip
         if changed == 0:
             return None
         return dataclasses.replace(
@@ -831,82 +881,87 @@ class SQLStore:
             refresh_expires_at=rt_expires_at,
         )
 
+    @transaction
     def commit(
         self, lease: Lease, *, attempt_id: int, base: Grant, update: GrantUpdate, now: float,
         latency: float | None = None,
-    ) -> Grant:  # fmt: skip
-        with self._tx() as conn:
-            committed = self._apply(conn, base, update, now=now)
-            if committed is None:
-                current = self._read_grant(conn, lease.grant)
-                raise GenerationConflict(
-                    f"grant {lease.grant!r} is at generation {current.generation} ({current.state.value}), not "
-                    f"{base.generation}: another worker committed first or the grant was re-imported; the "
-                    "refresh result was not stored",
-                    grant=lease.grant, generation=current.generation, attempt_id=attempt_id,
-                )  # fmt: skip
-            # Close this attempt, and any other still-open one of the same generation (a lost lease's), at once.
-            rotated = update.refresh_token is not None
-            received_fp = committed.refresh_fp if rotated or update.same_refresh_returned else None
-            conn.execute(
-                "UPDATE attempts SET state = CASE WHEN id = ? THEN 'committed' ELSE 'abandoned' END, "
-                "outcome = CASE WHEN id = ? THEN ? ELSE 'superseded by a committed attempt' END, finished_at = ?, "
-                "outcome_class = CASE WHEN id = ? THEN 'committed' ELSE 'superseded' END, "
-                # Casts: PostgreSQL cannot infer a parameter's type inside CASE (SQLite reads them as affinities).
-                "new_generation = CASE WHEN id = ? THEN CAST(? AS BIGINT) END, "
-                "received_fp = CASE WHEN id = ? THEN CAST(? AS TEXT) END, "
-                "rotated = CASE WHEN id = ? THEN CAST(? AS BIGINT) END, "
-                "latency = CASE WHEN id = ? THEN CAST(? AS DOUBLE PRECISION) END, "
-                "evidence = CASE WHEN id = ? THEN NULL ELSE CAST(? AS TEXT) END "
-                "WHERE id = ? OR (grant_name = ? AND generation = ? AND state = 'open')",
-                (attempt_id, attempt_id, f"generation {committed.generation}", now, attempt_id,
-                 attempt_id, committed.generation, attempt_id, received_fp, attempt_id, int(rotated),
-                 attempt_id, latency, attempt_id, json.dumps({"committed_by": attempt_id}), attempt_id, lease.grant,
-                 base.generation),
+    ) -> Op[Grant]:  # fmt: skip
+        committed = yield from self._apply(base, update, now=now)
+        if committed is None:
+            current = yield from self._read_grant(lease.grant)
+            raise GenerationConflict(
+                f"grant {lease.grant!r} is at generation {current.generation} ({current.state.value}), not "
+                f"{base.generation}: another worker committed first or the grant was re-imported; the "
+                "refresh result was not stored",
+                grant=lease.grant, generation=current.generation, attempt_id=attempt_id,
             )  # fmt: skip
-            self._release(conn, lease)
-            self._notify(conn, lease.grant, committed.generation, "commit")
-            if committed.generation % _PRUNE_EVERY == 0:
-                self._prune_grant_history(conn, lease.grant, now=now)
+        # Close this attempt, and any other still-open one of the same generation (a lost lease's), at once.
+        rotated = update.refresh_token is not None
+        received_fp = committed.refresh_fp if rotated or update.same_refresh_returned else None
+        yield Sql(
+            "UPDATE attempts SET state = CASE WHEN id = ? THEN 'committed' ELSE 'abandoned' END, "
+            "outcome = CASE WHEN id = ? THEN ? ELSE 'superseded by a committed attempt' END, finished_at = ?, "
+            "outcome_class = CASE WHEN id = ? THEN 'committed' ELSE 'superseded' END, "
+            # Casts: PostgreSQL cannot infer a parameter's type inside CASE (SQLite reads them as affinities).
+            "new_generation = CASE WHEN id = ? THEN CAST(? AS BIGINT) END, "
+            "received_fp = CASE WHEN id = ? THEN CAST(? AS TEXT) END, "
+            "rotated = CASE WHEN id = ? THEN CAST(? AS BIGINT) END, "
+            "latency = CASE WHEN id = ? THEN CAST(? AS DOUBLE PRECISION) END, "
+            "evidence = CASE WHEN id = ? THEN NULL ELSE CAST(? AS TEXT) END "
+            "WHERE id = ? OR (grant_name = ? AND generation = ? AND state = 'open')",
+            (attempt_id, attempt_id, f"generation {committed.generation}", now, attempt_id,
+             attempt_id, committed.generation, attempt_id, received_fp, attempt_id, int(rotated),
+             attempt_id, latency, attempt_id, json.dumps({"committed_by": attempt_id}), attempt_id, lease.grant,
+             base.generation),
+            wait=False,
+        )  # fmt: skip
+        yield from self._release(lease)
+        yield from self._notify(lease.grant, committed.generation, "commit")
+        if committed.generation % _PRUNE_EVERY == 0:
+            yield from self._prune_grant_history(lease.grant, now=now)
+        yield COMMIT
         if self._observers:
             self._observed(StoreEvent("attempt", lease.grant, outcome=OutcomeClass.COMMITTED.value, seconds=latency))
         return committed
 
     @staticmethod
-    def _release(conn: Conn, lease: Lease) -> None:
-        conn.execute(
+    def _release(lease: Lease) -> Tx[None]:
+        yield Sql(
             "UPDATE leases SET worker = NULL, expires_at = 0, liveness = NULL WHERE grant_name = ? AND fence = ?",
             (lease.grant, lease.fence),
+            wait=False,
         )
 
+    @transaction
     def finish(
         self, lease: Lease, *, attempt_id: int, state: AttemptState, outcome: str, now: float,
         mark_dead: bool = False, release: bool = True, report: AttemptReport | None = None,
-    ) -> None:  # fmt: skip
+    ) -> Op[None]:  # fmt: skip
         """Close an attempt that did not commit; optionally mark the grant dead and release the lease."""
-        with self._tx() as conn:
-            deferral = report is not None and report.kind is OutcomeClass.DEFERRED
-            folded_into = self._fold_deferral(conn, lease, attempt_id, now) if deferral else None
-            if folded_into is None:
-                self._close_attempt(conn, attempt_id, state, outcome, now, report)
-            # Only the generation the attempt spent can be declared dead (I3: a newer one is someone's success).
-            conn.execute(
-                "UPDATE grants SET last_error = ?, last_error_at = ?, state = CASE WHEN ? THEN 'needs_reauth' "
-                "ELSE state END WHERE name = ? AND generation = (SELECT generation FROM attempts WHERE id = ?)",
-                (outcome, now, mark_dead, lease.grant, folded_into or attempt_id),
-            )
-            if attempt_id % _PRUNE_EVERY == 0:  # a grant that keeps failing never commits: prune here too
-                self._prune_grant_history(conn, lease.grant, now=now)
-            if release:
-                self._release(conn, lease)
-                self._notify(conn, lease.grant, -1, "release")
+        deferral = report is not None and report.kind is OutcomeClass.DEFERRED
+        folded_into = (yield from self._fold_deferral(lease, attempt_id, now)) if deferral else None
+        if folded_into is None:
+            yield from self._close_attempt(attempt_id, state, outcome, now, report)
+        # Only the generation the attempt spent can be declared dead (I3: a newer one is someone's success).
+        yield Sql(
+            "UPDATE grants SET last_error = ?, last_error_at = ?, state = CASE WHEN ? THEN 'needs_reauth' "
+            "ELSE state END WHERE name = ? AND generation = (SELECT generation FROM attempts WHERE id = ?)",
+            (outcome, now, mark_dead, lease.grant, folded_into or attempt_id),
+            wait=False,
+        )
+        if attempt_id % _PRUNE_EVERY == 0:  # a grant that keeps failing never commits: prune here too
+            yield from self._prune_grant_history(lease.grant, now=now)
+        if release:
+            yield from self._release(lease)
+            yield from self._notify(lease.grant, -1, "release")
+        yield COMMIT
         if self._observers:
             outcome = report.kind.value if report is not None else state.value
             self._observed(StoreEvent("attempt", lease.grant, outcome=outcome,
                                       seconds=report.latency if report is not None else None))  # fmt: skip
 
     @staticmethod
-    def _fold_deferral(conn: Conn, lease: Lease, attempt_id: int, now: float) -> int | None:
+    def _fold_deferral(lease: Lease, attempt_id: int, now: float) -> Tx[int | None]:
         """Fold a deferral into this worker's earlier deferral behind the same attempt, if there is one.
 
         While a possibly-spent attempt of another worker may still commit (up to ``adopt_after``), every call
@@ -914,53 +969,61 @@ class SQLStore:
         earlier row keeps its id and counts the deferrals in its evidence; its finish time is the latest one.
         Returns the earlier row's id, or None if there is none (this attempt is then closed as usual).
         """
-        prior = conn.execute("SELECT resend_of FROM attempts WHERE id = ?", (attempt_id,)).fetchone()
+        prior = (yield Sql("SELECT resend_of FROM attempts WHERE id = ?", (attempt_id,))).fetchone()
         if prior is None or prior[0] is None:
             return None
-        earlier = conn.execute(
-            "SELECT id, evidence FROM attempts WHERE grant_name = ? AND worker = ? AND resend_of = ? "
-            "AND outcome_class = 'deferred' AND id < ? ORDER BY id DESC LIMIT 1",
-            (lease.grant, lease.worker, prior[0], attempt_id),
+        earlier = (
+            yield Sql(
+                "SELECT id, evidence FROM attempts WHERE grant_name = ? AND worker = ? AND resend_of = ? "
+                "AND outcome_class = 'deferred' AND id < ? ORDER BY id DESC LIMIT 1",
+                (lease.grant, lease.worker, prior[0], attempt_id),
+            )
         ).fetchone()
         if earlier is None:
             return None
         evidence = json.loads(earlier[1]) if earlier[1] else {}
         evidence["deferrals"] = int(evidence.get("deferrals", 1)) + 1
-        conn.execute("DELETE FROM attempts WHERE id = ?", (attempt_id,))
-        conn.execute(
+        yield Sql("DELETE FROM attempts WHERE id = ?", (attempt_id,), wait=False)
+        yield Sql(
             "UPDATE attempts SET finished_at = ?, evidence = ? WHERE id = ?",
             (now, json.dumps(evidence, sort_keys=True), earlier[0]),
+            wait=False,
         )
         return int(earlier[0])
 
-    def release(self, lease: Lease) -> None:
-        with self._tx() as conn:
-            self._release(conn, lease)
-            self._notify(conn, lease.grant, -1, "release")
+    @transaction
+    def release(self, lease: Lease) -> Op[None]:
+        yield from self._release(lease)
+        yield from self._notify(lease.grant, -1, "release")
 
-    def invalidate_access(self, name: str, *, access_fp: str) -> bool:
-        with self._tx() as conn:
-            row = conn.execute(
+    @transaction
+    def invalidate_access(self, name: str, *, access_fp: str) -> Op[bool]:
+        row = (
+            yield Sql(
                 "UPDATE grants SET access_token = NULL, access_fp = NULL, expires_at = NULL "
                 "WHERE name = ? AND access_fp = ? RETURNING generation",
                 (name, access_fp),
-            ).fetchone()
-            if row is not None:
-                self._notify(conn, name, int(row[0]), "invalidate")
-            return row is not None
+            )
+        ).fetchone()
+        if row is not None:
+            yield from self._notify(name, int(row[0]), "invalidate")
+        return row is not None
 
     # ---------------------------------------------------------------- recovery
 
+    @transaction
     def save_recovery(
         self, name: str, *, expected_generation: int, attempt_id: int, update: GrantUpdate, now: float
-    ) -> None:
-        self.recovery.save(RecoveryEntry(name, expected_generation, attempt_id, update, now))
+    ) -> Op[None]:
+        yield Blocking(self.recovery.save, (RecoveryEntry(name, expected_generation, attempt_id, update, now),))
 
-    def pending_recovery(self, name: str | None = None) -> int:
+    @query
+    def pending_recovery(self, name: str | None = None) -> Op[int]:
         """How many successors (of grant `name`, or of any grant) wait in local recovery storage."""
-        return len(self.recovery.entries(name))
+        return len((yield Blocking(self.recovery.entries, (name,))))
 
-    def replay_recovery(self, *, now: float) -> list[str]:
+    @transaction
+    def replay_recovery(self, *, now: float) -> Op[list[str]]:
         """Commit the successor kept in recovery storage for each grant (`_commit_kept`); drop superseded entries
         and those of grants that no longer exist.
 
@@ -973,14 +1036,14 @@ class SQLStore:
         done = []
         for name, entries in pending.items():
             settled: list[RecoveryEntry] = []
-            with self._tx() as conn:
-                try:
-                    grant = self._read_grant(conn, name)
-                except UnknownGrant:
-                    settled = entries
-                else:
-                    if self._commit_kept(conn, grant, entries, now, settled) is not None:
-                        done.append(name)
+            try:
+                grant = yield from self._read_grant(name)
+            except UnknownGrant:
+                settled = entries
+            else:
+                if (yield from self._commit_kept(grant, entries, now, settled)) is not None:
+                    done.append(name)
+            yield COMMIT
             # Removed only once the transaction that used or superseded them has committed (as in `claim`).
             for entry in settled:
                 self.recovery.remove(entry)
@@ -989,8 +1052,8 @@ class SQLStore:
         return done
 
     def _commit_kept(
-        self, conn: Conn, grant: Grant, entries: list[RecoveryEntry], now: float, settled: list[RecoveryEntry]
-    ) -> Grant | None:
+        self, grant: Grant, entries: list[RecoveryEntry], now: float, settled: list[RecoveryEntry]
+    ) -> Tx[Grant | None]:
         """Commit the successor kept in recovery storage for `grant` as stored; None if there is none to commit.
         Adds to `settled` the entries this makes obsolete (the caller removes them after the transaction).
 
@@ -1005,7 +1068,7 @@ class SQLStore:
         chosen = max(ahead, key=lambda e: e.expected_generation) if ahead else next(iter(current), None)
         if chosen is None:
             return None
-        recovered = self._apply(conn, grant, chosen.update, now=now, generation=chosen.expected_generation + 1)
+        recovered = yield from self._apply(grant, chosen.update, now=now, generation=chosen.expected_generation + 1)
         if recovered is None:  # the grant is no longer active: a successor for its stored generation is moot
             settled.extend(current if not ahead else [])
             return None
@@ -1019,9 +1082,9 @@ class SQLStore:
             )  # fmt: skip
         else:
             # Its attempt is in this store only when the entry was kept for the stored generation.
-            self._close_recovered(conn, chosen.attempt_id, recovered, now)
+            yield from self._close_recovered(chosen.attempt_id, recovered, now)
         settled.extend(e for e in entries if grant.generation <= e.expected_generation <= chosen.expected_generation)
-        self._notify(conn, grant.name, recovered.generation, "commit")
+        yield from self._notify(grant.name, recovered.generation, "commit")
         return recovered
 
     # ---------------------------------------------------------------- API keys and audit (`grantkeeper serve`)
@@ -1030,23 +1093,25 @@ class SQLStore:
         """The keyed hash an API key is stored as (the key itself never is)."""
         return self._crypto.keyed_digest(key, purpose="api-key")
 
-    def create_api_key(self, record: ApiKeyRecord, *, key: str) -> None:
+    @transaction
+    def create_api_key(self, record: ApiKeyRecord, *, key: str) -> Op[None]:
         """Store `record` with the hash of `key`. A name in force is refused; a revoked one is replaced."""
         check_name(record.name, "API key")
-        with self._tx() as conn:
-            row = conn.execute("SELECT revoked_at FROM api_keys WHERE name = ?", (record.name,)).fetchone()
-            if row is not None and row[0] is None:
-                raise ConfigurationError(
-                    f"API key {record.name!r} exists; revoke it first ('grantkeeper apikey revoke {record.name}') "
-                    "or choose another name"
-                )
-            conn.execute("DELETE FROM api_keys WHERE name = ?", (record.name,))
-            conn.execute(
-                "INSERT INTO api_keys (name, key_id, key_hash, grants, scopes, created_at, expires_at, revoked_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, NULL)",
-                (record.name, record.key_id, self.api_key_digest(key), ",".join(record.grants),
-                 ",".join(record.scopes), record.created_at, record.expires_at),
-            )  # fmt: skip
+        row = (yield Sql("SELECT revoked_at FROM api_keys WHERE name = ?", (record.name,))).fetchone()
+        if row is not None and row[0] is None:
+            raise ConfigurationError(
+                f"API key {record.name!r} exists; revoke it first ('grantkeeper apikey revoke {record.name}') "
+                "or choose another name"
+            )
+        yield Sql("DELETE FROM api_keys WHERE name = ?", (record.name,), wait=False)
+        yield from self._notify("", 0, API_KEYS_CHANGED)  # delivered at commit, never before
+        yield Sql(
+            "INSERT INTO api_keys (name, key_id, key_hash, grants, scopes, created_at, expires_at, revoked_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, NULL)",
+            (record.name, record.key_id, self.api_key_digest(key), ",".join(record.grants),
+             ",".join(record.scopes), record.created_at, record.expires_at),
+            wait=False,
+        )  # fmt: skip
 
     @staticmethod
     def _api_key(row: Any) -> ApiKeyRecord:
@@ -1054,11 +1119,12 @@ class SQLStore:
                             scopes=tuple(s for s in str(row[3]).split(",") if s), created_at=float(row[4]),
                             expires_at=row[5], revoked_at=row[6])  # fmt: skip
 
-    def find_api_key(self, key_id: str) -> tuple[ApiKeyRecord, str] | None:
+    @query
+    def find_api_key(self, key_id: str) -> Op[tuple[ApiKeyRecord, str] | None]:
         """The key with public id `key_id` and its stored hash; None if there is none."""
         sql = "SELECT name, key_id, grants, scopes, created_at, expires_at, revoked_at, key_hash FROM api_keys " \
               "WHERE key_id = ?"  # fmt: skip
-        row = self._read(lambda conn: conn.execute(sql, (key_id,)).fetchone())
+        row = (yield Sql(sql, (key_id,))).fetchone()
         return None if row is None else (self._api_key(row), str(row[7]))
 
     def change_probe(self) -> Callable[[], object] | None:
@@ -1068,47 +1134,55 @@ class SQLStore:
         returned just before that read (`grantkeeper.serve.apikeys.KeyCache`)."""
         return None
 
-    def list_api_keys(self) -> list[ApiKeyRecord]:
+    @query
+    def list_api_keys(self) -> Op[list[ApiKeyRecord]]:
         sql = "SELECT name, key_id, grants, scopes, created_at, expires_at, revoked_at FROM api_keys ORDER BY name"
-        return [self._api_key(r) for r in self._read(lambda conn: conn.execute(sql).fetchall())]
+        return [self._api_key(r) for r in (yield Sql(sql)).fetchall()]
 
-    def revoke_api_key(self, name: str, *, now: float) -> ApiKeyRecord:
+    @transaction
+    def revoke_api_key(self, name: str, *, now: float) -> Op[ApiKeyRecord]:
         """Revoke API key `name` (at once: every instance looks keys up per request); returns it."""
-        with self._tx() as conn:
-            conn.execute("UPDATE api_keys SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL", (now, name))
-            row = conn.execute(
+        yield Sql("UPDATE api_keys SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL", (now, name), wait=False)
+        yield from self._notify("", 0, API_KEYS_CHANGED)
+        row = (
+            yield Sql(
                 "SELECT name, key_id, grants, scopes, created_at, expires_at, revoked_at FROM api_keys WHERE name = ?",
                 (name,),
-            ).fetchone()
+            )
+        ).fetchone()
+        yield COMMIT
         if row is None:
             raise ConfigurationError(f"there is no API key named {name!r}; 'grantkeeper apikey list' shows them")
         return self._api_key(row)
 
-    def record_audit(self, entries: list[AuditEntry]) -> None:
+    @transaction
+    def record_audit(self, entries: list[AuditEntry]) -> Op[None]:
         """Append audit entries in one transaction, then apply `retention` to the grants they name."""
         if not entries:
             return
-        with self._tx() as conn:
-            for e in entries:
-                conn.execute(
-                    "INSERT INTO audit (at, api_key, action, grant_name, status, fingerprint, generation, detail) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (e.at, e.api_key, e.action, e.grant, e.status, e.fingerprint, e.generation, e.detail),
-                )
-            oldest = max(e.at for e in entries) - self.retention.days * 86400.0
-            conn.execute("DELETE FROM audit WHERE at < ?", (oldest,))
-            for grant in {e.grant for e in entries if e.grant is not None}:
-                conn.execute(
-                    "DELETE FROM audit WHERE grant_name = ? AND id <= (SELECT id FROM audit WHERE grant_name = ? "
-                    "ORDER BY id DESC LIMIT 1 OFFSET ?)",
-                    (grant, grant, self.retention.per_grant),
-                )
+        for e in entries:
+            yield Sql(
+                "INSERT INTO audit (at, api_key, action, grant_name, status, fingerprint, generation, detail) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (e.at, e.api_key, e.action, e.grant, e.status, e.fingerprint, e.generation, e.detail),
+                wait=False,
+            )
+        oldest = max(e.at for e in entries) - self.retention.days * 86400.0
+        yield Sql("DELETE FROM audit WHERE at < ?", (oldest,), wait=False)
+        for grant in {e.grant for e in entries if e.grant is not None}:
+            yield Sql(
+                "DELETE FROM audit WHERE grant_name = ? AND id <= (SELECT id FROM audit WHERE grant_name = ? "
+                "ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                (grant, grant, self.retention.per_grant),
+                wait=False,
+            )
 
-    def list_audit(self, *, grant: str | None = None, limit: int = 100) -> list[AuditEntry]:
+    @query
+    def list_audit(self, *, grant: str | None = None, limit: int = 100) -> Op[list[AuditEntry]]:
         """The audit trail, newest first (of one grant, if given)."""
         where, params = ("WHERE grant_name = ? ", (grant, limit)) if grant is not None else ("", (limit,))
         sql = ("SELECT id, at, api_key, action, grant_name, status, fingerprint, generation, detail FROM audit "
                f"{where}ORDER BY id DESC LIMIT ?")  # fmt: skip
-        rows = self._read(lambda conn: conn.execute(sql, params).fetchall())
+        rows = (yield Sql(sql, params)).fetchall()
         return [AuditEntry(id=int(r[0]), at=float(r[1]), api_key=str(r[2]), action=str(r[3]), grant=r[4],
                            status=int(r[5]), fingerprint=r[6], generation=r[7], detail=r[8]) for r in rows]  # fmt: skip

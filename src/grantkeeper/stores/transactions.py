@@ -1,0 +1,185 @@
+"""Store operations written once, run on a blocking connection or an asyncio one.
+
+An operation is a generator (psycopg's own generators-and-waits pattern): it yields what it needs done and receives
+the answer, and a runner does the I/O. It yields
+
+* `Sql`: a statement of the current transaction (opened by the first one); the runner sends back its result, which
+  offers ``fetchone()``, ``fetchall()`` and ``rowcount``. A statement marked ``wait=False`` is one whose result the
+  operation ignores: a pipelining runner (PostgreSQL's) sends it with the next one instead of waiting for it, so its
+  error, if any, surfaces at the next statement or at the commit, still inside the transaction;
+* `COMMIT`: the current transaction ends here (an operation that returns ends its transaction too);
+* `Blocking`: local blocking work outside any transaction (taking a liveness signal); an async runner runs it in a
+  worker thread.
+
+`transaction` and `query` turn an operation into a store method: ``store.commit(...)`` runs it with the store's own
+runner (`SQLStore._perform`, blocking); `AsyncOperation` is the same operation awaited on an async store.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Coroutine, Generator
+from contextlib import AbstractContextManager
+from typing import Any, Concatenate, Generic, NamedTuple, ParamSpec, Protocol, TypeVar, overload
+
+__all__ = [
+    "COMMIT",
+    "AsyncOperation",
+    "Blocking",
+    "Op",
+    "Result",
+    "Sql",
+    "Tx",
+    "operation",
+    "perform",
+    "query",
+    "run_on",
+    "transaction",
+]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+C = TypeVar("C")
+
+
+class Sql:
+    """One statement with ``?`` placeholders; ``wait=False`` when its result is not looked at. (A slotted class, not
+    a NamedTuple: every statement of every store call makes one, and this is the cheaper to build.)"""
+
+    __slots__ = ("params", "text", "wait")
+
+    def __init__(self, text: str, params: Any = (), wait: bool = True) -> None:
+        self.text = text
+        self.params = params
+        self.wait = wait
+
+    def __repr__(self) -> str:
+        return f"Sql({self.text!r}, wait={self.wait})"  # no parameters: they may hold ciphertext or fingerprints
+
+
+class Blocking(NamedTuple):
+    """Call ``fn(*args)`` outside the transaction; its return value is sent back."""
+
+    fn: Callable[..., Any]
+    args: tuple[Any, ...] = ()
+
+
+class _Commit:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "COMMIT"
+
+
+COMMIT = _Commit()
+
+
+class Result(Protocol):
+    """What a statement's result offers an operation (a DB-API cursor has it)."""
+
+    @property
+    def rowcount(self) -> int: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+
+#: A whole operation: statements, commits and blocking calls; returns the operation's value.
+Op = Generator[Sql | Blocking | _Commit, Any, T]
+#: A part of one transaction: statements only.
+Tx = Generator[Sql, Any, T]
+
+
+class _Executes(Protocol):
+    def execute(self, sql: str, params: Any = ..., /) -> Any: ...
+
+
+def run_on(conn: _Executes, body: Tx[T]) -> T:
+    """Run a transaction's statements on a blocking DB-API connection (the caller owns the transaction)."""
+    try:
+        step = next(body)
+        while True:
+            step = body.send(conn.execute(step.text, step.params))
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+
+
+class operation(Generic[P, T]):
+    """A store method written as an `Op`: ``store.name(...)`` runs it with ``store._perform`` (a blocking runner).
+    ``write`` says whether it writes (a transaction) or only reads (autocommit, and retried where the store's
+    connections can drop)."""
+
+    def __init__(self, fn: Callable[Concatenate[Any, P], Op[T]], *, write: bool = True) -> None:
+        self.fn = fn
+        self.write = write
+        functools.update_wrapper(self, fn)  # type: ignore[arg-type]
+
+    @overload
+    def __get__(self, obj: None, owner: type | None = None) -> operation[P, T]: ...
+
+    @overload
+    def __get__(self, obj: object, owner: type | None = None) -> Callable[P, T]: ...
+
+    def __get__(self, obj: object, owner: type | None = None) -> Any:
+        if obj is None:
+            return self
+        # ``store._perform(fn, write, *args, **kwargs)``: it calls ``fn(store, *args, **kwargs)`` for the generator
+        # (again, for a read it runs once more). A partial, not a closure: store methods are hot (token reads).
+        return functools.partial(obj._perform, self.fn, self.write)  # type: ignore[attr-defined]
+
+
+def transaction(fn: Callable[Concatenate[Any, P], Op[T]]) -> operation[P, T]:
+    """A store method that writes: its statements run in one transaction (per `COMMIT`)."""
+    return operation(fn, write=True)
+
+
+def query(fn: Callable[Concatenate[Any, P], Op[T]]) -> operation[P, T]:
+    """A store method that only reads (idempotent: a runner may start it again on a fresh connection)."""
+    return operation(fn, write=False)
+
+
+class AsyncOperation(Generic[P, T]):
+    """The async face of an `operation`, declared on an async store (``commit = AsyncOperation(SQLStore.commit)``):
+    ``await store.commit(...)`` runs the same generator with ``store._aperform(fn, write, *args, **kwargs)`` (an
+    async runner, which calls ``fn`` on the store's SQL logic)."""
+
+    def __init__(self, op: operation[P, T]) -> None:
+        self.op = op
+        functools.update_wrapper(self, op.fn)  # type: ignore[arg-type]
+
+    @overload
+    def __get__(self, obj: None, owner: type | None = None) -> AsyncOperation[P, T]: ...
+
+    @overload
+    def __get__(self, obj: object, owner: type | None = None) -> Callable[P, Coroutine[Any, Any, T]]: ...
+
+    def __get__(self, obj: object, owner: type | None = None) -> Any:
+        if obj is None:
+            return self
+        fn, write, perform = self.op.fn, self.op.write, obj._aperform  # type: ignore[attr-defined]
+
+        async def run(*args: P.args, **kwargs: P.kwargs) -> T:
+            return await perform(fn, write, *args, **kwargs)  # type: ignore[no-any-return]
+
+        return run
+
+
+def perform(op: Op[T], begin: Callable[[], AbstractContextManager[C]], execute: Callable[[C, Sql], Result]) -> T:
+    """Run `op` blocking: ``begin()`` opens a transaction and gives its connection, ``execute(conn, step)`` runs a
+    statement on it. A transaction is opened at the first statement and ends (commits) at `COMMIT`, at a `Blocking`
+    step or when the operation returns; an exception rolls it back (``begin``'s context manager sees it)."""
+    try:
+        step = next(op)
+        while True:
+            if type(step) is Sql:
+                with begin() as conn:
+                    try:
+                        while type(step) is Sql:
+                            step = op.send(execute(conn, step))
+                    except StopIteration as stop:
+                        return stop.value  # type: ignore[no-any-return]  # the `with` commits on the way out
+            answer = step.fn(*step.args) if isinstance(step, Blocking) else None
+            step = op.send(answer)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
