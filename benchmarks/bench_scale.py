@@ -710,7 +710,7 @@ def _postgres_unavailable() -> str | None:
     return PostgresServer.available()
 
 
-def run(quick: bool = False, *, grants: int | None = None) -> Report:
+def run(quick: bool = False, *, grants: int | None = None, postgres: bool = True) -> Report:
     n = grants if grants is not None else (QUICK_GRANTS if quick else DEFAULT_GRANTS)
     if n < 10_000:
         raise ValueError("the scale benchmark needs at least 10,000 grants")
@@ -740,7 +740,7 @@ def run(quick: bool = False, *, grants: int | None = None) -> Report:
                 leftover.unlink()  # free the disk before PostgreSQL loads its copy
 
         # ---- PostgreSQL
-        reason = _postgres_unavailable()
+        reason = _postgres_unavailable() if postgres else "left out on request (--sqlite-only)"
         if reason is not None:
             line = f"!!! SKIPPED: the PostgreSQL half of the scale benchmark: {reason} !!!"
             report.notes.append(line)
@@ -768,5 +768,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_scale")
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_GRANTS:,} grants and fewer rounds")
     parser.add_argument("--grants", type=int, default=None, help=f"grants per store (default {DEFAULT_GRANTS:,})")
+    parser.add_argument("--sqlite-only", action="store_true", help="measure SQLite only (PostgreSQL SKIPPED)")
     args = parser.parse_args()
-    print_report(run(args.quick, grants=args.grants), sys.stdout)
+    print_report(run(args.quick, grants=args.grants, postgres=not args.sqlite_only), sys.stdout)

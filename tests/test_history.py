@@ -153,6 +153,38 @@ def test_postgres_store_from_version_1_is_upgraded_by_migrate(
         assert [a.new_generation for a in keeper.history("g")] == [3, None]
 
 
+def test_a_commit_prunes_its_grant_by_age_and_count(store: SQLStore) -> None:
+    """Every 64th generation's commit applies retention to its grant: attempts older than `days` go, and so do
+    those past the newest `per_grant`, oldest first; nothing else is touched."""
+    store.put_provider(Provider(name="p", token_url="https://as.example/token", client_id="cid",
+                                client_secret=Secret("client-secret-value")), now=T0)  # fmt: skip
+    for name in ("g", "other"):
+        store.import_grant(name, provider="p", refresh_token=Secret("refresh-token-0000000000001"), scopes=(), now=T0)
+
+    def refresh(name: str, i: int) -> None:
+        now = T0 + i * 3600.0
+        claim = store.claim(name, worker="w", lease_ttl=TTL, now=now, force=True, seen_generation=None)
+        assert claim.lease is not None and claim.attempt is not None
+        update = GrantUpdate(refresh_token=Secret(f"refresh-token-{name}-{i:013d}"),
+                             access_token=Secret(f"access-token-{i:014d}"), expires_at=now + 3600,
+                             scopes=None)  # fmt: skip
+        store.commit(claim.lease, attempt_id=claim.attempt.id, base=claim.grant, update=update, now=now)
+
+    refresh("other", 0)
+    store.retention = HistoryRetention(days=1.0, per_grant=1000)
+    for i in range(62):  # generations 2 .. 63: no prune yet
+        refresh("g", i)
+    assert len(store.list_attempts("g", limit=1000)) == 62
+    refresh("g", 62)  # generation 64, at T0 + 62 h: the attempts started before T0 + 38 h (generations 2-39) go
+    kept = store.list_attempts("g", limit=1000)
+    assert [a.new_generation for a in kept] == list(range(64, 39, -1))
+    assert len(store.list_attempts("other", limit=1000)) == 1  # another grant's history waits for its own commits
+    store.retention = HistoryRetention(days=1000.0, per_grant=10)
+    for i in range(63, 127):  # generation 128 prunes by count
+        refresh("g", i)
+    assert [a.new_generation for a in store.list_attempts("g", limit=1000)] == list(range(128, 118, -1))
+
+
 def test_pruning_never_drops_the_unresolved_attempt_and_deferrals_are_not_resends(store: SQLStore) -> None:
     """A worker dies holding an open attempt; 70 other workers' claims pile up deferred (not sent) attempts
     behind it, far past the retention count. The open attempt survives every prune, so the next claim still re-sends

@@ -126,6 +126,39 @@ class TestClaim:
         states = {a.id: a.state for a in store.list_attempts("g")}
         assert states[first.attempt.id] is AttemptState.ABANDONED  # type: ignore[union-attr]
 
+    def test_claim_reports_the_unresolved_attempt_and_the_latest_sent_resend(self, store: SQLiteStore) -> None:
+        """What a claim reads about earlier attempts (SQLite reads it in the same statement as the grant): the
+        newest maybe-spent attempt of this generation and token as `prior`, and the newest re-send that was sent
+        (not one that never left) as `recent_resend`."""
+        _grant(store)
+        seen: list[tuple[int | None, int | None]] = []
+        states = (AttemptState.AMBIGUOUS, AttemptState.REJECTED, AttemptState.NOT_SENT, AttemptState.REJECTED)
+        ids = []
+        for i, state in enumerate(states):
+            claim = _claim(store, worker=f"w{i}", force=True, now=T0 + i)
+            seen.append((claim.prior.id if claim.prior else None,
+                         claim.recent_resend.id if claim.recent_resend else None))  # fmt: skip
+            ids.append(claim.attempt.id)  # type: ignore[union-attr]
+            store.finish(claim.lease, attempt_id=claim.attempt.id, state=state, outcome=state.value, now=T0 + i)  # type: ignore[arg-type, union-attr]
+        last = _claim(store, worker="w9", force=True, now=T0 + 9)
+        seen.append((last.prior.id if last.prior else None, last.recent_resend.id if last.recent_resend else None))
+        # ids[0] stays ambiguous: every later claim re-sends it; ids[1] and ids[3] are sent re-sends, ids[2] never left.
+        assert seen == [(None, None), (ids[0], None), (ids[0], ids[1]), (ids[0], ids[1]), (ids[0], ids[3])]
+
+    def test_claim_prefers_a_stale_send_to_a_newer_resend(self, store: SQLiteStore) -> None:
+        """A stale send (a certain second use of a token) explains a later revocation better than a re-send (a
+        possible one), so the claim reports it even when a sent re-send is newer."""
+        _grant(store)
+        stale = _claim(store, force=True)
+        store.finish(stale.lease, attempt_id=stale.attempt.id, state=AttemptState.REJECTED,  # type: ignore[arg-type, union-attr]
+                     outcome="stale_local_token", now=T0)  # fmt: skip
+        for i, state in enumerate((AttemptState.AMBIGUOUS, AttemptState.REJECTED), start=1):
+            claim = _claim(store, worker=f"w{i}", force=True, now=T0 + i)
+            store.finish(claim.lease, attempt_id=claim.attempt.id, state=state, outcome=state.value, now=T0 + i)  # type: ignore[arg-type, union-attr]
+        later = _claim(store, worker="w9", force=True, now=T0 + 9)
+        assert later.recent_resend is not None and later.recent_resend.id == stale.attempt.id  # type: ignore[union-attr]
+        assert later.recent_resend.outcome == "stale_local_token"
+
     def test_usable_access_token_needs_no_claim(self, store: SQLiteStore) -> None:
         """A grant whose access token is valid beyond the skew is returned without a lease."""
         _grant(store)

@@ -70,6 +70,34 @@ _PROVIDER_COLUMNS = (
 _GRANT_COLUMNS_QUALIFIED = ", ".join("grants." + c.strip() for c in _GRANT_COLUMNS.split(","))
 _PROVIDER_COLUMNS_QUALIFIED = ", ".join("providers." + c.strip() for c in _PROVIDER_COLUMNS.split(","))
 _ATTEMPT_COLUMNS = "id, grant_name, generation, refresh_fp, worker, started_at, state, outcome, resend_of, finished_at"
+_GRANT_WIDTH = len(_GRANT_COLUMNS.split(","))
+_PROVIDER_WIDTH = len(_PROVIDER_COLUMNS.split(","))
+#: Every cold token read and every claim runs this (built once: the driver's statement cache is keyed by the text).
+_GRANT_AND_PROVIDER = (
+    f"SELECT {_GRANT_COLUMNS_QUALIFIED}, {_PROVIDER_COLUMNS_QUALIFIED} FROM grants "
+    "JOIN providers ON providers.name = grants.provider WHERE grants.name = ?"
+)
+#: What a claim reads about earlier attempts of the grant's current generation: the unresolved attempt it must
+#: re-send (maybe spent, successor unknown), and the latest re-send or stale send of the last generations (it
+#: explains a later family revocation; a stale send is a certain second use of a token, a re-send only a
+#: possible one, so it is preferred). As ids, correlated to the grant row read in the same statement.
+_PRIOR_ID = (
+    "(SELECT id FROM attempts WHERE grant_name = grants.name AND generation = grants.generation "
+    "AND refresh_fp = grants.refresh_fp AND state IN ('open', 'ambiguous') ORDER BY id DESC LIMIT 1)"
+)
+_RESEND_ID = (
+    "(SELECT id FROM attempts WHERE grant_name = grants.name AND ((resend_of IS NOT NULL AND state <> 'not_sent') "
+    "OR outcome = 'stale_local_token') AND generation >= grants.generation - 2 "
+    "ORDER BY CASE WHEN outcome = 'stale_local_token' THEN 0 ELSE 1 END, id DESC LIMIT 1)"
+)
+#: The claim's one read where its transaction already excludes other writers (`SQLStore._claim_in_one_read`):
+#: the grant, its provider, its lease (NULLs if none yet) and the two attempt ids above.
+_CLAIM_READ = (
+    f"SELECT {_GRANT_COLUMNS_QUALIFIED}, {_PROVIDER_COLUMNS_QUALIFIED}, leases.worker, leases.fence, "
+    f"leases.expires_at, leases.liveness, {_PRIOR_ID}, {_RESEND_ID} FROM grants "
+    "JOIN providers ON providers.name = grants.provider LEFT JOIN leases ON leases.grant_name = grants.name "
+    "WHERE grants.name = ?"
+)
 #: Attempts retention never prunes, because `claim` reads them: an unresolved attempt (open, ambiguous) that the
 #: next claim must re-send once instead of spending its possibly spent token as fresh, and the sent re-sends and
 #: stale sends that explain a later family revocation, all within the last two generations.
@@ -153,6 +181,10 @@ def _aad(table: str, row: str, column: str) -> str:
     return f"grantkeeper/{table}/{row}/{column}"
 
 
+#: `GrantState` by stored value: a dict lookup, cheaper than the enum's own (every grant read does one).
+_STATES = {state.value: state for state in GrantState}
+
+
 class SQLStore:
     """The store contract of `grantkeeper.stores.base` over SQL. Subclasses provide the hooks below."""
 
@@ -161,6 +193,11 @@ class SQLStore:
     #: Appended to the claim's read of the grant row to hold it until the transaction ends ("" if the
     #: transaction already excludes other writers).
     _row_lock = ""
+    #: Whether the claim reads grant, provider, lease and earlier attempts in one statement (`_CLAIM_READ`). Only
+    #: where the transaction excludes other writers from its first statement on (SQLite's ``BEGIN IMMEDIATE``):
+    #: under READ COMMITTED a row lock is taken by the statement that reads the grant, and what that statement
+    #: joins comes from the snapshot taken before the lock wait, i.e. before the previous holder's commit.
+    _claim_in_one_read = False
 
     def __init__(self, crypto: Crypto, recovery: RecoveryDir, liveness: Liveness | None = None) -> None:
         self._crypto = crypto
@@ -240,18 +277,20 @@ class SQLStore:
 
     def _grant(self, row: Any) -> Grant:
         name = str(row[0])
+        decrypt = self._crypto.decrypt
+        refresh, access = row[2], row[4]
         return Grant(
             name=name,
             provider=str(row[1]),
-            refresh_token=self._open(row[2], "grants", name, "refresh_token"),
+            refresh_token=None if refresh is None else decrypt(refresh, aad=_aad("grants", name, "refresh_token")),
             refresh_fp=row[3],
-            access_token=self._open(row[4], "grants", name, "access_token"),
+            access_token=None if access is None else decrypt(access, aad=_aad("grants", name, "access_token")),
             access_fp=row[5],
             expires_at=row[6],
             access_verified=bool(row[7]),
             scopes=tuple(str(row[8]).split()),
             generation=int(row[9]),
-            state=GrantState(row[10]),
+            state=_STATES.get(row[10]) or GrantState(row[10]),
             last_error=row[11],
             last_error_at=row[12],
             updated_at=row[13],
@@ -264,8 +303,12 @@ class SQLStore:
     def _provider(self, row: Any) -> Provider:
         """Providers change rarely and are read on every cold token read: reuse the decoded value while the
         stored row (ciphertext included) is byte-for-byte the same."""
-        key = tuple(bytes(v) if isinstance(v, memoryview) else v for v in row)
-        cached = self._providers.get(key)
+        key = tuple(row)
+        try:
+            cached = self._providers.get(key)
+        except TypeError:  # a driver that returns BLOBs as memoryview (unhashable)
+            key = tuple(bytes(v) if isinstance(v, memoryview) else v for v in row)
+            cached = self._providers.get(key)
         if cached is None:
             if len(self._providers) > 256:
                 self._providers.clear()
@@ -342,16 +385,12 @@ class SQLStore:
     def _read_grant_and_provider(self, name: str, *, lock: bool = False) -> Tx[tuple[Grant, Provider]]:
         """One query for both: every cold token read and every claim runs it. `lock` holds the grant row to the
         end of the transaction on databases where the transaction itself does not exclude other writers."""
-        sql = (
-            f"SELECT {_GRANT_COLUMNS_QUALIFIED}, {_PROVIDER_COLUMNS_QUALIFIED} FROM grants "
-            "JOIN providers ON providers.name = grants.provider WHERE grants.name = ?"
-        )
-        row = (yield Sql(sql + self._row_lock if lock else sql, (name,))).fetchone()
+        sql = _GRANT_AND_PROVIDER + self._row_lock if lock else _GRANT_AND_PROVIDER
+        row = (yield Sql(sql, (name,))).fetchone()
         if row is None:
             grant = yield from self._read_grant(name)  # raises UnknownGrant; the join cannot miss a provider
             return grant, (yield from self._read_provider(grant.provider))
-        width = len(_GRANT_COLUMNS.split(","))
-        return self._grant(row[:width]), self._provider(row[width:])
+        return self._grant(row[:_GRANT_WIDTH]), self._provider(row[_GRANT_WIDTH:])
 
     def _read_provider(self, name: str) -> Tx[Provider]:
         row = (yield Sql(f"SELECT {_PROVIDER_COLUMNS} FROM providers WHERE name = ?", (name,))).fetchone()
@@ -616,19 +655,40 @@ class SQLStore:
         return int(deleted)
 
     def _prune_grant_history(self, name: str, *, now: float | None) -> Tx[int]:
-        deleted = (
+        """Delete grant `name`'s attempts past the newest `retention.per_grant` (and, with `now`, those older than
+        `retention.days`), except what a claim still needs; returns how many were deleted.
+
+        It runs inside a commit every `_PRUNE_EVERY` generations, so it visits only what it may delete. "Newest"
+        is the order of the grant's index (generation, then id; attempts are numbered as generations advance):
+        the cut is found by walking that index back from the end, and the deletion walks it only up to the cut.
+        Rows older than `days` are looked for in the time index first; usually there are none.
+        """
+        deleted: list[Any] = []
+        cut = (
             yield Sql(
-                f"DELETE FROM attempts WHERE grant_name = ? AND NOT {_NEEDED_BY_CLAIM} AND id <= "
-                "(SELECT id FROM attempts WHERE grant_name = ? ORDER BY id DESC LIMIT 1 OFFSET ?)" + _PRUNED_RETURNING,
-                (name, name, self.retention.per_grant),
+                "SELECT generation, id FROM attempts WHERE grant_name = ? ORDER BY generation DESC, id DESC "
+                "LIMIT 1 OFFSET ?",
+                (name, self.retention.per_grant),
             )
-        ).fetchall()
-        if now is not None:
+        ).fetchone()
+        if cut is not None:
+            deleted += (
+                yield Sql(
+                    "DELETE FROM attempts WHERE grant_name = ? AND generation <= ? AND (generation < ? OR id <= ?) "
+                    f"AND NOT {_NEEDED_BY_CLAIM}" + _PRUNED_RETURNING,
+                    (name, cut[0], cut[0], cut[1]),
+                )
+            ).fetchall()
+        oldest = None if now is None else now - self.retention.days * 86400.0
+        if (
+            oldest is not None
+            and (yield Sql("SELECT 1 FROM attempts WHERE started_at < ? LIMIT 1", (oldest,))).fetchone()
+        ):
             deleted += (
                 yield Sql(
                     f"DELETE FROM attempts WHERE grant_name = ? AND started_at < ? AND NOT {_NEEDED_BY_CLAIM}"
                     + _PRUNED_RETURNING,
-                    (name, now - self.retention.days * 86400.0),
+                    (name, oldest),
                 )
             ).fetchall()
         return (yield from self._remember_pruned(deleted))
@@ -667,17 +727,24 @@ class SQLStore:
         self, name: str, worker: str, lease_ttl: LeaseTTL, now: float, force: bool,
         seen_generation: int | None, actor: str, settled: list[RecoveryEntry], signal: str | None,
     ) -> Tx[Claim]:  # fmt: skip
-        grant, provider = yield from self._read_grant_and_provider(name, lock=True)
+        read = (yield from self._read_claim(name)) if self._claim_in_one_read else None
+        if read is not None:
+            grant, provider = read[0], read[1]
+        else:
+            grant, provider = yield from self._read_grant_and_provider(name, lock=True)
         forced = force and (seen_generation is None or grant.generation <= seen_generation)
         needed = grant.state is GrantState.ACTIVE and (forced or not grant.access_usable(now, provider.skew))
         if not needed:
             return Claim(grant, provider)
-        # A statement of its own, after the grant row is locked: under READ COMMITTED a lease joined into
-        # the locking query would come from the snapshot taken before the lock wait, i.e. before the previous
-        # holder's commit, and two workers would both see the lease free (the multi-host tests catch this).
-        lease_row = (
-            yield Sql("SELECT worker, fence, expires_at, liveness FROM leases WHERE grant_name = ?", (name,))
-        ).fetchone()
+        if read is not None:
+            lease_row = read[2]
+        else:
+            # A statement of its own, after the grant row is locked: under READ COMMITTED a lease joined into
+            # the locking query would come from the snapshot taken before the lock wait, i.e. before the previous
+            # holder's commit, and two workers would both see the lease free (the multi-host tests catch this).
+            lease_row = (
+                yield Sql("SELECT worker, fence, expires_at, liveness FROM leases WHERE grant_name = ?", (name,))
+            ).fetchone()
         lease_now = self._lease_clock(now)
         took_over = None
         # A lease this same worker left behind (its commit failed) is reclaimable: in-process single-flight
@@ -703,24 +770,7 @@ class SQLStore:
             wait=False,
         )
         lease = Lease(name, worker, fence, lease_now + ttl)
-        # One round trip for both: the unresolved attempt this claim re-sends (maybe spent, successor unknown)
-        # and the latest re-send or stale send of the last generations (explains a later family revocation; a
-        # stale send is a certain second use of a token, a re-send only a possible one, so it is preferred).
-        found = {
-            str(row[-1]): row[:-1]
-            for row in (
-                yield Sql(
-                    f"SELECT * FROM (SELECT {_ATTEMPT_COLUMNS}, 'prior' FROM attempts WHERE grant_name = ? "
-                    "AND generation = ? AND refresh_fp = ? AND state IN ('open', 'ambiguous') ORDER BY id DESC "
-                    f"LIMIT 1) AS prior UNION ALL SELECT * FROM (SELECT {_ATTEMPT_COLUMNS}, 'resend' FROM attempts "
-                    "WHERE grant_name = ? AND ((resend_of IS NOT NULL AND state <> 'not_sent') "  # sent re-sends only
-                    "OR outcome = 'stale_local_token') AND generation >= ? "
-                    "ORDER BY CASE WHEN outcome = 'stale_local_token' THEN 0 ELSE 1 END, id DESC LIMIT 1) AS resend",
-                    (name, grant.generation, grant.refresh_fp, name, grant.generation - 2),
-                )
-            ).fetchall()
-        }
-        prior_row, resend_row = found.get("prior"), found.get("resend")
+        prior_row, resend_row = yield from self._earlier_attempts(grant, read[3] if read is not None else None)
         prior = self._attempt(prior_row) if prior_row else None
         spent_since = None
         if prior is not None:  # rare (a crash or a lost answer): the grace counts from the token's first use
@@ -745,6 +795,53 @@ class SQLStore:
             spent_since=spent_since,
             took_over=took_over,
         )
+
+    def _read_claim(self, name: str) -> Tx[tuple[Grant, Provider, Any, tuple[int | None, int | None]] | None]:
+        """`_CLAIM_READ`: grant, provider, lease row (None if the grant never had a lease) and the ids of the
+        attempts `_earlier_attempts` fetches, in one statement; None if there is no such grant (the statement by
+        statement path then says so)."""
+        row = (yield Sql(_CLAIM_READ, (name,))).fetchone()
+        if row is None:
+            return None
+        lease_at = _GRANT_WIDTH + _PROVIDER_WIDTH
+        lease_row = row[lease_at : lease_at + 4] if row[lease_at + 1] is not None else None
+        return (self._grant(row[:_GRANT_WIDTH]), self._provider(row[_GRANT_WIDTH:lease_at]), lease_row,
+                (row[lease_at + 4], row[lease_at + 5]))  # fmt: skip
+
+    @staticmethod
+    def _earlier_attempts(grant: Grant, ids: tuple[int | None, int | None] | None) -> Tx[tuple[Any, Any]]:
+        """The rows of the attempts `_PRIOR_ID` and `_RESEND_ID` name (None each if there is none), from their ids
+        when the claim's read already found them (usually both None: no statement at all), else in one statement:
+        the unresolved attempt this claim re-sends (maybe spent, successor unknown) and the latest re-send or stale
+        send of the last generations (explains a later family revocation; a stale send is a certain second use of
+        a token, a re-send only a possible one, so it is preferred)."""
+        if ids is not None:
+            if ids == (None, None):
+                return None, None
+            rows = {
+                row[0]: row
+                for row in (
+                    yield Sql(
+                        f"SELECT {_ATTEMPT_COLUMNS} FROM attempts WHERE id IN (?, ?)", (ids[0] or -1, ids[1] or -1)
+                    )
+                ).fetchall()
+            }
+            return rows.get(ids[0]), rows.get(ids[1])
+        found = {
+            str(row[-1]): row[:-1]
+            for row in (
+                yield Sql(
+                    f"SELECT * FROM (SELECT {_ATTEMPT_COLUMNS}, 'prior' FROM attempts WHERE grant_name = ? "
+                    "AND generation = ? AND refresh_fp = ? AND state IN ('open', 'ambiguous') ORDER BY id DESC "
+                    f"LIMIT 1) AS prior UNION ALL SELECT * FROM (SELECT {_ATTEMPT_COLUMNS}, 'resend' FROM attempts "
+                    "WHERE grant_name = ? AND ((resend_of IS NOT NULL AND state <> 'not_sent') "  # sent re-sends only
+                    "OR outcome = 'stale_local_token') AND generation >= ? "
+                    "ORDER BY CASE WHEN outcome = 'stale_local_token' THEN 0 ELSE 1 END, id DESC LIMIT 1) AS resend",
+                    (grant.name, grant.generation, grant.refresh_fp, grant.name, grant.generation - 2),
+                )
+            ).fetchall()
+        }
+        return found.get("prior"), found.get("resend")
 
     def _holder_dead(self, signal: str | None) -> Tx[bool]:
         """Whether the lease holder's liveness signal says it died. Unknown (no signal recorded, this store

@@ -19,8 +19,9 @@ import secrets
 import shlex
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
+from types import TracebackType
 
 from grantkeeper import _failpoints
 from grantkeeper._exceptions import ConfigurationError, StoreFormatError, StoreUnavailable
@@ -148,8 +149,60 @@ def _store_file_exists(path: Path) -> bool:
     return exists
 
 
+class _Transaction:
+    """`SQLiteStore._tx`: a plain context manager rather than a generator one, since every cold token read and
+    both transactions of every refresh go through it.
+
+    Reads are single statements, atomic on their own in autocommit mode: no BEGIN/COMMIT. Writes are ``BEGIN
+    IMMEDIATE`` ... ``COMMIT``, rolled back on any exception.
+    """
+
+    __slots__ = ("_conn", "_store", "_write")
+
+    def __init__(self, store: SQLiteStore, write: bool) -> None:
+        self._store = store
+        self._write = write
+
+    def __enter__(self) -> sqlite3.Connection:
+        store = self._store
+        conn = store._enter()
+        if self._write:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except BaseException as exc:
+                store._leave()
+                if isinstance(exc, sqlite3.Error):
+                    raise _map_error(exc, str(store.path)) from None
+                raise
+        self._conn = conn
+        return conn
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        store = self._store
+        try:
+            if self._write:
+                if exc is None:
+                    try:
+                        self._conn.execute("COMMIT")
+                    except BaseException as failed:
+                        exc = failed
+                if exc is not None:
+                    with contextlib.suppress(sqlite3.Error):
+                        self._conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                raise _map_error(exc, str(store.path)) from None
+            if exc is not None and kind is None:  # the COMMIT itself failed with something other than sqlite3's
+                raise exc
+        finally:
+            store._leave()
+
+
 class SQLiteStore(SQLStore):
     """See the module docstring. Open with `SQLiteStore.open`; close with `close()`."""
+
+    # BEGIN IMMEDIATE takes the write lock before the claim's first statement: nothing it reads can change
+    # under it, so one statement reads what the claim needs (see SQLStore._claim_in_one_read).
+    _claim_in_one_read = True
 
     def __init__(self, path: Path | None, crypto: Crypto, *, busy_timeout: float, lock: threading.RLock | None) -> None:
         recovery = RecoveryDir(path.with_name(path.name + ".recovery") if path is not None else None, crypto)
@@ -344,45 +397,36 @@ class SQLiteStore(SQLStore):
             self._local.conn = conn
         return conn
 
-    @contextlib.contextmanager
-    def _tx(self, *, write: bool = True) -> Iterator[sqlite3.Connection]:
+    def _tx(self, *, write: bool = True) -> _Transaction:
         """One transaction; sqlite3 errors leave it as grantkeeper errors, after a rollback."""
-        guard = self._lock if self._lock is not None else contextlib.nullcontext()
-        with guard, self._in_use():
-            conn = self._conn()
-            if not write:
-                # Reads are single statements, atomic on their own in autocommit mode: no BEGIN/COMMIT.
-                try:
-                    yield conn
-                except sqlite3.Error as exc:
-                    raise _map_error(exc, str(self.path)) from None
-                return
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as exc:
-                raise _map_error(exc, str(self.path)) from None
-            try:
-                yield conn
-                conn.execute("COMMIT")
-            except BaseException as exc:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-                if isinstance(exc, sqlite3.Error):
-                    raise _map_error(exc, str(self.path)) from None
-                raise
+        return _Transaction(self, write)
 
-    @contextlib.contextmanager
-    def _in_use(self) -> Iterator[None]:
-        with self._idle:
-            if self._closed:
-                raise ConfigurationError("this store is closed; open a new one")
-            self._active += 1
+    def _enter(self) -> sqlite3.Connection:
+        """Count a transaction in (refused once the store is closed) and return this thread's connection."""
+        if self._lock is not None:
+            self._lock.acquire()
         try:
-            yield
-        finally:
             with self._idle:
-                self._active -= 1
+                if self._closed:
+                    raise ConfigurationError("this store is closed; open a new one")
+                self._active += 1
+            try:
+                return self._conn()
+            except BaseException:
+                self._leave()
+                raise
+        except BaseException:
+            if self._lock is not None:
+                self._lock.release()
+            raise
+
+    def _leave(self) -> None:
+        with self._idle:
+            self._active -= 1
+            if self._closed:  # only `close` waits for the count to drop
                 self._idle.notify_all()
+        if self._lock is not None:
+            self._lock.release()
 
     def change_probe(self) -> Callable[[], object] | None:
         """``PRAGMA data_version`` on a connection of its own that never writes, so every commit counts, this
