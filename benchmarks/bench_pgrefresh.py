@@ -25,13 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from grantkeeper.crypto import KEY_ENV
 
 from benchmarks._common import Report, Row, interleave, sim_provider, standalone
 from benchmarks.bench_scale import KEY, RECOVERY_ENV, _environ, _postgres_unavailable
 from grantkeeper import RefreshPolicy, Secret
 from grantkeeper._clock import SystemClock
 from grantkeeper.engine.drivers import drive, drive_async
+from grantkeeper.keys import KEY_ENV
 from grantkeeper.protocol.refresh import refresh_flow
 from grantkeeper.stores import open_store
 from grantkeeper.testing.simulator import ProviderSimulator
