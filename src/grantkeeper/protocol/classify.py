@@ -13,7 +13,7 @@ from grantkeeper._exceptions import (
     StaleLocalToken,
 )
 from grantkeeper.model import Attempt, Grant
-from grantkeeper.tokens.response import OAuthFailure
+from grantkeeper.protocol.answers import OAuthFailure
 
 __all__ = ["CLIENT_AUTH_ERRORS", "classify_invalid_grant", "classify_other", "dead_grant_error"]
 

@@ -38,6 +38,7 @@ from grantkeeper.model import (
 )
 from grantkeeper.model.claims import Claim, GenerationConflict, GrantUpdate
 from grantkeeper.model.exchange import Ambiguous, NotSent, RefreshRequest
+from grantkeeper.protocol.answers import Malformed, OAuthFailure, Success, Transient, interpret, refresh_token_ok
 from grantkeeper.protocol.classify import classify_invalid_grant, classify_other, dead_grant_error
 from grantkeeper.protocol.policy import RefreshPolicy
 from grantkeeper.protocol.steps import (
@@ -56,7 +57,6 @@ from grantkeeper.protocol.steps import (
     Step,
     WaitForChange,
 )
-from grantkeeper.tokens.response import Malformed, OAuthFailure, Success, Transient, interpret, refresh_token_ok
 
 __all__ = ["Refreshed", "refresh_flow"]
 
