@@ -56,11 +56,25 @@ _ERROR_ALIASES = {"invalid_refresh_token": "invalid_grant", "bad_refresh_token":
 _TRANSIENT_ERRORS = frozenset({"temporarily_unavailable", "server_error", "slow_down"})
 #: RFC 6749 §5.2 and common extension codes, passed through verbatim; anything else is sanitized.
 _KNOWN_ERRORS = _TRANSIENT_ERRORS | {
-    "invalid_request", "invalid_client", "invalid_grant", "unauthorized_client", "unsupported_grant_type",
-    "invalid_scope", "access_denied", "invalid_token", "insufficient_scope", "interaction_required",
-    "consent_required", "login_required", "invalid_target", "invalid_dpop_proof", "use_dpop_nonce",
-    "expired_token", "unsupported_response_type", "authorization_pending",
-}  # fmt: skip
+    "invalid_request",
+    "invalid_client",
+    "invalid_grant",
+    "unauthorized_client",
+    "unsupported_grant_type",
+    "invalid_scope",
+    "access_denied",
+    "invalid_token",
+    "insufficient_scope",
+    "interaction_required",
+    "consent_required",
+    "login_required",
+    "invalid_target",
+    "invalid_dpop_proof",
+    "use_dpop_nonce",
+    "expired_token",
+    "unsupported_response_type",
+    "authorization_pending",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,26 +201,37 @@ def interpret(reply: HttpReply, now: float) -> Interpretation:
     status = reply.status
     if reply.truncated:
         return Malformed(f"response body larger than {MAX_BODY_BYTES} bytes", status)
-    data = decode_object(reply)
-    retry_after = parse_retry_after(reply.headers.get("retry-after"), now)
     if 300 <= status < 400:
         return Malformed(f"HTTP {status} redirect from the token endpoint; check the provider's token URL", status)
+    data = decode_object(reply)
+    failure = _failure(data, status, parse_retry_after(reply.headers.get("retry-after"), now))
+    if failure is not None:
+        return failure
+    if not 200 <= status < 300:
+        return Malformed(f"HTTP {status} without an OAuth error body", status)
+    if data is None:
+        return Malformed("body is not a JSON object", status)
+    return _token_response(data, status, now)
+
+
+def _failure(data: dict[str, object] | None, status: int, retry_after: float | None) -> OAuthFailure | Transient | None:
+    """An OAuth error body (on a 200 too, if it carries no access token), or a status that says "later"."""
     error = data.get("error") if data is not None else None
-    if isinstance(error, str) and error and (status >= 400 or "access_token" not in data):  # type: ignore[operator]
+    if data is not None and isinstance(error, str) and error and (status >= 400 or "access_token" not in data):
         code = _ERROR_ALIASES.get(error, error)
         if code not in _KNOWN_ERRORS:
             # Provider-controlled text that ends up in messages: sanitize it like a description.
             code = sanitize_provider_text(code, 64)
         if code in _TRANSIENT_ERRORS or status >= 500 or status == 429:
             return Transient(status, code, retry_after)
-        assert data is not None
         return OAuthFailure(code, sanitize_provider_text(data.get("error_description") or ""), status)
     if status == 429 or status >= 500 or status == 408:
         return Transient(status, None, retry_after)
-    if not 200 <= status < 300:
-        return Malformed(f"HTTP {status} without an OAuth error body", status)
-    if data is None:
-        return Malformed("body is not a JSON object", status)
+    return None
+
+
+def _token_response(data: dict[str, object], status: int, now: float) -> Success | Malformed:
+    """A 2xx body without an OAuth error: a usable token response, or why not (keeping its new refresh token)."""
     rt_value = data.get("refresh_token")
     rt_expires = data.get("refresh_token_expires_in", data.get("x_refresh_token_expires_in"))
     rt_lifetime = as_number(rt_expires) if rt_expires is not None else None
@@ -234,6 +259,11 @@ def interpret(reply: HttpReply, now: float) -> Interpretation:
 
 def _refusal(data: dict[str, object], successor: str | None) -> str | None:
     """Why a 200 body is not a usable token response (None if it is). Never quotes a value."""
+    return _access_refusal(data) or _refresh_refusal(data.get("refresh_token"), successor) or _extras_refusal(data)
+
+
+def _access_refusal(data: dict[str, object]) -> str | None:
+    """What is wrong with the access token, its type or its lifetime."""
     access = data.get("access_token")
     if not isinstance(access, str) or not access:
         return "no access_token string in the response"
@@ -247,14 +277,24 @@ def _refusal(data: dict[str, object], successor: str | None) -> str | None:
         return f"token_type {sanitize_provider_text(token_type, 20)!r} is not Bearer"
     if data.get("expires_in") is not None and as_number(data["expires_in"]) is None:
         return "expires_in is not a non-negative number"
-    refresh = data.get("refresh_token")
+    return None
+
+
+def _refresh_refusal(refresh: object, successor: str | None) -> str | None:
+    """What is wrong with the refresh token (`successor`: the same value if it is worth keeping anyway)."""
     if refresh is not None and not isinstance(refresh, str):
         return "refresh_token is not a string"
-    if isinstance(refresh, str) and refresh:
-        if successor is None:
-            return f"refresh_token is blank, longer than {MAX_TOKEN_CHARS} characters or not encodable"
-        if not refresh_token_ok(refresh):
-            return "refresh_token contains characters outside RFC 6749 token syntax (control characters or non-ASCII)"
+    if not isinstance(refresh, str) or not refresh:
+        return None
+    if successor is None:
+        return f"refresh_token is blank, longer than {MAX_TOKEN_CHARS} characters or not encodable"
+    if not refresh_token_ok(refresh):
+        return "refresh_token contains characters outside RFC 6749 token syntax (control characters or non-ASCII)"
+    return None
+
+
+def _extras_refusal(data: dict[str, object]) -> str | None:
+    """What is wrong with the optional members: scope and id_token."""
     if _scope(data.get("scope")) is False:
         return "scope is neither a string nor a list of strings"
     id_token = data.get("id_token")
