@@ -24,7 +24,7 @@ import httpx
 
 from grantkeeper import GrantkeeperError, Keeper, RefreshPolicy
 from tests.helpers import FAST_POLICY
-from tests.workers import LATE_CHECK
+from tests.workers import check_resource
 
 RECOVERY_ENV = "GRANTKEEPER_RECOVERY_DIR"
 
@@ -132,7 +132,10 @@ def _caller(keeper: Keeper, grants: list[str], index: int, resource_url: str, st
             served_at = time.time()
             entry = keeper._cache.get(name)  # diagnostics only: (token, serve-until, generation)
             local["calls"] += 1
-            outcome = _present(http, resource_url, token)
+            try:
+                outcome = check_resource(keeper, http, name, token, resource_url, time.monotonic())
+            except httpx.HTTPError:
+                outcome = "resource_unreachable"
             local[outcome] += 1
             if outcome == "resource_rejected":
                 known = entry if entry is not None and entry[0].reveal() == token else None
@@ -144,20 +147,6 @@ def _caller(keeper: Keeper, grants: list[str], index: int, resource_url: str, st
                     "served_at": served_at,
                 })  # fmt: skip
     tally.merge(local, errors)
-
-
-def _present(http: httpx.Client, resource_url: str, token: str) -> str:
-    """What the resource server made of `token`, as the count it goes under."""
-    checked = time.monotonic()
-    try:
-        status = http.get(resource_url, headers={"Authorization": f"Bearer {token}"}).status_code
-    except httpx.HTTPError:
-        return "resource_unreachable"
-    if status == 200:
-        return "resource_ok"
-    if time.monotonic() - checked >= LATE_CHECK:
-        return "resource_rejected_late"  # see tests.workers.LATE_CHECK
-    return "resource_rejected"
 
 
 def refresh_once(config: dict[str, Any]) -> dict[str, Any]:

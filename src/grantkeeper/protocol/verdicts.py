@@ -331,33 +331,21 @@ def judge(
 
 def not_sent(exchange: Exchange, result: NotSent) -> Verdict:
     """The token cannot have reached the provider: retry."""
-    kind = OutcomeClass.PROVIDER_UNAVAILABLE
-    steps = (
-        exchange.finish(
-            AttemptState.NOT_SENT,
-            result.reason,
-            report(kind, latency=exchange.latency, reason=result.reason),
-            release=False,
-        ),
-        exchange.line(f"{kind.value} ({result.reason})"),
-    )
+    steps = _unanswered(exchange, AttemptState.NOT_SENT, OutcomeClass.PROVIDER_UNAVAILABLE, result.reason)
     return Verdict(steps, Retry(f"provider {exchange.provider.name!r} unreachable ({result.reason})", None))
+
+
+def _unanswered(exchange: Exchange, state: AttemptState, kind: OutcomeClass, reason: str) -> tuple[Step, ...]:
+    """Close an attempt that got no answer, keeping the lease for a retry or a re-send."""
+    record = report(kind, latency=exchange.latency, reason=reason)
+    return exchange.finish(state, reason, record, release=False), exchange.line(f"{kind.value} ({reason})")
 
 
 def ambiguous(exchange: Exchange, result: Ambiguous, *, give_up: bool) -> Verdict:
     """The token may have reached the provider: re-send it once (inside the deadline), else give up with the
     attempt left ambiguous for the next refresh to resolve."""
     grant, attempt = exchange.grant, exchange.attempt
-    kind = OutcomeClass.AMBIGUOUS
-    closed = (
-        exchange.finish(
-            AttemptState.AMBIGUOUS,
-            result.reason,
-            report(kind, latency=exchange.latency, reason=result.reason),
-            release=False,
-        ),
-        exchange.line(f"{kind.value} ({result.reason})"),
-    )
+    closed = _unanswered(exchange, AttemptState.AMBIGUOUS, OutcomeClass.AMBIGUOUS, result.reason)
     if give_up:
         error = ProviderUnavailable.no_answer(
             provider=exchange.provider.name,
