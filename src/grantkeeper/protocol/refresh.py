@@ -8,7 +8,6 @@ the in-process lock, and release a lease the flow leaves behind.
 
 from __future__ import annotations
 
-import itertools
 import logging
 from collections.abc import Generator
 from typing import Any
@@ -115,8 +114,9 @@ def _spend(claim: Claim, *, worker: str, policy: RefreshPolicy, started: float, 
     assert attempt is not None
     policy = policy.for_provider(provider)  # the lease the claim took; requests and renewals fit inside it
     yield from _obey(verdicts.opening(claim, worker=worker, policy=policy, now=started))
-    grant, stale_send, resent = claim.grant, None, False
-    for tries in itertools.count(1):
+    grant, stale_send, resent, tries = claim.grant, None, False, 0
+    while True:
+        tries += 1
         exchange = yield from _send(grant, provider, lease, attempt, worker=worker, policy=policy, started=started)
         result = exchange.result
         answer = interpret(result, exchange.now) if isinstance(result, HttpReply) else result
@@ -136,11 +136,12 @@ def _spend(claim: Claim, *, worker: str, policy: RefreshPolicy, started: float, 
         then = yield from _obey(verdict)
         now, resend_of = exchange.now, attempt.resend_of
         if isinstance(then, verdicts.Retry):
-            wait = policy.backoff(tries, then.retry_after)
-            if tries >= policy.max_tries or now + wait - started > policy.deadline or wait > policy.lease_ttl / 2:
+            wait = policy.retry_wait(tries, then.retry_after, started=started, now=now)
+            if wait is None:  # out of tries or time: raises
                 yield from _obey(verdicts.gave_up(exchange, then, tries=tries))
-            yield Sleep(wait)
-            now = yield Now()
+            else:
+                yield Sleep(wait)
+                now = yield Now()
         elif isinstance(then, verdicts.Resend):
             resent, resend_of = True, attempt.id
         elif isinstance(then, verdicts.SendLatest):
@@ -148,7 +149,6 @@ def _spend(claim: Claim, *, worker: str, policy: RefreshPolicy, started: float, 
         attempt = yield Record(
             lease, grant.generation, str(grant.refresh_fp), resend_of, policy.lease_ttl, now, actor, tries + 1
         )
-    raise AssertionError("unreachable")  # itertools.count never ends
 
 
 def _obey(verdict: Verdict) -> Generator[Step, Any, verdicts.Then]:
