@@ -113,7 +113,8 @@ def _spend(claim: Claim, *, worker: str, policy: RefreshPolicy, started: float, 
     assert lease is not None
     assert attempt is not None
     policy = policy.for_provider(provider)  # the lease the claim took; requests and renewals fit inside it
-    yield from _obey(verdicts.opening(claim, worker=worker, policy=policy, now=started))
+    if claim.prior is not None or claim.took_over is not None:  # else nothing to note or decide before sending
+        yield from _obey(verdicts.opening(claim, worker=worker, policy=policy, now=started))
     grant, stale_send, resent, tries = claim.grant, None, False, 0
     while True:
         tries += 1
