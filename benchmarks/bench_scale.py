@@ -553,9 +553,14 @@ def _cold_reads(
 
 
 def _measure_store(
-    backend: _Backend, store: SQLStore, sim: ProviderSimulator, n: int, quick: bool, report: Report,
+    backend: _Backend,
+    store: SQLStore,
+    sim: ProviderSimulator,
+    n: int,
+    quick: bool,
+    report: Report,
     progress: _Progress,
-) -> None:  # fmt: skip
+) -> None:
     label = backend.label
     notes = report.notes
     notes.append(f"---- {label}: {backend.settings()}")
@@ -576,127 +581,164 @@ def _measure_store(
         sample = [c[0] for c in rng.sample(loaded.candidates, 20)] + loaded.others[:5]
         _verify_sample(store, sample)
         notes += [f"{label}: {line}" for line in backend.after_load()]
-
-        # ---- bytes per grant
-        size, grants, lines = backend.sizes()
-        if grants != n + SIM_GRANTS:
-            raise RuntimeError(f"scale benchmark: {label} holds {grants} grants, expected {n + SIM_GRANTS}")
-        notes.append(
-            f"{label}: BYTES PER GRANT {size / grants:,.0f} ({_bytes(size)} for {grants:,} grants; the values of "
-            f"one row are {loaded.payload:.0f} bytes, so {size / grants / loaded.payload:.1f}x that)"
-        )
-        notes += [f"{label}:   {line}" for line in lines]
-
-        # ---- due-for-refresh query plan
-        cutoff = now + DUE_WINDOW
-        due_count = sum(1 for _ in store.due_for_refresh(before=cutoff, limit=n))
-        plan, uses_index = backend.plan(cutoff)
-        times = []
-        for _ in range(7):
-            t0 = perf_counter_ns()
-            due = store.due_for_refresh(before=cutoff, limit=DUE_LIMIT)
-            times.append(perf_counter_ns() - t0)
-        notes.append(
-            f"{label}: due-for-refresh query, cutoff = load time + {DUE_WINDOW:.0f} s: {due_count:,} of {grants:,} "
-            f"grants due ({100 * due_count / grants:.2f} %); store.due_for_refresh(limit={DUE_LIMIT}) returned "
-            f"{len(due)} in {format_value(statistics.median(times), 'ns')} (median of 7)"
-        )
-        notes += [f"{label}:   {line}" for line in plan]
-        if uses_index:
-            notes.append(f"{label}: the due query is an index range scan on grants_due (no table scan)")
-        else:
-            warning = (
-                f"!!! {label}: THE DUE-FOR-REFRESH QUERY IS NOT AN INDEX RANGE SCAN ON grants_due: IT SCANS (see "
-                "the plan above) !!!"
-            )
-            notes.append(warning)
-            progress(warning)
-        report.rows.append(
-            Row(
-                bench=NAME, measured=f"{label}: due query plan uses grants_due", a_label="index range scan",
-                a=1.0 if uses_index else 0.0, b_label="expected", b=1.0, unit="count",
-                ratio=1.0 if uses_index else 0.0, target="== 1.00", passed=uses_index,
-            )
-        )  # fmt: skip
-
-        # ---- cold access_token
-        ops, rounds, warmup = (50, 7, 1) if quick else (200, 51, 2)
-        progress(f"{label}: cold access_token vs bare PK SELECT, {rounds} interleaved rounds of {ops} calls")
-        cold = _cold_reads(keeper, backend, loaded.candidates, sim, ops=ops, rounds=rounds, warmup=warmup)
-        a, b = cold["keeper"].median, cold["bare"].median
-        report.rows.append(
-            Row(
-                bench=NAME, measured=f"{label}: cold access_token (cache miss)",
-                a_label="keeper.access_token(new name)", a=a, b_label=backend.bare_pk, b=b,
-                unit="ns", ratio=a / b, target=f"<= {COLD_TARGET:.1f}", passed=a / b <= COLD_TARGET,
-            )
-        )  # fmt: skip
-        notes += [
-            f"{label}: cold access_token  {cold['keeper'].spread('ns')}",
-            f"{label}: bare PK SELECT     {cold['bare'].spread('ns')}",
-            f"{label}:   breakdown: store.get_grant_and_provider alone (store's read: tx, join, decrypt) "
-            f"{cold['store'].spread('ns')}",
-            f"{label}:   breakdown: bare grants JOIN providers by PK on the bare connection "
-            f"{cold['join'].spread('ns')}",
-            f"{label}:   so, from the medians: the join costs {format_value(cold['join'].median - b, 'ns')} "
-            f"over the PK SELECT, the store's read {format_value(cold['store'].median - cold['join'].median, 'ns')} "
-            f"over the bare join, the keeper {format_value(a - cold['store'].median, 'ns')} over the store's read",
-            f"{label}:   every call used a fresh grant name drawn at random from {len(loaded.candidates):,}; "
-            "no token request reached the simulator",
-        ]
-
-        # ---- durable refreshes per second
-        ops, rounds, warmup = (5, 5, 1) if quick else (20, 41, 2)
-        progress(f"{label}: durable refreshes vs bare UPDATE+COMMIT, {rounds} interleaved rounds of {ops}")
-        cycle = itertools.cycle(sim_names)
-        bare_cycle = itertools.cycle(loaded.others)
-        keeper_refreshes = 0
-
-        def keeper_refresh() -> None:
-            nonlocal keeper_refreshes
-            keeper.refresh(next(cycle), force=True)
-            keeper_refreshes += 1
-
-        results = interleave(
-            {
-                "keeper": _per_op(keeper_refresh, ops),
-                "bare": _per_op(lambda: backend.update_commit(next(bare_cycle)), ops),
-                "post": _per_op(poster.post, ops),
-            },
-            rounds=rounds,
-            warmup=warmup,
-        )
-        advanced = sum(store.get_grant(name).generation - 1 for name in sim_names)
-        errors = dict(sim.stats.errors)
-        if advanced != keeper_refreshes or errors:
-            raise RuntimeError(
-                f"scale benchmark: {label} generations advanced {advanced} for {keeper_refreshes} refreshes; "
-                f"simulator errors {errors}"
-            )
-        a_ns, b_ns, post_ns = results["keeper"].median, results["bare"].median, results["post"].median
-        a_rate, b_rate = 1e9 / a_ns, 1e9 / b_ns
-        report.rows.append(
-            Row(
-                bench=NAME, measured=f"{label}: durable refreshes per second",
-                a_label="keeper.refresh(force=True)", a=a_rate / 1000, b_label=backend.bare_update,
-                b=b_rate / 1000, unit="k ops/s", ratio=a_rate / b_rate, target=f">= {REFRESH_TARGET:.1f}",
-                passed=a_rate / b_rate >= REFRESH_TARGET,
-            )
-        )  # fmt: skip
-        notes += [
-            f"{label}: keeper.refresh    {a_rate:,.0f} refreshes/s; {results['keeper'].spread('ns')} per refresh",
-            f"{label}: bare UPDATE+COMMIT {b_rate:,.0f} commits/s; {results['bare'].spread('ns')} per commit",
-            f"{label}:   breakdown: bare POST alone (rotating, keep-alive) {1e9 / post_ns:,.0f}/s; "
-            f"{results['post'].spread('ns')}",
-            f"{label}:   floor for any design doing 1 POST + 2 durable transactions and nothing else, from this "
-            f"run's medians: commit / (POST + 2 x commit) = {b_ns / (post_ns + 2 * b_ns):.2f}",
-            f"{label}:   {keeper_refreshes} keeper refreshes over {SIM_GRANTS} simulator-issued grants in the big "
-            "store, every one committed (generations checked); no simulator errors",
-        ]
-        notes += [f"{label}: {line}" for line in instrumented_refreshes(keeper, cycle, 10 if quick else 60)]
+        grants = _measure_size(backend, loaded, n, report)
+        _measure_due_query(backend, store, n, grants, now, report, progress)
+        _measure_cold_reads(keeper, backend, loaded, sim, quick, report, progress)
+        _measure_refreshes(keeper, backend, store, sim, poster, sim_names, loaded, quick, report, progress)
     finally:
         poster.close()
         keeper.close()
+
+
+def _measure_size(backend: _Backend, loaded: _Loaded, n: int, report: Report) -> int:
+    """Bytes per grant; the number of grants the store holds."""
+    label, notes = backend.label, report.notes
+    size, grants, lines = backend.sizes()
+    if grants != n + SIM_GRANTS:
+        raise RuntimeError(f"scale benchmark: {label} holds {grants} grants, expected {n + SIM_GRANTS}")
+    notes.append(
+        f"{label}: BYTES PER GRANT {size / grants:,.0f} ({_bytes(size)} for {grants:,} grants; the values of "
+        f"one row are {loaded.payload:.0f} bytes, so {size / grants / loaded.payload:.1f}x that)"
+    )
+    notes += [f"{label}:   {line}" for line in lines]
+    return grants
+
+
+def _measure_due_query(
+    backend: _Backend, store: SQLStore, n: int, grants: int, now: float, report: Report, progress: _Progress
+) -> None:
+    """The due-for-refresh query: its plan (an index range scan on grants_due) and its time."""
+    label, notes = backend.label, report.notes
+    cutoff = now + DUE_WINDOW
+    due_count = sum(1 for _ in store.due_for_refresh(before=cutoff, limit=n))
+    plan, uses_index = backend.plan(cutoff)
+    times = []
+    for _ in range(7):
+        t0 = perf_counter_ns()
+        due = store.due_for_refresh(before=cutoff, limit=DUE_LIMIT)
+        times.append(perf_counter_ns() - t0)
+    notes.append(
+        f"{label}: due-for-refresh query, cutoff = load time + {DUE_WINDOW:.0f} s: {due_count:,} of {grants:,} "
+        f"grants due ({100 * due_count / grants:.2f} %); store.due_for_refresh(limit={DUE_LIMIT}) returned "
+        f"{len(due)} in {format_value(statistics.median(times), 'ns')} (median of 7)"
+    )
+    notes += [f"{label}:   {line}" for line in plan]
+    if uses_index:
+        notes.append(f"{label}: the due query is an index range scan on grants_due (no table scan)")
+    else:
+        warning = (
+            f"!!! {label}: THE DUE-FOR-REFRESH QUERY IS NOT AN INDEX RANGE SCAN ON grants_due: IT SCANS (see "
+            "the plan above) !!!"
+        )
+        notes.append(warning)
+        progress(warning)
+    report.rows.append(
+        Row(
+            bench=NAME, measured=f"{label}: due query plan uses grants_due", a_label="index range scan",
+            a=1.0 if uses_index else 0.0, b_label="expected", b=1.0, unit="count",
+            ratio=1.0 if uses_index else 0.0, target="== 1.00", passed=uses_index,
+        )
+    )  # fmt: skip
+
+
+def _measure_cold_reads(
+    keeper: Keeper,
+    backend: _Backend,
+    loaded: _Loaded,
+    sim: ProviderSimulator,
+    quick: bool,
+    report: Report,
+    progress: _Progress,
+) -> None:
+    """Cold access_token (a cache miss on a fresh name) against a bare primary-key SELECT."""
+    label, notes = backend.label, report.notes
+    ops, rounds, warmup = (50, 7, 1) if quick else (200, 51, 2)
+    progress(f"{label}: cold access_token vs bare PK SELECT, {rounds} interleaved rounds of {ops} calls")
+    cold = _cold_reads(keeper, backend, loaded.candidates, sim, ops=ops, rounds=rounds, warmup=warmup)
+    a, b = cold["keeper"].median, cold["bare"].median
+    report.rows.append(
+        Row(
+            bench=NAME, measured=f"{label}: cold access_token (cache miss)",
+            a_label="keeper.access_token(new name)", a=a, b_label=backend.bare_pk, b=b,
+            unit="ns", ratio=a / b, target=f"<= {COLD_TARGET:.1f}", passed=a / b <= COLD_TARGET,
+        )
+    )  # fmt: skip
+    notes += [
+        f"{label}: cold access_token  {cold['keeper'].spread('ns')}",
+        f"{label}: bare PK SELECT     {cold['bare'].spread('ns')}",
+        f"{label}:   breakdown: store.get_grant_and_provider alone (store's read: tx, join, decrypt) "
+        f"{cold['store'].spread('ns')}",
+        f"{label}:   breakdown: bare grants JOIN providers by PK on the bare connection {cold['join'].spread('ns')}",
+        f"{label}:   so, from the medians: the join costs {format_value(cold['join'].median - b, 'ns')} "
+        f"over the PK SELECT, the store's read {format_value(cold['store'].median - cold['join'].median, 'ns')} "
+        f"over the bare join, the keeper {format_value(a - cold['store'].median, 'ns')} over the store's read",
+        f"{label}:   every call used a fresh grant name drawn at random from {len(loaded.candidates):,}; "
+        "no token request reached the simulator",
+    ]
+
+
+def _measure_refreshes(
+    keeper: Keeper,
+    backend: _Backend,
+    store: SQLStore,
+    sim: ProviderSimulator,
+    poster: BarePoster,
+    sim_names: list[str],
+    loaded: _Loaded,
+    quick: bool,
+    report: Report,
+    progress: _Progress,
+) -> None:
+    """Durable refreshes per second against a bare UPDATE + COMMIT, with a bare POST for the floor."""
+    label, notes = backend.label, report.notes
+    ops, rounds, warmup = (5, 5, 1) if quick else (20, 41, 2)
+    progress(f"{label}: durable refreshes vs bare UPDATE+COMMIT, {rounds} interleaved rounds of {ops}")
+    cycle = itertools.cycle(sim_names)
+    bare_cycle = itertools.cycle(loaded.others)
+    keeper_refreshes = 0
+
+    def keeper_refresh() -> None:
+        nonlocal keeper_refreshes
+        keeper.refresh(next(cycle), force=True)
+        keeper_refreshes += 1
+
+    results = interleave(
+        {
+            "keeper": _per_op(keeper_refresh, ops),
+            "bare": _per_op(lambda: backend.update_commit(next(bare_cycle)), ops),
+            "post": _per_op(poster.post, ops),
+        },
+        rounds=rounds,
+        warmup=warmup,
+    )
+    advanced = sum(store.get_grant(name).generation - 1 for name in sim_names)
+    errors = dict(sim.stats.errors)
+    if advanced != keeper_refreshes or errors:
+        raise RuntimeError(
+            f"scale benchmark: {label} generations advanced {advanced} for {keeper_refreshes} refreshes; "
+            f"simulator errors {errors}"
+        )
+    a_ns, b_ns, post_ns = results["keeper"].median, results["bare"].median, results["post"].median
+    a_rate, b_rate = 1e9 / a_ns, 1e9 / b_ns
+    report.rows.append(
+        Row(
+            bench=NAME, measured=f"{label}: durable refreshes per second",
+            a_label="keeper.refresh(force=True)", a=a_rate / 1000, b_label=backend.bare_update,
+            b=b_rate / 1000, unit="k ops/s", ratio=a_rate / b_rate, target=f">= {REFRESH_TARGET:.1f}",
+            passed=a_rate / b_rate >= REFRESH_TARGET,
+        )
+    )  # fmt: skip
+    notes += [
+        f"{label}: keeper.refresh    {a_rate:,.0f} refreshes/s; {results['keeper'].spread('ns')} per refresh",
+        f"{label}: bare UPDATE+COMMIT {b_rate:,.0f} commits/s; {results['bare'].spread('ns')} per commit",
+        f"{label}:   breakdown: bare POST alone (rotating, keep-alive) {1e9 / post_ns:,.0f}/s; "
+        f"{results['post'].spread('ns')}",
+        f"{label}:   floor for any design doing 1 POST + 2 durable transactions and nothing else, from this "
+        f"run's medians: commit / (POST + 2 x commit) = {b_ns / (post_ns + 2 * b_ns):.2f}",
+        f"{label}:   {keeper_refreshes} keeper refreshes over {SIM_GRANTS} simulator-issued grants in the big "
+        "store, every one committed (generations checked); no simulator errors",
+    ]
+    notes += [f"{label}: {line}" for line in instrumented_refreshes(keeper, cycle, 10 if quick else 60)]
 
 
 # --------------------------------------------------------------------------- entry point

@@ -516,6 +516,27 @@ def _measure(cases: dict[str, Case], seconds: float, rounds: int, warmup: int,
     return figures, errors
 
 
+def _token_rows(report: Report, figures: dict[str, Any]) -> None:
+    """The token route's rows (throughput, p99) and its CPU and server-settings notes."""
+    token, bare_fig = figures["serve_token"], figures["bare"]
+    rps_ratio = token["rps"].median / bare_fig["rps"].median
+    p99_ratio = token["p99"].median / bare_fig["p99"].median
+    report.rows.append(Row(NAME, "cached token GETs/s (A/B: serve / bare)", "serve token route",
+                           token["rps"].median, "bare route", bare_fig["rps"].median, "GETs/s", rps_ratio,
+                           f">= {SERVE_RPS_TARGET}", rps_ratio >= SERVE_RPS_TARGET))  # fmt: skip
+    report.rows.append(Row(NAME, "cached token GET p99", "serve token route", token["p99"].median, "bare route",
+                           bare_fig["p99"].median, "ns", p99_ratio, f"<= {SERVE_P99_TARGET}",
+                           p99_ratio <= SERVE_P99_TARGET))  # fmt: skip
+    report.notes.append(f"server CPU per request (the answering process's user+system time / requests): bare "
+                        f"{format_value(bare_fig['cpu'].median, 'ns')}, serve token route "
+                        f"{format_value(token['cpu'].median, 'ns')}: bare / serve = "
+                        f"{bare_fig['cpu'].median / token['cpu'].median:.2f} (what GETs/s would be with the CPU to "
+                        "itself)")  # fmt: skip
+    speedups = [name for name in ("httptools", "uvloop") if importlib.util.find_spec(name)] or ["neither"]
+    report.notes.append(f"grantkeeper serve: uvicorn's defaults (httptools/uvloop installed: {', '.join(speedups)}), "
+                        f"GRANTKEEPER_SERVE_RATE=GRANTKEEPER_SERVE_BURST={SERVE_RATE} for the run")  # fmt: skip
+
+
 def run(quick: bool = False) -> Report:
     seconds, rounds, warmup = (1.0, 3, 1) if quick else (2.0, 7, 1)
     memory_grants = MEMORY_QUICK if quick else MEMORY_FULL
@@ -571,23 +592,7 @@ def run(quick: bool = False) -> Report:
         missing = [module for name, (_, module) in RELAYS.items() if name + suffix not in figures]
         report.notes.append(f"{label}: relay p50 / direct p50 by upstream client: {clients}"
                             + (f" ({', '.join(missing)} not installed)" if missing else ""))  # fmt: skip
-    token, bare_fig = figures["serve_token"], figures["bare"]
-    rps_ratio = token["rps"].median / bare_fig["rps"].median
-    p99_ratio = token["p99"].median / bare_fig["p99"].median
-    report.rows.append(Row(NAME, "cached token GETs/s (A/B: serve / bare)", "serve token route",
-                           token["rps"].median, "bare route", bare_fig["rps"].median, "GETs/s", rps_ratio,
-                           f">= {SERVE_RPS_TARGET}", rps_ratio >= SERVE_RPS_TARGET))  # fmt: skip
-    report.rows.append(Row(NAME, "cached token GET p99", "serve token route", token["p99"].median, "bare route",
-                           bare_fig["p99"].median, "ns", p99_ratio, f"<= {SERVE_P99_TARGET}",
-                           p99_ratio <= SERVE_P99_TARGET))  # fmt: skip
-    report.notes.append(f"server CPU per request (the answering process's user+system time / requests): bare "
-                        f"{format_value(bare_fig['cpu'].median, 'ns')}, serve token route "
-                        f"{format_value(token['cpu'].median, 'ns')}: bare / serve = "
-                        f"{bare_fig['cpu'].median / token['cpu'].median:.2f} (what GETs/s would be with the CPU to "
-                        "itself)")  # fmt: skip
-    speedups = [name for name in ("httptools", "uvloop") if importlib.util.find_spec(name)] or ["neither"]
-    report.notes.append(f"grantkeeper serve: uvicorn's defaults (httptools/uvloop installed: {', '.join(speedups)}), "
-                        f"GRANTKEEPER_SERVE_RATE=GRANTKEEPER_SERVE_BURST={SERVE_RATE} for the run")  # fmt: skip
+    _token_rows(report, figures)
     before, after, peak = serve_memory(memory_grants)
     report.notes.append(
         f"MEMORY: grantkeeper serve holding {memory_grants:,} grants' cached tokens: RSS {after / 1024:.0f} MiB "

@@ -24,7 +24,7 @@ import httpx
 
 from grantkeeper import GrantkeeperError, Keeper, RefreshPolicy
 from tests.helpers import FAST_POLICY
-from tests.workers import LATE_CHECK
+from tests.workers import check_resource
 
 RECOVERY_ENV = "GRANTKEEPER_RECOVERY_DIR"
 
@@ -41,6 +41,24 @@ class _RecoverySaves(logging.Handler):
         if "local recovery storage" in record.getMessage() and "could not be written" in record.getMessage():
             with self._guard:
                 self.saved += 1
+
+
+class _Tally:
+    """What one host's threads saw: counts, when each error code was first and last seen, resource rejections."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+        self.first_error: dict[str, float] = {}
+        self.last_error: dict[str, float] = {}
+        self.rejected: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+
+    def merge(self, local: Counter[str], errors: list[tuple[str, float]]) -> None:
+        with self._lock:
+            self.counts.update(local)
+            for code, at in errors:
+                self.first_error[code] = min(at, self.first_error.get(code, at))
+                self.last_error[code] = max(at, self.last_error.get(code, at))
 
 
 def hammer_host(
@@ -63,67 +81,16 @@ def hammer_host(
     os.environ[RECOVERY_ENV] = recovery_dir
     saves = _RecoverySaves()
     logging.getLogger("grantkeeper").addHandler(saves)
-    counts: Counter[str] = Counter()
-    first_error: dict[str, float] = {}
-    last_error: dict[str, float] = {}
-    lock = threading.Lock()
-    rejected: list[dict[str, Any]] = []
+    tally = _Tally()
     refresh_policy = RefreshPolicy(**policy) if policy else FAST_POLICY
     keeper = Keeper.open(url, policy=refresh_policy, worker=f"{host}:{os.getpid()}")
     with keeper:
         ready.put({"host": host, "worker": keeper.worker})
         go.wait(300)
-
-        def loop(index: int) -> None:
-            local: Counter[str] = Counter()
-            errors: list[tuple[str, float]] = []
-            with httpx.Client(trust_env=False, timeout=30) as http:
-                i = index
-                while not stop.is_set():
-                    name = grants[i % len(grants)]
-                    i += 1
-                    try:
-                        token = keeper.access_token(name)
-                    except GrantkeeperError as exc:
-                        local[f"error:{exc.code}"] += 1
-                        errors.append((exc.code, time.time()))
-                        stop.wait(0.02)  # a caller backs off a little before asking again
-                        continue
-                    except Exception as exc:  # an untyped error escaping the keeper is a bug (I5/I7)
-                        local[f"crash:{type(exc).__name__}"] += 1
-                        errors.append((f"crash:{type(exc).__name__}", time.time()))
-                        continue
-                    served_at = time.time()
-                    entry = keeper._cache.get(name)  # diagnostics only: (token, serve-until, generation)
-                    local["calls"] += 1
-                    checked = time.monotonic()
-                    try:
-                        status = http.get(resource_url, headers={"Authorization": f"Bearer {token}"}).status_code
-                    except httpx.HTTPError:
-                        local["resource_unreachable"] += 1
-                        continue
-                    if status == 200:
-                        local["resource_ok"] += 1
-                        continue
-                    if time.monotonic() - checked >= LATE_CHECK:
-                        local["resource_rejected_late"] += 1  # see tests.workers.LATE_CHECK
-                        continue
-                    local["resource_rejected"] += 1
-                    known = entry if entry is not None and entry[0].reveal() == token else None
-                    rejected.append({
-                        "grant": name,
-                        "generation": known[2] if known else None,
-                        "serve_until_minus_served_at": round(known[1] - served_at, 3) if known else None,
-                        "checked_after": round(time.time() - served_at, 3),
-                        "served_at": served_at,
-                    })  # fmt: skip
-            with lock:
-                counts.update(local)
-                for code, at in errors:
-                    first_error[code] = min(at, first_error.get(code, at))
-                    last_error[code] = max(at, last_error.get(code, at))
-
-        workers = [threading.Thread(target=loop, args=(n,), name=f"{host}-{n}") for n in range(threads)]
+        workers = [
+            threading.Thread(target=_caller, args=(keeper, grants, n, resource_url, stop, tally), name=f"{host}-{n}")
+            for n in range(threads)
+        ]
         for w in workers:
             w.start()
         for w in workers:
@@ -133,13 +100,53 @@ def hammer_host(
     results.put({
         "host": host,
         "worker": worker,
-        "counts": dict(counts),
-        "first_error": first_error,
-        "last_error": last_error,
+        "counts": dict(tally.counts),
+        "first_error": tally.first_error,
+        "last_error": tally.last_error,
         "recovery_saved": saves.saved,
         "recovery_pending_at_exit": pending,
-        "rejected": rejected[:20],
+        "rejected": tally.rejected[:20],
     })  # fmt: skip
+
+
+def _caller(keeper: Keeper, grants: list[str], index: int, resource_url: str, stop: Any, tally: _Tally) -> None:
+    """One thread: ``access_token`` round the grants from `index`, each token presented to the resource."""
+    local: Counter[str] = Counter()
+    errors: list[tuple[str, float]] = []
+    with httpx.Client(trust_env=False, timeout=30) as http:
+        i = index
+        while not stop.is_set():
+            name = grants[i % len(grants)]
+            i += 1
+            try:
+                token = keeper.access_token(name)
+            except GrantkeeperError as exc:
+                local[f"error:{exc.code}"] += 1
+                errors.append((exc.code, time.time()))
+                stop.wait(0.02)  # a caller backs off a little before asking again
+                continue
+            except Exception as exc:  # an untyped error escaping the keeper is a bug (I5/I7)
+                local[f"crash:{type(exc).__name__}"] += 1
+                errors.append((f"crash:{type(exc).__name__}", time.time()))
+                continue
+            served_at = time.time()
+            entry = keeper._cache.get(name)  # diagnostics only: (token, serve-until, generation)
+            local["calls"] += 1
+            try:
+                outcome = check_resource(keeper, http, name, token, resource_url, time.monotonic())
+            except httpx.HTTPError:
+                outcome = "resource_unreachable"
+            local[outcome] += 1
+            if outcome == "resource_rejected":
+                known = entry if entry is not None and entry[0].reveal() == token else None
+                tally.rejected.append({
+                    "grant": name,
+                    "generation": known[2] if known else None,
+                    "serve_until_minus_served_at": round(known[1] - served_at, 3) if known else None,
+                    "checked_after": round(time.time() - served_at, 3),
+                    "served_at": served_at,
+                })  # fmt: skip
+    tally.merge(local, errors)
 
 
 def refresh_once(config: dict[str, Any]) -> dict[str, Any]:

@@ -342,6 +342,19 @@ def test_backoff_jitter_is_between_half_and_full_of_computed() -> None:
         assert 0.5 * computed <= policy.backoff(retry, None) <= computed
 
 
+def test_retry_wait_gives_up_on_tries_deadline_or_a_wait_the_lease_cannot_hold() -> None:
+    """A transient failure is retried after the backoff (the provider's Retry-After a floor) until the tries or the
+    deadline run out, or the wait would be longer than half the lease."""
+    policy = RefreshPolicy(max_tries=3, deadline=10.0, lease_ttl=30.0, backoff_base=1.0, rng=_TopOfRange())
+    assert policy.retry_wait(1, None, started=0.0, now=1.0) == pytest.approx(1.0)
+    assert policy.retry_wait(2, 4.0, started=0.0, now=1.0) == pytest.approx(4.0)
+    assert policy.retry_wait(3, None, started=0.0, now=1.0) is None  # out of tries
+    assert policy.retry_wait(1, 5.0, started=0.0, now=6.0) is None  # 6 + 5 > 10 s
+    roomy = RefreshPolicy(max_tries=3, deadline=100.0, lease_ttl=30.0, backoff_base=1.0, rng=_TopOfRange())
+    assert roomy.retry_wait(1, 15.0, started=0.0, now=0.0) == pytest.approx(15.0)
+    assert roomy.retry_wait(1, 16.0, started=0.0, now=0.0) is None  # more than half the 30 s lease
+
+
 def test_backoff_jitter_spreads_waits() -> None:
     """Jitter actually varies: seeded samples cover both ends of the [0.5, 1.0] band."""
     policy = RefreshPolicy(backoff_base=1.0, backoff_cap=1.0, rng=random.Random(7))

@@ -22,7 +22,7 @@ import pytest
 
 from grantkeeper import AttemptState, GrantState, Keeper, OutcomeClass
 from tests.dot_browser import authorize
-from tests.dot_server import DotFactory
+from tests.dot_server import DotFactory, DotServer
 
 pytestmark = pytest.mark.slow
 
@@ -54,34 +54,50 @@ def test_sigkill_while_the_answer_is_in_flight_loses_no_grant(tmp_path: Path, do
     started = time.monotonic()
     cycles = killed = replays = 0
     while cycles < CYCLES and (cycles < MIN_CYCLES or time.monotonic() - started < BUDGET):
-        kind = KINDS[cycles % len(KINDS)]
-        if kind == "random":
-            holder = grantkeeper(url, "refresh", "g", "--force")
-            time.sleep(rng.uniform(0.0, 1.5))  # anywhere: before, during or after DOT's answer
-            holder.kill()
-        else:
-            holder = grantkeeper(url, "refresh", "g", "--force", failpoints=f"{kind}=kill")
-        holder.communicate(timeout=120)
-        killed += holder.returncode == -signal.SIGKILL
-        # The stored access token was issued before the killed refresh, which made DOT delete it; once it is no
-        # longer served, `token` must refresh, i.e. recover the killed attempt.
-        with Keeper.open(url) as keeper:
-            while keeper.store.get_grant("g").access_usable(time.time(), keeper.store.get_provider("dot").skew):
-                time.sleep(0.05)
-        token = grantkeeper(url, "token", "g")
-        out, err = token.communicate(timeout=120)
         cycles += 1
-        assert token.returncode == 0, f"cycle {cycles} ({kind}): the grant was lost: {err}"
-        status = server.resource_status(out.strip())
-        if status == (401, "expired"):
-            # DOT's grace replay: the access token it issued for the first send, with a fresh expires_in, already
-            # past its 3 s (DESIGN failure table). Served unverified; the grant itself is alive (checked below).
-            replays += 1
-            with Keeper.open(url) as keeper:
-                assert keeper.history("g", limit=1)[0].resend_of is not None, f"cycle {cycles} ({kind})"
-        else:
-            assert status == (200, None), f"cycle {cycles} ({kind})"
+        was_killed, replayed = _kill_and_recover(url, server, KINDS[(cycles - 1) % len(KINDS)], rng, cycle=cycles)
+        killed += was_killed
+        replays += replayed
     assert killed >= cycles * 2 // 3  # the failpoint cycles always die; most random ones too
+    resends = _assert_nothing_lost(url, server, mark)
+    print(
+        f"{cycles} cycles, {killed} killed, {resends} recovered by a re-send, {replays} grace replays of an "
+        "expired access token, 0 grants lost"
+    )
+
+
+def _kill_and_recover(url: str, server: DotServer, kind: str, rng: random.Random, *, cycle: int) -> tuple[bool, bool]:
+    """SIGKILL a forced refresh (at failpoint `kind`, or at a random moment), then get a token, which must recover
+    the killed attempt. Whether the refresh was killed, and whether the token was DOT's expired grace replay."""
+    if kind == "random":
+        holder = grantkeeper(url, "refresh", "g", "--force")
+        time.sleep(rng.uniform(0.0, 1.5))  # anywhere: before, during or after DOT's answer
+        holder.kill()
+    else:
+        holder = grantkeeper(url, "refresh", "g", "--force", failpoints=f"{kind}=kill")
+    holder.communicate(timeout=120)
+    # The stored access token was issued before the killed refresh, which made DOT delete it; once it is no
+    # longer served, `token` must refresh, i.e. recover the killed attempt.
+    with Keeper.open(url) as keeper:
+        while keeper.store.get_grant("g").access_usable(time.time(), keeper.store.get_provider("dot").skew):
+            time.sleep(0.05)
+    token = grantkeeper(url, "token", "g")
+    out, err = token.communicate(timeout=120)
+    assert token.returncode == 0, f"cycle {cycle} ({kind}): the grant was lost: {err}"
+    status = server.resource_status(out.strip())
+    if status == (401, "expired"):
+        # DOT's grace replay: the access token it issued for the first send, with a fresh expires_in, already
+        # past its 3 s (DESIGN failure table). Served unverified; the grant itself is alive (checked after).
+        with Keeper.open(url) as keeper:
+            assert keeper.history("g", limit=1)[0].resend_of is not None, f"cycle {cycle} ({kind})"
+        return holder.returncode == -signal.SIGKILL, True
+    assert status == (200, None), f"cycle {cycle} ({kind})"
+    return holder.returncode == -signal.SIGKILL, False
+
+
+def _assert_nothing_lost(url: str, server: DotServer, mark: int) -> int:
+    """The grant is alive and serves accepted tokens; no attempt died; every recovering re-send went out inside
+    DOT's grace; DOT never refused a refresh. The number of recovering re-sends (at least one)."""
     final = grantkeeper(url, "refresh", "g", "--force")
     assert final.communicate(timeout=120) and final.returncode == 0
     token = grantkeeper(url, "token", "g")
@@ -102,7 +118,4 @@ def test_sigkill_while_the_answer_is_in_flight_loses_no_grant(tmp_path: Path, do
         assert resend.started_at - first.started_at < GRACE
     # DOT never saw a spent token after its grace: no family revocation, no invalid_grant.
     assert all(call["status"] == 200 for call in server.token_calls(mark, grant_type="refresh_token"))
-    print(
-        f"{cycles} cycles, {killed} killed, {len(resends)} recovered by a re-send, {replays} grace replays of an "
-        "expired access token, 0 grants lost"
-    )
+    return len(resends)

@@ -40,14 +40,6 @@ LAYERS: dict[str, int] = {
 ROOT_LAYER = 5  # ``grantkeeper/__init__.py``: the public face re-exports from every layer
 LAYER_NAMES = {0: "foundation", 1: "model", 2: "core", 3: "engine", 4: "adapters", 5: "application"}
 
-#: Violations other branches of issue 18 are removing right now, as (importing module, imported module) prefixes.
-#: The test fails on an entry that no longer matches anything, so this list only shrinks: delete an entry when the
-#: branch that owns it is merged.
-PENDING: dict[tuple[str, str], str] = {
-    ("grantkeeper.protocol", "grantkeeper.tokens"): "h-core: answer parsing moves into the protocol",
-}
-
-
 @dataclass(frozen=True, slots=True)
 class Violation:
     importer: str
@@ -112,18 +104,9 @@ def check_tree(root: Path) -> list[Violation]:
     return violations
 
 
-def _pending(violation: Violation) -> str | None:
-    for (importer, imported), owner in PENDING.items():
-        if violation.importer.startswith(importer) and violation.imported.startswith(imported):
-            return owner
-    return None
-
-
 def test_every_import_goes_down_the_layers() -> None:
     violations = check_tree(Path(grantkeeper.__file__).parent)
-    assert [str(v) for v in violations if _pending(v) is None] == []
-    stale = [key for key in PENDING if not any(_pending(v) == PENDING[key] for v in violations)]
-    assert stale == [], f"these exemptions match no import any more; delete them from PENDING: {stale}"
+    assert [str(v) for v in violations] == []
 
 
 def test_every_module_has_a_layer() -> None:

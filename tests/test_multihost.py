@@ -27,6 +27,7 @@ import pytest
 
 from grantkeeper import AttemptState, GrantkeeperError, GrantState, Keeper, LeaseTimeout, StoreUnavailable
 from grantkeeper import _failpoints as failpoints
+from grantkeeper.model import Attempt, Grant
 from grantkeeper.stores import SQLStore, open_store
 from grantkeeper.testing.simulator import Delay
 from tests.conftest import TEST_KEY
@@ -427,15 +428,8 @@ def test_server_crash_and_restart_mid_run_loses_nothing(
     reports = exited_cleanly(running)
     pending_at_exit = sum(r["recovery_pending_at_exit"] for r in reports)
     if pending_at_exit:  # a host stopped right after a failed commit: its next start commits the successor
-        for host in hosts:
-            monkeypatch.setenv(RECOVERY_ENV, str(host_dir(tmp_path, host)))
-            Keeper.open(url).close()
-    store = open_store(url)
-    try:
-        grant = store.get_grant("g")
-        attempts = store.list_attempts("g", limit=100_000)
-    finally:
-        store.close()
+        _reopen_hosts(url, tmp_path, hosts, monkeypatch)
+    grant, attempts = _grant_and_attempts(url)
     stats = sim.stats
     total = totals(reports)
     advanced = grant.generation - 1
@@ -466,6 +460,21 @@ def test_server_crash_and_restart_mid_run_loses_nothing(
     assert stats.refresh_calls == advanced, (stats, advanced, recovered)
 
 
+def _reopen_hosts(url: str, tmp_path: Path, hosts: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Open a keeper on each host, which commits any successor its recovery dir still holds."""
+    for host in hosts:
+        monkeypatch.setenv(RECOVERY_ENV, str(host_dir(tmp_path, host)))
+        Keeper.open(url).close()
+
+
+def _grant_and_attempts(url: str) -> tuple[Grant, list[Attempt]]:
+    store = open_store(url)
+    try:
+        return store.get_grant("g"), store.list_attempts("g", limit=100_000)
+    finally:
+        store.close()
+
+
 # ------------------------------------------------------------------------------ 5. store down at commit
 
 
@@ -486,12 +495,7 @@ def test_store_down_at_commit_keeps_successor_on_that_host(
     keepers = [host_a, other_on_a, host_b]
     try:
         add_grant(host_a, sim)
-
-        def crash_server() -> None:
-            failpoints.clear_hooks()
-            pg_restartable.stop_immediate()
-
-        failpoints.set_hook("before_commit", crash_server)
+        failpoints.set_hook("before_commit", _crash_once(pg_restartable))
         token = host_a.access_token("g")
         assert resource_ok(sim, token)
         assert sim.stats.refresh_calls == 1
@@ -510,13 +514,8 @@ def test_store_down_at_commit_keeps_successor_on_that_host(
         keepers.remove(host_a)
         assert len(pending_files(tmp_path, "a")) == 1
         pg_restartable.start_again()
-        store = through_outage(lambda: observe(url))
-        try:
-            held = through_outage(lambda: store.list_attempts("g"))[0]
-            assert held.worker == host_a.worker and held.state is AttemptState.OPEN
-            assert through_outage(lambda: store.get_grant("g")).generation == 1
-        finally:
-            store.close()
+        held = _open_attempt(url)
+        assert held.worker == host_a.worker
 
         # After the restart host B still does not spend it: that attempt's successor may exist on another host.
         with pytest.raises(LeaseTimeout) as waited:
@@ -540,6 +539,28 @@ def test_store_down_at_commit_keeps_successor_on_that_host(
             pg_restartable.start_again()
         for k in keepers:
             k.close()
+
+
+def _crash_once(server: PostgresServer) -> Callable[[], None]:
+    """A failpoint hook that stops the server at once (no shutdown checkpoint), the first time only."""
+
+    def crash() -> None:
+        failpoints.clear_hooks()
+        server.stop_immediate()
+
+    return crash
+
+
+def _open_attempt(url: str) -> Attempt:
+    """Once the server is back: the grant's latest attempt, still open, on generation 1 (nothing committed)."""
+    store = through_outage(lambda: observe(url))
+    try:
+        held = through_outage(lambda: store.list_attempts("g"))[0]
+        assert held.state is AttemptState.OPEN
+        assert through_outage(lambda: store.get_grant("g")).generation == 1
+    finally:
+        store.close()
+    return held
 
 
 # --------------------------------------------------------------------------- 6. NOTIFY across hosts
@@ -661,12 +682,7 @@ def test_token_is_not_served_past_its_expiry_after_a_commit_blocked_by_a_dead_st
     host_a = open_host(url, tmp_path, "a", monkeypatch)
     try:
         add_grant(host_a, sim)
-
-        def crash_server() -> None:
-            failpoints.clear_hooks()
-            pg_restartable.stop_immediate()
-
-        failpoints.set_hook("before_commit", crash_server)
+        failpoints.set_hook("before_commit", _crash_once(pg_restartable))
         try:
             token = host_a.access_token("g")
         except GrantkeeperError:

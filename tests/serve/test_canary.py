@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from grantkeeper.stores import open_store
+from grantkeeper.stores.access import AuditEntry
 from tests.helpers import files_bytes, setup_grant
 from tests.serve.conftest import ServeProcess, make_key
 from tests.test_canary import CanarySimulator, find_leaks
@@ -67,21 +68,11 @@ def test_no_canary_escapes_the_broker(tmp_path: Path, canary_sim: CanarySimulato
         keep("unknown grant", http.get("/v1/grants/acme-404/token"))
         keep("no key", anonymous.get("/v1/grants/acme-1"))
     # A revoked grant: 409 with the doctor's class.
-    refresh = open_store(store_url)
-    try:
-        current = refresh.get_grant("acme-1").refresh_token
-        assert current is not None
-        canary_sim.revoke_family(current.reveal())
-    finally:
-        refresh.close()
+    _revoke(store_url, "acme-1", canary_sim)
     with server.client(key) as http:
         keep("revoked", http.post("/v1/grants/acme-1/refresh"))
     assert server.terminate() == 0
-    store = open_store(store_url)
-    try:
-        audit = store.list_audit(limit=1000)
-    finally:
-        store.close()
+    audit = _audit_trail(store_url)
     assert {e.action for e in audit} >= {"token", "refresh", "rejected"}
     captures.append(("audit trail", repr(audit)))
     captures.append(("serve log", server.log_text()))
@@ -92,3 +83,22 @@ def test_no_canary_escapes_the_broker(tmp_path: Path, canary_sim: CanarySimulato
     leaks = find_leaks(captures, canaries)
     assert not leaks, leaks
     assert sum(len(text) for _, text in captures) > 10_000  # the scan saw the captures, not nothing
+
+
+def _revoke(store_url: str, grant: str, sim: CanarySimulator) -> None:
+    """Revoke the grant's token family at the provider, behind the broker's back."""
+    store = open_store(store_url)
+    try:
+        current = store.get_grant(grant).refresh_token
+        assert current is not None
+        sim.revoke_family(current.reveal())
+    finally:
+        store.close()
+
+
+def _audit_trail(store_url: str) -> list[AuditEntry]:
+    store = open_store(store_url)
+    try:
+        return store.list_audit(limit=1000)
+    finally:
+        store.close()

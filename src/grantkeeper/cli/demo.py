@@ -313,89 +313,124 @@ def _ids(attempts: list[Attempt]) -> str:
     return ", ".join(str(a.id) for a in sorted(attempts, key=lambda a: a.id))
 
 
+@dataclass
+class _Findings:
+    failures: list[str] = field(default_factory=list)  # an invariant broke
+    inconclusive: list[str] = field(default_factory=list)  # slowness hid what the run should show
+    slowness: list[str] = field(default_factory=list)  # reported, not failures
+
+
 def _judge(ev: _Evidence) -> _Judgement:
     """Fail on a broken invariant only; report slowness; call a run SLOW when slowness hid what it should show."""
-    failures: list[str] = []
-    inconclusive: list[str] = []
-    slowness: list[str] = []
-    counts, attempts = ev.counts, ev.attempts
-    advanced = ev.final - ev.initial
-    invalid_grant = ev.provider_errors.get("invalid_grant", 0)
-    ambiguous = [a for a in attempts if a.state is AttemptState.AMBIGUOUS]
-    dead = [a for a in attempts if a.state is AttemptState.DEAD]
-    stale = [a for a in attempts if a.outcome == "stale_local_token"]
-    committed = [a for a in attempts if a.state in (AttemptState.COMMITTED, AttemptState.RECOVERED)]
-    sent_uncommitted = [a for a in attempts if a.state in SENT_UNCOMMITTED]
+    found = _Findings()
+    ambiguous = [a for a in ev.attempts if a.state is AttemptState.AMBIGUOUS]
+    dead = [a for a in ev.attempts if a.state is AttemptState.DEAD]
+    stale = [a for a in ev.attempts if a.outcome == "stale_local_token"]
+    _check_spending(ev, ambiguous, stale, found)
+    lost_to_slowness = _check_loss(ev, ambiguous, dead, stale, found)
+    _check_workers(ev, lost_to_slowness, found)
+    _check_coverage(ev, lost_to_slowness, found)
+    outcome = "fail" if found.failures else "slow" if found.inconclusive else "pass"
+    return _Judgement(outcome, found.failures, found.inconclusive, found.slowness, len(ambiguous))
 
+
+def _check_spending(ev: _Evidence, ambiguous: list[Attempt], stale: list[Attempt], found: _Findings) -> None:
+    """Spend once (I2) and one commit per generation (I3): provider calls, recorded sends and commits agree."""
+    advanced = ev.final - ev.initial
+    committed = [a for a in ev.attempts if a.state in (AttemptState.COMMITTED, AttemptState.RECOVERED)]
+    sent_uncommitted = [a for a in ev.attempts if a.state in SENT_UNCOMMITTED]
     extra = ev.refresh_calls - advanced
     if not ambiguous and extra != 0:
-        failures.append(
+        found.failures.append(
             f"{ev.refresh_calls} provider refresh calls for {advanced} committed generations: a refresh token was "
             "sent more than once, or a refresh the provider performed was not committed"
         )
     elif ambiguous and not 0 <= extra <= len(sent_uncommitted):
-        failures.append(
+        found.failures.append(
             f"{ev.refresh_calls} provider refresh calls for {advanced} committed generations and "
             f"{len(sent_uncommitted)} recorded sends that committed nothing: a refresh token was sent without a record"
         )
     if len(committed) != advanced:
-        failures.append(f"{len(committed)} committed attempts for {advanced} generations advanced (I3)")
+        found.failures.append(f"{len(committed)} committed attempts for {advanced} generations advanced (I3)")
     if stale:
-        failures.append(f"a stale refresh token was sent (attempts {_ids(stale)}: stale_local_token)")
+        found.failures.append(f"a stale refresh token was sent (attempts {_ids(stale)}: stale_local_token)")
 
-    lost_to_slowness = False
-    if invalid_grant or dead:
-        unexplained = [a for a in dead if a.outcome not in LOST_TO_AMBIGUITY]
-        if ambiguous and not unexplained and not stale:
-            lost_to_slowness = True
-            inconclusive.append(
-                f"the provider did not answer {len(ambiguous)} refresh(es) within the keeper's "
-                f"{ev.options.request_timeout:g} s request timeout (attempts {_ids(ambiguous)}, ambiguous); the "
-                "keeper re-sent as recorded and, the provider allowing no reuse grace, the grant was lost"
-                + (f" (attempts {_ids(dead)}: " + ", ".join(sorted({str(a.outcome) for a in dead})) + ")" if dead
-                   else "")
-            )  # fmt: skip
-        else:
-            failures.append(
-                f"the provider answered invalid_grant {invalid_grant} times (a stale or reused refresh token)"
-                + (f"; dead attempts {_ids(unexplained)}: " + ", ".join(sorted({str(a.outcome) for a in unexplained}))
-                   if unexplained else "")
-                + (f", although ambiguous attempts {_ids(ambiguous)} may have reached the provider late: the loss "
-                   "is misclassified (I5)" if unexplained and ambiguous else "")
-            )  # fmt: skip
-    elif ambiguous:
-        slowness.append(
-            f"{len(ambiguous)} refreshes got no answer within the {ev.options.request_timeout:g} s request timeout "
-            "and were re-sent as recorded"
+
+def _outcomes(attempts: list[Attempt]) -> str:
+    return ", ".join(sorted({str(a.outcome) for a in attempts}))
+
+
+def _check_loss(
+    ev: _Evidence, ambiguous: list[Attempt], dead: list[Attempt], stale: list[Attempt], found: _Findings
+) -> bool:
+    """Whether the grant was lost only because the provider was too slow (ambiguous sends re-sent as recorded, no
+    reuse grace); any other invalid_grant or dead attempt is a failure."""
+    invalid_grant = ev.provider_errors.get("invalid_grant", 0)
+    if not invalid_grant and not dead:
+        if ambiguous:
+            found.slowness.append(
+                f"{len(ambiguous)} refreshes got no answer within the {ev.options.request_timeout:g} s request "
+                "timeout and were re-sent as recorded"
+            )
+        return False
+    unexplained = [a for a in dead if a.outcome not in LOST_TO_AMBIGUITY]
+    if ambiguous and not unexplained and not stale:
+        found.inconclusive.append(
+            f"the provider did not answer {len(ambiguous)} refresh(es) within the keeper's "
+            f"{ev.options.request_timeout:g} s request timeout (attempts {_ids(ambiguous)}, ambiguous); the "
+            "keeper re-sent as recorded and, the provider allowing no reuse grace, the grant was lost"
+            + (f" (attempts {_ids(dead)}: " + _outcomes(dead) + ")" if dead else "")
         )
+        return True
+    found.failures.append(
+        f"the provider answered invalid_grant {invalid_grant} times (a stale or reused refresh token)"
+        + (f"; dead attempts {_ids(unexplained)}: " + _outcomes(unexplained) if unexplained else "")
+        + (
+            f", although ambiguous attempts {_ids(ambiguous)} may have reached the provider late: the loss "
+            "is misclassified (I5)"
+            if unexplained and ambiguous
+            else ""
+        )
+    )
+    return False
 
+
+def _check_workers(ev: _Evidence, lost_to_slowness: bool, found: _Findings) -> None:
+    """What the workers saw: errors, access tokens the resource rejected, tokens left in plaintext (I6)."""
+    counts = ev.counts
     errors = dict(counts.errors)
     if lost_to_slowness:
         followed = {code: errors.pop(code) for code in GRANT_LOST_CODES & errors.keys()}
         if followed:
-            slowness.append("after the loss, workers were told the grant needs re-consent: " + _listing(followed))
+            found.slowness.append("after the loss, workers were told the grant needs re-consent: " + _listing(followed))
     if errors:
-        failures.append("workers saw errors that are not slowness: " + _listing(errors))
+        found.failures.append("workers saw errors that are not slowness: " + _listing(errors))
     if counts.resource_rejected and lost_to_slowness:
-        slowness.append(f"{counts.resource_rejected} resource checks rejected once the provider revoked the grant")
+        found.slowness.append(
+            f"{counts.resource_rejected} resource checks rejected once the provider revoked the grant"
+        )
     elif counts.resource_rejected:
-        failures.append(
+        found.failures.append(
             f"{counts.resource_rejected} access tokens the keeper served were rejected by the resource within the "
             "validity it guarantees"
         )
     if ev.leaks:
-        failures.append("a token or the client secret is in plaintext in " + ", ".join(ev.leaks))
+        found.failures.append("a token or the client secret is in plaintext in " + ", ".join(ev.leaks))
 
+
+def _check_coverage(ev: _Evidence, lost_to_slowness: bool, found: _Findings) -> None:
+    """Whether the run showed anything: slow calls, late checks, no accepted token, no refresh at all."""
+    counts = ev.counts
     if counts.slow:
-        slowness.append("slow or dropped calls (not failures): " + _listing(counts.slow))
+        found.slowness.append("slow or dropped calls (not failures): " + _listing(counts.slow))
     if counts.resource_late:
-        slowness.append(f"{counts.resource_late} rejected checks came too late to count: the machine was overloaded")
+        found.slowness.append(
+            f"{counts.resource_late} rejected checks came too late to count: the machine was overloaded"
+        )
     if counts.resource_ok == 0 and not lost_to_slowness:
-        inconclusive.append("no access token was ever accepted by the resource (every check was too slow)")
-    if advanced == 0 and not lost_to_slowness:
-        inconclusive.append("the grant was never refreshed")
-    outcome = "fail" if failures else "slow" if inconclusive else "pass"
-    return _Judgement(outcome, failures, inconclusive, slowness, len(ambiguous))
+        found.inconclusive.append("no access token was ever accepted by the resource (every check was too slow)")
+    if ev.final - ev.initial == 0 and not lost_to_slowness:
+        found.inconclusive.append("the grant was never refreshed")
 
 
 def _summary(ev: _Evidence, elapsed: float) -> dict[str, Any]:

@@ -32,30 +32,64 @@ def _load(s: Load) -> Call:
 
 
 def _claim(s: ClaimGrant) -> Call:
-    return "claim", (s.name,), {
-        "worker": s.worker, "lease_ttl": s.lease_ttl, "now": s.now, "force": s.force,
-        "seen_generation": s.seen_generation, "actor": s.actor,
-    }  # fmt: skip
+    return (
+        "claim",
+        (s.name,),
+        {
+            "worker": s.worker,
+            "lease_ttl": s.lease_ttl,
+            "now": s.now,
+            "force": s.force,
+            "seen_generation": s.seen_generation,
+            "actor": s.actor,
+        },
+    )
 
 
 def _record(s: Record) -> Call:
-    return "record_attempt", (s.lease,), {
-        "generation": s.generation, "refresh_fp": s.refresh_fp, "resend_of": s.resend_of, "lease_ttl": s.lease_ttl,
-        "now": s.now, "actor": s.actor, "try_number": s.try_number,
-    }  # fmt: skip
+    return (
+        "record_attempt",
+        (s.lease,),
+        {
+            "generation": s.generation,
+            "refresh_fp": s.refresh_fp,
+            "resend_of": s.resend_of,
+            "lease_ttl": s.lease_ttl,
+            "now": s.now,
+            "actor": s.actor,
+            "try_number": s.try_number,
+        },
+    )
 
 
 def _commit(s: Commit) -> Call:
-    return "commit", (s.lease,), {
-        "attempt_id": s.attempt_id, "base": s.base, "update": s.update, "now": s.now, "latency": s.latency,
-    }  # fmt: skip
+    return (
+        "commit",
+        (s.lease,),
+        {
+            "attempt_id": s.attempt_id,
+            "base": s.base,
+            "update": s.update,
+            "now": s.now,
+            "latency": s.latency,
+        },
+    )
 
 
 def _finish(s: Finish) -> Call:
-    return "finish", (s.lease,), {
-        "attempt_id": s.attempt_id, "state": s.state, "outcome": s.outcome, "now": s.now, "mark_dead": s.mark_dead,
-        "release": s.release, "report": s.report,
-    }  # fmt: skip
+    return (
+        "finish",
+        (s.lease,),
+        {
+            "attempt_id": s.attempt_id,
+            "state": s.state,
+            "outcome": s.outcome,
+            "now": s.now,
+            "mark_dead": s.mark_dead,
+            "release": s.release,
+            "report": s.report,
+        },
+    )
 
 
 def _release(s: Release) -> Call:
@@ -63,9 +97,16 @@ def _release(s: Release) -> Call:
 
 
 def _save_recovery(s: SaveRecovery) -> Call:
-    return "save_recovery", (s.name,), {
-        "expected_generation": s.expected_generation, "attempt_id": s.attempt_id, "update": s.update, "now": s.now,
-    }  # fmt: skip
+    return (
+        "save_recovery",
+        (s.name,),
+        {
+            "expected_generation": s.expected_generation,
+            "attempt_id": s.attempt_id,
+            "update": s.update,
+            "now": s.now,
+        },
+    )
 
 
 def _wait(s: WaitForChange) -> Call:
@@ -73,9 +114,15 @@ def _wait(s: WaitForChange) -> Call:
 
 
 _TABLE: dict[type[StoreStep], Callable[[Any], Call]] = {
-    Load: _load, ClaimGrant: _claim, Record: _record, Commit: _commit, Finish: _finish, Release: _release,
-    SaveRecovery: _save_recovery, WaitForChange: _wait,
-}  # fmt: skip
+    Load: _load,
+    ClaimGrant: _claim,
+    Record: _record,
+    Commit: _commit,
+    Finish: _finish,
+    Release: _release,
+    SaveRecovery: _save_recovery,
+    WaitForChange: _wait,
+}
 
 
 def store_call(step: StoreStep) -> Call:

@@ -1,10 +1,12 @@
 """The two drivers of the refresh protocol: they execute steps, nothing else.
 
-Each loop feeds step results (or store errors) back into the flow, remembers a lease the flow holds, and
-releases it in ``finally`` if the flow was interrupted (an exception, a cancelled task). A flow that returns
-has released its lease itself, or kept it on purpose: when the store refused the commit, releasing would only
-wait out the store's timeout while the caller's new token ages. Store steps become store calls through
-`grantkeeper.engine.dispatch`; the async driver awaits an `AsyncStore` (native, or a `Store` in worker threads).
+The bookkeeping is written once, in `_Run`: it feeds step results (or errors) back into the flow, remembers a
+lease the flow holds, and hands that lease back for release if the flow was interrupted (an exception, a
+cancelled task). A flow that returns has released its lease itself, or kept it on purpose: when the store
+refused the commit, releasing would only wait out the store's timeout while the caller's new token ages. What
+differs is how one step is executed: `_execute` calls the `Store` and the `Sender`, `_execute_async` awaits the
+`AsyncStore` (native, or a `Store` in worker threads) and the `AsyncSender`. Store steps become store calls
+through `grantkeeper.engine.dispatch`.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from grantkeeper import _failpoints
@@ -30,89 +33,109 @@ __all__ = ["drive", "drive_async"]
 logger = logging.getLogger("grantkeeper")
 
 
-def _held_after(held: Lease | None, step: Step, reply: Any) -> Lease | None:
-    if isinstance(step, ClaimGrant):
-        assert isinstance(reply, Claim)
-        return reply.lease or held
-    if isinstance(step, StoreStep) and step.releases:
-        return None
-    return held
+class _Run:
+    """One flow being driven: what goes into it next (a reply or an error), and the lease it holds."""
+
+    def __init__(self, flow: Flow) -> None:
+        self._flow = flow
+        self._reply: Any = None
+        self._error: Exception | None = None
+        self._held: Lease | None = None
+        self._result: Refreshed | None = None
+
+    def steps(self) -> Iterator[Step]:
+        """The flow's steps, each after the previous one's outcome went in, until the flow returns or raises."""
+        while True:
+            try:
+                step = self._flow.send(self._reply) if self._error is None else self._flow.throw(self._error)
+            except StopIteration as stop:
+                self._held = None  # a flow that returns released its lease, or kept it on purpose (store down)
+                self._result = stop.value
+                return
+            self._reply, self._error = None, None
+            yield step
+
+    def answered(self, step: Step, reply: Any) -> None:
+        self._reply = reply
+        if isinstance(step, ClaimGrant):
+            assert isinstance(reply, Claim)
+            self._held = reply.lease or self._held
+        elif isinstance(step, StoreStep) and step.releases:
+            self._held = None
+
+    def failed(self, error: Exception) -> None:
+        self._error = error
+
+    def result(self) -> Refreshed:
+        assert self._result is not None
+        return self._result
+
+    def close(self) -> Lease | None:
+        """Stop the flow; the lease it still holds (it was interrupted), to release."""
+        self._flow.close()
+        held, self._held = self._held, None
+        return held
 
 
-def _effect(step: Step) -> None:
+def _local(step: Step) -> None:
+    """The steps both drivers execute alike, in the calling thread: failpoints and logging."""
     if isinstance(step, Failpoint):
         _failpoints.hit(step.name)
     elif isinstance(step, Log):
         logger.log(step.level, step.message, extra={"grantkeeper": step.evidence})
 
 
+def _execute(step: Step, store: Store, sender: Sender, clock: Clock) -> Any:
+    if isinstance(step, Now):  # the most frequent step
+        return clock.now()
+    if isinstance(step, StoreStep):
+        method, args, kwargs = store_call(step)
+        return getattr(store, method)(*args, **kwargs)
+    if isinstance(step, Send):
+        return sender.send(step.request, budget=step.budget)
+    if isinstance(step, Sleep):
+        return time.sleep(step.seconds)
+    return _local(step)
+
+
+async def _execute_async(step: Step, store: AsyncStore, sender: AsyncSender, clock: Clock) -> Any:
+    if isinstance(step, Now):  # the most frequent step
+        return clock.now()
+    if isinstance(step, StoreStep):
+        method, args, kwargs = store_call(step)
+        return await getattr(store, method)(*args, **kwargs)
+    if isinstance(step, Send):
+        return await sender.send(step.request, budget=step.budget)
+    if isinstance(step, Sleep):
+        return await asyncio.sleep(step.seconds)
+    return _local(step)
+
+
 def drive(flow: Flow, *, store: Store, sender: Sender, clock: Clock) -> Refreshed:
-    held: Lease | None = None
-    reply: Any = None
-    error: Exception | None = None
+    run = _Run(flow)
     try:
-        while True:
+        for step in run.steps():
             try:
-                step = flow.send(reply) if error is None else flow.throw(error)
-            except StopIteration as stop:
-                held = None  # a flow that returns released its lease, or kept it on purpose (store down)
-                result: Refreshed = stop.value
-                return result
-            reply, error = None, None
-            try:
-                if isinstance(step, StoreStep):
-                    method, args, kwargs = store_call(step)
-                    reply = getattr(store, method)(*args, **kwargs)
-                elif isinstance(step, Send):
-                    reply = sender.send(step.request, budget=step.budget)
-                elif isinstance(step, Sleep):
-                    time.sleep(step.seconds)
-                elif isinstance(step, Now):
-                    reply = clock.now()
-                else:
-                    _effect(step)
+                run.answered(step, _execute(step, store, sender, clock))
             except Exception as exc:  # into the flow, whatever it is: a failed commit must reach recovery
-                error = exc
-            else:
-                held = _held_after(held, step, reply)
+                run.failed(exc)
+        return run.result()
     finally:
-        flow.close()
-        if held is not None:
+        if (held := run.close()) is not None:
             with contextlib.suppress(GrantkeeperError):
                 store.release(held)
 
 
 async def drive_async(flow: Flow, *, store: AsyncStore, sender: AsyncSender, clock: Clock) -> Refreshed:
-    held: Lease | None = None
-    reply: Any = None
-    error: Exception | None = None
+    run = _Run(flow)
     try:
-        while True:
+        for step in run.steps():
             try:
-                step = flow.send(reply) if error is None else flow.throw(error)
-            except StopIteration as stop:
-                held = None  # a flow that returns released its lease, or kept it on purpose (store down)
-                result: Refreshed = stop.value
-                return result
-            reply, error = None, None
-            try:
-                if isinstance(step, StoreStep):
-                    method, args, kwargs = store_call(step)
-                    reply = await getattr(store, method)(*args, **kwargs)
-                elif isinstance(step, Send):
-                    reply = await sender.send(step.request, budget=step.budget)
-                elif isinstance(step, Sleep):
-                    await asyncio.sleep(step.seconds)
-                elif isinstance(step, Now):
-                    reply = clock.now()
-                else:
-                    _effect(step)
+                run.answered(step, await _execute_async(step, store, sender, clock))
             except Exception as exc:  # into the flow, whatever it is: a failed commit must reach recovery
-                error = exc
-            else:
-                held = _held_after(held, step, reply)
+                run.failed(exc)
+        return run.result()
     finally:
-        flow.close()
-        if held is not None:
+        if (held := run.close()) is not None:
             with contextlib.suppress(GrantkeeperError):
                 await store.release(held)

@@ -33,14 +33,21 @@ def _problem(value: str) -> str | None:
         named = f", the first is {words[0]!r}" if first in _SCHEMES else ""
         hint = " (an Authorization header value? import only the token after the scheme)" if named else ""
         return f"{len(words)} words separated by spaces{named}{hint}"
+    if (odd := _odd_character(value)) is not None:
+        return odd
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        return f"{len(value)} characters wrapped in double quotes (jq without -r?)"
+    return None
+
+
+def _odd_character(value: str) -> str | None:
+    """The first character outside printable ASCII, described by kind and position."""
     for index, char in enumerate(value):
         code = ord(char)
         if code > 0x7E:
             return f"a non-ASCII character at {_position(value, index)}"
         if code < 0x21:
             return f"a control character (0x{code:02x}) at {_position(value, index)}"
-    if len(value) >= 2 and value[0] == value[-1] == '"':
-        return f"{len(value)} characters wrapped in double quotes (jq without -r?)"
     return None
 
 

@@ -80,6 +80,14 @@ class RefreshPolicy:
         wait = computed * self.rng.uniform(0.5, 1.0)
         return float(max(wait, retry_after or 0.0))
 
+    def retry_wait(self, tries: int, retry_after: float | None, *, started: float, now: float) -> float | None:
+        """The wait before another try after `tries` transient failures of a refresh that began at `started`, or
+        None to give up: out of tries, past the deadline, or a wait longer than half the lease."""
+        wait = self.backoff(tries, retry_after)
+        if tries >= self.max_tries or now + wait - started > self.deadline or wait > self.lease_ttl / 2:
+            return None
+        return wait
+
     def for_provider(self, provider: Provider) -> RefreshPolicy:
         """This policy as one refresh against `provider` uses it: with a reuse grace G, the lease lasts at most
         `GRACE_LEASE_SHARE` of G (never below twice `MIN_GRACE_REQUEST_TIMEOUT` plus 1 s) and the request budget

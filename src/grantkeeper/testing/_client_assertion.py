@@ -56,6 +56,28 @@ def check_assertion(
     assertion: str, *, key: PublicKey, client_id: str, audiences: Collection[str], now: float, seen_jti: set[str]
 ) -> str | None:
     """Why `assertion` does not authenticate `client_id`, or None when it does (its jti is then remembered)."""
+    decoded = _decoded(assertion)
+    if isinstance(decoded, str):
+        return decoded
+    header, claims, signature = decoded
+    alg = header.get("alg")
+    signed = assertion.rsplit(".", 1)[0].encode()
+    if alg not in ("RS256", "ES256") or not _verify(key, alg, signature, signed):
+        return "client_assertion signature does not verify"
+    problem = _claims_problem(claims, client_id=client_id, audiences=audiences, now=now)
+    if problem is not None:
+        return problem
+    jti = claims.get("jti")
+    if not isinstance(jti, str) or not jti:
+        return "client_assertion has no jti"
+    if jti in seen_jti:
+        return "client_assertion jti was already used"
+    seen_jti.add(jti)
+    return None
+
+
+def _decoded(assertion: str) -> tuple[dict[str, Any], dict[str, Any], bytes] | str:
+    """The JWS's header, claims and signature, or why it has none."""
     segments = assertion.split(".")
     if len(segments) != 3:
         return "client_assertion is not a compact JWS"
@@ -67,9 +89,11 @@ def check_assertion(
         return "client_assertion is not decodable"
     if not isinstance(header, dict) or not isinstance(claims, dict):
         return "client_assertion is not a JWT"
-    alg = header.get("alg")
-    if alg not in ("RS256", "ES256") or not _verify(key, alg, signature, f"{segments[0]}.{segments[1]}".encode()):
-        return "client_assertion signature does not verify"
+    return header, claims, signature
+
+
+def _claims_problem(claims: dict[str, Any], *, client_id: str, audiences: Collection[str], now: float) -> str | None:
+    """Whether the claims name this client, this server, and a short lifetime still running."""
     if claims.get("iss") != client_id or claims.get("sub") != client_id:
         return "client_assertion iss and sub must be the client id"
     aud = claims.get("aud")
@@ -81,10 +105,4 @@ def check_assertion(
         return "client_assertion has expired"
     if exp > now + MAX_ASSERTION_LIFETIME:
         return "client_assertion lives too long"
-    jti = claims.get("jti")
-    if not isinstance(jti, str) or not jti:
-        return "client_assertion has no jti"
-    if jti in seen_jti:
-        return "client_assertion jti was already used"
-    seen_jti.add(jti)
     return None

@@ -281,20 +281,31 @@ def _guess_content_type(body: bytes) -> str:
     return "text/plain; charset=utf-8"
 
 
+#: Malformed answers that are not JSON objects at all: a proxy's error page, plain text, nothing.
+_FIXED_BODIES: dict[str, tuple[bytes, str]] = {
+    "html": (
+        b"<!DOCTYPE html><html><head><title>502 Bad Gateway</title></head><body><h1>502</h1></body></html>",
+        "text/html; charset=utf-8",
+    ),
+    "non_json": (b"Service temporarily unavailable, please try again later.\n", _JSON),
+    "empty": (b"", _JSON),
+}
+
+
 def _malformed_body(kind: str, access_token: str, scope: tuple[str, ...], ttl: float) -> tuple[bytes, str]:
+    if kind in _FIXED_BODIES:
+        return _FIXED_BODIES[kind]
     expires_in = _number(ttl)
     base: dict[str, Any] = {"access_token": access_token, "token_type": "Bearer", "expires_in": expires_in}
     if scope:
         base["scope"] = " ".join(scope)
-    if kind == "html":
-        page = b"<!DOCTYPE html><html><head><title>502 Bad Gateway</title></head><body><h1>502</h1></body></html>"
-        return page, "text/html; charset=utf-8"
-    if kind == "non_json":
-        return b"Service temporarily unavailable, please try again later.\n", _JSON
-    if kind == "empty":
-        return b"", _JSON
     if kind == "json_array":
         return _json_bytes([base]), _JSON
+    return _json_bytes(_broken(kind, base, expires_in)), _JSON
+
+
+def _broken(kind: str, base: dict[str, Any], expires_in: float | int) -> dict[str, Any]:
+    """The token response `base` with the one field `kind` names broken."""
     if kind == "missing_access_token":
         del base["access_token"]
     elif kind == "missing_expires_in":
@@ -312,7 +323,7 @@ def _malformed_body(kind: str, access_token: str, scope: tuple[str, ...], ttl: f
         base["token_type"] = "mac"
     elif kind == "oversized":
         base = {"padding": "x" * _OVERSIZED_PADDING, **base}
-    return _json_bytes(base), _JSON
+    return base
 
 
 # ---------------------------------------------------------------------------------------------------- HTTP
@@ -491,6 +502,75 @@ class _Handler(BaseHTTPRequestHandler):
 # ----------------------------------------------------------------------------------------------- simulator
 
 
+def _refresh_request(form: dict[str, str], *, scope_required: bool) -> tuple[str, tuple[str, ...] | None] | _OAuthError:
+    """A refresh_token grant's token and requested scope (None: not given), or what is wrong with the request."""
+    grant_type = form.get("grant_type")
+    if grant_type is None:
+        return _OAuthError(400, "invalid_request", "missing grant_type")
+    if grant_type != "refresh_token":
+        return _OAuthError(400, "unsupported_grant_type", "only refresh_token and device_code grants are supported")
+    token = form.get("refresh_token")
+    if token is None:
+        return _OAuthError(400, "invalid_request", "missing refresh_token")
+    requested = tuple(dict.fromkeys(form["scope"].split())) if "scope" in form else None
+    if requested is None and scope_required:
+        return _OAuthError(400, "invalid_request", "scope is required on refresh")
+    if requested is not None and not all(_valid_scope_token(s) for s in requested):
+        return _OAuthError(400, "invalid_scope", "malformed scope")
+    return token, requested
+
+
+def _basic_credentials(credentials: str) -> tuple[str, str] | None:
+    """The client id and secret of HTTP Basic credentials, None if they are malformed."""
+    try:
+        decoded = base64.b64decode(credentials.strip(), validate=True).decode("utf-8")
+        encoded_id, colon, encoded_secret = decoded.partition(":")
+        # RFC 6749 §2.3.1: both parts are application/x-www-form-urlencoded before Basic encoding
+        client_id = urllib.parse.unquote_plus(encoded_id, errors="strict")
+        secret = urllib.parse.unquote_plus(encoded_secret, errors="strict")
+    except (binascii.Error, ValueError):
+        return None
+    return (client_id, secret) if colon else None
+
+
+def _check_settings(
+    *,
+    rotation: str,
+    reuse_grace: float,
+    access_ttl: float,
+    conditional_every: int,
+    response_quirks: frozenset[str] | tuple[str, ...],
+    client_id: str,
+    auth_methods: tuple[str, ...],
+    client_public_key: bytes | None,
+    port: int,
+    device_code_ttl: float,
+    device_interval: float | None,
+) -> None:
+    """`ValueError` for a `ProviderSimulator` setting out of range, naming the setting."""
+    if rotation not in ROTATION_MODES:
+        raise ValueError(f"rotation must be one of {', '.join(ROTATION_MODES)}")
+    if not reuse_grace >= 0:
+        raise ValueError("reuse_grace must be >= 0")
+    if not access_ttl > 0:
+        raise ValueError("access_ttl must be > 0")
+    if conditional_every < 1:
+        raise ValueError("conditional_every must be >= 1")
+    if not auth_methods or any(m not in AUTH_METHODS for m in auth_methods):
+        raise ValueError(f"auth_methods must be a non-empty subset of {', '.join(AUTH_METHODS)}")
+    if not client_id:
+        raise ValueError("client_id must not be empty")
+    if unknown := set(response_quirks) - RESPONSE_QUIRKS:
+        known = ", ".join(sorted(RESPONSE_QUIRKS))
+        raise ValueError(f"unknown response quirk {sorted(unknown)[0]!r}; known: {known}")
+    if ("private_key_jwt" in auth_methods) != (client_public_key is not None):
+        raise ValueError("give client_public_key (PEM) exactly when auth_methods include private_key_jwt")
+    if not 0 <= port <= 65535:
+        raise ValueError("port must be in 0..65535")
+    if not device_code_ttl > 0 or (device_interval is not None and not device_interval > 0):
+        raise ValueError("device_code_ttl and device_interval must be > 0")
+
+
 class ProviderSimulator:
     """An OAuth 2.0 authorization server's token endpoint, served over HTTP on loopback.
 
@@ -520,27 +600,19 @@ class ProviderSimulator:
         device_code_ttl: float = 600.0,
         device_interval: float | None = 5.0,
     ) -> None:
-        if rotation not in ROTATION_MODES:
-            raise ValueError(f"rotation must be one of {', '.join(ROTATION_MODES)}")
-        if not reuse_grace >= 0:
-            raise ValueError("reuse_grace must be >= 0")
-        if not access_ttl > 0:
-            raise ValueError("access_ttl must be > 0")
-        if conditional_every < 1:
-            raise ValueError("conditional_every must be >= 1")
-        if not auth_methods or any(m not in AUTH_METHODS for m in auth_methods):
-            raise ValueError(f"auth_methods must be a non-empty subset of {', '.join(AUTH_METHODS)}")
-        if not client_id:
-            raise ValueError("client_id must not be empty")
-        if unknown := set(response_quirks) - RESPONSE_QUIRKS:
-            known = ", ".join(sorted(RESPONSE_QUIRKS))
-            raise ValueError(f"unknown response quirk {sorted(unknown)[0]!r}; known: {known}")
-        if ("private_key_jwt" in auth_methods) != (client_public_key is not None):
-            raise ValueError("give client_public_key (PEM) exactly when auth_methods include private_key_jwt")
-        if not 0 <= port <= 65535:
-            raise ValueError("port must be in 0..65535")
-        if not device_code_ttl > 0 or (device_interval is not None and not device_interval > 0):
-            raise ValueError("device_code_ttl and device_interval must be > 0")
+        _check_settings(
+            rotation=rotation,
+            reuse_grace=reuse_grace,
+            access_ttl=access_ttl,
+            conditional_every=conditional_every,
+            response_quirks=response_quirks,
+            client_id=client_id,
+            auth_methods=auth_methods,
+            client_public_key=client_public_key,
+            port=port,
+            device_code_ttl=device_code_ttl,
+            device_interval=device_interval,
+        )
         self._device_ttl = float(device_code_ttl)
         self._device_interval = device_interval
         self._device_codes: dict[str, _DeviceCode] = {}
@@ -786,6 +858,17 @@ class ProviderSimulator:
         body: bytes,
         framing: _Reply | None,
     ) -> _Reply:
+        early = self._unprocessed_reply_locked(fault, framing)
+        if early is not None:
+            return early
+        outcome = self._process_locked(authorization, content_type, body)
+        if isinstance(outcome, _OAuthError):
+            self._count_error(outcome.code)
+            return _error_reply(outcome)
+        return self._processed_reply_locked(fault, outcome)
+
+    def _unprocessed_reply_locked(self, fault: Fault | None, framing: _Reply | None) -> _Reply | None:
+        """The answer to a request that a fault or bad framing stops before it is processed (None: process it)."""
         if isinstance(fault, DropBeforeProcessing):
             self._count_error("dropped")
             return _DROP
@@ -799,11 +882,10 @@ class ProviderSimulator:
         if framing is not None:
             self._count_error("invalid_request")
             return framing
+        return None
 
-        outcome = self._process_locked(authorization, content_type, body)
-        if isinstance(outcome, _OAuthError):
-            self._count_error(outcome.code)
-            return _error_reply(outcome)
+    def _processed_reply_locked(self, fault: Fault | None, outcome: _Issued) -> _Reply:
+        """The answer to a processed refresh: the token response, unless a fault loses it."""
         if isinstance(fault, Malformed):  # rotate=True: processed, then the answer is lost in a broken body
             self._count_error("malformed")
             payload, ctype = _malformed_body(fault.kind, outcome.access_token, outcome.scope, self._access_ttl)
@@ -831,44 +913,57 @@ class ProviderSimulator:
     def _process_locked(
         self, authorization: str | None, content_type: str | None, body: bytes
     ) -> _OAuthError | _Issued:
+        form = self._client_form(authorization, content_type, body)
+        if isinstance(form, _OAuthError):
+            return form
+        if form.get("grant_type") == _DEVICE_GRANT:
+            return self._redeem_device_code_locked(form)
+        request = _refresh_request(form, scope_required="scope_required" in self._quirks)
+        if isinstance(request, _OAuthError):
+            return request
+        token, requested = request
+        family = self._live_family_locked(token)
+        if isinstance(family, _OAuthError):
+            return family
+        now = self._clock()
+        if token != family.current:
+            return self._spent_token_locked(family, token, requested, now)
+        return self._issue_locked(family, token, requested, now)
+
+    def _client_form(
+        self, authorization: str | None, content_type: str | None, body: bytes
+    ) -> dict[str, str] | _OAuthError:
+        """The request's parameters once its client is authenticated, or why it is refused."""
         form = self._parse_form(content_type, body)
         if isinstance(form, _OAuthError):
             return form
-        auth_error = self._authenticate(authorization, form)
-        if auth_error is not None:
-            return auth_error
-        grant_type = form.get("grant_type")
-        if grant_type is None:
-            return _OAuthError(400, "invalid_request", "missing grant_type")
-        if grant_type == _DEVICE_GRANT:
-            return self._redeem_device_code_locked(form)
-        if grant_type != "refresh_token":
-            return _OAuthError(400, "unsupported_grant_type", "only refresh_token and device_code grants are supported")
-        token = form.get("refresh_token")
-        if token is None:
-            return _OAuthError(400, "invalid_request", "missing refresh_token")
-        requested = tuple(dict.fromkeys(form["scope"].split())) if "scope" in form else None
-        if requested is None and "scope_required" in self._quirks:
-            return _OAuthError(400, "invalid_request", "scope is required on refresh")
-        if requested is not None and not all(_valid_scope_token(s) for s in requested):
-            return _OAuthError(400, "invalid_scope", "malformed scope")
+        problem = self._authenticate(authorization, form)
+        return form if problem is None else problem
 
+    def _live_family_locked(self, token: str) -> _Family | _OAuthError:
         family = self._refresh_tokens.get(token)
         if family is None:
             return _OAuthError(400, "invalid_grant", "unknown refresh token")
         if family.revoked:
             return _OAuthError(400, "invalid_grant", "refresh token has been revoked")
-        now = self._clock()
+        return family
 
-        if token != family.current:
-            if token == family.predecessor and now - family.superseded_at < self._reuse_grace:
-                return self._grace_replay_locked(family, requested, now)
-            if self._reuse_detection:
-                family.revoked = True
-                self._reuse_detections += 1
-                return _OAuthError(400, "invalid_grant", "refresh token was already used; the grant is revoked")
-            return _OAuthError(400, "invalid_grant", "refresh token was already used")
+    def _spent_token_locked(
+        self, family: _Family, token: str, requested: tuple[str, ...] | None, now: float
+    ) -> _OAuthError | _Issued:
+        """A refresh token that is not the family's current one: a replay inside the grace, or reuse."""
+        if token == family.predecessor and now - family.superseded_at < self._reuse_grace:
+            return self._grace_replay_locked(family, requested, now)
+        if self._reuse_detection:
+            family.revoked = True
+            self._reuse_detections += 1
+            return _OAuthError(400, "invalid_grant", "refresh token was already used; the grant is revoked")
+        return _OAuthError(400, "invalid_grant", "refresh token was already used")
 
+    def _issue_locked(
+        self, family: _Family, token: str, requested: tuple[str, ...] | None, now: float
+    ) -> _OAuthError | _Issued:
+        """The family's current token: a new access token, and a successor refresh token when this one rotates."""
         if requested is not None and not set(requested) <= set(family.scope):
             return _OAuthError(400, "invalid_scope", "requested scope exceeds the granted scope")
         granted = requested if requested is not None else family.scope
@@ -984,28 +1079,37 @@ class ProviderSimulator:
         body_id = form.get("client_id")
         body_secret = form.get("client_secret")
         if authorization is not None:
-            scheme, _, credentials = authorization.strip().partition(" ")
-            if scheme.lower() != "basic":
-                return _OAuthError(401, "invalid_client", "unsupported authentication scheme", _BASIC_CHALLENGE)
-            if body_secret is not None:
-                return _OAuthError(400, "invalid_request", "more than one client authentication method used")
-            if "client_secret_basic" not in self._auth_methods:
-                return _OAuthError(401, "invalid_client", "client_secret_basic is not allowed", _BASIC_CHALLENGE)
-            try:
-                decoded = base64.b64decode(credentials.strip(), validate=True).decode("utf-8")
-                encoded_id, colon, encoded_secret = decoded.partition(":")
-                # RFC 6749 §2.3.1: both parts are application/x-www-form-urlencoded before Basic encoding
-                client_id = urllib.parse.unquote_plus(encoded_id, errors="strict")
-                secret = urllib.parse.unquote_plus(encoded_secret, errors="strict")
-            except (binascii.Error, ValueError):
-                return _OAuthError(401, "invalid_client", "malformed Basic credentials", _BASIC_CHALLENGE)
-            if not colon:
-                return _OAuthError(401, "invalid_client", "malformed Basic credentials", _BASIC_CHALLENGE)
-            if body_id is not None and body_id != client_id:
-                return _OAuthError(400, "invalid_request", "client_id in the body differs from the Basic credentials")
-            if not self._check_credentials(client_id, secret):
-                return _OAuthError(401, "invalid_client", "client authentication failed", _BASIC_CHALLENGE)
-            return None
+            return self._authenticate_basic(authorization, body_id, body_secret)
+        return self._authenticate_in_body(body_id, body_secret)
+
+    def _authenticate_basic(
+        self, authorization: str, body_id: str | None, body_secret: str | None
+    ) -> _OAuthError | None:
+        scheme, _, credentials = authorization.strip().partition(" ")
+        refused = self._basic_refused(scheme, body_secret)
+        if refused is not None:
+            return refused
+        pair = _basic_credentials(credentials)
+        if pair is None:
+            return _OAuthError(401, "invalid_client", "malformed Basic credentials", _BASIC_CHALLENGE)
+        client_id, secret = pair
+        if body_id is not None and body_id != client_id:
+            return _OAuthError(400, "invalid_request", "client_id in the body differs from the Basic credentials")
+        if not self._check_credentials(client_id, secret):
+            return _OAuthError(401, "invalid_client", "client authentication failed", _BASIC_CHALLENGE)
+        return None
+
+    def _basic_refused(self, scheme: str, body_secret: str | None) -> _OAuthError | None:
+        """Why an Authorization header is refused before its credentials are read."""
+        if scheme.lower() != "basic":
+            return _OAuthError(401, "invalid_client", "unsupported authentication scheme", _BASIC_CHALLENGE)
+        if body_secret is not None:
+            return _OAuthError(400, "invalid_request", "more than one client authentication method used")
+        if "client_secret_basic" not in self._auth_methods:
+            return _OAuthError(401, "invalid_client", "client_secret_basic is not allowed", _BASIC_CHALLENGE)
+        return None
+
+    def _authenticate_in_body(self, body_id: str | None, body_secret: str | None) -> _OAuthError | None:
         if body_secret is not None:
             if "client_secret_post" not in self._auth_methods:
                 return _OAuthError(401, "invalid_client", "client_secret_post is not allowed")

@@ -1,0 +1,170 @@
+"""The failure table as pure functions (`grantkeeper.protocol.verdicts`): for each kind of provider answer, the
+steps that close the attempt, in order, and what the transaction does next. No store, no network."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from grantkeeper import (
+    ClientAuthFailed,
+    MalformedResponse,
+    ProviderRejected,
+    ProviderUnavailable,
+    RevokedOrExpired,
+    Secret,
+    StaleLocalToken,
+)
+from grantkeeper.model import Attempt, AttemptState, Grant, GrantState, Lease, OutcomeClass, Provider
+from grantkeeper.model.exchange import Ambiguous, HttpReply, NotSent
+from grantkeeper.protocol import verdicts
+from grantkeeper.protocol.answers import Malformed, OAuthFailure, Transient, interpret
+from grantkeeper.protocol.steps import Finish, Log, Release
+
+TOKEN = "rt-" + "s" * 30
+
+
+def _grant(generation: int = 3, fp: str = "fp_aaaaaaaaaaaaaaaa", token: str = TOKEN) -> Grant:
+    return Grant(
+        name="g",
+        provider="p",
+        refresh_token=Secret(token),
+        refresh_fp=fp,
+        access_token=None,
+        access_fp=None,
+        expires_at=None,
+        scopes=(),
+        generation=generation,
+        state=GrantState.ACTIVE,
+    )
+
+
+def _exchange(result: object = None, *, resend_of: int | None = None) -> verdicts.Exchange:
+    attempt = Attempt(
+        id=7,
+        grant="g",
+        generation=3,
+        refresh_fp="fp_aaaaaaaaaaaaaaaa",
+        worker="w1",
+        started_at=100.0,
+        state=AttemptState.OPEN,
+        resend_of=resend_of,
+    )
+    return verdicts.Exchange(
+        grant=_grant(),
+        provider=Provider(name="p", token_url="https://as.example/token", client_id="c"),
+        lease=Lease(grant="g", worker="w1", fence=1, expires_at=130.0),
+        attempt=attempt,
+        worker="w1",
+        sent_at=100.0,
+        now=100.5,
+        result=result if result is not None else HttpReply(200, {}, b""),
+    )
+
+
+def _finish(verdict: verdicts.Verdict) -> Finish:
+    (finish,) = [s for s in verdict.steps if isinstance(s, Finish)]
+    return finish
+
+
+def _error(verdict: verdicts.Verdict) -> Exception:
+    assert isinstance(verdict.then, verdicts.Raise)
+    return verdict.then.error
+
+
+def test_not_sent_is_retried_and_keeps_the_lease() -> None:
+    verdict = verdicts.judge(_exchange(NotSent("connect refused")), NotSent("connect refused"), give_up=False)
+    finish = _finish(verdict)
+    assert (finish.state, finish.release, finish.outcome) == (AttemptState.NOT_SENT, False, "connect refused")
+    assert finish.report is not None and finish.report.kind is OutcomeClass.PROVIDER_UNAVAILABLE
+    assert verdict.then == verdicts.Retry("provider 'p' unreachable (connect refused)", None)
+
+
+@pytest.mark.parametrize("give_up", [False, True])
+def test_an_unanswered_send_is_resent_once_then_left_ambiguous(give_up: bool) -> None:
+    answer = Ambiguous("read timeout")
+    verdict = verdicts.judge(_exchange(answer), answer, give_up=give_up)
+    finish = _finish(verdict)
+    assert (finish.state, finish.release) == (AttemptState.AMBIGUOUS, False)
+    if give_up:
+        assert isinstance(verdict.steps[-1], Release)  # the lease goes; the next refresh resolves the attempt
+        error = _error(verdict)
+        assert isinstance(error, ProviderUnavailable)
+        assert "attempt 7 is recorded as ambiguous" in str(error) and error.attempt_id == 7
+    else:
+        assert verdict.then == verdicts.Resend()
+        assert not any(isinstance(s, Release) for s in verdict.steps)
+        assert isinstance(verdict.steps[-1], Log) and "re-sending once" in verdict.steps[-1].message
+
+
+def test_a_transient_answer_is_retried_after_the_providers_wait() -> None:
+    answer = Transient(503, "temporarily_unavailable", 2.0)
+    verdict = verdicts.judge(_exchange(), answer, give_up=False)
+    finish = _finish(verdict)
+    assert (finish.state, finish.release) == (AttemptState.REJECTED, False)
+    assert verdict.then == verdicts.Retry("provider 'p' answered HTTP 503 temporarily_unavailable", 2.0)
+
+
+@pytest.mark.parametrize(("status", "state"), [(200, AttemptState.AMBIGUOUS), (302, AttemptState.REJECTED)])
+def test_a_malformed_answer_without_a_successor_stores_nothing(status: int, state: AttemptState) -> None:
+    verdict = verdicts.judge(_exchange(), Malformed("body is not a JSON object", status), give_up=False)
+    assert _finish(verdict).state is state  # a 2xx may have rotated the token: ambiguous
+    error = _error(verdict)
+    assert isinstance(error, MalformedResponse) and "Nothing was stored" in str(error)
+    assert ("recorded as ambiguous" in str(error)) is (state is AttemptState.AMBIGUOUS)
+
+
+def test_a_malformed_answer_with_a_successor_is_committed_first() -> None:
+    body = json.dumps({"access_token": "bad token", "refresh_token": "rt-new-" + "n" * 20}).encode()
+    exchange = _exchange()
+    answer = interpret(HttpReply(200, {"content-type": "application/json"}, body), 100.5)
+    assert isinstance(answer, Malformed)
+    update = verdicts.successor_only(exchange, answer)
+    assert update is not None and update.refresh_token == Secret("rt-new-" + "n" * 20)
+    assert update.access_token is None and not update.access_verified  # the access token is never served
+    done = verdicts.Refreshed(_grant(4, "fp_bbbbbbbbbbbbbbbb"), exchange.provider, committed=True, issued=True)
+    verdict = verdicts.kept_successor(exchange, answer, done)
+    assert not any(isinstance(s, Finish) for s in verdict.steps)  # the commit closed the attempt
+    error = _error(verdict)
+    assert isinstance(error, MalformedResponse) and "stored (generation 4)" in str(error)
+    assert error.fingerprint == "fp_bbbbbbbbbbbbbbbb"
+
+
+def test_invalid_grant_for_the_latest_token_marks_the_grant_dead() -> None:
+    answer = OAuthFailure("invalid_grant", "", 400)
+    verdict = verdicts.invalid_grant(_exchange(), answer, _grant(), recent_resend=None, stale_send=None)
+    finish = _finish(verdict)
+    assert (finish.state, finish.mark_dead, finish.release) == (AttemptState.DEAD, True, True)
+    assert isinstance(_error(verdict), RevokedOrExpired)
+
+
+def test_invalid_grant_for_a_stale_token_sends_the_latest_once() -> None:
+    answer = OAuthFailure("invalid_grant", "", 400)
+    latest = _grant(4, "fp_cccccccccccccccc", "rt-latest-" + "l" * 20)
+    verdict = verdicts.invalid_grant(_exchange(), answer, latest, recent_resend=None, stale_send=None)
+    finish = _finish(verdict)
+    assert (finish.state, finish.mark_dead, finish.release) == (AttemptState.REJECTED, False, False)
+    assert verdict.then == verdicts.SendLatest(latest)
+    # The second stale token in one refresh is not retried: it is reported, and the lease released.
+    again = verdicts.invalid_grant(_exchange(), answer, latest, recent_resend=None, stale_send=_exchange().attempt)
+    assert _finish(again).release
+    assert isinstance(_error(again), StaleLocalToken)
+
+
+@pytest.mark.parametrize(("code", "kind"), [("invalid_client", ClientAuthFailed), ("invalid_scope", ProviderRejected)])
+def test_other_oauth_errors_leave_the_grant_alone(code: str, kind: type[Exception]) -> None:
+    verdict = verdicts.judge(_exchange(), OAuthFailure(code, "no", 400), give_up=False)
+    finish = _finish(verdict)
+    assert (finish.state, finish.mark_dead) == (AttemptState.REJECTED, False)
+    assert isinstance(_error(verdict), kind)
+
+
+def test_a_resent_token_answered_with_a_successor_is_not_served_on_trust() -> None:
+    body = json.dumps({"access_token": "at-1", "token_type": "Bearer", "refresh_token": "rt-next-" + "x" * 20})
+    answer = interpret(HttpReply(200, {"content-type": "application/json"}, body.encode()), 100.5)
+    assert not isinstance(answer, Malformed | OAuthFailure | Transient)
+    first, verify_first = verdicts.success_update(_exchange(), answer)
+    resent, verify_resent = verdicts.success_update(_exchange(resend_of=5), answer)
+    assert (verify_first, first.access_token is not None, first.expires_at) == (False, True, 100.0 + 3600)
+    assert (verify_resent, resent.access_token, resent.access_verified) == (True, None, False)
