@@ -10,7 +10,7 @@
 Every token value a scripted answer carries is remembered (`injected`), and `HostileWorld` collects every
 output of a test (CLI stdout/stderr at both verbosities, exception texts and tracebacks, log records of every
 logger at DEBUG, every file under the test directory) and `scan`s it for every token and any 8-character
-fragment of one, as tests/test_canary.py does. The endpoint also serves ``/resource``, which records the
+fragment of one, as tests/system/test_canary.py does. The endpoint also serves ``/resource``, which records the
 headers it receives (to prove an injected header never went out) and asks the simulator whether the bearer
 token is valid.
 """
@@ -39,7 +39,7 @@ from grantkeeper.integrations.httpx_auth import GrantAuth
 from grantkeeper.redact.tracebacks import format_exception
 from grantkeeper.testing.simulator import ProviderSimulator
 from tests.helpers import FAST_POLICY
-from tests.test_canary import find_leaks
+from tests.system.test_canary import find_leaks
 
 __all__ = [
     "HostileEndpoint",

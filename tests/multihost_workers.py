@@ -1,4 +1,4 @@
-"""Processes that play separate hosts against one PostgreSQL store (used by tests/test_multihost.py).
+"""Processes that play separate hosts against one PostgreSQL store (used by tests/system/test_multihost.py).
 
 A "host" is one process with its own Keeper (own worker id, own in-process cache, own LISTEN connection) and its
 own local recovery directory ($GRANTKEEPER_RECOVERY_DIR): hosts share the database and nothing else.

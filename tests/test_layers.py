@@ -40,6 +40,7 @@ LAYERS: dict[str, int] = {
 ROOT_LAYER = 5  # ``grantkeeper/__init__.py``: the public face re-exports from every layer
 LAYER_NAMES = {0: "foundation", 1: "model", 2: "core", 3: "engine", 4: "adapters", 5: "application"}
 
+
 @dataclass(frozen=True, slots=True)
 class Violation:
     importer: str

@@ -1,7 +1,7 @@
 """I6 for the broker: no token escapes through any route but the token route, any error, the audit trail,
 /metrics, the JSON logs or the store file.
 
-The provider is `CanarySimulator` (every token it issues is a canary); the scan is tests/test_canary.py's: every
+The provider is `CanarySimulator` (every token it issues is a canary); the scan is tests/system/test_canary.py's: every
 canary and every 8-character fragment of one. The 200 answers of ``GET /v1/grants/{name}/token`` are the one
 capture left out, as ``grantkeeper token``'s output is in the CLI suite: handing out the token is their job.
 """
@@ -18,7 +18,7 @@ from grantkeeper.stores import open_store
 from grantkeeper.stores.access import AuditEntry
 from tests.helpers import files_bytes, setup_grant
 from tests.serve.conftest import ServeProcess, make_key
-from tests.test_canary import CanarySimulator, find_leaks
+from tests.system.test_canary import CanarySimulator, find_leaks
 
 Start = Callable[..., ServeProcess]
 

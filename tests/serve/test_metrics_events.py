@@ -103,8 +103,8 @@ def test_a_successor_committed_from_recovery_storage_is_counted(
     goes; the store's observer tells the metrics."""
     from grantkeeper.serve.metrics import ServeMetrics
     from grantkeeper.stores import SQLiteStore
+    from tests.engine.test_recovery import _lock_at_commit, _unlock
     from tests.helpers import FAST_POLICY, add_grant
-    from tests.test_recovery import _lock_at_commit, _unlock
 
     sim = make_sim()
     store = SQLiteStore.open(tmp_path / "s.db", busy_timeout=0.2)

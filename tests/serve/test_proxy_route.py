@@ -15,7 +15,7 @@ import pytest
 
 from grantkeeper.stores import open_store
 from tests.serve.conftest import ServeProcess, make_key
-from tests.test_canary import find_leaks
+from tests.system.test_canary import find_leaks
 
 Start = Callable[..., ServeProcess]
 
