@@ -52,11 +52,11 @@ from grantkeeper.consent.device import (
     token_request,
 )
 from grantkeeper.model import AuthMethod, TokenSet
+from grantkeeper.protocol.answers import HttpReply
 from grantkeeper.stores import open_store
 from grantkeeper.stores.migrations import latest_version, migrations
 from grantkeeper.testing.clock import FakeClock
 from grantkeeper.testing.simulator import HttpError, Malformed, ProviderSimulator
-from grantkeeper.tokens.response import HttpReply
 from grantkeeper.tokens.transport import Ambiguous, NotSent
 from tests.conftest import TEST_KEY
 from tests.dot_server import REPO

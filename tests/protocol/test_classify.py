@@ -22,9 +22,9 @@ from grantkeeper._exceptions import (
 )
 from grantkeeper._secrets import Secret
 from grantkeeper.model import Attempt, AttemptState, Grant, GrantState
+from grantkeeper.protocol.answers import HttpReply, OAuthFailure, interpret
 from grantkeeper.protocol.classify import classify_invalid_grant, classify_other, dead_grant_error
 from grantkeeper.protocol.policy import RefreshPolicy
-from grantkeeper.tokens.response import HttpReply, OAuthFailure, interpret
 
 REFRESH_OLD = "RT-old-refresh-token-0123456789abcdef"
 REFRESH_NEW = "RT-new-refresh-token-fedcba9876543210"

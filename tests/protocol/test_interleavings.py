@@ -21,9 +21,9 @@ from grantkeeper import GrantkeeperError, LostInFlight, Provider, RefreshPolicy,
 from grantkeeper.engine.dispatch import store_call
 from grantkeeper.model import AttemptState
 from grantkeeper.protocol import refresh_flow
+from grantkeeper.protocol.answers import HttpReply
 from grantkeeper.protocol.steps import Now, Send, Sleep, StoreStep, WaitForChange
 from grantkeeper.stores import open_store
-from grantkeeper.tokens.response import HttpReply
 
 POLICY = RefreshPolicy(lease_ttl=3.0, request_timeout=1.0, wait_timeout=60.0, deadline=10.0)
 INITIAL = "refresh-0-" + "x" * 24

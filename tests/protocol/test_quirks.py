@@ -13,8 +13,8 @@ import pytest
 
 from grantkeeper import Keeper, ProviderRejected, Secret
 from grantkeeper.model import Provider
+from grantkeeper.protocol.answers import HttpReply, OAuthFailure, Success, interpret
 from grantkeeper.testing import FakeClock
-from grantkeeper.tokens.response import HttpReply, OAuthFailure, Success, interpret
 from tests.helpers import FAST_POLICY, provider_for
 
 Sim = Any

@@ -19,9 +19,9 @@ import pytest
 from grantkeeper import GrantState, Keeper, MalformedResponse, Secret
 from grantkeeper import _failpoints as failpoints
 from grantkeeper.model.tokens import access_token_ok, refresh_token_ok
+from grantkeeper.protocol.answers import HttpReply, Malformed, Success, interpret
 from grantkeeper.stores import SQLiteStore
 from grantkeeper.testing import DropAfterRotate, FakeClock
-from grantkeeper.tokens.response import HttpReply, Malformed, Success, interpret
 from tests.helpers import FAST_POLICY, resource_ok, store_locked_at
 from tests.hostile import HostileFactory, HostileWorld, Reply, Rewrite, hostile, make_hostile
 

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 import httpx
 import pytest
 
-from grantkeeper.tokens.response import MAX_BODY_BYTES, HttpReply
+from grantkeeper.protocol.answers import MAX_BODY_BYTES, HttpReply
 from grantkeeper.tokens.transport import Ambiguous, NotSent, asend, map_transport_error, send
 
 URL = "https://auth.example.com/token"

@@ -37,10 +37,10 @@ from grantkeeper.engine import Keeper
 from grantkeeper.model import Grant, Provider, TokenSet, check_name
 from grantkeeper.model.provider import RESERVED_AUTHORIZE_PARAMS
 from grantkeeper.profiles import get_profile
+from grantkeeper.protocol.answers import HttpReply, interpret
 from grantkeeper.stores.base import GenerationConflict
 from grantkeeper.tokens import transport
 from grantkeeper.tokens.request import build_client_request
-from grantkeeper.tokens.response import HttpReply, interpret
 from grantkeeper.tokens.transport import NotSent, send
 
 __all__ = ["DEFAULT_CONSENT_TIMEOUT", "Connected", "connect", "connect_device", "revoke"]

@@ -35,8 +35,7 @@ from grantkeeper._exceptions import (
 from grantkeeper._secrets import Secret
 from grantkeeper.consent.flow import require_refresh_token
 from grantkeeper.model import Provider, TokenSet
-from grantkeeper.tokens.request import build_client_request
-from grantkeeper.tokens.response import (
+from grantkeeper.protocol.answers import (
     HttpReply,
     Malformed,
     OAuthFailure,
@@ -46,6 +45,7 @@ from grantkeeper.tokens.response import (
     decode_object,
     interpret,
 )
+from grantkeeper.tokens.request import build_client_request
 from grantkeeper.tokens.transport import SendResult
 
 __all__ = [

@@ -32,8 +32,8 @@ from grantkeeper._exceptions import (
 )
 from grantkeeper._secrets import Secret
 from grantkeeper.model import Provider, TokenSet
+from grantkeeper.protocol.answers import HttpReply, Malformed, OAuthFailure, Success, Transient, interpret
 from grantkeeper.tokens.request import build_client_request
-from grantkeeper.tokens.response import HttpReply, Malformed, OAuthFailure, Success, Transient, interpret
 
 __all__ = [
     "AuthorizationRequest",

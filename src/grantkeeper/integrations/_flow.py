@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from grantkeeper._exceptions import ConfigurationError, GrantkeeperError, MalformedResponse
 from grantkeeper._secrets import Secret
+from grantkeeper.protocol.answers import access_token_ok
 from grantkeeper.redact import scrub
-from grantkeeper.tokens.response import access_token_ok
 
 if TYPE_CHECKING:
     from grantkeeper.engine import AsyncKeeper, Keeper
@@ -142,7 +142,7 @@ def bearer(step: SendWith) -> str:
 def checked_token(grant: str, token: str) -> str:
     """`token` if it may go into an Authorization header; else a `MalformedResponse` that does not quote it.
 
-    Refresh answers are checked when they arrive (`grantkeeper.tokens.response`); this catches a token stored
+    Refresh answers are checked when they arrive (`grantkeeper.protocol.answers`); this catches a token stored
     before that check existed, so a CR/LF can never inject a header and the HTTP library never gets to quote it.
     """
     if access_token_ok(token):

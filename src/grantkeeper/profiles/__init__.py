@@ -38,7 +38,7 @@ UNVERIFIED = "unverified"
 DAY = 86400.0
 
 #: Known quirks. Only ``scope_on_refresh`` changes what grantkeeper sends; the response quirks are handled for
-#: every provider by `grantkeeper.tokens.response` (so a profile that forgets one still works), and the rest are
+#: every provider by `grantkeeper.protocol.answers` (so a profile that forgets one still works), and the rest are
 #: facts an operator should know.
 QUIRKS: Mapping[str, str] = {
     "scope_on_refresh": "the grant's scopes are sent as `scope` on every refresh",

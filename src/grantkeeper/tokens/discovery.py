@@ -19,8 +19,8 @@ import httpx
 from grantkeeper._exceptions import ConfigurationError, ProviderUnavailable
 from grantkeeper.model import AuthMethod
 from grantkeeper.model.provider import check_endpoint
+from grantkeeper.protocol.answers import MAX_BODY_BYTES
 from grantkeeper.tokens import transport
-from grantkeeper.tokens.response import MAX_BODY_BYTES
 from grantkeeper.tokens.transport import Network
 
 __all__ = ["Metadata", "choose_auth_method", "discover", "metadata_urls", "parse_metadata"]

@@ -6,7 +6,7 @@ quotes. Anything refused is described by its shape (lines, length, which kind of
 its value, so the error can be shown and logged.
 
 A token response (the JSON object a token endpoint returns, one line or pretty-printed) is read with the same
-parser refreshes use (`grantkeeper.tokens.response.interpret`): its ``refresh_token`` is the grant's, and its
+parser refreshes use (`grantkeeper.protocol.answers.interpret`): its ``refresh_token`` is the grant's, and its
 access token, expiry and scope come along.
 """
 
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from grantkeeper._exceptions import TokenInputError
 from grantkeeper._secrets import Secret
 from grantkeeper.model.token_values import check_refresh_token, describe
-from grantkeeper.tokens.response import HttpReply, Malformed, Success, interpret
+from grantkeeper.protocol.answers import HttpReply, Malformed, Success, interpret
 
 __all__ = ["ImportedTokens", "check_refresh_token", "describe", "looks_like_json", "read_token_input"]
 

@@ -36,7 +36,7 @@ import httpx
 from grantkeeper._exceptions import TLSVerificationFailed, sanitize_provider_text
 from grantkeeper.model import Provider
 from grantkeeper.model.exchange import Ambiguous, HttpReply, NotSent, SendResult
-from grantkeeper.tokens.response import MAX_BODY_BYTES
+from grantkeeper.protocol.answers import MAX_BODY_BYTES
 
 __all__ = [
     "NETWORK",

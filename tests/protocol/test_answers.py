@@ -15,8 +15,7 @@ from hypothesis import strategies as st
 
 from grantkeeper._secrets import Secret
 from grantkeeper.model import Attempt, AttemptState, Grant, GrantState
-from grantkeeper.protocol.classify import classify_other
-from grantkeeper.tokens.response import (
+from grantkeeper.protocol.answers import (
     MAX_BODY_BYTES,
     MAX_EXPIRES_IN,
     HttpReply,
@@ -27,6 +26,7 @@ from grantkeeper.tokens.response import (
     interpret,
     parse_retry_after,
 )
+from grantkeeper.protocol.classify import classify_other
 
 NOW = 1_700_000_000.0
 ACCESS = "AT.eyJhbGciOiJSUzI1NiJ9.access-token-value-0123456789"
