@@ -18,7 +18,7 @@ import aiohttp
 import httpx
 
 from grantkeeper._exceptions import ConfigurationError
-from grantkeeper.tokens.transport import Network, _proxy, _tls_context, _trust
+from grantkeeper.tokens.transport import Network, proxy_for, tls_context, trust_of
 
 __all__ = ["MAX_CONNECTIONS", "api_session"]
 
@@ -28,15 +28,15 @@ _PROXY_SCHEMES = ("http", "https")
 
 def api_session(network: Network, base_url: str) -> aiohttp.ClientSession:
     """A keep-alive session for the API at `base_url`; call from the event loop that will use it."""
-    source, cafile, capath = _trust(network)
-    proxy = _proxy(httpx.URL(base_url), network)
+    source, cafile, capath = trust_of(network)
+    proxy = proxy_for(httpx.URL(base_url), network)
     if proxy is not None and httpx.URL(proxy).scheme not in _PROXY_SCHEMES:
         raise ConfigurationError(
             f"the proxy {httpx.URL(proxy).scheme}://... of this provider cannot be used by the service's proxy route "
             "(HTTP and HTTPS proxies only); give the provider an HTTP proxy ('grantkeeper provider add NAME "
             "--proxy http://HOST:PORT') or unset it"
         )
-    connector = aiohttp.TCPConnector(ssl=_tls_context(source, cafile, capath), limit=MAX_CONNECTIONS,
+    connector = aiohttp.TCPConnector(ssl=tls_context(source, cafile, capath), limit=MAX_CONNECTIONS,
                                      limit_per_host=0, keepalive_timeout=30.0)  # fmt: skip
     return aiohttp.ClientSession(
         connector=connector, cookie_jar=aiohttp.DummyCookieJar(), trust_env=False, auto_decompress=False,

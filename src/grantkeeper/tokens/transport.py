@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import http.cookiejar
 import os
 import socket
 import ssl
@@ -48,8 +47,11 @@ __all__ = [
     "async_client",
     "client",
     "map_transport_error",
+    "proxy_for",
     "send",
+    "tls_context",
     "tls_failure",
+    "trust_of",
 ]
 
 _KEPT_HEADERS = ("content-type", "retry-after", "www-authenticate")
@@ -77,7 +79,7 @@ class Network:
 # --- trust and proxies -------------------------------------------------------------------------------------
 
 
-def _trust(network: Network) -> tuple[str, str | None, str | None]:
+def trust_of(network: Network) -> tuple[str, str | None, str | None]:
     """(what to name in messages, cafile, capath): the provider's bundle, SSL_CERT_FILE, SSL_CERT_DIR, certifi."""
     if network.ca_bundle:
         return f"the provider's CA bundle {network.ca_bundle}", network.ca_bundle, None
@@ -88,7 +90,7 @@ def _trust(network: Network) -> tuple[str, str | None, str | None]:
     return "certifi's CA bundle", certifi.where(), None
 
 
-def _tls_context(source: str, cafile: str | None, capath: str | None) -> ssl.SSLContext:
+def tls_context(source: str, cafile: str | None, capath: str | None) -> ssl.SSLContext:
     try:
         return ssl.create_default_context(cafile=cafile, capath=capath)
     except (OSError, ssl.SSLError) as exc:
@@ -102,7 +104,7 @@ def _tls_context(source: str, cafile: str | None, capath: str | None) -> ssl.SSL
 _bypass: Callable[[str, dict[str, str]], bool] = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]
 
 
-def _proxy(url: httpx.URL, network: Network) -> str | None:
+def proxy_for(url: httpx.URL, network: Network) -> str | None:
     """The provider's own proxy wins; else the environment's for the URL's scheme, unless NO_PROXY matches."""
     if network.proxy:
         return network.proxy
@@ -145,13 +147,13 @@ class _Router(Generic[_Transport]):
 
     def route(self, request: httpx.Request) -> tuple[_Transport, str]:
         network = request.extensions.get(NETWORK, self._network)
-        source, cafile, capath = _trust(network)
-        proxy = _proxy(request.url, network)
+        source, cafile, capath = trust_of(network)
+        proxy = proxy_for(request.url, network)
         key = (source, cafile, capath, proxy)
         with self._guard:
             transport = self._transports.get(key)
             if transport is None:
-                context = _tls_context(source, cafile, capath)
+                context = tls_context(source, cafile, capath)
                 transport = self._make(verify=context, proxy=proxy, limits=_LIMITS, trust_env=False)
                 self._transports[key] = transport
         return transport, source
@@ -209,29 +211,6 @@ def async_client(network: Network | None = None, *, timeout: httpx.Timeout | flo
     """`client` for asyncio."""
     return httpx.AsyncClient(transport=_AsyncRouter(network or Network()), timeout=timeout, follow_redirects=False,
                              trust_env=False)  # fmt: skip
-
-
-class _NoCookies(http.cookiejar.CookieJar):
-    """A cookie jar that keeps nothing: one proxy client serves every caller of a provider, so a cookie the API
-    set for one caller's exchange must not ride along on the next caller's."""
-
-    def extract_cookies(self, response: Any, request: Any) -> None:
-        return None
-
-    def set_cookie(self, cookie: http.cookiejar.Cookie) -> None:
-        return None
-
-
-def api_async_client(network: Network, base_url: str, *, timeout: float = 60.0) -> httpx.AsyncClient:
-    """A keep-alive client for a provider's API (the service's proxy): the same CA and proxy choice as token
-    requests get, without the one-exchange watchdog (the proxy bounds its own exchanges), and without a cookie
-    jar (`_NoCookies`)."""
-    source, cafile, capath = _trust(network)
-    return httpx.AsyncClient(
-        verify=_tls_context(source, cafile, capath), proxy=_proxy(httpx.URL(base_url), network),
-        follow_redirects=False, trust_env=False, timeout=timeout, cookies=_NoCookies(),
-        limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
-    )  # fmt: skip
 
 
 # --- one exchange ------------------------------------------------------------------------------------------
