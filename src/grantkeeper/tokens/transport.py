@@ -7,8 +7,15 @@ it may have (timeout, reset or deadline after the request was written).
 
 One wall-clock deadline bounds the whole exchange, connect to last byte: httpx's per-phase timeouts do not
 bound a server that trickles one byte at a time, and the lease (longer than the deadline, see `RefreshPolicy`)
-must never expire under a live request. The sync sender arms a watchdog thread that shuts the exchange's socket
-down at the deadline; the async sender cancels the exchange with ``asyncio.timeout``.
+must never expire under a live request. The sync sender clamps every socket operation of the exchange (connect,
+TLS handshake, each read and write) to the time left before the deadline, through the network backend of the
+clients built here, so a trickling server is cut off at the deadline on a new or a kept-alive connection alike,
+with no thread per exchange; the async sender cancels the exchange with ``asyncio.timeout``.
+
+Connections are kept alive between token requests (a scheduler or a broker refreshes many grants at one token
+endpoint), for `KEEPALIVE_EXPIRY` seconds: less than the idle timeout of common servers (uvicorn 5 s, gunicorn
+2 s, nginx 75 s), so the pool rarely offers a connection that the server is closing. If it does, the request
+fails after it was written and is `Ambiguous`, which the protocol resolves as any ambiguous exchange (I2).
 
 Networks (docs/providers.md, "Endpoints, networks and consent parameters"): a provider's stored proxy, else
 ``HTTPS_PROXY``/``HTTP_PROXY``/``ALL_PROXY`` minus ``NO_PROXY``; its stored CA bundle, else ``SSL_CERT_FILE``,
@@ -19,17 +26,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import os
-import socket
 import ssl
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import certifi
+import httpcore
 import httpx
 
 from grantkeeper._exceptions import TLSVerificationFailed, sanitize_provider_text
@@ -38,6 +46,7 @@ from grantkeeper.model.exchange import Ambiguous, HttpReply, NotSent, SendResult
 from grantkeeper.protocol.answers import MAX_BODY_BYTES
 
 __all__ = [
+    "KEEPALIVE_EXPIRY",
     "NETWORK",
     "Ambiguous",
     "Network",
@@ -59,9 +68,9 @@ _KEPT_HEADERS = ("content-type", "retry-after", "www-authenticate")
 #: The request extension that carries a provider's `Network` to the clients built here.
 NETWORK = "grantkeeper.network"
 
-# Token requests are rare (once per access-token lifetime): a fresh connection per exchange costs little, and
-# it is what lets the watchdog find the exchange's socket (a reused connection opens none).
-_LIMITS = httpx.Limits(max_keepalive_connections=0)
+#: Seconds an idle connection to a token endpoint is kept for reuse (see the module's docstring).
+KEEPALIVE_EXPIRY = 1.0
+_LIMITS = httpx.Limits(max_keepalive_connections=20, keepalive_expiry=KEEPALIVE_EXPIRY)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,13 +113,27 @@ def tls_context(source: str, cafile: str | None, capath: str | None) -> ssl.SSLC
 _bypass: Callable[[str, dict[str, str]], bool] = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]
 
 
+def _environment_proxy(key: str) -> str | None:
+    """``{key}_proxy`` by urllib's rules (`urllib.request.getproxies_environment`): the lower-case name wins, empty
+    meaning none; ``HTTP_PROXY`` is ignored under CGI (``REQUEST_METHOD`` set: "httpoxy"). Looked up by name,
+    because urllib's scan of the whole environment cost a tenth of a token request."""
+    lower = os.environ.get(f"{key}_proxy")
+    if lower is not None:
+        return lower or None
+    if key == "http" and "REQUEST_METHOD" in os.environ:
+        return None
+    return os.environ.get(f"{key.upper()}_PROXY") or None
+
+
 def proxy_for(url: httpx.URL, network: Network) -> str | None:
     """The provider's own proxy wins; else the environment's for the URL's scheme, unless NO_PROXY matches."""
     if network.proxy:
         return network.proxy
-    found = urllib.request.getproxies_environment()
-    chosen = found.get(url.scheme) or found.get("all")
-    if not chosen or _bypass(url.host, found):
+    chosen = _environment_proxy(url.scheme) or _environment_proxy("all")
+    if not chosen:
+        return None
+    no_proxy = _environment_proxy("no")
+    if no_proxy and _bypass(url.host, {"no": no_proxy}):
         return None
     return chosen
 
@@ -144,6 +167,7 @@ class _Router(Generic[_Transport]):
         self._make: Callable[..., _Transport] = make
         self._transports: dict[tuple[str, str | None, str | None, str | None], _Transport] = {}
         self._guard = threading.Lock()
+        self._pid = os.getpid()
 
     def route(self, request: httpx.Request) -> tuple[_Transport, str]:
         network = request.extensions.get(NETWORK, self._network)
@@ -151,6 +175,10 @@ class _Router(Generic[_Transport]):
         proxy = proxy_for(request.url, network)
         key = (source, cafile, capath, proxy)
         with self._guard:
+            if self._pid != os.getpid():
+                # A forked child must not write into its parent's kept-alive connections (one socket, two
+                # processes): it starts with pools of its own. The parent's stay open for the parent.
+                self._pid, self._transports = os.getpid(), {}
             transport = self._transports.get(key)
             if transport is None:
                 context = tls_context(source, cafile, capath)
@@ -168,9 +196,84 @@ def _verified(exc: httpx.ConnectError, trust: str) -> Exception:
     return tls_failure(exc, trust) or exc
 
 
+# --- the sync face's deadline: every socket operation waits at most until the exchange's deadline ---------------
+
+#: The monotonic deadline of the exchange that the current thread (or context) is sending, if any.
+_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("grantkeeper_deadline", default=None)
+
+
+def _left(timeout: float | None, late: type[httpcore.TimeoutException]) -> float | None:
+    """`timeout` clamped to the time left before the current exchange's deadline; `late` raised once it passed."""
+    deadline = _DEADLINE.get()
+    if deadline is None:
+        return timeout
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise late("the exchange's deadline passed")
+    return left if timeout is None else min(timeout, left)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    def __init__(self, inner: httpcore.NetworkStream) -> None:
+        self._inner = inner
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._inner.read(max_bytes, _left(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._inner.write(buffer, _left(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(
+        self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None
+    ) -> httpcore.NetworkStream:
+        inner = self._inner.start_tls(ssl_context, server_hostname, _left(timeout, httpcore.ConnectTimeout))
+        return _DeadlineStream(inner)
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.NetworkBackend):
+    def __init__(self, inner: httpcore.NetworkBackend) -> None:
+        self._inner = inner
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.NetworkStream:
+        timeout = _left(timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(self._inner.connect_tcp(host, port, timeout, local_address, socket_options))
+
+    def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None
+    ) -> httpcore.NetworkStream:
+        timeout = _left(timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(self._inner.connect_unix_socket(path, timeout, socket_options))
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+def _deadline_transport(**options: Any) -> httpx.HTTPTransport:
+    """httpx's transport, whose connections (direct, tunnelled or via a SOCKS proxy) take their socket operations'
+    timeouts from `_left`. httpx builds the httpcore pool itself and offers no backend argument, so the pool's
+    backend is wrapped after the fact; `tests/tokens/test_transport_deadline.py` fails if either name moves."""
+    transport = httpx.HTTPTransport(**options)
+    pool = transport._pool
+    pool._network_backend = _DeadlineBackend(pool._network_backend)
+    return transport
+
+
 class _SyncRouter(httpx.BaseTransport):
     def __init__(self, network: Network) -> None:
-        self._router = _Router(network, httpx.HTTPTransport)
+        self._router = _Router(network, _deadline_transport)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         transport, trust = self._router.route(request)
@@ -228,7 +331,7 @@ class _Exchange:
     """One exchange, whichever face drives it: the deadline, the body read so far under its cap, what httpcore's
     trace says the wire has seen, the means to end it at its deadline, and what a failure means for I2.
 
-    `send` and `asend` differ only in how they wait (a watchdog thread that shuts the socket down, or
+    `send` and `asend` differ only in how they wait (socket operations clamped to the deadline, or
     ``asyncio.timeout``) and in ``await``; every decision about the exchange is made here, once.
     """
 
@@ -237,12 +340,9 @@ class _Exchange:
         # Every phase of this request waits at most `budget`; `deadline` bounds the whole exchange.
         request.extensions["timeout"] = httpx.Timeout(budget).as_dict()
         self.deadline = time.monotonic() + budget
-        self.expired = False
         self.traced = False  # a transport that is not httpcore's (a mock, a caller's own) reports nothing
         self.writing = False
         self._body = bytearray()
-        self._sockets: list[socket.socket] = []
-        self._guard = threading.Lock()
         self._chained = request.extensions.get("trace")
 
     # -- what the wire has seen (httpcore's trace), for the sync and the async face ----------------------
@@ -261,33 +361,21 @@ class _Exchange:
         self.traced = True
         if event.endswith("send_request_headers.started") and getattr(info.get("request"), "method", b"") != b"CONNECT":
             self.writing = True  # the proxy's CONNECT shares our trace but carries nothing of the request
-        get_extra_info = getattr(info.get("return_value"), "get_extra_info", None)
-        if event.endswith(".complete") and get_extra_info is not None:
-            sock = get_extra_info("socket")
-            if isinstance(sock, socket.socket):
-                with self._guard:
-                    self._sockets.append(sock)
-                    if self.expired:
-                        _shut(sock)
 
     # -- the deadline ------------------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def watchdog(self) -> Iterator[None]:
-        """The sync face's deadline: a timer thread shuts the exchange's sockets down, so a blocked read returns."""
-        timer = threading.Timer(self.budget, self._expire)
-        timer.daemon = True
-        timer.start()
+    def deadline_bound(self) -> Iterator[None]:
+        """The sync face's deadline: the clients built here clamp each socket operation to the time left."""
+        token = _DEADLINE.set(self.deadline)
         try:
             yield
         finally:
-            timer.cancel()
+            _DEADLINE.reset(token)
 
-    def _expire(self) -> None:
-        with self._guard:
-            self.expired = True
-            for sock in self._sockets:
-                _shut(sock)
+    @property
+    def expired(self) -> bool:
+        return time.monotonic() >= self.deadline
 
     # -- the body ----------------------------------------------------------------------------------------
 
@@ -296,8 +384,8 @@ class _Exchange:
         self._body += chunk
         if len(self._body) > MAX_BODY_BYTES:
             return _reply(response, b"", truncated=True)
-        if time.monotonic() > self.deadline:
-            # A second guard for a caller's client that reuses a kept-alive connection the watchdog cannot see.
+        if self.expired:
+            # A second guard for a caller's own client, whose sockets do not take the deadline into account.
             return Ambiguous("response not complete within the request budget")
         return None
 
@@ -311,7 +399,8 @@ class _Exchange:
         """What a transport error means for this exchange; a TLS verification failure is raised instead."""
         if failure := tls_failure(exc):
             raise failure from None
-        if self.expired:
+        if self.expired or isinstance(exc, httpx.ReadTimeout | httpx.WriteTimeout):
+            # Every phase waits at most the time left (the budget), so a read or write timeout is the deadline.
             return self.late()
         mapped = map_transport_error(exc)
         # Failing before the first byte of the request (e.g. a proxy that never answers CONNECT) sent nothing.
@@ -324,12 +413,6 @@ class _Exchange:
     @property
     def _unsent(self) -> bool:
         return self.traced and not self.writing
-
-
-def _shut(sock: socket.socket) -> None:
-    # The plain socket's shutdown, also for an SSLSocket: a blocked recv in the sending thread returns at once.
-    with contextlib.suppress(OSError):
-        socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
 def _reply(response: httpx.Response, body: bytes, truncated: bool) -> HttpReply:
@@ -346,7 +429,7 @@ def send(client: httpx.Client, request: httpx.Request, *, budget: float) -> Send
     exchange = _Exchange(request, budget)
     request.extensions["trace"] = exchange.trace
     try:
-        with exchange.watchdog(), contextlib.closing(client.send(request, stream=True)) as response:
+        with exchange.deadline_bound(), contextlib.closing(client.send(request, stream=True)) as response:
             for chunk in response.iter_bytes():
                 if (early := exchange.grown(response, chunk)) is not None:
                     return early
