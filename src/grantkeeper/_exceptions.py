@@ -177,6 +177,23 @@ class SpentRefreshToken(ConfigurationError):
 
     code = "spent_refresh_token"
 
+    @classmethod
+    def spent(
+        cls, *, grant: str, fingerprint: str, attempt_id: int, spent_at: str, generation: int, worker: str | None,
+        current_generation: int, current_fp: str | None, current_state: str,
+    ) -> Self:  # fmt: skip
+        """Attempt `attempt_id` (of `generation`, at `spent_at`) spent the token to import; the grant is now at
+        `current_generation`."""
+        who = f", worker {worker}" if worker else ", since pruned from the kept history"
+        return cls(
+            f"grant {grant!r}: this refresh token ({fingerprint}) was spent by attempt {attempt_id} at {spent_at} "
+            f"(generation {generation}{who}); the grant's current token is generation {current_generation} "
+            f"({current_fp}, {current_state}). The provider rotated it, so it would refuse this one (a provider that "
+            "detects reuse would revoke the whole grant). Nothing was stored: keep the current token ('grantkeeper "
+            f"doctor {grant}' says whether it works), or have the user authorize again and import the new token",
+            grant=grant, generation=current_generation, attempt_id=attempt_id, fingerprint=fingerprint,
+        )  # fmt: skip
+
 
 class BundleError(ConfigurationError):
     """The file is not a bundle this grantkeeper reads: damaged, truncated, or of an unknown version."""

@@ -27,8 +27,14 @@ from dataclasses import dataclass, fields
 from enum import Enum
 from typing import Any
 
-from grantkeeper._exceptions import BundleAuthError, BundleConflict, BundleError, ConfigurationError
+from grantkeeper._exceptions import (
+    BundleAuthError,
+    BundleConflict,
+    BundleError,
+    ConfigurationError,
+)
 from grantkeeper._secrets import Secret
+from grantkeeper.engine.keeper import spent_refusal
 from grantkeeper.engine.ports import Store
 from grantkeeper.keys.wrapping import NONCE_BYTES, SALT_BYTES, SCRYPT_N, TAG_BYTES, BundleKey
 from grantkeeper.model import AuthMethod, Provider, RotationMode, check_name
@@ -263,6 +269,16 @@ def _scopes(value: object) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _refuse_spent(store: Store, name: str, token: Secret) -> None:
+    """A bundle older than this store's grant may carry a token this store has since spent: bringing it back
+    would fail at the next refresh, and revoke the whole grant at a provider that detects reuse (I3)."""
+    fingerprint = store.fingerprint(token)
+    spender = store.spent_by(name, fingerprint)
+    if spender is None:
+        return
+    raise spent_refusal(name, fingerprint, spender, store.get_grant(name))
+
+
 def import_bundle(
     store: Store, bundle: BundleContents | bytes, key: BundleKey | None = None, *, replace: bool = False, now: float,
     progress: Callable[[int, int], None] | None = None,
@@ -295,6 +311,8 @@ def import_bundle(
             raise BundleError(f"the bundle's grant {name!r} has an empty refresh token")
         if provider_name not in have and provider_name not in {p.name for p in providers}:
             raise BundleError(f"the bundle's grant {name!r} names provider {provider_name!r}, which it does not hold")
+        if name in existing:
+            _refuse_spent(store, name, token)
     added = tuple(p.name for p in providers if p.name not in have)
     differing = tuple(
         p.name for p in providers

@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from grantkeeper import EncryptionKeyError, Keeper
+from grantkeeper._exceptions import SpentRefreshToken
 from grantkeeper._secrets import Secret
 from grantkeeper.bundle import (
     MAGIC,
@@ -245,6 +246,27 @@ class TestNothingImported:
         with Keeper.open(sqlite_url, policy=FAST_POLICY) as keeper:
             assert keeper.store.get_grant("h").generation > local
             assert resource_ok(sim, keeper.access_token("h"))
+
+    def test_replace_refuses_a_token_this_store_has_spent(self, source: str, sim: ProviderSimulator) -> None:
+        """The bundle was taken, then the store refreshed: the bundle's token is spent here. --replace refuses the
+        whole bundle (nothing written, no secret in the message), and the store's current token still works."""
+        data = _export(source)
+        with Keeper.open(source, policy=FAST_POLICY) as keeper:
+            keeper.refresh("g", force=True)
+            before = {g.name: (g.generation, g.refresh_fp) for g in keeper.store.list_grants()}
+        with pytest.raises(SpentRefreshToken) as refused:
+            _import(source, data, replace=True)
+        error = refused.value
+        assert (
+            error.code == "spent_refresh_token"
+            and "grant 'g'" in error.message
+            and "Nothing was stored" in error.message
+        )
+        assert not [f for f in fragments(set(sim.issued_tokens())) if f in error.message]
+        with Keeper.open(source, policy=FAST_POLICY) as keeper:
+            assert {g.name: (g.generation, g.refresh_fp) for g in keeper.store.list_grants()} == before
+            keeper.refresh("g", force=True)  # the current token still refreshes: nothing was replaced
+            assert resource_ok(sim, keeper.access_token("g"))
 
 
 class TestProviders:

@@ -50,7 +50,15 @@ from grantkeeper.model.token_values import check_refresh_token
 from grantkeeper.notify import EventSink, Notifier, event_for
 from grantkeeper.protocol import Refreshed, RefreshPolicy, refresh_flow
 
-__all__ = ["AsyncKeeper", "GrantStatus", "KeepaliveResult", "Keeper", "RefreshTokenExpiry", "ServedToken"]
+__all__ = [
+    "AsyncKeeper",
+    "GrantStatus",
+    "KeepaliveResult",
+    "Keeper",
+    "RefreshTokenExpiry",
+    "ServedToken",
+    "spent_refusal",
+]
 
 logger = logging.getLogger("grantkeeper")
 T = TypeVar("T")
@@ -498,17 +506,17 @@ class _KeeperCore:
         if spender is None:
             return
         current: Grant = yield Call.of("get_grant", name)
-        raise SpentRefreshToken(
-            f"grant {name!r}: this refresh token ({fingerprint}) was spent by attempt {spender.id} at "
-            f"{iso_utc(spender.started_at)} (generation {spender.generation}"
-            + (f", worker {spender.worker}" if spender.worker else ", since pruned from the kept history")
-            + "); the grant's "
-            f"current token is generation {current.generation} ({current.refresh_fp}, {current.state.value}). The "
-            "provider rotated it, so it would refuse this one (a provider that detects reuse would revoke the whole "
-            "grant). Nothing was stored: keep the current token ('grantkeeper doctor "
-            f"{name}' says whether it works), or have the user authorize again and import the new token",
-            grant=name, generation=current.generation, attempt_id=spender.id, fingerprint=fingerprint,
-        )  # fmt: skip
+        raise spent_refusal(name, fingerprint, spender, current)
+
+
+def spent_refusal(name: str, fingerprint: str, spender: Attempt, current: Grant) -> SpentRefreshToken:
+    """The error for importing grant `name`'s token `fingerprint`, which attempt `spender` spent (`current` is the
+    grant as stored): for `Keeper.import_grant` and for a bundle's replaced grants."""
+    return SpentRefreshToken.spent(
+        grant=name, fingerprint=fingerprint, attempt_id=spender.id, spent_at=iso_utc(spender.started_at),
+        generation=spender.generation, worker=spender.worker, current_generation=current.generation,
+        current_fp=current.refresh_fp, current_state=current.state.value,
+    )  # fmt: skip
 
 
 class Keeper(_KeeperCore):
