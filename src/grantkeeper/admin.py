@@ -43,7 +43,7 @@ from grantkeeper.keys import (
 )
 from grantkeeper.serve.apikeys import DEFAULT_SCOPES, NewKey, new_key
 from grantkeeper.stores import STORE_ENV, SQLiteStore, backend, default_store_url, open_store
-from grantkeeper.stores.access import SCOPES, ApiKeyRecord
+from grantkeeper.stores.access import SCOPES, ApiKeyRecord, AuditEntry
 from grantkeeper.stores.migrations import latest_version
 from grantkeeper.stores.sql import SQLStore
 
@@ -54,6 +54,7 @@ __all__ = [
     "STORE_ENV",
     "Admin",
     "ApiKeyRecord",
+    "AuditEntry",
     "BundleContents",
     "BundleHeader",
     "BundleKey",
@@ -333,6 +334,11 @@ class Admin:
 
     def revoke_api_key(self, name: str) -> ApiKeyRecord:
         return self._sql().revoke_api_key(name, now=self.clock.now())
+
+    def audit(self, *, grant: str | None = None, api_key: str | None = None, limit: int = 100) -> list[AuditEntry]:
+        """What ``serve`` handed out, newest first: which API key got which grant's token (by fingerprint) or
+        proxied which request, when, with what status; of one grant and of one key, if given."""
+        return self._sql().list_audit(grant=grant, api_key=api_key, limit=limit)
 
 
 def _retire(source: KeySource, primary: str) -> tuple[str, ...]:

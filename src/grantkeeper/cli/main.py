@@ -39,6 +39,7 @@ from grantkeeper.cli._io import store_url as _url
 from grantkeeper.cli._progress import progress_bar
 from grantkeeper.cli._session import Session
 from grantkeeper.cli.apikey import apikey
+from grantkeeper.cli.audit import audit
 from grantkeeper.cli.completion import complete_grant, complete_provider, completion
 from grantkeeper.cli.connect import connect_command
 from grantkeeper.cli.demo import demo
@@ -67,7 +68,7 @@ class GrantkeeperGroup(HelpGroup):
     sections = (
         ("Set up", ("provider", "connect", "grant", "apikey")),
         ("Use", ("token", "status", "refresh", "keepalive", "serve")),
-        ("Diagnose", ("doctor", "history", "demo")),
+        ("Diagnose", ("doctor", "history", "audit", "demo")),
         ("Move and maintain", ("export", "import", "keys", "migrate", "completion")),
     )
 
@@ -506,6 +507,7 @@ cli.add_command(import_)
 cli.add_command(completion)
 cli.add_command(serve)
 cli.add_command(apikey)
+cli.add_command(audit)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1275,11 +1275,14 @@ class SQLStore:
             )
 
     @query
-    def list_audit(self, *, grant: str | None = None, limit: int = 100) -> Op[list[AuditEntry]]:
-        """The audit trail, newest first (of one grant, if given)."""
-        where, params = ("WHERE grant_name = ? ", (grant, limit)) if grant is not None else ("", (limit,))
+    def list_audit(
+        self, *, grant: str | None = None, api_key: str | None = None, limit: int = 100
+    ) -> Op[list[AuditEntry]]:
+        """The audit trail, newest first: of one grant and of one API key, if given."""
+        filters = [(column, value) for column, value in (("grant_name", grant), ("api_key", api_key)) if value]
+        where = "".join(f"{'WHERE' if i == 0 else 'AND'} {column} = ? " for i, (column, _) in enumerate(filters))
         sql = ("SELECT id, at, api_key, action, grant_name, status, fingerprint, generation, detail FROM audit "
                f"{where}ORDER BY id DESC LIMIT ?")  # fmt: skip
-        rows = (yield Sql(sql, params)).fetchall()
+        rows = (yield Sql(sql, (*(value for _, value in filters), limit))).fetchall()
         return [AuditEntry(id=int(r[0]), at=float(r[1]), api_key=str(r[2]), action=str(r[3]), grant=r[4],
                            status=int(r[5]), fingerprint=r[6], generation=r[7], detail=r[8]) for r in rows]  # fmt: skip
