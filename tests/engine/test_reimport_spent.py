@@ -29,6 +29,12 @@ def _keeper(tmp_path: Path) -> Keeper:
     return Keeper.open(f"sqlite:///{tmp_path}/spent.db", policy=FAST_POLICY)
 
 
+def _restore(keeper: Keeper, token: str | Secret) -> None:
+    """Put `token` back as grant g's refresh token through the store alone, which checks nothing."""
+    secret = token if isinstance(token, Secret) else Secret(token)
+    keeper.store.import_grant("g", provider="sim", refresh_token=secret, scopes=(), now=keeper.clock.now())
+
+
 def test_reimport_of_a_spent_token_is_refused_with_the_attempt_that_spent_it(
     make_sim: Callable[..., object], tmp_path: Path
 ) -> None:
@@ -87,17 +93,15 @@ def test_a_token_kept_by_a_non_rotating_provider_may_be_imported_again(
 def test_a_spent_token_that_slips_through_is_diagnosed_stale_local_token(
     make_sim: Callable[..., object], tmp_path: Path
 ) -> None:
-    """A path that does not check (here a bundle exported before the refresh, imported back with replace: a
-    restored backup) puts the spent token back. The provider refuses it and revokes the family; the grant needs
-    re-authorization, but doctor says stale_local_token and names the attempt that spent the token."""
+    """A path that does not check (here the store's own import_grant, as a hand-written restore would call it)
+    puts the spent token back. The provider refuses it and revokes the family; the grant needs re-authorization,
+    but doctor says stale_local_token and names the attempt that spent the token."""
     sim = make_sim()
-    key = BundleKey.passphrase(Secret("correct horse battery"))
     with _keeper(tmp_path) as keeper:
-        add_grant(keeper, sim)
-        backup = export_bundle(keeper.store, key, now=keeper.clock.now(), scrypt_n=2**14)
+        t0 = add_grant(keeper, sim)
         keeper.refresh("g", force=True)
         [spender] = keeper.history("g")
-        import_bundle(keeper.store, backup, key, replace=True, now=keeper.clock.now())
+        _restore(keeper, t0)
         with pytest.raises(RevokedOrExpired):
             keeper.refresh("g", force=True)
         diagnosis = keeper.doctor("g")
@@ -114,9 +118,9 @@ def test_pruned_from_the_history_a_spent_token_is_still_recognised(
     make_sim: Callable[..., object], store_url: str
 ) -> None:
     """Retention keeps one attempt per grant; 64 refreshes later the commit-time prune has deleted the attempt
-    that spent t0. Re-importing t0 is still refused (naming that attempt, "since pruned"), and when a restored
-    bundle puts t0 back anyway, doctor still says stale_local_token. Every store kind (memory, SQLite,
-    PostgreSQL)."""
+    that spent t0. Re-importing t0 is still refused (naming that attempt, "since pruned"), and when a restore
+    that does not check puts t0 back anyway, doctor still says stale_local_token. Every store kind (memory, SQLite,
+    PostgreSQL). A bundle taken before the refreshes is refused too."""
     sim = make_sim()
     key = BundleKey.passphrase(Secret("correct horse battery"))
     with Keeper.open(store_url, policy=FAST_POLICY, retention=HistoryRetention(per_grant=1)) as keeper:
@@ -131,7 +135,9 @@ def test_pruned_from_the_history_a_spent_token_is_still_recognised(
             keeper.import_grant("g", provider="sim", refresh_token=t0)
         assert f"was spent by attempt {spender.id} at " in caught.value.message
         assert "since pruned from the kept history" in caught.value.message
-        import_bundle(keeper.store, backup, key, replace=True, now=keeper.clock.now())
+        with pytest.raises(SpentRefreshToken, match="since pruned from the kept history"):
+            import_bundle(keeper.store, backup, key, replace=True, now=keeper.clock.now())
+        _restore(keeper, t0)
         with pytest.raises(RevokedOrExpired):
             keeper.refresh("g", force=True)
         diagnosis = keeper.doctor("g")
