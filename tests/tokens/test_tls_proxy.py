@@ -294,6 +294,9 @@ class TestCommandLine:
         added = cli(sqlite_url, *args, "--ca-bundle", ca_file, "--proxy", proxy.url, env=env)
         assert added.returncode == 0, added.stderr
         assert len(proxy.targets) == 1
+        again = cli(sqlite_url, *args, env=env)  # discovering again reaches the issuer as the stored provider does
+        assert again.returncode == 0, again.stderr
+        assert len(proxy.targets) == 2
         monkeypatch.setenv("SIM_SECRET", sim.client_secret)
         with Keeper.open(sqlite_url, policy=FAST_POLICY) as keeper:
             stored = keeper.store.get_provider("sim")

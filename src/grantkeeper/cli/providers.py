@@ -323,15 +323,17 @@ def provider_discover(session: Session, /, name: str, issuer: str, profile_name:
     one the server lists); rotation and lifetimes from --profile or the options given.
     """
     changes, explicit = _changes(name, options)
-    network = Network(options["ca_bundle"], options["proxy"])
-    metadata = discover(issuer, insecure_http=bool(options["insecure_http"]), network=network)
-    if metadata.refresh_supported is False:
-        raise ConfigurationError(
-            f"{issuer} lists grant types {', '.join(metadata.grant_types or ())} without refresh_token; grantkeeper "
-            "has nothing to keep for this server"
-        )
     with open_keeper(session, create=True) as keeper:
         existing = _existing(keeper, name)
+        # Re-discovering a stored provider reaches its issuer the way its refreshes do: its CA bundle and proxy.
+        stored = Network.of(existing) if existing is not None else Network()
+        network = Network(options["ca_bundle"] or stored.ca_bundle, options["proxy"] or stored.proxy)
+        metadata = discover(issuer, insecure_http=bool(options["insecure_http"]), network=network)
+        if metadata.refresh_supported is False:
+            raise ConfigurationError(
+                f"{issuer} lists grant types {', '.join(metadata.grant_types or ())} without refresh_token; "
+                "grantkeeper has nothing to keep for this server"
+            )
         base = _field_values(existing) if existing is not None else {}
         requested = changes.get("auth_method")
         changes["auth_method"] = choose_auth_method(
