@@ -70,6 +70,7 @@ __all__ = [
     "UnknownGrant",
     "UnknownProvider",
     "sanitize_provider_text",
+    "without_controls",
 ]
 
 # Anything that looks like a token (long run of token characters) is cut out of provider-supplied text
@@ -78,9 +79,14 @@ _TOKENISH = re.compile(r"[A-Za-z0-9\-_.~+/=]{20,}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
+def without_controls(text: object, replacement: str = "?") -> str:
+    """`text` with each control character (C0, DEL, C1: terminal escapes) replaced, for showing untrusted text."""
+    return _CONTROL.sub(replacement, str(text))
+
+
 def sanitize_provider_text(text: object, limit: int = 160) -> str:
     """Make provider-controlled text safe to show: no token-like runs, no control characters, bounded."""
-    value = _CONTROL.sub(" ", str(text))
+    value = without_controls(text, " ")
     value = _TOKENISH.sub("[redacted]", value)
     limit = max(limit, 1)
     return value if len(value) <= limit else value[: limit - 1] + "…"

@@ -10,16 +10,11 @@ from its URL (`grantkeeper.stores.open_store`), and an HTTP sender on grantkeepe
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Self, Unpack
 
 import httpx
 
-from grantkeeper._clock import Clock
 from grantkeeper.engine import keeper as engine
-from grantkeeper.model.retention import HistoryRetention
-from grantkeeper.notify import EventSink
-from grantkeeper.protocol import RefreshPolicy
 from grantkeeper.stores import SQLStore, is_postgres, open_store
 from grantkeeper.tokens import transport
 from grantkeeper.tokens.sender import AsyncHttpSender, HttpSender
@@ -37,7 +32,8 @@ class Keeper(engine.Keeper):
     """Thread-safe, synchronous keeper of grants.
 
     `http` is the client token requests go through (grantkeeper's default client if None, closed with the keeper;
-    a client you pass stays yours to close).
+    a client you pass stays yours to close). `options`: `clock`, `policy`, `worker`, `on_event`, `retention`
+    (`grantkeeper.engine.keeper.KeeperOptions`).
 
     >>> with Keeper.open("sqlite:///var/lib/app/grants.db") as keeper:  # doctest: +SKIP
     ...     headers = {"Authorization": f"Bearer {keeper.access_token('acme')}"}
@@ -46,14 +42,11 @@ class Keeper(engine.Keeper):
     store: SQLStore
 
     def __init__(
-        self, store: SQLStore, *, http: httpx.Client | None = None, clock: Clock | None = None,
-        policy: RefreshPolicy | None = None, worker: str | None = None,
-        on_event: EventSink | Iterable[EventSink] | None = None, retention: HistoryRetention | None = None,
-    ) -> None:  # fmt: skip
+        self, store: SQLStore, *, http: httpx.Client | None = None, **options: Unpack[engine.KeeperOptions]
+    ) -> None:
         self._own_http = http is None
         self._http = http or transport.client(timeout=DEFAULT_TIMEOUT)
-        super().__init__(store, sender=HttpSender(self._http), clock=clock, policy=policy, worker=worker,
-                         on_event=on_event, retention=retention)  # fmt: skip
+        super().__init__(store, sender=HttpSender(self._http), **options)
 
     @classmethod
     def open(cls, url: str, *, create: bool = True, **options: Any) -> Self:
@@ -74,6 +67,7 @@ class AsyncKeeper(engine.AsyncKeeper):
     """Task-safe asyncio keeper of grants; the same protocol as `Keeper`, driven with ``await``.
 
     `http` is the client token requests go through (grantkeeper's default client if None, closed with the keeper).
+    `options` as for `Keeper`.
     `store` is a blocking SQL store (run in worker threads) or PostgreSQL's native async store.
     """
 
@@ -81,13 +75,11 @@ class AsyncKeeper(engine.AsyncKeeper):
 
     def __init__(
         self, store: SQLStore | AsyncPostgresStore, *, http: httpx.AsyncClient | None = None,
-        clock: Clock | None = None, policy: RefreshPolicy | None = None, worker: str | None = None,
-        on_event: EventSink | Iterable[EventSink] | None = None, retention: HistoryRetention | None = None,
+        **options: Unpack[engine.KeeperOptions],
     ) -> None:  # fmt: skip
         self._own_http = http is None
         self._http = http or transport.async_client(timeout=DEFAULT_TIMEOUT)
-        super().__init__(store, sender=AsyncHttpSender(self._http), clock=clock, policy=policy, worker=worker,
-                         on_event=on_event, retention=retention)  # fmt: skip
+        super().__init__(store, sender=AsyncHttpSender(self._http), **options)
 
     @classmethod
     async def open(cls, url: str, *, create: bool = True, threads: bool = False, **options: Any) -> Self:

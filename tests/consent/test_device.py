@@ -457,6 +457,7 @@ class TestConnectDevice:
             connect_device(device_keeper, "g", provider="sim", show=shown, sleep=Sleeper(), http=client)
         assert caught.value.exit_code == 4 and shown.calls == 0 and paths == ["/device_authorization"]
         assert "w" * 24 not in str(caught.value)
+        assert not client.is_closed  # the caller's client stays the caller's to close
 
     def test_client_auth_failure_while_polling(self, device_keeper: Keeper, sim: ProviderSimulator) -> None:
         sim.inject(HttpError(401, error="invalid_client"))

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from grantkeeper._exceptions import sanitize_provider_text
+from grantkeeper._exceptions import sanitize_provider_text, without_controls
 from grantkeeper._secrets import Secret
 
 VALUE = "RT-super-secret-refresh-token-0123456789"
@@ -309,3 +309,22 @@ def test_collecting_a_secret_never_waits_for_the_registry_lock() -> None:
     assert finished
     Secret("any-new-secret-value")  # applies the collected removals
     assert _secrets.live_values_in("x collected-in-a-cycle-value y") == []
+
+
+# --- without_controls: the one control-character filter (messages, CLI output, discovery errors) ----------------
+
+
+@settings(deadline=None)
+@given(text=st.text())
+def test_without_controls_replaces_exactly_the_control_characters(text: str) -> None:
+    """Every Cc character (C0, DEL, C1) becomes the replacement, one for one; nothing else changes."""
+    result = without_controls(text, "?")
+    assert len(result) == len(text)
+    for before, after in zip(text, result, strict=True):
+        assert after == ("?" if unicodedata.category(before) == "Cc" else before)
+
+
+def test_the_cli_cleans_untrusted_text_through_it() -> None:
+    from grantkeeper.cli._render import clean
+
+    assert clean("a\x1b[31mb\x9bc") == without_controls("a\x1b[31mb\x9bc") == "a?[31mb?c"

@@ -746,18 +746,26 @@ def test_lifecycle_errors(clock: FakeClock) -> None:
     assert sim.stats.refresh_calls == 0
 
 
-def test_constructor_validates_options() -> None:
-    """Invalid options are rejected at construction."""
-    with pytest.raises(ValueError):
-        ProviderSimulator(rotation="sometimes")
-    with pytest.raises(ValueError):
-        ProviderSimulator(conditional_every=0)
-    with pytest.raises(ValueError):
-        ProviderSimulator(auth_methods=("private_key_jwt",))
-    with pytest.raises(ValueError):
-        ProviderSimulator(access_ttl=0)
-    with pytest.raises(ValueError):
-        ProviderSimulator(reuse_grace=-1)
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        ({"rotation": "sometimes"}, "rotation"),
+        ({"reuse_grace": -1}, "reuse_grace"),
+        ({"access_ttl": 0}, "access_ttl"),
+        ({"conditional_every": 0}, "conditional_every"),
+        ({"auth_methods": ()}, "auth_methods"),
+        ({"auth_methods": ("client_secret_jwt_typo",)}, "auth_methods"),
+        ({"client_id": ""}, "client_id"),
+        ({"response_quirks": ("no_such_quirk",)}, "no_such_quirk"),
+        ({"auth_methods": ("private_key_jwt",)}, "client_public_key"),
+        ({"port": 70000}, "port"),
+        ({"device_code_ttl": 0}, "device_code_ttl"),
+        ({"device_interval": 0}, "device_interval"),
+    ],
+)
+def test_constructor_rejects_each_option_out_of_range_naming_it(options: dict[str, Any], named: str) -> None:
+    with pytest.raises(ValueError, match=named):
+        ProviderSimulator(**options)
 
 
 def test_generated_secret_and_custom_credentials() -> None:

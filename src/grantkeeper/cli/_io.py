@@ -11,7 +11,7 @@ import re
 import stat
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, TextIO, TypeVar
 
 import click
@@ -27,6 +27,7 @@ __all__ = [
     "ENV_NAME",
     "echo_json",
     "interactive",
+    "json_option",
     "on_terminal",
     "open_keeper",
     "read_secret",
@@ -56,6 +57,7 @@ def open_keeper(session: Session, *, create: bool = False) -> Iterator[Keeper]:
 
 
 _Unknown = TypeVar("_Unknown", UnknownGrant, UnknownProvider)
+_Command = TypeVar("_Command", bound=Callable[..., object])
 
 
 def _with_suggestion(exc: _Unknown, name: str | None, keeper: Keeper, kind: str) -> _Unknown:
@@ -74,6 +76,11 @@ def _with_suggestion(exc: _Unknown, name: str | None, keeper: Keeper, kind: str)
 
 def echo_json(data: object) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+def json_option(help: str) -> Callable[[_Command], _Command]:
+    """The ``--json`` flag of every command that can print JSON (parameter ``as_json``); `help` says what it prints."""
+    return click.option("--json", "as_json", is_flag=True, help=help)
 
 
 def interactive() -> bool:

@@ -9,12 +9,12 @@ only a person sees the Rich form with its colours. Rich cells are `rich.text.Tex
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import click
 
+from grantkeeper._exceptions import without_controls
 from grantkeeper.cli._io import terminal_console
 from grantkeeper.engine import GrantStatus
 from grantkeeper.model import Grant, GrantState, Provider
@@ -38,12 +38,10 @@ __all__ = [
     "table",
 ]
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-
 
 def clean(text: object) -> str:
     """`text` without control characters (terminal escapes), for values a user or provider supplied."""
-    return _CONTROL.sub("?", str(text))
+    return without_controls(text)
 
 
 def expiry(ts: float | None, now: float) -> str:

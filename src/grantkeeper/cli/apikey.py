@@ -13,7 +13,7 @@ import click
 from grantkeeper.admin import DEFAULT_SCOPES, SCOPES, Admin, ApiKeyRecord
 from grantkeeper.cli import _render
 from grantkeeper.cli._help import HelpGroup
-from grantkeeper.cli._io import DURATION, echo_json, open_keeper
+from grantkeeper.cli._io import DURATION, echo_json, json_option, open_keeper
 from grantkeeper.cli._session import Session
 
 __all__ = ["apikey"]
@@ -53,7 +53,7 @@ def _state(record: ApiKeyRecord, now: float) -> str:
 
 
 @apikey.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Print the keys as JSON (never the keys themselves).")
+@json_option("Print the keys as JSON (never the keys themselves).")
 @click.pass_obj
 def list_(session: Session, as_json: bool) -> None:
     """List API keys: name, id, grants, scopes, state and expiry (the keys themselves are not stored)."""

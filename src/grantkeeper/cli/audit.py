@@ -6,7 +6,7 @@ import click
 
 from grantkeeper.admin import Admin, AuditEntry
 from grantkeeper.cli import _render
-from grantkeeper.cli._io import echo_json, open_keeper
+from grantkeeper.cli._io import echo_json, json_option, open_keeper
 from grantkeeper.cli._session import Session
 from grantkeeper.cli.completion import complete_grant
 
@@ -24,7 +24,7 @@ def _row(e: AuditEntry) -> list[object]:
 @click.option("--grant", "grant", metavar="NAME", shell_complete=complete_grant, help="Only this grant's entries.")
 @click.option("--key", "api_key", metavar="NAME", help="Only this API key's entries ('unix-socket' for the socket).")
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True, help="Show this many entries.")
-@click.option("--json", "as_json", is_flag=True, help="Print the entries as a JSON list (format: docs/serve.md).")
+@json_option("Print the entries as a JSON list (format: docs/serve.md).")
 @click.pass_obj
 def audit(session: Session, grant: str | None, api_key: str | None, limit: int, as_json: bool) -> None:
     """Show what 'grantkeeper serve' handed out, newest first: when, which API key, what it asked for, which grant,

@@ -10,14 +10,17 @@ failure yields no candidates.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
+from typing import TypeVar
 
 import click
 from click.shell_completion import CompletionItem, get_completion_class
 
-__all__ = ["COMPLETE_VAR", "complete_grant", "complete_provider", "completion"]
+__all__ = ["COMPLETE_VAR", "complete_grant", "complete_provider", "completion", "grant_argument"]
 
 COMPLETE_VAR = "_GRANTKEEPER_COMPLETE"
 _SHELLS = ("bash", "zsh", "fish")
+_Command = TypeVar("_Command", bound=Callable[..., object])
 
 
 def _store_url(ctx: click.Context) -> str:
@@ -59,6 +62,11 @@ def complete_grant(ctx: click.Context, _: click.Parameter, incomplete: str) -> l
 def complete_provider(ctx: click.Context, _: click.Parameter, incomplete: str) -> list[CompletionItem]:
     """Provider names in the store that start with `incomplete`."""
     return [CompletionItem(n) for n in _names(ctx, "providers") if n.startswith(incomplete)]
+
+
+def grant_argument(*, required: bool = True) -> Callable[[_Command], _Command]:
+    """The NAME argument of every command about one grant (parameter ``name``), completing to the store's grants."""
+    return click.argument("name", required=required, shell_complete=complete_grant)
 
 
 @click.command()

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 import click
 
-from grantkeeper.cli._io import echo_json, open_keeper
+from grantkeeper.cli._io import echo_json, json_option, open_keeper
 from grantkeeper.cli._render import clean, grant_record
 from grantkeeper.cli._session import Session
 from grantkeeper.cli.completion import complete_provider
@@ -50,7 +50,7 @@ __all__ = ["connect_command"]
     help="Add a parameter to the authorization request, e.g. prompt=consent (repeatable; over the provider's).",
 )
 @click.option("--replace", is_flag=True, help="Replace grant NAME if it exists (its refresh token is dropped).")
-@click.option("--json", "as_json", is_flag=True, help="Print the connected grant as JSON (fingerprints, no token).")
+@json_option("Print the connected grant as JSON (fingerprints, no token).")
 @click.option(
     "--timeout",
     type=click.FloatRange(min=1),

@@ -51,6 +51,7 @@ from grantkeeper._exceptions import GrantkeeperError
 from grantkeeper._secrets import Secret
 from grantkeeper.admin import Admin
 from grantkeeper.cli import demo_worker
+from grantkeeper.cli._io import json_option
 from grantkeeper.cli._session import Session
 from grantkeeper.cli.demo_worker import Counts, WorkerPlan
 from grantkeeper.engine.ports import Store
@@ -524,7 +525,7 @@ def _print_summary(console: Console, summary: dict[str, Any]) -> None:
     show_default=True,
     help="Access-token lifetime at the simulator, in seconds.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object; no live display.")
+@json_option("Print the summary as one JSON object; no live display.")
 @click.pass_context
 def demo(ctx: click.Context, seconds: float, processes: int, threads: int, access_ttl: float, as_json: bool) -> None:
     """Prove the invariants live: many processes and threads, one rotating grant, a local provider.

@@ -7,9 +7,9 @@ from typing import Any
 import click
 
 from grantkeeper.cli import _render
-from grantkeeper.cli._io import echo_json, open_keeper
+from grantkeeper.cli._io import echo_json, json_option, open_keeper
 from grantkeeper.cli._session import Session
-from grantkeeper.cli.completion import complete_grant
+from grantkeeper.cli.completion import grant_argument
 from grantkeeper.diagnosis import Diagnosis
 from grantkeeper.model import Attempt
 
@@ -26,8 +26,8 @@ def diagnosis_lines(d: Diagnosis) -> list[str]:
 
 
 @click.command(short_help="Explain why grant NAME failed (or that it is healthy), and what to do next.")
-@click.argument("name", shell_complete=complete_grant)
-@click.option("--json", "as_json", is_flag=True, help="Print the diagnosis as JSON (format: docs/doctor.md).")
+@grant_argument()
+@json_option("Print the diagnosis as JSON (format: docs/doctor.md).")
 @click.pass_obj
 def doctor(session: Session, name: str, as_json: bool) -> None:
     """Explain grant NAME: the cause of its latest failure with the evidence and the next step, or its health.
@@ -73,9 +73,9 @@ def _row(a: Attempt) -> list[object]:
 
 
 @click.command(short_help="Show grant NAME's refresh attempts, newest first.")
-@click.argument("name", shell_complete=complete_grant)
+@grant_argument()
 @click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True, help="Show this many attempts.")
-@click.option("--json", "as_json", is_flag=True, help="Print the attempts as a JSON list (format: docs/doctor.md).")
+@json_option("Print the attempts as a JSON list (format: docs/doctor.md).")
 @click.pass_obj
 def history(session: Session, name: str, limit: int, as_json: bool) -> None:
     """Show grant NAME's refresh attempts, newest first: when, which worker, generation, fingerprints, outcome."""

@@ -9,7 +9,7 @@ import click
 from grantkeeper._exceptions import ConfigurationError
 from grantkeeper.admin import KEY_ENV, Admin, KeyRing, KeyRotation, RotationStart, generate_key_file
 from grantkeeper.cli._help import HelpGroup
-from grantkeeper.cli._io import echo_json
+from grantkeeper.cli._io import echo_json, json_option
 from grantkeeper.cli._progress import progress_bar
 from grantkeeper.cli._session import Session
 
@@ -39,7 +39,7 @@ def keys() -> None:
 
 
 @keys.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Print the ring and the counts as JSON.")
+@json_option("Print the ring and the counts as JSON.")
 @click.pass_obj
 def keys_list(session: Session, as_json: bool) -> None:
     """Show the key ring (key ids only) and how many stored values each key encrypts."""

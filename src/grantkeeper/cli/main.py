@@ -29,7 +29,7 @@ from grantkeeper._exceptions import (
 from grantkeeper.admin import migrate as migrate_store
 from grantkeeper.cli import _render
 from grantkeeper.cli._help import HelpGroup
-from grantkeeper.cli._io import DURATION
+from grantkeeper.cli._io import DURATION, json_option
 from grantkeeper.cli._io import echo_json as _echo_json
 from grantkeeper.cli._io import interactive as _interactive
 from grantkeeper.cli._io import on_terminal as _on_terminal
@@ -40,7 +40,7 @@ from grantkeeper.cli._progress import progress_bar
 from grantkeeper.cli._session import Session
 from grantkeeper.cli.apikey import apikey
 from grantkeeper.cli.audit import audit
-from grantkeeper.cli.completion import complete_grant, complete_provider, completion
+from grantkeeper.cli.completion import complete_provider, completion, grant_argument
 from grantkeeper.cli.connect import connect_command
 from grantkeeper.cli.demo import demo
 from grantkeeper.cli.diagnose import EXIT_ATTENTION, doctor, history
@@ -198,7 +198,7 @@ def grant() -> None:
 
 
 @grant.command("import")
-@click.argument("name", shell_complete=complete_grant)
+@grant_argument()
 @click.option(
     "--provider",
     "provider_name",
@@ -210,7 +210,7 @@ def grant() -> None:
 @click.option("--scope", "scopes", multiple=True, metavar="SCOPE",
               help="A granted scope (repeatable) [default: a token response's scope].")  # fmt: skip
 @click.option("--replace", is_flag=True, help="Replace grant NAME if it exists (after the user consented again).")
-@click.option("--json", "as_json", is_flag=True, help="Print the stored grant as JSON (fingerprints, no token).")
+@json_option("Print the stored grant as JSON (fingerprints, no token).")
 @click.pass_obj
 def grant_import(
     session: Session, name: str, provider_name: str, scopes: tuple[str, ...], replace: bool, as_json: bool
@@ -261,9 +261,9 @@ def _existing_grant(keeper: Keeper, name: str) -> Grant | None:
 
 
 @grant.command("revoke")
-@click.argument("name", shell_complete=complete_grant)
+@grant_argument()
 @click.option("--local-only", is_flag=True, help="Do not contact the provider: only remove the grant here.")
-@click.option("--json", "as_json", is_flag=True, help="Print the removed grant as JSON (fingerprints, no token).")
+@json_option("Print the removed grant as JSON (fingerprints, no token).")
 @click.pass_obj
 def grant_revoke(session: Session, name: str, local_only: bool, as_json: bool) -> None:
     """Revoke grant NAME at its provider (RFC 7009), then remove it from the store.
@@ -281,7 +281,7 @@ def grant_revoke(session: Session, name: str, local_only: bool, as_json: bool) -
 
 
 @grant.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Print the grants as JSON.")
+@json_option("Print the grants as JSON.")
 @click.pass_obj
 def grant_list(session: Session, as_json: bool) -> None:
     """List every grant: provider, state, generation, access token expiry, last error (fingerprints only)."""
@@ -296,8 +296,8 @@ def grant_list(session: Session, as_json: bool) -> None:
 
 
 @grant.command("show")
-@click.argument("name", shell_complete=complete_grant)
-@click.option("--json", "as_json", is_flag=True, help="Print everything known about the grant as JSON.")
+@grant_argument()
+@json_option("Print everything known about the grant as JSON.")
 @click.pass_context
 def grant_show(ctx: click.Context, name: str, as_json: bool) -> None:
     """Show everything known about grant NAME (the same as 'grantkeeper status NAME')."""
@@ -305,9 +305,9 @@ def grant_show(ctx: click.Context, name: str, as_json: bool) -> None:
 
 
 @grant.command("remove")
-@click.argument("name", shell_complete=complete_grant)
+@grant_argument()
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation (required without a terminal).")
-@click.option("--json", "as_json", is_flag=True, help="Print the removed grant as JSON (needs --yes: never asks).")
+@json_option("Print the removed grant as JSON (needs --yes: never asks).")
 @click.pass_obj
 def grant_remove(session: Session, name: str, yes: bool, as_json: bool) -> None:
     """Remove grant NAME from this store (its refresh token is forgotten here, not revoked at the provider).
@@ -338,7 +338,7 @@ def grant_remove(session: Session, name: str, yes: bool, as_json: bool) -> None:
 
 
 @cli.command()
-@click.argument("name", shell_complete=complete_grant)
+@grant_argument()
 @click.option("--header", is_flag=True, help="Print 'Authorization: Bearer TOKEN', for 'curl -H @-' (the token "
               "then never appears in a command line that other users see in ps).")  # fmt: skip
 @click.pass_obj
@@ -366,12 +366,12 @@ def _stored_generation(keeper: Keeper, name: str) -> int:
 
 
 @cli.command()
-@click.argument("name", required=False, shell_complete=complete_grant)
+@grant_argument(required=False)
 @click.option("--force", is_flag=True, help="Refresh even if the access token is still usable.")
 @click.option("--due", is_flag=True, help="Instead of NAME: keep-alive refresh every grant whose refresh token "
               "would end from disuse within --window (see 'status --expiring').")  # fmt: skip
 @click.option("--window", type=DURATION, default="7d", show_default=True, help="With --due: how far ahead to look.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@json_option("Print the result as JSON.")
 @click.pass_obj
 def refresh(session: Session, name: str | None, force: bool, due: bool, window: float, as_json: bool) -> None:
     """Refresh grant NAME now if its access token is not usable (always, with --force).
@@ -408,8 +408,8 @@ def refresh(session: Session, name: str | None, force: bool, due: bool, window: 
 
 
 @cli.command()
-@click.argument("name", required=False, shell_complete=complete_grant)
-@click.option("--json", "as_json", is_flag=True, help="Print the status (a list without NAME) as JSON.")
+@grant_argument(required=False)
+@json_option("Print the status (a list without NAME) as JSON.")
 @click.option("--expiring", type=DURATION, metavar="WINDOW",
               help="Instead: list grants whose refresh token or consent ends within WINDOW (e.g. 7d).")  # fmt: skip
 @click.pass_obj
@@ -440,7 +440,7 @@ def status(session: Session, name: str | None, as_json: bool, expiring: float | 
 @cli.command()
 @click.option("--margin", type=DURATION, default="7d", show_default=True,
               help="Act on refresh tokens and consents that end within this long (90s, 30m, 12h, 7d, 2w).")  # fmt: skip
-@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@json_option("Print the results as JSON.")
 @click.pass_obj
 def keepalive(session: Session, margin: float, as_json: bool) -> None:
     """Refresh grants whose refresh token would die from disuse soon; warn about consents that end soon.

@@ -18,7 +18,7 @@ import click
 from grantkeeper._exceptions import ConfigurationError, UnknownProvider
 from grantkeeper.cli import _render
 from grantkeeper.cli._help import HelpGroup
-from grantkeeper.cli._io import ENV_NAME, echo_json, open_keeper, read_secret
+from grantkeeper.cli._io import ENV_NAME, echo_json, json_option, open_keeper, read_secret
 from grantkeeper.cli._session import Session
 from grantkeeper.engine import Keeper
 from grantkeeper.model import AuthMethod, Provider, RotationMode
@@ -240,7 +240,7 @@ def provider_add(session: Session, /, name: str, token_url: str | None, profile_
 
 
 @provider.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+@json_option("Print a JSON list.")
 @click.pass_obj
 def provider_list(session: Session, as_json: bool) -> None:
     """List providers (never their secrets: only whether one is stored or which variable holds it)."""
@@ -260,7 +260,7 @@ def _days(value: float | None) -> str:
 
 @provider.command("profiles")
 @click.argument("name", required=False)
-@click.option("--json", "as_json", is_flag=True, help="Print the profiles (or one) as JSON, with sources.")
+@json_option("Print the profiles (or one) as JSON, with sources.")
 def provider_profiles(name: str | None, as_json: bool) -> None:
     """List the shipped provider profiles, or show profile NAME with the source of every fact."""
     profiles = [get_profile(name)] if name is not None else list(load_profiles().values())

@@ -10,7 +10,7 @@ from grantkeeper._exceptions import ConfigurationError
 from grantkeeper._secrets import Secret
 from grantkeeper.admin import Admin, BundleKey, open_bundle, read_bundle, read_header, write_bundle
 from grantkeeper.cli import _render
-from grantkeeper.cli._io import echo_json, interactive, open_keeper, read_secret
+from grantkeeper.cli._io import echo_json, interactive, json_option, open_keeper, read_secret
 from grantkeeper.cli._progress import progress_bar
 from grantkeeper.cli._session import Session
 from grantkeeper.cli.completion import complete_grant
@@ -97,7 +97,7 @@ def export(session: Session, file: Path, grants: tuple[str, ...], passphrase_std
 @click.argument("file", type=_FILE)
 @click.option("--list", "list_only", is_flag=True, help="Only list the grants inside (no passphrase needed).")
 @click.option("--replace", is_flag=True, help="Replace grants that already exist in this store.")
-@click.option("--json", "as_json", is_flag=True, help="Print the listing or the result as JSON.")
+@json_option("Print the listing or the result as JSON.")
 @_protection_options
 @click.pass_obj
 def import_(session: Session, file: Path, list_only: bool, replace: bool, as_json: bool, passphrase_stdin: bool,

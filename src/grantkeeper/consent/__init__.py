@@ -10,6 +10,7 @@ in `grantkeeper.consent.loopback`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -57,7 +58,10 @@ class Connected:
     replaced: bool
 
 
-def _http() -> httpx.Client:
+def _client(http: httpx.Client | None) -> contextlib.AbstractContextManager[httpx.Client]:
+    """The caller's client, left open; or a client of our own, closed at the end."""
+    if http is not None:
+        return contextlib.nullcontext(http)
     return transport.client(timeout=httpx.Timeout(_BUDGET, connect=5.0))  # each request carries its provider's
 
 
@@ -130,13 +134,9 @@ def connect(
         found: list[Secret] = []
         listener.wait(lambda query: found.append(code_from_redirect(request, query)), timeout=timeout)
     code = found[0]
-    client = http or _http()
-    try:
+    with _client(http) as client:
         sent_at = keeper.clock.now()
         reply = _reply(send(client, exchange_request(chosen, request, code), budget=_BUDGET), chosen, "code exchange")
-    finally:
-        if http is None:
-            client.close()
     tokens = _tokens_from_reply(chosen, reply, keeper.clock.now())
     return _keep(keeper, name, chosen, tokens, sent_at=sent_at, requested=request.scopes, existed=existed)
 
@@ -172,17 +172,13 @@ def connect_device(
     chosen, existed = _prepare(keeper, name, provider, replace)
     requested = scopes or _profile_defaults(chosen)[0]
     start = device.authorization_request(chosen, scopes=requested)  # no endpoint: refused before any request
-    client = http or _http()
-    try:
+    with _client(http) as client:
         started = keeper.clock.monotonic()  # the device code's lifetime runs from the request, not the answer
         reply = _reply(send(client, start, budget=_BUDGET), chosen, "device authorization request")
         authorization = device.authorization_from_reply(chosen, reply, scopes=requested, now=keeper.clock.now())
         show(authorization)
         lifetime = authorization.expires_in if timeout is None else min(timeout, authorization.expires_in)
         tokens, sent_at = _poll(keeper, chosen, authorization, client, sleep, deadline=started + lifetime)
-    finally:
-        if http is None:
-            client.close()
     return _keep(keeper, name, chosen, tokens, sent_at=sent_at, requested=requested, existed=existed)
 
 
@@ -281,12 +277,8 @@ def _revoke_at_provider(provider: Provider, grant: Grant, http: httpx.Client | N
         return  # nothing left to revoke (a grant whose token was already dropped)
     form = {"token": grant.refresh_token.reveal(), "token_type_hint": "refresh_token"}
     request = build_client_request(provider, form, url=provider.revocation_url)
-    client = http or _http()
-    try:
+    with _client(http) as client:
         reply = _reply(send(client, request, budget=_BUDGET), provider, "revocation request")
-    finally:
-        if http is None:
-            client.close()
     if 200 <= reply.status < 300:  # RFC 7009 §2.2 says 200 (also for a token already invalid); some send 204
         logger.info("grant %s: refresh token %s revoked at %s", grant.name, grant.refresh_fp, provider.name)
         return

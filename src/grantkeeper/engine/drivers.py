@@ -1,7 +1,7 @@
 """The two drivers of the refresh protocol: they execute steps, nothing else.
 
 The bookkeeping is written once, in `_Run`: it feeds step results (or errors) back into the flow, remembers a
-lease the flow holds, and hands that lease back for release if the flow was interrupted (an exception, a
+lease the flow holds, and releases that lease on the way out if the flow was interrupted (an exception, a
 cancelled task). A flow that returns has released its lease itself, or kept it on purpose: when the store
 refused the commit, releasing would only wait out the store's timeout while the caller's new token ages. What
 differs is how one step is executed: `_execute` calls the `Store` and the `Sender`, `_execute_async` awaits the
@@ -16,7 +16,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 from grantkeeper import _failpoints
 from grantkeeper._clock import Clock
@@ -34,10 +34,13 @@ logger = logging.getLogger("grantkeeper")
 
 
 class _Run:
-    """One flow being driven: what goes into it next (a reply or an error), and the lease it holds."""
+    """One flow being driven: what goes into it next (a reply or an error), and the lease it holds. Used as a
+    context manager (``with`` by `drive`, ``async with`` by `drive_async`): on the way out it stops the flow and
+    releases the lease an interrupted flow still holds, on the driver's own store face."""
 
-    def __init__(self, flow: Flow) -> None:
+    def __init__(self, flow: Flow, store: Store | AsyncStore) -> None:
         self._flow = flow
+        self._store = store
         self._reply: Any = None
         self._error: Exception | None = None
         self._held: Lease | None = None
@@ -70,11 +73,27 @@ class _Run:
         assert self._result is not None
         return self._result
 
-    def close(self) -> Lease | None:
+    def _close(self) -> Lease | None:
         """Stop the flow; the lease it still holds (it was interrupted), to release."""
         self._flow.close()
         held, self._held = self._held, None
         return held
+
+    def __enter__(self) -> _Run:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if (held := self._close()) is not None:
+            with contextlib.suppress(GrantkeeperError):
+                cast(Store, self._store).release(held)
+
+    async def __aenter__(self) -> _Run:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if (held := self._close()) is not None:
+            with contextlib.suppress(GrantkeeperError):
+                await cast(AsyncStore, self._store).release(held)
 
 
 def _local(step: Step) -> None:
@@ -112,30 +131,20 @@ async def _execute_async(step: Step, store: AsyncStore, sender: AsyncSender, clo
 
 
 def drive(flow: Flow, *, store: Store, sender: Sender, clock: Clock) -> Refreshed:
-    run = _Run(flow)
-    try:
+    with _Run(flow, store) as run:
         for step in run.steps():
             try:
                 run.answered(step, _execute(step, store, sender, clock))
             except Exception as exc:  # into the flow, whatever it is: a failed commit must reach recovery
                 run.failed(exc)
         return run.result()
-    finally:
-        if (held := run.close()) is not None:
-            with contextlib.suppress(GrantkeeperError):
-                store.release(held)
 
 
 async def drive_async(flow: Flow, *, store: AsyncStore, sender: AsyncSender, clock: Clock) -> Refreshed:
-    run = _Run(flow)
-    try:
+    async with _Run(flow, store) as run:
         for step in run.steps():
             try:
                 run.answered(step, await _execute_async(step, store, sender, clock))
             except Exception as exc:  # into the flow, whatever it is: a failed commit must reach recovery
                 run.failed(exc)
         return run.result()
-    finally:
-        if (held := run.close()) is not None:
-            with contextlib.suppress(GrantkeeperError):
-                await store.release(held)

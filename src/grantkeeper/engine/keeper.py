@@ -24,7 +24,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Self, TypedDict, TypeVar, Unpack
 
 from grantkeeper._clock import Clock, SystemClock
 from grantkeeper._exceptions import (
@@ -55,6 +55,7 @@ __all__ = [
     "GrantStatus",
     "KeepaliveResult",
     "Keeper",
+    "KeeperOptions",
     "RefreshTokenExpiry",
     "ServedToken",
     "spent_refusal",
@@ -142,14 +143,30 @@ def _one(method: str, *args: Any, **kwargs: Any) -> Steps[Any]:
     return (yield Call(method, args, kwargs))
 
 
+class KeeperOptions(TypedDict, total=False):
+    """What every keeper takes besides its store and sender (each keeper's ``**options``), declared once.
+
+    clock: the time source (the system clock if None). policy: timeouts, retries and leases (`RefreshPolicy()`).
+    worker: this keeper's identity in leases and history (host, pid and a random suffix if None). on_event: sinks
+    told when a grant needs a person (`on_event`). retention: how much attempt history the store keeps per grant.
+    """
+
+    clock: Clock | None
+    policy: RefreshPolicy | None
+    worker: str | None
+    on_event: EventSink | Iterable[EventSink] | None
+    retention: HistoryRetention | None
+
+
 class _KeeperCore:
     """What both keepers do, once: state (cache, worker identity, event sinks) and every method as steps."""
 
     store: Store | AsyncStore
 
     def __init__(
-        self, store: Store | AsyncStore, *, clock: Clock | None, policy: RefreshPolicy | None, worker: str | None,
-        on_event: EventSink | Iterable[EventSink] | None, retention: HistoryRetention | None,
+        self, store: Store | AsyncStore, *, clock: Clock | None = None, policy: RefreshPolicy | None = None,
+        worker: str | None = None, on_event: EventSink | Iterable[EventSink] | None = None,
+        retention: HistoryRetention | None = None,
     ) -> None:  # fmt: skip
         if retention is not None:
             store.retention = retention
@@ -530,12 +547,8 @@ class Keeper(_KeeperCore):
 
     store: Store
 
-    def __init__(
-        self, store: Store, *, sender: Sender, clock: Clock | None = None, policy: RefreshPolicy | None = None,
-        worker: str | None = None, on_event: EventSink | Iterable[EventSink] | None = None,
-        retention: HistoryRetention | None = None,
-    ) -> None:  # fmt: skip
-        super().__init__(store, clock=clock, policy=policy, worker=worker, on_event=on_event, retention=retention)
+    def __init__(self, store: Store, *, sender: Sender, **options: Unpack[KeeperOptions]) -> None:
+        super().__init__(store, **options)
         self._sender = sender
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
@@ -668,12 +681,8 @@ class AsyncKeeper(_KeeperCore):
     """Task-safe asyncio keeper of grants on an `AsyncStore` (a plain `Store` runs in worker threads) and an
     `AsyncSender`: the same steps as `Keeper`, driven with ``await``."""
 
-    def __init__(
-        self, store: Store | AsyncStore, *, sender: AsyncSender, clock: Clock | None = None,
-        policy: RefreshPolicy | None = None, worker: str | None = None,
-        on_event: EventSink | Iterable[EventSink] | None = None, retention: HistoryRetention | None = None,
-    ) -> None:  # fmt: skip
-        super().__init__(store, clock=clock, policy=policy, worker=worker, on_event=on_event, retention=retention)
+    def __init__(self, store: Store | AsyncStore, *, sender: AsyncSender, **options: Unpack[KeeperOptions]) -> None:
+        super().__init__(store, **options)
         self._sender = sender
         self._astore = threaded(store)
         self._locks: dict[str, asyncio.Lock] = {}

@@ -1,4 +1,4 @@
-"""The engine's ports: what the keeper needs from a store and from a token endpoint, as Protocols.
+"""The engine's ports: what the keeper needs from a store and from a token endpoint.
 
 Adapters implement them (`grantkeeper.stores` the stores, `grantkeeper.tokens.sender` the HTTP senders); the engine
 and the drivers see only these. Every store method is one transaction. The guarantees the refresh protocol relies on:
@@ -21,8 +21,10 @@ and the drivers see only these. Every store method is one transaction. The guara
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Protocol
+import functools
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Coroutine
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 from grantkeeper._secrets import Secret
 from grantkeeper.model import Attempt, AttemptReport, AttemptState, Grant, Lease, LeaseHolder, Provider
@@ -35,6 +37,9 @@ __all__ = ["AsyncSender", "AsyncStore", "Sender", "Store", "Subscriber"]
 #: Called with (grant name, generation, kind) when another process commits ("commit") or invalidates an access
 #: token ("invalidate").
 Subscriber = Callable[[str, int, str], None]
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class Store(Protocol):
@@ -162,129 +167,59 @@ class Store(Protocol):
     def subscribe(self, subscriber: Subscriber) -> None: ...
 
 
-class AsyncStore(Protocol):
-    """The same store contract as `Store`, awaited: a native async store (PostgreSQL's pool), or any `Store` run in
-    worker threads by `ThreadedStore`. ``fingerprint`` and ``subscribe`` stay plain calls (no I/O)."""
+def awaited(method: Callable[Concatenate[Any, P], R]) -> Callable[Concatenate[Any, P], Coroutine[Any, Any, R]]:
+    """`Store`'s `method`, awaited: same parameters, a coroutine of the same result. Declares an abstract member of
+    `AsyncStore`, so the two faces keep one signature and an async store missing a method cannot be instantiated."""
+
+    async def missing(self: Any, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        raise NotImplementedError(f"{type(self).__name__} does not implement {method.__name__}")
+
+    functools.update_wrapper(missing, method)
+    missing.__isabstractmethod__ = True  # type: ignore[attr-defined]
+    return missing
+
+
+class AsyncStore(ABC):
+    """The same store contract as `Store`, awaited: a native async store (PostgreSQL's pool) subclasses it; any `Store`
+    runs in worker threads by `ThreadedStore`. ``fingerprint`` and ``subscribe`` stay plain calls (no I/O).
+
+    A base class rather than a Protocol: each awaited method is derived from `Store`'s declaration (mypy checks a
+    subclass's override against it), where a Protocol would need every signature written out a second time."""
 
     #: How much attempt history the store keeps per grant (the keeper's doctor reads that much).
     retention: HistoryRetention
 
+    @abstractmethod
     def fingerprint(self, token: Secret) -> str: ...
 
-    async def close(self) -> None: ...
-
-    # configuration
-    async def put_provider(self, provider: Provider, *, now: float) -> None: ...
-
-    async def get_provider(self, name: str) -> Provider: ...
-
-    async def list_providers(self) -> list[Provider]: ...
-
-    async def import_grant(
-        self,
-        name: str,
-        *,
-        provider: str,
-        refresh_token: Secret,
-        scopes: tuple[str, ...],
-        now: float,
-        min_generation: int = 1,
-        created_at: float | None = None,
-        refreshed_at: float | None = None,
-        refresh_issued_at: float | None = None,
-        refresh_expires_at: float | None = None,
-        access_token: Secret | None = None,
-        expires_at: float | None = None,
-    ) -> Grant: ...
-
-    async def get_grant(self, name: str) -> Grant: ...
-
-    async def get_grant_and_provider(self, name: str) -> tuple[Grant, Provider]: ...
-
-    async def list_grants(self) -> list[Grant]: ...
-
-    async def delete_grant(self, name: str, *, expected_generation: int | None = None) -> None: ...
-
-    async def list_attempts(self, name: str, *, limit: int = 20) -> list[Attempt]: ...
-
-    async def get_attempt(self, name: str, attempt_id: int) -> Attempt | None: ...
-
-    async def spent_by(self, name: str, refresh_fp: str) -> Attempt | None: ...
-
-    async def names(self, kind: str) -> list[str]: ...
-
-    async def lease_holder(self, name: str, *, now: float) -> LeaseHolder | None: ...
-
-    async def worker_alive(self, worker: str) -> bool | None: ...
-
-    # the refresh transaction
-    async def claim(
-        self,
-        name: str,
-        *,
-        worker: str,
-        lease_ttl: LeaseTTL,
-        now: float,
-        force: bool,
-        seen_generation: int | None,
-        actor: str = "",
-    ) -> Claim: ...
-
-    async def record_attempt(
-        self,
-        lease: Lease,
-        *,
-        generation: int,
-        refresh_fp: str,
-        resend_of: int | None,
-        lease_ttl: float,
-        now: float,
-        actor: str = "",
-        try_number: int = 1,
-    ) -> Attempt: ...
-
-    async def commit(
-        self,
-        lease: Lease,
-        *,
-        attempt_id: int,
-        base: Grant,
-        update: GrantUpdate,
-        now: float,
-        latency: float | None = None,
-    ) -> Grant: ...
-
-    async def finish(
-        self,
-        lease: Lease,
-        *,
-        attempt_id: int,
-        state: AttemptState,
-        outcome: str,
-        now: float,
-        mark_dead: bool = False,
-        release: bool = True,
-        report: AttemptReport | None = None,
-    ) -> None: ...
-
-    async def release(self, lease: Lease) -> None: ...
-
-    async def save_recovery(
-        self, name: str, *, expected_generation: int, attempt_id: int, update: GrantUpdate, now: float
-    ) -> None: ...
-
-    async def replay_recovery(self, *, now: float) -> list[str]: ...
-
-    async def pending_recovery(self, name: str | None = None) -> int: ...
-
-    async def invalidate_access(self, name: str, *, access_fp: str) -> bool: ...
-
-    # coordination
-    async def wait_for_change(
-        self, name: str, *, poll: float, longest: float, generation: int | None = None
-    ) -> None: ...
-
+    @abstractmethod
     def subscribe(self, subscriber: Subscriber) -> None: ...
+
+    close = awaited(Store.close)
+    put_provider = awaited(Store.put_provider)
+    get_provider = awaited(Store.get_provider)
+    list_providers = awaited(Store.list_providers)
+    import_grant = awaited(Store.import_grant)
+    get_grant = awaited(Store.get_grant)
+    get_grant_and_provider = awaited(Store.get_grant_and_provider)
+    list_grants = awaited(Store.list_grants)
+    delete_grant = awaited(Store.delete_grant)
+    list_attempts = awaited(Store.list_attempts)
+    get_attempt = awaited(Store.get_attempt)
+    spent_by = awaited(Store.spent_by)
+    names = awaited(Store.names)
+    lease_holder = awaited(Store.lease_holder)
+    worker_alive = awaited(Store.worker_alive)
+    claim = awaited(Store.claim)
+    record_attempt = awaited(Store.record_attempt)
+    commit = awaited(Store.commit)
+    finish = awaited(Store.finish)
+    release = awaited(Store.release)
+    save_recovery = awaited(Store.save_recovery)
+    replay_recovery = awaited(Store.replay_recovery)
+    pending_recovery = awaited(Store.pending_recovery)
+    invalidate_access = awaited(Store.invalidate_access)
+    wait_for_change = awaited(Store.wait_for_change)
 
 
 class Sender(Protocol):

@@ -19,6 +19,7 @@ import psycopg_pool
 
 from grantkeeper._exceptions import ConfigurationError, StoreUnavailable
 from grantkeeper._secrets import Secret
+from grantkeeper.engine.ports import AsyncStore
 from grantkeeper.model.retention import HistoryRetention
 from grantkeeper.stores.liveness import Liveness
 from grantkeeper.stores.postgres import (
@@ -93,7 +94,7 @@ class _AsyncListener:
             await self._task
 
 
-class AsyncPostgresStore:
+class AsyncPostgresStore(AsyncStore):
     """`grantkeeper.engine.ports.AsyncStore` on PostgreSQL (see the module docstring)."""
 
     #: As `PostgresStore.pipelined`.

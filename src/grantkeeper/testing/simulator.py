@@ -533,44 +533,6 @@ def _basic_credentials(credentials: str) -> tuple[str, str] | None:
     return (client_id, secret) if colon else None
 
 
-def _check_settings(
-    *,
-    rotation: str,
-    reuse_grace: float,
-    access_ttl: float,
-    conditional_every: int,
-    response_quirks: frozenset[str] | tuple[str, ...],
-    client_id: str,
-    auth_methods: tuple[str, ...],
-    client_public_key: bytes | None,
-    port: int,
-    device_code_ttl: float,
-    device_interval: float | None,
-) -> None:
-    """`ValueError` for a `ProviderSimulator` setting out of range, naming the setting."""
-    if rotation not in ROTATION_MODES:
-        raise ValueError(f"rotation must be one of {', '.join(ROTATION_MODES)}")
-    if not reuse_grace >= 0:
-        raise ValueError("reuse_grace must be >= 0")
-    if not access_ttl > 0:
-        raise ValueError("access_ttl must be > 0")
-    if conditional_every < 1:
-        raise ValueError("conditional_every must be >= 1")
-    if not auth_methods or any(m not in AUTH_METHODS for m in auth_methods):
-        raise ValueError(f"auth_methods must be a non-empty subset of {', '.join(AUTH_METHODS)}")
-    if not client_id:
-        raise ValueError("client_id must not be empty")
-    if unknown := set(response_quirks) - RESPONSE_QUIRKS:
-        known = ", ".join(sorted(RESPONSE_QUIRKS))
-        raise ValueError(f"unknown response quirk {sorted(unknown)[0]!r}; known: {known}")
-    if ("private_key_jwt" in auth_methods) != (client_public_key is not None):
-        raise ValueError("give client_public_key (PEM) exactly when auth_methods include private_key_jwt")
-    if not 0 <= port <= 65535:
-        raise ValueError("port must be in 0..65535")
-    if not device_code_ttl > 0 or (device_interval is not None and not device_interval > 0):
-        raise ValueError("device_code_ttl and device_interval must be > 0")
-
-
 class ProviderSimulator:
     """An OAuth 2.0 authorization server's token endpoint, served over HTTP on loopback.
 
@@ -600,19 +562,6 @@ class ProviderSimulator:
         device_code_ttl: float = 600.0,
         device_interval: float | None = 5.0,
     ) -> None:
-        _check_settings(
-            rotation=rotation,
-            reuse_grace=reuse_grace,
-            access_ttl=access_ttl,
-            conditional_every=conditional_every,
-            response_quirks=response_quirks,
-            client_id=client_id,
-            auth_methods=auth_methods,
-            client_public_key=client_public_key,
-            port=port,
-            device_code_ttl=device_code_ttl,
-            device_interval=device_interval,
-        )
         self._device_ttl = float(device_code_ttl)
         self._device_interval = device_interval
         self._device_codes: dict[str, _DeviceCode] = {}
@@ -629,13 +578,14 @@ class ProviderSimulator:
         self._client_id = client_id
         self._client_secret = client_secret if client_secret is not None else secrets.token_urlsafe(24)
         self._auth_methods = tuple(auth_methods)
+        self._host = host
+        self._port = port
+        self._clock = clock
+        self._check_settings(has_public_key=client_public_key is not None)
         self._client_key = load_public_key(client_public_key) if client_public_key is not None else None
         self._seen_jti: set[str] = set()
         self._metadata_override: bytes | None = None
         self._metadata_styles: tuple[str, ...] = ("rfc8414", "oidc")
-        self._host = host
-        self._port = port
-        self._clock = clock
 
         self._lock = threading.Lock()
         self._refresh_tokens: dict[str, _Family] = {}
@@ -654,6 +604,30 @@ class ProviderSimulator:
         self._stopping = threading.Event()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+
+    def _check_settings(self, *, has_public_key: bool) -> None:
+        """`ValueError` for a setting out of range, naming the setting (before anything is loaded or served)."""
+        if self._rotation not in ROTATION_MODES:
+            raise ValueError(f"rotation must be one of {', '.join(ROTATION_MODES)}")
+        if not self._reuse_grace >= 0:
+            raise ValueError("reuse_grace must be >= 0")
+        if not self._access_ttl > 0:
+            raise ValueError("access_ttl must be > 0")
+        if self._conditional_every < 1:
+            raise ValueError("conditional_every must be >= 1")
+        if not self._auth_methods or any(m not in AUTH_METHODS for m in self._auth_methods):
+            raise ValueError(f"auth_methods must be a non-empty subset of {', '.join(AUTH_METHODS)}")
+        if not self._client_id:
+            raise ValueError("client_id must not be empty")
+        if unknown := self._quirks - RESPONSE_QUIRKS:
+            known = ", ".join(sorted(RESPONSE_QUIRKS))
+            raise ValueError(f"unknown response quirk {sorted(unknown)[0]!r}; known: {known}")
+        if ("private_key_jwt" in self._auth_methods) != has_public_key:
+            raise ValueError("give client_public_key (PEM) exactly when auth_methods include private_key_jwt")
+        if not 0 <= self._port <= 65535:
+            raise ValueError("port must be in 0..65535")
+        if not self._device_ttl > 0 or (self._device_interval is not None and not self._device_interval > 0):
+            raise ValueError("device_code_ttl and device_interval must be > 0")
 
     # ------------------------------------------------------------------------------------------ lifecycle
 

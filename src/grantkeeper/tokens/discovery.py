@@ -9,14 +9,13 @@ impersonation), the token endpoint an absolute https URL, the lists lists of str
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from grantkeeper._exceptions import ConfigurationError, ProviderUnavailable
+from grantkeeper._exceptions import ConfigurationError, ProviderUnavailable, without_controls
 from grantkeeper.model import AuthMethod
 from grantkeeper.model.provider import check_endpoint
 from grantkeeper.protocol.answers import MAX_BODY_BYTES
@@ -25,7 +24,6 @@ from grantkeeper.tokens.transport import Network
 
 __all__ = ["Metadata", "choose_auth_method", "discover", "metadata_urls", "parse_metadata"]
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 #: RFC 8414 §2: when the member is omitted, the default is client_secret_basic.
 _DEFAULT_AUTH_METHODS = ("client_secret_basic",)
 
@@ -93,7 +91,7 @@ def parse_metadata(body: bytes, *, issuer: str, source: str, insecure_http: bool
     stated = document.get("issuer")
     if stated != issuer:
         # Metadata is public (no token can be in it), so the issuer is shown as is, minus control characters.
-        shown = _CONTROL.sub("?", stated)[:200] if isinstance(stated, str) else "no issuer"
+        shown = without_controls(stated)[:200] if isinstance(stated, str) else "no issuer"
         raise ConfigurationError(
             f"{where} names issuer {shown!r}, not {issuer!r}; RFC 8414 requires them to be identical. If that is "
             "the server you mean, run again with exactly that --issuer"
