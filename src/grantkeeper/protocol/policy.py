@@ -29,7 +29,7 @@ class RefreshPolicy:
             token is ever in two requests at once.
         request_timeout: one wall-clock deadline for a whole token exchange, connect to last byte. A server
             trickling bytes cannot stretch it (per-phase timeouts alone would restart with every byte): the
-            sync sender shuts the socket down at the deadline, the async one cancels the exchange. An exchange
+            sync sender clamps each socket operation to the time left, the async one cancels the exchange. An exchange
             aborted after the request was written is ambiguous (possibly received), like a timeout.
         wait_timeout: how long a worker waits for another worker's refresh before `LeaseTimeout`.
         max_tries: token requests per refresh for transient failures (5xx, 429, connect errors).
