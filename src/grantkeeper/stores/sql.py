@@ -44,7 +44,18 @@ from grantkeeper.stores.access import ApiKeyRecord, AuditEntry
 from grantkeeper.stores.base import Claim, GenerationConflict, GrantUpdate, LeaseLost, LeaseTTL
 from grantkeeper.stores.liveness import Liveness
 from grantkeeper.stores.recovery import RecoveryDir, RecoveryEntry
-from grantkeeper.stores.transactions import COMMIT, Blocking, Op, Sql, Tx, perform, query, transaction
+from grantkeeper.stores.transactions import (
+    COMMIT,
+    Blocking,
+    Op,
+    Sql,
+    Tx,
+    operation,
+    perform,
+    perform_batch,
+    query,
+    transaction,
+)
 
 __all__ = ["Conn", "HistoryRetention", "SQLStore", "StoreEvent", "StoreObserver", "Subscriber"]
 
@@ -225,6 +236,22 @@ class SQLStore:
         """Run the operation ``fn(self, *args, **kwargs)`` on this store's blocking connections (`write`: in a
         transaction; else a read)."""
         return perform(fn(self, *args, **kwargs), self._begin_write if write else self._begin_read, _execute)
+
+    def perform_batch(self, calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]]) -> list[Any]:
+        """Run store calls (method name, positional and keyword arguments; each a transaction that writes) in one
+        transaction, committed once; a call that raises is rolled back alone and its result is `Failed`. See
+        `transactions.perform_batch`."""
+        ops = []
+        for method, args, kwargs in calls:
+            op = getattr(type(self), method)
+            if not isinstance(op, operation) or not op.write:
+                raise TypeError(f"{method} is not a store transaction that writes; it cannot join a batch")
+            ops.append(op.fn(self, *args, **kwargs))
+        return perform_batch(ops, *self._writer())
+
+    def _writer(self) -> tuple[Callable[[], AbstractContextManager[Any]], Callable[[Any, Sql], Any]]:
+        """How this store runs a transaction that writes: what opens it, and what runs one statement in it."""
+        return self._begin_write, _execute
 
     def _begin_write(self) -> AbstractContextManager[Conn]:
         return self._tx(write=True)
