@@ -1,0 +1,165 @@
+"""Cancelling asyncio tasks mid-refresh on the native async PostgreSQL store (`AsyncPostgresStore`).
+
+A task that calls ``await keeper.access_token(...)`` may be cancelled at any await: ``task.cancel()``, or an
+``asyncio.timeout`` around the call. Wherever that lands, the pool gets its connection back with no transaction left
+open, the store holds a state a crash at that point could also leave (the grant untouched, an attempt recorded but
+nothing committed, or the successor committed), no lease is left behind, and the next call on the same keeper gets a
+token the provider accepts. Cancellation is not a crash: once the refresh token is on its way to the provider the
+refresh runs to its end (the commit of the successor), and only then is the caller's task cancelled, so even a
+strictly rotating provider (no reuse grace) never sees the grant lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Callable, Coroutine, Generator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from grantkeeper import AsyncKeeper, AttemptState, Keeper, RefreshPolicy
+from grantkeeper.stores.postgres_async import AsyncPostgresStore
+from tests.conftest import _store_of_kind
+from tests.helpers import provider_for, resource_ok
+
+pytestmark = [pytest.mark.postgres, pytest.mark.anyio]
+Sim = Callable[..., Any]
+POLICY = RefreshPolicy(lease_ttl=11.0, request_timeout=5.0, wait_timeout=30.0, deadline=10.0)
+SETTLE = 30.0  # seconds to wait for the pool to take its connections back (a deadline, not a timing assertion)
+
+
+@pytest.fixture
+def pg(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh, migrated PostgreSQL database; $GRANTKEEPER_KEY and a recovery dir set."""
+    return _store_of_kind("postgres", request, tmp_path, monkeypatch)
+
+
+def _interrupted(coro: Coroutine[Any, Any, Any], at: int, interrupt: Callable[[], None]) -> Generator[Any, Any, Any]:
+    """`coro`'s await protocol, calling `interrupt` when it suspends for the `at`-th time (the `at`-th await that
+    really waits: for the pool, a statement's round trip, a worker thread, the provider's answer...)."""
+    value: Any = None
+    error: BaseException | None = None
+    suspensions = 0
+    while True:
+        try:
+            waiting_on = coro.send(value) if error is None else coro.throw(error)
+        except StopIteration as stop:
+            return stop.value
+        suspensions += 1
+        if suspensions == at:
+            interrupt()
+        try:
+            value, error = (yield waiting_on), None
+        except GeneratorExit:
+            coro.close()
+            raise
+        except BaseException as exc:  # the task's cancellation, thrown in at the await: into the coroutine
+            value, error = None, exc
+
+
+class Interrupted:
+    """Await `coro`, interrupted at its `at`-th suspension: the task is cancelled there (``how="cancel"``), or an
+    ``asyncio.timeout`` around it expires there (``how="timeout"``)."""
+
+    def __init__(self, coro: Coroutine[Any, Any, str], at: int, how: str) -> None:
+        self._coro, self._at, self._how = coro, at, how
+
+    async def run(self) -> str:
+        if self._how == "cancel":
+            task = asyncio.current_task()
+            assert task is not None
+            return await _Awaiting(_interrupted(self._coro, self._at, task.cancel))
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(None) as timeout:
+            return await _Awaiting(_interrupted(self._coro, self._at, lambda: timeout.reschedule(loop.time())))
+
+
+class _Awaiting:
+    def __init__(self, steps: Generator[Any, Any, Any]) -> None:
+        self._steps = steps
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        return (yield from self._steps)
+
+
+async def _pool_settled(store: AsyncPostgresStore, url: str) -> dict[str, int]:
+    """Wait until every pooled connection is back and idle and no session of this database (the pool's, the
+    listener's, the liveness lock's) is inside a transaction or a statement; the pool's stats then."""
+    deadline = time.monotonic() + SETTLE
+    busy: list[tuple[Any, ...]] = []
+    while time.monotonic() < deadline:
+        stats = store._pool.get_stats()
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            cursor = await conn.execute(
+                "SELECT application_name, state, query FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid() AND state <> 'idle'"
+            )
+            busy = await cursor.fetchall()
+        if not busy and stats["pool_available"] == stats["pool_size"] and stats.get("requests_waiting", 0) == 0:
+            return stats
+        await asyncio.sleep(0.02)
+    pytest.fail(f"the pool did not settle: stats {store._pool.get_stats()}, busy sessions {busy}")
+
+
+async def _crash_state(keeper: AsyncKeeper, name: str) -> str:
+    """The store's state for `name`, which must be one a SIGKILL at some point of the refresh also leaves: nothing
+    done ("untouched"), an open attempt and nothing committed ("claimed"), or the successor committed
+    ("committed"). No lease is left behind: a cancelled caller releases it (a killed one's dies with it)."""
+    store = keeper.store
+    grant = await store.get_grant(name)
+    attempts = await store.list_attempts(name)
+    assert await store.lease_holder(name, now=keeper.clock.now()) is None
+    if grant.generation == 2:
+        assert [a.state for a in attempts] == [AttemptState.COMMITTED]
+        return "committed"
+    assert grant.generation == 1
+    if not attempts:
+        return "untouched"
+    assert [a.state for a in attempts] == [AttemptState.OPEN]
+    return "claimed"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["cancel", "timeout"])
+async def test_a_refresh_cancelled_at_each_await_leaves_a_clean_pool_and_recovers(pg: str, make_sim: Sim,
+                                                                                  how: str) -> None:  # fmt: skip
+    """For every n, a fresh grant's first access_token is interrupted at its n-th suspension, until n is past the
+    last one (the call completes). After each interruption: the pool is settled, the store holds a crash's state,
+    and the next access_token on the same keeper returns a token the provider accepts, with no refresh token
+    refused (the provider rotates with no grace: a successor lost to the cancellation would be refused)."""
+    sim = make_sim(rotation="always", reuse_grace=0)
+    with Keeper.open(pg) as setup:
+        setup.add_provider(provider_for(sim))
+    states: Counter[str] = Counter()
+    async with await AsyncKeeper.open(pg, policy=POLICY) as keeper:
+        assert isinstance(keeper.store, AsyncPostgresStore)
+        await keeper.access_token(await _new_grant(keeper, sim, "warm-up"))  # the listener and liveness lock exist
+        for at in range(1, 500):
+            name = await _new_grant(keeper, sim, f"g{at}")
+            task = asyncio.create_task(Interrupted(keeper.access_token(name), at, how).run())
+            await asyncio.wait([task])
+            if not task.cancelled() and task.exception() is None:
+                assert resource_ok(sim, task.result())
+                break  # past the last suspension
+            assert task.cancelled() if how == "cancel" else isinstance(task.exception(), TimeoutError)
+            stats = await _pool_settled(keeper.store, pg)
+            assert stats.get("requests_errors", 0) == 0
+            state = await _crash_state(keeper, name)
+            states[state] += 1
+            assert resource_ok(sim, await keeper.access_token(name)), at
+            # An open attempt is re-sent (recorded as such), and a re-send's successor is refreshed once more before
+            # its access token is served (a grace replay could repeat an expired one): generation 3.
+            assert (await keeper.store.get_grant(name)).generation == (3 if state == "claimed" else 2)
+        else:
+            pytest.fail("the refresh never completed")
+    assert states["untouched"] and states["claimed"], states  # the sweep went through the claim and the send
+    assert sim.stats.errors == {}, sim.stats
+
+
+async def _new_grant(keeper: AsyncKeeper, sim: Any, name: str) -> str:
+    await keeper.import_grant(name, provider="sim", refresh_token=sim.issue_grant())
+    return name
