@@ -127,10 +127,11 @@ async def _crash_state(keeper: AsyncKeeper, name: str) -> str:
 @pytest.mark.parametrize("how", ["cancel", "timeout"])
 async def test_a_refresh_cancelled_at_each_await_leaves_a_clean_pool_and_recovers(pg: str, make_sim: Sim,
                                                                                   how: str) -> None:  # fmt: skip
-    """For every n, a fresh grant's first access_token is interrupted at its n-th suspension, until n is past the
-    last one (the call completes). After each interruption: the pool is settled, the store holds a crash's state,
-    and the next access_token on the same keeper returns a token the provider accepts, with no refresh token
-    refused (the provider rotates with no grace: a successor lost to the cancellation would be refused)."""
+    """For n = 1, 2, ..., a fresh grant's first access_token is interrupted at its n-th suspension, until the call
+    completes three times running (past the last suspension; how many there are varies with timing, so the sweep
+    runs three times). After each interruption: the pool is settled, the store holds a crash's state, and the next
+    access_token on the same keeper returns a token the provider accepts, with no refresh token refused (the
+    provider rotates with no grace: a successor lost to the cancellation would be refused)."""
     sim = make_sim(rotation="always", reuse_grace=0)
     with Keeper.open(pg) as setup:
         setup.add_provider(provider_for(sim))
@@ -138,25 +139,32 @@ async def test_a_refresh_cancelled_at_each_await_leaves_a_clean_pool_and_recover
     async with await AsyncKeeper.open(pg, policy=POLICY) as keeper:
         assert isinstance(keeper.store, AsyncPostgresStore)
         await keeper.access_token(await _new_grant(keeper, sim, "warm-up"))  # the listener and liveness lock exist
-        for at in range(1, 500):
-            name = await _new_grant(keeper, sim, f"g{at}")
-            task = asyncio.create_task(Interrupted(keeper.access_token(name), at, how).run())
-            await asyncio.wait([task])
-            if not task.cancelled() and task.exception() is None:
-                assert resource_ok(sim, task.result())
-                break  # past the last suspension
-            assert task.cancelled() if how == "cancel" else isinstance(task.exception(), TimeoutError)
-            stats = await _pool_settled(keeper.store, pg)
-            assert stats.get("requests_errors", 0) == 0
-            state = await _crash_state(keeper, name)
-            states[state] += 1
-            assert resource_ok(sim, await keeper.access_token(name)), at
-            # An open attempt is re-sent (recorded as such), and a re-send's successor is refreshed once more before
-            # its access token is served (a grace replay could repeat an expired one): generation 3.
-            assert (await keeper.store.get_grant(name)).generation == (3 if state == "claimed" else 2)
-        else:
-            pytest.fail("the refresh never completed")
-    assert states["untouched"] and states["claimed"], states  # the sweep went through the claim and the send
+        for sweep in range(3):
+            completed = 0
+            for at in range(1, 200):
+                if completed == 3:
+                    break
+                name = await _new_grant(keeper, sim, f"g{sweep}-{at}")
+                task = asyncio.create_task(Interrupted(keeper.access_token(name), at, how).run())
+                await asyncio.wait([task])
+                if not task.cancelled() and task.exception() is None:
+                    assert resource_ok(sim, task.result())
+                    completed += 1
+                    continue
+                completed = 0
+                assert task.cancelled() if how == "cancel" else isinstance(task.exception(), TimeoutError)
+                stats = await _pool_settled(keeper.store, pg)
+                assert stats.get("requests_errors", 0) == 0
+                state = await _crash_state(keeper, name)
+                states[state] += 1
+                assert resource_ok(sim, await keeper.access_token(name)), (at, state)
+                # An open attempt is re-sent (recorded as such), and a re-send's successor is refreshed once more
+                # before its access token is served (a grace replay could repeat an expired one): generation 3.
+                assert (await keeper.store.get_grant(name)).generation == (3 if state == "claimed" else 2)
+            else:
+                pytest.fail("the refresh never completed")
+    # Interrupted before the claim, after it, and after the send (which then ran on to the commit).
+    assert states.keys() == {"untouched", "claimed", "committed"}, states
     assert sim.stats.errors == {}, sim.stats
 
 

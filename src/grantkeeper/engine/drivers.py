@@ -7,15 +7,21 @@ refused the commit, releasing would only wait out the store's timeout while the 
 differs is how one step is executed: `_execute` calls the `Store` and the `Sender`, `_execute_async` awaits the
 `AsyncStore` (native, or a `Store` in worker threads) and the `AsyncSender`. Store steps become store calls
 through `grantkeeper.engine.dispatch`.
+
+A cancelled task (``task.cancel()``, an expired ``asyncio.timeout``) stops at its next await, except in two places
+where stopping would leave work half done: a claim runs to its answer (its lease is then released), and a send runs
+on until the successor is durable or the refresh gives up (at most `RefreshPolicy.deadline`); then the cancellation
+goes on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from typing import Any
 
 from grantkeeper import _failpoints
@@ -26,7 +32,18 @@ from grantkeeper.engine.ports import AsyncSender, AsyncStore, Sender, Store
 from grantkeeper.model import Lease
 from grantkeeper.model.claims import Claim
 from grantkeeper.protocol.refresh import Flow, Refreshed
-from grantkeeper.protocol.steps import ClaimGrant, Failpoint, Log, Now, Send, Sleep, Step, StoreStep
+from grantkeeper.protocol.steps import (
+    ClaimGrant,
+    Commit,
+    Failpoint,
+    Log,
+    Now,
+    SaveRecovery,
+    Send,
+    Sleep,
+    Step,
+    StoreStep,
+)
 
 __all__ = ["drive", "drive_async"]
 
@@ -65,6 +82,10 @@ class _Run:
 
     def failed(self, error: Exception) -> None:
         self._error = error
+
+    def succeeded(self) -> bool:
+        """Whether the last step executed answered (no error goes into the flow)."""
+        return self._error is None
 
     def result(self) -> Refreshed:
         assert self._result is not None
@@ -128,14 +149,53 @@ def drive(flow: Flow, *, store: Store, sender: Sender, clock: Clock) -> Refreshe
 
 async def drive_async(flow: Flow, *, store: AsyncStore, sender: AsyncSender, clock: Clock) -> Refreshed:
     run = _Run(flow)
+    steps = run.steps()
     try:
-        for step in run.steps():
-            try:
-                run.answered(step, await _execute_async(step, store, sender, clock))
-            except Exception as exc:  # into the flow, whatever it is: a failed commit must reach recovery
-                run.failed(exc)
+        for step in steps:
+            if isinstance(step, Send):  # the token leaves: on to the successor's commit, cancelled or not
+                await _past_cancellation(_spend_async(step, steps, run, store, sender, clock))
+            elif isinstance(step, ClaimGrant):  # a lease the claim took must be known here, to be released
+                await _past_cancellation(_take_async(step, run, store, sender, clock))
+            else:
+                await _take_async(step, run, store, sender, clock)
         return run.result()
     finally:
         if (held := run.close()) is not None:
             with contextlib.suppress(GrantkeeperError):
                 await store.release(held)
+
+
+async def _take_async(step: Step, run: _Run, store: AsyncStore, sender: AsyncSender, clock: Clock) -> None:
+    try:
+        run.answered(step, await _execute_async(step, store, sender, clock))
+    except Exception as exc:  # into the flow, whatever it is: a failed commit must reach recovery
+        run.failed(exc)
+
+
+async def _spend_async(
+    send: Send, steps: Iterator[Step], run: _Run, store: AsyncStore, sender: AsyncSender, clock: Clock
+) -> None:
+    """From a send until the successor is durable (committed, or kept in recovery storage) or the flow ends."""
+    for step in itertools.chain((send,), steps):
+        await _take_async(step, run, store, sender, clock)
+        if isinstance(step, (Commit, SaveRecovery)) and run.succeeded():
+            return
+
+
+async def _past_cancellation(work: Coroutine[Any, Any, None]) -> None:
+    """Run `work` to its end even if the calling task is cancelled meanwhile (``task.cancel()``, an expired
+    ``asyncio.timeout``), then let that cancellation go on. A refresh token on its way to the provider is spent
+    whether or not the caller still waits: cut off there, the successor would be lost (I1), to be found
+    ``lost_in_flight`` by the next refresh where the provider rotates without grace. A claim cut off after its
+    commit would leave a lease that nobody releases: other processes would wait out its TTL."""
+    task = asyncio.ensure_future(work)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.wait([task])  # a cancelled waiter leaves the task running
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled and not task.cancelled():
+        task.exception()  # the flow logged and recorded its outcome; the caller asked to stop
+        raise asyncio.CancelledError
+    task.result()
