@@ -20,15 +20,22 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import pq
 
 from grantkeeper import AsyncKeeper, AttemptState, Keeper, RefreshPolicy
 from grantkeeper.stores.postgres_async import AsyncPostgresStore
 from tests.conftest import _store_of_kind
 from tests.helpers import provider_for, resource_ok
+from tests.stores.test_postgres_async import T0, _grant, _refresh_once
 
 pytestmark = [pytest.mark.postgres, pytest.mark.anyio]
 Sim = Callable[..., Any]
 POLICY = RefreshPolicy(lease_ttl=11.0, request_timeout=5.0, wait_timeout=30.0, deadline=10.0)
+#: How many suspensions a call has varies with timing (a statement may wait once or twice), so an interruption at the
+#: n-th one lands on different awaits from one sweep to the next: sweep until each state has been seen.
+SWEEPS = 10
+MIN_STORE_SWEEPS = 5
+CRASH_STATES = {"untouched", "claimed", "committed"}
 SETTLE = 30.0  # seconds to wait for the pool to take its connections back (a deadline, not a timing assertion)
 
 
@@ -128,10 +135,11 @@ async def _crash_state(keeper: AsyncKeeper, name: str) -> str:
 async def test_a_refresh_cancelled_at_each_await_leaves_a_clean_pool_and_recovers(pg: str, make_sim: Sim,
                                                                                   how: str) -> None:  # fmt: skip
     """For n = 1, 2, ..., a fresh grant's first access_token is interrupted at its n-th suspension, until the call
-    completes three times running (past the last suspension; how many there are varies with timing, so the sweep
-    runs three times). After each interruption: the pool is settled, the store holds a crash's state, and the next
-    access_token on the same keeper returns a token the provider accepts, with no refresh token refused (the
-    provider rotates with no grace: a successor lost to the cancellation would be refused)."""
+    completes three times running (past the last suspension), sweeping again until the interruptions have landed
+    before the claim, after it, and after the send (which then runs on to the commit). After each interruption:
+    the pool is settled, the store holds a crash's state, and the next access_token on the same keeper returns a
+    token the provider accepts, with no refresh token refused (the provider rotates with no grace: a successor
+    lost to the cancellation would be refused)."""
     sim = make_sim(rotation="always", reuse_grace=0)
     with Keeper.open(pg) as setup:
         setup.add_provider(provider_for(sim))
@@ -139,7 +147,9 @@ async def test_a_refresh_cancelled_at_each_await_leaves_a_clean_pool_and_recover
     async with await AsyncKeeper.open(pg, policy=POLICY) as keeper:
         assert isinstance(keeper.store, AsyncPostgresStore)
         await keeper.access_token(await _new_grant(keeper, sim, "warm-up"))  # the listener and liveness lock exist
-        for sweep in range(3):
+        for sweep in range(SWEEPS):
+            if states.keys() == CRASH_STATES:
+                break
             completed = 0
             for at in range(1, 200):
                 if completed == 3:
@@ -163,11 +173,95 @@ async def test_a_refresh_cancelled_at_each_await_leaves_a_clean_pool_and_recover
                 assert (await keeper.store.get_grant(name)).generation == (3 if state == "claimed" else 2)
             else:
                 pytest.fail("the refresh never completed")
-    # Interrupted before the claim, after it, and after the send (which then ran on to the commit).
-    assert states.keys() == {"untouched", "claimed", "committed"}, states
+    assert states.keys() == CRASH_STATES, states
     assert sim.stats.errors == {}, sim.stats
 
 
 async def _new_grant(keeper: AsyncKeeper, sim: Any, name: str) -> str:
     await keeper.import_grant(name, provider="sim", refresh_token=sim.issue_grant())
     return name
+
+
+async def _transaction_state(store: AsyncPostgresStore, name: str) -> str:
+    """Which of a claim's and a commit's transactions took effect for `name`: each whole, or not at all."""
+    grant = await store.get_grant(name)
+    attempts = [a.state for a in await store.list_attempts(name)]
+    holder = await store.lease_holder(name, now=T0)
+    if grant.generation == 2:
+        assert attempts == [AttemptState.COMMITTED] and holder is None
+        return "committed"
+    assert grant.generation == 1
+    if attempts:
+        assert attempts == [AttemptState.OPEN] and holder is not None and holder.worker == "w1"
+        return "claimed"
+    assert holder is None
+    return "untouched"
+
+
+@pytest.mark.parametrize("how", ["cancel", "timeout"])
+async def test_store_transactions_cancelled_at_each_await_are_whole_or_absent(pg: str, how: str) -> None:
+    """The native store's own awaits, which the keeper's driver no longer lets a cancellation reach during a
+    refresh but any other caller's task may: a claim then a commit called directly, interrupted at their n-th
+    suspension (a pooled connection, a statement's round trip, the COMMIT, the liveness lock's worker thread),
+    swept as above, at least `MIN_STORE_SWEEPS` times. On a one-connection pool, so every call gets the connection
+    the interrupted one had: it is out of pipeline mode with no transaction open (or it was replaced), each
+    transaction took effect whole or not at all, and the same store then reads the grant and refreshes it."""
+    store = await AsyncPostgresStore.open(pg, max_connections=1)
+    states: Counter[str] = Counter()
+    try:
+        for sweep in range(SWEEPS):
+            if sweep >= MIN_STORE_SWEEPS and states.keys() == CRASH_STATES:
+                break
+            completed = 0
+            for at in range(1, 200):
+                if completed == 3:
+                    break
+                name = f"s{sweep}-{at}"
+                await _grant(store, name)
+                task = asyncio.create_task(Interrupted(_refresh_once(store, name), at, how).run())
+                await asyncio.wait([task])
+                if not task.cancelled() and task.exception() is None:
+                    completed += 1
+                    continue
+                completed = 0
+                assert task.cancelled() if how == "cancel" else isinstance(task.exception(), TimeoutError)
+                await _pool_settled(store, pg)
+                async with store._pool.connection() as conn:
+                    assert conn.pgconn.pipeline_status == pq.PipelineStatus.OFF, (at, conn)
+                    assert conn.pgconn.transaction_status == pq.TransactionStatus.IDLE, (at, conn)
+                state = await _transaction_state(store, name)
+                states[state] += 1
+                assert await _refresh_once(store, name) == (3 if state == "committed" else 2)
+            else:
+                pytest.fail("the claim and commit never completed")
+        assert states.keys() == CRASH_STATES, states
+    finally:
+        await store.close()
+
+
+async def _claim(store: AsyncPostgresStore, name: str) -> None:
+    await store.claim(name, worker="w1", lease_ttl=30.0, now=T0, force=True, seen_generation=None)
+
+
+@pytest.mark.parametrize("how", ["cancel", "timeout"])
+async def test_a_first_claim_cancelled_at_each_await_leaves_its_connection_usable(pg: str, how: str) -> None:
+    """A fresh store's first claim (it also takes the process's liveness lock) interrupted at its n-th suspension,
+    for every n until it completes: on a one-connection pool, the next call gets the same connection, out of
+    pipeline mode, and reads the grant (a connection left in pipeline mode answers every read with no rows)."""
+    for at in range(1, 100):
+        store = await AsyncPostgresStore.open(pg, max_connections=1)
+        try:
+            name = f"c{at}"
+            await _grant(store, name)
+            task = asyncio.create_task(Interrupted(_claim(store, name), at, how).run())
+            await asyncio.wait([task])
+            if not task.cancelled() and task.exception() is None:
+                break
+            await _pool_settled(store, pg)
+            async with store._pool.connection() as conn:
+                assert conn.pgconn.pipeline_status == pq.PipelineStatus.OFF, (at, conn)
+            assert (await store.get_grant(name)).generation == 1
+        finally:
+            await store.close()
+    else:
+        pytest.fail("the claim never completed")
