@@ -12,6 +12,7 @@ strictly rotating provider (no reuse grace) never sees the grant lost.
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections import Counter
 from collections.abc import Callable, Coroutine, Generator
@@ -22,10 +23,10 @@ import psycopg
 import pytest
 from psycopg import pq
 
-from grantkeeper import AsyncKeeper, AttemptState, Keeper, RefreshPolicy
+from grantkeeper import AsyncKeeper, AttemptState, GrantkeeperError, GrantState, Keeper, RefreshPolicy
 from grantkeeper.stores.postgres_async import AsyncPostgresStore
 from tests.conftest import _store_of_kind
-from tests.helpers import provider_for, resource_ok
+from tests.helpers import add_grant, provider_for, resource_ok
 from tests.stores.test_postgres_async import T0, _grant, _refresh_once
 
 pytestmark = [pytest.mark.postgres, pytest.mark.anyio]
@@ -265,3 +266,79 @@ async def test_a_first_claim_cancelled_at_each_await_leaves_its_connection_usabl
             await store.close()
     else:
         pytest.fail("the claim never completed")
+
+
+@pytest.mark.slow
+async def test_many_tasks_cancelled_at_random_on_one_grant(pg: str, make_sim: Sim) -> None:
+    """Two keepers (two workers) on the native store, 24 tasks each, ask for one grant's 1-second access token for
+    a few seconds; most calls are cut off at a random moment: an ``asyncio.timeout`` of up to 30 ms, or a
+    ``task.cancel()`` after up to 30 ms. The provider rotates with no grace and sees one call per generation and
+    no refused token; no call fails (no invalid_grant, lost_in_flight, pool timeout or store error); the grant
+    stays active and the pools settle with every connection back and idle."""
+    sim = make_sim(rotation="always", reuse_grace=0, access_ttl=1)
+    with Keeper.open(pg) as setup:
+        add_grant(setup, sim)
+    rng = random.Random(20261206)
+    counts: Counter[str] = Counter()
+    errors: list[str] = []
+    keepers = [await AsyncKeeper.open(pg, policy=POLICY, worker=f"w{n}") for n in range(2)]
+    try:
+        deadline = asyncio.get_running_loop().time() + 5.0
+
+        async def ask(keeper: AsyncKeeper) -> None:
+            while asyncio.get_running_loop().time() < deadline:
+                how, within = rng.choice(("timeout", "cancel", "wait")), rng.uniform(0, 0.03)
+                call = asyncio.create_task(keeper.access_token("g"))
+                if how == "cancel":
+                    asyncio.get_running_loop().call_later(within, call.cancel)
+                try:
+                    async with asyncio.timeout(within if how == "timeout" else None):
+                        await call
+                    counts["served"] += 1
+                except TimeoutError:
+                    counts["timed_out"] += 1
+                except asyncio.CancelledError:
+                    counts["cancelled"] += 1
+                except GrantkeeperError as exc:
+                    errors.append(f"{keeper.worker}: {exc}")
+
+        await asyncio.gather(*(ask(keeper) for keeper in keepers for _ in range(24)))
+        for keeper in keepers:
+            assert isinstance(keeper.store, AsyncPostgresStore)
+            await _pool_settled(keeper.store, pg)
+        grant = await keepers[0].store.get_grant("g")
+        assert resource_ok(sim, await keepers[0].access_token("g"))
+    finally:
+        for keeper in keepers:
+            await keeper.aclose()
+    assert not errors, errors
+    assert counts["served"] and counts["cancelled"] and counts["timed_out"], counts
+    assert sim.stats.errors == {}, sim.stats  # no refresh token refused: no invalid_grant
+    assert grant.state is GrantState.ACTIVE and grant.generation >= 3, grant
+    # One provider call per generation (each call committed; none was lost or repeated); the last access_token may
+    # have refreshed once more after `grant` was read.
+    assert sim.stats.refresh_calls in (grant.generation - 1, grant.generation), (sim.stats, grant.generation)
+    assert sim.stats.successes == sim.stats.refresh_calls
+
+
+async def test_a_refresh_cancelled_in_its_claim_leaves_nothing_for_another_worker_to_wait_for(
+    pg: str, make_sim: Sim
+) -> None:
+    """A forced refresh cancelled while its claim runs (the claim still completes: lease and attempt recorded)
+    releases the lease and closes the attempt as not sent, since its request never started. Another worker (another
+    keeper, as on another host) then refreshes at once: it neither waits out the lease nor defers a re-send of a
+    possibly spent token for `adopt_after` (60 s), which is what an attempt left open would cost it."""
+    sim = make_sim(rotation="always", reuse_grace=0)
+    with Keeper.open(pg) as setup:
+        add_grant(setup, sim)
+    async with (
+        await AsyncKeeper.open(pg, policy=POLICY, worker="w0") as first,
+        await AsyncKeeper.open(pg, policy=POLICY, worker="w1") as second,
+    ):
+        task = asyncio.create_task(Interrupted(first.refresh("g", force=True), 1, "cancel").run())
+        await asyncio.wait([task])
+        assert task.cancelled()
+        assert resource_ok(sim, await second.access_token("g"))
+        attempts = await second.store.list_attempts("g")
+    assert [(a.worker, a.state) for a in attempts] == [("w1", AttemptState.COMMITTED), ("w0", AttemptState.NOT_SENT)]
+    assert sim.stats.refresh_calls == 1 and sim.stats.errors == {}  # type: ignore[attr-defined]
