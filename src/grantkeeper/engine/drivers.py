@@ -29,7 +29,7 @@ from grantkeeper._clock import Clock
 from grantkeeper._exceptions import GrantkeeperError
 from grantkeeper.engine.dispatch import store_call
 from grantkeeper.engine.ports import AsyncSender, AsyncStore, Sender, Store
-from grantkeeper.model import Lease
+from grantkeeper.model import Attempt, AttemptState, Lease
 from grantkeeper.model.claims import Claim
 from grantkeeper.protocol.refresh import Flow, Refreshed
 from grantkeeper.protocol.steps import (
@@ -48,16 +48,19 @@ from grantkeeper.protocol.steps import (
 __all__ = ["drive", "drive_async"]
 
 logger = logging.getLogger("grantkeeper")
+_INTERRUPTED = "interrupted before sending"
 
 
 class _Run:
-    """One flow being driven: what goes into it next (a reply or an error), and the lease it holds."""
+    """One flow being driven: what goes into it next (a reply or an error), the lease it holds, and the attempt it
+    claimed while that attempt's request has not started."""
 
     def __init__(self, flow: Flow) -> None:
         self._flow = flow
         self._reply: Any = None
         self._error: Exception | None = None
         self._held: Lease | None = None
+        self._unsent: Attempt | None = None
         self._result: Refreshed | None = None
 
     def steps(self) -> Iterator[Step]:
@@ -70,6 +73,8 @@ class _Run:
                 self._result = stop.value
                 return
             self._reply, self._error = None, None
+            if isinstance(step, Send):
+                self._unsent = None  # from here the token may be spent
             yield step
 
     def answered(self, step: Step, reply: Any) -> None:
@@ -77,6 +82,7 @@ class _Run:
         if isinstance(step, ClaimGrant):
             assert isinstance(reply, Claim)
             self._held = reply.lease or self._held
+            self._unsent = reply.attempt if reply.lease is not None else self._unsent
         elif isinstance(step, StoreStep) and step.releases:
             self._held = None
 
@@ -91,11 +97,19 @@ class _Run:
         assert self._result is not None
         return self._result
 
-    def close(self) -> Lease | None:
-        """Stop the flow; the lease it still holds (it was interrupted), to release."""
+    def close(self) -> tuple[Lease | None, Attempt | None]:
+        """Stop the flow; the lease it still holds (it was interrupted), to release, and the attempt it claimed if
+        that attempt's request never started, to close as not sent (left open, it would read as possibly spent:
+        another host would defer its own refresh for `RefreshPolicy.adopt_after`)."""
         self._flow.close()
-        held, self._held = self._held, None
-        return held
+        held, unsent = self._held, self._unsent
+        self._held = self._unsent = None
+        return held, unsent if held is not None else None
+
+
+def _not_sent(attempt: Attempt, clock: Clock) -> dict[str, Any]:
+    """`finish`'s arguments for an attempt whose flow was interrupted before its request started."""
+    return {"attempt_id": attempt.id, "state": AttemptState.NOT_SENT, "outcome": _INTERRUPTED, "now": clock.now()}
 
 
 def _local(step: Step) -> None:
@@ -142,9 +156,13 @@ def drive(flow: Flow, *, store: Store, sender: Sender, clock: Clock) -> Refreshe
                 run.failed(exc)
         return run.result()
     finally:
-        if (held := run.close()) is not None:
+        held, unsent = run.close()
+        if held is not None:
             with contextlib.suppress(GrantkeeperError):
-                store.release(held)
+                if unsent is None:
+                    store.release(held)
+                else:
+                    store.finish(held, **_not_sent(unsent, clock))
 
 
 async def drive_async(flow: Flow, *, store: AsyncStore, sender: AsyncSender, clock: Clock) -> Refreshed:
@@ -160,9 +178,13 @@ async def drive_async(flow: Flow, *, store: AsyncStore, sender: AsyncSender, clo
                 await _take_async(step, run, store, sender, clock)
         return run.result()
     finally:
-        if (held := run.close()) is not None:
+        held, unsent = run.close()
+        if held is not None:
             with contextlib.suppress(GrantkeeperError):
-                await store.release(held)
+                if unsent is None:
+                    await store.release(held)
+                else:
+                    await store.finish(held, **_not_sent(unsent, clock))
 
 
 async def _take_async(step: Step, run: _Run, store: AsyncStore, sender: AsyncSender, clock: Clock) -> None:
