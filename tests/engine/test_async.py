@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -122,3 +123,12 @@ async def test_async_connection_refused(store_url: str, make_sim: Sim) -> None:
         with pytest.raises(ProviderUnavailable):
             await keeper.refresh("g")
         assert {a.state for a in (await keeper.status("g")).attempts} == {AttemptState.NOT_SENT}
+
+
+async def test_async_attempt_names_the_calling_task(store_url: str, make_sim: Sim) -> None:
+    """The attempt history names the thread and the asyncio task that asked for the token."""
+    sim = make_sim()
+    async with await _open(store_url, sim) as keeper:
+        await asyncio.create_task(keeper.access_token("g"), name="billing-sync-task")
+        (attempt,) = await keeper.history("g")
+    assert attempt.actor == f"{threading.current_thread().name}/billing-sync-task"
