@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from pathlib import Path
 
@@ -84,3 +85,27 @@ def test_a_refusing_store_is_asked_again_after_the_interval_not_at_once(
     warnings = [r for r in caplog.records if "audit trail" in r.getMessage()]
     assert waiting == 50  # nothing lost while the store refuses
     assert 1 <= len(warnings) <= elapsed / 0.2 + 2  # one try per interval, not one per entry
+
+
+def test_stop_returns_whenever_it_comes_while_entries_flow(store: SQLStore) -> None:
+    """SIGTERM may come at any point of the flusher's wait, including just as a full batch wakes it."""
+
+    async def scenario() -> int:
+        stopped = 0
+        for round_ in range(60):
+            trail = AuditTrail(store, flush_every=0.005, flush_at=2)
+            trail.start()
+            for i in range(round_ % 7):
+                trail.add("app", "token", "g", 200)
+                if i % 3 == 0:
+                    await asyncio.sleep(0)
+            await trail.stop()
+            stopped += 1
+        return stopped
+
+    # In a thread of its own: a stop that never returns fails the test instead of hanging it.
+    result: list[int] = []
+    runner = threading.Thread(target=lambda: result.append(asyncio.run(scenario())), daemon=True)
+    runner.start()
+    runner.join(120)
+    assert result == [60], "AuditTrail.stop() did not return"

@@ -62,8 +62,11 @@ class AuditTrail:
 
     async def _run(self) -> None:
         while True:
+            # asyncio.timeout, not wait_for: wait_for runs the wait as a task of its own, and a cancellation (stop)
+            # arriving as a full batch woke that task could leave this one cancelling forever (Python 3.11).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._due.wait(), self.flush_every)
+                async with asyncio.timeout(self.flush_every):
+                    await self._due.wait()
             self._due.clear()
             if not await self.flush():
                 await asyncio.sleep(self.flush_every)  # a store that refused is asked again later, not at once
