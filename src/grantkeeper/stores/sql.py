@@ -55,6 +55,8 @@ logger = logging.getLogger("grantkeeper")
 KEY_CHECK = b"grantkeeper key check"
 #: The notification kind API-key changes send (with an empty grant name): a store's `change_probe` counts them.
 API_KEYS_CHANGED = "api_keys"
+#: Audit rows per INSERT statement (8 parameters each: far below SQLite's 32,766 and PostgreSQL's 65,535).
+_AUDIT_ROWS_PER_INSERT = 250
 _PRUNE_EVERY = 64  # generations between prunes, so the hot commit rarely pays for it
 _GRANT_COLUMNS = (
     "name, provider, refresh_token, refresh_fp, access_token, access_fp, expires_at, access_verified, "
@@ -1273,11 +1275,16 @@ class SQLStore:
         """Append audit entries in one transaction, then apply `retention` to the grants they name."""
         if not entries:
             return
-        for e in entries:
+        # One multi-row INSERT per chunk rather than one statement per entry: a busy broker writes hundreds at a
+        # time, and each statement costs more than its row (the chunk keeps within every backend's parameter limit).
+        for start in range(0, len(entries), _AUDIT_ROWS_PER_INSERT):
+            chunk = entries[start : start + _AUDIT_ROWS_PER_INSERT]
+            rows = [(e.at, e.api_key, e.action, e.grant, e.status, e.fingerprint, e.generation, e.detail)
+                    for e in chunk]  # fmt: skip
             yield Sql(
-                "INSERT INTO audit (at, api_key, action, grant_name, status, fingerprint, generation, detail) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (e.at, e.api_key, e.action, e.grant, e.status, e.fingerprint, e.generation, e.detail),
+                "INSERT INTO audit (at, api_key, action, grant_name, status, fingerprint, generation, detail) VALUES "
+                + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * len(rows)),
+                [value for row in rows for value in row],
                 wait=False,
             )
         oldest = max(e.at for e in entries) - self.retention.days * 86400.0
