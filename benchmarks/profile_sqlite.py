@@ -6,7 +6,7 @@ in the same process, cold ``access_token`` reads on a store of `--grants` grants
 (claim, commit, the cold read):
 
 - how many SQL statements one call runs, and the median time of each (``COMMIT`` is where the fsync happens);
-- the median time of the call's other work: crypto (seal, open, fingerprint), recovery-directory listing,
+- the median time of the call's other work: crypto (seal, open, fingerprint), recovery-directory check,
   liveness, Python;
 - for the refresh, the HTTP exchange and the rest of the flow.
 
@@ -159,7 +159,7 @@ def _instrument(store: Any, recorder: _Recorder, calls: tuple[str, ...]) -> None
     real_conn = store._conn
     store._conn = lambda: _TimedConn(real_conn(), recorder)
     store._crypto = _TimedCrypto(store._crypto, recorder)
-    _wrap(store.recovery, "entries", recorder, "recovery.entries (directory listing)")
+    _wrap(store.recovery, "entries", recorder, "recovery.entries (stat; listing if changed)")
     if store.liveness is not None:
         for attr in ("hold", "alive"):
             _wrap(store.liveness, attr, recorder, f"liveness.{attr}")

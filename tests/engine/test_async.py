@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from grantkeeper import AsyncKeeper, AttemptState, ClientAuthFailed, GrantState, LostInFlight, ProviderUnavailable
+from grantkeeper import (
+    AsyncKeeper,
+    AttemptState,
+    ClientAuthFailed,
+    GrantState,
+    LostInFlight,
+    ProviderUnavailable,
+    RefreshPolicy,
+)
 from grantkeeper.testing import DropAfterRotate, HttpError
 from tests.helpers import FAST_POLICY, provider_for, resource_ok
 
@@ -80,16 +89,18 @@ async def test_async_client_auth_failure(store_url: str, make_sim: Sim) -> None:
         assert (await keeper.status("g")).state is GrantState.ACTIVE
 
 
-async def test_cancelled_refresh_releases_lease_and_leaves_attempt_open(tmp_path: Path, make_sim: Sim) -> None:
-    """A task cancelled while its request is in flight releases the lease; the attempt stays open (maybe
-    spent), so the next refresh re-sends it per the provider's grace instead of forgetting it."""
+async def test_cancelled_refresh_commits_what_it_sent_then_stops(tmp_path: Path, make_sim: Sim) -> None:
+    """A task cancelled while its request is in flight is cancelled once the exchange is over and the successor
+    committed: the provider rotates with no grace, so stopping at the cancellation would have lost the grant (the
+    next refresh's re-send refused, lost_in_flight). The lease is released and nothing more is sent."""
     from grantkeeper.testing import Delay
 
-    sim = make_sim(reuse_grace=30)
-    url = f"sqlite://{tmp_path}/s.db"
-
-    async with await _open(url, sim, grace=30) as keeper:
-        sim.inject(Delay(5))  # type: ignore[attr-defined]
+    sim = make_sim(reuse_grace=0)
+    policy = RefreshPolicy(lease_ttl=11.0, request_timeout=5.0, wait_timeout=30.0, deadline=10.0)
+    async with await AsyncKeeper.open(f"sqlite://{tmp_path}/s.db", policy=policy) as keeper:
+        await keeper.add_provider(provider_for(sim))
+        await keeper.import_grant("g", provider="sim", refresh_token=sim.issue_grant())  # type: ignore[attr-defined]
+        sim.inject(Delay(1))  # type: ignore[attr-defined]
         task = asyncio.create_task(keeper.refresh("g"))
         while sim.stats.refresh_calls == 0:  # type: ignore[attr-defined]
             await asyncio.sleep(0.01)
@@ -97,11 +108,10 @@ async def test_cancelled_refresh_releases_lease_and_leaves_attempt_open(tmp_path
         with pytest.raises(asyncio.CancelledError):
             await task
         status = await keeper.status("g")
-        assert status.lease is None
-        assert status.attempts[0].state is AttemptState.OPEN
-        grant = await keeper.refresh("g")
-        assert grant.generation == 3  # the re-send (2) and the refresh that replaces its access token (3)
-        assert (await keeper.status("g")).attempts[1].resend_of == status.attempts[0].id
+        assert status.lease is None and status.generation == 2
+        assert status.attempts[0].state is AttemptState.COMMITTED
+        assert resource_ok(sim, await keeper.access_token("g"))
+    assert sim.stats.refresh_calls == 1 and sim.stats.errors == {}  # type: ignore[attr-defined]
 
 
 async def test_async_connection_refused(store_url: str, make_sim: Sim) -> None:
@@ -113,3 +123,12 @@ async def test_async_connection_refused(store_url: str, make_sim: Sim) -> None:
         with pytest.raises(ProviderUnavailable):
             await keeper.refresh("g")
         assert {a.state for a in (await keeper.status("g")).attempts} == {AttemptState.NOT_SENT}
+
+
+async def test_async_attempt_names_the_calling_task(store_url: str, make_sim: Sim) -> None:
+    """The attempt history names the thread and the asyncio task that asked for the token."""
+    sim = make_sim()
+    async with await _open(store_url, sim) as keeper:
+        await asyncio.create_task(keeper.access_token("g"), name="billing-sync-task")
+        (attempt,) = await keeper.history("g")
+    assert attempt.actor == f"{threading.current_thread().name}/billing-sync-task"

@@ -1,4 +1,5 @@
-"""Both drivers hand back the lease of a refresh interrupted mid-flight (an exception the flow never sees)."""
+"""Both drivers hand back the lease of a refresh interrupted mid-flight (an exception the flow never sees), and
+close as not sent an attempt whose request never started."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ def _interrupt() -> None:
 
 
 @pytest.mark.anyio
-async def test_an_interrupted_refresh_releases_its_lease_and_leaves_the_attempt_open(
+async def test_an_interrupted_refresh_releases_its_lease_and_closes_the_unsent_attempt(
     keeper: Face, make_sim: Sim
 ) -> None:
     sim = make_sim()
@@ -34,8 +35,9 @@ async def test_an_interrupted_refresh_releases_its_lease_and_leaves_the_attempt_
 
     status = await keeper.status("g")
     assert status.lease is None
-    assert [attempt.state for attempt in status.attempts] == [AttemptState.OPEN]
+    assert [attempt.state for attempt in status.attempts] == [AttemptState.NOT_SENT]
     assert sim.stats.refresh_calls == 0  # type: ignore[attr-defined]
-    # the open attempt may have spent the token: the next refresh re-sends it (2), then refreshes once more (3)
-    assert (await keeper.refresh("g")).generation == 3
-    assert (await keeper.status("g")).attempts[1].resend_of == status.attempts[0].id
+    # the token never left: the next refresh is a plain one (no re-send, nothing to verify)
+    assert (await keeper.refresh("g")).generation == 2
+    assert (await keeper.status("g")).attempts[0].resend_of is None
+    assert sim.stats.refresh_calls == 1  # type: ignore[attr-defined]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -120,5 +121,36 @@ def test_expiry_is_checked_on_every_request_a_kept_record_included(file_store: S
             await auth.caller(request)
         assert refused.value.status == 401 and "expired" in refused.value.detail
         assert auth._keys.reads == 1  # the kept record was used: the store did not change
+
+    asyncio.run(scenario())
+
+
+def test_requests_after_one_change_share_one_read_and_a_later_change_gets_its_own(file_store: SQLStore) -> None:
+    """After a commit, every request in flight finds the store changed: they share one store read begun after the
+    probe value they all saw, but a request that probes after a further commit (a revocation) waits for a read
+    of its own, so the revocation is still refused at once."""
+    key = _add_key(file_store, "app")
+    cache = KeyCache(file_store)
+    gate = threading.Event()
+    read = file_store.find_api_key
+
+    def held_read(key_id: str) -> object:
+        gate.wait(30)
+        return read(key_id)
+
+    async def scenario() -> None:
+        file_store.find_api_key = held_read  # type: ignore[method-assign]
+        together = [asyncio.ensure_future(cache.authenticate(key)) for _ in range(16)]
+        await asyncio.sleep(0.05)  # all sixteen have probed and wait on the one read
+        assert cache.reads == 1
+        file_store.revoke_api_key("app", now=time.time())
+        after = asyncio.ensure_future(cache.authenticate(key))
+        await asyncio.sleep(0.05)
+        assert cache.reads == 2
+        gate.set()
+        records = await asyncio.gather(*together)
+        assert all(r is not None and r.name == "app" for r in records)
+        revoked = await after
+        assert revoked is not None and revoked.revoked_at is not None
 
     asyncio.run(scenario())

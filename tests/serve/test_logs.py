@@ -79,3 +79,18 @@ def test_the_request_line_is_the_structlog_line(path: object, api_key: object, m
 def test_the_request_line_follows_the_level() -> None:
     assert _lines("warning", lambda: RequestLog().write(method="GET", path="/livez", route="/livez", status=200,
                                                         api_key=None, outcome=None, ms=0.1)) == []  # fmt: skip
+
+
+@given(path=values, api_key=st.one_of(st.none(), values), outcome=st.one_of(st.none(), st.sampled_from(["forbidden"])),
+       ms=st.floats(min_value=0, max_value=1e6))  # fmt: skip
+def test_the_request_line_is_byte_for_byte_what_json_dumps_gives(path: object, api_key: object, outcome: str | None,
+                                                                 ms: float) -> None:  # fmt: skip
+    out = io.StringIO()
+    configure_logging("info", stream=out)
+    try:
+        RequestLog().write(method="GET", path=str(path), route="/v1/proxy/{name}/{path:path}", status=200,
+                           api_key=None if api_key is None else str(api_key), outcome=outcome, ms=ms)  # fmt: skip
+    finally:
+        configure_logging("info")
+    raw = out.getvalue().rstrip("\n")
+    assert raw == json.dumps(json.loads(raw))

@@ -1,4 +1,5 @@
-"""Operating the broker: metrics, audit trail, listeners (TLS refusal, Unix socket), config, shutdown, apikey CLI."""
+"""Operating the broker: metrics, the audit trail and `grantkeeper audit`, listeners (TLS refusal, Unix socket),
+config, shutdown, apikey CLI."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -79,6 +81,35 @@ def test_the_audit_trail_records_who_got_which_token(grant_on_sim: tuple[str, ob
         [("billing-app", "token", token["fingerprint"], token["generation"])]  # fmt: skip
     assert [(e.api_key, e.action, e.detail, e.fingerprint) for e in refused] == \
         [("other-app", "token", "forbidden", None)]  # fmt: skip
+    _audit_command_shows(store_url, token)
+
+
+def _audit(store_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "grantkeeper", "--store", store_url, "audit", *args],
+                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+
+
+def _audit_command_shows(store_url: str, token: dict[str, Any]) -> None:
+    """`grantkeeper audit` (the real CLI) reads the same trail: filtered by grant and by key, as a table and as
+    JSON, fingerprints only."""
+    every = json.loads(_audit(store_url, "--json").stdout)
+    assert {(e["api_key"], e["action"], e["grant"], e["status"]) for e in every} == {
+        ("billing-app", "token", "acme-1", 200), ("other-app", "token", "acme-1", 403),
+    }  # fmt: skip
+    [mine] = json.loads(_audit(store_url, "--json", "--key", "billing-app").stdout)
+    assert (mine["fingerprint"], mine["generation"]) == (token["fingerprint"], token["generation"])
+    [refused] = json.loads(_audit(store_url, "--json", "--grant", "acme-1", "--key", "other-app").stdout)
+    assert (refused["status"], refused["detail"], refused["fingerprint"]) == (403, "forbidden", None)
+    assert json.loads(_audit(store_url, "--json", "--grant", "nobody").stdout) == []
+    table = _audit(store_url, "--grant", "acme-1", "--limit", "1")
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert lines[0].split()[:5] == ["AT", "KEY", "ACTION", "GRANT", "STATUS"] and len(lines) == 2
+    assert "other-app" in lines[1] and "403" in lines[1]  # newest first
+    empty = _audit(store_url, "--key", "nobody")
+    assert empty.returncode == 0 and "no audit entries for key nobody" in empty.stdout
+    everything = "".join(_audit(store_url, *a).stdout for a in ((), ("--json",)))
+    assert token["access_token"] not in everything and token["access_token"][:8] not in everything
 
 
 def _run_serve(store_url: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

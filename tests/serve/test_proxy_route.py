@@ -126,3 +126,24 @@ def test_proxied_requests_are_audited_with_fingerprints_only(proxied: tuple[str,
         (200, "GET 127.0.0.1", token["fingerprint"]), (200, "POST 127.0.0.1", token["fingerprint"])
     ]  # fmt: skip
     assert not _leaks("log", server.log_text(), sim)
+
+
+def test_a_changed_api_base_url_is_followed_by_the_next_request(proxied: tuple[str, object],
+                                                               serve_process: Start) -> None:  # fmt: skip
+    """The proxy keeps a grant's provider between requests (`ProxyTargets`), but never past a change to it."""
+    store_url, sim = proxied
+    key = make_key(store_url, "app", grants="acme-1", scopes="proxy")
+    server = serve_process(store_url)
+    store = open_store(store_url)
+    try:
+        with server.client(key) as http:
+            assert [http.get("/v1/proxy/acme-1/resource").status_code for _ in range(3)] == [200] * 3
+            moved = dataclasses.replace(store.get_provider("sim"), api_base_url=sim.base_url + "/moved")  # type: ignore[attr-defined]
+            store.put_provider(moved, now=1.0)
+            assert http.get("/v1/proxy/acme-1/resource").status_code == 404  # the simulator has no /moved/resource
+            store.put_provider(dataclasses.replace(moved, api_base_url=None), now=2.0)
+            assert http.get("/v1/proxy/acme-1/resource").json()["code"] == "proxy_not_configured"
+            store.put_provider(dataclasses.replace(moved, api_base_url=sim.base_url), now=3.0)  # type: ignore[attr-defined]
+            assert http.get("/v1/proxy/acme-1/resource").status_code == 200
+    finally:
+        store.close()

@@ -47,3 +47,16 @@ def test_the_audit_trail_keeps_what_history_retention_keeps(store: SQLStore) -> 
     assert [e.fingerprint for e in kept] == ["fp_4", "fp_3", "fp_2"]  # newest per_grant, newest first
     assert store.list_audit(grant="other") == []  # older than the days
     assert [e.grant for e in store.list_audit()] == ["g", "g", "g"]
+
+
+def test_a_large_audit_batch_is_written_whole_in_order(store: SQLStore) -> None:
+    """More entries than one INSERT carries (chunks of 250): every one is kept, with its own values."""
+    store.retention = HistoryRetention(days=1.0, per_grant=1000)
+    now = time.time()
+    entries = [AuditEntry(now + i / 1000, f"k{i % 3}", "token", "g", 200 + i % 2, f"fp_{i}", i, None if i % 5 else "x")
+               for i in range(600)]  # fmt: skip
+    store.record_audit(entries)
+    kept = store.list_audit(grant="g", limit=1000)
+    assert [(e.api_key, e.status, e.fingerprint, e.generation, e.detail) for e in reversed(kept)] == [
+        (e.api_key, e.status, e.fingerprint, e.generation, e.detail) for e in entries
+    ]

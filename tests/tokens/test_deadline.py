@@ -15,7 +15,6 @@ import select
 import socket
 import threading
 import time
-import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -26,7 +25,7 @@ from grantkeeper import AsyncKeeper, GrantkeeperError, Keeper, Provider, Provide
 from grantkeeper.model import AttemptState
 from grantkeeper.stores import open_store
 from grantkeeper.tokens.transport import Ambiguous, Network, NotSent, asend, async_client, client, send
-from tests.helpers import accept_forever
+from tests.helpers import accept_forever, read_form_request
 
 #: The deadline (request_timeout) is twice the byte interval: a per-read timeout alone would never fire.
 POLICY = RefreshPolicy(lease_ttl=5.0, request_timeout=2.0, wait_timeout=60.0, backoff_base=0.01, backoff_cap=0.05,
@@ -59,18 +58,10 @@ class TrickleServer:
 
     def _answer(self, conn: socket.socket) -> None:
         with contextlib.closing(conn), contextlib.suppress(OSError):  # a client reset while reading the request
-            data = b""
-            while b"\r\n\r\n" not in data:
-                chunk = conn.recv(65536)
-                if not chunk:
-                    return
-                data += chunk
-            head, _, body = data.partition(b"\r\n\r\n")
-            length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                          if line.lower().startswith(b"content-length:"))  # fmt: skip
-            while len(body) < length:
-                body += conn.recv(65536)
-            token = urllib.parse.parse_qs(body.decode())["refresh_token"][0]
+            request = read_form_request(conn)
+            if request is None:
+                return
+            token = request[0]["refresh_token"]
             exchange = Exchange(token, time.monotonic())
             with self.lock:
                 self.exchanges.append(exchange)

@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from grantkeeper.tokens.transport import Ambiguous, HttpReply, asend, async_client, client, send
-from tests.helpers import accept_forever
+from tests.helpers import accept_forever, read_form_request
 
 INTERVAL = 0.5
 GIVE_UP = 12.0
@@ -49,18 +49,11 @@ class KeepAliveServer:
         buffered = b""
         with contextlib.closing(conn), contextlib.suppress(OSError):
             while True:
-                while b"\r\n\r\n" not in buffered:
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        return
-                    buffered += chunk
-                head, _, buffered = buffered.partition(b"\r\n\r\n")
-                length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                              if line.lower().startswith(b"content-length:"))  # fmt: skip
-                while len(buffered) < length:
-                    buffered += conn.recv(65536)
-                body, buffered = buffered[:length], buffered[length:]
-                token = body.decode().partition("refresh_token=")[2].partition("&")[0]
+                request = read_form_request(conn, buffered)
+                if request is None:
+                    return
+                form, buffered = request
+                token = form["refresh_token"]
                 seen.tokens.append(token)
                 if token == "trickle":
                     seen.hung_up_on_trickle = self._trickle(conn)

@@ -282,10 +282,9 @@ class _KeeperCore:
     @staticmethod
     def _actor() -> str:
         """The calling thread (or asyncio task) as the attempt history names it."""
-        try:
-            task = asyncio.current_task()
-        except RuntimeError:
-            task = None
+        # Asked on every cold read: `current_task()` alone raises (and this would catch) where no loop runs.
+        loop = asyncio._get_running_loop()
+        task = asyncio.current_task(loop) if loop is not None else None
         thread = threading.current_thread().name
         return f"{thread}/{task.get_name()}" if task is not None else thread
 

@@ -34,7 +34,7 @@ from grantkeeper._exceptions import EncryptionKeyError, StoreFormatError
 from grantkeeper._secrets import Secret
 from grantkeeper.keys.sources import KeySource
 
-__all__ = ["Crypto", "hkdf", "key_id"]
+__all__ = ["Crypto", "SealedSecret", "hkdf", "key_id"]
 
 _V1 = b"\x01"
 _V2 = b"\x02"
@@ -174,6 +174,10 @@ class Crypto:
     def decrypt(self, blob: bytes, *, aad: str) -> Secret:
         return Secret(self.decrypt_bytes(blob, aad=aad).decode())
 
+    def sealed(self, blob: bytes, *, aad: str) -> SealedSecret:
+        """`blob` as a `Secret` that is decrypted when first used (`SealedSecret`)."""
+        return SealedSecret(self, blob, aad)
+
     def encrypt_bytes(self, data: bytes, *, aad: str) -> bytes:
         key = self._primary
         header = _V2 + key.kid
@@ -233,3 +237,39 @@ class Crypto:
             f"encrypted value for {aad} failed authentication: it was tampered with, moved from another "
             "row, or written with another key; restore the store from a backup or re-import the grant"
         )
+
+
+class SealedSecret(Secret):
+    """A stored secret that is decrypted when its value is first needed, then behaves as any `Secret`.
+
+    A cold token read returns the grant's refresh token without using it, and a claim returns the access token it is
+    about to replace: decrypting those (and registering their values for redaction) is most of what such a read
+    costs beyond its SQL. The value is not in memory until it is revealed, so there is nothing to redact before. A
+    value that fails authentication raises `StoreFormatError` where it is first used instead of at the read.
+    """
+
+    __slots__ = ("_aad", "_blob", "_crypto")
+
+    def __init__(self, crypto: Crypto, blob: bytes, aad: str) -> None:  # no value yet: Secret.__init__ runs on reveal
+        self._crypto = crypto
+        self._blob = blob
+        self._aad = aad
+
+    def reveal(self) -> str:
+        try:
+            return self._value
+        except AttributeError:  # the slot is empty until the first reveal
+            value = self._crypto.decrypt_bytes(self._blob, aad=self._aad).decode()
+            Secret.__init__(self, value)  # two threads may both get here: each registration is counted, as two Secrets
+            return value
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Secret):
+            return NotImplemented
+        return hmac.compare_digest(self.reveal().encode(), other.reveal().encode())
+
+    def __hash__(self) -> int:
+        return hash(("grantkeeper.Secret", self.reveal()))
+
+    def __bool__(self) -> bool:
+        return bool(self.reveal())

@@ -19,10 +19,11 @@ from grantkeeper.serve import routes_grants, routes_health, routes_proxy
 from grantkeeper.serve.bodylimit import BodyLimit
 from grantkeeper.serve.broker import Broker
 from grantkeeper.serve.errors import ServeError, problem, problem_for
-from grantkeeper.serve.fastpath import TokenFastPath
+from grantkeeper.serve.fastpath import FastPaths
 from grantkeeper.serve.logs import get_logger
 from grantkeeper.serve.proxy import ProxyLimits
 from grantkeeper.serve.recorder import Recorder
+from grantkeeper.serve.targets import ProxyTargets
 
 __all__ = ["DEFAULT_MAX_BODY", "create_app"]
 
@@ -47,7 +48,8 @@ def create_app(broker: Broker, *, max_body: int = DEFAULT_MAX_BODY, proxy_limits
     app.state.broker = broker
     app.state.proxy_limits = proxy_limits or ProxyLimits()
     app.state.proxy_clients = routes_proxy.ProxyClients()
-    app.add_middleware(TokenFastPath, owner=app, broker=broker)  # inside BodyLimit and Recorder
+    app.state.proxy_targets = ProxyTargets(broker.store)
+    app.add_middleware(FastPaths, owner=app, broker=broker)  # inside BodyLimit and Recorder
     app.add_middleware(BodyLimit, limit=max_body, streamed_prefix=routes_proxy.PREFIX)
     app.include_router(routes_grants.router)
     app.include_router(routes_proxy.router)

@@ -9,10 +9,10 @@ status, the API key's name and the time taken; never a header, a query string or
 from __future__ import annotations
 
 import datetime
-import json
 import logging
 import re
 import sys
+from json.encoder import encode_basestring_ascii as _quoted  # json.dumps's own string encoder
 from typing import Any, TextIO
 
 import structlog
@@ -124,7 +124,12 @@ class RequestLog:
         if not self._info:
             return
         stamp = datetime.datetime.now(tz=datetime.UTC).isoformat().replace("+00:00", "Z")
-        line = {"method": _scrubbed(method), "path": _scrubbed(path), "route": route, "status": status,
-                "api_key": None if api_key is None else _scrubbed(api_key), "outcome": outcome, "ms": ms,
-                "event": "request", "level": "info", "timestamp": stamp}  # fmt: skip
-        self._printer.msg(json.dumps(line))
+        # The bytes ``json.dumps`` gives for this dict (its separators, its string and number encodings: strings
+        # through the same C encoder, numbers by their repr), put together without its generic encoder.
+        key = "null" if api_key is None else _quoted(_scrubbed(api_key))
+        self._printer.msg(
+            f'{{"method": {_quoted(_scrubbed(method))}, "path": {_quoted(_scrubbed(path))}, "route": '
+            f'{_quoted(route)}, "status": {int(status)!r}, "api_key": {key}, "outcome": '
+            f'{"null" if outcome is None else _quoted(outcome)}, "ms": {float(ms)!r}, "event": "request", '
+            f'"level": "info", "timestamp": {_quoted(stamp)}}}'
+        )

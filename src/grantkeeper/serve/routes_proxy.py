@@ -8,7 +8,6 @@ One keep-alive aiohttp session per provider network (CA bundle, proxy, API origi
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated, Any
 
 import aiohttp
@@ -21,13 +20,14 @@ from grantkeeper.model import Provider
 from grantkeeper.serve.auth import Caller
 from grantkeeper.serve.proxy import ProxyLimits, ProxyNotConfigured, proxy_request
 from grantkeeper.serve.routes_grants import PROBLEM, GrantName, broker_of, grant_access
+from grantkeeper.serve.targets import ProxyTargets
 from grantkeeper.serve.upstream import api_session
 from grantkeeper.tokens.transport import Network
 
-__all__ = ["PREFIX", "ProxyClients", "router"]
+__all__ = ["METHODS", "PREFIX", "ProxyClients", "forward", "router"]
 
 PREFIX = "/v1/proxy/"
-_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 _PROBLEMS: dict[int | str, dict[str, Any]] = dict.fromkeys((400, 401, 403, 404, 409, 413, 429, 502, 503, 504), PROBLEM)
 
 router = APIRouter(prefix="/v1")
@@ -64,30 +64,31 @@ class ProxyClients:
             await client.close()
 
 
-async def _provider(request: Request, name: str) -> tuple[Provider, str]:
-    store = broker_of(request).store
-
-    def lookup() -> Provider:  # both reads in one trip to the thread pool
-        return store.get_provider(store.get_grant(name).provider)
-
-    provider = await asyncio.to_thread(lookup)
+def _api_base_url(name: str, provider: Provider) -> str:
     if provider.api_base_url is None:
         raise ProxyNotConfigured(
             f"grant {name!r}: provider {provider.name!r} has no API base URL, so there is nowhere to proxy to; an "
             f"operator sets it with 'grantkeeper provider add {provider.name} --api-base-url URL'",
             grant=name,
         )
-    return provider, provider.api_base_url
+    return provider.api_base_url
 
 
-@router.api_route("/proxy/{name}/{path:path}", methods=_METHODS, responses=_PROBLEMS)
+@router.api_route("/proxy/{name}/{path:path}", methods=METHODS, responses=_PROBLEMS)
 async def proxy(
     request: Request, name: GrantName, path: str, _caller: Annotated[Caller, grant_access("proxy", "proxy")]
 ) -> Response:
     """Forward the request to PATH under the grant's provider API base URL, with its access token; the answer
     streams back (never the token). Scope: proxy."""
+    return await forward(request, name, path)
+
+
+async def forward(request: Request, name: str, path: str) -> Response:
+    """The proxy route's answer once the caller is admitted (`grantkeeper.serve.fastpath` calls it too)."""
     broker = broker_of(request)
-    provider, base_url = await _provider(request, name)
+    targets: ProxyTargets = request.app.state.proxy_targets
+    provider = await targets.provider(name)
+    base_url = _api_base_url(name, provider)
 
     async def get_token() -> str:
         served = await broker.token(name)

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import psycopg
 import psycopg_pool
+from psycopg import pq
 
 from grantkeeper._exceptions import ConfigurationError, StoreUnavailable
 from grantkeeper._secrets import Secret
@@ -239,7 +240,15 @@ class AsyncPostgresStore(AsyncStore):
             raise ConfigurationError("this store is closed; open a new one")
         try:
             async with self._pool.connection() as conn:
-                yield conn
+                try:
+                    yield conn
+                except BaseException as exc:
+                    # Cut off mid-exchange (a cancelled task) or left in pipeline mode, the connection may hold a
+                    # half-read result or an unsynced pipeline (where every later statement reads as no rows): it is
+                    # closed, not handed out again. The server rolls back whatever was open; the pool replaces it.
+                    if not isinstance(exc, Exception) or conn.pgconn.pipeline_status != pq.PipelineStatus.OFF:
+                        await conn.close()
+                    raise
         except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
             raise map_error(exc, self._where) from None
 
@@ -271,7 +280,7 @@ class AsyncPostgresStore(AsyncStore):
                 await conn.execute("BEGIN")
                 try:
                     yield run
-                except BaseException:
+                except Exception:  # a cancelled task's connection is closed instead (`_connection`)
                     with contextlib.suppress(psycopg.Error):
                         await pipeline.sync()  # out of the aborted state, if a statement failed
                     await conn.execute("ROLLBACK")

@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import secrets
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,10 @@ __all__ = ["RecoveryDir", "RecoveryEntry"]
 
 
 _SUFFIX = ".gkr"
+#: A listing is reused only while the directory's change times are at least this much older than the listing: a
+#: change in the same timestamp granule would leave them as they were (git's "racily clean" index entries). It covers
+#: coarse file system timestamps (2 s on FAT) and the coarse kernel clock that stamps them.
+_RACY_NS = 3_000_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +54,10 @@ class RecoveryDir:
         self._path = path
         self._crypto = crypto
         self._memory: dict[str, RecoveryEntry] = {}
+        #: The last listing of the directory's entry names and the directory's (device, inode, mtime, ctime) when
+        #: it was taken; None: list again. Every claim asks for its grant's entries, and listing costs far more
+        #: than the `os.stat` that tells whether the directory changed since.
+        self._listing: tuple[tuple[int, int, int, int], list[str]] | None = None
 
     def save(self, entry: RecoveryEntry) -> None:
         update = entry.update
@@ -70,6 +79,7 @@ class RecoveryDir:
             return
         blob = self._crypto.encrypt_bytes(json.dumps(record).encode(), aad=f"recovery/{_grant_tag(entry.grant)}")
         temporary: Path | None = None
+        self._listing = None
         try:
             make_private_dirs(self._path)
             temporary = self._path / (name + ".tmp")
@@ -106,21 +116,37 @@ class RecoveryDir:
         )  # fmt: skip
 
     def entries(self, grant: str | None = None) -> list[RecoveryEntry]:
-        held = [e for e in self._memory.values() if grant is None or e.grant == grant]
+        held = [e for e in self._memory.values() if grant is None or e.grant == grant] if self._memory else []
         if self._path is None:
             return held
+        names = self._names()
+        if not names:
+            return held
         prefix = _grant_tag(grant) + "." if grant is not None else ""
+        loaded = (self._load(self._path / n) for n in names if n.startswith(prefix))
+        return held + [entry for entry in loaded if entry is not None]
+
+    def _names(self) -> list[str]:
+        """The entry files in the directory, sorted: the last listing while the directory has not changed since."""
+        assert self._path is not None
         try:
-            names = [n for n in os.listdir(self._path) if n.endswith(_SUFFIX) and n.startswith(prefix)]
+            st = os.stat(self._path)
+            key = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+            listing = self._listing
+            if listing is not None and listing[0] == key:
+                return listing[1]
+            # Stat first, list second: a change between the two shows in the listing and changes the key.
+            names = sorted(n for n in os.listdir(self._path) if n.endswith(_SUFFIX))
         except (FileNotFoundError, NotADirectoryError):
-            return held  # no directory, so nothing can be waiting in it
+            return []  # no directory, so nothing can be waiting in it
         except OSError as exc:
             raise StoreUnavailable(
                 f"cannot list local recovery storage {self._path} ({exc.strerror}); refusing to refresh while a "
                 "kept successor token might be there. Fix the directory's permissions"
             ) from None
-        loaded = (self._load(self._path / n) for n in sorted(names))
-        return held + [entry for entry in loaded if entry is not None]
+        settled = time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > _RACY_NS
+        self._listing = (key, names) if settled else None
+        return names
 
     def _load(self, path: Path) -> RecoveryEntry | None:
         """The entry in `path`; None if another worker committed and removed it since the listing."""
@@ -173,6 +199,7 @@ class RecoveryDir:
         if entry.path.name in self._memory:
             del self._memory[entry.path.name]
             return
+        self._listing = None
         try:
             entry.path.unlink()
         except FileNotFoundError:

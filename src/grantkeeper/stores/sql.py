@@ -66,6 +66,8 @@ logger = logging.getLogger("grantkeeper")
 KEY_CHECK = b"grantkeeper key check"
 #: The notification kind API-key changes send (with an empty grant name): a store's `change_probe` counts them.
 API_KEYS_CHANGED = "api_keys"
+#: Audit rows per INSERT statement (8 parameters each: far below SQLite's 32,766 and PostgreSQL's 65,535).
+_AUDIT_ROWS_PER_INSERT = 250
 _PRUNE_EVERY = 64  # generations between prunes, so the hot commit rarely pays for it
 _GRANT_COLUMNS = (
     "name, provider, refresh_token, refresh_fp, access_token, access_fp, expires_at, access_verified, "
@@ -302,16 +304,24 @@ class SQLStore:
     def _open(self, blob: bytes | None, table: str, row: str, column: str) -> Secret | None:
         return None if blob is None else self._crypto.decrypt(blob, aad=_aad(table, row, column))
 
-    def _grant(self, row: Any) -> Grant:
+    def _grant(self, row: Any, *, lazy_refresh: bool = False, lazy_access: bool = False) -> Grant:
+        """The grant in `row`. A `lazy_` token is decrypted when first used (`SealedSecret`): a cold token read
+        never uses the refresh token, and a claim that takes the lease never uses the access token it replaces."""
         name = str(row[0])
-        decrypt = self._crypto.decrypt
+        crypto = self._crypto
         refresh, access = row[2], row[4]
+        if refresh is not None:
+            aad = _aad("grants", name, "refresh_token")
+            refresh = crypto.sealed(refresh, aad=aad) if lazy_refresh else crypto.decrypt(refresh, aad=aad)
+        if access is not None:
+            aad = _aad("grants", name, "access_token")
+            access = crypto.sealed(access, aad=aad) if lazy_access else crypto.decrypt(access, aad=aad)
         return Grant(
             name=name,
             provider=str(row[1]),
-            refresh_token=None if refresh is None else decrypt(refresh, aad=_aad("grants", name, "refresh_token")),
+            refresh_token=refresh,
             refresh_fp=row[3],
-            access_token=None if access is None else decrypt(access, aad=_aad("grants", name, "access_token")),
+            access_token=access,
             access_fp=row[5],
             expires_at=row[6],
             access_verified=bool(row[7]),
@@ -411,13 +421,16 @@ class SQLStore:
 
     def _read_grant_and_provider(self, name: str, *, lock: bool = False) -> Tx[tuple[Grant, Provider]]:
         """One query for both: every cold token read and every claim runs it. `lock` holds the grant row to the
-        end of the transaction on databases where the transaction itself does not exclude other writers."""
+        end of the transaction on databases where the transaction itself does not exclude other writers (a claim:
+        its refresh token is decrypted here, so a damaged one fails the claim before an attempt is recorded; the
+        access token it replaces is left sealed). A read (no `lock`) leaves the refresh token sealed instead."""
         sql = _GRANT_AND_PROVIDER + self._row_lock if lock else _GRANT_AND_PROVIDER
         row = (yield Sql(sql, (name,))).fetchone()
         if row is None:
             grant = yield from self._read_grant(name)  # raises UnknownGrant; the join cannot miss a provider
             return grant, (yield from self._read_provider(grant.provider))
-        return self._grant(row[:_GRANT_WIDTH]), self._provider(row[_GRANT_WIDTH:])
+        grant = self._grant(row[:_GRANT_WIDTH], lazy_refresh=not lock, lazy_access=lock)
+        return grant, self._provider(row[_GRANT_WIDTH:])
 
     def _read_provider(self, name: str) -> Tx[Provider]:
         row = (yield Sql(f"SELECT {_PROVIDER_COLUMNS} FROM providers WHERE name = ?", (name,))).fetchone()
@@ -782,7 +795,8 @@ class SQLStore:
                 signal_known = lease_row[3] is not None and self.liveness is not None
                 return Claim(grant, provider, holder=holder, holder_signal=signal_known)
             took_over = holder  # its process is gone: waiting out its TTL would only delay the re-send
-        recovered = yield from self._commit_kept(grant, self.recovery.entries(name), now, settled)
+        kept = self.recovery.entries(name)
+        recovered = (yield from self._commit_kept(grant, kept, now, settled)) if kept else None
         if recovered is not None:
             if took_over is not None:  # the dead holder's lease goes with it: nobody is refreshing now
                 yield Sql("UPDATE leases SET worker = NULL, expires_at = 0 WHERE grant_name = ?", (name,), wait=False)
@@ -832,8 +846,8 @@ class SQLStore:
             return None
         lease_at = _GRANT_WIDTH + _PROVIDER_WIDTH
         lease_row = row[lease_at : lease_at + 4] if row[lease_at + 1] is not None else None
-        return (self._grant(row[:_GRANT_WIDTH]), self._provider(row[_GRANT_WIDTH:lease_at]), lease_row,
-                (row[lease_at + 4], row[lease_at + 5]))  # fmt: skip
+        grant = self._grant(row[:_GRANT_WIDTH], lazy_access=True)  # the refresh token is spent: decrypted now
+        return grant, self._provider(row[_GRANT_WIDTH:lease_at]), lease_row, (row[lease_at + 4], row[lease_at + 5])
 
     @staticmethod
     def _earlier_attempts(grant: Grant, ids: tuple[int | None, int | None] | None) -> Tx[tuple[Any, Any]]:
@@ -987,8 +1001,10 @@ class SQLStore:
         )).rowcount  # fmt: skip
         if changed == 0:
             return None
-        return dataclasses.replace(
-            grant,
+        # Every field named (not `dataclasses.replace`, which costs several times more on the commit's hot path).
+        return Grant(
+            name=name,
+            provider=grant.provider,
             refresh_token=update.refresh_token or grant.refresh_token,
             refresh_fp=refresh_fp or grant.refresh_fp,
             access_token=update.access_token,
@@ -996,11 +1012,13 @@ class SQLStore:
             expires_at=update.expires_at,
             scopes=update.scopes if update.scopes is not None else grant.scopes,
             generation=generation,
+            state=grant.state,
             access_verified=update.access_verified,
             last_error=None,
             last_error_at=None,
             updated_at=now,
             refreshed_at=now,
+            created_at=grant.created_at,
             refresh_issued_at=issued_at,
             refresh_expires_at=rt_expires_at,
         )
@@ -1035,7 +1053,7 @@ class SQLStore:
             "WHERE id = ? OR (grant_name = ? AND generation = ? AND state = 'open')",
             (attempt_id, attempt_id, f"generation {committed.generation}", now, attempt_id,
              attempt_id, committed.generation, attempt_id, received_fp, attempt_id, int(rotated),
-             attempt_id, latency, attempt_id, json.dumps({"committed_by": attempt_id}), attempt_id, lease.grant,
+             attempt_id, latency, attempt_id, f'{{"committed_by": {int(attempt_id)}}}', attempt_id, lease.grant,
              base.generation),
             wait=False,
         )  # fmt: skip
@@ -1284,11 +1302,16 @@ class SQLStore:
         """Append audit entries in one transaction, then apply `retention` to the grants they name."""
         if not entries:
             return
-        for e in entries:
+        # One multi-row INSERT per chunk rather than one statement per entry: a busy broker writes hundreds at a
+        # time, and each statement costs more than its row (the chunk keeps within every backend's parameter limit).
+        for start in range(0, len(entries), _AUDIT_ROWS_PER_INSERT):
+            chunk = entries[start : start + _AUDIT_ROWS_PER_INSERT]
+            rows = [(e.at, e.api_key, e.action, e.grant, e.status, e.fingerprint, e.generation, e.detail)
+                    for e in chunk]  # fmt: skip
             yield Sql(
-                "INSERT INTO audit (at, api_key, action, grant_name, status, fingerprint, generation, detail) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (e.at, e.api_key, e.action, e.grant, e.status, e.fingerprint, e.generation, e.detail),
+                "INSERT INTO audit (at, api_key, action, grant_name, status, fingerprint, generation, detail) VALUES "
+                + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * len(rows)),
+                [value for row in rows for value in row],
                 wait=False,
             )
         oldest = max(e.at for e in entries) - self.retention.days * 86400.0
