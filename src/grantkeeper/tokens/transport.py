@@ -117,7 +117,8 @@ _bypass: Callable[[str, dict[str, str]], bool] = urllib.request.proxy_bypass_env
 def _environment_proxy(key: str) -> str | None:
     """``{key}_proxy`` by urllib's rules (`urllib.request.getproxies_environment`): the lower-case name wins, empty
     meaning none; ``HTTP_PROXY`` is ignored under CGI (``REQUEST_METHOD`` set: "httpoxy"). Looked up by name,
-    because urllib's scan of the whole environment cost a tenth of a token request."""
+    because urllib's scan of the whole environment cost a tenth of a token request; so, unlike urllib, a name in
+    mixed case (``Https_Proxy``) is not read."""
     lower = os.environ.get(f"{key}_proxy")
     if lower is not None:
         return lower or None
