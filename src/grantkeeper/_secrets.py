@@ -104,19 +104,21 @@ class Secret:
     def __format__(self, spec: str) -> str:
         return repr(self)
 
+    # Every operation reads the value through `reveal`, so a subclass that holds it differently (a value decrypted
+    # on first use, `keys.crypto.SealedSecret`) needs only to override `reveal`.
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Secret):
             return NotImplemented
-        return hmac.compare_digest(self._value.encode(), other._value.encode())
+        return hmac.compare_digest(self.reveal().encode(), other.reveal().encode())
 
     def __hash__(self) -> int:
-        return hash(("grantkeeper.Secret", self._value))
+        return hash(("grantkeeper.Secret", self.reveal()))
 
     def __bool__(self) -> bool:
-        return bool(self._value)
+        return bool(self.reveal())
 
     def __reduce__(self) -> NoReturn:
         raise TypeError("a Secret cannot be pickled; store it through a grantkeeper store instead")
 
     def __len__(self) -> int:
-        return len(self._value)
+        return len(self.reveal())

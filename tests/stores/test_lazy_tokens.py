@@ -58,6 +58,9 @@ def test_sealed_secret_behaves_as_the_secret_it_holds() -> None:
     assert sealed != Secret(REFRESH + "x") and Secret(REFRESH + "x") != sealed
     assert crypto.sealed(blob, aad=AAD) == sealed
     assert hash(sealed) == hash(Secret(REFRESH))
+    fresh = crypto.sealed(blob, aad=AAD)  # every Secret operation works before the first reveal too
+    assert len(fresh) == len(REFRESH)
+    assert Secret.__eq__(Secret(REFRESH), crypto.sealed(blob, aad=AAD)) is True  # called from Secret's side
     assert sealed and sealed.reveal() == REFRESH
     assert live_values_in(f"x {REFRESH} x") == [REFRESH]  # revealed: known to redaction like any Secret
     with pytest.raises(TypeError):

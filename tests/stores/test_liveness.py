@@ -346,8 +346,8 @@ def test_a_stopped_holders_lease_is_short_enough_to_re_send_inside_the_grace(tmp
     finally:
         gate.touch()
         holder.send_signal(signal.SIGCONT)
-        holder.communicate(timeout=60)
-    assert holder.returncode == 0
+        _, err = holder.communicate(timeout=60)
+    assert holder.returncode == 0, err
     with Keeper.open(url) as keeper:
         grant = keeper.store.get_grant("g")
     assert grant.generation == 3 and grant.refresh_token is not None

@@ -142,6 +142,23 @@ def test_async_deadline_ends_a_trickle_on_a_reused_connection(server: KeepAliveS
     assert _wait_for_hang_up(server).hung_up_on_trickle
 
 
+def test_an_answer_that_arrived_while_the_sender_was_held_past_its_deadline_is_read(server: KeepAliveServer) -> None:
+    """A process stopped (SIGSTOP, a long GC pause, a starved VM) after the request went out comes back past its
+    deadline with the whole answer in its socket buffer. That answer may carry the only copy of a rotated
+    refresh token, so it is read: past the deadline a read no longer waits, but it takes what already arrived."""
+
+    def hold(event: str, info: dict[str, object]) -> None:
+        if event == "http11.receive_response_headers.started":
+            time.sleep(1.5)  # the server answers at once; the answer waits in the buffer past the 1 s budget
+
+    with client() as http:
+        request = _post(server.url, "rt0")
+        request.extensions["trace"] = hold
+        held = send(http, request, budget=1.0)
+    assert isinstance(held, HttpReply) and held.status == 200, held
+    assert b'"access_token": "at"' in held.body
+
+
 def test_a_connection_that_hit_its_deadline_is_not_reused(server: KeepAliveServer) -> None:
     """After a request that hit its deadline the connection is gone (it may hold half an answer): the next
     request opens a new one and succeeds."""

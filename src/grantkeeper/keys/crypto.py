@@ -245,7 +245,8 @@ class SealedSecret(Secret):
     A cold token read returns the grant's refresh token without using it, and a claim returns the access token it is
     about to replace: decrypting those (and registering their values for redaction) is most of what such a read
     costs beyond its SQL. The value is not in memory until it is revealed, so there is nothing to redact before. A
-    value that fails authentication raises `StoreFormatError` where it is first used instead of at the read.
+    value that fails authentication raises `StoreFormatError` where it is first used instead of at the read. Only
+    `reveal` differs from `Secret`: every other operation of a `Secret` goes through it.
     """
 
     __slots__ = ("_aad", "_blob", "_crypto")
@@ -262,14 +263,3 @@ class SealedSecret(Secret):
             value = self._crypto.decrypt_bytes(self._blob, aad=self._aad).decode()
             Secret.__init__(self, value)  # two threads may both get here: each registration is counted, as two Secrets
             return value
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Secret):
-            return NotImplemented
-        return hmac.compare_digest(self.reveal().encode(), other.reveal().encode())
-
-    def __hash__(self) -> int:
-        return hash(("grantkeeper.Secret", self.reveal()))
-
-    def __bool__(self) -> bool:
-        return bool(self.reveal())

@@ -117,7 +117,8 @@ _bypass: Callable[[str, dict[str, str]], bool] = urllib.request.proxy_bypass_env
 def _environment_proxy(key: str) -> str | None:
     """``{key}_proxy`` by urllib's rules (`urllib.request.getproxies_environment`): the lower-case name wins, empty
     meaning none; ``HTTP_PROXY`` is ignored under CGI (``REQUEST_METHOD`` set: "httpoxy"). Looked up by name,
-    because urllib's scan of the whole environment cost a tenth of a token request."""
+    because urllib's scan of the whole environment cost a tenth of a token request; so, unlike urllib, a name in
+    mixed case (``Https_Proxy``) is not read."""
     lower = os.environ.get(f"{key}_proxy")
     if lower is not None:
         return lower or None
@@ -199,17 +200,21 @@ def _verified(exc: httpx.ConnectError, trust: str) -> Exception:
 
 # --- the sync face's deadline: every socket operation waits at most until the exchange's deadline ---------------
 
-#: The monotonic deadline of the exchange that the current thread (or context) is sending, if any.
-_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("grantkeeper_deadline", default=None)
+#: The exchange the current thread (or context) is sending, if any: its monotonic deadline bounds each socket operation.
+_DEADLINE: contextvars.ContextVar[_Exchange | None] = contextvars.ContextVar("grantkeeper_deadline", default=None)
 
 
-def _left(timeout: float | None, late: type[httpcore.TimeoutException]) -> float | None:
-    """`timeout` clamped to the time left before the current exchange's deadline; `late` raised once it passed."""
-    deadline = _DEADLINE.get()
-    if deadline is None:
+def _left(timeout: float | None, late: type[httpcore.TimeoutException] | None) -> float | None:
+    """`timeout` clamped to the time left before the current exchange's deadline. Once it passed, `late` is raised;
+    with `late` None (a read) the operation may still take what already arrived, without waiting (timeout 0)."""
+    exchange = _DEADLINE.get()
+    if exchange is None:
         return timeout
-    left = deadline - time.monotonic()
+    exchange.clamped = True
+    left = exchange.deadline - time.monotonic()
     if left <= 0:
+        if late is None:
+            return 0.0
         raise late("the exchange's deadline passed")
     return left if timeout is None else min(timeout, left)
 
@@ -219,7 +224,10 @@ class _DeadlineStream(httpcore.NetworkStream):
         self._inner = inner
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return self._inner.read(max_bytes, _left(timeout, httpcore.ReadTimeout))
+        # An answer that arrived while this process was stopped or starved is read, not thrown away: it may carry
+        # the only copy of a rotated refresh token (I1). Past the deadline a read never waits, so a trickle still
+        # ends there.
+        return self._inner.read(max_bytes, _left(timeout, None))
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
         self._inner.write(buffer, _left(timeout, httpcore.WriteTimeout))
@@ -354,6 +362,7 @@ class _Exchange:
         request.extensions["timeout"] = httpx.Timeout(budget).as_dict()
         self.deadline = time.monotonic() + budget
         self.traced = False  # a transport that is not httpcore's (a mock, a caller's own) reports nothing
+        self.clamped = False  # the sockets themselves keep the deadline (the sync clients built here)
         self.writing = False
         self._body = bytearray()
         self._chained = request.extensions.get("trace")
@@ -380,7 +389,7 @@ class _Exchange:
     @contextlib.contextmanager
     def deadline_bound(self) -> Iterator[None]:
         """The sync face's deadline: the clients built here clamp each socket operation to the time left."""
-        token = _DEADLINE.set(self.deadline)
+        token = _DEADLINE.set(self)
         try:
             yield
         finally:
@@ -397,8 +406,9 @@ class _Exchange:
         self._body += chunk
         if len(self._body) > MAX_BODY_BYTES:
             return _reply(response, b"", truncated=True)
-        if self.expired:
-            # A second guard for a caller's own client, whose sockets do not take the deadline into account.
+        if self.expired and not self.clamped:
+            # A guard for a caller's own client, whose sockets do not take the deadline into account. Clamped
+            # sockets never wait past it, and what they read without waiting is kept.
             return Ambiguous("response not complete within the request budget")
         return None
 
