@@ -77,6 +77,10 @@ def test_an_absolute_end_is_warned_about_not_refreshed() -> None:
     plan = next_action(_grant(created_at=NOW - 85 * 86400), capped, hot=False, skew=SKEW)
     assert plan is not None and plan.action is Action.WARN
     assert plan.at == plan.deadline - 7 * 86400 and "new consent" in plan.reason
+    # once warned, the warning is not planned again (the grant has no other plan: it is not hot, nothing renews)
+    assert next_action(_grant(created_at=NOW - 85 * 86400), capped, hot=False, skew=SKEW, warned_at=NOW) is None
+    early = next_action(_grant(created_at=NOW - 85 * 86400), capped, hot=False, skew=SKEW, warned_at=plan.at - 1)
+    assert early == plan  # a warning given before this one was planned does not count
 
 
 def test_the_earliest_action_wins_and_no_plan_without_a_usable_grant() -> None:

@@ -15,6 +15,7 @@ alone. Reads, waits and everything else go straight to the store.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -44,9 +45,15 @@ class GroupCommit:
         self.sizes: list[int] = []
 
     def __getattr__(self, name: str) -> Any:
-        if name in BATCHED:
-            return lambda *args, **kwargs: self._queued((name, args, kwargs))
+        if name in BATCHED:  # a partial of a coroutine function: `threaded` sees an AsyncStore
+            return functools.partial(self._queue_call, name)
         return getattr(self.store, name)
+
+    async def close(self) -> None:
+        """Nothing to close: the store outlives its batches, and whoever opened it closes it."""
+
+    async def _queue_call(self, name: str, /, *args: Any, **kwargs: Any) -> Any:
+        return await self._queued((name, args, kwargs))
 
     async def _queued(self, call: Call) -> Any:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()

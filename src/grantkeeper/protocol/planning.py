@@ -17,6 +17,7 @@ A grant that needs re-authorization has no plan: nothing a refresh could do.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -84,21 +85,30 @@ def jitter(name: str, generation: int) -> float:
 
 
 def next_action(
-    grant: Grant, provider: Provider, *, hot: bool, skew: float, policy: SchedulePolicy = SchedulePolicy()
+    grant: Grant,
+    provider: Provider,
+    *,
+    hot: bool,
+    skew: float,
+    policy: SchedulePolicy = SchedulePolicy(),
+    warned_at: float | None = None,
 ) -> Planned | None:
     """The grant's next planned action, or None. `skew` is the keeper's (`Keeper.access_token` refreshes a token
-    within it of expiry); `hot` says whether the grant is kept fresh ahead of time. An action already due has an
-    `at` in the past: the caller acts on it at once."""
+    within it of expiry); `hot` says whether the grant is kept fresh ahead of time; a warning planned at or before
+    `warned_at` was given already. An action already due has an `at` in the past: the caller acts on it at once."""
     if grant.state is not GrantState.ACTIVE or grant.refresh_fp is None:
         return None
     plans = [p for p in (_ahead(grant, skew, policy) if hot else None, *_ends(grant, provider, policy)) if p]
+    if warned_at is not None:
+        plans = [p for p in plans if p.action is not Action.WARN or p.at > warned_at]
     return min(plans, key=lambda p: (p.at, p.action != Action.REFRESH_AHEAD)) if plans else None
 
 
 def _ahead(grant: Grant, skew: float, policy: SchedulePolicy) -> Planned | None:
     if grant.access_fp is None:  # a hot grant without an access token: get one before a caller needs it
         since = grant.updated_at or 0.0
-        return Planned(grant.name, Action.REFRESH_AHEAD, since, since, grant.generation, "no access token stored")
+        # no token whose end could be missed: a caller that comes first pays for it, nothing else is late
+        return Planned(grant.name, Action.REFRESH_AHEAD, since, math.inf, grant.generation, "no access token stored")
     if grant.expires_at is None:
         return None  # a token without a stated lifetime is served until rejected: nothing to refresh ahead of
     until = _usable_until(grant, skew)

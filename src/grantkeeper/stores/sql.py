@@ -40,6 +40,7 @@ from grantkeeper.model import (
     check_name,
 )
 from grantkeeper.model.retention import HistoryRetention
+from grantkeeper.model.schedule import ScheduleEntry
 from grantkeeper.stores.access import ApiKeyRecord, AuditEntry
 from grantkeeper.stores.base import Claim, GenerationConflict, GrantUpdate, LeaseLost, LeaseTTL
 from grantkeeper.stores.liveness import Liveness
@@ -206,6 +207,9 @@ class SQLStore:
     #: Appended to the claim's read of the grant row to hold it until the transaction ends ("" if the
     #: transaction already excludes other writers).
     _row_lock = ""
+    #: Appended to the scheduler's due query so concurrent schedulers pass each other's rows ("" where the write
+    #: transaction already runs alone).
+    _skip_locked = ""
     #: Whether the claim reads grant, provider, lease and earlier attempts in one statement (`_CLAIM_READ`). Only
     #: where the transaction excludes other writers from its first statement on (SQLite's ``BEGIN IMMEDIATE``):
     #: under READ COMMITTED a row lock is taken by the statement that reads the grant, and what that statement
@@ -573,6 +577,69 @@ class SQLStore:
         """Active grants whose access token expires before `before`, soonest first (a scheduler's query).
         Grants never refreshed (no access token yet) are not listed: their first use refreshes them."""
         return [str(r[0]) for r in (yield Sql(self.DUE_QUERY, (before, limit))).fetchall()]
+
+    # ---------------------------------------------------------------- the refresh scheduler's plan
+
+    _SCHEDULE_COLUMNS = "name, hot, last_used_at, next_due_at, warned_at"
+
+    @staticmethod
+    def _schedule_entry(row: Any) -> ScheduleEntry:
+        return ScheduleEntry(str(row[0]), bool(row[1]), row[2], float(row[3]), row[4])
+
+    @transaction
+    def take_due(self, *, now: float, hold: float, limit: int) -> Op[list[ScheduleEntry]]:
+        """Active grants whose planned time has come, soonest first, as they were planned; each is moved `hold`
+        seconds ahead in the same transaction, so no other scheduler takes it meanwhile (`_skip_locked` lets
+        concurrent schedulers on PostgreSQL pass each other's rows instead of queueing). One that is never planned
+        again (its scheduler died) is due once more after `hold`."""
+        rows = (
+            yield Sql(
+                f"SELECT {self._SCHEDULE_COLUMNS} FROM grants WHERE state = 'active' AND next_due_at <= ? "
+                "ORDER BY next_due_at LIMIT ?" + self._skip_locked,
+                (now, limit),
+            )
+        ).fetchall()
+        for row in rows:
+            yield Sql("UPDATE grants SET next_due_at = ? WHERE name = ?", (now + hold, row[0]), wait=False)
+        return [self._schedule_entry(r) for r in rows]
+
+    @transaction
+    def plan_due(self, plans: list[tuple[str, float, float | None]]) -> Op[None]:
+        """Set each grant's next planned time: (grant, next_due_at, warned_at); a warned_at of None keeps the
+        stored one. A grant deleted meanwhile is skipped."""
+        for name, due, warned in plans:
+            yield Sql("UPDATE grants SET next_due_at = ?, warned_at = COALESCE(?, warned_at) WHERE name = ?",
+                      (due, warned, name), wait=False)  # fmt: skip
+
+    @transaction
+    def note_used(self, names: list[str], *, now: float, window: float) -> Op[None]:
+        """The service handed out these grants' tokens at `now`. A grant not used within `window` before (so not
+        kept fresh ahead of time until now) is planned again at once."""
+        for name in names:
+            yield Sql(
+                "UPDATE grants SET next_due_at = CASE WHEN NOT hot AND (last_used_at IS NULL OR last_used_at < ?) "
+                "THEN 0 ELSE next_due_at END, last_used_at = ? WHERE name = ?",
+                (now - window, now, name),
+                wait=False,
+            )
+
+    @transaction
+    def set_hot(self, name: str, hot: bool) -> Op[None]:
+        """Mark grant `name` to be kept fresh ahead of time whatever its use (or not); planned again at once."""
+        row = yield Sql("UPDATE grants SET hot = ?, next_due_at = 0 WHERE name = ? RETURNING name", (hot, name))
+        if row.fetchone() is None:
+            raise UnknownGrant(f"no grant named {name!r}; 'grantkeeper status' lists them", grant=name)
+
+    @query
+    def schedule(self, *, limit: int = 50) -> Op[list[ScheduleEntry]]:
+        """Active grants in the order a scheduler takes them (soonest planned time first)."""
+        rows = (
+            yield Sql(
+                f"SELECT {self._SCHEDULE_COLUMNS} FROM grants WHERE state = 'active' ORDER BY next_due_at LIMIT ?",
+                (limit,),
+            )
+        ).fetchall()
+        return [self._schedule_entry(r) for r in rows]
 
     @transaction
     def delete_grant(self, name: str, *, expected_generation: int | None = None) -> Op[None]:
