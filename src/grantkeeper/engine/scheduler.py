@@ -134,7 +134,7 @@ class Scheduler:
         self.stats = SchedulerStats()
         self._store = store
         self._grouped = GroupCommit(threaded(store), self._batch)  # type: ignore[arg-type]
-        self.keeper = AsyncKeeper(self._grouped, sender=sender, **keeper_options)
+        self.keeper = AsyncKeeper(self._grouped, sender=sender, **keeper_options)  # type: ignore[arg-type]
         self._now = self.keeper.clock.now
         self._announcing: set[asyncio.Task[None]] = set()
         self._gates: dict[str, ProviderGate] = {}
