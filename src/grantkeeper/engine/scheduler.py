@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Unpack
 
@@ -128,9 +129,12 @@ class Scheduler:
         *,
         sender: AsyncSender,
         options: SchedulerOptions | None = None,
+        on_round: Callable[[], None] | None = None,
         **keeper_options: Unpack[KeeperOptions],
     ) -> None:
+        """`on_round` is called as each round starts (a heartbeat: `grantkeeper serve`'s ``/readyz`` reads it)."""
         self.options = options or SchedulerOptions()
+        self._on_round = on_round
         self.stats = SchedulerStats()
         self._store = store
         self._grouped = GroupCommit(threaded(store), self._batch)  # type: ignore[arg-type]
@@ -179,6 +183,8 @@ class Scheduler:
     async def _round(self) -> None:
         now = self._now()
         self.stats.heartbeat = now
+        if self._on_round is not None:
+            self._on_round()
         await self._write_back()
         free = self._free()
         if free <= 0:

@@ -35,7 +35,12 @@ the full list.
     url = "https://hooks.example.com/grantkeeper"
     secret_file = "/run/secrets/webhook-secret"
 
-    [scheduler]            # reserved for the background refresher; accepted and ignored for now
+    [scheduler]            # the refresh scheduler (docs/serve.md); these are the defaults
+    enabled = true
+    concurrency = 64       # refreshes in flight at once, over all providers
+    per_provider = 16      # ... at one provider
+    hot_window = 600       # a grant whose token was handed out this recently is refreshed ahead of time
+    lead_fraction = 0.2    # ... this fraction of its token's lifetime before it stops being served
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ from typing import Any
 
 from grantkeeper._exceptions import ConfigurationError
 from grantkeeper.keys.sources import KEY_COMMAND_ENV, KEY_ENV, read_private_file
+from grantkeeper.serve.scheduling import scheduler_options
 from grantkeeper.stores.access import parse_patterns, parse_scopes
 
 __all__ = ["DEFAULT_PORT", "ServeConfig", "load_config"]
@@ -66,7 +72,7 @@ _SECTIONS = {
     "limits": {"rate", "burst", "shutdown_timeout", "max_body"},
     "logging": {"level"},
     "webhook": {"url", "secret_file", "secret_command"},
-    "scheduler": None,  # reserved: any key
+    "scheduler": None,  # checked by grantkeeper.serve.scheduling.scheduler_options
 }
 #: Environment variable -> (field, kind).
 _ENV = {
@@ -246,6 +252,7 @@ def load_config(path: str | None, *, env: dict[str, str] | None = None, **option
         config.webhook_url = str(webhook["url"])
         config.webhook_secret = _secret(webhook, "secret", "webhook secret")
     config.scheduler = dict(data.get("scheduler", {}))
+    scheduler_options(config.scheduler)  # refuse a bad section before anything starts
     for name, (attr, kind) in _ENV.items():
         if environ.get(name):
             setattr(config, attr, _typed(environ[name], kind, f"${name}"))
