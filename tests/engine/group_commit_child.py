@@ -1,0 +1,77 @@
+"""The child process of test_group_commit_crash: refresh grants concurrently through group commit, as the scheduler
+does, until a failpoint from $GRANTKEEPER_FAILPOINTS kills it (or to the end: the recovering scheduler).
+
+    python -m tests.engine.group_commit_child STORE_URL STAGGER force|plain GRANT...
+
+The i-th grant's refresh starts STAGGER * i seconds after the first (0: all at once, their claims in one batch);
+``force`` refreshes every grant, ``plain`` only those whose access token is not usable. The worker id is the
+child's own (a second child is another worker). Every batch the store commits is printed as one JSON line (the
+store calls it held, in order) once it is durable, so the test knows which transactions went through before a
+kill. A run that is not killed ends with a line of each grant's outcome: its generation, or the error code and
+the attempt the error names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from typing import Any
+
+from grantkeeper import GrantkeeperError, RefreshPolicy
+from grantkeeper._clock import SystemClock
+from grantkeeper.engine.drivers import drive_async
+from grantkeeper.engine.group_commit import GroupCommit
+from grantkeeper.engine.threaded import threaded
+from grantkeeper.protocol import refresh_flow
+from grantkeeper.stores import open_store
+from grantkeeper.stores.sql import SQLStore
+from grantkeeper.tokens.sender import AsyncHttpSender
+from grantkeeper.tokens.transport import async_client
+
+#: A lease far longer than the recovery's wait (30 s): a killed child's leases must be taken over from its liveness
+#: signal, which the batch's claims hold as a single claim's would; waiting out the TTL fails the test. A recovering
+#: child knows the killed one is gone (no deferral of its re-sends on PostgreSQL).
+POLICY = RefreshPolicy(lease_ttl=120.0, request_timeout=5.0, wait_timeout=30.0, deadline=10.0, adopt_after=0.0)
+
+Outcome = dict[str, Any]
+
+
+def _reported(store: SQLStore, calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]]) -> list[Any]:
+    results = store.perform_batch(calls)
+    print(json.dumps({"batch": [method for method, _, _ in calls]}), flush=True)
+    return results
+
+
+async def _refresh_all(store: SQLStore, stagger: float, force: bool, names: list[str]) -> dict[str, Outcome]:
+    grouped = GroupCommit(threaded(store), lambda calls: asyncio.to_thread(_reported, store, calls))
+    worker = f"scheduler:{os.getpid()}"
+    async with async_client() as http:
+        sender = AsyncHttpSender(http)
+
+        async def refresh(index: int, name: str) -> Outcome:
+            await asyncio.sleep(stagger * index)
+            flow = refresh_flow(name, worker=worker, force=force, policy=POLICY)
+            try:
+                refreshed = await drive_async(flow, store=grouped, sender=sender, clock=SystemClock())
+            except GrantkeeperError as exc:
+                return {"error": exc.code, "attempt_id": exc.attempt_id}
+            return {"generation": refreshed.grant.generation}
+
+        outcomes = await asyncio.gather(*(refresh(i, name) for i, name in enumerate(names)))
+    return dict(zip(names, outcomes, strict=True))
+
+
+def main(argv: list[str]) -> None:
+    url, stagger, force, names = argv[0], float(argv[1]), argv[2] == "force", argv[3:]
+    store = open_store(url)
+    try:
+        outcomes = asyncio.run(_refresh_all(store, stagger, force, names))
+    finally:
+        store.close()
+    print(json.dumps({"outcomes": outcomes}), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
