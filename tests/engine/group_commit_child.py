@@ -1,10 +1,12 @@
 """The child process of test_group_commit_crash: refresh grants concurrently through group commit, as the scheduler
 does, until a failpoint from $GRANTKEEPER_FAILPOINTS kills it (or to the end: the recovering scheduler).
 
-    python -m tests.engine.group_commit_child STORE_URL STAGGER force|plain GRANT...
+    python -m tests.engine.group_commit_child STORE_URL STAGGER force|plain|force-locked GRANT...
 
 The i-th grant's refresh starts STAGGER * i seconds after the first (0: all at once, their claims in one batch);
-``force`` refreshes every grant, ``plain`` only those whose access token is not usable. The worker id is the
+``force`` refreshes every grant, ``plain`` only those whose access token is not usable; ``force-locked`` is
+``force`` on a SQLite store that another connection locks from the moment the first refresh is about to commit
+(the batch's commit then fails: each successor goes to recovery storage). The worker id is the
 child's own (a second child is another worker). Every batch the store commits is printed as one JSON line (the
 store calls it held, in order) once it is durable, so the test knows which transactions went through before a
 kill. A run that is not killed ends with a line of each grant's outcome: its generation, or the error code and
@@ -14,6 +16,7 @@ the attempt the error names.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -25,10 +28,11 @@ from grantkeeper.engine.drivers import drive_async
 from grantkeeper.engine.group_commit import GroupCommit
 from grantkeeper.engine.threaded import threaded
 from grantkeeper.protocol import refresh_flow
-from grantkeeper.stores import open_store
+from grantkeeper.stores import SQLiteStore, open_store, store_path
 from grantkeeper.stores.sql import SQLStore
 from grantkeeper.tokens.sender import AsyncHttpSender
 from grantkeeper.tokens.transport import async_client
+from tests.helpers import store_locked_at
 
 #: A lease far longer than the recovery's wait (30 s): a killed child's leases must be taken over from its liveness
 #: signal, which the batch's claims hold as a single claim's would; waiting out the TTL fails the test. A recovering
@@ -64,10 +68,14 @@ async def _refresh_all(store: SQLStore, stagger: float, force: bool, names: list
 
 
 def main(argv: list[str]) -> None:
-    url, stagger, force, names = argv[0], float(argv[1]), argv[2] == "force", argv[3:]
-    store = open_store(url)
+    url, stagger, mode, names = argv[0], float(argv[1]), argv[2], argv[3:]
+    locked = mode == "force-locked"
+    db = store_path(url)
+    # Short busy timeout: the locked store refuses the batch's commit at once instead of after the default 5 s.
+    store = SQLiteStore.open(db, busy_timeout=0.2) if db is not None and locked else open_store(url)
     try:
-        outcomes = asyncio.run(_refresh_all(store, stagger, force, names))
+        with store_locked_at(db) if db is not None and locked else contextlib.nullcontext():
+            outcomes = asyncio.run(_refresh_all(store, stagger, mode != "plain", names))
     finally:
         store.close()
     print(json.dumps({"outcomes": outcomes}), flush=True)

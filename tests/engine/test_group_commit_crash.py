@@ -39,8 +39,8 @@ from tests.system.test_crash import MODES
 
 Sim = Callable[..., Any]
 GRANTS = 8
-#: Every failpoint a refresh passes through while it is in a batch (``after_recovery_save`` needs a store that refuses
-#: the commit: tests/engine/test_recovery.py).
+#: The failpoints of every refresh in a batch (``after_recovery_save``, reached only when the store refuses the
+#: commit, has a test of its own below).
 POINTS = ["after_claim", "before_send", "after_send", "before_commit", "after_commit"]
 ROOT = Path(__file__).resolve().parents[2]
 #: Recovery knows the killed child is gone: it re-sends the child's attempts now (on PostgreSQL the default first
@@ -54,7 +54,7 @@ class AtKill:
 
     name: str
     token: str  # the refresh token it was imported with
-    kind: str  # committed, in_flight, claimed, unclaimed; "uncommitted" for a provider that never rotates
+    kind: str  # committed, kept, in_flight, claimed, unclaimed; "uncommitted" for a provider that never rotates
     open_attempt: int | None  # the attempt the child left open (the one recovery re-sends)
 
 
@@ -70,19 +70,19 @@ def _import_grants(url: str, sim: Any, provider_options: dict[str, Any]) -> dict
     return tokens
 
 
-def _child(url: str, *, stagger: float, force: bool, names: list[str], point: str | None = None) -> Any:
+def _child(url: str, *, stagger: float, mode: str, names: list[str], point: str | None = None) -> Any:
     """Run group_commit_child (killed at `point`, if given); what it did."""
     env = {k: v for k, v in os.environ.items() if k != "GRANTKEEPER_FAILPOINTS"}
     if point is not None:
         env["GRANTKEEPER_FAILPOINTS"] = f"{point}=kill"
-    mode = "force" if force else "plain"
     command = [sys.executable, "-m", "tests.engine.group_commit_child", url, str(stagger), mode, *names]
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False)
 
 
-def _kill_in_batch(url: str, point: str, stagger: float, names: list[str]) -> list[list[str]]:
-    """The child, killed at `point`; the batches it committed before it died."""
-    child = _child(url, stagger=stagger, force=True, names=names, point=point)
+def _kill_in_batch(url: str, point: str, stagger: float, names: list[str], *, locked: bool = False) -> list[list[str]]:
+    """The child, killed at `point` (with the store `locked` at its first commit); the batches it committed before it
+    died."""
+    child = _child(url, stagger=stagger, mode="force-locked" if locked else "force", names=names, point=point)
     assert child.returncode == -signal.SIGKILL, (child.returncode, child.stdout, child.stderr[-3000:])
     return [json.loads(line)["batch"] for line in child.stdout.splitlines()]
 
@@ -113,6 +113,9 @@ def _as_killed(url: str, sim: Any, tokens: dict[str, str], rotates: bool) -> lis
             if generation == 2:
                 kind = "committed"
                 assert open_ids == [] and [a.state for a in attempts] == [AttemptState.COMMITTED]
+            elif store.pending_recovery(name):
+                kind = "kept"  # its successor waits in local recovery storage (the store refused the commit)
+                assert not sim.is_active(token) or not rotates
             elif not open_ids:
                 kind = "unclaimed"
                 assert attempts == [] and sim.is_active(token)
@@ -139,7 +142,7 @@ def _recover(url: str, grants: list[AtKill]) -> Recovered:
     keeper one after another; then the failed ones diagnosed."""
     names = [g.name for g in grants]
     recovered = Recovered({}, {}, {})
-    child = _child(url, stagger=0.0, force=False, names=names[1::2])
+    child = _child(url, stagger=0.0, mode="plain", names=names[1::2])
     assert child.returncode == 0, child.stderr[-3000:]
     for name, outcome in json.loads(child.stdout.splitlines()[-1])["outcomes"].items():
         if "error" in outcome:
@@ -166,8 +169,8 @@ def _recover(url: str, grants: list[AtKill]) -> Recovered:
 
 #: The generation each kind of grant ends at after recovery, provider rotating (a re-sent attempt's answer is not
 #: served on trust: one more refresh with its successor, test_crash) or not.
-ROTATING_END = {"committed": 2, "unclaimed": 2, "claimed": 3, "in_flight": 3}
-STEADY_END = {"committed": 2, "unclaimed": 2, "uncommitted": 2}
+ROTATING_END = {"committed": 2, "kept": 2, "unclaimed": 2, "claimed": 3, "in_flight": 3}
+STEADY_END = {"committed": 2, "kept": 2, "unclaimed": 2, "uncommitted": 2}
 
 
 #: How far apart the child starts its refreshes: all at once (one claim batch of 8, the sends together), or spread
@@ -175,20 +178,15 @@ STEADY_END = {"committed": 2, "unclaimed": 2, "uncommitted": 2}
 STAGGER = {"together": 0.0, "staggered": 0.015}
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("start", STAGGER)
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("point", POINTS)
-def test_sigkill_inside_a_batch_is_recovered_per_grant(shared_store_url: str, make_sim: Sim, point: str, mode: str,
-                                                       start: str) -> None:  # fmt: skip
-    sim = make_sim(**MODES[mode]["sim"])
-    provider_options = dict(MODES[mode]["provider"])
+def _kill_and_recover(url: str, sim: Any, point: str, mode: str, start: str, *, locked: bool = False) -> None:
+    """Kill the child at `point` in its batch (the store `locked` at its first commit), sort the grants, recover
+    them, and check each against its row of the failure table and the provider's counters against them all."""
     rotates, grace = mode != "never", mode == "always-grace30"
-    tokens = _import_grants(shared_store_url, sim, provider_options)
+    tokens = _import_grants(url, sim, dict(MODES[mode]["provider"]))
 
-    batches = _kill_in_batch(shared_store_url, point, STAGGER[start], list(tokens))
+    batches = _kill_in_batch(url, point, STAGGER[start], list(tokens), locked=locked)
     at_kill = _settled(sim)
-    grants = _as_killed(shared_store_url, sim, tokens, rotates)
+    grants = _as_killed(url, sim, tokens, rotates)
     kinds = Counter(g.kind for g in grants)
     # The child sent nothing twice and nothing was refused: every provider call so far answered a first use.
     assert at_kill.errors == {} and at_kill.grace_replays == 0 and at_kill.reuse_detections == 0
@@ -199,14 +197,17 @@ def test_sigkill_inside_a_batch_is_recovered_per_grant(shared_store_url: str, ma
     elif point in ("after_send", "before_commit"):
         assert kinds["committed"] < GRANTS and at_kill.refresh_calls >= 1
         assert not rotates or kinds["in_flight"] >= 1  # the killed flow's own answer
+    elif point == "after_recovery_save":
+        assert kinds["kept"] >= 1 and kinds["committed"] == 0  # the store refused the first commit and every later one
     else:
         assert kinds["committed"] >= 1
     if rotates:
-        assert at_kill.rotations == kinds["committed"] + kinds["in_flight"]
+        assert at_kill.rotations == kinds["committed"] + kinds["kept"] + kinds["in_flight"]
     else:
-        assert kinds["committed"] <= at_kill.refresh_calls <= kinds["committed"] + kinds["uncommitted"]
+        sent_at_most = kinds["committed"] + kinds["kept"] + kinds["uncommitted"]
+        assert kinds["committed"] + kinds["kept"] <= at_kill.refresh_calls <= sent_at_most
 
-    recovered = _recover(shared_store_url, grants)
+    recovered = _recover(url, grants)
 
     lost_expected = {g.name: g for g in grants if g.kind == "in_flight" and not grace}
     # Strict provider, no grace: the in-flight grants alone are lost, each named lost_in_flight for the attempt the
@@ -215,11 +216,12 @@ def test_sigkill_inside_a_batch_is_recovered_per_grant(shared_store_url: str, ma
     assert recovered.diagnoses == {n: ("lost_in_flight", g.open_attempt) for n, g in lost_expected.items()}
     ends = ROTATING_END if rotates else STEADY_END
     assert recovered.generations == {g.name: ends[g.kind] for g in grants if g.name not in lost_expected}
-    store = open_store(shared_store_url)
+    store = open_store(url)
     try:
         for name in recovered.generations:
             refresh_token = store.get_grant(name).refresh_token
             assert refresh_token is not None and sim.is_active(refresh_token.reveal()), name
+        assert store.pending_recovery() == 0
     finally:
         store.close()
 
@@ -231,10 +233,30 @@ def test_sigkill_inside_a_batch_is_recovered_per_grant(shared_store_url: str, ma
     assert stats.reuse_detections == lost and stats.grace_replays == replays
     if rotates:
         assert stats.successes == stats.rotations + replays
-        # every rotation is a committed generation, or the lost one of a lost grant
         # every committed generation came from a rotation or a grace replay; every in-flight rotation's own answer
         # died with the child
         assert stats.rotations == sum(g - 1 for g in recovered.generations.values()) - replays + kinds["in_flight"]
-    else:
+    else:  # one re-send for each grant the child did not commit or keep, nothing for the others
         assert stats.refresh_calls == at_kill.refresh_calls + kinds["uncommitted"] + kinds["unclaimed"]
     print(f"{point} {mode} {start}: batches {[len(b) for b in batches]} kinds {dict(kinds)} lost {lost}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("start", STAGGER)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("point", POINTS)
+def test_sigkill_inside_a_batch_is_recovered_per_grant(shared_store_url: str, make_sim: Sim, point: str, mode: str,
+                                                       start: str) -> None:  # fmt: skip
+    _kill_and_recover(shared_store_url, make_sim(**MODES[mode]["sim"]), point, mode, start)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("start", STAGGER)
+@pytest.mark.parametrize("mode", MODES)
+def test_sigkill_after_a_refused_batch_commit_loses_nothing_kept(sqlite_url: str, make_sim: Sim, mode: str,
+                                                                 start: str) -> None:  # fmt: skip
+    """The store refuses the batch's commit (locked by another connection): every refresh in the batch keeps its
+    successor in local recovery storage; the child dies after the first one is saved. Every kept successor is
+    committed by recovery without a provider call; the rest are recovered as above. (SQLite: the lock is another
+    connection's exclusive transaction.)"""
+    _kill_and_recover(sqlite_url, make_sim(**MODES[mode]["sim"]), "after_recovery_save", mode, start, locked=True)
