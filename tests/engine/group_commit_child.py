@@ -69,12 +69,11 @@ async def _refresh_all(store: SQLStore, stagger: float, force: bool, names: list
 
 def main(argv: list[str]) -> None:
     url, stagger, mode, names = argv[0], float(argv[1]), argv[2], argv[3:]
-    locked = mode == "force-locked"
-    db = store_path(url)
+    db = store_path(url) if mode == "force-locked" else None
     # Short busy timeout: the locked store refuses the batch's commit at once instead of after the default 5 s.
-    store = SQLiteStore.open(db, busy_timeout=0.2) if db is not None and locked else open_store(url)
+    store = SQLiteStore.open(db, busy_timeout=0.2) if db is not None else open_store(url)
     try:
-        with store_locked_at(db) if db is not None and locked else contextlib.nullcontext():
+        with store_locked_at(db) if db is not None else contextlib.nullcontext():
             outcomes = asyncio.run(_refresh_all(store, stagger, mode != "plain", names))
     finally:
         store.close()
