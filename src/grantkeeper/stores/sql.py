@@ -1251,6 +1251,7 @@ class SQLStore:
                 settled = entries
             else:
                 if (yield from self._commit_kept(grant, entries, now, settled)) is not None:
+                    yield from self._release_if_dead(name)
                     done.append(name)
             yield COMMIT
             # Removed only once the transaction that used or superseded them has committed (as in `claim`).
@@ -1259,6 +1260,15 @@ class SQLStore:
         for name in done if self._observers else ():
             self._observed(StoreEvent("recovered", name))
         return done
+
+    def _release_if_dead(self, name: str) -> Tx[None]:
+        """Free grant `name`'s lease if its holder's liveness signal says it died. After a kept successor is
+        committed, the lease its saver kept (a refused commit keeps it) guards nothing; left to its TTL it would
+        show a dead worker holding the grant. A live holder keeps its lease: it may be a refresh in progress."""
+        sql = "SELECT worker, fence, expires_at, liveness FROM leases WHERE grant_name = ? AND worker IS NOT NULL"
+        row = (yield Sql(sql, (name,))).fetchone()
+        if row is not None and (yield from self._holder_dead(row[3])):
+            yield from self._release(Lease(name, row[0], int(row[1]), float(row[2])))
 
     def _commit_kept(
         self, grant: Grant, entries: list[RecoveryEntry], now: float, settled: list[RecoveryEntry]
