@@ -47,6 +47,8 @@ from grantkeeper.engine.threaded import threaded
 from grantkeeper.keys import KEY_ENV
 from grantkeeper.protocol import refresh_flow
 from grantkeeper.stores import open_store
+from grantkeeper.tokens import aiohttp_transport
+from grantkeeper.tokens.aiohttp_transport import AiohttpSender
 from grantkeeper.tokens.sender import AsyncHttpSender
 from grantkeeper.tokens.transport import async_client
 
@@ -153,8 +155,9 @@ class OneAtATime:
 class Grouped:
     """A: every grant of `names` refreshed once per round, `concurrency` flows at a time, through `GroupCommit`."""
 
-    def __init__(self, url: str, names: list[str], concurrency: int) -> None:
+    def __init__(self, url: str, names: list[str], concurrency: int, client: str = "aiohttp") -> None:
         self.store = open_store(url)
+        self.client = client
         self.names = names
         self.concurrency = concurrency
         self.refreshes = 0
@@ -162,14 +165,15 @@ class Grouped:
         self._runner = asyncio.Runner()
         self._http = self._runner.run(self._client())
 
-    @staticmethod
-    async def _client() -> Any:
-        return async_client()
+    async def batch(self, calls: list[Any]) -> list[Any]:
+        return await asyncio.to_thread(self.store.perform_batch, calls)
+
+    async def _client(self) -> Any:
+        return aiohttp_transport.session() if self.client == "aiohttp" else async_client()
 
     def round(self) -> float:
-        store = self.store
-        grouped = GroupCommit(threaded(store), lambda calls: asyncio.to_thread(store.perform_batch, calls))
-        sender = AsyncHttpSender(self._http)
+        grouped = GroupCommit(threaded(self.store), self.batch)
+        sender = AiohttpSender(self._http) if self.client == "aiohttp" else AsyncHttpSender(self._http)
 
         async def refresh_all() -> None:
             gate = asyncio.Semaphore(self.concurrency)
@@ -189,7 +193,7 @@ class Grouped:
         return rate
 
     def close(self) -> None:
-        self._runner.run(self._http.aclose())
+        self._runner.run(self._http.close() if self.client == "aiohttp" else self._http.aclose())
         self._runner.close()
         self.store.close()
 
