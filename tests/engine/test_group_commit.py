@@ -5,18 +5,24 @@ provider that revokes a grant whose spent token comes back), on SQLite and Postg
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
+
+import pytest
 
 from grantkeeper import RefreshPolicy, Secret
 from grantkeeper._clock import SystemClock
 from grantkeeper.engine.drivers import drive_async
 from grantkeeper.engine.group_commit import GroupCommit
+from grantkeeper.engine.ports import AsyncSender
 from grantkeeper.engine.threaded import threaded
 from grantkeeper.protocol import refresh_flow
 from grantkeeper.stores import open_store
 from grantkeeper.stores.sql import SQLStore
+from grantkeeper.tokens import aiohttp_transport
+from grantkeeper.tokens.aiohttp_transport import AiohttpSender
 from grantkeeper.tokens.sender import AsyncHttpSender
 from grantkeeper.tokens.transport import async_client
 from tests.helpers import provider_for
@@ -33,7 +39,18 @@ def _grants(store: SQLStore, sim: Any) -> list[str]:
     return names
 
 
-def test_concurrent_refreshes_share_commits_and_lose_nothing(shared_store_url: str, make_sim: Sim) -> None:
+@contextlib.asynccontextmanager
+async def _sender(face: str) -> AsyncIterator[AsyncSender]:
+    if face == "httpx":
+        async with async_client() as http:
+            yield AsyncHttpSender(http)
+    else:
+        async with aiohttp_transport.session() as session:
+            yield AiohttpSender(session)
+
+
+@pytest.mark.parametrize("face", ["httpx", "aiohttp"])
+def test_concurrent_refreshes_share_commits_and_lose_nothing(shared_store_url: str, make_sim: Sim, face: str) -> None:
     rounds = 2
     sim = make_sim()
     store = open_store(shared_store_url)
@@ -41,8 +58,7 @@ def test_concurrent_refreshes_share_commits_and_lose_nothing(shared_store_url: s
 
     async def run() -> list[int]:
         grouped = GroupCommit(threaded(store), lambda calls: asyncio.to_thread(store.perform_batch, calls))
-        async with async_client() as http:
-            sender = AsyncHttpSender(http)
+        async with _sender(face) as sender:
             for _ in range(rounds):
                 flows = [refresh_flow(n, worker="scheduler", force=True, policy=RefreshPolicy()) for n in names]
                 done = await asyncio.gather(*(drive_async(f, store=grouped, sender=sender, clock=SystemClock())

@@ -116,7 +116,9 @@ def _proxy(request: httpx.Request, network: Network) -> str | None:
 
 def _failed(exchange: _Exchange, exc: aiohttp.ClientError, trust: str) -> NotSent | Ambiguous:
     """What an aiohttp error means for this exchange; a TLS verification failure is raised instead."""
-    if failure := tls_failure(exc, trust):
+    # aiohttp's certificate error is itself an ssl.CertificateError without ssl's fields: the cause is inside it.
+    cause = exc.certificate_error if isinstance(exc, aiohttp.ClientConnectorCertificateError) else exc
+    if failure := tls_failure(cause, trust):
         raise failure from None
     if exchange.expired:
         return exchange.late()
