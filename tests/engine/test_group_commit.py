@@ -121,3 +121,29 @@ def test_at_most_flushers_batches_run_at_once_each_taking_its_grants_in_order() 
     together = next(b for b in batches if ("release", "g00") in b)
     if ("claim", "g00") in together:  # one grant's calls keep their order
         assert together.index(("claim", "g00")) < together.index(("release", "g00"))
+
+
+def test_a_call_queued_as_the_last_batch_ends_is_still_flushed() -> None:
+    """A flow woken by the end of a batch (its HTTP answer came in meanwhile) queues its commit before the ended
+    flusher's task is forgotten: a new flusher must still take it, or the flow waits forever."""
+
+    async def run() -> tuple[Any, Any]:
+        woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        async def batch(calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]]) -> list[Any]:
+            await asyncio.sleep(0)
+            if not woken.done():
+                woken.set_result(None)  # its waiter runs before the flusher's done callbacks
+            return [args[0] for _, args, _ in calls]
+
+        grouped: Any = GroupCommit(None, batch)  # type: ignore[arg-type]  # only batched calls are made
+
+        async def late() -> Any:
+            await woken
+            return await grouped.claim("late")
+
+        waiting = asyncio.create_task(late())
+        first = await grouped.claim("first")
+        return first, await asyncio.wait_for(waiting, 5)
+
+    assert asyncio.run(run()) == ("first", "late")

@@ -60,7 +60,9 @@ class GroupCommit:
     async def _queued(self, call: Call) -> Any:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queue.append((call, future))
-        if len(self._flushers) < self._most_flushers:
+        # Counted by done(), not by membership: a flusher that just ended leaves the set only when its done
+        # callbacks run, and a flow woken by its last batch may queue a call before that.
+        if sum(not flusher.done() for flusher in self._flushers) < self._most_flushers:
             flusher = asyncio.create_task(self._flush(), name="grantkeeper-group-commit")
             self._flushers.add(flusher)
             flusher.add_done_callback(self._flushers.discard)
