@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import logging
 import multiprocessing
 import multiprocessing.connection
 import sqlite3
@@ -38,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._common import Report, Row, interleave, sim_provider, standalone
+from benchmarks.bench_pgrefresh import _quiet
 from benchmarks.bench_scale import KEY, RECOVERY_ENV, _environ, _postgres_unavailable
 from grantkeeper import Keeper, RefreshPolicy, Secret
 from grantkeeper._clock import SystemClock
@@ -317,17 +317,6 @@ def _measure(report: Report, kind: str, url: str, sqlite_path: Path | None, sim:
         f"{len(grouped_names)} grants, {one.refreshes} one at a time; {CONCURRENCY} flows in flight, "
         f"{grouped.flushers} batch(es) at once"
     )
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    logger = logging.getLogger("grantkeeper")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 def run(quick: bool = False, *, kinds: tuple[str, ...] = ("sqlite", "postgres")) -> Report:
