@@ -115,6 +115,7 @@ def test_the_request_is_delivered_as_built_without_cookies() -> None:
     for head, body in server.requests:
         assert head.startswith(f"POST {URL_PATH} HTTP/1.1\r\n")
         assert "authorization: basic yzpz" in head.lower()
+        assert "content-type: application/x-www-form-urlencoded" in head.lower()
         assert "cookie" not in head.lower()
         assert body == b"grant_type=refresh_token&refresh_token=rt"
 
