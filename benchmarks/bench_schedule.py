@@ -5,8 +5,8 @@ A: group commit: `CONCURRENCY` forced refresh flows (``refresh_flow(force=True)`
 through `grantkeeper.engine.group_commit.GroupCommit`, driven by the async driver, their token requests through the
 aiohttp sender (`grantkeeper.tokens.aiohttp_transport`); claims share transactions, commits share transactions,
 each batch durable once (PostgreSQL: two batches in flight at once). The same group commit on httpx's
-`AsyncClient` runs in the same rounds and is reported in the notes. The refresh itself is unchanged: every claim is durable
-before its request is sent, every successor durable before its flow ends, compare-and-set per grant.
+`AsyncClient` runs in the same rounds and is reported in the notes. The refresh itself is unchanged: every claim
+is durable before its request is sent, every successor durable before its flow ends, compare-and-set per grant.
 
 B1: ``Keeper.refresh(name, force=True)`` one after another: two durable transactions per refresh.
 
