@@ -130,14 +130,16 @@ class Scheduler:
         sender: AsyncSender,
         options: SchedulerOptions | None = None,
         on_round: Callable[[], None] | None = None,
+        flushers: int = 1,
         **keeper_options: Unpack[KeeperOptions],
     ) -> None:
-        """`on_round` is called as each round starts (a heartbeat: `grantkeeper serve`'s ``/readyz`` reads it)."""
+        """`on_round` is called as each round starts (a heartbeat: `grantkeeper serve`'s ``/readyz`` reads it);
+        `flushers` batches of store transactions may commit at once (`GroupCommit`)."""
         self.options = options or SchedulerOptions()
         self._on_round = on_round
         self.stats = SchedulerStats()
         self._store = store
-        self._grouped = GroupCommit(threaded(store), self._batch)  # type: ignore[arg-type]
+        self._grouped = GroupCommit(threaded(store), self._batch, flushers=flushers)  # type: ignore[arg-type]
         self.keeper = AsyncKeeper(self._grouped, sender=sender, **keeper_options)  # type: ignore[arg-type]
         self._now = self.keeper.clock.now
         self._announcing: set[asyncio.Task[None]] = set()

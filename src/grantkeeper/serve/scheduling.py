@@ -19,9 +19,9 @@ from grantkeeper._exceptions import ConfigurationError
 from grantkeeper.engine.scheduler import LAG_BUCKETS, Scheduler, SchedulerOptions
 from grantkeeper.notify import EventSink
 from grantkeeper.protocol.planning import SchedulePolicy
-from grantkeeper.stores import SQLStore
-from grantkeeper.tokens import transport
-from grantkeeper.tokens.sender import AsyncHttpSender
+from grantkeeper.stores import SQLiteStore, SQLStore
+from grantkeeper.tokens import aiohttp_transport
+from grantkeeper.tokens.aiohttp_transport import AiohttpSender
 
 __all__ = ["SchedulerCollector", "running_scheduler", "scheduler_options"]
 
@@ -113,9 +113,12 @@ async def running_scheduler(
 ) -> AsyncIterator[Scheduler]:
     """Run a scheduler on `store` in the background while the block runs; on leaving, stop it gracefully (the
     refreshes in flight finish and their plans are written back)."""
-    async with transport.async_client() as http:
-        scheduler = Scheduler(store, sender=AsyncHttpSender(http), options=options, on_event=list(on_event),
-                              worker=worker, on_round=on_round)  # fmt: skip
+    # aiohttp's client costs an eighth of httpx's async client's CPU per request (benchmarks/bench_schedule.py),
+    # and the scheduler is CPU-bound; it is part of the serve extra, which this module needs anyway.
+    async with aiohttp_transport.session() as http:
+        flushers = 1 if isinstance(store, SQLiteStore) else 2  # PostgreSQL: one batch fills while one commits
+        scheduler = Scheduler(store, sender=AiohttpSender(http), options=options, on_event=list(on_event),
+                              worker=worker, on_round=on_round, flushers=flushers)  # fmt: skip
         task = asyncio.create_task(scheduler.run(), name="grantkeeper-scheduler")
         try:
             yield scheduler
