@@ -107,14 +107,23 @@ def test_a_throttled_provider_pauses_alone_and_retry_after_is_a_floor() -> None:
     with pytest.raises(RuntimeError):
         slow.start(NOW)
     slow.finish(GateOutcome.THROTTLED, NOW, retry_after=30.0, reason="429")
-    assert slow.free(NOW + 29.9) == 0 and slow.free(NOW + 30.1) == 1
+    assert slow.free(NOW + 29.9) == 0 and slow.free(NOW + 30.1) == 0  # the other one is still in flight
     assert other.free(NOW) == 2  # another provider's gate is untouched
-    waits = []
-    for i in range(12):  # repeated transient failures back off exponentially up to the cap
-        slow.finish(GateOutcome.TRANSIENT, NOW + i)
-        waits.append(slow.paused_until - (NOW + i))
+    slow.finish(GateOutcome.TRANSIENT, NOW + 1)  # the other one, in flight when the pause began
+    assert slow.failures == 1 and slow.paused_until == NOW + 30.0  # ... does not escalate it
+    assert slow.free(NOW + 30.1) == 1  # after a pause: one probe at a time ...
+    slow.start(NOW + 30.1)
+    assert slow.free(NOW + 30.1) == 0
+    waits, at = [], NOW + 30.1
+    for _ in range(12):  # each failed probe backs off exponentially up to the cap
+        slow.finish(GateOutcome.TRANSIENT, at)
+        waits.append(slow.paused_until - at)
+        at = slow.paused_until
+        slow.start(at)
     assert waits[-1] <= slow.backoff_cap and waits[-1] >= slow.backoff_cap / 2
-    slow.finish(GateOutcome.PERMANENT, NOW)
+    assert all(later >= earlier / 2 for earlier, later in zip(waits, waits[1:], strict=False))
+    slow.finish(GateOutcome.PERMANENT, at)
     assert slow.failures == 13  # a revoked grant says nothing about the provider
     slow.finish(GateOutcome.OK, NOW)
     assert slow.failures == 0 and slow.last_reason is None
+    assert slow.free(slow.paused_until) == 2  # ... and all of them again once a probe succeeds

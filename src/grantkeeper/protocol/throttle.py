@@ -41,8 +41,11 @@ class ProviderGate:
             raise ValueError("concurrency must be at least 1 and 0 < backoff_base <= backoff_cap")
 
     def free(self, now: float) -> int:
-        """How many refreshes may start at `now`."""
-        return 0 if now < self.paused_until else max(0, self.concurrency - self.in_flight)
+        """How many refreshes may start at `now`: none while paused; after a pause, one at a time until one
+        succeeds (a probe, so a provider that is still down gets one request, not `concurrency` of them)."""
+        if now < self.paused_until:
+            return 0
+        return max(0, (1 if self.failures else self.concurrency) - self.in_flight)
 
     def start(self, now: float) -> None:
         if self.free(now) < 1:
@@ -56,7 +59,8 @@ class ProviderGate:
         if outcome is GateOutcome.OK:
             self.failures, self.last_reason = 0, None
         elif outcome in (GateOutcome.THROTTLED, GateOutcome.TRANSIENT):
-            self.failures += 1
+            if now >= self.paused_until:  # refreshes that were in flight when the pause began do not escalate it
+                self.failures += 1
             wait = min(self.backoff_cap, self.backoff_base * 2.0 ** (self.failures - 1))
             wait *= 0.5 + 0.5 * self.rng.random()  # half to full: instances that failed together spread out
             if retry_after is not None:
