@@ -119,3 +119,63 @@ def test_a_stop_finishes_the_refreshes_in_flight(sqlite_url: str, make_sim: Sim,
         store.close()
     assert [g.generation for g in grants] == [2, 2, 2] and leases == []
     assert scheduler.stats.outcomes["refreshed"] == 3
+
+
+def test_an_outage_at_one_provider_slows_only_its_grants(sqlite_url: str, make_sim: Sim) -> None:
+    """Provider "down" answers 503 for 30 s. Its grants back off behind its gate (one probe at a time after a
+    pause) and are all refreshed once it is back; provider "up"'s grants never miss their window meanwhile."""
+    from grantkeeper.testing.simulator import HttpError
+
+    life, outage = 6.0, 30.0
+    sims = {"up": make_sim(access_ttl=life), "down": make_sim(access_ttl=life)}
+    store = open_store(sqlite_url)
+    names: dict[str, list[str]] = {}
+    for provider, sim in sims.items():
+        store.put_provider(provider_for(sim, name=provider, skew=SKEW), now=time.time())
+        names[provider] = [f"{provider}-{i}" for i in range(8)]
+        for name in names[provider]:
+            store.import_grant(name, provider=provider, refresh_token=Secret(sim.issue_grant()), scopes=(),
+                               now=time.time())  # fmt: skip
+            store.set_hot(name, True)
+
+    async def run() -> tuple[Scheduler, int, float]:
+        async with async_client() as http:
+            scheduler = Scheduler(store, sender=AsyncHttpSender(http), worker="scheduler",
+                                  options=SchedulerOptions(plan=PLAN, tick=0.2, per_provider=4))  # fmt: skip
+            runner = asyncio.create_task(scheduler.run())
+            await asyncio.sleep(2.0)  # every grant's first token
+            sims["down"].inject(HttpError(503), times=1_000_000)
+            calls_before = sims["down"].stats.refresh_calls
+            await asyncio.sleep(outage)
+            sims["down"].clear_faults()
+            during = sims["down"].stats.refresh_calls - calls_before
+            back = time.time()
+            deadline = back + 120.0
+            while time.time() < deadline and not all(
+                any(a.started_at > back and a.state.value == "committed" for a in store.list_attempts(n, limit=5))
+                for n in names["down"]
+            ):
+                await asyncio.sleep(0.5)
+            scheduler.stop()
+            await runner
+            return scheduler, during, back
+
+    try:
+        scheduler, during, back = asyncio.run(run())
+        attempts = {n: store.list_attempts(n, limit=200)[::-1] for group in names.values() for n in group}
+    finally:
+        store.close()
+    for name in names["down"]:  # recovered: refreshed after the outage, nothing spent or lost on the way
+        assert any(a.started_at > back and a.state.value == "committed" for a in attempts[name]), name
+    assert set(sims["down"].stats.errors) == {"server_error"}  # the 503s answered, and no invalid_grant
+    assert sims["down"].stats.reuse_detections == 0
+    # backed off: a few probes, not every grant's retries over and over (8 grants x 4 tries per refresh, every
+    # `retry` seconds, would be 64 requests in 30 s without the gate)
+    assert during < 48, during
+    for name in names["up"]:  # on schedule all along: each refresh began while the previous token was served
+        committed = [a for a in attempts[name] if a.state.value == "committed"]
+        assert len(committed) >= (outage + 2.0) / life
+        for earlier, later in zip(committed, committed[1:], strict=False):
+            assert earlier.finished_at is not None
+            assert later.started_at < earlier.finished_at + life - SKEW, (name, earlier, later)
+    assert sims["up"].stats.errors == {}
