@@ -5,6 +5,7 @@ in flight. Real SQLite files and PostgreSQL, real HTTP over loopback, the real c
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 import time
 from collections import Counter
@@ -172,10 +173,11 @@ def test_an_outage_at_one_provider_slows_only_its_grants(sqlite_url: str, make_s
     # backed off: a few probes, not every grant's retries over and over (8 grants x 4 tries per refresh, every
     # `retry` seconds, would be 64 requests in 30 s without the gate)
     assert during < 48, during
+    assert scheduler.stats.outcomes["provider_unavailable"] >= 1 and scheduler.stats.missed > 0  # its grants waited
     for name in names["up"]:  # on schedule all along: each refresh began while the previous token was served
         committed = [a for a in attempts[name] if a.state.value == "committed"]
         assert len(committed) >= (outage + 2.0) / life
-        for earlier, later in zip(committed, committed[1:], strict=False):
+        for earlier, later in itertools.pairwise(committed):
             assert earlier.finished_at is not None
             assert later.started_at < earlier.finished_at + life - SKEW, (name, earlier, later)
     assert sims["up"].stats.errors == {}
