@@ -34,7 +34,7 @@ from grantkeeper.serve.console import charts, queries
 from grantkeeper.serve.console.headers import PREFIX
 from grantkeeper.serve.console.pages import TEMPLATES, environment, evidence_rows, lineage
 from grantkeeper.serve.console.sessions import ConsoleSession, SessionStore, csrf_token, csrf_valid
-from grantkeeper.serve.errors import ServeError
+from grantkeeper.serve.errors import ServeError, conceal
 from grantkeeper.stores.access import grant_matches
 
 __all__ = ["COOKIE", "LOGIN_COOKIE", "Console", "ConsoleRefusal", "router"]
@@ -47,7 +47,7 @@ _HTML = "text/html; charset=utf-8"
 router = APIRouter(prefix=PREFIX, include_in_schema=False)
 
 
-class ConsoleRefusal(Exception):  # noqa: N818: it carries the answer, it is not an error of the caller's code
+class ConsoleRefusal(Exception):  # not "...Error": it carries an answer, not a failure
     """Raised by a route to answer with `response` at once (a redirect to sign in, a 403 page)."""
 
     def __init__(self, response: Response) -> None:
@@ -122,7 +122,7 @@ async def _changing(request: Request, action: str, grant: str | None = None) -> 
 
 def _not_found(request: Request, name: str) -> ConsoleRefusal:
     return ConsoleRefusal(_console(request).page(request, "message.html", 404, title="No such grant",
-                                                 message=f"There is no grant named {name!r}."))  # fmt: skip
+                                                 message=f"There is no grant named {conceal(name)!r}."))  # fmt: skip
 
 
 def _reachable(request: Request, session: ConsoleSession, name: str) -> None:
@@ -233,7 +233,14 @@ async def grants(
     page, providers = await asyncio.gather(asyncio.to_thread(queries.grants_page, store, query),
                                            asyncio.to_thread(store.list_providers))  # fmt: skip
     now = time.time()
-    filters = {"state": state or "", "provider": provider or "", "q": q or "", "sort": sort, "order": order}
+    # What goes back into the page and its links: a token pasted into the search box is cut out.
+    filters = {
+        "state": conceal(state or ""),
+        "provider": conceal(provider or ""),
+        "q": conceal(q or ""),
+        "sort": sort,
+        "order": order,
+    }
 
     def link(**changes: str) -> str:
         return f"{PREFIX}/grants?" + urlencode({k: v for k, v in {**filters, **changes}.items() if v})
@@ -242,7 +249,7 @@ async def grants(
                        r.last_error, r.ends, now)) for r in page.rows]  # fmt: skip
     return console.page(
         request, "grants.html", rows=rows, now=now, filters=filters, states=[s.value for s in GrantState],
-        providers=sorted(p.name for p in providers), sorts=list(queries.SORTS), done=done,
+        providers=sorted(p.name for p in providers), sorts=list(queries.SORTS), done=done and conceal(done),
         next_link=link(after=queries.encode_cursor(page.rows[-1])) if page.more_after and page.rows else None,
         prev_link=link(before=queries.encode_cursor(page.rows[0])) if page.more_before and page.rows else None,
         first_link=link() if page.more_before else None, sort_link=link, quote=quote,
@@ -261,7 +268,8 @@ async def grant(request: Request, name: str, done: Annotated[str | None, Query(m
     colour = health(status.state, status.last_error, status.refresh_ends, time.time())
     return _console(request).page(
         request, "grant.html", status=status, diagnosis=diagnosis, history=history, tables=tables, facts=facts,
-        lineage=lineage(history, status.generation, status.refresh_fp), health=colour, done=done, failed=failed,
+        lineage=lineage(history, status.generation, status.refresh_fp), health=colour, done=done and conceal(done),
+        failed=failed and conceal(failed),
         may_change="refresh" in session.scopes, quote=quote,
     )  # fmt: skip
 
