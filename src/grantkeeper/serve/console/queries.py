@@ -160,14 +160,22 @@ def _grants_page(_store: SQLStore, q: GrantsQuery) -> Op[GrantsPage]:
     cursor = q.before if backwards else q.after
     # Paging backwards reads the reversed order from the cursor, then turns the page round.
     descending = q.descending != backwards
-    if cursor is not None:
-        where.append(f"({key}, grants.name) {'<' if descending else '>'} (?, ?)")
-        params.extend(cursor)
-    order = "DESC" if descending else "ASC"
+    past, order = ("<", "DESC") if descending else (">", "ASC")
+    if cursor is not None and key == SORTS["name"]:
+        where.append(f"grants.name {past} ?")
+        params.append(cursor[1])
+    elif cursor is not None:
+        # Spelled out rather than as a row value: "key >= ?" is a range both SQLite and PostgreSQL start the index
+        # scan at (SQLite scans an expression index from its end for a row-value bound).
+        where.append(f"{key} {past}= ? AND ({key} {past} ? OR grants.name {past} ?)")
+        params.extend((cursor[0], cursor[0], cursor[1]))
+    ordering = f"grants.name {order}" if key == SORTS["name"] else f"{key} {order}, grants.name {order}"
+    # LEFT JOIN (every grant has its provider) keeps grants the outer loop, so SQLite reads them in index order
+    # and stops after one page, instead of looping over providers and sorting every matching grant.
     sql = (
-        f"SELECT {_ROW}, {key} FROM grants JOIN providers ON providers.name = grants.provider "
+        f"SELECT {_ROW}, {key} FROM grants LEFT JOIN providers ON providers.name = grants.provider "
         + (("WHERE " + " AND ".join(where) + " ") if where else "")
-        + f"ORDER BY {key} {order}, grants.name {order} LIMIT ?"
+        + f"ORDER BY {ordering} LIMIT ?"
     )
     rows = (yield Sql(sql, (*params, q.limit + 1))).fetchall()
     more = len(rows) > q.limit
