@@ -17,7 +17,7 @@ import pytest
 from grantkeeper.stores import open_store
 from tests.helpers import files_bytes, setup_grant
 from tests.serve.conftest import ServeProcess, make_key
-from tests.serve.console.helpers import csrf_of, sign_in
+from tests.serve.console.helpers import csrf_of, revoke_key, sign_in
 from tests.system.test_canary import CanarySimulator, find_leaks
 
 Start = Callable[..., ServeProcess]
@@ -201,11 +201,7 @@ def test_only_a_usable_key_with_the_ui_scope_signs_in(console: tuple[ServeProces
     with server.client() as http:
         assert sign_in(http, key).status_code == 303
         assert http.get("/ui/grants").status_code == 200
-        store = open_store(store_url)
-        try:
-            store.revoke_api_key("ops", now=time.time())
-        finally:
-            store.close()
+        revoke_key(store_url, "ops")
         assert http.get("/ui/grants").status_code == 303
 
 
