@@ -124,6 +124,22 @@ def test_no_token_in_any_console_answer(console: tuple[ServeProcess, str, str], 
         keep("sign out", http.post("/ui/logout", data={"csrf": csrf_of(http.get("/ui/keys").text)}))
         keep("after sign-out", http.get("/ui/grants"))
     assert server.terminate() == 0
+    store = open_store(store_url)
+    try:
+        audit = store.list_audit(api_key="ops", limit=100)
+    finally:
+        store.close()
+    # The console's actions are in the audit trail, each with its grant and the status it got.
+    done = {(e.action, e.grant, e.status) for e in audit}
+    assert {
+        ("ui_sign_in", None, 303),
+        ("ui_refresh", "acme-1", 303),
+        ("ui_refresh", "acme-2", 303),
+        ("ui_revoke", "acme-1", 409),
+        ("ui_revoke", "acme-1", 303),
+        ("ui_sign_out", None, 303),
+    } <= done, done
+    captures.append(("audit trail", repr(audit)))
     captures.append(("serve log", server.log_text()))
     captures.append(("store files", files_bytes(tmp_path).decode("latin-1")))
     canaries = set(canary_sim.issued_tokens()) | {canary_sim.client_secret, key.split("_", 2)[2], cookie}

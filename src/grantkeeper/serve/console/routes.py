@@ -245,8 +245,7 @@ async def grants(
     def link(**changes: str) -> str:
         return f"{PREFIX}/grants?" + urlencode({k: v for k, v in {**filters, **changes}.items() if v})
 
-    rows = [(r, health(GrantState(r.state) if r.state in GrantState._value2member_map_ else GrantState.ACTIVE,
-                       r.last_error, r.ends, now)) for r in page.rows]  # fmt: skip
+    rows = [(r, health(GrantState(r.state), r.last_error, r.ends, now)) for r in page.rows]
     return console.page(
         request, "grants.html", rows=rows, now=now, filters=filters, states=[s.value for s in GrantState],
         providers=sorted(p.name for p in providers), sorts=list(queries.SORTS), done=done and conceal(done),
