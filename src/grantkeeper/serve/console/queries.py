@@ -18,6 +18,7 @@ from typing import Any
 from grantkeeper.model import GrantState, RotationMode
 from grantkeeper.model.lifetimes import RefreshTokenExpiry, token_ends
 from grantkeeper.stores import SQLStore
+from grantkeeper.stores.access import grant_matches
 from grantkeeper.stores.transactions import Op, Sql
 
 __all__ = [
@@ -188,8 +189,6 @@ def _grants_page(_store: SQLStore, q: GrantsQuery) -> Op[GrantsPage]:
 
 def grants_page(store: SQLStore, query: GrantsQuery) -> GrantsPage:
     """One page of the grants list (blocking: run it in a worker thread)."""
-    from grantkeeper.stores.access import grant_matches
-
     page: GrantsPage = store._perform(_grants_page, False, query)
     if "*" in query.patterns:
         return page
