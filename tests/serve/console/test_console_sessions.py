@@ -5,6 +5,7 @@ TLS listener the session cookie is ``Secure``."""
 from __future__ import annotations
 
 import ssl
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,6 +13,8 @@ import httpx
 import pytest
 
 from grantkeeper import Keeper
+from grantkeeper.serve.apikeys import new_key
+from grantkeeper.serve.console.sessions import SessionStore
 from grantkeeper.stores import open_store
 from tests.conftest import TEST_KEY
 from tests.helpers import provider_for
@@ -68,3 +71,36 @@ def test_the_session_cookie_is_secure_on_a_tls_listener(serve_store: str, grant_
         set_cookie = next(v for v in signed_in.headers.get_list("set-cookie") if v.startswith("gk_console="))
         assert {"secure", "httponly"} <= {a.strip().lower() for a in set_cookie.split(";")[1:]}
         assert http.get("/ui/grants").status_code == 200
+
+
+def test_a_session_ends_at_its_expiry_and_ended_rows_are_swept(tmp_path: Path) -> None:
+    store = open_store(f"sqlite://{tmp_path}/sessions.db")
+    try:
+        made = new_key("ops", grants="*", scopes="ui", now=time.time())
+        store.create_api_key(made.record, key=made.key)
+        sessions = SessionStore(store, ttl=60.0)
+        now = time.time()
+        cookie = sessions.create("ops", made.record.key_id, now=now)
+        found = sessions.find(cookie, now=now + 59)
+        assert found is not None and found.api_key == "ops" and found.scopes == {"ui"}
+        assert sessions.find(cookie, now=now + 61) is None
+        assert sessions.find(cookie + "x", now=now) is None
+        # The key made again under the same name is another key: the old key's sessions do not carry over.
+        revoke_key(f"sqlite://{tmp_path}/sessions.db", "ops")
+        again = new_key("ops", grants="*", scopes="ui", now=time.time())
+        store.create_api_key(again.record, key=again.key)
+        assert sessions.find(cookie, now=now) is None
+        # A sign-in deletes the rows of sessions that have ended; the table holds only the ones in force.
+        signed_out = sessions.create("ops", again.record.key_id, now=now)
+        sessions.end(signed_out, now=now)
+        assert sessions.find(signed_out, now=now) is None
+
+        def rows() -> int:
+            return int(store._read(lambda c: c.execute("SELECT COUNT(*) FROM console_sessions").fetchone()[0]))
+
+        kept = sessions.create("ops", again.record.key_id, now=now + 1)
+        assert rows() == 2  # the signed-out row is gone; the first (its key made again) lasts until it expires
+        sessions.create("ops", again.record.key_id, now=now + 60.5)  # the first has expired: gone too
+        assert rows() == 2 and sessions.find(kept, now=now + 60.5) is not None
+    finally:
+        store.close()

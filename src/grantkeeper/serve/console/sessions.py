@@ -52,8 +52,8 @@ def csrf_valid(cookie: str | None, presented: str | None) -> bool:
 
 
 def _create(_store: SQLStore, id_hash: str, api_key: str, key_id: str, now: float, ttl: float) -> Op[None]:
-    # Expired and signed-out sessions are swept at each sign-in: the table stays as small as the sessions in force.
-    yield Sql("DELETE FROM console_sessions WHERE expires_at < ?", (now,), wait=False)
+    # Ended sessions (expired, signed out) are swept at each sign-in: the table stays as small as those in force.
+    yield Sql("DELETE FROM console_sessions WHERE expires_at < ? OR revoked_at IS NOT NULL", (now,), wait=False)
     yield Sql(
         "INSERT INTO console_sessions (id_hash, api_key, key_id, created_at, expires_at, revoked_at) "
         "VALUES (?, ?, ?, ?, ?, NULL)",
