@@ -39,12 +39,12 @@ from grantkeeper.model import Grant, Provider, TokenSet, check_name
 from grantkeeper.model.provider import RESERVED_AUTHORIZE_PARAMS
 from grantkeeper.profiles import get_profile
 from grantkeeper.protocol.answers import HttpReply, interpret
-from grantkeeper.stores.base import GenerationConflict
+from grantkeeper.stores.base import GenerationConflict, Store
 from grantkeeper.tokens import transport
 from grantkeeper.tokens.request import build_client_request
 from grantkeeper.tokens.transport import NotSent, send
 
-__all__ = ["DEFAULT_CONSENT_TIMEOUT", "Connected", "connect", "connect_device", "revoke"]
+__all__ = ["DEFAULT_CONSENT_TIMEOUT", "Connected", "connect", "connect_device", "revoke", "revoke_in"]
 
 logger = logging.getLogger("grantkeeper")
 
@@ -247,13 +247,20 @@ def revoke(keeper: Keeper, name: str, *, local_only: bool = False, http: httpx.C
         ClientAuthFailed / ProviderRejected / ProviderUnavailable / MalformedResponse: the provider did not
             confirm the revocation (nothing is deleted).
     """
-    keeper.store.replay_recovery(now=keeper.clock.now())  # a successor kept locally is the token to revoke
-    grant, provider = keeper.store.get_grant_and_provider(name)
+    return revoke_in(keeper.store, name, now=keeper.clock.now(), local_only=local_only, http=http)
+
+
+def revoke_in(
+    store: Store, name: str, *, now: float, local_only: bool = False, http: httpx.Client | None = None
+) -> Grant:
+    """`revoke` on a blocking store (the service's console runs it in a worker thread)."""
+    store.replay_recovery(now=now)  # a successor kept locally is the token to revoke
+    grant, provider = store.get_grant_and_provider(name)
     if not local_only:
         _revoke_at_provider(provider, grant, http)
     try:
         # Only the generation whose token was revoked: a refresh that committed meanwhile holds a live token.
-        keeper.store.delete_grant(name, expected_generation=grant.generation)
+        store.delete_grant(name, expected_generation=grant.generation)
     except GenerationConflict as moved:
         raise TransientError(
             f"grant {name!r} was refreshed while it was being revoked: refresh token {grant.refresh_fp} was revoked, "

@@ -15,7 +15,7 @@ from starlette.responses import Response
 
 from grantkeeper import __version__
 from grantkeeper._exceptions import GrantkeeperError, sanitize_provider_text
-from grantkeeper.serve import routes_grants, routes_health, routes_proxy
+from grantkeeper.serve import console, routes_grants, routes_health, routes_proxy
 from grantkeeper.serve.bodylimit import BodyLimit
 from grantkeeper.serve.broker import Broker
 from grantkeeper.serve.errors import ServeError, problem, problem_for
@@ -77,5 +77,6 @@ def create_app(broker: Broker, *, max_body: int = DEFAULT_MAX_BODY, proxy_limits
         detail = "no such route" if exc.status_code == 404 else sanitize_provider_text(exc.detail, limit=200)
         return _respond(request, problem(exc.status_code, code, detail, headers=dict(exc.headers or {})), code)
 
-    app.add_middleware(Recorder, broker=broker, log=log)  # outermost: it records the refusals of BodyLimit too
+    app.add_middleware(Recorder, broker=broker, log=log)  # it records the refusals of BodyLimit too
+    console.install(app, broker)  # outermost: its security headers go on every /ui/ answer, the Recorder's too
     return app

@@ -13,7 +13,7 @@ from grantkeeper._exceptions import ConfigurationError
 
 __all__ = ["SCOPES", "ApiKeyRecord", "AuditEntry", "check_pattern", "grant_matches", "parse_patterns", "parse_scopes"]
 
-#: What a key may do. ``ui`` and ``connect`` are reserved for later features and accepted by no route yet.
+#: What a key may do. ``ui`` signs in to the console (/ui/); ``connect`` is reserved and accepted by no route yet.
 SCOPES = ("token", "refresh", "proxy", "read", "metrics", "ui", "connect")
 _PATTERN_CHARS = frozenset("-_.:@*")
 
