@@ -47,7 +47,7 @@ from grantkeeper.model.lifetimes import RefreshTokenExpiry, refresh_token_ends
 from grantkeeper.model.retention import HistoryRetention
 from grantkeeper.model.times import iso_utc
 from grantkeeper.model.token_values import check_refresh_token
-from grantkeeper.notify import EventSink, Notifier, event_for
+from grantkeeper.notify import EventSink, GrantEvent, Notifier, event_for
 from grantkeeper.protocol import Refreshed, RefreshPolicy, refresh_flow
 
 __all__ = [
@@ -193,6 +193,11 @@ class _KeeperCore:
         """Call `sink` (a callable taking a `GrantEvent`, or a `Webhook`) when a grant needs a person: it entered
         needs_reauth, or the provider rejected the client credentials. See `grantkeeper.notify`."""
         self._notifier.add(sink)
+
+    def announce(self, event: GrantEvent) -> None:
+        """Send `event`, which something other than a refresh made (grantkeeper serve's hosted connect), to the
+        sinks `on_event` registered. Blocking: sinks are user code."""
+        self._notifier.emit(event)
 
     def _replay_soon(self) -> None:
         """A successor waits in recovery storage: keep trying to commit it in the background (`_replaying`) until
@@ -777,6 +782,15 @@ class AsyncKeeper(_KeeperCore):
         """See `Keeper.import_grant`."""
         return await self._drive(self._checked_import_steps(name, provider, refresh_token, scopes, access_token,
                                                             expires_at))  # fmt: skip
+
+    async def _import(
+        self, name: str, provider: str, refresh_token: str | Secret, scopes: tuple[str, ...], *,
+        access_token: Secret | None = None, expires_at: float | None = None, refresh_expires_at: float | None = None,
+    ) -> Grant:  # fmt: skip
+        """See `Keeper._import` (grantkeeper serve's hosted connect stores its consents through this)."""
+        steps = self._import_steps(name, provider, refresh_token, scopes, access_token=access_token,
+                                   expires_at=expires_at, refresh_expires_at=refresh_expires_at)  # fmt: skip
+        return await self._drive(steps)
 
     async def report_rejected(self, name: str, access_token: str) -> bool:
         return await self._drive(self._invalidate_steps(name, access_token))
