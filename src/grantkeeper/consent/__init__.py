@@ -36,11 +36,11 @@ from grantkeeper.consent.flow import AuthorizationRequest, begin, code_from_redi
 from grantkeeper.consent.flow import tokens_from_reply as _tokens_from_reply
 from grantkeeper.consent.loopback import LoopbackListener
 from grantkeeper.engine import Keeper
+from grantkeeper.engine.ports import Store
 from grantkeeper.model import Grant, Provider, TokenSet, check_name
 from grantkeeper.model.provider import RESERVED_AUTHORIZE_PARAMS
 from grantkeeper.profiles import get_profile
 from grantkeeper.protocol.answers import HttpReply, interpret
-from grantkeeper.engine.ports import Store
 from grantkeeper.stores.base import GenerationConflict
 from grantkeeper.tokens import transport
 from grantkeeper.tokens.request import build_client_request
