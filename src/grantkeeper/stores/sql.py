@@ -1388,9 +1388,9 @@ class SQLStore:
         self, session_id: str, *, state: str, browser: str | None, now: float
     ) -> Op[tuple[ConnectSession | None, Secret | None, str | None]]:
         """Take the session's one callback: (the session, its verifier, None), or (the session if `state` is its,
-        None, why not) with why one of ``unknown`` (no such session, or not its ``state``), ``other_browser`` (the
-        browser holds no cookie of the one that opened it), ``used`` (a callback was taken before) or ``expired``
-        (the callback came too late: recorded, so the session is over)."""
+        None, why not) with why one of ``unknown`` (no such session, or not its ``state``), ``used`` (a callback was
+        taken before), ``expired`` (the callback came too late: recorded, so the session is over) or
+        ``other_browser`` (the browser holds no cookie of the one that opened it: the session stays open)."""
         sql = f"SELECT {self._SESSION_COLUMNS}, state_hash, browser_hash, verifier FROM connect_sessions WHERE id = ?"
         row = (yield Sql(sql, (session_id,))).fetchone()
         if row is None or not self._matches(state, row[13]):
@@ -1398,9 +1398,9 @@ class SQLStore:
         session = self._connect_session(row)
         if session.finished_at is not None:
             return session, None, "expired" if session.outcome == "connect_session_expired" else "used"
-        if not self._matches(browser, row[14]):
-            return session, None, "other_browser"
         late = session.callback_by is None or session.callback_by <= now
+        if not late and not self._matches(browser, row[14]):
+            return session, None, "other_browser"  # (a late one is over whoever brings it: its cookie is gone too)
         cursor = yield Sql(
             "UPDATE connect_sessions SET finished_at = ?, outcome = ? WHERE id = ? AND finished_at IS NULL",
             (now, "connect_session_expired" if late else None, session_id),
