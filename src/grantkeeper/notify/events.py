@@ -8,6 +8,10 @@ Two kinds, each sent when a grant enters it (not on every later call that repeat
 * ``client_auth_failed``: the provider rejected the client credentials, and the grant's previous attempt had
   not already failed that way.
 
+Two more come from ``grantkeeper serve``'s hosted connect (`grantkeeper.serve.connect_sessions`), one per session
+that got as far as the provider's answer: ``connected`` (the grant is stored) and ``connect_failed`` (it is not;
+the cause is the error's code).
+
 An event carries names, classes, fingerprints, ids and times: never a token or a secret.
 """
 
@@ -25,7 +29,7 @@ __all__ = ["EVENT_KINDS", "EventSink", "GrantEvent", "Notifier", "event_for"]
 
 logger = logging.getLogger("grantkeeper")
 
-EVENT_KINDS = ("needs_reauth", "client_auth_failed")
+EVENT_KINDS = ("needs_reauth", "client_auth_failed", "connected", "connect_failed")
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +39,7 @@ class GrantEvent:
     kind: str  # one of EVENT_KINDS
     grant: str
     provider: str
-    cause: str  # the error class: lost_in_flight, reuse_detected, revoked_or_expired, client_auth_failed
+    cause: str  # the error class (lost_in_flight, ..., client_auth_failed, consent_denied, ...), or "connected"
     message: str  # the error's message: what happened and what to do (no secrets)
     evidence: dict[str, Any]
     at: float
