@@ -5,7 +5,7 @@ to the one callback that takes the session, and is stored sealed (not in plainte
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -71,31 +71,28 @@ def test_an_unopened_link_expires_and_a_late_callback_ends_the_session(store: SQ
     assert again[2] == "expired"  # over for good, whatever clock the next request reads
 
 
+def _race(call: Callable[[], object]) -> list[str]:
+    """`call` from RACERS threads released at once; what each returned."""
+    barrier, results = threading.Barrier(RACERS), []
+
+    def run() -> None:
+        barrier.wait()
+        results.append(str(call()))
+
+    threads = [threading.Thread(target=run) for _ in range(RACERS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    return sorted(results)
+
+
 def test_racing_opens_and_callbacks_each_have_one_winner(store: SQLStore) -> None:
     store.create_connect_session(_session(), token="tok")
-    results: list[object] = []
-
-    def race(call: object) -> None:
-        barrier.wait()
-        results.append(call())  # type: ignore[operator]
-
-    barrier = threading.Barrier(RACERS)
-    threads = [threading.Thread(target=race, args=(lambda: _open(store, state="st")[1],)) for _ in range(RACERS)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    assert sorted(map(str, results)) == ["None"] + ["used"] * (RACERS - 1)
-    results.clear()
-    barrier = threading.Barrier(RACERS)
+    assert _race(lambda: _open(store)[1]) == ["None"] + ["used"] * (RACERS - 1)
     take = store.take_connect_callback
-    threads = [threading.Thread(target=race, args=(lambda: take("0123456789abcdef", state="st", browser="cookie",
-                                                                now=1002.0)[2],)) for _ in range(RACERS)]  # fmt: skip
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    assert sorted(map(str, results)) == ["None"] + ["used"] * (RACERS - 1)
+    won = _race(lambda: take("0123456789abcdef", state="st", browser="cookie", now=1002.0)[2])
+    assert won == ["None"] + ["used"] * (RACERS - 1)
 
 
 def test_the_verifier_and_the_secrets_are_not_stored_in_plaintext(tmp_path: Path) -> None:
