@@ -19,12 +19,19 @@ RACERS = 8
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-def store(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SQLStore]:
+def store_url(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv("GRANTKEEPER_KEY", TEST_KEY)  # a database server has no key file beside it
     monkeypatch.setenv("GRANTKEEPER_RECOVERY_DIR", f"{tmp_path}/recovery")
-    url = f"sqlite://{tmp_path}/s.db" if request.param == "sqlite" else request.getfixturevalue("pg_url")
-    opened = open_store(url, migrate=True)  # PostgreSQL: migrations 1-9, the connect sessions' included
-    assert isinstance(opened, SQLStore)
+    if request.param == "sqlite":
+        return f"sqlite://{tmp_path}/s.db"
+    url: str = request.getfixturevalue("pg_url")
+    open_store(url, migrate=True).close()  # PostgreSQL: migrations 1-9, the connect sessions' included
+    return url
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[SQLStore]:
+    opened = open_store(store_url)
     try:
         yield opened
     finally:
@@ -71,27 +78,33 @@ def test_an_unopened_link_expires_and_a_late_callback_ends_the_session(store: SQ
     assert again[2] == "expired"  # over for good, whatever clock the next request reads
 
 
-def _race(call: Callable[[], object]) -> list[str]:
-    """`call` from RACERS threads released at once; what each returned."""
+def _race(url: str, call: Callable[[SQLStore], object]) -> list[str]:
+    """`call` on RACERS stores of their own (as many broker instances have), released at once; what each
+    returned."""
+    stores = [open_store(url) for _ in range(RACERS)]
     barrier, results = threading.Barrier(RACERS), []
 
-    def run() -> None:
+    def run(store: SQLStore) -> None:
         barrier.wait()
-        results.append(str(call()))
+        results.append(str(call(store)))
 
-    threads = [threading.Thread(target=run) for _ in range(RACERS)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
+    threads = [threading.Thread(target=run, args=(store,)) for store in stores]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    finally:
+        for store in stores:
+            store.close()
     return sorted(results)
 
 
-def test_racing_opens_and_callbacks_each_have_one_winner(store: SQLStore) -> None:
+def test_racing_opens_and_callbacks_each_have_one_winner(store: SQLStore, store_url: str) -> None:
     store.create_connect_session(_session(), token="tok")
-    assert _race(lambda: _open(store)[1]) == ["None"] + ["used"] * (RACERS - 1)
-    take = store.take_connect_callback
-    won = _race(lambda: take("0123456789abcdef", state="st", browser="cookie", now=1002.0)[2])
+    assert _race(store_url, lambda s: _open(s)[1]) == ["None"] + ["used"] * (RACERS - 1)
+    won = _race(store_url, lambda s: s.take_connect_callback("0123456789abcdef", state="st", browser="cookie",
+                                                              now=1002.0)[2])  # fmt: skip
     assert won == ["None"] + ["used"] * (RACERS - 1)
 
 
