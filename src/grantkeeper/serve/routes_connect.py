@@ -23,7 +23,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
-from grantkeeper._exceptions import ConfigurationError, ConsentDenied, GrantkeeperError, UnknownProvider
+from grantkeeper._exceptions import (
+    ConfigurationError,
+    ConsentDenied,
+    GrantkeeperError,
+    TransientError,
+    UnknownProvider,
+)
 from grantkeeper.model import check_name
 from grantkeeper.serve.auth import Caller
 from grantkeeper.serve.connect_sessions import (
@@ -55,8 +61,9 @@ _TEMPLATES = jinja2.Environment(
     loader=jinja2.PackageLoader("grantkeeper.serve", "templates"), autoescape=True, undefined=jinja2.StrictUndefined
 )
 _CSS = resources.files("grantkeeper.serve").joinpath("templates/connect/connect.css").read_bytes()
-_DENIED = "You declined the request at {provider}, so nothing was connected. Ask for a new link to try again."
-_FAILED = "The connection to {provider} could not be completed. Ask for a new link to try again."
+_DENIED = "You declined the request at the provider, so nothing was connected. Ask for a new link to try again."
+_BUSY = "The service could not take your request just now; nothing was used up. Open the link again in a minute."
+_FAILED = "The connection could not be completed. Ask for a new link to try again."
 
 router = APIRouter()
 
@@ -133,8 +140,7 @@ async def get_connect(request: Request, token: str | None = None) -> Response:
 @router.post(OPEN_PATH, include_in_schema=False)
 async def post_connect(request: Request) -> Response:
     """The button: open the session (once) and send the browser to the provider."""
-    form = parse_qs((await request.body()).decode("utf-8", "replace"), max_num_fields=5)
-    tokens = form.get("token") or []
+    tokens = _fields((await request.body()).decode("utf-8", "replace"), 5).get("token") or []
     connect = hosted(request)
     try:
         opened = await connect.open(tokens[0] if len(tokens) == 1 else None)
@@ -151,7 +157,7 @@ async def post_connect(request: Request) -> Response:
 @router.get(CALLBACK_PATH, include_in_schema=False)
 async def get_callback(request: Request) -> Response:
     """Where the provider sends the browser back: exchange the code, store the grant, say how it went."""
-    query = parse_qs(request.url.query, keep_blank_values=True, max_num_fields=20)
+    query = _fields(request.url.query, 20)
     connect = hosted(request)
     try:
         done = await connect.callback(query, dict(request.cookies))
@@ -179,20 +185,28 @@ async def _provider_of(request: Request, name: str) -> str | None:
 
 def _failure(request: Request, error: GrantkeeperError) -> Response:
     """The page for a refusal or a failed connect: what went wrong, in words for the end user, and its code."""
+    callback = request.url.path.endswith(CALLBACK_PATH)
     if error.grant is not None:
-        _audit(request, error.grant, "-", "connect-callback" if request.url.path.endswith(CALLBACK_PATH)
-               else "connect-open", error.code)  # fmt: skip
+        _audit(request, error.grant, "-", "connect-callback" if callback else "connect-open", error.code)
     request.state.outcome = error.code
+    status = status_for(error) if isinstance(error, ConnectError) else 400
     if isinstance(error, ConnectError):
         title, message = "This link cannot be used", error.message
+    elif isinstance(error, TransientError) and not callback:  # the link itself is still good
+        title, message, status = "Please try again", _BUSY, 503
     else:
-        provider = "the provider"
-        title = "Nothing was connected"
-        message = (_DENIED if isinstance(error, ConsentDenied) else _FAILED).format(provider=provider)
+        title, message = "Nothing was connected", _DENIED if isinstance(error, ConsentDenied) else _FAILED
     page = _page(request, "connect/result.html", tone="error", title=title, message=message, code=error.code,
                  session=None)  # fmt: skip
-    status = status_for(error) if isinstance(error, ConnectError) else 400
     return Response(page, status, PAGE_HEADERS, media_type="text/html")
+
+
+def _fields(text: str, most: int) -> dict[str, list[str]]:
+    """A form or query string's fields; more than `most` of them is no answer we expect (so none)."""
+    try:
+        return parse_qs(text, keep_blank_values=True, max_num_fields=most)
+    except ValueError:
+        return {}
 
 
 def _audit(request: Request, grant: str, api_key: str, action: str, detail: str) -> None:

@@ -82,6 +82,8 @@ def test_an_end_user_connects_a_grant_in_a_browser(hosted: Hosted, browser: WebD
     assert browser.find_element(By.ID, "code").text == "connect_session_used"
     hosted.captures.append(("replay page", browser.page_source))
     screenshot(browser, "connect-link-used")
+    # The link's own secret is in the answer that made it and in the start page's form, never in the log.
+    assert created["url"].split("token=", 1)[1] not in hosted.server.log_text()
     secrets = hosted.secrets()
     assert len(secrets) >= 4  # the code, the verifier, the refresh and the access token
     # The access token is in the one answer whose job is to give it; every other capture is scanned.
