@@ -6,6 +6,7 @@ the codes, verifiers and tokens of the flow."""
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Callable
 
@@ -210,3 +211,22 @@ def test_without_a_public_url_sessions_are_refused(serve_store: str, dot_server:
     problem = answer.json()
     assert problem["code"] == "connect_not_configured" and "--public-url" in problem["detail"]
     assert answer.headers["content-type"] == "application/problem+json"
+
+
+def test_a_store_outage_at_the_button_is_try_again_and_spends_nothing(hosted: Hosted) -> None:
+    url = hosted.url()
+    db = hosted.store_url.removeprefix("sqlite://")
+    with browser() as http:
+        page = hosted.keep("start page", http.get(url))
+        token = form_fields(page.text, "connect-form")["token"]
+        blocker = sqlite3.connect(db, isolation_level=None)
+        try:
+            blocker.execute("BEGIN EXCLUSIVE")  # another writer holds the store past the broker's busy timeout
+            busy = hosted.keep("busy", http.post(f"{hosted.server.url}/connect", data={"token": token}))
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        refused(busy, 503, "store_unavailable")
+        assert "nothing was used up" in busy.text
+        assert press_continue(hosted, http, url).status_code == 303
+    assert not hosted.leaks()
