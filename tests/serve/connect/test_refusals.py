@@ -16,7 +16,7 @@ import pytest
 from grantkeeper import Keeper
 from tests.dot_browser import consent, form_fields
 from tests.dot_server import DotFactory
-from tests.serve.conftest import Hooks, ServeProcess, make_key
+from tests.serve.conftest import Hooks, ServeProcess, make_key, metric_sample
 from tests.serve.connect.conftest import Hosted, start_hosted
 
 Start = Callable[..., ServeProcess]
@@ -144,6 +144,9 @@ def test_a_denied_consent_stores_nothing_and_says_why(hosted: Hosted) -> None:
     assert grant_names(hosted.store_url) == []
     [event] = hosted.events(1)
     assert (event["kind"], event["cause"], event["grant"]) == ("connect_failed", "consent_denied", "acme-42")
+    with hosted.api(make_key(hosted.store_url, "ops", scopes="metrics")) as http:
+        text = http.get("/metrics").text
+    assert metric_sample(text, "grantkeeper_grant_events_total", kind="connect_failed", cause="consent_denied") == 1
     assert not hosted.leaks()
 
 
