@@ -156,13 +156,14 @@ def check_public_url(url: str) -> str:
         _ = parts.port if parts is not None else None  # a port that is not a number raises here
     except ValueError:
         parts = None
+    shown = repr(url[:80]) if "@" not in url else "(with credentials)"  # a password is never echoed
     if parts is None or parts.scheme not in ("https", "http") or not parts.hostname:
-        raise ConfigurationError(f"public URL {url[:80]!r} is not an http(s) URL with a host, e.g. "
+        raise ConfigurationError(f"public URL {shown} is not an http(s) URL with a host, e.g. "
                                  "https://grantkeeper.example.com")  # fmt: skip
     if parts.query or parts.fragment or parts.username is not None or parts.password is not None:
         raise ConfigurationError("the public URL must not carry a query, a fragment or credentials")
     if parts.scheme == "http" and not _is_loopback(parts.hostname):
-        raise ConfigurationError(f"public URL {url[:80]!r}: authorization codes would cross the network in clear "
+        raise ConfigurationError(f"public URL {shown}: authorization codes would cross the network in clear "
                                  "text; use https (http is allowed on a loopback host only)")  # fmt: skip
     return urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
 
