@@ -194,8 +194,9 @@ class _KeeperCore:
         needs_reauth, or the provider rejected the client credentials. See `grantkeeper.notify`."""
         self._notifier.add(sink)
 
-    def emit(self, event: GrantEvent) -> None:
-        """Hand `event` to the event sinks (`on_event`); they are user code and may block."""
+    def announce(self, event: GrantEvent) -> None:
+        """Send `event`, which something other than a refresh made (grantkeeper serve's hosted connect), to the
+        sinks `on_event` registered. Blocking: sinks are user code."""
         self._notifier.emit(event)
 
     def _replay_soon(self) -> None:
@@ -782,6 +783,15 @@ class AsyncKeeper(_KeeperCore):
         """See `Keeper.import_grant`."""
         return await self._drive(self._checked_import_steps(name, provider, refresh_token, scopes, access_token,
                                                             expires_at))  # fmt: skip
+
+    async def _import(
+        self, name: str, provider: str, refresh_token: str | Secret, scopes: tuple[str, ...], *,
+        access_token: Secret | None = None, expires_at: float | None = None, refresh_expires_at: float | None = None,
+    ) -> Grant:  # fmt: skip
+        """See `Keeper._import` (grantkeeper serve's hosted connect stores its consents through this)."""
+        steps = self._import_steps(name, provider, refresh_token, scopes, access_token=access_token,
+                                   expires_at=expires_at, refresh_expires_at=refresh_expires_at)  # fmt: skip
+        return await self._drive(steps)
 
     async def report_rejected(self, name: str, access_token: str) -> bool:
         return await self._drive(self._invalidate_steps(name, access_token))

@@ -300,7 +300,7 @@ class Scheduler:
         return now + self.options.retry
 
     def _announce(self, event: GrantEvent) -> None:
-        task = asyncio.create_task(asyncio.to_thread(self.keeper.emit, event))  # sinks are user code: may block
+        task = asyncio.create_task(asyncio.to_thread(self.keeper.announce, event))  # sinks are user code: may block
         self._announcing.add(task)
         task.add_done_callback(self._announcing.discard)
 

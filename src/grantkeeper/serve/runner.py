@@ -32,6 +32,7 @@ from grantkeeper.serve.audit import AuditTrail
 from grantkeeper.serve.auth import LISTENER_KEY, UNIX_CALLER, Authenticator, Caller
 from grantkeeper.serve.broker import Broker, Heartbeat
 from grantkeeper.serve.config import ServeConfig
+from grantkeeper.serve.connect_sessions import ConnectSettings
 from grantkeeper.serve.logs import configure_logging, get_logger
 from grantkeeper.serve.metrics import ServeMetrics
 from grantkeeper.serve.ratelimit import RateLimiter
@@ -148,7 +149,7 @@ async def run(config: ServeConfig, *, store_url: str) -> None:
     # The blocking SQL store in worker threads: the broker also reads API keys, the audit trail and metrics from it.
     keeper = await AsyncKeeper.open(store_url, create=False, threads=True, on_event=webhooks)
     broker = build_broker(keeper, config, store_url=store_url, webhooks=webhooks)
-    app = create_app(broker, max_body=config.max_body)
+    app = create_app(broker, max_body=config.max_body, connect=ConnectSettings(config.public_url, config.connect_ttl))
     servers = []
     for listener, _sock in sockets:
         tcp = listener == "tcp"

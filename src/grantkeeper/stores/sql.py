@@ -14,6 +14,7 @@ Secrets are encrypted with associated data ``grantkeeper/<table>/<row>/<column>`
 from __future__ import annotations
 
 import dataclasses
+import hmac
 import json
 import logging
 import struct
@@ -41,7 +42,7 @@ from grantkeeper.model import (
 )
 from grantkeeper.model.retention import HistoryRetention
 from grantkeeper.model.schedule import ScheduleEntry
-from grantkeeper.stores.access import ApiKeyRecord, AuditEntry
+from grantkeeper.stores.access import ApiKeyRecord, AuditEntry, ConnectSession
 from grantkeeper.stores.base import Claim, GenerationConflict, GrantUpdate, LeaseLost, LeaseTTL
 from grantkeeper.stores.liveness import Liveness
 from grantkeeper.stores.recovery import RecoveryDir, RecoveryEntry
@@ -1413,3 +1414,109 @@ class SQLStore:
         rows = (yield Sql(sql, (*(value for _, value in filters), limit))).fetchall()
         return [AuditEntry(id=int(r[0]), at=float(r[1]), api_key=str(r[2]), action=str(r[3]), grant=r[4],
                            status=int(r[5]), fingerprint=r[6], generation=r[7], detail=r[8]) for r in rows]  # fmt: skip
+
+    # ---------------------------------------------------------------- hosted connect sessions (`grantkeeper serve`)
+
+    def connect_digest(self, value: str) -> str:
+        """The keyed hash a connect session's URL secret, ``state`` or browser cookie is stored as."""
+        return self._crypto.keyed_digest(value, purpose="connect-session")
+
+    def _matches(self, value: str | None, digest: Any) -> bool:
+        return value is not None and digest is not None and hmac.compare_digest(self.connect_digest(value), digest)
+
+    @staticmethod
+    def _connect_session(row: Any) -> ConnectSession:
+        return ConnectSession(
+            id=str(row[0]), grant=str(row[1]), provider=str(row[2]), scopes=tuple(str(row[3]).split()),
+            replace=bool(row[4]), api_key=str(row[5]), created_at=float(row[6]), expires_at=float(row[7]),
+            opened_at=row[8], callback_by=row[9], redirect_uri=row[10], finished_at=row[11], outcome=row[12],
+        )  # fmt: skip
+
+    _SESSION_COLUMNS = ("id, grant_name, provider, scopes, replace_grant, api_key, created_at, expires_at, opened_at, "
+                        "callback_by, redirect_uri, finished_at, outcome")  # fmt: skip
+
+    @transaction
+    def create_connect_session(self, session: ConnectSession, *, token: str) -> Op[None]:
+        """Store `session`, reached by the URL secret `token` (kept as a keyed hash only). Sessions whose every
+        deadline passed a day ago are forgotten here, so the table holds about a day of them."""
+        old = session.created_at - 86400.0
+        yield Sql("DELETE FROM connect_sessions WHERE expires_at < ? AND (callback_by IS NULL OR callback_by < ?)",
+                  (old, old), wait=False)  # fmt: skip
+        yield Sql(
+            f"INSERT INTO connect_sessions ({self._SESSION_COLUMNS}, token_hash) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, NULL, NULL, NULL, ?)",
+            (session.id, session.grant, session.provider, " ".join(session.scopes), int(session.replace),
+             session.api_key, session.created_at, session.expires_at, self.connect_digest(token)),
+            wait=False,
+        )  # fmt: skip
+
+    @query
+    def get_connect_session(self, session_id: str, *, token: str | None = None) -> Op[ConnectSession | None]:
+        """The session `session_id`; with `token`, only if it is that session's URL secret."""
+        sql = f"SELECT {self._SESSION_COLUMNS}, token_hash FROM connect_sessions WHERE id = ?"
+        row = (yield Sql(sql, (session_id,))).fetchone()
+        if row is None or (token is not None and not self._matches(token, row[13])):
+            return None
+        return self._connect_session(row)
+
+    @transaction
+    def open_connect_session(
+        self, session_id: str, *, token: str, state: str, browser: str, verifier: Secret, redirect_uri: str,
+        now: float, callback_by: float,
+    ) -> Op[tuple[ConnectSession | None, str | None]]:  # fmt: skip
+        """Mark the session opened (once only), with what its callback must match. Returns (the session, None), or
+        (the session if the token is its, why not) with why one of ``unknown`` (no such session, or not this
+        token), ``used`` (opened before) or ``expired``."""
+        sql = f"SELECT {self._SESSION_COLUMNS}, token_hash FROM connect_sessions WHERE id = ?"
+        row = (yield Sql(sql, (session_id,))).fetchone()
+        if row is None or not self._matches(token, row[13]):
+            return None, "unknown"
+        session = self._connect_session(row)
+        if session.opened_at is not None:
+            return session, "used"
+        if session.expires_at <= now:
+            return session, "expired"
+        sealed = self._seal(verifier, "connect_sessions", session_id, "verifier")
+        cursor = yield Sql(
+            "UPDATE connect_sessions SET opened_at = ?, callback_by = ?, state_hash = ?, browser_hash = ?, "
+            "verifier = ?, redirect_uri = ? WHERE id = ? AND opened_at IS NULL",
+            (now, callback_by, self.connect_digest(state), self.connect_digest(browser), sealed, redirect_uri,
+             session_id),
+        )  # fmt: skip
+        if cursor.rowcount != 1:
+            return session, "used"  # another request opened it first
+        return dataclasses.replace(session, opened_at=now, callback_by=callback_by, redirect_uri=redirect_uri), None
+
+    @transaction
+    def take_connect_callback(
+        self, session_id: str, *, state: str, browser: str | None, now: float
+    ) -> Op[tuple[ConnectSession | None, Secret | None, str | None]]:
+        """Take the session's one callback: (the session, its verifier, None), or (the session if `state` is its,
+        None, why not) with why one of ``unknown`` (no such session, or not its ``state``), ``used`` (a callback was
+        taken before), ``expired`` (the callback came too late: recorded, so the session is over) or
+        ``other_browser`` (the browser holds no cookie of the one that opened it: the session stays open)."""
+        sql = f"SELECT {self._SESSION_COLUMNS}, state_hash, browser_hash, verifier FROM connect_sessions WHERE id = ?"
+        row = (yield Sql(sql, (session_id,))).fetchone()
+        if row is None or not self._matches(state, row[13]):
+            return None, None, "unknown"
+        session = self._connect_session(row)
+        if session.finished_at is not None:
+            return session, None, "expired" if session.outcome == "connect_session_expired" else "used"
+        late = session.callback_by is None or session.callback_by <= now
+        if not late and not self._matches(browser, row[14]):
+            return session, None, "other_browser"  # (a late one is over whoever brings it: its cookie is gone too)
+        cursor = yield Sql(
+            "UPDATE connect_sessions SET finished_at = ?, outcome = ? WHERE id = ? AND finished_at IS NULL",
+            (now, "connect_session_expired" if late else None, session_id),
+        )
+        if cursor.rowcount != 1:
+            return session, None, "used"
+        session = dataclasses.replace(session, finished_at=now)
+        if late:
+            return dataclasses.replace(session, outcome="connect_session_expired"), None, "expired"
+        return session, self._open(bytes(row[15]), "connect_sessions", session_id, "verifier"), None
+
+    @transaction
+    def finish_connect_session(self, session_id: str, *, outcome: str) -> Op[None]:
+        """Record how the session's callback ended: ``connected`` or an error code."""
+        yield Sql("UPDATE connect_sessions SET outcome = ? WHERE id = ?", (outcome, session_id), wait=False)
