@@ -35,7 +35,6 @@ from grantkeeper._exceptions import (
     ProviderUnavailable,
     StoreUnavailable,
     TransientError,
-    UnknownGrant,
 )
 from grantkeeper.engine.group_commit import GroupCommit
 from grantkeeper.engine.keeper import AsyncKeeper, KeeperOptions
@@ -58,13 +57,11 @@ LAG_BUCKETS = (0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, float("inf"))
 class ScheduleStore(Protocol):
     """What the scheduler needs of a store beside the keeper's `Store` (`SQLStore` has both)."""
 
-    def take_due(self, *, now: float, hold: float, limit: int) -> list[ScheduleEntry]: ...
+    def take_due(self, *, now: float, hold: float, limit: int) -> list[tuple[ScheduleEntry, Grant, Provider]]: ...
 
     def plan_due(self, plans: list[tuple[str, float, float | None]]) -> None: ...
 
     def note_used(self, names: list[str], *, now: float, window: float) -> None: ...
-
-    def get_grant_and_provider(self, name: str) -> tuple[Grant, Provider]: ...
 
     def perform_batch(self, calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]]) -> list[Any]: ...
 
@@ -196,8 +193,8 @@ class Scheduler:
         except StoreUnavailable as exc:
             logger.warning("grantkeeper scheduler: the store is unavailable (%s); trying again", exc.message)
             return
-        for entry in taken:
-            task = asyncio.create_task(self._handle(entry), name=f"grantkeeper-schedule-{entry.grant}")
+        for entry, grant, provider in taken:
+            task = asyncio.create_task(self._handle(entry, grant, provider), name=f"grantkeeper-schedule-{entry.grant}")
             self._in_flight.add(task)
             task.add_done_callback(self._done)
 
@@ -228,15 +225,8 @@ class Scheduler:
 
     # --- one grant ----------------------------------------------------------------------------------------------
 
-    async def _handle(self, entry: ScheduleEntry) -> None:
+    async def _handle(self, entry: ScheduleEntry, grant: Grant, provider: Provider) -> None:
         now = self._now()
-        try:
-            grant, provider = await asyncio.to_thread(self._store.get_grant_and_provider, entry.grant)
-        except UnknownGrant:
-            return  # deleted since it was taken
-        except StoreUnavailable:
-            self._plans.append((entry.grant, now + self.options.retry, None))
-            return
         plan = self._plan(entry, grant, provider, warned_at=entry.warned_at)
         warned = None
         if plan is not None and plan.action is Action.WARN and plan.at <= now:

@@ -201,7 +201,7 @@ class PostgresSQL(SQLStore):
     async store (`grantkeeper.stores.postgres_async`) on an asyncio one."""
 
     _row_lock = " FOR UPDATE OF grants"
-    _skip_locked = " FOR UPDATE SKIP LOCKED"
+    _skip_locked = " FOR UPDATE OF grants SKIP LOCKED"
     _shared_recovery = False  # each host keeps its own
 
     def __init__(self, url: str, crypto: Crypto, recovery: RecoveryDir) -> None:

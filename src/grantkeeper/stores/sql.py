@@ -588,21 +588,30 @@ class SQLStore:
         return ScheduleEntry(str(row[0]), bool(row[1]), row[2], float(row[3]), row[4])
 
     @transaction
-    def take_due(self, *, now: float, hold: float, limit: int) -> Op[list[ScheduleEntry]]:
-        """Active grants whose planned time has come, soonest first, as they were planned; each is moved `hold`
-        seconds ahead in the same transaction, so no other scheduler takes it meanwhile (`_skip_locked` lets
-        concurrent schedulers on PostgreSQL pass each other's rows instead of queueing). One that is never planned
-        again (its scheduler died) is due once more after `hold`."""
+    def take_due(self, *, now: float, hold: float, limit: int) -> Op[list[tuple[ScheduleEntry, Grant, Provider]]]:
+        """Active grants whose planned time has come, soonest first, each with its grant (tokens left sealed) and
+        provider as read now; each is moved `hold` seconds ahead in the same transaction, so no other scheduler
+        takes it meanwhile (`_skip_locked` lets concurrent schedulers on PostgreSQL pass each other's rows instead
+        of queueing). One that is never planned again (its scheduler died) is due once more after `hold`."""
         rows = (
             yield Sql(
-                f"SELECT {self._SCHEDULE_COLUMNS} FROM grants WHERE state = 'active' AND next_due_at <= ? "
-                "ORDER BY next_due_at LIMIT ?" + self._skip_locked,
+                f"SELECT {_GRANT_COLUMNS_QUALIFIED}, {_PROVIDER_COLUMNS_QUALIFIED}, grants.hot, grants.last_used_at, "
+                "grants.next_due_at, grants.warned_at FROM grants JOIN providers ON providers.name = grants.provider "
+                "WHERE grants.state = 'active' AND grants.next_due_at <= ? ORDER BY grants.next_due_at LIMIT ?"
+                + self._skip_locked,
                 (now, limit),
             )
         ).fetchall()
+        taken: list[tuple[ScheduleEntry, Grant, Provider]] = []
+        providers: dict[str, Provider] = {}
+        width = _GRANT_WIDTH + _PROVIDER_WIDTH
         for row in rows:
-            yield Sql("UPDATE grants SET next_due_at = ? WHERE name = ?", (now + hold, row[0]), wait=False)
-        return [self._schedule_entry(r) for r in rows]
+            grant = self._grant(row[:_GRANT_WIDTH], lazy_refresh=True, lazy_access=True)
+            if (provider := providers.get(grant.provider)) is None:
+                provider = providers[grant.provider] = self._provider(row[_GRANT_WIDTH:width])
+            taken.append((self._schedule_entry((grant.name, *row[width:])), grant, provider))
+            yield Sql("UPDATE grants SET next_due_at = ? WHERE name = ?", (now + hold, grant.name), wait=False)
+        return taken
 
     @transaction
     def plan_due(self, plans: list[tuple[str, float, float | None]]) -> Op[None]:
