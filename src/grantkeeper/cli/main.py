@@ -68,7 +68,7 @@ class GrantkeeperGroup(HelpGroup):
 
     sections = (
         ("Set up", ("provider", "connect", "grant", "apikey")),
-        ("Use", ("token", "status", "refresh", "keepalive", "serve")),
+        ("Use", ("token", "status", "refresh", "keepalive", "serve", "schedule")),
         ("Diagnose", ("doctor", "history", "audit", "demo")),
         ("Move and maintain", ("export", "import", "keys", "migrate", "completion")),
     )
