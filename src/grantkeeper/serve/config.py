@@ -62,7 +62,6 @@ from typing import Any
 
 from grantkeeper._exceptions import ConfigurationError
 from grantkeeper.keys.sources import KEY_COMMAND_ENV, KEY_ENV, read_private_file
-from grantkeeper.serve.scheduling import scheduler_options
 from grantkeeper.stores.access import parse_patterns, parse_scopes
 
 __all__ = ["DEFAULT_CONNECT_TTL", "DEFAULT_PORT", "ServeConfig", "check_public_url", "load_config"]
@@ -296,6 +295,8 @@ def load_config(path: str | None, *, env: dict[str, str] | None = None, **option
         config.webhook_secret = _secret(webhook, "secret", "webhook secret")
     _read_connect(config, data.get("connect", {}))
     config.scheduler = dict(data.get("scheduler", {}))
+    from grantkeeper.serve.scheduling import scheduler_options  # needs the serve extra, as every caller here does
+
     scheduler_options(config.scheduler)  # refuse a bad section before anything starts
     for name, (attr, kind) in _ENV.items():
         if environ.get(name):

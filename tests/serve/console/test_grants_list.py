@@ -126,8 +126,20 @@ def test_filters_search_and_patterns_narrow_the_list(store: SQLStore, grants: di
     assert rows["zeta-000"].end("idle") is None and rows["zeta-000"].expires_at is None
 
 
+def test_the_list_shows_the_schedulers_view(store: SQLStore, grants: dict[str, dict[str, Any]]) -> None:
+    store.set_hot("acme-001", True)
+    store.note_used(["acme-002"], now=time.time(), window=queries.HOT_WINDOW)
+    store.plan_due([("acme-004", time.time() + 3600.0, None)])
+    rows = {r.name: r for r in _all_rows(store, queries.GrantsQuery())}
+    assert rows["acme-001"].scheduler == "hot (marked); next look now"
+    assert rows["acme-002"].scheduler.startswith("hot (token handed out ")
+    assert rows["acme-004"].scheduler.startswith("not hot; next look in 3")
+    assert rows["acme-017"].scheduler == "-"  # needs re-authorization: nothing for the scheduler to do
+    assert queries.scheduler_of(store, "acme-001", now=time.time()) == rows["acme-001"].scheduler
+
+
 def test_a_cursor_that_is_not_one_starts_over() -> None:
-    row = queries.GrantRow("acme-1", "alpha", "active", 1, None, None, None, (), 5.0)
+    row = queries.GrantRow("acme-1", "alpha", "active", 1, None, None, None, (), 5.0, "-")
     assert queries.decode_cursor(queries.encode_cursor(row)) == (5.0, "acme-1")
     for text in ("", "!!!", "bnVsbA", "WzEsMiwzXQ", "e30"):  # not base64, null, [1,2,3], {}
         assert queries.decode_cursor(text) is None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -50,11 +51,27 @@ _LAST_OUTCOME = (
     "(SELECT COALESCE(a.outcome_class, a.state) FROM attempts a WHERE a.grant_name = grants.name "
     "ORDER BY a.id DESC LIMIT 1)"
 )
-_ROW = (
-    "grants.name, grants.provider, grants.state, grants.generation, grants.expires_at, grants.last_error, "
-    "grants.refreshed_at, grants.created_at, grants.refresh_expires_at, providers.refresh_idle_ttl, "
-    f"providers.refresh_absolute_ttl, providers.rotation, {_LAST_OUTCOME}"
-)
+_ROW_COLUMNS = (
+    "grants.name", "grants.provider", "grants.state", "grants.generation", "grants.expires_at", "grants.last_error",
+    "grants.refreshed_at", "grants.created_at", "grants.refresh_expires_at", "providers.refresh_idle_ttl",
+    "providers.refresh_absolute_ttl", "providers.rotation", _LAST_OUTCOME, "grants.hot", "grants.last_used_at",
+    "grants.next_due_at",
+)  # fmt: skip
+_ROW = ", ".join(_ROW_COLUMNS)
+_ROW_WIDTH = len(_ROW_COLUMNS)  # a page's query puts its sort key right after the row
+#: A grant whose token `serve` handed out this recently counts as hot (the scheduler's default `hot_window`).
+HOT_WINDOW = 600.0
+
+
+def scheduler_text(marked: bool, last_used_at: float | None, next_due_at: float, now: float) -> str:
+    """The refresh scheduler's view of a grant, for people: hot or not, and when it looks at the grant next."""
+    if marked:
+        who = "hot (marked)"
+    elif last_used_at is not None and now - last_used_at <= HOT_WINDOW:
+        who = f"hot (token handed out {now - last_used_at:.0f} s ago)"
+    else:
+        who = "not hot"
+    return f"{who}; next look {'now' if next_due_at <= now else f'in {next_due_at - now:.0f} s'}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +87,7 @@ class GrantRow:
     last_outcome: str | None
     ends: tuple[RefreshTokenExpiry, ...]
     sort_value: Any
+    scheduler: str  # `scheduler_text`, "-" for a grant that is not active
 
     def end(self, kind: str) -> RefreshTokenExpiry | None:
         return next((e for e in self.ends if e.kind == kind), None)
@@ -137,7 +155,8 @@ def _row(r: Any, now_sort: Any) -> GrantRow:
     )  # fmt: skip
     return GrantRow(name=str(r[0]), provider=str(r[1]), state=str(r[2]), generation=int(r[3]), expires_at=r[4],
                     last_error=r[5], last_outcome=r[12], ends=tuple(sorted(ends, key=lambda e: e.deadline)),
-                    sort_value=now_sort)  # fmt: skip
+                    sort_value=now_sort, scheduler=scheduler_text(bool(r[13]), r[14], float(r[15]), time.time())
+                    if str(r[2]) == GrantState.ACTIVE.value else "-")  # fmt: skip
 
 
 def _grants_page(_store: SQLStore, q: GrantsQuery) -> Op[GrantsPage]:
@@ -180,11 +199,23 @@ def _grants_page(_store: SQLStore, q: GrantsQuery) -> Op[GrantsPage]:
     )
     rows = (yield Sql(sql, (*params, q.limit + 1))).fetchall()
     more = len(rows) > q.limit
-    found = [_row(r, r[13]) for r in rows[: q.limit]]
+    found = [_row(r, r[_ROW_WIDTH]) for r in rows[: q.limit]]
     if backwards:
         found.reverse()
         return GrantsPage(found, more_after=True, more_before=more)
     return GrantsPage(found, more_after=more, more_before=cursor is not None)
+
+
+def _scheduler_of(_store: SQLStore, name: str, now: float) -> Op[str]:
+    row = (yield Sql("SELECT hot, last_used_at, next_due_at, state FROM grants WHERE name = ?", (name,))).fetchone()
+    if row is None or str(row[3]) != GrantState.ACTIVE.value:
+        return "-"
+    return scheduler_text(bool(row[0]), row[1], float(row[2]), now)
+
+
+def scheduler_of(store: SQLStore, name: str, *, now: float) -> str:
+    """`scheduler_text` of grant `name` ("-" if it is not active)."""
+    return store._perform(_scheduler_of, False, name, now)
 
 
 def grants_page(store: SQLStore, query: GrantsQuery) -> GrantsPage:

@@ -262,14 +262,17 @@ async def grant(request: Request, name: str, done: Annotated[str | None, Query(m
     _reachable(request, session, name)
     keeper = _console(request).broker.keeper
     status = await _status(request, name)
-    diagnosis, history = await asyncio.gather(keeper.doctor(name), keeper.history(name, limit=50))
+    diagnosis, history, scheduler = await asyncio.gather(
+        keeper.doctor(name), keeper.history(name, limit=50),
+        asyncio.to_thread(queries.scheduler_of, _console(request).broker.store, name, now=time.time()),
+    )  # fmt: skip
     tables, facts = evidence_rows(diagnosis.evidence)
     colour = health(status.state, status.last_error, status.refresh_ends, time.time())
     return _console(request).page(
         request, "grant.html", status=status, diagnosis=diagnosis, history=history, tables=tables, facts=facts,
         lineage=lineage(history, status.generation, status.refresh_fp), health=colour, done=done and conceal(done),
         failed=failed and conceal(failed),
-        may_change="refresh" in session.scopes, quote=quote,
+        may_change="refresh" in session.scopes, quote=quote, scheduler=scheduler,
     )  # fmt: skip
 
 

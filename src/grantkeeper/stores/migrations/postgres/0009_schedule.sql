@@ -9,4 +9,4 @@ ALTER TABLE grants ADD COLUMN next_due_at DOUBLE PRECISION NOT NULL DEFAULT 0;
 ALTER TABLE grants ADD COLUMN warned_at DOUBLE PRECISION;
 -- The due query (active grants whose time has come, soonest first, FOR UPDATE SKIP LOCKED across instances) is
 -- an index range scan at any size.
-CREATE INDEX grants_next_due ON grants (next_due_at) WHERE state = 'active';
+CREATE INDEX IF NOT EXISTS grants_next_due ON grants (next_due_at) WHERE state = 'active';

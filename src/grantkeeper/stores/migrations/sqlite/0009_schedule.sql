@@ -8,4 +8,4 @@ ALTER TABLE grants ADD COLUMN last_used_at REAL;
 ALTER TABLE grants ADD COLUMN next_due_at REAL NOT NULL DEFAULT 0;
 ALTER TABLE grants ADD COLUMN warned_at REAL;
 -- The due query (active grants whose time has come, soonest first) is an index range scan at any size.
-CREATE INDEX grants_next_due ON grants (next_due_at) WHERE state = 'active';
+CREATE INDEX IF NOT EXISTS grants_next_due ON grants (next_due_at) WHERE state = 'active';
