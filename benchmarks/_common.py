@@ -105,8 +105,8 @@ class Report:
 
 
 def format_value(value: float, unit: str) -> str:
-    if unit == "count":
-        return f"{value:.0f}"
+    if unit == "count" or unit.endswith("/s"):  # a count, or a rate such as "refreshes/s"
+        return f"{value:.0f}" + ("" if unit == "count" else f" {unit}")
     if unit != "ns":
         return f"{value:.3g} {unit}"
     if abs(value) < 1e3:

@@ -8,6 +8,8 @@
     python -m benchmarks.run serve                # the serve proxy vs a direct GET, over uvicorn (about a minute)
     python -m benchmarks.run recovery             # first token after a SIGKILL mid-refresh (SQLite, PostgreSQL)
     python -m benchmarks.run pgrefresh            # PostgreSQL round trips per refresh, pipelined vs not
+    python -m benchmarks.run schedule             # group commit vs one at a time vs bare commits (SQLite, PostgreSQL)
+    python -m benchmarks.run console              # the console's grants list at 100,000 grants vs 100 (~20 s)
     python -m benchmarks.run --all                # the default set and the slow ones
     python -m benchmarks.run --quick              # fewer rounds: a smoke check, not a measurement
     python -m benchmarks.run --json               # JSON summary on stdout (the tables go to stderr)
@@ -29,12 +31,14 @@ from typing import Any
 
 from benchmarks import (
     bench_cached,
+    bench_console,
     bench_peers,
     bench_pgrefresh,
     bench_processes,
     bench_recovery,
     bench_refresh,
     bench_scale,
+    bench_schedule,
     bench_serve,
 )
 from benchmarks._common import Report, environment, print_report, render_table
@@ -48,9 +52,21 @@ BENCHMARKS: dict[str, Callable[[argparse.Namespace], Report]] = {
     bench_serve.NAME: lambda args: bench_serve.run(args.quick),
     bench_recovery.NAME: lambda args: bench_recovery.run(args.quick),
     bench_pgrefresh.NAME: lambda args: bench_pgrefresh.run(args.quick),
+    bench_schedule.NAME: lambda args: bench_schedule.run(args.quick),
+    bench_console.NAME: lambda args: bench_console.run(args.quick),
 }
 #: Run only when named or with --all: they take minutes.
-SLOW = frozenset({bench_scale.NAME, bench_peers.NAME, bench_serve.NAME, bench_recovery.NAME, bench_pgrefresh.NAME})
+SLOW = frozenset(
+    {
+        bench_scale.NAME,
+        bench_peers.NAME,
+        bench_serve.NAME,
+        bench_recovery.NAME,
+        bench_pgrefresh.NAME,
+        bench_schedule.NAME,
+        bench_console.NAME,
+    }
+)
 DEFAULT = [name for name in BENCHMARKS if name not in SLOW]
 
 

@@ -45,6 +45,12 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytes
     return _store_of_kind(request.param, request, tmp_path, monkeypatch)
 
 
+@pytest.fixture
+def postgres_store_url(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh, migrated PostgreSQL database; $GRANTKEEPER_KEY and a recovery dir set (child processes inherit them)."""
+    return _store_of_kind("postgres", request, tmp_path, monkeypatch)
+
+
 @pytest.fixture(params=[kind for kind in STORE_KINDS if kind != "memory"])
 def shared_store_url(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     """A store several keepers or processes can share: SQLite and PostgreSQL (memory:// is private to one)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from grantkeeper import Keeper, Provider, RefreshPolicy, RotationMode, Secret
@@ -13,6 +13,17 @@ from grantkeeper import _failpoints as failpoints
 
 #: The provider columns schema version 6 added: tests that build an older store drop them.
 MIGRATION_6_COLUMNS = ("authorize_params", "api_base_url", "ca_bundle", "proxy", "insecure_http")
+#: The grants columns schema version 9 added (the refresh scheduler's), dropped by `drop_schedule_columns`.
+MIGRATION_9_COLUMNS = ("hot", "last_used_at", "next_due_at", "warned_at")
+
+
+def drop_schedule_columns(execute: Callable[[str], object]) -> None:
+    """Undo schema version 9 with `execute` (an sqlite3 or psycopg connection's): its index, then its columns.
+    Tests that build an older store call it; the later versions only create tables and indexes if missing."""
+    execute("DROP INDEX grants_next_due")
+    for column in MIGRATION_9_COLUMNS:
+        execute(f"ALTER TABLE grants DROP COLUMN {column}")
+
 
 #: Short enough that crash tests wait little for a dead holder; long enough for a loopback request.
 FAST_POLICY = RefreshPolicy(

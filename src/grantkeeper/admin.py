@@ -41,6 +41,8 @@ from grantkeeper.keys import (
     write_key_file,
     write_private_file,
 )
+from grantkeeper.model.schedule import ScheduleEntry
+from grantkeeper.protocol.planning import Planned, SchedulePolicy, next_action
 from grantkeeper.serve.apikeys import DEFAULT_SCOPES, NewKey, new_key
 from grantkeeper.stores import STORE_ENV, SQLiteStore, backend, default_store_url, open_store
 from grantkeeper.stores.access import SCOPES, ApiKeyRecord, AuditEntry
@@ -58,6 +60,7 @@ __all__ = [
     "BundleContents",
     "BundleHeader",
     "BundleKey",
+    "DuePlan",
     "ImportReport",
     "KeyRing",
     "KeyRotation",
@@ -339,6 +342,44 @@ class Admin:
         """What ``serve`` handed out, newest first: which API key got which grant's token (by fingerprint) or
         proxied which request, when, with what status; of one grant and of one key, if given."""
         return self._sql().list_audit(grant=grant, api_key=api_key, limit=limit)
+
+    # ---------------------------------------------------------------- the refresh scheduler's plan
+
+    def set_hot(self, name: str, hot: bool) -> None:
+        """Keep grant `name` fresh ahead of time whatever its use (or stop); the scheduler plans it again at once."""
+        self._sql().set_hot(name, hot)
+
+    def due(self, *, limit: int = 50, policy: SchedulePolicy | None = None, hot_window: float = 600.0) -> list[DuePlan]:
+        """What the scheduler does next: the `limit` grants it looks at first, each with the action planned for it
+        now (None: nothing, e.g. an idle grant whose refresh token has no end to keep ahead of)."""
+        sql, now, plans = self._sql(), self.clock.now(), []
+        for entry in sql.schedule(limit=limit):
+            grant, provider = sql.get_grant_and_provider(entry.grant)
+            used = entry.last_used_at is not None and now - entry.last_used_at <= hot_window
+            plan = next_action(grant, provider, hot=entry.hot or used, skew=provider.skew,
+                               policy=policy or SchedulePolicy(), warned_at=entry.warned_at)  # fmt: skip
+            plans.append(DuePlan(entry, hot=entry.hot or used, plan=plan))
+        return plans
+
+
+@dataclass(frozen=True, slots=True)
+class DuePlan:
+    """One grant's place in the scheduler's plan: what is stored (`entry`), whether it counts as hot, and the action
+    planned for it (None: nothing)."""
+
+    entry: ScheduleEntry
+    hot: bool
+    plan: Planned | None
+
+    def as_dict(self) -> dict[str, object]:
+        plan = self.plan
+        return {
+            "grant": self.entry.grant, "hot": self.hot, "marked_hot": self.entry.hot,
+            "last_used_at": self.entry.last_used_at, "next_look_at": self.entry.next_due_at,
+            "action": plan.action.value if plan else None, "at": plan.at if plan else None,
+            "deadline": plan.deadline if plan and plan.deadline != float("inf") else None,
+            "reason": plan.reason if plan else None,
+        }  # fmt: skip
 
 
 def _retire(source: KeySource, primary: str) -> tuple[str, ...]:

@@ -60,7 +60,7 @@ from grantkeeper.testing.simulator import HttpError, Malformed, ProviderSimulato
 from grantkeeper.tokens.transport import Ambiguous, NotSent
 from tests.conftest import TEST_KEY
 from tests.dot_server import REPO
-from tests.helpers import MIGRATION_6_COLUMNS, provider_for
+from tests.helpers import MIGRATION_6_COLUMNS, drop_schedule_columns, provider_for
 
 DEVICE_URL = "https://as.example/device_authorization"
 FAKE = Provider(name="fake", token_url="https://as.example/token", client_id="cid", client_secret=Secret("s" * 32),
@@ -634,6 +634,7 @@ def test_postgres_version_4_store_migrates_to_5(pg_url: str, monkeypatch: pytest
         for column in (*MIGRATION_6_COLUMNS, "device_authorization_url"):
             raw.execute(f"ALTER TABLE providers DROP COLUMN {column}")
         raw.execute("ALTER TABLE leases DROP COLUMN liveness")  # migration 8, applied again too
+        drop_schedule_columns(raw.execute)  # and 9
         raw.execute("UPDATE meta SET value = '4'::bytea WHERE key = 'schema_version'")
     with pytest.raises(StoreFormatError, match="grantkeeper migrate"):
         open_store(pg_url)

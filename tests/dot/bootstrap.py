@@ -30,8 +30,8 @@ def main(username: str, password: str, client_id: str, client_secret: str) -> No
         client_type=application.CLIENT_CONFIDENTIAL,
         authorization_grant_type=application.GRANT_AUTHORIZATION_CODE,
         # RFC 8252 section 7.3: a loopback IP redirect URI matches on any port, so the browser's listener can
-        # take an ephemeral one.
-        redirect_uris="http://127.0.0.1/callback",
+        # take an ephemeral one; /oauth/callback is grantkeeper serve's hosted connect (tests/serve/connect).
+        redirect_uris="http://127.0.0.1/callback http://127.0.0.1/oauth/callback",
         skip_authorization=False,
     )
     # DOT allows one grant type per application: the device flow (RFC 8628) needs its own client. Same secret,

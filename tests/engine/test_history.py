@@ -26,7 +26,7 @@ from grantkeeper.stores.migrations import latest_version
 from grantkeeper.testing.clock import FakeClock
 from grantkeeper.testing.simulator import DropAfterRotate, HttpError
 from tests.conftest import TEST_KEY
-from tests.helpers import FAST_POLICY, MIGRATION_6_COLUMNS, add_grant
+from tests.helpers import FAST_POLICY, MIGRATION_6_COLUMNS, add_grant, drop_schedule_columns
 
 Sim = Callable[..., object]
 DAY = 86400.0
@@ -97,6 +97,7 @@ def _downgrade_sqlite(path: Path) -> None:
     """Make a store look like schema version 1 (as a grantkeeper from before the history existed left it)."""
     raw = sqlite3.connect(path)
     raw.execute("DROP INDEX attempts_by_time")
+    drop_schedule_columns(raw.execute)
     for column in V2_COLUMNS:
         raw.execute(f"ALTER TABLE attempts DROP COLUMN {column}")
     for table, column in V3_COLUMNS:
@@ -140,6 +141,7 @@ def test_postgres_store_from_version_1_is_upgraded_by_migrate(
         keeper.refresh("g", force=True)
     with psycopg.connect(store_url, autocommit=True) as raw:
         raw.execute("DROP INDEX attempts_by_time")
+        drop_schedule_columns(raw.execute)
         for column in V2_COLUMNS:
             raw.execute(f"ALTER TABLE attempts DROP COLUMN {column}")
         for table, column in V3_COLUMNS:

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import httpx
@@ -167,3 +168,36 @@ def grant_on_sim(serve_store: str, make_sim: Callable[..., object]) -> tuple[str
     sim = make_sim()
     setup_grant(serve_store, sim, grant="acme-1")
     return serve_store, sim
+
+
+@dataclass
+class Hooks:
+    """What a webhook receiver got: each delivery's body and its ``Grantkeeper-Signature`` header, in order."""
+
+    url: str
+    bodies: list[bytes] = field(default_factory=list)
+    signatures: list[str] = field(default_factory=list)
+
+
+@pytest.fixture
+def receiver() -> Iterator[Hooks]:
+    """A webhook receiver on 127.0.0.1 that answers 204 to every delivery."""
+    hooks = Hooks("")
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            hooks.signatures.append(self.headers.get("Grantkeeper-Signature", ""))
+            hooks.bodies.append(self.rfile.read(int(self.headers["Content-Length"])))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Hook)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    hooks.url = f"http://127.0.0.1:{server.server_port}/hook"
+    yield hooks
+    server.shutdown()
+    server.server_close()

@@ -99,6 +99,6 @@ def test_livez_readyz_openapi(grant_on_sim: tuple[str, object], serve_process: S
         assert http.get("/livez").json() == {"status": "ok"}
         ready = http.get("/readyz")
         assert ready.status_code == 200 and ready.json()["ready"] is True
-        assert set(ready.json()["checks"]) == {"store", "key"}
+        assert set(ready.json()["checks"]) == {"store", "key", "scheduler"}  # the refresh scheduler runs by default
         spec = http.get("/openapi.json").json()
     assert "/v1/grants/{name}/token" in spec["paths"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 
@@ -24,11 +25,15 @@ async def _burst(url: str, key: str) -> list[httpx.Response]:
 
 
 def test_200_clients_at_each_expiry_cause_one_refresh(serve_store: str, make_sim: Callable[..., object],
-                                                      serve_process: Start) -> None:  # fmt: skip
+                                                      serve_process: Start, tmp_path: Path) -> None:  # fmt: skip
+    """The callers' own path: the refresh scheduler, which would refresh ahead of them, is off here."""
     sim = make_sim(access_ttl=6.0)
     setup_grant(serve_store, sim, grant="acme-1", skew=0.0)
     key = make_key(serve_store, "fleet")
-    server = serve_process(serve_store, env={"GRANTKEEPER_SERVE_RATE": "0"})  # one key for all: no rate limit
+    config = tmp_path / "grantkeeper.toml"
+    config.write_text("[scheduler]\nenabled = false\n")
+    server = serve_process(serve_store, "--config", str(config),
+                           env={"GRANTKEEPER_SERVE_RATE": "0"})  # one key for all: no rate limit  # fmt: skip
     seen: set[int] = set()
     for _ in range(ROUNDS):
         answers = asyncio.run(_burst(server.url, key))

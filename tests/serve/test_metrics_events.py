@@ -4,39 +4,16 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-import pytest
 
 from grantkeeper import Keeper
 from grantkeeper.testing import Delay
-from tests.serve.conftest import ServeProcess, make_key, metric_sample
+from tests.serve.conftest import Hooks, ServeProcess, make_key, metric_sample
 
 Start = Callable[..., ServeProcess]
-
-
-@pytest.fixture
-def receiver() -> Iterator[tuple[str, list[bytes]]]:
-    received: list[bytes] = []
-
-    class Hook(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            received.append(self.rfile.read(int(self.headers["Content-Length"])))
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Hook)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}/hook", received
-    server.shutdown()
-    server.server_close()
 
 
 def _metrics_until(http: httpx.Client, ready: Callable[[str], bool]) -> str:
@@ -49,10 +26,10 @@ def _metrics_until(http: httpx.Client, ready: Callable[[str], bool]) -> str:
 
 
 def test_a_dead_grant_is_an_event_a_webhook_delivery_and_a_refresh_outcome(
-    grant_on_sim: tuple[str, object], serve_process: Start, receiver: tuple[str, list[bytes]]
+    grant_on_sim: tuple[str, object], serve_process: Start, receiver: Hooks
 ) -> None:
     store_url, sim = grant_on_sim
-    url, received = receiver
+    url, received = receiver.url, receiver.bodies
     with Keeper.open(store_url) as keeper:
         refresh = keeper.store.get_grant("acme-1").refresh_token
     assert refresh is not None

@@ -205,7 +205,7 @@ def test_config_file_env_overrides_and_inline_secrets(serve_store: str, grant_on
     url_file.chmod(0o600)
     good = tmp_path / "grantkeeper.toml"
     good.write_text(f'[store]\nurl_file = "{url_file}"\n[listen]\nport = 1\n[limits]\nrate = 0.5\nburst = 1\n'
-                    '[logging]\nlevel = "warning"\n[scheduler]\ninterval = "1m"\n')  # fmt: skip
+                    '[logging]\nlevel = "warning"\n[scheduler]\ntick = 2\n')  # fmt: skip
     key = make_key(serve_store, "ci")
     env = {"GRANTKEEPER_STORE": "", "GRANTKEEPER_SERVE_PORT": "0", "GRANTKEEPER_SERVE_LOG_LEVEL": "info"}
     server = launch([sys.executable, "-m", "grantkeeper", "serve", "--config", str(good)], env=env)

@@ -17,7 +17,6 @@ import random
 import time
 from collections import Counter
 from collections.abc import Callable, Coroutine, Generator
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -26,7 +25,6 @@ from psycopg import pq
 
 from grantkeeper import AsyncKeeper, AttemptState, GrantkeeperError, GrantState, Keeper, RefreshPolicy
 from grantkeeper.stores.postgres_async import AsyncPostgresStore
-from tests.conftest import _store_of_kind
 from tests.helpers import add_grant, provider_for, resource_ok
 from tests.stores.test_postgres_async import T0, _grant, _refresh_once
 
@@ -45,9 +43,8 @@ SETTLE = 30.0  # seconds to wait for the pool to take its connections back (a de
 
 
 @pytest.fixture
-def pg(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    """A fresh, migrated PostgreSQL database; $GRANTKEEPER_KEY and a recovery dir set."""
-    return _store_of_kind("postgres", request, tmp_path, monkeypatch)
+def pg(postgres_store_url: str) -> str:
+    return postgres_store_url
 
 
 def _interrupted(coro: Coroutine[Any, Any, Any], at: int, interrupt: Callable[[], None]) -> Generator[Any, Any, Any]:

@@ -276,6 +276,16 @@ class TestRecovery:
         assert store.get_grant("g").access_token == _update(1).access_token
         assert store.recovery.entries() == []
 
+    def test_replay_leaves_a_live_savers_lease_alone(self, store: SQLiteStore) -> None:
+        """Replay frees the lease of a saver whose liveness signal is gone (a killed process:
+        tests/engine/test_group_commit_crash.py), never a live holder's: it may be refreshing already."""
+        _grant(store)
+        claim = _claim(store)
+        store.save_recovery("g", expected_generation=1, attempt_id=claim.attempt.id, update=_update(1), now=T0)  # type: ignore[union-attr]
+        assert store.replay_recovery(now=T0) == ["g"]
+        holder = store.lease_holder("g", now=T0)
+        assert holder is not None and (holder.worker, holder.fence) == ("w1", claim.lease.fence)  # type: ignore[union-attr]
+
 
 def test_due_for_refresh_lists_soonest_expiring_active_grants(store: SQLiteStore) -> None:
     """due_for_refresh returns active grants expiring before the cutoff, soonest first."""

@@ -23,7 +23,7 @@ from grantkeeper import EncryptionKeyError, Keeper, Provider
 from grantkeeper.keys.sources import write_private_file
 from grantkeeper.stores import open_store
 from grantkeeper.stores.migrations import latest_version
-from tests.helpers import MIGRATION_6_COLUMNS
+from tests.helpers import MIGRATION_6_COLUMNS, drop_schedule_columns
 
 pytestmark = pytest.mark.slow
 
@@ -96,6 +96,7 @@ def test_processes_migrating_one_old_store_at_once_all_succeed(tmp_path: Path) -
         keeper.add_provider(Provider(name="p", token_url="https://as.example/token", client_id="c"))
         keeper.import_grant("kept", provider="p", refresh_token="refresh-token-before-the-upgrade")
     raw = sqlite3.connect(path)
+    drop_schedule_columns(raw.execute)  # migration 9
     raw.execute("ALTER TABLE leases DROP COLUMN liveness")  # migration 8
     for column in MIGRATION_6_COLUMNS:
         raw.execute(f"ALTER TABLE providers DROP COLUMN {column}")

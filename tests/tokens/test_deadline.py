@@ -24,8 +24,9 @@ import pytest
 from grantkeeper import AsyncKeeper, GrantkeeperError, Keeper, Provider, ProviderUnavailable, RefreshPolicy, Secret
 from grantkeeper.model import AttemptState
 from grantkeeper.stores import open_store
-from grantkeeper.tokens.transport import Ambiguous, Network, NotSent, asend, async_client, client, send
+from grantkeeper.tokens.transport import Ambiguous, Network, NotSent, client, send
 from tests.helpers import accept_forever, read_form_request
+from tests.tokens.faces import ASYNC_FACES, async_sender
 
 #: The deadline (request_timeout) is twice the byte interval: a per-read timeout alone would never fire.
 POLICY = RefreshPolicy(lease_ttl=5.0, request_timeout=2.0, wait_timeout=60.0, backoff_base=0.01, backoff_cap=0.05,
@@ -179,7 +180,7 @@ def test_trickling_response_ends_at_the_deadline_under_a_held_lease(
     assert AttemptState.AMBIGUOUS in states
 
 
-@pytest.mark.parametrize("kind", ["sync", "async"])
+@pytest.mark.parametrize("kind", ["sync", *ASYNC_FACES])
 def test_send_classifies_the_deadline(kind: str, server: TrickleServer) -> None:
     """The deadline passed after the request was written: Ambiguous (it may have been received)."""
     request = httpx.Request("POST", server.url, data={"refresh_token": "rt"})
@@ -189,8 +190,8 @@ def test_send_classifies_the_deadline(kind: str, server: TrickleServer) -> None:
     else:
 
         async def run() -> object:
-            async with httpx.AsyncClient() as http:
-                return await asend(http, request, budget=1.5)
+            async with async_sender(kind) as asend:
+                return await asend(request, 1.5)
 
         result = asyncio.run(run())
     assert isinstance(result, Ambiguous) and "deadline" in result.reason, result
@@ -203,7 +204,7 @@ def test_send_classifies_the_deadline(kind: str, server: TrickleServer) -> None:
     assert exchange.ended_by_client
 
 
-@pytest.mark.parametrize("kind", ["sync", "async"])
+@pytest.mark.parametrize("kind", ["sync", *ASYNC_FACES])
 def test_deadline_before_the_request_is_written_is_not_sent(kind: str) -> None:
     """A proxy that accepts the connection and never answers CONNECT: nothing of the token request left, so the
     deadline's verdict is NotSent (retryable, the token unspent), not Ambiguous."""
@@ -217,8 +218,8 @@ def test_deadline_before_the_request_is_written_is_not_sent(kind: str) -> None:
         else:
 
             async def run() -> object:
-                async with async_client(Network(proxy=proxy)) as http:
-                    return await asend(http, request, budget=1.5)
+                async with async_sender(kind, Network(proxy=proxy)) as asend:
+                    return await asend(request, 1.5)
 
             result = asyncio.run(run())
     finally:

@@ -7,6 +7,7 @@ and ``grantkeeper provider discover`` all go through the same client factory (to
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import select
@@ -23,8 +24,12 @@ import pytest
 import trustme
 
 from grantkeeper import AsyncKeeper, Keeper, TLSVerificationFailed
+from grantkeeper.engine.keeper import AsyncKeeper as EngineAsyncKeeper
 from grantkeeper.model import AttemptState
+from grantkeeper.stores import open_store
 from grantkeeper.testing.simulator import ProviderSimulator
+from grantkeeper.tokens import aiohttp_transport
+from grantkeeper.tokens.aiohttp_transport import AiohttpSender
 from grantkeeper.tokens.discovery import discover
 from grantkeeper.tokens.transport import Network
 from tests.helpers import FAST_POLICY, accept_forever, provider_for
@@ -246,6 +251,63 @@ class TestProxy:
         ):
             keeper.refresh("g", force=True)
         assert len(proxy.targets) == 1 and sim.stats.refresh_calls == 0
+
+
+def _aiohttp_refresh(url: str) -> int:
+    """Refresh grant g once through the engine on the aiohttp sender; its new generation."""
+
+    async def run() -> int:
+        async with aiohttp_transport.session() as session:
+            keeper = EngineAsyncKeeper(store, sender=AiohttpSender(session), policy=FAST_POLICY)
+            try:
+                return (await keeper.refresh("g", force=True)).generation
+            finally:
+                await keeper.aclose()
+
+    store = open_store(url)
+    try:
+        return asyncio.run(run())
+    finally:
+        store.close()
+
+
+class TestAiohttpSender:
+    """The aiohttp sender takes the same trust and proxies as the httpx clients."""
+
+    def test_an_unverified_certificate_is_a_configuration_error_then_the_bundle_works(
+        self, sqlite_url: str, sim: ProviderSimulator, ca_file: str
+    ) -> None:
+        _keeper_with_grant(sqlite_url, sim)
+        with pytest.raises(TLSVerificationFailed, match="against certifi's CA bundle: certificate verify failed"):
+            _aiohttp_refresh(sqlite_url)
+        assert sim.stats.refresh_calls == 0
+        with Keeper.open(sqlite_url, policy=FAST_POLICY) as keeper:
+            assert [a.state for a in keeper.history("g")] == [AttemptState.NOT_SENT]
+            keeper.add_provider(replace(keeper.store.get_provider("sim"), ca_bundle=ca_file))
+        assert _aiohttp_refresh(sqlite_url) == 2
+
+    def test_the_provider_proxy_carries_the_exchange(
+        self, sqlite_url: str, sim: ProviderSimulator, ca_file: str, proxy: ConnectProxy,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:  # fmt: skip
+        refresh = _keeper_with_grant(sqlite_url, sim, ca_bundle=ca_file, proxy=proxy.url)
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+        assert _aiohttp_refresh(sqlite_url) == 2
+        assert proxy.targets == [f"127.0.0.1:{sim.base_url.rsplit(':', 1)[1]}"]
+        head = proxy.heads[0]
+        assert "authorization" not in head.lower() and refresh not in head and sim.client_secret not in head
+
+    def test_the_environment_proxy_and_no_proxy(
+        self, sqlite_url: str, sim: ProviderSimulator, ca_file: str, proxy: ConnectProxy,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:  # fmt: skip
+        _keeper_with_grant(sqlite_url, sim, ca_bundle=ca_file)
+        monkeypatch.setenv("HTTPS_PROXY", proxy.url)
+        assert _aiohttp_refresh(sqlite_url) == 2
+        assert len(proxy.targets) == 1
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        assert _aiohttp_refresh(sqlite_url) == 3
+        assert len(proxy.targets) == 1  # bypassed
 
 
 def cli(store_url: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

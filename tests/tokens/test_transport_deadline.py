@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 import httpx
 import pytest
 
-from grantkeeper.tokens.transport import Ambiguous, HttpReply, asend, async_client, client, send
+from grantkeeper.tokens.transport import Ambiguous, HttpReply, client, send
 from tests.helpers import accept_forever, read_form_request
+from tests.tokens.faces import ASYNC_FACES, async_sender
 
 INTERVAL = 0.5
 GIVE_UP = 12.0
@@ -106,10 +107,11 @@ def test_token_requests_share_one_kept_alive_connection(server: KeepAliveServer)
     assert [c.tokens for c in server.connections] == [[f"rt{i}" for i in range(5)]]
 
 
-def test_async_token_requests_share_one_kept_alive_connection(server: KeepAliveServer) -> None:
+@pytest.mark.parametrize("face", ASYNC_FACES)
+def test_async_token_requests_share_one_kept_alive_connection(server: KeepAliveServer, face: str) -> None:
     async def run() -> list[object]:
-        async with async_client() as http:
-            return [await asend(http, _post(server.url, f"rt{i}"), budget=5.0) for i in range(5)]
+        async with async_sender(face) as asend:
+            return [await asend(_post(server.url, f"rt{i}"), 5.0) for i in range(5)]
 
     results = asyncio.run(run())
     assert all(isinstance(r, HttpReply) and r.status == 200 for r in results), results
@@ -129,11 +131,11 @@ def test_deadline_ends_a_trickle_on_a_reused_connection(server: KeepAliveServer)
     assert _wait_for_hang_up(server).hung_up_on_trickle
 
 
-def test_async_deadline_ends_a_trickle_on_a_reused_connection(server: KeepAliveServer) -> None:
+@pytest.mark.parametrize("face", ASYNC_FACES)
+def test_async_deadline_ends_a_trickle_on_a_reused_connection(server: KeepAliveServer, face: str) -> None:
     async def run() -> tuple[object, object]:
-        async with async_client() as http:
-            return (await asend(http, _post(server.url, "rt0"), budget=5.0),
-                    await asend(http, _post(server.url, "trickle"), budget=2.0))  # fmt: skip
+        async with async_sender(face) as asend:
+            return await asend(_post(server.url, "rt0"), 5.0), await asend(_post(server.url, "trickle"), 2.0)
 
     first, late = asyncio.run(run())
     assert isinstance(first, HttpReply), first
@@ -165,6 +167,20 @@ def test_a_connection_that_hit_its_deadline_is_not_reused(server: KeepAliveServe
     with client() as http:
         late = send(http, _post(server.url, "trickle"), budget=1.5)
         after = send(http, _post(server.url, "rt1"), budget=5.0)
+    assert isinstance(late, Ambiguous), late
+    assert isinstance(after, HttpReply) and after.status == 200, after
+    assert [c.tokens for c in server.connections] == [["trickle"], ["rt1"]]
+
+
+@pytest.mark.parametrize("face", ASYNC_FACES)
+def test_an_async_connection_that_hit_its_deadline_is_not_reused(server: KeepAliveServer, face: str) -> None:
+    """The async faces close a connection the deadline cut off mid-answer instead of pooling it."""
+
+    async def run() -> tuple[object, object]:
+        async with async_sender(face) as asend:
+            return await asend(_post(server.url, "trickle"), 1.5), await asend(_post(server.url, "rt1"), 5.0)
+
+    late, after = asyncio.run(run())
     assert isinstance(late, Ambiguous), late
     assert isinstance(after, HttpReply) and after.status == 200, after
     assert [c.tokens for c in server.connections] == [["trickle"], ["rt1"]]

@@ -9,7 +9,7 @@ only a person sees the Rich form with its colours. Rich cells are `rich.text.Tex
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import click
@@ -18,6 +18,7 @@ from grantkeeper._exceptions import without_controls
 from grantkeeper.cli._io import terminal_console
 from grantkeeper.engine import GrantStatus
 from grantkeeper.model import Grant, GrantState, Provider
+from grantkeeper.model.lifetimes import RefreshTokenExpiry
 from grantkeeper.model.times import iso_utc
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "grant_dict",
     "grant_record",
     "grant_summary",
+    "health",
     "iso_utc",
     "provider_dict",
     "provider_rows",
@@ -188,15 +190,20 @@ def grant_summary(grant: Grant, now: float) -> list[str]:
 SOON = 7 * 86400.0
 
 
-def _health(status: GrantStatus, now: float) -> str:
-    """The colour of a grant's state: red when a person must act, yellow when it needs watching, else green."""
-    if status.state is GrantState.NEEDS_REAUTH or any(
-        not e.renewable and e.deadline - SOON <= now for e in status.refresh_ends
-    ):
-        return "bold red"
-    if status.last_error is not None or any(e.deadline - SOON <= now for e in status.refresh_ends):
+def health(state: GrantState, last_error: str | None, ends: Iterable[RefreshTokenExpiry], now: float) -> str:
+    """A grant's health: "red" when a person must act, "yellow" when it needs watching, else "green"."""
+    ends = tuple(ends)
+    if state is GrantState.NEEDS_REAUTH or any(not e.renewable and e.deadline - SOON <= now for e in ends):
+        return "red"
+    if last_error is not None or any(e.deadline - SOON <= now for e in ends):
         return "yellow"
     return "green"
+
+
+def _health(status: GrantStatus, now: float) -> str:
+    """`health` as a terminal style."""
+    colour = health(status.state, status.last_error, status.refresh_ends, now)
+    return "bold red" if colour == "red" else colour
 
 
 def _access_cell(status: GrantStatus, now: float) -> Styled:

@@ -30,7 +30,7 @@ def apikey() -> None:
               help="Comma-separated grant names or patterns the key reaches ('*' matches any run), e.g. "
               "'acme-*,billing'.")  # fmt: skip
 @click.option("--scopes", default=",".join(DEFAULT_SCOPES), show_default=True, metavar="SCOPES",
-              help=f"Comma-separated: {', '.join(SCOPES[:5])} ({', '.join(SCOPES[5:])} reserved).")  # fmt: skip
+              help=f"Comma-separated: {', '.join(SCOPES)}.")  # fmt: skip
 @click.option("--expires", type=DURATION, metavar="DURATION", help="Expire after this long (90d, 12h); default never.")
 @click.pass_obj
 def create(session: Session, name: str, grants: str, scopes: str, expires: float | None) -> None:

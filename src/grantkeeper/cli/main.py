@@ -46,6 +46,7 @@ from grantkeeper.cli.demo import demo
 from grantkeeper.cli.diagnose import EXIT_ATTENTION, doctor, history
 from grantkeeper.cli.keys import keys
 from grantkeeper.cli.providers import provider
+from grantkeeper.cli.schedule import report_due, schedule, set_grant
 from grantkeeper.cli.serve import serve
 from grantkeeper.cli.transfer import export, import_
 from grantkeeper.consent import revoke
@@ -67,7 +68,7 @@ class GrantkeeperGroup(HelpGroup):
 
     sections = (
         ("Set up", ("provider", "connect", "grant", "apikey")),
-        ("Use", ("token", "status", "refresh", "keepalive", "serve")),
+        ("Use", ("token", "status", "refresh", "keepalive", "serve", "schedule")),
         ("Diagnose", ("doctor", "history", "audit", "demo")),
         ("Move and maintain", ("export", "import", "keys", "migrate", "completion")),
     )
@@ -412,13 +413,18 @@ def refresh(session: Session, name: str | None, force: bool, due: bool, window: 
 @json_option("Print the status (a list without NAME) as JSON.")
 @click.option("--expiring", type=DURATION, metavar="WINDOW",
               help="Instead: list grants whose refresh token or consent ends within WINDOW (e.g. 7d).")  # fmt: skip
+@click.option("--due", is_flag=True, help="Instead: what the refresh scheduler does next, grant by grant.")
 @click.pass_obj
-def status(session: Session, name: str | None, as_json: bool, expiring: float | None) -> None:
+def status(session: Session, name: str | None, as_json: bool, expiring: float | None, due: bool = False) -> None:
     """Show every grant, or everything known about grant NAME (fingerprints, lease, attempts).
 
     With --expiring, list the grants whose refresh token ends within the window (idle or stated lifetime:
     'refresh --due' renews them) or whose consent ends (absolute lifetime: re-consent needed; exit 12).
+    With --due, list the grants the scheduler looks at first and the action planned for each.
     """
+    if due:
+        report_due(session, as_json=as_json)
+        return
     if expiring is not None:
         _report_expiring(session, name, expiring, as_json=as_json)
         return
@@ -506,6 +512,8 @@ cli.add_command(export)
 cli.add_command(import_)
 cli.add_command(completion)
 cli.add_command(serve)
+cli.add_command(schedule)
+grant.add_command(set_grant)
 cli.add_command(apikey)
 cli.add_command(audit)
 

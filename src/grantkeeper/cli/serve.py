@@ -25,9 +25,14 @@ __all__ = ["serve"]
 @click.option("--tls-key", metavar="FILE", type=click.Path(exists=True, dir_okay=False), help="TLS private key (PEM).")
 @click.option("--behind-proxy", is_flag=True, default=None,
               help="A TLS-terminating proxy is the only way in: allow a non-loopback --host without TLS.")  # fmt: skip
+@click.option("--public-url", metavar="URL", help="Where end users' browsers reach this service, e.g. "
+              "https://gk.example.com: turns hosted connect on (redirect URI: URL/oauth/callback).")  # fmt: skip
+@click.option("--connect-ttl", type=click.FloatRange(10, 86400), metavar="SECONDS",
+              help="How long a hosted connect URL stays valid [default: 600].")  # fmt: skip
 @click.pass_obj
 def serve(session: Session, host: str | None, port: int | None, unix: str | None, config_file: str | None,
-          tls_cert: str | None, tls_key: str | None, behind_proxy: bool | None) -> None:  # fmt: skip
+          tls_cert: str | None, tls_key: str | None, behind_proxy: bool | None, public_url: str | None,
+          connect_ttl: float | None) -> None:  # fmt: skip
     """Serve access tokens over HTTP to callers with an API key ('grantkeeper apikey create').
 
     Runs in the foreground until SIGTERM or SIGINT, then finishes the requests in flight and closes the store.
@@ -41,7 +46,7 @@ def serve(session: Session, host: str | None, port: int | None, unix: str | None
     from grantkeeper.serve.runner import run
 
     config = load_config(config_file, host=host, port=port, unix=unix, tls_cert=tls_cert, tls_key=tls_key,
-                         behind_proxy=behind_proxy)  # fmt: skip
+                         behind_proxy=behind_proxy, public_url=public_url, connect_ttl=connect_ttl)  # fmt: skip
     # --store, then $GRANTKEEPER_STORE, then the config file, then the default store.
     url = session.store_url or os.environ.get(STORE_ENV) or config.store_url or default_store_url()
     asyncio.run(run(config, store_url=url))

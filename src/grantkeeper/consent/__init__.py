@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
@@ -35,6 +36,7 @@ from grantkeeper.consent.flow import AuthorizationRequest, begin, code_from_redi
 from grantkeeper.consent.flow import tokens_from_reply as _tokens_from_reply
 from grantkeeper.consent.loopback import LoopbackListener
 from grantkeeper.engine import Keeper
+from grantkeeper.engine.ports import Store
 from grantkeeper.model import Grant, Provider, TokenSet, check_name
 from grantkeeper.model.provider import RESERVED_AUTHORIZE_PARAMS
 from grantkeeper.profiles import get_profile
@@ -44,7 +46,18 @@ from grantkeeper.tokens import transport
 from grantkeeper.tokens.request import build_client_request
 from grantkeeper.tokens.transport import NotSent, send
 
-__all__ = ["DEFAULT_CONSENT_TIMEOUT", "Connected", "connect", "connect_device", "revoke"]
+__all__ = [
+    "DEFAULT_CONSENT_TIMEOUT",
+    "Connected",
+    "authorization",
+    "connect",
+    "connect_device",
+    "consented",
+    "exchange_code",
+    "prepare",
+    "revoke",
+    "revoke_in",
+]
 
 logger = logging.getLogger("grantkeeper")
 
@@ -65,9 +78,9 @@ def _client(http: httpx.Client | None) -> contextlib.AbstractContextManager[http
     return transport.client(timeout=httpx.Timeout(_BUDGET, connect=5.0))  # each request carries its provider's
 
 
-def _exists(keeper: Keeper, name: str) -> bool:
+def _exists(store: Store, name: str) -> bool:
     try:
-        keeper.store.get_grant(name)
+        store.get_grant(name)
     except UnknownGrant:
         return False
     return True
@@ -119,8 +132,24 @@ def connect(
         ConsentTimeout: no redirect arrived in time.
         ClientAuthFailed / ProviderRejected / ProviderUnavailable / MalformedResponse: the code exchange failed.
     """
-    chosen, existed = _prepare(keeper, name, provider, replace)
-    default_scopes, extra = _profile_defaults(chosen)
+    chosen, existed = prepare(keeper.store, name, provider, replace)
+    with LoopbackListener() as listener:
+        request = authorization(chosen, listener.redirect_uri, scopes=scopes, authorize_params=authorize_params)
+        show(request)
+        found: list[Secret] = []
+        listener.wait(lambda query: found.append(code_from_redirect(request, query)), timeout=timeout)
+    tokens, sent_at = exchange_code(chosen, request, found[0], now=keeper.clock.now, http=http)
+    return _keep(keeper, name, chosen, tokens, sent_at=sent_at, requested=request.scopes, existed=existed)
+
+
+def authorization(
+    provider: Provider, redirect_uri: str, *, scopes: tuple[str, ...] = (),
+    authorize_params: Mapping[str, str] | None = None, state: str | None = None,
+) -> AuthorizationRequest:  # fmt: skip
+    """The authorization request (PKCE S256, a fresh ``state``) `connect` and grantkeeper serve's hosted connect
+    send the browser with: `scopes` default to the provider's profile's; `authorize_params` go over the profile's
+    and the provider's own, but may not set what grantkeeper sets itself. `state`: see `begin`."""
+    default_scopes, extra = _profile_defaults(provider)
     reserved = sorted(RESERVED_AUTHORIZE_PARAMS.intersection(authorize_params or {}))
     if reserved:
         raise ConfigurationError(
@@ -128,17 +157,20 @@ def connect(
             "scopes)"
         )
     extra.update(authorize_params or {})
-    with LoopbackListener() as listener:
-        request = begin(chosen, listener.redirect_uri, scopes=scopes or default_scopes, extra_params=extra)
-        show(request)
-        found: list[Secret] = []
-        listener.wait(lambda query: found.append(code_from_redirect(request, query)), timeout=timeout)
-    code = found[0]
+    return begin(provider, redirect_uri, scopes=scopes or default_scopes, extra_params=extra, state=state)
+
+
+def exchange_code(
+    provider: Provider, request: AuthorizationRequest, code: Secret, *, now: Callable[[], float],
+    http: httpx.Client | None = None,
+) -> tuple[TokenSet, float]:  # fmt: skip
+    """Trade the authorization `code` of `request` for the token set (which must hold a refresh token), and when
+    its request was sent (by `now`): the one code exchange of `connect` and of the hosted connect. Blocking."""
     with _client(http) as client:
-        sent_at = keeper.clock.now()
-        reply = _reply(send(client, exchange_request(chosen, request, code), budget=_BUDGET), chosen, "code exchange")
-    tokens = _tokens_from_reply(chosen, reply, keeper.clock.now())
-    return _keep(keeper, name, chosen, tokens, sent_at=sent_at, requested=request.scopes, existed=existed)
+        sent_at = now()
+        reply = _reply(send(client, exchange_request(provider, request, code), budget=_BUDGET), provider,
+                       "code exchange")  # fmt: skip
+    return _tokens_from_reply(provider, reply, now()), sent_at
 
 
 def connect_device(
@@ -169,7 +201,7 @@ def connect_device(
         ClientAuthFailed / ProviderRejected / ProviderUnavailable / MalformedResponse: the provider refused or
             failed to start the flow, or answered a poll with something unusable.
     """
-    chosen, existed = _prepare(keeper, name, provider, replace)
+    chosen, existed = prepare(keeper.store, name, provider, replace)
     requested = scopes or _profile_defaults(chosen)[0]
     start = device.authorization_request(chosen, scopes=requested)  # no endpoint: refused before any request
     with _client(http) as client:
@@ -205,12 +237,12 @@ def _poll(
         logger.debug("device flow at %s: %s; next poll in %.0f s", provider.name, step.reason, wait)
 
 
-def _prepare(keeper: Keeper, name: str, provider: str, replace: bool) -> tuple[Provider, bool]:
+def prepare(store: Store, name: str, provider: str, replace: bool) -> tuple[Provider, bool]:
     """The provider, and whether grant `name` exists; checked before the consent, because a name refused after
-    it would waste the new grant."""
+    it would waste the new grant (and again by the hosted connect before it stores one). Blocking."""
     check_name(name, "grant")
-    chosen = keeper.store.get_provider(provider)
-    existed = _exists(keeper, name)
+    chosen = store.get_provider(provider)
+    existed = _exists(store, name)
     if existed and not replace:
         raise ConfigurationError(
             f"grant {name!r} already exists; give --replace to replace it with the new consent (its current refresh "
@@ -224,18 +256,25 @@ def _keep(
     keeper: Keeper, name: str, provider: Provider, tokens: TokenSet, *, sent_at: float, requested: tuple[str, ...],
     existed: bool,
 ) -> Connected:  # fmt: skip
-    """Store the consent's whole token response: the refresh token, and the access token with its expiry
-    counted from when its request was sent (as a refresh commit counts it)."""
-    assert tokens.refresh_token is not None  # both flows refuse a token set without one
+    """Store the consent's whole token response (`consented`)."""
+    grant = keeper._import(name, **consented(provider, tokens, sent_at=sent_at, requested=requested))
+    logger.info("grant %s connected (provider %s, refresh token %s)", name, provider.name, grant.refresh_fp)
+    return Connected(grant, existed)
+
+
+def consented(provider: Provider, tokens: TokenSet, *, sent_at: float, requested: tuple[str, ...]) -> dict[str, Any]:
+    """What a consent's token response stores (the arguments of the keepers' ``_import`` after the name): the
+    refresh token, and the access token with its expiry counted from when its request was sent (as a refresh
+    commit counts it). Every consent flow stores its grant through this."""
+    assert tokens.refresh_token is not None  # every flow refuses a token set without one
     granted = tokens.scope if tokens.scope is not None else requested
     expires_in = tokens.expires_in if tokens.expires_in is not None else provider.default_expires_in
     rt_expires = tokens.refresh_token_expires_in
-    grant = keeper._import(
-        name, provider.name, tokens.refresh_token, granted, access_token=tokens.access_token,
-        expires_at=sent_at + expires_in, refresh_expires_at=sent_at + rt_expires if rt_expires is not None else None,
-    )  # fmt: skip
-    logger.info("grant %s connected (provider %s, refresh token %s)", name, provider.name, grant.refresh_fp)
-    return Connected(grant, existed)
+    return {
+        "provider": provider.name, "refresh_token": tokens.refresh_token, "scopes": granted,
+        "access_token": tokens.access_token, "expires_at": sent_at + expires_in,
+        "refresh_expires_at": sent_at + rt_expires if rt_expires is not None else None,
+    }  # fmt: skip
 
 
 def revoke(keeper: Keeper, name: str, *, local_only: bool = False, http: httpx.Client | None = None) -> Grant:
@@ -247,13 +286,20 @@ def revoke(keeper: Keeper, name: str, *, local_only: bool = False, http: httpx.C
         ClientAuthFailed / ProviderRejected / ProviderUnavailable / MalformedResponse: the provider did not
             confirm the revocation (nothing is deleted).
     """
-    keeper.store.replay_recovery(now=keeper.clock.now())  # a successor kept locally is the token to revoke
-    grant, provider = keeper.store.get_grant_and_provider(name)
+    return revoke_in(keeper.store, name, now=keeper.clock.now(), local_only=local_only, http=http)
+
+
+def revoke_in(
+    store: Store, name: str, *, now: float, local_only: bool = False, http: httpx.Client | None = None
+) -> Grant:
+    """`revoke` on a blocking store (the service's console runs it in a worker thread)."""
+    store.replay_recovery(now=now)  # a successor kept locally is the token to revoke
+    grant, provider = store.get_grant_and_provider(name)
     if not local_only:
         _revoke_at_provider(provider, grant, http)
     try:
         # Only the generation whose token was revoked: a refresh that committed meanwhile holds a live token.
-        keeper.store.delete_grant(name, expected_generation=grant.generation)
+        store.delete_grant(name, expected_generation=grant.generation)
     except GenerationConflict as moved:
         raise TransientError(
             f"grant {name!r} was refreshed while it was being revoked: refresh token {grant.refresh_fp} was revoked, "

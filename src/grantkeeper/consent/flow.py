@@ -83,16 +83,18 @@ def begin(
     *,
     scopes: tuple[str, ...] = (),
     extra_params: Mapping[str, str] | None = None,
+    state: str | None = None,
 ) -> AuthorizationRequest:
-    """A new authorization request for `provider`: S256 PKCE, a random ``state``, `scopes` and any extra
-    parameters the provider needs for a refresh token (e.g. ``access_type=offline``)."""
+    """A new authorization request for `provider`: S256 PKCE, a random ``state`` (or `state`, unguessable, made by
+    the caller), `scopes` and any extra parameters the provider needs for a refresh token (e.g.
+    ``access_type=offline``)."""
     if provider.authorization_url is None:
         raise ConfigurationError(
             f"provider {provider.name!r} has no authorization endpoint; run 'grantkeeper provider add "
             f"{provider.name} --authorization-url URL' (or 'provider discover') first"
         )
     verifier = secrets.token_urlsafe(64)  # 86 characters: within RFC 7636's 43-128
-    state = secrets.token_urlsafe(24)
+    state = state or secrets.token_urlsafe(24)
     query = {**(extra_params or {})}
     query.update(
         response_type="code", client_id=provider.client_id, redirect_uri=redirect_uri, state=state,

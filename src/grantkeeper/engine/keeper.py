@@ -47,7 +47,7 @@ from grantkeeper.model.lifetimes import RefreshTokenExpiry, refresh_token_ends
 from grantkeeper.model.retention import HistoryRetention
 from grantkeeper.model.times import iso_utc
 from grantkeeper.model.token_values import check_refresh_token
-from grantkeeper.notify import EventSink, Notifier, event_for
+from grantkeeper.notify import EventSink, GrantEvent, Notifier, event_for
 from grantkeeper.protocol import Refreshed, RefreshPolicy, refresh_flow
 
 __all__ = [
@@ -194,6 +194,11 @@ class _KeeperCore:
         needs_reauth, or the provider rejected the client credentials. See `grantkeeper.notify`."""
         self._notifier.add(sink)
 
+    def announce(self, event: GrantEvent) -> None:
+        """Send `event`, which something other than a refresh made (grantkeeper serve's hosted connect), to the
+        sinks `on_event` registered. Blocking: sinks are user code."""
+        self._notifier.emit(event)
+
     def _replay_soon(self) -> None:
         """A successor waits in recovery storage: keep trying to commit it in the background (`_replaying`) until
         the store takes it, so the window in which the store lags behind the provider is as short as the outage."""
@@ -305,8 +310,8 @@ class _KeeperCore:
             grant=name,
         )
 
-    def _refresh_steps(self, name: str, force: bool) -> Steps[Grant]:
-        result: Refreshed | None = yield Refresh(name, force=force)
+    def _refresh_steps(self, name: str, force: bool, past: int | None = None) -> Steps[Grant]:
+        result: Refreshed | None = yield Refresh(name, force=force, past=-1 if past is None else past)
         if result is not None:
             return result.grant
         return self._served((yield Call.of("get_grant", name)))
@@ -575,7 +580,7 @@ class Keeper(_KeeperCore):
         if isinstance(op, RunFlow):
             return drive(op.flow, store=self.store, sender=self._sender, clock=self.clock)
         if isinstance(op, Refresh):
-            return self._run(op.name, force=op.force)
+            return self._run(op.name, force=op.force, past=op.past)
         if isinstance(op, Blocking):
             return op.work(self.store)
         return self._stopping.wait(op.seconds)
@@ -590,8 +595,8 @@ class Keeper(_KeeperCore):
                 lock = self._locks.setdefault(name, threading.Lock())
         return lock
 
-    def _run(self, name: str, *, force: bool) -> Refreshed | None:
-        seen = self._before_lock(name)
+    def _run(self, name: str, *, force: bool, past: int = -1) -> Refreshed | None:
+        seen = self._before_lock(name) if past < 0 else past
         with self._lock(name):
             return self._drive(self._locked_steps(name, force, seen))
 
@@ -613,9 +618,10 @@ class Keeper(_KeeperCore):
             return entry[0].reveal()
         return self._drive(self._token_steps(name))
 
-    def refresh(self, name: str, *, force: bool = False) -> Grant:
-        """Refresh grant `name` if its access token is not usable (or always, with `force`)."""
-        return self._drive(self._refresh_steps(name, force))
+    def refresh(self, name: str, *, force: bool = False, unless_past: int | None = None) -> Grant:
+        """Refresh grant `name` if its access token is not usable (or always, with `force`). With `unless_past`, a
+        forced refresh is satisfied by any stored generation after that one (another worker's refresh counts)."""
+        return self._drive(self._refresh_steps(name, force, unless_past))
 
     def status(self, name: str) -> GrantStatus:
         return self._drive(self._status_steps(name))
@@ -712,7 +718,7 @@ class AsyncKeeper(_KeeperCore):
         if isinstance(op, RunFlow):
             return await drive_async(op.flow, store=self._astore, sender=self._sender, clock=self.clock)
         if isinstance(op, Refresh):
-            return await self._run(op.name, force=op.force)
+            return await self._run(op.name, force=op.force, past=op.past)
         if isinstance(op, Blocking):
             return await asyncio.to_thread(op.work, blocking(self._astore, asyncio.get_running_loop()))
         with contextlib.suppress(TimeoutError):
@@ -722,8 +728,8 @@ class AsyncKeeper(_KeeperCore):
     async def _drive(self, steps: Steps[T]) -> T:
         return await arun_steps(steps, self._execute)
 
-    async def _run(self, name: str, *, force: bool) -> Refreshed | None:
-        seen = self._before_lock(name)
+    async def _run(self, name: str, *, force: bool, past: int = -1) -> Refreshed | None:
+        seen = self._before_lock(name) if past < 0 else past
         async with self._locks.setdefault(name, asyncio.Lock()):
             return await self._drive(self._locked_steps(name, force, seen))
 
@@ -742,8 +748,8 @@ class AsyncKeeper(_KeeperCore):
             return entry[0].reveal()
         return await self._drive(self._token_steps(name))
 
-    async def refresh(self, name: str, *, force: bool = False) -> Grant:
-        return await self._drive(self._refresh_steps(name, force))
+    async def refresh(self, name: str, *, force: bool = False, unless_past: int | None = None) -> Grant:
+        return await self._drive(self._refresh_steps(name, force, unless_past))
 
     async def status(self, name: str) -> GrantStatus:
         return await self._drive(self._status_steps(name))
@@ -777,6 +783,15 @@ class AsyncKeeper(_KeeperCore):
         """See `Keeper.import_grant`."""
         return await self._drive(self._checked_import_steps(name, provider, refresh_token, scopes, access_token,
                                                             expires_at))  # fmt: skip
+
+    async def _import(
+        self, name: str, provider: str, refresh_token: str | Secret, scopes: tuple[str, ...], *,
+        access_token: Secret | None = None, expires_at: float | None = None, refresh_expires_at: float | None = None,
+    ) -> Grant:  # fmt: skip
+        """See `Keeper._import` (grantkeeper serve's hosted connect stores its consents through this)."""
+        steps = self._import_steps(name, provider, refresh_token, scopes, access_token=access_token,
+                                   expires_at=expires_at, refresh_expires_at=refresh_expires_at)  # fmt: skip
+        return await self._drive(steps)
 
     async def report_rejected(self, name: str, access_token: str) -> bool:
         return await self._drive(self._invalidate_steps(name, access_token))

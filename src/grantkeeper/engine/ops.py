@@ -47,6 +47,8 @@ class Refresh:
 
     name: str
     force: bool
+    #: A forced refresh is satisfied by any generation after this one (-1: after the one this process last saw).
+    past: int = -1
 
 
 @dataclass(frozen=True, slots=True)

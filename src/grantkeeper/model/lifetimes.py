@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from grantkeeper.model.grant import Grant
 from grantkeeper.model.provider import Provider, RotationMode
 
-__all__ = ["RefreshTokenExpiry", "refresh_token_ends"]
+__all__ = ["RefreshTokenExpiry", "refresh_token_ends", "token_ends"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,11 +30,23 @@ class RefreshTokenExpiry:
 
 def refresh_token_ends(grant: Grant, provider: Provider) -> list[RefreshTokenExpiry]:
     """Every known end of the grant's refresh token: the provider's lifetimes and the expiry it stated."""
+    return token_ends(
+        grant.name, provider.name, created_at=grant.created_at, refreshed_at=grant.refreshed_at,
+        refresh_expires_at=grant.refresh_expires_at, idle_ttl=provider.refresh_idle_ttl,
+        absolute_ttl=provider.refresh_absolute_ttl, rotates=provider.rotation is not RotationMode.NEVER,
+    )  # fmt: skip
+
+
+def token_ends(
+    grant: str, provider: str, *, created_at: float | None, refreshed_at: float | None,
+    refresh_expires_at: float | None, idle_ttl: float | None, absolute_ttl: float | None, rotates: bool,
+) -> list[RefreshTokenExpiry]:  # fmt: skip
+    """`refresh_token_ends` from the columns alone (the console's grants list reads rows, not whole grants)."""
     ends = []
-    if provider.refresh_absolute_ttl is not None and grant.created_at is not None:
-        ends.append(("absolute", grant.created_at + provider.refresh_absolute_ttl, False))
-    if provider.refresh_idle_ttl is not None and grant.refreshed_at is not None:
-        ends.append(("idle", grant.refreshed_at + provider.refresh_idle_ttl, True))
-    if grant.refresh_expires_at is not None:
-        ends.append(("stated", grant.refresh_expires_at, provider.rotation is not RotationMode.NEVER))
-    return [RefreshTokenExpiry(grant.name, provider.name, kind, at, renew) for kind, at, renew in ends]
+    if absolute_ttl is not None and created_at is not None:
+        ends.append(("absolute", created_at + absolute_ttl, False))
+    if idle_ttl is not None and refreshed_at is not None:
+        ends.append(("idle", refreshed_at + idle_ttl, True))
+    if refresh_expires_at is not None:
+        ends.append(("stated", refresh_expires_at, rotates))
+    return [RefreshTokenExpiry(grant, provider, kind, at, renew) for kind, at, renew in ends]

@@ -7,6 +7,12 @@ Two kinds, each sent when a grant enters it (not on every later call that repeat
   hosts sharing a store send one event per death.
 * ``client_auth_failed``: the provider rejected the client credentials, and the grant's previous attempt had
   not already failed that way.
+* ``refresh_token_ending``: the refresh scheduler (`grantkeeper.engine.scheduler`) saw the grant's refresh token
+  come within its warning time of an absolute end, which only a new consent renews (once per planned warning).
+
+Two more come from ``grantkeeper serve``'s hosted connect (`grantkeeper.serve.connect_sessions`), one per session
+that got as far as the provider's answer: ``connected`` (the grant is stored) and ``connect_failed`` (it is not;
+the cause is the error's code).
 
 An event carries names, classes, fingerprints, ids and times: never a token or a secret.
 """
@@ -25,7 +31,7 @@ __all__ = ["EVENT_KINDS", "EventSink", "GrantEvent", "Notifier", "event_for"]
 
 logger = logging.getLogger("grantkeeper")
 
-EVENT_KINDS = ("needs_reauth", "client_auth_failed")
+EVENT_KINDS = ("needs_reauth", "client_auth_failed", "refresh_token_ending", "connected", "connect_failed")
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +41,9 @@ class GrantEvent:
     kind: str  # one of EVENT_KINDS
     grant: str
     provider: str
-    cause: str  # the error class: lost_in_flight, reuse_detected, revoked_or_expired, client_auth_failed
+    # the error class (lost_in_flight, ..., client_auth_failed, consent_denied, ...), "connected", or
+    # absolute_lifetime for refresh_token_ending
+    cause: str
     message: str  # the error's message: what happened and what to do (no secrets)
     evidence: dict[str, Any]
     at: float

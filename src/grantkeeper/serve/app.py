@@ -15,9 +15,10 @@ from starlette.responses import Response
 
 from grantkeeper import __version__
 from grantkeeper._exceptions import GrantkeeperError, sanitize_provider_text
-from grantkeeper.serve import routes_grants, routes_health, routes_proxy
+from grantkeeper.serve import console, routes_connect, routes_grants, routes_health, routes_proxy
 from grantkeeper.serve.bodylimit import BodyLimit
 from grantkeeper.serve.broker import Broker
+from grantkeeper.serve.connect_sessions import ConnectSettings, HostedConnect
 from grantkeeper.serve.errors import ServeError, problem, problem_for
 from grantkeeper.serve.fastpath import FastPaths
 from grantkeeper.serve.logs import get_logger
@@ -40,9 +41,10 @@ def _respond(request: Request, answer: tuple[int, bytes, dict[str, str]], code: 
     return Response(body, status_code=status, headers=headers)
 
 
-def create_app(broker: Broker, *, max_body: int = DEFAULT_MAX_BODY, proxy_limits: ProxyLimits | None = None) -> FastAPI:
-    """The application. `max_body` caps API request bodies; proxied bodies stream under `proxy_limits` instead.
-    Close ``app.state.proxy_clients`` when done serving."""
+def create_app(broker: Broker, *, max_body: int = DEFAULT_MAX_BODY, proxy_limits: ProxyLimits | None = None,
+               connect: ConnectSettings | None = None) -> FastAPI:  # fmt: skip
+    """The application. `max_body` caps API request bodies; proxied bodies stream under `proxy_limits` instead;
+    `connect` sets hosted connect up (off without a public URL). Close ``app.state.proxy_clients`` when done."""
     app = FastAPI(title="grantkeeper serve", version=__version__, description=_DESCRIPTION, docs_url=None,
                   redoc_url=None)  # fmt: skip
     app.state.broker = broker
@@ -54,6 +56,8 @@ def create_app(broker: Broker, *, max_body: int = DEFAULT_MAX_BODY, proxy_limits
     app.include_router(routes_grants.router)
     app.include_router(routes_proxy.router)
     app.include_router(routes_health.router)
+    app.state.hosted_connect = HostedConnect(broker, connect or ConnectSettings())
+    app.include_router(routes_connect.router)
     log = get_logger()
 
     @app.exception_handler(GrantkeeperError)
@@ -77,5 +81,6 @@ def create_app(broker: Broker, *, max_body: int = DEFAULT_MAX_BODY, proxy_limits
         detail = "no such route" if exc.status_code == 404 else sanitize_provider_text(exc.detail, limit=200)
         return _respond(request, problem(exc.status_code, code, detail, headers=dict(exc.headers or {})), code)
 
-    app.add_middleware(Recorder, broker=broker, log=log)  # outermost: it records the refusals of BodyLimit too
+    app.add_middleware(Recorder, broker=broker, log=log)  # it records the refusals of BodyLimit too
+    console.install(app, broker)  # outermost: its security headers go on every /ui/ answer, the Recorder's too
     return app

@@ -67,7 +67,12 @@ class Authenticator:
         scheme, _, value = header.strip().partition(" ")
         if scheme.lower() != "bearer" or not value.strip():
             raise _unauthorized("the Authorization header must be 'Bearer <key>'", presented=True)
-        presented = Secret(value.strip())  # registered, so the redaction cuts it out of any log line while alive
+        return await self.caller_for_key(value.strip())
+
+    async def caller_for_key(self, value: str) -> Caller:
+        """The caller API key `value` is (the console's sign-in form presents one): 401 for an unknown, revoked
+        or expired key, 429 over its rate limit."""
+        presented = Secret(value)  # registered, so the redaction cuts it out of any log line while alive
         record = await self._keys.authenticate(presented.reveal())
         if record is None:
             raise _unauthorized("the API key is not known to this store", presented=True)

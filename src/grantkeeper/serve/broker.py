@@ -56,6 +56,8 @@ class Broker:
         # grant -> (the token last served, its fingerprint): the keeper hands out the same `Secret` while the token
         # stays cached, so the fingerprint (an HMAC) is computed once per token, not per request.
         self._served_fps: dict[str, tuple[Secret, str]] = {}
+        #: Told the name of each grant whose token is handed out (the scheduler keeps used grants hot).
+        self.on_token: Callable[[str], None] | None = None
 
     def add_check(self, name: str, check: ReadinessCheck) -> None:
         """Make ``/readyz`` also depend on `check` (a scheduler's heartbeat, say)."""
@@ -79,6 +81,8 @@ class Broker:
             if served is None:
                 continue  # dropped between the two calls (a 401 reported, another host's refresh): ask again
             if min_valid is None or served.serve_until - time.time() >= min_valid:
+                if self.on_token is not None:
+                    self.on_token(name)
                 return served
             if forced:
                 left = max(0.0, served.serve_until - time.time())

@@ -35,7 +35,16 @@ the full list.
     url = "https://hooks.example.com/grantkeeper"
     secret_file = "/run/secrets/webhook-secret"
 
-    [scheduler]            # reserved for the background refresher; accepted and ignored for now
+    [connect]              # hosted connect (POST /v1/connect-sessions); off while public_url is unset
+    public_url = "https://grantkeeper.example.com"   # the redirect URI is public_url + "/oauth/callback"
+    session_ttl = 600.0    # seconds a connect URL may wait to be opened, and the consent after it
+
+    [scheduler]            # the refresh scheduler (docs/serve.md); these are the defaults
+    enabled = true
+    concurrency = 64       # refreshes in flight at once, over all providers
+    per_provider = 16      # ... at one provider
+    hot_window = 600       # a grant whose token was handed out this recently is refreshed ahead of time
+    lead_fraction = 0.2    # ... this fraction of its token's lifetime before it stops being served
 """
 
 from __future__ import annotations
@@ -55,7 +64,7 @@ from grantkeeper._exceptions import ConfigurationError
 from grantkeeper.keys.sources import KEY_COMMAND_ENV, KEY_ENV, read_private_file
 from grantkeeper.stores.access import parse_patterns, parse_scopes
 
-__all__ = ["DEFAULT_PORT", "ServeConfig", "load_config"]
+__all__ = ["DEFAULT_CONNECT_TTL", "DEFAULT_PORT", "ServeConfig", "check_public_url", "load_config"]
 
 DEFAULT_PORT = 8734
 _COMMAND_TIMEOUT = 30.0
@@ -66,7 +75,8 @@ _SECTIONS = {
     "limits": {"rate", "burst", "shutdown_timeout", "max_body"},
     "logging": {"level"},
     "webhook": {"url", "secret_file", "secret_command"},
-    "scheduler": None,  # reserved: any key
+    "connect": {"public_url", "session_ttl"},
+    "scheduler": None,  # checked by grantkeeper.serve.scheduling.scheduler_options
 }
 #: Environment variable -> (field, kind).
 _ENV = {
@@ -81,7 +91,12 @@ _ENV = {
     "GRANTKEEPER_SERVE_LOG_LEVEL": ("log_level", str),
     "GRANTKEEPER_SERVE_SHUTDOWN_TIMEOUT": ("shutdown_timeout", float),
     "GRANTKEEPER_SERVE_MAX_BODY": ("max_body", int),
+    "GRANTKEEPER_SERVE_PUBLIC_URL": ("public_url", str),
+    "GRANTKEEPER_SERVE_CONNECT_TTL": ("connect_ttl", float),
 }
+#: Seconds a connect URL stays valid (to be opened; then again for the consent) unless configured.
+DEFAULT_CONNECT_TTL = 600.0
+_MAX_CONNECT_TTL = 86400.0
 
 
 @dataclass
@@ -105,6 +120,8 @@ class ServeConfig:
     webhook_url: str | None = None
     webhook_secret: str | None = field(default=None, repr=False)
     scheduler: dict[str, Any] = field(default_factory=dict)
+    public_url: str | None = None
+    connect_ttl: float = DEFAULT_CONNECT_TTL
 
     def check(self) -> None:
         """Refuse what cannot run safely, saying why and what to do."""
@@ -123,6 +140,10 @@ class ServeConfig:
             raise ConfigurationError("limits: rate must be >= 0, burst >= 1, shutdown_timeout > 0 and max_body >= 1")
         if self.webhook_url is not None and not self.webhook_secret:
             raise ConfigurationError("[webhook] needs secret_file or secret_command: receivers verify signatures")
+        if not 10 <= self.connect_ttl <= _MAX_CONNECT_TTL:
+            raise ConfigurationError(f"connect session_ttl must be 10-{_MAX_CONNECT_TTL:.0f} seconds")
+        if self.public_url is not None:
+            self.public_url = check_public_url(self.public_url)
 
     def apply_key(self, *, key_file: str | None, key_command: str | None) -> None:
         """Make the configured key source the one the store opens with (this process only)."""
@@ -130,6 +151,26 @@ class ServeConfig:
             os.environ[KEY_ENV] = _private(key_file, "encryption key file")
         elif key_command is not None:
             os.environ[KEY_COMMAND_ENV] = key_command
+
+
+def check_public_url(url: str) -> str:
+    """The service's public URL (where end users' browsers reach it), without a trailing slash: https, or http
+    on a loopback host; no query, fragment or credentials (it prefixes the redirect URI providers must allow)."""
+    try:
+        parts: urllib.parse.SplitResult | None = urllib.parse.urlsplit(url.strip())
+        _ = parts.port if parts is not None else None  # a port that is not a number raises here
+    except ValueError:
+        parts = None
+    shown = repr(url[:80]) if "@" not in url else "(with credentials)"  # a password is never echoed
+    if parts is None or parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ConfigurationError(f"public URL {shown} is not an http(s) URL with a host, e.g. "
+                                 "https://grantkeeper.example.com")  # fmt: skip
+    if parts.query or parts.fragment or parts.username is not None or parts.password is not None:
+        raise ConfigurationError("the public URL must not carry a query, a fragment or credentials")
+    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        raise ConfigurationError(f"public URL {shown}: authorization codes would cross the network in clear "
+                                 "text; use https (http is allowed on a loopback host only)")  # fmt: skip
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
 
 
 def _is_loopback(host: str) -> bool:
@@ -216,6 +257,13 @@ def _typed(value: Any, kind: type, where: str) -> Any:
     raise ConfigurationError(f"{where}: {str(value)[:40]!r} is not a valid {kind.__name__}")
 
 
+def _read_connect(config: ServeConfig, connect: dict[str, Any]) -> None:
+    if connect.get("public_url") is not None:
+        config.public_url = str(connect["public_url"])
+    if connect.get("session_ttl") is not None:
+        config.connect_ttl = _typed(connect["session_ttl"], float, "config file setting 'session_ttl'")
+
+
 def load_config(path: str | None, *, env: dict[str, str] | None = None, **options: Any) -> ServeConfig:
     """The file at `path` (if any), then `env` overrides, then `options` that are not None; checked."""
     environ = os.environ if env is None else env
@@ -245,7 +293,11 @@ def load_config(path: str | None, *, env: dict[str, str] | None = None, **option
     if webhook.get("url") is not None:
         config.webhook_url = str(webhook["url"])
         config.webhook_secret = _secret(webhook, "secret", "webhook secret")
+    _read_connect(config, data.get("connect", {}))
     config.scheduler = dict(data.get("scheduler", {}))
+    from grantkeeper.serve.scheduling import scheduler_options  # needs the serve extra, as every caller here does
+
+    scheduler_options(config.scheduler)  # refuse a bad section before anything starts
     for name, (attr, kind) in _ENV.items():
         if environ.get(name):
             setattr(config, attr, _typed(environ[name], kind, f"${name}"))

@@ -70,6 +70,16 @@ STATUS: dict[str, int] = {
     "upstream_too_large": 502,
     "upstream_redirect_refused": 502,
     "upstream_timeout": 504,
+    # Hosted connect (/v1/connect-sessions and the end user's pages): the service has no public URL; the grant
+    # exists; a link or provider answer that is unknown, used, expired, or in a browser that did not open it.
+    "connect_error": 400,
+    "connect_not_configured": 409,
+    "connect_grant_exists": 409,
+    "connect_session_unknown": 404,
+    "connect_session_used": 410,
+    "connect_session_expired": 410,
+    "connect_state_invalid": 400,
+    "connect_browser_mismatch": 400,
 }
 
 #: The doctor's cause (docs/doctor.md) an error code stands for when the doctor cannot be asked about the grant.
@@ -107,8 +117,8 @@ def conceal(text: str) -> str:
 
 
 _TITLES = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
-           409: "Conflict", 413: "Content Too Large", 422: "Unprocessable Content", 429: "Too Many Requests",
-           500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable",
+           409: "Conflict", 410: "Gone", 413: "Content Too Large", 422: "Unprocessable Content",
+           429: "Too Many Requests", 500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable",
            504: "Gateway Timeout"}  # fmt: skip
 
 

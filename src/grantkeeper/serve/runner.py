@@ -24,17 +24,20 @@ import uvicorn
 
 from grantkeeper._exceptions import ConfigurationError
 from grantkeeper._secrets import Secret
+from grantkeeper.engine.scheduler import SchedulerOptions
 from grantkeeper.keepers import AsyncKeeper
-from grantkeeper.notify import Webhook
+from grantkeeper.notify import EventSink, Webhook
 from grantkeeper.serve.app import create_app
 from grantkeeper.serve.audit import AuditTrail
 from grantkeeper.serve.auth import LISTENER_KEY, UNIX_CALLER, Authenticator, Caller
-from grantkeeper.serve.broker import Broker
+from grantkeeper.serve.broker import Broker, Heartbeat
 from grantkeeper.serve.config import ServeConfig
+from grantkeeper.serve.connect_sessions import ConnectSettings
 from grantkeeper.serve.logs import configure_logging, get_logger
 from grantkeeper.serve.metrics import ServeMetrics
 from grantkeeper.serve.ratelimit import RateLimiter
-from grantkeeper.stores import SQLStore, backend
+from grantkeeper.serve.scheduling import SchedulerCollector, running_scheduler, scheduler_options
+from grantkeeper.stores import SQLStore, backend, open_store
 
 __all__ = ["build_broker", "run"]
 
@@ -120,6 +123,21 @@ def _webhooks(config: ServeConfig) -> tuple[Webhook, ...]:
     return (hook,) if hook is not None else ()
 
 
+async def _start_scheduler(
+    stack: contextlib.AsyncExitStack, broker: Broker, options: SchedulerOptions, webhooks: tuple[Webhook, ...]
+) -> None:
+    """The refresh scheduler beside the listeners: its heartbeat in ``/readyz``, its counters in ``/metrics``,
+    and every token handed out keeps its grant hot."""
+    heartbeat = Heartbeat(max_age=max(60.0, 10 * options.tick))
+    sinks: list[EventSink] = [*webhooks, broker.metrics.on_grant_event]
+    scheduler = await stack.enter_async_context(
+        running_scheduler(broker.store, options, on_event=sinks, on_round=heartbeat.beat)
+    )
+    broker.add_check("scheduler", heartbeat.check)
+    broker.on_token = scheduler.note_used
+    broker.metrics.registry.register(SchedulerCollector(scheduler))
+
+
 async def run(config: ServeConfig, *, store_url: str) -> None:
     """Serve until SIGTERM/SIGINT, then shut down gracefully (see the module docstring)."""
     configure_logging(config.log_level)
@@ -131,7 +149,7 @@ async def run(config: ServeConfig, *, store_url: str) -> None:
     # The blocking SQL store in worker threads: the broker also reads API keys, the audit trail and metrics from it.
     keeper = await AsyncKeeper.open(store_url, create=False, threads=True, on_event=webhooks)
     broker = build_broker(keeper, config, store_url=store_url, webhooks=webhooks)
-    app = create_app(broker, max_body=config.max_body)
+    app = create_app(broker, max_body=config.max_body, connect=ConnectSettings(config.public_url, config.connect_ttl))
     servers = []
     for listener, _sock in sockets:
         tcp = listener == "tcp"
@@ -150,8 +168,11 @@ async def run(config: ServeConfig, *, store_url: str) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop, signum)
+    stack = contextlib.AsyncExitStack()
     try:
         await broker.start()
+        if (options := scheduler_options(config.scheduler)) is not None:
+            await _start_scheduler(stack, broker, options, webhooks)
         # Everything made so far (modules, the app, its OpenAPI models, the keeper) lives until exit: moved out
         # of the collector's reach, a full collection no longer walks it in the middle of a request.
         gc.collect()
@@ -164,10 +185,36 @@ async def run(config: ServeConfig, *, store_url: str) -> None:
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
+        await stack.aclose()  # the scheduler's refreshes in flight finish before the keeper and store close
         await broker.stop()
         await app.state.proxy_clients.aclose()
         await keeper.aclose()
         if config.unix is not None:
             with contextlib.suppress(OSError):
                 os.unlink(config.unix)
+        log.info("stopped")
+
+
+async def run_scheduler(config: ServeConfig, *, store_url: str) -> None:
+    """`grantkeeper schedule`: the refresh scheduler alone, until SIGTERM/SIGINT; then the refreshes in flight
+    finish and the plan is written back before the store closes."""
+    options = scheduler_options(config.scheduler)
+    if options is None:
+        raise ConfigurationError("the [scheduler] section says enabled = false: there is nothing to run")
+    configure_logging(config.log_level)
+    log = get_logger()
+    store = open_store(store_url)
+    done = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, done.set)
+    try:
+        async with running_scheduler(store, options, on_event=list(_webhooks(config))):
+            log.info("scheduling", store=backend(store_url), pid=os.getpid())
+            await done.wait()
+            log.info("stopping")
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+        store.close()
         log.info("stopped")

@@ -1,7 +1,8 @@
-"""Records of who may use the token broker (`grantkeeper serve`): API keys and the audit trail.
+"""Records of who may use the token broker (`grantkeeper serve`): API keys, the audit trail, connect sessions.
 
-Plain data, stored by `SQLStore` (tables ``api_keys`` and ``audit``, schema version 7). An API key's secret part
-is never stored: only a keyed hash of the whole key (`SQLStore.api_key_digest`).
+Plain data, stored by `SQLStore` (tables ``api_keys`` and ``audit``, schema version 7; ``connect_sessions``,
+version 11). An API key's secret part is never stored: only a keyed hash of the whole key
+(`SQLStore.api_key_digest`); a connect session's URL secret, ``state`` and browser cookie likewise.
 """
 
 from __future__ import annotations
@@ -11,9 +12,19 @@ from dataclasses import dataclass
 
 from grantkeeper._exceptions import ConfigurationError
 
-__all__ = ["SCOPES", "ApiKeyRecord", "AuditEntry", "check_pattern", "grant_matches", "parse_patterns", "parse_scopes"]
+__all__ = [
+    "SCOPES",
+    "ApiKeyRecord",
+    "AuditEntry",
+    "ConnectSession",
+    "check_pattern",
+    "grant_matches",
+    "parse_patterns",
+    "parse_scopes",
+]
 
-#: What a key may do. ``ui`` and ``connect`` are reserved for later features and accepted by no route yet.
+#: What a key may do. ``ui`` signs in to the console (/ui/); ``connect`` creates hosted connect sessions
+#: (``POST /v1/connect-sessions``).
 SCOPES = ("token", "refresh", "proxy", "read", "metrics", "ui", "connect")
 _PATTERN_CHARS = frozenset("-_.:@*")
 
@@ -98,3 +109,24 @@ class AuditEntry:
         return {"id": self.id, "at": self.at, "api_key": self.api_key, "action": self.action, "grant": self.grant,
                 "status": self.status, "fingerprint": self.fingerprint, "generation": self.generation,
                 "detail": self.detail}  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectSession:
+    """A hosted connect session as stored: which grant it makes, and how far it got. Never a secret: the URL's
+    secret, the ``state`` and the browser cookie are stored as keyed hashes, the verifier sealed (read separately,
+    `SQLStore.take_connect_callback`)."""
+
+    id: str
+    grant: str
+    provider: str
+    scopes: tuple[str, ...]
+    replace: bool
+    api_key: str
+    created_at: float
+    expires_at: float
+    opened_at: float | None = None
+    callback_by: float | None = None
+    redirect_uri: str | None = None
+    finished_at: float | None = None
+    outcome: str | None = None

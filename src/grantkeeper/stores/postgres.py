@@ -29,6 +29,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -200,6 +201,7 @@ class PostgresSQL(SQLStore):
     async store (`grantkeeper.stores.postgres_async`) on an asyncio one."""
 
     _row_lock = " FOR UPDATE OF grants"
+    _skip_locked = " FOR UPDATE OF grants SKIP LOCKED"
     _shared_recovery = False  # each host keeps its own
 
     def __init__(self, url: str, crypto: Crypto, recovery: RecoveryDir) -> None:
@@ -313,8 +315,11 @@ class PostgresStore(PostgresSQL):
     def _perform(self, fn: Callable[..., Op[T]], write: bool, /, *args: Any, **kwargs: Any) -> T:
         """Operations that write run pipelined (`pipelined`); reads are retried once (`_retried`)."""
         if write:
-            return perform(fn(self, *args, **kwargs), lambda: self._tx(pipelined=self.pipelined), PgConn.run)
+            return perform(fn(self, *args, **kwargs), *self._writer())
         return self._retried(lambda: perform(fn(self, *args, **kwargs), lambda: self._tx(write=False), PgConn.run))
+
+    def _writer(self) -> tuple[Callable[[], AbstractContextManager[Any]], Callable[[Any, Sql], Any]]:
+        return lambda: self._tx(pipelined=self.pipelined), PgConn.run
 
     def _read(self, fn: Callable[[Conn], T]) -> T:
         return self._retried(lambda: super(PostgresStore, self)._read(fn))

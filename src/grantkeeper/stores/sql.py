@@ -14,6 +14,7 @@ Secrets are encrypted with associated data ``grantkeeper/<table>/<row>/<column>`
 from __future__ import annotations
 
 import dataclasses
+import hmac
 import json
 import logging
 import struct
@@ -40,11 +41,23 @@ from grantkeeper.model import (
     check_name,
 )
 from grantkeeper.model.retention import HistoryRetention
-from grantkeeper.stores.access import ApiKeyRecord, AuditEntry
+from grantkeeper.model.schedule import ScheduleEntry
+from grantkeeper.stores.access import ApiKeyRecord, AuditEntry, ConnectSession
 from grantkeeper.stores.base import Claim, GenerationConflict, GrantUpdate, LeaseLost, LeaseTTL
 from grantkeeper.stores.liveness import Liveness
 from grantkeeper.stores.recovery import RecoveryDir, RecoveryEntry
-from grantkeeper.stores.transactions import COMMIT, Blocking, Op, Sql, Tx, perform, query, transaction
+from grantkeeper.stores.transactions import (
+    COMMIT,
+    Blocking,
+    Op,
+    Sql,
+    Tx,
+    operation,
+    perform,
+    perform_batch,
+    query,
+    transaction,
+)
 
 __all__ = ["Conn", "HistoryRetention", "SQLStore", "StoreEvent", "StoreObserver", "Subscriber"]
 
@@ -195,6 +208,9 @@ class SQLStore:
     #: Appended to the claim's read of the grant row to hold it until the transaction ends ("" if the
     #: transaction already excludes other writers).
     _row_lock = ""
+    #: Appended to the scheduler's due query so concurrent schedulers pass each other's rows ("" where the write
+    #: transaction already runs alone).
+    _skip_locked = ""
     #: Whether the claim reads grant, provider, lease and earlier attempts in one statement (`_CLAIM_READ`). Only
     #: where the transaction excludes other writers from its first statement on (SQLite's ``BEGIN IMMEDIATE``):
     #: under READ COMMITTED a row lock is taken by the statement that reads the grant, and what that statement
@@ -227,6 +243,22 @@ class SQLStore:
         """Run the operation ``fn(self, *args, **kwargs)`` on this store's blocking connections (`write`: in a
         transaction; else a read)."""
         return perform(fn(self, *args, **kwargs), self._begin_write if write else self._begin_read, _execute)
+
+    def perform_batch(self, calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]]) -> list[Any]:
+        """Run store calls (method name, positional and keyword arguments; each a transaction that writes) in one
+        transaction, committed once; a call that raises is rolled back alone and its result is `Failed`. See
+        `transactions.perform_batch`."""
+        ops = []
+        for method, args, kwargs in calls:
+            op = getattr(type(self), method)
+            if not isinstance(op, operation) or not op.write:
+                raise TypeError(f"{method} is not a store transaction that writes; it cannot join a batch")
+            ops.append(op.fn(self, *args, **kwargs))
+        return perform_batch(ops, *self._writer())
+
+    def _writer(self) -> tuple[Callable[[], AbstractContextManager[Any]], Callable[[Any, Sql], Any]]:
+        """How this store runs a transaction that writes: what opens it, and what runs one statement in it."""
+        return self._begin_write, _execute
 
     def _begin_write(self) -> AbstractContextManager[Conn]:
         return self._tx(write=True)
@@ -546,6 +578,78 @@ class SQLStore:
         """Active grants whose access token expires before `before`, soonest first (a scheduler's query).
         Grants never refreshed (no access token yet) are not listed: their first use refreshes them."""
         return [str(r[0]) for r in (yield Sql(self.DUE_QUERY, (before, limit))).fetchall()]
+
+    # ---------------------------------------------------------------- the refresh scheduler's plan
+
+    _SCHEDULE_COLUMNS = "name, hot, last_used_at, next_due_at, warned_at"
+
+    @staticmethod
+    def _schedule_entry(row: Any) -> ScheduleEntry:
+        return ScheduleEntry(str(row[0]), bool(row[1]), row[2], float(row[3]), row[4])
+
+    @transaction
+    def take_due(self, *, now: float, hold: float, limit: int) -> Op[list[tuple[ScheduleEntry, Grant, Provider]]]:
+        """Active grants whose planned time has come, soonest first, each with its grant (tokens left sealed) and
+        provider as read now; each is moved `hold` seconds ahead in the same transaction, so no other scheduler
+        takes it meanwhile (`_skip_locked` lets concurrent schedulers on PostgreSQL pass each other's rows instead
+        of queueing). One that is never planned again (its scheduler died) is due once more after `hold`."""
+        rows = (
+            yield Sql(
+                f"SELECT {_GRANT_COLUMNS_QUALIFIED}, {_PROVIDER_COLUMNS_QUALIFIED}, grants.hot, grants.last_used_at, "
+                "grants.next_due_at, grants.warned_at FROM grants JOIN providers ON providers.name = grants.provider "
+                "WHERE grants.state = 'active' AND grants.next_due_at <= ? ORDER BY grants.next_due_at LIMIT ?"
+                + self._skip_locked,
+                (now, limit),
+            )
+        ).fetchall()
+        taken: list[tuple[ScheduleEntry, Grant, Provider]] = []
+        providers: dict[str, Provider] = {}
+        width = _GRANT_WIDTH + _PROVIDER_WIDTH
+        for row in rows:
+            grant = self._grant(row[:_GRANT_WIDTH], lazy_refresh=True, lazy_access=True)
+            if (provider := providers.get(grant.provider)) is None:
+                provider = providers[grant.provider] = self._provider(row[_GRANT_WIDTH:width])
+            taken.append((self._schedule_entry((grant.name, *row[width:])), grant, provider))
+            yield Sql("UPDATE grants SET next_due_at = ? WHERE name = ?", (now + hold, grant.name), wait=False)
+        return taken
+
+    @transaction
+    def plan_due(self, plans: list[tuple[str, float, float | None]]) -> Op[None]:
+        """Set each grant's next planned time: (grant, next_due_at, warned_at); a warned_at of None keeps the
+        stored one. A grant deleted meanwhile is skipped."""
+        for name, due, warned in plans:
+            yield Sql("UPDATE grants SET next_due_at = ?, warned_at = COALESCE(?, warned_at) WHERE name = ?",
+                      (due, warned, name), wait=False)  # fmt: skip
+
+    @transaction
+    def note_used(self, names: list[str], *, now: float, window: float) -> Op[None]:
+        """The service handed out these grants' tokens at `now`. A grant not used within `window` before (so not
+        kept fresh ahead of time until now) is planned again at once."""
+        for name in names:
+            yield Sql(
+                "UPDATE grants SET next_due_at = CASE WHEN NOT hot AND (last_used_at IS NULL OR last_used_at < ?) "
+                "THEN 0 ELSE next_due_at END, last_used_at = ? WHERE name = ?",
+                (now - window, now, name),
+                wait=False,
+            )
+
+    @transaction
+    def set_hot(self, name: str, hot: bool) -> Op[None]:
+        """Mark grant `name` to be kept fresh ahead of time whatever its use (or not); planned again at once."""
+        row = yield Sql("UPDATE grants SET hot = ?, next_due_at = 0 WHERE name = ? RETURNING name", (hot, name))
+        if row.fetchone() is None:
+            raise UnknownGrant(f"no grant named {name!r}; 'grantkeeper status' lists them", grant=name)
+
+    @query
+    def schedule(self, *, limit: int = 50) -> Op[list[ScheduleEntry]]:
+        """Active grants in the order a scheduler takes them (soonest planned time first)."""
+        rows = (
+            yield Sql(
+                f"SELECT {self._SCHEDULE_COLUMNS} FROM grants WHERE state = 'active' ORDER BY next_due_at LIMIT ?",
+                (limit,),
+            )
+        ).fetchall()
+        return [self._schedule_entry(r) for r in rows]
 
     @transaction
     def delete_grant(self, name: str, *, expected_generation: int | None = None) -> Op[None]:
@@ -1157,6 +1261,7 @@ class SQLStore:
                 settled = entries
             else:
                 if (yield from self._commit_kept(grant, entries, now, settled)) is not None:
+                    yield from self._release_if_dead(name)
                     done.append(name)
             yield COMMIT
             # Removed only once the transaction that used or superseded them has committed (as in `claim`).
@@ -1165,6 +1270,15 @@ class SQLStore:
         for name in done if self._observers else ():
             self._observed(StoreEvent("recovered", name))
         return done
+
+    def _release_if_dead(self, name: str) -> Tx[None]:
+        """Free grant `name`'s lease if its holder's liveness signal says it died. After a kept successor is
+        committed, the lease its saver kept (a refused commit keeps it) guards nothing; left to its TTL it would
+        show a dead worker holding the grant. A live holder keeps its lease: it may be a refresh in progress."""
+        sql = "SELECT worker, fence, expires_at, liveness FROM leases WHERE grant_name = ? AND worker IS NOT NULL"
+        row = (yield Sql(sql, (name,))).fetchone()
+        if row is not None and (yield from self._holder_dead(row[3])):
+            yield from self._release(Lease(name, row[0], int(row[1]), float(row[2])))
 
     def _commit_kept(
         self, grant: Grant, entries: list[RecoveryEntry], now: float, settled: list[RecoveryEntry]
@@ -1309,3 +1423,109 @@ class SQLStore:
         rows = (yield Sql(sql, (*(value for _, value in filters), limit))).fetchall()
         return [AuditEntry(id=int(r[0]), at=float(r[1]), api_key=str(r[2]), action=str(r[3]), grant=r[4],
                            status=int(r[5]), fingerprint=r[6], generation=r[7], detail=r[8]) for r in rows]  # fmt: skip
+
+    # ---------------------------------------------------------------- hosted connect sessions (`grantkeeper serve`)
+
+    def connect_digest(self, value: str) -> str:
+        """The keyed hash a connect session's URL secret, ``state`` or browser cookie is stored as."""
+        return self._crypto.keyed_digest(value, purpose="connect-session")
+
+    def _matches(self, value: str | None, digest: Any) -> bool:
+        return value is not None and digest is not None and hmac.compare_digest(self.connect_digest(value), digest)
+
+    @staticmethod
+    def _connect_session(row: Any) -> ConnectSession:
+        return ConnectSession(
+            id=str(row[0]), grant=str(row[1]), provider=str(row[2]), scopes=tuple(str(row[3]).split()),
+            replace=bool(row[4]), api_key=str(row[5]), created_at=float(row[6]), expires_at=float(row[7]),
+            opened_at=row[8], callback_by=row[9], redirect_uri=row[10], finished_at=row[11], outcome=row[12],
+        )  # fmt: skip
+
+    _SESSION_COLUMNS = ("id, grant_name, provider, scopes, replace_grant, api_key, created_at, expires_at, opened_at, "
+                        "callback_by, redirect_uri, finished_at, outcome")  # fmt: skip
+
+    @transaction
+    def create_connect_session(self, session: ConnectSession, *, token: str) -> Op[None]:
+        """Store `session`, reached by the URL secret `token` (kept as a keyed hash only). Sessions whose every
+        deadline passed a day ago are forgotten here, so the table holds about a day of them."""
+        old = session.created_at - 86400.0
+        yield Sql("DELETE FROM connect_sessions WHERE expires_at < ? AND (callback_by IS NULL OR callback_by < ?)",
+                  (old, old), wait=False)  # fmt: skip
+        yield Sql(
+            f"INSERT INTO connect_sessions ({self._SESSION_COLUMNS}, token_hash) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, NULL, NULL, NULL, ?)",
+            (session.id, session.grant, session.provider, " ".join(session.scopes), int(session.replace),
+             session.api_key, session.created_at, session.expires_at, self.connect_digest(token)),
+            wait=False,
+        )  # fmt: skip
+
+    @query
+    def get_connect_session(self, session_id: str, *, token: str | None = None) -> Op[ConnectSession | None]:
+        """The session `session_id`; with `token`, only if it is that session's URL secret."""
+        sql = f"SELECT {self._SESSION_COLUMNS}, token_hash FROM connect_sessions WHERE id = ?"
+        row = (yield Sql(sql, (session_id,))).fetchone()
+        if row is None or (token is not None and not self._matches(token, row[13])):
+            return None
+        return self._connect_session(row)
+
+    @transaction
+    def open_connect_session(
+        self, session_id: str, *, token: str, state: str, browser: str, verifier: Secret, redirect_uri: str,
+        now: float, callback_by: float,
+    ) -> Op[tuple[ConnectSession | None, str | None]]:  # fmt: skip
+        """Mark the session opened (once only), with what its callback must match. Returns (the session, None), or
+        (the session if the token is its, why not) with why one of ``unknown`` (no such session, or not this
+        token), ``used`` (opened before) or ``expired``."""
+        sql = f"SELECT {self._SESSION_COLUMNS}, token_hash FROM connect_sessions WHERE id = ?"
+        row = (yield Sql(sql, (session_id,))).fetchone()
+        if row is None or not self._matches(token, row[13]):
+            return None, "unknown"
+        session = self._connect_session(row)
+        if session.opened_at is not None:
+            return session, "used"
+        if session.expires_at <= now:
+            return session, "expired"
+        sealed = self._seal(verifier, "connect_sessions", session_id, "verifier")
+        cursor = yield Sql(
+            "UPDATE connect_sessions SET opened_at = ?, callback_by = ?, state_hash = ?, browser_hash = ?, "
+            "verifier = ?, redirect_uri = ? WHERE id = ? AND opened_at IS NULL",
+            (now, callback_by, self.connect_digest(state), self.connect_digest(browser), sealed, redirect_uri,
+             session_id),
+        )  # fmt: skip
+        if cursor.rowcount != 1:
+            return session, "used"  # another request opened it first
+        return dataclasses.replace(session, opened_at=now, callback_by=callback_by, redirect_uri=redirect_uri), None
+
+    @transaction
+    def take_connect_callback(
+        self, session_id: str, *, state: str, browser: str | None, now: float
+    ) -> Op[tuple[ConnectSession | None, Secret | None, str | None]]:
+        """Take the session's one callback: (the session, its verifier, None), or (the session if `state` is its,
+        None, why not) with why one of ``unknown`` (no such session, or not its ``state``), ``used`` (a callback was
+        taken before), ``expired`` (the callback came too late: recorded, so the session is over) or
+        ``other_browser`` (the browser holds no cookie of the one that opened it: the session stays open)."""
+        sql = f"SELECT {self._SESSION_COLUMNS}, state_hash, browser_hash, verifier FROM connect_sessions WHERE id = ?"
+        row = (yield Sql(sql, (session_id,))).fetchone()
+        if row is None or not self._matches(state, row[13]):
+            return None, None, "unknown"
+        session = self._connect_session(row)
+        if session.finished_at is not None:
+            return session, None, "expired" if session.outcome == "connect_session_expired" else "used"
+        late = session.callback_by is None or session.callback_by <= now
+        if not late and not self._matches(browser, row[14]):
+            return session, None, "other_browser"  # (a late one is over whoever brings it: its cookie is gone too)
+        cursor = yield Sql(
+            "UPDATE connect_sessions SET finished_at = ?, outcome = ? WHERE id = ? AND finished_at IS NULL",
+            (now, "connect_session_expired" if late else None, session_id),
+        )
+        if cursor.rowcount != 1:
+            return session, None, "used"
+        session = dataclasses.replace(session, finished_at=now)
+        if late:
+            return dataclasses.replace(session, outcome="connect_session_expired"), None, "expired"
+        return session, self._open(bytes(row[15]), "connect_sessions", session_id, "verifier"), None
+
+    @transaction
+    def finish_connect_session(self, session_id: str, *, outcome: str) -> Op[None]:
+        """Record how the session's callback ended: ``connected`` or an error code."""
+        yield Sql("UPDATE connect_sessions SET outcome = ? WHERE id = ?", (outcome, session_id), wait=False)

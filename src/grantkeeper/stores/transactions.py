@@ -26,12 +26,14 @@ __all__ = [
     "COMMIT",
     "AsyncOperation",
     "Blocking",
+    "Failed",
     "Op",
     "Result",
     "Sql",
     "Tx",
     "operation",
     "perform",
+    "perform_batch",
     "query",
     "run_on",
     "transaction",
@@ -180,6 +182,71 @@ def perform(op: Op[T], begin: Callable[[], AbstractContextManager[C]], execute: 
                     except StopIteration as stop:
                         return stop.value  # type: ignore[no-any-return]  # the `with` commits on the way out
             answer = step.fn(*step.args) if isinstance(step, Blocking) else None
+            step = op.send(answer)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+
+
+class Failed(NamedTuple):
+    """What an operation of a batch raised, in its place among the results."""
+
+    error: BaseException
+
+
+def perform_batch(
+    ops: list[Op[Any]], begin: Callable[[], AbstractContextManager[C]], execute: Callable[[C, Sql], Result]
+) -> list[Any]:
+    """Run operations whose writes fit in one transaction each (a claim, a commit, a finish) in ONE transaction,
+    committed once: group commit. Each runs between a savepoint and its release, so one that raises (a generation
+    conflict, a damaged row) is rolled back alone and the others commit together; its place in the returned list
+    holds `Failed`. What each operation does before its first statement (a `Blocking` step) runs before the shared
+    transaction begins, and what it does after its `COMMIT` runs once the shared commit is durable, as it would
+    alone; a second transaction of an operation runs on its own, after the batch. If the shared commit fails,
+    every operation fails with that error: none of their writes happened."""
+    results: list[Any] = [None] * len(ops)
+    pending: dict[int, Any] = {}  # op index -> its first Sql step
+    for i, op in enumerate(ops):
+        try:
+            step = next(op)
+            while not isinstance(step, Sql):
+                step = op.send(step.fn(*step.args) if isinstance(step, Blocking) else None)
+            pending[i] = step
+        except StopIteration as stop:
+            results[i] = stop.value
+        except Exception as exc:
+            results[i] = Failed(exc)
+    if not pending:
+        return results
+    resumed: dict[int, Any] = {}  # op index -> the step after its transaction (COMMIT or Blocking)
+    with begin() as conn:
+        for i, first in pending.items():
+            savepoint, step = f"batch_{i}", first
+            execute(conn, Sql(f"SAVEPOINT {savepoint}"))
+            try:
+                while type(step) is Sql:
+                    step = ops[i].send(execute(conn, step))
+                resumed[i] = step
+            except StopIteration as stop:
+                results[i] = stop.value
+            except Exception as exc:
+                execute(conn, Sql(f"ROLLBACK TO SAVEPOINT {savepoint}"))
+                results[i] = Failed(exc)
+            execute(conn, Sql(f"RELEASE SAVEPOINT {savepoint}"))
+    for i, step in resumed.items():
+        try:
+            answer = step.fn(*step.args) if isinstance(step, Blocking) else None
+            results[i] = perform(_continued(ops[i], answer), begin, execute)
+        except Exception as exc:
+            results[i] = Failed(exc)
+    return results
+
+
+def _continued(op: Op[T], answer: Any) -> Op[T]:
+    """`op` from where the batch left it (its transaction committed), `answer` sent in: for `perform`."""
+    try:
+        step = op.send(answer)
+        while True:
+            answer = yield step
             step = op.send(answer)
     except StopIteration as stop:
         return stop.value  # type: ignore[no-any-return]

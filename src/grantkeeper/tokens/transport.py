@@ -33,7 +33,7 @@ import ssl
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -401,20 +401,21 @@ class _Exchange:
 
     # -- the body ----------------------------------------------------------------------------------------
 
-    def grown(self, response: httpx.Response, chunk: bytes) -> SendResult | None:
-        """Append `chunk` to the body; what to answer at once (over the body cap, past the deadline), else None."""
+    def grown(self, status: int, headers: Mapping[str, str], chunk: bytes) -> SendResult | None:
+        """Append `chunk` to the body of the answer (`status`, `headers`); what to answer at once (over the body
+        cap, past the deadline), else None."""
         self._body += chunk
         if len(self._body) > MAX_BODY_BYTES:
-            return _reply(response, b"", truncated=True)
+            return reply_of(status, headers, b"", truncated=True)
         if self.expired and not self.clamped:
             # A guard for a caller's own client, whose sockets do not take the deadline into account. Clamped
             # sockets never wait past it, and what they read without waiting is kept.
             return Ambiguous("response not complete within the request budget")
         return None
 
-    def reply(self, response: httpx.Response) -> HttpReply:
+    def reply(self, status: int, headers: Mapping[str, str]) -> HttpReply:
         """The whole answer, read within the cap and the deadline."""
-        return _reply(response, bytes(self._body), truncated=False)
+        return reply_of(status, headers, bytes(self._body), truncated=False)
 
     # -- what went wrong ---------------------------------------------------------------------------------
 
@@ -438,9 +439,9 @@ class _Exchange:
         return self.traced and not self.writing
 
 
-def _reply(response: httpx.Response, body: bytes, truncated: bool) -> HttpReply:
-    headers = {name: response.headers[name] for name in _KEPT_HEADERS if name in response.headers}
-    return HttpReply(response.status_code, headers, body, truncated)
+def reply_of(status: int, headers: Mapping[str, str], body: bytes, truncated: bool) -> HttpReply:
+    """An answer as the protocol sees it: `headers` (case-insensitive, any client's) cut to the ones it reads."""
+    return HttpReply(status, {name: headers[name] for name in _KEPT_HEADERS if name in headers}, body, truncated)
 
 
 def send(client: httpx.Client, request: httpx.Request, *, budget: float) -> SendResult:
@@ -454,9 +455,9 @@ def send(client: httpx.Client, request: httpx.Request, *, budget: float) -> Send
     try:
         with exchange.deadline_bound(), contextlib.closing(client.send(request, stream=True)) as response:
             for chunk in response.iter_bytes():
-                if (early := exchange.grown(response, chunk)) is not None:
+                if (early := exchange.grown(response.status_code, response.headers, chunk)) is not None:
                     return early
-            return exchange.reply(response)
+            return exchange.reply(response.status_code, response.headers)
     except httpx.TransportError as exc:
         return exchange.failed(exc)
 
@@ -468,9 +469,9 @@ async def asend(client: httpx.AsyncClient, request: httpx.Request, *, budget: fl
     try:
         async with asyncio.timeout(budget), contextlib.aclosing(await client.send(request, stream=True)) as response:
             async for chunk in response.aiter_bytes():
-                if (early := exchange.grown(response, chunk)) is not None:
+                if (early := exchange.grown(response.status_code, response.headers, chunk)) is not None:
                     return early
-            return exchange.reply(response)
+            return exchange.reply(response.status_code, response.headers)
     except TimeoutError:
         return exchange.late()
     except httpx.TransportError as exc:
