@@ -7,6 +7,7 @@ import os
 import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from grantkeeper import Keeper, Provider, RefreshPolicy, RotationMode, Secret
 from grantkeeper import _failpoints as failpoints
@@ -130,3 +131,17 @@ def read_form_request(conn: object, buffered: bytes = b"") -> tuple[dict[str, st
         buffered += conn.recv(65536)  # type: ignore[attr-defined]
     body, rest = buffered[:length], buffered[length:]
     return {k: v[0] for k, v in urllib.parse.parse_qs(body.decode()).items()}, rest
+
+
+def revoke_at_provider(store_url: str, grant: str, sim: Any) -> None:
+    """Revoke the token family of `grant`'s stored refresh token at simulator `sim`, behind the keeper's back: its
+    next refresh fails as a revoked grant does."""
+    from grantkeeper.stores import open_store
+
+    store = open_store(store_url)
+    try:
+        current = store.get_grant(grant).refresh_token
+        assert current is not None
+        sim.revoke_family(current.reveal())
+    finally:
+        store.close()

@@ -16,7 +16,7 @@ import pytest
 
 from grantkeeper.stores import open_store
 from grantkeeper.stores.access import AuditEntry
-from tests.helpers import files_bytes, setup_grant
+from tests.helpers import files_bytes, revoke_at_provider, setup_grant
 from tests.serve.conftest import ServeProcess, make_key
 from tests.system.test_canary import CanarySimulator, find_leaks
 
@@ -68,7 +68,7 @@ def test_no_canary_escapes_the_broker(tmp_path: Path, canary_sim: CanarySimulato
         keep("unknown grant", http.get("/v1/grants/acme-404/token"))
         keep("no key", anonymous.get("/v1/grants/acme-1"))
     # A revoked grant: 409 with the doctor's class.
-    _revoke(store_url, "acme-1", canary_sim)
+    revoke_at_provider(store_url, "acme-1", canary_sim)
     with server.client(key) as http:
         keep("revoked", http.post("/v1/grants/acme-1/refresh"))
     assert server.terminate() == 0
@@ -83,17 +83,6 @@ def test_no_canary_escapes_the_broker(tmp_path: Path, canary_sim: CanarySimulato
     leaks = find_leaks(captures, canaries)
     assert not leaks, leaks
     assert sum(len(text) for _, text in captures) > 10_000  # the scan saw the captures, not nothing
-
-
-def _revoke(store_url: str, grant: str, sim: CanarySimulator) -> None:
-    """Revoke the grant's token family at the provider, behind the broker's back."""
-    store = open_store(store_url)
-    try:
-        current = store.get_grant(grant).refresh_token
-        assert current is not None
-        sim.revoke_family(current.reveal())
-    finally:
-        store.close()
 
 
 def _audit_trail(store_url: str) -> list[AuditEntry]:

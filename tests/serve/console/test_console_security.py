@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from grantkeeper.stores import open_store
-from tests.helpers import files_bytes, setup_grant
+from tests.helpers import files_bytes, revoke_at_provider, setup_grant
 from tests.serve.conftest import ServeProcess, make_key
 from tests.serve.console.helpers import csrf_of, revoke_key, sign_in
 from tests.system.test_canary import CanarySimulator, find_leaks
@@ -51,16 +51,6 @@ def _generation(store_url: str, grant: str) -> int:
         store.close()
 
 
-def _revoke_family(store_url: str, grant: str, sim: CanarySimulator) -> None:
-    store = open_store(store_url)
-    try:
-        current = store.get_grant(grant).refresh_token
-        assert current is not None
-        sim.revoke_family(current.reveal())
-    finally:
-        store.close()
-
-
 def test_no_token_in_any_console_answer(console: tuple[ServeProcess, str, str], canary_sim: CanarySimulator,
                                         tmp_path: Path) -> None:  # fmt: skip
     server, store_url, key = console
@@ -86,7 +76,7 @@ def test_no_token_in_any_console_answer(console: tuple[ServeProcess, str, str], 
             http.post("/ui/grants/acme-1/refresh", data={"csrf": csrf_of(http.get("/ui/grants/acme-1").text)}),
         )
         assert refreshed.status_code == 303 and "done=" in refreshed.headers["location"]
-        _revoke_family(store_url, "acme-2", canary_sim)  # acme-2 fails from now on: the doctor explains why
+        revoke_at_provider(store_url, "acme-2", canary_sim)  # acme-2 fails from now on: the doctor explains why
         failed = keep(
             "failing refresh",
             http.post("/ui/grants/acme-2/refresh", data={"csrf": csrf_of(http.get("/ui/grants/acme-2").text)}),
