@@ -181,3 +181,38 @@ def test_an_outage_at_one_provider_slows_only_its_grants(sqlite_url: str, make_s
             assert earlier.finished_at is not None
             assert later.started_at < earlier.finished_at + life - SKEW, (name, earlier, later)
     assert sims["up"].stats.errors == {}
+
+
+def test_a_refresh_that_fails_unexpectedly_gives_its_providers_slot_back(sqlite_url: str, make_sim: Sim) -> None:
+    """A sender that raises something no refresh expects (a bug) fails that one refresh; with one slot at the
+    provider, the grants after it are still refreshed."""
+    sim = make_sim(access_ttl=TOKEN_LIFE)
+    store = open_store(sqlite_url)
+    names = _grants(store, sim, 3, hot=True)
+
+    class BrokenOnce:
+        def __init__(self, inner: AsyncHttpSender) -> None:
+            self.inner, self.broken = inner, False
+
+        async def send(self, request: Any, *, budget: float) -> Any:
+            if not self.broken:
+                self.broken = True
+                raise RuntimeError("a bug in a sender")
+            return await self.inner.send(request, budget=budget)
+
+    async def run() -> Scheduler:
+        async with async_client() as http:
+            scheduler = Scheduler(store, sender=BrokenOnce(AsyncHttpSender(http)), worker="scheduler",
+                                  options=SchedulerOptions(plan=PLAN, tick=0.2, per_provider=1))  # fmt: skip
+            runner = asyncio.create_task(scheduler.run())
+            await asyncio.sleep(2.0)
+            scheduler.stop()
+            await runner
+            return scheduler
+
+    try:
+        scheduler = asyncio.run(run())
+        generations = sorted(store.get_grant(n).generation for n in names)
+    finally:
+        store.close()
+    assert scheduler.stats.outcomes["refreshed"] >= 2 and generations[-2:] == [2, 2]

@@ -261,6 +261,9 @@ class Scheduler:
         except GrantkeeperError as exc:
             self.stats.outcomes[exc.code] += 1
             return self._failed(plan, exc, gate)
+        except BaseException:  # a bug or a cancellation: the slot must not stay taken, or the provider stalls
+            gate.finish(GateOutcome.PERMANENT, self._now())
+            raise
         ended = self._now()
         gate.finish(GateOutcome.OK, ended)
         self.stats.outcomes["refreshed" if grant.generation > plan.generation else "already_refreshed"] += 1
