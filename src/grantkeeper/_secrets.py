@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hmac
 import threading
-import weakref
 from typing import NoReturn
 
 __all__ = ["Secret", "live_values_in"]
@@ -22,7 +21,7 @@ __all__ = ["Secret", "live_values_in"]
 #: Shorter values are not redacted by value: they would cut ordinary words out of messages.
 MIN_REDACTED_LENGTH = 8
 _live_count: dict[str, int] = {}
-_by_prefix: dict[str, frozenset[str]] = {}  # replaced, never mutated: readers need no lock
+_by_prefix: dict[str, tuple[str, ...]] = {}  # values replaced, never mutated: readers need no lock
 _live_lock = threading.Lock()
 #: Values whose Secret was collected. The garbage collector runs finalizers at any allocation, even inside
 #: `_remember` with the lock held, so the finalizer only appends here (atomic, never blocks) and the next
@@ -30,15 +29,14 @@ _live_lock = threading.Lock()
 _collected: list[str] = []
 
 
-def _remember(secret: Secret, value: str) -> None:
+def _remember(value: str) -> None:
     with _live_lock:
         _apply_collected()
         count = _live_count.get(value, 0)
         _live_count[value] = count + 1
-        if count == 0:
+        if count == 0:  # a tuple: nearly every prefix holds one value, and every cold token read makes a new one
             prefix = value[:MIN_REDACTED_LENGTH]
-            _by_prefix[prefix] = _by_prefix.get(prefix, frozenset()) | {value}
-    weakref.finalize(secret, _collected.append, value).atexit = False
+            _by_prefix[prefix] = (*_by_prefix.get(prefix, ()), value)
 
 
 def _apply_collected() -> None:
@@ -50,7 +48,8 @@ def _apply_collected() -> None:
             _live_count[value] = count
             continue
         prefix = value[:MIN_REDACTED_LENGTH]
-        rest = _by_prefix.get(prefix, frozenset()) - {value}
+        held = _by_prefix.get(prefix, ())
+        rest = () if held == (value,) else tuple(v for v in held if v != value)
         if rest:
             _by_prefix[prefix] = rest
         else:
@@ -83,14 +82,23 @@ class Secret:
     cannot leave the process by accident. Equality is constant-time.
     """
 
-    __slots__ = ("__weakref__", "_value")
+    __slots__ = ("__weakref__", "_registered", "_value")
 
     def __init__(self, value: str) -> None:
+        self._registered = False  # read by `__del__`, which runs even when this raises
         if not isinstance(value, str):
             raise TypeError("Secret holds a str")
         self._value = value
-        if len(value) >= MIN_REDACTED_LENGTH:
-            _remember(self, value)
+        self._registered = len(value) >= MIN_REDACTED_LENGTH
+        if self._registered:
+            _remember(value)
+
+    def __del__(self) -> None:
+        # `__del__` rather than `weakref.finalize`: a finalizer costs as much to set up as the rest of a Secret, and
+        # every cold token read makes one. Only an append here (see `_collected`). A `SealedSecret` revealed by two
+        # threads at once registers twice and is dropped once: its value stays redacted, never the other way.
+        if self._registered:
+            _collected.append(self._value)
 
     def reveal(self) -> str:
         """Return the plain value. Call only where it is sent or encrypted."""

@@ -23,7 +23,7 @@ Sim = Callable[..., Any]
 
 
 def _hold_first_read(keeper: Keeper | AsyncKeeper) -> tuple[threading.Event, threading.Event]:
-    """Make the first store read of the refresh flow (run in a worker thread by both keepers) return only once
+    """Make the first store read (the cold read, run in a worker thread by the async keeper) return only once
     `go` is set, after signalling `reached`: the caller has read the grant but cached nothing yet."""
     reached, go = threading.Event(), threading.Event()
 
@@ -37,7 +37,7 @@ def _hold_first_read(keeper: Keeper | AsyncKeeper) -> tuple[threading.Event, thr
 
         return held
 
-    for method in ("get_grant_and_provider", "claim"):
+    for method in ("served_access", "get_grant_and_provider", "claim"):
         setattr(keeper.store, method, hold(getattr(keeper.store, method)))
     return reached, go
 

@@ -243,6 +243,33 @@ class TestCommit:
                      now=T0 + TTL + 2, mark_dead=True)  # fmt: skip
         assert store.get_grant("g").state is GrantState.ACTIVE
 
+    def test_served_access_reads_only_a_token_to_serve(self, store: SQLiteStore) -> None:
+        """The cold read gives the access token with its generation and expiry while it is valid beyond the skew,
+        and None where there is nothing to serve: no token yet, no such grant, due, expired, reported, dead."""
+        _grant(store)
+        assert store.served_access("g", T0) is None  # imported without an access token
+        assert store.served_access("nope", T0) is None
+        claim = _claim(store)
+        store.commit(claim.lease, attempt_id=claim.attempt.id, base=claim.grant, update=_update(1), now=T0)  # type: ignore[arg-type, union-attr]
+        until = store.get_grant("g").usable_until(store.get_provider("p").skew)
+        served = store.served_access("g", T0 + 10)
+        assert served is not None
+        assert (served.access_token, served.generation, served.expires_at) == (_update(1).access_token, 2, T0 + 3600)
+        assert served.serve_until == until
+        assert store.served_access("g", until - 0.001) is not None
+        assert store.served_access("g", until) is None  # due: the refresh path takes it from here
+        assert store.served_access("g", T0 + 3601) is None
+        assert store.invalidate_access("g", access_fp=store.fingerprint(_update(1).access_token))
+        assert store.served_access("g", T0 + 10) is None
+        claim = _claim(store, now=T0 + 20, seen=2)
+        store.commit(claim.lease, attempt_id=claim.attempt.id, base=claim.grant, update=_update(2), now=T0 + 20)  # type: ignore[arg-type, union-attr]
+        assert store.served_access("g", T0 + 30) is not None
+        claim = _claim(store, now=T0 + 40, force=True, seen=3)
+        store.finish(claim.lease, attempt_id=claim.attempt.id, state=AttemptState.DEAD,  # type: ignore[arg-type, union-attr]
+                     outcome="revoked_or_expired", now=T0 + 40, mark_dead=True)  # fmt: skip
+        assert store.get_grant("g").access_token is not None  # kept, but a dead grant serves nothing
+        assert store.served_access("g", T0 + 50) is None
+
     def test_invalidate_access_needs_the_same_token(self, store: SQLiteStore) -> None:
         """A 401 report invalidates the stored access token only if it is the one reported."""
         _grant(store)

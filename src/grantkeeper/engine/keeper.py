@@ -43,6 +43,7 @@ from grantkeeper.engine.ops import Blocking, Call, Op, Pause, Refresh, RunFlow, 
 from grantkeeper.engine.ports import AsyncSender, AsyncStore, Sender, Store
 from grantkeeper.engine.threaded import blocking, threaded
 from grantkeeper.model import Attempt, Grant, GrantState, LeaseHolder, OutcomeClass, Provider
+from grantkeeper.model.grant import ServedToken
 from grantkeeper.model.lifetimes import RefreshTokenExpiry, refresh_token_ends
 from grantkeeper.model.retention import HistoryRetention
 from grantkeeper.model.times import iso_utc
@@ -112,16 +113,6 @@ class GrantStatus:
         data["refresh_ends"] = [{"kind": e.kind, "deadline": e.deadline, "renewable": e.renewable}
                                 for e in self.refresh_ends]  # fmt: skip
         return data
-
-
-@dataclass(frozen=True, slots=True)
-class ServedToken:
-    """The access token this process serves for a grant right now, and what is known about it (`served`)."""
-
-    access_token: Secret
-    generation: int
-    expires_at: float  # the provider's expiry
-    serve_until: float  # expiry minus the skew: never served past this (I4)
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,6 +234,33 @@ class _KeeperCore:
             assert grant.expires_at is not None  # usable_until is None without it
             self._cache[grant.name] = (grant.access_token, until, grant.generation, grant.expires_at)
         return grant
+
+    # `access_token` after a cache miss, under the grant's in-process lock as a refresh is (callers queued behind
+    # one read find its result cached: one store read per grant at a time): the cache again, then one plain read,
+    # `Store.served_access`, made outside the steps since it is the hottest store call. Anything but a token to
+    # serve goes on to `_token_steps`, which refreshes.
+
+    def _cold_read(self, name: str) -> int:
+        """Before the lock: the keeper is open; the rejection mark to check the read against."""
+        if self._closed:
+            raise ConfigurationError("this keeper is closed; open a new one")
+        return self._rejection_mark(name)
+
+    def _cached_token(self, name: str) -> str | None:
+        cached = self._cached(name)
+        return cached.reveal() if cached is not None else None
+
+    def _cold_served(self, name: str, served: ServedToken | None, mark: int) -> str | None:
+        """Cache and return what the cold read found, unless a rejection arrived since `mark` (the read may
+        predate it and hold the rejected token) or the cache meanwhile got a later generation (another caller's
+        refresh): None then, and the caller takes the refresh path."""
+        if served is None or self._rejection_mark(name) != mark:
+            return None
+        entry = self._cache.get(name)
+        if entry is not None and entry[2] > served.generation:
+            return None
+        self._cache[name] = (served.access_token, served.serve_until, served.generation, served.expires_at)
+        return served.access_token.reveal()
 
     @contextlib.contextmanager
     def _forget_if_dead(self, name: str) -> Iterator[None]:
@@ -616,7 +634,12 @@ class Keeper(_KeeperCore):
         entry = self._cache.get(name)  # the fast path: no lock, no I/O, as few calls as possible
         if entry is not None and entry[1] > self._now():
             return entry[0].reveal()
-        return self._drive(self._token_steps(name))
+        mark = self._cold_read(name)
+        with self._lock(name):
+            token = self._cached_token(name)
+            if token is None:
+                token = self._cold_served(name, self.store.served_access(name, self._now()), mark)
+        return token if token is not None else self._drive(self._token_steps(name))
 
     def refresh(self, name: str, *, force: bool = False, unless_past: int | None = None) -> Grant:
         """Refresh grant `name` if its access token is not usable (or always, with `force`). With `unless_past`, a
@@ -746,7 +769,12 @@ class AsyncKeeper(_KeeperCore):
         entry = self._cache.get(name)
         if entry is not None and entry[1] > self._now():
             return entry[0].reveal()
-        return await self._drive(self._token_steps(name))
+        mark = self._cold_read(name)
+        async with self._locks.setdefault(name, asyncio.Lock()):
+            token = self._cached_token(name)
+            if token is None:
+                token = self._cold_served(name, await self._astore.served_access(name, self._now()), mark)
+        return token if token is not None else await self._drive(self._token_steps(name))
 
     async def refresh(self, name: str, *, force: bool = False, unless_past: int | None = None) -> Grant:
         return await self._drive(self._refresh_steps(name, force, unless_past))

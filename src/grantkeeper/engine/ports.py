@@ -30,6 +30,7 @@ from grantkeeper._secrets import Secret
 from grantkeeper.model import Attempt, AttemptReport, AttemptState, Grant, Lease, LeaseHolder, Provider
 from grantkeeper.model.claims import Claim, GrantUpdate, LeaseTTL
 from grantkeeper.model.exchange import RefreshRequest, SendResult
+from grantkeeper.model.grant import ServedToken
 from grantkeeper.model.retention import HistoryRetention
 
 __all__ = ["AsyncSender", "AsyncStore", "Sender", "Store", "Subscriber"]
@@ -80,6 +81,8 @@ class Store(Protocol):
     def get_grant(self, name: str) -> Grant: ...
 
     def get_grant_and_provider(self, name: str) -> tuple[Grant, Provider]: ...
+
+    def served_access(self, name: str, now: float) -> ServedToken | None: ...
 
     def list_grants(self) -> list[Grant]: ...
 
@@ -202,6 +205,7 @@ class AsyncStore(ABC):
     import_grant = awaited(Store.import_grant)
     get_grant = awaited(Store.get_grant)
     get_grant_and_provider = awaited(Store.get_grant_and_provider)
+    served_access = awaited(Store.served_access)
     list_grants = awaited(Store.list_grants)
     delete_grant = awaited(Store.delete_grant)
     list_attempts = awaited(Store.list_attempts)

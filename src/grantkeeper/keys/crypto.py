@@ -255,6 +255,7 @@ class SealedSecret(Secret):
         self._crypto = crypto
         self._blob = blob
         self._aad = aad
+        self._registered = False  # nothing to forget unless revealed
 
     def reveal(self) -> str:
         try:

@@ -8,7 +8,7 @@ from enum import StrEnum
 from grantkeeper._secrets import Secret
 from grantkeeper.model.tokens import access_token_ok
 
-__all__ = ["Grant", "GrantState", "Lease", "LeaseHolder"]
+__all__ = ["Grant", "GrantState", "Lease", "LeaseHolder", "ServedToken", "serve_until"]
 
 
 class GrantState(StrEnum):
@@ -46,18 +46,36 @@ class Grant:
         The skew is capped at half the token's lifetime (counted from when it was stored), so a provider that
         issues very short-lived tokens still gets them used instead of refreshed on every call.
         """
-        if self.access_token is None or self.expires_at is None:
-            return None
-        if not access_token_ok(self.access_token.reveal()):  # stored before tokens were checked: never serve it
-            return None
-        if self.updated_at is not None:
-            skew = min(skew, max(0.0, (self.expires_at - self.updated_at) / 2))
-        return self.expires_at - skew
+        return serve_until(self.access_token, self.expires_at, self.updated_at, skew)
 
     def access_usable(self, now: float, skew: float) -> bool:
         """An access token exists and stays valid beyond the skew."""
         until = self.usable_until(skew)
         return until is not None and until > now
+
+
+def serve_until(
+    access_token: Secret | None, expires_at: float | None, updated_at: float | None, skew: float
+) -> float | None:
+    """`Grant.usable_until` from just the columns it needs (the store's cold read fetches no more than these)."""
+    if access_token is None or expires_at is None:
+        return None
+    if not access_token_ok(access_token.reveal()):  # stored before tokens were checked: never serve it
+        return None
+    if updated_at is not None:
+        skew = min(skew, max(0.0, (expires_at - updated_at) / 2))
+    return expires_at - skew
+
+
+@dataclass(frozen=True, slots=True)
+class ServedToken:
+    """An access token as it is served for a grant, and what is known about it: by the keeper from its cache
+    (`Keeper.served`), by the store from a cold read (`Store.served_access`)."""
+
+    access_token: Secret
+    generation: int
+    expires_at: float  # the provider's expiry
+    serve_until: float  # expiry minus the skew: never served past this (I4)
 
 
 @dataclass(frozen=True, slots=True)

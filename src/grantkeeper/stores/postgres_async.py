@@ -168,6 +168,7 @@ class AsyncPostgresStore(AsyncStore):
     import_grant = AsyncOperation(SQLStore.import_grant)
     get_grant = AsyncOperation(SQLStore.get_grant)
     get_grant_and_provider = AsyncOperation(SQLStore.get_grant_and_provider)
+    served_access = AsyncOperation(SQLStore.served_access)
     list_grants = AsyncOperation(SQLStore.list_grants)
     due_for_refresh = AsyncOperation(SQLStore.due_for_refresh)
     delete_grant = AsyncOperation(SQLStore.delete_grant)

@@ -40,6 +40,7 @@ from grantkeeper.model import (
     RotationMode,
     check_name,
 )
+from grantkeeper.model.grant import ServedToken, serve_until
 from grantkeeper.model.retention import HistoryRetention
 from grantkeeper.model.schedule import ScheduleEntry
 from grantkeeper.stores.access import ApiKeyRecord, AuditEntry, ConnectSession
@@ -91,6 +92,13 @@ _PROVIDER_WIDTH = len(_PROVIDER_COLUMNS.split(","))
 _GRANT_AND_PROVIDER = (
     f"SELECT {_GRANT_COLUMNS_QUALIFIED}, {_PROVIDER_COLUMNS_QUALIFIED} FROM grants "
     "JOIN providers ON providers.name = grants.provider WHERE grants.name = ?"
+)
+#: The cold token read (`served_access`): only the columns serving the access token takes, the skew by the
+#: provider's primary key, and no row whose token has already expired (nothing to decrypt then).
+_SERVED_ACCESS = (
+    "SELECT grants.access_token, grants.expires_at, grants.updated_at, grants.generation, providers.skew "
+    "FROM grants JOIN providers ON providers.name = grants.provider "
+    "WHERE grants.name = ? AND grants.state = 'active' AND grants.expires_at > ?"
 )
 #: What a claim reads about earlier attempts of the grant's current generation: the unresolved attempt it must
 #: re-send (maybe spent, successor unknown), and the latest re-send or stale send of the last generations (it
@@ -560,6 +568,21 @@ class SQLStore:
     @query
     def get_grant(self, name: str) -> Op[Grant]:
         return (yield from self._read_grant(name))
+
+    @query
+    def served_access(self, name: str, now: float) -> Op[ServedToken | None]:
+        """Grant `name`'s access token if it is served at `now` (an active grant, its token valid beyond the skew):
+        the read of every ``access_token`` call that misses the keeper's cache, one narrow statement with only the
+        access token decrypted. None for anything else (no such grant, no token, due, dead): the caller takes the
+        refresh path, which reads the whole grant and says what is wrong."""
+        row = (yield Sql(_SERVED_ACCESS, (name, now))).fetchone()
+        if row is None or row[0] is None:
+            return None
+        access = self._crypto.decrypt(row[0], aad=_aad("grants", name, "access_token"))
+        until = serve_until(access, row[1], row[2], float(row[4]))
+        if until is None or until <= now:
+            return None
+        return ServedToken(access, int(row[3]), float(row[1]), until)
 
     @query
     def get_grant_and_provider(self, name: str) -> Op[tuple[Grant, Provider]]:
