@@ -11,7 +11,15 @@ from collections.abc import Callable
 
 import pytest
 
-from grantkeeper import AsyncKeeper, AttemptState, GrantState, Keeper, RevokedOrExpired, UnknownGrant
+from grantkeeper import (
+    AsyncKeeper,
+    AttemptState,
+    ConfigurationError,
+    GrantState,
+    Keeper,
+    RevokedOrExpired,
+    UnknownGrant,
+)
 from grantkeeper._exceptions import SpentRefreshToken
 from grantkeeper.testing import Delay
 from tests.helpers import provider_for, resource_ok
@@ -114,6 +122,25 @@ async def test_status_doctor_and_history_describe_a_healthy_grant(keeper: Face, 
     assert {oldest.state, newest.state} == {AttemptState.COMMITTED}
     text = repr(status.as_dict()) + repr(diagnosis.as_dict()) + repr([newest, oldest])
     assert imported not in text and grant.refresh_token.reveal() not in text  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("store_url", SHARED_STORE_KINDS, indirect=True)
+async def test_a_cold_keeper_serves_the_stored_token_and_a_closed_one_refuses(
+    keeper: Face, store_url: str, make_sim: Sim
+) -> None:
+    """A keeper that never saw the grant serves the token another committed, from one store read (no refresh,
+    the same generation, then from its cache); once closed, a cache miss is refused with a typed error."""
+    sim = make_sim()
+    await add_grant_to(keeper, sim)
+    token = await keeper.access_token("g")
+    async with another_keeper(keeper, store_url) as other:
+        assert await other.access_token("g") == token
+        served = other.served("g")  # plain call on both faces: no I/O
+        assert served is not None and served.generation == 2 and served.access_token.reveal() == token
+        assert await other.access_token("g") == token
+    assert refresh_calls(sim) == 1
+    with pytest.raises(ConfigurationError, match="this keeper is closed"):
+        await other.access_token("another-grant")
 
 
 async def test_unknown_grant_is_an_error_not_an_empty_answer(keeper: Face) -> None:

@@ -242,8 +242,7 @@ class _KeeperCore:
 
     def _cold_read(self, name: str) -> int:
         """Before the lock: the keeper is open; the rejection mark to check the read against."""
-        if self._closed:
-            raise ConfigurationError("this keeper is closed; open a new one")
+        self._check_open()
         return self._rejection_mark(name)
 
     def _cached_token(self, name: str) -> str | None:
@@ -298,9 +297,12 @@ class _KeeperCore:
 
     def _before_lock(self, name: str) -> int:
         """Checked before waiting for the grant's lock: the keeper is open; the generation this caller has seen."""
+        self._check_open()
+        return self._seen_generation(name)
+
+    def _check_open(self) -> None:
         if self._closed:
             raise ConfigurationError("this keeper is closed; open a new one")
-        return self._seen_generation(name)
 
     @staticmethod
     def _actor() -> str:
