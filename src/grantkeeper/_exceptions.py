@@ -98,6 +98,16 @@ class GrantkeeperError(Exception):
     code: ClassVar[str] = "error"
     exit_code: ClassVar[int] = 1
 
+    def __init_subclass__(cls, *, code: str | None = None, exit_code: int | None = None) -> None:
+        """A subclass names its ``code`` (and, for a new outcome class, its ``exit_code``) in its header, so that a
+        family of errors reads as a table: ``class UnknownGrant(ConfigurationError, code="unknown_grant")``.
+        What it does not name it inherits."""
+        super().__init_subclass__()
+        if code is not None:
+            cls.code = code
+        if exit_code is not None:
+            cls.exit_code = exit_code
+
     def __init__(
         self,
         message: str,
@@ -128,60 +138,45 @@ class GrantkeeperError(Exception):
         return facts
 
 
-class ConfigurationError(GrantkeeperError):
+class ConfigurationError(GrantkeeperError, code="configuration", exit_code=3):
     """Configuration, input, store file or key is wrong; fix it and run again. Nothing was sent."""
-
-    code = "configuration"
-    exit_code = 3
 
     @classmethod
     def no_refresh_token(cls, *, grant: str) -> Self:
         return cls(f"grant {grant!r} has no refresh token; re-import it")
 
 
-class TLSVerificationFailed(ConfigurationError):
+class TLSVerificationFailed(ConfigurationError, code="tls_verification_failed"):
     """The provider's TLS certificate did not verify against the trusted CAs; nothing was sent (the handshake
     failed before the request). Give the CA with ``--ca-bundle`` or ``SSL_CERT_FILE``."""
 
-    code = "tls_verification_failed"
+
+class UnknownGrant(ConfigurationError, code="unknown_grant"):
+    """No grant of that name in the store."""
 
 
-class UnknownGrant(ConfigurationError):
-    code = "unknown_grant"
-
-
-class UnknownProvider(ConfigurationError):
-    code = "unknown_provider"
-
+class UnknownProvider(ConfigurationError, code="unknown_provider"):
     def __init__(self, message: str, *, provider: str | None = None, **evidence: object) -> None:
         super().__init__(message, **evidence)  # type: ignore[arg-type]
         self.provider = provider  # the name that was not found
 
 
-class EncryptionKeyError(ConfigurationError):
+class EncryptionKeyError(ConfigurationError, code="key_error"):
     """The encryption key is missing or is not the key this store was created with."""
 
-    code = "key_error"
 
-
-class StoreFormatError(ConfigurationError):
+class StoreFormatError(ConfigurationError, code="store_format"):
     """The store file is corrupt, not a grantkeeper store, or written by a newer grantkeeper."""
 
-    code = "store_format"
 
-
-class TokenInputError(ConfigurationError):
+class TokenInputError(ConfigurationError, code="token_input"):
     """What was given as a refresh token is not a single RFC 6749 token value (a JSON document, a header, several
     words, control characters...). The message describes its shape, never its value; nothing was stored."""
 
-    code = "token_input"
 
-
-class SpentRefreshToken(ConfigurationError):
+class SpentRefreshToken(ConfigurationError, code="spent_refresh_token"):
     """The refresh token to import was spent by a refresh grantkeeper recorded: a rotating provider would refuse
     it (and one that detects reuse would revoke the whole grant). Nothing was stored."""
-
-    code = "spent_refresh_token"
 
     @classmethod
     def spent(
@@ -201,29 +196,20 @@ class SpentRefreshToken(ConfigurationError):
         )  # fmt: skip
 
 
-class BundleError(ConfigurationError):
+class BundleError(ConfigurationError, code="bundle"):
     """The file is not a bundle this grantkeeper reads: damaged, truncated, or of an unknown version."""
 
-    code = "bundle"
 
-
-class BundleAuthError(BundleError):
+class BundleAuthError(BundleError, code="bundle_auth"):
     """The bundle does not open: wrong passphrase or key, or its bytes were changed."""
 
-    code = "bundle_auth"
 
-
-class BundleConflict(BundleError):
+class BundleConflict(BundleError, code="bundle_conflict"):
     """Importing would replace grants that already exist here, and replacing was not asked for."""
 
-    code = "bundle_conflict"
 
-
-class ClientAuthFailed(GrantkeeperError):
+class ClientAuthFailed(GrantkeeperError, code="client_auth_failed", exit_code=4):
     """The provider rejected our client credentials (invalid_client / unauthorized_client)."""
-
-    code = "client_auth_failed"
-    exit_code = 4
 
     @classmethod
     def rejected(cls, *, provider: str, grant: str, error: str, status: int, detail: str, **evidence: object) -> Self:
@@ -236,11 +222,8 @@ class ClientAuthFailed(GrantkeeperError):
         )
 
 
-class NeedsReauth(GrantkeeperError):
+class NeedsReauth(GrantkeeperError, code="needs_reauth", exit_code=5):
     """The grant can no longer be refreshed; a user must authorize again and the grant be re-imported."""
-
-    code = "needs_reauth"
-    exit_code = 5
 
     @classmethod
     def marked(cls, *, grant: str, generation: int, fingerprint: str | None, cause: str | None) -> Self:
@@ -254,9 +237,7 @@ class NeedsReauth(GrantkeeperError):
         )
 
 
-class RevokedOrExpired(NeedsReauth):
-    code = "revoked_or_expired"
-
+class RevokedOrExpired(NeedsReauth, code="revoked_or_expired"):
     @classmethod
     def rejected(cls, *, grant: str, generation: int, fingerprint: str | None, **evidence: object) -> Self:
         """The provider refused the grant's latest refresh token, and nothing local explains it."""
@@ -271,9 +252,7 @@ class RevokedOrExpired(NeedsReauth):
         )
 
 
-class LostInFlight(NeedsReauth):
-    code = "lost_in_flight"
-
+class LostInFlight(NeedsReauth, code="lost_in_flight"):
     @classmethod
     def resend_rejected(
         cls, *, grant: str, fingerprint: str | None, spent_by: int, resend: int, **evidence: object
@@ -318,9 +297,7 @@ class LostInFlight(NeedsReauth):
         )
 
 
-class ReuseDetected(NeedsReauth):
-    code = "reuse_detected"
-
+class ReuseDetected(NeedsReauth, code="reuse_detected"):
     @classmethod
     def after_resend(
         cls, *, grant: str, fingerprint: str | None, resend: int, resend_generation: int, **evidence: object
@@ -361,20 +338,15 @@ class ReuseDetected(NeedsReauth):
         )
 
 
-class TransientError(GrantkeeperError):
+class TransientError(GrantkeeperError, code="transient", exit_code=6):
     """A temporary condition; retry later. ``retry_after`` is the suggested wait in seconds, if known."""
-
-    code = "transient"
-    exit_code = 6
 
     def __init__(self, message: str, *, retry_after: float | None = None, **evidence: object) -> None:
         super().__init__(message, **evidence)  # type: ignore[arg-type]
         self.retry_after = retry_after
 
 
-class ProviderUnavailable(TransientError):
-    code = "provider_unavailable"
-
+class ProviderUnavailable(TransientError, code="provider_unavailable"):
     @classmethod
     def no_answer(
         cls, *, grant: str, provider: str, fingerprint: str | None, reason: str, attempt_id: int, **evidence: object
@@ -402,15 +374,11 @@ class ProviderUnavailable(TransientError):
         )
 
 
-class StoreUnavailable(TransientError):
-    code = "store_unavailable"
-    exit_code = 7
+class StoreUnavailable(TransientError, code="store_unavailable", exit_code=7):
+    """The store cannot be used right now (unreachable, locked, out of pooled connections); retry later."""
 
 
-class LeaseTimeout(TransientError):
-    code = "lease_timeout"
-    exit_code = 8
-
+class LeaseTimeout(TransientError, code="lease_timeout", exit_code=8):
     @classmethod
     def held(
         cls, *, grant: str, generation: int, worker: str, fence: int, waited: float, expires_at: float, now: float
@@ -445,14 +413,11 @@ class LeaseTimeout(TransientError):
         )
 
 
-class ConsentTimeout(TransientError):
-    code = "consent_timeout"
+class ConsentTimeout(TransientError, code="consent_timeout"):
+    """`connect`: no redirect came back in time, or the device code expired."""
 
 
-class MalformedResponse(GrantkeeperError):
-    code = "malformed_response"
-    exit_code = 9
-
+class MalformedResponse(GrantkeeperError, code="malformed_response", exit_code=9):
     @classmethod
     def unusable(
         cls, *, provider: str, grant: str, status: int, reason: str, ambiguous: bool, **evidence: object
@@ -510,10 +475,7 @@ class MalformedResponse(GrantkeeperError):
         )
 
 
-class ProviderRejected(GrantkeeperError):
-    code = "provider_rejected"
-    exit_code = 10
-
+class ProviderRejected(GrantkeeperError, code="provider_rejected", exit_code=10):
     @classmethod
     def refused(cls, *, provider: str, grant: str, error: str, status: int, detail: str, **evidence: object) -> Self:
         """Any OAuth error but invalid_grant and the client-authentication ones; `detail` as in ClientAuthFailed."""
@@ -525,18 +487,15 @@ class ProviderRejected(GrantkeeperError):
         )
 
 
-class ConsentFailed(ProviderRejected):
-    code = "consent_failed"
+class ConsentFailed(ProviderRejected, code="consent_failed"):
+    """`connect`: the redirect carried an error, or a wrong ``state``."""
 
 
-class ConsentDenied(ConsentFailed):
-    code = "consent_denied"
+class ConsentDenied(ConsentFailed, code="consent_denied"):
+    """The user (or the server's policy) refused consent: ``access_denied``."""
 
 
-class StaleLocalToken(GrantkeeperError):
-    code = "stale_local_token"
-    exit_code = 11
-
+class StaleLocalToken(GrantkeeperError, code="stale_local_token", exit_code=11):
     @classmethod
     def older_than_store(
         cls,

@@ -3,12 +3,15 @@ steps that close the attempt, in order, and what the transaction does next. No s
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 
 from grantkeeper import (
     ClientAuthFailed,
+    LeaseTimeout,
+    LostInFlight,
     MalformedResponse,
     ProviderRejected,
     ProviderUnavailable,
@@ -17,9 +20,11 @@ from grantkeeper import (
     StaleLocalToken,
 )
 from grantkeeper.model import Attempt, AttemptState, Grant, GrantState, Lease, OutcomeClass, Provider
+from grantkeeper.model.claims import Claim
 from grantkeeper.model.exchange import Ambiguous, HttpReply, NotSent
 from grantkeeper.protocol import verdicts
 from grantkeeper.protocol.answers import Malformed, OAuthFailure, Transient, interpret
+from grantkeeper.protocol.policy import RefreshPolicy
 from grantkeeper.protocol.steps import Finish, Log, Release
 
 TOKEN = "rt-" + "s" * 30
@@ -168,3 +173,52 @@ def test_a_resent_token_answered_with_a_successor_is_not_served_on_trust() -> No
     resent, verify_resent = verdicts.success_update(_exchange(resend_of=5), answer)
     assert (verify_first, first.access_token is not None, first.expires_at) == (False, True, 100.0 + 3600)
     assert (verify_resent, resent.access_token, resent.access_verified) == (True, None, False)
+
+
+def _opening(*, shared_recovery: bool, now: float) -> verdicts.Verdict:
+    """A claim that re-sends the token attempt 5 (worker w0, at 100 s) may have spent, judged at `now` by w1."""
+    prior = Attempt(id=5, grant="g", generation=3, refresh_fp="fp_aaaaaaaaaaaaaaaa", worker="w0", started_at=100.0,
+                    state=AttemptState.OPEN)  # fmt: skip
+    claim = Claim(
+        grant=_grant(),
+        provider=Provider(name="p", token_url="https://as.example/token", client_id="c", reuse_grace=10.0),
+        lease=Lease(grant="g", worker="w1", fence=2, expires_at=now + 30.0),
+        attempt=dataclasses.replace(prior, id=6, worker="w1", started_at=now, resend_of=5),
+        prior=prior,
+        shared_recovery=shared_recovery,
+        spent_since=100.0,
+    )
+    return verdicts.opening(claim, worker="w1", policy=RefreshPolicy(adopt_after=60.0), now=now)
+
+
+def test_another_hosts_possibly_spent_token_is_left_alone_until_adopt_after() -> None:
+    verdict = _opening(shared_recovery=False, now=130.0)
+    error = _error(verdict)
+    assert isinstance(error, LeaseTimeout)
+    assert (error.grant, error.generation, error.fingerprint) == ("g", 3, "fp_aaaaaaaaaaaaaaaa")
+    assert (error.attempt_id, error.worker, error.retry_after) == (5, "w0", 30.0)
+    assert "attempt 5 by worker w0" in error.message and "another 30 s" in error.message
+    finish = _finish(verdict)
+    assert (finish.attempt_id, finish.state, finish.outcome) == (
+        6,
+        AttemptState.NOT_SENT,
+        "deferred: attempt 5 may still commit",
+    )
+    assert finish.report is not None and finish.report.kind is OutcomeClass.DEFERRED
+
+
+def test_a_token_past_the_reuse_grace_is_not_resent_and_the_grant_is_lost() -> None:
+    verdict = _opening(shared_recovery=True, now=200.0)
+    error = _error(verdict)
+    assert isinstance(error, LostInFlight)
+    assert (error.grant, error.generation, error.fingerprint) == ("g", 3, "fp_aaaaaaaaaaaaaaaa")
+    assert (error.attempt_id, error.worker) == (5, "w1")
+    assert "attempt 5 by worker w0" in error.message and "100.0 s ago" in error.message
+    finish = _finish(verdict)
+    assert (finish.attempt_id, finish.state, finish.outcome, finish.mark_dead) == (
+        6,
+        AttemptState.DEAD,
+        "lost_in_flight",
+        True,
+    )
+    assert finish.report is not None and finish.report.evidence["spent_by_attempt"] == 5

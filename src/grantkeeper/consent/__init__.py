@@ -44,7 +44,7 @@ from grantkeeper.protocol.answers import HttpReply, interpret
 from grantkeeper.stores.base import GenerationConflict
 from grantkeeper.tokens import transport
 from grantkeeper.tokens.request import build_client_request
-from grantkeeper.tokens.transport import NotSent, send
+from grantkeeper.tokens.transport import NotSent, SendResult, send
 
 __all__ = [
     "DEFAULT_CONSENT_TIMEOUT",
@@ -99,12 +99,11 @@ def _profile_defaults(provider: Provider) -> tuple[tuple[str, ...], dict[str, st
     return tuple(profile.scopes or ()), {**(profile.authorize_params or {}), **own}
 
 
-def _reply(result: object, provider: Provider, what: str) -> HttpReply:
+def _reply(result: SendResult, provider: Provider, what: str) -> HttpReply:
     if isinstance(result, HttpReply):
         return result
     sent = "" if isinstance(result, NotSent) else " (it may have been received)"
-    reason = getattr(result, "reason", "no answer")
-    raise ProviderUnavailable(f"provider {provider.name!r}: the {what} got no answer{sent}: {reason}")
+    raise ProviderUnavailable(f"provider {provider.name!r}: the {what} got no answer{sent}: {result.reason}")
 
 
 def connect(

@@ -15,16 +15,12 @@ from grantkeeper.model.provider import Provider
 __all__ = ["Claim", "GenerationConflict", "GrantUpdate", "LeaseLost", "LeaseTTL"]
 
 
-class GenerationConflict(GrantkeeperError):
+class GenerationConflict(GrantkeeperError, code="generation_conflict"):
     """The stored generation moved on since the refresh started; the write was refused (I3)."""
 
-    code = "generation_conflict"
 
-
-class LeaseLost(GrantkeeperError):
+class LeaseLost(GrantkeeperError, code="lease_lost"):
     """This worker's lease expired and another worker took it; stop before spending anything."""
-
-    code = "lease_lost"
 
 
 #: How long a claim's lease lasts: seconds, or a function of the grant's provider (a provider with a reuse grace

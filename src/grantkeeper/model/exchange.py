@@ -2,7 +2,8 @@
 
 The split that matters for "spend once" (I2): `NotSent` means the refresh token cannot have reached the provider
 (connect failed, or the deadline passed before a byte of the request was written); `Ambiguous` means it may have
-(timeout, reset or deadline after the request was written); `HttpReply` is an answer, whatever its status.
+(timeout, reset or deadline after the request was written); both are a `NoAnswer`, with its reason. `HttpReply`
+is an answer, whatever its status.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import TypeAlias
 from grantkeeper._secrets import Secret
 from grantkeeper.model.provider import Provider
 
-__all__ = ["Ambiguous", "HttpReply", "NotSent", "RefreshRequest", "SendResult"]
+__all__ = ["Ambiguous", "HttpReply", "NoAnswer", "NotSent", "RefreshRequest", "SendResult"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,13 +37,22 @@ class HttpReply:
 
 
 @dataclass(frozen=True, slots=True)
-class NotSent:
+class NoAnswer:
+    """No HTTP answer came back; `reason` says why (for messages and the history; never a token)."""
+
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
-class Ambiguous:
-    reason: str
+class NotSent(NoAnswer):
+    """The request cannot have reached the provider: the refresh token was not spent."""
+
+    __slots__ = ()
+
+
+class Ambiguous(NoAnswer):
+    """The request may have reached the provider: the refresh token may have been spent."""
+
+    __slots__ = ()
 
 
 SendResult: TypeAlias = HttpReply | NotSent | Ambiguous

@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass
+from typing import TypedDict
 
 from grantkeeper._exceptions import (
     ConfigurationError,
@@ -235,6 +236,19 @@ def _must_wait_to_adopt(claim: Claim, prior: Attempt, *, worker: str, policy: Re
     return age >= claim.provider.reuse_grace and age < policy.adopt_after
 
 
+class _MaybeSpent(TypedDict):
+    """The token an earlier attempt may have spent, and that attempt: what each error about it names."""
+
+    grant: str
+    generation: int
+    fingerprint: str | None
+    attempt_id: int
+
+
+def _maybe_spent(grant: Grant, prior: Attempt) -> _MaybeSpent:
+    return _MaybeSpent(grant=grant.name, generation=grant.generation, fingerprint=grant.refresh_fp, attempt_id=prior.id)
+
+
 def _deferred(
     claim: Claim, prior: Attempt, lease: Lease, attempt: Attempt, *, policy: RefreshPolicy, now: float
 ) -> Verdict:
@@ -253,14 +267,7 @@ def _deferred(
         f"not re-sending the token attempt {prior.id} may have spent for another {wait:.0f} s "
         f"(worker {prior.worker} may still commit its successor)",
     )
-    error = LeaseTimeout.deferred(
-        grant=grant.name,
-        generation=grant.generation,
-        fingerprint=grant.refresh_fp,
-        attempt_id=prior.id,
-        worker=prior.worker,
-        wait=wait,
-    )
+    error = LeaseTimeout.deferred(**_maybe_spent(grant, prior), worker=prior.worker, wait=wait)
     return Verdict((finish, note), Raise(error))
 
 
@@ -269,10 +276,7 @@ def _grace_passed(claim: Claim, prior: Attempt, lease: Lease, attempt: Attempt, 
     refused and, if the token was spent, taken as reuse (the provider revokes the grant)."""
     grant = claim.grant
     lost = LostInFlight.past_grace(
-        grant=grant.name,
-        generation=grant.generation,
-        fingerprint=grant.refresh_fp,
-        attempt_id=prior.id,
+        **_maybe_spent(grant, prior),
         prior_worker=prior.worker,
         worker=worker,
         age=now - (claim.spent_since or prior.started_at),

@@ -78,22 +78,17 @@ _SECTIONS = {
     "connect": {"public_url", "session_ttl"},
     "scheduler": None,  # checked by grantkeeper.serve.scheduling.scheduler_options
 }
-#: Environment variable -> (field, kind).
-_ENV = {
-    "GRANTKEEPER_SERVE_HOST": ("host", str),
-    "GRANTKEEPER_SERVE_PORT": ("port", int),
-    "GRANTKEEPER_SERVE_UNIX": ("unix", str),
-    "GRANTKEEPER_SERVE_TLS_CERT": ("tls_cert", str),
-    "GRANTKEEPER_SERVE_TLS_KEY": ("tls_key", str),
-    "GRANTKEEPER_SERVE_BEHIND_PROXY": ("behind_proxy", bool),
-    "GRANTKEEPER_SERVE_RATE": ("rate", float),
-    "GRANTKEEPER_SERVE_BURST": ("burst", int),
-    "GRANTKEEPER_SERVE_LOG_LEVEL": ("log_level", str),
-    "GRANTKEEPER_SERVE_SHUTDOWN_TIMEOUT": ("shutdown_timeout", float),
-    "GRANTKEEPER_SERVE_MAX_BODY": ("max_body", int),
-    "GRANTKEEPER_SERVE_PUBLIC_URL": ("public_url", str),
-    "GRANTKEEPER_SERVE_CONNECT_TTL": ("connect_ttl", float),
+#: The settings an environment variable overrides, by the kind its value is read as. The variable is
+#: ``GRANTKEEPER_SERVE_`` and the setting's name in capitals (``max_body``: ``GRANTKEEPER_SERVE_MAX_BODY``), one rule
+#: as pydantic-settings' ``env_prefix`` is, so that no variable is spelt differently from its setting.
+_ENV_SETTINGS: dict[type, tuple[str, ...]] = {
+    str: ("host", "unix", "tls_cert", "tls_key", "log_level", "public_url"),
+    int: ("port", "burst", "max_body"),
+    float: ("rate", "shutdown_timeout", "connect_ttl"),
+    bool: ("behind_proxy",),
 }
+#: Environment variable -> (field, kind).
+_ENV = {f"GRANTKEEPER_SERVE_{attr.upper()}": (attr, kind) for kind, attrs in _ENV_SETTINGS.items() for attr in attrs}
 #: Seconds a connect URL stays valid (to be opened; then again for the consent) unless configured.
 DEFAULT_CONNECT_TTL = 600.0
 _MAX_CONNECT_TTL = 86400.0

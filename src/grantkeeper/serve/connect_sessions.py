@@ -57,38 +57,36 @@ _STATE = re.compile(r"([0-9a-f]{16})\.([A-Za-z0-9_-]{32})")
 _COOKIE = "gk_connect_"
 
 
-class ConnectError(GrantkeeperError):
+class ConnectError(GrantkeeperError, code="connect_error"):
     """Hosted connect refused a request; the message says why and what to do."""
 
-    code = "connect_error"
+
+class ConnectGrantExists(ConnectError, code="connect_grant_exists"):
+    """The grant exists (or was created while the session waited) and replacing it was not asked for."""
 
 
-class ConnectGrantExists(ConnectError):
-    code = "connect_grant_exists"
+class ConnectNotConfigured(ConnectError, code="connect_not_configured"):
+    """Hosted connect is off: the broker has no public URL."""
 
 
-class ConnectNotConfigured(ConnectError):
-    code = "connect_not_configured"
+class ConnectSessionUnknown(ConnectError, code="connect_session_unknown"):
+    """The connect link is incomplete, was changed, or was never issued here."""
 
 
-class ConnectSessionUnknown(ConnectError):
-    code = "connect_session_unknown"
+class ConnectSessionUsed(ConnectError, code="connect_session_used"):
+    """The link, or the provider's answer, was already used: each works once."""
 
 
-class ConnectSessionUsed(ConnectError):
-    code = "connect_session_used"
+class ConnectSessionExpired(ConnectError, code="connect_session_expired"):
+    """The link, or the consent it started, outlived `ConnectSettings.ttl`."""
 
 
-class ConnectSessionExpired(ConnectError):
-    code = "connect_session_expired"
+class ConnectStateInvalid(ConnectError, code="connect_state_invalid"):
+    """The provider's answer names no connect session here (its ``state`` is missing, changed or unknown)."""
 
 
-class ConnectStateInvalid(ConnectError):
-    code = "connect_state_invalid"
-
-
-class ConnectBrowserMismatch(ConnectError):
-    code = "connect_browser_mismatch"
+class ConnectBrowserMismatch(ConnectError, code="connect_browser_mismatch"):
+    """The provider's answer reached a browser that did not open the connect link."""
 
 
 @dataclass(frozen=True, slots=True)

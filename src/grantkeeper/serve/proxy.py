@@ -107,35 +107,36 @@ class ProxyError(GrantkeeperError):
     code: ClassVar[str] = "proxy_error"
     http_status: ClassVar[int] = 502
 
-
-class ProxyPathRefused(ProxyError):
-    code = "proxy_path_refused"
-    http_status = 400
-
-
-class ProxyRequestTooLarge(ProxyError):
-    code = "proxy_request_too_large"
-    http_status = 413
+    def __init_subclass__(
+        cls, *, code: str | None = None, exit_code: int | None = None, http_status: int | None = None
+    ) -> None:
+        super().__init_subclass__(code=code, exit_code=exit_code)
+        if http_status is not None:
+            cls.http_status = http_status
 
 
-class UpstreamUnreachable(ProxyError):
-    code = "upstream_unreachable"
-    http_status = 502
+class ProxyPathRefused(ProxyError, code="proxy_path_refused", http_status=400):
+    """The path could leave the provider's API base URL (``..``, an empty segment, a scheme...): 400."""
 
 
-class UpstreamTimeout(ProxyError):
-    code = "upstream_timeout"
-    http_status = 504
+class ProxyRequestTooLarge(ProxyError, code="proxy_request_too_large", http_status=413):
+    """The request body is over ``max_request_bytes``: 413."""
 
 
-class UpstreamTooLarge(ProxyError):
-    code = "upstream_too_large"
-    http_status = 502
+class UpstreamUnreachable(ProxyError, code="upstream_unreachable", http_status=502):
+    """The upstream could not be reached, or broke the connection before answering: 502."""
 
 
-class UpstreamRedirectRefused(ProxyError):
-    code = "upstream_redirect_refused"
-    http_status = 502
+class UpstreamTimeout(ProxyError, code="upstream_timeout", http_status=504):
+    """The upstream sent no response headers within ``timeout``: 504."""
+
+
+class UpstreamTooLarge(ProxyError, code="upstream_too_large", http_status=502):
+    """The response's ``Content-Length`` is over ``max_response_bytes``: 502."""
+
+
+class UpstreamRedirectRefused(ProxyError, code="upstream_redirect_refused", http_status=502):
+    """A redirect to another origin, one too many, or a 307/308 that needs a streamed body again: 502."""
 
 
 # --- the upstream URL ---------------------------------------------------------------------------------------
@@ -511,6 +512,5 @@ async def _whole(exchange: _Exchange, upstream: aiohttp.ClientResponse, headers:
     return answer
 
 
-class ProxyNotConfigured(ProxyError):
-    code = "proxy_not_configured"
-    http_status = 409
+class ProxyNotConfigured(ProxyError, code="proxy_not_configured", http_status=409):
+    """The grant's provider has no API base URL to proxy to: 409."""
