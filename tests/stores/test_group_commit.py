@@ -102,3 +102,70 @@ def test_only_transactions_that_write_join_a_batch(store: SQLStore) -> None:
     _setup(store)
     with pytest.raises(TypeError, match="cannot join a batch"):
         store.perform_batch([("get_grant", ("g0",), {})])
+
+
+def _recording_statements(store: SQLStore) -> list[str]:
+    """Record the text of every statement `store`'s write transactions run from now on."""
+    seen: list[str] = []
+    begin, execute = store._writer()
+
+    def recorded(conn: Any, step: Any) -> Any:
+        seen.append(step.text)
+        return execute(conn, step)
+
+    store._writer = lambda: (begin, recorded)  # type: ignore[method-assign]
+    return seen
+
+
+def test_a_batch_where_no_call_fails_runs_without_savepoints(store: SQLStore) -> None:
+    _setup(store)
+    seen = _recording_statements(store)
+    claims = store.perform_batch([_claim_call(n) for n in NAMES])
+    assert all(isinstance(c, Claim) and c.lease is not None for c in claims)
+    assert seen and not [text for text in seen if "SAVEPOINT" in text]
+
+
+def test_a_failed_compare_and_set_fails_alone_and_the_others_commit_what_they_returned(store: SQLStore) -> None:
+    """The batch runs first without savepoints; a commit whose compare-and-set fails sends it round again, each call
+    isolated: one transaction is rolled back whole, the next commits every call but the failed one, and what each
+    call returned is what the store holds (not what the rolled-back round computed)."""
+    _setup(store)
+    claims = store.perform_batch([_claim_call(n) for n in NAMES])
+    stale = 3  # its grant is re-imported under it: its commit's generation check fails
+    store.import_grant(NAMES[stale], provider="p", refresh_token=Secret("refresh-token-reimported-0000000001"),
+                       scopes=(), now=T0)  # fmt: skip
+    opened = _counting_transactions(store)
+    seen = _recording_statements(store)
+    commits = []
+    for c in claims:
+        assert c.lease is not None and c.attempt is not None
+        update = GrantUpdate(refresh_token=Secret(f"refresh-token-{c.grant.name}-0000000002"), access_token=None,
+                             expires_at=None, scopes=None)  # fmt: skip
+        commits.append(("commit", (c.lease,), {"attempt_id": c.attempt.id, "base": c.grant, "update": update,
+                                               "now": T0}))  # fmt: skip
+    results = store.perform_batch(commits)
+    assert opened == [2]  # the round without savepoints (rolled back), then the isolated one
+    assert any("SAVEPOINT" in text for text in seen)
+    assert isinstance(results[stale], Failed) and isinstance(results[stale].error, GenerationConflict)
+    for i, (name, result) in enumerate(zip(NAMES, results, strict=True)):
+        stored = store.get_grant(name)
+        if i == stale:
+            assert stored.refresh_fp == store.fingerprint(Secret("refresh-token-reimported-0000000001"))
+            continue
+        assert result.generation == stored.generation == 2
+        assert stored.refresh_fp == result.refresh_fp == store.fingerprint(Secret(f"refresh-token-{name}-0000000002"))
+        assert store.lease_holder(name, now=T0) is None
+        assert [a.state.value for a in store.list_attempts(name)] == ["committed"]
+
+
+def test_claims_after_a_failed_one_hold_the_leases_and_attempts_they_returned(store: SQLStore) -> None:
+    _setup(store)
+    calls = [_claim_call(n) for n in NAMES[:3]] + [_claim_call("nobody")] + [_claim_call(n) for n in NAMES[3:]]
+    claims = store.perform_batch(calls)
+    assert isinstance(claims[3], Failed) and isinstance(claims[3].error, UnknownGrant)
+    for claim in claims[:3] + claims[4:]:
+        assert isinstance(claim, Claim) and claim.lease is not None and claim.attempt is not None
+        holder = store.lease_holder(claim.grant.name, now=T0)
+        assert holder is not None and holder.fence == claim.lease.fence
+        assert store.get_attempt(claim.grant.name, claim.attempt.id) is not None
+        assert [a.id for a in store.list_attempts(claim.grant.name)] == [claim.attempt.id]

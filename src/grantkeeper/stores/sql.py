@@ -248,12 +248,16 @@ class SQLStore:
         """Run store calls (method name, positional and keyword arguments; each a transaction that writes) in one
         transaction, committed once; a call that raises is rolled back alone and its result is `Failed`. See
         `transactions.perform_batch`."""
-        ops = []
-        for method, args, kwargs in calls:
+        fns = []
+        for method, _, _ in calls:
             op = getattr(type(self), method)
             if not isinstance(op, operation) or not op.write:
                 raise TypeError(f"{method} is not a store transaction that writes; it cannot join a batch")
-            ops.append(op.fn(self, *args, **kwargs))
+            fns.append(op.fn)
+
+        def ops() -> list[Op[Any]]:
+            return [fn(self, *args, **kwargs) for fn, (_, args, kwargs) in zip(fns, calls, strict=True)]
+
         return perform_batch(ops, *self._writer())
 
     def _writer(self) -> tuple[Callable[[], AbstractContextManager[Any]], Callable[[Any, Sql], Any]]:

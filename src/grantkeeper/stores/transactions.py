@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Coroutine, Generator
 from contextlib import AbstractContextManager
-from typing import Any, Concatenate, Generic, NamedTuple, ParamSpec, Protocol, TypeVar, overload
+from typing import Any, Concatenate, Generic, NamedTuple, ParamSpec, Protocol, TypeVar, cast, overload
 
 __all__ = [
     "COMMIT",
@@ -194,17 +194,68 @@ class Failed(NamedTuple):
 
 
 def perform_batch(
-    ops: list[Op[Any]], begin: Callable[[], AbstractContextManager[C]], execute: Callable[[C, Sql], Result]
+    ops: Callable[[], list[Op[Any]]],
+    begin: Callable[[], AbstractContextManager[C]],
+    execute: Callable[[C, Sql], Result],
 ) -> list[Any]:
     """Run operations whose writes fit in one transaction each (a claim, a commit, a finish) in ONE transaction,
-    committed once: group commit. Each runs between a savepoint and its release, so one that raises (a generation
-    conflict, a damaged row) is rolled back alone and the others commit together; its place in the returned list
-    holds `Failed`. What each operation does before its first statement (a `Blocking` step) runs before the shared
-    transaction begins, and what it does after its `COMMIT` runs once the shared commit is durable, as it would
-    alone; a second transaction of an operation runs on its own, after the batch. If the shared commit fails,
-    every operation fails with that error: none of their writes happened."""
+    committed once: group commit. `ops` makes the operations (fresh generators each time it is called).
+
+    First all of them run back to back in one transaction, with nothing between them: the common case, where none
+    fails, costs their own statements and one commit. If one raises (a generation conflict, a damaged row), that
+    transaction is rolled back whole, nothing of it having been committed, and the batch runs again from fresh
+    operations, each between a savepoint and its release, so the one that raises is rolled back alone and the
+    others commit together; its place in the returned list holds `Failed`. An operation may therefore start twice:
+    what it does before its first statement (a `Blocking` step, such as holding a liveness signal) must be
+    idempotent. What it does after its `COMMIT` runs once the shared commit is durable, as it would alone; a second
+    transaction of an operation runs on its own, after the batch. If the shared commit fails, every operation
+    fails with that error: none of their writes happened."""
+    done = _batch_pass(ops(), begin, execute, isolated=False)
+    return done if done is not None else cast(list[Any], _batch_pass(ops(), begin, execute, isolated=True))
+
+
+class _Retry(Exception):
+    """An operation of a batch run without savepoints raised: roll the shared transaction back, run it isolated."""
+
+
+#: Run after the operations of a batch without savepoints, before its commit: a pipelining runner sends the
+#: statements whose results were not waited for with it, so an error of theirs surfaces here, before anything
+#: commits, and the batch is run again isolated instead of failing whole at the commit.
+_BARRIER = Sql("SELECT 1")
+
+
+def _batch_pass(
+    ops: list[Op[Any]], begin: Callable[[], AbstractContextManager[C]], execute: Callable[[C, Sql], Result],
+    *, isolated: bool,
+) -> list[Any] | None:  # fmt: skip
+    """One run of `perform_batch`: `isolated`, each operation between a savepoint and its release; else none, and
+    None (nothing committed) as soon as one operation raises."""
     results: list[Any] = [None] * len(ops)
-    pending: dict[int, Any] = {}  # op index -> its first Sql step
+    pending = _started(ops, results)
+    if not pending:
+        return results
+    resumed: dict[int, Any] = {}  # op index -> the step after its transaction (COMMIT or Blocking)
+    try:
+        with begin() as conn:
+            for i, first in pending.items():
+                if isolated:
+                    _isolated(conn, i, ops[i], first, execute, results, resumed)
+                else:
+                    _together(conn, i, ops[i], first, execute, results, resumed)
+            if not isolated:
+                _together(conn, -1, None, _BARRIER, execute, results, resumed)
+    except _Retry:
+        for op in ops:
+            op.close()
+        return None
+    _finished(ops, resumed, results, begin, execute)
+    return results
+
+
+def _started(ops: list[Op[Any]], results: list[Any]) -> dict[int, Sql]:
+    """Run each operation up to its first statement (its `Blocking` steps run here); the first statement of each
+    that has one. An operation that returns or raises before it has its result in `results` already."""
+    pending: dict[int, Sql] = {}
     for i, op in enumerate(ops):
         try:
             step = next(op)
@@ -215,30 +266,65 @@ def perform_batch(
             results[i] = stop.value
         except Exception as exc:
             results[i] = Failed(exc)
-    if not pending:
-        return results
-    resumed: dict[int, Any] = {}  # op index -> the step after its transaction (COMMIT or Blocking)
-    with begin() as conn:
-        for i, first in pending.items():
-            savepoint, step = f"batch_{i}", first
-            execute(conn, Sql(f"SAVEPOINT {savepoint}"))
-            try:
-                while type(step) is Sql:
-                    step = ops[i].send(execute(conn, step))
-                resumed[i] = step
-            except StopIteration as stop:
-                results[i] = stop.value
-            except Exception as exc:
-                execute(conn, Sql(f"ROLLBACK TO SAVEPOINT {savepoint}"))
-                results[i] = Failed(exc)
-            execute(conn, Sql(f"RELEASE SAVEPOINT {savepoint}"))
+    return pending
+
+
+def _together(
+    conn: C, i: int, op: Op[Any] | None, first: Sql, execute: Callable[[C, Sql], Result], results: list[Any],
+    resumed: dict[int, Any],
+) -> None:  # fmt: skip
+    """Run operation `i`'s transaction in the shared one, with no savepoint: `_Retry` if it raises (`op` None: run
+    the one statement `first`)."""
+    try:
+        if op is None:
+            execute(conn, first)
+            return
+        step: Any = first
+        while type(step) is Sql:
+            step = op.send(execute(conn, step))
+        resumed[i] = step
+    except StopIteration as stop:
+        results[i] = stop.value
+    except Exception as exc:
+        raise _Retry from exc
+
+
+def _finished(
+    ops: list[Op[Any]], resumed: dict[int, Any], results: list[Any], begin: Callable[[], AbstractContextManager[C]],
+    execute: Callable[[C, Sql], Result],
+) -> None:  # fmt: skip
+    """Once the shared commit is durable: each operation from its `COMMIT` on, as it would run alone."""
     for i, step in resumed.items():
         try:
             answer = step.fn(*step.args) if isinstance(step, Blocking) else None
             results[i] = perform(_continued(ops[i], answer), begin, execute)
         except Exception as exc:
             results[i] = Failed(exc)
-    return results
+
+
+def _isolated(
+    conn: C, i: int, op: Op[Any], first: Sql, execute: Callable[[C, Sql], Result], results: list[Any],
+    resumed: dict[int, Any],
+) -> None:  # fmt: skip
+    """Run operation `i`'s transaction between a savepoint and its release; rolled back to it if it raises. The
+    release is waited for inside: a statement of the operation's that a pipelining runner did not wait for fails
+    there, and is this operation's failure."""
+    savepoint = f"batch_{i}"
+    step: Any = first
+    execute(conn, Sql(f"SAVEPOINT {savepoint}"))
+    try:
+        try:
+            while type(step) is Sql:
+                step = op.send(execute(conn, step))
+            resumed[i] = step
+        except StopIteration as stop:
+            results[i] = stop.value
+        execute(conn, Sql(f"RELEASE SAVEPOINT {savepoint}"))
+    except Exception as exc:
+        resumed.pop(i, None)
+        execute(conn, Sql(f"ROLLBACK TO SAVEPOINT {savepoint}"))
+        execute(conn, Sql(f"RELEASE SAVEPOINT {savepoint}"))
+        results[i] = Failed(exc)
 
 
 def _continued(op: Op[T], answer: Any) -> Op[T]:
