@@ -3,8 +3,12 @@ each durable once for all; a call that fails is rolled back alone; on every stor
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
+from collections.abc import Iterator
 from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,6 +17,7 @@ from grantkeeper import Provider, Secret, UnknownGrant
 from grantkeeper.model.claims import Claim, GenerationConflict, GrantUpdate
 from grantkeeper.stores import open_store
 from grantkeeper.stores.sql import SQLStore
+from grantkeeper.stores.sqlite import INLINE_BATCH_MOST, SQLiteStore
 from grantkeeper.stores.transactions import Failed
 
 T0 = time.time()
@@ -169,3 +174,88 @@ def test_claims_after_a_failed_one_hold_the_leases_and_attempts_they_returned(st
         assert holder is not None and holder.fence == claim.lease.fence
         assert store.get_attempt(claim.grant.name, claim.attempt.id) is not None
         assert [a.id for a in store.list_attempts(claim.grant.name)] == [claim.attempt.id]
+
+
+def _threads_of(store: SQLStore) -> tuple[list[int], list[int]]:
+    """Record the thread of every write transaction's begin and of every statement `store` runs from now on."""
+    begun: list[int] = []
+    ran: list[int] = []
+    begin, execute = store._writer()
+
+    def begin_here() -> AbstractContextManager[Any]:
+        transaction = begin()
+
+        class Recorded:
+            def __enter__(self) -> Any:
+                begun.append(threading.get_ident())
+                return transaction.__enter__()
+
+            def __exit__(self, *exc_info: Any) -> Any:
+                return transaction.__exit__(*exc_info)
+
+        return Recorded()
+
+    def execute_here(conn: Any, step: Any) -> Any:
+        ran.append(threading.get_ident())
+        return execute(conn, step)
+
+    store._writer = lambda: (begin_here, execute_here)  # type: ignore[method-assign]
+    return begun, ran
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def sqlite_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SQLiteStore]:
+    store = SQLiteStore.open(None if request.param == "memory" else tmp_path / "grants.db")
+    yield store
+    store.close()
+
+
+def test_an_async_batch_runs_its_statements_on_the_loop_and_waits_for_its_transaction_in_a_thread(
+    sqlite_store: SQLiteStore,
+) -> None:
+    _setup(sqlite_store)
+    begun, ran = _threads_of(sqlite_store)
+    opened = _counting_transactions(sqlite_store)
+
+    async def batch() -> tuple[int, list[Any]]:
+        return threading.get_ident(), await sqlite_store.perform_batch_async([_claim_call(n) for n in NAMES])
+
+    loop_thread, claims = asyncio.run(batch())
+    assert opened == [1]
+    assert all(isinstance(c, Claim) and c.lease is not None for c in claims)
+    assert ran and set(ran) == {loop_thread}
+    assert begun and loop_thread not in begun
+    assert all(sqlite_store.lease_holder(n, now=T0) is not None for n in NAMES)
+
+
+def test_a_large_async_batch_runs_whole_in_the_batch_thread(sqlite_store: SQLiteStore) -> None:
+    names = [f"many{i}" for i in range(INLINE_BATCH_MOST + 1)]
+    _setup(sqlite_store)
+    for name in names:
+        sqlite_store.import_grant(name, provider="p", refresh_token=Secret(f"refresh-token-{name}-0000000001"),
+                                  scopes=(), now=T0)  # fmt: skip
+    _, ran = _threads_of(sqlite_store)
+
+    async def batch() -> tuple[int, list[Any]]:
+        return threading.get_ident(), await sqlite_store.perform_batch_async([_claim_call(n) for n in names])
+
+    loop_thread, claims = asyncio.run(batch())
+    assert all(isinstance(c, Claim) and c.lease is not None for c in claims)
+    assert ran and loop_thread not in ran
+
+
+def test_async_batches_at_once_take_turns_and_a_failed_call_fails_alone(sqlite_store: SQLiteStore) -> None:
+    _setup(sqlite_store)
+
+    async def batches() -> list[list[Any]]:
+        return await asyncio.gather(
+            sqlite_store.perform_batch_async([_claim_call(n) for n in NAMES[:4]]),
+            sqlite_store.perform_batch_async([_claim_call("nobody")] + [_claim_call(n) for n in NAMES[4:]]),
+        )
+
+    first, second = asyncio.run(batches())
+    assert isinstance(second[0], Failed) and isinstance(second[0].error, UnknownGrant)
+    for claim in first + second[1:]:
+        assert isinstance(claim, Claim) and claim.lease is not None
+        holder = sqlite_store.lease_holder(claim.grant.name, now=T0)
+        assert holder is not None and holder.fence == claim.lease.fence

@@ -248,6 +248,11 @@ class SQLStore:
         """Run store calls (method name, positional and keyword arguments; each a transaction that writes) in one
         transaction, committed once; a call that raises is rolled back alone and its result is `Failed`. See
         `transactions.perform_batch`."""
+        return perform_batch(self._batch_ops(calls), *self._writer())
+
+    def _batch_ops(self, calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]]) -> Callable[[], list[Op[Any]]]:
+        """What makes the operations of `calls` (again each time: a batch may run twice); TypeError for a call that
+        is not a transaction that writes."""
         fns = []
         for method, _, _ in calls:
             op = getattr(type(self), method)
@@ -258,7 +263,7 @@ class SQLStore:
         def ops() -> list[Op[Any]]:
             return [fn(self, *args, **kwargs) for fn, (_, args, kwargs) in zip(fns, calls, strict=True)]
 
-        return perform_batch(ops, *self._writer())
+        return ops
 
     def _writer(self) -> tuple[Callable[[], AbstractContextManager[Any]], Callable[[Any, Sql], Any]]:
         """How this store runs a transaction that writes: what opens it, and what runs one statement in it."""

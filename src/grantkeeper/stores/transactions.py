@@ -18,9 +18,9 @@ runner (`SQLStore._perform`, blocking); `AsyncOperation` is the same operation a
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Coroutine, Generator
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from contextlib import AbstractContextManager
-from typing import Any, Concatenate, Generic, NamedTuple, ParamSpec, Protocol, TypeVar, cast, overload
+from typing import Any, Concatenate, Generic, NamedTuple, ParamSpec, Protocol, TypeVar, overload
 
 __all__ = [
     "COMMIT",
@@ -34,6 +34,7 @@ __all__ = [
     "operation",
     "perform",
     "perform_batch",
+    "perform_batch_async",
     "query",
     "run_on",
     "transaction",
@@ -210,8 +211,65 @@ def perform_batch(
     idempotent. What it does after its `COMMIT` runs once the shared commit is durable, as it would alone; a second
     transaction of an operation runs on its own, after the batch. If the shared commit fails, every operation
     fails with that error: none of their writes happened."""
-    done = _batch_pass(ops(), begin, execute, isolated=False)
-    return done if done is not None else cast(list[Any], _batch_pass(ops(), begin, execute, isolated=True))
+    for isolated in (False, True):
+        done = _edges(_batch_pass(ops(), begin, execute, isolated=isolated))
+        if done is not None:
+            return done
+    raise AssertionError("an isolated batch always finishes")  # pragma: no cover
+
+
+async def perform_batch_async(
+    ops: Callable[[], list[Op[Any]]],
+    begin: Callable[[], AbstractContextManager[C]],
+    execute: Callable[[C, Sql], Result],
+    edge: Callable[[Callable[[], Any]], Awaitable[Any]],
+) -> list[Any]:
+    """`perform_batch` from an event loop, for a store whose statements do not block (SQLite's, where one takes
+    microseconds): the statements run on the calling thread, and only the transaction's edges, which may wait (its
+    begin, for the write lock; its commit, for the disk; a rollback), are awaited through `edge` (e.g. run in a
+    thread of the store's). Blocking the loop for each statement's few microseconds costs less than handing the
+    interpreter lock to and from a worker thread around every statement, which is what a whole batch in a thread
+    does."""
+    for isolated in (False, True):
+        done = await _edges_async(_batch_pass(ops(), begin, execute, isolated=isolated), edge)
+        if done is not None:
+            return done
+    raise AssertionError("an isolated batch always finishes")  # pragma: no cover
+
+
+#: One run of a batch: it yields each edge of its transaction (a call that may wait: begin, commit, rollback) for
+#: its driver to run, is sent the edge's result (or thrown its error), and returns the results (None: run again).
+_Pass = Generator[Callable[[], Any], Any, "list[Any] | None"]
+
+
+def _edges(run: _Pass) -> list[Any] | None:
+    """Drive `run`, each edge called here."""
+    try:
+        edge = next(run)
+        while True:
+            try:
+                answer = edge()
+            except BaseException as exc:
+                edge = run.throw(exc)
+            else:
+                edge = run.send(answer)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+
+
+async def _edges_async(run: _Pass, through: Callable[[Callable[[], Any]], Awaitable[Any]]) -> list[Any] | None:
+    """Drive `run`, each edge awaited `through` (say, in a thread)."""
+    try:
+        edge = next(run)
+        while True:
+            try:
+                answer = await through(edge)
+            except BaseException as exc:
+                edge = run.throw(exc)
+            else:
+                edge = run.send(answer)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
 
 
 class _Retry(Exception):
@@ -227,27 +285,35 @@ _BARRIER = Sql("SELECT 1")
 def _batch_pass(
     ops: list[Op[Any]], begin: Callable[[], AbstractContextManager[C]], execute: Callable[[C, Sql], Result],
     *, isolated: bool,
-) -> list[Any] | None:  # fmt: skip
+) -> _Pass:  # fmt: skip
     """One run of `perform_batch`: `isolated`, each operation between a savepoint and its release; else none, and
-    None (nothing committed) as soon as one operation raises."""
+    None (nothing committed) as soon as one operation raises. Yields the transaction's edges (see `_Pass`)."""
     results: list[Any] = [None] * len(ops)
     pending = _started(ops, results)
     if not pending:
         return results
     resumed: dict[int, Any] = {}  # op index -> the step after its transaction (COMMIT or Blocking)
+    transaction = begin()
+    conn = yield transaction.__enter__
     try:
-        with begin() as conn:
-            for i, first in pending.items():
-                if isolated:
-                    _isolated(conn, i, ops[i], first, execute, results, resumed)
-                else:
-                    _together(conn, i, ops[i], first, execute, results, resumed)
-            if not isolated:
-                _together(conn, -1, None, _BARRIER, execute, results, resumed)
-    except _Retry:
-        for op in ops:
-            op.close()
-        return None
+        for i, first in pending.items():
+            if isolated:
+                _isolated(conn, i, ops[i], first, execute, results, resumed)
+            else:
+                _together(conn, i, ops[i], first, execute, results, resumed)
+        if not isolated:
+            _together(conn, -1, None, _BARRIER, execute, results, resumed)
+    except BaseException as exc:
+        # Rolled back (the context manager's exit sees the error; it may raise its own mapped one instead).
+        suppressed = yield functools.partial(transaction.__exit__, type(exc), exc, exc.__traceback__)
+        if isinstance(exc, _Retry):
+            for op in ops:
+                op.close()
+            return None
+        if not suppressed:
+            raise
+    else:
+        yield functools.partial(transaction.__exit__, None, None, None)  # the commit: durable once it returns
     _finished(ops, resumed, results, begin, execute)
     return results
 
