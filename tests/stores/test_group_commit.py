@@ -259,3 +259,56 @@ def test_async_batches_at_once_take_turns_and_a_failed_call_fails_alone(sqlite_s
         assert isinstance(claim, Claim) and claim.lease is not None
         holder = sqlite_store.lease_holder(claim.grant.name, now=T0)
         assert holder is not None and holder.fence == claim.lease.fence
+
+
+def _waited_for(store: SQLStore) -> list[str]:
+    """Record the text of every statement of `store`'s write transactions that is waited for (a round trip where
+    the runner pipelines)."""
+    seen: list[str] = []
+    begin, execute = store._writer()
+
+    def recorded(conn: Any, step: Any) -> Any:
+        if step.wait:
+            seen.append(step.text)
+        return execute(conn, step)
+
+    store._writer = lambda: (begin, recorded)  # type: ignore[method-assign]
+    return seen
+
+
+def test_postgres_batch_sends_the_calls_side_by_side(postgres_store_url: str) -> None:
+    """Eight claims and then their eight commits each wait for about as many statements as one call has, not
+    eight times that (each statement waited for is a round trip; the recorder sees what the batch sends)."""
+    store = open_store(postgres_store_url)
+    try:
+        _setup(store)
+        waited = _waited_for(store)
+        claims = store.perform_batch([_claim_call(n) for n in NAMES])
+        assert all(isinstance(c, Claim) and c.lease is not None and c.attempt is not None for c in claims)
+        claim_round_trips = len(waited)
+        commits = []
+        for c in claims:
+            update = GrantUpdate(refresh_token=Secret(f"refresh-token-{c.grant.name}-0000000002"), access_token=None,
+                                 expires_at=None, scopes=None)  # fmt: skip
+            commits.append(("commit", (c.lease,), {"attempt_id": c.attempt.id, "base": c.grant, "update": update,
+                                                   "now": T0}))  # fmt: skip
+        committed = store.perform_batch(commits)
+        assert [g.generation for g in committed] == [2] * len(NAMES)
+        # A claim reads its grant, its lease and earlier attempts and inserts its attempt; a commit checks its
+        # compare-and-set; then each batch waits once more before its commit (the statements not waited for).
+        assert claim_round_trips <= 5 and len(waited) - claim_round_trips <= 2
+        assert all(store.lease_holder(n, now=T0) is None for n in NAMES)
+    finally:
+        store.close()
+
+
+def test_calls_on_one_grant_in_a_batch_keep_their_order(store: SQLStore) -> None:
+    """Side by side or not, the second claim of a grant in one batch sees the lease the first one took."""
+    _setup(store)
+    first, second, other = store.perform_batch([_claim_call("g0", "w1"), _claim_call("g0", "w2"), _claim_call("g1")])
+    assert isinstance(first, Claim) and first.lease is not None and first.lease.worker == "w1"
+    assert isinstance(second, Claim) and second.lease is None and second.holder is not None
+    assert second.holder.worker == "w1"
+    assert isinstance(other, Claim) and other.lease is not None
+    holder = store.lease_holder("g0", now=T0)
+    assert holder is not None and holder.worker == "w1"

@@ -198,6 +198,8 @@ def perform_batch(
     ops: Callable[[], list[Op[Any]]],
     begin: Callable[[], AbstractContextManager[C]],
     execute: Callable[[C, Sql], Result],
+    *,
+    rows: list[object] | None = None,
 ) -> list[Any]:
     """Run operations whose writes fit in one transaction each (a claim, a commit, a finish) in ONE transaction,
     committed once: group commit. `ops` makes the operations (fresh generators each time it is called).
@@ -210,9 +212,15 @@ def perform_batch(
     what it does before its first statement (a `Blocking` step, such as holding a liveness signal) must be
     idempotent. What it does after its `COMMIT` runs once the shared commit is durable, as it would alone; a second
     transaction of an operation runs on its own, after the batch. If the shared commit fails, every operation
-    fails with that error: none of their writes happened."""
+    fails with that error: none of their writes happened.
+
+    `rows` (for a pipelining runner, where each statement waited for is a round trip) names what each operation
+    writes (its grant): operations on different rows then run side by side in that first run, one statement of
+    each sent together and waited for once, so a batch takes about as many round trips as one operation has
+    statements, not as all of them together. Operations on one row keep their order (the second of two starts
+    once the first is done); None runs them one after another."""
     for isolated in (False, True):
-        done = _edges(_batch_pass(ops(), begin, execute, isolated=isolated))
+        done = _edges(_batch_pass(ops(), begin, execute, isolated=isolated, rows=rows))
         if done is not None:
             return done
     raise AssertionError("an isolated batch always finishes")  # pragma: no cover
@@ -284,7 +292,7 @@ _BARRIER = Sql("SELECT 1")
 
 def _batch_pass(
     ops: list[Op[Any]], begin: Callable[[], AbstractContextManager[C]], execute: Callable[[C, Sql], Result],
-    *, isolated: bool,
+    *, isolated: bool, rows: list[object] | None = None,
 ) -> _Pass:  # fmt: skip
     """One run of `perform_batch`: `isolated`, each operation between a savepoint and its release; else none, and
     None (nothing committed) as soon as one operation raises. Yields the transaction's edges (see `_Pass`)."""
@@ -296,7 +304,9 @@ def _batch_pass(
     transaction = begin()
     conn = yield transaction.__enter__
     try:
-        for i, first in pending.items():
+        if not isolated and rows is not None:
+            _side_by_side(conn, ops, pending, rows, execute, results, resumed)
+        for i, first in pending.items() if isolated or rows is None else ():
             if isolated:
                 _isolated(conn, i, ops[i], first, execute, results, resumed)
             else:
@@ -353,6 +363,46 @@ def _together(
         results[i] = stop.value
     except Exception as exc:
         raise _Retry from exc
+
+
+def _side_by_side(
+    conn: C, ops: list[Op[Any]], pending: dict[int, Sql], rows: list[object], execute: Callable[[C, Sql], Result],
+    results: list[Any], resumed: dict[int, Any],
+) -> None:  # fmt: skip
+    """Run the pending operations in waves of different rows (the n-th operation on a row in the n-th wave); in a
+    wave, each round sends the next statement of every operation still running, only the last one waited for
+    (which waits for all; none, if no operation reads a result of this round), then hands each its result.
+    `_Retry` if one raises."""
+    waves: list[dict[int, Sql]] = []
+    seen: dict[object, int] = {}
+    for i, first in pending.items():
+        wave = seen[rows[i]] = seen.get(rows[i], -1) + 1
+        if wave == len(waves):
+            waves.append({})
+        waves[wave][i] = first
+    for wave_start in waves:
+        running = wave_start
+        while running:
+            # Waited for at the last statement if any operation reads a result of this round, else not at all.
+            last = len(running) - 1 if any(step.wait for step in running.values()) else -1
+            answers = [
+                execute(conn, step if step.wait == (n == last) else Sql(step.text, step.params, n == last))
+                for n, step in enumerate(running.values())
+            ]
+            following: dict[int, Sql] = {}
+            for (i, _), answer in zip(running.items(), answers, strict=True):
+                try:
+                    step = ops[i].send(answer)
+                except StopIteration as stop:
+                    results[i] = stop.value
+                    continue
+                except Exception as exc:
+                    raise _Retry from exc
+                if type(step) is Sql:
+                    following[i] = step
+                else:
+                    resumed[i] = step
+            running = following
 
 
 def _finished(
