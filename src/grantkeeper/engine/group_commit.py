@@ -3,7 +3,7 @@
 `GroupCommit` is an `AsyncStore` for the async driver (`drive_async`) that runs the very same refresh flows. The
 transactions of a refresh that write (the claim with its attempt record, the commit, a finish, a release) are
 queued instead of run one by one; one flusher runs whatever is queued as one store transaction
-(`SQLStore.perform_batch`: each call between a savepoint and its release, one durable commit for all), and
+(`SQLStore.perform_batch`: one durable commit for all, a failed call rolled back alone; `store_batch`), and
 hands each caller its own result or error. While a batch commits, the next one fills: no timer, no added
 latency, and batches grow exactly as fast as the store is slow (the leader/follower group commit of databases).
 
