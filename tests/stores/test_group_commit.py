@@ -312,3 +312,51 @@ def test_calls_on_one_grant_in_a_batch_keep_their_order(store: SQLStore) -> None
     assert isinstance(other, Claim) and other.lease is not None
     holder = store.lease_holder("g0", now=T0)
     assert holder is not None and holder.worker == "w1"
+
+
+def test_an_async_batch_cancelled_while_its_transaction_begins_still_ends_it(tmp_path: Path) -> None:
+    """The caller of `perform_batch_async` is cancelled while the batch thread takes the write lock: the batch still
+    runs to its end (as a batch run whole in a thread would) and the caller sees the cancellation; the write lock
+    is not left held by a transaction nobody ends (every other writer would then fail)."""
+    store = SQLiteStore.open(tmp_path / "grants.db", busy_timeout=1.0)
+    try:
+        _setup(store)
+        begin, execute = store._writer()
+        beginning, begun = threading.Event(), threading.Event()
+
+        def slow_begin() -> AbstractContextManager[Any]:
+            transaction = begin()
+
+            class Slow:
+                def __enter__(self) -> Any:
+                    beginning.set()
+                    time.sleep(0.3)
+                    conn = transaction.__enter__()
+                    begun.set()
+                    return conn
+
+                def __exit__(self, *exc_info: Any) -> Any:
+                    return transaction.__exit__(*exc_info)
+
+            return Slow()
+
+        store._writer = lambda: (slow_begin, execute)  # type: ignore[method-assign]
+
+        async def cancelled() -> None:
+            batch = asyncio.ensure_future(store.perform_batch_async([_claim_call(n) for n in NAMES[:2]]))
+            while not beginning.is_set():
+                await asyncio.sleep(0.01)
+            batch.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await batch
+
+        asyncio.run(cancelled())
+        assert begun.wait(5)
+        other = SQLiteStore.open(tmp_path / "grants.db", busy_timeout=1.0)  # another process's connection
+        try:
+            other.set_hot("g7", True)  # a write: refused if the lock were still held
+            assert all(other.lease_holder(n, now=T0) is not None for n in NAMES[:2])  # the batch ran to its end
+        finally:
+            other.close()
+    finally:
+        store.close()

@@ -20,11 +20,11 @@ import secrets
 import shlex
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from grantkeeper import _failpoints
 from grantkeeper._exceptions import ConfigurationError, StoreFormatError, StoreUnavailable
@@ -39,6 +39,8 @@ from grantkeeper.stores.sql import KEY_CHECK, SQLStore
 from grantkeeper.stores.transactions import perform_batch_async
 
 __all__ = ["SQLiteStore"]
+
+T = TypeVar("T")
 
 _APPLICATION_ID = 0x676B6565  # "gkee": marks the file as a grantkeeper store
 #: A batch of at most this many calls runs its statements on the event loop (`perform_batch_async`); a larger one
@@ -202,6 +204,23 @@ class _Transaction:
                 raise exc
         finally:
             store._leave()
+
+
+async def _to_the_end(work: Coroutine[Any, Any, T]) -> T:
+    """`work`'s result; if the caller is cancelled meanwhile, `work` runs on to its end first and then the
+    cancellation goes on."""
+    task = asyncio.ensure_future(work)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.wait([task])
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        if not task.cancelled():
+            task.exception()  # retrieved: the caller asked to stop and hears only that
+        raise asyncio.CancelledError
+    return task.result()
 
 
 class SQLiteStore(SQLStore):
@@ -445,7 +464,9 @@ class SQLiteStore(SQLStore):
         transaction's begin (the write lock), commit (the disk) or rollback in the store's batch thread: run whole
         in a thread instead, every statement would hand the interpreter lock to and from the loop, which costs more
         than the statement. A larger batch runs whole in the batch thread. Both use that thread's connection, one
-        batch at a time."""
+        batch at a time. A caller cancelled meanwhile sees the cancellation once the batch has ended (as one run whole
+        in a thread would): cut off at an edge, the transaction its thread began would never end, and keep the
+        store's write lock from every other writer."""
         loop = asyncio.get_running_loop()
         with self._connections_lock:
             if self._batch_thread is None:
@@ -457,8 +478,10 @@ class SQLiteStore(SQLStore):
         async with lock:
             if len(calls) > INLINE_BATCH_MOST:
                 return await loop.run_in_executor(thread, self.perform_batch, calls)
-            return await perform_batch_async(
-                self._batch_ops(calls), *self._writer(), lambda edge: loop.run_in_executor(thread, edge)
+            return await _to_the_end(
+                perform_batch_async(
+                    self._batch_ops(calls), *self._writer(), lambda edge: loop.run_in_executor(thread, edge)
+                )
             )
 
     def change_probe(self) -> Callable[[], object] | None:
