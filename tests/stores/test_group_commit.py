@@ -18,7 +18,7 @@ from grantkeeper.model.claims import Claim, GenerationConflict, GrantUpdate
 from grantkeeper.stores import open_store
 from grantkeeper.stores.sql import SQLStore
 from grantkeeper.stores.sqlite import INLINE_BATCH_MOST, SQLiteStore
-from grantkeeper.stores.transactions import Failed
+from grantkeeper.stores.transactions import Failed, Sql, transaction
 
 T0 = time.time()
 NAMES = [f"g{i}" for i in range(8)]
@@ -360,3 +360,23 @@ def test_an_async_batch_cancelled_while_its_transaction_begins_still_ends_it(tmp
             other.close()
     finally:
         store.close()
+
+
+def test_a_call_whose_statement_fails_in_the_database_fails_alone(
+    store: SQLStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A statement the database refuses (here: a table that does not exist) fails its call alone: on PostgreSQL the
+    error surfaces at the statement waited for with the calls side by side, whose call is not known; the batch then
+    runs again, each call isolated."""
+
+    def broken(self: SQLStore, name: str) -> Any:
+        yield Sql("UPDATE no_such_table SET x = 1 WHERE name = ?", (name,))
+
+    monkeypatch.setattr(type(store), "broken", transaction(broken), raising=False)
+    _setup(store)
+    results = store.perform_batch([_claim_call("g0"), ("broken", ("g1",), {}), _claim_call("g2")])
+    assert isinstance(results[1], Failed)
+    for claim in (results[0], results[2]):
+        assert isinstance(claim, Claim) and claim.lease is not None
+        holder = store.lease_holder(claim.grant.name, now=T0)
+        assert holder is not None and holder.fence == claim.lease.fence

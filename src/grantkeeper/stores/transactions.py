@@ -385,10 +385,13 @@ def _side_by_side(
         while running:
             # Waited for at the last statement if any operation reads a result of this round, else not at all.
             last = len(running) - 1 if any(step.wait for step in running.values()) else -1
-            answers = [
-                execute(conn, step if step.wait == (n == last) else Sql(step.text, step.params, n == last))
-                for n, step in enumerate(running.values())
-            ]
+            try:  # a statement that fails makes the one waited for raise: which operation's it was is not known
+                answers = [
+                    execute(conn, step if step.wait == (n == last) else Sql(step.text, step.params, n == last))
+                    for n, step in enumerate(running.values())
+                ]
+            except Exception as exc:
+                raise _Retry from exc
             following: dict[int, Sql] = {}
             for (i, _), answer in zip(running.items(), answers, strict=True):
                 try:
