@@ -3,7 +3,7 @@
 `GroupCommit` is an `AsyncStore` for the async driver (`drive_async`) that runs the very same refresh flows. The
 transactions of a refresh that write (the claim with its attempt record, the commit, a finish, a release) are
 queued instead of run one by one; one flusher runs whatever is queued as one store transaction
-(`SQLStore.perform_batch`: each call between a savepoint and its release, one durable commit for all), and
+(`SQLStore.perform_batch`: one durable commit for all, a failed call rolled back alone; `store_batch`), and
 hands each caller its own result or error. While a batch commits, the next one fills: no timer, no added
 latency, and batches grow exactly as fast as the store is slow (the leader/follower group commit of databases).
 
@@ -26,7 +26,7 @@ from typing import Any
 
 from grantkeeper.engine.ports import AsyncStore
 
-__all__ = ["BATCHED", "Batch", "GroupCommit"]
+__all__ = ["BATCHED", "Batch", "GroupCommit", "store_batch"]
 
 #: The store transactions that join batches (engine.dispatch names them; each is one transaction that writes).
 BATCHED = frozenset({"claim", "record_attempt", "commit", "finish", "release"})
@@ -34,6 +34,20 @@ BATCHED = frozenset({"claim", "record_attempt", "commit", "finish", "release"})
 Call = tuple[str, tuple[Any, ...], dict[str, Any]]
 #: Runs calls as one transaction; a failed call's place holds an object with an ``error`` attribute.
 Batch = Callable[[list[Call]], Awaitable[list[Any]]]
+
+
+def store_batch(store: Any) -> Batch:
+    """How `store` (an `SQLStore`) runs a batch from the event loop: its own `perform_batch_async` where it has one
+    (SQLite: statements on the loop, only waits in its batch thread), else its `perform_batch` in a worker thread
+    (PostgreSQL's statements are round trips)."""
+    native: Batch | None = getattr(store, "perform_batch_async", None)
+    if native is not None:
+        return native
+
+    async def threaded_batch(calls: list[Call]) -> list[Any]:
+        return await asyncio.to_thread(store.perform_batch, calls)
+
+    return threaded_batch
 
 
 class GroupCommit:

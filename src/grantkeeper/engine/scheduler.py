@@ -36,7 +36,7 @@ from grantkeeper._exceptions import (
     StoreUnavailable,
     TransientError,
 )
-from grantkeeper.engine.group_commit import GroupCommit
+from grantkeeper.engine.group_commit import GroupCommit, store_batch
 from grantkeeper.engine.keeper import AsyncKeeper, KeeperOptions
 from grantkeeper.engine.ports import AsyncSender
 from grantkeeper.engine.threaded import threaded
@@ -136,6 +136,7 @@ class Scheduler:
         self._on_round = on_round
         self.stats = SchedulerStats()
         self._store = store
+        self._run_batch = store_batch(store)
         self._grouped = GroupCommit(threaded(store), self._batch, flushers=flushers)  # type: ignore[arg-type]
         self.keeper = AsyncKeeper(self._grouped, sender=sender, **keeper_options)  # type: ignore[arg-type]
         self._now = self.keeper.clock.now
@@ -221,7 +222,7 @@ class Scheduler:
 
     async def _batch(self, calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]]) -> list[Any]:
         self.stats.batches[len(calls)] += 1
-        return await asyncio.to_thread(self._store.perform_batch, calls)
+        return await self._run_batch(calls)
 
     # --- one grant ----------------------------------------------------------------------------------------------
 

@@ -231,6 +231,7 @@ class PostgresStore(PostgresSQL):
     #: BEGIN, the lease release, NOTIFY, the COMMIT) travels with the next one instead of costing a round trip of
     #: its own. False runs every statement on its own (the benchmark's "before" row).
     pipelined = True
+    _batch_side_by_side = True
 
     def __init__(self, url: str, crypto: Crypto, recovery: RecoveryDir, pool: psycopg_pool.ConnectionPool[Any]) -> None:
         super().__init__(url, crypto, recovery)

@@ -200,6 +200,14 @@ def _execute(conn: Conn, step: Sql) -> Any:
     return conn.execute(step.text, step.params)
 
 
+def _written_row(args: tuple[Any, ...]) -> object:
+    """The grant a batched call writes: ``claim(name, ...)``, or the grant of the lease the others take first; an
+    object of its own (a row of its own) for anything else."""
+    first = args[0] if args else None
+    grant = first if isinstance(first, str) else getattr(first, "grant", None)
+    return grant if isinstance(grant, str) else object()
+
+
 def _aad(table: str, row: str, column: str) -> str:
     return f"grantkeeper/{table}/{row}/{column}"
 
@@ -224,6 +232,9 @@ class SQLStore:
     #: under READ COMMITTED a row lock is taken by the statement that reads the grant, and what that statement
     #: joins comes from the snapshot taken before the lock wait, i.e. before the previous holder's commit.
     _claim_in_one_read = False
+    #: Whether the calls of a batch on different grants run side by side, one round trip for a statement of each
+    #: (`transactions.perform_batch`'s ``rows``): where every statement waited for is a round trip (PostgreSQL).
+    _batch_side_by_side = False
 
     def __init__(self, crypto: Crypto, recovery: RecoveryDir, liveness: Liveness | None = None) -> None:
         self._crypto = crypto
@@ -256,13 +267,23 @@ class SQLStore:
         """Run store calls (method name, positional and keyword arguments; each a transaction that writes) in one
         transaction, committed once; a call that raises is rolled back alone and its result is `Failed`. See
         `transactions.perform_batch`."""
-        ops = []
-        for method, args, kwargs in calls:
+        rows = [_written_row(args) for _, args, _ in calls] if self._batch_side_by_side else None
+        return perform_batch(self._batch_ops(calls), *self._writer(), rows=rows)
+
+    def _batch_ops(self, calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]]) -> Callable[[], list[Op[Any]]]:
+        """What makes the operations of `calls` (again each time: a batch may run twice); TypeError for a call that
+        is not a transaction that writes."""
+        fns = []
+        for method, _, _ in calls:
             op = getattr(type(self), method)
             if not isinstance(op, operation) or not op.write:
                 raise TypeError(f"{method} is not a store transaction that writes; it cannot join a batch")
-            ops.append(op.fn(self, *args, **kwargs))
-        return perform_batch(ops, *self._writer())
+            fns.append(op.fn)
+
+        def ops() -> list[Op[Any]]:
+            return [fn(self, *args, **kwargs) for fn, (_, args, kwargs) in zip(fns, calls, strict=True)]
+
+        return ops
 
     def _writer(self) -> tuple[Callable[[], AbstractContextManager[Any]], Callable[[Any, Sql], Any]]:
         """How this store runs a transaction that writes: what opens it, and what runs one statement in it."""

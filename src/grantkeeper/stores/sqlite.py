@@ -12,6 +12,7 @@ written. There are no cross-process notifications: waiters poll (`wait_for_chang
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import os
@@ -19,9 +20,11 @@ import secrets
 import shlex
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
+from typing import Any, TypeVar
 
 from grantkeeper import _failpoints
 from grantkeeper._exceptions import ConfigurationError, StoreFormatError, StoreUnavailable
@@ -33,10 +36,16 @@ from grantkeeper.stores.liveness import FileLiveness
 from grantkeeper.stores.migrations import latest_version, migrations
 from grantkeeper.stores.recovery import RecoveryDir
 from grantkeeper.stores.sql import KEY_CHECK, SQLStore
+from grantkeeper.stores.transactions import perform_batch_async
 
 __all__ = ["SQLiteStore"]
 
+T = TypeVar("T")
+
 _APPLICATION_ID = 0x676B6565  # "gkee": marks the file as a grantkeeper store
+#: A batch of at most this many calls runs its statements on the event loop (`perform_batch_async`); a larger one
+#: runs whole in the batch thread, so the loop is never held for more than a few milliseconds.
+INLINE_BATCH_MOST = 64
 
 
 def _check_is_grantkeeper_store(path: Path) -> None:
@@ -197,6 +206,23 @@ class _Transaction:
             store._leave()
 
 
+async def _to_the_end(work: Coroutine[Any, Any, T]) -> T:
+    """`work`'s result; if the caller is cancelled meanwhile, `work` runs on to its end first and then the
+    cancellation goes on."""
+    task = asyncio.ensure_future(work)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.wait([task])
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        if not task.cancelled():
+            task.exception()  # retrieved: the caller asked to stop and hears only that
+        raise asyncio.CancelledError
+    return task.result()
+
+
 class SQLiteStore(SQLStore):
     """See the module docstring. Open with `SQLiteStore.open`; close with `close()`."""
 
@@ -220,6 +246,10 @@ class SQLiteStore(SQLStore):
         self._closed = False
         self._active = 0  # transactions in progress, across threads
         self._idle = threading.Condition()
+        # `perform_batch_async`: one thread (so one connection, used by nothing else) for the batches' transactions,
+        # and per event loop a lock, so one batch at a time uses that connection.
+        self._batch_thread: ThreadPoolExecutor | None = None
+        self._batch_locks: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
 
     # ---------------------------------------------------------------- opening
 
@@ -428,6 +458,32 @@ class SQLiteStore(SQLStore):
         if self._lock is not None:
             self._lock.release()
 
+    async def perform_batch_async(self, calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]]) -> list[Any]:
+        """`perform_batch` for a caller on an event loop (the scheduler's group commit). A batch of up to
+        `INLINE_BATCH_MOST` calls runs its statements on the loop, each a few microseconds, and awaits only its
+        transaction's begin (the write lock), commit (the disk) or rollback in the store's batch thread: run whole
+        in a thread instead, every statement would hand the interpreter lock to and from the loop, which costs more
+        than the statement. A larger batch runs whole in the batch thread. Both use that thread's connection, one
+        batch at a time. A caller cancelled meanwhile sees the cancellation once the batch has ended (as one run whole
+        in a thread would): cut off at an edge, the transaction its thread began would never end, and keep the
+        store's write lock from every other writer."""
+        loop = asyncio.get_running_loop()
+        with self._connections_lock:
+            if self._batch_thread is None:
+                self._batch_thread = ThreadPoolExecutor(1, thread_name_prefix="grantkeeper-batch")
+            thread = self._batch_thread
+            lock = self._batch_locks.setdefault(loop, asyncio.Lock())
+            for other in [other for other in self._batch_locks if other.is_closed()]:
+                del self._batch_locks[other]
+        async with lock:
+            if len(calls) > INLINE_BATCH_MOST:
+                return await loop.run_in_executor(thread, self.perform_batch, calls)
+            return await _to_the_end(
+                perform_batch_async(
+                    self._batch_ops(calls), *self._writer(), lambda edge: loop.run_in_executor(thread, edge)
+                )
+            )
+
     def change_probe(self) -> Callable[[], object] | None:
         """``PRAGMA data_version`` on a connection of its own that never writes, so every commit counts, this
         process's included (SQLite changes the value for commits by any other connection, in any process). The
@@ -457,6 +513,8 @@ class SQLiteStore(SQLStore):
         with self._idle:
             self._closed = True
             self._idle.wait_for(lambda: self._active == 0, timeout=self._busy_timeout + 30)
+        if self._batch_thread is not None:
+            self._batch_thread.shutdown(wait=False)
         with self._connections_lock:
             for conn in self._connections:
                 with contextlib.suppress(sqlite3.Error):

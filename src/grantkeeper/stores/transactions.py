@@ -18,7 +18,7 @@ runner (`SQLStore._perform`, blocking); `AsyncOperation` is the same operation a
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Coroutine, Generator
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from contextlib import AbstractContextManager
 from typing import Any, Concatenate, Generic, NamedTuple, ParamSpec, Protocol, TypeVar, overload
 
@@ -34,6 +34,7 @@ __all__ = [
     "operation",
     "perform",
     "perform_batch",
+    "perform_batch_async",
     "query",
     "run_on",
     "transaction",
@@ -194,17 +195,143 @@ class Failed(NamedTuple):
 
 
 def perform_batch(
-    ops: list[Op[Any]], begin: Callable[[], AbstractContextManager[C]], execute: Callable[[C, Sql], Result]
+    ops: Callable[[], list[Op[Any]]],
+    begin: Callable[[], AbstractContextManager[C]],
+    execute: Callable[[C, Sql], Result],
+    *,
+    rows: list[object] | None = None,
 ) -> list[Any]:
     """Run operations whose writes fit in one transaction each (a claim, a commit, a finish) in ONE transaction,
-    committed once: group commit. Each runs between a savepoint and its release, so one that raises (a generation
-    conflict, a damaged row) is rolled back alone and the others commit together; its place in the returned list
-    holds `Failed`. What each operation does before its first statement (a `Blocking` step) runs before the shared
-    transaction begins, and what it does after its `COMMIT` runs once the shared commit is durable, as it would
-    alone; a second transaction of an operation runs on its own, after the batch. If the shared commit fails,
-    every operation fails with that error: none of their writes happened."""
+    committed once: group commit. `ops` makes the operations (fresh generators each time it is called).
+
+    First all of them run back to back in one transaction, with nothing between them: the common case, where none
+    fails, costs their own statements and one commit. If one raises (a generation conflict, a damaged row), that
+    transaction is rolled back whole, nothing of it having been committed, and the batch runs again from fresh
+    operations, each between a savepoint and its release, so the one that raises is rolled back alone and the
+    others commit together; its place in the returned list holds `Failed`. An operation may therefore start twice:
+    what it does before its first statement (a `Blocking` step, such as holding a liveness signal) must be
+    idempotent. What it does after its `COMMIT` runs once the shared commit is durable, as it would alone; a second
+    transaction of an operation runs on its own, after the batch. If the shared commit fails, every operation
+    fails with that error: none of their writes happened.
+
+    `rows` (for a pipelining runner, where each statement waited for is a round trip) names what each operation
+    writes (its grant): operations on different rows then run side by side in that first run, one statement of
+    each sent together and waited for once, so a batch takes about as many round trips as one operation has
+    statements, not as all of them together. Operations on one row keep their order (the second of two starts
+    once the first is done); None runs them one after another."""
+    for isolated in (False, True):
+        done = _edges(_batch_pass(ops(), begin, execute, isolated=isolated, rows=rows))
+        if done is not None:
+            return done
+    raise AssertionError("an isolated batch always finishes")  # pragma: no cover
+
+
+async def perform_batch_async(
+    ops: Callable[[], list[Op[Any]]],
+    begin: Callable[[], AbstractContextManager[C]],
+    execute: Callable[[C, Sql], Result],
+    edge: Callable[[Callable[[], Any]], Awaitable[Any]],
+) -> list[Any]:
+    """`perform_batch` from an event loop, for a store whose statements do not block (SQLite's, where one takes
+    microseconds): the statements run on the calling thread, and only the transaction's edges, which may wait (its
+    begin, for the write lock; its commit, for the disk; a rollback), are awaited through `edge` (e.g. run in a
+    thread of the store's). Blocking the loop for each statement's few microseconds costs less than handing the
+    interpreter lock to and from a worker thread around every statement, which is what a whole batch in a thread
+    does."""
+    for isolated in (False, True):
+        done = await _edges_async(_batch_pass(ops(), begin, execute, isolated=isolated), edge)
+        if done is not None:
+            return done
+    raise AssertionError("an isolated batch always finishes")  # pragma: no cover
+
+
+#: One run of a batch: it yields each edge of its transaction (a call that may wait: begin, commit, rollback) for
+#: its driver to run, is sent the edge's result (or thrown its error), and returns the results (None: run again).
+_Pass = Generator[Callable[[], Any], Any, "list[Any] | None"]
+
+
+def _edges(run: _Pass) -> list[Any] | None:
+    """Drive `run`, each edge called here."""
+    try:
+        edge = next(run)
+        while True:
+            try:
+                answer = edge()
+            except BaseException as exc:
+                edge = run.throw(exc)
+            else:
+                edge = run.send(answer)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+
+
+async def _edges_async(run: _Pass, through: Callable[[Callable[[], Any]], Awaitable[Any]]) -> list[Any] | None:
+    """Drive `run`, each edge awaited `through` (say, in a thread)."""
+    try:
+        edge = next(run)
+        while True:
+            try:
+                answer = await through(edge)
+            except BaseException as exc:
+                edge = run.throw(exc)
+            else:
+                edge = run.send(answer)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+
+
+class _Retry(Exception):
+    """An operation of a batch run without savepoints raised: roll the shared transaction back, run it isolated."""
+
+
+#: Run after the operations of a batch without savepoints, before its commit: a pipelining runner sends the
+#: statements whose results were not waited for with it, so an error of theirs surfaces here, before anything
+#: commits, and the batch is run again isolated instead of failing whole at the commit.
+_BARRIER = Sql("SELECT 1")
+
+
+def _batch_pass(
+    ops: list[Op[Any]], begin: Callable[[], AbstractContextManager[C]], execute: Callable[[C, Sql], Result],
+    *, isolated: bool, rows: list[object] | None = None,
+) -> _Pass:  # fmt: skip
+    """One run of `perform_batch`: `isolated`, each operation between a savepoint and its release; else none, and
+    None (nothing committed) as soon as one operation raises. Yields the transaction's edges (see `_Pass`)."""
     results: list[Any] = [None] * len(ops)
-    pending: dict[int, Any] = {}  # op index -> its first Sql step
+    pending = _started(ops, results)
+    if not pending:
+        return results
+    resumed: dict[int, Any] = {}  # op index -> the step after its transaction (COMMIT or Blocking)
+    transaction = begin()
+    conn = yield transaction.__enter__
+    try:
+        if not isolated and rows is not None:
+            _side_by_side(conn, ops, pending, rows, execute, results, resumed)
+        for i, first in pending.items() if isolated or rows is None else ():
+            if isolated:
+                _isolated(conn, i, ops[i], first, execute, results, resumed)
+            else:
+                _together(conn, i, ops[i], first, execute, results, resumed)
+        if not isolated:
+            _together(conn, -1, None, _BARRIER, execute, results, resumed)
+    except BaseException as exc:
+        # Rolled back (the context manager's exit sees the error; it may raise its own mapped one instead).
+        suppressed = yield functools.partial(transaction.__exit__, type(exc), exc, exc.__traceback__)
+        if isinstance(exc, _Retry):
+            for op in ops:
+                op.close()
+            return None
+        if not suppressed:
+            raise
+    else:
+        yield functools.partial(transaction.__exit__, None, None, None)  # the commit: durable once it returns
+    _finished(ops, resumed, results, begin, execute)
+    return results
+
+
+def _started(ops: list[Op[Any]], results: list[Any]) -> dict[int, Sql]:
+    """Run each operation up to its first statement (its `Blocking` steps run here); the first statement of each
+    that has one. An operation that returns or raises before it has its result in `results` already."""
+    pending: dict[int, Sql] = {}
     for i, op in enumerate(ops):
         try:
             step = next(op)
@@ -215,30 +342,108 @@ def perform_batch(
             results[i] = stop.value
         except Exception as exc:
             results[i] = Failed(exc)
-    if not pending:
-        return results
-    resumed: dict[int, Any] = {}  # op index -> the step after its transaction (COMMIT or Blocking)
-    with begin() as conn:
-        for i, first in pending.items():
-            savepoint, step = f"batch_{i}", first
-            execute(conn, Sql(f"SAVEPOINT {savepoint}"))
-            try:
-                while type(step) is Sql:
-                    step = ops[i].send(execute(conn, step))
-                resumed[i] = step
-            except StopIteration as stop:
-                results[i] = stop.value
+    return pending
+
+
+def _together(
+    conn: C, i: int, op: Op[Any] | None, first: Sql, execute: Callable[[C, Sql], Result], results: list[Any],
+    resumed: dict[int, Any],
+) -> None:  # fmt: skip
+    """Run operation `i`'s transaction in the shared one, with no savepoint: `_Retry` if it raises (`op` None: run
+    the one statement `first`)."""
+    try:
+        if op is None:
+            execute(conn, first)
+            return
+        step: Any = first
+        while type(step) is Sql:
+            step = op.send(execute(conn, step))
+        resumed[i] = step
+    except StopIteration as stop:
+        results[i] = stop.value
+    except Exception as exc:
+        raise _Retry from exc
+
+
+def _side_by_side(
+    conn: C, ops: list[Op[Any]], pending: dict[int, Sql], rows: list[object], execute: Callable[[C, Sql], Result],
+    results: list[Any], resumed: dict[int, Any],
+) -> None:  # fmt: skip
+    """Run the pending operations in waves of different rows (the n-th operation on a row in the n-th wave); in a
+    wave, each round sends the next statement of every operation still running, only the last one waited for
+    (which waits for all; none, if no operation reads a result of this round), then hands each its result.
+    `_Retry` if one raises."""
+    waves: list[dict[int, Sql]] = []
+    seen: dict[object, int] = {}
+    for i, first in pending.items():
+        wave = seen[rows[i]] = seen.get(rows[i], -1) + 1
+        if wave == len(waves):
+            waves.append({})
+        waves[wave][i] = first
+    for wave_start in waves:
+        running = wave_start
+        while running:
+            # Waited for at the last statement if any operation reads a result of this round, else not at all.
+            last = len(running) - 1 if any(step.wait for step in running.values()) else -1
+            try:  # a statement that fails makes the one waited for raise: which operation's it was is not known
+                answers = [
+                    execute(conn, step if step.wait == (n == last) else Sql(step.text, step.params, n == last))
+                    for n, step in enumerate(running.values())
+                ]
             except Exception as exc:
-                execute(conn, Sql(f"ROLLBACK TO SAVEPOINT {savepoint}"))
-                results[i] = Failed(exc)
-            execute(conn, Sql(f"RELEASE SAVEPOINT {savepoint}"))
+                raise _Retry from exc
+            following: dict[int, Sql] = {}
+            for (i, _), answer in zip(running.items(), answers, strict=True):
+                try:
+                    step = ops[i].send(answer)
+                except StopIteration as stop:
+                    results[i] = stop.value
+                    continue
+                except Exception as exc:
+                    raise _Retry from exc
+                if type(step) is Sql:
+                    following[i] = step
+                else:
+                    resumed[i] = step
+            running = following
+
+
+def _finished(
+    ops: list[Op[Any]], resumed: dict[int, Any], results: list[Any], begin: Callable[[], AbstractContextManager[C]],
+    execute: Callable[[C, Sql], Result],
+) -> None:  # fmt: skip
+    """Once the shared commit is durable: each operation from its `COMMIT` on, as it would run alone."""
     for i, step in resumed.items():
         try:
             answer = step.fn(*step.args) if isinstance(step, Blocking) else None
             results[i] = perform(_continued(ops[i], answer), begin, execute)
         except Exception as exc:
             results[i] = Failed(exc)
-    return results
+
+
+def _isolated(
+    conn: C, i: int, op: Op[Any], first: Sql, execute: Callable[[C, Sql], Result], results: list[Any],
+    resumed: dict[int, Any],
+) -> None:  # fmt: skip
+    """Run operation `i`'s transaction between a savepoint and its release; rolled back to it if it raises. The
+    release is waited for inside: a statement of the operation's that a pipelining runner did not wait for fails
+    there, and is this operation's failure."""
+    savepoint = f"batch_{i}"
+    step: Any = first
+    execute(conn, Sql(f"SAVEPOINT {savepoint}"))
+    try:
+        try:
+            while type(step) is Sql:
+                step = op.send(execute(conn, step))
+            resumed[i] = step
+        except StopIteration as stop:
+            results[i] = stop.value
+        execute(conn, Sql(f"RELEASE SAVEPOINT {savepoint}"))
+    except Exception as exc:
+        resumed.pop(i, None)
+        execute(conn, Sql(f"ROLLBACK TO SAVEPOINT {savepoint}"))
+        execute(conn, Sql(f"RELEASE SAVEPOINT {savepoint}"))
+        results[i] = Failed(exc)
 
 
 def _continued(op: Op[T], answer: Any) -> Op[T]:
