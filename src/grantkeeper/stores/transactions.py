@@ -251,18 +251,19 @@ _Pass = Generator[Callable[[], Any], Any, "list[Any] | None"]
 
 
 def _edges(run: _Pass) -> list[Any] | None:
-    """Drive `run`, each edge called here."""
+    """Drive `run`, each edge called here: `_edges_async` with plain calls, where nothing suspends, so its coroutine
+    ends at its first step."""
+    driving = _edges_async(run, _called)
     try:
-        edge = next(run)
-        while True:
-            try:
-                answer = edge()
-            except BaseException as exc:
-                edge = run.throw(exc)
-            else:
-                edge = run.send(answer)
+        driving.send(None)
     except StopIteration as stop:
         return stop.value  # type: ignore[no-any-return]
+    driving.close()
+    raise AssertionError("a batch driven by plain calls never suspends")  # pragma: no cover
+
+
+async def _called(edge: Callable[[], Any]) -> Any:
+    return edge()
 
 
 async def _edges_async(run: _Pass, through: Callable[[Callable[[], Any]], Awaitable[Any]]) -> list[Any] | None:
