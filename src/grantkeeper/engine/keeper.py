@@ -250,10 +250,11 @@ class _KeeperCore:
         return cached.reveal() if cached is not None else None
 
     def _cold_served(self, name: str, served: ServedToken | None, mark: int) -> str | None:
-        """Cache and return what the cold read found, unless a rejection arrived since `mark` (the read may
+        """Cache and return what the cold read found, unless it stopped being served while the read was on its way
+        back (a slow store: judged at the time it arrives, I4), a rejection arrived since `mark` (the read may
         predate it and hold the rejected token) or the cache meanwhile got a later generation (another caller's
         refresh): None then, and the caller takes the refresh path."""
-        if served is None or self._rejection_mark(name) != mark:
+        if served is None or served.serve_until <= self._now() or self._rejection_mark(name) != mark:
             return None
         entry = self._cache.get(name)
         if entry is not None and entry[2] > served.generation:

@@ -1,0 +1,83 @@
+"""The cold read (`access_token` after a cache miss) against a store that answers late (I4).
+
+A token read from the store as valid may stop being served while the read is on its way back (a store outage, a
+pool reconnecting): what the read returns is judged again at the time it arrives, never at the time it was asked.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from grantkeeper import AsyncKeeper, Keeper
+from grantkeeper.stores import SQLiteStore
+from tests.helpers import FAST_POLICY, add_grant, resource_ok
+
+Sim = Callable[..., Any]
+
+
+class _Clock:
+    """The real clocks, `ahead` seconds in the future."""
+
+    def __init__(self) -> None:
+        self.ahead = 0.0
+
+    def now(self) -> float:
+        return time.time() + self.ahead
+
+    def monotonic(self) -> float:
+        return time.monotonic() + self.ahead
+
+
+def _stored_token(db: Path, sim: Any) -> tuple[str, float]:
+    """A grant whose valid access token sits in the store; that token and when it stops being served."""
+    with Keeper(SQLiteStore.open(db), policy=FAST_POLICY) as first:
+        add_grant(first, sim)
+        token = first.access_token("g")
+        served = first.served("g")
+    assert served is not None
+    return token, served.serve_until
+
+
+def _late_reads(store: SQLiteStore, clock: _Clock, until: float) -> None:
+    """Make the store's cold read return only once `until` has passed (by `clock`)."""
+    read = store.served_access
+
+    def late(name: str, now: float) -> Any:
+        result = read(name, now)
+        clock.ahead = until - time.time() + 1.0
+        return result
+
+    store.served_access = late  # type: ignore[method-assign]
+
+
+def test_a_token_that_stops_being_served_while_the_read_returns_is_not_served(tmp_path: Path, make_sim: Sim) -> None:
+    sim = make_sim(access_ttl=600)
+    stale, until = _stored_token(tmp_path / "s.db", sim)
+    clock = _Clock()
+    store = SQLiteStore.open(tmp_path / "s.db")
+    _late_reads(store, clock, until)
+    with Keeper(store, policy=FAST_POLICY, clock=clock) as cold:
+        token = cold.access_token("g")
+    assert token != stale  # refreshed rather than served past its time
+    assert resource_ok(sim, token)
+
+
+@pytest.mark.anyio
+async def test_the_same_on_the_async_keeper(tmp_path: Path, make_sim: Sim) -> None:
+    sim = make_sim(access_ttl=600)
+    stale, until = _stored_token(tmp_path / "s.db", sim)
+    clock = _Clock()
+    store = SQLiteStore.open(tmp_path / "s.db")
+    _late_reads(store, clock, until)
+    cold = AsyncKeeper(store, policy=FAST_POLICY, clock=clock)
+    try:
+        token = await cold.access_token("g")
+    finally:
+        await cold.aclose()
+    assert token != stale
+    assert resource_ok(sim, token)
