@@ -6,8 +6,11 @@ pool reconnecting): what the read returns is judged again at the time it arrives
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -81,3 +84,56 @@ async def test_the_same_on_the_async_keeper(tmp_path: Path, make_sim: Sim) -> No
         await cold.aclose()
     assert token != stale
     assert resource_ok(sim, token)
+
+
+def _counted_slow_reads(store: SQLiteStore) -> list[str]:
+    """Count the store's cold reads, each held 50 ms so that concurrent callers overlap it."""
+    read = store.served_access
+    calls: list[str] = []
+
+    def slow(name: str, now: float) -> Any:
+        calls.append(name)
+        time.sleep(0.05)
+        return read(name, now)
+
+    store.served_access = slow  # type: ignore[method-assign]
+    return calls
+
+
+def test_concurrent_cold_callers_share_one_store_read(tmp_path: Path, make_sim: Sim) -> None:
+    """Eight threads miss the cache for one grant at once: one of them reads the store, the rest find its result
+    cached under the grant's lock; nothing is refreshed."""
+    sim = make_sim(access_ttl=600)
+    stored, _ = _stored_token(tmp_path / "s.db", sim)
+    store = SQLiteStore.open(tmp_path / "s.db")
+    calls = _counted_slow_reads(store)
+    before = sim.stats.refresh_calls
+    with Keeper(store, policy=FAST_POLICY) as cold:
+        start = threading.Barrier(8)
+
+        def ask() -> str:
+            start.wait()
+            return cold.access_token("g")
+
+        with ThreadPoolExecutor(8) as pool:
+            tokens = list(pool.map(lambda _: ask(), range(8)))
+    assert tokens == [stored] * 8
+    assert calls == ["g"]
+    assert sim.stats.refresh_calls == before
+
+
+@pytest.mark.anyio
+async def test_concurrent_cold_tasks_share_one_store_read(tmp_path: Path, make_sim: Sim) -> None:
+    sim = make_sim(access_ttl=600)
+    stored, _ = _stored_token(tmp_path / "s.db", sim)
+    store = SQLiteStore.open(tmp_path / "s.db")
+    calls = _counted_slow_reads(store)
+    before = sim.stats.refresh_calls
+    cold = AsyncKeeper(store, policy=FAST_POLICY)
+    try:
+        tokens = await asyncio.gather(*(cold.access_token("g") for _ in range(8)))
+    finally:
+        await cold.aclose()
+    assert tokens == [stored] * 8
+    assert calls == ["g"]
+    assert sim.stats.refresh_calls == before

@@ -42,9 +42,10 @@ def _respond(request: Request, answer: tuple[int, bytes, dict[str, str]], code: 
 
 
 def create_app(broker: Broker, *, max_body: int = DEFAULT_MAX_BODY, proxy_limits: ProxyLimits | None = None,
-               connect: ConnectSettings | None = None) -> FastAPI:  # fmt: skip
+               connect: ConnectSettings | None = None, hot_window: float | None = None) -> FastAPI:  # fmt: skip
     """The application. `max_body` caps API request bodies; proxied bodies stream under `proxy_limits` instead;
-    `connect` sets hosted connect up (off without a public URL). Close ``app.state.proxy_clients`` when done."""
+    `connect` sets hosted connect up (off without a public URL); `hot_window` is the scheduler's, which the
+    console shows grants by. Close ``app.state.proxy_clients`` when done."""
     app = FastAPI(title="grantkeeper serve", version=__version__, description=_DESCRIPTION, docs_url=None,
                   redoc_url=None)  # fmt: skip
     app.state.broker = broker
@@ -82,5 +83,6 @@ def create_app(broker: Broker, *, max_body: int = DEFAULT_MAX_BODY, proxy_limits
         return _respond(request, problem(exc.status_code, code, detail, headers=dict(exc.headers or {})), code)
 
     app.add_middleware(Recorder, broker=broker, log=log)  # it records the refusals of BodyLimit too
-    console.install(app, broker)  # outermost: its security headers go on every /ui/ answer, the Recorder's too
+    # Outermost: its security headers go on every /ui/ answer, the Recorder's too.
+    console.install(app, broker, hot_window=hot_window)
     return app

@@ -149,7 +149,9 @@ async def run(config: ServeConfig, *, store_url: str) -> None:
     # The blocking SQL store in worker threads: the broker also reads API keys, the audit trail and metrics from it.
     keeper = await AsyncKeeper.open(store_url, create=False, threads=True, on_event=webhooks)
     broker = build_broker(keeper, config, store_url=store_url, webhooks=webhooks)
-    app = create_app(broker, max_body=config.max_body, connect=ConnectSettings(config.public_url, config.connect_ttl))
+    scheduling = scheduler_options(config.scheduler)
+    app = create_app(broker, max_body=config.max_body, connect=ConnectSettings(config.public_url, config.connect_ttl),
+                     hot_window=scheduling.hot_window if scheduling is not None else None)  # fmt: skip
     servers = []
     for listener, _sock in sockets:
         tcp = listener == "tcp"
@@ -171,8 +173,8 @@ async def run(config: ServeConfig, *, store_url: str) -> None:
     stack = contextlib.AsyncExitStack()
     try:
         await broker.start()
-        if (options := scheduler_options(config.scheduler)) is not None:
-            await _start_scheduler(stack, broker, options, webhooks)
+        if scheduling is not None:
+            await _start_scheduler(stack, broker, scheduling, webhooks)
         # Everything made so far (modules, the app, its OpenAPI models, the keeper) lives until exit: moved out
         # of the collector's reach, a full collection no longer walks it in the middle of a request.
         gc.collect()

@@ -136,6 +136,10 @@ def test_the_list_shows_the_schedulers_view(store: SQLStore, grants: dict[str, d
     assert rows["acme-004"].scheduler.startswith("not hot; next look in 3")
     assert rows["acme-017"].scheduler == "-"  # needs re-authorization: nothing for the scheduler to do
     assert queries.scheduler_of(store, "acme-001", now=time.time()) == rows["acme-001"].scheduler
+    # The hot window is the scheduler's as configured: handed out moments ago is not hot under a window of 0.
+    narrow = {r.name: r for r in _all_rows(store, queries.GrantsQuery(hot_window=0.0))}
+    assert narrow["acme-002"].scheduler.startswith("not hot")
+    assert queries.scheduler_of(store, "acme-002", now=time.time(), hot_window=0.0).startswith("not hot")
 
 
 def test_a_cursor_that_is_not_one_starts_over() -> None:

@@ -18,9 +18,9 @@ from grantkeeper.serve.console.routes import Console, ConsoleRefusal, router
 __all__ = ["install"]
 
 
-def install(app: FastAPI, broker: Broker) -> None:
-    """Serve the console under ``/ui/`` in `app`."""
-    app.state.console = Console(broker)
+def install(app: FastAPI, broker: Broker, *, hot_window: float | None = None) -> None:
+    """Serve the console under ``/ui/`` in `app`; `hot_window`: the scheduler's (its default if None)."""
+    app.state.console = Console(broker) if hot_window is None else Console(broker, hot_window=hot_window)
     app.include_router(router)
 
     async def refused(_request: Request, exc: Exception) -> Response:

@@ -16,6 +16,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+from grantkeeper.engine.scheduler import SchedulerOptions
 from grantkeeper.model import GrantState, RotationMode
 from grantkeeper.model.lifetimes import RefreshTokenExpiry, token_ends
 from grantkeeper.stores import SQLStore
@@ -59,15 +60,18 @@ _ROW_COLUMNS = (
 )  # fmt: skip
 _ROW = ", ".join(_ROW_COLUMNS)
 _ROW_WIDTH = len(_ROW_COLUMNS)  # a page's query puts its sort key right after the row
-#: A grant whose token `serve` handed out this recently counts as hot (the scheduler's default `hot_window`).
-HOT_WINDOW = 600.0
+#: A grant whose token `serve` handed out this recently counts as hot: the scheduler's default `hot_window`
+#: (`serve` passes the configured one).
+HOT_WINDOW = SchedulerOptions().hot_window
 
 
-def scheduler_text(marked: bool, last_used_at: float | None, next_due_at: float, now: float) -> str:
+def scheduler_text(
+    marked: bool, last_used_at: float | None, next_due_at: float, now: float, hot_window: float = HOT_WINDOW
+) -> str:
     """The refresh scheduler's view of a grant, for people: hot or not, and when it looks at the grant next."""
     if marked:
         who = "hot (marked)"
-    elif last_used_at is not None and now - last_used_at <= HOT_WINDOW:
+    elif last_used_at is not None and now - last_used_at <= hot_window:
         who = f"hot (token handed out {now - last_used_at:.0f} s ago)"
     else:
         who = "not hot"
@@ -106,6 +110,7 @@ class GrantsQuery:
     before: tuple[Any, str] | None = None
     patterns: tuple[str, ...] = ("*",)
     limit: int = PAGE_SIZE
+    hot_window: float = HOT_WINDOW  # the scheduler's, for the scheduler column
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,15 +153,16 @@ def _pattern_filter(patterns: tuple[str, ...]) -> tuple[str, list[str]]:
     ]
 
 
-def _row(r: Any, now_sort: Any) -> GrantRow:
+def _row(r: Any, now_sort: Any, hot_window: float = HOT_WINDOW) -> GrantRow:
     ends = token_ends(
         str(r[0]), str(r[1]), created_at=r[7], refreshed_at=r[6], refresh_expires_at=r[8], idle_ttl=r[9],
         absolute_ttl=r[10], rotates=str(r[11]) != RotationMode.NEVER.value,
     )  # fmt: skip
+    active = str(r[2]) == GrantState.ACTIVE.value
+    scheduler = scheduler_text(bool(r[13]), r[14], float(r[15]), time.time(), hot_window) if active else "-"
     return GrantRow(name=str(r[0]), provider=str(r[1]), state=str(r[2]), generation=int(r[3]), expires_at=r[4],
                     last_error=r[5], last_outcome=r[12], ends=tuple(sorted(ends, key=lambda e: e.deadline)),
-                    sort_value=now_sort, scheduler=scheduler_text(bool(r[13]), r[14], float(r[15]), time.time())
-                    if str(r[2]) == GrantState.ACTIVE.value else "-")  # fmt: skip
+                    sort_value=now_sort, scheduler=scheduler)  # fmt: skip
 
 
 def _grants_page(_store: SQLStore, q: GrantsQuery) -> Op[GrantsPage]:
@@ -199,23 +205,23 @@ def _grants_page(_store: SQLStore, q: GrantsQuery) -> Op[GrantsPage]:
     )
     rows = (yield Sql(sql, (*params, q.limit + 1))).fetchall()
     more = len(rows) > q.limit
-    found = [_row(r, r[_ROW_WIDTH]) for r in rows[: q.limit]]
+    found = [_row(r, r[_ROW_WIDTH], q.hot_window) for r in rows[: q.limit]]
     if backwards:
         found.reverse()
         return GrantsPage(found, more_after=True, more_before=more)
     return GrantsPage(found, more_after=more, more_before=cursor is not None)
 
 
-def _scheduler_of(_store: SQLStore, name: str, now: float) -> Op[str]:
+def _scheduler_of(_store: SQLStore, name: str, now: float, hot_window: float) -> Op[str]:
     row = (yield Sql("SELECT hot, last_used_at, next_due_at, state FROM grants WHERE name = ?", (name,))).fetchone()
     if row is None or str(row[3]) != GrantState.ACTIVE.value:
         return "-"
-    return scheduler_text(bool(row[0]), row[1], float(row[2]), now)
+    return scheduler_text(bool(row[0]), row[1], float(row[2]), now, hot_window)
 
 
-def scheduler_of(store: SQLStore, name: str, *, now: float) -> str:
+def scheduler_of(store: SQLStore, name: str, *, now: float, hot_window: float = HOT_WINDOW) -> str:
     """`scheduler_text` of grant `name` ("-" if it is not active)."""
-    return store._perform(_scheduler_of, False, name, now)
+    return store._perform(_scheduler_of, False, name, now, hot_window)
 
 
 def grants_page(store: SQLStore, query: GrantsQuery) -> GrantsPage:

@@ -58,8 +58,9 @@ class ConsoleRefusal(Exception):  # not "...Error": it carries an answer, not a 
 class Console:
     """What the routes share: the broker, the sessions and the templates (``app.state.console``)."""
 
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: Broker, *, hot_window: float = queries.HOT_WINDOW) -> None:
         self.broker = broker
+        self.hot_window = hot_window  # the scheduler's, for its view of each grant
         self.sessions = SessionStore(broker.store)
         self.templates = environment()
         self.stylesheet = (TEMPLATES / "console.css").read_bytes()
@@ -228,7 +229,7 @@ async def grants(
     cursors = [c if c is None or isinstance(c[0], int | float) == (sort in _NUMERIC_SORTS) else None for c in cursors]
     query = queries.GrantsQuery(state=state or None, provider=provider or None, search=q or None, sort=sort,
                                 descending=order == "desc", after=cursors[0], before=cursors[1],
-                                patterns=session.grants)  # fmt: skip
+                                patterns=session.grants, hot_window=console.hot_window)  # fmt: skip
     store = console.broker.store
     page, providers = await asyncio.gather(asyncio.to_thread(queries.grants_page, store, query),
                                            asyncio.to_thread(store.list_providers))  # fmt: skip
@@ -264,7 +265,8 @@ async def grant(request: Request, name: str, done: Annotated[str | None, Query(m
     status = await _status(request, name)
     diagnosis, history, scheduler = await asyncio.gather(
         keeper.doctor(name), keeper.history(name, limit=50),
-        asyncio.to_thread(queries.scheduler_of, _console(request).broker.store, name, now=time.time()),
+        asyncio.to_thread(queries.scheduler_of, _console(request).broker.store, name, now=time.time(),
+                          hot_window=_console(request).hot_window),
     )  # fmt: skip
     tables, facts = evidence_rows(diagnosis.evidence)
     colour = health(status.state, status.last_error, status.refresh_ends, time.time())
