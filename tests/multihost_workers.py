@@ -130,7 +130,7 @@ def _caller(keeper: Keeper, grants: list[str], index: int, resource_url: str, st
                 errors.append((f"crash:{type(exc).__name__}", time.time()))
                 continue
             served_at = time.time()
-            entry = keeper._cache.get(name)  # diagnostics only: (token, serve-until, generation)
+            entry = keeper._cache.get(name)  # diagnostics only: the ServedToken cached
             local["calls"] += 1
             try:
                 outcome = check_resource(keeper, http, name, token, resource_url, time.monotonic())
@@ -138,11 +138,11 @@ def _caller(keeper: Keeper, grants: list[str], index: int, resource_url: str, st
                 outcome = "resource_unreachable"
             local[outcome] += 1
             if outcome == "resource_rejected":
-                known = entry if entry is not None and entry[0].reveal() == token else None
+                known = entry if entry is not None and entry.access_token.reveal() == token else None
                 tally.rejected.append({
                     "grant": name,
-                    "generation": known[2] if known else None,
-                    "serve_until_minus_served_at": round(known[1] - served_at, 3) if known else None,
+                    "generation": known.generation if known else None,
+                    "serve_until_minus_served_at": round(known.serve_until - served_at, 3) if known else None,
                     "checked_after": round(time.time() - served_at, 3),
                     "served_at": served_at,
                 })  # fmt: skip

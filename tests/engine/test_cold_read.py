@@ -137,3 +137,41 @@ async def test_concurrent_cold_tasks_share_one_store_read(tmp_path: Path, make_s
     assert tokens == [stored] * 8
     assert calls == ["g"]
     assert sim.stats.refresh_calls == before
+
+
+def _stored_grants(keeper: Keeper | AsyncKeeper, n: int) -> dict[str, str]:
+    """`n` grants whose valid access tokens sit in the store (imported, never refreshed): name -> token."""
+    tokens = {f"c{i:03d}": f"tok-{i:03d}-abcdefgh" for i in range(n)}
+    for name, token in tokens.items():
+        keeper.import_grant(name, provider="sim", refresh_token=f"refresh-{name}-0123456789", access_token=token,
+                            expires_at=time.time() + 3600)  # fmt: skip
+    return tokens
+
+
+def test_cold_reads_keep_no_lock_per_grant(tmp_path: Path, make_sim: Sim) -> None:
+    """A broker that reads each of a million grants once must not keep a million locks: cold reads queue on a
+    fixed set of read locks chosen by name, and only a grant that is refreshed gets a lock of its own."""
+    sim = make_sim(access_ttl=600)
+    with Keeper(SQLiteStore.open(tmp_path / "s.db"), policy=FAST_POLICY) as keeper:
+        add_grant(keeper, sim)
+        tokens = _stored_grants(keeper, 300)
+        before = sim.stats.refresh_calls
+        assert {name: keeper.access_token(name) for name in tokens} == tokens
+        assert sim.stats.refresh_calls == before
+        assert keeper._locks == {}
+
+
+@pytest.mark.anyio
+async def test_cold_reads_keep_no_lock_per_grant_on_the_async_keeper(tmp_path: Path, make_sim: Sim) -> None:
+    sim = make_sim(access_ttl=600)
+    with Keeper(SQLiteStore.open(tmp_path / "s.db"), policy=FAST_POLICY) as setup:
+        add_grant(setup, sim)
+        tokens = _stored_grants(setup, 300)
+    before = sim.stats.refresh_calls
+    keeper = AsyncKeeper(SQLiteStore.open(tmp_path / "s.db"), policy=FAST_POLICY)
+    try:
+        assert {name: await keeper.access_token(name) for name in tokens} == tokens
+    finally:
+        await keeper.aclose()
+    assert sim.stats.refresh_calls == before
+    assert keeper._locks == {}

@@ -68,6 +68,10 @@ T = TypeVar("T")
 _SERVE_TRIES = 3
 _TICKETS = itertools.count(1)  # shared by every keeper: next() on it is atomic under the GIL
 _KEEPALIVE_MARGIN = 7 * 86400.0
+#: Cold reads of one grant queue behind one another on one of this many locks, chosen by the grant's name: a lock
+#: per grant would be made on every first read and kept for good (a million grants read once, a million locks).
+#: Two grants share a lock for the length of one store read at most.
+_READ_STRIPES = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,7 +173,7 @@ class _KeeperCore:
         self._now = self.clock.now
         # name -> (access token, serve-until time, generation, expires_at). Written under the grant's lock, read
         # lock-free.
-        self._cache: dict[str, tuple[Secret, float, int, float]] = {}
+        self._cache: dict[str, ServedToken] = {}
         # name -> ticket of the latest rejection of its access token (a 401 here, an invalidation elsewhere).
         # A refresh that read the store before a rejection must not cache what it read: see `_remember`.
         self._rejections: dict[str, int] = {}
@@ -202,13 +206,13 @@ class _KeeperCore:
         if kind == "invalidate":
             self._rejections[name] = next(_TICKETS)
         entry = self._cache.get(name)
-        if entry is not None and (kind == "invalidate" or entry[2] < generation):
+        if entry is not None and (kind == "invalidate" or entry.generation < generation):
             self._cache.pop(name, None)
 
     def _cached(self, name: str) -> Secret | None:
         entry = self._cache.get(name)
-        if entry is not None and entry[1] > self._now():
-            return entry[0]
+        if entry is not None and entry.serve_until > self._now():
+            return entry.access_token
         return None
 
     def served(self, name: str) -> ServedToken | None:
@@ -216,9 +220,9 @@ class _KeeperCore:
         it would have to refresh first. For callers that hand tokens on with their metadata (``grantkeeper
         serve``): ask `access_token` (or `refresh`) first, then this, and ask again if it is None."""
         entry = self._cache.get(name)
-        if entry is None or entry[1] <= self._now():
+        if entry is None or entry.serve_until <= self._now():
             return None
-        return ServedToken(entry[0], entry[2], entry[3], entry[1])
+        return entry
 
     def _rejection_mark(self, name: str) -> int:
         return self._rejections.get(name, 0)
@@ -232,11 +236,11 @@ class _KeeperCore:
         until = grant.usable_until(result.provider.skew)
         if grant.access_token is not None and until is not None and self._rejection_mark(grant.name) == mark:
             assert grant.expires_at is not None  # usable_until is None without it
-            self._cache[grant.name] = (grant.access_token, until, grant.generation, grant.expires_at)
+            self._cache[grant.name] = ServedToken(grant.access_token, grant.generation, grant.expires_at, until)
         return grant
 
-    # `access_token` after a cache miss, under the grant's in-process lock as a refresh is (callers queued behind
-    # one read find its result cached: one store read per grant at a time): the cache again, then one plain read,
+    # `access_token` after a cache miss, under the grant's read lock (`_READ_STRIPES`: callers queued behind one read
+    # find its result cached, so one store read per grant at a time): the cache again, then one plain read,
     # `Store.served_access`, made outside the steps since it is the hottest store call. Anything but a token to
     # serve goes on to `_token_steps`, which refreshes.
 
@@ -257,9 +261,9 @@ class _KeeperCore:
         if served is None or served.serve_until <= self._now() or self._rejection_mark(name) != mark:
             return None
         entry = self._cache.get(name)
-        if entry is not None and entry[2] > served.generation:
+        if entry is not None and entry.generation > served.generation:
             return None
-        self._cache[name] = (served.access_token, served.serve_until, served.generation, served.expires_at)
+        self._cache[name] = served
         return served.access_token.reveal()
 
     @contextlib.contextmanager
@@ -288,13 +292,13 @@ class _KeeperCore:
     def _served(self, grant: Grant) -> Grant:
         """The grant as this process serves it (a token waiting in recovery storage is not in the store yet)."""
         entry = self._cache.get(grant.name)
-        if entry is None or entry[0] == grant.access_token or entry[2] < grant.generation:
+        if entry is None or entry.access_token == grant.access_token or entry.generation < grant.generation:
             return grant
-        return replace(grant, access_token=entry[0], generation=entry[2])
+        return replace(grant, access_token=entry.access_token, generation=entry.generation)
 
     def _seen_generation(self, name: str) -> int:
         entry = self._cache.get(name)
-        return entry[2] if entry is not None else -1
+        return entry.generation if entry is not None else -1
 
     def _before_lock(self, name: str) -> int:
         """Checked before waiting for the grant's lock: the keeper is open; the generation this caller has seen."""
@@ -507,7 +511,7 @@ class _KeeperCore:
             return dropped
         finally:
             entry = self._cache.get(name)
-            if entry is not None and entry[0] == Secret(access_token):
+            if entry is not None and entry.access_token == Secret(access_token):
                 self._cache.pop(name, None)
 
     def _checked_import_steps(
@@ -577,6 +581,7 @@ class Keeper(_KeeperCore):
         self._sender = sender
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
+        self._read_locks = [threading.Lock() for _ in range(_READ_STRIPES)]
         self._replayer: threading.Thread | None = None
         self._replay_guard = threading.Lock()
 
@@ -635,10 +640,10 @@ class Keeper(_KeeperCore):
     def access_token(self, name: str) -> str:
         """A valid access token for grant `name`, refreshing (once, for all callers) if needed."""
         entry = self._cache.get(name)  # the fast path: no lock, no I/O, as few calls as possible
-        if entry is not None and entry[1] > self._now():
-            return entry[0].reveal()
+        if entry is not None and entry.serve_until > self._now():
+            return entry.access_token.reveal()
         mark = self._cold_read(name)
-        with self._lock(name):
+        with self._read_locks[hash(name) % _READ_STRIPES]:
             token = self._cached_token(name)
             if token is None:
                 token = self._cold_served(name, self.store.served_access(name, self._now()), mark)
@@ -717,6 +722,7 @@ class AsyncKeeper(_KeeperCore):
         self._sender = sender
         self._astore = threaded(store)
         self._locks: dict[str, asyncio.Lock] = {}
+        self._read_locks: dict[int, asyncio.Lock] = {}  # by stripe, made when first used (on the running loop)
         self._replayer: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()  # set when closing: ends the replay's pause at once (one per replay task)
 
@@ -770,10 +776,14 @@ class AsyncKeeper(_KeeperCore):
 
     async def access_token(self, name: str) -> str:
         entry = self._cache.get(name)
-        if entry is not None and entry[1] > self._now():
-            return entry[0].reveal()
+        if entry is not None and entry.serve_until > self._now():
+            return entry.access_token.reveal()
         mark = self._cold_read(name)
-        async with self._locks.setdefault(name, asyncio.Lock()):
+        stripe = hash(name) % _READ_STRIPES
+        lock = self._read_locks.get(stripe)
+        if lock is None:
+            lock = self._read_locks[stripe] = asyncio.Lock()
+        async with lock:
             token = self._cached_token(name)
             if token is None:
                 token = self._cold_served(name, await self._astore.served_access(name, self._now()), mark)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import NamedTuple
 
 from grantkeeper._secrets import Secret
 from grantkeeper.model.tokens import access_token_ok
@@ -67,10 +68,10 @@ def serve_until(
     return expires_at - skew
 
 
-@dataclass(frozen=True, slots=True)
-class ServedToken:
+class ServedToken(NamedTuple):
     """An access token as it is served for a grant, and what is known about it: by the keeper from its cache
-    (`Keeper.served`), by the store from a cold read (`Store.served_access`)."""
+    (`Keeper.served`; the cache holds these), by the store from a cold read (`Store.served_access`). A named
+    tuple: every cold read makes one, and it is the cheapest immutable record to build."""
 
     access_token: Secret
     generation: int

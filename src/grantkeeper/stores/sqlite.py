@@ -36,7 +36,7 @@ from grantkeeper.stores.liveness import FileLiveness
 from grantkeeper.stores.migrations import latest_version, migrations
 from grantkeeper.stores.recovery import RecoveryDir
 from grantkeeper.stores.sql import KEY_CHECK, SQLStore
-from grantkeeper.stores.transactions import perform_batch_async
+from grantkeeper.stores.transactions import Blocking, Op, Sql, perform_batch_async
 
 __all__ = ["SQLiteStore"]
 
@@ -206,6 +206,25 @@ class _Transaction:
             store._leave()
 
 
+def _perform_read(op: Op[T], enter: Callable[[], sqlite3.Connection], leave: Callable[[], None]) -> T:
+    """Run a store read: its statements on the connection `enter` gives (and `leave` gives back), a `Blocking`
+    step with no connection held, as `transactions.perform` runs one."""
+    try:
+        step = next(op)
+        while True:
+            if type(step) is Sql:
+                conn = enter()
+                try:
+                    while type(step) is Sql:
+                        step = op.send(conn.execute(step.text, step.params))
+                finally:
+                    leave()
+            else:
+                step = op.send(step.fn(*step.args) if isinstance(step, Blocking) else None)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+
+
 async def _to_the_end(work: Coroutine[Any, Any, T]) -> T:
     """`work`'s result; if the caller is cancelled meanwhile, `work` runs on to its end first and then the
     cancellation goes on."""
@@ -245,7 +264,10 @@ class SQLiteStore(SQLStore):
         self._lock = lock
         self._closed = False
         self._active = 0  # transactions in progress, across threads
-        self._idle = threading.Condition()
+        # The count's lock, and the condition `close` waits on for it to drop: `_enter`/`_leave` take the bare
+        # lock (a C-level context manager; every store call takes it twice).
+        self._count_lock = threading.Lock()
+        self._idle = threading.Condition(self._count_lock)
         # `perform_batch_async`: one thread (so one connection, used by nothing else) for the batches' transactions,
         # and per event loop a lock, so one batch at a time uses that connection.
         self._batch_thread: ThreadPoolExecutor | None = None
@@ -431,12 +453,22 @@ class SQLiteStore(SQLStore):
         """One transaction; sqlite3 errors leave it as grantkeeper errors, after a rollback."""
         return _Transaction(self, write)
 
+    def _perform(self, fn: Callable[..., Op[T]], write: bool, /, *args: Any, **kwargs: Any) -> T:
+        if write:
+            return super()._perform(fn, write, *args, **kwargs)
+        # A read (every cold token read is one): its statements run in autocommit on this thread's connection, each
+        # atomic alone, so there is no transaction to open or end and the general runner's layers are skipped.
+        try:
+            return _perform_read(fn(self, *args, **kwargs), self._enter, self._leave)
+        except sqlite3.Error as exc:
+            raise _map_error(exc, str(self.path)) from None
+
     def _enter(self) -> sqlite3.Connection:
         """Count a transaction in (refused once the store is closed) and return this thread's connection."""
         if self._lock is not None:
             self._lock.acquire()
         try:
-            with self._idle:
+            with self._count_lock:
                 if self._closed:
                     raise ConfigurationError("this store is closed; open a new one")
                 self._active += 1
@@ -451,7 +483,7 @@ class SQLiteStore(SQLStore):
             raise
 
     def _leave(self) -> None:
-        with self._idle:
+        with self._count_lock:
             self._active -= 1
             if self._closed:  # only `close` waits for the count to drop
                 self._idle.notify_all()
