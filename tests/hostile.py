@@ -39,12 +39,12 @@ from grantkeeper.integrations.httpx_auth import GrantAuth
 from grantkeeper.redact.tracebacks import format_exception
 from grantkeeper.testing.simulator import ProviderSimulator
 from tests.helpers import FAST_POLICY
+from tests.system.test_canary import find_leaks
 
 #: FAST_POLICY with room for two HTTP hops (this endpoint relays to the simulator) on a loaded machine: a request
 #: cut off by its deadline is ambiguous, and its re-send against the strict simulator ends the grant, which is right
 #: but not what these tests are about. No test here scripts a slow answer.
 HOSTILE_POLICY = replace(FAST_POLICY, request_timeout=10.0, lease_ttl=25.0, deadline=30.0)
-from tests.system.test_canary import find_leaks
 
 __all__ = [
     "HostileEndpoint",

@@ -167,3 +167,28 @@ def test_wal_and_full_sync(tmp_path: Path) -> None:
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2
     store.close()
+
+
+def test_the_schedulers_queries_read_the_due_index_without_statistics(tmp_path: Path) -> None:
+    """The scheduler asks for due grants every round. On a store no ANALYZE ever ran on (every store until an
+    operator runs one), SQLite's planner would read them through the index on ``state``: every active grant and a
+    sort, each round, a full scan at a million grants. Both scheduler queries read the partial due index in order."""
+    store = open_store(f"sqlite://{tmp_path}/s.db")
+    store.put_provider(Provider(name="p", token_url="https://as.example/token", client_id="cid"), now=T0)
+    for i in range(20):
+        store.import_grant(f"g{i}", provider="p", refresh_token=Secret(f"{REFRESH}-{i}"), scopes=(), now=T0)
+    seen: list[str] = []
+    conn = store._conn()  # type: ignore[attr-defined]
+    conn.set_trace_callback(seen.append)
+    try:
+        assert len(store.take_due(now=T0 + 1, hold=60, limit=5)) == 5
+        assert len(store.schedule(limit=3)) == 3
+    finally:
+        conn.set_trace_callback(None)
+    queries = [sql for sql in seen if sql.lstrip().upper().startswith("SELECT") and "next_due_at" in sql]
+    assert len(queries) == 2, seen
+    for sql in queries:
+        plan = " / ".join(row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql))
+        assert "USING INDEX grants_next_due" in plan and "TEMP B-TREE" not in plan, (sql, plan)
+    assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'sqlite_stat1'").fetchone() == (0,)
+    store.close()

@@ -227,6 +227,9 @@ class SQLStore:
     #: Appended to the scheduler's due query so concurrent schedulers pass each other's rows ("" where the write
     #: transaction already runs alone).
     _skip_locked = ""
+    #: Written after ``FROM grants`` in the scheduler's queries, which read the partial index ``grants_next_due``
+    #: (``state = 'active'``, ordered by ``next_due_at``): "" where the planner finds it alone.
+    _next_due_index = ""
     #: Whether the claim reads grant, provider, lease and earlier attempts in one statement (`_CLAIM_READ`). Only
     #: where the transaction excludes other writers from its first statement on (SQLite's ``BEGIN IMMEDIATE``):
     #: under READ COMMITTED a row lock is taken by the statement that reads the grant, and what that statement
@@ -640,7 +643,8 @@ class SQLStore:
         rows = (
             yield Sql(
                 f"SELECT {_GRANT_COLUMNS_QUALIFIED}, {_PROVIDER_COLUMNS_QUALIFIED}, grants.hot, grants.last_used_at, "
-                "grants.next_due_at, grants.warned_at FROM grants JOIN providers ON providers.name = grants.provider "
+                f"grants.next_due_at, grants.warned_at FROM grants{self._next_due_index} "
+                "JOIN providers ON providers.name = grants.provider "
                 "WHERE grants.state = 'active' AND grants.next_due_at <= ? ORDER BY grants.next_due_at LIMIT ?"
                 + self._skip_locked,
                 (now, limit),
@@ -689,7 +693,8 @@ class SQLStore:
         """Active grants in the order a scheduler takes them (soonest planned time first)."""
         rows = (
             yield Sql(
-                f"SELECT {self._SCHEDULE_COLUMNS} FROM grants WHERE state = 'active' ORDER BY next_due_at LIMIT ?",
+                f"SELECT {self._SCHEDULE_COLUMNS} FROM grants{self._next_due_index} WHERE state = 'active' "
+                "ORDER BY next_due_at LIMIT ?",
                 (limit,),
             )
         ).fetchall()
