@@ -177,6 +177,15 @@ def _load_sim_grants(url: str, sim: SimulatorProcess, prefix: str, n: int, lo: f
         _insert(url, make_rows(KEY, RowSpec(prefix, start, stop, n, lo, hi, ttl, tokens)))
 
 
+def _analyze(url: str) -> None:
+    """SQLite's ``ANALYZE`` (statistics for its query planner), which the store itself never runs."""
+    db = sqlite3.connect(url.removeprefix("sqlite://"), isolation_level=None)
+    try:
+        db.execute("ANALYZE")
+    finally:
+        db.close()
+
+
 def _setup_store(url: str, sim: SimulatorProcess) -> None:
     store = open_store(url, migrate=True)
     try:
@@ -422,7 +431,9 @@ class MillionResult:
     sim_stats: dict[str, Any]
 
 
-def million(tmp: Path, n: int, window: float, progress: Callable[[str], None]) -> MillionResult:
+def million(
+    tmp: Path, n: int, window: float, progress: Callable[[str], None], *, analyze: bool = False
+) -> MillionResult:
     url = f"sqlite://{tmp / 'million.db'}"
     due = max(1, round(n * window / HOUR))
     with simulator_process(HOUR) as (sim, sim_pid):
@@ -435,6 +446,8 @@ def million(tmp: Path, n: int, window: float, progress: Callable[[str], None]) -
         for rows in _pool_rows(specs):
             _insert(url, rows)
         load_seconds = time.time() - t0
+        if analyze:
+            _analyze(url)
         instances = Instances(url, 1)
         try:
             progress(f"1: loading {due:,} grants due in the {window:.0f} s window (the simulator's tokens)")
@@ -519,19 +532,26 @@ class Step:
         return self.run.started > 0 and self.late_share < LATE_LIMIT and self.run.missed == 0
 
 
-def short_tokens(tmp: Path, steps: tuple[int, ...], window: float, progress: Callable[[str], None]) -> list[Step]:
+def short_tokens(
+    tmp: Path, steps: tuple[int, ...], window: float, progress: Callable[[str], None], *, analyze: bool = False
+) -> list[Step]:
     results: list[Step] = []
     with simulator_process(SHORT_TTL) as (sim, sim_pid):
         for n in steps:
             url = f"sqlite://{tmp / f'short-{n}.db'}"
             _setup_store(url, sim)
-            instances = Instances(url, 1)
+            # One refresh interval: a grant refreshed at t is planned again at t + ttl - its plan offset.
+            interval = SHORT_TTL - statistics.fmean(plan_offset(f"g-{i:07d}", SHORT_TTL) for i in range(200))
+            margin = 8.0 + n / 4000
+            start = time.time() + margin
+            _load_sim_grants(url, sim, "g-", n, start, start + interval, SHORT_TTL)
+            if analyze:
+                _analyze(url)
+            instances = Instances(url, 1)  # after ANALYZE: a connection opened before it keeps the old plans
             try:
-                # One refresh interval: a grant refreshed at t is planned again at t + ttl - its plan offset.
-                interval = SHORT_TTL - statistics.fmean(plan_offset(f"g-{i:07d}", SHORT_TTL) for i in range(200))
-                start = time.time() + 2.0 + n / 5000
-                _load_sim_grants(url, sim, "g-", n, start, start + interval, SHORT_TTL)
                 instances.ready()
+                if time.time() > start:
+                    raise RuntimeError(f"loading {n:,} grants and starting the scheduler took more than {margin:.0f} s")
                 while time.time() < start - 0.5:
                     time.sleep(0.05)
                 progress(f"2: {n:,} grants with {SHORT_TTL:.0f} s tokens for {window:.0f} s")
@@ -660,7 +680,7 @@ def _report_scale_out(report: Report, r: ScaleOut, grants: int) -> None:
 # --- the whole benchmark --------------------------------------------------------------------------------------
 
 
-def run(quick: bool = False, *, grants: int | None = None, postgres: bool = True) -> Report:
+def run(quick: bool = False, *, grants: int | None = None, postgres: bool = True, analyze: bool = False) -> Report:
     n = grants if grants is not None else (QUICK_GRANTS if quick else DEFAULT_GRANTS)
     window = QUICK_WINDOW if quick else WINDOW
     if n * window / HOUR < 1:
@@ -676,9 +696,9 @@ def run(quick: bool = False, *, grants: int | None = None, postgres: bool = True
         tempfile.TemporaryDirectory(prefix="grantkeeper-bench-fleet-") as tmp,
         _environ(**{KEY_ENV: KEY, RECOVERY_ENV: str(Path(tmp) / "recovery")}),
     ):
-        _report_million(report, million(Path(tmp), n, window, progress))
+        _report_million(report, million(Path(tmp), n, window, progress, analyze=analyze))
         steps = short_tokens(Path(tmp), QUICK_STEPS if quick else STEPS, QUICK_STEP_WINDOW if quick else STEP_WINDOW,
-                             progress)  # fmt: skip
+                             progress, analyze=analyze)  # fmt: skip
         _report_short(report, steps)
         reason = _postgres_unavailable() if postgres else "not asked for"
         if reason is not None:
@@ -691,8 +711,10 @@ def run(quick: bool = False, *, grants: int | None = None, postgres: bool = True
                 outcome = scale_out(pg.create_database("bench_fleet"), pg_grants,
                                     QUICK_PG_ROUNDS if quick else PG_ROUNDS, progress)  # fmt: skip
             _report_scale_out(report, outcome, pg_grants)
+    analyzed = "ANALYZEd after loading (--analyze)" if analyze else "as loaded, never ANALYZEd"
     report.notes.append(f"the scheduler: SchedulerOptions(concurrency={CONCURRENCY}, per_provider={CONCURRENCY}), "
-                        "other settings the defaults; one simulator stands for the providers")  # fmt: skip
+                        "other settings the defaults; one simulator stands for the providers; SQLite stores "
+                        f"{analyzed}")  # fmt: skip
     report.seconds = time.perf_counter() - started
     return report
 
@@ -702,8 +724,14 @@ def _main() -> None:
     parser.add_argument("--quick", action="store_true", help="a smoke check, under a minute; not a measurement")
     parser.add_argument("--grants", type=int, default=None, metavar="N", help="grants in part 1")
     parser.add_argument("--sqlite-only", action="store_true", help="skip the PostgreSQL scale-out")
+    parser.add_argument(
+        "--analyze",
+        action="store_true",
+        help="run SQLite's ANALYZE after each load (the store never does; see benchmarks/README.md)",
+    )
     args = parser.parse_args()
-    print_report(run(args.quick, grants=args.grants, postgres=not args.sqlite_only), sys.stdout)
+    report = run(args.quick, grants=args.grants, postgres=not args.sqlite_only, analyze=args.analyze)
+    print_report(report, sys.stdout)
 
 
 if __name__ == "__main__":
