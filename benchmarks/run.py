@@ -10,7 +10,7 @@
     python -m benchmarks.run pgrefresh            # PostgreSQL round trips per refresh, pipelined vs not
     python -m benchmarks.run schedule             # group commit vs one at a time vs bare commits (SQLite, PostgreSQL)
     python -m benchmarks.run console              # the console's grants list at 100,000 grants vs 100 (~20 s)
-    python -m benchmarks.run fleet                # the scheduler: 1,000,000 grants, 60 s tokens, 2 vs 1 on PG (~7 min)
+    python -m benchmarks.run fleet                # the scheduler: 1,000,000 grants, 60 s tokens, 2 vs 1 on PG (~9 min)
     python -m benchmarks.run --all                # the default set and the slow ones
     python -m benchmarks.run --quick              # fewer rounds: a smoke check, not a measurement
     python -m benchmarks.run --json               # JSON summary on stdout (the tables go to stderr)
