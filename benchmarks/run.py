@@ -10,6 +10,7 @@
     python -m benchmarks.run pgrefresh            # PostgreSQL round trips per refresh, pipelined vs not
     python -m benchmarks.run schedule             # group commit vs one at a time vs bare commits (SQLite, PostgreSQL)
     python -m benchmarks.run console              # the console's grants list at 100,000 grants vs 100 (~20 s)
+    python -m benchmarks.run logging              # one INFO line through serve's redacting logging vs plain structlog
     python -m benchmarks.run --all                # the default set and the slow ones
     python -m benchmarks.run --quick              # fewer rounds: a smoke check, not a measurement
     python -m benchmarks.run --json               # JSON summary on stdout (the tables go to stderr)
@@ -32,6 +33,7 @@ from typing import Any
 from benchmarks import (
     bench_cached,
     bench_console,
+    bench_logging,
     bench_peers,
     bench_pgrefresh,
     bench_processes,
@@ -54,6 +56,7 @@ BENCHMARKS: dict[str, Callable[[argparse.Namespace], Report]] = {
     bench_pgrefresh.NAME: lambda args: bench_pgrefresh.run(args.quick),
     bench_schedule.NAME: lambda args: bench_schedule.run(args.quick),
     bench_console.NAME: lambda args: bench_console.run(args.quick),
+    bench_logging.NAME: lambda args: bench_logging.run(args.quick),
 }
 #: Run only when named or with --all: they take minutes.
 SLOW = frozenset(
