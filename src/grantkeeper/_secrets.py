@@ -7,12 +7,18 @@ Every live `Secret` of 8 characters or more is also known by value to `grantkeep
 `live_values_in`), so a token pasted into an unrelated log message or exception is still caught. The
 registry counts the live Secrets per value and forgets a value once the last one holding it is collected.
 Values are indexed by their first 8 characters, so finding the live values in a text costs one dict lookup
-per character of the text, however many tokens the process holds.
+per position looked at, however many tokens the process holds. Nearly every token's first 8 characters are
+token characters (`TOKEN_CHARS`: word characters and ``-._~+/=``); such a value can only start inside a run of 8
+or more of them, so for those only the positions inside such runs are looked at (a regex finds the runs at C
+speed; in a log message most positions are spaces, punctuation and short words). The rare value with another
+character in its first 8 (a passphrase with a space) is kept in a second index whose lookup visits every position.
 """
 
 from __future__ import annotations
 
 import hmac
+import re
+import string
 import threading
 from typing import NoReturn
 
@@ -20,8 +26,16 @@ __all__ = ["Secret", "live_values_in"]
 
 #: Shorter values are not redacted by value: they would cut ordinary words out of messages.
 MIN_REDACTED_LENGTH = 8
+#: Where a value's first 8 characters are nearly always found: runs of `\w` (letters, digits, ``_``, as `re` reads
+#: them) and the rest of RFC 6749's token68 syntax.
+TOKEN_CHARS = r"[\w\-.~+/=]"
+_runs = re.compile(f"{TOKEN_CHARS}{{{MIN_REDACTED_LENGTH},}}").findall
+#: `str.strip` removes these from both ends, so a prefix made of nothing else strips to "" (one C call).
+_ASCII_TOKEN_CHARS = string.ascii_letters + string.digits + "_-.~+/="
 _live_count: dict[str, int] = {}
-_by_prefix: dict[str, tuple[str, ...]] = {}  # values replaced, never mutated: readers need no lock
+# Both indexes: first 8 characters -> the values; values replaced, never mutated: readers need no lock.
+_by_prefix: dict[str, tuple[str, ...]] = {}  # prefixes of TOKEN_CHARS only
+_odd_by_prefix: dict[str, tuple[str, ...]] = {}  # every other prefix
 _live_lock = threading.Lock()
 #: Values whose Secret was collected. The garbage collector runs finalizers at any allocation, even inside
 #: `_remember` with the lock held, so the finalizer only appends here (atomic, never blocks) and the next
@@ -30,13 +44,17 @@ _collected: list[str] = []
 
 
 def _remember(value: str) -> None:
+    prefix = value[:MIN_REDACTED_LENGTH]
+    # Two C calls, no regex: every character `isalnum` accepts is `\w` to `re`, and every one of
+    # `_ASCII_TOKEN_CHARS` is in `TOKEN_CHARS`. A prefix that fails both only costs its lookups a full scan.
+    index = _by_prefix if prefix.isalnum() or not prefix.strip(_ASCII_TOKEN_CHARS) else _odd_by_prefix
     with _live_lock:
-        _apply_collected()
+        if _collected:
+            _apply_collected()
         count = _live_count.get(value, 0)
         _live_count[value] = count + 1
         if count == 0:  # a tuple: nearly every prefix holds one value, and every cold token read makes a new one
-            prefix = value[:MIN_REDACTED_LENGTH]
-            _by_prefix[prefix] = (*_by_prefix.get(prefix, ()), value)
+            index[prefix] = (*index.get(prefix, ()), value)
 
 
 def _apply_collected() -> None:
@@ -48,12 +66,15 @@ def _apply_collected() -> None:
             _live_count[value] = count
             continue
         prefix = value[:MIN_REDACTED_LENGTH]
-        held = _by_prefix.get(prefix, ())
-        rest = () if held == (value,) else tuple(v for v in held if v != value)
-        if rest:
-            _by_prefix[prefix] = rest
-        else:
-            _by_prefix.pop(prefix, None)
+        index = _by_prefix
+        held = index.get(prefix, ())
+        if value not in held:  # then it is in the other index
+            index = _odd_by_prefix
+            held = index.get(prefix, ())
+        if held == (value,):
+            index.pop(prefix, None)
+        elif held:
+            index[prefix] = tuple(v for v in held if v != value)
 
 
 def live_values_in(text: str) -> list[str]:
@@ -67,12 +88,23 @@ def live_values_in(text: str) -> list[str]:
             _apply_collected()
         finally:
             _live_lock.release()
+    if len(text) < MIN_REDACTED_LENGTH:
+        return []
     found: set[str] = set()
-    for i in range(len(text) - MIN_REDACTED_LENGTH + 1):
-        candidates = _by_prefix.get(text[i : i + MIN_REDACTED_LENGTH])
-        if candidates:
-            found.update(v for v in candidates if text.startswith(v, i))
-    return sorted(found, key=len, reverse=True)
+    if _by_prefix:
+        get = _by_prefix.get
+        for run in _runs(text):
+            for i in range(len(run) - MIN_REDACTED_LENGTH + 1):
+                candidates = get(run[i : i + MIN_REDACTED_LENGTH])
+                if candidates:  # `in`, not at `i`: the value is found if it occurs anywhere, as before
+                    found.update(v for v in candidates if v in text)
+    if _odd_by_prefix:
+        get = _odd_by_prefix.get
+        for i in range(len(text) - MIN_REDACTED_LENGTH + 1):
+            candidates = get(text[i : i + MIN_REDACTED_LENGTH])
+            if candidates:
+                found.update(v for v in candidates if text.startswith(v, i))
+    return sorted(found, key=len, reverse=True) if found else []
 
 
 class Secret:
@@ -89,8 +121,8 @@ class Secret:
         if not isinstance(value, str):
             raise TypeError("Secret holds a str")
         self._value = value
-        self._registered = len(value) >= MIN_REDACTED_LENGTH
-        if self._registered:
+        self._registered = registered = len(value) >= MIN_REDACTED_LENGTH
+        if registered:
             _remember(value)
 
     def __del__(self) -> None:
