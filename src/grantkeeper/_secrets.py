@@ -54,7 +54,8 @@ def _remember(value: str) -> None:
         count = _live_count.get(value, 0)
         _live_count[value] = count + 1
         if count == 0:  # a tuple: nearly every prefix holds one value, and every cold token read makes a new one
-            index[prefix] = (*index.get(prefix, ()), value)
+            held = index.get(prefix)
+            index[prefix] = (value,) if held is None else (*held, value)  # no unpacking in the usual case
 
 
 def _apply_collected() -> None:
