@@ -98,7 +98,7 @@ def configure_logging(level: str = "info", *, stream: TextIO | None = None) -> N
         cache_logger_on_first_use=False,
     )
     handler = logging.StreamHandler(out)
-    handler.addFilter(RedactingFilter())
+    handler.addFilter(RedactingFilter(extras=False))  # the formatter below writes no `extra=` field
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[structlog.stdlib.add_logger_name, *_chain()],
         processors=[_redact_record, structlog.stdlib.ProcessorFormatter.remove_processors_meta,
