@@ -137,8 +137,11 @@ def test_the_fold_covers_every_character_re_takes_for_an_ascii_letter() -> None:
 def test_prefixes_put_in_the_run_index_are_made_of_run_characters() -> None:
     """`_remember` files a prefix under the token runs when `isalnum` or the ASCII strip says so: both must imply the
     runs' character class, or a value there could start where no run is looked at."""
-    token_char = re.compile(_secrets.TOKEN_CHARS)
+    token_char, ascii_char = re.compile(_secrets.TOKEN_CHARS), re.compile(_secrets._ASCII_CLASS)
     assert all(token_char.fullmatch(c) for c in _secrets._ASCII_TOKEN_CHARS)
+    # ASCII text is searched with the ASCII spelling of the class: the same characters there.
+    assert [c for c in map(chr, range(128)) if token_char.fullmatch(c)] == sorted(_secrets._ASCII_TOKEN_CHARS)
+    assert [c for c in map(chr, range(128)) if ascii_char.fullmatch(c)] == sorted(_secrets._ASCII_TOKEN_CHARS)
     for code in range(sys.maxunicode + 1):
         c = chr(code)
         if c.isalnum():
