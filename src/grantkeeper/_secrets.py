@@ -6,12 +6,19 @@ out is `.reveal()`, called where the value is put on the wire or encrypted.
 Every live `Secret` of 8 characters or more is also known by value to `grantkeeper.redact` (through
 `live_values_in`), so a token pasted into an unrelated log message or exception is still caught. The
 registry counts the live Secrets per value and forgets a value once the last one holding it is collected.
-Values are indexed by their first 8 characters, so finding the live values in a text costs one dict lookup
-per position looked at, however many tokens the process holds. Nearly every token's first 8 characters are
-token characters (`TOKEN_CHARS`: word characters and ``-._~+/=``); such a value can only start inside a run of 8
-or more of them, so for those only the positions inside such runs are looked at (a regex finds the runs at C
-speed; in a log message most positions are spaces, punctuation and short words). The rare value with another
-character in its first 8 (a passphrase with a space) is kept in a second index whose lookup visits every position.
+
+Values are indexed by their first 8 characters, so finding the live values in a text costs one dict lookup per
+position looked at, however many tokens the process holds: a log line costs what its positions cost. Nearly every
+token is long and made of token characters (`TOKEN_CHARS`: word characters and ``-._~+/=``), so it can only start
+inside a run of them as long as it is. A value whose first `LONG` characters are token characters is looked for
+only in runs of `LONG` or more, up to `LONG` characters before each run ends; in a log line most text (words, ids,
+fingerprints, time stamps) is in no such run, and a regex finds the runs at C speed. Shorter values of token
+characters are looked for in runs of 8 or more, and the rare value with another character in its first 8 (a
+passphrase with a space) at every position. Each kind has its own index; a kind with nothing live costs nothing.
+
+`Secret()` only tells a token-character prefix from another (two C calls on 8 characters) and files the value
+under `_fresh`, looked for like the short ones; the next lookup moves fresh values to `_long` or `_short`, once
+each, so the lookups pay for the finer sorting and making a Secret costs what it did.
 """
 
 from __future__ import annotations
@@ -26,44 +33,68 @@ __all__ = ["Secret", "live_values_in"]
 
 #: Shorter values are not redacted by value: they would cut ordinary words out of messages.
 MIN_REDACTED_LENGTH = 8
-#: Where a value's first 8 characters are nearly always found: runs of `\w` (letters, digits, ``_``, as `re` reads
-#: them) and the rest of RFC 6749's token68 syntax.
+#: Values at least this long, their first `LONG` characters all token characters, are looked for only in runs of
+#: this many token characters or more: longer than a fingerprint (``fp_`` and 16 hex digits), a time stamp's
+#: parts, most names and words; shorter than the tokens providers issue (JWTs, 32-byte random strings).
+LONG = 20
+#: The characters tokens are made of: `\w` (letters, digits, ``_``, as `re` reads them) and the rest of RFC 6749's
+#: token68 syntax.
 TOKEN_CHARS = r"[\w\-.~+/=]"
-#: `str.strip` removes these from both ends, so a prefix made of nothing else strips to "" (one C call). The same
-#: characters as `TOKEN_CHARS` in ASCII text.
+#: The same characters in ASCII text. `str.strip` removes them from both ends, so a string made of nothing else
+#: strips to "" (one C call, no regex); and every character `str.isalnum` accepts is `\w` to `re`.
 _ASCII_TOKEN_CHARS = string.ascii_letters + string.digits + "_-.~+/="
 _ASCII_CLASS = r"[A-Za-z0-9_\-.~+/=]"
-# The runs of 8 or more: a lookbehind so that a short run is given up once, not again at each of its characters;
-# for ASCII text (nearly all) the same class spelled in ASCII, which sre tests several times faster than `\w`.
-_runs = re.compile(f"(?<!{TOKEN_CHARS}){TOKEN_CHARS}{{{MIN_REDACTED_LENGTH},}}").findall
-_ascii_runs = re.compile(f"(?<!{_ASCII_CLASS}){_ASCII_CLASS}{{{MIN_REDACTED_LENGTH},}}").findall
+
+
+def _run_finders(width: int) -> tuple[re.Pattern[str], re.Pattern[str]]:
+    """Runs of `width` or more token characters, in any text and in ASCII text (nearly all log text: sre tests the
+    ASCII class several times faster). The lookbehind gives a short run up once, not again at each character."""
+    return (re.compile(f"(?<!{TOKEN_CHARS}){TOKEN_CHARS}{{{width},}}"),
+            re.compile(f"(?<!{_ASCII_CLASS}){_ASCII_CLASS}{{{width},}}"))  # fmt: skip
+
+
+def _tokenish(text: str) -> bool:
+    return text.isalnum() or not text.strip(_ASCII_TOKEN_CHARS)
+
+
 _live_count: dict[str, int] = {}
-# Both indexes: first 8 characters -> the values; values replaced, never mutated: readers need no lock.
-_by_prefix: dict[str, tuple[str, ...]] = {}  # prefixes of TOKEN_CHARS only
-_odd_by_prefix: dict[str, tuple[str, ...]] = {}  # every other prefix
+# The indexes: first 8 characters -> values. Tuples replaced, never mutated, so readers need no lock.
+_long: dict[str, tuple[str, ...]] = {}  # `LONG` characters or more, the first `LONG` of them token characters
+_short: dict[str, tuple[str, ...]] = {}  # the other values whose first 8 characters are token characters
+_fresh: dict[str, tuple[str, ...]] = {}  # either of those, made since the last lookup sorted them
+_odd: dict[str, tuple[str, ...]] = {}  # every other value
+_INDEXES = (_long, _fresh, _short, _odd)  # where `_forget` looks, most likely first
+_SHORT_RUNS = _run_finders(MIN_REDACTED_LENGTH)
+#: How `live_values_in` reads the indexes of token-character values: which runs, how far before a run's end.
+_TIERS = ((_fresh, _SHORT_RUNS, MIN_REDACTED_LENGTH), (_long, _run_finders(LONG), LONG),
+          (_short, _SHORT_RUNS, MIN_REDACTED_LENGTH))  # fmt: skip
 _live_lock = threading.Lock()
 #: Values whose Secret was collected. The garbage collector runs finalizers at any allocation, even inside
 #: `_remember` with the lock held, so the finalizer only appends here (atomic, never blocks); the next lookup, or the
 #: `_remember` that finds `_DRAIN_AT` of them waiting, applies the removals under the lock.
 _collected: list[str] = []
-#: In batches: applying them one call per Secret made cost about what sorting a new value into its index costs,
-#: and `Secret()` stays as cheap as it was. A value waiting here is redacted a little longer, never less.
+#: In batches: applying them one call per Secret made cost about what filing a new value costs. A value waiting
+#: here is redacted a little longer, never less.
 _DRAIN_AT = 64
+
+
+def _add(index: dict[str, tuple[str, ...]], prefix: str, value: str) -> None:
+    # A tuple, replaced: nearly every prefix holds one value, and every cold token read makes a new one.
+    held = index.get(prefix)
+    index[prefix] = (value,) if held is None else (*held, value)  # no unpacking in the usual case
 
 
 def _remember(value: str) -> None:
     prefix = value[:MIN_REDACTED_LENGTH]
-    # Two C calls, no regex: every character `isalnum` accepts is `\w` to `re`, and every one of
-    # `_ASCII_TOKEN_CHARS` is in `TOKEN_CHARS`. A prefix that fails both only costs its lookups a full scan.
-    index = _by_prefix if prefix.isalnum() or not prefix.strip(_ASCII_TOKEN_CHARS) else _odd_by_prefix
+    index = _fresh if _tokenish(prefix) else _odd
     with _live_lock:
         if len(_collected) >= _DRAIN_AT:
             _apply_collected()
         count = _live_count.get(value, 0)
         _live_count[value] = count + 1
-        if count == 0:  # a tuple: nearly every prefix holds one value, and every cold token read makes a new one
+        if count == 0:  # `_add`, inlined: a call costs a tenth of what making a Secret does
             held = index.get(prefix)
-            index[prefix] = (value,) if held is None else (*held, value)  # no unpacking in the usual case
+            index[prefix] = (value,) if held is None else (*held, value)
 
 
 def _apply_collected() -> None:
@@ -75,44 +106,57 @@ def _apply_collected() -> None:
             _live_count[value] = count
             continue
         prefix = value[:MIN_REDACTED_LENGTH]
-        index = _by_prefix
-        held = index.get(prefix, ())
-        if value not in held:  # then it is in the other index
-            index = _odd_by_prefix
-            held = index.get(prefix, ())
-        if held == (value,):
-            index.pop(prefix, None)
-        elif held:
-            index[prefix] = tuple(v for v in held if v != value)
+        for index in _INDEXES:
+            held = index.get(prefix)
+            if held is not None and value in held:
+                if len(held) == 1:
+                    del index[prefix]
+                else:
+                    index[prefix] = tuple(v for v in held if v != value)
+                break
+
+
+def _sort_fresh() -> None:
+    """Move every fresh value to `_long` or `_short` (lock held). Added there before it leaves `_fresh`, so a
+    lookup running meanwhile without the lock finds it in one or the other."""
+    for prefix, values in list(_fresh.items()):
+        for value in values:
+            _add(_long if len(value) >= LONG and _tokenish(value[:LONG]) else _short, prefix, value)
+        del _fresh[prefix]
 
 
 def live_values_in(text: str) -> list[str]:
     """The values of live Secrets that occur in `text`, longest first (replace them in that order).
 
-    A value whose last Secret was just collected may still be found until the next Secret is made: it is
+    A value whose last Secret was just collected may still be found until the lock is next free here: it is
     redacted once more than needed, never less.
     """
-    if _collected and _live_lock.acquire(blocking=False):
+    if (_collected or _fresh) and _live_lock.acquire(blocking=False):
         try:
             _apply_collected()
+            _sort_fresh()
         finally:
             _live_lock.release()
     if len(text) < MIN_REDACTED_LENGTH:
         return []
     found: set[str] = set()
-    if _by_prefix:
-        get = _by_prefix.get
-        for run in (_ascii_runs if text.isascii() else _runs)(text):
-            for i in range(len(run) - MIN_REDACTED_LENGTH + 1):
-                candidates = get(run[i : i + MIN_REDACTED_LENGTH])
-                if candidates:  # `in`, not at `i`: the value is found if it occurs anywhere, as before
-                    found.update(v for v in candidates if v in text)
-    if _odd_by_prefix:
-        get = _odd_by_prefix.get
+    ascii_text = text.isascii()
+    # `_fresh` first: `_sort_fresh` adds a value to `_long` or `_short` before it takes it out of `_fresh`, so a value
+    # missed in `_fresh` here had already been added to the others, which are read after.
+    for index, finders, width in _TIERS:
+        if index:
+            get = index.get
+            for run in finders[ascii_text].findall(text):
+                for i in range(len(run) - width + 1):
+                    held = get(run[i : i + MIN_REDACTED_LENGTH])
+                    if held:  # `in text`, not at `i`: a value is found wherever it occurs, as before
+                        found.update(v for v in held if v in text)
+    if _odd:
+        get = _odd.get
         for i in range(len(text) - MIN_REDACTED_LENGTH + 1):
-            candidates = get(text[i : i + MIN_REDACTED_LENGTH])
-            if candidates:
-                found.update(v for v in candidates if text.startswith(v, i))
+            held = get(text[i : i + MIN_REDACTED_LENGTH])
+            if held:
+                found.update(v for v in held if text.startswith(v, i))
     return sorted(found, key=len, reverse=True) if found else []
 
 

@@ -7,8 +7,10 @@ from __future__ import annotations
 import json
 import re
 import sys
+from typing import Any
 from urllib.parse import quote, urlencode
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -52,7 +54,11 @@ syntax = st.sampled_from(["=", ": ", ":", " = ", '": "', "': '", "', '", '"', "'
                           "}", "]", "(", "[redacted]", "%3D", "%20"])  # fmt: skip
 token_like = st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~+/=", min_size=8,
                      max_size=40)  # fmt: skip
-odd_value = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), min_size=8, max_size=20)
+odd_value = st.one_of(
+    st.text(alphabet=st.characters(blacklist_categories=("Cs",)), min_size=8, max_size=20),
+    # token characters up to a space or a quote somewhere after the first 8, before the 20th, or after
+    st.tuples(token_like, st.sampled_from([" ", "'", "\u00e9", "%"]), token_like).map("".join),
+)
 noise = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=12)
 
 
@@ -150,6 +156,73 @@ def test_prefixes_put_in_the_run_index_are_made_of_run_characters() -> None:
 
 def test_a_value_with_a_space_in_its_prefix_is_found_everywhere() -> None:
     held = Secret("pass word 12345")
-    assert held.reveal() in _secrets._odd_by_prefix.get("pass wor", ())
+    assert held.reveal() in _secrets._odd.get("pass wor", ())
     assert live_values_in("said: 'xpass word 12345y'") == ["pass word 12345"]
     assert scrub_text("said: 'xpass word 12345y'") == f"said: 'x{REDACTED}y'"
+
+
+def test_values_not_sorted_yet_are_found() -> None:
+    """Values made since the last lookup are in `_fresh` until a lookup gets the lock to sort them; one that cannot
+    (the lock is held here) still finds them."""
+    held = [Secret("fresh-long-value-0123456789abcdef"), Secret("fresh-short1")]
+    with _secrets._live_lock:
+        assert len(_secrets._fresh) >= 2
+        text = "a fresh-long-value-0123456789abcdef b (fresh-short1)"
+        assert live_values_in(text) == ["fresh-long-value-0123456789abcdef", "fresh-short1"]
+    assert live_values_in(text) == ["fresh-long-value-0123456789abcdef", "fresh-short1"]
+    assert not _secrets._fresh
+    assert "fresh-lo" in _secrets._long and "fresh-sh" in _secrets._short
+    del held
+
+
+def test_a_value_being_sorted_is_never_missed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lookup that cannot take the lock reads the indexes while another thread sorts fresh values: here the
+    sorting happens right after each read of `_long` (the worst moment). The value is read in `_fresh` before."""
+
+    class SortedRightAfterEachRead(dict[str, tuple[str, ...]]):
+        sorting = False
+
+        def get(self, key: str, default: Any = None) -> Any:
+            held = super().get(key, default)
+            if not self.sorting:  # the sorting reads this index too
+                self.sorting = True
+                _secrets._sort_fresh()
+                self.sorting = False
+            return held
+
+    old_long = Secret("already-sorted-long-value-0123456789")
+    live_values_in("")  # sorts it into _long
+    plain, sorted_long = _secrets._long, SortedRightAfterEachRead(_secrets._long)
+    monkeypatch.setattr(_secrets, "_long", sorted_long)
+    monkeypatch.setattr(_secrets, "_INDEXES", tuple(sorted_long if i is plain else i for i in _secrets._INDEXES))
+    monkeypatch.setattr(_secrets, "_TIERS", tuple((sorted_long if index is plain else index, *rest)
+                                                  for index, *rest in _secrets._TIERS))  # fmt: skip
+    assert any(index is sorted_long for index, *_ in _secrets._TIERS)
+    value = "being-sorted-value-0123456789abcdef"
+    fresh = Secret(value)
+    with _secrets._live_lock:  # the lookup cannot sort: another thread holds the lock
+        assert value in _secrets._fresh.get(value[:8], ())
+        assert live_values_in(f"x {value} y") == [value]
+    del old_long, fresh
+
+
+def test_a_value_leaves_fresh_only_once_it_is_sorted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The other order of the same race: a lookup runs right after the sorting takes a value out of `_fresh`."""
+    value, seen = "leaving-fresh-value-0123456789abcdef", []
+
+    class LookedUpRightAfterEachRemoval(dict[str, tuple[str, ...]]):
+        def __delitem__(self, key: str) -> None:
+            super().__delitem__(key)
+            seen.append(live_values_in(f"x {value} y"))  # the lock is held: this lookup cannot sort
+
+    plain, fresh = _secrets._fresh, LookedUpRightAfterEachRemoval()
+    monkeypatch.setattr(_secrets, "_fresh", fresh)
+    monkeypatch.setattr(_secrets, "_INDEXES", tuple(fresh if i is plain else i for i in _secrets._INDEXES))
+    monkeypatch.setattr(_secrets, "_TIERS", tuple((fresh if index is plain else index, *rest)
+                                                  for index, *rest in _secrets._TIERS))  # fmt: skip
+    held = Secret(value)
+    assert value in fresh.get(value[:8], ())
+    with _secrets._live_lock:
+        _secrets._sort_fresh()
+    assert seen == [[value]]
+    del held
