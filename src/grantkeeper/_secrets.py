@@ -137,8 +137,8 @@ def live_values_in(text: str) -> list[str]:
             _sort_fresh()
         finally:
             _live_lock.release()
-    if len(text) < MIN_REDACTED_LENGTH:
-        return []
+    if len(text) < MIN_REDACTED_LENGTH or (len(text) < LONG and not (_fresh or _short or _odd)):
+        return []  # too short for any value, or for any but long ones (a logger's name, a level, an id)
     found: set[str] = set()
     ascii_text = text.isascii()
     # `_fresh` first: `_sort_fresh` adds a value to `_long` or `_short` before it takes it out of `_fresh`, so a value

@@ -226,3 +226,15 @@ def test_a_value_leaves_fresh_only_once_it_is_sorted(monkeypatch: pytest.MonkeyP
         _secrets._sort_fresh()
     assert seen == [[value]]
     del held
+
+
+def test_a_text_as_long_as_a_long_value_is_still_searched(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Texts shorter than `LONG` are skipped when only long values live; one exactly that long is not."""
+    value = "x" * (_secrets.LONG - 8) + "-long-ok"
+    held = Secret(value)
+    live_values_in("")  # sorted into _long
+    for name in ("_fresh", "_short", "_odd"):  # as if nothing else lived: the shortcut applies
+        monkeypatch.setattr(_secrets, name, {})
+    assert len(value) == _secrets.LONG and live_values_in(value) == [value]
+    assert live_values_in(value[1:]) == []
+    del held

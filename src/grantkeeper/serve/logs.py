@@ -75,8 +75,10 @@ def _redact_record(logger: Any, method_name: str, event_dict: EventDict) -> Even
     bound context variables). Anything else gets `_redact` whole."""
     if event_dict.get("_from_structlog") is not False:
         return _redact(logger, method_name, event_dict)
-    return {k: v if k in _DONE_BY_FILTER else REDACTED if is_sensitive_key(k) else _scrubbed(v)
-            for k, v in event_dict.items()}  # fmt: skip
+    for key, value in event_dict.items():  # in place: ProcessorFormatter made this dict for this record
+        if key not in _DONE_BY_FILTER:
+            event_dict[key] = REDACTED if is_sensitive_key(key) else _scrubbed(value)
+    return event_dict
 
 
 def configure_logging(level: str = "info", *, stream: TextIO | None = None) -> None:
