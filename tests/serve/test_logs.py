@@ -148,3 +148,24 @@ def test_the_stdlib_line_is_the_line_the_double_scrub_wrote(message: str, bound:
     assert lines[0].pop("event") == scrub_text(message) and lines[1].pop("event") == scrub_text(scrub_text(message))
     assert list(lines[0].items()) == list(lines[1].items())
     assert LIVE.reveal() not in new.getvalue()
+
+
+def test_a_stdlib_records_traceback_is_in_its_line_redacted() -> None:
+    """A library record logged with an exception (the scheduler's "planning a grant failed") keeps its traceback,
+    as the line's ``exception``, scrubbed: the filter renders it, and the formatter used to drop that rendering."""
+
+    def fails() -> None:
+        token = LIVE.reveal()
+        raise ValueError(f"refresh_token={token}")
+
+    def log() -> None:
+        try:
+            fails()
+        except ValueError:
+            logging.getLogger("grantkeeper").exception("planning failed")
+
+    lines = _lines("info", log)
+    assert len(lines) == 1 and lines[0]["event"] == "planning failed"
+    exception = lines[0]["exception"]
+    assert isinstance(exception, str) and "Traceback" in exception and "in fails" in exception
+    assert "ValueError: refresh_token=[redacted]" in exception and LIVE.reveal() not in json.dumps(lines)
