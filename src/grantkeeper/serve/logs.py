@@ -64,6 +64,15 @@ def _redact(_logger: Any, _method_name: str, event_dict: EventDict) -> EventDict
     return {k: REDACTED if is_sensitive_key(k) else _scrubbed(v) for k, v in event_dict.items()}
 
 
+def _rendered_exception(_logger: Any, _method_name: str, event_dict: EventDict) -> EventDict:
+    """The traceback `RedactingFilter` rendered (and scrubbed) into the record, as the line's ``exception``: the
+    filter leaves no `exc_info` for `format_exc_info`, and the formatter clears the record's text after this chain."""
+    text = event_dict["_record"].exc_text
+    if text:
+        event_dict["exception"] = text
+    return event_dict
+
+
 #: What `RedactingFilter` on the same handler already scrubbed (the message, formatted there), this module's own
 #: text, and ProcessorFormatter's bookkeeping (removed before rendering).
 _DONE_BY_FILTER = frozenset({"event", "level", "timestamp", "_record", "_from_structlog"})
@@ -102,7 +111,7 @@ def configure_logging(level: str = "info", *, stream: TextIO | None = None) -> N
     handler = logging.StreamHandler(out)
     handler.addFilter(RedactingFilter(extras=False))  # the formatter below writes no `extra=` field
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=[structlog.stdlib.add_logger_name, *_chain()],
+        foreign_pre_chain=[structlog.stdlib.add_logger_name, *_chain(), _rendered_exception],
         processors=[_redact_record, structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                     structlog.processors.JSONRenderer()],
     ))  # fmt: skip
