@@ -143,11 +143,13 @@ def test_the_fold_covers_every_character_re_takes_for_an_ascii_letter() -> None:
 def test_prefixes_put_in_the_run_index_are_made_of_run_characters() -> None:
     """`_remember` files a prefix under the token runs when `isalnum` or the ASCII strip says so: both must imply the
     runs' character class, or a value there could start where no run is looked at."""
-    token_char, ascii_char = re.compile(_secrets.TOKEN_CHARS), re.compile(_secrets._ASCII_CLASS)
+    token_char = re.compile(_secrets.TOKEN_CHARS)
     assert all(token_char.fullmatch(c) for c in _secrets._ASCII_TOKEN_CHARS)
-    # ASCII text is searched with the ASCII spelling of the class: the same characters there.
+    # ASCII text is cut into runs by a byte table: it keeps exactly the class's characters there.
     assert [c for c in map(chr, range(128)) if token_char.fullmatch(c)] == sorted(_secrets._ASCII_TOKEN_CHARS)
-    assert [c for c in map(chr, range(128)) if ascii_char.fullmatch(c)] == sorted(_secrets._ASCII_TOKEN_CHARS)
+    assert [chr(c) for c in range(128) if _secrets._RUN_BYTES[c] == c and c != 0x20] == sorted(
+        _secrets._ASCII_TOKEN_CHARS
+    )
     for code in range(sys.maxunicode + 1):
         c = chr(code)
         if c.isalnum():
@@ -195,9 +197,9 @@ def test_a_value_being_sorted_is_never_missed(monkeypatch: pytest.MonkeyPatch) -
     plain, sorted_long = _secrets._long, SortedRightAfterEachRead(_secrets._long)
     monkeypatch.setattr(_secrets, "_long", sorted_long)
     monkeypatch.setattr(_secrets, "_INDEXES", tuple(sorted_long if i is plain else i for i in _secrets._INDEXES))
-    monkeypatch.setattr(_secrets, "_TIERS", tuple((sorted_long if index is plain else index, *rest)
-                                                  for index, *rest in _secrets._TIERS))  # fmt: skip
-    assert any(index is sorted_long for index, *_ in _secrets._TIERS)
+    monkeypatch.setattr(_secrets, "_TIERS", tuple((sorted_long if index is plain else index, width)
+                                                  for index, width in _secrets._TIERS))  # fmt: skip
+    assert any(index is sorted_long for index, _ in _secrets._TIERS)
     value = "being-sorted-value-0123456789abcdef"
     fresh = Secret(value)
     with _secrets._live_lock:  # the lookup cannot sort: another thread holds the lock
@@ -218,8 +220,8 @@ def test_a_value_leaves_fresh_only_once_it_is_sorted(monkeypatch: pytest.MonkeyP
     plain, fresh = _secrets._fresh, LookedUpRightAfterEachRemoval()
     monkeypatch.setattr(_secrets, "_fresh", fresh)
     monkeypatch.setattr(_secrets, "_INDEXES", tuple(fresh if i is plain else i for i in _secrets._INDEXES))
-    monkeypatch.setattr(_secrets, "_TIERS", tuple((fresh if index is plain else index, *rest)
-                                                  for index, *rest in _secrets._TIERS))  # fmt: skip
+    monkeypatch.setattr(_secrets, "_TIERS", tuple((fresh if index is plain else index, width)
+                                                  for index, width in _secrets._TIERS))  # fmt: skip
     held = Secret(value)
     assert value in fresh.get(value[:8], ())
     with _secrets._live_lock:
@@ -238,3 +240,12 @@ def test_a_text_as_long_as_a_long_value_is_still_searched(monkeypatch: pytest.Mo
     assert len(value) == _secrets.LONG and live_values_in(value) == [value]
     assert live_values_in(value[1:]) == []
     del held
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.one_of(st.text(alphabet=st.characters(max_codepoint=0x7F), max_size=60), noise, log_text([])),
+       shortest=st.integers(1, 25))  # fmt: skip
+def test_runs_are_the_regex_runs(text: str, shortest: int) -> None:
+    """The byte-table runs (ASCII text) and the regex runs (any text) are the maximal runs of `TOKEN_CHARS`."""
+    expected = [run for run in re.findall(f"{_secrets.TOKEN_CHARS}+", text) if len(run) >= shortest]
+    assert _secrets._runs(text, shortest) == expected
