@@ -144,7 +144,7 @@ def live_values_in(text: str) -> list[str]:
     if len(text) < MIN_REDACTED_LENGTH or (len(text) < LONG and not (_fresh or _short or _odd)):
         return []  # too short for any value, or for any but long ones (a logger's name, a level, an id)
     found: set[str] = set()
-    runs = _runs(text, MIN_REDACTED_LENGTH if _fresh or _short else LONG)
+    runs = _runs(text, MIN_REDACTED_LENGTH if _fresh or _short else LONG) if _fresh or _long or _short else []
     # `_fresh` first: `_sort_fresh` adds a value to `_long` or `_short` before it takes it out of `_fresh`, so a value
     # missed in `_fresh` here had already been added to the others, which are read after.
     for index, width in _TIERS:
