@@ -68,7 +68,8 @@ _long: dict[str, tuple[str, ...]] = {}  # `LONG` characters or more, the first `
 _short: dict[str, tuple[str, ...]] = {}  # the other values whose first 8 characters are token characters
 _fresh: dict[str, tuple[str, ...]] = {}  # either of those, made since the last lookup sorted them
 _odd: dict[str, tuple[str, ...]] = {}  # every other value
-_INDEXES = (_long, _fresh, _short, _odd)  # where `_forget` looks, most likely first
+#: Where `_apply_collected` looks for a value, in this order: a process that never logs leaves every value fresh.
+_INDEXES = (_fresh, _long, _short, _odd)
 #: How `live_values_in` reads the indexes of token-character values: in runs at least this long, up to this many
 #: characters before a run's end.
 _TIERS = ((_fresh, MIN_REDACTED_LENGTH), (_long, LONG), (_short, MIN_REDACTED_LENGTH))
@@ -90,7 +91,7 @@ def _add(index: dict[str, tuple[str, ...]], prefix: str, value: str) -> None:
 
 def _remember(value: str) -> None:
     prefix = value[:MIN_REDACTED_LENGTH]
-    index = _fresh if _tokenish(prefix) else _odd
+    index = _fresh if prefix.isalnum() or not prefix.strip(_ASCII_TOKEN_CHARS) else _odd  # `_tokenish`, inlined
     with _live_lock:
         if len(_collected) >= _DRAIN_AT:
             _apply_collected()
