@@ -12,7 +12,8 @@ position looked at, however many tokens the process holds: a log line costs what
 token is long and made of token characters (`TOKEN_CHARS`: word characters and ``-._~+/=``), so it can only start
 inside a run of them as long as it is. A value whose first `LONG` characters are token characters is looked for
 only in runs of `LONG` or more, up to `LONG` characters before each run ends; in a log line most text (words, ids,
-fingerprints, time stamps) is in no such run, and a regex finds the runs at C speed. Shorter values of token
+fingerprints, time stamps) is in no such run, and the runs are found at C speed (`bytes.translate` and `split` for
+ASCII text, a regex for the rest). Shorter values of token
 characters are looked for in runs of 8 or more, and the rare value with another character in its first 8 (a
 passphrase with a space) at every position. Each kind has its own index; a kind with nothing live costs nothing.
 
