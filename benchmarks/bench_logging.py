@@ -3,9 +3,10 @@
 `grantkeeper serve` runs at INFO by default (`serve.logs.configure_logging`), so every refresh writes the
 protocol's attempt line and every answered request writes a ``request`` line. Both pass through grantkeeper's
 redaction (I6: no token in any log line). The baseline is what an application gets from structlog with no
-redaction at all: the same stdlib record through a `ProcessorFormatter` that adds the logger name, the level
-and an ISO time stamp and renders JSON; the same ``request`` event through a structlog logger with the level,
-the time stamp and `JSONRenderer`. Both sides write to ``os.devnull`` through the same kind of stream handler.
+redaction at all: the same stdlib record through a `ProcessorFormatter` with serve's own chain for such records
+(the logger name, bound context variables, the level, an ISO time stamp, the exception) minus its redaction,
+rendered to JSON; the same ``request`` event through a structlog logger with the level, the time stamp and
+`JSONRenderer`. Both sides write to ``os.devnull`` through the same kind of stream handler.
 
 The attempt line is the real one: it is captured from a refresh of a real `Keeper` against the provider
 simulator, then replayed the way the drivers log it (``logger.log(level, message, extra={"grantkeeper":
@@ -80,11 +81,13 @@ def attempt_record() -> tuple[str, dict[str, Any]]:
 
 
 def _plain_stdlib(stream: Any) -> logging.Logger:
-    """The baseline for stdlib records: structlog's JSON rendering without any redaction."""
+    """The baseline for stdlib records: serve's chain for them (logger name, bound context variables, level, time
+    stamp, exception) rendered to JSON, without any redaction."""
     handler = logging.StreamHandler(stream)
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=[structlog.stdlib.add_logger_name, structlog.processors.add_log_level,
-                           structlog.processors.TimeStamper(fmt="iso", utc=True)],
+        foreign_pre_chain=[structlog.stdlib.add_logger_name, structlog.contextvars.merge_contextvars,
+                           structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso", utc=True),
+                           structlog.processors.format_exc_info],
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, structlog.processors.JSONRenderer()],
     ))  # fmt: skip
     logger = logging.getLogger("grantkeeper.bench_plain")
