@@ -11,6 +11,7 @@
     python -m benchmarks.run schedule             # group commit vs one at a time vs bare commits (SQLite, PostgreSQL)
     python -m benchmarks.run console              # the console's grants list at 100,000 grants vs 100 (~20 s)
     python -m benchmarks.run fleet                # the scheduler: 1,000,000 grants, 60 s tokens, 2 vs 1 on PG (~9 min)
+    python -m benchmarks.run logging              # an INFO line through serve's redacting logging vs unredacted
     python -m benchmarks.run --all                # the default set and the slow ones
     python -m benchmarks.run --quick              # fewer rounds: a smoke check, not a measurement
     python -m benchmarks.run --json               # JSON summary on stdout (the tables go to stderr)
@@ -34,6 +35,7 @@ from benchmarks import (
     bench_cached,
     bench_console,
     bench_fleet,
+    bench_logging,
     bench_peers,
     bench_pgrefresh,
     bench_processes,
@@ -57,6 +59,7 @@ BENCHMARKS: dict[str, Callable[[argparse.Namespace], Report]] = {
     bench_schedule.NAME: lambda args: bench_schedule.run(args.quick),
     bench_console.NAME: lambda args: bench_console.run(args.quick),
     bench_fleet.NAME: lambda args: bench_fleet.run(args.quick, grants=args.grants),
+    bench_logging.NAME: lambda args: bench_logging.run(args.quick),
 }
 #: Run only when named or with --all: they take minutes.
 SLOW = frozenset(
@@ -69,6 +72,7 @@ SLOW = frozenset(
         bench_schedule.NAME,
         bench_console.NAME,
         bench_fleet.NAME,
+        bench_logging.NAME,
     }
 )
 DEFAULT = [name for name in BENCHMARKS if name not in SLOW]

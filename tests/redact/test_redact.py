@@ -225,6 +225,13 @@ def test_logging_filter_scrubs_extra_fields() -> None:
     assert record.count == 3
 
 
+def test_logging_filter_without_extras_scrubs_the_rest() -> None:
+    """``extras=False`` (a formatter that never writes `extra=` fields) leaves them; the message is still scrubbed."""
+    record = logging.makeLogRecord({"msg": "call %s", "args": (f"Bearer {TOKEN}",), "refresh_token": TOKEN})
+    assert RedactingFilter(extras=False).filter(record)
+    assert TOKEN not in record.getMessage() and record.refresh_token == TOKEN
+
+
 def test_logging_filter_survives_arguments_that_do_not_fit() -> None:
     """A record whose %-arguments do not match its format is still scrubbed, not an exception in the caller."""
     record = logging.makeLogRecord({"msg": "one %s two %s", "args": (f"refresh_token={TOKEN}",)})

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 
-from hypothesis import given
+import structlog
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from grantkeeper._secrets import Secret
-from grantkeeper.redact._core import scrub
+from grantkeeper.redact import RedactingFilter
+from grantkeeper.redact._core import scrub, scrub_text
+from grantkeeper.redact.structlog import RedactingProcessor
 from grantkeeper.serve.logs import RequestLog, _redact, configure_logging, get_logger
 
 LIVE = Secret("live-secret-value-0123456789")
@@ -94,3 +98,74 @@ def test_the_request_line_is_byte_for_byte_what_json_dumps_gives(path: object, a
         configure_logging("info")
     raw = out.getvalue().rstrip("\n")
     assert raw == json.dumps(json.loads(raw))
+
+
+def _old_handler(stream: io.StringIO) -> logging.Handler:
+    """serve's stdlib handler as it was: the filter scrubbing extras too, the formatter scrubbing the whole line
+    again (the message a second time) with `RedactingProcessor`."""
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(RedactingFilter())
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[structlog.stdlib.add_logger_name, structlog.contextvars.merge_contextvars,
+                           structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso", utc=True),
+                           structlog.processors.format_exc_info],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, RedactingProcessor(),
+                    structlog.processors.JSONRenderer()],
+    ))  # fmt: skip
+    return handler
+
+
+words = st.sampled_from(["refresh_token=", "Authorization: ", "'code': ", "Bearer ", "token ", LIVE.reveal(), " ", ",",
+                         "fp_0123456789abcdef", "grant 'crm'", "%s", "{", '"', "="])  # fmt: skip
+
+
+@settings(max_examples=150, deadline=None)
+@given(message=st.lists(st.one_of(words, st.text(max_size=8)), max_size=10).map("".join),
+       bound=st.dictionaries(st.sampled_from(["request_id", "token", "grant", "event", "level"]), words, max_size=2),
+       extra=st.dictionaries(st.sampled_from(["grantkeeper", "detail"]), words, max_size=2),
+       name=st.sampled_from(["grantkeeper", "grantkeeper.engine", "uvicorn.error"]))  # fmt: skip
+def test_the_stdlib_line_is_the_line_the_double_scrub_wrote(message: str, bound: dict[str, str],
+                                                           extra: dict[str, str], name: str) -> None:  # fmt: skip
+    """Scrubbing the message once (in the filter) and not scrubbing extras the formatter never writes leaves every
+    line as it was, but for the message: scrubbed once, where the old chain scrubbed it twice (and a second pass
+    could mangle a first pass's marker: ``'code': [redacted]`` became ``'code': [redacted]]``)."""
+    new, old = io.StringIO(), io.StringIO()
+    configure_logging("info", stream=new)
+    logger = logging.getLogger(name)
+    structlog.contextvars.bind_contextvars(**bound)
+    try:
+        logger.info(message, extra=extra)
+        logger.handlers = [_old_handler(old)] if name != "grantkeeper.engine" else []
+        if name == "grantkeeper.engine":  # propagates to "grantkeeper"
+            logging.getLogger("grantkeeper").handlers = [_old_handler(old)]
+        logger.info(message, extra=extra)
+    finally:
+        structlog.contextvars.clear_contextvars()
+        configure_logging("info")
+    lines = [json.loads(out.getvalue()) for out in (new, old)]
+    for line in lines:
+        assert isinstance(line.pop("timestamp"), str)
+    assert lines[0].pop("event") == scrub_text(message) and lines[1].pop("event") == scrub_text(scrub_text(message))
+    assert list(lines[0].items()) == list(lines[1].items())
+    assert LIVE.reveal() not in new.getvalue()
+
+
+def test_a_stdlib_records_traceback_is_in_its_line_redacted() -> None:
+    """A library record logged with an exception (the scheduler's "planning a grant failed") keeps its traceback,
+    as the line's ``exception``, scrubbed: the filter renders it, and the formatter used to drop that rendering."""
+
+    def fails() -> None:
+        token = LIVE.reveal()
+        raise ValueError(f"refresh_token={token}")
+
+    def log() -> None:
+        try:
+            fails()
+        except ValueError:
+            logging.getLogger("grantkeeper").exception("planning failed")
+
+    lines = _lines("info", log)
+    assert len(lines) == 1 and lines[0]["event"] == "planning failed"
+    exception = lines[0]["exception"]
+    assert isinstance(exception, str) and "Traceback" in exception and "in fails" in exception
+    assert "ValueError: refresh_token=[redacted]" in exception and LIVE.reveal() not in json.dumps(lines)

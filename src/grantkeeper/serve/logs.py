@@ -1,9 +1,9 @@
 """Structured JSON logs (structlog), every line passed through grantkeeper's redaction.
 
 One JSON object per line on stderr: the broker's own events (one ``request`` line per answered request, startup,
-shutdown), the ``grantkeeper`` library logger and uvicorn's, all rendered by the same chain ending in
-`RedactingProcessor` then `JSONRenderer`. Request lines carry the method, the path, the route template, the
-status, the API key's name and the time taken; never a header, a query string or a body.
+shutdown), the ``grantkeeper`` library logger and uvicorn's, all redacted (`RedactingFilter` on the stdlib handler,
+`_redact` in structlog's chain) and rendered by `JSONRenderer`. Request lines carry the method, the path, the route
+template, the status, the API key's name and the time taken; never a header, a query string or a body.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from structlog.typing import EventDict
 from grantkeeper._secrets import MIN_REDACTED_LENGTH, live_values_in
 from grantkeeper.redact import RedactingFilter
 from grantkeeper.redact._core import REDACTED, is_sensitive_key, scrub
-from grantkeeper.redact.structlog import RedactingProcessor
 
 __all__ = ["LEVELS", "RequestLog", "configure_logging", "get_logger"]
 
@@ -65,6 +64,32 @@ def _redact(_logger: Any, _method_name: str, event_dict: EventDict) -> EventDict
     return {k: REDACTED if is_sensitive_key(k) else _scrubbed(v) for k, v in event_dict.items()}
 
 
+def _rendered_exception(_logger: Any, _method_name: str, event_dict: EventDict) -> EventDict:
+    """The traceback `RedactingFilter` rendered (and scrubbed) into the record, as the line's ``exception``: the
+    filter leaves no `exc_info` for `format_exc_info`, and the formatter clears the record's text after this chain."""
+    text = event_dict["_record"].exc_text
+    if text:
+        event_dict["exception"] = text
+    return event_dict
+
+
+#: What `RedactingFilter` on the same handler already scrubbed (the message, formatted there), this module's own
+#: text, and ProcessorFormatter's bookkeeping (removed before rendering).
+_DONE_BY_FILTER = frozenset({"event", "level", "timestamp", "_record", "_from_structlog"})
+
+
+def _redact_record(logger: Any, method_name: str, event_dict: EventDict) -> EventDict:
+    """The stdlib handler's redaction, after `RedactingFilter`: a stdlib record's message was scrubbed by the filter
+    (scrubbing it again cost as much as the filter itself), so only the rest is scrubbed here (the logger's name,
+    bound context variables). Anything else gets `_redact` whole."""
+    if event_dict.get("_from_structlog") is not False:
+        return _redact(logger, method_name, event_dict)
+    for key, value in event_dict.items():  # in place: ProcessorFormatter made this dict for this record
+        if key not in _DONE_BY_FILTER:
+            event_dict[key] = REDACTED if is_sensitive_key(key) else _scrubbed(value)
+    return event_dict
+
+
 def configure_logging(level: str = "info", *, stream: TextIO | None = None) -> None:
     """Send the broker's, grantkeeper's and uvicorn's logs to `stream` (stderr) as redacted JSON lines."""
     out = stream or sys.stderr
@@ -84,10 +109,10 @@ def configure_logging(level: str = "info", *, stream: TextIO | None = None) -> N
         cache_logger_on_first_use=False,
     )
     handler = logging.StreamHandler(out)
-    handler.addFilter(RedactingFilter())
+    handler.addFilter(RedactingFilter(extras=False))  # the formatter below writes no `extra=` field
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=[structlog.stdlib.add_logger_name, *_chain()],
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, RedactingProcessor(),
+        foreign_pre_chain=[structlog.stdlib.add_logger_name, *_chain(), _rendered_exception],
+        processors=[_redact_record, structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                     structlog.processors.JSONRenderer()],
     ))  # fmt: skip
     for name in _LOGGERS:
