@@ -65,13 +65,13 @@ __all__ = [
 logger = logging.getLogger("grantkeeper")
 T = TypeVar("T")
 
-_SERVE_TRIES = 3
-_TICKETS = itertools.count(1)  # shared by every keeper: next() on it is atomic under the GIL
-_KEEPALIVE_MARGIN = 7 * 86400.0
 #: Cold reads of one grant queue behind one another on one of this many locks, chosen by the grant's name: a lock
 #: per grant would be made on every first read and kept for good (a million grants read once, a million locks).
 #: Two grants share a lock for the length of one store read at most.
 _READ_STRIPES = 4096
+_SERVE_TRIES = 3
+_TICKETS = itertools.count(1)  # shared by every keeper: next() on it is atomic under the GIL
+_KEEPALIVE_MARGIN = 7 * 86400.0
 
 
 @dataclass(frozen=True, slots=True)
