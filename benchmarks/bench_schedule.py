@@ -6,7 +6,8 @@ through `grantkeeper.engine.group_commit.GroupCommit`, driven by the async drive
 aiohttp sender (`grantkeeper.tokens.aiohttp_transport`); claims share transactions, commits share transactions,
 each batch durable once (PostgreSQL: two batches in flight at once), on the event loop ``grantkeeper schedule``
 runs on (`grantkeeper.serve.eventloop`: uvloop when installed; ``GRANTKEEPER_SERVE_LOOP=asyncio`` for the stdlib
-loop, as for the product). The same group commit on httpx's
+loop, as for the product), with the product's garbage collector setting (`collector_tuned`, which the other
+sides, in the same process, get too). The same group commit on httpx's
 `AsyncClient` runs in the same rounds and is reported in the notes. The refresh itself is unchanged: every claim
 is durable before its request is sent, every successor durable before its flow ends, compare-and-set per grant.
 
@@ -51,7 +52,7 @@ from grantkeeper.engine.group_commit import GroupCommit, store_batch
 from grantkeeper.engine.threaded import threaded
 from grantkeeper.keys import KEY_ENV
 from grantkeeper.protocol import refresh_flow
-from grantkeeper.serve.eventloop import loop_factory, loop_name
+from grantkeeper.serve.eventloop import collector_tuned, loop_factory, loop_name
 from grantkeeper.stores import open_store
 from grantkeeper.tokens import aiohttp_transport
 from grantkeeper.tokens.aiohttp_transport import AiohttpSender
@@ -337,6 +338,7 @@ def run(quick: bool = False, *, kinds: tuple[str, ...] = ("sqlite", "postgres"))
         tempfile.TemporaryDirectory(prefix="grantkeeper-bench-schedule-") as tmp,
         _environ(**{KEY_ENV: KEY, RECOVERY_ENV: str(Path(tmp) / "recovery")}),
         simulator_process() as sim,
+        collector_tuned(),  # as `grantkeeper schedule` runs; the one-at-a-time and bare sides get it too
     ):
         if "sqlite" in kinds:
             path = Path(tmp) / "grants.db"

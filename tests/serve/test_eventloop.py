@@ -5,6 +5,7 @@ starts. The commands are run through the CLI with their runner replaced by one t
 from __future__ import annotations
 
 import asyncio
+import gc
 import sys
 from pathlib import Path
 
@@ -69,10 +70,10 @@ def test_serve_and_schedule_run_on_the_chosen_loop(
 ) -> None:
     from grantkeeper.serve import runner
 
-    seen: list[tuple[str, str]] = []
+    seen: list[tuple[str, str, int]] = []
 
     async def fake(config: ServeConfig, *, store_url: str) -> None:
-        seen.append((_loop_module(), store_url))
+        seen.append((_loop_module(), store_url, gc.get_threshold()[0]))
 
     monkeypatch.setattr(runner, "run" if command == "serve" else "run_scheduler", fake)
     env = {"GRANTKEEPER_SERVE_LOOP": setting} if setting is not None else {}
@@ -80,7 +81,17 @@ def test_serve_and_schedule_run_on_the_chosen_loop(
     store = f"sqlite://{tmp_path / 'grants.db'}"
     result = CliRunner().invoke(cli, ["--store", store, command], env=env, catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    assert seen == [(expected, store)]
+    assert seen == [(expected, store, eventloop.GC_THRESHOLD)]
+    assert gc.get_threshold()[0] != eventloop.GC_THRESHOLD  # undone when the command returns
+
+
+def test_the_collector_is_tuned_for_the_block_and_restored_after() -> None:
+    before = gc.get_threshold()
+    with eventloop.collector_tuned():
+        assert gc.get_threshold() == (eventloop.GC_THRESHOLD, *before[1:])
+        assert gc.get_freeze_count() > 0
+    assert gc.get_threshold() == before
+    assert gc.get_freeze_count() == 0
 
 
 def test_a_refused_loop_stops_the_command_before_it_starts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
