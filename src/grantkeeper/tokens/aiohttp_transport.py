@@ -16,6 +16,10 @@ decided by the same `_Exchange`:
 - the body read under `MAX_BODY_BYTES`, only ``content-type``, ``retry-after`` and ``www-authenticate`` kept;
 - a certificate that does not verify raises `TLSVerificationFailed` naming the trust source.
 
+`AiohttpSender` builds each refresh from the model (`grantkeeper.tokens.request.refresh_post`): the headers and
+body bytes an `httpx.Request` would carry, without building one only for aiohttp to read it back; `asend` takes an
+`httpx.Request` (any other client-authenticated POST) and sends it through the same exchange (`apost`).
+
 HTTP and HTTPS proxies (CONNECT) only: a SOCKS proxy is refused with a `ConfigurationError` (the httpx sender,
 `AsyncHttpSender`, reaches SOCKS proxies).
 """
@@ -99,7 +103,9 @@ _CONTEXTS = weakref.WeakKeyDictionary()
 
 def _tls(client: aiohttp.ClientSession, network: Network) -> tuple[str, ssl.SSLContext]:
     key = trust_of(network)
-    built = _CONTEXTS.setdefault(client, {})
+    built = _CONTEXTS.get(client)
+    if built is None:
+        built = _CONTEXTS[client] = {}
     context = built.get(key)
     if context is None:
         context = built[key] = tls_context(*key)
