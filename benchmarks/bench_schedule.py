@@ -4,7 +4,10 @@ SQLite and on PostgreSQL, side by side in one run (issue 15, "What to measure").
 A: group commit: `CONCURRENCY` forced refresh flows (``refresh_flow(force=True)``: claim, POST, commit) at once
 through `grantkeeper.engine.group_commit.GroupCommit`, driven by the async driver, their token requests through the
 aiohttp sender (`grantkeeper.tokens.aiohttp_transport`); claims share transactions, commits share transactions,
-each batch durable once (PostgreSQL: two batches in flight at once). The same group commit on httpx's
+each batch durable once (PostgreSQL: two batches in flight at once), on the event loop ``grantkeeper schedule``
+runs on (`grantkeeper.serve.eventloop`: uvloop when installed; ``GRANTKEEPER_SERVE_LOOP=asyncio`` for the stdlib
+loop, as for the product), with the product's garbage collector setting (`collector_tuned`, which the other
+sides, in the same process, get too). The same group commit on httpx's
 `AsyncClient` runs in the same rounds and is reported in the notes. The refresh itself is unchanged: every claim
 is durable before its request is sent, every successor durable before its flow ends, compare-and-set per grant.
 
@@ -29,6 +32,7 @@ import contextlib
 import itertools
 import multiprocessing
 import multiprocessing.connection
+import os
 import sqlite3
 import statistics
 import tempfile
@@ -48,6 +52,7 @@ from grantkeeper.engine.group_commit import GroupCommit, store_batch
 from grantkeeper.engine.threaded import threaded
 from grantkeeper.keys import KEY_ENV
 from grantkeeper.protocol import refresh_flow
+from grantkeeper.serve.eventloop import collector_tuned, loop_factory, loop_name
 from grantkeeper.stores import open_store
 from grantkeeper.tokens import aiohttp_transport
 from grantkeeper.tokens.aiohttp_transport import AiohttpSender
@@ -60,6 +65,8 @@ POLICY = RefreshPolicy(lease_ttl=60.0, request_timeout=10.0, wait_timeout=60.0, 
 #: Refresh flows in flight at once through the group commit.
 CONCURRENCY = 64
 UNIT = "refreshes/s"
+#: The product's event loop setting, read as `grantkeeper.serve.config` reads it.
+LOOP = os.environ.get("GRANTKEEPER_SERVE_LOOP") or "auto"
 
 
 # --- the simulator, in a process of its own ------------------------------------------------------------------
@@ -166,7 +173,8 @@ class Grouped:
         self.concurrency = concurrency
         self.refreshes = 0
         self.sizes: list[int] = []
-        self._runner = asyncio.Runner()
+        # The loop `grantkeeper schedule` and `serve` run on ($GRANTKEEPER_SERVE_LOOP chooses, as it does theirs).
+        self._runner = asyncio.Runner(loop_factory=loop_factory(LOOP))
         self._http = self._runner.run(self._client())
 
     async def batch(self, calls: list[Any]) -> list[Any]:
@@ -318,7 +326,7 @@ def _measure(report: Report, kind: str, url: str, sqlite_path: Path | None, sim:
         f"{len(sizes)} batches of {sum(sizes)} calls (claims and commits): mean {statistics.mean(sizes):.1f}, "
         f"median {statistics.median(sizes):.0f}, max {max(sizes)}; {grouped.refreshes} grouped refreshes over "
         f"{len(grouped_names)} grants, {one.refreshes} one at a time; {CONCURRENCY} flows in flight, "
-        f"{grouped.flushers} batch(es) at once"
+        f"{grouped.flushers} batch(es) at once; the grouped sides on the {loop_name(LOOP)} event loop"
     )
 
 
@@ -330,6 +338,7 @@ def run(quick: bool = False, *, kinds: tuple[str, ...] = ("sqlite", "postgres"))
         tempfile.TemporaryDirectory(prefix="grantkeeper-bench-schedule-") as tmp,
         _environ(**{KEY_ENV: KEY, RECOVERY_ENV: str(Path(tmp) / "recovery")}),
         simulator_process() as sim,
+        collector_tuned(),  # as `grantkeeper schedule` runs; the one-at-a-time and bare sides get it too
     ):
         if "sqlite" in kinds:
             path = Path(tmp) / "grants.db"

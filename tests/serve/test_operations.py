@@ -138,7 +138,8 @@ def test_every_documented_environment_variable_sets_its_setting_with_its_kind() 
     """docs/serve.md's GRANTKEEPER_SERVE_* variables, each read into its setting as its kind."""
     values = {"host": "192.0.2.7", "port": "8999", "unix": "/run/g.sock", "tls_cert": "c.pem", "tls_key": "k.pem",
               "behind_proxy": "yes", "rate": "5.5", "burst": "7", "log_level": "debug", "shutdown_timeout": "12.5",
-              "max_body": "4096", "public_url": "https://gk.example.com", "connect_ttl": "120"}  # fmt: skip
+              "max_body": "4096", "public_url": "https://gk.example.com", "connect_ttl": "120",
+              "loop": "asyncio"}  # fmt: skip
     env = {f"GRANTKEEPER_SERVE_{setting.upper()}": value for setting, value in values.items()}
     documented = set(re.findall(r"GRANTKEEPER_SERVE_\w+", (Path(__file__).parents[2] / "docs/serve.md").read_text()))
     assert set(env) == documented
@@ -147,7 +148,7 @@ def test_every_documented_environment_variable_sets_its_setting_with_its_kind() 
         "192.0.2.7", 8999, "/run/g.sock", "c.pem", "k.pem")  # fmt: skip
     assert (config.behind_proxy, config.rate, config.burst, config.log_level) == (True, 5.5, 7, "debug")
     assert (config.shutdown_timeout, config.max_body, config.connect_ttl) == (12.5, 4096, 120.0)
-    assert config.public_url == "https://gk.example.com"
+    assert (config.public_url, config.loop) == ("https://gk.example.com", "asyncio")
     assert [type(v) for v in (config.port, config.rate, config.behind_proxy)] == [int, float, bool]
     with pytest.raises(ConfigurationError, match=r"\$GRANTKEEPER_SERVE_BURST: 'many' is not a valid int"):
         load_config(None, env={"GRANTKEEPER_SERVE_BURST": "many"})

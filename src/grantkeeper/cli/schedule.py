@@ -3,7 +3,6 @@ without the HTTP service), ``grantkeeper grant set NAME --hot`` and ``grantkeepe
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 
@@ -35,11 +34,12 @@ def schedule(session: Session, config_file: str | None) -> None:
     require_extra()
     from grantkeeper.admin import STORE_ENV, default_store_url
     from grantkeeper.serve.config import load_config
+    from grantkeeper.serve.eventloop import run as run_on_loop
     from grantkeeper.serve.runner import run_scheduler
 
     config = load_config(config_file)
     url = session.store_url or os.environ.get(STORE_ENV) or config.store_url or default_store_url()
-    asyncio.run(run_scheduler(config, store_url=url))
+    run_on_loop(run_scheduler(config, store_url=url), loop=config.loop)
 
 
 @click.command("set")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 
 import click
@@ -43,10 +42,11 @@ def serve(session: Session, host: str | None, port: int | None, unix: str | None
     require_extra()
     from grantkeeper.admin import STORE_ENV, default_store_url
     from grantkeeper.serve.config import load_config
+    from grantkeeper.serve.eventloop import run as run_on_loop
     from grantkeeper.serve.runner import run
 
     config = load_config(config_file, host=host, port=port, unix=unix, tls_cert=tls_cert, tls_key=tls_key,
                          behind_proxy=behind_proxy, public_url=public_url, connect_ttl=connect_ttl)  # fmt: skip
     # --store, then $GRANTKEEPER_STORE, then the config file, then the default store.
     url = session.store_url or os.environ.get(STORE_ENV) or config.store_url or default_store_url()
-    asyncio.run(run(config, store_url=url))
+    run_on_loop(run(config, store_url=url), loop=config.loop)

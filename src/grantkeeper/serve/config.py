@@ -39,6 +39,9 @@ the full list.
     public_url = "https://grantkeeper.example.com"   # the redirect URI is public_url + "/oauth/callback"
     session_ttl = 600.0    # seconds a connect URL may wait to be opened, and the consent after it
 
+    [serve]
+    loop = "auto"          # the event loop: "auto" (uvloop when installed), "asyncio" or "uvloop"
+
     [scheduler]            # the refresh scheduler (docs/serve.md); these are the defaults
     enabled = true
     concurrency = 64       # refreshes in flight at once, over all providers
@@ -62,6 +65,7 @@ from typing import Any
 
 from grantkeeper._exceptions import ConfigurationError
 from grantkeeper.keys.sources import KEY_COMMAND_ENV, KEY_ENV, read_private_file
+from grantkeeper.serve.eventloop import check_loop
 from grantkeeper.stores.access import parse_patterns, parse_scopes
 
 __all__ = ["DEFAULT_CONNECT_TTL", "DEFAULT_PORT", "ServeConfig", "check_public_url", "load_config"]
@@ -76,13 +80,14 @@ _SECTIONS = {
     "logging": {"level"},
     "webhook": {"url", "secret_file", "secret_command"},
     "connect": {"public_url", "session_ttl"},
+    "serve": {"loop"},
     "scheduler": None,  # checked by grantkeeper.serve.scheduling.scheduler_options
 }
 #: The settings an environment variable overrides, by the kind its value is read as. The variable is
 #: ``GRANTKEEPER_SERVE_`` and the setting's name in capitals (``max_body``: ``GRANTKEEPER_SERVE_MAX_BODY``), one rule
 #: as pydantic-settings' ``env_prefix`` is, so that no variable is spelt differently from its setting.
 _ENV_SETTINGS: dict[type, tuple[str, ...]] = {
-    str: ("host", "unix", "tls_cert", "tls_key", "log_level", "public_url"),
+    str: ("host", "unix", "tls_cert", "tls_key", "log_level", "public_url", "loop"),
     int: ("port", "burst", "max_body"),
     float: ("rate", "shutdown_timeout", "connect_ttl"),
     bool: ("behind_proxy",),
@@ -117,6 +122,7 @@ class ServeConfig:
     scheduler: dict[str, Any] = field(default_factory=dict)
     public_url: str | None = None
     connect_ttl: float = DEFAULT_CONNECT_TTL
+    loop: str = "auto"
 
     def check(self) -> None:
         """Refuse what cannot run safely, saying why and what to do."""
@@ -139,6 +145,7 @@ class ServeConfig:
             raise ConfigurationError(f"connect session_ttl must be 10-{_MAX_CONNECT_TTL:.0f} seconds")
         if self.public_url is not None:
             self.public_url = check_public_url(self.public_url)
+        check_loop(self.loop)
 
     def apply_key(self, *, key_file: str | None, key_command: str | None) -> None:
         """Make the configured key source the one the store opens with (this process only)."""
@@ -289,6 +296,8 @@ def load_config(path: str | None, *, env: dict[str, str] | None = None, **option
         config.webhook_url = str(webhook["url"])
         config.webhook_secret = _secret(webhook, "secret", "webhook secret")
     _read_connect(config, data.get("connect", {}))
+    if data.get("serve", {}).get("loop") is not None:
+        config.loop = str(data["serve"]["loop"])
     config.scheduler = dict(data.get("scheduler", {}))
     from grantkeeper.serve.scheduling import scheduler_options  # needs the serve extra, as every caller here does
 

@@ -16,6 +16,10 @@ decided by the same `_Exchange`:
 - the body read under `MAX_BODY_BYTES`, only ``content-type``, ``retry-after`` and ``www-authenticate`` kept;
 - a certificate that does not verify raises `TLSVerificationFailed` naming the trust source.
 
+`AiohttpSender` builds each refresh from the model (`grantkeeper.tokens.request.refresh_post`): the headers and
+body bytes an `httpx.Request` would carry, without building one only for aiohttp to read it back; `asend` takes an
+`httpx.Request` (any other client-authenticated POST) and sends it through the same exchange (`apost`).
+
 HTTP and HTTPS proxies (CONNECT) only: a SOCKS proxy is refused with a `ConfigurationError` (the httpx sender,
 `AsyncHttpSender`, reaches SOCKS proxies).
 """
@@ -23,6 +27,7 @@ HTTP and HTTPS proxies (CONNECT) only: a SOCKS proxy is refused with a `Configur
 from __future__ import annotations
 
 import asyncio
+import functools
 import ssl
 import weakref
 from dataclasses import dataclass
@@ -30,10 +35,11 @@ from types import SimpleNamespace
 
 import aiohttp
 import httpx
+import yarl
 
 from grantkeeper._exceptions import ConfigurationError, sanitize_provider_text
 from grantkeeper.model.exchange import Ambiguous, NotSent, RefreshRequest, SendResult
-from grantkeeper.tokens.request import build_refresh_request
+from grantkeeper.tokens.request import FormPost, _parsed_url, refresh_post
 from grantkeeper.tokens.transport import (
     KEEPALIVE_EXPIRY,
     NETWORK,
@@ -45,7 +51,7 @@ from grantkeeper.tokens.transport import (
     trust_of,
 )
 
-__all__ = ["CONNECTIONS", "AiohttpSender", "asend", "session"]
+__all__ = ["CONNECTIONS", "AiohttpSender", "apost", "asend", "session"]
 
 #: Connections a session keeps open at most (all token endpoints together); requests beyond wait for one.
 CONNECTIONS = 100
@@ -97,21 +103,29 @@ _CONTEXTS = weakref.WeakKeyDictionary()
 
 def _tls(client: aiohttp.ClientSession, network: Network) -> tuple[str, ssl.SSLContext]:
     key = trust_of(network)
-    built = _CONTEXTS.setdefault(client, {})
+    built = _CONTEXTS.get(client)
+    if built is None:
+        built = _CONTEXTS[client] = {}
     context = built.get(key)
     if context is None:
         context = built[key] = tls_context(*key)
     return key[0], context
 
 
-def _proxy(request: httpx.Request, network: Network) -> str | None:
-    proxy = proxy_for(request.url, network)
+def _proxy(url: httpx.URL, network: Network) -> str | None:
+    proxy = proxy_for(url, network)
     if proxy is not None and httpx.URL(proxy).scheme not in _PROXY_SCHEMES:
         raise ConfigurationError(
             f"the aiohttp sender reaches providers through HTTP(S) proxies only, not {httpx.URL(proxy).scheme}://; "
             "use grantkeeper.tokens.sender.AsyncHttpSender (httpx) for a SOCKS proxy"
         )
     return proxy
+
+
+@functools.lru_cache(maxsize=256)
+def _target(url: str) -> tuple[httpx.URL, yarl.URL]:
+    """A token URL parsed once for the proxy rules and once for aiohttp (which would parse a string every time)."""
+    return _parsed_url(url), yarl.URL(url)
 
 
 def _failed(exchange: _Exchange, exc: aiohttp.ClientError, trust: str) -> NotSent | Ambiguous:
@@ -139,18 +153,26 @@ async def asend(
         TLSVerificationFailed: the server's certificate did not verify (nothing was sent; not transient).
         ConfigurationError: the provider's proxy is not an HTTP(S) proxy.
     """
-    exchange = _Exchange(request, budget)
     network = request.extensions.get(NETWORK) or network or Network()
-    trust, context = _tls(client, network)
-    proxy = _proxy(request, network)
     headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw
                if k.lower().decode("latin-1") not in _OWN_HEADERS]  # fmt: skip
+    post = FormPost(str(request.url), tuple(headers), request.read(), network)
+    return await apost(client, post, budget=budget, method=request.method)
+
+
+async def apost(client: aiohttp.ClientSession, post: FormPost, *, budget: float, method: str = "POST") -> SendResult:
+    """`asend` for a request built without httpx (`grantkeeper.tokens.request.refresh_post`), through `post.network`:
+    the same exchange, the same errors."""
+    exchange = _Exchange(None, budget)
+    trust, context = _tls(client, post.network)
+    parsed, url = _target(post.url)
+    proxy = _proxy(parsed, post.network)
     response: aiohttp.ClientResponse | None = None
     whole = False
     try:
         async with asyncio.timeout(budget):
             response = await client.request(
-                request.method, str(request.url), data=request.read(), headers=headers, proxy=proxy, ssl=context,
+                method, url, data=post.body, headers=post.headers, proxy=proxy, ssl=context,
                 allow_redirects=False, trace_request_ctx=exchange,
             )  # fmt: skip
             async for chunk in response.content.iter_any():
@@ -174,8 +196,11 @@ class AiohttpSender:
     """The engine's `AsyncSender` over an aiohttp session (`session()`): many token requests at once, cheaply."""
 
     client: aiohttp.ClientSession
+    #: Unused by refreshes, which always go through their provider's own `Network` (as they did when built as httpx
+    #: requests); kept so that existing callers construct the sender as before.
     network: Network | None = None
 
     async def send(self, request: RefreshRequest, *, budget: float) -> SendResult:
-        http = build_refresh_request(request.provider, request.refresh_token, scopes=request.scopes)
-        return await asend(self.client, http, budget=budget, network=self.network)
+        # The request's parts straight from the model: an httpx.Request here would only be read back (request.py).
+        post = refresh_post(request.provider, request.refresh_token, scopes=request.scopes)
+        return await apost(self.client, post, budget=budget)

@@ -356,16 +356,18 @@ class _Exchange:
     ``asyncio.timeout``) and in ``await``; every decision about the exchange is made here, once.
     """
 
-    def __init__(self, request: httpx.Request, budget: float) -> None:
+    def __init__(self, request: httpx.Request | None, budget: float) -> None:
         self.budget = budget
-        # Every phase of this request waits at most `budget`; `deadline` bounds the whole exchange.
-        request.extensions["timeout"] = httpx.Timeout(budget).as_dict()
+        # Every phase of this request waits at most `budget`; `deadline` bounds the whole exchange. (None: a
+        # request that is not httpx's, sent by a client that keeps the deadline itself: the aiohttp sender.)
+        if request is not None:
+            request.extensions["timeout"] = httpx.Timeout(budget).as_dict()
         self.deadline = time.monotonic() + budget
         self.traced = False  # a transport that is not httpcore's (a mock, a caller's own) reports nothing
         self.clamped = False  # the sockets themselves keep the deadline (the sync clients built here)
         self.writing = False
         self._body = bytearray()
-        self._chained = request.extensions.get("trace")
+        self._chained = request.extensions.get("trace") if request is not None else None
 
     # -- what the wire has seen (httpcore's trace), for the sync and the async face ----------------------
 
