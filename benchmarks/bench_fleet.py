@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import itertools
 import math
 import multiprocessing
@@ -52,7 +51,7 @@ from typing import Any
 from benchmarks._common import Report, Row, print_report, sim_provider, summarize
 from benchmarks.bench_pgrefresh import _quiet
 from benchmarks.bench_scale import GRANT_COLUMNS, KEY, PROVIDER, RECOVERY_ENV, _environ, _postgres_unavailable
-from benchmarks.bench_schedule import SimulatorProcess
+from benchmarks.bench_schedule import SimulatorProcess, simulator_process
 from grantkeeper.engine.scheduler import LAG_BUCKETS
 from grantkeeper.keys import KEY_ENV, Crypto, parse_key
 from grantkeeper.model import Grant, GrantState, Provider
@@ -197,51 +196,10 @@ def _setup_store(url: str, sim: SimulatorProcess) -> None:
 # --- processes: the simulator and the schedulers ----------------------------------------------------------------
 
 
-def _serve_simulator(conn: multiprocessing.connection.Connection, access_ttl: float) -> None:
-    """The simulator child: bench_schedule's protocol ("issue" n, "stats", "stop"), tokens living `access_ttl`."""
-    from grantkeeper.testing.simulator import ProviderSimulator
-
-    with ProviderSimulator(rotation="always", access_ttl=access_ttl) as sim:
-        conn.send((sim.url, sim.client_id, sim.client_secret))
-        while True:
-            try:
-                command, argument = conn.recv()
-            except EOFError:
-                return
-            if command == "issue":
-                conn.send([sim.issue_grant() for _ in range(argument)])
-            elif command == "stats":
-                conn.send(sim.stats.as_dict())
-            else:
-                return
-
-
 def _cpu_of(pid: int) -> float:
     """User + system CPU seconds of process `pid` so far (all its threads)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-@contextlib.contextmanager
-def simulator_process(access_ttl: float) -> Iterator[tuple[SimulatorProcess, int]]:
-    """A simulator in a process of its own; its handle and pid (for its CPU time)."""
-    context = multiprocessing.get_context("spawn")
-    parent, child = context.Pipe()
-    process = context.Process(target=_serve_simulator, args=(child, access_ttl), name="bench-simulator", daemon=True)
-    process.start()
-    try:
-        if not parent.poll(60):
-            raise RuntimeError("the simulator process did not start within 60 s")
-        url, client_id, client_secret = parent.recv()
-        assert process.pid is not None
-        yield SimulatorProcess(url, client_id, client_secret, parent), process.pid
-    finally:
-        with contextlib.suppress(OSError):
-            parent.send(("stop", None))
-        process.join(timeout=10)
-        if process.is_alive():
-            process.terminate()
-            process.join(timeout=10)
 
 
 @dataclass
@@ -435,7 +393,7 @@ def million(
 ) -> MillionResult:
     url = f"sqlite://{tmp / 'million.db'}"
     due = max(1, round(n * window / HOUR))
-    with simulator_process(HOUR) as (sim, sim_pid):
+    with simulator_process(HOUR) as sim:
         _setup_store(url, sim)
         t0 = time.time()
         bulk = n - due
@@ -461,10 +419,10 @@ def million(
             progress(f"1: the scheduler runs the {window:.0f} s window")
             while time.time() < start - 0.5:
                 time.sleep(0.05)
-            cpu0 = _cpu_of(sim_pid)
+            cpu0 = _cpu_of(sim.pid)
             instances.go(stop_at=start + window + TAIL)
             (run,) = instances.finish(stop=False)
-            sim_cpu = _cpu_of(sim_pid) - cpu0
+            sim_cpu = _cpu_of(sim.pid) - cpu0
         finally:
             instances.close()
         stats = sim.stats()
@@ -535,7 +493,7 @@ def short_tokens(
     tmp: Path, steps: tuple[int, ...], window: float, progress: Callable[[str], None], *, analyze: bool = False
 ) -> list[Step]:
     results: list[Step] = []
-    with simulator_process(SHORT_TTL) as (sim, sim_pid):
+    with simulator_process(SHORT_TTL) as sim:
         for n in steps:
             url = f"sqlite://{tmp / f'short-{n}.db'}"
             _setup_store(url, sim)
@@ -554,10 +512,10 @@ def short_tokens(
                 while time.time() < start - 0.5:
                     time.sleep(0.05)
                 progress(f"2: {n:,} grants with {SHORT_TTL:.0f} s tokens for {window:.0f} s")
-                cpu0 = _cpu_of(sim_pid)
+                cpu0 = _cpu_of(sim.pid)
                 instances.go(stop_at=start + window)
                 (run,) = instances.finish(stop=False)
-                step = Step(n, run, _cpu_of(sim_pid) - cpu0)
+                step = Step(n, run, _cpu_of(sim.pid) - cpu0)
             finally:
                 instances.close()
             results.append(step)
@@ -635,7 +593,7 @@ def _drain(url: str, sim: SimulatorProcess, prefix: str, grants: int, instances:
 
 def scale_out(pg_url: str, grants: int, rounds: int, progress: Callable[[str], None]) -> ScaleOut:
     result = ScaleOut()
-    with simulator_process(HOUR) as (sim, _):
+    with simulator_process(HOUR) as sim:
         _setup_store(pg_url, sim)
         for i in range(rounds):
             for count in (1, 2) if i % 2 == 0 else (2, 1):

@@ -72,12 +72,12 @@ LOOP = os.environ.get("GRANTKEEPER_SERVE_LOOP") or "auto"
 # --- the simulator, in a process of its own ------------------------------------------------------------------
 
 
-def _serve_simulator(conn: multiprocessing.connection.Connection) -> None:
+def _serve_simulator(conn: multiprocessing.connection.Connection, access_ttl: float) -> None:
     """The child: one rotating simulator; answers ("issue", n) with n new grants, ("stats", None) with its counters,
-    and ends at ("stop", None) or when the parent goes away."""
+    and ends at ("stop", None) or when the parent goes away. Its access tokens live `access_ttl` seconds."""
     from grantkeeper.testing.simulator import ProviderSimulator
 
-    with ProviderSimulator(rotation="always") as sim:
+    with ProviderSimulator(rotation="always", access_ttl=access_ttl) as sim:
         conn.send((sim.url, sim.client_id, sim.client_secret))
         while True:
             try:
@@ -100,6 +100,7 @@ class SimulatorProcess:
     client_id: str
     client_secret: str
     conn: multiprocessing.connection.Connection
+    pid: int  # the child's, for its CPU time
 
     def issue(self, n: int) -> list[str]:
         self.conn.send(("issue", n))
@@ -113,16 +114,17 @@ class SimulatorProcess:
 
 
 @contextlib.contextmanager
-def simulator_process() -> Iterator[SimulatorProcess]:
+def simulator_process(access_ttl: float = 3600.0) -> Iterator[SimulatorProcess]:
     context = multiprocessing.get_context("spawn")
     parent, child = context.Pipe()
-    process = context.Process(target=_serve_simulator, args=(child,), name="bench-simulator", daemon=True)
+    process = context.Process(target=_serve_simulator, args=(child, access_ttl), name="bench-simulator", daemon=True)
     process.start()
     try:
         if not parent.poll(60):
             raise RuntimeError("the simulator process did not start within 60 s")
         url, client_id, client_secret = parent.recv()
-        yield SimulatorProcess(url, client_id, client_secret, parent)
+        assert process.pid is not None
+        yield SimulatorProcess(url, client_id, client_secret, parent, process.pid)
     finally:
         with contextlib.suppress(OSError):
             parent.send(("stop", None))
