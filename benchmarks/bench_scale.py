@@ -60,7 +60,7 @@ from benchmarks._common import (
 from grantkeeper import Keeper
 from grantkeeper.keys import KEY_ENV, Crypto, parse_key
 from grantkeeper.stores import SQLStore, open_store
-from grantkeeper.stores.sql import _SERVED_ACCESS, _aad
+from grantkeeper.stores.sql import SERVED_ACCESS, _aad
 from grantkeeper.testing.simulator import ProviderSimulator
 
 NAME = "scale"
@@ -92,7 +92,7 @@ SQLITE_INSERT = f"INSERT INTO grants ({', '.join(GRANT_COLUMNS)}) VALUES ({', '.
 PG_COPY = f"COPY grants ({', '.join(GRANT_COLUMNS)}) FROM STDIN"
 PK_SELECT = "SELECT * FROM grants WHERE name = ?"
 #: The store's own cold-read statement (`SQLStore.served_access`), run on the bare connection for the breakdown.
-SERVED_SELECT = _SERVED_ACCESS
+SERVED_SELECT = SERVED_ACCESS
 BARE_UPDATE = "UPDATE grants SET updated_at = ? WHERE name = ?"
 
 

@@ -95,7 +95,7 @@ _GRANT_AND_PROVIDER = (
 )
 #: The cold token read (`served_access`): only the columns serving the access token takes, the skew by the
 #: provider's primary key, and no row whose token has already expired (nothing to decrypt then).
-_SERVED_ACCESS = (
+SERVED_ACCESS = (
     "SELECT grants.access_token, grants.expires_at, grants.updated_at, grants.generation, providers.skew "
     "FROM grants JOIN providers ON providers.name = grants.provider "
     "WHERE grants.name = ? AND grants.state = 'active' AND grants.expires_at > ?"
@@ -599,7 +599,10 @@ class SQLStore:
         the read of every ``access_token`` call that misses the keeper's cache, one narrow statement with only the
         access token decrypted. None for anything else (no such grant, no token, due, dead): the caller takes the
         refresh path, which reads the whole grant and says what is wrong."""
-        row = (yield Sql(_SERVED_ACCESS, (name, now))).fetchone()
+        return self._served_token(name, now, (yield Sql(SERVED_ACCESS, (name, now))).fetchone())
+
+    def _served_token(self, name: str, now: float, row: Any) -> ServedToken | None:
+        """`served_access`'s answer from the row its statement (`SERVED_ACCESS`) read, or None."""
         if row is None or row[0] is None:
             return None
         access = self._crypto.decrypt(row[0], aad=_aad("grants", name, "access_token"))
