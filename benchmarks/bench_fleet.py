@@ -50,14 +50,21 @@ from typing import Any
 
 from benchmarks._common import Report, Row, print_report, sim_provider, summarize
 from benchmarks.bench_pgrefresh import _quiet
-from benchmarks.bench_scale import GRANT_COLUMNS, KEY, PROVIDER, RECOVERY_ENV, _environ, _postgres_unavailable
+from benchmarks.bench_scale import (
+    GRANT_COLUMNS,
+    KEY,
+    PROVIDER,
+    RECOVERY_ENV,
+    _environ,
+    _postgres_unavailable,
+    sealed_tokens,
+)
 from benchmarks.bench_schedule import SimulatorProcess, simulator_process
 from grantkeeper.engine.scheduler import LAG_BUCKETS
 from grantkeeper.keys import KEY_ENV, Crypto, parse_key
 from grantkeeper.model import Grant, GrantState, Provider
 from grantkeeper.protocol.planning import next_action
 from grantkeeper.stores import open_store
-from grantkeeper.stores.sql import _aad
 
 NAME = "fleet"
 TITLE = "the scheduler at fleet scale: 1,000,000 grants on one host, the most kept fresh with 60 s tokens, 2 vs 1"
@@ -127,11 +134,7 @@ def make_rows(key_text: str, spec: RowSpec) -> list[tuple[Any, ...]]:
         access = secrets.token_urlsafe(32)
         rows.append(
             (
-                name, PROVIDER,
-                crypto.encrypt_bytes(refresh.encode(), aad=_aad("grants", name, "refresh_token")),
-                crypto.fingerprint(refresh),
-                crypto.encrypt_bytes(access.encode(), aad=_aad("grants", name, "access_token")),
-                crypto.fingerprint(access),
+                name, PROVIDER, *sealed_tokens(crypto, name, refresh, access),
                 expires, 1, "read write", 1, "active", issued, issued - 86400.0, issued, True, at,
             )
         )  # fmt: skip

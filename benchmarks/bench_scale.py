@@ -99,6 +99,16 @@ BARE_UPDATE = "UPDATE grants SET updated_at = ? WHERE name = ?"
 # --------------------------------------------------------------------------- rows (also run in pool workers)
 
 
+def sealed_tokens(crypto: Crypto, name: str, refresh: str, access: str) -> tuple[bytes, str, bytes, str]:
+    """Grant `name`'s refresh_token, refresh_fp, access_token and access_fp columns, as `SQLStore._seal` writes them."""
+    return (
+        crypto.encrypt_bytes(refresh.encode(), aad=_aad("grants", name, "refresh_token")),
+        crypto.fingerprint(refresh),
+        crypto.encrypt_bytes(access.encode(), aad=_aad("grants", name, "access_token")),
+        crypto.fingerprint(access),
+    )
+
+
 def make_rows(spec: tuple[str, int, int, float]) -> list[tuple[Any, ...]]:
     """Grants ``bulk-<start>`` .. ``bulk-<stop-1>`` as rows for `GRANT_COLUMNS`, sealed like the store seals them.
 
@@ -120,11 +130,7 @@ def make_rows(spec: tuple[str, int, int, float]) -> list[tuple[Any, ...]]:
         issued = expires_at - TOKEN_LIFETIME
         rows.append(
             (
-                name, PROVIDER,
-                crypto.encrypt_bytes(refresh.encode(), aad=_aad("grants", name, "refresh_token")),
-                crypto.fingerprint(refresh),
-                crypto.encrypt_bytes(access.encode(), aad=_aad("grants", name, "access_token")),
-                crypto.fingerprint(access),
+                name, PROVIDER, *sealed_tokens(crypto, name, refresh, access),
                 expires_at, 1, "read write", 1, "active", issued, issued - rng.uniform(0.0, 90 * 86400.0), issued,
             )
         )  # fmt: skip
