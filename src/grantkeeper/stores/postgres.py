@@ -89,20 +89,30 @@ def translate(sql: str) -> str:
 
 class PgConn:
     """psycopg speaks ``%s``; the shared SQL is written with ``?``. In a pipelined transaction (`pipeline` set),
-    `run` sends a statement marked ``wait=False`` without waiting for its result: it travels with the next one."""
+    `run` sends a statement marked ``wait=False`` without waiting for its result: it travels with the next one.
+    The statements whose results nobody reads (``Sql.read`` false) share one cursor: in pipeline mode a new cursor
+    per statement cost about 45 us of CPU against 15-20 us for one reused (psycopg 3.3)."""
 
-    __slots__ = ("_conn", "pipeline")
+    __slots__ = ("_conn", "_unread", "pipeline")
 
     def __init__(self, conn: psycopg.Connection[Any], pipeline: psycopg.Pipeline | None = None) -> None:
         self._conn = conn
         self.pipeline = pipeline
+        self._unread: psycopg.Cursor[Any] | None = None
 
     def execute(self, sql: str, params: Any = (), /) -> Any:
         return self._conn.execute(translate(sql), params)
 
     def run(self, step: Sql) -> Any:
-        cursor = self._conn.execute(translate(step.text), step.params)
-        if step.wait and self.pipeline is not None:
+        if self.pipeline is None:
+            return self._conn.execute(translate(step.text), step.params)
+        if step.read:
+            cursor = self._conn.execute(translate(step.text), step.params)
+        else:
+            if self._unread is None:
+                self._unread = self._conn.cursor()
+            cursor = self._unread.execute(translate(step.text), step.params)
+        if step.wait:
             self.pipeline.sync()  # this statement's result is needed now: send everything queued, read the results
         return cursor
 

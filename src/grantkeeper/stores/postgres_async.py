@@ -269,9 +269,11 @@ class AsyncPostgresStore(AsyncStore):
                     yield run_read
                 return
             async with conn.pipeline() as pipeline:
+                unread = conn.cursor()  # as `PgConn.run`: the statements whose results nobody reads share one
 
                 async def run(step: Sql) -> _Fetched | None:
-                    cursor = await conn.execute(translate(step.text), step.params)
+                    on = conn.cursor() if step.read else unread
+                    cursor = await on.execute(translate(step.text), step.params)
                     if not step.wait:
                         return None
                     await pipeline.sync()  # this result is needed now: send everything queued, read the results

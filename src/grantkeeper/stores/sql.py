@@ -121,6 +121,12 @@ _CLAIM_READ = (
     "JOIN providers ON providers.name = grants.provider LEFT JOIN leases ON leases.grant_name = grants.name "
     "WHERE grants.name = ?"
 )
+#: The rest of a claim's read where the grant's row lock is taken by a statement of its own (not
+#: `_claim_in_one_read`): after that lock, the grant's lease (NULLs if none yet) and the two attempt ids above.
+_LEASE_AND_EARLIER = (
+    f"SELECT leases.worker, leases.fence, leases.expires_at, leases.liveness, {_PRIOR_ID}, {_RESEND_ID} FROM grants "
+    "LEFT JOIN leases ON leases.grant_name = grants.name WHERE grants.name = ?"
+)
 #: Attempts retention never prunes, because `claim` reads them: an unresolved attempt (open, ambiguous) that the
 #: next claim must re-send once instead of spending its possibly spent token as fresh, and the sent re-sends and
 #: stale sends that explain a later family revocation, all within the last two generations.
@@ -906,14 +912,13 @@ class SQLStore:
         if not needed:
             return Claim(grant, provider)
         if read is not None:
-            lease_row = read[2]
+            lease_row, earlier = read[2], read[3]
         else:
             # A statement of its own, after the grant row is locked: under READ COMMITTED a lease joined into
             # the locking query would come from the snapshot taken before the lock wait, i.e. before the previous
             # holder's commit, and two workers would both see the lease free (the multi-host tests catch this).
-            lease_row = (
-                yield Sql("SELECT worker, fence, expires_at, liveness FROM leases WHERE grant_name = ?", (name,))
-            ).fetchone()
+            row = (yield Sql(_LEASE_AND_EARLIER, (name,))).fetchone()
+            lease_row, earlier = (row[:4] if row[1] is not None else None), (row[4], row[5])
         lease_now = self._lease_clock(now)
         took_over = None
         # A lease this same worker left behind (its commit failed) is reclaimable: in-process single-flight
@@ -940,7 +945,7 @@ class SQLStore:
             wait=False,
         )
         lease = Lease(name, worker, fence, lease_now + ttl)
-        prior_row, resend_row = yield from self._earlier_attempts(grant, read[3] if read is not None else None)
+        prior_row, resend_row = yield from self._earlier_attempts(earlier)
         prior = self._attempt(prior_row) if prior_row else None
         spent_since = None
         if prior is not None:  # rare (a crash or a lost answer): the grace counts from the token's first use
@@ -979,39 +984,18 @@ class SQLStore:
         return grant, self._provider(row[_GRANT_WIDTH:lease_at]), lease_row, (row[lease_at + 4], row[lease_at + 5])
 
     @staticmethod
-    def _earlier_attempts(grant: Grant, ids: tuple[int | None, int | None] | None) -> Tx[tuple[Any, Any]]:
-        """The rows of the attempts `_PRIOR_ID` and `_RESEND_ID` name (None each if there is none), from their ids
-        when the claim's read already found them (usually both None: no statement at all), else in one statement:
-        the unresolved attempt this claim re-sends (maybe spent, successor unknown) and the latest re-send or stale
-        send of the last generations (explains a later family revocation; a stale send is a certain second use of
-        a token, a re-send only a possible one, so it is preferred)."""
-        if ids is not None:
-            if ids == (None, None):
-                return None, None
-            rows = {
-                row[0]: row
-                for row in (
-                    yield Sql(
-                        f"SELECT {_ATTEMPT_COLUMNS} FROM attempts WHERE id IN (?, ?)", (ids[0] or -1, ids[1] or -1)
-                    )
-                ).fetchall()
-            }
-            return rows.get(ids[0]), rows.get(ids[1])
-        found = {
-            str(row[-1]): row[:-1]
+    def _earlier_attempts(ids: tuple[int | None, int | None]) -> Tx[tuple[Any, Any]]:
+        """The rows of the attempts `_PRIOR_ID` and `_RESEND_ID` named (None each if there is none): usually both
+        None, and no statement at all."""
+        if ids == (None, None):
+            return None, None
+        rows = {
+            row[0]: row
             for row in (
-                yield Sql(
-                    f"SELECT * FROM (SELECT {_ATTEMPT_COLUMNS}, 'prior' FROM attempts WHERE grant_name = ? "
-                    "AND generation = ? AND refresh_fp = ? AND state IN ('open', 'ambiguous') ORDER BY id DESC "
-                    f"LIMIT 1) AS prior UNION ALL SELECT * FROM (SELECT {_ATTEMPT_COLUMNS}, 'resend' FROM attempts "
-                    "WHERE grant_name = ? AND ((resend_of IS NOT NULL AND state <> 'not_sent') "  # sent re-sends only
-                    "OR outcome = 'stale_local_token') AND generation >= ? "
-                    "ORDER BY CASE WHEN outcome = 'stale_local_token' THEN 0 ELSE 1 END, id DESC LIMIT 1) AS resend",
-                    (grant.name, grant.generation, grant.refresh_fp, grant.name, grant.generation - 2),
-                )
+                yield Sql(f"SELECT {_ATTEMPT_COLUMNS} FROM attempts WHERE id IN (?, ?)", (ids[0] or -1, ids[1] or -1))
             ).fetchall()
         }
-        return found.get("prior"), found.get("resend")
+        return rows.get(ids[0]), rows.get(ids[1])
 
     def _holder_dead(self, signal: str | None) -> Tx[bool]:
         """Whether the lease holder's liveness signal says it died. Unknown (no signal recorded, this store

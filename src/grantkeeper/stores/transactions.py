@@ -47,14 +47,21 @@ C = TypeVar("C")
 
 class Sql:
     """One statement with ``?`` placeholders; ``wait=False`` when its result is not looked at. (A slotted class, not
-    a NamedTuple: every statement of every store call makes one, and this is the cheaper to build.)"""
+    a NamedTuple: every statement of every store call makes one, and this is the cheaper to build.)
 
-    __slots__ = ("params", "text", "wait")
+    ``read`` (default: ``wait``) says whether anyone reads the result. Only a batch that sends several operations'
+    statements together separates the two: a statement whose result its operation reads, sent without waiting
+    because another one of the same round is waited for (`_side_by_side`); a pipelining runner then keeps its
+    result apart, and runs every statement nobody reads on one shared cursor (PostgreSQL: a cursor per statement
+    costs more than the statement)."""
 
-    def __init__(self, text: str, params: Any = (), wait: bool = True) -> None:
+    __slots__ = ("params", "read", "text", "wait")
+
+    def __init__(self, text: str, params: Any = (), wait: bool = True, read: bool | None = None) -> None:
         self.text = text
         self.params = params
         self.wait = wait
+        self.read = wait if read is None else read
 
     def __repr__(self) -> str:
         return f"Sql({self.text!r}, wait={self.wait})"  # no parameters: they may hold ciphertext or fingerprints
@@ -388,7 +395,7 @@ def _side_by_side(
             last = len(running) - 1 if any(step.wait for step in running.values()) else -1
             try:  # a statement that fails makes the one waited for raise: which operation's it was is not known
                 answers = [
-                    execute(conn, step if step.wait == (n == last) else Sql(step.text, step.params, n == last))
+                    execute(conn, step if step.wait == (n == last) else _resynced(step, n == last))
                     for n, step in enumerate(running.values())
                 ]
             except Exception as exc:
@@ -407,6 +414,11 @@ def _side_by_side(
                 else:
                     resumed[i] = step
             running = following
+
+
+def _resynced(step: Sql, wait: bool) -> Sql:
+    """`step` waited for or not as its round decides; whether its result is read stays the operation's say."""
+    return Sql(step.text, step.params, wait, step.read)
 
 
 def _finished(
