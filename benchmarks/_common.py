@@ -16,6 +16,7 @@ import sys
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from time import perf_counter_ns
 from typing import Any, TextIO
 
@@ -23,6 +24,7 @@ __all__ = [
     "Report",
     "Row",
     "Sample",
+    "cpu_seconds",
     "environment",
     "format_value",
     "interleave",
@@ -48,6 +50,12 @@ class Sample:
         return f"median {format_value(self.median, unit)} (p25-p75 {format_value(self.p25, unit)} - " + (
             f"{format_value(self.p75, unit)}, {self.rounds} rounds)"
         )
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds process `pid` has used so far (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def summarize(values: Sequence[float]) -> Sample:

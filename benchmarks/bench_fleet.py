@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import Report, Row, print_report, sim_provider, summarize
+from benchmarks._common import Report, Row, cpu_seconds, print_report, sim_provider, summarize
 from benchmarks.bench_pgrefresh import _quiet
 from benchmarks.bench_scale import (
     GRANT_COLUMNS,
@@ -197,12 +197,6 @@ def _setup_store(url: str, sim: SimulatorProcess) -> None:
 
 
 # --- processes: the simulator and the schedulers ----------------------------------------------------------------
-
-
-def _cpu_of(pid: int) -> float:
-    """User + system CPU seconds of process `pid` so far (all its threads)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -422,10 +416,10 @@ def million(
             progress(f"1: the scheduler runs the {window:.0f} s window")
             while time.time() < start - 0.5:
                 time.sleep(0.05)
-            cpu0 = _cpu_of(sim.pid)
+            cpu0 = cpu_seconds(sim.pid)
             instances.go(stop_at=start + window + TAIL)
             (run,) = instances.finish(stop=False)
-            sim_cpu = _cpu_of(sim.pid) - cpu0
+            sim_cpu = cpu_seconds(sim.pid) - cpu0
         finally:
             instances.close()
         stats = sim.stats()
@@ -515,10 +509,10 @@ def short_tokens(
                 while time.time() < start - 0.5:
                     time.sleep(0.05)
                 progress(f"2: {n:,} grants with {SHORT_TTL:.0f} s tokens for {window:.0f} s")
-                cpu0 = _cpu_of(sim.pid)
+                cpu0 = cpu_seconds(sim.pid)
                 instances.go(stop_at=start + window)
                 (run,) = instances.finish(stop=False)
-                step = Step(n, run, _cpu_of(sim.pid) - cpu0)
+                step = Step(n, run, cpu_seconds(sim.pid) - cpu0)
             finally:
                 instances.close()
             results.append(step)

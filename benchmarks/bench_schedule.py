@@ -37,12 +37,12 @@ import sqlite3
 import statistics
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import Report, Row, interleave, sim_provider, standalone
+from benchmarks._common import Report, Row, cpu_seconds, interleave, sim_provider, standalone
 from benchmarks.bench_pgrefresh import _quiet
 from benchmarks.bench_scale import KEY, RECOVERY_ENV, _environ, _postgres_unavailable
 from grantkeeper import Keeper, RefreshPolicy, Secret
@@ -65,6 +65,8 @@ POLICY = RefreshPolicy(lease_ttl=60.0, request_timeout=10.0, wait_timeout=60.0, 
 #: Refresh flows in flight at once through the group commit.
 CONCURRENCY = 64
 UNIT = "refreshes/s"
+#: How late the simulator answers in the slow-provider side measurement (it answers at once in the targets' rounds).
+SLOW_PROVIDER = 0.05
 #: The product's event loop setting, read as `grantkeeper.serve.config` reads it.
 LOOP = os.environ.get("GRANTKEEPER_SERVE_LOOP") or "auto"
 
@@ -75,7 +77,7 @@ LOOP = os.environ.get("GRANTKEEPER_SERVE_LOOP") or "auto"
 def _serve_simulator(conn: multiprocessing.connection.Connection, access_ttl: float) -> None:
     """The child: one rotating simulator; answers ("issue", n) with n new grants, ("stats", None) with its counters,
     and ends at ("stop", None) or when the parent goes away. Its access tokens live `access_ttl` seconds."""
-    from grantkeeper.testing.simulator import ProviderSimulator
+    from grantkeeper.testing.simulator import Delay, ProviderSimulator
 
     with ProviderSimulator(rotation="always", access_ttl=access_ttl) as sim:
         conn.send((sim.url, sim.client_id, sim.client_secret))
@@ -86,6 +88,9 @@ def _serve_simulator(conn: multiprocessing.connection.Connection, access_ttl: fl
                 return
             if command == "issue":
                 conn.send([sim.issue_grant() for _ in range(argument)])
+            elif command == "delay":  # (seconds, n): the next n token requests wait `seconds` before their answer
+                sim.inject(Delay(argument[0]), times=argument[1])
+                conn.send(None)
             elif command == "stats":
                 conn.send(sim.stats.as_dict())
             else:
@@ -106,6 +111,11 @@ class SimulatorProcess:
         self.conn.send(("issue", n))
         tokens: list[str] = self.conn.recv()
         return tokens
+
+    def delay(self, seconds: float, requests: int) -> None:
+        """Answer each of the next `requests` token requests `seconds` late (the simulator's `Delay` fault)."""
+        self.conn.send(("delay", (seconds, requests)))
+        self.conn.recv()
 
     def stats(self) -> dict[str, Any]:
         self.conn.send(("stats", None))
@@ -148,6 +158,7 @@ class OneAtATime:
     """B1: the keeper's forced refresh, one grant after another."""
 
     def __init__(self, url: str, names: list[str]) -> None:
+        self.names = names
         self.keeper = Keeper.open(url)
         self._names = itertools.cycle(names)
         self.refreshes = 0
@@ -259,6 +270,42 @@ class BareCommits:
 # --- one store kind ---------------------------------------------------------------------------------------------
 
 
+@dataclass
+class Spent:
+    """The CPU one case used, in this process (every thread) and in the simulator's, over its refreshes."""
+
+    here: float = 0.0
+    simulator: float = 0.0
+    refreshes: int = 0
+
+    def counted(self, sim: SimulatorProcess, refreshes: int, case: Callable[[], float]) -> Callable[[], float]:
+        """`case`, its CPU added here on every call (warm-up rounds too)."""
+
+        def run() -> float:
+            here, there = time.process_time(), cpu_seconds(sim.pid)
+            rate = case()
+            self.here += time.process_time() - here
+            self.simulator += cpu_seconds(sim.pid) - there
+            self.refreshes += refreshes
+            return rate
+
+        return run
+
+    def us(self) -> tuple[float, float]:
+        """(this process, the simulator): microseconds of CPU per refresh."""
+        return 1e6 * self.here / self.refreshes, 1e6 * self.simulator / self.refreshes
+
+
+def _slow(sim: SimulatorProcess, requests: int, case: Callable[[], float]) -> Callable[[], float]:
+    """`case` against a provider that answers each of its `requests` token requests `SLOW_PROVIDER` s late."""
+
+    def run() -> float:
+        sim.delay(SLOW_PROVIDER, requests)
+        return case()
+
+    return run
+
+
 def _measure(report: Report, kind: str, url: str, sqlite_path: Path | None, sim: SimulatorProcess, quick: bool) -> None:
     rounds, warmup = (3, 1) if quick else (9, 2)
     grouped_grants = 256 if quick else 512
@@ -267,32 +314,28 @@ def _measure(report: Report, kind: str, url: str, sqlite_path: Path | None, sim:
     setup = open_store(url, migrate=True) if sqlite_path is None else open_store(url)
     try:
         setup.put_provider(sim_provider(sim), now=time.time())
-        one_names = _import(setup, sim, "one-", one_per_round)
-        grouped_names = _import(setup, sim, "group-", grouped_grants)
         httpx_names = _import(setup, sim, "httpx-", grouped_grants)
     finally:
         setup.close()
-    one = OneAtATime(url, one_names)
-    grouped = Grouped(url, grouped_names, CONCURRENCY)
-    # PostgreSQL runs two batches side by side (a batch there waits on round trips); SQLite's writers take turns.
-    grouped.flushers = 1 if sqlite_path is not None else 2
+    one, grouped = _sides(url, sqlite_path, sim, "", one_per_round, grouped_grants)
     grouped_httpx = Grouped(url, httpx_names, CONCURRENCY, client="httpx")
     bare = BareCommits(url, sqlite_path)
+    spent = {case: Spent() for case in ("grouped", "one", "bare")}
     try:
         samples = interleave(
             {
-                "grouped": grouped.round,
+                "grouped": spent["grouped"].counted(sim, grouped_grants, grouped.round),
                 "grouped-httpx": grouped_httpx.round,
-                "one": lambda: one.round(one_per_round),
-                "bare": lambda: bare.round(commits_per_round),
+                "one": spent["one"].counted(sim, one_per_round, lambda: one.round(one_per_round)),
+                "bare": spent["bare"].counted(sim, commits_per_round, lambda: bare.round(commits_per_round)),
             },
             rounds=rounds,
             warmup=warmup,
         )
         check = open_store(url)
         try:
-            wrong = [n for n in one_names + grouped_names if check.lease_holder(n, now=time.time()) is not None]
-            per_grant = {n: check.get_grant(n).generation for n in grouped_names + httpx_names}
+            wrong = [n for n in one.names + grouped.names if check.lease_holder(n, now=time.time()) is not None]
+            per_grant = {n: check.get_grant(n).generation for n in grouped.names + httpx_names}
         finally:
             check.close()
     finally:
@@ -327,8 +370,75 @@ def _measure(report: Report, kind: str, url: str, sqlite_path: Path | None, sim:
         f"{kind}: {len(sizes) / grouped.refreshes:.3f} durable commits per grouped refresh (one at a time: 2); "
         f"{len(sizes)} batches of {sum(sizes)} calls (claims and commits): mean {statistics.mean(sizes):.1f}, "
         f"median {statistics.median(sizes):.0f}, max {max(sizes)}; {grouped.refreshes} grouped refreshes over "
-        f"{len(grouped_names)} grants, {one.refreshes} one at a time; {CONCURRENCY} flows in flight, "
+        f"{len(grouped.names)} grants, {one.refreshes} one at a time; {CONCURRENCY} flows in flight, "
         f"{grouped.flushers} batch(es) at once; the grouped sides on the {loop_name(LOOP)} event loop"
+    )
+    report.notes.append(_cpu_note(kind, spent, b2.median))
+
+
+def _sides(url: str, sqlite_path: Path | None, sim: SimulatorProcess, prefix: str, one_at_a_time: int,
+           grouped: int) -> tuple[OneAtATime, Grouped]:  # fmt: skip
+    """B1 over `one_at_a_time` new grants and A over `grouped` more, named after `prefix`."""
+    setup = open_store(url)
+    try:
+        one_names = _import(setup, sim, f"{prefix}one-", one_at_a_time)
+        grouped_names = _import(setup, sim, f"{prefix}group-", grouped)
+    finally:
+        setup.close()
+    side = Grouped(url, grouped_names, CONCURRENCY)
+    # PostgreSQL runs two batches side by side (a batch there waits on round trips); SQLite's writers take turns.
+    side.flushers = 1 if sqlite_path is not None else 2
+    return OneAtATime(url, one_names), side
+
+
+def _slow_provider(report: Report, kind: str, url: str, sqlite_path: Path | None, sim: SimulatorProcess,
+                   quick: bool) -> None:  # fmt: skip
+    """Side measurement, no target: group commit vs one at a time against a provider that answers
+    `SLOW_PROVIDER` seconds late, on grants of their own in the same store."""
+    rounds, warmup = (2, 1) if quick else (3, 1)
+    grants, one_per_round = (256, 10) if quick else (512, 20)
+    one, grouped = _sides(url, sqlite_path, sim, "slow-", one_per_round, grants)
+    try:
+        slow = interleave(
+            {
+                "grouped": _slow(sim, grants, grouped.round),
+                "one": _slow(sim, one_per_round, lambda: one.round(one_per_round)),
+            },
+            rounds=rounds,
+            warmup=warmup,
+        )
+    finally:
+        one.close()
+        grouped.close()
+    check = open_store(url)
+    try:
+        generations = {check.get_grant(n).generation for n in grouped.names}
+    finally:
+        check.close()
+    if generations != {1 + rounds + warmup}:
+        raise RuntimeError(f"{kind}: slow-provider grouped generations {sorted(generations)} (expected "
+                           f"{1 + rounds + warmup} each)")  # fmt: skip
+    a, b1 = slow["grouped"], slow["one"]
+    report.notes.append(
+        f"{kind}, side measurement (no target): a provider that answers {SLOW_PROVIDER * 1000:.0f} ms late: group "
+        f"commit {a.spread(UNIT)}; one at a time {b1.spread(UNIT)}: {a.median / b1.median:.1f}x"
+    )
+
+
+def _cpu_note(kind: str, spent: dict[str, Spent], bare_rate: float) -> str:
+    """Where each side's time goes: its CPU per refresh, and what the bare commit rate would need."""
+    a_here, a_sim = spent["grouped"].us()
+    b_here, b_sim = spent["one"].us()
+    bare_here, _ = spent["bare"].us()
+    cores = os.cpu_count() or 1
+    budget = 1e6 / bare_rate
+    return (
+        f"{kind}: CPU per refresh (all rounds, warm-up included): group commit {a_here:.0f} us in this process "
+        f"(one event loop: at most {1e6 / a_here:.0f} refreshes/s on a core) + {a_sim:.0f} us in the simulator; "
+        f"one at a time {b_here:.0f} + {b_sim:.0f} us; a bare durable commit {bare_here:.0f} us of CPU. The bare "
+        f"commit rate ({bare_rate:.0f}/s) leaves {budget:.0f} us per refresh to the scheduler's event loop (one "
+        f"core) and {cores * budget:.0f} us to the loop and the simulator together ({cores} cores)"
+        + ("; PostgreSQL's own server processes are not counted" if kind == "PostgreSQL" else "")
     )
 
 
@@ -345,6 +455,7 @@ def run(quick: bool = False, *, kinds: tuple[str, ...] = ("sqlite", "postgres"))
         if "sqlite" in kinds:
             path = Path(tmp) / "grants.db"
             _measure(report, "SQLite", f"sqlite://{path}", path, sim, quick)
+            _slow_provider(report, "SQLite", f"sqlite://{path}", path, sim, quick)
         if "postgres" in kinds:
             reason = _postgres_unavailable()
             if reason is not None:
@@ -353,7 +464,9 @@ def run(quick: bool = False, *, kinds: tuple[str, ...] = ("sqlite", "postgres"))
                 from tests.pg_server import PostgresServer
 
                 with PostgresServer() as pg:
-                    _measure(report, "PostgreSQL", pg.create_database("bench_schedule"), None, sim, quick)
+                    database = pg.create_database("bench_schedule")
+                    _measure(report, "PostgreSQL", database, None, sim, quick)
+                    _slow_provider(report, "PostgreSQL", database, None, sim, quick)
         stats = sim.stats()
     errors = stats["errors"]
     report.notes.append(

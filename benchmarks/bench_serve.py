@@ -56,7 +56,17 @@ from pathlib import Path
 from time import perf_counter_ns
 from typing import IO, Any
 
-from benchmarks._common import Report, Row, Sample, format_value, interleave, sim_provider, standalone, summarize
+from benchmarks._common import (
+    Report,
+    Row,
+    Sample,
+    cpu_seconds,
+    format_value,
+    interleave,
+    sim_provider,
+    standalone,
+    summarize,
+)
 
 NAME = "serve"
 TITLE = "serve proxy vs direct GET, and the bare FastAPI route"
@@ -360,12 +370,6 @@ def serve_memory(count: int) -> tuple[int, int, int]:
 SERVERS: dict[int, int] = {}
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time process `pid` has used (all its threads), from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -494,9 +498,9 @@ def _measure(cases: dict[str, Case], seconds: float, rounds: int, warmup: int,
     def round_of(name: str) -> float:
         url, headers, connections = cases[name]
         pid = SERVERS[urllib.parse.urlsplit(url).port or 80]
-        before = _cpu_seconds(pid)
+        before = cpu_seconds(pid)
         result = generator(url, headers, seconds, connections)
-        spent = _cpu_seconds(pid) - before
+        spent = cpu_seconds(pid) - before
         per_round[name].append(result)
         cpu[name].append(spent * 1e9 / max(1.0, result.rps * seconds))
         return result.p50_ns
