@@ -302,6 +302,36 @@ def test_postgres_batch_sends_the_calls_side_by_side(postgres_store_url: str) ->
         store.close()
 
 
+def test_postgres_batch_reads_every_result_it_needs_and_runs_the_unread_statements_on_one_cursor(
+    postgres_store_url: str,
+) -> None:
+    """Side by side, a statement whose result its claim reads may be sent without waiting (another statement of
+    its round is waited for): it still gets a cursor of its own, and the claim reads its own result from it. The
+    statements nobody reads (lease writes, attempt updates, releases, NOTIFY) share one cursor per transaction."""
+    store = open_store(postgres_store_url)
+    try:
+        _setup(store)
+        begin, execute = store._writer()
+        sent: list[tuple[bool, bool, Any]] = []  # (read, wait, cursor) per statement; held, so no id is reused
+
+        def recorded(conn: Any, step: Any) -> Any:
+            cursor = execute(conn, step)
+            sent.append((step.read, step.wait, cursor))
+            return cursor
+
+        store._writer = lambda: (begin, recorded)  # type: ignore[method-assign]
+        claims = store.perform_batch([_claim_call(n) for n in NAMES])
+        assert [c.lease.grant for c in claims if c.lease] == NAMES
+        assert len({c.attempt.id for c in claims if c.attempt}) == len(NAMES)  # each its own INSERT ... RETURNING
+        read = [id(cursor) for was_read, _, cursor in sent if was_read]
+        assert any(was_read and not wait for was_read, wait, _ in sent)  # read later, not waited for at once
+        assert len(set(read)) == len(read)
+        unread = {id(cursor) for was_read, _, cursor in sent if not was_read}
+        assert len(unread) == 1 and not unread & set(read)
+    finally:
+        store.close()
+
+
 def test_calls_on_one_grant_in_a_batch_keep_their_order(store: SQLStore) -> None:
     """Side by side or not, the second claim of a grant in one batch sees the lease the first one took."""
     _setup(store)
