@@ -42,6 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+
 from benchmarks._common import Report, Row, cpu_seconds, interleave, sim_provider, standalone
 from benchmarks.bench_pgrefresh import _quiet
 from benchmarks.bench_scale import KEY, RECOVERY_ENV, _environ, _postgres_unavailable
@@ -442,6 +444,36 @@ def _cpu_note(kind: str, spent: dict[str, Spent], bare_rate: float) -> str:
     )
 
 
+def _http_floor(report: Report, sim: SimulatorProcess, quick: bool) -> None:
+    """aiohttp's own cost per request, with nothing of grantkeeper's: a bare ``ClientSession.post`` and ``read()``
+    of a refresh-sized form, `CONCURRENCY` in flight, to the same simulator (a path it answers 404, so no grant is
+    touched), on the same event loop; the loop thread's CPU per request."""
+    requests = 1024 if quick else 4096
+    url = sim.url.rsplit("/", 1)[0] + "/floor"
+    body = b"grant_type=refresh_token&refresh_token=" + b"r" * 43 + b"&client_id=c&client_secret=" + b"s" * 32
+    headers = {"Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json"}
+
+    async def exchange() -> float:
+        async with aiohttp.ClientSession() as session:
+            gate = asyncio.Semaphore(CONCURRENCY)
+
+            async def one() -> None:
+                async with gate, session.post(url, data=body, headers=headers) as response:
+                    await response.read()
+
+            await asyncio.gather(*(one() for _ in range(CONCURRENCY)))  # the connections open
+            started = time.thread_time()
+            await asyncio.gather(*(one() for _ in range(requests)))
+            return time.thread_time() - started
+
+    with asyncio.Runner(loop_factory=loop_factory(LOOP)) as runner:
+        spent = runner.run(exchange())
+    report.notes.append(
+        f"aiohttp alone (a bare ClientSession.post and read(), {CONCURRENCY} in flight, {requests} requests to the "
+        f"simulator): {1e6 * spent / requests:.0f} us of the event loop's CPU per request"
+    )
+
+
 def run(quick: bool = False, *, kinds: tuple[str, ...] = ("sqlite", "postgres")) -> Report:
     started = time.perf_counter()
     report = Report(NAME, TITLE)
@@ -456,6 +488,7 @@ def run(quick: bool = False, *, kinds: tuple[str, ...] = ("sqlite", "postgres"))
             path = Path(tmp) / "grants.db"
             _measure(report, "SQLite", f"sqlite://{path}", path, sim, quick)
             _slow_provider(report, "SQLite", f"sqlite://{path}", path, sim, quick)
+        _http_floor(report, sim, quick)
         if "postgres" in kinds:
             reason = _postgres_unavailable()
             if reason is not None:
