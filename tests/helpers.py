@@ -114,22 +114,32 @@ def accept_forever(listener: object, handle: object) -> None:
         threading.Thread(target=handle, args=(conn,), daemon=True).start()
 
 
-def read_form_request(conn: object, buffered: bytes = b"") -> tuple[dict[str, str], bytes] | None:
-    """Read one HTTP request with a form body from socket `conn` (after `buffered`, bytes already read): its form
-    fields (first value of each) and what was read past it; None if the client hung up first."""
-    import urllib.parse
-
+def read_request(conn: object, buffered: bytes = b"") -> tuple[bytes, bytes, bytes] | None:
+    """Read one HTTP request from socket `conn` (after `buffered`, bytes already read): its head (without the blank
+    line), its body (``Content-Length`` bytes; none without the header) and what was read past it; None if the
+    client hung up before the head ended."""
     while b"\r\n\r\n" not in buffered:
         chunk = conn.recv(65536)  # type: ignore[attr-defined]
         if not chunk:
             return None
         buffered += chunk
     head, _, buffered = buffered.partition(b"\r\n\r\n")
-    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                  if line.lower().startswith(b"content-length:"))  # fmt: skip
+    length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                   if line.lower().startswith(b"content-length:")), 0)  # fmt: skip
     while len(buffered) < length:
         buffered += conn.recv(65536)  # type: ignore[attr-defined]
-    body, rest = buffered[:length], buffered[length:]
+    return head, buffered[:length], buffered[length:]
+
+
+def read_form_request(conn: object, buffered: bytes = b"") -> tuple[dict[str, str], bytes] | None:
+    """Read one HTTP request with a form body from socket `conn` (after `buffered`, bytes already read): its form
+    fields (first value of each) and what was read past it; None if the client hung up first."""
+    import urllib.parse
+
+    request = read_request(conn, buffered)
+    if request is None:
+        return None
+    _, body, rest = request
     return {k: v[0] for k, v in urllib.parse.parse_qs(body.decode()).items()}, rest
 
 

@@ -21,7 +21,7 @@ from grantkeeper.model.exchange import HttpReply, RefreshRequest
 from grantkeeper.tokens import aiohttp_transport, assertion, request
 from grantkeeper.tokens.aiohttp_transport import AiohttpSender
 from grantkeeper.tokens.transport import NETWORK, Network
-from tests.helpers import accept_forever
+from tests.helpers import accept_forever, read_request
 from tests.signing_keys import key_file
 
 NOW = 1_800_000_000.0
@@ -42,19 +42,12 @@ class Recorder:
 
     def _answer(self, conn: socket.socket) -> None:
         with contextlib.closing(conn):
-            data = b""
-            while b"\r\n\r\n" not in data:
-                chunk = conn.recv(65536)
-                if not chunk:
-                    return
-                data += chunk
-            head = data.split(b"\r\n\r\n", 1)[0]
-            length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
-                          if line.lower().startswith(b"content-length:"))  # fmt: skip
-            while len(data) < len(head) + 4 + length:
-                data += conn.recv(65536)
+            request = read_request(conn)
+            if request is None:
+                return
+            head, body, _ = request
             with self._lock:
-                self.requests.append(data)
+                self.requests.append(head + b"\r\n\r\n" + body)
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
                          b"Content-Length: %d\r\n\r\n%s" % (len(_ANSWER), _ANSWER))  # fmt: skip
 

@@ -25,7 +25,7 @@ from grantkeeper.stores import open_store
 from grantkeeper.tokens import aiohttp_transport
 from grantkeeper.tokens.aiohttp_transport import AiohttpSender
 from grantkeeper.tokens.transport import Ambiguous, HttpReply, Network, NotSent
-from tests.helpers import accept_forever, provider_for
+from tests.helpers import accept_forever, provider_for, read_request
 
 URL_PATH = "/token"
 Answer = Callable[[socket.socket], None]
@@ -47,19 +47,11 @@ class CannedServer:
         with contextlib.closing(conn), contextlib.suppress(OSError):
             buffered = b""
             while True:  # requests on one kept-alive connection, one after another
-                while b"\r\n\r\n" not in buffered:
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        return
-                    buffered += chunk
-                head, _, buffered = buffered.partition(b"\r\n\r\n")
-                text = head.decode("latin-1")
-                length = next(int(line.split(":")[1]) for line in text.split("\r\n")
-                              if line.lower().startswith("content-length:"))  # fmt: skip
-                while len(buffered) < length:
-                    buffered += conn.recv(65536)
-                self.requests.append((text, buffered[:length]))
-                buffered = buffered[length:]
+                request = read_request(conn, buffered)
+                if request is None:
+                    return
+                head, body, buffered = request
+                self.requests.append((head.decode("latin-1"), body))
                 self.answer(conn)
 
     def close(self) -> None:

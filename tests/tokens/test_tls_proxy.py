@@ -32,7 +32,7 @@ from grantkeeper.tokens import aiohttp_transport
 from grantkeeper.tokens.aiohttp_transport import AiohttpSender
 from grantkeeper.tokens.discovery import discover
 from grantkeeper.tokens.transport import Network
-from tests.helpers import FAST_POLICY, accept_forever, provider_for
+from tests.helpers import FAST_POLICY, accept_forever, provider_for, read_request
 
 
 class ConnectProxy:
@@ -56,13 +56,10 @@ class ConnectProxy:
 
     def _tunnel(self, client: socket.socket) -> None:
         with contextlib.closing(client):
-            head = b""
-            while b"\r\n\r\n" not in head:
-                chunk = client.recv(4096)
-                if not chunk:
-                    return
-                head += chunk
-            text = head.decode("latin-1")
+            request = read_request(client)
+            if request is None:
+                return
+            text = request[0].decode("latin-1")
             with self._lock:
                 self.heads.append(text)
             method, target = text.split()[:2]

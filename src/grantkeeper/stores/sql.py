@@ -115,17 +115,16 @@ _RESEND_ID = (
 )
 #: The claim's one read where its transaction already excludes other writers (`SQLStore._claim_in_one_read`):
 #: the grant, its provider, its lease (NULLs if none yet) and the two attempt ids above.
+_LEASE_AND_IDS = f"leases.worker, leases.fence, leases.expires_at, leases.liveness, {_PRIOR_ID}, {_RESEND_ID}"
 _CLAIM_READ = (
-    f"SELECT {_GRANT_COLUMNS_QUALIFIED}, {_PROVIDER_COLUMNS_QUALIFIED}, leases.worker, leases.fence, "
-    f"leases.expires_at, leases.liveness, {_PRIOR_ID}, {_RESEND_ID} FROM grants "
+    f"SELECT {_GRANT_COLUMNS_QUALIFIED}, {_PROVIDER_COLUMNS_QUALIFIED}, {_LEASE_AND_IDS} FROM grants "
     "JOIN providers ON providers.name = grants.provider LEFT JOIN leases ON leases.grant_name = grants.name "
     "WHERE grants.name = ?"
 )
 #: The rest of a claim's read where the grant's row lock is taken by a statement of its own (not
 #: `_claim_in_one_read`): after that lock, the grant's lease (NULLs if none yet) and the two attempt ids above.
 _LEASE_AND_EARLIER = (
-    f"SELECT leases.worker, leases.fence, leases.expires_at, leases.liveness, {_PRIOR_ID}, {_RESEND_ID} FROM grants "
-    "LEFT JOIN leases ON leases.grant_name = grants.name WHERE grants.name = ?"
+    f"SELECT {_LEASE_AND_IDS} FROM grants LEFT JOIN leases ON leases.grant_name = grants.name WHERE grants.name = ?"
 )
 #: Attempts retention never prunes, because `claim` reads them: an unresolved attempt (open, ambiguous) that the
 #: next claim must re-send once instead of spending its possibly spent token as fresh, and the sent re-sends and
