@@ -430,13 +430,13 @@ def test_otel_exported_spans_carry_no_secret() -> None:
 # --- Sentry --------------------------------------------------------------------------------------------------
 
 
-def test_sentry_events_carry_no_secret() -> None:
-    """A real sentry_sdk client with before_send/before_breadcrumb: the envelope it would send is clean, frame
-    variables and breadcrumbs included."""
+def _sentry_payload(**hooks: Any) -> str:
+    """What a real sentry_sdk client would send for one breadcrumb and one exception whose frame holds TOKEN.
+
+    Frame variables are switched on explicitly: sentry-sdk 2 calls the option ``include_local_variables``,
+    sentry-sdk 3 replaced it with ``data_collection["stack_frame_variables"]``."""
     import sentry_sdk
     from sentry_sdk.transport import Transport
-
-    from grantkeeper.redact.sentry import before_breadcrumb, before_send
 
     sent: list[bytes] = []
 
@@ -444,9 +444,12 @@ def test_sentry_events_carry_no_secret() -> None:
         def capture_envelope(self, envelope: Any) -> None:
             sent.append(envelope.serialize())
 
-    client = sentry_sdk.Client(dsn="https://public@sentry.invalid/1", transport=Capture, before_send=before_send,
-                               before_breadcrumb=before_breadcrumb, include_local_variables=True,
-                               default_integrations=False)  # fmt: skip
+    major = int(sentry_sdk.VERSION.split(".")[0])
+    frame_variables: dict[str, Any] = (
+        {"include_local_variables": True} if major < 3 else {"data_collection": {"stack_frame_variables": True}}
+    )
+    client = sentry_sdk.Client(dsn="https://public@sentry.invalid/1", transport=Capture,
+                               default_integrations=False, **frame_variables, **hooks)  # fmt: skip
     with sentry_sdk.new_scope() as scope:
         scope.set_client(client)
         scope.add_breadcrumb(message=f"POST /token refresh_token={TOKEN}", category="http")
@@ -459,7 +462,20 @@ def test_sentry_events_carry_no_secret() -> None:
     client.close()
     payload = b"".join(sent).decode()
     assert "ValueError" in payload and "POST /token" in payload and "_fails_with_token_in_locals" in payload
-    assert TOKEN not in payload
+    return payload
+
+
+def test_sentry_events_carry_no_secret() -> None:
+    """A real sentry_sdk client with before_send/before_breadcrumb: the envelope it would send is clean, frame
+    variables and breadcrumbs included. Without the callbacks the same envelope carries the token, so the
+    capture really holds what the callbacks must scrub (whatever the installed SDK scrubs by itself)."""
+    from grantkeeper.redact.sentry import before_breadcrumb, before_send
+
+    raw = _sentry_payload()
+    event = next(json.loads(line) for line in raw.splitlines() if '"exception"' in line)
+    frame = event["exception"]["values"][-1]["stacktrace"]["frames"][-1]
+    assert TOKEN in json.dumps(frame["vars"]) and TOKEN in json.dumps(event["breadcrumbs"])
+    assert TOKEN not in _sentry_payload(before_send=before_send, before_breadcrumb=before_breadcrumb)
 
 
 # --- optional libraries ------------------------------------------------------------------------------------------
