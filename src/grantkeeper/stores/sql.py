@@ -19,7 +19,7 @@ import json
 import logging
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol, TypeVar
 
@@ -126,6 +126,14 @@ _CLAIM_READ = (
 _LEASE_AND_EARLIER = (
     f"SELECT {_LEASE_AND_IDS} FROM grants LEFT JOIN leases ON leases.grant_name = grants.name WHERE grants.name = ?"
 )
+
+
+def _lease_and_ids(columns: Sequence[Any]) -> tuple[Any, tuple[int | None, int | None]]:
+    """The `_LEASE_AND_IDS` columns: the lease row (None if the grant never had a lease: a lease's fence is never
+    NULL) and the ids of the attempts `SQLStore._earlier_attempts` fetches."""
+    return (columns[:4] if columns[1] is not None else None), (columns[4], columns[5])
+
+
 #: Attempts retention never prunes, because `claim` reads them: an unresolved attempt (open, ambiguous) that the
 #: next claim must re-send once instead of spending its possibly spent token as fresh, and the sent re-sends and
 #: stale sends that explain a later family revocation, all within the last two generations.
@@ -916,8 +924,7 @@ class SQLStore:
             # A statement of its own, after the grant row is locked: under READ COMMITTED a lease joined into
             # the locking query would come from the snapshot taken before the lock wait, i.e. before the previous
             # holder's commit, and two workers would both see the lease free (the multi-host tests catch this).
-            row = (yield Sql(_LEASE_AND_EARLIER, (name,))).fetchone()
-            lease_row, earlier = (row[:4] if row[1] is not None else None), (row[4], row[5])
+            lease_row, earlier = _lease_and_ids((yield Sql(_LEASE_AND_EARLIER, (name,))).fetchone())
         lease_now = self._lease_clock(now)
         took_over = None
         # A lease this same worker left behind (its commit failed) is reclaimable: in-process single-flight
@@ -978,9 +985,8 @@ class SQLStore:
         if row is None:
             return None
         lease_at = _GRANT_WIDTH + _PROVIDER_WIDTH
-        lease_row = row[lease_at : lease_at + 4] if row[lease_at + 1] is not None else None
         grant = self._grant(row[:_GRANT_WIDTH], lazy_access=True)  # the refresh token is spent: decrypted now
-        return grant, self._provider(row[_GRANT_WIDTH:lease_at]), lease_row, (row[lease_at + 4], row[lease_at + 5])
+        return grant, self._provider(row[_GRANT_WIDTH:lease_at]), *_lease_and_ids(row[lease_at:])
 
     @staticmethod
     def _earlier_attempts(ids: tuple[int | None, int | None]) -> Tx[tuple[Any, Any]]:
